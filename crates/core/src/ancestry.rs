@@ -1,0 +1,116 @@
+//! The process ancestry of a helper: the intent behind a request.
+//!
+//! git's protocol does not say whether a credential is for fetching or pushing; the
+//! process tree does. With git 2.47 a helper runs as `sh -c helper get`, under
+//! `git-remote-https`, under `git remote-https`, under `git push`.
+
+use serde::Serialize;
+
+use crate::Operation;
+use crate::redact::redact_argv;
+
+/// How far up the tree to look.
+const MAX_DEPTH: usize = 12;
+
+/// One ancestor: its pid and its (redacted) argv.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Process {
+    /// Process id.
+    pub pid: u32,
+    /// Command line, with passwords and token-shaped values redacted.
+    pub argv: Vec<String>,
+}
+
+/// The ancestors of this process, parent first, up to (not including) pid 1.
+pub fn ancestry() -> Vec<Process> {
+    let mut chain = Vec::new();
+    let mut pid = parent_of("self");
+    while let Some(p) = pid.filter(|&p| p > 1) {
+        if chain.len() == MAX_DEPTH {
+            break;
+        }
+        let argv = std::fs::read(format!("/proc/{p}/cmdline"))
+            .map(|raw| {
+                raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        chain.push(Process { pid: p, argv: redact_argv(&argv) });
+        pid = parent_of(&p.to_string());
+    }
+    chain
+}
+
+fn parent_of(pid: &str) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: the fields start after the last `)`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Write when a `git push` (or the send/receive-pack plumbing) is above us, read otherwise.
+pub fn infer_git_operation(chain: &[Process]) -> Operation {
+    let pushes = chain.iter().any(|p| {
+        let Some(program) = p.argv.first() else { return false };
+        let base = program.rsplit('/').next().unwrap_or(program);
+        match base {
+            "git-push" | "git-send-pack" | "git-receive-pack" => true,
+            "git" => git_subcommand(&p.argv[1..]).is_some_and(|s| matches!(s, "push" | "send-pack" | "receive-pack")),
+            _ => false,
+        }
+    });
+    if pushes { Operation::Write } else { Operation::Read }
+}
+
+/// The first argument of `git [global options] <subcommand>`.
+fn git_subcommand(args: &[String]) -> Option<&str> {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-c" | "-C" | "--git-dir" | "--work-tree" | "--namespace" | "--exec-path" | "--config-env" => {
+                args.next();
+            }
+            a if a.starts_with('-') => {}
+            a => return Some(a),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(argvs: &[&[&str]]) -> Vec<Process> {
+        argvs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Process { pid: i as u32 + 10, argv: a.iter().map(|s| s.to_string()).collect() })
+            .collect()
+    }
+
+    #[test]
+    fn push_above_the_helper_means_write() {
+        let c = chain(&[
+            &["/bin/sh", "-c", "git-credential-mayfly get"],
+            &["/usr/local/libexec/git-core/git-remote-https", "origin", "https://h/r"],
+            &["git", "remote-https", "origin", "https://h/r"],
+            &["git", "-c", "x=y", "-C", "/tmp", "push", "origin", "main"],
+        ]);
+        assert_eq!(infer_git_operation(&c), Operation::Write);
+    }
+
+    #[test]
+    fn fetch_clone_and_lookalikes_mean_read() {
+        assert_eq!(infer_git_operation(&chain(&[&["git", "fetch", "push"]])), Operation::Read);
+        assert_eq!(infer_git_operation(&chain(&[&["git", "-c", "push", "clone"]])), Operation::Read);
+        assert_eq!(infer_git_operation(&chain(&[&["/usr/bin/pushy", "push"]])), Operation::Read);
+        assert_eq!(infer_git_operation(&[]), Operation::Read);
+    }
+
+    #[test]
+    fn ancestry_of_a_test_process_is_readable() {
+        let chain = ancestry();
+        assert!(!chain.is_empty());
+        assert!(chain.iter().all(|p| p.pid > 1));
+    }
+}

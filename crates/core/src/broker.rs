@@ -1,0 +1,360 @@
+//! The protocol-agnostic centre: a target in, a token (or a reason) out.
+//!
+//! Every helper calls the same steps: resolve the route, serve from the cache if a
+//! fresh entry exists, else take the key's lock, fetch the subject token, exchange it,
+//! cache the result, and write one audit line for the decision.
+
+use std::time::Duration;
+
+use crate::audit::{AuditEvent, AuditLog, Outcome, rfc3339};
+use crate::cache::{Cache, CacheEntry};
+use crate::config::{Config, IdentityConfig, Route, Scheme};
+use crate::exchange::{ExchangeRequest, Intent};
+use crate::http::HttpClient;
+use crate::identity::{self, SubjectToken};
+use crate::{Env, EnvVars, Operation, Process, Secret, Target};
+
+/// How long a subject token fetch may take, end to end.
+const IDENTITY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Why no token was handed out.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The route does not allow this operation.
+    #[error("route `{route}` does not allow {operation} (allowed: {allowed})")]
+    OperationNotAllowed {
+        /// Route name.
+        route: String,
+        /// What was asked.
+        operation: Operation,
+        /// What the route allows.
+        allowed: String,
+    },
+    /// No subject token.
+    #[error("route `{route}`: {source}")]
+    Identity {
+        /// Route name.
+        route: String,
+        /// The cause.
+        #[source]
+        source: identity::Error,
+    },
+    /// The exchange refused or failed.
+    #[error("route `{route}`: {source}")]
+    Exchange {
+        /// Route name.
+        route: String,
+        /// The cause.
+        #[source]
+        source: crate::exchange::Error,
+    },
+    /// The HTTP client could not be built.
+    #[error("route `{route}`: {source}")]
+    Http {
+        /// Route name.
+        route: String,
+        /// The cause.
+        #[source]
+        source: crate::http::Error,
+    },
+}
+
+/// What a target resolves to.
+#[derive(Debug)]
+pub enum Resolution<'a> {
+    /// No route: the tool's own "not found", with no network and no cache access.
+    NoRoute,
+    /// A route serves the host but binds tokens to repository paths, and the request
+    /// carried none (git without `credential.useHttpPath`).
+    NeedsPath,
+    /// The route to use.
+    Route(&'a Route),
+}
+
+/// A token ready to hand to the tool.
+#[derive(Debug)]
+pub struct Issued {
+    /// The token.
+    pub token: Secret,
+    /// Expiry, unix seconds, when known.
+    pub expires_at: Option<i64>,
+    /// Token id, when the token has one.
+    pub token_id: Option<String>,
+    /// How to present it.
+    pub scheme: Scheme,
+    /// Username for Basic.
+    pub username: String,
+    /// True when served from the cache.
+    pub from_cache: bool,
+}
+
+/// The broker: config, environment and audit log of one helper invocation.
+pub struct Broker {
+    env: Env,
+    config: Config,
+    audit: AuditLog,
+}
+
+impl Broker {
+    /// A broker over an environment and its config.
+    pub fn new(env: Env, config: Config) -> Self {
+        let audit = AuditLog::from_env(&env);
+        Self { env, config, audit }
+    }
+
+    /// Loads the config named by the environment.
+    pub fn from_env(env: Env) -> Result<Self, crate::ConfigError> {
+        let config = Config::load(&env)?;
+        Ok(Self::new(env, config))
+    }
+
+    /// The config in use.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Which route serves a target.
+    pub fn resolve(&self, target: &Target) -> Resolution<'_> {
+        match self.config.route_for(target) {
+            Some(route) if route.needs_path() && target.path.is_none() => Resolution::NeedsPath,
+            Some(route) => Resolution::Route(route),
+            None if target.path.is_none() && self.config.serves_host(target.tool, &target.protocol, &target.host) => {
+                Resolution::NeedsPath
+            }
+            None => Resolution::NoRoute,
+        }
+    }
+
+    fn session(&self) -> Option<String> {
+        self.env.get(EnvVars::MAYFLY_SESSION).map(str::to_owned)
+    }
+
+    fn cache_key(&self, route: &Route, target: &Target, operation: Operation) -> String {
+        let scope = route.scope_for(target, operation);
+        let session = self.session().unwrap_or_default();
+        Cache::key(&[
+            target.tool.as_str(),
+            &route.name,
+            &route.identity,
+            &route.exchange,
+            &route.audience,
+            &scope,
+            &target.display(),
+            operation.as_str(),
+            &session,
+        ])
+    }
+
+    /// A token for a target under its route: from the cache, else freshly exchanged.
+    pub fn token(&self, route: &Route, target: &Target, operation: Operation, chain: &[Process]) -> Result<Issued, Error> {
+        let now = now();
+        let scope = route.scope_for(target, operation);
+        let mut event = self.event(route, target, operation, chain, Some(scope.clone()));
+        if !route.operations.contains(&operation) {
+            let allowed = route.operations.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(", ");
+            let error = Error::OperationNotAllowed { route: route.name.clone(), operation, allowed };
+            self.write(event.fail(Outcome::Denied, &error));
+            return Err(error);
+        }
+        // The cache is off (not on disk) where no memory-backed key store exists.
+        let cache = Cache::open(&self.env).ok();
+        let key = self.cache_key(route, target, operation);
+        if let Some(hit) = cache.as_ref().and_then(|c| c.get(&key, now)) {
+            self.write(event.served(Outcome::CacheHit, &hit));
+            return Ok(issued(route, hit, true));
+        }
+        let _lock = cache.as_ref().and_then(|c| c.lock(&key).ok());
+        if let Some(hit) = cache.as_ref().and_then(|c| c.get(&key, now)) {
+            // Another process refreshed it while we waited for the lock.
+            self.write(event.served(Outcome::CacheHit, &hit));
+            return Ok(issued(route, hit, true));
+        }
+        match self.mint(route, target, operation, &scope, chain, cache.as_ref(), now) {
+            Ok(entry) => {
+                if let (Some(cache), Some(lock)) = (&cache, &_lock)
+                    && entry.expires_at > now
+                {
+                    let _ = cache.put(&key, &entry, lock);
+                }
+                self.write(event.served(Outcome::Issued, &entry));
+                Ok(issued(route, entry, false))
+            }
+            Err(error) => {
+                let outcome = match &error {
+                    Error::Exchange { source: crate::exchange::Error::Denied { .. }, .. } => Outcome::Denied,
+                    _ => Outcome::Failed,
+                };
+                self.write(event.fail(outcome, &error));
+                Err(error)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn mint(
+        &self,
+        route: &Route,
+        target: &Target,
+        operation: Operation,
+        scope: &str,
+        chain: &[Process],
+        cache: Option<&Cache>,
+        now: i64,
+    ) -> Result<CacheEntry, Error> {
+        let identity_config = &self.config.identities[&route.identity];
+        let subject = self.subject(identity_config, cache, now).map_err(|source| Error::Identity { route: route.name.clone(), source })?;
+        let exchange_config = &self.config.exchanges[&route.exchange];
+        let http = HttpClient::new(exchange_config.timeout, exchange_config.ca_file.as_deref())
+            .map_err(|source| Error::Http { route: route.name.clone(), source })?;
+        let intent = Intent {
+            tool: target.tool.as_str().into(),
+            operation: operation.as_str().into(),
+            target: target.display(),
+            session: self.session(),
+            command: command_of(target.tool.as_str(), chain),
+        };
+        let request = ExchangeRequest { subject_token: &subject.token, audience: &route.audience, scope, ttl: route.ttl, intent: &intent };
+        let response = crate::exchange::exchange(exchange_config, &http, &request)
+            .map_err(|source| Error::Exchange { route: route.name.clone(), source })?;
+        // Unknown lifetime: handed out once, never cached.
+        let lifetime = response.expires_in.map(|s| i64::try_from(s).unwrap_or(i64::MAX / 4));
+        let claims = crate::peek_claims(response.access_token.expose()).unwrap_or_default();
+        Ok(CacheEntry {
+            expires_at: lifetime.map_or(0, |l| now + l),
+            refresh_at: lifetime.map_or(0, |l| now + l - self.margin(l)),
+            token_id: claims.jti,
+            scope: response.scope.or_else(|| Some(scope.to_owned())),
+            issuer: subject.claims.iss.clone(),
+            subject: subject.claims.sub.clone(),
+            label: format!("{} {} {}", target.tool.as_str(), target.display(), operation.as_str()),
+            session: self.session(),
+            token: response.access_token,
+        })
+    }
+
+    /// The refresh margin for a token of this lifetime: the configured margin, but never
+    /// more than half the lifetime, so short tokens are still worth caching.
+    fn margin(&self, lifetime: i64) -> i64 {
+        i64::try_from(self.config.refresh_margin.as_secs()).unwrap_or(i64::MAX).min(lifetime / 2)
+    }
+
+    /// The subject token, cached like any other short-lived token when it cost a round trip.
+    fn subject(&self, source: &IdentityConfig, cache: Option<&Cache>, now: i64) -> Result<SubjectToken, identity::Error> {
+        let http = || HttpClient::new(IDENTITY_TIMEOUT, None);
+        let cache = cache.filter(|_| SubjectToken::cacheable(&source.kind));
+        let Some(cache) = cache else {
+            return identity::fetch(source, None, &self.env, http, now);
+        };
+        let key = Cache::key(&["subject", &source.name, source.audience.as_deref().unwrap_or(""), &format!("{:?}", source.kind)]);
+        let lock = cache.lock(&key).ok();
+        if let Some(entry) = cache.get(&key, now) {
+            let claims = crate::peek_claims(entry.token.expose()).unwrap_or_default();
+            return Ok(SubjectToken { token: entry.token, claims });
+        }
+        let subject = identity::fetch(source, None, &self.env, http, now)?;
+        if let (Some(exp), Some(lock)) = (subject.claims.exp, &lock) {
+            let entry = CacheEntry {
+                token: subject.token.clone(),
+                expires_at: exp,
+                refresh_at: exp - self.margin(exp - now),
+                token_id: subject.claims.jti.clone(),
+                scope: None,
+                issuer: subject.claims.iss.clone(),
+                subject: subject.claims.sub.clone(),
+                label: format!("subject token of identity `{}`", source.name),
+                session: None,
+            };
+            let _ = cache.put(&key, &entry, lock);
+        }
+        Ok(subject)
+    }
+
+    /// Drops the cached tokens for a target (both operations): git calls `erase` after the
+    /// server refused a token, and the next `get` must mint a fresh one.
+    pub fn erase(&self, route: &Route, target: &Target, chain: &[Process]) -> usize {
+        let Ok(cache) = Cache::open(&self.env) else { return 0 };
+        let mut erased = 0;
+        for operation in [Operation::Read, Operation::Write] {
+            if let Some(entry) = cache.remove(&self.cache_key(route, target, operation)) {
+                erased += 1;
+                let mut event = self.event(route, target, operation, chain, entry.scope.clone());
+                self.write(event.served(Outcome::Erased, &entry));
+            }
+        }
+        erased
+    }
+
+    fn event(&self, route: &Route, target: &Target, operation: Operation, chain: &[Process], scope: Option<String>) -> AuditEvent {
+        AuditEvent {
+            time: rfc3339(now()),
+            outcome: Outcome::Failed,
+            session: self.session(),
+            tool: target.tool.as_str().into(),
+            target: target.display(),
+            operation: operation.as_str().into(),
+            route: route.name.clone(),
+            scope,
+            issuer: None,
+            subject: None,
+            fingerprint: None,
+            token_id: None,
+            expires: None,
+            reason: None,
+            process: chain.to_vec(),
+        }
+    }
+
+    fn write(&self, event: &AuditEvent) {
+        if let Err(e) = self.audit.record(event) {
+            let path = self.audit.path().map(|p| p.display().to_string()).unwrap_or_default();
+            crate::protocol::warn(&format!("cannot write audit log `{path}`: {e}"));
+        }
+    }
+}
+
+impl AuditEvent {
+    fn served(&mut self, outcome: Outcome, entry: &CacheEntry) -> &Self {
+        self.outcome = outcome;
+        self.issuer.clone_from(&entry.issuer);
+        self.subject.clone_from(&entry.subject);
+        self.fingerprint = Some(entry.token.fingerprint());
+        self.token_id.clone_from(&entry.token_id);
+        self.expires = Some(rfc3339(entry.expires_at));
+        if entry.scope.is_some() {
+            self.scope.clone_from(&entry.scope);
+        }
+        self
+    }
+
+    fn fail(&mut self, outcome: Outcome, error: &dyn std::error::Error) -> &Self {
+        self.outcome = outcome;
+        self.reason = Some(crate::protocol::one_line(error));
+        self
+    }
+}
+
+fn issued(route: &Route, entry: CacheEntry, from_cache: bool) -> Issued {
+    Issued {
+        expires_at: (entry.expires_at > 0).then_some(entry.expires_at),
+        token_id: entry.token_id,
+        scheme: route.scheme,
+        username: route.username.clone(),
+        from_cache,
+        token: entry.token,
+    }
+}
+
+/// The user's command: the outermost ancestor that runs the tool itself.
+fn command_of(tool: &str, chain: &[Process]) -> Vec<String> {
+    chain
+        .iter()
+        .rev()
+        .find(|p| p.argv.first().is_some_and(|a| a.rsplit('/').next() == Some(tool)))
+        .map(|p| p.argv.clone())
+        .unwrap_or_default()
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}

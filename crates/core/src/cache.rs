@@ -1,0 +1,365 @@
+//! The token cache: short-lived tokens only, each entry age-encrypted to a key that lives
+//! only in memory-backed storage, so a copy of the cache directory (backup, artifact,
+//! image layer) holds nothing usable. Where no memory-backed place exists, the cache is
+//! off rather than on disk.
+//!
+//! One exchange per key across processes: callers take a per-key file lock, re-check,
+//! and only then exchange (single-flight). Writes are temp + fsync + rename. An entry
+//! that cannot be read or decrypted is a miss.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use age::secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{Env, EnvVars, Secret};
+
+/// Largest entry read back; anything bigger is corrupt.
+const MAX_ENTRY: u64 = 64 * 1024;
+
+/// Why the cache could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No memory-backed directory for the key: the cache is off.
+    #[error("no memory-backed directory for the cache key ({0})")]
+    NoKeyStore(String),
+    /// A file operation failed.
+    #[error("cache {what} `{path}`")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Encryption failed.
+    #[error("cache encryption failed: {0}")]
+    Crypto(String),
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + use<'a> {
+    move |source| Error::Io { what, path: path.to_owned(), source }
+}
+
+/// A cached token and what the audit trail needs about it.
+#[derive(Clone, Debug)]
+pub struct CacheEntry {
+    /// The token.
+    pub token: Secret,
+    /// Expiry, unix seconds.
+    pub expires_at: i64,
+    /// Served until this time (expiry minus the refresh margin), unix seconds.
+    pub refresh_at: i64,
+    /// Token id (`jti`) if it has one.
+    pub token_id: Option<String>,
+    /// Scope granted.
+    pub scope: Option<String>,
+    /// Subject token issuer.
+    pub issuer: Option<String>,
+    /// Subject token subject.
+    pub subject: Option<String>,
+    /// What it is for (`git https://host/path write`), for `mayfly status`.
+    pub label: String,
+    /// Session that minted it.
+    pub session: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredEntry {
+    token: String,
+    expires_at: i64,
+    refresh_at: i64,
+    token_id: Option<String>,
+    scope: Option<String>,
+    issuer: Option<String>,
+    subject: Option<String>,
+    label: String,
+    session: Option<String>,
+}
+
+/// An open cache: the entry directory and the key.
+pub struct Cache {
+    dir: PathBuf,
+    identity: age::x25519::Identity,
+}
+
+/// Held while a key is being refreshed; writing an entry requires it.
+pub struct KeyLock {
+    _file: File,
+}
+
+impl Cache {
+    /// Opens the cache, creating the key on first use.
+    pub fn open(env: &Env) -> Result<Self, Error> {
+        let key_dir = key_dir(env)?;
+        let identity = load_or_create_key(&key_dir)?;
+        let dir = env
+            .path(EnvVars::MAYFLY_CACHE_DIR)
+            .or_else(|| Some(env.cache_dir()?.join("tokens")))
+            .ok_or_else(|| Error::NoKeyStore("no HOME".into()))?;
+        private_dir(&dir)?;
+        Ok(Self { dir, identity })
+    }
+
+    /// The entry directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The key for a request: a hash, so file names say nothing about targets.
+    pub fn key(parts: &[&str]) -> String {
+        let mut hash = Sha256::new();
+        for part in parts {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part.as_bytes());
+        }
+        hex::encode(&hash.finalize()[..20])
+    }
+
+    fn entry_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.age"))
+    }
+
+    /// Takes the cross-process lock for one key (blocks until free).
+    pub fn lock(&self, key: &str) -> Result<KeyLock, Error> {
+        let path = self.dir.join(format!("{key}.lock"));
+        let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path).map_err(io("lock", &path))?;
+        file.lock().map_err(io("lock", &path))?;
+        Ok(KeyLock { _file: file })
+    }
+
+    /// The entry for a key if it is still servable at `now`; anything else is a miss.
+    pub fn get(&self, key: &str, now: i64) -> Option<CacheEntry> {
+        let entry = self.read(key)?;
+        (now < entry.refresh_at).then_some(entry)
+    }
+
+    fn read(&self, key: &str) -> Option<CacheEntry> {
+        let mut sealed = Vec::new();
+        File::open(self.entry_path(key)).ok()?.take(MAX_ENTRY).read_to_end(&mut sealed).ok()?;
+        let plain = age::decrypt(&self.identity, &sealed).ok()?;
+        let stored: StoredEntry = serde_json::from_slice(&plain).ok()?;
+        Some(CacheEntry {
+            token: Secret::new(stored.token),
+            expires_at: stored.expires_at,
+            refresh_at: stored.refresh_at,
+            token_id: stored.token_id,
+            scope: stored.scope,
+            issuer: stored.issuer,
+            subject: stored.subject,
+            label: stored.label,
+            session: stored.session,
+        })
+    }
+
+    /// Writes an entry atomically: encrypt, write a 0600 temp file, fsync, rename.
+    pub fn put(&self, key: &str, entry: &CacheEntry, _lock: &KeyLock) -> Result<(), Error> {
+        let stored = StoredEntry {
+            token: entry.token.expose().to_owned(),
+            expires_at: entry.expires_at,
+            refresh_at: entry.refresh_at,
+            token_id: entry.token_id.clone(),
+            scope: entry.scope.clone(),
+            issuer: entry.issuer.clone(),
+            subject: entry.subject.clone(),
+            label: entry.label.clone(),
+            session: entry.session.clone(),
+        };
+        let plain = Secret::new(serde_json::to_string(&stored).map_err(|e| Error::Crypto(e.to_string()))?);
+        drop(stored);
+        let sealed = age::encrypt(&self.identity.to_public(), plain.expose().as_bytes())
+            .map_err(|e| Error::Crypto(e.to_string()))?;
+        let path = self.entry_path(key);
+        let mut temp = tempfile::Builder::new()
+            .prefix(".entry-")
+            .permissions(fs::Permissions::from_mode(0o600))
+            .tempfile_in(&self.dir)
+            .map_err(io("write", &path))?;
+        temp.write_all(&sealed).map_err(io("write", &path))?;
+        temp.as_file().sync_all().map_err(io("write", &path))?;
+        temp.persist(&path).map_err(|e| Error::Io { what: "write", path: path.clone(), source: e.error })?;
+        Ok(())
+    }
+
+    /// Drops an entry; a missing entry is fine.
+    pub fn remove(&self, key: &str) -> Option<CacheEntry> {
+        let entry = self.read(key);
+        let _ = fs::remove_file(self.entry_path(key));
+        entry
+    }
+
+    /// Every readable entry with its key, for `mayfly status`.
+    pub fn entries(&self) -> Vec<(String, CacheEntry)> {
+        let Ok(dir) = fs::read_dir(&self.dir) else { return Vec::new() };
+        dir.filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let key = name.strip_suffix(".age")?.to_owned();
+            let entry = self.read(&key)?;
+            Some((key, entry))
+        })
+        .collect()
+    }
+}
+
+/// The memory-backed directory that holds the key: `$MAYFLY_RUNTIME_DIR`, else
+/// `$XDG_RUNTIME_DIR/mayfly`, else `/dev/shm/mayfly-<uid>`. It must be on tmpfs or ramfs.
+fn key_dir(env: &Env) -> Result<PathBuf, Error> {
+    let uid = fs::metadata("/proc/self").map(|m| m.uid()).map_err(|e| Error::NoKeyStore(e.to_string()))?;
+    let candidates = [
+        env.path(EnvVars::MAYFLY_RUNTIME_DIR),
+        env.path(EnvVars::XDG_RUNTIME_DIR).map(|d| d.join("mayfly")),
+        Some(PathBuf::from(format!("/dev/shm/mayfly-{uid}"))),
+    ];
+    let explicit = env.get(EnvVars::MAYFLY_RUNTIME_DIR).is_some();
+    for dir in candidates.into_iter().flatten().take(if explicit { 1 } else { 3 }) {
+        let Some(parent) = dir.parent() else { continue };
+        if parent.is_dir() && is_memory_backed(parent) {
+            private_dir(&dir)?;
+            return Ok(dir);
+        }
+    }
+    Err(Error::NoKeyStore("set XDG_RUNTIME_DIR or mount /dev/shm".into()))
+}
+
+/// True when the path is on tmpfs or ramfs, per `/proc/self/mounts`.
+fn is_memory_backed(path: &Path) -> bool {
+    let Ok(path) = fs::canonicalize(path) else { return false };
+    let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else { return false };
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ');
+            let (_dev, point, kind) = (fields.next()?, fields.next()?, fields.next()?);
+            Some((PathBuf::from(point.replace("\\040", " ")), kind))
+        })
+        .filter(|(point, _)| path.starts_with(point))
+        .max_by_key(|(point, _)| point.as_os_str().len())
+        .is_some_and(|(_, kind)| kind == "tmpfs" || kind == "ramfs")
+}
+
+/// Creates a 0700 directory, or checks that an existing one is ours and private.
+fn private_dir(dir: &Path) -> Result<(), Error> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io("create", dir))?;
+    let meta = fs::symlink_metadata(dir).map_err(io("inspect", dir))?;
+    let uid = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
+    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(Error::Io {
+            what: "directory is not private (want a 0700 directory owned by you)",
+            path: dir.to_owned(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        });
+    }
+    Ok(())
+}
+
+/// Reads the key, or creates it: written to a temp file, then hard-linked into place so
+/// two first callers cannot both create one.
+fn load_or_create_key(dir: &Path) -> Result<age::x25519::Identity, Error> {
+    let path = dir.join("cache.key");
+    if let Some(identity) = read_key(&path) {
+        return Ok(identity);
+    }
+    let identity = age::x25519::Identity::generate();
+    let mut temp = tempfile::Builder::new()
+        .prefix(".key-")
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(io("create key", &path))?;
+    temp.write_all(identity.to_string().expose_secret().as_bytes()).map_err(io("create key", &path))?;
+    match fs::hard_link(temp.path(), &path) {
+        Ok(()) => Ok(identity),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            read_key(&path).ok_or_else(|| Error::Crypto("unreadable cache key".into()))
+        }
+        Err(e) => Err(io("create key", &path)(e)),
+    }
+}
+
+fn read_key(path: &Path) -> Option<age::x25519::Identity> {
+    let text = fs::read_to_string(path).ok()?;
+    age::x25519::Identity::from_str(text.trim()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_cache() -> (tempfile::TempDir, tempfile::TempDir, Cache) {
+        let runtime = tempfile::Builder::new().prefix("mayfly-test-").tempdir_in("/dev/shm").unwrap();
+        let cache_dir = tempfile::tempdir().unwrap();
+        let env = Env::from_pairs([
+            (EnvVars::MAYFLY_RUNTIME_DIR, runtime.path().join("rt").display().to_string()),
+            (EnvVars::MAYFLY_CACHE_DIR, cache_dir.path().join("tokens").display().to_string()),
+        ]);
+        let cache = Cache::open(&env).unwrap();
+        (runtime, cache_dir, cache)
+    }
+
+    fn entry(token: &str, expires_at: i64, refresh_at: i64) -> CacheEntry {
+        CacheEntry {
+            token: Secret::new(token),
+            expires_at,
+            refresh_at,
+            token_id: Some("jti-1".into()),
+            scope: Some("repo:a:read".into()),
+            issuer: None,
+            subject: None,
+            label: "git https://h/a read".into(),
+            session: None,
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_encrypted() {
+        let (_rt, _dir, cache) = test_cache();
+        let key = Cache::key(&["git", "h", "a", "read"]);
+        let lock = cache.lock(&key).unwrap();
+        cache.put(&key, &entry("tok-plaintext-marker", 200, 150), &lock).unwrap();
+        let raw = fs::read(cache.entry_path(&key)).unwrap();
+        assert!(!raw.windows(20).any(|w| w == b"tok-plaintext-marker"), "entry is not encrypted");
+        assert_eq!(fs::metadata(cache.entry_path(&key)).unwrap().mode() & 0o777, 0o600);
+        let got = cache.get(&key, 100).unwrap();
+        assert_eq!(got.token.expose(), "tok-plaintext-marker");
+        assert_eq!(got.token_id.as_deref(), Some("jti-1"));
+    }
+
+    #[test]
+    fn entries_inside_the_refresh_margin_are_misses() {
+        let (_rt, _dir, cache) = test_cache();
+        let key = Cache::key(&["k"]);
+        let lock = cache.lock(&key).unwrap();
+        cache.put(&key, &entry("t", 200, 150), &lock).unwrap();
+        assert!(cache.get(&key, 149).is_some());
+        assert!(cache.get(&key, 150).is_none());
+        assert!(cache.get(&key, 199).is_none());
+    }
+
+    #[test]
+    fn corrupt_and_foreign_entries_are_misses() {
+        let (_rt, _dir, cache) = test_cache();
+        let key = Cache::key(&["k"]);
+        fs::write(cache.entry_path(&key), b"garbage").unwrap();
+        assert!(cache.get(&key, 0).is_none());
+        let other = age::x25519::Identity::generate();
+        let sealed = age::encrypt(&other.to_public(), b"{}").unwrap();
+        fs::write(cache.entry_path(&key), sealed).unwrap();
+        assert!(cache.get(&key, 0).is_none());
+        assert!(cache.remove(&key).is_none());
+    }
+
+    #[test]
+    fn key_dir_must_be_memory_backed() {
+        let disk = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let env = Env::from_pairs([(EnvVars::MAYFLY_RUNTIME_DIR, disk.path().join("rt").display().to_string())]);
+        assert!(matches!(Cache::open(&env), Err(Error::NoKeyStore(_))));
+        assert!(is_memory_backed(Path::new("/dev/shm")));
+    }
+}

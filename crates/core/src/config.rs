@@ -1,0 +1,479 @@
+//! The one config file: identity sources, exchanges, and the routes between them.
+//!
+//! Loaded in two stages: a raw serde shape, then a validated [`Config`] whose routes have
+//! normalised hosts and paths and whose names all resolve. No route, no token.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::target::{Operation, Target, Tool, is_segment_prefix, normalize_host, normalize_repo_path};
+use crate::{Env, EnvVars, parse_duration};
+
+/// Default lifetime asked for a minted token.
+pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(600);
+/// Default time before expiry at which a cached token stops being served.
+pub(crate) const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// Default scope template: one repository, one operation.
+pub(crate) const DEFAULT_SCOPE: &str = "repo:{path}:{operation}";
+
+/// Why the config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read config `{path}`")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("invalid config `{path}`: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value is out of range or a name does not resolve.
+    #[error("invalid config `{path}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    settings: RawSettings,
+    #[serde(default)]
+    identities: BTreeMap<String, RawIdentity>,
+    #[serde(default)]
+    exchanges: BTreeMap<String, RawExchange>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    refresh_margin: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    kind: String,
+    audience: Option<String>,
+    path: Option<PathBuf>,
+    var: Option<String>,
+    command: Option<Vec<String>>,
+    request_url: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExchange {
+    kind: String,
+    token_endpoint: String,
+    ca_file: Option<PathBuf>,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Option<String>,
+    tool: String,
+    protocol: Option<String>,
+    host: String,
+    path: Option<String>,
+    identity: String,
+    exchange: String,
+    audience: Option<String>,
+    scope: Option<String>,
+    operations: Option<Vec<String>>,
+    ttl: Option<String>,
+    scheme: Option<String>,
+    username: Option<String>,
+}
+
+/// A validated config.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Time before expiry at which cached tokens stop being served.
+    pub refresh_margin: Duration,
+    /// Identity sources by name.
+    pub identities: BTreeMap<String, IdentityConfig>,
+    /// Exchanges by name.
+    pub exchanges: BTreeMap<String, ExchangeConfig>,
+    /// Routes, in file order.
+    pub routes: Vec<Route>,
+}
+
+/// How to obtain a subject token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IdentityKind {
+    /// GitHub Actions' job OIDC endpoint (`ACTIONS_ID_TOKEN_REQUEST_URL`); `request_url`
+    /// overrides the variable for development issuers that speak the same protocol.
+    GitHubActions {
+        /// Overrides `ACTIONS_ID_TOKEN_REQUEST_URL`.
+        request_url: Option<String>,
+    },
+    /// A file re-read on every use (Kubernetes projected tokens, SPIFFE JWT-SVIDs,
+    /// `AWS_WEB_IDENTITY_TOKEN_FILE`).
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+    /// An environment variable (GitLab `id_tokens`, CircleCI, Bitbucket).
+    Env {
+        /// The variable.
+        var: String,
+    },
+    /// A command whose stdout is the token; `{audience}` in its arguments is replaced.
+    Command {
+        /// Program and arguments.
+        argv: Vec<String>,
+    },
+}
+
+/// A named identity source.
+#[derive(Clone, Debug)]
+pub struct IdentityConfig {
+    /// Its name in the config.
+    pub name: String,
+    /// How it obtains a token.
+    pub kind: IdentityKind,
+    /// Audience of the subject token, where the source lets us choose it.
+    pub audience: Option<String>,
+}
+
+/// A named token exchange.
+#[derive(Clone, Debug)]
+pub struct ExchangeConfig {
+    /// Its name in the config.
+    pub name: String,
+    /// RFC 8693 token endpoint.
+    pub token_endpoint: url::Url,
+    /// Extra CA certificates (PEM) trusted for this endpoint.
+    pub ca_file: Option<PathBuf>,
+    /// Whole-request timeout.
+    pub timeout: Duration,
+}
+
+/// How the token is presented to the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    /// `Authorization: Basic` with `username` and the token as password.
+    Basic,
+}
+
+/// A route: which targets get tokens, from which identity and exchange, with which scope.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// Name for messages and audit lines.
+    pub name: String,
+    /// Tool it serves.
+    pub tool: Tool,
+    /// `https`, or `http` for loopback.
+    pub protocol: String,
+    /// Normalised host, matched exactly.
+    pub host: String,
+    /// Repository path prefix, matched by whole segments.
+    pub path: Option<String>,
+    /// Identity source name.
+    pub identity: String,
+    /// Exchange name.
+    pub exchange: String,
+    /// Audience asked of the exchange.
+    pub audience: String,
+    /// Scope template with `{path}`, `{host}` and `{operation}`.
+    pub scope: String,
+    /// Operations this route may ask tokens for; others are denied.
+    pub operations: Vec<Operation>,
+    /// Lifetime asked for.
+    pub ttl: Duration,
+    /// How the token is presented.
+    pub scheme: Scheme,
+    /// Username for Basic.
+    pub username: String,
+}
+
+impl Route {
+    /// The scope to ask for this target and operation.
+    pub fn scope_for(&self, target: &Target, operation: Operation) -> String {
+        self.scope
+            .replace("{path}", target.path.as_deref().unwrap_or(""))
+            .replace("{host}", &target.host)
+            .replace("{operation}", operation.as_str())
+    }
+
+    /// True when the scope is bound to the repository path, which git only sends with
+    /// `credential.useHttpPath`.
+    pub fn needs_path(&self) -> bool {
+        self.path.is_some() || self.scope.contains("{path}")
+    }
+
+    fn matches(&self, target: &Target) -> bool {
+        self.tool == target.tool
+            && self.protocol == target.protocol
+            && self.host == target.host
+            && match (&self.path, &target.path) {
+                (None, _) => true,
+                (Some(prefix), Some(path)) => is_segment_prefix(prefix, path),
+                (Some(_), None) => false,
+            }
+    }
+}
+
+impl Config {
+    /// The config path: `$MAYFLY_CONFIG`, else `$XDG_CONFIG_HOME/mayfly/config.toml`.
+    pub fn default_path(env: &Env) -> Option<PathBuf> {
+        env.path(EnvVars::MAYFLY_CONFIG).or_else(|| Some(env.config_dir()?.join("config.toml")))
+    }
+
+    /// Loads the config; a missing default file is an empty config (no routes).
+    pub fn load(env: &Env) -> Result<Self, Error> {
+        let Some(path) = Self::default_path(env) else {
+            return Ok(Self::empty(PathBuf::new()));
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Self::parse(&text, &path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && env.get(EnvVars::MAYFLY_CONFIG).is_none() => {
+                Ok(Self::empty(path))
+            }
+            Err(source) => Err(Error::Read { path, source }),
+        }
+    }
+
+    fn empty(path: PathBuf) -> Self {
+        Self {
+            path,
+            refresh_margin: DEFAULT_REFRESH_MARGIN,
+            identities: BTreeMap::new(),
+            exchanges: BTreeMap::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| Error::Parse { path: path.into(), message: e.message().to_owned() })?;
+        let invalid = |message: String| Error::Invalid { path: path.into(), message };
+        let refresh_margin = raw
+            .settings
+            .refresh_margin
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(invalid)?
+            .unwrap_or(DEFAULT_REFRESH_MARGIN);
+        let identities = raw
+            .identities
+            .into_iter()
+            .map(|(name, raw)| Ok((name.clone(), identity(name, raw)?)))
+            .collect::<Result<_, String>>()
+            .map_err(invalid)?;
+        let exchanges = raw
+            .exchanges
+            .into_iter()
+            .map(|(name, raw)| Ok((name.clone(), exchange(name, raw)?)))
+            .collect::<Result<_, String>>()
+            .map_err(invalid)?;
+        let mut config = Self { path: path.into(), refresh_margin, identities, exchanges, routes: Vec::new() };
+        for (index, raw) in raw.routes.into_iter().enumerate() {
+            let route = config.route(index, raw).map_err(invalid)?;
+            config.routes.push(route);
+        }
+        Ok(config)
+    }
+
+    fn route(&self, index: usize, raw: RawRoute) -> Result<Route, String> {
+        let tool = match raw.tool.as_str() {
+            "git" => Tool::Git,
+            other => return Err(format!("route {}: unknown tool `{other}`", index + 1)),
+        };
+        let protocol = raw.protocol.unwrap_or_else(|| "https".into()).to_ascii_lowercase();
+        let host = normalize_host(&protocol, &raw.host).map_err(|e| format!("route {}: {e}", index + 1))?;
+        let path = match raw.path {
+            Some(p) => normalize_repo_path(&p).map_err(|e| format!("route {}: {e}", index + 1))?,
+            None => None,
+        };
+        let name = raw.name.unwrap_or_else(|| match &path {
+            Some(p) => format!("{}:{host}/{p}", tool.as_str()),
+            None => format!("{}:{host}", tool.as_str()),
+        });
+        if protocol != "https" && !(protocol == "http" && crate::http::is_loopback_host(&host)) {
+            return Err(format!("route `{name}`: protocol `{protocol}` is not allowed (https, or http to loopback)"));
+        }
+        if !self.identities.contains_key(&raw.identity) {
+            return Err(format!("route `{name}`: no identity named `{}`", raw.identity));
+        }
+        if !self.exchanges.contains_key(&raw.exchange) {
+            return Err(format!("route `{name}`: no exchange named `{}`", raw.exchange));
+        }
+        let operations = raw
+            .operations
+            .unwrap_or_else(|| vec!["read".into()])
+            .iter()
+            .map(|o| o.parse())
+            .collect::<Result<Vec<Operation>, _>>()
+            .map_err(|e| format!("route `{name}`: {e}"))?;
+        let ttl = raw.ttl.as_deref().map(parse_duration).transpose()?.unwrap_or(DEFAULT_TTL);
+        let scheme = match raw.scheme.as_deref().unwrap_or("bearer") {
+            "bearer" => Scheme::Bearer,
+            "basic" => Scheme::Basic,
+            other => return Err(format!("route `{name}`: unknown scheme `{other}` (bearer or basic)")),
+        };
+        Ok(Route {
+            audience: raw.audience.unwrap_or_else(|| format!("{protocol}://{host}")),
+            scope: raw.scope.unwrap_or_else(|| DEFAULT_SCOPE.into()),
+            username: raw.username.unwrap_or_else(|| "x-access-token".into()),
+            identity: raw.identity,
+            exchange: raw.exchange,
+            name,
+            tool,
+            protocol,
+            host,
+            path,
+            operations,
+            ttl,
+            scheme,
+        })
+    }
+
+    /// The most specific route for a target (longest path prefix), if any.
+    pub fn route_for(&self, target: &Target) -> Option<&Route> {
+        self.routes
+            .iter()
+            .filter(|r| r.matches(target))
+            .max_by_key(|r| r.path.as_ref().map_or(0, |p| p.split('/').count()))
+    }
+
+    /// True when some route serves this tool and host, whatever the path.
+    pub fn serves_host(&self, tool: Tool, protocol: &str, host: &str) -> bool {
+        self.routes.iter().any(|r| r.tool == tool && r.protocol == protocol && r.host == host)
+    }
+}
+
+fn identity(name: String, raw: RawIdentity) -> Result<IdentityConfig, String> {
+    let missing = |field: &str| format!("identity `{name}` ({}) needs `{field}`", raw.kind);
+    let kind = match raw.kind.as_str() {
+        "github-actions" => IdentityKind::GitHubActions { request_url: raw.request_url.clone() },
+        "file" => IdentityKind::File { path: raw.path.clone().ok_or_else(|| missing("path"))? },
+        "env" => IdentityKind::Env { var: raw.var.clone().ok_or_else(|| missing("var"))? },
+        "command" => {
+            let argv = raw.command.clone().filter(|c| !c.is_empty()).ok_or_else(|| missing("command"))?;
+            IdentityKind::Command { argv }
+        }
+        other => {
+            return Err(format!("identity `{name}`: unknown kind `{other}` (github-actions, file, env or command)"));
+        }
+    };
+    Ok(IdentityConfig { name, kind, audience: raw.audience })
+}
+
+fn exchange(name: String, raw: RawExchange) -> Result<ExchangeConfig, String> {
+    if raw.kind != "rfc8693" {
+        return Err(format!("exchange `{name}`: unknown kind `{}` (rfc8693)", raw.kind));
+    }
+    let token_endpoint = url::Url::parse(&raw.token_endpoint)
+        .map_err(|e| format!("exchange `{name}`: invalid token_endpoint: {e}"))?;
+    crate::http::check_url(&token_endpoint).map_err(|e| format!("exchange `{name}`: {e}"))?;
+    let timeout = raw.timeout.as_deref().map(parse_duration).transpose()?.unwrap_or(Duration::from_secs(15));
+    Ok(ExchangeConfig { name, token_endpoint, ca_file: raw.ca_file, timeout })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+        [identities.ci]
+        kind = "github-actions"
+        audience = "mayfly"
+
+        [exchanges.corp]
+        kind = "rfc8693"
+        token_endpoint = "https://sts.example.com/token"
+
+        [[routes]]
+        tool = "git"
+        host = "Git.Example.com:443"
+        identity = "ci"
+        exchange = "corp"
+        operations = ["read", "write"]
+
+        [[routes]]
+        name = "docs read-only"
+        tool = "git"
+        host = "git.example.com"
+        path = "org/docs"
+        identity = "ci"
+        exchange = "corp"
+        ttl = "5m"
+    "#;
+
+    fn target(host: &str, path: Option<&str>) -> Target {
+        Target::new(Tool::Git, "https", host, path).unwrap()
+    }
+
+    #[test]
+    fn routes_match_exact_host_and_longest_segment_prefix() {
+        let config = Config::parse(SAMPLE, Path::new("t.toml")).unwrap();
+        let app = config.route_for(&target("git.example.com", Some("org/app.git"))).unwrap();
+        assert_eq!(app.name, "git:git.example.com");
+        assert_eq!(app.operations, vec![Operation::Read, Operation::Write]);
+        let docs = config.route_for(&target("GIT.example.com", Some("org/docs/sub"))).unwrap();
+        assert_eq!(docs.name, "docs read-only");
+        assert_eq!(docs.ttl, Duration::from_secs(300));
+        assert_eq!(docs.operations, vec![Operation::Read]);
+        assert_eq!(config.route_for(&target("git.example.com", Some("org/docsy"))).unwrap().name, app.name);
+        assert!(config.route_for(&target("git.example.com.evil", None)).is_none());
+        assert!(config.route_for(&target("evil.git.example.com", None)).is_none());
+        assert!(config.route_for(&target("git.example.com:8443", None)).is_none());
+    }
+
+    #[test]
+    fn scope_binds_path_and_operation() {
+        let config = Config::parse(SAMPLE, Path::new("t.toml")).unwrap();
+        let t = target("git.example.com", Some("org/app.git"));
+        let route = config.route_for(&t).unwrap();
+        assert_eq!(route.scope_for(&t, Operation::Write), "repo:org/app:write");
+        assert!(route.needs_path());
+    }
+
+    #[test]
+    fn names_must_resolve_and_plain_http_is_loopback_only() {
+        let bad = SAMPLE.replace("exchange = \"corp\"\n        operations", "exchange = \"nope\"\n        operations");
+        let err = Config::parse(&bad, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("no exchange named `nope`"), "{err}");
+        let http = SAMPLE.replace("https://sts.example.com", "http://sts.example.com");
+        let err = Config::parse(&http, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("plain http"), "{err}");
+        let loopback = SAMPLE.replace("https://sts.example.com", "http://127.0.0.1:8080");
+        assert!(Config::parse(&loopback, Path::new("t.toml")).is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let err = Config::parse("[settings]\nrefresh = 1\n", Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+}

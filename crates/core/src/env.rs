@@ -1,0 +1,86 @@
+//! The environment, read once and passed down, and the table of every variable mayfly reads.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Every environment variable mayfly reads, in one place.
+pub struct EnvVars;
+
+impl EnvVars {
+    /// Path of the config file; default `$XDG_CONFIG_HOME/mayfly/config.toml`.
+    pub const MAYFLY_CONFIG: &'static str = "MAYFLY_CONFIG";
+    /// Directory of encrypted cache entries; default `$XDG_CACHE_HOME/mayfly/tokens`.
+    pub const MAYFLY_CACHE_DIR: &'static str = "MAYFLY_CACHE_DIR";
+    /// Memory-backed directory for the cache key; default `$XDG_RUNTIME_DIR/mayfly`,
+    /// else `/dev/shm/mayfly-<uid>`.
+    pub const MAYFLY_RUNTIME_DIR: &'static str = "MAYFLY_RUNTIME_DIR";
+    /// Path of the audit log; default `$XDG_STATE_HOME/mayfly/audit.jsonl`.
+    pub const MAYFLY_AUDIT_LOG: &'static str = "MAYFLY_AUDIT_LOG";
+    /// Session id that tags audit lines and cache entries (set by `mayfly exec`).
+    pub const MAYFLY_SESSION: &'static str = "MAYFLY_SESSION";
+    /// GitHub Actions: URL of the job's OIDC token endpoint.
+    pub const ACTIONS_ID_TOKEN_REQUEST_URL: &'static str = "ACTIONS_ID_TOKEN_REQUEST_URL";
+    /// GitHub Actions: bearer token for that endpoint.
+    pub const ACTIONS_ID_TOKEN_REQUEST_TOKEN: &'static str = "ACTIONS_ID_TOKEN_REQUEST_TOKEN";
+    /// Home directory.
+    pub const HOME: &'static str = "HOME";
+    /// XDG base directories.
+    pub const XDG_CONFIG_HOME: &'static str = "XDG_CONFIG_HOME";
+    /// XDG cache directory.
+    pub const XDG_CACHE_HOME: &'static str = "XDG_CACHE_HOME";
+    /// XDG state directory.
+    pub const XDG_STATE_HOME: &'static str = "XDG_STATE_HOME";
+    /// XDG runtime directory (memory-backed on systemd systems).
+    pub const XDG_RUNTIME_DIR: &'static str = "XDG_RUNTIME_DIR";
+}
+
+/// A snapshot of the environment. Binaries take it once in `main`; tests build their own.
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    vars: BTreeMap<String, String>,
+}
+
+impl Env {
+    /// The process environment (variables that are not UTF-8 are left out).
+    pub fn from_os() -> Self {
+        Self { vars: std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect() }
+    }
+
+    /// An environment made of the given pairs only.
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+        Self { vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
+    }
+
+    /// A variable's value; an empty value counts as unset.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// A path-valued variable.
+    pub fn path(&self, name: &str) -> Option<PathBuf> {
+        self.get(name).map(PathBuf::from)
+    }
+
+    fn home(&self) -> Option<PathBuf> {
+        self.path(EnvVars::HOME).or_else(dirs::home_dir)
+    }
+
+    fn xdg(&self, var: &str, fallback: &str) -> Option<PathBuf> {
+        self.path(var).filter(|p| p.is_absolute()).or_else(|| Some(self.home()?.join(fallback)))
+    }
+
+    /// `$XDG_CONFIG_HOME/mayfly`.
+    pub fn config_dir(&self) -> Option<PathBuf> {
+        Some(self.xdg(EnvVars::XDG_CONFIG_HOME, ".config")?.join("mayfly"))
+    }
+
+    /// `$XDG_CACHE_HOME/mayfly`.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        Some(self.xdg(EnvVars::XDG_CACHE_HOME, ".cache")?.join("mayfly"))
+    }
+
+    /// `$XDG_STATE_HOME/mayfly`.
+    pub fn state_dir(&self) -> Option<PathBuf> {
+        Some(self.xdg(EnvVars::XDG_STATE_HOME, ".local/state")?.join("mayfly"))
+    }
+}

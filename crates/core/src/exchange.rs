@@ -1,0 +1,232 @@
+//! RFC 8693 token exchange: the subject token in, a scoped short-lived token out.
+//!
+//! Building the form and reading the answer are pure functions ([`form`], [`parse`]);
+//! [`exchange`] is the thin driver that sends them.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ExchangeConfig;
+use crate::http::HttpClient;
+use crate::{Secret, sanitize_for_terminal};
+
+/// `grant_type` of RFC 8693.
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// Subject token type for OIDC ID tokens.
+pub const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+/// Requested token type.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// Attempts when the request was not delivered or the server said 502/503/504.
+const ATTEMPTS: u32 = 3;
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The exchange refused, with an RFC 6749 error body.
+    #[error("exchange `{exchange}` refused: {code}{}", description.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Denied {
+        /// Exchange name.
+        exchange: String,
+        /// RFC 6749 `error` code.
+        code: String,
+        /// `error_description`, sanitised.
+        description: Option<String>,
+    },
+    /// The exchange answered with something that is not a token response.
+    #[error("exchange `{exchange}` answered {status} with {what}")]
+    Malformed {
+        /// Exchange name.
+        exchange: String,
+        /// HTTP status.
+        status: u16,
+        /// What was wrong.
+        what: String,
+    },
+    /// The request did not get through.
+    #[error("exchange `{exchange}`: {source}")]
+    Http {
+        /// Exchange name.
+        exchange: String,
+        /// The cause.
+        #[source]
+        source: crate::http::Error,
+    },
+}
+
+/// The context sent along with the request: which command, on whose behalf.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Intent {
+    /// Tool whose hook asked.
+    pub tool: String,
+    /// Operation.
+    pub operation: String,
+    /// Target URL.
+    pub target: String,
+    /// Session id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// The command line that asked (the nearest ancestor that is the tool), redacted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+}
+
+/// What to ask for.
+pub(crate) struct ExchangeRequest<'a> {
+    pub subject_token: &'a Secret,
+    pub audience: &'a str,
+    pub scope: &'a str,
+    pub ttl: Duration,
+    pub intent: &'a Intent,
+}
+
+/// A successful token response.
+#[derive(Debug)]
+pub struct ExchangeResponse {
+    /// The issued token.
+    pub access_token: Secret,
+    /// `issued_token_type`.
+    pub issued_token_type: String,
+    /// Lifetime in seconds (from `expires_in`, else the token's `exp`).
+    pub expires_in: Option<u64>,
+    /// Granted scope (absent means as requested).
+    pub scope: Option<String>,
+}
+
+/// The form body. `requested_ttl` and `intent` are extensions an exchange may ignore.
+pub(crate) fn form(request: &ExchangeRequest<'_>) -> Vec<(&'static str, String)> {
+    vec![
+        ("grant_type", TOKEN_EXCHANGE_GRANT.into()),
+        ("subject_token", request.subject_token.expose().into()),
+        ("subject_token_type", ID_TOKEN_TYPE.into()),
+        ("requested_token_type", ACCESS_TOKEN_TYPE.into()),
+        ("audience", request.audience.into()),
+        ("scope", request.scope.into()),
+        ("requested_ttl", request.ttl.as_secs().to_string()),
+        ("intent", serde_json::to_string(request.intent).unwrap_or_default()),
+    ]
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    access_token: Option<String>,
+    issued_token_type: Option<String>,
+    token_type: Option<String>,
+    expires_in: Option<u64>,
+    scope: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    error_description: Option<String>,
+}
+
+/// Reads an exchange's answer.
+pub(crate) fn parse(exchange: &str, status: u16, body: &[u8]) -> Result<ExchangeResponse, Error> {
+    let malformed = |what: &str| Error::Malformed { exchange: exchange.into(), status, what: what.into() };
+    if status == 200 {
+        let body: TokenBody = serde_json::from_slice(body).map_err(|_| malformed("a body that is not a token response"))?;
+        let token = body.access_token.filter(|t| !t.is_empty()).ok_or_else(|| malformed("no `access_token`"))?;
+        if token.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(malformed("a token containing control characters or spaces"));
+        }
+        let issued_token_type = body.issued_token_type.ok_or_else(|| malformed("no `issued_token_type`"))?;
+        if body.token_type.is_none() {
+            return Err(malformed("no `token_type`"));
+        }
+        let expires_in = body.expires_in.or_else(|| {
+            let exp = crate::peek_claims(&token)?.exp?;
+            u64::try_from(exp - time::OffsetDateTime::now_utc().unix_timestamp()).ok()
+        });
+        return Ok(ExchangeResponse { access_token: Secret::new(token), issued_token_type, expires_in, scope: body.scope });
+    }
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(e) if (400..500).contains(&status) => Err(Error::Denied {
+            exchange: exchange.into(),
+            code: sanitize_for_terminal(&e.error),
+            description: e.error_description.map(|d| sanitize_for_terminal(&d).chars().take(300).collect()),
+        }),
+        _ => Err(malformed("an error")),
+    }
+}
+
+/// Sends the exchange, retrying only where the exchange cannot have minted anything.
+pub(crate) fn exchange(config: &ExchangeConfig, http: &HttpClient, request: &ExchangeRequest<'_>) -> Result<ExchangeResponse, Error> {
+    let url = &config.token_endpoint;
+    let http_error = |source| Error::Http { exchange: config.name.clone(), source };
+    let body = form(request);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let sent = http.post(url).map_err(http_error)?.header("Accept", "application/json").form(&body);
+        let retryable = match http.send(sent, url) {
+            Ok((status, body)) if matches!(status, 502..=504) && attempt < ATTEMPTS => {
+                drop(body);
+                true
+            }
+            Ok((status, body)) => return parse(&config.name, status, &body),
+            Err(crate::http::Error::Send { not_delivered: true, .. }) if attempt < ATTEMPTS => true,
+            Err(e) => return Err(http_error(e)),
+        };
+        if retryable {
+            std::thread::sleep(Duration::from_millis(100 << attempt));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_carries_rfc8693_fields_and_intent() {
+        let token = Secret::new("subject-jwt");
+        let intent = Intent { tool: "git".into(), operation: "write".into(), target: "https://h/r".into(), ..Intent::default() };
+        let request = ExchangeRequest { subject_token: &token, audience: "https://h", scope: "repo:r:write", ttl: Duration::from_secs(600), intent: &intent };
+        let form = form(&request);
+        let get = |k: &str| form.iter().find(|(key, _)| *key == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("grant_type"), Some(TOKEN_EXCHANGE_GRANT));
+        assert_eq!(get("subject_token"), Some("subject-jwt"));
+        assert_eq!(get("subject_token_type"), Some(ID_TOKEN_TYPE));
+        assert_eq!(get("audience"), Some("https://h"));
+        assert_eq!(get("scope"), Some("repo:r:write"));
+        assert_eq!(get("requested_ttl"), Some("600"));
+        assert!(get("intent").unwrap().contains(r#""operation":"write""#));
+        assert!(get("actor_token_type").is_none());
+    }
+
+    #[test]
+    fn parses_success_with_unknown_fields() {
+        let body = br#"{"access_token":"tok","issued_token_type":"urn:ietf:params:oauth:token-type:access_token","token_type":"Bearer","expires_in":900,"scope":"a","extra":{}}"#;
+        let response = parse("x", 200, body).unwrap();
+        assert_eq!(response.access_token.expose(), "tok");
+        assert_eq!(response.expires_in, Some(900));
+        assert_eq!(response.scope.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn refuses_lying_success_bodies() {
+        let cases: [&[u8]; 5] = [
+            b"not json",
+            br#"{"issued_token_type":"t","token_type":"Bearer"}"#,
+            br#"{"access_token":"","issued_token_type":"t","token_type":"Bearer"}"#,
+            br#"{"access_token":"a\nb","issued_token_type":"t","token_type":"Bearer"}"#,
+            br#"{"access_token":"a","token_type":"Bearer"}"#,
+        ];
+        for body in cases {
+            assert!(matches!(parse("x", 200, body), Err(Error::Malformed { .. })), "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn rfc6749_errors_become_one_clean_line() {
+        let body = br#"{"error":"invalid_target","error_description":"audience not allowed\u001b[31m\nsecond line"}"#;
+        let err = parse("corp", 400, body).unwrap_err().to_string();
+        assert_eq!(err, "exchange `corp` refused: invalid_target: audience not allowed\u{fffd}[31m\u{fffd}second line");
+        assert!(!err.contains('\n'));
+        let err = parse("corp", 500, b"<html>oops</html>").unwrap_err().to_string();
+        assert_eq!(err, "exchange `corp` answered 500 with an error");
+    }
+}

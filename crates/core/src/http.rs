@@ -1,0 +1,217 @@
+//! The one HTTP client every exchange and identity source uses: HTTPS only (plain HTTP to
+//! loopback), timeouts, bounded bodies, no credentials across origins.
+
+use std::io::Read;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::redirect;
+
+/// The largest response body read from an exchange or identity endpoint.
+pub(crate) const MAX_BODY: u64 = 256 * 1024;
+
+/// Why an HTTP exchange failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URL's scheme is not allowed.
+    #[error("refusing plain http to `{0}` (https is required except to loopback)")]
+    Insecure(String),
+    /// The CA file could not be read or parsed.
+    #[error("cannot load CA certificates from `{path}`: {message}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The request could not be sent or timed out.
+    #[error("request to `{url}` failed: {message}")]
+    Send {
+        /// Where (without query).
+        url: String,
+        /// What went wrong.
+        message: String,
+        /// True when the request was never delivered, so retrying is safe.
+        not_delivered: bool,
+    },
+    /// The server answered with a redirect, which mayfly does not follow across origins.
+    #[error("`{url}` redirected to another origin; not followed")]
+    Redirect {
+        /// Where.
+        url: String,
+    },
+    /// The response body is larger than [`MAX_BODY`].
+    #[error("response from `{0}` is larger than {MAX_BODY} bytes")]
+    TooLarge(String),
+}
+
+/// True for `localhost` and loopback IP literals (with or without port).
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.ends_with(':') => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// True when the URL points at this machine's loopback interface.
+pub fn is_loopback_url(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// HTTPS, or HTTP to loopback; nothing else.
+pub(crate) fn check_url(url: &url::Url) -> Result<(), Error> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback_url(url) => Ok(()),
+        _ => Err(Error::Insecure(redacted(url))),
+    }
+}
+
+/// The URL without userinfo, query or fragment, for messages.
+pub(crate) fn redacted(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
+}
+
+/// A blocking client with mayfly's rules built in.
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    client: Client,
+}
+
+impl HttpClient {
+    /// A client with a whole-request timeout, optionally trusting extra CA certificates.
+    pub fn new(timeout: Duration, ca_file: Option<&Path>) -> Result<Self, Error> {
+        let mut builder = Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("mayfly/", env!("CARGO_PKG_VERSION")))
+            .redirect(same_origin_redirects())
+            .no_proxy();
+        if let Some(path) = ca_file {
+            let ca_error = |message: String| Error::Ca { path: path.display().to_string(), message };
+            let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let client = builder.build().map_err(|e| Error::Send {
+            url: String::new(),
+            message: e.to_string(),
+            not_delivered: true,
+        })?;
+        Ok(Self { client })
+    }
+
+    /// A GET request, after checking the URL is allowed.
+    pub fn get(&self, url: &url::Url) -> Result<RequestBuilder, Error> {
+        check_url(url)?;
+        Ok(self.client.get(url.clone()))
+    }
+
+    /// A POST request, after checking the URL is allowed.
+    pub fn post(&self, url: &url::Url) -> Result<RequestBuilder, Error> {
+        check_url(url)?;
+        Ok(self.client.post(url.clone()))
+    }
+
+    /// Sends a request and reads at most [`MAX_BODY`] bytes of the answer.
+    pub fn send(&self, request: RequestBuilder, url: &url::Url) -> Result<(u16, Vec<u8>), Error> {
+        let shown = redacted(url);
+        let response: Response = request.send().map_err(|e| Error::Send {
+            url: shown.clone(),
+            message: describe(&e),
+            not_delivered: e.is_connect(),
+        })?;
+        let status = response.status();
+        if status.is_redirection() {
+            return Err(Error::Redirect { url: shown });
+        }
+        let mut body = Vec::new();
+        response.take(MAX_BODY + 1).read_to_end(&mut body).map_err(|e| Error::Send {
+            url: shown.clone(),
+            message: e.to_string(),
+            not_delivered: false,
+        })?;
+        if body.len() as u64 > MAX_BODY {
+            return Err(Error::TooLarge(shown));
+        }
+        Ok((status.as_u16(), body))
+    }
+}
+
+/// Follows a redirect only to the same origin; credentials never leave it.
+fn same_origin_redirects() -> redirect::Policy {
+    redirect::Policy::custom(|attempt| {
+        let same = attempt.previous().last().is_some_and(|prev| prev.origin() == attempt.url().origin());
+        if same && attempt.previous().len() < 3 { attempt.follow() } else { attempt.stop() }
+    })
+}
+
+/// The error and its causes in one line, without the URL (callers add a redacted one).
+fn describe(error: &reqwest::Error) -> String {
+    let mut message = if error.is_timeout() { "timed out".to_owned() } else { String::new() };
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if message.is_empty() {
+        let mut shown = error.to_string();
+        if let Some(url) = error.url() {
+            shown = shown.replace(url.as_str(), &redacted(url));
+        }
+        shown
+    } else {
+        message
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_detection() {
+        for host in ["127.0.0.1", "127.0.0.1:8080", "localhost:1", "[::1]:443", "[::1]", "127.9.9.9"] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in ["10.0.0.1", "example.com", "127.0.0.1.example.com", "localhost.evil"] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        let ok = ["https://sts.example.com/token", "http://127.0.0.1:9/token", "http://localhost/x"];
+        for url in ok {
+            assert!(check_url(&url::Url::parse(url).unwrap()).is_ok(), "{url}");
+        }
+        let bad = ["http://sts.example.com/token", "ftp://127.0.0.1/", "http://127.0.0.1.nip.io/"];
+        for url in bad {
+            assert!(check_url(&url::Url::parse(url).unwrap()).is_err(), "{url}");
+        }
+    }
+
+    #[test]
+    fn redacted_urls_drop_userinfo_and_query() {
+        let url = url::Url::parse("https://user:pw@h.example/p?sig=abc#f").unwrap();
+        assert_eq!(redacted(&url), "https://h.example/p");
+    }
+}

@@ -1,0 +1,49 @@
+//! The core of mayfly, shared by every helper binary, the `mayfly` command and the
+//! reference exchange.
+//!
+//! A request flows through it in one direction:
+//!
+//! ```text
+//! hook protocol (protocol::git ...) -> route (config + target)
+//!   -> cache (age-encrypted, single-flight) -> identity source (subject token)
+//!   -> exchange (RFC 8693 ...) -> audit (one JSON line per decision)
+//! ```
+//!
+//! [`Broker`] is the one protocol-agnostic entry point: a helper parses its tool's
+//! request into a [`Target`], asks the broker for a token, and writes the answer back in
+//! its tool's own format.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod ancestry;
+mod audit;
+mod broker;
+mod cache;
+mod config;
+mod duration;
+mod env;
+mod exchange;
+mod http;
+mod identity;
+mod jwt;
+pub mod protocol;
+mod redact;
+mod secret;
+mod target;
+
+pub use ancestry::{Process, ancestry, infer_git_operation};
+pub use audit::{AuditEvent, AuditLog, Outcome};
+pub use broker::{Broker, Error as BrokerError, Issued, Resolution};
+pub use cache::{Cache, CacheEntry, Error as CacheError};
+pub use config::{
+    Config, Error as ConfigError, ExchangeConfig, IdentityConfig, IdentityKind, Route, Scheme,
+};
+pub use duration::parse_duration;
+pub use env::{Env, EnvVars};
+pub use exchange::{ACCESS_TOKEN_TYPE, Error as ExchangeError, ExchangeResponse, ID_TOKEN_TYPE, Intent, TOKEN_EXCHANGE_GRANT};
+pub use http::{Error as HttpError, HttpClient, is_loopback_url};
+pub use identity::{Error as IdentityError, SubjectToken};
+pub use jwt::{Claims as UnverifiedClaims, peek_claims};
+pub use redact::{redact_argv, sanitize_for_terminal};
+pub use secret::{Fingerprint, Secret};
+pub use target::{Error as TargetError, Operation, Target, Tool, normalize_host, normalize_repo_path};

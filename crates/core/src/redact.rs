@@ -1,0 +1,68 @@
+//! Keeping secrets and terminal tricks out of what mayfly prints and logs.
+
+/// Replaces control characters (ANSI escapes, CR, LF ...) so a hostile value cannot
+/// rewrite the user's terminal or forge a log line.
+pub fn sanitize_for_terminal(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { char::REPLACEMENT_CHARACTER } else { c })
+        .collect()
+}
+
+/// A process's argv as it may be logged: URL passwords masked, token-shaped values hidden.
+pub fn redact_argv(argv: &[String]) -> Vec<String> {
+    argv.iter().map(|arg| redact_arg(arg)).collect()
+}
+
+fn redact_arg(arg: &str) -> String {
+    if looks_like_token(arg) {
+        return "[redacted]".into();
+    }
+    if let Some((key, value)) = arg.split_once('=')
+        && looks_like_token(value)
+    {
+        return format!("{key}=[redacted]");
+    }
+    if arg.contains("://")
+        && let Ok(mut url) = url::Url::parse(arg)
+        && url.password().is_some()
+    {
+        let _ = url.set_password(Some("***"));
+        return sanitize_for_terminal(url.as_str());
+    }
+    sanitize_for_terminal(arg)
+}
+
+/// JWTs and the common prefixed token formats.
+fn looks_like_token(value: &str) -> bool {
+    const PREFIXES: [&str; 8] = ["ghp_", "ghs_", "gho_", "github_pat_", "glpat-", "npm_", "pypi-", "hvs."];
+    let jwt = value.starts_with("eyJ") && value.matches('.').count() == 2 && value.len() > 30;
+    jwt || PREFIXES.iter().any(|p| value.starts_with(p) && value.len() > p.len() + 10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_loses_passwords_and_tokens() {
+        let argv: Vec<String> = [
+            "git",
+            "push",
+            "https://user:hunter2@git.example.com/org/app",
+            "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlc2lnbmF0dXJl",
+            "--token=ghp_abcdefghijklmnopqrstuvwxyz",
+        ]
+        .map(String::from)
+        .to_vec();
+        let shown = redact_argv(&argv).join(" ");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("eyJzdWIi"), "{shown}");
+        assert!(!shown.contains("ghp_abc"), "{shown}");
+        assert!(shown.contains("git push https://user:***@git.example.com/org/app"), "{shown}");
+    }
+
+    #[test]
+    fn control_characters_are_neutralised() {
+        assert_eq!(sanitize_for_terminal("a\x1b[31mb\r\n"), "a\u{fffd}[31mb\u{fffd}\u{fffd}");
+    }
+}

@@ -1,0 +1,204 @@
+//! What a tool asks for: which tool, which host and repository, which operation.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The tool whose hook is asking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Tool {
+    /// git, through `credential.helper`.
+    Git,
+}
+
+impl Tool {
+    /// The name used in config and audit lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Git => "git",
+        }
+    }
+}
+
+/// What the tool is about to do with the token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Operation {
+    /// Fetch, clone, download.
+    Read,
+    /// Push, upload.
+    Write,
+}
+
+impl Operation {
+    /// The name used in config, scopes and audit lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+        }
+    }
+}
+
+impl FromStr for Operation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "read" => Ok(Self::Read),
+            "write" => Ok(Self::Write),
+            other => Err(format!("unknown operation `{other}` (expected `read` or `write`)")),
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a target could not be built from a tool's request.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The protocol is not one mayfly hands tokens to.
+    #[error("unsupported protocol `{0}` (only `https`, and `http` to loopback)")]
+    Protocol(String),
+    /// The host is empty or not a valid host name.
+    #[error("invalid host `{0}`")]
+    Host(String),
+    /// The path has characters no repository path has.
+    #[error("invalid repository path")]
+    Path,
+}
+
+/// A normalised request target: the unit routes match and tokens are bound to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The asking tool.
+    pub tool: Tool,
+    /// `https`, or `http` for loopback.
+    pub protocol: String,
+    /// Lowercase, IDNA-encoded host, with the port only when it is not the default.
+    pub host: String,
+    /// Repository path without leading or trailing `/` and without a trailing `.git`.
+    pub path: Option<String>,
+}
+
+impl Target {
+    /// Normalises and validates the parts of a request.
+    pub fn new(tool: Tool, protocol: &str, host: &str, path: Option<&str>) -> Result<Self, Error> {
+        let protocol = protocol.to_ascii_lowercase();
+        if protocol != "https" && protocol != "http" {
+            return Err(Error::Protocol(protocol));
+        }
+        let host = normalize_host(&protocol, host)?;
+        let path = match path {
+            Some(p) => normalize_repo_path(p)?,
+            None => None,
+        };
+        Ok(Self { tool, protocol, host, path })
+    }
+
+    /// `https://host/path`, for messages and audit lines.
+    pub fn display(&self) -> String {
+        match &self.path {
+            Some(p) => format!("{}://{}/{}", self.protocol, self.host, p),
+            None => format!("{}://{}", self.protocol, self.host),
+        }
+    }
+}
+
+/// Normalises `host[:port]` the way URLs do: lowercase, IDNA, default port dropped.
+///
+/// Anything a URL parser would read as userinfo, path, query or fragment is refused,
+/// so `good.example@evil.example` can never match `good.example`.
+pub fn normalize_host(protocol: &str, host: &str) -> Result<String, Error> {
+    let bad = |c: char| c.is_control() || c.is_whitespace() || "@/\\?#%".contains(c);
+    if host.is_empty() || host.chars().any(bad) {
+        return Err(Error::Host(crate::sanitize_for_terminal(host)));
+    }
+    let url = url::Url::parse(&format!("{protocol}://{host}/"))
+        .map_err(|_| Error::Host(crate::sanitize_for_terminal(host)))?;
+    let name = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| Error::Host(host.into()))?;
+    let name = name.trim_end_matches('.');
+    Ok(match url.port() {
+        Some(port) => format!("{name}:{port}"),
+        None => name.to_owned(),
+    })
+}
+
+/// Normalises a repository path: no leading or trailing `/`, no trailing `.git`,
+/// no empty, `.` or `..` segments. `None` for an empty path.
+pub fn normalize_repo_path(path: &str) -> Result<Option<String>, Error> {
+    if path.chars().any(|c| c.is_control() || c == '\\' || c == '?' || c == '#') {
+        return Err(Error::Path);
+    }
+    let lower = path.to_ascii_lowercase();
+    if ["%0a", "%0d", "%00", "%2f", "%5c"].iter().any(|p| lower.contains(p)) {
+        return Err(Error::Path);
+    }
+    let trimmed = path.trim_matches('/');
+    let trimmed = trimmed.strip_suffix(".git").unwrap_or(trimmed).trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    if trimmed.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        return Err(Error::Path);
+    }
+    Ok(Some(trimmed.to_owned()))
+}
+
+/// True when `prefix` is `path` or a whole-segment prefix of it.
+pub(crate) fn is_segment_prefix(prefix: &str, path: &str) -> bool {
+    path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_normalise_like_urls() {
+        assert_eq!(normalize_host("https", "Git.Example.COM").unwrap(), "git.example.com");
+        assert_eq!(normalize_host("https", "git.example.com:443").unwrap(), "git.example.com");
+        assert_eq!(normalize_host("http", "git.example.com:80").unwrap(), "git.example.com");
+        assert_eq!(normalize_host("https", "git.example.com:8443").unwrap(), "git.example.com:8443");
+        assert_eq!(normalize_host("https", "[::1]:443").unwrap(), "[::1]");
+        assert_eq!(normalize_host("https", "bücher.example").unwrap(), "xn--bcher-kva.example");
+        assert_eq!(normalize_host("https", "example.com.").unwrap(), "example.com");
+    }
+
+    #[test]
+    fn hostile_hosts_are_refused() {
+        for host in ["", "good.example@evil.example", "evil.example/good.example", "a b", "a\nb", "a%0ab", "x?y", "x#y"] {
+            assert!(normalize_host("https", host).is_err(), "{host:?} accepted");
+        }
+    }
+
+    #[test]
+    fn repo_paths_normalise() {
+        assert_eq!(normalize_repo_path("org/app.git").unwrap().as_deref(), Some("org/app"));
+        assert_eq!(normalize_repo_path("/org/app/").unwrap().as_deref(), Some("org/app"));
+        assert_eq!(normalize_repo_path("").unwrap(), None);
+        for bad in ["org/../app", "org//app", "org/app%0ahost=x", "a\\b", "org/app?x"] {
+            assert!(normalize_repo_path(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn segment_prefix_matches_whole_segments_only() {
+        assert!(is_segment_prefix("org/app", "org/app"));
+        assert!(is_segment_prefix("org", "org/app"));
+        assert!(!is_segment_prefix("org/app", "org/apples"));
+        assert!(!is_segment_prefix("org/app", "org"));
+    }
+
+    #[test]
+    fn only_https_and_http_are_targets() {
+        assert!(Target::new(Tool::Git, "ssh", "h", None).is_err());
+        assert!(Target::new(Tool::Git, "cert", "", None).is_err());
+    }
+}
