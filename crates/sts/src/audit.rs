@@ -1,0 +1,66 @@
+//! One JSON line per decision: who asked for what, with which intent, and what they got.
+
+use std::io::Write;
+use std::sync::Mutex;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// One audit line.
+#[derive(Serialize, Default)]
+pub(crate) struct Line<'a> {
+    pub time: String,
+    pub outcome: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intent: Option<&'a Value>,
+}
+
+/// Where lines go: a file opened for append, or stderr.
+pub(crate) struct Audit {
+    sink: Mutex<Box<dyn Write + Send>>,
+}
+
+impl Audit {
+    pub(crate) fn open(path: Option<&std::path::Path>) -> std::io::Result<Self> {
+        let sink: Box<dyn Write + Send> = match path {
+            Some(path) => {
+                use std::os::unix::fs::OpenOptionsExt;
+                Box::new(std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?)
+            }
+            None => Box::new(std::io::stderr()),
+        };
+        Ok(Self { sink: Mutex::new(sink) })
+    }
+
+    pub(crate) fn write(&self, line: &Line<'_>) {
+        let Ok(mut bytes) = serde_json::to_vec(line) else { return };
+        bytes.push(b'\n');
+        if let Ok(mut sink) = self.sink.lock() {
+            let _ = sink.write_all(&bytes).and_then(|()| sink.flush());
+        }
+    }
+}
+
+pub(crate) fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}

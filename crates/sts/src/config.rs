@@ -1,0 +1,158 @@
+//! `mayfly-sts` config: who it trusts, what it allows, how it serves.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::policy::Rule;
+
+/// Why the config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read `{path}`")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("invalid config `{path}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// An issuer whose ID tokens are accepted as subject tokens.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuer {
+    /// The exact `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values (at least one).
+    pub audiences: Vec<String>,
+    /// JWKS URL; default: from `{issuer}/.well-known/openid-configuration`.
+    pub jwks_uri: Option<String>,
+    /// Extra CA certificates (PEM) for reaching the issuer.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    issuer: String,
+    listen: Option<String>,
+    signing_key: Option<PathBuf>,
+    audit_log: Option<PathBuf>,
+    default_ttl: Option<String>,
+    max_ttl: Option<String>,
+    tls: Option<Tls>,
+    #[serde(default)]
+    trusted_issuers: Vec<TrustedIssuer>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+}
+
+/// Certificate and key (PEM files) to serve HTTPS with.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Option<String>,
+    issuer: String,
+    #[serde(default)]
+    claims: BTreeMap<String, String>,
+    audiences: Vec<String>,
+    scopes: Vec<String>,
+    max_ttl: Option<String>,
+}
+
+/// A validated config.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `iss` of minted tokens; also the public base URL.
+    pub issuer: String,
+    /// Address to listen on.
+    pub listen: String,
+    /// PKCS#8 PEM file of the ES256 signing key; `None` makes an ephemeral key.
+    pub signing_key: Option<PathBuf>,
+    /// Audit log file; `None` writes audit lines to stderr.
+    pub audit_log: Option<PathBuf>,
+    /// Lifetime when the request names none.
+    pub default_ttl: Duration,
+    /// Upper bound on any lifetime.
+    pub max_ttl: Duration,
+    /// HTTPS settings; plain HTTP is allowed only on loopback.
+    pub tls: Option<Tls>,
+    /// Trusted issuers.
+    pub trusted_issuers: Vec<TrustedIssuer>,
+    /// Allow rules, in order.
+    pub rules: Vec<Rule>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
+        Self::parse(&text).map_err(|message| Error::Invalid { path: path.into(), message })
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        let duration = |v: Option<String>, default: u64| -> Result<Duration, String> {
+            v.as_deref().map(mayfly_core::parse_duration).transpose().map(|d| d.unwrap_or(Duration::from_secs(default)))
+        };
+        let default_ttl = duration(raw.default_ttl, 600)?;
+        let max_ttl = duration(raw.max_ttl, 3600)?;
+        let listen = raw.listen.unwrap_or_else(|| "127.0.0.1:8443".into());
+        let loopback = listen.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+        if raw.tls.is_none() && !loopback {
+            return Err(format!("listening on `{listen}` without [tls]: plain HTTP is only allowed on loopback"));
+        }
+        for issuer in &raw.trusted_issuers {
+            if issuer.audiences.is_empty() {
+                return Err(format!("trusted issuer `{}` needs at least one audience", issuer.issuer));
+            }
+        }
+        let mut rules = Vec::new();
+        for (i, rule) in raw.rules.into_iter().enumerate() {
+            let name = rule.name.unwrap_or_else(|| format!("rule {}", i + 1));
+            if !raw.trusted_issuers.iter().any(|t| t.issuer == rule.issuer) {
+                return Err(format!("`{name}`: issuer `{}` is not in trusted_issuers", rule.issuer));
+            }
+            if rule.audiences.is_empty() || rule.scopes.is_empty() {
+                return Err(format!("`{name}`: needs at least one audience and one scope"));
+            }
+            let max_ttl = duration(rule.max_ttl, max_ttl.as_secs())?.min(max_ttl);
+            rules.push(Rule { name, issuer: rule.issuer, claims: rule.claims, audiences: rule.audiences, scopes: rule.scopes, max_ttl });
+        }
+        Ok(Self {
+            issuer: raw.issuer.trim_end_matches('/').to_owned(),
+            listen,
+            signing_key: raw.signing_key,
+            audit_log: raw.audit_log,
+            default_ttl: default_ttl.min(max_ttl),
+            max_ttl,
+            tls: raw.tls,
+            trusted_issuers: raw.trusted_issuers,
+            rules,
+        })
+    }
+}

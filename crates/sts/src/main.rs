@@ -1,0 +1,26 @@
+//! `mayfly-sts`: serve the reference token exchange.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+
+/// mayfly's reference RFC 8693 token exchange.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// Config file (TOML).
+    #[arg(long, short, env = "MAYFLY_STS_CONFIG")]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = mayfly_sts::Config::load(&args.config)?;
+    let listener = std::net::TcpListener::bind(&config.listen).with_context(|| format!("cannot listen on `{}`", config.listen))?;
+    let sts = mayfly_sts::Sts::new(config, None).map_err(anyhow::Error::msg)?;
+    eprintln!("mayfly-sts: listening on {}", listener.local_addr()?);
+    mayfly_sts::serve(sts, listener).await?;
+    Ok(())
+}

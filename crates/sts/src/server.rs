@@ -1,0 +1,247 @@
+//! The HTTP surface: `POST /token` (RFC 8693), the JWKS, discovery and a health check.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use crate::audit::{Audit, Line, now_rfc3339};
+use crate::config::Config;
+use crate::keys::{Algorithm, SigningKey};
+use crate::policy::{ExchangeAsk, Policy, Rules};
+use crate::verify::Verifier;
+use mayfly_core::{ACCESS_TOKEN_TYPE, Fingerprint, ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT};
+
+/// Largest request body accepted.
+const MAX_REQUEST: usize = 64 * 1024;
+const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// A running exchange's state.
+pub struct Sts {
+    config: Config,
+    key: SigningKey,
+    verifier: Verifier,
+    policy: Box<dyn Policy>,
+    audit: Audit,
+}
+
+impl Sts {
+    /// Builds the exchange from its config (and an explicit key, if the caller has one).
+    pub fn new(config: Config, key: Option<SigningKey>) -> Result<Self, String> {
+        let key = match (key, &config.signing_key) {
+            (Some(key), _) => key,
+            (None, Some(path)) => {
+                let pem = std::fs::read_to_string(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+                SigningKey::from_pem(&pem)?
+            }
+            (None, None) => SigningKey::generate(Algorithm::Es256)?,
+        };
+        let verifier = Verifier::new(config.trusted_issuers.clone())?;
+        let policy = Box::new(Rules { rules: config.rules.clone(), default_ttl: config.default_ttl });
+        let audit = Audit::open(config.audit_log.as_deref()).map_err(|e| format!("cannot open audit log: {e}"))?;
+        Ok(Self { config, key, verifier, policy, audit })
+    }
+
+    /// The signing key's public JWK.
+    pub fn jwk(&self) -> &Value {
+        self.key.jwk()
+    }
+
+    /// The routes.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new()
+            .route("/token", post(token))
+            .route("/.well-known/jwks.json", get(jwks))
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/healthz", get(|| async { "ok" }))
+            .layer(DefaultBodyLimit::max(MAX_REQUEST))
+            .with_state(self)
+    }
+}
+
+/// Serves on a bound listener, with TLS when the config has it.
+pub async fn serve(sts: Sts, listener: std::net::TcpListener) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let tls = sts.config.tls.clone();
+    let app = Arc::new(sts).router();
+    match tls {
+        Some(tls) => {
+            let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key).await?;
+            axum_server::from_tcp_rustls(listener, rustls)?.serve(app.into_make_service()).await
+        }
+        None => axum_server::from_tcp(listener)?.serve(app.into_make_service()).await,
+    }
+}
+
+fn no_store(mut response: Response) -> Response {
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
+    no_store((status, axum::Json(json!({"error": code, "error_description": description}))).into_response())
+}
+
+async fn jwks(State(sts): State<Arc<Sts>>) -> Response {
+    axum::Json(json!({"keys": [sts.key.jwk()]})).into_response()
+}
+
+async fn discovery(State(sts): State<Arc<Sts>>) -> Response {
+    let base = &sts.config.issuer;
+    axum::Json(json!({
+        "issuer": base,
+        "jwks_uri": format!("{base}/.well-known/jwks.json"),
+        "token_endpoint": format!("{base}/token"),
+        "grant_types_supported": [TOKEN_EXCHANGE_GRANT],
+        "id_token_signing_alg_values_supported": ["ES256"],
+    }))
+    .into_response()
+}
+
+/// The parsed form of a token exchange request.
+struct Form {
+    pairs: Vec<(String, String)>,
+}
+
+impl Form {
+    fn one(&self, key: &str) -> Result<Option<&str>, String> {
+        let mut values = self.pairs.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let first = values.next();
+        if values.next().is_some() {
+            return Err(format!("`{key}` given more than once"));
+        }
+        Ok(first.filter(|v| !v.is_empty()))
+    }
+}
+
+async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: Bytes) -> Response {
+    let form_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !form_type.starts_with("application/x-www-form-urlencoded") {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "body must be application/x-www-form-urlencoded");
+    }
+    let form = Form { pairs: url::form_urlencoded::parse(&body).into_owned().collect() };
+    match exchange(&sts, &form).await {
+        Ok(response) => response,
+        Err(Refusal { code, reason }) => oauth_error(StatusCode::BAD_REQUEST, code, &reason),
+    }
+}
+
+/// An RFC 6749 error: its code and a description safe to show the client.
+struct Refusal {
+    code: &'static str,
+    reason: String,
+}
+
+fn invalid_request(reason: impl Into<String>) -> Refusal {
+    Refusal { code: "invalid_request", reason: reason.into() }
+}
+
+/// The checks of RFC 8693 section 2.1 on the request's shape.
+fn check_shape(form: &Form) -> Result<(), Refusal> {
+    if form.one("grant_type").map_err(invalid_request)? != Some(TOKEN_EXCHANGE_GRANT) {
+        return Err(Refusal { code: "unsupported_grant_type", reason: "only token exchange (RFC 8693) is supported".into() });
+    }
+    match form.one("subject_token_type").map_err(invalid_request)? {
+        Some(ID_TOKEN_TYPE | JWT_TOKEN_TYPE) => {}
+        Some(_) => return Err(invalid_request("`subject_token_type` must be an id_token or jwt")),
+        None => return Err(invalid_request("`subject_token_type` is required")),
+    }
+    match (form.one("actor_token").map_err(invalid_request)?, form.one("actor_token_type").map_err(invalid_request)?) {
+        (None, None) => {}
+        (Some(_), None) | (None, Some(_)) => return Err(invalid_request("`actor_token` and `actor_token_type` go together")),
+        (Some(_), Some(_)) => return Err(invalid_request("delegation (`actor_token`) is not supported by this exchange")),
+    }
+    match form.one("requested_token_type").map_err(invalid_request)? {
+        None | Some(ACCESS_TOKEN_TYPE | JWT_TOKEN_TYPE) => Ok(()),
+        Some(_) => Err(invalid_request("`requested_token_type` must be an access_token or jwt")),
+    }
+}
+
+async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
+    let audiences: Vec<&str> = form.pairs.iter().filter(|(k, _)| k == "audience" || k == "resource").map(|(_, v)| v.as_str()).collect();
+    let scope = form.one("scope").unwrap_or_default().unwrap_or("");
+    let intent: Option<Value> = form.one("intent").ok().flatten().and_then(|v| serde_json::from_str(v).ok());
+    let mut line = Line { scope: Some(scope.to_owned()), intent: intent.as_ref(), audience: audiences.first().copied(), ..Line::default() };
+    let deny = |refusal: Refusal, line: Line<'_>| {
+        sts.audit.write(&Line { time: now_rfc3339(), outcome: "denied", code: Some(refusal.code), reason: Some(&refusal.reason), ..line });
+        refusal
+    };
+    if let Err(refusal) = check_shape(form) {
+        return Err(deny(refusal, line));
+    }
+    let Some(subject_token) = form.one("subject_token").ok().flatten() else {
+        return Err(deny(invalid_request("`subject_token` is required"), line));
+    };
+    let audience = match audiences.as_slice() {
+        [one] => *one,
+        [] => return Err(deny(Refusal { code: "invalid_target", reason: "an `audience` is required".into() }, line)),
+        _ => return Err(deny(Refusal { code: "invalid_target", reason: "one `audience` per request".into() }, line)),
+    };
+    let ttl = match form.one("requested_ttl").map_err(invalid_request)?.map(str::parse::<u64>) {
+        Some(Ok(secs)) => Some(Duration::from_secs(secs)),
+        Some(Err(_)) => return Err(deny(invalid_request("`requested_ttl` must be seconds"), line)),
+        None => None,
+    };
+    let subject = match sts.verifier.verify(subject_token).await {
+        Ok(subject) => subject,
+        Err(rejection) => return Err(deny(invalid_request(rejection.0), line)),
+    };
+    line.issuer = Some(&subject.issuer);
+    line.subject = Some(&subject.subject);
+    let scopes: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
+    let ask = ExchangeAsk { subject: &subject, audience, scopes: &scopes, ttl, intent: intent.as_ref() };
+    let grant = match sts.policy.decide(&ask) {
+        Ok(grant) => grant,
+        Err(denial) => return Err(deny(Refusal { code: denial.code, reason: denial.reason }, line)),
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let ttl = grant.ttl.as_secs();
+    let jti = random_id();
+    let scope = grant.scopes.join(" ");
+    let claims = json!({
+        "iss": sts.config.issuer,
+        "sub": subject.subject,
+        "aud": audience,
+        "scope": scope,
+        "iat": now,
+        "nbf": now,
+        "exp": now + i64::try_from(ttl).unwrap_or(i64::MAX / 4),
+        "jti": jti,
+        "client_id": "mayfly",
+        "subject_issuer": subject.issuer,
+    });
+    let access_token = sts.key.sign(Some("at+jwt"), &claims).map_err(|e| Refusal { code: "server_error", reason: e })?;
+    sts.audit.write(&Line {
+        time: now_rfc3339(),
+        outcome: "issued",
+        scope: Some(scope.clone()),
+        ttl: Some(ttl),
+        rule: Some(&grant.rule),
+        jti: Some(&jti),
+        fingerprint: Some(Fingerprint::of(&access_token).to_string()),
+        ..line
+    });
+    Ok(no_store(
+        axum::Json(json!({
+            "access_token": access_token,
+            "issued_token_type": ACCESS_TOKEN_TYPE,
+            "token_type": "Bearer",
+            "expires_in": ttl,
+            "scope": scope,
+        }))
+        .into_response(),
+    ))
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    hex::encode(bytes)
+}

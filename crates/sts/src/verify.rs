@@ -1,0 +1,195 @@
+//! Verifying subject tokens: OIDC discovery, JWKS, signature and registered claims.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{DecodingKey, Validation, errors::ErrorKind};
+use serde_json::{Map, Value};
+use tokio::sync::Mutex;
+
+use crate::config::TrustedIssuer;
+
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
+const LEEWAY_SECS: u64 = 30;
+/// Largest discovery document or JWKS accepted.
+const MAX_DOCUMENT: usize = 256 * 1024;
+/// A JWKS is re-fetched for an unknown `kid` at most this often.
+const REFETCH_AFTER: Duration = Duration::from_secs(10);
+/// A JWKS is re-fetched anyway after this long, to follow key rotation.
+const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
+
+/// A verified subject token.
+#[derive(Clone, Debug)]
+pub struct VerifiedSubject {
+    /// `iss`.
+    pub issuer: String,
+    /// `sub`.
+    pub subject: String,
+    /// Every claim.
+    pub claims: Map<String, Value>,
+}
+
+/// Why a subject token was refused; the reason is safe to return to the client.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct Rejection(pub String);
+
+struct IssuerState {
+    config: TrustedIssuer,
+    client: reqwest::Client,
+    jwks: Mutex<Option<(Instant, JwkSet)>>,
+}
+
+/// Verifies subject tokens against the trusted issuers.
+pub struct Verifier {
+    issuers: Vec<IssuerState>,
+}
+
+impl Verifier {
+    /// A verifier for these issuers.
+    pub fn new(issuers: Vec<TrustedIssuer>) -> Result<Self, String> {
+        let issuers = issuers
+            .into_iter()
+            .map(|config| {
+                let mut builder = reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .redirect(reqwest::redirect::Policy::none())
+                    .no_proxy();
+                if let Some(path) = &config.ca_file {
+                    let pem = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+                    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string())?;
+                    builder = builder.tls_certs_merge(certs);
+                }
+                let client = builder.build().map_err(|e| e.to_string())?;
+                Ok(IssuerState { config, client, jwks: Mutex::new(None) })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Self { issuers })
+    }
+
+    /// Verifies a compact JWS subject token.
+    pub async fn verify(&self, token: &str) -> Result<VerifiedSubject, Rejection> {
+        let reject = |m: &str| Err(Rejection(m.to_owned()));
+        let parts: Vec<&str> = token.split('.').collect();
+        if parts.len() != 3 {
+            return reject("subject token is not a signed JWT");
+        }
+        let header: Value = decode_part(parts[0]).ok_or_else(|| Rejection("subject token header is not JSON".into()))?;
+        let algorithm = match header.get("alg").and_then(Value::as_str) {
+            Some("RS256") => jsonwebtoken::Algorithm::RS256,
+            Some("ES256") => jsonwebtoken::Algorithm::ES256,
+            Some(alg) if alg.eq_ignore_ascii_case("none") => return reject("subject token alg `none` is not allowed"),
+            Some(alg) => return Err(Rejection(format!("subject token alg `{}` is not allowed (RS256 or ES256)", clean(alg)))),
+            None => return reject("subject token has no alg"),
+        };
+        let payload: Value = decode_part(parts[1]).ok_or_else(|| Rejection("subject token payload is not JSON".into()))?;
+        let issuer = payload.get("iss").and_then(Value::as_str).ok_or_else(|| Rejection("subject token has no `iss`".into()))?;
+        let state = self
+            .issuers
+            .iter()
+            .find(|s| s.config.issuer == issuer)
+            .ok_or_else(|| Rejection(format!("subject token issuer `{}` is not trusted", clean(issuer))))?;
+        let kid = header.get("kid").and_then(Value::as_str);
+        let jwk = state.key(kid).await?;
+        let key = DecodingKey::from_jwk(&jwk).map_err(|_| Rejection("issuer's JWKS key is unusable".into()))?;
+        let mut validation = Validation::new(algorithm);
+        validation.set_issuer(&[&state.config.issuer]);
+        validation.set_audience(&state.config.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECS;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| {
+            Rejection(match e.kind() {
+                ErrorKind::ExpiredSignature => "subject token has expired".into(),
+                ErrorKind::ImmatureSignature => "subject token is not valid yet (`nbf` in the future)".into(),
+                ErrorKind::InvalidAudience => format!("subject token audience is wrong (want one of: {})", state.config.audiences.join(", ")),
+                ErrorKind::InvalidIssuer => "subject token issuer is wrong".into(),
+                ErrorKind::InvalidSignature => "subject token signature does not verify".into(),
+                ErrorKind::InvalidAlgorithm => "subject token alg does not match the issuer's key".into(),
+                ErrorKind::MissingRequiredClaim(c) => format!("subject token has no `{}`", clean(c)),
+                _ => "subject token is malformed".into(),
+            })
+        })?;
+        let subject = data.claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned();
+        Ok(VerifiedSubject { issuer: state.config.issuer.clone(), subject, claims: data.claims })
+    }
+}
+
+impl IssuerState {
+    async fn key(&self, kid: Option<&str>) -> Result<Jwk, Rejection> {
+        let mut cached = self.jwks.lock().await;
+        let stale = cached.as_ref().is_none_or(|(at, _)| at.elapsed() > JWKS_MAX_AGE);
+        if stale {
+            *cached = Some((Instant::now(), self.fetch_jwks().await?));
+        }
+        let find = |set: &JwkSet| match kid {
+            Some(kid) => set.find(kid).cloned(),
+            None if set.keys.len() == 1 => set.keys.first().cloned(),
+            None => None,
+        };
+        if let Some(jwk) = cached.as_ref().and_then(|(_, set)| find(set)) {
+            return Ok(jwk);
+        }
+        if kid.is_none() {
+            return Err(Rejection("subject token has no `kid` and the issuer has several keys".into()));
+        }
+        // An unknown kid may mean the issuer rotated keys: re-fetch, but not too often.
+        if cached.as_ref().is_some_and(|(at, _)| at.elapsed() > REFETCH_AFTER) {
+            *cached = Some((Instant::now(), self.fetch_jwks().await?));
+            if let Some(jwk) = cached.as_ref().and_then(|(_, set)| find(set)) {
+                return Ok(jwk);
+            }
+        }
+        Err(Rejection(format!("subject token signing key `{}` is unknown to its issuer", clean(kid.unwrap_or_default()))))
+    }
+
+    async fn fetch_jwks(&self) -> Result<JwkSet, Rejection> {
+        let jwks_uri = match &self.config.jwks_uri {
+            Some(uri) => uri.clone(),
+            None => {
+                let url = format!("{}/.well-known/openid-configuration", self.config.issuer.trim_end_matches('/'));
+                let discovery: Value = self.get_json(&url).await?;
+                if discovery.get("issuer").and_then(Value::as_str) != Some(self.config.issuer.as_str()) {
+                    return Err(Rejection("issuer's discovery document names another issuer".into()));
+                }
+                discovery
+                    .get("jwks_uri")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| Rejection("issuer's discovery document has no `jwks_uri`".into()))?
+                    .to_owned()
+            }
+        };
+        self.get_json(&jwks_uri).await
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, Rejection> {
+        let unreachable = || Rejection(format!("cannot fetch keys of issuer `{}`", self.config.issuer));
+        let parsed = url::Url::parse(url).map_err(|_| unreachable())?;
+        if parsed.scheme() != "https" && !(parsed.scheme() == "http" && mayfly_core::is_loopback_url(&parsed)) {
+            return Err(Rejection(format!("issuer `{}` keys must be served over https", self.config.issuer)));
+        }
+        let mut response = self.client.get(parsed).send().await.map_err(|_| unreachable())?;
+        if !response.status().is_success() {
+            return Err(unreachable());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|_| unreachable())? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_DOCUMENT {
+                return Err(unreachable());
+            }
+        }
+        serde_json::from_slice(&body).map_err(|_| unreachable())
+    }
+}
+
+fn decode_part(part: &str) -> Option<Value> {
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).ok()?).ok()
+}
+
+/// Values from tokens go back to clients and logs: no control characters, bounded.
+fn clean(value: &str) -> String {
+    mayfly_core::sanitize_for_terminal(value).chars().take(120).collect()
+}
