@@ -31,10 +31,16 @@ pub fn ancestry() -> Vec<Process> {
         }
         let argv = std::fs::read(format!("/proc/{p}/cmdline"))
             .map(|raw| {
-                raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect::<Vec<_>>()
+                raw.split(|&b| b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>()
             })
             .unwrap_or_default();
-        chain.push(Process { pid: p, argv: redact_argv(&argv) });
+        chain.push(Process {
+            pid: p,
+            argv: redact_argv(&argv),
+        });
         pid = parent_of(&p.to_string());
     }
     chain
@@ -50,15 +56,22 @@ fn parent_of(pid: &str) -> Option<u32> {
 /// Write when a `git push` (or the send/receive-pack plumbing) is above us, read otherwise.
 pub fn infer_git_operation(chain: &[Process]) -> Operation {
     let pushes = chain.iter().any(|p| {
-        let Some(program) = p.argv.first() else { return false };
+        let Some(program) = p.argv.first() else {
+            return false;
+        };
         let base = program.rsplit('/').next().unwrap_or(program);
         match base {
             "git-push" | "git-send-pack" | "git-receive-pack" => true,
-            "git" => git_subcommand(&p.argv[1..]).is_some_and(|s| matches!(s, "push" | "send-pack" | "receive-pack")),
+            "git" => git_subcommand(&p.argv[1..])
+                .is_some_and(|s| matches!(s, "push" | "send-pack" | "receive-pack")),
             _ => false,
         }
     });
-    if pushes { Operation::Write } else { Operation::Read }
+    if pushes {
+        Operation::Write
+    } else {
+        Operation::Read
+    }
 }
 
 /// The first argument of `git [global options] <subcommand>`.
@@ -66,7 +79,8 @@ fn git_subcommand(args: &[String]) -> Option<&str> {
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "-c" | "-C" | "--git-dir" | "--work-tree" | "--namespace" | "--exec-path" | "--config-env" => {
+            "-c" | "-C" | "--git-dir" | "--work-tree" | "--namespace" | "--exec-path"
+            | "--config-env" => {
                 args.next();
             }
             a if a.starts_with('-') => {}
@@ -84,7 +98,10 @@ mod tests {
         argvs
             .iter()
             .enumerate()
-            .map(|(i, a)| Process { pid: i as u32 + 10, argv: a.iter().map(|s| s.to_string()).collect() })
+            .map(|(i, a)| Process {
+                pid: i as u32 + 10,
+                argv: a.iter().map(|s| s.to_string()).collect(),
+            })
             .collect()
     }
 
@@ -92,7 +109,11 @@ mod tests {
     fn push_above_the_helper_means_write() {
         let c = chain(&[
             &["/bin/sh", "-c", "git-credential-mayfly get"],
-            &["/usr/local/libexec/git-core/git-remote-https", "origin", "https://h/r"],
+            &[
+                "/usr/local/libexec/git-core/git-remote-https",
+                "origin",
+                "https://h/r",
+            ],
             &["git", "remote-https", "origin", "https://h/r"],
             &["git", "-c", "x=y", "-C", "/tmp", "push", "origin", "main"],
         ]);
@@ -101,9 +122,18 @@ mod tests {
 
     #[test]
     fn fetch_clone_and_lookalikes_mean_read() {
-        assert_eq!(infer_git_operation(&chain(&[&["git", "fetch", "push"]])), Operation::Read);
-        assert_eq!(infer_git_operation(&chain(&[&["git", "-c", "push", "clone"]])), Operation::Read);
-        assert_eq!(infer_git_operation(&chain(&[&["/usr/bin/pushy", "push"]])), Operation::Read);
+        assert_eq!(
+            infer_git_operation(&chain(&[&["git", "fetch", "push"]])),
+            Operation::Read
+        );
+        assert_eq!(
+            infer_git_operation(&chain(&[&["git", "-c", "push", "clone"]])),
+            Operation::Read
+        );
+        assert_eq!(
+            infer_git_operation(&chain(&[&["/usr/bin/pushy", "push"]])),
+            Operation::Read
+        );
         assert_eq!(infer_git_operation(&[]), Operation::Read);
     }
 

@@ -119,7 +119,11 @@ impl Broker {
         match self.config.route_for(target) {
             Some(route) if route.needs_path() && target.path.is_none() => Resolution::NeedsPath,
             Some(route) => Resolution::Route(route),
-            None if target.path.is_none() && self.config.serves_host(target.tool, &target.protocol, &target.host) => {
+            None if target.path.is_none()
+                && self
+                    .config
+                    .serves_host(target.tool, &target.protocol, &target.host) =>
+            {
                 Resolution::NeedsPath
             }
             None => Resolution::NoRoute,
@@ -147,13 +151,28 @@ impl Broker {
     }
 
     /// A token for a target under its route: from the cache, else freshly exchanged.
-    pub fn token(&self, route: &Route, target: &Target, operation: Operation, chain: &[Process]) -> Result<Issued, Error> {
+    pub fn token(
+        &self,
+        route: &Route,
+        target: &Target,
+        operation: Operation,
+        chain: &[Process],
+    ) -> Result<Issued, Error> {
         let now = now();
         let scope = route.scope_for(target, operation);
         let mut event = self.event(route, target, operation, chain, Some(scope.clone()));
         if !route.operations.contains(&operation) {
-            let allowed = route.operations.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(", ");
-            let error = Error::OperationNotAllowed { route: route.name.clone(), operation, allowed };
+            let allowed = route
+                .operations
+                .iter()
+                .map(|o| o.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let error = Error::OperationNotAllowed {
+                route: route.name.clone(),
+                operation,
+                allowed,
+            };
             self.write(event.fail(Outcome::Denied, &error));
             return Err(error);
         }
@@ -182,7 +201,10 @@ impl Broker {
             }
             Err(error) => {
                 let outcome = match &error {
-                    Error::Exchange { source: crate::exchange::Error::Denied { .. }, .. } => Outcome::Denied,
+                    Error::Exchange {
+                        source: crate::exchange::Error::Denied { .. },
+                        ..
+                    } => Outcome::Denied,
                     _ => Outcome::Failed,
                 };
                 self.write(event.fail(outcome, &error));
@@ -203,10 +225,18 @@ impl Broker {
         now: i64,
     ) -> Result<CacheEntry, Error> {
         let identity_config = &self.config.identities[&route.identity];
-        let subject = self.subject(identity_config, cache, now).map_err(|source| Error::Identity { route: route.name.clone(), source })?;
+        let subject = self
+            .subject(identity_config, cache, now)
+            .map_err(|source| Error::Identity {
+                route: route.name.clone(),
+                source,
+            })?;
         let exchange_config = &self.config.exchanges[&route.exchange];
         let http = HttpClient::new(exchange_config.timeout, exchange_config.ca_file.as_deref())
-            .map_err(|source| Error::Http { route: route.name.clone(), source })?;
+            .map_err(|source| Error::Http {
+                route: route.name.clone(),
+                source,
+            })?;
         let intent = Intent {
             tool: target.tool.as_str().into(),
             operation: operation.as_str().into(),
@@ -214,11 +244,24 @@ impl Broker {
             session: self.session(),
             command: command_of(target.tool.as_str(), chain),
         };
-        let request = ExchangeRequest { subject_token: &subject.token, audience: &route.audience, scope, ttl: route.ttl, intent: &intent };
-        let response = crate::exchange::exchange(exchange_config, &http, &request)
-            .map_err(|source| Error::Exchange { route: route.name.clone(), source })?;
+        let request = ExchangeRequest {
+            subject_token: &subject.token,
+            audience: &route.audience,
+            scope,
+            ttl: route.ttl,
+            intent: &intent,
+        };
+        let response =
+            crate::exchange::exchange(exchange_config, &http, &request).map_err(|source| {
+                Error::Exchange {
+                    route: route.name.clone(),
+                    source,
+                }
+            })?;
         // Unknown lifetime: handed out once, never cached.
-        let lifetime = response.expires_in.map(|s| i64::try_from(s).unwrap_or(i64::MAX / 4));
+        let lifetime = response
+            .expires_in
+            .map(|s| i64::try_from(s).unwrap_or(i64::MAX / 4));
         let claims = crate::peek_claims(response.access_token.expose()).unwrap_or_default();
         Ok(CacheEntry {
             expires_at: lifetime.map_or(0, |l| now + l),
@@ -227,7 +270,12 @@ impl Broker {
             scope: response.scope.or_else(|| Some(scope.to_owned())),
             issuer: subject.claims.iss.clone(),
             subject: subject.claims.sub.clone(),
-            label: format!("{} {} {}", target.tool.as_str(), target.display(), operation.as_str()),
+            label: format!(
+                "{} {} {}",
+                target.tool.as_str(),
+                target.display(),
+                operation.as_str()
+            ),
             session: self.session(),
             token: response.access_token,
         })
@@ -236,21 +284,36 @@ impl Broker {
     /// The refresh margin for a token of this lifetime: the configured margin, but never
     /// more than half the lifetime, so short tokens are still worth caching.
     fn margin(&self, lifetime: i64) -> i64 {
-        i64::try_from(self.config.refresh_margin.as_secs()).unwrap_or(i64::MAX).min(lifetime / 2)
+        i64::try_from(self.config.refresh_margin.as_secs())
+            .unwrap_or(i64::MAX)
+            .min(lifetime / 2)
     }
 
     /// The subject token, cached like any other short-lived token when it cost a round trip.
-    fn subject(&self, source: &IdentityConfig, cache: Option<&Cache>, now: i64) -> Result<SubjectToken, identity::Error> {
+    fn subject(
+        &self,
+        source: &IdentityConfig,
+        cache: Option<&Cache>,
+        now: i64,
+    ) -> Result<SubjectToken, identity::Error> {
         let http = || HttpClient::new(IDENTITY_TIMEOUT, None);
         let cache = cache.filter(|_| SubjectToken::cacheable(&source.kind));
         let Some(cache) = cache else {
             return identity::fetch(source, None, &self.env, http, now);
         };
-        let key = Cache::key(&["subject", &source.name, source.audience.as_deref().unwrap_or(""), &format!("{:?}", source.kind)]);
+        let key = Cache::key(&[
+            "subject",
+            &source.name,
+            source.audience.as_deref().unwrap_or(""),
+            &format!("{:?}", source.kind),
+        ]);
         let lock = cache.lock(&key).ok();
         if let Some(entry) = cache.get(&key, now) {
             let claims = crate::peek_claims(entry.token.expose()).unwrap_or_default();
-            return Ok(SubjectToken { token: entry.token, claims });
+            return Ok(SubjectToken {
+                token: entry.token,
+                claims,
+            });
         }
         let subject = identity::fetch(source, None, &self.env, http, now)?;
         if let (Some(exp), Some(lock)) = (subject.claims.exp, &lock) {
@@ -273,7 +336,9 @@ impl Broker {
     /// Drops the cached tokens for a target (both operations): git calls `erase` after the
     /// server refused a token, and the next `get` must mint a fresh one.
     pub fn erase(&self, route: &Route, target: &Target, chain: &[Process]) -> usize {
-        let Ok(cache) = Cache::open(&self.env) else { return 0 };
+        let Ok(cache) = Cache::open(&self.env) else {
+            return 0;
+        };
         let mut erased = 0;
         for operation in [Operation::Read, Operation::Write] {
             if let Some(entry) = cache.remove(&self.cache_key(route, target, operation)) {
@@ -285,7 +350,14 @@ impl Broker {
         erased
     }
 
-    fn event(&self, route: &Route, target: &Target, operation: Operation, chain: &[Process], scope: Option<String>) -> AuditEvent {
+    fn event(
+        &self,
+        route: &Route,
+        target: &Target,
+        operation: Operation,
+        chain: &[Process],
+        scope: Option<String>,
+    ) -> AuditEvent {
         AuditEvent {
             time: rfc3339(now()),
             outcome: Outcome::Failed,
@@ -307,7 +379,11 @@ impl Broker {
 
     fn write(&self, event: &AuditEvent) {
         if let Err(e) = self.audit.record(event) {
-            let path = self.audit.path().map(|p| p.display().to_string()).unwrap_or_default();
+            let path = self
+                .audit
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
             crate::protocol::warn(&format!("cannot write audit log `{path}`: {e}"));
         }
     }
@@ -350,7 +426,11 @@ fn command_of(tool: &str, chain: &[Process]) -> Vec<String> {
     chain
         .iter()
         .rev()
-        .find(|p| p.argv.first().is_some_and(|a| a.rsplit('/').next() == Some(tool)))
+        .find(|p| {
+            p.argv
+                .first()
+                .is_some_and(|a| a.rsplit('/').next() == Some(tool))
+        })
         .map(|p| p.argv.clone())
         .unwrap_or_default()
 }

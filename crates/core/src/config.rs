@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::target::{Operation, Target, Tool, is_segment_prefix, normalize_host, normalize_repo_path};
+use crate::target::{
+    Operation, Target, Tool, is_segment_prefix, normalize_host, normalize_repo_path,
+};
 use crate::{Env, EnvVars, parse_duration};
 
 /// Default lifetime asked for a minted token.
@@ -244,7 +246,8 @@ impl Route {
 impl Config {
     /// The config path: `$MAYFLY_CONFIG`, else `$XDG_CONFIG_HOME/mayfly/config.toml`.
     pub fn default_path(env: &Env) -> Option<PathBuf> {
-        env.path(EnvVars::MAYFLY_CONFIG).or_else(|| Some(env.config_dir()?.join("config.toml")))
+        env.path(EnvVars::MAYFLY_CONFIG)
+            .or_else(|| Some(env.config_dir()?.join("config.toml")))
     }
 
     /// Loads the config; a missing default file is an empty config (no routes).
@@ -254,7 +257,10 @@ impl Config {
         };
         match std::fs::read_to_string(&path) {
             Ok(text) => Self::parse(&text, &path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && env.get(EnvVars::MAYFLY_CONFIG).is_none() => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && env.get(EnvVars::MAYFLY_CONFIG).is_none() =>
+            {
                 Ok(Self::empty(path))
             }
             Err(source) => Err(Error::Read { path, source }),
@@ -273,9 +279,14 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| Error::Parse { path: path.into(), message: e.message().to_owned() })?;
-        let invalid = |message: String| Error::Invalid { path: path.into(), message };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| Error::Parse {
+            path: path.into(),
+            message: e.message().to_owned(),
+        })?;
+        let invalid = |message: String| Error::Invalid {
+            path: path.into(),
+            message,
+        };
         let refresh_margin = raw
             .settings
             .refresh_margin
@@ -296,7 +307,13 @@ impl Config {
             .map(|(name, raw)| Ok((name.clone(), exchange(name, raw)?)))
             .collect::<Result<_, String>>()
             .map_err(invalid)?;
-        let mut config = Self { path: path.into(), refresh_margin, identities, exchanges, routes: Vec::new() };
+        let mut config = Self {
+            path: path.into(),
+            refresh_margin,
+            identities,
+            exchanges,
+            routes: Vec::new(),
+        };
         for (index, raw) in raw.routes.into_iter().enumerate() {
             let route = config.route(index, raw).map_err(invalid)?;
             config.routes.push(route);
@@ -309,8 +326,12 @@ impl Config {
             "git" => Tool::Git,
             other => return Err(format!("route {}: unknown tool `{other}`", index + 1)),
         };
-        let protocol = raw.protocol.unwrap_or_else(|| "https".into()).to_ascii_lowercase();
-        let host = normalize_host(&protocol, &raw.host).map_err(|e| format!("route {}: {e}", index + 1))?;
+        let protocol = raw
+            .protocol
+            .unwrap_or_else(|| "https".into())
+            .to_ascii_lowercase();
+        let host = normalize_host(&protocol, &raw.host)
+            .map_err(|e| format!("route {}: {e}", index + 1))?;
         let path = match raw.path {
             Some(p) => normalize_repo_path(&p).map_err(|e| format!("route {}: {e}", index + 1))?,
             None => None,
@@ -320,13 +341,21 @@ impl Config {
             None => format!("{}:{host}", tool.as_str()),
         });
         if protocol != "https" && !(protocol == "http" && crate::http::is_loopback_host(&host)) {
-            return Err(format!("route `{name}`: protocol `{protocol}` is not allowed (https, or http to loopback)"));
+            return Err(format!(
+                "route `{name}`: protocol `{protocol}` is not allowed (https, or http to loopback)"
+            ));
         }
         if !self.identities.contains_key(&raw.identity) {
-            return Err(format!("route `{name}`: no identity named `{}`", raw.identity));
+            return Err(format!(
+                "route `{name}`: no identity named `{}`",
+                raw.identity
+            ));
         }
         if !self.exchanges.contains_key(&raw.exchange) {
-            return Err(format!("route `{name}`: no exchange named `{}`", raw.exchange));
+            return Err(format!(
+                "route `{name}`: no exchange named `{}`",
+                raw.exchange
+            ));
         }
         let operations = raw
             .operations
@@ -335,14 +364,25 @@ impl Config {
             .map(|o| o.parse())
             .collect::<Result<Vec<Operation>, _>>()
             .map_err(|e| format!("route `{name}`: {e}"))?;
-        let ttl = raw.ttl.as_deref().map(parse_duration).transpose()?.unwrap_or(DEFAULT_TTL);
+        let ttl = raw
+            .ttl
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?
+            .unwrap_or(DEFAULT_TTL);
         let scheme = match raw.scheme.as_deref().unwrap_or("bearer") {
             "bearer" => Scheme::Bearer,
             "basic" => Scheme::Basic,
-            other => return Err(format!("route `{name}`: unknown scheme `{other}` (bearer or basic)")),
+            other => {
+                return Err(format!(
+                    "route `{name}`: unknown scheme `{other}` (bearer or basic)"
+                ));
+            }
         };
         Ok(Route {
-            audience: raw.audience.unwrap_or_else(|| format!("{protocol}://{host}")),
+            audience: raw
+                .audience
+                .unwrap_or_else(|| format!("{protocol}://{host}")),
             scope: raw.scope.unwrap_or_else(|| DEFAULT_SCOPE.into()),
             username: raw.username.unwrap_or_else(|| "x-access-token".into()),
             identity: raw.identity,
@@ -368,36 +408,67 @@ impl Config {
 
     /// True when some route serves this tool and host, whatever the path.
     pub fn serves_host(&self, tool: Tool, protocol: &str, host: &str) -> bool {
-        self.routes.iter().any(|r| r.tool == tool && r.protocol == protocol && r.host == host)
+        self.routes
+            .iter()
+            .any(|r| r.tool == tool && r.protocol == protocol && r.host == host)
     }
 }
 
 fn identity(name: String, raw: RawIdentity) -> Result<IdentityConfig, String> {
     let missing = |field: &str| format!("identity `{name}` ({}) needs `{field}`", raw.kind);
     let kind = match raw.kind.as_str() {
-        "github-actions" => IdentityKind::GitHubActions { request_url: raw.request_url.clone() },
-        "file" => IdentityKind::File { path: raw.path.clone().ok_or_else(|| missing("path"))? },
-        "env" => IdentityKind::Env { var: raw.var.clone().ok_or_else(|| missing("var"))? },
+        "github-actions" => IdentityKind::GitHubActions {
+            request_url: raw.request_url.clone(),
+        },
+        "file" => IdentityKind::File {
+            path: raw.path.clone().ok_or_else(|| missing("path"))?,
+        },
+        "env" => IdentityKind::Env {
+            var: raw.var.clone().ok_or_else(|| missing("var"))?,
+        },
         "command" => {
-            let argv = raw.command.clone().filter(|c| !c.is_empty()).ok_or_else(|| missing("command"))?;
+            let argv = raw
+                .command
+                .clone()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| missing("command"))?;
             IdentityKind::Command { argv }
         }
         other => {
-            return Err(format!("identity `{name}`: unknown kind `{other}` (github-actions, file, env or command)"));
+            return Err(format!(
+                "identity `{name}`: unknown kind `{other}` (github-actions, file, env or command)"
+            ));
         }
     };
-    Ok(IdentityConfig { name, kind, audience: raw.audience })
+    Ok(IdentityConfig {
+        name,
+        kind,
+        audience: raw.audience,
+    })
 }
 
 fn exchange(name: String, raw: RawExchange) -> Result<ExchangeConfig, String> {
     if raw.kind != "rfc8693" {
-        return Err(format!("exchange `{name}`: unknown kind `{}` (rfc8693)", raw.kind));
+        return Err(format!(
+            "exchange `{name}`: unknown kind `{}` (rfc8693)",
+            raw.kind
+        ));
     }
     let token_endpoint = url::Url::parse(&raw.token_endpoint)
         .map_err(|e| format!("exchange `{name}`: invalid token_endpoint: {e}"))?;
     crate::http::check_url(&token_endpoint).map_err(|e| format!("exchange `{name}`: {e}"))?;
-    let timeout = raw.timeout.as_deref().map(parse_duration).transpose()?.unwrap_or(Duration::from_secs(15));
-    Ok(ExchangeConfig { name, token_endpoint, ca_file: raw.ca_file, timeout })
+    let timeout = raw
+        .timeout
+        .as_deref()
+        .map(parse_duration)
+        .transpose()?
+        .unwrap_or(Duration::from_secs(15));
+    Ok(ExchangeConfig {
+        name,
+        token_endpoint,
+        ca_file: raw.ca_file,
+        timeout,
+    })
 }
 
 #[cfg(test)]
@@ -437,17 +508,39 @@ mod tests {
     #[test]
     fn routes_match_exact_host_and_longest_segment_prefix() {
         let config = Config::parse(SAMPLE, Path::new("t.toml")).unwrap();
-        let app = config.route_for(&target("git.example.com", Some("org/app.git"))).unwrap();
+        let app = config
+            .route_for(&target("git.example.com", Some("org/app.git")))
+            .unwrap();
         assert_eq!(app.name, "git:git.example.com");
         assert_eq!(app.operations, vec![Operation::Read, Operation::Write]);
-        let docs = config.route_for(&target("GIT.example.com", Some("org/docs/sub"))).unwrap();
+        let docs = config
+            .route_for(&target("GIT.example.com", Some("org/docs/sub")))
+            .unwrap();
         assert_eq!(docs.name, "docs read-only");
         assert_eq!(docs.ttl, Duration::from_secs(300));
         assert_eq!(docs.operations, vec![Operation::Read]);
-        assert_eq!(config.route_for(&target("git.example.com", Some("org/docsy"))).unwrap().name, app.name);
-        assert!(config.route_for(&target("git.example.com.evil", None)).is_none());
-        assert!(config.route_for(&target("evil.git.example.com", None)).is_none());
-        assert!(config.route_for(&target("git.example.com:8443", None)).is_none());
+        assert_eq!(
+            config
+                .route_for(&target("git.example.com", Some("org/docsy")))
+                .unwrap()
+                .name,
+            app.name
+        );
+        assert!(
+            config
+                .route_for(&target("git.example.com.evil", None))
+                .is_none()
+        );
+        assert!(
+            config
+                .route_for(&target("evil.git.example.com", None))
+                .is_none()
+        );
+        assert!(
+            config
+                .route_for(&target("git.example.com:8443", None))
+                .is_none()
+        );
     }
 
     #[test]
@@ -461,11 +554,18 @@ mod tests {
 
     #[test]
     fn names_must_resolve_and_plain_http_is_loopback_only() {
-        let bad = SAMPLE.replace("exchange = \"corp\"\n        operations", "exchange = \"nope\"\n        operations");
-        let err = Config::parse(&bad, Path::new("t.toml")).unwrap_err().to_string();
+        let bad = SAMPLE.replace(
+            "exchange = \"corp\"\n        operations",
+            "exchange = \"nope\"\n        operations",
+        );
+        let err = Config::parse(&bad, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no exchange named `nope`"), "{err}");
         let http = SAMPLE.replace("https://sts.example.com", "http://sts.example.com");
-        let err = Config::parse(&http, Path::new("t.toml")).unwrap_err().to_string();
+        let err = Config::parse(&http, Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("plain http"), "{err}");
         let loopback = SAMPLE.replace("https://sts.example.com", "http://127.0.0.1:8080");
         assert!(Config::parse(&loopback, Path::new("t.toml")).is_ok());
@@ -473,7 +573,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_errors() {
-        let err = Config::parse("[settings]\nrefresh = 1\n", Path::new("t.toml")).unwrap_err().to_string();
+        let err = Config::parse("[settings]\nrefresh = 1\n", Path::new("t.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field"), "{err}");
     }
 }

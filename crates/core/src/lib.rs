@@ -40,10 +40,15 @@ pub use config::{
 };
 pub use duration::parse_duration;
 pub use env::{Env, EnvVars};
-pub use exchange::{ACCESS_TOKEN_TYPE, Error as ExchangeError, ExchangeResponse, ID_TOKEN_TYPE, Intent, TOKEN_EXCHANGE_GRANT};
+pub use exchange::{
+    ACCESS_TOKEN_TYPE, Error as ExchangeError, ExchangeResponse, ID_TOKEN_TYPE, Intent,
+    TOKEN_EXCHANGE_GRANT,
+};
 pub use http::{Error as HttpError, HttpClient, is_loopback_url};
 pub use identity::{Error as IdentityError, SubjectToken};
 pub use jwt::{Claims as UnverifiedClaims, peek_claims};
 pub use redact::{redact_argv, sanitize_for_terminal};
 pub use secret::{Fingerprint, Secret};
-pub use target::{Error as TargetError, Operation, Target, Tool, normalize_host, normalize_repo_path};
+pub use target::{
+    Error as TargetError, Operation, Target, Tool, normalize_host, normalize_repo_path,
+};

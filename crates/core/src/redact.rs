@@ -4,7 +4,13 @@
 /// rewrite the user's terminal or forge a log line.
 pub fn sanitize_for_terminal(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_control() { char::REPLACEMENT_CHARACTER } else { c })
+        .map(|c| {
+            if c.is_control() {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -34,9 +40,20 @@ fn redact_arg(arg: &str) -> String {
 
 /// JWTs and the common prefixed token formats.
 fn looks_like_token(value: &str) -> bool {
-    const PREFIXES: [&str; 8] = ["ghp_", "ghs_", "gho_", "github_pat_", "glpat-", "npm_", "pypi-", "hvs."];
+    const PREFIXES: [&str; 8] = [
+        "ghp_",
+        "ghs_",
+        "gho_",
+        "github_pat_",
+        "glpat-",
+        "npm_",
+        "pypi-",
+        "hvs.",
+    ];
     let jwt = value.starts_with("eyJ") && value.matches('.').count() == 2 && value.len() > 30;
-    jwt || PREFIXES.iter().any(|p| value.starts_with(p) && value.len() > p.len() + 10)
+    jwt || PREFIXES
+        .iter()
+        .any(|p| value.starts_with(p) && value.len() > p.len() + 10)
 }
 
 #[cfg(test)]
@@ -58,11 +75,17 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains("eyJzdWIi"), "{shown}");
         assert!(!shown.contains("ghp_abc"), "{shown}");
-        assert!(shown.contains("git push https://user:***@git.example.com/org/app"), "{shown}");
+        assert!(
+            shown.contains("git push https://user:***@git.example.com/org/app"),
+            "{shown}"
+        );
     }
 
     #[test]
     fn control_characters_are_neutralised() {
-        assert_eq!(sanitize_for_terminal("a\x1b[31mb\r\n"), "a\u{fffd}[31mb\u{fffd}\u{fffd}");
+        assert_eq!(
+            sanitize_for_terminal("a\x1b[31mb\r\n"),
+            "a\u{fffd}[31mb\u{fffd}\u{fffd}"
+        );
     }
 }

@@ -1,1 +1,29 @@
+//! Loopback development servers for `mayfly demo` and the end-to-end tests.
+//!
+//! Nothing here is for production: the [`DevIssuer`] signs ID tokens for anyone on this
+//! machine who asks, which is exactly what a development issuer is for.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
+mod git_server;
+mod issuer;
+mod tls;
+
+pub use git_server::{GitServer, GitServerStats};
+pub use issuer::DevIssuer;
+pub use tls::DevCa;
+
+/// A multi-threaded runtime that serves in the background while the caller blocks.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+/// Binds an ephemeral loopback port.
+pub fn loopback_listener() -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}

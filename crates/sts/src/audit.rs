@@ -45,15 +45,25 @@ impl Audit {
         let sink: Box<dyn Write + Send> = match path {
             Some(path) => {
                 use std::os::unix::fs::OpenOptionsExt;
-                Box::new(std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?)
+                Box::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .mode(0o600)
+                        .open(path)?,
+                )
             }
             None => Box::new(std::io::stderr()),
         };
-        Ok(Self { sink: Mutex::new(sink) })
+        Ok(Self {
+            sink: Mutex::new(sink),
+        })
     }
 
     pub(crate) fn write(&self, line: &Line<'_>) {
-        let Ok(mut bytes) = serde_json::to_vec(line) else { return };
+        let Ok(mut bytes) = serde_json::to_vec(line) else {
+            return;
+        };
         bytes.push(b'\n');
         if let Ok(mut sink) = self.sink.lock() {
             let _ = sink.write_all(&bytes).and_then(|()| sink.flush());
@@ -62,5 +72,7 @@ impl Audit {
 }
 
 pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
