@@ -1,1 +1,8 @@
+//! End-to-end tests: the real git and the real binaries against real servers on loopback.
 
+mod demo;
+mod exchange_faults;
+mod git_flow;
+mod helper_protocol;
+mod single_flight;
+mod subject_tokens;

@@ -1,1 +1,433 @@
+//! Test support: a whole mayfly stack on loopback, isolated per test.
+//!
+//! Each [`Stack`] has its own development OIDC issuer, a real `mayfly-sts` process, a
+//! token-checking git server over HTTPS with its own CA, and a private HOME, TMPDIR,
+//! cache and memory-backed key directory. The real `git` drives the real
+//! `git-credential-mayfly`.
+#![forbid(unsafe_code)]
 
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mayfly_devstack::{DevCa, DevIssuer, GitServer};
+use serde_json::{Value, json};
+
+pub use mayfly_sts::Algorithm;
+
+/// A built binary of this workspace (`cargo build --workspace` puts them there).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace` before `cargo test`",
+        path.display()
+    );
+    path
+}
+
+/// True when a tool is installed. Missing under `CI=true` is a failure; on a developer's
+/// machine the test is skipped with a loud message.
+pub fn require_tool(name: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "`{name}` is required in CI but is not installed"
+        );
+        eprintln!("\n!!!!! SKIPPED: `{name}` is not installed; this test needs it !!!!!\n");
+    }
+    found
+}
+
+/// Options for a stack.
+#[derive(Clone)]
+pub struct Options {
+    /// Lifetime of the development issuer's ID tokens.
+    pub subject_lifetime: i64,
+    /// Longest lifetime `mayfly-sts` grants.
+    pub max_ttl: &'static str,
+    /// Signature algorithm of the development issuer.
+    pub issuer_algorithm: Algorithm,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            subject_lifetime: 300,
+            max_ttl: "10m",
+            issuer_algorithm: Algorithm::Es256,
+        }
+    }
+}
+
+/// A running `mayfly-sts`.
+pub struct StsProcess {
+    child: Child,
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its audit log.
+    pub audit: PathBuf,
+}
+
+impl Drop for StsProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A whole stack on loopback.
+pub struct Stack {
+    /// Root of every file this stack writes (home/, tmp/, work/, srv/, tls/).
+    pub dir: tempfile::TempDir,
+    /// Memory-backed directory for the cache key.
+    pub runtime_dir: tempfile::TempDir,
+    /// The private HOME.
+    pub home: PathBuf,
+    /// Where tests run git.
+    pub work: PathBuf,
+    /// The test CA.
+    pub ca: DevCa,
+    /// The development issuer.
+    pub issuer: DevIssuer,
+    /// The git server.
+    pub git: GitServer,
+    /// The exchange.
+    pub sts: StsProcess,
+    // Last, so the servers stop after everything that uses them.
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Stack {
+    /// A stack with default options, repositories `org/app` and `org/docs`, and the client
+    /// config from [`Stack::default_routes`].
+    pub fn new() -> Self {
+        Self::with(Options::default())
+    }
+
+    /// A stack with options.
+    pub fn with(options: Options) -> Self {
+        let runtime = mayfly_devstack::runtime().expect("runtime");
+        let dir = tempfile::Builder::new()
+            .prefix("mayfly-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let runtime_dir = tempfile::Builder::new()
+            .prefix("mayfly-e2e-")
+            .tempdir_in("/dev/shm")
+            .expect("/dev/shm is needed for the cache key");
+        let [home, work, srv, tls, tmp] = ["home", "work", "srv", "tls", "tmp"].map(|d| {
+            let path = dir.path().join(d);
+            std::fs::create_dir_all(&path).expect("mkdir");
+            path
+        });
+        let _ = tmp;
+        let ca = DevCa::create(&tls).expect("test CA");
+        let claims = json!({
+            "sub": "repo:org/app:ref:refs/heads/main",
+            "repository": "org/app",
+            "repository_owner": "org",
+            "ref": "refs/heads/main",
+        });
+        let issuer = DevIssuer::start(
+            &runtime,
+            options.issuer_algorithm,
+            claims,
+            options.subject_lifetime,
+        )
+        .expect("issuer");
+        let port = free_port();
+        let sts_url = format!("https://127.0.0.1:{port}");
+        let git = GitServer::start(&runtime, srv, &ca, &sts_url).expect("git server");
+        let sts = start_sts(
+            dir.path(),
+            port,
+            &sts_url,
+            &issuer,
+            &git.base_url,
+            &ca,
+            options.max_ttl,
+        );
+        git.create_repo("org/app.git").expect("repo");
+        git.create_repo("org/docs.git").expect("repo");
+        let stack = Self {
+            dir,
+            runtime_dir,
+            home,
+            work,
+            ca,
+            issuer,
+            git,
+            sts,
+            _runtime: runtime,
+        };
+        stack.write_config(&stack.default_routes());
+        stack.wire_git();
+        stack
+    }
+
+    /// `host:port` of the git server.
+    pub fn git_host(&self) -> String {
+        self.git.base_url.trim_start_matches("https://").to_owned()
+    }
+
+    /// A route block for the git server.
+    pub fn route(&self, path: &str, operations: &[&str], identity: &str) -> String {
+        let ops = operations
+            .iter()
+            .map(|o| format!("\"{o}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "[[routes]]\ntool = \"git\"\nhost = \"{}\"\npath = \"{path}\"\nidentity = \"{identity}\"\nexchange = \"sts\"\noperations = [{ops}]\n",
+            self.git_host()
+        )
+    }
+
+    /// `org/app` read and write, `org/docs` read only, both from the GitHub-style identity.
+    pub fn default_routes(&self) -> String {
+        format!(
+            "{}\n{}",
+            self.route("org/app", &["read", "write"], "ci"),
+            self.route("org/docs", &["read"], "ci")
+        )
+    }
+
+    /// Writes the client config with these routes (and the standard identities and exchange).
+    pub fn write_config(&self, routes: &str) {
+        let config = format!(
+            "[settings]\nrefresh_margin = \"60s\"\n\n[identities.ci]\nkind = \"github-actions\"\naudience = \"mayfly-sts\"\n\n[identities.given]\nkind = \"env\"\nvar = \"MAYFLY_TEST_SUBJECT\"\n\n[exchanges.sts]\nkind = \"rfc8693\"\ntoken_endpoint = \"{}/token\"\nca_file = \"{}\"\ntimeout = \"5s\"\n\n{routes}",
+            self.sts.url,
+            self.ca.ca_cert.display()
+        );
+        let dir = self.home.join(".config/mayfly");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("config.toml"), config).expect("write config");
+    }
+
+    fn wire_git(&self) {
+        let url = &self.git.base_url;
+        let helper = bin("git-credential-mayfly").display().to_string();
+        for (key, value) in [
+            ("user.name", "mayfly test"),
+            ("user.email", "test@mayfly.invalid"),
+            ("init.defaultBranch", "main"),
+            (&format!("credential.{url}.helper"), ""),
+            (&format!("credential.{url}.helper"), &helper),
+            (&format!("credential.{url}.useHttpPath"), "true"),
+        ] {
+            let out = self
+                .git_cmd(&self.work, &["config", "--global", "--add", key, value])
+                .output()
+                .expect("git config");
+            assert!(
+                out.status.success(),
+                "git config failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// The isolated environment every client process gets.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let path = |p: PathBuf| p.display().to_string();
+        vec![
+            ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+            ("HOME".into(), path(self.home.clone())),
+            ("TMPDIR".into(), path(self.dir.path().join("tmp"))),
+            ("XDG_CONFIG_HOME".into(), path(self.home.join(".config"))),
+            ("XDG_CACHE_HOME".into(), path(self.home.join(".cache"))),
+            (
+                "XDG_STATE_HOME".into(),
+                path(self.home.join(".local/state")),
+            ),
+            (
+                "MAYFLY_RUNTIME_DIR".into(),
+                path(self.runtime_dir.path().join("rt")),
+            ),
+            ("GIT_CONFIG_NOSYSTEM".into(), "1".into()),
+            ("GIT_TERMINAL_PROMPT".into(), "0".into()),
+            ("GIT_SSL_CAINFO".into(), path(self.ca.ca_cert.clone())),
+            (
+                "ACTIONS_ID_TOKEN_REQUEST_URL".into(),
+                self.issuer.request_url(),
+            ),
+            (
+                "ACTIONS_ID_TOKEN_REQUEST_TOKEN".into(),
+                self.issuer.request_token().into(),
+            ),
+        ]
+    }
+
+    /// A `git` command in `dir` with the isolated environment.
+    pub fn git_cmd(&self, dir: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new("git");
+        command
+            .args(args)
+            .current_dir(dir)
+            .env_clear()
+            .envs(self.env())
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Runs git and returns its output.
+    pub fn git(&self, dir: &Path, args: &[&str]) -> Output {
+        self.git_cmd(dir, args).output().expect("git runs")
+    }
+
+    /// Runs git and fails the test, with git's stderr, if it fails.
+    pub fn git_ok(&self, dir: &Path, args: &[&str]) -> Output {
+        let out = self.git(dir, args);
+        assert!(
+            out.status.success(),
+            "git {} failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// The URL of a repository on the git server.
+    pub fn repo_url(&self, path: &str) -> String {
+        format!("{}/{path}", self.git.base_url)
+    }
+
+    /// The helper's audit lines.
+    pub fn client_audit(&self) -> Vec<Value> {
+        read_json_lines(&self.home.join(".local/state/mayfly/audit.jsonl"))
+    }
+
+    /// The exchange's audit lines.
+    pub fn sts_audit(&self) -> Vec<Value> {
+        read_json_lines(&self.sts.audit)
+    }
+
+    /// How many tokens the exchange minted.
+    pub fn sts_issued(&self) -> usize {
+        self.sts_audit()
+            .iter()
+            .filter(|l| l["outcome"] == "issued")
+            .count()
+    }
+
+    /// Fails the test if any file this stack wrote holds JWT-shaped bytes.
+    pub fn assert_no_tokens_on_disk(&self) {
+        let (_, mut leaks) = mayfly_core::scan_for_jwts(self.dir.path());
+        leaks.extend(mayfly_core::scan_for_jwts(self.runtime_dir.path()).1);
+        assert!(leaks.is_empty(), "token-shaped bytes on disk in: {leaks:?}");
+    }
+}
+
+impl Default for Stack {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn start_sts(
+    dir: &Path,
+    port: u16,
+    url: &str,
+    issuer: &DevIssuer,
+    git_url: &str,
+    ca: &DevCa,
+    max_ttl: &str,
+) -> StsProcess {
+    let audit = dir.join("sts-audit.jsonl");
+    let config = format!(
+        r#"issuer = "{url}"
+listen = "127.0.0.1:{port}"
+audit_log = "{audit}"
+max_ttl = "{max_ttl}"
+
+[tls]
+cert = "{cert}"
+key = "{key}"
+
+[[trusted_issuers]]
+issuer = "{issuer}"
+audiences = ["mayfly-sts"]
+
+[[rules]]
+name = "org/app reads and pushes itself"
+issuer = "{issuer}"
+claims = {{ repository = "org/app", ref = "refs/heads/main" }}
+audiences = ["{git_url}"]
+scopes = ["repo:{{repository}}:read", "repo:{{repository}}:write"]
+
+[[rules]]
+name = "the org reads docs"
+issuer = "{issuer}"
+claims = {{ repository_owner = "org" }}
+audiences = ["{git_url}"]
+scopes = ["repo:org/docs:read"]
+"#,
+        audit = audit.display(),
+        cert = ca.cert.display(),
+        key = ca.key.display(),
+        issuer = issuer.issuer(),
+    );
+    let path = dir.join("sts.toml");
+    std::fs::write(&path, config).expect("write sts config");
+    let log = std::fs::File::create(dir.join("sts.log")).expect("sts log");
+    let child = Command::new(bin("mayfly-sts"))
+        .arg("--config")
+        .arg(&path)
+        .env_remove("MAYFLY_STS_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("mayfly-sts starts");
+    let process = StsProcess {
+        child,
+        url: url.to_owned(),
+        audit,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "mayfly-sts did not start: {}",
+            std::fs::read_to_string(dir.join("sts.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    process
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Parses a JSON-lines file (missing file: no lines).
+pub fn read_json_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
+        .collect()
+}
+
+/// Lines of a byte buffer that start with `mayfly:`.
+pub fn mayfly_lines(stderr: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|l| l.starts_with("mayfly:"))
+        .map(str::to_owned)
+        .collect()
+}

@@ -47,7 +47,7 @@ pub use exchange::{
 pub use http::{Error as HttpError, HttpClient, is_loopback_url};
 pub use identity::{Error as IdentityError, SubjectToken};
 pub use jwt::{Claims as UnverifiedClaims, peek_claims};
-pub use redact::{redact_argv, sanitize_for_terminal};
+pub use redact::{contains_jwt, redact_argv, sanitize_for_terminal, scan_for_jwts};
 pub use secret::{Fingerprint, Secret};
 pub use target::{
     Error as TargetError, Operation, Target, Tool, normalize_host, normalize_repo_path,

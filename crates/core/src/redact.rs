@@ -56,6 +56,52 @@ fn looks_like_token(value: &str) -> bool {
         .any(|p| value.starts_with(p) && value.len() > p.len() + 10)
 }
 
+/// True when the bytes hold something shaped like a JWT: `eyJ…`.`eyJ…`.`…`, a JOSE header
+/// and a payload that both start with `{"`. Used to prove no token reached a file.
+pub fn contains_jwt(bytes: &[u8]) -> bool {
+    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+    bytes
+        .windows(3)
+        .enumerate()
+        .filter(|(_, w)| w == b"eyJ")
+        .any(|(start, _)| {
+            let run = bytes[start..]
+                .iter()
+                .take_while(|&&b| is_b64(b) || b == b'.')
+                .count();
+            let mut parts = bytes[start..start + run].split(|&b| b == b'.');
+            let (_header, payload, signature) = (parts.next(), parts.next(), parts.next());
+            payload.is_some_and(|p| p.starts_with(b"eyJ"))
+                && signature.is_some_and(|s| !s.is_empty())
+        })
+}
+
+/// Scans every regular file under `dir` (symlinks not followed) for JWT-shaped bytes.
+/// Returns how many files were read and which of them hold a token.
+pub fn scan_for_jwts(dir: &std::path::Path) -> (usize, Vec<std::path::PathBuf>) {
+    let (mut scanned, mut found) = (0, Vec::new());
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => pending.push(path),
+                Ok(t) if t.is_file() => {
+                    scanned += 1;
+                    if std::fs::read(&path).is_ok_and(|b| contains_jwt(&b)) {
+                        found.push(path);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    (scanned, found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,6 +125,15 @@ mod tests {
             shown.contains("git push https://user:***@git.example.com/org/app"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn jwt_shapes_are_found_in_bytes() {
+        assert!(contains_jwt(
+            b"x=eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln\n"
+        ));
+        assert!(!contains_jwt(b"eyJhbGciOiJFUzI1NiJ9 is only a header"));
+        assert!(!contains_jwt(b"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0."));
     }
 
     #[test]

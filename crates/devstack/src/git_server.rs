@@ -41,6 +41,7 @@ pub struct GitServer {
     pub root: PathBuf,
     /// What it counted.
     pub stats: Arc<GitServerStats>,
+    revoked: Arc<Mutex<Vec<String>>>,
 }
 
 struct Inner {
@@ -51,7 +52,7 @@ struct Inner {
     client: reqwest::Client,
     jwks: tokio::sync::Mutex<Option<JwkSet>>,
     stats: Arc<GitServerStats>,
-    log: Mutex<Vec<String>>,
+    revoked: Arc<Mutex<Vec<String>>>,
 }
 
 impl GitServer {
@@ -76,6 +77,7 @@ impl GitServer {
             .build()
             .map_err(|e| e.to_string())?;
         let stats = Arc::new(GitServerStats::default());
+        let revoked = Arc::new(Mutex::new(Vec::new()));
         let inner = Arc::new(Inner {
             root: root.clone(),
             audience: base_url.clone(),
@@ -84,7 +86,7 @@ impl GitServer {
             client,
             jwks: tokio::sync::Mutex::new(None),
             stats: stats.clone(),
-            log: Mutex::new(Vec::new()),
+            revoked: revoked.clone(),
         });
         let app = Router::new()
             .fallback(handle)
@@ -98,7 +100,15 @@ impl GitServer {
             base_url,
             root,
             stats,
+            revoked,
         })
+    }
+
+    /// Refuses a token from now on (by its fingerprint), as a revocation list would.
+    pub fn revoke(&self, fingerprint: &mayfly_core::Fingerprint) {
+        if let Ok(mut revoked) = self.revoked.lock() {
+            revoked.push(fingerprint.to_string());
+        }
     }
 
     /// Creates a bare repository `path` (e.g. `org/app.git`) under the root.
@@ -205,6 +215,10 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request<Body>) -> Resp
     let Some(token) = presented_token(&parts.headers) else {
         return challenge(&inner.stats, "authentication required");
     };
+    let fingerprint = mayfly_core::Fingerprint::of(&token).to_string();
+    if inner.revoked.lock().is_ok_and(|r| r.contains(&fingerprint)) {
+        return challenge(&inner.stats, "token has been revoked");
+    }
     let claims = match inner.verify(&token).await {
         Ok(claims) => claims,
         Err(message) => return challenge(&inner.stats, &message),
@@ -219,9 +233,6 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request<Body>) -> Resp
             format!("token does not allow {operation} on {repo}\n"),
         )
             .into_response();
-    }
-    if let Ok(mut log) = inner.log.lock() {
-        log.push(format!("{} {} {operation}", parts.method, repo));
     }
     let body = match axum::body::to_bytes(body, 64 << 20).await {
         Ok(body) => body,

@@ -141,14 +141,7 @@ impl Report {
         self.heading(
             "6. Nothing on disk: every file under the demo's HOME, work tree and servers, scanned",
         );
-        let mut files = 0;
-        let mut leaks = Vec::new();
-        walk(root, &mut |path| {
-            files += 1;
-            if std::fs::read(path).is_ok_and(|bytes| contains_jwt(&bytes)) {
-                leaks.push(path.to_owned());
-            }
-        });
+        let (files, leaks) = mayfly_core::scan_for_jwts(root);
         for leak in &leaks {
             println!(
                 "   {}",
@@ -179,49 +172,4 @@ fn read_lines(path: &Path) -> Vec<Value> {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
-}
-
-fn walk(dir: &Path, visit: &mut dyn FnMut(&Path)) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        match entry.file_type() {
-            Ok(t) if t.is_dir() => walk(&path, visit),
-            Ok(t) if t.is_file() => visit(&path),
-            _ => {}
-        }
-    }
-}
-
-/// `eyJ…`.`eyJ…`.`…`: a JOSE header and payload that start with `{"`.
-fn contains_jwt(bytes: &[u8]) -> bool {
-    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
-    bytes
-        .windows(3)
-        .enumerate()
-        .filter(|(_, w)| w == b"eyJ")
-        .any(|(start, _)| {
-            let run: Vec<u8> = bytes[start..]
-                .iter()
-                .copied()
-                .take_while(|&b| is_b64(b) || b == b'.')
-                .collect();
-            let parts: Vec<&[u8]> = run.split(|&b| b == b'.').collect();
-            parts.len() >= 3 && parts[1].starts_with(b"eyJ") && parts[2].len() > 16
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn jwt_detection() {
-        assert!(super::contains_jwt(
-            b"x=eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlc2lnbmF0dXJl\n"
-        ));
-        assert!(!super::contains_jwt(
-            b"eyJhbGciOiJFUzI1NiJ9 is only a header"
-        ));
-    }
 }
