@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Builds mayfly in release mode and installs its binaries into a prefix.
+set -euo pipefail
+
+usage() {
+    cat <<'USAGE'
+Usage: ./install.sh [--prefix DIR]
+
+Builds mayfly (release mode) and installs into DIR (default: ~/.local/bin):
+  mayfly                  the command: demo (and, later, setup, exec, doctor ...)
+  git-credential-mayfly   git's credential helper
+  mayfly-sts              the reference token exchange
+
+Needs: cargo (Rust 1.89 or newer). The demo and the git helper need git 2.46 or newer.
+
+Options:
+  --prefix DIR   install into DIR instead of ~/.local/bin
+  -h, --help     show this help
+USAGE
+}
+
+prefix="${HOME:?HOME is not set}/.local/bin"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --prefix) [ $# -ge 2 ] || { echo "install.sh: --prefix needs a directory" >&2; exit 2; }; prefix="$2"; shift 2 ;;
+        --prefix=*) prefix="${1#--prefix=}"; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "install.sh: unknown option \`$1\` (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+cd "$(dirname "$0")"
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "install.sh: \`cargo\` not found: install Rust (https://rustup.rs) and try again" >&2
+    exit 1
+fi
+if ! command -v git >/dev/null 2>&1; then
+    echo "install.sh: warning: \`git\` not found: the git helper and \`mayfly demo\` need git 2.46 or newer" >&2
+else
+    version=$(git --version | awk '{print $3}')
+    major=${version%%.*}; rest=${version#*.}; minor=${rest%%.*}
+    if [ "$major" -lt 2 ] || { [ "$major" -eq 2 ] && [ "$minor" -lt 46 ]; }; then
+        echo "install.sh: warning: git $version is older than 2.46: tokens fall back to username/password and \`mayfly demo\` will refuse to run" >&2
+    fi
+fi
+
+cargo build --release --locked -p mayfly -p mayfly-sts -p git-credential-mayfly
+mkdir -p "$prefix"
+for bin in mayfly git-credential-mayfly mayfly-sts; do
+    install -m 0755 "target/release/$bin" "$prefix/$bin"
+    echo "installed $prefix/$bin"
+done
+case ":$PATH:" in
+    *":$prefix:"*) ;;
+    *) echo "note: $prefix is not on PATH; add it, or run $prefix/mayfly" ;;
+esac
+echo "next: $prefix/mayfly demo"
