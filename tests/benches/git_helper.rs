@@ -12,7 +12,8 @@ use serde_json::Value;
 fn main() {
     let stack = Stack::new();
     let dir = stack.dir.path().join("bench");
-    std::fs::create_dir_all(&dir).unwrap();
+    // git's credential-cache refuses a socket directory others can read.
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&dir).unwrap();
     let helper = bin("git-credential-mayfly");
     let routed = dir.join("routed.txt");
     let unrouted = dir.join("unrouted.txt");
@@ -31,30 +32,30 @@ fn main() {
     let store = format!("printf 'protocol=https\\nhost=peer.example.com\\nusername=u\\npassword=p\\n' | {} --socket {} store", cache_helper.display(), socket.display());
     assert!(Command::new("sh").args(["-c", &store]).env_clear().envs(stack.env()).status().unwrap().success());
 
-    let json = dir.join("hyperfine.json");
+    // hyperfine takes one --input per run: one run per command, back to back.
     let cache_get = format!("{} --socket {} get", cache_helper.display(), socket.display());
     let mayfly_get = format!("{} get", helper.display());
-    let status = Command::new("hyperfine")
-        .args(["-N", "--warmup", "20", "--runs", "300", "--export-json"])
-        .arg(&json)
-        .args(["--input", routed.to_str().unwrap(), "-n", "mayfly cached get", &mayfly_get])
-        .args(["--input", unrouted.to_str().unwrap(), "-n", "mayfly unconfigured host", &mayfly_get])
-        .args(["--input", cached.to_str().unwrap(), "-n", "git credential-cache get", &cache_get])
-        .args(["-n", "/bin/true", "/bin/true"])
-        .env_clear()
-        .envs(stack.env())
-        .status()
-        .expect("hyperfine is installed (bench/run.sh installs it)");
-    assert!(status.success());
+    let measure = |name: &str, input: &Path, command: &str| -> f64 {
+        let json = dir.join(format!("{}.json", name.replace(['/', ' '], "-")));
+        let status = Command::new("hyperfine")
+            .args(["-N", "--warmup", "20", "--runs", "300", "--style", "basic", "--export-json"])
+            .arg(&json)
+            .args(["--input", input.to_str().unwrap(), "-n", name, command])
+            .env_clear()
+            .envs(stack.env())
+            .status()
+            .expect("hyperfine is installed (bench/run.sh installs it)");
+        assert!(status.success());
+        let results: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        results["results"][0]["median"].as_f64().unwrap()
+    };
+    let cached_get = measure("mayfly cached get", &routed, &mayfly_get);
+    let unconfigured = measure("mayfly unconfigured host", &unrouted, &mayfly_get);
+    let peer = measure("git credential-cache get", &cached, &cache_get);
+    let floor = measure("/bin/true", &cached, "/bin/true");
     assert_eq!(stack.sts_issued(), 1, "every measured mayfly get was a cache hit");
     let _ = Command::new(&cache_helper).args(["--socket", socket.to_str().unwrap(), "exit"]).env_clear().envs(stack.env()).status();
 
-    let results: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let median = |name: &str| -> f64 {
-        results["results"].as_array().unwrap().iter().find(|r| r["command"] == name).and_then(|r| r["median"].as_f64()).unwrap()
-    };
-    let (cached_get, unconfigured, peer, floor) =
-        (median("mayfly cached get"), median("mayfly unconfigured host"), median("git credential-cache get"), median("/bin/true"));
     println!("\nmedians: mayfly cached {:.2} ms, unconfigured {:.2} ms, git credential-cache {:.2} ms, /bin/true {:.2} ms", cached_get * 1e3, unconfigured * 1e3, peer * 1e3, floor * 1e3);
     println!("ratio  cached get / git credential-cache get  = {:.2}  (target <= 1.00)", cached_get / peer);
     println!("ratio  cached get / /bin/true                 = {:.2}", cached_get / floor);

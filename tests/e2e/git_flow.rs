@@ -324,3 +324,24 @@ fn a_refused_token_is_erased_and_the_next_get_mints_a_fresh_one() {
 fn fingerprint(text: &str) -> mayfly_core::Fingerprint {
     serde_json::from_value(serde_json::Value::String(text.to_owned())).unwrap()
 }
+
+#[test]
+fn basic_scheme_routes_present_a_username_and_the_token() {
+    if !require_tool("git") {
+        return;
+    }
+    let stack = Stack::new();
+    stack.write_config(&format!("{}scheme = \"basic\"\nusername = \"mayfly-bot\"\n", stack.route("org/app", &["read"], "ci")));
+    stack.git_ok(&stack.work, &["ls-remote", &stack.repo_url("org/app.git")]);
+    assert_eq!(stack.sts_issued(), 1);
+}
+
+#[test]
+fn the_disk_scan_finds_a_planted_token() {
+    let stack = Stack::new();
+    let planted = stack.home.join(".config/planted");
+    std::fs::write(&planted, format!("token={}\n", stack.issuer.mint("x", &serde_json::Value::Null))).unwrap();
+    let (scanned, found) = mayfly_core::scan_for_jwts(stack.dir.path());
+    assert!(scanned > 0);
+    assert_eq!(found, vec![planted]);
+}

@@ -4,5 +4,6 @@ mod demo;
 mod exchange_faults;
 mod git_flow;
 mod helper_protocol;
+mod no_disk;
 mod single_flight;
 mod subject_tokens;
