@@ -8,5 +8,6 @@ cd "$(dirname "$0")/.."
 if ! hyperfine --version 2>/dev/null | grep -qE 'hyperfine 1\.(1[6-9]|[2-9][0-9])'; then
     cargo install hyperfine@1.20.0 --locked
 fi
-cargo build --release --workspace --locked
-cargo bench -p mayfly-tests --bench git_helper --locked
+# Measure the binaries exactly as install.sh builds them.
+./install.sh --prefix target/bench-bin
+MAYFLY_BIN_DIR="$PWD/target/bench-bin" cargo bench -p mayfly-tests --bench git_helper --locked

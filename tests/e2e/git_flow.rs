@@ -331,7 +331,10 @@ fn basic_scheme_routes_present_a_username_and_the_token() {
         return;
     }
     let stack = Stack::new();
-    stack.write_config(&format!("{}scheme = \"basic\"\nusername = \"mayfly-bot\"\n", stack.route("org/app", &["read"], "ci")));
+    stack.write_config(&format!(
+        "{}scheme = \"basic\"\nusername = \"mayfly-bot\"\n",
+        stack.route("org/app", &["read"], "ci")
+    ));
     stack.git_ok(&stack.work, &["ls-remote", &stack.repo_url("org/app.git")]);
     assert_eq!(stack.sts_issued(), 1);
 }
@@ -340,7 +343,14 @@ fn basic_scheme_routes_present_a_username_and_the_token() {
 fn the_disk_scan_finds_a_planted_token() {
     let stack = Stack::new();
     let planted = stack.home.join(".config/planted");
-    std::fs::write(&planted, format!("token={}\n", stack.issuer.mint("x", &serde_json::Value::Null))).unwrap();
+    std::fs::write(
+        &planted,
+        format!(
+            "token={}\n",
+            stack.issuer.mint("x", &serde_json::Value::Null)
+        ),
+    )
+    .unwrap();
     let (scanned, found) = mayfly_core::scan_for_jwts(stack.dir.path());
     assert!(scanned > 0);
     assert_eq!(found, vec![planted]);

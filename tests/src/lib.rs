@@ -16,13 +16,20 @@ use serde_json::{Value, json};
 
 pub use mayfly_sts::Algorithm;
 
-/// A built binary of this workspace (`cargo build --workspace` puts them there).
+/// A built binary of this workspace: from `$MAYFLY_BIN_DIR` when set (the benchmark
+/// measures installed binaries), else from the target directory, where
+/// `cargo build --workspace` puts them.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
+    let dir = match std::env::var_os("MAYFLY_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("test executable path");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target directory")
+                .to_owned()
+        }
+    };
     let path = dir.join(name);
     assert!(
         path.is_file(),

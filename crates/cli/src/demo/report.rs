@@ -85,7 +85,10 @@ impl Report {
 
     pub(super) fn audit_trail(&self, client_log: &Path, sts_log: &Path) {
         self.heading("Audit trail (the helper's log: one line per decision, never a token)");
-        println!("   {:<10} {:<9} {:<6} {:<22} {:<26} command", "time", "outcome", "op", "scope", "fingerprint");
+        println!(
+            "   {:<10} {:<9} {:<6} {:<22} {:<26} command",
+            "time", "outcome", "op", "scope", "fingerprint"
+        );
         for line in read_lines(client_log) {
             let time = line["time"]
                 .as_str()
