@@ -178,3 +178,64 @@ fn an_unconfigured_host_gets_an_empty_answer_with_no_network_and_no_cache_access
         "the cache or audit log was touched"
     );
 }
+
+#[test]
+fn hostile_input_gets_one_clear_line_and_nothing_on_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "").unwrap();
+    let huge_line = format!(
+        "protocol=https\nhost=h\nwwwauth[]={}\n",
+        "a".repeat(1 << 20)
+    );
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (
+            b"protocol=https\nhost=good.example\rhost=evil.example\n".to_vec(),
+            "carriage return",
+        ),
+        (b"protocol=https\nhost=h\0\n".to_vec(), "NUL"),
+        (
+            b"protocol=https\nhost=evil.example%0ahost=good.example\n".to_vec(),
+            "encoded control character",
+        ),
+        (
+            b"protocol=https\nhost=a\nhost=b\n".to_vec(),
+            "more than once",
+        ),
+        (b"host=h\n".to_vec(), "missing `protocol`"),
+        (b"protocol=https\npath=x\n".to_vec(), "missing `host`"),
+        (
+            b"protocol=https\nhost=h\nghp_0123456789abcdefghij\n".to_vec(),
+            "not `key=value`",
+        ),
+        (huge_line.into_bytes(), "larger than"),
+        (vec![0xff; 64], "not UTF-8"),
+    ];
+    for (input, reason) in cases {
+        let out = assert_cmd::Command::new(bin("git-credential-mayfly"))
+            .arg("get")
+            .env_clear()
+            .env("HOME", dir.path())
+            .env("MAYFLY_CONFIG", &config)
+            .write_stdin(input)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{reason}: a panic or the wrong code"
+        );
+        assert!(out.stdout.is_empty(), "{reason}: printed on stdout");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{reason}: {stderr}");
+        assert!(
+            stderr.starts_with("mayfly: git credential request refused: ")
+                && stderr.contains(reason),
+            "{reason}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("ghp_") && !stderr.contains("evil"),
+            "a value was echoed: {stderr}"
+        );
+    }
+}

@@ -223,3 +223,52 @@ fn malformed_requests_print_nothing_and_fail() {
         assert!(out.is_empty());
     }
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn line() -> impl Strategy<Value = Vec<u8>> {
+        let keys = prop::sample::select(vec![
+            "protocol",
+            "host",
+            "path",
+            "username",
+            "password",
+            "wwwauth[]",
+            "capability[]",
+            "state[]",
+            "x",
+        ]);
+        let value = prop::collection::vec(
+            prop::sample::select(b"ab.:/=%0aAdD\r\n\0\xff \x1b".to_vec()),
+            0..12,
+        );
+        (keys, value).prop_map(|(k, v)| {
+            let mut line = format!("{k}=").into_bytes();
+            line.extend(v);
+            line.push(b'\n');
+            line
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whatever git (or an attacker) sends, the parser answers without panicking, and an
+        /// accepted request never carries a byte that could start or end a protocol line.
+        #[test]
+        fn parser_never_panics_and_accepts_only_clean_fields(lines in prop::collection::vec(line(), 0..8), raw in prop::collection::vec(any::<u8>(), 0..64)) {
+            let mut input: Vec<u8> = lines.concat();
+            input.extend(raw);
+            if let Ok(request) = parse(&input) {
+                for value in [Some(&request.protocol), Some(&request.host), request.path.as_ref(), request.username.as_ref()].into_iter().flatten() {
+                    prop_assert!(!value.contains(['\r', '\n', '\0']));
+                }
+                for value in [Some(&request.protocol), Some(&request.host), request.path.as_ref()].into_iter().flatten() {
+                    prop_assert!(!value.to_ascii_lowercase().contains("%0a"));
+                }
+            }
+        }
+    }
+}
