@@ -13,9 +13,7 @@ fn clone_fetch_and_push_use_read_and_write_tokens_for_one_repository() {
         &["clone", &stack.repo_url("org/app.git"), "app"],
     );
     let app = stack.work.join("app");
-    std::fs::write(app.join("a.txt"), "a\n").unwrap();
-    stack.git_ok(&app, &["add", "a.txt"]);
-    stack.git_ok(&app, &["commit", "-qm", "a"]);
+    stack.commit_file(&app, "a.txt");
     stack.git_ok(&app, &["push", "origin", "main"]);
     stack.git_ok(&app, &["fetch", "origin"]);
 
@@ -74,24 +72,29 @@ fn clone_fetch_and_push_use_read_and_write_tokens_for_one_repository() {
     stack.assert_no_tokens_on_disk();
 }
 
+/// Clones `org/docs`, commits and pushes, expecting the push to fail with one `mayfly:`
+/// line; returns git's output and that line.
+fn refused_push_to_docs(stack: &Stack) -> (std::process::Output, Vec<String>) {
+    stack.git_ok(
+        &stack.work,
+        &["clone", &stack.repo_url("org/docs.git"), "docs"],
+    );
+    let docs = stack.work.join("docs");
+    stack.commit_file(&docs, "d.txt");
+    let out = stack.git(&docs, &["push", "origin", "main"]);
+    assert!(!out.status.success());
+    let lines = mayfly_lines(&out.stderr);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    (out, lines)
+}
+
 #[test]
 fn push_is_refused_when_the_route_only_allows_read() {
     if !require_tool("git") {
         return;
     }
     let stack = Stack::new();
-    stack.git_ok(
-        &stack.work,
-        &["clone", &stack.repo_url("org/docs.git"), "docs"],
-    );
-    let docs = stack.work.join("docs");
-    std::fs::write(docs.join("d.txt"), "d\n").unwrap();
-    stack.git_ok(&docs, &["add", "d.txt"]);
-    stack.git_ok(&docs, &["commit", "-qm", "d"]);
-    let out = stack.git(&docs, &["push", "origin", "main"]);
-    assert!(!out.status.success());
-    let lines = mayfly_lines(&out.stderr);
-    assert_eq!(lines.len(), 1, "{lines:?}");
+    let (out, lines) = refused_push_to_docs(&stack);
     assert!(
         lines[0].contains("does not allow write (allowed: read)"),
         "{}",
@@ -119,18 +122,7 @@ fn the_exchange_refuses_a_write_scope_its_policy_does_not_grant() {
     }
     let stack = Stack::new();
     stack.write_config(&stack.route("org/docs", &["read", "write"], "ci"));
-    stack.git_ok(
-        &stack.work,
-        &["clone", &stack.repo_url("org/docs.git"), "docs"],
-    );
-    let docs = stack.work.join("docs");
-    std::fs::write(docs.join("d.txt"), "d\n").unwrap();
-    stack.git_ok(&docs, &["add", "d.txt"]);
-    stack.git_ok(&docs, &["commit", "-qm", "d"]);
-    let out = stack.git(&docs, &["push", "origin", "main"]);
-    assert!(!out.status.success());
-    let lines = mayfly_lines(&out.stderr);
-    assert_eq!(lines.len(), 1, "{lines:?}");
+    let (_, lines) = refused_push_to_docs(&stack);
     assert!(
         lines[0].contains("refused: invalid_scope: scope `repo:org/docs:write` is not allowed"),
         "{}",

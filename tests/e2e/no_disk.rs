@@ -45,9 +45,7 @@ fn tokens_reach_pipes_but_never_a_file_or_an_argv() {
         &["clone", &stack.repo_url("org/app.git"), "app"],
     );
     let app = stack.work.join("app");
-    std::fs::write(app.join("t.txt"), "t\n").unwrap();
-    stack.git_ok(&app, &["add", "t.txt"]);
-    stack.git_ok(&app, &["commit", "-qm", "t"]);
+    stack.commit_file(&app, "t.txt");
     log.push_str(&traced(&app, &["push", "origin", "main"]));
 
     let mut pipe_writes_with_token = 0;

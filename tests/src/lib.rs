@@ -305,6 +305,13 @@ impl Stack {
         out
     }
 
+    /// Commits a new file in a work tree, ready to push.
+    pub fn commit_file(&self, tree: &Path, name: &str) {
+        std::fs::write(tree.join(name), format!("{name}\n")).expect("write file");
+        self.git_ok(tree, &["add", name]);
+        self.git_ok(tree, &["commit", "-qm", name]);
+    }
+
     /// The URL of a repository on the git server.
     pub fn repo_url(&self, path: &str) -> String {
         format!("{}/{path}", self.git.base_url)
