@@ -9,6 +9,8 @@ Usage: ./install.sh [--prefix DIR] [--pie]
 Builds mayfly (release mode) and installs into DIR (default: ~/.local/bin):
   mayfly                  the command: demo (and, later, setup, exec, doctor ...)
   git-credential-mayfly   git's credential helper
+  mayfly-kube-credential  kubectl's exec credential plugin
+  terraform-credentials-mayfly  Terraform's credentials helper
   mayfly-sts              the reference token exchange
 
 Needs: cargo (Rust 1.89 or newer). The demo and the git helper need git 2.46 or newer.
@@ -65,9 +67,10 @@ case "$host" in
         fi
         ;;
 esac
-cargo build --release --locked --target "$host" -p mayfly -p mayfly-sts -p git-credential-mayfly
+bins="mayfly mayfly-sts git-credential-mayfly mayfly-kube-credential terraform-credentials-mayfly"
+cargo build --release --locked --target "$host" $(printf -- '-p %s ' $bins)
 mkdir -p "$prefix"
-for bin in mayfly git-credential-mayfly mayfly-sts; do
+for bin in $bins; do
     install -m 0755 "target/$host/release/$bin" "$prefix/$bin"
     echo "installed $prefix/$bin"
 done

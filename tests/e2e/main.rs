@@ -4,6 +4,8 @@ mod demo;
 mod exchange_faults;
 mod git_flow;
 mod helper_protocol;
+mod kubectl;
 mod no_disk;
 mod single_flight;
 mod subject_tokens;
+mod terraform;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use mayfly_devstack::{DevCa, DevIssuer, GitServer};
+use mayfly_devstack::{DevCa, DevIssuer, GitServer, KubeApiServer, ModuleRegistry};
 use serde_json::{Value, json};
 
 pub use mayfly_sts::Algorithm;
@@ -109,6 +109,10 @@ pub struct Stack {
     pub issuer: DevIssuer,
     /// The git server.
     pub git: GitServer,
+    /// The Kubernetes API server.
+    pub kube: KubeApiServer,
+    /// The Terraform module registry.
+    pub registry: ModuleRegistry,
     /// The exchange.
     pub sts: StsProcess,
     // Last, so the servers stop after everything that uses them.
@@ -156,12 +160,20 @@ impl Stack {
         let port = free_port();
         let sts_url = format!("https://127.0.0.1:{port}");
         let git = GitServer::start(&runtime, srv, &ca, &sts_url).expect("git server");
+        let kube = KubeApiServer::start(&runtime, &ca, &sts_url).expect("kube API server");
+        let registry = ModuleRegistry::start(&runtime, &ca, &sts_url, &dir.path().join("registry"))
+            .expect("module registry");
+        let servers = Servers {
+            git: &git.base_url,
+            kube: &kube.base_url,
+            registry: &registry.base_url,
+        };
         let sts = start_sts(
             dir.path(),
             port,
             &sts_url,
             &issuer,
-            &git.base_url,
+            &servers,
             &ca,
             options.max_ttl,
         );
@@ -175,6 +187,8 @@ impl Stack {
             ca,
             issuer,
             git,
+            kube,
+            registry,
             sts,
             _runtime: runtime,
         };
@@ -201,13 +215,24 @@ impl Stack {
         )
     }
 
-    /// `org/app` read and write, `org/docs` read only, both from the GitHub-style identity.
-    pub fn default_routes(&self) -> String {
+    /// A route for a host-level tool (`kubectl`, `terraform`) to one of the servers.
+    pub fn host_route(&self, tool: &str, base_url: &str) -> String {
+        let host = base_url.trim_start_matches("https://");
         format!(
-            "{}\n{}",
-            self.route("org/app", &["read", "write"], "ci"),
-            self.route("org/docs", &["read"], "ci")
+            "[[routes]]\ntool = \"{tool}\"\nhost = \"{host}\"\nidentity = \"ci\"\nexchange = \"sts\"\n"
         )
+    }
+
+    /// `org/app` read and write, `org/docs` read only, the cluster and the module
+    /// registry, all from the GitHub-style identity.
+    pub fn default_routes(&self) -> String {
+        [
+            self.route("org/app", &["read", "write"], "ci"),
+            self.route("org/docs", &["read"], "ci"),
+            self.host_route("kubectl", &self.kube.base_url),
+            self.host_route("terraform", &self.registry.base_url),
+        ]
+        .join("\n")
     }
 
     /// Writes the client config with these routes (and the standard identities and exchange).
@@ -349,12 +374,19 @@ impl Default for Stack {
     }
 }
 
+/// The resource servers the exchange mints for.
+struct Servers<'a> {
+    git: &'a str,
+    kube: &'a str,
+    registry: &'a str,
+}
+
 fn start_sts(
     dir: &Path,
     port: u16,
     url: &str,
     issuer: &DevIssuer,
-    git_url: &str,
+    servers: &Servers<'_>,
     ca: &DevCa,
     max_ttl: &str,
 ) -> StsProcess {
@@ -386,7 +418,26 @@ issuer = "{issuer}"
 claims = {{ repository_owner = "org" }}
 audiences = ["{git_url}"]
 scopes = ["repo:org/docs:read"]
+
+[[rules]]
+name = "org/app reaches the cluster"
+issuer = "{issuer}"
+claims = {{ repository = "org/app" }}
+audiences = ["{kube_url}"]
+scopes = ["cluster:{kube_host}"]
+
+[[rules]]
+name = "the org reads modules"
+issuer = "{issuer}"
+claims = {{ repository_owner = "org" }}
+audiences = ["{registry_url}"]
+scopes = ["registry:{registry_host}"]
 "#,
+        git_url = servers.git,
+        kube_url = servers.kube,
+        kube_host = servers.kube.trim_start_matches("https://"),
+        registry_url = servers.registry,
+        registry_host = servers.registry.trim_start_matches("https://"),
         audit = audit.display(),
         cert = ca.cert.display(),
         key = ca.key.display(),

@@ -18,8 +18,6 @@ use crate::{Env, EnvVars, parse_duration};
 pub(crate) const DEFAULT_TTL: Duration = Duration::from_secs(600);
 /// Default time before expiry at which a cached token stops being served.
 pub(crate) const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(60);
-/// Default scope template: one repository, one operation.
-pub(crate) const DEFAULT_SCOPE: &str = "repo:{path}:{operation}";
 
 /// Why the config could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -204,7 +202,8 @@ pub struct Route {
     pub exchange: String,
     /// Audience asked of the exchange.
     pub audience: String,
-    /// Scope template with `{path}`, `{host}` and `{operation}`.
+    /// Scope template with `{path}`, `{host}` and `{operation}`; default per tool
+    /// ([`Tool::default_scope`]).
     pub scope: String,
     /// Operations this route may ask tokens for; others are denied.
     pub operations: Vec<Operation>,
@@ -322,10 +321,10 @@ impl Config {
     }
 
     fn route(&self, index: usize, raw: RawRoute) -> Result<Route, String> {
-        let tool = match raw.tool.as_str() {
-            "git" => Tool::Git,
-            other => return Err(format!("route {}: unknown tool `{other}`", index + 1)),
-        };
+        let tool: Tool = raw
+            .tool
+            .parse()
+            .map_err(|e| format!("route {}: {e}", index + 1))?;
         let protocol = raw
             .protocol
             .unwrap_or_else(|| "https".into())
@@ -383,7 +382,7 @@ impl Config {
             audience: raw
                 .audience
                 .unwrap_or_else(|| format!("{protocol}://{host}")),
-            scope: raw.scope.unwrap_or_else(|| DEFAULT_SCOPE.into()),
+            scope: raw.scope.unwrap_or_else(|| tool.default_scope().into()),
             username: raw.username.unwrap_or_else(|| "x-access-token".into()),
             identity: raw.identity,
             exchange: raw.exchange,

@@ -22,6 +22,8 @@ impl EnvVars {
     pub const ACTIONS_ID_TOKEN_REQUEST_URL: &'static str = "ACTIONS_ID_TOKEN_REQUEST_URL";
     /// GitHub Actions: bearer token for that endpoint.
     pub const ACTIONS_ID_TOKEN_REQUEST_TOKEN: &'static str = "ACTIONS_ID_TOKEN_REQUEST_TOKEN";
+    /// kubectl: the exec plugin's input (`ExecCredential` with `spec.cluster`).
+    pub const KUBERNETES_EXEC_INFO: &'static str = "KUBERNETES_EXEC_INFO";
     /// Home directory.
     pub const HOME: &'static str = "HOME";
     /// XDG base directories.

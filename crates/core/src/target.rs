@@ -10,6 +10,10 @@ use std::str::FromStr;
 pub enum Tool {
     /// git, through `credential.helper`.
     Git,
+    /// kubectl and every client-go program, through an exec credential plugin.
+    Kubectl,
+    /// Terraform and OpenTofu, through a credentials helper.
+    Terraform,
 }
 
 impl Tool {
@@ -17,6 +21,32 @@ impl Tool {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Git => "git",
+            Self::Kubectl => "kubectl",
+            Self::Terraform => "terraform",
+        }
+    }
+
+    /// The scope a route asks for when it names none: as narrow as the tool's request lets
+    /// mayfly know (git names the repository; the others only the host).
+    pub fn default_scope(self) -> &'static str {
+        match self {
+            Self::Git => "repo:{path}:{operation}",
+            Self::Kubectl => "cluster:{host}",
+            Self::Terraform => "registry:{host}",
+        }
+    }
+}
+
+impl FromStr for Tool {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "git" => Ok(Self::Git),
+            "kubectl" => Ok(Self::Kubectl),
+            "terraform" => Ok(Self::Terraform),
+            other => Err(format!(
+                "unknown tool `{other}` (git, kubectl or terraform)"
+            )),
         }
     }
 }

@@ -9,14 +9,13 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::gate::{Refusal, TokenGate};
+
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
@@ -46,13 +45,8 @@ pub struct GitServer {
 
 struct Inner {
     root: PathBuf,
-    audience: String,
-    sts_issuer: String,
-    jwks_url: String,
-    client: reqwest::Client,
-    jwks: tokio::sync::Mutex<Option<JwkSet>>,
+    gate: TokenGate,
     stats: Arc<GitServerStats>,
-    revoked: Arc<Mutex<Vec<String>>>,
 }
 
 impl GitServer {
@@ -69,33 +63,19 @@ impl GitServer {
             "https://{}",
             listener.local_addr().map_err(|e| e.to_string())?
         );
-        let pem = std::fs::read(&ca.ca_cert).map_err(|e| e.to_string())?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string())?;
-        let client = reqwest::Client::builder()
-            .tls_certs_merge(certs)
-            .no_proxy()
-            .build()
-            .map_err(|e| e.to_string())?;
+        let gate = TokenGate::new(&base_url, sts_issuer, ca)?;
+        let revoked = gate.revoked();
         let stats = Arc::new(GitServerStats::default());
-        let revoked = Arc::new(Mutex::new(Vec::new()));
         let inner = Arc::new(Inner {
             root: root.clone(),
-            audience: base_url.clone(),
-            sts_issuer: sts_issuer.to_owned(),
-            jwks_url: format!("{sts_issuer}/.well-known/jwks.json"),
-            client,
-            jwks: tokio::sync::Mutex::new(None),
+            gate,
             stats: stats.clone(),
-            revoked: revoked.clone(),
         });
         let app = Router::new()
             .fallback(handle)
             .layer(DefaultBodyLimit::max(64 << 20))
             .with_state(inner);
-        let tls = runtime.block_on(ca.rustls()).map_err(|e| e.to_string())?;
-        let _guard = runtime.enter();
-        let server = axum_server::from_tcp_rustls(listener, tls).map_err(|e| e.to_string())?;
-        runtime.spawn(server.serve(app.into_make_service()));
+        crate::serve_tls(runtime, listener, ca, app)?;
         Ok(Self {
             base_url,
             root,
@@ -148,92 +128,28 @@ fn parse_request(path: &str, query: Option<&str>, method: &Method) -> Option<(St
     Some((repo, write))
 }
 
-fn challenge(stats: &GitServerStats, message: &str) -> Response {
-    stats.unauthorized.fetch_add(1, Ordering::SeqCst);
-    let mut response = (StatusCode::UNAUTHORIZED, format!("{message}\n")).into_response();
-    let headers = response.headers_mut();
-    headers.append(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Bearer realm=\"mayfly-dev-git\""),
-    );
-    headers.append(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"mayfly-dev-git\""),
-    );
-    response
-}
-
-/// The token from `Bearer X` or `Basic base64(user:X)`.
-fn presented_token(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    if let Some(token) = value.strip_prefix("Bearer ") {
-        return Some(token.trim().to_owned());
-    }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(value.strip_prefix("Basic ")?.trim())
-        .ok()?;
-    let (_user, token) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
-    Some(token.to_owned())
-}
-
-impl Inner {
-    async fn verify(&self, token: &str) -> Result<Value, String> {
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|_| "token is not a JWT".to_owned())?;
-        let kid = header.kid.ok_or("token has no kid")?;
-        let mut jwks = self.jwks.lock().await;
-        if jwks.as_ref().is_none_or(|set| set.find(&kid).is_none()) {
-            let fetched = self
-                .client
-                .get(&self.jwks_url)
-                .send()
-                .await
-                .map_err(|e| format!("cannot fetch JWKS: {e}"))?;
-            *jwks = Some(fetched.json().await.map_err(|e| format!("bad JWKS: {e}"))?);
-        }
-        let jwk = jwks
-            .as_ref()
-            .and_then(|set| set.find(&kid))
-            .ok_or("token signed by an unknown key")?;
-        let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
-        let mut validation = Validation::new(jsonwebtoken::Algorithm::ES256);
-        validation.set_issuer(&[&self.sts_issuer]);
-        validation.set_audience(&[&self.audience]);
-        validation.leeway = 5;
-        let data = jsonwebtoken::decode::<Value>(token, &key, &validation)
-            .map_err(|e| format!("token refused: {e}"))?;
-        Ok(data.claims)
-    }
-}
-
 async fn handle(State(inner): State<Arc<Inner>>, request: Request<Body>) -> Response {
     let (parts, body) = request.into_parts();
     let Some((repo, write)) = parse_request(parts.uri.path(), parts.uri.query(), &parts.method)
     else {
         return (StatusCode::NOT_FOUND, "not a git URL\n").into_response();
     };
-    let Some(token) = presented_token(&parts.headers) else {
-        return challenge(&inner.stats, "authentication required");
-    };
-    let fingerprint = mayfly_core::Fingerprint::of(&token).to_string();
-    if inner.revoked.lock().is_ok_and(|r| r.contains(&fingerprint)) {
-        return challenge(&inner.stats, "token has been revoked");
-    }
-    let claims = match inner.verify(&token).await {
-        Ok(claims) => claims,
-        Err(message) => return challenge(&inner.stats, &message),
-    };
     let operation = if write { "write" } else { "read" };
-    let needed = format!("repo:{repo}:{operation}");
-    let scopes = claims.get("scope").and_then(Value::as_str).unwrap_or("");
-    if !scopes.split_whitespace().any(|s| s == needed) {
-        inner.stats.forbidden.fetch_add(1, Ordering::SeqCst);
-        return (
-            StatusCode::FORBIDDEN,
-            format!("token does not allow {operation} on {repo}\n"),
-        )
-            .into_response();
-    }
+    let claims = match inner
+        .gate
+        .check(&parts.headers, &format!("repo:{repo}:{operation}"))
+        .await
+    {
+        Ok(claims) => claims,
+        Err(refusal) => {
+            let counter = match refusal {
+                Refusal::Unauthorized(_) => &inner.stats.unauthorized,
+                Refusal::Forbidden(_) => &inner.stats.forbidden,
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            return refusal.into_response("mayfly-dev-git");
+        }
+    };
     let body = match axum::body::to_bytes(body, 64 << 20).await {
         Ok(body) => body,
         Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "body too large\n").into_response(),
@@ -395,24 +311,5 @@ mod tests {
                 .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert!(cgi_response(b"no headers at all").is_err());
-    }
-
-    #[test]
-    fn tokens_come_from_bearer_or_basic() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer abc.def.ghi"),
-        );
-        assert_eq!(presented_token(&headers).as_deref(), Some("abc.def.ghi"));
-        let basic = format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode("x-access-token:tok")
-        );
-        headers.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_str(&basic).unwrap(),
-        );
-        assert_eq!(presented_token(&headers).as_deref(), Some("tok"));
     }
 }

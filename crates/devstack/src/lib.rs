@@ -5,12 +5,17 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod gate;
 mod git_server;
 mod issuer;
+mod kube_api;
+mod module_registry;
 mod tls;
 
 pub use git_server::{GitServer, GitServerStats};
 pub use issuer::DevIssuer;
+pub use kube_api::KubeApiServer;
+pub use module_registry::{MODULE, ModuleRegistry};
 pub use tls::DevCa;
 
 /// A multi-threaded runtime that serves in the background while the caller blocks.
@@ -26,4 +31,18 @@ pub fn loopback_listener() -> std::io::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
     Ok(listener)
+}
+
+/// Serves an app over HTTPS with the development CA's certificate, in the background.
+pub(crate) fn serve_tls(
+    runtime: &tokio::runtime::Runtime,
+    listener: std::net::TcpListener,
+    ca: &DevCa,
+    app: axum::Router,
+) -> Result<(), String> {
+    let tls = runtime.block_on(ca.rustls()).map_err(|e| e.to_string())?;
+    let _guard = runtime.enter();
+    let server = axum_server::from_tcp_rustls(listener, tls).map_err(|e| e.to_string())?;
+    runtime.spawn(server.serve(app.into_make_service()));
+    Ok(())
 }

@@ -2,6 +2,8 @@
 //! stdin, stdout and the process exit code.
 
 pub mod git;
+pub mod kube;
+pub mod terraform;
 
 use std::error::Error;
 
@@ -25,4 +27,44 @@ pub fn warn(message: &str) {
     use std::io::Write;
     let line = format!("mayfly: {}\n", crate::sanitize_for_terminal(message));
     let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// Resolves a host-level target and gets its token; `Ok(None)` when no route serves it.
+/// The hooks other than git's share this: their requests name a tool and a host.
+pub(crate) fn token_for(
+    target: &crate::Target,
+    operation: crate::Operation,
+    env: crate::Env,
+    ancestry: &dyn Fn() -> Vec<crate::Process>,
+) -> Result<Option<crate::Issued>, String> {
+    let broker = crate::Broker::from_env(env).map_err(|e| one_line(&e))?;
+    let crate::Resolution::Route(route) = broker.resolve(target) else {
+        return Ok(None);
+    };
+    let chain = ancestry();
+    broker
+        .token(route, target, operation, &chain)
+        .map(Some)
+        .map_err(|e| {
+            format!(
+                "no token for {} ({}): {}",
+                target.display(),
+                target.tool.as_str(),
+                one_line(&e)
+            )
+        })
+}
+
+/// Drops the cached tokens of a host-level target; true when a route serves it.
+pub(crate) fn erase(
+    target: &crate::Target,
+    env: crate::Env,
+    ancestry: &dyn Fn() -> Vec<crate::Process>,
+) -> Result<bool, String> {
+    let broker = crate::Broker::from_env(env).map_err(|e| one_line(&e))?;
+    let crate::Resolution::Route(route) = broker.resolve(target) else {
+        return Ok(false);
+    };
+    broker.erase(route, target, &ancestry());
+    Ok(true)
 }

@@ -1,0 +1,117 @@
+//! Terraform's (and OpenTofu's) credentials helper protocol.
+//!
+//! `terraform-credentials-mayfly [args] get HOST` prints `{"token": ...}`, or `{}` when no
+//! route serves the host (Terraform's "no credentials", exit 0). `store` reads its input to
+//! the end and refuses: mayfly never keeps a credential. `forget` drops the cached token.
+
+use std::io::{Read, Write};
+
+use serde_json::json;
+
+use crate::{Env, Operation, Process, Target, Tool};
+
+/// Runs one helper invocation; returns the exit code.
+pub fn serve(
+    args: &[String],
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    env: Env,
+    ancestry: &dyn Fn() -> Vec<Process>,
+) -> i32 {
+    match handle(args, stdin, env, ancestry) {
+        Ok(None) => 0,
+        Ok(Some(answer)) => {
+            let mut line = answer.to_string().into_bytes();
+            line.push(b'\n');
+            i32::from(
+                stdout
+                    .write_all(&line)
+                    .and_then(|()| stdout.flush())
+                    .is_err(),
+            )
+        }
+        Err(message) => {
+            crate::protocol::warn(&message);
+            1
+        }
+    }
+}
+
+fn handle(
+    args: &[String],
+    stdin: &mut dyn Read,
+    env: Env,
+    ancestry: &dyn Fn() -> Vec<Process>,
+) -> Result<Option<serde_json::Value>, String> {
+    let [.., verb, host] = args else {
+        return Err("usage: terraform-credentials-mayfly [args] get|store|forget HOSTNAME".into());
+    };
+    let target = || Target::new(Tool::Terraform, "https", host, None).map_err(|e| e.to_string());
+    match verb.as_str() {
+        "get" => {
+            let issued = crate::protocol::token_for(&target()?, Operation::Read, env, ancestry)?;
+            Ok(Some(issued.map_or_else(
+                || json!({}),
+                |i| json!({"token": i.token.expose()}),
+            )))
+        }
+        "store" => {
+            // Terraform writes the credentials object and expects it read before we fail.
+            let _ = std::io::copy(stdin, &mut std::io::sink());
+            Err("mayfly mints tokens when Terraform asks and never stores one: remove the token from `terraform login`, mayfly needs none".into())
+        }
+        "forget" => {
+            crate::protocol::erase(&target()?, env, ancestry)?;
+            Ok(None)
+        }
+        other => Err(format!(
+            "unknown verb `{}` (get, store or forget)",
+            crate::sanitize_for_terminal(other)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str], input: &[u8]) -> (i32, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, "").unwrap();
+        let env = Env::from_pairs([("MAYFLY_CONFIG", config.display().to_string())]);
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut out = Vec::new();
+        let code = serve(&args, &mut &input[..], &mut out, env, &Vec::new);
+        (code, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn no_route_is_an_empty_object_and_success() {
+        assert_eq!(run(&["get", "app.terraform.io"], b""), (0, "{}\n".into()));
+        assert_eq!(
+            run(&["--some-arg", "get", "APP.Terraform.io"], b""),
+            (0, "{}\n".into())
+        );
+    }
+
+    #[test]
+    fn store_reads_everything_then_refuses_and_forget_succeeds() {
+        let big = vec![b'x'; 1 << 20];
+        assert_eq!(
+            run(&["store", "app.terraform.io"], &big),
+            (1, String::new())
+        );
+        assert_eq!(
+            run(&["forget", "app.terraform.io"], b""),
+            (0, String::new())
+        );
+    }
+
+    #[test]
+    fn unknown_verbs_and_bad_hosts_fail() {
+        assert_eq!(run(&["frobnicate", "app.terraform.io"], b"").0, 1);
+        assert_eq!(run(&["get"], b"").0, 1);
+        assert_eq!(run(&["get", "evil.example/x"], b"").0, 1);
+    }
+}
