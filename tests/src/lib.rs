@@ -197,6 +197,11 @@ impl Stack {
         stack
     }
 
+    /// The runtime the in-process servers run on (to start more of them).
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self._runtime
+    }
+
     /// `host:port` of the git server.
     pub fn git_host(&self) -> String {
         self.git.base_url.trim_start_matches("https://").to_owned()

@@ -74,6 +74,26 @@ pub fn infer_git_operation(chain: &[Process]) -> Operation {
     }
 }
 
+/// The user's command: the outermost ancestor that runs the tool, from the tool's name on
+/// (`aws s3 cp ...` even when the process is `python3 /usr/bin/aws s3 cp ...`).
+pub(crate) fn command_of(tool: &str, chain: &[Process]) -> Vec<String> {
+    const INTERPRETERS: [&str; 6] = ["python", "node", "sh", "bash", "perl", "ruby"];
+    let base = |arg: &String| arg.rsplit('/').next().unwrap_or(arg).to_owned();
+    chain
+        .iter()
+        .rev()
+        .find_map(|p| {
+            let program = p.argv.first().map(base)?;
+            if program == tool {
+                return Some(p.argv.clone());
+            }
+            let interpreted = INTERPRETERS.iter().any(|i| program.starts_with(i));
+            (interpreted && p.argv.get(1).map(base).as_deref() == Some(tool))
+                .then(|| p.argv[1..].to_vec())
+        })
+        .unwrap_or_default()
+}
+
 /// The first argument of `git [global options] <subcommand>`.
 fn git_subcommand(args: &[String]) -> Option<&str> {
     let mut args = args.iter();
@@ -135,6 +155,33 @@ mod tests {
             Operation::Read
         );
         assert_eq!(infer_git_operation(&[]), Operation::Read);
+    }
+
+    #[test]
+    fn the_command_is_the_outermost_run_of_the_tool_even_under_an_interpreter() {
+        let c = chain(&[
+            &["/bin/sh", "-c", "mayfly-aws-credential deploy"],
+            &[
+                "/usr/bin/python3.11",
+                "/usr/local/bin/aws",
+                "s3",
+                "cp",
+                "a",
+                "s3://b",
+            ],
+            &["bash", "deploy.sh"],
+        ]);
+        assert_eq!(
+            command_of("aws", &c),
+            ["/usr/local/bin/aws", "s3", "cp", "a", "s3://b"]
+        );
+        let c = chain(&[
+            &["git", "remote-https", "origin"],
+            &["git", "push", "origin"],
+            &["python3", "agent.py"],
+        ]);
+        assert_eq!(command_of("git", &c), ["git", "push", "origin"]);
+        assert!(command_of("cargo", &c).is_empty());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::audit::{AuditEvent, AuditLog, Outcome, rfc3339};
 use crate::cache::{Cache, CacheEntry};
-use crate::config::{Config, IdentityConfig, Route, Scheme};
+use crate::config::{Config, ExchangeKind, IdentityConfig, Route, Scheme};
 use crate::exchange::{ExchangeRequest, Intent};
 use crate::http::HttpClient;
 use crate::identity::{self, SubjectToken};
@@ -242,22 +242,27 @@ impl Broker {
             operation: operation.as_str().into(),
             target: target.display(),
             session: self.session(),
-            command: command_of(target.tool.as_str(), chain),
+            command: crate::ancestry::command_of(target.tool.as_str(), chain),
         };
-        let request = ExchangeRequest {
-            subject_token: &subject.token,
-            audience: &route.audience,
-            scope,
-            ttl: route.ttl,
-            intent: &intent,
-        };
-        let response =
-            crate::exchange::exchange(exchange_config, &http, &request).map_err(|source| {
-                Error::Exchange {
-                    route: route.name.clone(),
-                    source,
-                }
-            })?;
+        let response = match exchange_config.kind {
+            ExchangeKind::Rfc8693 => {
+                let request = ExchangeRequest {
+                    subject_token: &subject.token,
+                    audience: &route.audience,
+                    scope,
+                    ttl: route.ttl,
+                    intent: &intent,
+                };
+                crate::exchange::exchange(exchange_config, &http, &request)
+            }
+            ExchangeKind::AwsSts => {
+                crate::aws_sts::exchange(exchange_config, &http, route, &subject.token, &intent)
+            }
+        }
+        .map_err(|source| Error::Exchange {
+            route: route.name.clone(),
+            source,
+        })?;
         // Unknown lifetime: handed out once, never cached.
         let lifetime = response
             .expires_in
@@ -265,8 +270,10 @@ impl Broker {
         let claims = crate::peek_claims(response.access_token.expose()).unwrap_or_default();
         Ok(CacheEntry {
             expires_at: lifetime.map_or(0, |l| now + l),
-            refresh_at: lifetime.map_or(0, |l| now + l - self.margin(l)),
-            token_id: claims.jti,
+            refresh_at: lifetime.map_or(0, |l| {
+                now + l - self.margin(l, target.tool.min_refresh_margin())
+            }),
+            token_id: response.token_id.or(claims.jti),
             scope: response.scope.or_else(|| Some(scope.to_owned())),
             issuer: subject.claims.iss.clone(),
             subject: subject.claims.sub.clone(),
@@ -281,11 +288,13 @@ impl Broker {
         })
     }
 
-    /// The refresh margin for a token of this lifetime: the configured margin, but never
-    /// more than half the lifetime, so short tokens are still worth caching.
-    fn margin(&self, lifetime: i64) -> i64 {
+    /// The refresh margin for a token of this lifetime: the configured margin (or the
+    /// tool's minimum, if larger), but never more than half the lifetime, so short tokens
+    /// are still worth caching.
+    fn margin(&self, lifetime: i64, tool_minimum: i64) -> i64 {
         i64::try_from(self.config.refresh_margin.as_secs())
             .unwrap_or(i64::MAX)
+            .max(tool_minimum)
             .min(lifetime / 2)
     }
 
@@ -320,7 +329,7 @@ impl Broker {
             let entry = CacheEntry {
                 token: subject.token.clone(),
                 expires_at: exp,
-                refresh_at: exp - self.margin(exp - now),
+                refresh_at: exp - self.margin(exp - now, 0),
                 token_id: subject.claims.jti.clone(),
                 scope: None,
                 issuer: subject.claims.iss.clone(),
@@ -419,20 +428,6 @@ fn issued(route: &Route, entry: CacheEntry, from_cache: bool) -> Issued {
         from_cache,
         token: entry.token,
     }
-}
-
-/// The user's command: the outermost ancestor that runs the tool itself.
-fn command_of(tool: &str, chain: &[Process]) -> Vec<String> {
-    chain
-        .iter()
-        .rev()
-        .find(|p| {
-            p.argv
-                .first()
-                .is_some_and(|a| a.rsplit('/').next() == Some(tool))
-        })
-        .map(|p| p.argv.clone())
-        .unwrap_or_default()
 }
 
 fn now() -> i64 {

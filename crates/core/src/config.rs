@@ -84,7 +84,7 @@ struct RawIdentity {
 #[serde(deny_unknown_fields)]
 struct RawExchange {
     kind: String,
-    token_endpoint: String,
+    token_endpoint: Option<String>,
     ca_file: Option<PathBuf>,
     timeout: Option<String>,
 }
@@ -95,7 +95,7 @@ struct RawRoute {
     name: Option<String>,
     tool: String,
     protocol: Option<String>,
-    host: String,
+    host: Option<String>,
     path: Option<String>,
     identity: String,
     exchange: String,
@@ -105,6 +105,8 @@ struct RawRoute {
     ttl: Option<String>,
     scheme: Option<String>,
     username: Option<String>,
+    role_arn: Option<String>,
+    session_policy: Option<String>,
 }
 
 /// A validated config.
@@ -166,13 +168,28 @@ pub struct IdentityConfig {
 pub struct ExchangeConfig {
     /// Its name in the config.
     pub name: String,
-    /// RFC 8693 token endpoint.
+    /// Which protocol it speaks.
+    pub kind: ExchangeKind,
+    /// RFC 8693 token endpoint, or the AWS STS endpoint.
     pub token_endpoint: url::Url,
     /// Extra CA certificates (PEM) trusted for this endpoint.
     pub ca_file: Option<PathBuf>,
     /// Whole-request timeout.
     pub timeout: Duration,
 }
+
+/// The protocol an exchange speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExchangeKind {
+    /// OAuth 2.0 Token Exchange (RFC 8693).
+    Rfc8693,
+    /// AWS STS `AssumeRoleWithWebIdentity`.
+    AwsSts,
+}
+
+/// The global AWS STS endpoint.
+const AWS_STS_ENDPOINT: &str = "https://sts.amazonaws.com/";
 
 /// How the token is presented to the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,6 +230,10 @@ pub struct Route {
     pub scheme: Scheme,
     /// Username for Basic.
     pub username: String,
+    /// AWS: the role to assume.
+    pub role_arn: Option<String>,
+    /// AWS: an inline session policy (JSON) that narrows the role.
+    pub session_policy: Option<String>,
 }
 
 impl Route {
@@ -325,17 +346,25 @@ impl Config {
             .tool
             .parse()
             .map_err(|e| format!("route {}: {e}", index + 1))?;
+        if tool == Tool::Aws {
+            return self.aws_route(index, raw);
+        }
         let protocol = raw
             .protocol
+            .clone()
             .unwrap_or_else(|| "https".into())
             .to_ascii_lowercase();
-        let host = normalize_host(&protocol, &raw.host)
-            .map_err(|e| format!("route {}: {e}", index + 1))?;
-        let path = match raw.path {
-            Some(p) => normalize_repo_path(&p).map_err(|e| format!("route {}: {e}", index + 1))?,
+        let raw_host = raw
+            .host
+            .as_deref()
+            .ok_or_else(|| format!("route {}: needs `host`", index + 1))?;
+        let host =
+            normalize_host(&protocol, raw_host).map_err(|e| format!("route {}: {e}", index + 1))?;
+        let path = match &raw.path {
+            Some(p) => normalize_repo_path(p).map_err(|e| format!("route {}: {e}", index + 1))?,
             None => None,
         };
-        let name = raw.name.unwrap_or_else(|| match &path {
+        let name = raw.name.clone().unwrap_or_else(|| match &path {
             Some(p) => format!("{}:{host}/{p}", tool.as_str()),
             None => format!("{}:{host}", tool.as_str()),
         });
@@ -344,18 +373,7 @@ impl Config {
                 "route `{name}`: protocol `{protocol}` is not allowed (https, or http to loopback)"
             ));
         }
-        if !self.identities.contains_key(&raw.identity) {
-            return Err(format!(
-                "route `{name}`: no identity named `{}`",
-                raw.identity
-            ));
-        }
-        if !self.exchanges.contains_key(&raw.exchange) {
-            return Err(format!(
-                "route `{name}`: no exchange named `{}`",
-                raw.exchange
-            ));
-        }
+        self.check_names(&name, &raw, ExchangeKind::Rfc8693)?;
         let operations = raw
             .operations
             .unwrap_or_else(|| vec!["read".into()])
@@ -386,6 +404,8 @@ impl Config {
             username: raw.username.unwrap_or_else(|| "x-access-token".into()),
             identity: raw.identity,
             exchange: raw.exchange,
+            role_arn: None,
+            session_policy: None,
             name,
             tool,
             protocol,
@@ -394,6 +414,77 @@ impl Config {
             operations,
             ttl,
             scheme,
+        })
+    }
+
+    /// Identity and exchange names must resolve, and the exchange must speak `kind`.
+    fn check_names(&self, name: &str, raw: &RawRoute, kind: ExchangeKind) -> Result<(), String> {
+        if !self.identities.contains_key(&raw.identity) {
+            return Err(format!(
+                "route `{name}`: no identity named `{}`",
+                raw.identity
+            ));
+        }
+        match self.exchanges.get(&raw.exchange) {
+            None => Err(format!(
+                "route `{name}`: no exchange named `{}`",
+                raw.exchange
+            )),
+            Some(e) if e.kind != kind => Err(format!(
+                "route `{name}`: exchange `{}` is not of the kind this tool needs",
+                raw.exchange
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// An AWS route is chosen by name, not matched by host:
+    /// `credential_process = mayfly-aws-credential NAME`.
+    fn aws_route(&self, index: usize, raw: RawRoute) -> Result<Route, String> {
+        let name = raw
+            .name
+            .clone()
+            .ok_or_else(|| format!("route {}: an aws route needs a `name`", index + 1))?;
+        let key = crate::target::aws_key(&name).map_err(|e| format!("route `{name}`: {e}"))?;
+        if raw.host.is_some() || raw.path.is_some() {
+            return Err(format!(
+                "route `{name}`: an aws route is chosen by name, not by `host` or `path`"
+            ));
+        }
+        self.check_names(&name, &raw, ExchangeKind::AwsSts)?;
+        let role_arn = raw
+            .role_arn
+            .clone()
+            .filter(|a| a.starts_with("arn:"))
+            .ok_or_else(|| format!("route `{name}`: needs `role_arn`"))?;
+        // AWS grants 15 minutes to 12 hours; botocore asks again 15 minutes before expiry.
+        let ttl = raw
+            .ttl
+            .as_deref()
+            .map(parse_duration)
+            .transpose()?
+            .unwrap_or(Duration::from_secs(3600));
+        if ttl < Duration::from_secs(900) {
+            return Err(format!(
+                "route `{name}`: AWS credentials live at least 15m (ttl)"
+            ));
+        }
+        Ok(Route {
+            tool: Tool::Aws,
+            protocol: "aws".into(),
+            host: key,
+            path: None,
+            identity: raw.identity,
+            exchange: raw.exchange,
+            audience: raw.audience.unwrap_or_else(|| "sts.amazonaws.com".into()),
+            scope: raw.scope.unwrap_or_else(|| role_arn.clone()),
+            operations: vec![Operation::Read],
+            ttl,
+            scheme: Scheme::Bearer,
+            username: String::new(),
+            role_arn: Some(role_arn),
+            session_policy: raw.session_policy,
+            name,
         })
     }
 
@@ -447,13 +538,25 @@ fn identity(name: String, raw: RawIdentity) -> Result<IdentityConfig, String> {
 }
 
 fn exchange(name: String, raw: RawExchange) -> Result<ExchangeConfig, String> {
-    if raw.kind != "rfc8693" {
-        return Err(format!(
-            "exchange `{name}`: unknown kind `{}` (rfc8693)",
-            raw.kind
-        ));
-    }
-    let token_endpoint = url::Url::parse(&raw.token_endpoint)
+    let (kind, endpoint) = match raw.kind.as_str() {
+        "rfc8693" => {
+            let endpoint = raw
+                .token_endpoint
+                .ok_or_else(|| format!("exchange `{name}`: needs `token_endpoint`"))?;
+            (ExchangeKind::Rfc8693, endpoint)
+        }
+        "aws-sts" => (
+            ExchangeKind::AwsSts,
+            raw.token_endpoint
+                .unwrap_or_else(|| AWS_STS_ENDPOINT.into()),
+        ),
+        other => {
+            return Err(format!(
+                "exchange `{name}`: unknown kind `{other}` (rfc8693 or aws-sts)"
+            ));
+        }
+    };
+    let token_endpoint = url::Url::parse(&endpoint)
         .map_err(|e| format!("exchange `{name}`: invalid token_endpoint: {e}"))?;
     crate::http::check_url(&token_endpoint).map_err(|e| format!("exchange `{name}`: {e}"))?;
     let timeout = raw
@@ -464,6 +567,7 @@ fn exchange(name: String, raw: RawExchange) -> Result<ExchangeConfig, String> {
         .unwrap_or(Duration::from_secs(15));
     Ok(ExchangeConfig {
         name,
+        kind,
         token_endpoint,
         ca_file: raw.ca_file,
         timeout,

@@ -92,6 +92,9 @@ pub struct ExchangeResponse {
     pub expires_in: Option<u64>,
     /// Granted scope (absent means as requested).
     pub scope: Option<String>,
+    /// An identifier of the token that is safe to log (AWS access key id), when the
+    /// token is not a JWT with a `jti`.
+    pub token_id: Option<String>,
 }
 
 /// The form body. `requested_ttl` and `intent` are extensions an exchange may ignore.
@@ -158,6 +161,7 @@ pub(crate) fn parse(exchange: &str, status: u16, body: &[u8]) -> Result<Exchange
             issued_token_type,
             expires_in,
             scope: body.scope,
+            token_id: None,
         });
     }
     match serde_json::from_slice::<ErrorBody>(body) {

@@ -17,6 +17,7 @@
 
 mod ancestry;
 mod audit;
+mod aws_sts;
 mod broker;
 mod cache;
 mod config;
@@ -36,7 +37,8 @@ pub use audit::{AuditEvent, AuditLog, Outcome};
 pub use broker::{Broker, Error as BrokerError, Issued, Resolution};
 pub use cache::{Cache, CacheEntry, Error as CacheError};
 pub use config::{
-    Config, Error as ConfigError, ExchangeConfig, IdentityConfig, IdentityKind, Route, Scheme,
+    Config, Error as ConfigError, ExchangeConfig, ExchangeKind, IdentityConfig, IdentityKind,
+    Route, Scheme,
 };
 pub use duration::parse_duration;
 pub use env::{Env, EnvVars};

@@ -14,6 +14,8 @@ pub enum Tool {
     Kubectl,
     /// Terraform and OpenTofu, through a credentials helper.
     Terraform,
+    /// The AWS CLI and SDKs, through `credential_process`.
+    Aws,
 }
 
 impl Tool {
@@ -23,6 +25,7 @@ impl Tool {
             Self::Git => "git",
             Self::Kubectl => "kubectl",
             Self::Terraform => "terraform",
+            Self::Aws => "aws",
         }
     }
 
@@ -33,6 +36,17 @@ impl Tool {
             Self::Git => "repo:{path}:{operation}",
             Self::Kubectl => "cluster:{host}",
             Self::Terraform => "registry:{host}",
+            Self::Aws => "{host}",
+        }
+    }
+
+    /// The least time before expiry at which a cached token is replaced. botocore asks
+    /// again once AWS credentials are 15 minutes from expiry (and blocks at 10): handing
+    /// it the same credentials then would only make it ask on every call.
+    pub fn min_refresh_margin(self) -> i64 {
+        match self {
+            Self::Aws => 15 * 60,
+            _ => 0,
         }
     }
 }
@@ -44,8 +58,9 @@ impl FromStr for Tool {
             "git" => Ok(Self::Git),
             "kubectl" => Ok(Self::Kubectl),
             "terraform" => Ok(Self::Terraform),
+            "aws" => Ok(Self::Aws),
             other => Err(format!(
-                "unknown tool `{other}` (git, kubectl or terraform)"
+                "unknown tool `{other}` (git, kubectl, terraform or aws)"
             )),
         }
     }
@@ -139,6 +154,16 @@ impl Target {
         })
     }
 
+    /// An AWS target: the route named in `credential_process`.
+    pub fn aws(name: &str) -> Result<Self, Error> {
+        Ok(Self {
+            tool: Tool::Aws,
+            protocol: "aws".into(),
+            host: aws_key(name)?,
+            path: None,
+        })
+    }
+
     /// `https://host/path`, for messages and audit lines.
     pub fn display(&self) -> String {
         match &self.path {
@@ -201,6 +226,20 @@ pub fn normalize_repo_path(path: &str) -> Result<Option<String>, Error> {
         return Err(Error::Path);
     }
     Ok(Some(trimmed.to_owned()))
+}
+
+/// An AWS route name: letters, digits, `.`, `_` and `-`, at most 64.
+pub(crate) fn aws_key(name: &str) -> Result<String, Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(Error::Host(crate::sanitize_for_terminal(name)))
+    }
 }
 
 /// True when `prefix` is `path` or a whole-segment prefix of it.

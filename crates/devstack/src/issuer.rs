@@ -80,6 +80,11 @@ impl DevIssuer {
         &self.inner.request_token
     }
 
+    /// The public JWK its tokens verify with.
+    pub fn jwk(&self) -> &Value {
+        self.inner.key.jwk()
+    }
+
     /// How many ID tokens the endpoint has handed out.
     pub fn issued(&self) -> usize {
         self.inner.issued.load(Ordering::SeqCst)

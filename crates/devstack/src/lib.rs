@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod aws_sts_gate;
 mod gate;
 mod git_server;
 mod issuer;
@@ -12,6 +13,7 @@ mod kube_api;
 mod module_registry;
 mod tls;
 
+pub use aws_sts_gate::AwsStsGate;
 pub use git_server::{GitServer, GitServerStats};
 pub use issuer::DevIssuer;
 pub use kube_api::KubeApiServer;

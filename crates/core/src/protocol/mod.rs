@@ -1,6 +1,7 @@
 //! The hook protocols, each a function over injected I/O. Binaries only wire them to
 //! stdin, stdout and the process exit code.
 
+pub mod aws;
 pub mod git;
 pub mod kube;
 pub mod terraform;
