@@ -17,9 +17,7 @@ fn main() {
     let stack = Stack::new();
     let dir = stack.dir.path().join("bench");
     // git's credential-cache refuses a socket directory others can read.
-    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
-        .create(&dir)
-        .unwrap();
+    std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&dir).unwrap();
     let helper = bin("git-credential-mayfly");
     let routed = dir.join("routed.txt");
     let unrouted = dir.join("unrouted.txt");
@@ -28,7 +26,11 @@ fn main() {
         stack.git_host()
     );
     std::fs::write(&routed, &request).unwrap();
-    std::fs::write(&unrouted, "capability[]=authtype\ncapability[]=state\nprotocol=https\nhost=unconfigured.example.com\npath=org/app.git\n").unwrap();
+    std::fs::write(
+        &unrouted,
+        "capability[]=authtype\ncapability[]=state\nprotocol=https\nhost=unconfigured.example.com\npath=org/app.git\n",
+    )
+    .unwrap();
 
     // Warm mayfly's cache with one real exchange, and git's credential-cache daemon with
     // one stored credential.
@@ -44,14 +46,7 @@ fn main() {
         "warm-up failed: {}",
         String::from_utf8_lossy(&warm.stderr)
     );
-    let exec_path = String::from_utf8(
-        Command::new("git")
-            .arg("--exec-path")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap();
+    let exec_path = String::from_utf8(Command::new("git").arg("--exec-path").output().unwrap().stdout).unwrap();
     let cache_helper = Path::new(exec_path.trim()).join("git-credential-cache");
     let socket = dir.join("cache.sock");
     // The same request both helpers answer from memory: one input file serves both.
@@ -61,15 +56,7 @@ fn main() {
         cache_helper.display(),
         socket.display()
     );
-    assert!(
-        Command::new("sh")
-            .args(["-c", &store])
-            .env_clear()
-            .envs(stack.env())
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("sh").args(["-c", &store]).env_clear().envs(stack.env()).status().unwrap().success());
 
     // With MAYFLY_BENCH_CALLGRIND=FILE, also count the instructions of one cached get:
     // repeatable where wall-clock times are not.
@@ -90,11 +77,7 @@ fn main() {
     // hyperfine takes one --input per run, so each comparison is a pair sharing its input
     // (/bin/true ignores it). Timing on shared machines drifts within seconds, so each pair
     // runs in several short rounds and the ratio reported is the median of the rounds'.
-    let cache_get = format!(
-        "{} --socket {} get",
-        cache_helper.display(),
-        socket.display()
-    );
+    let cache_get = format!("{} --socket {} get", cache_helper.display(), socket.display());
     let mayfly_get = format!("{} get", helper.display());
     let measure = |label: &str, input: &Path, commands: [(&str, &str); 2]| -> (f64, f64, f64) {
         let mut rounds = Vec::new();
@@ -102,16 +85,7 @@ fn main() {
             let json = dir.join(format!("{label}-{round}.json"));
             let mut hyperfine = Command::new("hyperfine");
             hyperfine
-                .args([
-                    "-N",
-                    "--warmup",
-                    "20",
-                    "--runs",
-                    RUNS,
-                    "--style",
-                    "none",
-                    "--export-json",
-                ])
+                .args(["-N", "--warmup", "20", "--runs", RUNS, "--style", "none", "--export-json"])
                 .arg(&json)
                 .arg("--input")
                 .arg(input);
@@ -124,35 +98,18 @@ fn main() {
                 .status()
                 .expect("hyperfine is installed (bench/run.sh installs it)");
             assert!(status.success());
-            let results: Value =
-                serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+            let results: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
             let [a, b] = [0, 1].map(|i| results["results"][i]["median"].as_f64().unwrap());
             rounds.push((a / b, a, b));
         }
         rounds.sort_by(|x, y| x.0.total_cmp(&y.0));
         rounds[rounds.len() / 2]
     };
-    let (cached_ratio, cached_get, peer) = measure(
-        "cached",
-        &routed,
-        [
-            ("mayfly cached get", &mayfly_get),
-            ("git credential-cache get", &cache_get),
-        ],
-    );
-    let (unconfigured_ratio, unconfigured, floor) = measure(
-        "unconfigured",
-        &unrouted,
-        [
-            ("mayfly unconfigured host", &mayfly_get),
-            ("/bin/true", "/bin/true"),
-        ],
-    );
-    assert_eq!(
-        stack.sts_issued(),
-        1,
-        "every measured mayfly get was a cache hit"
-    );
+    let (cached_ratio, cached_get, peer) =
+        measure("cached", &routed, [("mayfly cached get", &mayfly_get), ("git credential-cache get", &cache_get)]);
+    let (unconfigured_ratio, unconfigured, floor) =
+        measure("unconfigured", &unrouted, [("mayfly unconfigured host", &mayfly_get), ("/bin/true", "/bin/true")]);
+    assert_eq!(stack.sts_issued(), 1, "every measured mayfly get was a cache hit");
     let _ = Command::new(&cache_helper)
         .args(["--socket", socket.to_str().unwrap(), "exit"])
         .env_clear()
@@ -160,18 +117,8 @@ fn main() {
         .status();
 
     println!("\nmedian round ({ROUNDS} rounds of {RUNS} runs per command):");
-    println!(
-        "  mayfly cached get {:.3} ms   git credential-cache get {:.3} ms",
-        cached_get * 1e3,
-        peer * 1e3
-    );
-    println!(
-        "  mayfly unconfigured host {:.3} ms   /bin/true {:.3} ms",
-        unconfigured * 1e3,
-        floor * 1e3
-    );
+    println!("  mayfly cached get {:.3} ms   git credential-cache get {:.3} ms", cached_get * 1e3, peer * 1e3);
+    println!("  mayfly unconfigured host {:.3} ms   /bin/true {:.3} ms", unconfigured * 1e3, floor * 1e3);
     println!("ratio  cached get / git credential-cache get = {cached_ratio:.2}  (target <= 1.00)");
-    println!(
-        "ratio  unconfigured host / /bin/true         = {unconfigured_ratio:.2}  (target <= 1.15)"
-    );
+    println!("ratio  unconfigured host / /bin/true         = {unconfigured_ratio:.2}  (target <= 1.15)");
 }

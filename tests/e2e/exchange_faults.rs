@@ -17,11 +17,7 @@ fn serve(runtime: &tokio::runtime::Runtime, app: Router) -> String {
     let listener = mayfly_devstack::loopback_listener().unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let _guard = runtime.enter();
-    runtime.spawn(
-        axum_server::from_tcp(listener)
-            .unwrap()
-            .serve(app.into_make_service()),
-    );
+    runtime.spawn(axum_server::from_tcp(listener).unwrap().serve(app.into_make_service()));
     url
 }
 
@@ -47,10 +43,7 @@ fn helper_against(endpoint: &str, timeout: &str) -> Run {
         .env_clear()
         .env("HOME", dir.path())
         .env("MAYFLY_CONFIG", &config)
-        .env(
-            "MAYFLY_RUNTIME_DIR",
-            dir.path().join("no-memory-backed-key-here"),
-        )
+        .env("MAYFLY_RUNTIME_DIR", dir.path().join("no-memory-backed-key-here"))
         .env("SUBJECT", SUBJECT)
         .write_stdin("protocol=https\nhost=git.example.com\npath=org/app.git\n")
         .timeout(Duration::from_secs(30))
@@ -61,10 +54,7 @@ fn helper_against(endpoint: &str, timeout: &str) -> Run {
         stdout: String::from_utf8(out.stdout).unwrap(),
         stderr: String::from_utf8(out.stderr).unwrap(),
     };
-    assert!(
-        !run.stderr.contains(SUBJECT) && !run.stdout.contains(SUBJECT),
-        "subject token leaked"
-    );
+    assert!(!run.stderr.contains(SUBJECT) && !run.stdout.contains(SUBJECT), "subject token leaked");
     run
 }
 
@@ -96,23 +86,16 @@ fn a_redirect_to_another_origin_is_not_followed() {
         ),
     );
     let target = format!("{elsewhere}/token");
-    let redirecting =
-        serve(
-            &runtime,
-            Router::new().route(
-                "/token",
-                post(move || async move {
-                    (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, target)])
-                }),
-            ),
-        );
+    let redirecting = serve(
+        &runtime,
+        Router::new().route(
+            "/token",
+            post(move || async move { (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, target)]) }),
+        ),
+    );
     let run = helper_against(&format!("{redirecting}/token"), "5s");
     assert_refused(&run, "redirected to another origin; not followed");
-    assert_eq!(
-        hits.load(Ordering::SeqCst),
-        0,
-        "the subject token never reached the other origin"
-    );
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "the subject token never reached the other origin");
 }
 
 #[test]
@@ -136,10 +119,7 @@ fn a_lying_exchange_is_not_believed() {
     let runtime = mayfly_devstack::runtime().unwrap();
     let bodies = [
         ("not json at all", "a body that is not a token response"),
-        (
-            r#"{"token_type":"Bearer","issued_token_type":"x"}"#,
-            "no `access_token`",
-        ),
+        (r#"{"token_type":"Bearer","issued_token_type":"x"}"#, "no `access_token`"),
         (
             r#"{"access_token":"a\nurl=https://evil","token_type":"Bearer","issued_token_type":"x"}"#,
             "control characters",
@@ -148,10 +128,8 @@ fn a_lying_exchange_is_not_believed() {
     for (body, reason) in bodies {
         let lying = serve(
             &runtime,
-            Router::new().route(
-                "/token",
-                post(move || async move { ([(header::CONTENT_TYPE, "application/json")], body) }),
-            ),
+            Router::new()
+                .route("/token", post(move || async move { ([(header::CONTENT_TYPE, "application/json")], body) })),
         );
         assert_refused(&helper_against(&format!("{lying}/token"), "5s"), reason);
     }
@@ -160,15 +138,18 @@ fn a_lying_exchange_is_not_believed() {
 #[test]
 fn an_exchange_error_is_one_sanitised_line() {
     let runtime = mayfly_devstack::runtime().unwrap();
-    let refusing = serve(&runtime, Router::new().route("/token", post(|| async {
-        let body = r#"{"error":"invalid_target","error_description":"no\u001b[2J audience\nfor you"}"#;
-        (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/json")], body)
-    })));
-    let run = helper_against(&format!("{refusing}/token"), "5s");
-    assert_refused(
-        &run,
-        "refused: invalid_target: no\u{fffd}[2J audience\u{fffd}for you",
+    let refusing = serve(
+        &runtime,
+        Router::new().route(
+            "/token",
+            post(|| async {
+                let body = r#"{"error":"invalid_target","error_description":"no\u001b[2J audience\nfor you"}"#;
+                (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/json")], body)
+            }),
+        ),
     );
+    let run = helper_against(&format!("{refusing}/token"), "5s");
+    assert_refused(&run, "refused: invalid_target: no\u{fffd}[2J audience\u{fffd}for you");
     assert!(!run.stderr.contains('\x1b'));
 }
 
@@ -201,24 +182,14 @@ fn a_failing_exchange_is_retried_only_when_nothing_was_minted() {
             }),
         ),
     );
-    assert_refused(
-        &helper_against(&format!("{broken}/token"), "5s"),
-        "answered 500",
-    );
-    assert_eq!(
-        hits.load(Ordering::SeqCst),
-        1,
-        "a 500 may have minted: no retry"
-    );
+    assert_refused(&helper_against(&format!("{broken}/token"), "5s"), "answered 500");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "a 500 may have minted: no retry");
 }
 
 #[test]
 fn an_unreachable_exchange_is_one_line() {
     let port = mayfly_tests::free_port();
-    assert_refused(
-        &helper_against(&format!("http://127.0.0.1:{port}/token"), "2s"),
-        "request to `http://127.0.0.1",
-    );
+    assert_refused(&helper_against(&format!("http://127.0.0.1:{port}/token"), "2s"), "request to `http://127.0.0.1");
 }
 
 #[test]

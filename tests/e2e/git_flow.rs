@@ -8,10 +8,7 @@ fn clone_fetch_and_push_use_read_and_write_tokens_for_one_repository() {
         return;
     }
     let stack = Stack::new();
-    stack.git_ok(
-        &stack.work,
-        &["clone", &stack.repo_url("org/app.git"), "app"],
-    );
+    stack.git_ok(&stack.work, &["clone", &stack.repo_url("org/app.git"), "app"]);
     let app = stack.work.join("app");
     stack.commit_file(&app, "a.txt");
     stack.git_ok(&app, &["push", "origin", "main"]);
@@ -20,13 +17,7 @@ fn clone_fetch_and_push_use_read_and_write_tokens_for_one_repository() {
     let audit = stack.client_audit();
     let outcomes: Vec<(&str, &str, &str)> = audit
         .iter()
-        .map(|l| {
-            (
-                l["outcome"].as_str().unwrap(),
-                l["operation"].as_str().unwrap(),
-                l["scope"].as_str().unwrap(),
-            )
-        })
+        .map(|l| (l["outcome"].as_str().unwrap(), l["operation"].as_str().unwrap(), l["scope"].as_str().unwrap()))
         .collect();
     assert_eq!(
         outcomes,
@@ -36,11 +27,7 @@ fn clone_fetch_and_push_use_read_and_write_tokens_for_one_repository() {
             ("cache-hit", "read", "repo:org/app:read")
         ]
     );
-    assert_eq!(
-        stack.sts_issued(),
-        2,
-        "one exchange per operation, the fetch came from the cache"
-    );
+    assert_eq!(stack.sts_issued(), 2, "one exchange per operation, the fetch came from the cache");
     assert_eq!(audit[0]["fingerprint"], audit[2]["fingerprint"]);
     assert_ne!(audit[0]["fingerprint"], audit[1]["fingerprint"]);
     // The audit line names the command that asked, and the subject the token was for.
@@ -48,37 +35,18 @@ fn clone_fetch_and_push_use_read_and_write_tokens_for_one_repository() {
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|p| {
-            p["argv"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a.as_str().unwrap())
-        })
+        .flat_map(|p| p["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()))
         .collect();
-    assert!(
-        command.windows(2).any(|w| w == ["push", "origin"]),
-        "{command:?}"
-    );
+    assert!(command.windows(2).any(|w| w == ["push", "origin"]), "{command:?}");
     assert_eq!(audit[1]["subject"], "repo:org/app:ref:refs/heads/main");
-    assert!(
-        stack
-            .git
-            .stats
-            .served
-            .load(std::sync::atomic::Ordering::SeqCst)
-            > 0
-    );
+    assert!(stack.git.stats.served.load(std::sync::atomic::Ordering::SeqCst) > 0);
     stack.assert_no_tokens_on_disk();
 }
 
 /// Clones `org/docs`, commits and pushes, expecting the push to fail with one `mayfly:`
 /// line; returns git's output and that line.
 fn refused_push_to_docs(stack: &Stack) -> (std::process::Output, Vec<String>) {
-    stack.git_ok(
-        &stack.work,
-        &["clone", &stack.repo_url("org/docs.git"), "docs"],
-    );
+    stack.git_ok(&stack.work, &["clone", &stack.repo_url("org/docs.git"), "docs"]);
     let docs = stack.work.join("docs");
     stack.commit_file(&docs, "d.txt");
     let out = stack.git(&docs, &["push", "origin", "main"]);
@@ -95,23 +63,11 @@ fn push_is_refused_when_the_route_only_allows_read() {
     }
     let stack = Stack::new();
     let (out, lines) = refused_push_to_docs(&stack);
-    assert!(
-        lines[0].contains("does not allow write (allowed: read)"),
-        "{}",
-        lines[0]
-    );
+    assert!(lines[0].contains("does not allow write (allowed: read)"), "{}", lines[0]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("told us to quit"));
-    let denied = stack
-        .client_audit()
-        .into_iter()
-        .find(|l| l["outcome"] == "denied")
-        .expect("denial is audited");
+    let denied = stack.client_audit().into_iter().find(|l| l["outcome"] == "denied").expect("denial is audited");
     assert_eq!(denied["operation"], "write");
-    assert_eq!(
-        stack.sts_issued(),
-        1,
-        "only the clone's read token was minted"
-    );
+    assert_eq!(stack.sts_issued(), 1, "only the clone's read token was minted");
     stack.assert_no_tokens_on_disk();
 }
 
@@ -123,16 +79,8 @@ fn the_exchange_refuses_a_write_scope_its_policy_does_not_grant() {
     let stack = Stack::new();
     stack.write_config(&stack.route("org/docs", &["read", "write"], "ci"));
     let (_, lines) = refused_push_to_docs(&stack);
-    assert!(
-        lines[0].contains("refused: invalid_scope: scope `repo:org/docs:write` is not allowed"),
-        "{}",
-        lines[0]
-    );
-    let sts_denials: Vec<_> = stack
-        .sts_audit()
-        .into_iter()
-        .filter(|l| l["outcome"] == "denied")
-        .collect();
+    assert!(lines[0].contains("refused: invalid_scope: scope `repo:org/docs:write` is not allowed"), "{}", lines[0]);
+    let sts_denials: Vec<_> = stack.sts_audit().into_iter().filter(|l| l["outcome"] == "denied").collect();
     assert_eq!(sts_denials.len(), 1);
     assert_eq!(sts_denials[0]["code"], "invalid_scope");
     assert_eq!(sts_denials[0]["intent"]["operation"], "write");
@@ -145,10 +93,7 @@ fn a_token_for_one_repository_is_refused_for_another_on_the_same_host() {
     }
     let stack = Stack::new();
     // Ask the helper directly, as git would, for an org/app read token.
-    let request = format!(
-        "protocol=https\nhost={}\npath=org/app.git\n",
-        stack.git_host()
-    );
+    let request = format!("protocol=https\nhost={}\npath=org/app.git\n", stack.git_host());
     let out = assert_cmd::Command::new(mayfly_tests::bin("git-credential-mayfly"))
         .arg("get")
         .env_clear()
@@ -156,59 +101,23 @@ fn a_token_for_one_repository_is_refused_for_another_on_the_same_host() {
         .write_stdin(request)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let answer = String::from_utf8(out.stdout).unwrap();
-    let token = answer
-        .lines()
-        .find_map(|l| l.strip_prefix("password="))
-        .expect("legacy answer has a password")
-        .to_owned();
+    let token =
+        answer.lines().find_map(|l| l.strip_prefix("password=")).expect("legacy answer has a password").to_owned();
     // Present it for org/docs through git's environment config (never argv).
     let header = format!("Authorization: Bearer {token}");
-    let mut git = stack.git_cmd(
-        &stack.work,
-        &[
-            "-c",
-            "credential.helper=",
-            "ls-remote",
-            &stack.repo_url("org/docs.git"),
-        ],
-    );
-    git.env("GIT_CONFIG_COUNT", "1")
-        .env("GIT_CONFIG_KEY_0", "http.extraHeader")
-        .env("GIT_CONFIG_VALUE_0", &header);
+    let mut git =
+        stack.git_cmd(&stack.work, &["-c", "credential.helper=", "ls-remote", &stack.repo_url("org/docs.git")]);
+    git.env("GIT_CONFIG_COUNT", "1").env("GIT_CONFIG_KEY_0", "http.extraHeader").env("GIT_CONFIG_VALUE_0", &header);
     let out = git.output().unwrap();
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("403"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        stack
-            .git
-            .stats
-            .forbidden
-            .load(std::sync::atomic::Ordering::SeqCst),
-        1
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stack.git.stats.forbidden.load(std::sync::atomic::Ordering::SeqCst), 1);
     // The same token still works where it belongs.
-    let mut git = stack.git_cmd(
-        &stack.work,
-        &[
-            "-c",
-            "credential.helper=",
-            "ls-remote",
-            &stack.repo_url("org/app.git"),
-        ],
-    );
-    git.env("GIT_CONFIG_COUNT", "1")
-        .env("GIT_CONFIG_KEY_0", "http.extraHeader")
-        .env("GIT_CONFIG_VALUE_0", &header);
+    let mut git =
+        stack.git_cmd(&stack.work, &["-c", "credential.helper=", "ls-remote", &stack.repo_url("org/app.git")]);
+    git.env("GIT_CONFIG_COUNT", "1").env("GIT_CONFIG_KEY_0", "http.extraHeader").env("GIT_CONFIG_VALUE_0", &header);
     assert!(git.output().unwrap().status.success());
 }
 
@@ -219,15 +128,9 @@ fn a_repository_without_a_route_gets_no_token() {
     }
     let stack = Stack::new();
     stack.git.create_repo("org/secret.git").unwrap();
-    let out = stack.git(
-        &stack.work,
-        &["ls-remote", &stack.repo_url("org/secret.git")],
-    );
+    let out = stack.git(&stack.work, &["ls-remote", &stack.repo_url("org/secret.git")]);
     assert!(!out.status.success());
-    assert!(
-        mayfly_lines(&out.stderr).is_empty(),
-        "no route is not an error: the next helper may answer"
-    );
+    assert!(mayfly_lines(&out.stderr).is_empty(), "no route is not an error: the next helper may answer");
     assert!(stack.client_audit().is_empty());
     assert_eq!(stack.sts_issued(), 0);
 }
@@ -241,28 +144,9 @@ fn the_same_server_under_another_host_name_gets_no_token() {
     // localhost:PORT is the same server, but routes match hosts exactly.
     let port = stack.git_host().rsplit(':').next().unwrap().to_owned();
     let url = format!("https://localhost:{port}");
-    let helper = mayfly_tests::bin("git-credential-mayfly")
-        .display()
-        .to_string();
-    stack.git_ok(
-        &stack.work,
-        &[
-            "config",
-            "--global",
-            "--add",
-            &format!("credential.{url}.helper"),
-            &helper,
-        ],
-    );
-    stack.git_ok(
-        &stack.work,
-        &[
-            "config",
-            "--global",
-            &format!("credential.{url}.useHttpPath"),
-            "true",
-        ],
-    );
+    let helper = mayfly_tests::bin("git-credential-mayfly").display().to_string();
+    stack.git_ok(&stack.work, &["config", "--global", "--add", &format!("credential.{url}.helper"), &helper]);
+    stack.git_ok(&stack.work, &["config", "--global", &format!("credential.{url}.useHttpPath"), "true"]);
     let out = stack.git(&stack.work, &["ls-remote", &format!("{url}/org/app.git")]);
     assert!(!out.status.success());
     assert_eq!(stack.sts_issued(), 0);
@@ -291,17 +175,11 @@ fn a_refused_token_is_erased_and_the_next_get_mints_a_fresh_one() {
     }
     let stack = Stack::new();
     stack.git_ok(&stack.work, &["ls-remote", &stack.repo_url("org/app.git")]);
-    let first = stack.client_audit()[0]["fingerprint"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let first = stack.client_audit()[0]["fingerprint"].as_str().unwrap().to_owned();
     // The server stops accepting that token (as after a revocation).
     stack.git.revoke(&fingerprint(&first));
     let out = stack.git(&stack.work, &["ls-remote", &stack.repo_url("org/app.git")]);
-    assert!(
-        !out.status.success(),
-        "git fails once: it sends the cached token, gets 401, calls erase"
-    );
+    assert!(!out.status.success(), "git fails once: it sends the cached token, gets 401, calls erase");
     let audit = stack.client_audit();
     assert_eq!(audit[1]["outcome"], "cache-hit");
     assert_eq!(audit[2]["outcome"], "erased");
@@ -335,14 +213,7 @@ fn basic_scheme_routes_present_a_username_and_the_token() {
 fn the_disk_scan_finds_a_planted_token() {
     let stack = Stack::new();
     let planted = stack.home.join(".config/planted");
-    std::fs::write(
-        &planted,
-        format!(
-            "token={}\n",
-            stack.issuer.mint("x", &serde_json::Value::Null)
-        ),
-    )
-    .unwrap();
+    std::fs::write(&planted, format!("token={}\n", stack.issuer.mint("x", &serde_json::Value::Null))).unwrap();
     let (scanned, found) = mayfly_core::scan_for_jwts(stack.dir.path());
     assert!(scanned > 0);
     assert_eq!(found, vec![planted]);

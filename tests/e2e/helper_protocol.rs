@@ -15,18 +15,9 @@ fn fill(stack: &Stack, input: &str) -> (bool, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
 }
 
 #[test]
@@ -38,25 +29,14 @@ fn git_gets_an_ephemeral_bearer_credential_when_it_announces_authtype() {
     let host = stack.git_host();
     let (ok, out, err) = fill(
         &stack,
-        &format!(
-            "capability[]=authtype\ncapability[]=state\nprotocol=https\nhost={host}\npath=org/app.git\n"
-        ),
+        &format!("capability[]=authtype\ncapability[]=state\nprotocol=https\nhost={host}\npath=org/app.git\n"),
     );
     assert!(ok, "{err}");
     assert!(out.contains("\nauthtype=Bearer\n"), "{out}");
     assert!(out.contains("\nephemeral=1\n"), "{out}");
-    assert!(
-        out.lines().any(|l| l.starts_with("credential=eyJ")),
-        "{out}"
-    );
-    assert!(
-        out.lines().any(|l| l.starts_with("password_expiry_utc=")),
-        "{out}"
-    );
-    assert!(
-        !out.contains("password="),
-        "no password for a storage helper to keep: {out}"
-    );
+    assert!(out.lines().any(|l| l.starts_with("credential=eyJ")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("password_expiry_utc=")), "{out}");
+    assert!(!out.contains("password="), "no password for a storage helper to keep: {out}");
     assert!(!out.contains("url="));
 }
 
@@ -66,27 +46,13 @@ fn old_callers_get_username_password_with_expiry() {
         return;
     }
     let stack = Stack::new();
-    let (ok, out, err) = fill(
-        &stack,
-        &format!(
-            "protocol=https\nhost={}\npath=org/app.git\n",
-            stack.git_host()
-        ),
-    );
+    let (ok, out, err) = fill(&stack, &format!("protocol=https\nhost={}\npath=org/app.git\n", stack.git_host()));
     assert!(ok, "{err}");
     assert!(out.contains("username=x-access-token\n"), "{out}");
     assert!(out.lines().any(|l| l.starts_with("password=eyJ")));
-    let expiry: i64 = out
-        .lines()
-        .find_map(|l| l.strip_prefix("password_expiry_utc="))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let expiry: i64 = out.lines().find_map(|l| l.strip_prefix("password_expiry_utc=")).unwrap().parse().unwrap();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    assert!(
-        expiry > now && expiry <= now + 600,
-        "expiry {expiry} is the token's, at most the route's ttl"
-    );
+    assert!(expiry > now && expiry <= now + 600, "expiry {expiry} is the token's, at most the route's ttl");
 }
 
 #[test]
@@ -97,10 +63,7 @@ fn a_chained_store_helper_persists_nothing() {
     let stack = Stack::new();
     let key = format!("credential.{}.helper", stack.git.base_url);
     stack.git_ok(&stack.work, &["config", "--global", "--add", &key, "store"]);
-    stack.git_ok(
-        &stack.work,
-        &["clone", &stack.repo_url("org/app.git"), "app"],
-    );
+    stack.git_ok(&stack.work, &["clone", &stack.repo_url("org/app.git"), "app"]);
     let stored = std::fs::read_to_string(stack.home.join(".git-credentials")).unwrap_or_default();
     assert!(stored.is_empty(), "git-credential-store kept: {stored}");
     stack.assert_no_tokens_on_disk();
@@ -135,17 +98,8 @@ fn an_unconfigured_host_gets_an_empty_answer_with_no_network_and_no_cache_access
         format!("[identities.ci]\nkind = \"github-actions\"\n\n[exchanges.x]\nkind = \"rfc8693\"\ntoken_endpoint = \"{endpoint}\"\n\n[[routes]]\ntool = \"git\"\nhost = \"git.example.com\"\nidentity = \"ci\"\nexchange = \"x\"\n"),
     )
     .unwrap();
-    let (cache, runtime, audit) = (
-        dir.path().join("cache"),
-        dir.path().join("rt"),
-        dir.path().join("audit.jsonl"),
-    );
-    for host in [
-        "other.example.com",
-        "git.example.com.evil.example",
-        "evil.git.example.com",
-        "git.example.com:8443",
-    ] {
+    let (cache, runtime, audit) = (dir.path().join("cache"), dir.path().join("rt"), dir.path().join("audit.jsonl"));
+    for host in ["other.example.com", "git.example.com.evil.example", "evil.git.example.com", "git.example.com:8443"] {
         let out = assert_cmd::Command::new(bin("git-credential-mayfly"))
             .arg("get")
             .env_clear()
@@ -156,27 +110,14 @@ fn an_unconfigured_host_gets_an_empty_answer_with_no_network_and_no_cache_access
             .env("MAYFLY_AUDIT_LOG", &audit)
             .env("ACTIONS_ID_TOKEN_REQUEST_URL", &endpoint)
             .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "x")
-            .write_stdin(format!(
-                "capability[]=authtype\nprotocol=https\nhost={host}\npath=org/app.git\n"
-            ))
+            .write_stdin(format!("capability[]=authtype\nprotocol=https\nhost={host}\npath=org/app.git\n"))
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(0), "{host}");
-        assert!(
-            out.stdout.is_empty() && out.stderr.is_empty(),
-            "{host}: {out:?}"
-        );
+        assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{host}: {out:?}");
     }
-    assert!(
-        listener
-            .accept()
-            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
-        "a connection was made"
-    );
-    assert!(
-        !cache.exists() && !runtime.exists() && !audit.exists(),
-        "the cache or audit log was touched"
-    );
+    assert!(listener.accept().is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock), "a connection was made");
+    assert!(!cache.exists() && !runtime.exists() && !audit.exists(), "the cache or audit log was touched");
 }
 
 #[test]
@@ -184,30 +125,15 @@ fn hostile_input_gets_one_clear_line_and_nothing_on_stdout() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     std::fs::write(&config, "").unwrap();
-    let huge_line = format!(
-        "protocol=https\nhost=h\nwwwauth[]={}\n",
-        "a".repeat(1 << 20)
-    );
+    let huge_line = format!("protocol=https\nhost=h\nwwwauth[]={}\n", "a".repeat(1 << 20));
     let cases: Vec<(Vec<u8>, &str)> = vec![
-        (
-            b"protocol=https\nhost=good.example\rhost=evil.example\n".to_vec(),
-            "carriage return",
-        ),
+        (b"protocol=https\nhost=good.example\rhost=evil.example\n".to_vec(), "carriage return"),
         (b"protocol=https\nhost=h\0\n".to_vec(), "NUL"),
-        (
-            b"protocol=https\nhost=evil.example%0ahost=good.example\n".to_vec(),
-            "encoded control character",
-        ),
-        (
-            b"protocol=https\nhost=a\nhost=b\n".to_vec(),
-            "more than once",
-        ),
+        (b"protocol=https\nhost=evil.example%0ahost=good.example\n".to_vec(), "encoded control character"),
+        (b"protocol=https\nhost=a\nhost=b\n".to_vec(), "more than once"),
         (b"host=h\n".to_vec(), "missing `protocol`"),
         (b"protocol=https\npath=x\n".to_vec(), "missing `host`"),
-        (
-            b"protocol=https\nhost=h\nghp_0123456789abcdefghij\n".to_vec(),
-            "not `key=value`",
-        ),
+        (b"protocol=https\nhost=h\nghp_0123456789abcdefghij\n".to_vec(), "not `key=value`"),
         (huge_line.into_bytes(), "larger than"),
         (vec![0xff; 64], "not UTF-8"),
     ];
@@ -220,22 +146,14 @@ fn hostile_input_gets_one_clear_line_and_nothing_on_stdout() {
             .write_stdin(input)
             .output()
             .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "{reason}: a panic or the wrong code"
-        );
+        assert_eq!(out.status.code(), Some(1), "{reason}: a panic or the wrong code");
         assert!(out.stdout.is_empty(), "{reason}: printed on stdout");
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert_eq!(stderr.lines().count(), 1, "{reason}: {stderr}");
         assert!(
-            stderr.starts_with("mayfly: git credential request refused: ")
-                && stderr.contains(reason),
+            stderr.starts_with("mayfly: git credential request refused: ") && stderr.contains(reason),
             "{reason}: {stderr}"
         );
-        assert!(
-            !stderr.contains("ghp_") && !stderr.contains("evil"),
-            "a value was echoed: {stderr}"
-        );
+        assert!(!stderr.contains("ghp_") && !stderr.contains("evil"), "a value was echoed: {stderr}");
     }
 }

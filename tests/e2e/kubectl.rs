@@ -6,8 +6,7 @@ use mayfly_tests::{Stack, bin, mayfly_lines, require_tool};
 
 /// A kubeconfig whose only user runs the plugin (or presents a fixed token).
 fn kubeconfig(stack: &Stack, api_version: &str, static_token: Option<&str>) -> std::path::PathBuf {
-    let ca =
-        base64::engine::general_purpose::STANDARD.encode(std::fs::read(&stack.ca.ca_cert).unwrap());
+    let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&stack.ca.ca_cert).unwrap());
     let user = match static_token {
         Some(token) => format!("    token: {token}\n"),
         None => format!(
@@ -19,10 +18,7 @@ fn kubeconfig(stack: &Stack, api_version: &str, static_token: Option<&str>) -> s
         "apiVersion: v1\nkind: Config\nclusters:\n- name: dev\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: mayfly\n  user:\n{user}contexts:\n- name: dev\n  context:\n    cluster: dev\n    user: mayfly\ncurrent-context: dev\n",
         stack.kube.base_url
     );
-    let path = stack.dir.path().join(format!(
-        "kubeconfig-{}",
-        api_version.rsplit('/').next().unwrap()
-    ));
+    let path = stack.dir.path().join(format!("kubeconfig-{}", api_version.rsplit('/').next().unwrap()));
     std::fs::write(&path, config).unwrap();
     path
 }
@@ -44,30 +40,15 @@ fn kubectl_gets_a_cluster_token_for_v1_and_v1beta1() {
         return;
     }
     let stack = Stack::new();
-    for api_version in [
-        "client.authentication.k8s.io/v1",
-        "client.authentication.k8s.io/v1beta1",
-    ] {
+    for api_version in ["client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1"] {
         let out = kubectl(&stack, &kubeconfig(&stack, api_version, None));
-        assert!(
-            out.status.success(),
-            "{api_version}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{api_version}: {}", String::from_utf8_lossy(&out.stderr));
         assert!(String::from_utf8_lossy(&out.stdout).contains("v1.32.0-mayfly-dev"));
     }
     let audit = stack.client_audit();
     assert!(audit.iter().all(|l| l["tool"] == "kubectl"
-        && l["scope"]
-            == format!(
-                "cluster:{}",
-                stack.kube.base_url.trim_start_matches("https://")
-            )));
-    assert_eq!(
-        audit.iter().filter(|l| l["outcome"] == "issued").count(),
-        1,
-        "later runs come from the cache"
-    );
+        && l["scope"] == format!("cluster:{}", stack.kube.base_url.trim_start_matches("https://"))));
+    assert_eq!(audit.iter().filter(|l| l["outcome"] == "issued").count(), 1, "later runs come from the cache");
     assert_eq!(stack.sts_issued(), 1);
     stack.assert_no_tokens_on_disk();
 }
@@ -78,16 +59,9 @@ fn the_api_server_refuses_anything_but_a_minted_token() {
         return;
     }
     let stack = Stack::new();
-    let out = kubectl(
-        &stack,
-        &kubeconfig(&stack, "static", Some("not-a-minted-token")),
-    );
+    let out = kubectl(&stack, &kubeconfig(&stack, "static", Some("not-a-minted-token")));
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Unauthorized"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthorized"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -97,18 +71,9 @@ fn an_unrouted_cluster_fails_with_one_line() {
     }
     let stack = Stack::new();
     stack.write_config(&stack.route("org/app", &["read"], "ci"));
-    let out = kubectl(
-        &stack,
-        &kubeconfig(&stack, "client.authentication.k8s.io/v1", None),
-    );
+    let out = kubectl(&stack, &kubeconfig(&stack, "client.authentication.k8s.io/v1", None));
     assert!(!out.status.success());
     let lines = mayfly_lines(&out.stderr);
-    assert!(
-        !lines.is_empty()
-            && lines
-                .iter()
-                .all(|l| l.contains("no mayfly route for kubectl cluster")),
-        "{lines:?}"
-    );
+    assert!(!lines.is_empty() && lines.iter().all(|l| l.contains("no mayfly route for kubectl cluster")), "{lines:?}");
     assert_eq!(stack.sts_issued(), 0);
 }

@@ -9,21 +9,10 @@ fn thirty_two_parallel_ls_remotes_on_a_cold_cache_cause_one_exchange() {
     }
     let stack = Stack::new();
     let url = stack.repo_url("org/app.git");
-    let children: Vec<_> = (0..32)
-        .map(|_| {
-            stack
-                .git_cmd(&stack.work, &["ls-remote", &url])
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let children: Vec<_> = (0..32).map(|_| stack.git_cmd(&stack.work, &["ls-remote", &url]).spawn().unwrap()).collect();
     for child in children {
         let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     assert_eq!(stack.sts_issued(), 1, "counted at mayfly-sts");
     assert_eq!(stack.issuer.issued(), 1, "one subject token too");
@@ -39,26 +28,15 @@ fn entries_inside_the_refresh_margin_are_never_served_and_expired_subjects_are_r
         return;
     }
     // Six-second tokens: the margin is capped at half the lifetime, three seconds.
-    let stack = Stack::with(Options {
-        subject_lifetime: 6,
-        max_ttl: "6s",
-        ..Options::default()
-    });
+    let stack = Stack::with(Options { subject_lifetime: 6, max_ttl: "6s", ..Options::default() });
     let url = stack.repo_url("org/app.git");
     stack.git_ok(&stack.work, &["ls-remote", &url]);
     stack.git_ok(&stack.work, &["ls-remote", &url]);
     std::thread::sleep(std::time::Duration::from_millis(3500));
     stack.git_ok(&stack.work, &["ls-remote", &url]);
-    let outcomes: Vec<String> = stack
-        .client_audit()
-        .iter()
-        .map(|l| l["outcome"].as_str().unwrap().to_owned())
-        .collect();
+    let outcomes: Vec<String> =
+        stack.client_audit().iter().map(|l| l["outcome"].as_str().unwrap().to_owned()).collect();
     assert_eq!(outcomes, ["issued", "cache-hit", "issued"]);
     assert_eq!(stack.sts_issued(), 2);
-    assert_eq!(
-        stack.issuer.issued(),
-        2,
-        "the subject token was fetched again"
-    );
+    assert_eq!(stack.issuer.issued(), 2, "the subject token was fetched again");
 }

@@ -18,38 +18,22 @@ fn exchange(stack: &Stack, subject: &str) -> (u16, Value) {
         .build()
         .unwrap();
     let form = [
-        (
-            "grant_type",
-            "urn:ietf:params:oauth:grant-type:token-exchange",
-        ),
+        ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
         ("subject_token", subject),
-        (
-            "subject_token_type",
-            "urn:ietf:params:oauth:token-type:id_token",
-        ),
+        ("subject_token_type", "urn:ietf:params:oauth:token-type:id_token"),
         ("audience", &stack.git.base_url),
         ("scope", "repo:org/app:read"),
     ];
-    let response = client
-        .post(format!("{}/token", stack.sts.url))
-        .form(&form)
-        .send()
-        .unwrap();
+    let response = client.post(format!("{}/token", stack.sts.url)).form(&form).send().unwrap();
     let status = response.status().as_u16();
     (status, response.json().unwrap())
 }
 
 fn tampered(token: &str) -> String {
     let parts: Vec<&str> = token.split('.').collect();
-    let mut claims: Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let mut claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
     claims["repository"] = json!("org/other");
-    format!(
-        "{}.{}.{}",
-        parts[0],
-        URL_SAFE_NO_PAD.encode(claims.to_string()),
-        parts[2]
-    )
+    format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(claims.to_string()), parts[2])
 }
 
 fn alg_none(stack: &Stack) -> String {
@@ -75,26 +59,13 @@ fn the_exchange_refuses_bad_subject_tokens_with_a_reason() {
         (foreign_key, "is unknown to its issuer"),
         (alg_none(&stack), "alg `none` is not allowed"),
         (
-            stack.issuer.mint(
-                "mayfly-sts",
-                &json!({"exp": now() - 600, "iat": now() - 900, "nbf": now() - 900}),
-            ),
+            stack.issuer.mint("mayfly-sts", &json!({"exp": now() - 600, "iat": now() - 900, "nbf": now() - 900})),
             "subject token has expired",
         ),
+        (stack.issuer.mint("mayfly-sts", &json!({"nbf": now() + 600})), "not valid yet"),
+        (stack.issuer.mint("someone-else", &Value::Null), "audience is wrong"),
         (
-            stack
-                .issuer
-                .mint("mayfly-sts", &json!({"nbf": now() + 600})),
-            "not valid yet",
-        ),
-        (
-            stack.issuer.mint("someone-else", &Value::Null),
-            "audience is wrong",
-        ),
-        (
-            stack
-                .issuer
-                .mint("mayfly-sts", &json!({"iss": "https://evil.example"})),
+            stack.issuer.mint("mayfly-sts", &json!({"iss": "https://evil.example"})),
             "issuer `https://evil.example` is not trusted",
         ),
         ("not-a-jwt".to_owned(), "not a signed JWT"),
@@ -104,17 +75,10 @@ fn the_exchange_refuses_bad_subject_tokens_with_a_reason() {
         assert_eq!(status, 400, "{reason}: {body}");
         assert_eq!(body["error"], "invalid_request", "{reason}: {body}");
         let description = body["error_description"].as_str().unwrap();
-        assert!(
-            description.contains(reason),
-            "want `{reason}`, got `{description}`"
-        );
+        assert!(description.contains(reason), "want `{reason}`, got `{description}`");
         assert!(!description.contains(&token), "the token is echoed back");
     }
-    let denials = stack
-        .sts_audit()
-        .iter()
-        .filter(|l| l["outcome"] == "denied")
-        .count();
+    let denials = stack.sts_audit().iter().filter(|l| l["outcome"] == "denied").count();
     assert_eq!(denials, 8, "every refusal is audited");
 }
 
@@ -129,17 +93,9 @@ fn a_refused_subject_token_reaches_the_terminal_as_one_line() {
     let cases = [
         (tampered(&good), "signature does not verify"),
         (alg_none(&stack), "alg `none` is not allowed"),
-        (
-            stack.issuer.mint("someone-else", &Value::Null),
-            "audience is wrong",
-        ),
+        (stack.issuer.mint("someone-else", &Value::Null), "audience is wrong"),
         // Expired tokens are caught before they leave the machine.
-        (
-            stack
-                .issuer
-                .mint("mayfly-sts", &json!({"exp": now() - 600})),
-            "expired at",
-        ),
+        (stack.issuer.mint("mayfly-sts", &json!({"exp": now() - 600})), "expired at"),
     ];
     for (token, reason) in cases {
         let out = stack
@@ -152,10 +108,7 @@ fn a_refused_subject_token_reaches_the_terminal_as_one_line() {
         let lines = mayfly_lines(&out.stderr);
         assert_eq!(lines.len(), 1, "{stderr}");
         assert!(lines[0].contains(reason), "want `{reason}`: {}", lines[0]);
-        assert!(
-            !stderr.contains(&token),
-            "subject token leaked to the terminal"
-        );
+        assert!(!stderr.contains(&token), "subject token leaked to the terminal");
     }
     assert_eq!(stack.sts_issued(), 0);
     stack.assert_no_tokens_on_disk();
@@ -163,15 +116,10 @@ fn a_refused_subject_token_reaches_the_terminal_as_one_line() {
 
 #[test]
 fn rs256_issuers_are_verified_too() {
-    let stack = Stack::with(mayfly_tests::Options {
-        issuer_algorithm: mayfly_tests::Algorithm::Rs256,
-        ..Default::default()
-    });
+    let stack =
+        Stack::with(mayfly_tests::Options { issuer_algorithm: mayfly_tests::Algorithm::Rs256, ..Default::default() });
     let (status, body) = exchange(&stack, &stack.issuer.mint("mayfly-sts", &Value::Null));
     assert_eq!(status, 200, "{body}");
-    let (status, _) = exchange(
-        &stack,
-        &tampered(&stack.issuer.mint("mayfly-sts", &Value::Null)),
-    );
+    let (status, _) = exchange(&stack, &tampered(&stack.issuer.mint("mayfly-sts", &Value::Null)));
     assert_eq!(status, 400);
 }

@@ -24,11 +24,7 @@ fn project(stack: &Stack) -> (std::path::PathBuf, std::path::PathBuf) {
     (dir, cli_config)
 }
 
-fn terraform_init(
-    stack: &Stack,
-    dir: &std::path::Path,
-    cli_config: &std::path::Path,
-) -> std::process::Output {
+fn terraform_init(stack: &Stack, dir: &std::path::Path, cli_config: &std::path::Path) -> std::process::Output {
     std::process::Command::new("terraform")
         .args(["init", "-input=false", "-no-color"])
         .current_dir(dir)
@@ -50,29 +46,14 @@ fn terraform_init_downloads_a_module_with_a_minted_token() {
     let stack = Stack::new();
     let (dir, cli_config) = project(&stack);
     let out = terraform_init(&stack, &dir, &cli_config);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(dir.join(".terraform/modules/greeting/main.tf").is_file(), "the module was not downloaded");
     assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        dir.join(".terraform/modules/greeting/main.tf").is_file(),
-        "the module was not downloaded"
-    );
-    assert!(
-        stack
-            .registry
-            .served
-            .load(std::sync::atomic::Ordering::SeqCst)
-            >= 2,
+        stack.registry.served.load(std::sync::atomic::Ordering::SeqCst) >= 2,
         "versions and download were authorised"
     );
     let audit = stack.client_audit();
-    assert!(
-        !audit.is_empty() && audit.iter().all(|l| l["tool"] == "terraform"),
-        "{audit:?}"
-    );
+    assert!(!audit.is_empty() && audit.iter().all(|l| l["tool"] == "terraform"), "{audit:?}");
     assert_eq!(stack.sts_issued(), 1);
     stack.assert_no_tokens_on_disk();
 }
@@ -87,12 +68,6 @@ fn without_a_route_the_helper_has_no_credentials_and_the_registry_refuses() {
     let (dir, cli_config) = project(&stack);
     let out = terraform_init(&stack, &dir, &cli_config);
     assert!(!out.status.success());
-    assert_eq!(
-        stack
-            .registry
-            .served
-            .load(std::sync::atomic::Ordering::SeqCst),
-        0
-    );
+    assert_eq!(stack.registry.served.load(std::sync::atomic::Ordering::SeqCst), 0);
     assert_eq!(stack.sts_issued(), 0);
 }

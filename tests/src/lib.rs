@@ -24,33 +24,21 @@ pub fn bin(name: &str) -> PathBuf {
         Some(dir) => PathBuf::from(dir),
         None => {
             let exe = std::env::current_exe().expect("test executable path");
-            exe.parent()
-                .and_then(Path::parent)
-                .expect("target directory")
-                .to_owned()
+            exe.parent().and_then(Path::parent).expect("target directory").to_owned()
         }
     };
     let path = dir.join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `cargo build --workspace` before `cargo test`",
-        path.display()
-    );
+    assert!(path.is_file(), "{} is missing: run `cargo build --workspace` before `cargo test`", path.display());
     path
 }
 
 /// True when a tool is installed. Missing under `CI=true` is a failure; on a developer's
 /// machine the test is skipped with a loud message.
 pub fn require_tool(name: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let found =
+        Command::new("sh").args(["-c", &format!("command -v {name}")]).output().is_ok_and(|o| o.status.success());
     if !found {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "`{name}` is required in CI but is not installed"
-        );
+        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "`{name}` is required in CI but is not installed");
         eprintln!("\n!!!!! SKIPPED: `{name}` is not installed; this test needs it !!!!!\n");
     }
     found
@@ -69,11 +57,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            subject_lifetime: 300,
-            max_ttl: "10m",
-            issuer_algorithm: Algorithm::Es256,
-        }
+        Self { subject_lifetime: 300, max_ttl: "10m", issuer_algorithm: Algorithm::Es256 }
     }
 }
 
@@ -129,10 +113,7 @@ impl Stack {
     /// A stack with options.
     pub fn with(options: Options) -> Self {
         let runtime = mayfly_devstack::runtime().expect("runtime");
-        let dir = tempfile::Builder::new()
-            .prefix("mayfly-e2e-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("mayfly-e2e-").tempdir().expect("temp dir");
         let runtime_dir = tempfile::Builder::new()
             .prefix("mayfly-e2e-")
             .tempdir_in("/dev/shm")
@@ -150,48 +131,19 @@ impl Stack {
             "repository_owner": "org",
             "ref": "refs/heads/main",
         });
-        let issuer = DevIssuer::start(
-            &runtime,
-            options.issuer_algorithm,
-            claims,
-            options.subject_lifetime,
-        )
-        .expect("issuer");
+        let issuer =
+            DevIssuer::start(&runtime, options.issuer_algorithm, claims, options.subject_lifetime).expect("issuer");
         let port = free_port();
         let sts_url = format!("https://127.0.0.1:{port}");
         let git = GitServer::start(&runtime, srv, &ca, &sts_url).expect("git server");
         let kube = KubeApiServer::start(&runtime, &ca, &sts_url).expect("kube API server");
-        let registry = ModuleRegistry::start(&runtime, &ca, &sts_url, &dir.path().join("registry"))
-            .expect("module registry");
-        let servers = Servers {
-            git: &git.base_url,
-            kube: &kube.base_url,
-            registry: &registry.base_url,
-        };
-        let sts = start_sts(
-            dir.path(),
-            port,
-            &sts_url,
-            &issuer,
-            &servers,
-            &ca,
-            options.max_ttl,
-        );
+        let registry =
+            ModuleRegistry::start(&runtime, &ca, &sts_url, &dir.path().join("registry")).expect("module registry");
+        let servers = Servers { git: &git.base_url, kube: &kube.base_url, registry: &registry.base_url };
+        let sts = start_sts(dir.path(), port, &sts_url, &issuer, &servers, &ca, options.max_ttl);
         git.create_repo("org/app.git").expect("repo");
         git.create_repo("org/docs.git").expect("repo");
-        let stack = Self {
-            dir,
-            runtime_dir,
-            home,
-            work,
-            ca,
-            issuer,
-            git,
-            kube,
-            registry,
-            sts,
-            _runtime: runtime,
-        };
+        let stack = Self { dir, runtime_dir, home, work, ca, issuer, git, kube, registry, sts, _runtime: runtime };
         stack.write_config(&stack.default_routes());
         stack.wire_git();
         stack
@@ -209,11 +161,7 @@ impl Stack {
 
     /// A route block for the git server.
     pub fn route(&self, path: &str, operations: &[&str], identity: &str) -> String {
-        let ops = operations
-            .iter()
-            .map(|o| format!("\"{o}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let ops = operations.iter().map(|o| format!("\"{o}\"")).collect::<Vec<_>>().join(", ");
         format!(
             "[[routes]]\ntool = \"git\"\nhost = \"{}\"\npath = \"{path}\"\nidentity = \"{identity}\"\nexchange = \"sts\"\noperations = [{ops}]\n",
             self.git_host()
@@ -223,9 +171,7 @@ impl Stack {
     /// A route for a host-level tool (`kubectl`, `terraform`) to one of the servers.
     pub fn host_route(&self, tool: &str, base_url: &str) -> String {
         let host = base_url.trim_start_matches("https://");
-        format!(
-            "[[routes]]\ntool = \"{tool}\"\nhost = \"{host}\"\nidentity = \"ci\"\nexchange = \"sts\"\n"
-        )
+        format!("[[routes]]\ntool = \"{tool}\"\nhost = \"{host}\"\nidentity = \"ci\"\nexchange = \"sts\"\n")
     }
 
     /// `org/app` read and write, `org/docs` read only, the cluster and the module
@@ -263,15 +209,9 @@ impl Stack {
             (&format!("credential.{url}.helper"), &helper),
             (&format!("credential.{url}.useHttpPath"), "true"),
         ] {
-            let out = self
-                .git_cmd(&self.work, &["config", "--global", "--add", key, value])
-                .output()
-                .expect("git config");
-            assert!(
-                out.status.success(),
-                "git config failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let out =
+                self.git_cmd(&self.work, &["config", "--global", "--add", key, value]).output().expect("git config");
+            assert!(out.status.success(), "git config failed: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
 
@@ -284,37 +224,20 @@ impl Stack {
             ("TMPDIR".into(), path(self.dir.path().join("tmp"))),
             ("XDG_CONFIG_HOME".into(), path(self.home.join(".config"))),
             ("XDG_CACHE_HOME".into(), path(self.home.join(".cache"))),
-            (
-                "XDG_STATE_HOME".into(),
-                path(self.home.join(".local/state")),
-            ),
-            (
-                "MAYFLY_RUNTIME_DIR".into(),
-                path(self.runtime_dir.path().join("rt")),
-            ),
+            ("XDG_STATE_HOME".into(), path(self.home.join(".local/state"))),
+            ("MAYFLY_RUNTIME_DIR".into(), path(self.runtime_dir.path().join("rt"))),
             ("GIT_CONFIG_NOSYSTEM".into(), "1".into()),
             ("GIT_TERMINAL_PROMPT".into(), "0".into()),
             ("GIT_SSL_CAINFO".into(), path(self.ca.ca_cert.clone())),
-            (
-                "ACTIONS_ID_TOKEN_REQUEST_URL".into(),
-                self.issuer.request_url(),
-            ),
-            (
-                "ACTIONS_ID_TOKEN_REQUEST_TOKEN".into(),
-                self.issuer.request_token().into(),
-            ),
+            ("ACTIONS_ID_TOKEN_REQUEST_URL".into(), self.issuer.request_url()),
+            ("ACTIONS_ID_TOKEN_REQUEST_TOKEN".into(), self.issuer.request_token().into()),
         ]
     }
 
     /// A `git` command in `dir` with the isolated environment.
     pub fn git_cmd(&self, dir: &Path, args: &[&str]) -> Command {
         let mut command = Command::new("git");
-        command
-            .args(args)
-            .current_dir(dir)
-            .env_clear()
-            .envs(self.env())
-            .stdin(Stdio::null());
+        command.args(args).current_dir(dir).env_clear().envs(self.env()).stdin(Stdio::null());
         command
     }
 
@@ -326,12 +249,7 @@ impl Stack {
     /// Runs git and fails the test, with git's stderr, if it fails.
     pub fn git_ok(&self, dir: &Path, args: &[&str]) -> Output {
         let out = self.git(dir, args);
-        assert!(
-            out.status.success(),
-            "git {} failed:\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "git {} failed:\n{}", args.join(" "), String::from_utf8_lossy(&out.stderr));
         out
     }
 
@@ -359,10 +277,7 @@ impl Stack {
 
     /// How many tokens the exchange minted.
     pub fn sts_issued(&self) -> usize {
-        self.sts_audit()
-            .iter()
-            .filter(|l| l["outcome"] == "issued")
-            .count()
+        self.sts_audit().iter().filter(|l| l["outcome"] == "issued").count()
     }
 
     /// Fails the test if any file this stack wrote holds JWT-shaped bytes.
@@ -459,11 +374,7 @@ scopes = ["registry:{registry_host}"]
         .stderr(log)
         .spawn()
         .expect("mayfly-sts starts");
-    let process = StsProcess {
-        child,
-        url: url.to_owned(),
-        audit,
-    };
+    let process = StsProcess { child, url: url.to_owned(), audit };
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -478,10 +389,7 @@ scopes = ["registry:{registry_host}"]
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
 /// Parses a JSON-lines file (missing file: no lines).
@@ -495,9 +403,5 @@ pub fn read_json_lines(path: &Path) -> Vec<Value> {
 
 /// Lines of a byte buffer that start with `mayfly:`.
 pub fn mayfly_lines(stderr: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(stderr)
-        .lines()
-        .filter(|l| l.starts_with("mayfly:"))
-        .map(str::to_owned)
-        .collect()
+    String::from_utf8_lossy(stderr).lines().filter(|l| l.starts_with("mayfly:")).map(str::to_owned).collect()
 }

@@ -41,28 +41,19 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<std::process::ExitCode> {
     let report = Report::new();
     let helper = helper_path()?;
     check_git()?;
-    let workspace = tempfile::Builder::new()
-        .prefix("mayfly-demo-")
-        .tempdir()
-        .context("cannot create a temporary directory")?;
+    let workspace =
+        tempfile::Builder::new().prefix("mayfly-demo-").tempdir().context("cannot create a temporary directory")?;
     let runtime = mayfly_devstack::runtime().context("cannot start the async runtime")?;
     let stage = start(&runtime, workspace.path(), helper, &report)?;
     let ok = scenario(&stage, &report)?;
-    report.audit_trail(
-        &stage.home.join(".local/state/mayfly/audit.jsonl"),
-        &stage.sts_audit,
-    );
+    report.audit_trail(&stage.home.join(".local/state/mayfly/audit.jsonl"), &stage.sts_audit);
     report.summary(ok, &stage.root);
     if args.keep {
         let kept = workspace.keep();
         report.note(&format!("kept {}", kept.display()));
     }
     drop(stage.runtime_dir);
-    Ok(if ok {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
-    })
+    Ok(if ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE })
 }
 
 /// `git-credential-mayfly` sits next to `mayfly` (as `install.sh` and cargo place them).
@@ -79,37 +70,21 @@ fn helper_path() -> anyhow::Result<PathBuf> {
 }
 
 fn check_git() -> anyhow::Result<()> {
-    let out = Command::new("git")
-        .arg("--version")
-        .output()
-        .context("git is not installed (the demo drives the real git)")?;
+    let out =
+        Command::new("git").arg("--version").output().context("git is not installed (the demo drives the real git)")?;
     let version = String::from_utf8_lossy(&out.stdout);
-    let number: Vec<u32> = version
-        .split_whitespace()
-        .nth(2)
-        .unwrap_or("0")
-        .split('.')
-        .filter_map(|p| p.parse().ok())
-        .collect();
+    let number: Vec<u32> =
+        version.split_whitespace().nth(2).unwrap_or("0").split('.').filter_map(|p| p.parse().ok()).collect();
     if number.as_slice() < [2, 46].as_slice() {
         bail!(
             "git {} is too old: mayfly needs git 2.46 or newer (credential capabilities)",
-            number
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(".")
+            number.iter().map(u32::to_string).collect::<Vec<_>>().join(".")
         );
     }
     Ok(())
 }
 
-fn start(
-    runtime: &tokio::runtime::Runtime,
-    root: &Path,
-    helper: PathBuf,
-    report: &Report,
-) -> anyhow::Result<Stage> {
+fn start(runtime: &tokio::runtime::Runtime, root: &Path, helper: PathBuf, report: &Report) -> anyhow::Result<Stage> {
     let (home, srv, tls) = (root.join("home"), root.join("srv"), root.join("tls"));
     for dir in [&home, &srv, &tls] {
         std::fs::create_dir_all(dir)?;
@@ -124,8 +99,7 @@ fn start(
         "workflow": "release",
         "actor": "octocat",
     });
-    let issuer =
-        DevIssuer::start(runtime, Algorithm::Rs256, claims, 300).map_err(anyhow::Error::msg)?;
+    let issuer = DevIssuer::start(runtime, Algorithm::Rs256, claims, 300).map_err(anyhow::Error::msg)?;
     report.item(&format!(
         "development OIDC issuer  {}  (DEVELOPMENT ONLY: signs for anyone on this machine)",
         issuer.issuer()
@@ -142,40 +116,19 @@ fn start(
     let sts = mayfly_sts::Sts::new(config, None).map_err(anyhow::Error::msg)?;
     runtime.spawn(mayfly_sts::serve(sts, sts_listener));
     report.item(&format!("mayfly-sts (RFC 8693)    {sts_url}/token"));
-    report.item(&format!(
-        "git server               {}  (accepts only tokens from that mayfly-sts)",
-        git.base_url
-    ));
+    report.item(&format!("git server               {}  (accepts only tokens from that mayfly-sts)", git.base_url));
 
-    git.create_repo("demo/app.git")
-        .map_err(anyhow::Error::msg)?;
-    let docs = git
-        .create_repo("demo/docs.git")
-        .map_err(anyhow::Error::msg)?;
+    git.create_repo("demo/app.git").map_err(anyhow::Error::msg)?;
+    let docs = git.create_repo("demo/docs.git").map_err(anyhow::Error::msg)?;
     seed(&docs, root)?;
 
     let runtime_dir = memory_runtime_dir();
-    let stage = Stage {
-        root: root.to_owned(),
-        home,
-        helper,
-        ca,
-        issuer,
-        git,
-        sts_audit,
-        runtime_dir,
-    };
+    let stage = Stage { root: root.to_owned(), home, helper, ca, issuer, git, sts_audit, runtime_dir };
     write_client_config(&stage, &sts_url)?;
     Ok(stage)
 }
 
-fn sts_config(
-    sts_url: &str,
-    issuer: &DevIssuer,
-    git_url: &str,
-    ca: &DevCa,
-    audit: &Path,
-) -> String {
+fn sts_config(sts_url: &str, issuer: &DevIssuer, git_url: &str, ca: &DevCa, audit: &Path) -> String {
     format!(
         r#"# mayfly-sts config written by `mayfly demo`
 issuer = "{sts_url}"
@@ -215,10 +168,7 @@ max_ttl = "5m"
 
 /// A memory-backed directory for the cache key, removed with the demo.
 fn memory_runtime_dir() -> Option<tempfile::TempDir> {
-    tempfile::Builder::new()
-        .prefix("mayfly-demo-")
-        .tempdir_in("/dev/shm")
-        .ok()
+    tempfile::Builder::new().prefix("mayfly-demo-").tempdir_in("/dev/shm").ok()
 }
 
 fn write_client_config(stage: &Stage, sts_url: &str) -> anyhow::Result<()> {
@@ -271,10 +221,7 @@ ttl = "5m"
     ] {
         let out = git(stage, None, &["config", "--global", "--add", key, value])?;
         if !out.status.success() {
-            bail!(
-                "git config {key} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("git config {key} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
     Ok(())
@@ -296,10 +243,7 @@ fn seed(bare: &Path, root: &Path) -> anyhow::Result<()> {
             .output()?
             .status;
         if !status.success() {
-            bail!(
-                "seeding the docs repository failed at `git {}`",
-                args.join(" ")
-            );
+            bail!("seeding the docs repository failed at `git {}`", args.join(" "));
         }
         Ok(())
     };
@@ -329,16 +273,11 @@ fn git(stage: &Stage, dir: Option<&Path>, args: &[&str]) -> anyhow::Result<Outpu
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_SSL_CAINFO", &stage.ca.ca_cert)
         .env("ACTIONS_ID_TOKEN_REQUEST_URL", stage.issuer.request_url())
-        .env(
-            "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
-            stage.issuer.request_token(),
-        );
+        .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", stage.issuer.request_token());
     if let Some(dir) = &stage.runtime_dir {
         command.env("MAYFLY_RUNTIME_DIR", dir.path().join("rt"));
     }
-    command
-        .output()
-        .with_context(|| format!("cannot run git {}", args.join(" ")))
+    command.output().with_context(|| format!("cannot run git {}", args.join(" ")))
 }
 
 /// The story, step by step. Returns whether every step ended as it should.
@@ -351,27 +290,13 @@ fn scenario(stage: &Stage, report: &Report) -> anyhow::Result<bool> {
     let mut ok = true;
 
     report.heading("1. Clone demo/app: git asks mayfly, mayfly mints a read token");
-    ok &= report.expect(
-        true,
-        &git(
-            stage,
-            Some(&work),
-            &["clone", &format!("{url}/demo/app.git"), "app"],
-        )?,
-    );
+    ok &= report.expect(true, &git(stage, Some(&work), &["clone", &format!("{url}/demo/app.git"), "app"])?);
     report.last_decision(stage, "read");
 
     report.heading("2. Commit and push: `git push` above the helper means a write token");
-    std::fs::write(
-        app.join("hello.txt"),
-        "minted a second ago, gone in ten minutes\n",
-    )?;
+    std::fs::write(app.join("hello.txt"), "minted a second ago, gone in ten minutes\n")?;
     git(stage, Some(&app), &["add", "hello.txt"])?;
-    git(
-        stage,
-        Some(&app),
-        &["commit", "--quiet", "-m", "hello from mayfly demo"],
-    )?;
+    git(stage, Some(&app), &["commit", "--quiet", "-m", "hello from mayfly demo"])?;
     ok &= report.expect(true, &git(stage, Some(&app), &["push", "origin", "main"])?);
     report.last_decision(stage, "write");
 
@@ -380,30 +305,13 @@ fn scenario(stage: &Stage, report: &Report) -> anyhow::Result<bool> {
     report.last_decision(stage, "read");
 
     report.heading("4. Clone demo/docs under a read-only route");
-    ok &= report.expect(
-        true,
-        &git(
-            stage,
-            Some(&work),
-            &["clone", &format!("{url}/demo/docs.git"), "docs"],
-        )?,
-    );
+    ok &= report.expect(true, &git(stage, Some(&work), &["clone", &format!("{url}/demo/docs.git"), "docs"])?);
     report.last_decision(stage, "read");
 
     report.heading("5. Push to demo/docs: the route allows only read, so no token, and git stops");
-    std::fs::write(
-        docs.join("README.md"),
-        "# demo docs\n\nan edit that must not land\n",
-    )?;
-    git(
-        stage,
-        Some(&docs),
-        &["commit", "--quiet", "-am", "try to edit the docs"],
-    )?;
-    ok &= report.expect(
-        false,
-        &git(stage, Some(&docs), &["push", "origin", "main"])?,
-    );
+    std::fs::write(docs.join("README.md"), "# demo docs\n\nan edit that must not land\n")?;
+    git(stage, Some(&docs), &["commit", "--quiet", "-am", "try to edit the docs"])?;
+    ok &= report.expect(false, &git(stage, Some(&docs), &["push", "origin", "main"])?);
 
     ok &= report.no_tokens_on_disk(&stage.root, &stage.home);
     Ok(ok)

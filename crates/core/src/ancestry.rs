@@ -37,10 +37,7 @@ pub fn ancestry() -> Vec<Process> {
                     .collect::<Vec<_>>()
             })
             .unwrap_or_default();
-        chain.push(Process {
-            pid: p,
-            argv: redact_argv(&argv),
-        });
+        chain.push(Process { pid: p, argv: redact_argv(&argv) });
         pid = parent_of(&p.to_string());
     }
     chain
@@ -62,16 +59,11 @@ pub fn infer_git_operation(chain: &[Process]) -> Operation {
         let base = program.rsplit('/').next().unwrap_or(program);
         match base {
             "git-push" | "git-send-pack" | "git-receive-pack" => true,
-            "git" => git_subcommand(&p.argv[1..])
-                .is_some_and(|s| matches!(s, "push" | "send-pack" | "receive-pack")),
+            "git" => git_subcommand(&p.argv[1..]).is_some_and(|s| matches!(s, "push" | "send-pack" | "receive-pack")),
             _ => false,
         }
     });
-    if pushes {
-        Operation::Write
-    } else {
-        Operation::Read
-    }
+    if pushes { Operation::Write } else { Operation::Read }
 }
 
 /// The user's command: the outermost ancestor that runs the tool, from the tool's name on
@@ -88,8 +80,7 @@ pub(crate) fn command_of(tool: &str, chain: &[Process]) -> Vec<String> {
                 return Some(p.argv.clone());
             }
             let interpreted = INTERPRETERS.iter().any(|i| program.starts_with(i));
-            (interpreted && p.argv.get(1).map(base).as_deref() == Some(tool))
-                .then(|| p.argv[1..].to_vec())
+            (interpreted && p.argv.get(1).map(base).as_deref() == Some(tool)).then(|| p.argv[1..].to_vec())
         })
         .unwrap_or_default()
 }
@@ -99,8 +90,7 @@ fn git_subcommand(args: &[String]) -> Option<&str> {
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "-c" | "-C" | "--git-dir" | "--work-tree" | "--namespace" | "--exec-path"
-            | "--config-env" => {
+            "-c" | "-C" | "--git-dir" | "--work-tree" | "--namespace" | "--exec-path" | "--config-env" => {
                 args.next();
             }
             a if a.starts_with('-') => {}
@@ -118,10 +108,7 @@ mod tests {
         argvs
             .iter()
             .enumerate()
-            .map(|(i, a)| Process {
-                pid: i as u32 + 10,
-                argv: a.iter().map(|s| s.to_string()).collect(),
-            })
+            .map(|(i, a)| Process { pid: i as u32 + 10, argv: a.iter().map(|s| s.to_string()).collect() })
             .collect()
     }
 
@@ -129,11 +116,7 @@ mod tests {
     fn push_above_the_helper_means_write() {
         let c = chain(&[
             &["/bin/sh", "-c", "git-credential-mayfly get"],
-            &[
-                "/usr/local/libexec/git-core/git-remote-https",
-                "origin",
-                "https://h/r",
-            ],
+            &["/usr/local/libexec/git-core/git-remote-https", "origin", "https://h/r"],
             &["git", "remote-https", "origin", "https://h/r"],
             &["git", "-c", "x=y", "-C", "/tmp", "push", "origin", "main"],
         ]);
@@ -142,18 +125,9 @@ mod tests {
 
     #[test]
     fn fetch_clone_and_lookalikes_mean_read() {
-        assert_eq!(
-            infer_git_operation(&chain(&[&["git", "fetch", "push"]])),
-            Operation::Read
-        );
-        assert_eq!(
-            infer_git_operation(&chain(&[&["git", "-c", "push", "clone"]])),
-            Operation::Read
-        );
-        assert_eq!(
-            infer_git_operation(&chain(&[&["/usr/bin/pushy", "push"]])),
-            Operation::Read
-        );
+        assert_eq!(infer_git_operation(&chain(&[&["git", "fetch", "push"]])), Operation::Read);
+        assert_eq!(infer_git_operation(&chain(&[&["git", "-c", "push", "clone"]])), Operation::Read);
+        assert_eq!(infer_git_operation(&chain(&[&["/usr/bin/pushy", "push"]])), Operation::Read);
         assert_eq!(infer_git_operation(&[]), Operation::Read);
     }
 
@@ -161,25 +135,11 @@ mod tests {
     fn the_command_is_the_outermost_run_of_the_tool_even_under_an_interpreter() {
         let c = chain(&[
             &["/bin/sh", "-c", "mayfly-aws-credential deploy"],
-            &[
-                "/usr/bin/python3.11",
-                "/usr/local/bin/aws",
-                "s3",
-                "cp",
-                "a",
-                "s3://b",
-            ],
+            &["/usr/bin/python3.11", "/usr/local/bin/aws", "s3", "cp", "a", "s3://b"],
             &["bash", "deploy.sh"],
         ]);
-        assert_eq!(
-            command_of("aws", &c),
-            ["/usr/local/bin/aws", "s3", "cp", "a", "s3://b"]
-        );
-        let c = chain(&[
-            &["git", "remote-https", "origin"],
-            &["git", "push", "origin"],
-            &["python3", "agent.py"],
-        ]);
+        assert_eq!(command_of("aws", &c), ["/usr/local/bin/aws", "s3", "cp", "a", "s3://b"]);
+        let c = chain(&[&["git", "remote-https", "origin"], &["git", "push", "origin"], &["python3", "agent.py"]]);
         assert_eq!(command_of("git", &c), ["git", "push", "origin"]);
         assert!(command_of("cargo", &c).is_empty());
     }

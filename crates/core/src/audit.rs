@@ -77,9 +77,7 @@ pub struct AuditLog {
 impl AuditLog {
     /// `$MAYFLY_AUDIT_LOG`, else `$XDG_STATE_HOME/mayfly/audit.jsonl`.
     pub fn from_env(env: &Env) -> Self {
-        let path = env
-            .path(EnvVars::MAYFLY_AUDIT_LOG)
-            .or_else(|| Some(env.state_dir()?.join("audit.jsonl")));
+        let path = env.path(EnvVars::MAYFLY_AUDIT_LOG).or_else(|| Some(env.state_dir()?.join("audit.jsonl")));
         Self { path }
     }
 
@@ -95,18 +93,11 @@ impl AuditLog {
             return Ok(());
         };
         if let Some(dir) = path.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         }
         let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)?;
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
         file.write_all(&line)
     }
 }
@@ -115,9 +106,6 @@ impl AuditLog {
 pub(crate) fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| unix.to_string())
 }

@@ -17,21 +17,14 @@ use crate::{Secret, sanitize_for_terminal};
 const ATTEMPTS: u32 = 3;
 
 /// The form of one `AssumeRoleWithWebIdentity` call.
-pub(crate) fn form(
-    route: &Route,
-    subject: &Secret,
-    intent: &Intent,
-) -> Vec<(&'static str, String)> {
+pub(crate) fn form(route: &Route, subject: &Secret, intent: &Intent) -> Vec<(&'static str, String)> {
     let mut form = vec![
         ("Action", "AssumeRoleWithWebIdentity".to_owned()),
         ("Version", "2011-06-15".to_owned()),
         ("RoleArn", route.role_arn.clone().unwrap_or_default()),
         ("RoleSessionName", session_name(intent)),
         ("WebIdentityToken", subject.expose().to_owned()),
-        (
-            "DurationSeconds",
-            route.ttl.as_secs().clamp(900, 43_200).to_string(),
-        ),
+        ("DurationSeconds", route.ttl.as_secs().clamp(900, 43_200).to_string()),
     ];
     if let Some(policy) = &route.session_policy {
         form.push(("Policy", policy.clone()));
@@ -42,11 +35,7 @@ pub(crate) fn form(
 /// `RoleSessionName` from the intent: `mayfly` and the command, within STS's rules
 /// (2 to 64 of `[A-Za-z0-9+=,.@-]`); it shows in the assumed-role ARN and in CloudTrail.
 pub(crate) fn session_name(intent: &Intent) -> String {
-    let words = intent
-        .command
-        .iter()
-        .take(3)
-        .filter(|w| !w.starts_with('-'));
+    let words = intent.command.iter().take(3).filter(|w| !w.starts_with('-'));
     let mut name = String::from("mayfly");
     for word in words.map(|w| w.rsplit('/').next().unwrap_or(w)) {
         name.push('.');
@@ -56,66 +45,35 @@ pub(crate) fn session_name(intent: &Intent) -> String {
         name.push('@');
         name.push_str(session);
     }
-    let clean: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "+=,.@-".contains(c) {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
+    let clean: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || "+=,.@-".contains(c) { c } else { '-' }).collect();
     clean.chars().take(64).collect()
 }
 
 /// Reads STS's answer: credentials, or the error document's code and message.
 pub(crate) fn parse(exchange: &str, status: u16, body: &[u8]) -> Result<ExchangeResponse, Error> {
-    let malformed = |what: &str| Error::Malformed {
-        exchange: exchange.into(),
-        status,
-        what: what.into(),
-    };
+    let malformed = |what: &str| Error::Malformed { exchange: exchange.into(), status, what: what.into() };
     let text = std::str::from_utf8(body).map_err(|_| malformed("a body that is not UTF-8"))?;
     let doc = roxmltree::Document::parse(text).map_err(|_| malformed("a body that is not XML"))?;
-    let find = |name: &str| {
-        doc.descendants()
-            .find(|n| n.tag_name().name() == name)
-            .and_then(|n| n.text())
-            .map(str::trim)
-    };
+    let find =
+        |name: &str| doc.descendants().find(|n| n.tag_name().name() == name).and_then(|n| n.text()).map(str::trim);
     if status != 200 {
         let code = find("Code").ok_or_else(|| malformed("an error without a code"))?;
         return Err(Error::Denied {
             exchange: exchange.into(),
             code: sanitize_for_terminal(code),
-            description: find("Message")
-                .map(|m| sanitize_for_terminal(m).chars().take(300).collect()),
+            description: find("Message").map(|m| sanitize_for_terminal(m).chars().take(300).collect()),
         });
     }
-    let field = |name: &str| {
-        find(name)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| malformed(&format!("no `{name}`")))
-    };
-    let (key_id, secret, session, expiration) = (
-        field("AccessKeyId")?,
-        field("SecretAccessKey")?,
-        field("SessionToken")?,
-        field("Expiration")?,
-    );
-    if [key_id, secret, session]
-        .iter()
-        .any(|v| v.chars().any(|c| c.is_control() || c.is_whitespace()))
-    {
-        return Err(malformed(
-            "credentials containing control characters or spaces",
-        ));
+    let field = |name: &str| find(name).filter(|v| !v.is_empty()).ok_or_else(|| malformed(&format!("no `{name}`")));
+    let (key_id, secret, session, expiration) =
+        (field("AccessKeyId")?, field("SecretAccessKey")?, field("SessionToken")?, field("Expiration")?);
+    if [key_id, secret, session].iter().any(|v| v.chars().any(|c| c.is_control() || c.is_whitespace())) {
+        return Err(malformed("credentials containing control characters or spaces"));
     }
-    let expires =
-        time::OffsetDateTime::parse(expiration, &time::format_description::well_known::Rfc3339)
-            .map_err(|_| malformed("an `Expiration` that is not RFC 3339"))?
-            .unix_timestamp();
+    let expires = time::OffsetDateTime::parse(expiration, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| malformed("an `Expiration` that is not RFC 3339"))?
+        .unix_timestamp();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let document = json!({
         "Version": 1,
@@ -142,20 +100,14 @@ pub(crate) fn exchange(
     intent: &Intent,
 ) -> Result<ExchangeResponse, Error> {
     let url = &config.token_endpoint;
-    let http_error = |source| Error::Http {
-        exchange: config.name.clone(),
-        source,
-    };
+    let http_error = |source| Error::Http { exchange: config.name.clone(), source };
     let body = form(route, subject, intent);
     for attempt in 1..=ATTEMPTS {
         let request = http.post(url).map_err(http_error)?.form(&body);
         match http.send(request, url) {
             Ok((status, _)) if matches!(status, 502..=504) && attempt < ATTEMPTS => {}
             Ok((status, body)) => return parse(&config.name, status, &body),
-            Err(crate::http::Error::Send {
-                not_delivered: true,
-                ..
-            }) if attempt < ATTEMPTS => {}
+            Err(crate::http::Error::Send { not_delivered: true, .. }) if attempt < ATTEMPTS => {}
             Err(e) => return Err(http_error(e)),
         }
         std::thread::sleep(Duration::from_millis(100 << attempt));
@@ -196,10 +148,7 @@ mod tests {
         let body = r#"<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code><Message>Couldn't retrieve
 verification key</Message></Error><RequestId>x</RequestId></ErrorResponse>"#;
         let err = parse("aws", 400, body.as_bytes()).unwrap_err().to_string();
-        assert_eq!(
-            err,
-            "exchange `aws` refused: InvalidIdentityToken: Couldn't retrieve\u{fffd}verification key"
-        );
+        assert_eq!(err, "exchange `aws` refused: InvalidIdentityToken: Couldn't retrieve\u{fffd}verification key");
     }
 
     #[test]
@@ -210,13 +159,7 @@ verification key</Message></Error><RequestId>x</RequestId></ErrorResponse>"#;
             (200, ""),
             (200, &OK.replace("ASIAEXAMPLE", "ASIA EXAMPLE")),
         ] {
-            assert!(
-                matches!(
-                    parse("aws", status, body.as_bytes()),
-                    Err(Error::Malformed { .. })
-                ),
-                "{status} {body}"
-            );
+            assert!(matches!(parse("aws", status, body.as_bytes()), Err(Error::Malformed { .. })), "{status} {body}");
         }
     }
 
@@ -228,10 +171,7 @@ verification key</Message></Error><RequestId>x</RequestId></ErrorResponse>"#;
             ..Intent::default()
         };
         assert_eq!(session_name(&intent), "mayfly.aws.s3.cp@ci-run-42");
-        let long = Intent {
-            command: vec!["a".repeat(100)],
-            ..Intent::default()
-        };
+        let long = Intent { command: vec!["a".repeat(100)], ..Intent::default() };
         assert_eq!(session_name(&long).len(), 64);
         assert_eq!(session_name(&Intent::default()), "mayfly");
     }

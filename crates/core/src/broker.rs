@@ -119,11 +119,7 @@ impl Broker {
         match self.config.route_for(target) {
             Some(route) if route.needs_path() && target.path.is_none() => Resolution::NeedsPath,
             Some(route) => Resolution::Route(route),
-            None if target.path.is_none()
-                && self
-                    .config
-                    .serves_host(target.tool, &target.protocol, &target.host) =>
-            {
+            None if target.path.is_none() && self.config.serves_host(target.tool, &target.protocol, &target.host) => {
                 Resolution::NeedsPath
             }
             None => Resolution::NoRoute,
@@ -162,17 +158,8 @@ impl Broker {
         let scope = route.scope_for(target, operation);
         let mut event = self.event(route, target, operation, chain, Some(scope.clone()));
         if !route.operations.contains(&operation) {
-            let allowed = route
-                .operations
-                .iter()
-                .map(|o| o.as_str())
-                .collect::<Vec<_>>()
-                .join(", ");
-            let error = Error::OperationNotAllowed {
-                route: route.name.clone(),
-                operation,
-                allowed,
-            };
+            let allowed = route.operations.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(", ");
+            let error = Error::OperationNotAllowed { route: route.name.clone(), operation, allowed };
             self.write(event.fail(Outcome::Denied, &error));
             return Err(error);
         }
@@ -201,10 +188,7 @@ impl Broker {
             }
             Err(error) => {
                 let outcome = match &error {
-                    Error::Exchange {
-                        source: crate::exchange::Error::Denied { .. },
-                        ..
-                    } => Outcome::Denied,
+                    Error::Exchange { source: crate::exchange::Error::Denied { .. }, .. } => Outcome::Denied,
                     _ => Outcome::Failed,
                 };
                 self.write(event.fail(outcome, &error));
@@ -227,16 +211,10 @@ impl Broker {
         let identity_config = &self.config.identities[&route.identity];
         let subject = self
             .subject(identity_config, cache, now)
-            .map_err(|source| Error::Identity {
-                route: route.name.clone(),
-                source,
-            })?;
+            .map_err(|source| Error::Identity { route: route.name.clone(), source })?;
         let exchange_config = &self.config.exchanges[&route.exchange];
         let http = HttpClient::new(exchange_config.timeout, exchange_config.ca_file.as_deref())
-            .map_err(|source| Error::Http {
-                route: route.name.clone(),
-                source,
-            })?;
+            .map_err(|source| Error::Http { route: route.name.clone(), source })?;
         let intent = Intent {
             tool: target.tool.as_str().into(),
             operation: operation.as_str().into(),
@@ -255,34 +233,20 @@ impl Broker {
                 };
                 crate::exchange::exchange(exchange_config, &http, &request)
             }
-            ExchangeKind::AwsSts => {
-                crate::aws_sts::exchange(exchange_config, &http, route, &subject.token, &intent)
-            }
+            ExchangeKind::AwsSts => crate::aws_sts::exchange(exchange_config, &http, route, &subject.token, &intent),
         }
-        .map_err(|source| Error::Exchange {
-            route: route.name.clone(),
-            source,
-        })?;
+        .map_err(|source| Error::Exchange { route: route.name.clone(), source })?;
         // Unknown lifetime: handed out once, never cached.
-        let lifetime = response
-            .expires_in
-            .map(|s| i64::try_from(s).unwrap_or(i64::MAX / 4));
+        let lifetime = response.expires_in.map(|s| i64::try_from(s).unwrap_or(i64::MAX / 4));
         let claims = crate::peek_claims(response.access_token.expose()).unwrap_or_default();
         Ok(CacheEntry {
             expires_at: lifetime.map_or(0, |l| now + l),
-            refresh_at: lifetime.map_or(0, |l| {
-                now + l - self.margin(l, target.tool.min_refresh_margin())
-            }),
+            refresh_at: lifetime.map_or(0, |l| now + l - self.margin(l, target.tool.min_refresh_margin())),
             token_id: response.token_id.or(claims.jti),
             scope: response.scope.or_else(|| Some(scope.to_owned())),
             issuer: subject.claims.iss.clone(),
             subject: subject.claims.sub.clone(),
-            label: format!(
-                "{} {} {}",
-                target.tool.as_str(),
-                target.display(),
-                operation.as_str()
-            ),
+            label: format!("{} {} {}", target.tool.as_str(), target.display(), operation.as_str()),
             session: self.session(),
             token: response.access_token,
         })
@@ -292,10 +256,7 @@ impl Broker {
     /// tool's minimum, if larger), but never more than half the lifetime, so short tokens
     /// are still worth caching.
     fn margin(&self, lifetime: i64, tool_minimum: i64) -> i64 {
-        i64::try_from(self.config.refresh_margin.as_secs())
-            .unwrap_or(i64::MAX)
-            .max(tool_minimum)
-            .min(lifetime / 2)
+        i64::try_from(self.config.refresh_margin.as_secs()).unwrap_or(i64::MAX).max(tool_minimum).min(lifetime / 2)
     }
 
     /// The subject token, cached like any other short-lived token when it cost a round trip.
@@ -319,10 +280,7 @@ impl Broker {
         let lock = cache.lock(&key).ok();
         if let Some(entry) = cache.get(&key, now) {
             let claims = crate::peek_claims(entry.token.expose()).unwrap_or_default();
-            return Ok(SubjectToken {
-                token: entry.token,
-                claims,
-            });
+            return Ok(SubjectToken { token: entry.token, claims });
         }
         let subject = identity::fetch(source, None, &self.env, http, now)?;
         if let (Some(exp), Some(lock)) = (subject.claims.exp, &lock) {
@@ -388,11 +346,7 @@ impl Broker {
 
     fn write(&self, event: &AuditEvent) {
         if let Err(e) = self.audit.record(event) {
-            let path = self
-                .audit
-                .path()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
+            let path = self.audit.path().map(|p| p.display().to_string()).unwrap_or_default();
             crate::protocol::warn(&format!("cannot write audit log `{path}`: {e}"));
         }
     }

@@ -46,11 +46,7 @@ pub enum Error {
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + use<'a> {
-    move |source| Error::Io {
-        what,
-        path: path.to_owned(),
-        source,
-    }
+    move |source| Error::Io { what, path: path.to_owned(), source }
 }
 
 /// A cached token and what the audit trail needs about it.
@@ -154,11 +150,7 @@ impl Cache {
 
     fn read(&self, key: &str) -> Option<CacheEntry> {
         let mut sealed = Vec::new();
-        File::open(self.entry_path(key))
-            .ok()?
-            .take(MAX_ENTRY)
-            .read_to_end(&mut sealed)
-            .ok()?;
+        File::open(self.entry_path(key)).ok()?.take(MAX_ENTRY).read_to_end(&mut sealed).ok()?;
         let plain = age::decrypt(&self.identity, &sealed).ok()?;
         let stored: StoredEntry = serde_json::from_slice(&plain).ok()?;
         Some(CacheEntry {
@@ -187,8 +179,7 @@ impl Cache {
             label: entry.label.clone(),
             session: entry.session.clone(),
         };
-        let plain =
-            Secret::new(serde_json::to_string(&stored).map_err(|e| Error::Crypto(e.to_string()))?);
+        let plain = Secret::new(serde_json::to_string(&stored).map_err(|e| Error::Crypto(e.to_string()))?);
         drop(stored);
         let sealed = age::encrypt(&self.identity.to_public(), plain.expose().as_bytes())
             .map_err(|e| Error::Crypto(e.to_string()))?;
@@ -200,11 +191,7 @@ impl Cache {
             .map_err(io("write", &path))?;
         temp.write_all(&sealed).map_err(io("write", &path))?;
         temp.as_file().sync_all().map_err(io("write", &path))?;
-        temp.persist(&path).map_err(|e| Error::Io {
-            what: "write",
-            path: path.clone(),
-            source: e.error,
-        })?;
+        temp.persist(&path).map_err(|e| Error::Io { what: "write", path: path.clone(), source: e.error })?;
         Ok(())
     }
 
@@ -233,29 +220,21 @@ impl Cache {
 /// The memory-backed directory that holds the key: `$MAYFLY_RUNTIME_DIR`, else
 /// `$XDG_RUNTIME_DIR/mayfly`, else `/dev/shm/mayfly-<uid>`. It must be on tmpfs or ramfs.
 fn key_dir(env: &Env) -> Result<PathBuf, Error> {
-    let uid = fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .map_err(|e| Error::NoKeyStore(e.to_string()))?;
+    let uid = fs::metadata("/proc/self").map(|m| m.uid()).map_err(|e| Error::NoKeyStore(e.to_string()))?;
     let candidates = [
         env.path(EnvVars::MAYFLY_RUNTIME_DIR),
         env.path(EnvVars::XDG_RUNTIME_DIR).map(|d| d.join("mayfly")),
         Some(PathBuf::from(format!("/dev/shm/mayfly-{uid}"))),
     ];
     let explicit = env.get(EnvVars::MAYFLY_RUNTIME_DIR).is_some();
-    for dir in candidates
-        .into_iter()
-        .flatten()
-        .take(if explicit { 1 } else { 3 })
-    {
+    for dir in candidates.into_iter().flatten().take(if explicit { 1 } else { 3 }) {
         let Some(parent) = dir.parent() else { continue };
         if parent.is_dir() && is_memory_backed(parent) {
             private_dir(&dir)?;
             return Ok(dir);
         }
     }
-    Err(Error::NoKeyStore(
-        "set XDG_RUNTIME_DIR or mount /dev/shm".into(),
-    ))
+    Err(Error::NoKeyStore("set XDG_RUNTIME_DIR or mount /dev/shm".into()))
 }
 
 /// True when the path is on tmpfs or ramfs, per `/proc/self/mounts`.
@@ -280,15 +259,9 @@ fn is_memory_backed(path: &Path) -> bool {
 
 /// Creates a 0700 directory, or checks that an existing one is ours and private.
 fn private_dir(dir: &Path) -> Result<(), Error> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io("create", dir))?;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io("create", dir))?;
     let meta = fs::symlink_metadata(dir).map_err(io("inspect", dir))?;
-    let uid = fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(u32::MAX);
+    let uid = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
     if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
         return Err(Error::Io {
             what: "directory is not private (want a 0700 directory owned by you)",
@@ -312,8 +285,7 @@ fn load_or_create_key(dir: &Path) -> Result<age::x25519::Identity, Error> {
         .permissions(fs::Permissions::from_mode(0o600))
         .tempfile_in(dir)
         .map_err(io("create key", &path))?;
-    temp.write_all(identity.to_string().expose_secret().as_bytes())
-        .map_err(io("create key", &path))?;
+    temp.write_all(identity.to_string().expose_secret().as_bytes()).map_err(io("create key", &path))?;
     match fs::hard_link(temp.path(), &path) {
         Ok(()) => Ok(identity),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -333,20 +305,11 @@ mod tests {
     use super::*;
 
     fn test_cache() -> (tempfile::TempDir, tempfile::TempDir, Cache) {
-        let runtime = tempfile::Builder::new()
-            .prefix("mayfly-test-")
-            .tempdir_in("/dev/shm")
-            .unwrap();
+        let runtime = tempfile::Builder::new().prefix("mayfly-test-").tempdir_in("/dev/shm").unwrap();
         let cache_dir = tempfile::tempdir().unwrap();
         let env = Env::from_pairs([
-            (
-                EnvVars::MAYFLY_RUNTIME_DIR,
-                runtime.path().join("rt").display().to_string(),
-            ),
-            (
-                EnvVars::MAYFLY_CACHE_DIR,
-                cache_dir.path().join("tokens").display().to_string(),
-            ),
+            (EnvVars::MAYFLY_RUNTIME_DIR, runtime.path().join("rt").display().to_string()),
+            (EnvVars::MAYFLY_CACHE_DIR, cache_dir.path().join("tokens").display().to_string()),
         ]);
         let cache = Cache::open(&env).unwrap();
         (runtime, cache_dir, cache)
@@ -371,18 +334,10 @@ mod tests {
         let (_rt, _dir, cache) = test_cache();
         let key = Cache::key(&["git", "h", "a", "read"]);
         let lock = cache.lock(&key).unwrap();
-        cache
-            .put(&key, &entry("tok-plaintext-marker", 200, 150), &lock)
-            .unwrap();
+        cache.put(&key, &entry("tok-plaintext-marker", 200, 150), &lock).unwrap();
         let raw = fs::read(cache.entry_path(&key)).unwrap();
-        assert!(
-            !raw.windows(20).any(|w| w == b"tok-plaintext-marker"),
-            "entry is not encrypted"
-        );
-        assert_eq!(
-            fs::metadata(cache.entry_path(&key)).unwrap().mode() & 0o777,
-            0o600
-        );
+        assert!(!raw.windows(20).any(|w| w == b"tok-plaintext-marker"), "entry is not encrypted");
+        assert_eq!(fs::metadata(cache.entry_path(&key)).unwrap().mode() & 0o777, 0o600);
         let got = cache.get(&key, 100).unwrap();
         assert_eq!(got.token.expose(), "tok-plaintext-marker");
         assert_eq!(got.token_id.as_deref(), Some("jti-1"));
@@ -415,10 +370,7 @@ mod tests {
     #[test]
     fn key_dir_must_be_memory_backed() {
         let disk = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        let env = Env::from_pairs([(
-            EnvVars::MAYFLY_RUNTIME_DIR,
-            disk.path().join("rt").display().to_string(),
-        )]);
+        let env = Env::from_pairs([(EnvVars::MAYFLY_RUNTIME_DIR, disk.path().join("rt").display().to_string())]);
         assert!(matches!(Cache::open(&env), Err(Error::NoKeyStore(_))));
         assert!(is_memory_backed(Path::new("/dev/shm")));
     }

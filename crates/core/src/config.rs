@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::target::{
-    Operation, Target, Tool, is_segment_prefix, normalize_host, normalize_repo_path,
-};
+use crate::target::{Operation, Target, Tool, is_segment_prefix, normalize_host, normalize_repo_path};
 use crate::{Env, EnvVars, parse_duration};
 
 /// Default lifetime asked for a minted token.
@@ -266,8 +264,7 @@ impl Route {
 impl Config {
     /// The config path: `$MAYFLY_CONFIG`, else `$XDG_CONFIG_HOME/mayfly/config.toml`.
     pub fn default_path(env: &Env) -> Option<PathBuf> {
-        env.path(EnvVars::MAYFLY_CONFIG)
-            .or_else(|| Some(env.config_dir()?.join("config.toml")))
+        env.path(EnvVars::MAYFLY_CONFIG).or_else(|| Some(env.config_dir()?.join("config.toml")))
     }
 
     /// Loads the config; a missing default file is an empty config (no routes).
@@ -277,10 +274,7 @@ impl Config {
         };
         match std::fs::read_to_string(&path) {
             Ok(text) => Self::parse(&text, &path),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::NotFound
-                    && env.get(EnvVars::MAYFLY_CONFIG).is_none() =>
-            {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && env.get(EnvVars::MAYFLY_CONFIG).is_none() => {
                 Ok(Self::empty(path))
             }
             Err(source) => Err(Error::Read { path, source }),
@@ -299,14 +293,9 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| Error::Parse {
-            path: path.into(),
-            message: e.message().to_owned(),
-        })?;
-        let invalid = |message: String| Error::Invalid {
-            path: path.into(),
-            message,
-        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| Error::Parse { path: path.into(), message: e.message().to_owned() })?;
+        let invalid = |message: String| Error::Invalid { path: path.into(), message };
         let refresh_margin = raw
             .settings
             .refresh_margin
@@ -327,13 +316,7 @@ impl Config {
             .map(|(name, raw)| Ok((name.clone(), exchange(name, raw)?)))
             .collect::<Result<_, String>>()
             .map_err(invalid)?;
-        let mut config = Self {
-            path: path.into(),
-            refresh_margin,
-            identities,
-            exchanges,
-            routes: Vec::new(),
-        };
+        let mut config = Self { path: path.into(), refresh_margin, identities, exchanges, routes: Vec::new() };
         for (index, raw) in raw.routes.into_iter().enumerate() {
             let route = config.route(index, raw).map_err(invalid)?;
             config.routes.push(route);
@@ -342,24 +325,13 @@ impl Config {
     }
 
     fn route(&self, index: usize, raw: RawRoute) -> Result<Route, String> {
-        let tool: Tool = raw
-            .tool
-            .parse()
-            .map_err(|e| format!("route {}: {e}", index + 1))?;
+        let tool: Tool = raw.tool.parse().map_err(|e| format!("route {}: {e}", index + 1))?;
         if tool == Tool::Aws {
             return self.aws_route(index, raw);
         }
-        let protocol = raw
-            .protocol
-            .clone()
-            .unwrap_or_else(|| "https".into())
-            .to_ascii_lowercase();
-        let raw_host = raw
-            .host
-            .as_deref()
-            .ok_or_else(|| format!("route {}: needs `host`", index + 1))?;
-        let host =
-            normalize_host(&protocol, raw_host).map_err(|e| format!("route {}: {e}", index + 1))?;
+        let protocol = raw.protocol.clone().unwrap_or_else(|| "https".into()).to_ascii_lowercase();
+        let raw_host = raw.host.as_deref().ok_or_else(|| format!("route {}: needs `host`", index + 1))?;
+        let host = normalize_host(&protocol, raw_host).map_err(|e| format!("route {}: {e}", index + 1))?;
         let path = match &raw.path {
             Some(p) => normalize_repo_path(p).map_err(|e| format!("route {}: {e}", index + 1))?,
             None => None,
@@ -369,9 +341,7 @@ impl Config {
             None => format!("{}:{host}", tool.as_str()),
         });
         if protocol != "https" && !(protocol == "http" && crate::http::is_loopback_host(&host)) {
-            return Err(format!(
-                "route `{name}`: protocol `{protocol}` is not allowed (https, or http to loopback)"
-            ));
+            return Err(format!("route `{name}`: protocol `{protocol}` is not allowed (https, or http to loopback)"));
         }
         self.check_names(&name, &raw, ExchangeKind::Rfc8693)?;
         let operations = raw
@@ -381,25 +351,16 @@ impl Config {
             .map(|o| o.parse())
             .collect::<Result<Vec<Operation>, _>>()
             .map_err(|e| format!("route `{name}`: {e}"))?;
-        let ttl = raw
-            .ttl
-            .as_deref()
-            .map(parse_duration)
-            .transpose()?
-            .unwrap_or(DEFAULT_TTL);
+        let ttl = raw.ttl.as_deref().map(parse_duration).transpose()?.unwrap_or(DEFAULT_TTL);
         let scheme = match raw.scheme.as_deref().unwrap_or("bearer") {
             "bearer" => Scheme::Bearer,
             "basic" => Scheme::Basic,
             other => {
-                return Err(format!(
-                    "route `{name}`: unknown scheme `{other}` (bearer or basic)"
-                ));
+                return Err(format!("route `{name}`: unknown scheme `{other}` (bearer or basic)"));
             }
         };
         Ok(Route {
-            audience: raw
-                .audience
-                .unwrap_or_else(|| format!("{protocol}://{host}")),
+            audience: raw.audience.unwrap_or_else(|| format!("{protocol}://{host}")),
             scope: raw.scope.unwrap_or_else(|| tool.default_scope().into()),
             username: raw.username.unwrap_or_else(|| "x-access-token".into()),
             identity: raw.identity,
@@ -420,20 +381,13 @@ impl Config {
     /// Identity and exchange names must resolve, and the exchange must speak `kind`.
     fn check_names(&self, name: &str, raw: &RawRoute, kind: ExchangeKind) -> Result<(), String> {
         if !self.identities.contains_key(&raw.identity) {
-            return Err(format!(
-                "route `{name}`: no identity named `{}`",
-                raw.identity
-            ));
+            return Err(format!("route `{name}`: no identity named `{}`", raw.identity));
         }
         match self.exchanges.get(&raw.exchange) {
-            None => Err(format!(
-                "route `{name}`: no exchange named `{}`",
-                raw.exchange
-            )),
-            Some(e) if e.kind != kind => Err(format!(
-                "route `{name}`: exchange `{}` is not of the kind this tool needs",
-                raw.exchange
-            )),
+            None => Err(format!("route `{name}`: no exchange named `{}`", raw.exchange)),
+            Some(e) if e.kind != kind => {
+                Err(format!("route `{name}`: exchange `{}` is not of the kind this tool needs", raw.exchange))
+            }
             Some(_) => Ok(()),
         }
     }
@@ -441,15 +395,10 @@ impl Config {
     /// An AWS route is chosen by name, not matched by host:
     /// `credential_process = mayfly-aws-credential NAME`.
     fn aws_route(&self, index: usize, raw: RawRoute) -> Result<Route, String> {
-        let name = raw
-            .name
-            .clone()
-            .ok_or_else(|| format!("route {}: an aws route needs a `name`", index + 1))?;
+        let name = raw.name.clone().ok_or_else(|| format!("route {}: an aws route needs a `name`", index + 1))?;
         let key = crate::target::aws_key(&name).map_err(|e| format!("route `{name}`: {e}"))?;
         if raw.host.is_some() || raw.path.is_some() {
-            return Err(format!(
-                "route `{name}`: an aws route is chosen by name, not by `host` or `path`"
-            ));
+            return Err(format!("route `{name}`: an aws route is chosen by name, not by `host` or `path`"));
         }
         self.check_names(&name, &raw, ExchangeKind::AwsSts)?;
         let role_arn = raw
@@ -458,16 +407,9 @@ impl Config {
             .filter(|a| a.starts_with("arn:"))
             .ok_or_else(|| format!("route `{name}`: needs `role_arn`"))?;
         // AWS grants 15 minutes to 12 hours; botocore asks again 15 minutes before expiry.
-        let ttl = raw
-            .ttl
-            .as_deref()
-            .map(parse_duration)
-            .transpose()?
-            .unwrap_or(Duration::from_secs(3600));
+        let ttl = raw.ttl.as_deref().map(parse_duration).transpose()?.unwrap_or(Duration::from_secs(3600));
         if ttl < Duration::from_secs(900) {
-            return Err(format!(
-                "route `{name}`: AWS credentials live at least 15m (ttl)"
-            ));
+            return Err(format!("route `{name}`: AWS credentials live at least 15m (ttl)"));
         }
         Ok(Route {
             tool: Tool::Aws,
@@ -498,80 +440,43 @@ impl Config {
 
     /// True when some route serves this tool and host, whatever the path.
     pub fn serves_host(&self, tool: Tool, protocol: &str, host: &str) -> bool {
-        self.routes
-            .iter()
-            .any(|r| r.tool == tool && r.protocol == protocol && r.host == host)
+        self.routes.iter().any(|r| r.tool == tool && r.protocol == protocol && r.host == host)
     }
 }
 
 fn identity(name: String, raw: RawIdentity) -> Result<IdentityConfig, String> {
     let missing = |field: &str| format!("identity `{name}` ({}) needs `{field}`", raw.kind);
     let kind = match raw.kind.as_str() {
-        "github-actions" => IdentityKind::GitHubActions {
-            request_url: raw.request_url.clone(),
-        },
-        "file" => IdentityKind::File {
-            path: raw.path.clone().ok_or_else(|| missing("path"))?,
-        },
-        "env" => IdentityKind::Env {
-            var: raw.var.clone().ok_or_else(|| missing("var"))?,
-        },
+        "github-actions" => IdentityKind::GitHubActions { request_url: raw.request_url.clone() },
+        "file" => IdentityKind::File { path: raw.path.clone().ok_or_else(|| missing("path"))? },
+        "env" => IdentityKind::Env { var: raw.var.clone().ok_or_else(|| missing("var"))? },
         "command" => {
-            let argv = raw
-                .command
-                .clone()
-                .filter(|c| !c.is_empty())
-                .ok_or_else(|| missing("command"))?;
+            let argv = raw.command.clone().filter(|c| !c.is_empty()).ok_or_else(|| missing("command"))?;
             IdentityKind::Command { argv }
         }
         other => {
-            return Err(format!(
-                "identity `{name}`: unknown kind `{other}` (github-actions, file, env or command)"
-            ));
+            return Err(format!("identity `{name}`: unknown kind `{other}` (github-actions, file, env or command)"));
         }
     };
-    Ok(IdentityConfig {
-        name,
-        kind,
-        audience: raw.audience,
-    })
+    Ok(IdentityConfig { name, kind, audience: raw.audience })
 }
 
 fn exchange(name: String, raw: RawExchange) -> Result<ExchangeConfig, String> {
     let (kind, endpoint) = match raw.kind.as_str() {
         "rfc8693" => {
-            let endpoint = raw
-                .token_endpoint
-                .ok_or_else(|| format!("exchange `{name}`: needs `token_endpoint`"))?;
+            let endpoint = raw.token_endpoint.ok_or_else(|| format!("exchange `{name}`: needs `token_endpoint`"))?;
             (ExchangeKind::Rfc8693, endpoint)
         }
-        "aws-sts" => (
-            ExchangeKind::AwsSts,
-            raw.token_endpoint
-                .unwrap_or_else(|| AWS_STS_ENDPOINT.into()),
-        ),
+        "aws-sts" => (ExchangeKind::AwsSts, raw.token_endpoint.unwrap_or_else(|| AWS_STS_ENDPOINT.into())),
         other => {
-            return Err(format!(
-                "exchange `{name}`: unknown kind `{other}` (rfc8693 or aws-sts)"
-            ));
+            return Err(format!("exchange `{name}`: unknown kind `{other}` (rfc8693 or aws-sts)"));
         }
     };
-    let token_endpoint = url::Url::parse(&endpoint)
-        .map_err(|e| format!("exchange `{name}`: invalid token_endpoint: {e}"))?;
+    let token_endpoint =
+        url::Url::parse(&endpoint).map_err(|e| format!("exchange `{name}`: invalid token_endpoint: {e}"))?;
     crate::http::check_url(&token_endpoint).map_err(|e| format!("exchange `{name}`: {e}"))?;
-    let timeout = raw
-        .timeout
-        .as_deref()
-        .map(parse_duration)
-        .transpose()?
-        .unwrap_or(Duration::from_secs(15));
-    Ok(ExchangeConfig {
-        name,
-        kind,
-        token_endpoint,
-        ca_file: raw.ca_file,
-        timeout,
-    })
+    let timeout = raw.timeout.as_deref().map(parse_duration).transpose()?.unwrap_or(Duration::from_secs(15));
+    Ok(ExchangeConfig { name, kind, token_endpoint, ca_file: raw.ca_file, timeout })
 }
 
 #[cfg(test)]
@@ -611,39 +516,17 @@ mod tests {
     #[test]
     fn routes_match_exact_host_and_longest_segment_prefix() {
         let config = Config::parse(SAMPLE, Path::new("t.toml")).unwrap();
-        let app = config
-            .route_for(&target("git.example.com", Some("org/app.git")))
-            .unwrap();
+        let app = config.route_for(&target("git.example.com", Some("org/app.git"))).unwrap();
         assert_eq!(app.name, "git:git.example.com");
         assert_eq!(app.operations, vec![Operation::Read, Operation::Write]);
-        let docs = config
-            .route_for(&target("GIT.example.com", Some("org/docs/sub")))
-            .unwrap();
+        let docs = config.route_for(&target("GIT.example.com", Some("org/docs/sub"))).unwrap();
         assert_eq!(docs.name, "docs read-only");
         assert_eq!(docs.ttl, Duration::from_secs(300));
         assert_eq!(docs.operations, vec![Operation::Read]);
-        assert_eq!(
-            config
-                .route_for(&target("git.example.com", Some("org/docsy")))
-                .unwrap()
-                .name,
-            app.name
-        );
-        assert!(
-            config
-                .route_for(&target("git.example.com.evil", None))
-                .is_none()
-        );
-        assert!(
-            config
-                .route_for(&target("evil.git.example.com", None))
-                .is_none()
-        );
-        assert!(
-            config
-                .route_for(&target("git.example.com:8443", None))
-                .is_none()
-        );
+        assert_eq!(config.route_for(&target("git.example.com", Some("org/docsy"))).unwrap().name, app.name);
+        assert!(config.route_for(&target("git.example.com.evil", None)).is_none());
+        assert!(config.route_for(&target("evil.git.example.com", None)).is_none());
+        assert!(config.route_for(&target("git.example.com:8443", None)).is_none());
     }
 
     #[test]
@@ -657,18 +540,11 @@ mod tests {
 
     #[test]
     fn names_must_resolve_and_plain_http_is_loopback_only() {
-        let bad = SAMPLE.replace(
-            "exchange = \"corp\"\n        operations",
-            "exchange = \"nope\"\n        operations",
-        );
-        let err = Config::parse(&bad, Path::new("t.toml"))
-            .unwrap_err()
-            .to_string();
+        let bad = SAMPLE.replace("exchange = \"corp\"\n        operations", "exchange = \"nope\"\n        operations");
+        let err = Config::parse(&bad, Path::new("t.toml")).unwrap_err().to_string();
         assert!(err.contains("no exchange named `nope`"), "{err}");
         let http = SAMPLE.replace("https://sts.example.com", "http://sts.example.com");
-        let err = Config::parse(&http, Path::new("t.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse(&http, Path::new("t.toml")).unwrap_err().to_string();
         assert!(err.contains("plain http"), "{err}");
         let loopback = SAMPLE.replace("https://sts.example.com", "http://127.0.0.1:8080");
         assert!(Config::parse(&loopback, Path::new("t.toml")).is_ok());
@@ -676,9 +552,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_errors() {
-        let err = Config::parse("[settings]\nrefresh = 1\n", Path::new("t.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse("[settings]\nrefresh = 1\n", Path::new("t.toml")).unwrap_err().to_string();
         assert!(err.contains("unknown field"), "{err}");
     }
 }

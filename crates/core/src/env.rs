@@ -53,23 +53,13 @@ impl Env {
     }
 
     /// An environment made of the given pairs only.
-    pub fn from_pairs<K: Into<String>, V: Into<String>>(
-        pairs: impl IntoIterator<Item = (K, V)>,
-    ) -> Self {
-        Self {
-            vars: pairs
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        }
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+        Self { vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
     }
 
     /// A variable's value; an empty value counts as unset.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.vars
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+        self.vars.get(name).map(String::as_str).filter(|v| !v.is_empty())
     }
 
     /// A path-valued variable.
@@ -82,17 +72,12 @@ impl Env {
     }
 
     fn xdg(&self, var: &str, fallback: &str) -> Option<PathBuf> {
-        self.path(var)
-            .filter(|p| p.is_absolute())
-            .or_else(|| Some(self.home()?.join(fallback)))
+        self.path(var).filter(|p| p.is_absolute()).or_else(|| Some(self.home()?.join(fallback)))
     }
 
     /// `$XDG_CONFIG_HOME/mayfly`.
     pub fn config_dir(&self) -> Option<PathBuf> {
-        Some(
-            self.xdg(EnvVars::XDG_CONFIG_HOME, ".config")?
-                .join("mayfly"),
-        )
+        Some(self.xdg(EnvVars::XDG_CONFIG_HOME, ".config")?.join("mayfly"))
     }
 
     /// `$XDG_CACHE_HOME/mayfly`.
@@ -102,9 +87,6 @@ impl Env {
 
     /// `$XDG_STATE_HOME/mayfly`.
     pub fn state_dir(&self) -> Option<PathBuf> {
-        Some(
-            self.xdg(EnvVars::XDG_STATE_HOME, ".local/state")?
-                .join("mayfly"),
-        )
+        Some(self.xdg(EnvVars::XDG_STATE_HOME, ".local/state")?.join("mayfly"))
     }
 }

@@ -107,10 +107,7 @@ pub(crate) fn form(request: &ExchangeRequest<'_>) -> Vec<(&'static str, String)>
         ("audience", request.audience.into()),
         ("scope", request.scope.into()),
         ("requested_ttl", request.ttl.as_secs().to_string()),
-        (
-            "intent",
-            serde_json::to_string(request.intent).unwrap_or_default(),
-        ),
+        ("intent", serde_json::to_string(request.intent).unwrap_or_default()),
     ]
 }
 
@@ -131,24 +128,15 @@ struct ErrorBody {
 
 /// Reads an exchange's answer.
 pub(crate) fn parse(exchange: &str, status: u16, body: &[u8]) -> Result<ExchangeResponse, Error> {
-    let malformed = |what: &str| Error::Malformed {
-        exchange: exchange.into(),
-        status,
-        what: what.into(),
-    };
+    let malformed = |what: &str| Error::Malformed { exchange: exchange.into(), status, what: what.into() };
     if status == 200 {
-        let body: TokenBody = serde_json::from_slice(body)
-            .map_err(|_| malformed("a body that is not a token response"))?;
-        let token = body
-            .access_token
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| malformed("no `access_token`"))?;
+        let body: TokenBody =
+            serde_json::from_slice(body).map_err(|_| malformed("a body that is not a token response"))?;
+        let token = body.access_token.filter(|t| !t.is_empty()).ok_or_else(|| malformed("no `access_token`"))?;
         if token.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(malformed("a token containing control characters or spaces"));
         }
-        let issued_token_type = body
-            .issued_token_type
-            .ok_or_else(|| malformed("no `issued_token_type`"))?;
+        let issued_token_type = body.issued_token_type.ok_or_else(|| malformed("no `issued_token_type`"))?;
         if body.token_type.is_none() {
             return Err(malformed("no `token_type`"));
         }
@@ -168,9 +156,7 @@ pub(crate) fn parse(exchange: &str, status: u16, body: &[u8]) -> Result<Exchange
         Ok(e) if (400..500).contains(&status) => Err(Error::Denied {
             exchange: exchange.into(),
             code: sanitize_for_terminal(&e.error),
-            description: e
-                .error_description
-                .map(|d| sanitize_for_terminal(&d).chars().take(300).collect()),
+            description: e.error_description.map(|d| sanitize_for_terminal(&d).chars().take(300).collect()),
         }),
         _ => Err(malformed("an error")),
     }
@@ -183,29 +169,19 @@ pub(crate) fn exchange(
     request: &ExchangeRequest<'_>,
 ) -> Result<ExchangeResponse, Error> {
     let url = &config.token_endpoint;
-    let http_error = |source| Error::Http {
-        exchange: config.name.clone(),
-        source,
-    };
+    let http_error = |source| Error::Http { exchange: config.name.clone(), source };
     let body = form(request);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let sent = http
-            .post(url)
-            .map_err(http_error)?
-            .header("Accept", "application/json")
-            .form(&body);
+        let sent = http.post(url).map_err(http_error)?.header("Accept", "application/json").form(&body);
         let retryable = match http.send(sent, url) {
             Ok((status, body)) if matches!(status, 502..=504) && attempt < ATTEMPTS => {
                 drop(body);
                 true
             }
             Ok((status, body)) => return parse(&config.name, status, &body),
-            Err(crate::http::Error::Send {
-                not_delivered: true,
-                ..
-            }) if attempt < ATTEMPTS => true,
+            Err(crate::http::Error::Send { not_delivered: true, .. }) if attempt < ATTEMPTS => true,
             Err(e) => return Err(http_error(e)),
         };
         if retryable {
@@ -221,12 +197,8 @@ mod tests {
     #[test]
     fn form_carries_rfc8693_fields_and_intent() {
         let token = Secret::new("subject-jwt");
-        let intent = Intent {
-            tool: "git".into(),
-            operation: "write".into(),
-            target: "https://h/r".into(),
-            ..Intent::default()
-        };
+        let intent =
+            Intent { tool: "git".into(), operation: "write".into(), target: "https://h/r".into(), ..Intent::default() };
         let request = ExchangeRequest {
             subject_token: &token,
             audience: "https://h",
@@ -235,11 +207,7 @@ mod tests {
             intent: &intent,
         };
         let form = form(&request);
-        let get = |k: &str| {
-            form.iter()
-                .find(|(key, _)| *key == k)
-                .map(|(_, v)| v.as_str())
-        };
+        let get = |k: &str| form.iter().find(|(key, _)| *key == k).map(|(_, v)| v.as_str());
         assert_eq!(get("grant_type"), Some(TOKEN_EXCHANGE_GRANT));
         assert_eq!(get("subject_token"), Some("subject-jwt"));
         assert_eq!(get("subject_token_type"), Some(ID_TOKEN_TYPE));
@@ -269,11 +237,7 @@ mod tests {
             br#"{"access_token":"a","token_type":"Bearer"}"#,
         ];
         for body in cases {
-            assert!(
-                matches!(parse("x", 200, body), Err(Error::Malformed { .. })),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
+            assert!(matches!(parse("x", 200, body), Err(Error::Malformed { .. })), "{}", String::from_utf8_lossy(body));
         }
     }
 
@@ -281,14 +245,9 @@ mod tests {
     fn rfc6749_errors_become_one_clean_line() {
         let body = br#"{"error":"invalid_target","error_description":"audience not allowed\u001b[31m\nsecond line"}"#;
         let err = parse("corp", 400, body).unwrap_err().to_string();
-        assert_eq!(
-            err,
-            "exchange `corp` refused: invalid_target: audience not allowed\u{fffd}[31m\u{fffd}second line"
-        );
+        assert_eq!(err, "exchange `corp` refused: invalid_target: audience not allowed\u{fffd}[31m\u{fffd}second line");
         assert!(!err.contains('\n'));
-        let err = parse("corp", 500, b"<html>oops</html>")
-            .unwrap_err()
-            .to_string();
+        let err = parse("corp", 500, b"<html>oops</html>").unwrap_err().to_string();
         assert_eq!(err, "exchange `corp` answered 500 with an error");
     }
 }

@@ -51,14 +51,11 @@ pub enum Error {
 /// True for `localhost` and loopback IP literals (with or without port).
 pub(crate) fn is_loopback_host(host: &str) -> bool {
     let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.ends_with(':') => {
-            name
-        }
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.ends_with(':') => name,
         _ => host,
     };
     let name = name.trim_start_matches('[').trim_end_matches(']');
-    name.eq_ignore_ascii_case("localhost")
-        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// True when the URL points at this machine's loopback interface.
@@ -106,13 +103,9 @@ impl HttpClient {
             .redirect(same_origin_redirects())
             .no_proxy();
         if let Some(path) = ca_file {
-            let ca_error = |message: String| Error::Ca {
-                path: path.display().to_string(),
-                message,
-            };
+            let ca_error = |message: String| Error::Ca { path: path.display().to_string(), message };
             let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
             builder = builder.tls_certs_merge(certs);
         }
         let client = builder.build().map_err(|e| Error::Send {
@@ -148,14 +141,11 @@ impl HttpClient {
             return Err(Error::Redirect { url: shown });
         }
         let mut body = Vec::new();
-        response
-            .take(MAX_BODY + 1)
-            .read_to_end(&mut body)
-            .map_err(|e| Error::Send {
-                url: shown.clone(),
-                message: e.to_string(),
-                not_delivered: false,
-            })?;
+        response.take(MAX_BODY + 1).read_to_end(&mut body).map_err(|e| Error::Send {
+            url: shown.clone(),
+            message: e.to_string(),
+            not_delivered: false,
+        })?;
         if body.len() as u64 > MAX_BODY {
             return Err(Error::TooLarge(shown));
         }
@@ -166,25 +156,14 @@ impl HttpClient {
 /// Follows a redirect only to the same origin; credentials never leave it.
 fn same_origin_redirects() -> redirect::Policy {
     redirect::Policy::custom(|attempt| {
-        let same = attempt
-            .previous()
-            .last()
-            .is_some_and(|prev| prev.origin() == attempt.url().origin());
-        if same && attempt.previous().len() < 3 {
-            attempt.follow()
-        } else {
-            attempt.stop()
-        }
+        let same = attempt.previous().last().is_some_and(|prev| prev.origin() == attempt.url().origin());
+        if same && attempt.previous().len() < 3 { attempt.follow() } else { attempt.stop() }
     })
 }
 
 /// The error and its causes in one line, without the URL (callers add a redacted one).
 fn describe(error: &reqwest::Error) -> String {
-    let mut message = if error.is_timeout() {
-        "timed out".to_owned()
-    } else {
-        String::new()
-    };
+    let mut message = if error.is_timeout() { "timed out".to_owned() } else { String::new() };
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if !message.is_empty() {
@@ -210,41 +189,21 @@ mod tests {
 
     #[test]
     fn loopback_detection() {
-        for host in [
-            "127.0.0.1",
-            "127.0.0.1:8080",
-            "localhost:1",
-            "[::1]:443",
-            "[::1]",
-            "127.9.9.9",
-        ] {
+        for host in ["127.0.0.1", "127.0.0.1:8080", "localhost:1", "[::1]:443", "[::1]", "127.9.9.9"] {
             assert!(is_loopback_host(host), "{host}");
         }
-        for host in [
-            "10.0.0.1",
-            "example.com",
-            "127.0.0.1.example.com",
-            "localhost.evil",
-        ] {
+        for host in ["10.0.0.1", "example.com", "127.0.0.1.example.com", "localhost.evil"] {
             assert!(!is_loopback_host(host), "{host}");
         }
     }
 
     #[test]
     fn plain_http_only_to_loopback() {
-        let ok = [
-            "https://sts.example.com/token",
-            "http://127.0.0.1:9/token",
-            "http://localhost/x",
-        ];
+        let ok = ["https://sts.example.com/token", "http://127.0.0.1:9/token", "http://localhost/x"];
         for url in ok {
             assert!(check_url(&url::Url::parse(url).unwrap()).is_ok(), "{url}");
         }
-        let bad = [
-            "http://sts.example.com/token",
-            "ftp://127.0.0.1/",
-            "http://127.0.0.1.nip.io/",
-        ];
+        let bad = ["http://sts.example.com/token", "ftp://127.0.0.1/", "http://127.0.0.1.nip.io/"];
         for url in bad {
             assert!(check_url(&url::Url::parse(url).unwrap()).is_err(), "{url}");
         }

@@ -54,31 +54,20 @@ impl SubjectToken {
     fn new(source: &str, token: String, now: i64) -> Result<Self, Error> {
         let token = token.trim().to_owned();
         if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(Error::Malformed(format!(
-                "identity `{source}` gave an empty or malformed token"
-            )));
+            return Err(Error::Malformed(format!("identity `{source}` gave an empty or malformed token")));
         }
         let claims = peek_claims(&token).unwrap_or_default();
         if let Some(exp) = claims.exp
             && exp <= now
         {
-            return Err(Error::Expired {
-                source_name: source.into(),
-                expired_at: crate::audit::rfc3339(exp),
-            });
+            return Err(Error::Expired { source_name: source.into(), expired_at: crate::audit::rfc3339(exp) });
         }
-        Ok(Self {
-            token: Secret::new(token),
-            claims,
-        })
+        Ok(Self { token: Secret::new(token), claims })
     }
 
     /// True when the source's answer is worth caching (it cost a round trip).
     pub(crate) fn cacheable(kind: &IdentityKind) -> bool {
-        matches!(
-            kind,
-            IdentityKind::GitHubActions { .. } | IdentityKind::Command { .. }
-        )
+        matches!(kind, IdentityKind::GitHubActions { .. } | IdentityKind::Command { .. })
     }
 }
 
@@ -96,17 +85,11 @@ pub(crate) fn fetch(
             github_actions(source, request_url.as_deref(), audience, env, &http()?)?
         }
         IdentityKind::File { path } => std::fs::read_to_string(path).map_err(|e| {
-            Error::Unavailable(format!(
-                "identity `{}`: cannot read `{}`: {e}",
-                source.name,
-                path.display()
-            ))
+            Error::Unavailable(format!("identity `{}`: cannot read `{}`: {e}", source.name, path.display()))
         })?,
         IdentityKind::Env { var } => env
             .get(var)
-            .ok_or_else(|| {
-                Error::Unavailable(format!("identity `{}`: `{var}` is not set", source.name))
-            })?
+            .ok_or_else(|| Error::Unavailable(format!("identity `{}`: `{var}` is not set", source.name)))?
             .to_owned(),
         IdentityKind::Command { argv } => command(source, argv, audience)?,
     };
@@ -123,28 +106,14 @@ fn github_actions(
     http: &HttpClient,
 ) -> Result<String, Error> {
     let hint = "the job needs `permissions: id-token: write`";
-    let url = request_url
-        .or(env.get(EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL))
-        .ok_or_else(|| {
-            Error::Unavailable(format!(
-                "identity `{}`: `ACTIONS_ID_TOKEN_REQUEST_URL` is not set ({hint})",
-                source.name
-            ))
-        })?;
-    let bearer = env
-        .get(EnvVars::ACTIONS_ID_TOKEN_REQUEST_TOKEN)
-        .ok_or_else(|| {
-            Error::Unavailable(format!(
-                "identity `{}`: `ACTIONS_ID_TOKEN_REQUEST_TOKEN` is not set ({hint})",
-                source.name
-            ))
-        })?;
-    let mut url = url::Url::parse(url).map_err(|e| {
-        Error::Unavailable(format!(
-            "identity `{}`: invalid request URL: {e}",
-            source.name
-        ))
+    let url = request_url.or(env.get(EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL)).ok_or_else(|| {
+        Error::Unavailable(format!("identity `{}`: `ACTIONS_ID_TOKEN_REQUEST_URL` is not set ({hint})", source.name))
     })?;
+    let bearer = env.get(EnvVars::ACTIONS_ID_TOKEN_REQUEST_TOKEN).ok_or_else(|| {
+        Error::Unavailable(format!("identity `{}`: `ACTIONS_ID_TOKEN_REQUEST_TOKEN` is not set ({hint})", source.name))
+    })?;
+    let mut url = url::Url::parse(url)
+        .map_err(|e| Error::Unavailable(format!("identity `{}`: invalid request URL: {e}", source.name)))?;
     if let Some(audience) = audience {
         // The URL already carries a query; append, never replace.
         url.query_pairs_mut().append_pair("audience", audience);
@@ -154,17 +123,11 @@ fn github_actions(
         if attempt > 0 {
             std::thread::sleep(Duration::from_millis(200 << attempt));
         }
-        let request = http
-            .get(&url)?
-            .bearer_auth(bearer)
-            .header("Accept", "application/json");
+        let request = http.get(&url)?.bearer_auth(bearer).header("Accept", "application/json");
         match http.send(request, &url) {
             Ok((200, body)) => return parse_github(&source.name, &body),
             Ok((status, _)) if status >= 500 => {
-                last = Some(Error::Unavailable(format!(
-                    "identity `{}`: OIDC endpoint answered {status}",
-                    source.name
-                )))
+                last = Some(Error::Unavailable(format!("identity `{}`: OIDC endpoint answered {status}", source.name)))
             }
             Ok((status, _)) => {
                 return Err(Error::Unavailable(format!(
@@ -172,16 +135,8 @@ fn github_actions(
                     source.name
                 )));
             }
-            Err(crate::http::Error::Send {
-                not_delivered: true,
-                url,
-                message,
-            }) => {
-                last = Some(Error::Http(crate::http::Error::Send {
-                    url,
-                    message,
-                    not_delivered: true,
-                }));
+            Err(crate::http::Error::Send { not_delivered: true, url, message }) => {
+                last = Some(Error::Http(crate::http::Error::Send { url, message, not_delivered: true }));
             }
             Err(e) => return Err(e.into()),
         }
@@ -194,31 +149,15 @@ fn parse_github(source: &str, body: &[u8]) -> Result<String, Error> {
     struct Answer {
         value: Option<String>,
     }
-    let answer: Answer = serde_json::from_slice(body).map_err(|_| {
-        Error::Malformed(format!(
-            "identity `{source}`: OIDC endpoint answer is not JSON"
-        ))
-    })?;
-    answer.value.ok_or_else(|| {
-        Error::Malformed(format!(
-            "identity `{source}`: OIDC endpoint answer has no `value`"
-        ))
-    })
+    let answer: Answer = serde_json::from_slice(body)
+        .map_err(|_| Error::Malformed(format!("identity `{source}`: OIDC endpoint answer is not JSON")))?;
+    answer.value.ok_or_else(|| Error::Malformed(format!("identity `{source}`: OIDC endpoint answer has no `value`")))
 }
 
 /// Runs a command (no shell) and takes its stdout; `{audience}` in arguments is replaced.
-fn command(
-    source: &IdentityConfig,
-    argv: &[String],
-    audience: Option<&str>,
-) -> Result<String, Error> {
-    let args: Vec<String> = argv
-        .iter()
-        .map(|a| a.replace("{audience}", audience.unwrap_or("")))
-        .collect();
-    let fail = |why: String| {
-        Error::Unavailable(format!("identity `{}`: `{}` {why}", source.name, args[0]))
-    };
+fn command(source: &IdentityConfig, argv: &[String], audience: Option<&str>) -> Result<String, Error> {
+    let args: Vec<String> = argv.iter().map(|a| a.replace("{audience}", audience.unwrap_or(""))).collect();
+    let fail = |why: String| Error::Unavailable(format!("identity `{}`: `{}` {why}", source.name, args[0]));
     let mut child = Command::new(&args[0])
         .args(&args[1..])
         .stdin(Stdio::null())
@@ -226,17 +165,10 @@ fn command(
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| fail(format!("could not start: {e}")))?;
-    let mut stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| fail("has no stdout".into()))?;
+    let mut stdout = child.stdout.take().ok_or_else(|| fail("has no stdout".into()))?;
     let reader = std::thread::spawn(move || {
         let mut out = String::new();
-        stdout
-            .by_ref()
-            .take(crate::http::MAX_BODY)
-            .read_to_string(&mut out)
-            .map(|_| out)
+        stdout.by_ref().take(crate::http::MAX_BODY).read_to_string(&mut out).map(|_| out)
     });
     let started = Instant::now();
     let status = loop {
@@ -246,17 +178,11 @@ fn command(
         if started.elapsed() > COMMAND_TIMEOUT {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(fail(format!(
-                "timed out after {}s",
-                COMMAND_TIMEOUT.as_secs()
-            )));
+            return Err(fail(format!("timed out after {}s", COMMAND_TIMEOUT.as_secs())));
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    let out = reader
-        .join()
-        .map_err(|_| fail("output unreadable".into()))?
-        .map_err(|e| fail(e.to_string()))?;
+    let out = reader.join().map_err(|_| fail("output unreadable".into()))?.map_err(|e| fail(e.to_string()))?;
     if !status.success() {
         return Err(fail(format!("failed ({status})")));
     }
@@ -269,11 +195,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn source(kind: IdentityKind) -> IdentityConfig {
-        IdentityConfig {
-            name: "t".into(),
-            kind,
-            audience: Some("aud-1".into()),
-        }
+        IdentityConfig { name: "t".into(), kind, audience: Some("aud-1".into()) }
     }
 
     fn no_http() -> Result<HttpClient, crate::http::Error> {
@@ -286,35 +208,13 @@ mod tests {
         let path = dir.path().join("token");
         std::fs::write(&path, "first\n").unwrap();
         let s = source(IdentityKind::File { path: path.clone() });
-        assert_eq!(
-            fetch(&s, None, &Env::default(), no_http, 0)
-                .unwrap()
-                .token
-                .expose(),
-            "first"
-        );
+        assert_eq!(fetch(&s, None, &Env::default(), no_http, 0).unwrap().token.expose(), "first");
         std::fs::write(&path, "second").unwrap();
-        assert_eq!(
-            fetch(&s, None, &Env::default(), no_http, 0)
-                .unwrap()
-                .token
-                .expose(),
-            "second"
-        );
+        assert_eq!(fetch(&s, None, &Env::default(), no_http, 0).unwrap().token.expose(), "second");
         std::fs::write(&path, "").unwrap();
-        assert!(matches!(
-            fetch(&s, None, &Env::default(), no_http, 0),
-            Err(Error::Malformed(_))
-        ));
-        let missing = source(IdentityKind::File {
-            path: PathBuf::from("/nonexistent/token"),
-        });
-        assert!(
-            fetch(&missing, None, &Env::default(), no_http, 0)
-                .unwrap_err()
-                .to_string()
-                .contains("cannot read")
-        );
+        assert!(matches!(fetch(&s, None, &Env::default(), no_http, 0), Err(Error::Malformed(_))));
+        let missing = source(IdentityKind::File { path: PathBuf::from("/nonexistent/token") });
+        assert!(fetch(&missing, None, &Env::default(), no_http, 0).unwrap_err().to_string().contains("cannot read"));
     }
 
     #[test]
@@ -322,70 +222,33 @@ mod tests {
         use base64::Engine;
         let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"exp":100}"#);
         let env = Env::from_pairs([("ID_TOKEN", format!("e30.{payload}.c2ln"))]);
-        let s = source(IdentityKind::Env {
-            var: "ID_TOKEN".into(),
-        });
+        let s = source(IdentityKind::Env { var: "ID_TOKEN".into() });
         assert!(fetch(&s, None, &env, no_http, 99).is_ok());
         let err = fetch(&s, None, &env, no_http, 100).unwrap_err();
         assert!(matches!(err, Error::Expired { .. }), "{err}");
         let unset = source(IdentityKind::Env { var: "NOPE".into() });
-        assert!(
-            fetch(&unset, None, &env, no_http, 0)
-                .unwrap_err()
-                .to_string()
-                .contains("`NOPE` is not set")
-        );
+        assert!(fetch(&unset, None, &env, no_http, 0).unwrap_err().to_string().contains("`NOPE` is not set"));
     }
 
     #[test]
     fn command_source_substitutes_audience() {
-        let s = source(IdentityKind::Command {
-            argv: vec!["echo".into(), "tok-{audience}".into()],
-        });
-        assert_eq!(
-            fetch(&s, None, &Env::default(), no_http, 0)
-                .unwrap()
-                .token
-                .expose(),
-            "tok-aud-1"
-        );
-        let failing = source(IdentityKind::Command {
-            argv: vec!["false".into()],
-        });
-        assert!(
-            fetch(&failing, None, &Env::default(), no_http, 0)
-                .unwrap_err()
-                .to_string()
-                .contains("failed")
-        );
+        let s = source(IdentityKind::Command { argv: vec!["echo".into(), "tok-{audience}".into()] });
+        assert_eq!(fetch(&s, None, &Env::default(), no_http, 0).unwrap().token.expose(), "tok-aud-1");
+        let failing = source(IdentityKind::Command { argv: vec!["false".into()] });
+        assert!(fetch(&failing, None, &Env::default(), no_http, 0).unwrap_err().to_string().contains("failed"));
     }
 
     #[test]
     fn github_source_explains_missing_permission() {
         let s = source(IdentityKind::GitHubActions { request_url: None });
-        let err = fetch(
-            &s,
-            None,
-            &Env::default(),
-            || HttpClient::new(Duration::from_secs(1), None),
-            0,
-        )
-        .unwrap_err();
+        let err = fetch(&s, None, &Env::default(), || HttpClient::new(Duration::from_secs(1), None), 0).unwrap_err();
         assert!(err.to_string().contains("id-token: write"), "{err}");
     }
 
     #[test]
     fn github_answer_parsing() {
-        assert_eq!(
-            parse_github("t", br#"{"value":"jwt","count":1}"#).unwrap(),
-            "jwt"
-        );
-        assert!(
-            parse_github("t", br#"{"count":1}"#)
-                .unwrap_err()
-                .to_string()
-                .contains("no `value`")
-        );
+        assert_eq!(parse_github("t", br#"{"value":"jwt","count":1}"#).unwrap(), "jwt");
+        assert!(parse_github("t", br#"{"count":1}"#).unwrap_err().to_string().contains("no `value`"));
         assert!(parse_github("t", b"<html>").is_err());
     }
 }

@@ -37,20 +37,16 @@ pub use audit::{AuditEvent, AuditLog, Outcome};
 pub use broker::{Broker, Error as BrokerError, Issued, Resolution};
 pub use cache::{Cache, CacheEntry, Error as CacheError};
 pub use config::{
-    Config, Error as ConfigError, ExchangeConfig, ExchangeKind, IdentityConfig, IdentityKind,
-    Route, Scheme,
+    Config, Error as ConfigError, ExchangeConfig, ExchangeKind, IdentityConfig, IdentityKind, Route, Scheme,
 };
 pub use duration::parse_duration;
 pub use env::{Env, EnvVars};
 pub use exchange::{
-    ACCESS_TOKEN_TYPE, Error as ExchangeError, ExchangeResponse, ID_TOKEN_TYPE, Intent,
-    TOKEN_EXCHANGE_GRANT,
+    ACCESS_TOKEN_TYPE, Error as ExchangeError, ExchangeResponse, ID_TOKEN_TYPE, Intent, TOKEN_EXCHANGE_GRANT,
 };
 pub use http::{Error as HttpError, HttpClient, is_loopback_url};
 pub use identity::{Error as IdentityError, SubjectToken};
 pub use jwt::{Claims as UnverifiedClaims, peek_claims};
 pub use redact::{contains_jwt, redact_argv, sanitize_for_terminal, scan_for_jwts};
 pub use secret::{Fingerprint, Secret};
-pub use target::{
-    Error as TargetError, Operation, Target, Tool, normalize_host, normalize_repo_path,
-};
+pub use target::{Error as TargetError, Operation, Target, Tool, normalize_host, normalize_repo_path};

@@ -3,15 +3,7 @@
 /// Replaces control characters (ANSI escapes, CR, LF ...) so a hostile value cannot
 /// rewrite the user's terminal or forge a log line.
 pub fn sanitize_for_terminal(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                char::REPLACEMENT_CHARACTER
-            } else {
-                c
-            }
-        })
-        .collect()
+    text.chars().map(|c| if c.is_control() { char::REPLACEMENT_CHARACTER } else { c }).collect()
 }
 
 /// A process's argv as it may be logged: URL passwords masked, token-shaped values hidden.
@@ -40,40 +32,21 @@ fn redact_arg(arg: &str) -> String {
 
 /// JWTs and the common prefixed token formats.
 fn looks_like_token(value: &str) -> bool {
-    const PREFIXES: [&str; 8] = [
-        "ghp_",
-        "ghs_",
-        "gho_",
-        "github_pat_",
-        "glpat-",
-        "npm_",
-        "pypi-",
-        "hvs.",
-    ];
+    const PREFIXES: [&str; 8] = ["ghp_", "ghs_", "gho_", "github_pat_", "glpat-", "npm_", "pypi-", "hvs."];
     let jwt = value.starts_with("eyJ") && value.matches('.').count() == 2 && value.len() > 30;
-    jwt || PREFIXES
-        .iter()
-        .any(|p| value.starts_with(p) && value.len() > p.len() + 10)
+    jwt || PREFIXES.iter().any(|p| value.starts_with(p) && value.len() > p.len() + 10)
 }
 
 /// True when the bytes hold something shaped like a JWT: `eyJ…`.`eyJ…`.`…`, a JOSE header
 /// and a payload that both start with `{"`. Used to prove no token reached a file.
 pub fn contains_jwt(bytes: &[u8]) -> bool {
     let is_b64 = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
-    bytes
-        .windows(3)
-        .enumerate()
-        .filter(|(_, w)| w == b"eyJ")
-        .any(|(start, _)| {
-            let run = bytes[start..]
-                .iter()
-                .take_while(|&&b| is_b64(b) || b == b'.')
-                .count();
-            let mut parts = bytes[start..start + run].split(|&b| b == b'.');
-            let (_header, payload, signature) = (parts.next(), parts.next(), parts.next());
-            payload.is_some_and(|p| p.starts_with(b"eyJ"))
-                && signature.is_some_and(|s| !s.is_empty())
-        })
+    bytes.windows(3).enumerate().filter(|(_, w)| w == b"eyJ").any(|(start, _)| {
+        let run = bytes[start..].iter().take_while(|&&b| is_b64(b) || b == b'.').count();
+        let mut parts = bytes[start..start + run].split(|&b| b == b'.');
+        let (_header, payload, signature) = (parts.next(), parts.next(), parts.next());
+        payload.is_some_and(|p| p.starts_with(b"eyJ")) && signature.is_some_and(|s| !s.is_empty())
+    })
 }
 
 /// Scans every regular file under `dir` (symlinks not followed) for JWT-shaped bytes.
@@ -121,26 +94,18 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains("eyJzdWIi"), "{shown}");
         assert!(!shown.contains("ghp_abc"), "{shown}");
-        assert!(
-            shown.contains("git push https://user:***@git.example.com/org/app"),
-            "{shown}"
-        );
+        assert!(shown.contains("git push https://user:***@git.example.com/org/app"), "{shown}");
     }
 
     #[test]
     fn jwt_shapes_are_found_in_bytes() {
-        assert!(contains_jwt(
-            b"x=eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln\n"
-        ));
+        assert!(contains_jwt(b"x=eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln\n"));
         assert!(!contains_jwt(b"eyJhbGciOiJFUzI1NiJ9 is only a header"));
         assert!(!contains_jwt(b"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0."));
     }
 
     #[test]
     fn control_characters_are_neutralised() {
-        assert_eq!(
-            sanitize_for_terminal("a\x1b[31mb\r\n"),
-            "a\u{fffd}[31mb\u{fffd}\u{fffd}"
-        );
+        assert_eq!(sanitize_for_terminal("a\x1b[31mb\r\n"), "a\u{fffd}[31mb\u{fffd}\u{fffd}");
     }
 }

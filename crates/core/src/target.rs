@@ -59,9 +59,7 @@ impl FromStr for Tool {
             "kubectl" => Ok(Self::Kubectl),
             "terraform" => Ok(Self::Terraform),
             "aws" => Ok(Self::Aws),
-            other => Err(format!(
-                "unknown tool `{other}` (git, kubectl, terraform or aws)"
-            )),
+            other => Err(format!("unknown tool `{other}` (git, kubectl, terraform or aws)")),
         }
     }
 }
@@ -93,9 +91,7 @@ impl FromStr for Operation {
         match s {
             "read" => Ok(Self::Read),
             "write" => Ok(Self::Write),
-            other => Err(format!(
-                "unknown operation `{other}` (expected `read` or `write`)"
-            )),
+            other => Err(format!("unknown operation `{other}` (expected `read` or `write`)")),
         }
     }
 }
@@ -146,22 +142,12 @@ impl Target {
             Some(p) => normalize_repo_path(p)?,
             None => None,
         };
-        Ok(Self {
-            tool,
-            protocol,
-            host,
-            path,
-        })
+        Ok(Self { tool, protocol, host, path })
     }
 
     /// An AWS target: the route named in `credential_process`.
     pub fn aws(name: &str) -> Result<Self, Error> {
-        Ok(Self {
-            tool: Tool::Aws,
-            protocol: "aws".into(),
-            host: aws_key(name)?,
-            path: None,
-        })
+        Ok(Self { tool: Tool::Aws, protocol: "aws".into(), host: aws_key(name)?, path: None })
     }
 
     /// `https://host/path`, for messages and audit lines.
@@ -184,10 +170,7 @@ pub fn normalize_host(protocol: &str, host: &str) -> Result<String, Error> {
     }
     let url = url::Url::parse(&format!("{protocol}://{host}/"))
         .map_err(|_| Error::Host(crate::sanitize_for_terminal(host)))?;
-    let name = url
-        .host_str()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| Error::Host(host.into()))?;
+    let name = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| Error::Host(host.into()))?;
     let name = name.trim_end_matches('.');
     Ok(match url.port() {
         Some(port) => format!("{name}:{port}"),
@@ -198,31 +181,19 @@ pub fn normalize_host(protocol: &str, host: &str) -> Result<String, Error> {
 /// Normalises a repository path: no leading or trailing `/`, no trailing `.git`,
 /// no empty, `.` or `..` segments. `None` for an empty path.
 pub fn normalize_repo_path(path: &str) -> Result<Option<String>, Error> {
-    if path
-        .chars()
-        .any(|c| c.is_control() || c == '\\' || c == '?' || c == '#')
-    {
+    if path.chars().any(|c| c.is_control() || c == '\\' || c == '?' || c == '#') {
         return Err(Error::Path);
     }
     let lower = path.to_ascii_lowercase();
-    if ["%0a", "%0d", "%00", "%2f", "%5c"]
-        .iter()
-        .any(|p| lower.contains(p))
-    {
+    if ["%0a", "%0d", "%00", "%2f", "%5c"].iter().any(|p| lower.contains(p)) {
         return Err(Error::Path);
     }
     let trimmed = path.trim_matches('/');
-    let trimmed = trimmed
-        .strip_suffix(".git")
-        .unwrap_or(trimmed)
-        .trim_end_matches('/');
+    let trimmed = trimmed.strip_suffix(".git").unwrap_or(trimmed).trim_end_matches('/');
     if trimmed.is_empty() {
         return Ok(None);
     }
-    if trimmed
-        .split('/')
-        .any(|s| s.is_empty() || s == "." || s == "..")
-    {
+    if trimmed.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
         return Err(Error::Path);
     }
     Ok(Some(trimmed.to_owned()))
@@ -230,24 +201,14 @@ pub fn normalize_repo_path(path: &str) -> Result<Option<String>, Error> {
 
 /// An AWS route name: letters, digits, `.`, `_` and `-`, at most 64.
 pub(crate) fn aws_key(name: &str) -> Result<String, Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if ok {
-        Ok(name.to_owned())
-    } else {
-        Err(Error::Host(crate::sanitize_for_terminal(name)))
-    }
+    let ok =
+        !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok { Ok(name.to_owned()) } else { Err(Error::Host(crate::sanitize_for_terminal(name))) }
 }
 
 /// True when `prefix` is `path` or a whole-segment prefix of it.
 pub(crate) fn is_segment_prefix(prefix: &str, path: &str) -> bool {
-    path == prefix
-        || path
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.starts_with('/'))
+    path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
 }
 
 #[cfg(test)]
@@ -256,67 +217,29 @@ mod tests {
 
     #[test]
     fn hosts_normalise_like_urls() {
-        assert_eq!(
-            normalize_host("https", "Git.Example.COM").unwrap(),
-            "git.example.com"
-        );
-        assert_eq!(
-            normalize_host("https", "git.example.com:443").unwrap(),
-            "git.example.com"
-        );
-        assert_eq!(
-            normalize_host("http", "git.example.com:80").unwrap(),
-            "git.example.com"
-        );
-        assert_eq!(
-            normalize_host("https", "git.example.com:8443").unwrap(),
-            "git.example.com:8443"
-        );
+        assert_eq!(normalize_host("https", "Git.Example.COM").unwrap(), "git.example.com");
+        assert_eq!(normalize_host("https", "git.example.com:443").unwrap(), "git.example.com");
+        assert_eq!(normalize_host("http", "git.example.com:80").unwrap(), "git.example.com");
+        assert_eq!(normalize_host("https", "git.example.com:8443").unwrap(), "git.example.com:8443");
         assert_eq!(normalize_host("https", "[::1]:443").unwrap(), "[::1]");
-        assert_eq!(
-            normalize_host("https", "bücher.example").unwrap(),
-            "xn--bcher-kva.example"
-        );
-        assert_eq!(
-            normalize_host("https", "example.com.").unwrap(),
-            "example.com"
-        );
+        assert_eq!(normalize_host("https", "bücher.example").unwrap(), "xn--bcher-kva.example");
+        assert_eq!(normalize_host("https", "example.com.").unwrap(), "example.com");
     }
 
     #[test]
     fn hostile_hosts_are_refused() {
-        for host in [
-            "",
-            "good.example@evil.example",
-            "evil.example/good.example",
-            "a b",
-            "a\nb",
-            "a%0ab",
-            "x?y",
-            "x#y",
-        ] {
+        for host in ["", "good.example@evil.example", "evil.example/good.example", "a b", "a\nb", "a%0ab", "x?y", "x#y"]
+        {
             assert!(normalize_host("https", host).is_err(), "{host:?} accepted");
         }
     }
 
     #[test]
     fn repo_paths_normalise() {
-        assert_eq!(
-            normalize_repo_path("org/app.git").unwrap().as_deref(),
-            Some("org/app")
-        );
-        assert_eq!(
-            normalize_repo_path("/org/app/").unwrap().as_deref(),
-            Some("org/app")
-        );
+        assert_eq!(normalize_repo_path("org/app.git").unwrap().as_deref(), Some("org/app"));
+        assert_eq!(normalize_repo_path("/org/app/").unwrap().as_deref(), Some("org/app"));
         assert_eq!(normalize_repo_path("").unwrap(), None);
-        for bad in [
-            "org/../app",
-            "org//app",
-            "org/app%0ahost=x",
-            "a\\b",
-            "org/app?x",
-        ] {
+        for bad in ["org/../app", "org//app", "org/app%0ahost=x", "a\\b", "org/app?x"] {
             assert!(normalize_repo_path(bad).is_err(), "{bad:?} accepted");
         }
     }

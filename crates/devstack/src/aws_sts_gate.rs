@@ -35,45 +35,24 @@ struct Inner {
 
 impl AwsStsGate {
     /// Starts the gate for the moto server at `moto_url`.
-    pub fn start(
-        runtime: &tokio::runtime::Runtime,
-        issuer: &DevIssuer,
-        moto_url: &str,
-    ) -> Result<Self, String> {
-        let jwk: jsonwebtoken::jwk::Jwk =
-            serde_json::from_value(issuer.jwk().clone()).map_err(|e| e.to_string())?;
-        let algorithm = if issuer.jwk()["kty"] == "RSA" {
-            jsonwebtoken::Algorithm::RS256
-        } else {
-            jsonwebtoken::Algorithm::ES256
-        };
+    pub fn start(runtime: &tokio::runtime::Runtime, issuer: &DevIssuer, moto_url: &str) -> Result<Self, String> {
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(issuer.jwk().clone()).map_err(|e| e.to_string())?;
+        let algorithm =
+            if issuer.jwk()["kty"] == "RSA" { jsonwebtoken::Algorithm::RS256 } else { jsonwebtoken::Algorithm::ES256 };
         let listener = crate::loopback_listener().map_err(|e| e.to_string())?;
-        let url = format!(
-            "http://{}/",
-            listener.local_addr().map_err(|e| e.to_string())?
-        );
+        let url = format!("http://{}/", listener.local_addr().map_err(|e| e.to_string())?);
         let exchanges = Arc::new(AtomicUsize::new(0));
         let inner = Arc::new(Inner {
             moto: moto_url.to_owned(),
             issuer: issuer.issuer().to_owned(),
             key: DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?,
             algorithm,
-            client: reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .map_err(|e| e.to_string())?,
+            client: reqwest::Client::builder().no_proxy().build().map_err(|e| e.to_string())?,
             exchanges: exchanges.clone(),
         });
         let _guard = runtime.enter();
         let server = axum_server::from_tcp(listener).map_err(|e| e.to_string())?;
-        runtime.spawn(
-            server.serve(
-                Router::new()
-                    .fallback(handle)
-                    .with_state(inner)
-                    .into_make_service(),
-            ),
-        );
+        runtime.spawn(server.serve(Router::new().fallback(handle).with_state(inner).into_make_service()));
         Ok(Self { url, exchanges })
     }
 }
@@ -82,32 +61,21 @@ fn sts_error(code: &str, message: &str) -> Response {
     let body = format!(
         "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>mayfly-dev</RequestId></ErrorResponse>"
     );
-    (
-        StatusCode::BAD_REQUEST,
-        [(header::CONTENT_TYPE, "text/xml")],
-        body,
-    )
-        .into_response()
+    (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/xml")], body).into_response()
 }
 
 async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response {
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
     let get = |key: &str| form.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
     if get("Action") != Some("AssumeRoleWithWebIdentity") {
-        return sts_error(
-            "InvalidAction",
-            "only AssumeRoleWithWebIdentity passes this gate",
-        );
+        return sts_error("InvalidAction", "only AssumeRoleWithWebIdentity passes this gate");
     }
     let mut validation = Validation::new(inner.algorithm);
     validation.set_issuer(&[&inner.issuer]);
     validation.set_audience(&["sts.amazonaws.com"]);
     let token = get("WebIdentityToken").unwrap_or_default();
     if let Err(e) = jsonwebtoken::decode::<Value>(token, &inner.key, &validation) {
-        return sts_error(
-            "InvalidIdentityToken",
-            &format!("web identity token refused: {e}"),
-        );
+        return sts_error("InvalidIdentityToken", &format!("web identity token refused: {e}"));
     }
     inner.exchanges.fetch_add(1, Ordering::SeqCst);
     let content_type = headers
@@ -115,17 +83,10 @@ async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/x-www-form-urlencoded")
         .to_owned();
-    let forwarded = inner
-        .client
-        .post(&inner.moto)
-        .header(header::CONTENT_TYPE, content_type)
-        .body(body)
-        .send()
-        .await;
+    let forwarded = inner.client.post(&inner.moto).header(header::CONTENT_TYPE, content_type).body(body).send().await;
     match forwarded {
         Ok(response) => {
-            let status =
-                StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
             let bytes = response.bytes().await.unwrap_or_default();
             (status, [(header::CONTENT_TYPE, "text/xml")], bytes).into_response()
         }

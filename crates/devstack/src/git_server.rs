@@ -59,29 +59,14 @@ impl GitServer {
         sts_issuer: &str,
     ) -> Result<Self, String> {
         let listener = crate::loopback_listener().map_err(|e| e.to_string())?;
-        let base_url = format!(
-            "https://{}",
-            listener.local_addr().map_err(|e| e.to_string())?
-        );
+        let base_url = format!("https://{}", listener.local_addr().map_err(|e| e.to_string())?);
         let gate = TokenGate::new(&base_url, sts_issuer, ca)?;
         let revoked = gate.revoked();
         let stats = Arc::new(GitServerStats::default());
-        let inner = Arc::new(Inner {
-            root: root.clone(),
-            gate,
-            stats: stats.clone(),
-        });
-        let app = Router::new()
-            .fallback(handle)
-            .layer(DefaultBodyLimit::max(64 << 20))
-            .with_state(inner);
+        let inner = Arc::new(Inner { root: root.clone(), gate, stats: stats.clone() });
+        let app = Router::new().fallback(handle).layer(DefaultBodyLimit::max(64 << 20)).with_state(inner);
         crate::serve_tls(runtime, listener, ca, app)?;
-        Ok(Self {
-            base_url,
-            root,
-            stats,
-            revoked,
-        })
+        Ok(Self { base_url, root, stats, revoked })
     }
 
     /// Refuses a token from now on (by its fingerprint), as a revocation list would.
@@ -112,34 +97,22 @@ impl GitServer {
 /// Which repository a smart-HTTP URL names, and whether the request writes.
 fn parse_request(path: &str, query: Option<&str>, method: &Method) -> Option<(String, bool)> {
     let path = path.trim_start_matches('/');
-    let markers = [
-        "/info/refs",
-        "/git-upload-pack",
-        "/git-receive-pack",
-        "/HEAD",
-        "/objects/",
-    ];
+    let markers = ["/info/refs", "/git-upload-pack", "/git-receive-pack", "/HEAD", "/objects/"];
     let cut = markers.iter().filter_map(|m| path.find(m)).min()?;
     let repo = mayfly_core::normalize_repo_path(&path[..cut]).ok()??;
     let rest = &path[cut..];
     let write = rest == "/git-receive-pack" && method == Method::POST
-        || rest == "/info/refs"
-            && query.is_some_and(|q| q.split('&').any(|p| p == "service=git-receive-pack"));
+        || rest == "/info/refs" && query.is_some_and(|q| q.split('&').any(|p| p == "service=git-receive-pack"));
     Some((repo, write))
 }
 
 async fn handle(State(inner): State<Arc<Inner>>, request: Request<Body>) -> Response {
     let (parts, body) = request.into_parts();
-    let Some((repo, write)) = parse_request(parts.uri.path(), parts.uri.query(), &parts.method)
-    else {
+    let Some((repo, write)) = parse_request(parts.uri.path(), parts.uri.query(), &parts.method) else {
         return (StatusCode::NOT_FOUND, "not a git URL\n").into_response();
     };
     let operation = if write { "write" } else { "read" };
-    let claims = match inner
-        .gate
-        .check(&parts.headers, &format!("repo:{repo}:{operation}"))
-        .await
-    {
+    let claims = match inner.gate.check(&parts.headers, &format!("repo:{repo}:{operation}")).await {
         Ok(claims) => claims,
         Err(refusal) => {
             let counter = match refusal {
@@ -154,20 +127,8 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request<Body>) -> Resp
         Ok(body) => body,
         Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "body too large\n").into_response(),
     };
-    let subject = claims
-        .get("sub")
-        .and_then(Value::as_str)
-        .unwrap_or("mayfly");
-    match http_backend(
-        &inner,
-        &parts.method,
-        &parts.uri,
-        &parts.headers,
-        body,
-        subject,
-    )
-    .await
-    {
+    let subject = claims.get("sub").and_then(Value::as_str).unwrap_or("mayfly");
+    match http_backend(&inner, &parts.method, &parts.uri, &parts.headers, body, subject).await {
         Ok(response) => {
             inner.stats.served.fetch_add(1, Ordering::SeqCst);
             response
@@ -185,13 +146,7 @@ async fn http_backend(
     body: Bytes,
     user: &str,
 ) -> Result<Response, String> {
-    let header = |name: header::HeaderName| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned()
-    };
+    let header = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let mut command = tokio::process::Command::new("git");
     command
         .arg("http-backend")
@@ -208,19 +163,11 @@ async fn http_backend(
         .env("CONTENT_TYPE", header(header::CONTENT_TYPE))
         .env("CONTENT_LENGTH", body.len().to_string())
         .env("HTTP_CONTENT_ENCODING", header(header::CONTENT_ENCODING))
-        .env(
-            "GIT_PROTOCOL",
-            headers
-                .get("git-protocol")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or(""),
-        )
+        .env("GIT_PROTOCOL", headers.get("git-protocol").and_then(|v| v.to_str().ok()).unwrap_or(""))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("cannot run git http-backend: {e}"))?;
+    let mut child = command.spawn().map_err(|e| format!("cannot run git http-backend: {e}"))?;
     let mut stdin = child.stdin.take().ok_or("no stdin")?;
     let writer = tokio::spawn(async move {
         let _ = stdin.write_all(&body).await;
@@ -246,19 +193,13 @@ fn cgi_response(output: &[u8]) -> Result<Response, String> {
         };
         let value = value.trim();
         if name.eq_ignore_ascii_case("status") {
-            let code = value
-                .split_whitespace()
-                .next()
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(500);
+            let code = value.split_whitespace().next().and_then(|c| c.parse().ok()).unwrap_or(500);
             builder = builder.status(code);
         } else {
             builder = builder.header(name.trim(), value);
         }
     }
-    builder
-        .body(Body::from(output[head_len + sep..].to_vec()))
-        .map_err(|e| e.to_string())
+    builder.body(Body::from(output[head_len + sep..].to_vec())).map_err(|e| e.to_string())
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -274,41 +215,24 @@ mod tests {
         let get = Method::GET;
         let post = Method::POST;
         assert_eq!(
-            parse_request(
-                "/org/app.git/info/refs",
-                Some("service=git-upload-pack"),
-                &get
-            ),
+            parse_request("/org/app.git/info/refs", Some("service=git-upload-pack"), &get),
             Some(("org/app".into(), false))
         );
         assert_eq!(
-            parse_request(
-                "/org/app.git/info/refs",
-                Some("service=git-receive-pack"),
-                &get
-            ),
+            parse_request("/org/app.git/info/refs", Some("service=git-receive-pack"), &get),
             Some(("org/app".into(), true))
         );
-        assert_eq!(
-            parse_request("/org/app/git-receive-pack", None, &post),
-            Some(("org/app".into(), true))
-        );
-        assert_eq!(
-            parse_request("/org/app.git/git-upload-pack", None, &post),
-            Some(("org/app".into(), false))
-        );
+        assert_eq!(parse_request("/org/app/git-receive-pack", None, &post), Some(("org/app".into(), true)));
+        assert_eq!(parse_request("/org/app.git/git-upload-pack", None, &post), Some(("org/app".into(), false)));
         assert_eq!(parse_request("/org/../app.git/info/refs", None, &get), None);
         assert_eq!(parse_request("/nothing", None, &get), None);
     }
 
     #[test]
     fn cgi_output_becomes_a_response() {
-        let response =
-            cgi_response(b"Status: 404 Not Found\r\nContent-Type: text/plain\r\n\r\nnope").unwrap();
+        let response = cgi_response(b"Status: 404 Not Found\r\nContent-Type: text/plain\r\n\r\nnope").unwrap();
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
-        let response =
-            cgi_response(b"Content-Type: application/x-git-upload-pack-advertisement\n\nbody")
-                .unwrap();
+        let response = cgi_response(b"Content-Type: application/x-git-upload-pack-advertisement\n\nbody").unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert!(cgi_response(b"no headers at all").is_err());
     }

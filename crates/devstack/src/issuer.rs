@@ -40,10 +40,7 @@ impl DevIssuer {
         lifetime_secs: i64,
     ) -> Result<Self, String> {
         let listener = crate::loopback_listener().map_err(|e| e.to_string())?;
-        let base_url = format!(
-            "http://{}",
-            listener.local_addr().map_err(|e| e.to_string())?
-        );
+        let base_url = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
         let mut request_token = [0u8; 16];
         getrandom::fill(&mut request_token).map_err(|e| e.to_string())?;
         let inner = Arc::new(Inner {
@@ -101,10 +98,7 @@ impl DevIssuer {
             ("iat", json!(now)),
             ("nbf", json!(now - 5)),
             ("exp", json!(now + self.inner.lifetime)),
-            (
-                "jti",
-                json!(format!("dev-{}", self.inner.issued.load(Ordering::SeqCst))),
-            ),
+            ("jti", json!(format!("dev-{}", self.inner.issued.load(Ordering::SeqCst)))),
         ] {
             claims.entry(k).or_insert(v);
         }
@@ -113,10 +107,7 @@ impl DevIssuer {
                 claims.insert(k.clone(), v.clone());
             }
         }
-        self.inner
-            .key
-            .sign(Some("JWT"), &claims)
-            .expect("signing with a fresh key works")
+        self.inner.key.sign(Some("JWT"), &claims).expect("signing with a fresh key works")
     }
 }
 
@@ -142,29 +133,13 @@ struct IdTokenQuery {
     audience: Option<String>,
 }
 
-async fn id_token(
-    State(inner): State<Arc<Inner>>,
-    headers: HeaderMap,
-    Query(query): Query<IdTokenQuery>,
-) -> Response {
+async fn id_token(State(inner): State<Arc<Inner>>, headers: HeaderMap, Query(query): Query<IdTokenQuery>) -> Response {
     let expected = format!("Bearer {}", inner.request_token);
-    if headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        != Some(expected.as_str())
-    {
-        return (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(json!({"message": "Bad credentials"})),
-        )
-            .into_response();
+    if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+        return (StatusCode::UNAUTHORIZED, axum::Json(json!({"message": "Bad credentials"}))).into_response();
     }
-    let issuer = DevIssuer {
-        inner: inner.clone(),
-    };
-    let audience = query
-        .audience
-        .unwrap_or_else(|| "https://github.com/mayfly-dev".into());
+    let issuer = DevIssuer { inner: inner.clone() };
+    let audience = query.audience.unwrap_or_else(|| "https://github.com/mayfly-dev".into());
     let token = issuer.mint(&audience, &Value::Null);
     inner.issued.fetch_add(1, Ordering::SeqCst);
     axum::Json(json!({"count": 1, "value": token})).into_response()

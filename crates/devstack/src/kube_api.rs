@@ -30,37 +30,21 @@ struct Inner {
 
 impl KubeApiServer {
     /// Starts the server, trusting tokens from the exchange at `sts_issuer`.
-    pub fn start(
-        runtime: &tokio::runtime::Runtime,
-        ca: &DevCa,
-        sts_issuer: &str,
-    ) -> Result<Self, String> {
+    pub fn start(runtime: &tokio::runtime::Runtime, ca: &DevCa, sts_issuer: &str) -> Result<Self, String> {
         let listener = crate::loopback_listener().map_err(|e| e.to_string())?;
-        let base_url = format!(
-            "https://{}",
-            listener.local_addr().map_err(|e| e.to_string())?
-        );
+        let base_url = format!("https://{}", listener.local_addr().map_err(|e| e.to_string())?);
         let served = Arc::new(AtomicUsize::new(0));
         let inner = Arc::new(Inner {
             gate: TokenGate::new(&base_url, sts_issuer, ca)?,
             scope: format!("cluster:{}", base_url.trim_start_matches("https://")),
             served: served.clone(),
         });
-        crate::serve_tls(
-            runtime,
-            listener,
-            ca,
-            Router::new().fallback(handle).with_state(inner),
-        )?;
+        crate::serve_tls(runtime, listener, ca, Router::new().fallback(handle).with_state(inner))?;
         Ok(Self { base_url, served })
     }
 }
 
-async fn handle(
-    State(inner): State<Arc<Inner>>,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-) -> Response {
+async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
     if let Err(refusal) = inner.gate.check(&headers, &inner.scope).await {
         let (code, reason) = match refusal {
             Refusal::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
@@ -70,7 +54,13 @@ async fn handle(
         return (code, axum::Json(status)).into_response();
     }
     if uri.path() != "/version" {
-        return (StatusCode::NOT_FOUND, axum::Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}),
+            ),
+        )
+            .into_response();
     }
     inner.served.fetch_add(1, Ordering::SeqCst);
     axum::Json(json!({

@@ -22,10 +22,7 @@ pub use tls::DevCa;
 
 /// A multi-threaded runtime that serves in the background while the caller blocks.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
 }
 
 /// Binds an ephemeral loopback port.

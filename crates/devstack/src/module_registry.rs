@@ -36,17 +36,9 @@ struct Inner {
 
 impl ModuleRegistry {
     /// Starts the registry, packing the module into `dir`.
-    pub fn start(
-        runtime: &tokio::runtime::Runtime,
-        ca: &DevCa,
-        sts_issuer: &str,
-        dir: &Path,
-    ) -> Result<Self, String> {
+    pub fn start(runtime: &tokio::runtime::Runtime, ca: &DevCa, sts_issuer: &str, dir: &Path) -> Result<Self, String> {
         let listener = crate::loopback_listener().map_err(|e| e.to_string())?;
-        let host = listener
-            .local_addr()
-            .map_err(|e| e.to_string())?
-            .to_string();
+        let host = listener.local_addr().map_err(|e| e.to_string())?.to_string();
         let base_url = format!("https://{host}");
         let archive = pack_module(dir)?;
         let served = Arc::new(AtomicUsize::new(0));
@@ -57,10 +49,7 @@ impl ModuleRegistry {
             served: served.clone(),
         });
         let app = Router::new()
-            .route(
-                "/.well-known/terraform.json",
-                get(|| async { axum::Json(json!({"modules.v1": "/v1/modules/"})) }),
-            )
+            .route("/.well-known/terraform.json", get(|| async { axum::Json(json!({"modules.v1": "/v1/modules/"})) }))
             .route("/archive/greeting.tar.gz", get(archive_file))
             .fallback(modules_api)
             .with_state(inner);
@@ -73,8 +62,11 @@ impl ModuleRegistry {
 fn pack_module(dir: &Path) -> Result<PathBuf, String> {
     let source = dir.join("greeting");
     std::fs::create_dir_all(&source).map_err(|e| e.to_string())?;
-    std::fs::write(source.join("main.tf"), "output \"greeting\" {\n  value = \"hello from a registry that only takes mayfly tokens\"\n}\n")
-        .map_err(|e| e.to_string())?;
+    std::fs::write(
+        source.join("main.tf"),
+        "output \"greeting\" {\n  value = \"hello from a registry that only takes mayfly tokens\"\n}\n",
+    )
+    .map_err(|e| e.to_string())?;
     let archive = dir.join("greeting.tar.gz");
     let status = std::process::Command::new("tar")
         .arg("-czf")
@@ -105,15 +97,10 @@ async fn modules_api(State(inner): State<Arc<Inner>>, headers: HeaderMap, uri: U
         return StatusCode::NOT_FOUND.into_response();
     };
     let response = match rest.strip_prefix(MODULE) {
-        Some("/versions") => {
-            axum::Json(json!({"modules": [{"versions": [{"version": "1.0.0"}]}]})).into_response()
-        }
+        Some("/versions") => axum::Json(json!({"modules": [{"versions": [{"version": "1.0.0"}]}]})).into_response(),
         Some("/1.0.0/download") => {
             let mut response = StatusCode::NO_CONTENT.into_response();
-            response.headers_mut().insert(
-                "x-terraform-get",
-                HeaderValue::from_static("/archive/greeting.tar.gz"),
-            );
+            response.headers_mut().insert("x-terraform-get", HeaderValue::from_static("/archive/greeting.tar.gz"));
             response
         }
         _ => return StatusCode::NOT_FOUND.into_response(),

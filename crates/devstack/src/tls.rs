@@ -19,28 +19,18 @@ impl DevCa {
         let ca_key = rcgen::KeyPair::generate().map_err(err)?;
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            "mayfly development CA (loopback only)",
-        );
-        ca_params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "mayfly development CA (loopback only)");
+        ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
         let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let key = rcgen::KeyPair::generate().map_err(err)?;
         let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .map_err(err)?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "127.0.0.1");
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).map_err(err)?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, "127.0.0.1");
         let cert = params.signed_by(&key, &issuer).map_err(err)?;
         let write = |name: &str, pem: String| -> Result<PathBuf, String> {
             let path = dir.join(name);
-            std::fs::write(&path, pem)
-                .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+            std::fs::write(&path, pem).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
             Ok(path)
         };
         Ok(Self {

@@ -45,19 +45,11 @@ impl Audit {
         let sink: Box<dyn Write + Send> = match path {
             Some(path) => {
                 use std::os::unix::fs::OpenOptionsExt;
-                Box::new(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .mode(0o600)
-                        .open(path)?,
-                )
+                Box::new(std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?)
             }
             None => Box::new(std::io::stderr()),
         };
-        Ok(Self {
-            sink: Mutex::new(sink),
-        })
+        Ok(Self { sink: Mutex::new(sink) })
     }
 
     pub(crate) fn write(&self, line: &Line<'_>) {
@@ -72,7 +64,5 @@ impl Audit {
 }
 
 pub(crate) fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }

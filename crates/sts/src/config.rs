@@ -109,57 +109,36 @@ pub struct Config {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-            path: path.into(),
-            source,
-        })?;
-        Self::parse(&text).map_err(|message| Error::Invalid {
-            path: path.into(),
-            message,
-        })
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
+        Self::parse(&text).map_err(|message| Error::Invalid { path: path.into(), message })
     }
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Self, String> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| e.message().to_owned())?;
         let duration = |v: Option<String>, default: u64| -> Result<Duration, String> {
-            v.as_deref()
-                .map(mayfly_core::parse_duration)
-                .transpose()
-                .map(|d| d.unwrap_or(Duration::from_secs(default)))
+            v.as_deref().map(mayfly_core::parse_duration).transpose().map(|d| d.unwrap_or(Duration::from_secs(default)))
         };
         let default_ttl = duration(raw.default_ttl, 600)?;
         let max_ttl = duration(raw.max_ttl, 3600)?;
         let listen = raw.listen.unwrap_or_else(|| "127.0.0.1:8443".into());
-        let loopback = listen
-            .parse::<std::net::SocketAddr>()
-            .is_ok_and(|a| a.ip().is_loopback());
+        let loopback = listen.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
         if raw.tls.is_none() && !loopback {
-            return Err(format!(
-                "listening on `{listen}` without [tls]: plain HTTP is only allowed on loopback"
-            ));
+            return Err(format!("listening on `{listen}` without [tls]: plain HTTP is only allowed on loopback"));
         }
         for issuer in &raw.trusted_issuers {
             if issuer.audiences.is_empty() {
-                return Err(format!(
-                    "trusted issuer `{}` needs at least one audience",
-                    issuer.issuer
-                ));
+                return Err(format!("trusted issuer `{}` needs at least one audience", issuer.issuer));
             }
         }
         let mut rules = Vec::new();
         for (i, rule) in raw.rules.into_iter().enumerate() {
             let name = rule.name.unwrap_or_else(|| format!("rule {}", i + 1));
             if !raw.trusted_issuers.iter().any(|t| t.issuer == rule.issuer) {
-                return Err(format!(
-                    "`{name}`: issuer `{}` is not in trusted_issuers",
-                    rule.issuer
-                ));
+                return Err(format!("`{name}`: issuer `{}` is not in trusted_issuers", rule.issuer));
             }
             if rule.audiences.is_empty() || rule.scopes.is_empty() {
-                return Err(format!(
-                    "`{name}`: needs at least one audience and one scope"
-                ));
+                return Err(format!("`{name}`: needs at least one audience and one scope"));
             }
             let max_ttl = duration(rule.max_ttl, max_ttl.as_secs())?.min(max_ttl);
             rules.push(Rule {

@@ -40,8 +40,7 @@ impl SigningKey {
 
     /// An ES256 key from a PKCS#8 PEM file.
     pub fn from_pem(pem: &str) -> Result<Self, String> {
-        let pair =
-            rcgen::KeyPair::from_pem(pem).map_err(|e| format!("not a PKCS#8 P-256 key: {e}"))?;
+        let pair = rcgen::KeyPair::from_pem(pem).map_err(|e| format!("not a PKCS#8 P-256 key: {e}"))?;
         if !pair.is_compatible(&rcgen::PKCS_ECDSA_P256_SHA256) {
             return Err("signing key must be ECDSA P-256".into());
         }
@@ -61,19 +60,11 @@ impl SigningKey {
             Algorithm::Rs256 => {
                 let (n, e) = rsa_public_components(raw).ok_or("cannot read RSA public key")?;
                 let jwk = json!({"kty": "RSA", "n": URL_SAFE_NO_PAD.encode(n), "e": URL_SAFE_NO_PAD.encode(e), "kid": kid, "alg": "RS256", "use": "sig"});
-                let encoding = EncodingKey::from_rsa_pem(pair.serialize_pem().as_bytes())
-                    .map_err(|e| e.to_string())?;
+                let encoding = EncodingKey::from_rsa_pem(pair.serialize_pem().as_bytes()).map_err(|e| e.to_string())?;
                 (encoding, jwk)
             }
         };
-        Ok(Self {
-            algorithm,
-            kid,
-            encoding,
-            jwk,
-            pem: pair.serialize_pem(),
-            cert_der: None,
-        })
+        Ok(Self { algorithm, kid, encoding, jwk, pem: pair.serialize_pem(), cert_der: None })
     }
 
     /// The key id.
@@ -101,11 +92,8 @@ impl SigningKey {
     /// trust the exchange directly.
     pub fn with_certificate(mut self, common_name: &str) -> Result<Self, String> {
         let pair = rcgen::KeyPair::from_pem(&self.pem).map_err(|e| e.to_string())?;
-        let mut params =
-            rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, common_name);
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
         let cert = params.self_signed(&pair).map_err(|e| e.to_string())?;
         self.cert_der = Some(cert.der().to_vec());
         Ok(self)
@@ -139,10 +127,7 @@ fn rsa_public_components(der: &[u8]) -> Option<(&[u8], &[u8])> {
         } else {
             let count = (first & 0x7f) as usize;
             let (bytes, rest) = rest.split_at_checked(count)?;
-            (
-                bytes.iter().fold(0usize, |acc, &b| (acc << 8) | b as usize),
-                rest,
-            )
+            (bytes.iter().fold(0usize, |acc, &b| (acc << 8) | b as usize), rest)
         };
         rest.split_at_checked(len)
     }
@@ -159,12 +144,7 @@ mod tests {
     #[test]
     fn es256_round_trip_through_the_public_jwk() {
         let key = SigningKey::generate(Algorithm::Es256).unwrap();
-        let token = key
-            .sign(
-                Some("at+jwt"),
-                &json!({"sub": "s", "exp": 4_000_000_000u64}),
-            )
-            .unwrap();
+        let token = key.sign(Some("at+jwt"), &json!({"sub": "s", "exp": 4_000_000_000u64})).unwrap();
         let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.jwk().clone()).unwrap();
         let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
@@ -179,9 +159,7 @@ mod tests {
     #[test]
     fn rs256_round_trip_through_the_public_jwk() {
         let key = SigningKey::generate(Algorithm::Rs256).unwrap();
-        let token = key
-            .sign(None, &json!({"sub": "s", "exp": 4_000_000_000u64}))
-            .unwrap();
+        let token = key.sign(None, &json!({"sub": "s", "exp": 4_000_000_000u64})).unwrap();
         let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.jwk().clone()).unwrap();
         let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);

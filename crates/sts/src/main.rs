@@ -18,8 +18,8 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = mayfly_sts::Config::load(&args.config)?;
-    let listener = std::net::TcpListener::bind(&config.listen)
-        .with_context(|| format!("cannot listen on `{}`", config.listen))?;
+    let listener =
+        std::net::TcpListener::bind(&config.listen).with_context(|| format!("cannot listen on `{}`", config.listen))?;
     let sts = mayfly_sts::Sts::new(config, None).map_err(anyhow::Error::msg)?;
     eprintln!("mayfly-sts: listening on {}", listener.local_addr()?);
     mayfly_sts::serve(sts, listener).await?;

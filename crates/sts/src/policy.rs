@@ -81,81 +81,47 @@ impl Policy for Rules {
     fn decide(&self, ask: &ExchangeAsk<'_>) -> Result<Grant, Denial> {
         let subject = ask.subject;
         if ask.scopes.is_empty() {
-            return Err(Denial {
-                code: "invalid_scope",
-                reason: "a scope is required".into(),
-            });
+            return Err(Denial { code: "invalid_scope", reason: "a scope is required".into() });
         }
         let matching: Vec<&Rule> = self
             .rules
             .iter()
             .filter(|r| {
                 r.issuer == subject.issuer
-                    && r.claims.iter().all(|(k, p)| {
-                        claim_str(&subject.claims, k).is_some_and(|v| glob_match(p, &v, false))
-                    })
+                    && r.claims
+                        .iter()
+                        .all(|(k, p)| claim_str(&subject.claims, k).is_some_and(|v| glob_match(p, &v, false)))
             })
             .collect();
         if matching.is_empty() {
             return Err(Denial {
                 code: "invalid_request",
-                reason: format!(
-                    "no rule allows subject `{}` of `{}`",
-                    subject.subject, subject.issuer
-                ),
+                reason: format!("no rule allows subject `{}` of `{}`", subject.subject, subject.issuer),
             });
         }
-        let for_audience: Vec<&Rule> = matching
-            .into_iter()
-            .filter(|r| {
-                r.audiences
-                    .iter()
-                    .any(|p| glob_match(p, ask.audience, false))
-            })
-            .collect();
+        let for_audience: Vec<&Rule> =
+            matching.into_iter().filter(|r| r.audiences.iter().any(|p| glob_match(p, ask.audience, false))).collect();
         if for_audience.is_empty() {
             return Err(Denial {
                 code: "invalid_target",
-                reason: format!(
-                    "audience `{}` is not allowed for subject `{}`",
-                    ask.audience, subject.subject
-                ),
+                reason: format!("audience `{}` is not allowed for subject `{}`", ask.audience, subject.subject),
             });
         }
         let allowed = |rule: &Rule, scope: &str| {
-            rule.scopes
-                .iter()
-                .any(|p| expand(p, &subject.claims).is_some_and(|p| glob_match(&p, scope, true)))
+            rule.scopes.iter().any(|p| expand(p, &subject.claims).is_some_and(|p| glob_match(&p, scope, true)))
         };
-        let Some(rule) = for_audience
-            .iter()
-            .find(|r| ask.scopes.iter().all(|s| allowed(r, s)))
-        else {
-            let refused = ask
-                .scopes
-                .iter()
-                .find(|s| !for_audience.iter().any(|r| allowed(r, s)))
-                .cloned()
-                .unwrap_or_default();
+        let Some(rule) = for_audience.iter().find(|r| ask.scopes.iter().all(|s| allowed(r, s))) else {
+            let refused =
+                ask.scopes.iter().find(|s| !for_audience.iter().any(|r| allowed(r, s))).cloned().unwrap_or_default();
             let reason = if refused.is_empty() {
                 "no single rule allows all the scopes asked for".to_owned()
             } else {
-                format!(
-                    "scope `{refused}` is not allowed for subject `{}`",
-                    subject.subject
-                )
+                format!("scope `{refused}` is not allowed for subject `{}`", subject.subject)
             };
-            return Err(Denial {
-                code: "invalid_scope",
-                reason,
-            });
+            return Err(Denial { code: "invalid_scope", reason });
         };
         let ttl = ask.ttl.unwrap_or(self.default_ttl).min(rule.max_ttl);
-        Ok(Grant {
-            scopes: ask.scopes.to_vec(),
-            ttl,
-            rule: rule.name.clone(),
-        })
+        Ok(Grant { scopes: ask.scopes.to_vec(), ttl, rule: rule.name.clone() })
     }
 }
 
@@ -177,10 +143,7 @@ fn expand(pattern: &str, claims: &Map<String, Value>) -> Option<String> {
         let end = start + rest[start..].find('}')?;
         out.push_str(&rest[..start]);
         let value = claim_str(claims, &rest[start + 1..end])?;
-        if value.is_empty()
-            || value.contains(['*', '{', '}', ':'])
-            || value.contains(char::is_whitespace)
-        {
+        if value.is_empty() || value.contains(['*', '{', '}', ':']) || value.contains(char::is_whitespace) {
             return None;
         }
         out.push_str(&value);
@@ -202,9 +165,7 @@ pub fn glob_match(pattern: &str, value: &str, within_part: bool) -> bool {
     tail.char_indices()
         .map(|(i, _)| i)
         .chain(std::iter::once(tail.len()))
-        .take_while(|&i| {
-            !within_part || !tail[..i].contains(|c: char| c == ':' || c.is_whitespace())
-        })
+        .take_while(|&i| !within_part || !tail[..i].contains(|c: char| c == ':' || c.is_whitespace()))
         .any(|i| glob_match(rest, &tail[i..], within_part))
 }
 
@@ -252,73 +213,40 @@ mod tests {
         scopes: &'a [String],
         ttl: Option<u64>,
     ) -> ExchangeAsk<'a> {
-        ExchangeAsk {
-            subject,
-            audience,
-            scopes,
-            ttl: ttl.map(Duration::from_secs),
-            intent: None,
-        }
+        ExchangeAsk { subject, audience, scopes, ttl: ttl.map(Duration::from_secs), intent: None }
     }
 
     #[test]
     fn grants_the_first_rule_that_allows_everything() {
         let s = subject();
         let scopes = vec!["repo:org/app:write".to_owned()];
-        let grant = rules()
-            .decide(&ask(&s, "https://git.example", &scopes, Some(3600)))
-            .unwrap();
+        let grant = rules().decide(&ask(&s, "https://git.example", &scopes, Some(3600))).unwrap();
         assert_eq!(grant.rule, "main may push its own repo");
         assert_eq!(grant.ttl, Duration::from_secs(900));
         let scopes = vec!["repo:org/docs:read".to_owned()];
-        let grant = rules()
-            .decide(&ask(&s, "https://git.example", &scopes, None))
-            .unwrap();
-        assert_eq!(
-            (grant.rule.as_str(), grant.ttl.as_secs()),
-            ("anyone reads docs", 300)
-        );
+        let grant = rules().decide(&ask(&s, "https://git.example", &scopes, None)).unwrap();
+        assert_eq!((grant.rule.as_str(), grant.ttl.as_secs()), ("anyone reads docs", 300));
     }
 
     #[test]
     fn denies_with_the_right_code() {
         let s = subject();
         let other_repo = vec!["repo:org/other:read".to_owned()];
-        let denial = rules()
-            .decide(&ask(&s, "https://git.example", &other_repo, None))
-            .unwrap_err();
+        let denial = rules().decide(&ask(&s, "https://git.example", &other_repo, None)).unwrap_err();
         assert_eq!(denial.code, "invalid_scope");
         assert!(denial.reason.contains("repo:org/other:read"));
         let docs_write = vec!["repo:org/docs:write".to_owned()];
         assert_eq!(
-            rules()
-                .decide(&ask(&s, "https://git.example", &docs_write, None))
-                .unwrap_err()
-                .code,
+            rules().decide(&ask(&s, "https://git.example", &docs_write, None)).unwrap_err().code,
             "invalid_scope"
         );
         let ok = vec!["repo:org/app:read".to_owned()];
-        assert_eq!(
-            rules()
-                .decide(&ask(&s, "https://evil.example", &ok, None))
-                .unwrap_err()
-                .code,
-            "invalid_target"
-        );
-        assert_eq!(
-            rules()
-                .decide(&ask(&s, "https://git.example", &[], None))
-                .unwrap_err()
-                .code,
-            "invalid_scope"
-        );
+        assert_eq!(rules().decide(&ask(&s, "https://evil.example", &ok, None)).unwrap_err().code, "invalid_target");
+        assert_eq!(rules().decide(&ask(&s, "https://git.example", &[], None)).unwrap_err().code, "invalid_scope");
         let mut stranger = subject();
         stranger.issuer = "https://other".into();
         assert_eq!(
-            rules()
-                .decide(&ask(&stranger, "https://git.example", &ok, None))
-                .unwrap_err()
-                .code,
+            rules().decide(&ask(&stranger, "https://git.example", &ok, None)).unwrap_err().code,
             "invalid_request"
         );
     }
@@ -326,11 +254,7 @@ mod tests {
     #[test]
     fn star_in_scopes_stays_within_one_part() {
         assert!(glob_match("repo:org/app:*", "repo:org/app:read", true));
-        assert!(!glob_match(
-            "repo:org/app:*",
-            "repo:org/app:read:extra",
-            true
-        ));
+        assert!(!glob_match("repo:org/app:*", "repo:org/app:read:extra", true));
         assert!(!glob_match("repo:*:read", "repo:a:b:read", true));
         assert!(glob_match("repo:org/*:read", "repo:org/x/y:read", true));
         assert!(glob_match("repo:org/app:*", "repo:org/app:ref:x", false));
@@ -342,12 +266,6 @@ mod tests {
         let mut s = subject();
         s.claims.insert("repository".into(), json!("*"));
         let scopes = vec!["repo:org/app:read".to_owned()];
-        assert_eq!(
-            rules()
-                .decide(&ask(&s, "https://git.example", &scopes, None))
-                .unwrap_err()
-                .code,
-            "invalid_scope"
-        );
+        assert_eq!(rules().decide(&ask(&s, "https://git.example", &scopes, None)).unwrap_err().code, "invalid_scope");
     }
 }

@@ -37,26 +37,16 @@ impl Sts {
         let key = match (key, &config.signing_key) {
             (Some(key), _) => key,
             (None, Some(path)) => {
-                let pem = std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+                let pem =
+                    std::fs::read_to_string(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
                 SigningKey::from_pem(&pem)?
             }
             (None, None) => SigningKey::generate(Algorithm::Es256)?,
         };
         let verifier = Verifier::new(config.trusted_issuers.clone())?;
-        let policy = Box::new(Rules {
-            rules: config.rules.clone(),
-            default_ttl: config.default_ttl,
-        });
-        let audit = Audit::open(config.audit_log.as_deref())
-            .map_err(|e| format!("cannot open audit log: {e}"))?;
-        Ok(Self {
-            config,
-            key,
-            verifier,
-            policy,
-            audit,
-        })
+        let policy = Box::new(Rules { rules: config.rules.clone(), default_ttl: config.default_ttl });
+        let audit = Audit::open(config.audit_log.as_deref()).map_err(|e| format!("cannot open audit log: {e}"))?;
+        Ok(Self { config, key, verifier, policy, audit })
     }
 
     /// The signing key's public JWK.
@@ -83,38 +73,21 @@ pub async fn serve(sts: Sts, listener: std::net::TcpListener) -> std::io::Result
     let app = Arc::new(sts).router();
     match tls {
         Some(tls) => {
-            let rustls =
-                axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key).await?;
-            axum_server::from_tcp_rustls(listener, rustls)?
-                .serve(app.into_make_service())
-                .await
+            let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key).await?;
+            axum_server::from_tcp_rustls(listener, rustls)?.serve(app.into_make_service()).await
         }
-        None => {
-            axum_server::from_tcp(listener)?
-                .serve(app.into_make_service())
-                .await
-        }
+        None => axum_server::from_tcp(listener)?.serve(app.into_make_service()).await,
     }
 }
 
 fn no_store(mut response: Response) -> Response {
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-        .headers_mut()
-        .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     response
 }
 
 fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
-    no_store(
-        (
-            status,
-            axum::Json(json!({"error": code, "error_description": description})),
-        )
-            .into_response(),
-    )
+    no_store((status, axum::Json(json!({"error": code, "error_description": description}))).into_response())
 }
 
 async fn jwks(State(sts): State<Arc<Sts>>) -> Response {
@@ -140,11 +113,7 @@ struct Form {
 
 impl Form {
     fn one(&self, key: &str) -> Result<Option<&str>, String> {
-        let mut values = self
-            .pairs
-            .iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str());
+        let mut values = self.pairs.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str());
         let first = values.next();
         if values.next().is_some() {
             return Err(format!("`{key}` given more than once"));
@@ -154,10 +123,7 @@ impl Form {
 }
 
 async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: Bytes) -> Response {
-    let form_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let form_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !form_type.starts_with("application/x-www-form-urlencoded") {
         return oauth_error(
             StatusCode::BAD_REQUEST,
@@ -165,9 +131,7 @@ async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: Bytes) -> 
             "body must be application/x-www-form-urlencoded",
         );
     }
-    let form = Form {
-        pairs: url::form_urlencoded::parse(&body).into_owned().collect(),
-    };
+    let form = Form { pairs: url::form_urlencoded::parse(&body).into_owned().collect() };
     match exchange(&sts, &form).await {
         Ok(response) => response,
         Err(Refusal { code, reason }) => oauth_error(StatusCode::BAD_REQUEST, code, &reason),
@@ -181,10 +145,7 @@ struct Refusal {
 }
 
 fn invalid_request(reason: impl Into<String>) -> Refusal {
-    Refusal {
-        code: "invalid_request",
-        reason: reason.into(),
-    }
+    Refusal { code: "invalid_request", reason: reason.into() }
 }
 
 /// The checks of RFC 8693 section 2.1 on the request's shape.
@@ -198,49 +159,30 @@ fn check_shape(form: &Form) -> Result<(), Refusal> {
     match form.one("subject_token_type").map_err(invalid_request)? {
         Some(ID_TOKEN_TYPE | JWT_TOKEN_TYPE) => {}
         Some(_) => {
-            return Err(invalid_request(
-                "`subject_token_type` must be an id_token or jwt",
-            ));
+            return Err(invalid_request("`subject_token_type` must be an id_token or jwt"));
         }
         None => return Err(invalid_request("`subject_token_type` is required")),
     }
-    match (
-        form.one("actor_token").map_err(invalid_request)?,
-        form.one("actor_token_type").map_err(invalid_request)?,
-    ) {
+    match (form.one("actor_token").map_err(invalid_request)?, form.one("actor_token_type").map_err(invalid_request)?) {
         (None, None) => {}
         (Some(_), None) | (None, Some(_)) => {
-            return Err(invalid_request(
-                "`actor_token` and `actor_token_type` go together",
-            ));
+            return Err(invalid_request("`actor_token` and `actor_token_type` go together"));
         }
         (Some(_), Some(_)) => {
-            return Err(invalid_request(
-                "delegation (`actor_token`) is not supported by this exchange",
-            ));
+            return Err(invalid_request("delegation (`actor_token`) is not supported by this exchange"));
         }
     }
     match form.one("requested_token_type").map_err(invalid_request)? {
         None | Some(ACCESS_TOKEN_TYPE | JWT_TOKEN_TYPE) => Ok(()),
-        Some(_) => Err(invalid_request(
-            "`requested_token_type` must be an access_token or jwt",
-        )),
+        Some(_) => Err(invalid_request("`requested_token_type` must be an access_token or jwt")),
     }
 }
 
 async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
-    let audiences: Vec<&str> = form
-        .pairs
-        .iter()
-        .filter(|(k, _)| k == "audience" || k == "resource")
-        .map(|(_, v)| v.as_str())
-        .collect();
+    let audiences: Vec<&str> =
+        form.pairs.iter().filter(|(k, _)| k == "audience" || k == "resource").map(|(_, v)| v.as_str()).collect();
     let scope = form.one("scope").unwrap_or_default().unwrap_or("");
-    let intent: Option<Value> = form
-        .one("intent")
-        .ok()
-        .flatten()
-        .and_then(|v| serde_json::from_str(v).ok());
+    let intent: Option<Value> = form.one("intent").ok().flatten().and_then(|v| serde_json::from_str(v).ok());
     let mut line = Line {
         scope: Some(scope.to_owned()),
         intent: intent.as_ref(),
@@ -266,35 +208,16 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     let audience = match audiences.as_slice() {
         [one] => *one,
         [] => {
-            return Err(deny(
-                Refusal {
-                    code: "invalid_target",
-                    reason: "an `audience` is required".into(),
-                },
-                line,
-            ));
+            return Err(deny(Refusal { code: "invalid_target", reason: "an `audience` is required".into() }, line));
         }
         _ => {
-            return Err(deny(
-                Refusal {
-                    code: "invalid_target",
-                    reason: "one `audience` per request".into(),
-                },
-                line,
-            ));
+            return Err(deny(Refusal { code: "invalid_target", reason: "one `audience` per request".into() }, line));
         }
     };
-    let ttl = match form
-        .one("requested_ttl")
-        .map_err(invalid_request)?
-        .map(str::parse::<u64>)
-    {
+    let ttl = match form.one("requested_ttl").map_err(invalid_request)?.map(str::parse::<u64>) {
         Some(Ok(secs)) => Some(Duration::from_secs(secs)),
         Some(Err(_)) => {
-            return Err(deny(
-                invalid_request("`requested_ttl` must be seconds"),
-                line,
-            ));
+            return Err(deny(invalid_request("`requested_ttl` must be seconds"), line));
         }
         None => None,
     };
@@ -305,23 +228,11 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     line.issuer = Some(&subject.issuer);
     line.subject = Some(&subject.subject);
     let scopes: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
-    let ask = ExchangeAsk {
-        subject: &subject,
-        audience,
-        scopes: &scopes,
-        ttl,
-        intent: intent.as_ref(),
-    };
+    let ask = ExchangeAsk { subject: &subject, audience, scopes: &scopes, ttl, intent: intent.as_ref() };
     let grant = match sts.policy.decide(&ask) {
         Ok(grant) => grant,
         Err(denial) => {
-            return Err(deny(
-                Refusal {
-                    code: denial.code,
-                    reason: denial.reason,
-                },
-                line,
-            ));
+            return Err(deny(Refusal { code: denial.code, reason: denial.reason }, line));
         }
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -340,10 +251,8 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
         "client_id": "mayfly",
         "subject_issuer": subject.issuer,
     });
-    let access_token = sts.key.sign(Some("at+jwt"), &claims).map_err(|e| Refusal {
-        code: "server_error",
-        reason: e,
-    })?;
+    let access_token =
+        sts.key.sign(Some("at+jwt"), &claims).map_err(|e| Refusal { code: "server_error", reason: e })?;
     sts.audit.write(&Line {
         time: now_rfc3339(),
         outcome: "issued",

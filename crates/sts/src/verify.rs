@@ -58,18 +58,12 @@ impl Verifier {
                     .redirect(reqwest::redirect::Policy::none())
                     .no_proxy();
                 if let Some(path) = &config.ca_file {
-                    let pem = std::fs::read(path)
-                        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-                    let certs =
-                        reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string())?;
+                    let pem = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+                    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string())?;
                     builder = builder.tls_certs_merge(certs);
                 }
                 let client = builder.build().map_err(|e| e.to_string())?;
-                Ok(IssuerState {
-                    config,
-                    client,
-                    jwks: Mutex::new(None),
-                })
+                Ok(IssuerState { config, client, jwks: Mutex::new(None) })
             })
             .collect::<Result<_, String>>()?;
         Ok(Self { issuers })
@@ -82,8 +76,8 @@ impl Verifier {
         if parts.len() != 3 {
             return reject("subject token is not a signed JWT");
         }
-        let header: Value = decode_part(parts[0])
-            .ok_or_else(|| Rejection("subject token header is not JSON".into()))?;
+        let header: Value =
+            decode_part(parts[0]).ok_or_else(|| Rejection("subject token header is not JSON".into()))?;
         let algorithm = match header.get("alg").and_then(Value::as_str) {
             Some("RS256") => jsonwebtoken::Algorithm::RS256,
             Some("ES256") => jsonwebtoken::Algorithm::ES256,
@@ -91,81 +85,53 @@ impl Verifier {
                 return reject("subject token alg `none` is not allowed");
             }
             Some(alg) => {
-                return Err(Rejection(format!(
-                    "subject token alg `{}` is not allowed (RS256 or ES256)",
-                    clean(alg)
-                )));
+                return Err(Rejection(format!("subject token alg `{}` is not allowed (RS256 or ES256)", clean(alg))));
             }
             None => return reject("subject token has no alg"),
         };
-        let payload: Value = decode_part(parts[1])
-            .ok_or_else(|| Rejection("subject token payload is not JSON".into()))?;
-        let issuer = payload
-            .get("iss")
-            .and_then(Value::as_str)
-            .ok_or_else(|| Rejection("subject token has no `iss`".into()))?;
+        let payload: Value =
+            decode_part(parts[1]).ok_or_else(|| Rejection("subject token payload is not JSON".into()))?;
+        let issuer =
+            payload.get("iss").and_then(Value::as_str).ok_or_else(|| Rejection("subject token has no `iss`".into()))?;
         let state = self
             .issuers
             .iter()
             .find(|s| s.config.issuer == issuer)
-            .ok_or_else(|| {
-                Rejection(format!(
-                    "subject token issuer `{}` is not trusted",
-                    clean(issuer)
-                ))
-            })?;
+            .ok_or_else(|| Rejection(format!("subject token issuer `{}` is not trusted", clean(issuer))))?;
         let kid = header.get("kid").and_then(Value::as_str);
         let jwk = state.key(kid).await?;
-        let key = DecodingKey::from_jwk(&jwk)
-            .map_err(|_| Rejection("issuer's JWKS key is unusable".into()))?;
+        let key = DecodingKey::from_jwk(&jwk).map_err(|_| Rejection("issuer's JWKS key is unusable".into()))?;
         let mut validation = Validation::new(algorithm);
         validation.set_issuer(&[&state.config.issuer]);
         validation.set_audience(&state.config.audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECS;
-        let data =
-            jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| {
-                Rejection(match e.kind() {
-                    ErrorKind::ExpiredSignature => "subject token has expired".into(),
-                    ErrorKind::ImmatureSignature => {
-                        "subject token is not valid yet (`nbf` in the future)".into()
-                    }
-                    ErrorKind::InvalidAudience => format!(
-                        "subject token audience is wrong (want one of: {})",
-                        state.config.audiences.join(", ")
-                    ),
-                    ErrorKind::InvalidIssuer => "subject token issuer is wrong".into(),
-                    ErrorKind::InvalidSignature => "subject token signature does not verify".into(),
-                    ErrorKind::InvalidAlgorithm => {
-                        "subject token alg does not match the issuer's key".into()
-                    }
-                    ErrorKind::MissingRequiredClaim(c) => {
-                        format!("subject token has no `{}`", clean(c))
-                    }
-                    _ => "subject token is malformed".into(),
-                })
-            })?;
-        let subject = data
-            .claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        Ok(VerifiedSubject {
-            issuer: state.config.issuer.clone(),
-            subject,
-            claims: data.claims,
-        })
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| {
+            Rejection(match e.kind() {
+                ErrorKind::ExpiredSignature => "subject token has expired".into(),
+                ErrorKind::ImmatureSignature => "subject token is not valid yet (`nbf` in the future)".into(),
+                ErrorKind::InvalidAudience => {
+                    format!("subject token audience is wrong (want one of: {})", state.config.audiences.join(", "))
+                }
+                ErrorKind::InvalidIssuer => "subject token issuer is wrong".into(),
+                ErrorKind::InvalidSignature => "subject token signature does not verify".into(),
+                ErrorKind::InvalidAlgorithm => "subject token alg does not match the issuer's key".into(),
+                ErrorKind::MissingRequiredClaim(c) => {
+                    format!("subject token has no `{}`", clean(c))
+                }
+                _ => "subject token is malformed".into(),
+            })
+        })?;
+        let subject = data.claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned();
+        Ok(VerifiedSubject { issuer: state.config.issuer.clone(), subject, claims: data.claims })
     }
 }
 
 impl IssuerState {
     async fn key(&self, kid: Option<&str>) -> Result<Jwk, Rejection> {
         let mut cached = self.jwks.lock().await;
-        let stale = cached
-            .as_ref()
-            .is_none_or(|(at, _)| at.elapsed() > JWKS_MAX_AGE);
+        let stale = cached.as_ref().is_none_or(|(at, _)| at.elapsed() > JWKS_MAX_AGE);
         if stale {
             *cached = Some((Instant::now(), self.fetch_jwks().await?));
         }
@@ -178,15 +144,10 @@ impl IssuerState {
             return Ok(jwk);
         }
         if kid.is_none() {
-            return Err(Rejection(
-                "subject token has no `kid` and the issuer has several keys".into(),
-            ));
+            return Err(Rejection("subject token has no `kid` and the issuer has several keys".into()));
         }
         // An unknown kid may mean the issuer rotated keys: re-fetch, but not too often.
-        if cached
-            .as_ref()
-            .is_some_and(|(at, _)| at.elapsed() > REFETCH_AFTER)
-        {
+        if cached.as_ref().is_some_and(|(at, _)| at.elapsed() > REFETCH_AFTER) {
             *cached = Some((Instant::now(), self.fetch_jwks().await?));
             if let Some(jwk) = cached.as_ref().and_then(|(_, set)| find(set)) {
                 return Ok(jwk);
@@ -202,24 +163,15 @@ impl IssuerState {
         let jwks_uri = match &self.config.jwks_uri {
             Some(uri) => uri.clone(),
             None => {
-                let url = format!(
-                    "{}/.well-known/openid-configuration",
-                    self.config.issuer.trim_end_matches('/')
-                );
+                let url = format!("{}/.well-known/openid-configuration", self.config.issuer.trim_end_matches('/'));
                 let discovery: Value = self.get_json(&url).await?;
-                if discovery.get("issuer").and_then(Value::as_str)
-                    != Some(self.config.issuer.as_str())
-                {
-                    return Err(Rejection(
-                        "issuer's discovery document names another issuer".into(),
-                    ));
+                if discovery.get("issuer").and_then(Value::as_str) != Some(self.config.issuer.as_str()) {
+                    return Err(Rejection("issuer's discovery document names another issuer".into()));
                 }
                 discovery
                     .get("jwks_uri")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        Rejection("issuer's discovery document has no `jwks_uri`".into())
-                    })?
+                    .ok_or_else(|| Rejection("issuer's discovery document has no `jwks_uri`".into()))?
                     .to_owned()
             }
         };
@@ -227,27 +179,12 @@ impl IssuerState {
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, Rejection> {
-        let unreachable = || {
-            Rejection(format!(
-                "cannot fetch keys of issuer `{}`",
-                self.config.issuer
-            ))
-        };
+        let unreachable = || Rejection(format!("cannot fetch keys of issuer `{}`", self.config.issuer));
         let parsed = url::Url::parse(url).map_err(|_| unreachable())?;
-        if parsed.scheme() != "https"
-            && !(parsed.scheme() == "http" && mayfly_core::is_loopback_url(&parsed))
-        {
-            return Err(Rejection(format!(
-                "issuer `{}` keys must be served over https",
-                self.config.issuer
-            )));
+        if parsed.scheme() != "https" && !(parsed.scheme() == "http" && mayfly_core::is_loopback_url(&parsed)) {
+            return Err(Rejection(format!("issuer `{}` keys must be served over https", self.config.issuer)));
         }
-        let mut response = self
-            .client
-            .get(parsed)
-            .send()
-            .await
-            .map_err(|_| unreachable())?;
+        let mut response = self.client.get(parsed).send().await.map_err(|_| unreachable())?;
         if !response.status().is_success() {
             return Err(unreachable());
         }
@@ -268,8 +205,5 @@ fn decode_part(part: &str) -> Option<Value> {
 
 /// Values from tokens go back to clients and logs: no control characters, bounded.
 fn clean(value: &str) -> String {
-    mayfly_core::sanitize_for_terminal(value)
-        .chars()
-        .take(120)
-        .collect()
+    mayfly_core::sanitize_for_terminal(value).chars().take(120).collect()
 }

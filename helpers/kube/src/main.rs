@@ -6,11 +6,6 @@
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let env = mayfly_core::Env::from_os();
-    let code = mayfly_core::protocol::kube::serve(
-        &args,
-        &mut std::io::stdout().lock(),
-        env,
-        &mayfly_core::ancestry,
-    );
+    let code = mayfly_core::protocol::kube::serve(&args, &mut std::io::stdout().lock(), env, &mayfly_core::ancestry);
     std::process::exit(code);
 }

@@ -8,23 +8,12 @@ use std::io::Write;
 use crate::{Env, Operation, Process, Target};
 
 /// Runs one invocation; returns the exit code.
-pub fn serve(
-    args: &[String],
-    stdout: &mut dyn Write,
-    env: Env,
-    ancestry: &dyn Fn() -> Vec<Process>,
-) -> i32 {
+pub fn serve(args: &[String], stdout: &mut dyn Write, env: Env, ancestry: &dyn Fn() -> Vec<Process>) -> i32 {
     let result = match args {
-        [name] => Target::aws(name).map_err(|_| {
-            format!(
-                "`{}` is not a route name",
-                crate::sanitize_for_terminal(name)
-            )
-        }),
-        _ => Err(
-            "usage: mayfly-aws-credential ROUTE (the name of an aws route in the mayfly config)"
-                .into(),
-        ),
+        [name] => {
+            Target::aws(name).map_err(|_| format!("`{}` is not a route name", crate::sanitize_for_terminal(name)))
+        }
+        _ => Err("usage: mayfly-aws-credential ROUTE (the name of an aws route in the mayfly config)".into()),
     }
     .and_then(|target| {
         crate::protocol::token_for(&target, Operation::Read, env, ancestry)?
@@ -33,10 +22,7 @@ pub fn serve(
     .and_then(|issued| {
         let mut document = issued.token.expose().as_bytes().to_vec();
         document.push(b'\n');
-        stdout
-            .write_all(&document)
-            .and_then(|()| stdout.flush())
-            .map_err(|e| e.to_string())
+        stdout.write_all(&document).and_then(|()| stdout.flush()).map_err(|e| e.to_string())
     });
     match result {
         Ok(()) => 0,
@@ -60,11 +46,7 @@ mod tests {
         for args in [vec![], vec!["a", "b"], vec!["bad name"], vec!["deploy"]] {
             let args: Vec<String> = args.into_iter().map(String::from).collect();
             let mut out = Vec::new();
-            assert_eq!(
-                serve(&args, &mut out, env.clone(), &Vec::new),
-                1,
-                "{args:?}"
-            );
+            assert_eq!(serve(&args, &mut out, env.clone(), &Vec::new), 1, "{args:?}");
             assert!(out.is_empty());
         }
     }

@@ -11,10 +11,7 @@ use std::io::{Read, Write};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::{
-    Broker, BrokerError, Env, Issued, Process, Resolution, Scheme, Secret, Target, Tool,
-    infer_git_operation,
-};
+use crate::{Broker, BrokerError, Env, Issued, Process, Resolution, Scheme, Secret, Target, Tool, infer_git_operation};
 
 /// Longest line git may send, LF included.
 pub const MAX_LINE: usize = 65535;
@@ -115,11 +112,7 @@ pub fn parse(input: &[u8]) -> Result<Request, ParseError> {
         }
         let line = std::str::from_utf8(raw).map_err(|_| ParseError::NotUtf8(number))?;
         let (key, value) = line.split_once('=').ok_or(ParseError::NoEquals(number))?;
-        if key.is_empty()
-            || !key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-[]".contains(c))
-        {
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || "_-[]".contains(c)) {
             return Err(ParseError::BadKey(number));
         }
         let once = |slot: &mut Option<String>, name: &'static str| {
@@ -153,11 +146,7 @@ pub fn parse(input: &[u8]) -> Result<Request, ParseError> {
 }
 
 fn push_or_clear(list: &mut Vec<String>, value: &str) {
-    if value.is_empty() {
-        list.clear()
-    } else {
-        list.push(value.to_owned())
-    }
+    if value.is_empty() { list.clear() } else { list.push(value.to_owned()) }
 }
 
 /// Why an answer could not be written.
@@ -262,11 +251,7 @@ pub fn serve(
     let action = Action::from_args(args);
     let mut input = Vec::new();
     // Read to EOF so git never sees EPIPE, but keep only what we may parse.
-    if stdin
-        .take(MAX_INPUT as u64 + 1)
-        .read_to_end(&mut input)
-        .is_err()
-    {
+    if stdin.take(MAX_INPUT as u64 + 1).read_to_end(&mut input).is_err() {
         crate::protocol::warn("git credential request: cannot read stdin");
         return 1;
     }
@@ -303,18 +288,9 @@ fn handle(
     env: Env,
     ancestry: &dyn Fn() -> Vec<Process>,
 ) -> Result<Option<Vec<u8>>, Failure> {
-    let refuse = |message: String| Failure {
-        message,
-        quit: false,
-    };
-    let request =
-        parse(input).map_err(|e| refuse(format!("git credential request refused: {e}")))?;
-    let target = match Target::new(
-        Tool::Git,
-        &request.protocol,
-        &request.host,
-        request.path.as_deref(),
-    ) {
+    let refuse = |message: String| Failure { message, quit: false };
+    let request = parse(input).map_err(|e| refuse(format!("git credential request refused: {e}")))?;
+    let target = match Target::new(Tool::Git, &request.protocol, &request.host, request.path.as_deref()) {
         Ok(target) => target,
         Err(crate::TargetError::Protocol(_)) => return Ok(None), // ssh, cert ...: not ours
         Err(e) => return Err(refuse(format!("git credential request refused: {e}"))),
@@ -339,20 +315,11 @@ fn handle(
         return Ok(None);
     }
     let operation = infer_git_operation(&chain);
-    let issued = broker
-        .token(route, &target, operation, &chain)
-        .map_err(|e: BrokerError| Failure {
-            message: format!(
-                "no token for {} ({operation}): {}",
-                target.display(),
-                crate::protocol::one_line(&e)
-            ),
-            quit: true,
-        })?;
-    answer(&request, &issued).map(Some).map_err(|e| Failure {
-        message: e.to_string(),
+    let issued = broker.token(route, &target, operation, &chain).map_err(|e: BrokerError| Failure {
+        message: format!("no token for {} ({operation}): {}", target.display(), crate::protocol::one_line(&e)),
         quit: true,
-    })
+    })?;
+    answer(&request, &issued).map(Some).map_err(|e| Failure { message: e.to_string(), quit: true })
 }
 
 #[cfg(test)]

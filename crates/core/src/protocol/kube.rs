@@ -14,10 +14,7 @@ use serde_json::json;
 use crate::{Env, EnvVars, Operation, Process, Target, Tool};
 
 /// API versions client-go accepts from exec plugins.
-const API_VERSIONS: [&str; 2] = [
-    "client.authentication.k8s.io/v1",
-    "client.authentication.k8s.io/v1beta1",
-];
+const API_VERSIONS: [&str; 2] = ["client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1"];
 /// How much earlier than the token's expiry kubectl is told to come back.
 const EXPIRY_SKEW_SECS: i64 = 30;
 /// Largest `KUBERNETES_EXEC_INFO` accepted.
@@ -42,19 +39,11 @@ struct Cluster {
 }
 
 /// Runs one plugin invocation; returns the exit code.
-pub fn serve(
-    args: &[String],
-    stdout: &mut dyn Write,
-    env: Env,
-    ancestry: &dyn Fn() -> Vec<Process>,
-) -> i32 {
+pub fn serve(args: &[String], stdout: &mut dyn Write, env: Env, ancestry: &dyn Fn() -> Vec<Process>) -> i32 {
     match handle(args, &env, ancestry).and_then(|answer| {
         let mut line = serde_json::to_vec(&answer).map_err(|e| e.to_string())?;
         line.push(b'\n');
-        stdout
-            .write_all(&line)
-            .and_then(|()| stdout.flush())
-            .map_err(|e| e.to_string())
+        stdout.write_all(&line).and_then(|()| stdout.flush()).map_err(|e| e.to_string())
     }) {
         Ok(()) => 0,
         Err(message) => {
@@ -64,11 +53,7 @@ pub fn serve(
     }
 }
 
-fn handle(
-    args: &[String],
-    env: &Env,
-    ancestry: &dyn Fn() -> Vec<Process>,
-) -> Result<serde_json::Value, String> {
+fn handle(args: &[String], env: &Env, ancestry: &dyn Fn() -> Vec<Process>) -> Result<serde_json::Value, String> {
     let info = match env.get(EnvVars::KUBERNETES_EXEC_INFO) {
         Some(raw) if raw.len() > MAX_EXEC_INFO => {
             return Err("KUBERNETES_EXEC_INFO is too large".into());
@@ -79,17 +64,10 @@ fn handle(
         ),
         None => None,
     };
-    if info
-        .as_ref()
-        .and_then(|i| i.kind.as_deref())
-        .is_some_and(|k| k != "ExecCredential")
-    {
+    if info.as_ref().and_then(|i| i.kind.as_deref()).is_some_and(|k| k != "ExecCredential") {
         return Err("KUBERNETES_EXEC_INFO is not an ExecCredential".into());
     }
-    let api_version = info
-        .as_ref()
-        .and_then(|i| i.api_version.clone())
-        .unwrap_or_else(|| API_VERSIONS[0].to_owned());
+    let api_version = info.as_ref().and_then(|i| i.api_version.clone()).unwrap_or_else(|| API_VERSIONS[0].to_owned());
     if !API_VERSIONS.contains(&api_version.as_str()) {
         return Err(format!(
             "unsupported exec credential apiVersion `{}` (v1 or v1beta1)",
@@ -99,19 +77,14 @@ fn handle(
     let server = server_arg(args)?
         .or_else(|| info.and_then(|i| i.spec?.cluster?.server))
         .ok_or("no cluster server: set `provideClusterInfo: true` in the kubeconfig, or pass `--server URL`")?;
-    let url = url::Url::parse(&server).map_err(|_| {
-        format!(
-            "invalid cluster server `{}`",
-            crate::sanitize_for_terminal(&server)
-        )
-    })?;
+    let url = url::Url::parse(&server)
+        .map_err(|_| format!("invalid cluster server `{}`", crate::sanitize_for_terminal(&server)))?;
     let host = match (url.host_str(), url.port()) {
         (Some(host), Some(port)) => format!("{host}:{port}"),
         (Some(host), None) => host.to_owned(),
         (None, _) => return Err("the cluster server URL has no host".into()),
     };
-    let target =
-        Target::new(Tool::Kubectl, url.scheme(), &host, None).map_err(|e| e.to_string())?;
+    let target = Target::new(Tool::Kubectl, url.scheme(), &host, None).map_err(|e| e.to_string())?;
     let issued = crate::protocol::token_for(&target, Operation::Read, env.clone(), ancestry)?
         .ok_or_else(|| format!("no mayfly route for kubectl cluster {}", target.display()))?;
     let mut status = json!({"token": issued.token.expose()});
@@ -143,10 +116,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.toml");
         std::fs::write(&config, "").unwrap();
-        let mut pairs = vec![(
-            EnvVars::MAYFLY_CONFIG.to_owned(),
-            config.display().to_string(),
-        )];
+        let mut pairs = vec![(EnvVars::MAYFLY_CONFIG.to_owned(), config.display().to_string())];
         if let Some(info) = exec_info {
             pairs.push((EnvVars::KUBERNETES_EXEC_INFO.to_owned(), info.to_owned()));
         }
@@ -161,16 +131,8 @@ mod tests {
         for (args, info) in [
             (vec![], None),
             (vec![], Some("not json")),
-            (
-                vec![],
-                Some(r#"{"apiVersion":"client.authentication.k8s.io/v1","kind":"Secret"}"#),
-            ),
-            (
-                vec![],
-                Some(
-                    r#"{"apiVersion":"client.authentication.k8s.io/v1alpha1","kind":"ExecCredential"}"#,
-                ),
-            ),
+            (vec![], Some(r#"{"apiVersion":"client.authentication.k8s.io/v1","kind":"Secret"}"#)),
+            (vec![], Some(r#"{"apiVersion":"client.authentication.k8s.io/v1alpha1","kind":"ExecCredential"}"#)),
             (
                 vec![],
                 Some(

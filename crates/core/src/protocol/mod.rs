@@ -46,14 +46,7 @@ pub(crate) fn token_for(
     broker
         .token(route, target, operation, &chain)
         .map(Some)
-        .map_err(|e| {
-            format!(
-                "no token for {} ({}): {}",
-                target.display(),
-                target.tool.as_str(),
-                one_line(&e)
-            )
-        })
+        .map_err(|e| format!("no token for {} ({}): {}", target.display(), target.tool.as_str(), one_line(&e)))
 }
 
 /// Drops the cached tokens of a host-level target; true when a route serves it.

@@ -23,12 +23,7 @@ pub fn serve(
         Ok(Some(answer)) => {
             let mut line = answer.to_string().into_bytes();
             line.push(b'\n');
-            i32::from(
-                stdout
-                    .write_all(&line)
-                    .and_then(|()| stdout.flush())
-                    .is_err(),
-            )
+            i32::from(stdout.write_all(&line).and_then(|()| stdout.flush()).is_err())
         }
         Err(message) => {
             crate::protocol::warn(&message);
@@ -50,10 +45,7 @@ fn handle(
     match verb.as_str() {
         "get" => {
             let issued = crate::protocol::token_for(&target()?, Operation::Read, env, ancestry)?;
-            Ok(Some(issued.map_or_else(
-                || json!({}),
-                |i| json!({"token": i.token.expose()}),
-            )))
+            Ok(Some(issued.map_or_else(|| json!({}), |i| json!({"token": i.token.expose()}))))
         }
         "store" => {
             // Terraform writes the credentials object and expects it read before we fail.
@@ -64,10 +56,7 @@ fn handle(
             crate::protocol::erase(&target()?, env, ancestry)?;
             Ok(None)
         }
-        other => Err(format!(
-            "unknown verb `{}` (get, store or forget)",
-            crate::sanitize_for_terminal(other)
-        )),
+        other => Err(format!("unknown verb `{}` (get, store or forget)", crate::sanitize_for_terminal(other))),
     }
 }
 
@@ -89,23 +78,14 @@ mod tests {
     #[test]
     fn no_route_is_an_empty_object_and_success() {
         assert_eq!(run(&["get", "app.terraform.io"], b""), (0, "{}\n".into()));
-        assert_eq!(
-            run(&["--some-arg", "get", "APP.Terraform.io"], b""),
-            (0, "{}\n".into())
-        );
+        assert_eq!(run(&["--some-arg", "get", "APP.Terraform.io"], b""), (0, "{}\n".into()));
     }
 
     #[test]
     fn store_reads_everything_then_refuses_and_forget_succeeds() {
         let big = vec![b'x'; 1 << 20];
-        assert_eq!(
-            run(&["store", "app.terraform.io"], &big),
-            (1, String::new())
-        );
-        assert_eq!(
-            run(&["forget", "app.terraform.io"], b""),
-            (0, String::new())
-        );
+        assert_eq!(run(&["store", "app.terraform.io"], &big), (1, String::new()));
+        assert_eq!(run(&["forget", "app.terraform.io"], b""), (0, String::new()));
     }
 
     #[test]

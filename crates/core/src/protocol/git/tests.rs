@@ -19,10 +19,7 @@ fn parses_what_git_2_47_sends() {
     assert_eq!(request.host, "git.example.com:8443");
     assert_eq!(request.path.as_deref(), Some("org/app.git"));
     assert!(request.has_capability("authtype") && request.has_capability("state"));
-    assert_eq!(
-        request.wwwauth,
-        vec!["Bearer realm=\"x\"", "Basic realm=\"y=z\""]
-    );
+    assert_eq!(request.wwwauth, vec!["Bearer realm=\"x\"", "Basic realm=\"y=z\""]);
 }
 
 #[test]
@@ -35,71 +32,34 @@ fn reads_to_eof_or_blank_line_and_ignores_unknown_keys() {
 
 #[test]
 fn list_keys_clear_on_empty_value_and_scalars_take_the_last() {
-    let request = parse(
-        b"protocol=https\nhost=h\nwwwauth[]=a\nwwwauth[]=\nwwwauth[]=b\nusername=u1\nusername=u2\n",
-    )
-    .unwrap();
+    let request =
+        parse(b"protocol=https\nhost=h\nwwwauth[]=a\nwwwauth[]=\nwwwauth[]=b\nusername=u1\nusername=u2\n").unwrap();
     assert_eq!(request.wwwauth, vec!["b"]);
     assert_eq!(request.username.as_deref(), Some("u2"));
 }
 
 #[test]
 fn hostile_inputs_are_refused() {
-    let long = format!(
-        "protocol=https\nhost=h\nwwwauth[]={}\n",
-        "a".repeat(MAX_LINE)
-    );
+    let long = format!("protocol=https\nhost=h\nwwwauth[]={}\n", "a".repeat(MAX_LINE));
     let cases: Vec<(&[u8], ParseError)> = vec![
-        (
-            b"protocol=https\nhost=good.example\rhost=evil.example\n",
-            ParseError::CarriageReturn(2),
-        ),
-        (
-            b"protocol=https\r\nhost=h\r\n",
-            ParseError::CarriageReturn(1),
-        ),
+        (b"protocol=https\nhost=good.example\rhost=evil.example\n", ParseError::CarriageReturn(2)),
+        (b"protocol=https\r\nhost=h\r\n", ParseError::CarriageReturn(1)),
         (b"protocol=https\nhost=h\0evil\n", ParseError::Nul(2)),
-        (
-            b"protocol=https\nhost=h\nhost=evil\n",
-            ParseError::Duplicate("host"),
-        ),
-        (
-            b"protocol=https\nprotocol=http\nhost=h\n",
-            ParseError::Duplicate("protocol"),
-        ),
-        (
-            b"protocol=https\nhost=h\npath=a\npath=b\n",
-            ParseError::Duplicate("path"),
-        ),
-        (
-            b"protocol=https\nhost=evil.example%0ahost=good.example\n",
-            ParseError::EncodedControl("host"),
-        ),
-        (
-            b"protocol=https\nhost=h\npath=x%0Dhost=y\n",
-            ParseError::EncodedControl("path"),
-        ),
-        (
-            b"protocol=https\nhost=h\nbare-token-line\n",
-            ParseError::NoEquals(3),
-        ),
+        (b"protocol=https\nhost=h\nhost=evil\n", ParseError::Duplicate("host")),
+        (b"protocol=https\nprotocol=http\nhost=h\n", ParseError::Duplicate("protocol")),
+        (b"protocol=https\nhost=h\npath=a\npath=b\n", ParseError::Duplicate("path")),
+        (b"protocol=https\nhost=evil.example%0ahost=good.example\n", ParseError::EncodedControl("host")),
+        (b"protocol=https\nhost=h\npath=x%0Dhost=y\n", ParseError::EncodedControl("path")),
+        (b"protocol=https\nhost=h\nbare-token-line\n", ParseError::NoEquals(3)),
         (b"protocol=https\nhost=h\n=value\n", ParseError::BadKey(3)),
         (b"protocol=https\nhost=h\nke y=v\n", ParseError::BadKey(3)),
         (b"host=h\n", ParseError::MissingProtocol),
         (b"protocol=https\n", ParseError::MissingHost),
-        (
-            b"protocol=https\nhost=h\npassword=\xff\n",
-            ParseError::NotUtf8(3),
-        ),
+        (b"protocol=https\nhost=h\npassword=\xff\n", ParseError::NotUtf8(3)),
         (long.as_bytes(), ParseError::LineTooLong(3)),
     ];
     for (input, expected) in cases {
-        assert_eq!(
-            parse(input).unwrap_err(),
-            expected,
-            "{:?}",
-            String::from_utf8_lossy(&input[..input.len().min(80)])
-        );
+        assert_eq!(parse(input).unwrap_err(), expected, "{:?}", String::from_utf8_lossy(&input[..input.len().min(80)]));
     }
     let huge = vec![b'a'; MAX_INPUT + 1];
     assert_eq!(parse(&huge).unwrap_err(), ParseError::TooLarge);
@@ -107,13 +67,9 @@ fn hostile_inputs_are_refused() {
 
 #[test]
 fn errors_never_echo_values() {
-    let err = parse(b"protocol=https\nhost=h\npassword=s3cr3t\0\n")
-        .unwrap_err()
-        .to_string();
+    let err = parse(b"protocol=https\nhost=h\npassword=s3cr3t\0\n").unwrap_err().to_string();
     assert!(!err.contains("s3cr3t"), "{err}");
-    let err = parse(b"protocol=https\nhost=h\nghp_tokenlinewithoutequals\n")
-        .unwrap_err()
-        .to_string();
+    let err = parse(b"protocol=https\nhost=h\nghp_tokenlinewithoutequals\n").unwrap_err().to_string();
     assert!(!err.contains("ghp_"), "{err}");
 }
 
@@ -130,8 +86,7 @@ fn long_header_cannot_smuggle_a_host() {
 
 #[test]
 fn modern_answer_is_ephemeral_bearer_with_expiry_and_state() {
-    let request =
-        parse(b"capability[]=authtype\ncapability[]=state\nprotocol=https\nhost=h\n").unwrap();
+    let request = parse(b"capability[]=authtype\ncapability[]=state\nprotocol=https\nhost=h\n").unwrap();
     let out = String::from_utf8(answer(&request, &issued(Scheme::Bearer)).unwrap()).unwrap();
     assert_eq!(
         out,
@@ -156,10 +111,7 @@ fn modern_basic_answer_encodes_username_and_token() {
 fn legacy_answer_without_capability_is_username_password() {
     let request = parse(b"protocol=https\nhost=h\n").unwrap();
     let out = String::from_utf8(answer(&request, &issued(Scheme::Bearer)).unwrap()).unwrap();
-    assert_eq!(
-        out,
-        "username=x-access-token\npassword=tok.en\npassword_expiry_utc=1767225600\n"
-    );
+    assert_eq!(out, "username=x-access-token\npassword=tok.en\npassword_expiry_utc=1767225600\n");
     assert!(!out.contains("url="));
 }
 
@@ -176,9 +128,7 @@ fn answers_refuse_values_with_line_breaks() {
 fn run(args: &[&str], input: &[u8], env: Env) -> (i32, Vec<u8>) {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let mut out = Vec::new();
-    let code = serve(&args, &mut &input[..], &mut out, env, &|| {
-        panic!("no ancestry for unrouted requests")
-    });
+    let code = serve(&args, &mut &input[..], &mut out, env, &|| panic!("no ancestry for unrouted requests"));
     (code, out)
 }
 
@@ -194,30 +144,19 @@ fn empty_config_env() -> (tempfile::TempDir, Env) {
 fn store_unknown_and_unrouted_requests_print_nothing() {
     let (_dir, env) = empty_config_env();
     for action in ["store", "erase", "get", "capability", "frobnicate"] {
-        let (code, out) = run(
-            &[action],
-            b"protocol=https\nhost=git.example.com\npassword=p\n",
-            env.clone(),
-        );
+        let (code, out) = run(&[action], b"protocol=https\nhost=git.example.com\npassword=p\n", env.clone());
         assert_eq!((code, out.as_slice()), (0, &b""[..]), "{action}");
     }
-    let (code, out) = run(
-        &["get"],
-        b"protocol=cert\nhost=\npath=/etc/cert.p12\n",
-        env.clone(),
-    );
+    let (code, out) = run(&["get"], b"protocol=cert\nhost=\npath=/etc/cert.p12\n", env.clone());
     assert_eq!((code, out.len()), (0, 0));
 }
 
 #[test]
 fn malformed_requests_print_nothing_and_fail() {
     let (_dir, env) = empty_config_env();
-    for input in [
-        &b"protocol=https\nhost=a\rb\n"[..],
-        b"host=h\n",
-        b"protocol=https\nhost=\n",
-        b"protocol=https\nhost=a@b\n",
-    ] {
+    for input in
+        [&b"protocol=https\nhost=a\rb\n"[..], b"host=h\n", b"protocol=https\nhost=\n", b"protocol=https\nhost=a@b\n"]
+    {
         let (code, out) = run(&["get"], input, env.clone());
         assert_eq!(code, 1);
         assert!(out.is_empty());
@@ -240,10 +179,7 @@ mod fuzz {
             "state[]",
             "x",
         ]);
-        let value = prop::collection::vec(
-            prop::sample::select(b"ab.:/=%0aAdD\r\n\0\xff \x1b".to_vec()),
-            0..12,
-        );
+        let value = prop::collection::vec(prop::sample::select(b"ab.:/=%0aAdD\r\n\0\xff \x1b".to_vec()), 0..12);
         (keys, value).prop_map(|(k, v)| {
             let mut line = format!("{k}=").into_bytes();
             line.extend(v);
