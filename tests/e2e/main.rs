@@ -1,6 +1,7 @@
 //! End-to-end tests: the real git and the real binaries against real servers on loopback.
 
 mod aws;
+mod cargo;
 mod demo;
 mod exchange_faults;
 mod git_flow;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use mayfly_devstack::{DevCa, DevIssuer, GitServer, KubeApiServer, ModuleRegistry};
+use mayfly_devstack::{CargoRegistry, DevCa, DevIssuer, GitServer, KubeApiServer, ModuleRegistry};
 use serde_json::{Value, json};
 
 pub use mayfly_sts::Algorithm;
@@ -97,6 +97,8 @@ pub struct Stack {
     pub kube: KubeApiServer,
     /// The Terraform module registry.
     pub registry: ModuleRegistry,
+    /// The cargo registry.
+    pub cargo: CargoRegistry,
     /// The exchange.
     pub sts: StsProcess,
     // Last, so the servers stop after everything that uses them.
@@ -139,11 +141,14 @@ impl Stack {
         let kube = KubeApiServer::start(&runtime, &ca, &sts_url).expect("kube API server");
         let registry =
             ModuleRegistry::start(&runtime, &ca, &sts_url, &dir.path().join("registry")).expect("module registry");
-        let servers = Servers { git: &git.base_url, kube: &kube.base_url, registry: &registry.base_url };
+        let cargo = CargoRegistry::start(&runtime, &ca, &sts_url).expect("cargo registry");
+        let servers =
+            Servers { git: &git.base_url, kube: &kube.base_url, registry: &registry.base_url, cargo: &cargo.base_url };
         let sts = start_sts(dir.path(), port, &sts_url, &issuer, &servers, &ca, options.max_ttl);
         git.create_repo("org/app.git").expect("repo");
         git.create_repo("org/docs.git").expect("repo");
-        let stack = Self { dir, runtime_dir, home, work, ca, issuer, git, kube, registry, sts, _runtime: runtime };
+        let stack =
+            Self { dir, runtime_dir, home, work, ca, issuer, git, kube, registry, cargo, sts, _runtime: runtime };
         stack.write_config(&stack.default_routes());
         stack.wire_git();
         stack
@@ -174,14 +179,18 @@ impl Stack {
         format!("[[routes]]\ntool = \"{tool}\"\nhost = \"{host}\"\nidentity = \"ci\"\nexchange = \"sts\"\n")
     }
 
-    /// `org/app` read and write, `org/docs` read only, the cluster and the module
-    /// registry, all from the GitHub-style identity.
+    /// `org/app` read and write, `org/docs` read only, the cluster, the module registry
+    /// and the cargo registry (read and publish), all from the GitHub-style identity.
     pub fn default_routes(&self) -> String {
         [
             self.route("org/app", &["read", "write"], "ci"),
             self.route("org/docs", &["read"], "ci"),
             self.host_route("kubectl", &self.kube.base_url),
             self.host_route("terraform", &self.registry.base_url),
+            format!(
+                "[[routes]]\ntool = \"cargo\"\nprotocol = \"http\"\nhost = \"{}\"\nidentity = \"ci\"\nexchange = \"sts\"\noperations = [\"read\", \"publish\"]\n",
+                self.cargo.base_url.trim_start_matches("http://")
+            ),
         ]
         .join("\n")
     }
@@ -299,6 +308,7 @@ struct Servers<'a> {
     git: &'a str,
     kube: &'a str,
     registry: &'a str,
+    cargo: &'a str,
 }
 
 fn start_sts(
@@ -352,7 +362,22 @@ issuer = "{issuer}"
 claims = {{ repository_owner = "org" }}
 audiences = ["{registry_url}"]
 scopes = ["registry:{registry_host}"]
+
+[[rules]]
+name = "the org reads crates"
+issuer = "{issuer}"
+claims = {{ repository_owner = "org" }}
+audiences = ["{cargo_url}"]
+scopes = ["crate:*:read"]
+
+[[rules]]
+name = "org/app publishes mayfly-hello"
+issuer = "{issuer}"
+claims = {{ repository = "org/app" }}
+audiences = ["{cargo_url}"]
+scopes = ["crate:mayfly-hello:publish"]
 "#,
+        cargo_url = servers.cargo,
         git_url = servers.git,
         kube_url = servers.kube,
         kube_host = servers.kube.trim_start_matches("https://"),

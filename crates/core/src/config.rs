@@ -217,7 +217,8 @@ pub struct Route {
     pub exchange: String,
     /// Audience asked of the exchange.
     pub audience: String,
-    /// Scope template with `{path}`, `{host}` and `{operation}`; default per tool
+    /// Scope template with `{path}` (repository or package; `*` for none), `{host}` and
+    /// `{operation}`; default per tool
     /// ([`Tool::default_scope`]).
     pub scope: String,
     /// Operations this route may ask tokens for; others are denied.
@@ -238,15 +239,16 @@ impl Route {
     /// The scope to ask for this target and operation.
     pub fn scope_for(&self, target: &Target, operation: Operation) -> String {
         self.scope
-            .replace("{path}", target.path.as_deref().unwrap_or(""))
+            .replace("{path}", target.path.as_deref().unwrap_or("*"))
             .replace("{host}", &target.host)
             .replace("{operation}", operation.as_str())
     }
 
-    /// True when the scope is bound to the repository path, which git only sends with
-    /// `credential.useHttpPath`.
+    /// True when a git route binds tokens to the repository path, which git only sends
+    /// with `credential.useHttpPath`. (Other tools name their package when there is one,
+    /// and `{path}` is `*` when there is none.)
     pub fn needs_path(&self) -> bool {
-        self.path.is_some() || self.scope.contains("{path}")
+        self.tool == Tool::Git && (self.path.is_some() || self.scope.contains("{path}"))
     }
 
     fn matches(&self, target: &Target) -> bool {

@@ -16,6 +16,8 @@ pub enum Tool {
     Terraform,
     /// The AWS CLI and SDKs, through `credential_process`.
     Aws,
+    /// cargo, through a credential provider.
+    Cargo,
 }
 
 impl Tool {
@@ -26,6 +28,7 @@ impl Tool {
             Self::Kubectl => "kubectl",
             Self::Terraform => "terraform",
             Self::Aws => "aws",
+            Self::Cargo => "cargo",
         }
     }
 
@@ -37,6 +40,7 @@ impl Tool {
             Self::Kubectl => "cluster:{host}",
             Self::Terraform => "registry:{host}",
             Self::Aws => "{host}",
+            Self::Cargo => "crate:{path}:{operation}",
         }
     }
 
@@ -59,7 +63,8 @@ impl FromStr for Tool {
             "kubectl" => Ok(Self::Kubectl),
             "terraform" => Ok(Self::Terraform),
             "aws" => Ok(Self::Aws),
-            other => Err(format!("unknown tool `{other}` (git, kubectl, terraform or aws)")),
+            "cargo" => Ok(Self::Cargo),
+            other => Err(format!("unknown tool `{other}` (git, kubectl, terraform, aws or cargo)")),
         }
     }
 }
@@ -73,6 +78,12 @@ pub enum Operation {
     Read,
     /// Push, upload.
     Write,
+    /// Publish a package (cargo).
+    Publish,
+    /// Yank or unyank a published version (cargo).
+    Yank,
+    /// Change a package's owners (cargo).
+    Owners,
 }
 
 impl Operation {
@@ -81,6 +92,9 @@ impl Operation {
         match self {
             Self::Read => "read",
             Self::Write => "write",
+            Self::Publish => "publish",
+            Self::Yank => "yank",
+            Self::Owners => "owners",
         }
     }
 }
@@ -91,7 +105,10 @@ impl FromStr for Operation {
         match s {
             "read" => Ok(Self::Read),
             "write" => Ok(Self::Write),
-            other => Err(format!("unknown operation `{other}` (expected `read` or `write`)")),
+            "publish" => Ok(Self::Publish),
+            "yank" => Ok(Self::Yank),
+            "owners" => Ok(Self::Owners),
+            other => Err(format!("unknown operation `{other}` (read, write, publish, yank or owners)")),
         }
     }
 }

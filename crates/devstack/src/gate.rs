@@ -71,6 +71,17 @@ impl TokenGate {
 
     /// The token's claims when it may do what `scope` names.
     pub(crate) async fn check(&self, headers: &HeaderMap, scope: &str) -> Result<Value, Refusal> {
+        self.check_with(headers, scope, |granted| granted == scope).await
+    }
+
+    /// The token's claims when one of its scopes satisfies `allows` (`wanted` names what
+    /// was needed, for the refusal).
+    pub(crate) async fn check_with(
+        &self,
+        headers: &HeaderMap,
+        wanted: &str,
+        allows: impl Fn(&str) -> bool,
+    ) -> Result<Value, Refusal> {
         let token = presented_token(headers).ok_or_else(|| Refusal::Unauthorized("authentication required".into()))?;
         let fingerprint = mayfly_core::Fingerprint::of(&token).to_string();
         if self.revoked.lock().is_ok_and(|r| r.contains(&fingerprint)) {
@@ -78,8 +89,8 @@ impl TokenGate {
         }
         let claims = self.verify(&token).await.map_err(Refusal::Unauthorized)?;
         let scopes = claims.get("scope").and_then(Value::as_str).unwrap_or("");
-        if !scopes.split_whitespace().any(|s| s == scope) {
-            return Err(Refusal::Forbidden(format!("token does not allow `{scope}`")));
+        if !scopes.split_whitespace().any(allows) {
+            return Err(Refusal::Forbidden(format!("token does not allow `{wanted}`")));
         }
         Ok(claims)
     }

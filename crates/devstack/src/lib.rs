@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 mod aws_sts_gate;
+mod cargo_registry;
 mod gate;
 mod git_server;
 mod issuer;
@@ -14,6 +15,7 @@ mod module_registry;
 mod tls;
 
 pub use aws_sts_gate::AwsStsGate;
+pub use cargo_registry::CargoRegistry;
 pub use git_server::{GitServer, GitServerStats};
 pub use issuer::DevIssuer;
 pub use kube_api::KubeApiServer;

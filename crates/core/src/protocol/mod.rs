@@ -2,6 +2,7 @@
 //! stdin, stdout and the process exit code.
 
 pub mod aws;
+pub mod cargo;
 pub mod git;
 pub mod kube;
 pub mod terraform;
