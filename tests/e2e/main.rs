@@ -6,6 +6,7 @@ mod demo;
 mod exchange_faults;
 mod git_flow;
 mod helper_protocol;
+mod hostile_input;
 mod kubectl;
 mod no_disk;
 mod single_flight;

@@ -216,6 +216,26 @@ pub fn normalize_repo_path(path: &str) -> Result<Option<String>, Error> {
     Ok(Some(trimmed.to_owned()))
 }
 
+/// A URL a tool handed us (a cluster server, a registry index), parsed strictly: URL
+/// parsers quietly trim control characters and accept `user@host`, and neither belongs in
+/// a value a token is routed by.
+pub(crate) fn strict_url(text: &str) -> Option<url::Url> {
+    if text.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return None;
+    }
+    let url = url::Url::parse(text).ok()?;
+    (url.username().is_empty() && url.password().is_none() && url.host_str().is_some()).then_some(url)
+}
+
+/// `host[:port]` of a URL, as targets name hosts.
+pub(crate) fn host_port(url: &url::Url) -> Option<String> {
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
+}
+
 /// An AWS route name: letters, digits, `.`, `_` and `-`, at most 64.
 pub(crate) fn aws_key(name: &str) -> Result<String, Error> {
     let ok =
@@ -267,6 +287,23 @@ mod tests {
         assert!(is_segment_prefix("org", "org/app"));
         assert!(!is_segment_prefix("org/app", "org/apples"));
         assert!(!is_segment_prefix("org/app", "org"));
+    }
+
+    #[test]
+    fn urls_from_tools_are_parsed_strictly() {
+        assert!(strict_url("https://k8s.example:6443").is_some());
+        for bad in [
+            "https://k8s.example\u{0}",
+            " https://k8s.example",
+            "https://k8s.example/\n",
+            "https://evil@k8s.example",
+            "https://a:b@k8s.example",
+            "not a url",
+            "unix:/x",
+        ] {
+            assert!(strict_url(bad).is_none(), "{bad:?}");
+        }
+        assert_eq!(host_port(&strict_url("https://K8S.example:6443/x").unwrap()).unwrap(), "k8s.example:6443");
     }
 
     #[test]

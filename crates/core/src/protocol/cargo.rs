@@ -94,11 +94,9 @@ fn answer(request: Request, env: &Env, ancestry: &dyn Fn() -> Vec<Process>) -> V
         return failure(&format!("unsupported credential protocol version {}", request.v));
     }
     let index = request.registry.index_url.strip_prefix("sparse+").unwrap_or(&request.registry.index_url);
-    let Ok(url) = url::Url::parse(index) else { return json!({"Err": {"kind": "url-not-supported"}}) };
-    let host = match (url.host_str(), url.port()) {
-        (Some(host), Some(port)) => format!("{host}:{port}"),
-        (Some(host), None) => host.to_owned(),
-        (None, _) => return json!({"Err": {"kind": "url-not-supported"}}),
+    let url = crate::target::strict_url(index);
+    let Some((url, host)) = url.and_then(|u| crate::target::host_port(&u).map(|h| (u, h))) else {
+        return json!({"Err": {"kind": "url-not-supported"}});
     };
     match request.action {
         Action::Get { operation, name } => {

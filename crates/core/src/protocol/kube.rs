@@ -77,13 +77,9 @@ fn handle(args: &[String], env: &Env, ancestry: &dyn Fn() -> Vec<Process>) -> Re
     let server = server_arg(args)?
         .or_else(|| info.and_then(|i| i.spec?.cluster?.server))
         .ok_or("no cluster server: set `provideClusterInfo: true` in the kubeconfig, or pass `--server URL`")?;
-    let url = url::Url::parse(&server)
-        .map_err(|_| format!("invalid cluster server `{}`", crate::sanitize_for_terminal(&server)))?;
-    let host = match (url.host_str(), url.port()) {
-        (Some(host), Some(port)) => format!("{host}:{port}"),
-        (Some(host), None) => host.to_owned(),
-        (None, _) => return Err("the cluster server URL has no host".into()),
-    };
+    let invalid = || format!("invalid cluster server `{}`", crate::sanitize_for_terminal(&server));
+    let url = crate::target::strict_url(&server).ok_or_else(invalid)?;
+    let host = crate::target::host_port(&url).ok_or_else(invalid)?;
     let target = Target::new(Tool::Kubectl, url.scheme(), &host, None).map_err(|e| e.to_string())?;
     let issued = crate::protocol::token_for(&target, Operation::Read, env.clone(), ancestry)?
         .ok_or_else(|| format!("no mayfly route for kubectl cluster {}", target.display()))?;
