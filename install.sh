@@ -13,6 +13,7 @@ Builds mayfly (release mode) and installs into DIR (default: ~/.local/bin):
   terraform-credentials-mayfly  Terraform's credentials helper
   mayfly-aws-credential   the AWS CLI's and SDKs' credential_process
   cargo-credential-mayfly cargo's credential provider
+  docker-credential-mayfly  the docker/OCI credential helper (docker, skopeo, podman, crane)
   mayfly-sts              the reference token exchange
 
 Needs: cargo (Rust 1.89 or newer). The demo and the git helper need git 2.46 or newer.
@@ -69,7 +70,7 @@ case "$host" in
         fi
         ;;
 esac
-bins="mayfly mayfly-sts git-credential-mayfly mayfly-kube-credential terraform-credentials-mayfly mayfly-aws-credential cargo-credential-mayfly"
+bins="mayfly mayfly-sts git-credential-mayfly mayfly-kube-credential terraform-credentials-mayfly mayfly-aws-credential cargo-credential-mayfly docker-credential-mayfly"
 cargo build --release --locked --target "$host" $(printf -- '-p %s ' $bins)
 mkdir -p "$prefix"
 for bin in $bins; do

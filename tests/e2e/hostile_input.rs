@@ -55,6 +55,8 @@ fn every_helper_refuses_hostile_input_without_leaking_or_panicking() {
         case("mayfly-aws-credential", &["deploy\nx"], b""),
         case("mayfly-aws-credential", &["a", "b"], b""),
         case("mayfly-kube-credential", &["--server"], b""),
+        case("docker-credential-mayfly", &["teleport"], b""),
+        case("docker-credential-mayfly", &["store"], br#"{"ServerURL":"r","Username":"u","Secret":"s"}"#),
         case("mayfly-kube-credential", &["--bogus", &kube_host], b""),
     ];
     for info in [
@@ -71,7 +73,14 @@ fn every_helper_refuses_hostile_input_without_leaking_or_panicking() {
         let out = run(&stack, case);
         let shown = format!("{} {:?}", case.helper, case.args);
         assert_eq!(out.status.code(), Some(1), "{shown}: exit {:?}", out.status);
-        assert!(out.stdout.is_empty(), "{shown}: printed {:?}", String::from_utf8_lossy(&out.stdout));
+        // The docker protocol puts its error text on stdout, one line; the others print nothing.
+        let stdout_lines = String::from_utf8_lossy(&out.stdout).lines().count();
+        let expected = usize::from(case.helper == "docker-credential-mayfly");
+        assert!(
+            stdout_lines == expected && !mayfly_core::contains_jwt(&out.stdout),
+            "{shown}: printed {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         let stderr = String::from_utf8(out.stderr).unwrap();
         assert_eq!(stderr.lines().count(), 1, "{shown}: {stderr}");
         assert!(
@@ -80,6 +89,13 @@ fn every_helper_refuses_hostile_input_without_leaking_or_panicking() {
                 && !mayfly_core::contains_jwt(stderr.as_bytes()),
             "{shown}: {stderr}"
         );
+    }
+
+    // docker: control characters and oversize URLs get the not-found text, never a token.
+    for input in [format!("{}\r\nevil", stack.oci_port).into_bytes(), big.clone(), b"127.0.0.1:1\x1b[2J".to_vec()] {
+        let out = run(&stack, &case("docker-credential-mayfly", &["get"], &input));
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "credentials not found in native keychain\n");
     }
 
     // cargo keeps the session open: every bad line gets an `Err`, never a token.

@@ -9,6 +9,7 @@ mod helper_protocol;
 mod hostile_input;
 mod kubectl;
 mod no_disk;
+mod oci;
 mod single_flight;
 mod subject_tokens;
 mod terraform;

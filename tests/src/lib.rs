@@ -99,6 +99,8 @@ pub struct Stack {
     pub registry: ModuleRegistry,
     /// The cargo registry.
     pub cargo: CargoRegistry,
+    /// The port reserved for an OCI registry (the exchange already has rules for it).
+    pub oci_port: u16,
     /// The exchange.
     pub sts: StsProcess,
     // Last, so the servers stop after everything that uses them.
@@ -142,13 +144,32 @@ impl Stack {
         let registry =
             ModuleRegistry::start(&runtime, &ca, &sts_url, &dir.path().join("registry")).expect("module registry");
         let cargo = CargoRegistry::start(&runtime, &ca, &sts_url).expect("cargo registry");
-        let servers =
-            Servers { git: &git.base_url, kube: &kube.base_url, registry: &registry.base_url, cargo: &cargo.base_url };
+        let oci_port = free_port();
+        let servers = Servers {
+            git: &git.base_url,
+            kube: &kube.base_url,
+            registry: &registry.base_url,
+            cargo: &cargo.base_url,
+            oci: &format!("127.0.0.1:{oci_port}"),
+        };
         let sts = start_sts(dir.path(), port, &sts_url, &issuer, &servers, &ca, options.max_ttl);
         git.create_repo("org/app.git").expect("repo");
         git.create_repo("org/docs.git").expect("repo");
-        let stack =
-            Self { dir, runtime_dir, home, work, ca, issuer, git, kube, registry, cargo, sts, _runtime: runtime };
+        let stack = Self {
+            dir,
+            runtime_dir,
+            home,
+            work,
+            ca,
+            issuer,
+            git,
+            kube,
+            registry,
+            cargo,
+            oci_port,
+            sts,
+            _runtime: runtime,
+        };
         stack.write_config(&stack.default_routes());
         stack.wire_git();
         stack
@@ -309,6 +330,7 @@ struct Servers<'a> {
     kube: &'a str,
     registry: &'a str,
     cargo: &'a str,
+    oci: &'a str,
 }
 
 fn start_sts(
@@ -376,7 +398,15 @@ issuer = "{issuer}"
 claims = {{ repository = "org/app" }}
 audiences = ["{cargo_url}"]
 scopes = ["crate:mayfly-hello:publish"]
+
+[[rules]]
+name = "org/app pulls and pushes test/*"
+issuer = "{issuer}"
+claims = {{ repository = "org/app" }}
+audiences = ["{oci}"]
+scopes = ["oci:{oci}/test/*:read", "oci:{oci}/test/*:write"]
 "#,
+        oci = servers.oci,
         cargo_url = servers.cargo,
         git_url = servers.git,
         kube_url = servers.kube,

@@ -66,6 +66,26 @@ pub fn infer_git_operation(chain: &[Process]) -> Operation {
     if pushes { Operation::Write } else { Operation::Read }
 }
 
+/// Write (push) when an OCI client above us is pushing or copying, read (pull) otherwise.
+/// The credential-helper protocol names only the registry; a copy may push to it.
+pub fn infer_oci_operation(chain: &[Process]) -> Operation {
+    let pushes = chain.iter().any(|p| {
+        let words: Vec<&str> =
+            p.argv.iter().map(|a| a.rsplit('/').next().unwrap_or(a)).filter(|a| !a.starts_with('-')).collect();
+        match words.as_slice() {
+            ["docker" | "podman" | "buildah" | "nerdctl" | "oras", rest @ ..] => {
+                matches!(rest, ["push", ..] | ["manifest" | "image", "push", ..])
+            }
+            ["skopeo", command, ..] => matches!(*command, "copy" | "sync" | "delete"),
+            ["crane", command, ..] => {
+                matches!(*command, "push" | "copy" | "cp" | "append" | "mutate" | "tag" | "delete")
+            }
+            _ => false,
+        }
+    });
+    if pushes { Operation::Write } else { Operation::Read }
+}
+
 /// The user's command: the outermost ancestor that runs the tool, from the tool's name on
 /// (`aws s3 cp ...` even when the process is `python3 /usr/bin/aws s3 cp ...`).
 pub(crate) fn command_of(tool: &str, chain: &[Process]) -> Vec<String> {
@@ -142,6 +162,27 @@ mod tests {
         let c = chain(&[&["git", "remote-https", "origin"], &["git", "push", "origin"], &["python3", "agent.py"]]);
         assert_eq!(command_of("git", &c), ["git", "push", "origin"]);
         assert!(command_of("cargo", &c).is_empty());
+    }
+
+    #[test]
+    fn oci_pushes_and_copies_mean_write() {
+        let write = [
+            &["docker", "push", "r/x"][..],
+            &["/usr/bin/docker", "manifest", "push", "--insecure", "r/x"],
+            &["skopeo", "copy", "oci:d:v1", "docker://r/x"],
+            &["skopeo", "--debug", "sync", "a", "b"],
+            &["crane", "push", "d", "r/x"],
+        ];
+        for argv in write {
+            assert_eq!(infer_oci_operation(&chain(&[argv])), Operation::Write, "{argv:?}");
+        }
+        for argv in [
+            &["docker", "pull", "push"][..],
+            &["skopeo", "inspect", "docker://r/push"],
+            &["docker", "manifest", "inspect", "r/x"],
+        ] {
+            assert_eq!(infer_oci_operation(&chain(&[argv])), Operation::Read, "{argv:?}");
+        }
     }
 
     #[test]

@@ -362,7 +362,10 @@ impl Config {
             }
         };
         Ok(Route {
-            audience: raw.audience.unwrap_or_else(|| format!("{protocol}://{host}")),
+            // A registry's token service is named by its host; other servers by their URL.
+            audience: raw
+                .audience
+                .unwrap_or_else(|| if tool == Tool::Oci { host.clone() } else { format!("{protocol}://{host}") }),
             scope: raw.scope.unwrap_or_else(|| tool.default_scope().into()),
             username: raw.username.unwrap_or_else(|| "x-access-token".into()),
             identity: raw.identity,

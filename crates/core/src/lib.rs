@@ -32,7 +32,7 @@ mod redact;
 mod secret;
 mod target;
 
-pub use ancestry::{Process, ancestry, infer_git_operation};
+pub use ancestry::{Process, ancestry, infer_git_operation, infer_oci_operation};
 pub use audit::{AuditEvent, AuditLog, Outcome};
 pub use broker::{Broker, Error as BrokerError, Issued, Resolution};
 pub use cache::{Cache, CacheEntry, Error as CacheError};

@@ -18,6 +18,8 @@ pub enum Tool {
     Aws,
     /// cargo, through a credential provider.
     Cargo,
+    /// docker, skopeo, podman, crane and every OCI client, through `credHelpers`.
+    Oci,
 }
 
 impl Tool {
@@ -29,6 +31,7 @@ impl Tool {
             Self::Terraform => "terraform",
             Self::Aws => "aws",
             Self::Cargo => "cargo",
+            Self::Oci => "oci",
         }
     }
 
@@ -41,6 +44,7 @@ impl Tool {
             Self::Terraform => "registry:{host}",
             Self::Aws => "{host}",
             Self::Cargo => "crate:{path}:{operation}",
+            Self::Oci => "oci:{host}/{path}:{operation}",
         }
     }
 
@@ -64,7 +68,8 @@ impl FromStr for Tool {
             "terraform" => Ok(Self::Terraform),
             "aws" => Ok(Self::Aws),
             "cargo" => Ok(Self::Cargo),
-            other => Err(format!("unknown tool `{other}` (git, kubectl, terraform, aws or cargo)")),
+            "oci" => Ok(Self::Oci),
+            other => Err(format!("unknown tool `{other}` (git, kubectl, terraform, aws, cargo or oci)")),
         }
     }
 }

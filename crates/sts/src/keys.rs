@@ -25,6 +25,7 @@ pub struct SigningKey {
     jwk: Value,
     pem: String,
     cert_der: Option<Vec<u8>>,
+    cert_pem: Option<String>,
 }
 
 impl SigningKey {
@@ -64,7 +65,7 @@ impl SigningKey {
                 (encoding, jwk)
             }
         };
-        Ok(Self { algorithm, kid, encoding, jwk, pem: pair.serialize_pem(), cert_der: None })
+        Ok(Self { algorithm, kid, encoding, jwk, pem: pair.serialize_pem(), cert_der: None, cert_pem: None })
     }
 
     /// The key id.
@@ -96,7 +97,14 @@ impl SigningKey {
         params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
         let cert = params.self_signed(&pair).map_err(|e| e.to_string())?;
         self.cert_der = Some(cert.der().to_vec());
+        self.cert_pem = Some(cert.pem());
         Ok(self)
+    }
+
+    /// The certificate from [`SigningKey::with_certificate`], PEM (a registry's
+    /// `rootcertbundle`).
+    pub fn certificate_pem(&self) -> Option<&str> {
+        self.cert_pem.as_deref()
     }
 
     /// Signs claims into a compact JWS with `kid` (and `typ` when given).

@@ -11,6 +11,7 @@ mod audit;
 mod config;
 mod keys;
 mod policy;
+mod registry;
 mod server;
 mod verify;
 

@@ -24,11 +24,13 @@ const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 
 /// A running exchange's state.
 pub struct Sts {
-    config: Config,
-    key: SigningKey,
+    pub(crate) config: Config,
+    pub(crate) key: SigningKey,
     verifier: Verifier,
     policy: Box<dyn Policy>,
-    audit: Audit,
+    pub(crate) audit: Audit,
+    /// Verifies tokens this exchange minted (presented back at the registry endpoint).
+    pub(crate) own_key: jsonwebtoken::DecodingKey,
 }
 
 impl Sts {
@@ -43,10 +45,14 @@ impl Sts {
             }
             (None, None) => SigningKey::generate(Algorithm::Es256)?,
         };
+        // Registries trust the signer's certificate, carried in each token's `x5c`.
+        let key = key.with_certificate("mayfly-sts token signer")?;
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.jwk().clone()).map_err(|e| e.to_string())?;
+        let own_key = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
         let verifier = Verifier::new(config.trusted_issuers.clone())?;
         let policy = Box::new(Rules { rules: config.rules.clone(), default_ttl: config.default_ttl });
         let audit = Audit::open(config.audit_log.as_deref()).map_err(|e| format!("cannot open audit log: {e}"))?;
-        Ok(Self { config, key, verifier, policy, audit })
+        Ok(Self { config, key, verifier, policy, audit, own_key })
     }
 
     /// The signing key's public JWK.
@@ -61,6 +67,8 @@ impl Sts {
             .route("/.well-known/jwks.json", get(jwks))
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/healthz", get(|| async { "ok" }))
+            .route("/registry/token", get(crate::registry::token).post(crate::registry::token))
+            .route("/registry/cert.pem", get(crate::registry::certificate))
             .layer(DefaultBodyLimit::max(MAX_REQUEST))
             .with_state(self)
     }
@@ -275,7 +283,7 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     ))
 }
 
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the OS random source is available");
     hex::encode(bytes)

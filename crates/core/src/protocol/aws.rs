@@ -16,7 +16,7 @@ pub fn serve(args: &[String], stdout: &mut dyn Write, env: Env, ancestry: &dyn F
         _ => Err("usage: mayfly-aws-credential ROUTE (the name of an aws route in the mayfly config)".into()),
     }
     .and_then(|target| {
-        crate::protocol::token_for(&target, Operation::Read, env, ancestry)?
+        crate::protocol::token_for(&target, &|_| Operation::Read, env, ancestry)?
             .ok_or_else(|| format!("no aws route named `{}` in the mayfly config", target.host))
     })
     .and_then(|issued| {

@@ -112,7 +112,7 @@ fn answer(request: Request, env: &Env, ancestry: &dyn Fn() -> Vec<Process>) -> V
             let Ok(target) = Target::new(Tool::Cargo, url.scheme(), &host, krate.as_deref()) else {
                 return json!({"Err": {"kind": "url-not-supported"}});
             };
-            match crate::protocol::token_for(&target, operation, env.clone(), ancestry) {
+            match crate::protocol::token_for(&target, &|_| operation, env.clone(), ancestry) {
                 Ok(Some(issued)) => token_answer(&issued),
                 Ok(None) => json!({"Err": {"kind": "url-not-supported"}}),
                 Err(message) => failure(&message),

@@ -81,7 +81,7 @@ fn handle(args: &[String], env: &Env, ancestry: &dyn Fn() -> Vec<Process>) -> Re
     let url = crate::target::strict_url(&server).ok_or_else(invalid)?;
     let host = crate::target::host_port(&url).ok_or_else(invalid)?;
     let target = Target::new(Tool::Kubectl, url.scheme(), &host, None).map_err(|e| e.to_string())?;
-    let issued = crate::protocol::token_for(&target, Operation::Read, env.clone(), ancestry)?
+    let issued = crate::protocol::token_for(&target, &|_| Operation::Read, env.clone(), ancestry)?
         .ok_or_else(|| format!("no mayfly route for kubectl cluster {}", target.display()))?;
     let mut status = json!({"token": issued.token.expose()});
     if let Some(expiry) = issued.expires_at {

@@ -3,6 +3,7 @@
 
 pub mod aws;
 pub mod cargo;
+pub mod docker;
 pub mod git;
 pub mod kube;
 pub mod terraform;
@@ -32,20 +33,19 @@ pub fn warn(message: &str) {
 }
 
 /// Resolves a host-level target and gets its token; `Ok(None)` when no route serves it.
-/// The hooks other than git's share this: their requests name a tool and a host.
+/// The hooks other than git's share this: their requests name a tool and a host. The
+/// operation is decided from the process ancestry, which is read only once a route matched.
 pub(crate) fn token_for(
     target: &crate::Target,
-    operation: crate::Operation,
+    operation: &dyn Fn(&[crate::Process]) -> crate::Operation,
     env: crate::Env,
     ancestry: &dyn Fn() -> Vec<crate::Process>,
 ) -> Result<Option<crate::Issued>, String> {
     let broker = crate::Broker::from_env(env).map_err(|e| one_line(&e))?;
-    let crate::Resolution::Route(route) = broker.resolve(target) else {
-        return Ok(None);
-    };
+    let crate::Resolution::Route(route) = broker.resolve(target) else { return Ok(None) };
     let chain = ancestry();
     broker
-        .token(route, target, operation, &chain)
+        .token(route, target, operation(&chain), &chain)
         .map(Some)
         .map_err(|e| format!("no token for {} ({}): {}", target.display(), target.tool.as_str(), one_line(&e)))
 }

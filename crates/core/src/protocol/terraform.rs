@@ -44,7 +44,7 @@ fn handle(
     let target = || Target::new(Tool::Terraform, "https", host, None).map_err(|e| e.to_string());
     match verb.as_str() {
         "get" => {
-            let issued = crate::protocol::token_for(&target()?, Operation::Read, env, ancestry)?;
+            let issued = crate::protocol::token_for(&target()?, &|_| Operation::Read, env, ancestry)?;
             Ok(Some(issued.map_or_else(|| json!({}), |i| json!({"token": i.token.expose()}))))
         }
         "store" => {

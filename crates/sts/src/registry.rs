@@ -1,0 +1,179 @@
+//! The registry token endpoint of the distribution token protocol, so an OCI registry can
+//! trust this exchange directly.
+//!
+//! A client presents a token this exchange minted (Basic password on `GET`, or
+//! `grant_type=password|refresh_token` on `POST`) and asks for
+//! `repository:NAME:pull,push`. It gets a short registry JWT whose `access` is what it
+//! asked for, cut down to what its token's scopes allow: `oci:<service>/<pattern>:read`
+//! pulls, `:write` pulls and pushes, for repositories matching the pattern. The JWT carries
+//! the signer's certificate in `x5c`, which the registry pins (`rootcertbundle`).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use jsonwebtoken::Validation;
+use serde_json::{Value, json};
+
+use crate::Sts;
+use crate::audit::{Line, now_rfc3339};
+use crate::policy::glob_match;
+
+/// Longest life of a registry token.
+const REGISTRY_TOKEN_SECS: i64 = 300;
+
+/// `GET /registry/cert.pem`: the certificate registries pin.
+pub(crate) async fn certificate(State(sts): State<Arc<Sts>>) -> Response {
+    match sts.key.certificate_pem() {
+        Some(pem) => ([(header::CONTENT_TYPE, "application/x-pem-file")], pem.to_owned()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+fn unauthorized(message: &str) -> Response {
+    let body = json!({"errors": [{"code": "UNAUTHORIZED", "message": message}]});
+    let mut response = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"mayfly-sts\""));
+    response
+}
+
+/// `GET` or `POST /registry/token`.
+pub(crate) async fn token(
+    State(sts): State<Arc<Sts>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let pairs: Vec<(String, String)> = if method == Method::POST {
+        url::form_urlencoded::parse(&body).into_owned().collect()
+    } else {
+        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect()
+    };
+    let param = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let Some(service) = param("service") else {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"errors": [{"code": "INVALID_REQUEST", "message": "`service` is required"}]})),
+        )
+            .into_response();
+    };
+    let presented = match (method == Method::POST, param("grant_type")) {
+        (true, Some("password")) => param("password").map(str::to_owned),
+        (true, Some("refresh_token")) => param("refresh_token").map(str::to_owned),
+        (true, _) => None,
+        (false, _) => basic_password(&headers),
+    };
+    let Some(presented) = presented else { return unauthorized("a token minted by this exchange is required") };
+    let mut validation = Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_issuer(&[&sts.config.issuer]);
+    validation.set_audience(&[service]);
+    let claims = match jsonwebtoken::decode::<Value>(&presented, &sts.own_key, &validation) {
+        Ok(data) => data.claims,
+        Err(_) => {
+            sts.audit.write(&Line {
+                time: now_rfc3339(),
+                outcome: "denied",
+                reason: Some("registry: token not minted here for this service"),
+                audience: Some(service),
+                ..Line::default()
+            });
+            return unauthorized("token not minted by this exchange for this registry");
+        }
+    };
+    let granted_scopes = claims["scope"].as_str().unwrap_or("");
+    let asked = pairs.iter().filter(|(k, _)| k == "scope").flat_map(|(_, v)| v.split_whitespace());
+    let access: Vec<Value> = asked.filter_map(|scope| grant(scope, service, granted_scopes)).collect();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let expires = claims["exp"].as_i64().unwrap_or(now).min(now + REGISTRY_TOKEN_SECS);
+    let subject = claims["sub"].as_str().unwrap_or("");
+    let jti = crate::server::random_id();
+    let registry_claims = json!({
+        "iss": sts.config.issuer, "sub": subject, "aud": service, "iat": now, "nbf": now - 5, "exp": expires,
+        "jti": jti, "access": access,
+    });
+    let Ok(token) = sts.key.sign(Some("JWT"), &registry_claims) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let summary: Vec<String> = access
+        .iter()
+        .map(|a| {
+            format!(
+                "repository:{}:{}",
+                a["name"].as_str().unwrap_or(""),
+                a["actions"]
+                    .as_array()
+                    .map(|x| x.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    sts.audit.write(&Line {
+        time: now_rfc3339(),
+        outcome: "issued",
+        subject: Some(subject),
+        audience: Some(service),
+        scope: Some(summary.join(" ")),
+        ttl: u64::try_from(expires - now).ok(),
+        rule: Some("registry token"),
+        fingerprint: Some(mayfly_core::Fingerprint::of(&token).to_string()),
+        ..Line::default()
+    });
+    let issued_at = now_rfc3339();
+    let body = json!({"token": token, "access_token": token, "token_type": "Bearer", "expires_in": expires - now, "issued_at": issued_at});
+    let mut response = axum::Json(body).into_response();
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn basic_password(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(value.trim()).ok()?;
+    let (_user, password) =
+        String::from_utf8(decoded).ok()?.split_once(':').map(|(u, p)| (u.to_owned(), p.to_owned()))?;
+    Some(password)
+}
+
+/// `repository:NAME:actions` cut down to what the token's scopes allow, or `None`.
+fn grant(asked: &str, service: &str, granted_scopes: &str) -> Option<Value> {
+    let (kind_name, actions) = asked.rsplit_once(':')?;
+    let name = kind_name.strip_prefix("repository:")?;
+    let (mut pull, mut push) = (false, false);
+    for scope in granted_scopes.split_whitespace() {
+        let Some((target, operation)) = scope.strip_prefix("oci:").and_then(|s| s.rsplit_once(':')) else { continue };
+        let Some((host, pattern)) = target.split_once('/') else { continue };
+        if host != service || !glob_match(pattern, name, false) {
+            continue;
+        }
+        pull |= matches!(operation, "read" | "write");
+        push |= operation == "write";
+    }
+    let allowed: Vec<&str> = actions.split(',').filter(|a| (*a == "pull" && pull) || (*a == "push" && push)).collect();
+    (!allowed.is_empty()).then(|| json!({"type": "repository", "name": name, "actions": allowed}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grant;
+    use serde_json::json;
+
+    #[test]
+    fn access_is_what_was_asked_cut_to_the_token_scopes() {
+        let read = "oci:r.example:5000/*:read";
+        let write_team = "oci:r.example:5000/team/*:write";
+        assert_eq!(
+            grant("repository:team/app:pull,push", "r.example:5000", read),
+            Some(json!({"type": "repository", "name": "team/app", "actions": ["pull"]}))
+        );
+        assert_eq!(
+            grant("repository:team/app:pull,push", "r.example:5000", write_team).unwrap()["actions"],
+            json!(["pull", "push"])
+        );
+        assert_eq!(grant("repository:other/app:push", "r.example:5000", write_team), None);
+        assert_eq!(grant("repository:team/app:pull", "another:5000", read), None);
+        assert_eq!(grant("registry:catalog:*", "r.example:5000", read), None);
+    }
+}
