@@ -5,26 +5,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::Ordering;
 
+use mayfly_devstack::{CargoRegistry, CratesIoExchange};
 use mayfly_tests::{Stack, bin};
 
-/// A CARGO_HOME whose only registry is the test's, with mayfly as its provider.
-fn cargo_home(stack: &Stack) -> PathBuf {
+/// A CARGO_HOME whose registries are the test's, with mayfly as their provider.
+fn cargo_home(stack: &Stack, registries: &[(&str, &str)]) -> PathBuf {
     let home = stack.home.join(".cargo");
     std::fs::create_dir_all(&home).unwrap();
-    std::fs::write(
-        home.join("config.toml"),
-        format!(
-            "[registries.mayfly-dev]\nindex = \"{}\"\ncredential-provider = [\"{}\"]\n\n[registry]\nglobal-credential-providers = []\n",
-            stack.cargo.index_url,
-            bin("cargo-credential-mayfly").display()
-        ),
-    )
-    .unwrap();
+    let provider = bin("cargo-credential-mayfly").display().to_string();
+    let mut config = String::from("[registry]\nglobal-credential-providers = []\n");
+    for (name, index) in [("mayfly-dev", stack.cargo.index_url.as_str())].iter().chain(registries) {
+        config += &format!("\n[registries.{name}]\nindex = \"{index}\"\ncredential-provider = [\"{provider}\"]\n");
+    }
+    std::fs::write(home.join("config.toml"), config).unwrap();
     home
 }
 
-/// A crate in the work tree.
+/// A crate in the work tree, version 0.1.0, published to `mayfly-dev`.
 fn package(stack: &Stack, name: &str, dependency: Option<&str>) -> PathBuf {
+    package_for(stack, name, "0.1.0", "mayfly-dev", dependency)
+}
+
+fn package_for(stack: &Stack, name: &str, version: &str, registry: &str, dependency: Option<&str>) -> PathBuf {
     let dir = stack.work.join(name);
     std::fs::create_dir_all(dir.join("src")).unwrap();
     let deps = dependency
@@ -32,7 +34,7 @@ fn package(stack: &Stack, name: &str, dependency: Option<&str>) -> PathBuf {
         .unwrap_or_default();
     std::fs::write(
         dir.join("Cargo.toml"),
-        format!("[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\nlicense = \"MIT\"\ndescription = \"test\"\npublish = [\"mayfly-dev\"]\n{deps}"),
+        format!("[package]\nname = \"{name}\"\nversion = \"{version}\"\nedition = \"2021\"\nlicense = \"MIT\"\ndescription = \"test\"\npublish = [\"{registry}\"]\n{deps}"),
     )
     .unwrap();
     std::fs::write(dir.join("src/lib.rs"), "pub fn hello() -> &'static str { \"hello\" }\n").unwrap();
@@ -40,6 +42,15 @@ fn package(stack: &Stack, name: &str, dependency: Option<&str>) -> PathBuf {
 }
 
 fn cargo(stack: &Stack, dir: &Path, args: &[&str]) -> Output {
+    cargo_with(stack, dir, args, &[])
+}
+
+/// cargo with more registries than `mayfly-dev`.
+fn cargo_with(stack: &Stack, dir: &Path, args: &[&str], registries: &[(&str, &str)]) -> Output {
+    cargo_command(stack, dir, args, registries).output().unwrap()
+}
+
+fn cargo_command(stack: &Stack, dir: &Path, args: &[&str], registries: &[(&str, &str)]) -> Command {
     // The toolchain's own cargo (not the rustup proxy, which would look for toolchains in
     // the test's private HOME).
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -52,7 +63,8 @@ fn cargo(stack: &Stack, dir: &Path, args: &[&str]) -> Output {
     if let Ok(toolchain) = std::env::var("RUSTUP_TOOLCHAIN") {
         command.env("RUSTUP_TOOLCHAIN", toolchain);
     }
-    command.env("CARGO_HOME", cargo_home(stack)).env("CARGO_TERM_COLOR", "never").output().unwrap()
+    command.env("CARGO_HOME", cargo_home(stack, registries)).env("CARGO_TERM_COLOR", "never");
+    command
 }
 
 fn ok(out: &Output) {
@@ -134,6 +146,85 @@ fn a_publish_token_for_one_crate_cannot_publish_another() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 403);
     assert_eq!(stack.cargo.forbidden.load(Ordering::SeqCst), 1);
+}
+
+/// A crates.io-like public registry and its trusted publishing exchange, where `org/app`
+/// may publish `mayfly-tp`, wired with `identity` (the GitHub-style `ci`, or `given`).
+fn trusted_publishing(stack: &Stack, identity: &str) -> (CratesIoExchange, CargoRegistry) {
+    let exchange =
+        CratesIoExchange::start(stack.runtime(), &stack.ca, &stack.issuer, &[("org/app", &["mayfly-tp"])]).unwrap();
+    let registry = CargoRegistry::start_public(stack.runtime(), exchange.tokens.clone()).unwrap();
+    let host = registry.base_url.trim_start_matches("http://");
+    stack.write_config(&format!(
+        "[exchanges.crates-io]\nkind = \"crates-io\"\ntoken_endpoint = \"{}\"\nca_file = \"{}\"\n\n{}\n[[routes]]\ntool = \"cargo\"\nprotocol = \"http\"\nhost = \"{host}\"\nidentity = \"{identity}\"\nexchange = \"crates-io\"\n",
+        exchange.tokens_url,
+        stack.ca.ca_cert.display(),
+        stack.default_routes(),
+    ));
+    (exchange, registry)
+}
+
+fn publish_tp(stack: &Stack, registry: &CargoRegistry, name: &str, version: &str) -> Output {
+    let dir = package_for(stack, name, version, "tp", None);
+    let args = ["publish", "--registry", "tp", "--no-verify", "--allow-dirty"];
+    cargo_with(stack, &dir, &args, &[("tp", &registry.index_url)])
+}
+
+#[test]
+fn cargo_publishes_with_a_crates_io_trusted_publishing_token_and_logout_revokes_it() {
+    let stack = Stack::new();
+    let (exchange, registry) = trusted_publishing(&stack, "ci");
+    ok(&publish_tp(&stack, &registry, "mayfly-tp", "0.1.0"));
+    assert_eq!(exchange.tokens.issued().len(), 1);
+    let audit = stack.client_audit();
+    let issued = audit.iter().find(|l| l["outcome"] == "issued").expect("an issued line");
+    assert_eq!(issued["operation"], "publish");
+    assert_eq!(issued["target"], format!("{}/mayfly-tp", registry.base_url));
+    // The ID token was asked for crates.io's audience, not the exchange's.
+    assert_eq!(stack.issuer.issued(), 1);
+
+    // The token crates.io hands out covers the config's crates only.
+    let out = publish_tp(&stack, &registry, "mayfly-untrusted", "0.1.0");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("may not publish `mayfly-untrusted`"), "{stderr}");
+
+    // `cargo logout` revokes every token the route minted.
+    let home = stack.work.clone();
+    ok(&cargo_with(&stack, &home, &["logout", "--registry", "tp"], &[("tp", &registry.index_url)]));
+    assert_eq!(exchange.tokens.live(), 0, "every token was revoked");
+    assert_eq!(exchange.tokens.revocations(), 2);
+    let revoked = stack.client_audit().iter().filter(|l| l["outcome"] == "revoked").count();
+    assert_eq!(revoked, 2);
+    // The next publish mints a fresh token from a fresh ID token.
+    ok(&publish_tp(&stack, &registry, "mayfly-tp", "0.2.0"));
+    assert_eq!(exchange.tokens.issued().len(), 3);
+    for token in exchange.tokens.issued() {
+        assert!(!stderr.contains(&token));
+    }
+    stack.assert_no_tokens_on_disk();
+}
+
+#[test]
+fn a_crates_io_id_token_is_exchanged_once() {
+    let stack = Stack::new();
+    let (exchange, registry) = trusted_publishing(&stack, "given");
+    let id_token = stack.issuer.mint("crates.io", &serde_json::Value::Null);
+    let publish = |version: &str| {
+        let dir = package_for(&stack, "mayfly-tp", version, "tp", None);
+        let args = ["publish", "--registry", "tp", "--no-verify", "--allow-dirty"];
+        let mut command = cargo_command(&stack, &dir, &args, &[("tp", &registry.index_url)]);
+        command.env("MAYFLY_TEST_SUBJECT", &id_token).output().unwrap()
+    };
+    ok(&publish("0.1.0"));
+    let home = stack.work.clone();
+    ok(&cargo_with(&stack, &home, &["logout", "--registry", "tp"], &[("tp", &registry.index_url)]));
+    let out = publish("0.2.0");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("exchange `crates-io` refused: JWT has already been used"), "{stderr}");
+    assert!(!stderr.contains(&id_token));
+    assert_eq!(exchange.tokens.issued().len(), 1);
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

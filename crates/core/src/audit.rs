@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{Env, EnvVars, Fingerprint, Process};
 
 /// What happened.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     /// A token was minted by the exchange.
@@ -20,13 +20,18 @@ pub enum Outcome {
     /// The route or the exchange refused.
     Denied,
     /// The request failed (identity, network, exchange error).
+    #[default]
     Failed,
     /// A cached token was dropped (git `erase` after a 401).
     Erased,
+    /// A token was revoked at its issuer.
+    Revoked,
+    /// Revoking a token at its issuer failed; it lives until it expires.
+    RevokeFailed,
 }
 
 /// One audit line.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct AuditEvent {
     /// RFC 3339 time.
     pub time: String,

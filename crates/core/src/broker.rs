@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use crate::audit::{AuditEvent, AuditLog, Outcome, rfc3339};
-use crate::cache::{Cache, CacheEntry};
-use crate::config::{Config, ExchangeKind, IdentityConfig, Route, Scheme};
+use crate::cache::{Cache, CacheEntry, Origin};
+use crate::config::{Config, ExchangeConfig, ExchangeKind, IdentityConfig, Route, Scheme};
 use crate::exchange::{ExchangeRequest, Intent};
 use crate::http::HttpClient;
 use crate::identity::{self, SubjectToken};
@@ -209,10 +209,14 @@ impl Broker {
         now: i64,
     ) -> Result<CacheEntry, Error> {
         let identity_config = &self.config.identities[&route.identity];
-        let subject = self
-            .subject(identity_config, cache, now)
-            .map_err(|source| Error::Identity { route: route.name.clone(), source })?;
         let exchange_config = &self.config.exchanges[&route.exchange];
+        let subject = if exchange_config.kind.wants_fresh_subject() {
+            let http = || HttpClient::new(IDENTITY_TIMEOUT, None);
+            identity::fetch(identity_config, Some(&route.audience), &self.env, http, now)
+        } else {
+            self.subject(identity_config, cache, now)
+        }
+        .map_err(|source| Error::Identity { route: route.name.clone(), source })?;
         let http = HttpClient::new(exchange_config.timeout, exchange_config.ca_file.as_deref())
             .map_err(|source| Error::Http { route: route.name.clone(), source })?;
         let intent = Intent {
@@ -234,6 +238,9 @@ impl Broker {
                 crate::exchange::exchange(exchange_config, &http, &request)
             }
             ExchangeKind::AwsSts => crate::aws_sts::exchange(exchange_config, &http, route, &subject.token, &intent),
+            ExchangeKind::CratesIo => {
+                crate::trusted_publishing::crates_io_exchange(exchange_config, &http, &subject.token)
+            }
         }
         .map_err(|source| Error::Exchange { route: route.name.clone(), source })?;
         // Unknown lifetime: handed out once, never cached.
@@ -248,6 +255,11 @@ impl Broker {
             subject: subject.claims.sub.clone(),
             label: format!("{} {} {}", target.tool.as_str(), target.display(), operation.as_str()),
             session: self.session(),
+            origin: Some(Origin {
+                route: route.name.clone(),
+                exchange: route.exchange.clone(),
+                target: target.display(),
+            }),
             token: response.access_token,
         })
     }
@@ -294,27 +306,91 @@ impl Broker {
                 subject: subject.claims.sub.clone(),
                 label: format!("subject token of identity `{}`", source.name),
                 session: None,
+                origin: None,
             };
             let _ = cache.put(&key, &entry, lock);
         }
         Ok(subject)
     }
 
-    /// Drops the cached tokens for a target (both operations): git calls `erase` after the
-    /// server refused a token, and the next `get` must mint a fresh one.
+    /// Drops this session's cached tokens for a target, every operation (a target without
+    /// a path: every target of the route), and revokes them where the issuer can. git
+    /// calls `erase` after the server refused a token, cargo `logout`, docker `erase`.
     pub fn erase(&self, route: &Route, target: &Target, chain: &[Process]) -> usize {
-        let Ok(cache) = Cache::open(&self.env) else {
-            return 0;
+        let session = self.session();
+        let wanted = |entry: &CacheEntry| {
+            entry.session == session
+                && entry
+                    .origin
+                    .as_ref()
+                    .is_some_and(|o| o.route == route.name && (target.path.is_none() || o.target == target.display()))
         };
-        let mut erased = 0;
-        for operation in [Operation::Read, Operation::Write] {
-            if let Some(entry) = cache.remove(&self.cache_key(route, target, operation)) {
-                erased += 1;
-                let mut event = self.event(route, target, operation, chain, entry.scope.clone());
-                self.write(event.served(Outcome::Erased, &entry));
+        let (dropped, failures) = self.drop_entries(&wanted, chain);
+        for failure in failures {
+            crate::protocol::warn(&failure);
+        }
+        dropped
+    }
+
+    /// Ends a session: revokes and drops every token minted in it. Returns how many were
+    /// dropped and the revocations that failed, one line each.
+    pub fn end_session(&self, session: &str, chain: &[Process]) -> (usize, Vec<String>) {
+        self.drop_entries(&|entry| entry.session.as_deref() == Some(session), chain)
+    }
+
+    fn drop_entries(&self, wanted: &dyn Fn(&CacheEntry) -> bool, chain: &[Process]) -> (usize, Vec<String>) {
+        let Ok(cache) = Cache::open(&self.env) else {
+            return (0, Vec::new());
+        };
+        let (mut dropped, mut failures) = (0, Vec::new());
+        for (key, entry) in cache.entries() {
+            if !wanted(&entry) {
+                continue;
+            }
+            let Some(origin) = entry.origin.clone() else { continue };
+            let _lock = cache.lock(&key).ok();
+            let Some(entry) = cache.remove(&key) else { continue };
+            dropped += 1;
+            let mut event = self.stored_event(&origin, &entry, chain);
+            let exchange = self.config.exchanges.get(&origin.exchange);
+            let revoke = exchange.filter(|e| e.kind.revokes()).map(|e| self.revoke(e, &entry.token));
+            match revoke {
+                None => self.write(event.served(Outcome::Erased, &entry)),
+                Some(Ok(())) => self.write(event.served(Outcome::Revoked, &entry)),
+                Some(Err(error)) => {
+                    let reason = crate::protocol::one_line(&error);
+                    failures.push(format!("could not revoke the token for {}: {reason}", origin.target));
+                    event.served(Outcome::RevokeFailed, &entry);
+                    self.write(event.fail(Outcome::RevokeFailed, &error));
+                }
             }
         }
-        erased
+        (dropped, failures)
+    }
+
+    fn revoke(&self, exchange: &ExchangeConfig, token: &Secret) -> Result<(), crate::exchange::Error> {
+        let http = HttpClient::new(exchange.timeout, exchange.ca_file.as_deref())
+            .map_err(|source| crate::exchange::Error::Http { exchange: exchange.name.clone(), source })?;
+        match exchange.kind {
+            ExchangeKind::CratesIo => crate::trusted_publishing::crates_io_revoke(exchange, &http, token),
+            ExchangeKind::Rfc8693 | ExchangeKind::AwsSts => Ok(()),
+        }
+    }
+
+    /// The audit line for a cached entry, from what the entry recorded.
+    fn stored_event(&self, origin: &Origin, entry: &CacheEntry, chain: &[Process]) -> AuditEvent {
+        let operation = entry.label.rsplit(' ').next().unwrap_or_default().to_owned();
+        AuditEvent {
+            time: rfc3339(now()),
+            session: entry.session.clone(),
+            tool: entry.label.split(' ').next().unwrap_or_default().to_owned(),
+            target: origin.target.clone(),
+            operation,
+            route: origin.route.clone(),
+            scope: entry.scope.clone(),
+            process: chain.to_vec(),
+            ..AuditEvent::default()
+        }
     }
 
     fn event(
@@ -327,20 +403,14 @@ impl Broker {
     ) -> AuditEvent {
         AuditEvent {
             time: rfc3339(now()),
-            outcome: Outcome::Failed,
             session: self.session(),
             tool: target.tool.as_str().into(),
             target: target.display(),
             operation: operation.as_str().into(),
             route: route.name.clone(),
             scope,
-            issuer: None,
-            subject: None,
-            fingerprint: None,
-            token_id: None,
-            expires: None,
-            reason: None,
             process: chain.to_vec(),
+            ..AuditEvent::default()
         }
     }
 

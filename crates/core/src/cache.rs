@@ -70,6 +70,19 @@ pub struct CacheEntry {
     pub label: String,
     /// Session that minted it.
     pub session: Option<String>,
+    /// Route and exchange that minted it (revocation and `erase` find it by them).
+    pub origin: Option<Origin>,
+}
+
+/// Where a cached token came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// Route name.
+    pub route: String,
+    /// Exchange name.
+    pub exchange: String,
+    /// Target URL.
+    pub target: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -83,6 +96,8 @@ struct StoredEntry {
     subject: Option<String>,
     label: String,
     session: Option<String>,
+    #[serde(default)]
+    origin: Option<Origin>,
 }
 
 /// An open cache: the entry directory and the key.
@@ -163,6 +178,7 @@ impl Cache {
             subject: stored.subject,
             label: stored.label,
             session: stored.session,
+            origin: stored.origin,
         })
     }
 
@@ -178,6 +194,7 @@ impl Cache {
             subject: entry.subject.clone(),
             label: entry.label.clone(),
             session: entry.session.clone(),
+            origin: entry.origin.clone(),
         };
         let plain = Secret::new(serde_json::to_string(&stored).map_err(|e| Error::Crypto(e.to_string()))?);
         drop(stored);
@@ -326,6 +343,7 @@ mod tests {
             subject: None,
             label: "git https://h/a read".into(),
             session: None,
+            origin: Some(Origin { route: "r".into(), exchange: "e".into(), target: "https://h/a".into() }),
         }
     }
 
@@ -341,6 +359,7 @@ mod tests {
         let got = cache.get(&key, 100).unwrap();
         assert_eq!(got.token.expose(), "tok-plaintext-marker");
         assert_eq!(got.token_id.as_deref(), Some("jti-1"));
+        assert_eq!(got.origin.unwrap().exchange, "e");
     }
 
     #[test]

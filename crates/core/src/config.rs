@@ -184,7 +184,25 @@ pub enum ExchangeKind {
     Rfc8693,
     /// AWS STS `AssumeRoleWithWebIdentity`.
     AwsSts,
+    /// crates.io trusted publishing: the ID token for a publish token.
+    CratesIo,
 }
+
+impl ExchangeKind {
+    /// True when the exchange is a registry that checks the ID token itself, once: the ID
+    /// token is fetched fresh, for the route's audience, and never cached.
+    pub fn wants_fresh_subject(self) -> bool {
+        matches!(self, Self::CratesIo)
+    }
+
+    /// True when tokens it issues can be revoked before they expire.
+    pub fn revokes(self) -> bool {
+        matches!(self, Self::CratesIo)
+    }
+}
+
+/// crates.io's trusted publishing endpoint.
+const CRATES_IO_ENDPOINT: &str = "https://crates.io/api/v1/trusted_publishing/tokens";
 
 /// The global AWS STS endpoint.
 const AWS_STS_ENDPOINT: &str = "https://sts.amazonaws.com/";
@@ -196,6 +214,8 @@ pub enum Scheme {
     Bearer,
     /// `Authorization: Basic` with `username` and the token as password.
     Basic,
+    /// The token as the whole `Authorization` value, as crates.io takes it (cargo only).
+    Plain,
 }
 
 /// A route: which targets get tokens, from which identity and exchange, with which scope.
@@ -345,27 +365,42 @@ impl Config {
         if protocol != "https" && !(protocol == "http" && crate::http::is_loopback_host(&host)) {
             return Err(format!("route `{name}`: protocol `{protocol}` is not allowed (https, or http to loopback)"));
         }
-        self.check_names(&name, &raw, ExchangeKind::Rfc8693)?;
+        let kinds: &[ExchangeKind] = if tool == Tool::Cargo {
+            &[ExchangeKind::Rfc8693, ExchangeKind::CratesIo]
+        } else {
+            &[ExchangeKind::Rfc8693]
+        };
+        self.check_names(&name, &raw, kinds)?;
+        // crates.io's tokens publish; its index needs none.
+        let crates_io = self.exchanges[&raw.exchange].kind == ExchangeKind::CratesIo;
+        let default_operations = if crates_io { vec!["publish", "yank", "owners"] } else { vec!["read"] };
         let operations = raw
             .operations
-            .unwrap_or_else(|| vec!["read".into()])
+            .unwrap_or_else(|| default_operations.into_iter().map(String::from).collect())
             .iter()
             .map(|o| o.parse())
             .collect::<Result<Vec<Operation>, _>>()
             .map_err(|e| format!("route `{name}`: {e}"))?;
         let ttl = raw.ttl.as_deref().map(parse_duration).transpose()?.unwrap_or(DEFAULT_TTL);
-        let scheme = match raw.scheme.as_deref().unwrap_or("bearer") {
+        if crates_io && operations.contains(&Operation::Read) {
+            return Err(format!("route `{name}`: a crates-io exchange mints publish tokens, not `read`"));
+        }
+        let scheme = match raw.scheme.as_deref().unwrap_or(if crates_io { "plain" } else { "bearer" }) {
             "bearer" => Scheme::Bearer,
             "basic" => Scheme::Basic,
+            "plain" if tool == Tool::Cargo => Scheme::Plain,
             other => {
-                return Err(format!("route `{name}`: unknown scheme `{other}` (bearer or basic)"));
+                let known = if tool == Tool::Cargo { "bearer, basic or plain" } else { "bearer or basic" };
+                return Err(format!("route `{name}`: unknown scheme `{other}` ({known})"));
             }
         };
         Ok(Route {
             // A registry's token service is named by its host; other servers by their URL.
-            audience: raw
-                .audience
-                .unwrap_or_else(|| if tool == Tool::Oci { host.clone() } else { format!("{protocol}://{host}") }),
+            audience: raw.audience.unwrap_or_else(|| match tool {
+                _ if crates_io => "crates.io".into(),
+                Tool::Oci => host.clone(),
+                _ => format!("{protocol}://{host}"),
+            }),
             scope: raw.scope.unwrap_or_else(|| tool.default_scope().into()),
             username: raw.username.unwrap_or_else(|| "x-access-token".into()),
             identity: raw.identity,
@@ -383,14 +418,14 @@ impl Config {
         })
     }
 
-    /// Identity and exchange names must resolve, and the exchange must speak `kind`.
-    fn check_names(&self, name: &str, raw: &RawRoute, kind: ExchangeKind) -> Result<(), String> {
+    /// Identity and exchange names must resolve, and the exchange must speak one of `kinds`.
+    fn check_names(&self, name: &str, raw: &RawRoute, kinds: &[ExchangeKind]) -> Result<(), String> {
         if !self.identities.contains_key(&raw.identity) {
             return Err(format!("route `{name}`: no identity named `{}`", raw.identity));
         }
         match self.exchanges.get(&raw.exchange) {
             None => Err(format!("route `{name}`: no exchange named `{}`", raw.exchange)),
-            Some(e) if e.kind != kind => {
+            Some(e) if !kinds.contains(&e.kind) => {
                 Err(format!("route `{name}`: exchange `{}` is not of the kind this tool needs", raw.exchange))
             }
             Some(_) => Ok(()),
@@ -405,7 +440,7 @@ impl Config {
         if raw.host.is_some() || raw.path.is_some() {
             return Err(format!("route `{name}`: an aws route is chosen by name, not by `host` or `path`"));
         }
-        self.check_names(&name, &raw, ExchangeKind::AwsSts)?;
+        self.check_names(&name, &raw, &[ExchangeKind::AwsSts])?;
         let role_arn = raw
             .role_arn
             .clone()
@@ -473,8 +508,9 @@ fn exchange(name: String, raw: RawExchange) -> Result<ExchangeConfig, String> {
             (ExchangeKind::Rfc8693, endpoint)
         }
         "aws-sts" => (ExchangeKind::AwsSts, raw.token_endpoint.unwrap_or_else(|| AWS_STS_ENDPOINT.into())),
+        "crates-io" => (ExchangeKind::CratesIo, raw.token_endpoint.unwrap_or_else(|| CRATES_IO_ENDPOINT.into())),
         other => {
-            return Err(format!("exchange `{name}`: unknown kind `{other}` (rfc8693 or aws-sts)"));
+            return Err(format!("exchange `{name}`: unknown kind `{other}` (rfc8693, aws-sts or crates-io)"));
         }
     };
     let token_endpoint =
@@ -559,5 +595,35 @@ mod tests {
     fn unknown_fields_are_errors() {
         let err = Config::parse("[settings]\nrefresh = 1\n", Path::new("t.toml")).unwrap_err().to_string();
         assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn crates_io_routes_publish_with_plain_tokens_for_the_crates_io_audience() {
+        let config = r#"
+            [identities.ci]
+            kind = "github-actions"
+
+            [exchanges.crates-io]
+            kind = "crates-io"
+
+            [[routes]]
+            tool = "cargo"
+            host = "crates.io"
+            identity = "ci"
+            exchange = "crates-io"
+        "#;
+        let parsed = Config::parse(config, Path::new("t.toml")).unwrap();
+        let exchange = &parsed.exchanges["crates-io"];
+        assert_eq!(exchange.token_endpoint.as_str(), "https://crates.io/api/v1/trusted_publishing/tokens");
+        let route = &parsed.routes[0];
+        assert_eq!(route.audience, "crates.io");
+        assert_eq!(route.scheme, Scheme::Plain);
+        assert_eq!(route.operations, vec![Operation::Publish, Operation::Yank, Operation::Owners]);
+        let reads = config.replace("exchange = \"crates-io\"\n", "exchange = \"crates-io\"\noperations = [\"read\"]\n");
+        let err = Config::parse(&reads, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("mints publish tokens, not `read`"), "{err}");
+        let git = config.replace("tool = \"cargo\"", "tool = \"git\"");
+        let err = Config::parse(&git, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("not of the kind this tool needs"), "{err}");
     }
 }

@@ -128,6 +128,12 @@ impl HttpClient {
         Ok(self.client.post(url.clone()))
     }
 
+    /// A DELETE request, after checking the URL is allowed.
+    pub fn delete(&self, url: &url::Url) -> Result<RequestBuilder, Error> {
+        check_url(url)?;
+        Ok(self.client.delete(url.clone()))
+    }
+
     /// Sends a request and reads at most [`MAX_BODY`] bytes of the answer.
     pub fn send(&self, request: RequestBuilder, url: &url::Url) -> Result<(u16, Vec<u8>), Error> {
         let shown = redacted(url);

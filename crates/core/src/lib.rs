@@ -31,11 +31,12 @@ pub mod protocol;
 mod redact;
 mod secret;
 mod target;
+mod trusted_publishing;
 
 pub use ancestry::{Process, ancestry, infer_git_operation, infer_oci_operation};
 pub use audit::{AuditEvent, AuditLog, Outcome};
 pub use broker::{Broker, Error as BrokerError, Issued, Resolution};
-pub use cache::{Cache, CacheEntry, Error as CacheError};
+pub use cache::{Cache, CacheEntry, Error as CacheError, Origin};
 pub use config::{
     Config, Error as ConfigError, ExchangeConfig, ExchangeKind, IdentityConfig, IdentityKind, Route, Scheme,
 };

@@ -1,6 +1,10 @@
-//! A sparse cargo registry with `"auth-required": true` on plain loopback HTTP, that checks
-//! a token minted by one `mayfly-sts` on every request: `crate:*:read` (or a publish token)
-//! for the index and downloads, `crate:<name>:publish` to publish that one crate.
+//! A sparse cargo registry on plain loopback HTTP, in one of two modes:
+//!
+//! - private (`"auth-required": true`): every request needs a token minted by one
+//!   `mayfly-sts`: `crate:*:read` (or a publish token) for the index and downloads,
+//!   `crate:<name>:publish` to publish that one crate;
+//! - public, like crates.io: reads are open, publishing takes a token issued by a
+//!   [`CratesIoExchange`](crate::CratesIoExchange), sent as the whole `Authorization` value.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,8 +18,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::DevCa;
 use crate::gate::{Refusal, TokenGate};
+use crate::{DevCa, TrustedTokens};
 
 /// A running registry.
 pub struct CargoRegistry {
@@ -35,9 +39,15 @@ struct Crates {
     files: BTreeMap<(String, String), Vec<u8>>,
 }
 
+/// Who vouches for tokens.
+enum Auth {
+    Sts(TokenGate),
+    TrustedPublishing(TrustedTokens),
+}
+
 struct Inner {
     base_url: String,
-    gate: TokenGate,
+    auth: Auth,
     crates: Mutex<Crates>,
     forbidden: Arc<AtomicUsize>,
 }
@@ -46,12 +56,24 @@ impl CargoRegistry {
     /// Starts the registry, trusting tokens from the exchange at `sts_issuer` (whose JWKS
     /// is fetched with `ca`).
     pub fn start(runtime: &tokio::runtime::Runtime, ca: &DevCa, sts_issuer: &str) -> Result<Self, String> {
+        Self::serve(runtime, |base_url| Ok(Auth::Sts(TokenGate::new(base_url, sts_issuer, ca)?)))
+    }
+
+    /// Starts a public registry that takes publish tokens from a trusted publishing exchange.
+    pub fn start_public(runtime: &tokio::runtime::Runtime, tokens: TrustedTokens) -> Result<Self, String> {
+        Self::serve(runtime, |_| Ok(Auth::TrustedPublishing(tokens)))
+    }
+
+    fn serve(
+        runtime: &tokio::runtime::Runtime,
+        auth: impl FnOnce(&str) -> Result<Auth, String>,
+    ) -> Result<Self, String> {
         let listener = crate::loopback_listener().map_err(|e| e.to_string())?;
         let base_url = format!("http://{}", listener.local_addr().map_err(|e| e.to_string())?);
         let forbidden = Arc::new(AtomicUsize::new(0));
         let inner = Arc::new(Inner {
+            auth: auth(&base_url)?,
             base_url: base_url.clone(),
-            gate: TokenGate::new(&base_url, sts_issuer, ca)?,
             crates: Mutex::new(Crates::default()),
             forbidden: forbidden.clone(),
         });
@@ -76,12 +98,15 @@ async fn handle(
     // cargo polls the index with its publish token while it waits for a new version to
     // appear, so a publish token reads the index too, as registries' tokens do.
     let reads = |scope: &str| scope == "crate:*:read" || scope.starts_with("crate:") && scope.ends_with(":publish");
-    if let Err(refusal) = inner.gate.check_with(&headers, "crate:*:read", reads).await {
+    if let Auth::Sts(gate) = &inner.auth
+        && let Err(refusal) = gate.check_with(&headers, "crate:*:read", reads).await
+    {
         return refuse(&inner, refusal);
     }
     if path == "/index/config.json" {
         let api = &inner.base_url;
-        return axum::Json(json!({"dl": format!("{api}/api/v1/crates"), "api": api, "auth-required": true}))
+        let private = matches!(inner.auth, Auth::Sts(_));
+        return axum::Json(json!({"dl": format!("{api}/api/v1/crates"), "api": api, "auth-required": private}))
             .into_response();
     }
     let crates = inner.crates.lock().expect("registry state");
@@ -126,7 +151,14 @@ async fn publish(inner: &Inner, headers: &HeaderMap, body: &[u8]) -> Response {
     let (Some(name), Some(version)) = (metadata["name"].as_str(), metadata["vers"].as_str()) else {
         return bad("metadata has no name or version");
     };
-    if let Err(refusal) = inner.gate.check(headers, &format!("crate:{name}:publish")).await {
+    let allowed = match &inner.auth {
+        Auth::Sts(gate) => gate.check(headers, &format!("crate:{name}:publish")).await.map(drop),
+        Auth::TrustedPublishing(tokens) => match headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+            None => Err(Refusal::Unauthorized("authentication required".into())),
+            Some(token) => tokens.check(token, name),
+        },
+    };
+    if let Err(refusal) = allowed {
         return refuse(inner, refusal);
     }
     let deps: Vec<Value> = metadata["deps"]

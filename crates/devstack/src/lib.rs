@@ -7,6 +7,7 @@
 
 mod aws_sts_gate;
 mod cargo_registry;
+mod crates_io;
 mod gate;
 mod git_server;
 mod issuer;
@@ -16,6 +17,7 @@ mod tls;
 
 pub use aws_sts_gate::AwsStsGate;
 pub use cargo_registry::CargoRegistry;
+pub use crates_io::{CRATES_IO_AUDIENCE, CratesIoExchange, TrustedTokens};
 pub use git_server::{GitServer, GitServerStats};
 pub use issuer::DevIssuer;
 pub use kube_api::KubeApiServer;

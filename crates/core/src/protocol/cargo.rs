@@ -112,6 +112,9 @@ fn answer(request: Request, env: &Env, ancestry: &dyn Fn() -> Vec<Process>) -> V
             let Ok(target) = Target::new(Tool::Cargo, url.scheme(), &host, krate.as_deref()) else {
                 return json!({"Err": {"kind": "url-not-supported"}});
             };
+            if operation == Operation::Read && publish_only(&target, env) {
+                return no_read_token();
+            }
             match crate::protocol::token_for(&target, &|_| operation, env.clone(), ancestry) {
                 Ok(Some(issued)) => token_answer(&issued),
                 Ok(None) => json!({"Err": {"kind": "url-not-supported"}}),
@@ -129,11 +132,34 @@ fn answer(request: Request, env: &Env, ancestry: &dyn Fn() -> Vec<Process>) -> V
     }
 }
 
+/// True when the target's route goes to an exchange that mints publish tokens only
+/// (crates.io trusted publishing): its registry's index is public.
+fn publish_only(target: &Target, env: &Env) -> bool {
+    let Ok(broker) = crate::Broker::from_env(env.clone()) else { return false };
+    let crate::Resolution::Route(route) = broker.resolve(target) else { return false };
+    broker.config().exchanges.get(&route.exchange).is_some_and(|e| e.kind == crate::ExchangeKind::CratesIo)
+}
+
+/// `cargo publish` asks for a read token before the publish token, and sends it only to
+/// registries whose index needs one. A public index does not: the answer is a marker that
+/// is not a credential, so no ID token is spent and no publish token is handed out to read.
+fn no_read_token() -> Value {
+    json!({"Ok": {"kind": "get", "token": NO_READ_TOKEN, "cache": "session", "operation_independent": false}})
+}
+
+/// What cargo holds as the read token of a publish-only route.
+pub const NO_READ_TOKEN: &str = "mayfly-public-index-needs-no-token";
+
 fn token_answer(issued: &Issued) -> Value {
     // cargo sends the token as the whole `Authorization` value.
     let token = match issued.scheme {
         Scheme::Bearer => format!("Bearer {}", issued.token.expose()),
-        Scheme::Basic => issued.token.expose().to_owned(),
+        Scheme::Basic => {
+            use base64::Engine;
+            let pair = format!("{}:{}", issued.username, issued.token.expose());
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+        }
+        Scheme::Plain => issued.token.expose().to_owned(),
     };
     let mut ok = json!({"kind": "get", "token": token, "operation_independent": false});
     match issued.expires_at {

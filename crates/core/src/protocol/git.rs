@@ -166,7 +166,8 @@ pub fn answer(request: &Request, issued: &Issued) -> Result<Vec<u8>, WriteError>
             out.line("capability[]", "state")?;
         }
         match issued.scheme {
-            Scheme::Bearer => {
+            // Plain is for cargo only; config validation keeps it off git routes.
+            Scheme::Bearer | Scheme::Plain => {
                 out.line("authtype", "Bearer")?;
                 out.secret_line("credential", token)?;
             }
