@@ -70,7 +70,7 @@ case "$host" in
         fi
         ;;
 esac
-bins="mayfly mayfly-sts git-credential-mayfly mayfly-kube-credential terraform-credentials-mayfly mayfly-aws-credential cargo-credential-mayfly docker-credential-mayfly"
+bins="mayfly mayfly-sts git-credential-mayfly mayfly-kube-credential terraform-credentials-mayfly mayfly-aws-credential cargo-credential-mayfly docker-credential-mayfly mayfly-shim"
 cargo build --release --locked --target "$host" $(printf -- '-p %s ' $bins)
 mkdir -p "$prefix"
 for bin in $bins; do

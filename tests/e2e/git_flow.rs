@@ -93,18 +93,7 @@ fn a_token_for_one_repository_is_refused_for_another_on_the_same_host() {
     }
     let stack = Stack::new();
     // Ask the helper directly, as git would, for an org/app read token.
-    let request = format!("protocol=https\nhost={}\npath=org/app.git\n", stack.git_host());
-    let out = assert_cmd::Command::new(mayfly_tests::bin("git-credential-mayfly"))
-        .arg("get")
-        .env_clear()
-        .envs(stack.env())
-        .write_stdin(request)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let answer = String::from_utf8(out.stdout).unwrap();
-    let token =
-        answer.lines().find_map(|l| l.strip_prefix("password=")).expect("legacy answer has a password").to_owned();
+    let token = stack.helper_token("org/app.git");
     // Present it for org/docs through git's environment config (never argv).
     let header = format!("Authorization: Bearer {token}");
     let mut git =
@@ -169,7 +158,7 @@ fn without_use_http_path_the_helper_explains_and_stops() {
 }
 
 #[test]
-fn a_refused_token_is_erased_and_the_next_get_mints_a_fresh_one() {
+fn a_refused_token_is_erased_and_revoked_and_the_next_get_mints_a_fresh_one() {
     if !require_tool("git") {
         return;
     }
@@ -182,7 +171,7 @@ fn a_refused_token_is_erased_and_the_next_get_mints_a_fresh_one() {
     assert!(!out.status.success(), "git fails once: it sends the cached token, gets 401, calls erase");
     let audit = stack.client_audit();
     assert_eq!(audit[1]["outcome"], "cache-hit");
-    assert_eq!(audit[2]["outcome"], "erased");
+    assert_eq!(audit[2]["outcome"], "revoked", "erase drops the entry and revokes the token at its issuer");
     assert_eq!(audit[2]["fingerprint"], first.as_str());
     stack.git_ok(&stack.work, &["ls-remote", &stack.repo_url("org/app.git")]);
     let audit = stack.client_audit();

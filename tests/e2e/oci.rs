@@ -25,12 +25,7 @@ impl Drop for Registry {
 impl Registry {
     /// The registry on the stack's reserved port, trusting the exchange's signer.
     fn start(stack: &Stack) -> Self {
-        let pem = std::fs::read(&stack.ca.ca_cert).unwrap();
-        let client = reqwest::blocking::Client::builder()
-            .tls_certs_merge(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
-            .no_proxy()
-            .build()
-            .unwrap();
+        let client = stack.https_client();
         let cert = client.get(format!("{}/registry/cert.pem", stack.sts.url)).send().unwrap().text().unwrap();
         let dir = stack.dir.path().join("oci-registry");
         std::fs::create_dir_all(dir.join("data")).unwrap();

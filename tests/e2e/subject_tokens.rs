@@ -11,12 +11,7 @@ fn now() -> i64 {
 
 /// Posts a token exchange straight to `mayfly-sts`; returns (status, body).
 fn exchange(stack: &Stack, subject: &str) -> (u16, Value) {
-    let pem = std::fs::read(&stack.ca.ca_cert).unwrap();
-    let client = reqwest::blocking::Client::builder()
-        .tls_certs_merge(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
-        .no_proxy()
-        .build()
-        .unwrap();
+    let client = stack.https_client();
     let form = [
         ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
         ("subject_token", subject),

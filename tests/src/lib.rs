@@ -11,10 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use mayfly_devstack::{CargoRegistry, DevCa, DevIssuer, GitServer, KubeApiServer, ModuleRegistry};
+use mayfly_devstack::{CargoRegistry, DevCa, DevIssuer, GitServer, KubeApiServer, ModuleRegistry, StsClient};
 use serde_json::{Value, json};
 
 pub use mayfly_sts::Algorithm;
+
+pub mod verdaccio;
 
 /// A built binary of this workspace: from `$MAYFLY_BIN_DIR` when set (the benchmark
 /// measures installed binaries), else from the target directory, where
@@ -68,6 +70,8 @@ pub struct StsProcess {
     pub url: String,
     /// Its audit log.
     pub audit: PathBuf,
+    /// The introspection client the resource servers use (its secret is new per stack).
+    pub client: StsClient,
 }
 
 impl Drop for StsProcess {
@@ -139,11 +143,12 @@ impl Stack {
             DevIssuer::start(&runtime, options.issuer_algorithm, claims, options.subject_lifetime).expect("issuer");
         let port = free_port();
         let sts_url = format!("https://127.0.0.1:{port}");
-        let git = GitServer::start(&runtime, srv, &ca, &sts_url).expect("git server");
-        let kube = KubeApiServer::start(&runtime, &ca, &sts_url).expect("kube API server");
+        let client = StsClient::generate(&sts_url, "mayfly-devstack");
+        let git = GitServer::start(&runtime, srv, &ca, &client).expect("git server");
+        let kube = KubeApiServer::start(&runtime, &ca, &client).expect("kube API server");
         let registry =
-            ModuleRegistry::start(&runtime, &ca, &sts_url, &dir.path().join("registry")).expect("module registry");
-        let cargo = CargoRegistry::start(&runtime, &ca, &sts_url).expect("cargo registry");
+            ModuleRegistry::start(&runtime, &ca, &client, &dir.path().join("registry")).expect("module registry");
+        let cargo = CargoRegistry::start(&runtime, &ca, &client).expect("cargo registry");
         let oci_port = free_port();
         let servers = Servers {
             git: &git.base_url,
@@ -152,7 +157,7 @@ impl Stack {
             cargo: &cargo.base_url,
             oci: &format!("127.0.0.1:{oci_port}"),
         };
-        let sts = start_sts(dir.path(), port, &sts_url, &issuer, &servers, &ca, options.max_ttl);
+        let sts = start_sts(dir.path(), port, client, &issuer, &servers, &ca, options.max_ttl);
         git.create_repo("org/app.git").expect("repo");
         git.create_repo("org/docs.git").expect("repo");
         let stack = Self {
@@ -219,9 +224,9 @@ impl Stack {
     /// Writes the client config with these routes (and the standard identities and exchange).
     pub fn write_config(&self, routes: &str) {
         let config = format!(
-            "[settings]\nrefresh_margin = \"60s\"\n\n[identities.ci]\nkind = \"github-actions\"\naudience = \"mayfly-sts\"\n\n[identities.given]\nkind = \"env\"\nvar = \"MAYFLY_TEST_SUBJECT\"\n\n[exchanges.sts]\nkind = \"rfc8693\"\ntoken_endpoint = \"{}/token\"\nca_file = \"{}\"\ntimeout = \"5s\"\n\n{routes}",
-            self.sts.url,
-            self.ca.ca_cert.display()
+            "[settings]\nrefresh_margin = \"60s\"\n\n[identities.ci]\nkind = \"github-actions\"\naudience = \"mayfly-sts\"\n\n[identities.given]\nkind = \"env\"\nvar = \"MAYFLY_TEST_SUBJECT\"\n\n[exchanges.sts]\nkind = \"rfc8693\"\ntoken_endpoint = \"{sts}/token\"\nrevocation_endpoint = \"{sts}/revoke\"\nca_file = \"{ca}\"\ntimeout = \"5s\"\n\n{routes}",
+            sts = self.sts.url,
+            ca = self.ca.ca_cert.display()
         );
         let dir = self.home.join(".config/mayfly");
         std::fs::create_dir_all(&dir).expect("mkdir");
@@ -295,6 +300,32 @@ impl Stack {
         format!("{}/{path}", self.git.base_url)
     }
 
+    /// An HTTP client that trusts the stack's CA.
+    pub fn https_client(&self) -> reqwest::blocking::Client {
+        let pem = std::fs::read(&self.ca.ca_cert).expect("CA certificate");
+        reqwest::blocking::Client::builder()
+            .tls_certs_merge(reqwest::Certificate::from_pem_bundle(&pem).expect("CA certificate"))
+            .no_proxy()
+            .build()
+            .expect("HTTP client")
+    }
+
+    /// What `git-credential-mayfly get` answers for a repository (legacy form, so the
+    /// token is the `password`), as git would ask for it.
+    pub fn helper_token(&self, path: &str) -> String {
+        let request = format!("protocol=https\nhost={}\npath={path}\n", self.git_host());
+        let out = assert_cmd::Command::new(bin("git-credential-mayfly"))
+            .arg("get")
+            .env_clear()
+            .envs(self.env())
+            .write_stdin(request)
+            .output()
+            .expect("the helper runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let answer = String::from_utf8(out.stdout).expect("UTF-8 answer");
+        answer.lines().find_map(|l| l.strip_prefix("password=")).expect("a password").to_owned()
+    }
+
     /// The helper's audit lines.
     pub fn client_audit(&self) -> Vec<Value> {
         read_json_lines(&self.home.join(".local/state/mayfly/audit.jsonl"))
@@ -336,17 +367,19 @@ struct Servers<'a> {
 fn start_sts(
     dir: &Path,
     port: u16,
-    url: &str,
+    client: StsClient,
     issuer: &DevIssuer,
     servers: &Servers<'_>,
     ca: &DevCa,
     max_ttl: &str,
 ) -> StsProcess {
     let audit = dir.join("sts-audit.jsonl");
+    let url = client.issuer.clone();
     let config = format!(
         r#"issuer = "{url}"
 listen = "127.0.0.1:{port}"
 audit_log = "{audit}"
+revocation_store = "{store}"
 max_ttl = "{max_ttl}"
 
 [tls]
@@ -405,7 +438,8 @@ issuer = "{issuer}"
 claims = {{ repository = "org/app" }}
 audiences = ["{oci}"]
 scopes = ["oci:{oci}/test/*:read", "oci:{oci}/test/*:write"]
-"#,
+
+{introspection_client}"#,
         oci = servers.oci,
         cargo_url = servers.cargo,
         git_url = servers.git,
@@ -414,32 +448,62 @@ scopes = ["oci:{oci}/test/*:read", "oci:{oci}/test/*:write"]
         registry_url = servers.registry,
         registry_host = servers.registry.trim_start_matches("https://"),
         audit = audit.display(),
+        store = dir.join("sts-revocations.redb").display(),
+        introspection_client = client.config_entry(),
         cert = ca.cert.display(),
         key = ca.key.display(),
         issuer = issuer.issuer(),
     );
-    let path = dir.join("sts.toml");
+    let child = spawn_sts(dir, "sts", port, &config);
+    StsProcess { child, url, audit, client }
+}
+
+/// Starts `mayfly-sts` with this config (written to `DIR/NAME.toml`, its stderr to
+/// `DIR/NAME.log`) and waits until it listens on `port`.
+pub fn spawn_sts(dir: &Path, name: &str, port: u16, config: &str) -> Child {
+    let path = dir.join(format!("{name}.toml"));
+    let log_path = dir.join(format!("{name}.log"));
     std::fs::write(&path, config).expect("write sts config");
-    let log = std::fs::File::create(dir.join("sts.log")).expect("sts log");
-    let child = Command::new(bin("mayfly-sts"))
+    let mut child = Command::new(bin("mayfly-sts"))
         .arg("--config")
         .arg(&path)
         .env_remove("MAYFLY_STS_CONFIG")
         .stdout(Stdio::null())
-        .stderr(log)
+        .stderr(std::fs::File::create(&log_path).expect("sts log"))
         .spawn()
         .expect("mayfly-sts starts");
-    let process = StsProcess { child, url: url.to_owned(), audit };
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "mayfly-sts did not start: {}",
-            std::fs::read_to_string(dir.join("sts.log")).unwrap_or_default()
-        );
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("mayfly-sts did not start: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
-    process
+    child
+}
+
+/// A token from an exchange's `POST /token` (RFC 8693) for an ID token of `issuer`.
+pub fn exchange_token(
+    client: &reqwest::blocking::Client,
+    sts_url: &str,
+    issuer: &DevIssuer,
+    audience: &str,
+    scope: &str,
+) -> String {
+    let subject = issuer.mint("mayfly-sts", &Value::Null);
+    let form = [
+        ("grant_type", mayfly_core::TOKEN_EXCHANGE_GRANT),
+        ("subject_token", &subject),
+        ("subject_token_type", mayfly_core::ID_TOKEN_TYPE),
+        ("audience", audience),
+        ("scope", scope),
+    ];
+    let response = client.post(format!("{sts_url}/token")).form(&form).send().expect("the exchange answers");
+    let status = response.status();
+    let body: Value = response.json().expect("a JSON answer");
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().expect("an access token").to_owned()
 }
 
 /// A port that was free a moment ago.

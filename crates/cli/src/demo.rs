@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use anyhow::{Context, bail};
-use mayfly_devstack::{DevCa, DevIssuer, GitServer};
+use mayfly_devstack::{DevCa, DevIssuer, GitServer, StsClient};
 use mayfly_sts::Algorithm;
 use serde_json::json;
 
@@ -108,9 +108,11 @@ fn start(runtime: &tokio::runtime::Runtime, root: &Path, helper: PathBuf, report
     let sts_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let sts_url = format!("https://{}", sts_listener.local_addr()?);
     let sts_audit = root.join("sts-audit.jsonl");
+    // The git server asks the exchange whether each token is still active, as this client.
+    let client = StsClient::generate(&sts_url, "mayfly-demo-git");
     // The git server's URL is the audience the exchange mints for; bind it first.
-    let git = GitServer::start(runtime, srv, &ca, &sts_url).map_err(anyhow::Error::msg)?;
-    let sts_config = sts_config(&sts_url, &issuer, &git.base_url, &ca, &sts_audit);
+    let git = GitServer::start(runtime, srv, &ca, &client).map_err(anyhow::Error::msg)?;
+    let sts_config = sts_config(&sts_url, &issuer, &git.base_url, &ca, &client, &sts_audit);
     std::fs::write(root.join("sts.toml"), &sts_config)?;
     let config = mayfly_sts::Config::parse(&sts_config).map_err(anyhow::Error::msg)?;
     let sts = mayfly_sts::Sts::new(config, None).map_err(anyhow::Error::msg)?;
@@ -128,11 +130,19 @@ fn start(runtime: &tokio::runtime::Runtime, root: &Path, helper: PathBuf, report
     Ok(stage)
 }
 
-fn sts_config(sts_url: &str, issuer: &DevIssuer, git_url: &str, ca: &DevCa, audit: &Path) -> String {
+fn sts_config(
+    sts_url: &str,
+    issuer: &DevIssuer,
+    git_url: &str,
+    ca: &DevCa,
+    client: &StsClient,
+    audit: &Path,
+) -> String {
     format!(
         r#"# mayfly-sts config written by `mayfly demo`
 issuer = "{sts_url}"
 audit_log = "{audit}"
+revocation_store = "{store}"
 max_ttl = "15m"
 
 [tls]
@@ -158,8 +168,11 @@ claims = {{ repository_owner = "demo" }}
 audiences = ["{git_url}"]
 scopes = ["repo:demo/docs:read"]
 max_ttl = "5m"
-"#,
+
+{introspection_client}"#,
         audit = audit.display(),
+        store = audit.with_file_name("sts-revocations.redb").display(),
+        introspection_client = client.config_entry(),
         cert = ca.cert.display(),
         key = ca.key.display(),
         issuer = issuer.issuer(),

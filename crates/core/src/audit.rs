@@ -28,6 +28,10 @@ pub enum Outcome {
     Revoked,
     /// Revoking a token at its issuer failed; it lives until it expires.
     RevokeFailed,
+    /// `mayfly exec` started a command in a session.
+    SessionStarted,
+    /// The command ended, and with it the session's tokens.
+    SessionEnded,
 }
 
 /// One audit line.
@@ -107,7 +111,12 @@ impl AuditLog {
     }
 }
 
-/// Current time in RFC 3339.
+/// The current time in RFC 3339, as audit lines carry it.
+pub fn rfc3339_now() -> String {
+    rfc3339(time::OffsetDateTime::now_utc().unix_timestamp())
+}
+
+/// A unix time in RFC 3339.
 pub(crate) fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()

@@ -210,15 +210,23 @@ impl Broker {
     ) -> Result<CacheEntry, Error> {
         let identity_config = &self.config.identities[&route.identity];
         let exchange_config = &self.config.exchanges[&route.exchange];
+        let http = HttpClient::new(exchange_config.timeout, exchange_config.ca_file.as_deref())
+            .map_err(|source| Error::Http { route: route.name.clone(), source })?;
+        let exchange_error = |source| Error::Exchange { route: route.name.clone(), source };
         let subject = if exchange_config.kind.wants_fresh_subject() {
+            // The registry checks the ID token itself, and takes each one once.
+            let audience = match exchange_config.kind {
+                ExchangeKind::Pypi if route.audience.is_empty() => {
+                    crate::trusted_publishing::pypi_audience(exchange_config, &http).map_err(exchange_error)?
+                }
+                _ => route.audience.clone(),
+            };
             let http = || HttpClient::new(IDENTITY_TIMEOUT, None);
-            identity::fetch(identity_config, Some(&route.audience), &self.env, http, now)
+            identity::fetch(identity_config, Some(&audience), &self.env, http, now)
         } else {
             self.subject(identity_config, cache, now)
         }
         .map_err(|source| Error::Identity { route: route.name.clone(), source })?;
-        let http = HttpClient::new(exchange_config.timeout, exchange_config.ca_file.as_deref())
-            .map_err(|source| Error::Http { route: route.name.clone(), source })?;
         let intent = Intent {
             tool: target.tool.as_str().into(),
             operation: operation.as_str().into(),
@@ -241,8 +249,13 @@ impl Broker {
             ExchangeKind::CratesIo => {
                 crate::trusted_publishing::crates_io_exchange(exchange_config, &http, &subject.token)
             }
+            ExchangeKind::Npm => {
+                let package = target.path.as_deref().unwrap_or_default();
+                crate::trusted_publishing::npm_exchange(exchange_config, &http, &subject.token, package)
+            }
+            ExchangeKind::Pypi => crate::trusted_publishing::pypi_exchange(exchange_config, &http, &subject.token),
         }
-        .map_err(|source| Error::Exchange { route: route.name.clone(), source })?;
+        .map_err(exchange_error)?;
         // Unknown lifetime: handed out once, never cached.
         let lifetime = response.expires_in.map(|s| i64::try_from(s).unwrap_or(i64::MAX / 4));
         let claims = crate::peek_claims(response.access_token.expose()).unwrap_or_default();
@@ -353,7 +366,7 @@ impl Broker {
             dropped += 1;
             let mut event = self.stored_event(&origin, &entry, chain);
             let exchange = self.config.exchanges.get(&origin.exchange);
-            let revoke = exchange.filter(|e| e.kind.revokes()).map(|e| self.revoke(e, &entry.token));
+            let revoke = exchange.filter(|e| e.revokes()).map(|e| self.revoke(e, &entry.token));
             match revoke {
                 None => self.write(event.served(Outcome::Erased, &entry)),
                 Some(Ok(())) => self.write(event.served(Outcome::Revoked, &entry)),
@@ -373,7 +386,8 @@ impl Broker {
             .map_err(|source| crate::exchange::Error::Http { exchange: exchange.name.clone(), source })?;
         match exchange.kind {
             ExchangeKind::CratesIo => crate::trusted_publishing::crates_io_revoke(exchange, &http, token),
-            ExchangeKind::Rfc8693 | ExchangeKind::AwsSts => Ok(()),
+            ExchangeKind::Rfc8693 => crate::exchange::revoke(exchange, &http, token),
+            ExchangeKind::AwsSts | ExchangeKind::Npm | ExchangeKind::Pypi => Ok(()),
         }
     }
 

@@ -83,6 +83,7 @@ struct RawIdentity {
 struct RawExchange {
     kind: String,
     token_endpoint: Option<String>,
+    revocation_endpoint: Option<String>,
     ca_file: Option<PathBuf>,
     timeout: Option<String>,
 }
@@ -170,6 +171,9 @@ pub struct ExchangeConfig {
     pub kind: ExchangeKind,
     /// RFC 8693 token endpoint, or the AWS STS endpoint.
     pub token_endpoint: url::Url,
+    /// RFC 7009 revocation endpoint (RFC 8693 exchanges); crates.io revokes at its token
+    /// endpoint; AWS credentials cannot be revoked.
+    pub revocation_endpoint: Option<url::Url>,
     /// Extra CA certificates (PEM) trusted for this endpoint.
     pub ca_file: Option<PathBuf>,
     /// Whole-request timeout.
@@ -186,23 +190,47 @@ pub enum ExchangeKind {
     AwsSts,
     /// crates.io trusted publishing: the ID token for a publish token.
     CratesIo,
+    /// npm trusted publishing: the ID token for a publish token for one package.
+    Npm,
+    /// PyPI trusted publishing (`mint-token`): the ID token for an upload token.
+    Pypi,
 }
 
 impl ExchangeKind {
     /// True when the exchange is a registry that checks the ID token itself, once: the ID
     /// token is fetched fresh, for the route's audience, and never cached.
     pub fn wants_fresh_subject(self) -> bool {
-        matches!(self, Self::CratesIo)
+        matches!(self, Self::CratesIo | Self::Npm | Self::Pypi)
     }
 
+    /// The tool a registry's own exchange serves; `None` for exchanges any tool may use.
+    fn registry_tool(self) -> Option<Tool> {
+        match self {
+            Self::CratesIo => Some(Tool::Cargo),
+            Self::Npm => Some(Tool::Npm),
+            Self::Pypi => Some(Tool::Pypi),
+            Self::Rfc8693 | Self::AwsSts => None,
+        }
+    }
+}
+
+impl ExchangeConfig {
     /// True when tokens it issues can be revoked before they expire.
-    pub fn revokes(self) -> bool {
-        matches!(self, Self::CratesIo)
+    pub fn revokes(&self) -> bool {
+        match self.kind {
+            ExchangeKind::CratesIo => true,
+            ExchangeKind::Rfc8693 => self.revocation_endpoint.is_some(),
+            ExchangeKind::AwsSts | ExchangeKind::Npm | ExchangeKind::Pypi => false,
+        }
     }
 }
 
 /// crates.io's trusted publishing endpoint.
 const CRATES_IO_ENDPOINT: &str = "https://crates.io/api/v1/trusted_publishing/tokens";
+/// The npm registry (the exchange path is appended per package).
+const NPM_ENDPOINT: &str = "https://registry.npmjs.org/";
+/// PyPI's mint-token endpoint.
+const PYPI_ENDPOINT: &str = "https://pypi.org/_/oidc/mint-token";
 
 /// The global AWS STS endpoint.
 const AWS_STS_ENDPOINT: &str = "https://sts.amazonaws.com/";
@@ -365,15 +393,19 @@ impl Config {
         if protocol != "https" && !(protocol == "http" && crate::http::is_loopback_host(&host)) {
             return Err(format!("route `{name}`: protocol `{protocol}` is not allowed (https, or http to loopback)"));
         }
-        let kinds: &[ExchangeKind] = if tool == Tool::Cargo {
-            &[ExchangeKind::Rfc8693, ExchangeKind::CratesIo]
-        } else {
-            &[ExchangeKind::Rfc8693]
+        let kinds = [ExchangeKind::Rfc8693, ExchangeKind::CratesIo, ExchangeKind::Npm, ExchangeKind::Pypi]
+            .into_iter()
+            .filter(|k| k.registry_tool().is_none_or(|t| t == tool))
+            .collect::<Vec<_>>();
+        self.check_names(&name, &raw, &kinds)?;
+        // A registry's own exchange mints publish tokens; its index needs none.
+        let exchange_kind = self.exchanges[&raw.exchange].kind;
+        let publish_only = exchange_kind.registry_tool().is_some();
+        let default_operations = match exchange_kind {
+            ExchangeKind::CratesIo => vec!["publish", "yank", "owners"],
+            _ if publish_only => vec!["publish"],
+            _ => vec!["read"],
         };
-        self.check_names(&name, &raw, kinds)?;
-        // crates.io's tokens publish; its index needs none.
-        let crates_io = self.exchanges[&raw.exchange].kind == ExchangeKind::CratesIo;
-        let default_operations = if crates_io { vec!["publish", "yank", "owners"] } else { vec!["read"] };
         let operations = raw
             .operations
             .unwrap_or_else(|| default_operations.into_iter().map(String::from).collect())
@@ -382,9 +414,10 @@ impl Config {
             .collect::<Result<Vec<Operation>, _>>()
             .map_err(|e| format!("route `{name}`: {e}"))?;
         let ttl = raw.ttl.as_deref().map(parse_duration).transpose()?.unwrap_or(DEFAULT_TTL);
-        if crates_io && operations.contains(&Operation::Read) {
-            return Err(format!("route `{name}`: a crates-io exchange mints publish tokens, not `read`"));
+        if publish_only && operations.contains(&Operation::Read) {
+            return Err(format!("route `{name}`: exchange `{}` mints publish tokens, not `read`", raw.exchange));
         }
+        let crates_io = exchange_kind == ExchangeKind::CratesIo;
         let scheme = match raw.scheme.as_deref().unwrap_or(if crates_io { "plain" } else { "bearer" }) {
             "bearer" => Scheme::Bearer,
             "basic" => Scheme::Basic,
@@ -396,13 +429,19 @@ impl Config {
         };
         Ok(Route {
             // A registry's token service is named by its host; other servers by their URL.
-            audience: raw.audience.unwrap_or_else(|| match tool {
-                _ if crates_io => "crates.io".into(),
-                Tool::Oci => host.clone(),
+            audience: raw.audience.unwrap_or_else(|| match exchange_kind {
+                ExchangeKind::CratesIo => "crates.io".into(),
+                // npm asks for `npm:<registry hostname>`, without the port.
+                ExchangeKind::Npm => format!("npm:{}", host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h)),
+                // PyPI names its audience; an empty one means "ask it".
+                ExchangeKind::Pypi => String::new(),
+                _ if tool == Tool::Oci => host.clone(),
                 _ => format!("{protocol}://{host}"),
             }),
             scope: raw.scope.unwrap_or_else(|| tool.default_scope().into()),
-            username: raw.username.unwrap_or_else(|| "x-access-token".into()),
+            username: raw
+                .username
+                .unwrap_or_else(|| if tool == Tool::Pypi { "__token__".into() } else { "x-access-token".into() }),
             identity: raw.identity,
             exchange: raw.exchange,
             role_arn: None,
@@ -509,15 +548,29 @@ fn exchange(name: String, raw: RawExchange) -> Result<ExchangeConfig, String> {
         }
         "aws-sts" => (ExchangeKind::AwsSts, raw.token_endpoint.unwrap_or_else(|| AWS_STS_ENDPOINT.into())),
         "crates-io" => (ExchangeKind::CratesIo, raw.token_endpoint.unwrap_or_else(|| CRATES_IO_ENDPOINT.into())),
+        "npm" => (ExchangeKind::Npm, raw.token_endpoint.unwrap_or_else(|| NPM_ENDPOINT.into())),
+        "pypi" => (ExchangeKind::Pypi, raw.token_endpoint.unwrap_or_else(|| PYPI_ENDPOINT.into())),
         other => {
-            return Err(format!("exchange `{name}`: unknown kind `{other}` (rfc8693, aws-sts or crates-io)"));
+            return Err(format!(
+                "exchange `{name}`: unknown kind `{other}` (rfc8693, aws-sts, crates-io, npm or pypi)"
+            ));
         }
     };
-    let token_endpoint =
-        url::Url::parse(&endpoint).map_err(|e| format!("exchange `{name}`: invalid token_endpoint: {e}"))?;
-    crate::http::check_url(&token_endpoint).map_err(|e| format!("exchange `{name}`: {e}"))?;
+    let parse = |field: &str, value: &str| {
+        let url = url::Url::parse(value).map_err(|e| format!("exchange `{name}`: invalid {field}: {e}"))?;
+        crate::http::check_url(&url).map_err(|e| format!("exchange `{name}`: {e}"))?;
+        Ok::<_, String>(url)
+    };
+    let token_endpoint = parse("token_endpoint", &endpoint)?;
+    let revocation_endpoint = match raw.revocation_endpoint {
+        Some(_) if kind != ExchangeKind::Rfc8693 => {
+            return Err(format!("exchange `{name}`: only an rfc8693 exchange takes `revocation_endpoint`"));
+        }
+        Some(value) => Some(parse("revocation_endpoint", &value)?),
+        None => None,
+    };
     let timeout = raw.timeout.as_deref().map(parse_duration).transpose()?.unwrap_or(Duration::from_secs(15));
-    Ok(ExchangeConfig { name, kind, token_endpoint, ca_file: raw.ca_file, timeout })
+    Ok(ExchangeConfig { name, kind, token_endpoint, revocation_endpoint, ca_file: raw.ca_file, timeout })
 }
 
 #[cfg(test)]

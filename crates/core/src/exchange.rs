@@ -190,6 +190,36 @@ pub(crate) fn exchange(
     }
 }
 
+/// RFC 7009 revocation: `token` and `token_type_hint=access_token`, form-encoded. The
+/// token is its own proof: whoever holds it may end it. 200 means revoked (or never
+/// valid); 503 is retried once, as the RFC suggests.
+pub(crate) fn revoke(config: &ExchangeConfig, http: &HttpClient, token: &Secret) -> Result<(), Error> {
+    let Some(url) = &config.revocation_endpoint else { return Ok(()) };
+    let http_error = |source| Error::Http { exchange: config.name.clone(), source };
+    let form = [("token", token.expose()), ("token_type_hint", "access_token")];
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let request = http.post(url).map_err(http_error)?.header("Accept", "application/json").form(&form);
+        let (status, body) = match http.send(request, url) {
+            Err(crate::http::Error::Send { not_delivered: true, .. }) if attempt < ATTEMPTS => {
+                std::thread::sleep(Duration::from_millis(100 << attempt));
+                continue;
+            }
+            other => other.map_err(http_error)?,
+        };
+        match status {
+            200 => return Ok(()),
+            503 if attempt < 2 => std::thread::sleep(Duration::from_millis(200)),
+            _ => return Err(parse(&config.name, status, &body).err().unwrap_or_else(|| unexpected(config, status))),
+        }
+    }
+}
+
+fn unexpected(config: &ExchangeConfig, status: u16) -> Error {
+    Error::Malformed { exchange: config.name.clone(), status, what: "an unexpected answer".into() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,7 +34,7 @@ mod target;
 mod trusted_publishing;
 
 pub use ancestry::{Process, ancestry, infer_git_operation, infer_oci_operation};
-pub use audit::{AuditEvent, AuditLog, Outcome};
+pub use audit::{AuditEvent, AuditLog, Outcome, rfc3339_now};
 pub use broker::{Broker, Error as BrokerError, Issued, Resolution};
 pub use cache::{Cache, CacheEntry, Error as CacheError, Origin};
 pub use config::{
@@ -48,6 +48,6 @@ pub use exchange::{
 pub use http::{Error as HttpError, HttpClient, is_loopback_url};
 pub use identity::{Error as IdentityError, SubjectToken};
 pub use jwt::{Claims as UnverifiedClaims, peek_claims};
-pub use redact::{contains_jwt, redact_argv, sanitize_for_terminal, scan_for_jwts};
+pub use redact::{REDACTED, contains_jwt, redact_argv, redact_tokens, sanitize_for_terminal, scan_for_jwts};
 pub use secret::{Fingerprint, Secret};
 pub use target::{Error as TargetError, Operation, Target, Tool, normalize_host, normalize_repo_path};

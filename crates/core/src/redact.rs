@@ -30,9 +30,48 @@ fn redact_arg(arg: &str) -> String {
     sanitize_for_terminal(arg)
 }
 
+/// What replaces a token in redacted output.
+pub const REDACTED: &str = "[redacted by mayfly]";
+
+/// Replaces every `known` token, and anything shaped like a JWT or a well-known token
+/// format, with [`REDACTED`].
+pub fn redact_tokens(text: &str, known: &[&str]) -> String {
+    let mut text = text.to_owned();
+    for token in known.iter().filter(|t| t.len() >= 8) {
+        if text.contains(*token) {
+            text = text.replace(*token, REDACTED);
+        }
+    }
+    let is_token_char = |c: char| c.is_ascii_alphanumeric() || "-_.=+/".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find(is_token_char) {
+        out.push_str(&rest[..start]);
+        let run = &rest[start..];
+        let end = run.find(|c| !is_token_char(c)).unwrap_or(run.len());
+        // A sentence's full stop is not part of a token.
+        let end = run[..end].trim_end_matches('.').len().max(1);
+        let word = &run[..end];
+        // A token glued to a key (`token=eyJ...`, `Bearer:ghp_...`) is still a token.
+        let at = word.find(['=', ':', '/']).map_or(0, |i| i + 1);
+        match (looks_like_token(word), looks_like_token(&word[at..])) {
+            (true, _) => out.push_str(REDACTED),
+            (false, true) => {
+                out.push_str(&word[..at]);
+                out.push_str(REDACTED);
+            }
+            _ => out.push_str(word),
+        }
+        rest = &run[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// JWTs and the common prefixed token formats.
 fn looks_like_token(value: &str) -> bool {
-    const PREFIXES: [&str; 8] = ["ghp_", "ghs_", "gho_", "github_pat_", "glpat-", "npm_", "pypi-", "hvs."];
+    const PREFIXES: [&str; 11] =
+        ["ghp_", "ghs_", "gho_", "ghu_", "ghr_", "github_pat_", "glpat-", "npm_", "pypi-", "hvs.", "cio_tp_"];
     let jwt = value.starts_with("eyJ") && value.matches('.').count() == 2 && value.len() > 30;
     jwt || PREFIXES.iter().any(|p| value.starts_with(p) && value.len() > p.len() + 10)
 }
@@ -95,6 +134,18 @@ mod tests {
         assert!(!shown.contains("eyJzdWIi"), "{shown}");
         assert!(!shown.contains("ghp_abc"), "{shown}");
         assert!(shown.contains("git push https://user:***@git.example.com/org/app"), "{shown}");
+    }
+
+    #[test]
+    fn output_loses_known_tokens_and_token_shapes() {
+        let jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlc2lnbmF0dXJl";
+        let text = format!("token={jwt}\nsecret s3cr3t-session-value and ghp_abcdefghijklmnopqrstuvwxyz.\nok\n");
+        let shown = redact_tokens(&text, &["s3cr3t-session-value", "short"]);
+        assert_eq!(
+            shown,
+            format!("token={REDACTED}\nsecret {REDACTED} and {REDACTED}.\nok\n"),
+            "the trailing dot of a sentence is not part of the token"
+        );
     }
 
     #[test]

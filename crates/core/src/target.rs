@@ -20,6 +20,10 @@ pub enum Tool {
     Cargo,
     /// docker, skopeo, podman, crane and every OCI client, through `credHelpers`.
     Oci,
+    /// npm, pnpm and yarn, which have no hook: through the shim.
+    Npm,
+    /// twine (PyPI uploads), which has no hook: through the shim.
+    Pypi,
 }
 
 impl Tool {
@@ -32,6 +36,8 @@ impl Tool {
             Self::Aws => "aws",
             Self::Cargo => "cargo",
             Self::Oci => "oci",
+            Self::Npm => "npm",
+            Self::Pypi => "pypi",
         }
     }
 
@@ -45,6 +51,8 @@ impl Tool {
             Self::Aws => "{host}",
             Self::Cargo => "crate:{path}:{operation}",
             Self::Oci => "oci:{host}/{path}:{operation}",
+            Self::Npm => "npm:{path}:{operation}",
+            Self::Pypi => "pypi:{path}:{operation}",
         }
     }
 
@@ -69,7 +77,9 @@ impl FromStr for Tool {
             "aws" => Ok(Self::Aws),
             "cargo" => Ok(Self::Cargo),
             "oci" => Ok(Self::Oci),
-            other => Err(format!("unknown tool `{other}` (git, kubectl, terraform, aws, cargo or oci)")),
+            "npm" => Ok(Self::Npm),
+            "pypi" => Ok(Self::Pypi),
+            other => Err(format!("unknown tool `{other}` (git, kubectl, terraform, aws, cargo, oci, npm or pypi)")),
         }
     }
 }

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::gate::{Refusal, TokenGate};
-use crate::{DevCa, TrustedTokens};
+use crate::{DevCa, StsClient, TrustedTokens};
 
 /// A running registry.
 pub struct CargoRegistry {
@@ -41,7 +41,7 @@ struct Crates {
 
 /// Who vouches for tokens.
 enum Auth {
-    Sts(TokenGate),
+    Sts(Box<TokenGate>),
     TrustedPublishing(TrustedTokens),
 }
 
@@ -53,10 +53,9 @@ struct Inner {
 }
 
 impl CargoRegistry {
-    /// Starts the registry, trusting tokens from the exchange at `sts_issuer` (whose JWKS
-    /// is fetched with `ca`).
-    pub fn start(runtime: &tokio::runtime::Runtime, ca: &DevCa, sts_issuer: &str) -> Result<Self, String> {
-        Self::serve(runtime, |base_url| Ok(Auth::Sts(TokenGate::new(base_url, sts_issuer, ca)?)))
+    /// Starts the registry, trusting tokens from the exchange `sts` (reached with `ca`).
+    pub fn start(runtime: &tokio::runtime::Runtime, ca: &DevCa, sts: &StsClient) -> Result<Self, String> {
+        Self::serve(runtime, |base_url| Ok(Auth::Sts(Box::new(TokenGate::new(base_url, sts, ca)?))))
     }
 
     /// Starts a public registry that takes publish tokens from a trusted publishing exchange.

@@ -16,7 +16,6 @@ use axum::Router;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::{Value, json};
 
 use crate::gate::Refusal;
@@ -82,9 +81,7 @@ impl TrustedTokens {
 }
 
 struct Inner {
-    issuer: String,
-    key: DecodingKey,
-    algorithm: jsonwebtoken::Algorithm,
+    issuer: DevIssuer,
     /// Trusted-publisher configs: repository -> crates.
     configs: BTreeMap<String, Vec<String>>,
     tokens: TrustedTokens,
@@ -99,16 +96,9 @@ impl CratesIoExchange {
         issuer: &DevIssuer,
         configs: &[(&str, &[&str])],
     ) -> Result<Self, String> {
-        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(issuer.jwk().clone()).map_err(|e| e.to_string())?;
-        let algorithm = match issuer.jwk()["alg"].as_str() {
-            Some("RS256") => jsonwebtoken::Algorithm::RS256,
-            _ => jsonwebtoken::Algorithm::ES256,
-        };
         let tokens = TrustedTokens::default();
         let inner = Arc::new(Inner {
-            issuer: issuer.issuer().to_owned(),
-            key: DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?,
-            algorithm,
+            issuer: issuer.clone(),
             configs: configs
                 .iter()
                 .map(|(repo, crates)| ((*repo).to_owned(), crates.iter().map(|c| (*c).to_owned()).collect()))
@@ -134,16 +124,8 @@ async fn exchange(axum::extract::State(inner): axum::extract::State<Arc<Inner>>,
         return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({"errors": [{"detail": "invalid JSON body"}]})))
             .into_response();
     };
-    let Ok(header) = jsonwebtoken::decode_header(&jwt) else { return bad_request("Failed to decode JWT") };
-    if header.kid.is_none() {
-        return bad_request("Missing JWT key ID");
-    }
-    let mut validation = Validation::new(inner.algorithm);
-    validation.set_audience(&[CRATES_IO_AUDIENCE]);
-    validation.set_issuer(&[&inner.issuer]);
-    validation.set_required_spec_claims(&["exp", "iss", "aud", "jti"]);
-    let claims = match jsonwebtoken::decode::<Value>(&jwt, &inner.key, &validation) {
-        Ok(data) => data.claims,
+    let claims = match inner.issuer.verify(&jwt, CRATES_IO_AUDIENCE) {
+        Ok(claims) => claims,
         Err(e) => return bad_request(&format!("Failed to decode JWT: {e}")),
     };
     let Some(crates) = claims["repository"].as_str().and_then(|r| inner.configs.get(r)) else {
@@ -156,11 +138,7 @@ async fn exchange(axum::extract::State(inner): axum::extract::State<Arc<Inner>>,
     if !tokens.used.insert(jti) {
         return bad_request("JWT has already been used");
     }
-    let mut bytes = [0u8; 24];
-    if getrandom::fill(&mut bytes).is_err() {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    let token = format!("cio_tp_{}", hex::encode(bytes));
+    let token = format!("cio_tp_{}", crate::random_hex(24));
     tokens.live.insert(token.clone(), (crates.clone(), now() + 30 * 60));
     tokens.issued.push(token.clone());
     axum::Json(json!({"token": token})).into_response()

@@ -1,7 +1,12 @@
 //! The check every development resource server makes: a token minted by one `mayfly-sts`,
 //! for this server's audience, not revoked, with the scope the request needs.
+//!
+//! The signature and claims are checked locally; revocation is asked of the exchange's
+//! introspection endpoint on every request, uncached, so a revoked token stops working at
+//! once.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -11,6 +16,41 @@ use jsonwebtoken::{DecodingKey, Validation};
 use serde_json::Value;
 
 use crate::DevCa;
+
+/// How long a resource server waits for the exchange's introspection answer.
+const INTROSPECTION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The exchange a development resource server trusts, and the client it introspects
+/// tokens as (configured in the exchange's `[[introspection_clients]]`).
+#[derive(Clone, Debug)]
+pub struct StsClient {
+    /// The exchange's issuer URL (`iss` of its tokens, base of its endpoints).
+    pub issuer: String,
+    /// The introspection client id.
+    pub client_id: String,
+    /// The introspection client secret.
+    pub client_secret: mayfly_core::Secret,
+}
+
+impl StsClient {
+    /// A client with a fresh random secret.
+    pub fn generate(issuer: &str, client_id: &str) -> Self {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).expect("the OS random source is available");
+        Self {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            client_id: client_id.to_owned(),
+            client_secret: mayfly_core::Secret::new(hex::encode(bytes)),
+        }
+    }
+
+    /// The exchange's `[[introspection_clients]]` entry for this client.
+    pub fn config_entry(&self) -> String {
+        use sha2::Digest;
+        let digest = hex::encode(sha2::Sha256::digest(self.client_secret.expose()));
+        format!("[[introspection_clients]]\nid = \"{}\"\nsecret_sha256 = \"{digest}\"\n", self.client_id)
+    }
+}
 
 /// Why a request was refused.
 pub(crate) enum Refusal {
@@ -39,34 +79,38 @@ impl Refusal {
     }
 }
 
-/// Verifies tokens against the exchange's JWKS.
+/// Verifies tokens against the exchange's JWKS, then asks the exchange whether they are
+/// still active.
 pub(crate) struct TokenGate {
     audience: String,
-    sts_issuer: String,
+    sts: StsClient,
     jwks_url: String,
+    introspection_url: String,
     client: reqwest::Client,
     jwks: tokio::sync::Mutex<Option<JwkSet>>,
-    revoked: Arc<Mutex<Vec<String>>>,
+    refused: Arc<Mutex<Vec<String>>>,
 }
 
 impl TokenGate {
-    pub(crate) fn new(audience: &str, sts_issuer: &str, ca: &DevCa) -> Result<Self, String> {
+    pub(crate) fn new(audience: &str, sts: &StsClient, ca: &DevCa) -> Result<Self, String> {
         let pem = std::fs::read(&ca.ca_cert).map_err(|e| e.to_string())?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string())?;
         let client = reqwest::Client::builder().tls_certs_merge(certs).no_proxy().build().map_err(|e| e.to_string())?;
         Ok(Self {
             audience: audience.to_owned(),
-            sts_issuer: sts_issuer.to_owned(),
-            jwks_url: format!("{sts_issuer}/.well-known/jwks.json"),
+            jwks_url: format!("{}/.well-known/jwks.json", sts.issuer),
+            introspection_url: format!("{}/introspect", sts.issuer),
+            sts: sts.clone(),
             client,
             jwks: tokio::sync::Mutex::new(None),
-            revoked: Arc::new(Mutex::new(Vec::new())),
+            refused: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
-    /// The shared revocation list (fingerprints).
-    pub(crate) fn revoked(&self) -> Arc<Mutex<Vec<String>>> {
-        self.revoked.clone()
+    /// Fingerprints of tokens this server alone refuses from now on, whatever the exchange
+    /// says (tests use it to make a server reject a token the client still holds).
+    pub(crate) fn refused(&self) -> Arc<Mutex<Vec<String>>> {
+        self.refused.clone()
     }
 
     /// The token's claims when it may do what `scope` names.
@@ -84,10 +128,13 @@ impl TokenGate {
     ) -> Result<Value, Refusal> {
         let token = presented_token(headers).ok_or_else(|| Refusal::Unauthorized("authentication required".into()))?;
         let fingerprint = mayfly_core::Fingerprint::of(&token).to_string();
-        if self.revoked.lock().is_ok_and(|r| r.contains(&fingerprint)) {
+        if self.refused.lock().is_ok_and(|r| r.contains(&fingerprint)) {
             return Err(Refusal::Unauthorized("token has been revoked".into()));
         }
         let claims = self.verify(&token).await.map_err(Refusal::Unauthorized)?;
+        if !self.active(&token).await.map_err(Refusal::Unauthorized)? {
+            return Err(Refusal::Unauthorized("token has been revoked".into()));
+        }
         let scopes = claims.get("scope").and_then(Value::as_str).unwrap_or("");
         if !scopes.split_whitespace().any(allows) {
             return Err(Refusal::Forbidden(format!("token does not allow `{wanted}`")));
@@ -107,12 +154,32 @@ impl TokenGate {
         let jwk = jwks.as_ref().and_then(|set| set.find(&kid)).ok_or("token signed by an unknown key")?;
         let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
         let mut validation = Validation::new(jsonwebtoken::Algorithm::ES256);
-        validation.set_issuer(&[&self.sts_issuer]);
+        validation.set_issuer(&[&self.sts.issuer]);
         validation.set_audience(&[&self.audience]);
         validation.leeway = 5;
         let data =
             jsonwebtoken::decode::<Value>(token, &key, &validation).map_err(|e| format!("token refused: {e}"))?;
         Ok(data.claims)
+    }
+
+    /// The exchange's word on a token that verified: RFC 7662 `active`. No answer refuses.
+    async fn active(&self, token: &str) -> Result<bool, String> {
+        let unavailable = |e: &dyn std::fmt::Display| format!("cannot check the token with the exchange: {e}");
+        let response = self
+            .client
+            .post(&self.introspection_url)
+            .basic_auth(&self.sts.client_id, Some(self.sts.client_secret.expose()))
+            .form(&[("token", token), ("token_type_hint", "access_token")])
+            .timeout(INTROSPECTION_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(unavailable(&status));
+        }
+        let answer: Value = response.json().await.map_err(|e| unavailable(&e))?;
+        answer.get("active").and_then(Value::as_bool).ok_or_else(|| unavailable(&"no `active` in its answer"))
     }
 }
 
@@ -140,5 +207,16 @@ mod tests {
         let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("x-access-token:tok"));
         headers.insert(header::AUTHORIZATION, HeaderValue::from_str(&basic).unwrap());
         assert_eq!(presented_token(&headers).as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn a_generated_client_configures_the_exchange_without_its_secret() {
+        let client = StsClient::generate("https://127.0.0.1:1/", "gate");
+        assert_eq!(client.issuer, "https://127.0.0.1:1");
+        let entry = client.config_entry();
+        assert!(!entry.contains(client.client_secret.expose()));
+        let config = mayfly_sts::Config::parse(&format!("issuer = \"https://127.0.0.1:1\"\n{entry}")).unwrap();
+        assert_eq!(config.introspection_clients[0].id, "gate");
+        assert_ne!(StsClient::generate("https://x", "gate").client_secret.expose(), client.client_secret.expose());
     }
 }

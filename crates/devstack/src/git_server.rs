@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
-use crate::DevCa;
+use crate::{DevCa, StsClient};
 
 /// Requests seen, by result; tests read them.
 #[derive(Debug, Default)]
@@ -40,7 +40,7 @@ pub struct GitServer {
     pub root: PathBuf,
     /// What it counted.
     pub stats: Arc<GitServerStats>,
-    revoked: Arc<Mutex<Vec<String>>>,
+    refused: Arc<Mutex<Vec<String>>>,
 }
 
 struct Inner {
@@ -51,28 +51,29 @@ struct Inner {
 
 impl GitServer {
     /// Starts the server over HTTPS with `ca`'s certificate, trusting tokens from the
-    /// exchange at `sts_issuer` (its JWKS is fetched with the same CA).
+    /// exchange `sts` (reached with the same CA) while it says they are active.
     pub fn start(
         runtime: &tokio::runtime::Runtime,
         root: PathBuf,
         ca: &DevCa,
-        sts_issuer: &str,
+        sts: &StsClient,
     ) -> Result<Self, String> {
         let listener = crate::loopback_listener().map_err(|e| e.to_string())?;
         let base_url = format!("https://{}", listener.local_addr().map_err(|e| e.to_string())?);
-        let gate = TokenGate::new(&base_url, sts_issuer, ca)?;
-        let revoked = gate.revoked();
+        let gate = TokenGate::new(&base_url, sts, ca)?;
+        let refused = gate.refused();
         let stats = Arc::new(GitServerStats::default());
         let inner = Arc::new(Inner { root: root.clone(), gate, stats: stats.clone() });
         let app = Router::new().fallback(handle).layer(DefaultBodyLimit::max(64 << 20)).with_state(inner);
         crate::serve_tls(runtime, listener, ca, app)?;
-        Ok(Self { base_url, root, stats, revoked })
+        Ok(Self { base_url, root, stats, refused })
     }
 
-    /// Refuses a token from now on (by its fingerprint), as a revocation list would.
+    /// Refuses a token from now on (by its fingerprint) without telling the exchange, as
+    /// a server that revoked it on its own would.
     pub fn revoke(&self, fingerprint: &mayfly_core::Fingerprint) {
-        if let Ok(mut revoked) = self.revoked.lock() {
-            revoked.push(fingerprint.to_string());
+        if let Ok(mut refused) = self.refused.lock() {
+            refused.push(fingerprint.to_string());
         }
     }
 

@@ -11,8 +11,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::DevCa;
 use crate::gate::{Refusal, TokenGate};
+use crate::{DevCa, StsClient};
 
 /// A running API server.
 pub struct KubeApiServer {
@@ -29,13 +29,13 @@ struct Inner {
 }
 
 impl KubeApiServer {
-    /// Starts the server, trusting tokens from the exchange at `sts_issuer`.
-    pub fn start(runtime: &tokio::runtime::Runtime, ca: &DevCa, sts_issuer: &str) -> Result<Self, String> {
+    /// Starts the server, trusting tokens from the exchange `sts` while it says they are active.
+    pub fn start(runtime: &tokio::runtime::Runtime, ca: &DevCa, sts: &StsClient) -> Result<Self, String> {
         let listener = crate::loopback_listener().map_err(|e| e.to_string())?;
         let base_url = format!("https://{}", listener.local_addr().map_err(|e| e.to_string())?);
         let served = Arc::new(AtomicUsize::new(0));
         let inner = Arc::new(Inner {
-            gate: TokenGate::new(&base_url, sts_issuer, ca)?,
+            gate: TokenGate::new(&base_url, sts, ca)?,
             scope: format!("cluster:{}", base_url.trim_start_matches("https://")),
             served: served.clone(),
         });

@@ -13,20 +13,30 @@ mod git_server;
 mod issuer;
 mod kube_api;
 mod module_registry;
+mod pypi;
 mod tls;
 
 pub use aws_sts_gate::AwsStsGate;
 pub use cargo_registry::CargoRegistry;
 pub use crates_io::{CRATES_IO_AUDIENCE, CratesIoExchange, TrustedTokens};
+pub use gate::StsClient;
 pub use git_server::{GitServer, GitServerStats};
 pub use issuer::DevIssuer;
 pub use kube_api::KubeApiServer;
 pub use module_registry::{MODULE, ModuleRegistry};
+pub use pypi::{PYPI_AUDIENCE, Pypi};
 pub use tls::DevCa;
 
 /// A multi-threaded runtime that serves in the background while the caller blocks.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+}
+
+/// Random bytes as hex, for ids and opaque tokens.
+pub(crate) fn random_hex(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    getrandom::fill(&mut buffer).expect("the OS random source is available");
+    hex::encode(buffer)
 }
 
 /// Binds an ephemeral loopback port.

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::DevCa;
 use crate::gate::TokenGate;
+use crate::{DevCa, StsClient};
 
 /// The one module served: `<host>/mayfly/greeting/null`, version 1.0.0.
 pub const MODULE: &str = "mayfly/greeting/null";
@@ -36,14 +36,14 @@ struct Inner {
 
 impl ModuleRegistry {
     /// Starts the registry, packing the module into `dir`.
-    pub fn start(runtime: &tokio::runtime::Runtime, ca: &DevCa, sts_issuer: &str, dir: &Path) -> Result<Self, String> {
+    pub fn start(runtime: &tokio::runtime::Runtime, ca: &DevCa, sts: &StsClient, dir: &Path) -> Result<Self, String> {
         let listener = crate::loopback_listener().map_err(|e| e.to_string())?;
         let host = listener.local_addr().map_err(|e| e.to_string())?.to_string();
         let base_url = format!("https://{host}");
         let archive = pack_module(dir)?;
         let served = Arc::new(AtomicUsize::new(0));
         let inner = Arc::new(Inner {
-            gate: TokenGate::new(&base_url, sts_issuer, ca)?,
+            gate: TokenGate::new(&base_url, sts, ca)?,
             scope: format!("registry:{host}"),
             archive,
             served: served.clone(),

@@ -59,6 +59,27 @@ struct RawConfig {
     trusted_issuers: Vec<TrustedIssuer>,
     #[serde(default)]
     rules: Vec<RawRule>,
+    revocation_store: Option<PathBuf>,
+    #[serde(default)]
+    introspection_clients: Vec<RawIntrospectionClient>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntrospectionClient {
+    id: String,
+    secret_sha256: String,
+}
+
+/// A resource server allowed to introspect any token (RFC 7662), with HTTP Basic.
+///
+/// Only the secret's SHA-256 is configured, so the config file holds nothing to log in with.
+#[derive(Clone, Debug)]
+pub struct IntrospectionClient {
+    /// The Basic user name.
+    pub id: String,
+    /// SHA-256 of the Basic password.
+    pub secret_sha256: [u8; 32],
 }
 
 /// Certificate and key (PEM files) to serve HTTPS with.
@@ -104,6 +125,10 @@ pub struct Config {
     pub trusted_issuers: Vec<TrustedIssuer>,
     /// Allow rules, in order.
     pub rules: Vec<Rule>,
+    /// File of the embedded revocation store; `None` keeps revocations in memory.
+    pub revocation_store: Option<PathBuf>,
+    /// Who may introspect tokens other than their own.
+    pub introspection_clients: Vec<IntrospectionClient>,
 }
 
 impl Config {
@@ -150,6 +175,22 @@ impl Config {
                 max_ttl,
             });
         }
+        let mut introspection_clients: Vec<IntrospectionClient> = Vec::new();
+        for client in raw.introspection_clients {
+            if client.id.is_empty() || client.id.contains(':') {
+                return Err(format!("introspection client `{}`: `id` must be non-empty and have no `:`", client.id));
+            }
+            if introspection_clients.iter().any(|c| c.id == client.id) {
+                return Err(format!("introspection client `{}` is listed twice", client.id));
+            }
+            let secret_sha256 = hex::decode(client.secret_sha256.trim())
+                .ok()
+                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                .ok_or_else(|| {
+                    format!("introspection client `{}`: `secret_sha256` must be 64 hex digits", client.id)
+                })?;
+            introspection_clients.push(IntrospectionClient { id: client.id, secret_sha256 });
+        }
         Ok(Self {
             issuer: raw.issuer.trim_end_matches('/').to_owned(),
             listen,
@@ -160,6 +201,47 @@ impl Config {
             tls: raw.tls,
             trusted_issuers: raw.trusted_issuers,
             rules,
+            revocation_store: raw.revocation_store,
+            introspection_clients,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+
+    #[test]
+    fn revocation_store_and_introspection_clients_are_read() {
+        let config = Config::parse(&format!(
+            "issuer = \"https://sts.example\"\nrevocation_store = \"/var/lib/mayfly/revoked.redb\"\n\n[[introspection_clients]]\nid = \"git\"\nsecret_sha256 = \"{DIGEST}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.revocation_store.as_deref(), Some(Path::new("/var/lib/mayfly/revoked.redb")));
+        assert_eq!(config.introspection_clients.len(), 1);
+        assert_eq!(config.introspection_clients[0].id, "git");
+        assert_eq!(hex::encode(config.introspection_clients[0].secret_sha256), DIGEST);
+        let bare = Config::parse("issuer = \"https://sts.example\"\n").unwrap();
+        assert!(bare.revocation_store.is_none() && bare.introspection_clients.is_empty());
+    }
+
+    #[test]
+    fn bad_introspection_clients_are_refused() {
+        let client = |id: &str, digest: &str| {
+            format!("[[introspection_clients]]\nid = \"{id}\"\nsecret_sha256 = \"{digest}\"\n")
+        };
+        for (clients, expected) in [
+            (client("git", "secret"), "64 hex digits"),
+            (client("git", &DIGEST[2..]), "64 hex digits"),
+            (client("a:b", DIGEST), "no `:`"),
+            (client("", DIGEST), "non-empty"),
+            (client("git", DIGEST) + &client("git", DIGEST), "listed twice"),
+            ("[[introspection_clients]]\nid = \"git\"\nsecret = \"plain\"\n".to_owned(), "unknown field"),
+        ] {
+            let error = Config::parse(&format!("issuer = \"https://sts.example\"\n{clients}")).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
     }
 }

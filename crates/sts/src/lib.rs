@@ -3,20 +3,25 @@
 //! It verifies OIDC subject tokens against trusted issuers (discovery + JWKS, RS256 and
 //! ES256), asks a [`Policy`] whether the workload may have the audience and scopes it
 //! asks for, mints a short-lived ES256 JWT, publishes its own JWKS, and writes one audit
-//! line per decision. It keeps no state, so replicas scale out behind a load balancer.
+//! line per decision. Its one piece of state is the set of revoked tokens (RFC 7009),
+//! behind a [`RevocationStore`] that replicas can share; introspection (RFC 7662) lets
+//! resource servers see revocations.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod audit;
 mod config;
 mod keys;
+mod own_tokens;
 mod policy;
 mod registry;
+mod revocation;
 mod server;
 mod verify;
 
-pub use config::{Config, Error as ConfigError, TrustedIssuer};
+pub use config::{Config, Error as ConfigError, IntrospectionClient, TrustedIssuer};
 pub use keys::{Algorithm, SigningKey};
 pub use policy::{Denial, ExchangeAsk, Grant, Policy, Rule, Rules, glob_match};
+pub use revocation::{RedbStore, RevocationStore};
 pub use server::{Sts, serve};
 pub use verify::{Rejection, VerifiedSubject, Verifier};

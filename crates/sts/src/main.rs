@@ -20,6 +20,11 @@ async fn main() -> anyhow::Result<()> {
     let config = mayfly_sts::Config::load(&args.config)?;
     let listener =
         std::net::TcpListener::bind(&config.listen).with_context(|| format!("cannot listen on `{}`", config.listen))?;
+    if config.revocation_store.is_none() {
+        eprintln!(
+            "mayfly-sts: no `revocation_store` configured: revocations are kept in memory, lost on restart and not shared with other replicas"
+        );
+    }
     let sts = mayfly_sts::Sts::new(config, None).map_err(anyhow::Error::msg)?;
     eprintln!("mayfly-sts: listening on {}", listener.local_addr()?);
     mayfly_sts::serve(sts, listener).await?;

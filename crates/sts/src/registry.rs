@@ -6,7 +6,8 @@
 //! `repository:NAME:pull,push`. It gets a short registry JWT whose `access` is what it
 //! asked for, cut down to what its token's scopes allow: `oci:<service>/<pattern>:read`
 //! pulls, `:write` pulls and pushes, for repositories matching the pattern. The JWT carries
-//! the signer's certificate in `x5c`, which the registry pins (`rootcertbundle`).
+//! the signer's certificate in `x5c`, which the registry pins (`rootcertbundle`). A revoked
+//! token gets nothing.
 
 use std::sync::Arc;
 
@@ -84,6 +85,29 @@ pub(crate) async fn token(
             return unauthorized("token not minted by this exchange for this registry");
         }
     };
+    let revoked = match claims["jti"].as_str() {
+        Some(jti) => sts.is_revoked(jti).await,
+        None => Ok(true),
+    };
+    match revoked {
+        Ok(false) => {}
+        Ok(true) => {
+            sts.audit.write(&Line {
+                time: now_rfc3339(),
+                outcome: "denied",
+                reason: Some("registry: token has been revoked"),
+                subject: claims["sub"].as_str(),
+                audience: Some(service),
+                jti: claims["jti"].as_str(),
+                ..Line::default()
+            });
+            return unauthorized("token has been revoked");
+        }
+        Err(_) => {
+            let body = json!({"errors": [{"code": "UNAVAILABLE", "message": "cannot check revocation"}]});
+            return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+        }
+    }
     let granted_scopes = claims["scope"].as_str().unwrap_or("");
     let asked = pairs.iter().filter(|(k, _)| k == "scope").flat_map(|(_, v)| v.split_whitespace());
     let access: Vec<Value> = asked.filter_map(|scope| grant(scope, service, granted_scopes)).collect();

@@ -1,4 +1,5 @@
-//! The HTTP surface: `POST /token` (RFC 8693), the JWKS, discovery and a health check.
+//! The HTTP surface: `POST /token` (RFC 8693), revocation and introspection, the JWKS,
+//! discovery and a health check.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use crate::audit::{Audit, Line, now_rfc3339};
 use crate::config::Config;
 use crate::keys::{Algorithm, SigningKey};
 use crate::policy::{ExchangeAsk, Policy, Rules};
+use crate::revocation::{RedbStore, RevocationStore};
 use crate::verify::Verifier;
 use mayfly_core::{ACCESS_TOKEN_TYPE, Fingerprint, ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT};
 
@@ -29,13 +31,28 @@ pub struct Sts {
     verifier: Verifier,
     policy: Box<dyn Policy>,
     pub(crate) audit: Audit,
-    /// Verifies tokens this exchange minted (presented back at the registry endpoint).
+    /// Verifies tokens this exchange minted, when they are presented back to it.
     pub(crate) own_key: jsonwebtoken::DecodingKey,
+    revocations: Arc<dyn RevocationStore>,
 }
 
 impl Sts {
-    /// Builds the exchange from its config (and an explicit key, if the caller has one).
+    /// Builds the exchange from its config (and an explicit key, if the caller has one),
+    /// with the revocation store the config names (in memory when it names none).
     pub fn new(config: Config, key: Option<SigningKey>) -> Result<Self, String> {
+        let store = match &config.revocation_store {
+            Some(path) => RedbStore::open(path)?,
+            None => RedbStore::in_memory()?,
+        };
+        Self::with_store(config, key, Arc::new(store))
+    }
+
+    /// Builds the exchange with another revocation store (one shared by replicas).
+    pub fn with_store(
+        config: Config,
+        key: Option<SigningKey>,
+        revocations: Arc<dyn RevocationStore>,
+    ) -> Result<Self, String> {
         let key = match (key, &config.signing_key) {
             (Some(key), _) => key,
             (None, Some(path)) => {
@@ -52,7 +69,7 @@ impl Sts {
         let verifier = Verifier::new(config.trusted_issuers.clone())?;
         let policy = Box::new(Rules { rules: config.rules.clone(), default_ttl: config.default_ttl });
         let audit = Audit::open(config.audit_log.as_deref()).map_err(|e| format!("cannot open audit log: {e}"))?;
-        Ok(Self { config, key, verifier, policy, audit, own_key })
+        Ok(Self { config, key, verifier, policy, audit, own_key, revocations })
     }
 
     /// The signing key's public JWK.
@@ -60,10 +77,24 @@ impl Sts {
         self.key.jwk()
     }
 
+    /// Remembers a token as revoked until its expiry (the store may block: off the runtime).
+    pub(crate) async fn revoke(&self, jti: &str, expires_at: i64) -> Result<(), String> {
+        let (store, jti) = (self.revocations.clone(), jti.to_owned());
+        tokio::task::spawn_blocking(move || store.revoke(&jti, expires_at)).await.map_err(|e| e.to_string())?
+    }
+
+    /// Whether a token was revoked.
+    pub(crate) async fn is_revoked(&self, jti: &str) -> Result<bool, String> {
+        let (store, jti) = (self.revocations.clone(), jti.to_owned());
+        tokio::task::spawn_blocking(move || store.is_revoked(&jti)).await.map_err(|e| e.to_string())?
+    }
+
     /// The routes.
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/token", post(token))
+            .route("/revoke", post(crate::own_tokens::revoke))
+            .route("/introspect", post(crate::own_tokens::introspect))
             .route("/.well-known/jwks.json", get(jwks))
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/healthz", get(|| async { "ok" }))
@@ -88,13 +119,13 @@ pub async fn serve(sts: Sts, listener: std::net::TcpListener) -> std::io::Result
     }
 }
 
-fn no_store(mut response: Response) -> Response {
+pub(crate) fn no_store(mut response: Response) -> Response {
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     response
 }
 
-fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
+pub(crate) fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
     no_store((status, axum::Json(json!({"error": code, "error_description": description}))).into_response())
 }
 
@@ -108,19 +139,24 @@ async fn discovery(State(sts): State<Arc<Sts>>) -> Response {
         "issuer": base,
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "token_endpoint": format!("{base}/token"),
+        "revocation_endpoint": format!("{base}/revoke"),
+        "revocation_endpoint_auth_methods_supported": ["none"],
+        "introspection_endpoint": format!("{base}/introspect"),
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic"],
         "grant_types_supported": [TOKEN_EXCHANGE_GRANT],
         "id_token_signing_alg_values_supported": ["ES256"],
     }))
     .into_response()
 }
 
-/// The parsed form of a token exchange request.
-struct Form {
-    pairs: Vec<(String, String)>,
+/// A parsed form body.
+pub(crate) struct Form {
+    pub(crate) pairs: Vec<(String, String)>,
 }
 
 impl Form {
-    fn one(&self, key: &str) -> Result<Option<&str>, String> {
+    /// The one value of `key` (`None` when absent or empty); an error when repeated.
+    pub(crate) fn one(&self, key: &str) -> Result<Option<&str>, String> {
         let mut values = self.pairs.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str());
         let first = values.next();
         if values.next().is_some() {

@@ -6,6 +6,7 @@ pub mod cargo;
 pub mod docker;
 pub mod git;
 pub mod kube;
+pub mod shim;
 pub mod terraform;
 
 use std::error::Error;

@@ -1,0 +1,199 @@
+//! `mayfly exec`: run a command with every routed tool wired to mayfly through its
+//! environment, as one session whose tokens are revoked when the command ends.
+//!
+//! The session id tags every audit line and cache entry made inside, so the audit trail
+//! reads as one chain: session -> command -> tool -> token. At exit (normal, or after
+//! SIGINT/SIGTERM/SIGHUP forwarded to the command) every token minted in the session is
+//! revoked where its issuer can, and its cache entries are dropped.
+
+mod output;
+mod wiring;
+
+use std::ffi::OsString;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::Context;
+use mayfly_core::{AuditEvent, AuditLog, Broker, Env, EnvVars, Outcome, Process, redact_argv};
+
+/// Signals passed on to the command rather than ending `mayfly exec`.
+const FORWARDED: [i32; 4] = [
+    signal_hook::consts::SIGINT,
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGHUP,
+    signal_hook::consts::SIGQUIT,
+];
+
+/// Arguments of `mayfly exec`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Session name for audit lines and cache entries (default: a random id)
+    #[arg(long, value_name = "NAME")]
+    session: Option<String>,
+    /// Replace tokens in the command's output with a marker
+    #[arg(long)]
+    redact: bool,
+    /// The command and its arguments
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let env = Env::from_os();
+    let broker = Broker::from_env(env.clone()).map_err(|e| anyhow::anyhow!(mayfly_core::protocol::one_line(&e)))?;
+    let session = match &args.session {
+        Some(name) => check_session(name)?,
+        None => random_session()?,
+    };
+    let runtime = private_runtime_dir(&env)?;
+    let bin = runtime.path().join("bin");
+    link_helpers(&bin, broker.config(), &env)?;
+    let wiring = wiring::wire(broker.config(), &env, &bin, runtime.path());
+    for (path, contents) in &wiring.files {
+        write_private(path, contents)?;
+    }
+    let argv: Vec<String> = args.command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let me = Process {
+        pid: std::process::id(),
+        argv: redact_argv(&[vec!["mayfly".into(), "exec".into()], argv.clone()].concat()),
+    };
+
+    let mut command = Command::new(&args.command[0]);
+    command.args(&args.command[1..]).envs(wiring.vars).env(EnvVars::MAYFLY_SESSION, &session);
+    if args.redact {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
+    // Signals arrive from here on; registered before the spawn so none is lost.
+    let mut signals = signal_hook::iterator::Signals::new(FORWARDED).context("cannot handle signals")?;
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            let name = mayfly_core::sanitize_for_terminal(&argv[0]);
+            anyhow::bail!("cannot run `{name}`: {e}");
+        }
+    };
+    let child_process = Process { pid: child.id(), argv: redact_argv(&argv) };
+    let audit = AuditLog::from_env(&env);
+    record(&audit, &session, Outcome::SessionStarted, vec![child_process.clone(), me.clone()], None);
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let handle = signals.handle();
+    let forwarder = std::thread::spawn(move || {
+        for signal in signals.forever() {
+            // Ctrl-C and Ctrl-\ at a terminal already reached the command (same process
+            // group); a second copy would make it think the user pressed twice.
+            let from_terminal = [signal_hook::consts::SIGINT, signal_hook::consts::SIGQUIT].contains(&signal)
+                && in_terminal_foreground();
+            if let Ok(signal) = nix::sys::signal::Signal::try_from(signal)
+                && !from_terminal
+            {
+                let _ = nix::sys::signal::kill(pid, signal);
+            }
+        }
+    });
+    let pumps = if args.redact { output::redact(&mut child, env.clone(), session.clone()) } else { Vec::new() };
+    let status = child.wait().context("cannot wait for the command")?;
+    for pump in pumps {
+        let _ = pump.join();
+    }
+    handle.close();
+    let _ = forwarder.join();
+
+    let (dropped, failures) = broker.end_session(&session, std::slice::from_ref(&me));
+    for failure in &failures {
+        mayfly_core::protocol::warn(failure);
+    }
+    let summary = format!("{status}; {dropped} token(s) ended, {} revocation(s) failed", failures.len());
+    record(&audit, &session, Outcome::SessionEnded, vec![child_process, me], Some(summary));
+    drop(runtime);
+
+    if let Some(signal) = status.signal() {
+        // Die the way the command died, so callers see the same status.
+        let _ = signal_hook::low_level::emulate_default_handler(signal);
+        return Ok(ExitCode::from(128u8.saturating_add(u8::try_from(signal).unwrap_or(127))));
+    }
+    Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)))
+}
+
+/// True when this process group owns the terminal on stdin, so keyboard signals reach
+/// the command without us.
+fn in_terminal_foreground() -> bool {
+    nix::unistd::tcgetpgrp(std::io::stdin()).is_ok_and(|group| group == nix::unistd::getpgrp())
+}
+
+/// Session names go into audit lines, cache entries and AWS session names.
+fn check_session(name: &str) -> anyhow::Result<String> {
+    let ok = (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    anyhow::ensure!(ok, "--session: use 1 to 64 of A-Z a-z 0-9 . _ -");
+    Ok(name.to_owned())
+}
+
+fn random_session() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
+    Ok(format!("s-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
+/// A 0700 directory for the session's files, in memory where the machine has one.
+fn private_runtime_dir(env: &Env) -> anyhow::Result<tempfile::TempDir> {
+    let candidates = [env.path(EnvVars::XDG_RUNTIME_DIR), Some(PathBuf::from("/dev/shm")), Some(std::env::temp_dir())];
+    let base = candidates.into_iter().flatten().find(|d| d.is_dir()).unwrap_or_else(std::env::temp_dir);
+    // tempfile creates directories 0700.
+    tempfile::Builder::new()
+        .prefix("mayfly-exec-")
+        .tempdir_in(&base)
+        .with_context(|| format!("cannot create a session directory in `{}`", base.display()))
+}
+
+/// Links the helpers installed next to `mayfly` into the session's `bin`, and the shim
+/// as each hookless tool that has a route and is installed.
+fn link_helpers(bin: &Path, config: &mayfly_core::Config, env: &Env) -> anyhow::Result<()> {
+    use mayfly_core::protocol::shim::{Family, find_real};
+    std::fs::DirBuilder::new().mode(0o700).create(bin).context("cannot create the session's bin directory")?;
+    let exe = std::env::current_exe().context("cannot find the mayfly binary")?;
+    let dir = exe.parent().context("the mayfly binary has no directory")?;
+    let link = |from: &str, name: &str| -> anyhow::Result<()> {
+        let helper = dir.join(from);
+        if helper.is_file() {
+            std::os::unix::fs::symlink(&helper, bin.join(name)).context("cannot link a helper")?;
+        }
+        Ok(())
+    };
+    for name in wiring::HELPERS {
+        link(name, name)?;
+    }
+    let path = env.get("PATH").unwrap_or_default();
+    for (name, family) in Family::ALL {
+        let tool = if family == Family::Twine { mayfly_core::Tool::Pypi } else { mayfly_core::Tool::Npm };
+        if config.routes.iter().any(|r| r.tool == tool) && find_real(name, path, &dir.join("mayfly-shim")).is_some() {
+            link("mayfly-shim", name)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(contents.as_bytes()).with_context(|| format!("cannot write `{}`", path.display()))
+}
+
+fn record(audit: &AuditLog, session: &str, outcome: Outcome, process: Vec<Process>, reason: Option<String>) {
+    let event = AuditEvent {
+        time: mayfly_core::rfc3339_now(),
+        outcome,
+        session: Some(session.to_owned()),
+        tool: "exec".into(),
+        reason,
+        process,
+        ..AuditEvent::default()
+    };
+    if let Err(e) = audit.record(&event) {
+        mayfly_core::protocol::warn(&format!("cannot write the audit log: {e}"));
+    }
+}

@@ -1,0 +1,34 @@
+//! `mayfly-shim`: installed (linked) as `npm`, `pnpm`, `yarn` or `twine` ahead of the real
+//! tool on PATH; `mayfly exec` does this for its session. Also runs as
+//! `mayfly-shim TOOL ARGS...`.
+
+use std::os::unix::process::CommandExt;
+
+fn main() {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked =
+        args.first().and_then(|a| std::path::Path::new(a).file_name()).map(|n| n.to_string_lossy().into_owned());
+    let mut family = invoked.as_deref().and_then(mayfly_core::protocol::shim::Family::from_name);
+    args.remove(0);
+    if family.is_none() && !args.is_empty() {
+        family = mayfly_core::protocol::shim::Family::from_name(&args.remove(0).to_string_lossy());
+    }
+    let Some(family) = family else {
+        mayfly_core::protocol::warn("usage: mayfly-shim npm|pnpm|yarn|twine ARGS... (or link it as one of them)");
+        std::process::exit(2);
+    };
+    let shim = std::env::current_exe().unwrap_or_default();
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let env = mayfly_core::Env::from_os();
+    let launch = match mayfly_core::protocol::shim::prepare(family, &args, env, &cwd, &shim, &mayfly_core::ancestry) {
+        Ok(launch) => launch,
+        Err(message) => {
+            mayfly_core::protocol::warn(&message);
+            std::process::exit(1);
+        }
+    };
+    // exec: the real tool takes over this process, its stdin, signals and exit status.
+    let error = std::process::Command::new(&launch.program).args(&args).envs(launch.vars).exec();
+    mayfly_core::protocol::warn(&format!("cannot run `{}`: {error}", launch.program.display()));
+    std::process::exit(127);
+}

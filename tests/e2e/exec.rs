@@ -1,0 +1,180 @@
+//! `mayfly exec`: the real git inside a session wired through the environment only; every
+//! token minted in the session is revoked when the command ends, by exit or by SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use mayfly_tests::{Stack, bin, require_tool};
+use serde_json::Value;
+
+/// A stack whose git has no credential wiring of its own: only `mayfly exec` wires it.
+fn unwired_stack() -> Stack {
+    let stack = Stack::new();
+    std::fs::write(
+        stack.home.join(".gitconfig"),
+        "[user]\n\tname = mayfly test\n\temail = test@mayfly.invalid\n[init]\n\tdefaultBranch = main\n",
+    )
+    .unwrap();
+    stack
+}
+
+/// `mayfly exec --session NAME [--redact] -- sh -c SCRIPT` in the work tree.
+fn exec(stack: &Stack, session: &str, redact: bool, script: &str) -> Command {
+    let mut command = Command::new(bin("mayfly"));
+    command.arg("exec").args(["--session", session]);
+    if redact {
+        command.arg("--redact");
+    }
+    command.args(["--", "sh", "-c", script]).current_dir(&stack.work).env_clear().envs(stack.env());
+    command
+}
+
+/// Clone, commit and push `org/app`, then print the session's write token for it (the way
+/// a tool would receive it), so the test can try it after the session.
+fn push_and_show_token(stack: &Stack) -> String {
+    let host = stack.git_host();
+    format!(
+        "set -e; git clone -q {url} app; cd app; echo x > x.txt; git add x.txt; git commit -qm x; git push -q origin main; \
+         printf 'protocol=https\\nhost={host}\\npath=org/app.git\\ncapability[]=authtype\\n\\n' | git credential fill | sed -n 's/^credential=/token=/p'",
+        url = stack.repo_url("org/app.git")
+    )
+}
+
+fn token_from(stdout: &str) -> String {
+    stdout.lines().find_map(|l| l.strip_prefix("token=")).expect("the session printed its token").to_owned()
+}
+
+/// What the git server says to a token now.
+fn git_server_status(stack: &Stack, token: &str) -> u16 {
+    let client = stack.https_client();
+    let url = format!("{}/info/refs?service=git-upload-pack", stack.repo_url("org/app.git"));
+    client.get(url).bearer_auth(token).send().unwrap().status().as_u16()
+}
+
+fn session_lines(stack: &Stack, session: &str) -> Vec<Value> {
+    stack.client_audit().into_iter().filter(|l| l["session"] == session).collect()
+}
+
+fn cached_in_session(stack: &Stack, session: &str) -> usize {
+    let env = mayfly_core::Env::from_pairs(stack.env());
+    let cache = mayfly_core::Cache::open(&env).unwrap();
+    cache.entries().iter().filter(|(_, e)| e.session.as_deref() == Some(session)).count()
+}
+
+#[test]
+fn a_session_wires_git_through_the_environment_and_revokes_its_tokens_at_exit() {
+    if !require_tool("git") {
+        return;
+    }
+    let stack = unwired_stack();
+    let out = exec(&stack, "push-1", false, &push_and_show_token(&stack)).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = token_from(&stdout);
+
+    // Outside the session git has no helper: the same clone is refused.
+    let outside = stack.git(&stack.work, &["clone", "-q", &stack.repo_url("org/app.git"), "outside"]);
+    assert!(!outside.status.success());
+
+    // The chain: session -> command -> tool -> token, then revocation.
+    let lines = session_lines(&stack, "push-1");
+    let outcomes: Vec<&str> = lines.iter().map(|l| l["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes.first(), Some(&"session-started"), "{outcomes:?}");
+    assert_eq!(outcomes.last(), Some(&"session-ended"), "{outcomes:?}");
+    assert!(outcomes.contains(&"issued"));
+    let started = &lines[0]["process"][0]["argv"];
+    assert_eq!(started[0], "sh", "the session line names the command: {started}");
+    let issued: Vec<&Value> = lines.iter().filter(|l| l["outcome"] == "issued").collect();
+    let revoked: Vec<&Value> = lines.iter().filter(|l| l["outcome"] == "revoked").collect();
+    assert_eq!(revoked.len(), issued.len(), "every token minted in the session was revoked: {outcomes:?}");
+    for line in &issued {
+        assert!(revoked.iter().any(|r| r["fingerprint"] == line["fingerprint"]));
+    }
+
+    // Revoked at the exchange, refused by the server, gone from the cache.
+    assert_eq!(git_server_status(&stack, &token), 401);
+    assert_eq!(cached_in_session(&stack, "push-1"), 0);
+    assert!(stack.sts_audit().iter().any(|l| l["outcome"] == "revoked"));
+    stack.assert_no_tokens_on_disk();
+}
+
+#[test]
+fn sigterm_ends_the_command_and_still_revokes_and_nothing_leaks_into_environ_or_argv() {
+    if !require_tool("git") {
+        return;
+    }
+    let stack = unwired_stack();
+    let script = format!("{}; echo ready; exec sleep 30", push_and_show_token(&stack));
+    let mut child =
+        exec(&stack, "term-1", false, &script).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut token = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(t) = line.strip_prefix("token=") {
+            token = t.to_owned();
+        }
+        if line == "ready" {
+            break;
+        }
+    }
+    assert!(!token.is_empty(), "the session printed its token");
+    assert_eq!(git_server_status(&stack, &token), 200, "live inside the session");
+
+    // While the session runs, no process shows the token in its environment or argv.
+    let mut checked = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        for file in ["environ", "cmdline"] {
+            if let Ok(bytes) = std::fs::read(entry.path().join(file)) {
+                checked += 1;
+                assert!(!String::from_utf8_lossy(&bytes).contains(&token), "token in {}", entry.path().display());
+            }
+        }
+    }
+    assert!(checked > 2);
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(15), "mayfly exec ends the way its command did: {status:?}");
+    let outcomes: Vec<String> =
+        session_lines(&stack, "term-1").iter().map(|l| l["outcome"].as_str().unwrap().to_owned()).collect();
+    assert!(outcomes.iter().any(|o| o == "revoked"), "{outcomes:?}");
+    assert_eq!(outcomes.last().map(String::as_str), Some("session-ended"));
+    assert_eq!(git_server_status(&stack, &token), 401);
+    assert_eq!(cached_in_session(&stack, "term-1"), 0);
+}
+
+#[test]
+fn redact_replaces_the_sessions_tokens_and_keeps_the_exit_code() {
+    if !require_tool("git") {
+        return;
+    }
+    let stack = unwired_stack();
+    let script = format!("{}; echo done; exit 7", push_and_show_token(&stack));
+    let out = exec(&stack, "redact-1", true, &script).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(7));
+    assert!(stdout.contains(&format!("token={}", mayfly_core::REDACTED)), "{stdout}");
+    assert!(stdout.ends_with("done\n"), "{stdout}");
+    assert!(!mayfly_core::contains_jwt(&out.stdout));
+}
+
+#[test]
+fn exit_codes_pass_through_and_a_missing_command_is_one_line() {
+    let stack = unwired_stack();
+    let out = exec(&stack, "codes", false, "exit 3").output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let out = Command::new(bin("mayfly"))
+        .args(["exec", "--", "mayfly-no-such-command"])
+        .env_clear()
+        .envs(stack.env())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("mayfly: cannot run `mayfly-no-such-command`"), "{stderr}");
+    let out = exec(&stack, "bad name!", false, "true").output().unwrap();
+    assert!(!out.status.success());
+}

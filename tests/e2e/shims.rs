@@ -1,0 +1,120 @@
+//! The shims for hookless tools: the real twine, run inside `mayfly exec`, uploads through
+//! PyPI's trusted publishing exchange with a token that exists only in twine's environment.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use mayfly_devstack::Pypi;
+use mayfly_tests::{Stack, bin, require_tool};
+
+/// A PyPI where `org/app` publishes `mayfly-py`, and a route to it.
+fn pypi(stack: &Stack) -> Pypi {
+    let pypi = Pypi::start(stack.runtime(), &stack.ca, &stack.issuer, &[("org/app", &["mayfly-py"])]).unwrap();
+    let host = pypi.base_url.trim_start_matches("https://");
+    stack.write_config(&format!(
+        "[exchanges.pypi]\nkind = \"pypi\"\ntoken_endpoint = \"{}/_/oidc/mint-token\"\nca_file = \"{}\"\n\n{}\n[[routes]]\ntool = \"pypi\"\nhost = \"{host}\"\nidentity = \"ci\"\nexchange = \"pypi\"\n",
+        pypi.base_url,
+        stack.ca.ca_cert.display(),
+        stack.default_routes(),
+    ));
+    pypi
+}
+
+/// A minimal source distribution: `NAME-VERSION.tar.gz` holding `NAME-VERSION/PKG-INFO`.
+fn sdist(stack: &Stack, name: &str, version: &str) -> PathBuf {
+    let root = stack.work.join(format!("build-{name}"));
+    let base = format!("{}-{version}", name.replace('-', "_"));
+    std::fs::create_dir_all(root.join(&base)).unwrap();
+    std::fs::write(
+        root.join(&base).join("PKG-INFO"),
+        format!("Metadata-Version: 2.1\nName: {name}\nVersion: {version}\nSummary: test\n"),
+    )
+    .unwrap();
+    let dist = stack.work.join("dist");
+    std::fs::create_dir_all(&dist).unwrap();
+    let file = dist.join(format!("{base}.tar.gz"));
+    let out = Command::new("tar").arg("czf").arg(&file).arg("-C").arg(&root).arg(&base).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    file
+}
+
+fn twine_upload(stack: &Stack, pypi: &Pypi, file: &Path, session: &str) -> Output {
+    Command::new(bin("mayfly"))
+        .args(["exec", "--session", session, "--", "twine", "upload", "--non-interactive", "--disable-progress-bar"])
+        .args(["--repository-url", &pypi.upload_url])
+        .arg(file)
+        .current_dir(&stack.work)
+        .env_clear()
+        .envs(stack.env())
+        .env("REQUESTS_CA_BUNDLE", &stack.ca.ca_cert)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn twine_uploads_through_the_shim_with_a_pypi_trusted_publishing_token() {
+    if !require_tool("twine") {
+        return;
+    }
+    let stack = Stack::new();
+    let pypi = pypi(&stack);
+    let file = sdist(&stack, "mayfly-py", "0.1.0");
+    let out = twine_upload(&stack, &pypi, &file, "py-1");
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(pypi.uploads(), [("mayfly-py".to_owned(), "mayfly_py-0.1.0.tar.gz".to_owned())]);
+    let audit = stack.client_audit();
+    let issued = audit.iter().find(|l| l["outcome"] == "issued").expect("an issued line");
+    assert_eq!((issued["tool"].as_str(), issued["operation"].as_str()), (Some("pypi"), Some("publish")));
+    assert_eq!(issued["session"], "py-1");
+    assert_eq!(issued["target"], format!("{}/mayfly-py", pypi.base_url));
+    let argv = issued["process"][0]["argv"].as_array().unwrap();
+    assert_eq!(argv[0], "twine", "the shim heads the chain: {argv:?}");
+    stack.assert_no_tokens_on_disk();
+}
+
+#[test]
+fn a_project_the_publisher_does_not_own_is_refused_by_pypi() {
+    if !require_tool("twine") {
+        return;
+    }
+    let stack = Stack::new();
+    let pypi = pypi(&stack);
+    let file = sdist(&stack, "someone-else", "0.1.0");
+    let out = twine_upload(&stack, &pypi, &file, "py-2");
+    assert!(!out.status.success());
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(all.contains("403"), "{all}");
+    assert!(pypi.uploads().is_empty());
+    assert!(!all.contains("pypi-"), "no token in the output: {all}");
+}
+
+#[test]
+fn without_a_route_the_shim_runs_the_real_tool_untouched() {
+    if !require_tool("twine") {
+        return;
+    }
+    let stack = Stack::new();
+    let shims = stack.dir.path().join("shims");
+    std::fs::create_dir_all(&shims).unwrap();
+    std::os::unix::fs::symlink(bin("mayfly-shim"), shims.join("twine")).unwrap();
+    let path = format!("{}:{}", shims.display(), std::env::var("PATH").unwrap());
+    let out = Command::new(shims.join("twine"))
+        .arg("--version")
+        .env_clear()
+        .envs(stack.env())
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("twine version"));
+    // Only itself on PATH: one clear line, no recursion.
+    let out = Command::new(shims.join("twine"))
+        .arg("--version")
+        .env_clear()
+        .envs(stack.env())
+        .env("PATH", shims.display().to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "mayfly: cannot find the real `twine` on PATH\n");
+}
