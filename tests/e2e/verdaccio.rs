@@ -503,3 +503,53 @@ fn mayfly_exec_publishes_and_installs_through_the_npm_shim_and_revokes_at_exit()
     assert_eq!(jtis("revoked"), jtis("issued"));
     npm.stack.assert_no_tokens_on_disk();
 }
+
+#[test]
+fn mayfly_exec_publishes_with_npm_trusted_publishing_and_reads_go_without_a_token() {
+    if !require_verdaccio() {
+        return;
+    }
+    let npm = Npm::start(false, &[("org/app", TRUSTED)]);
+    npm.stack.write_config(&format!(
+        "[exchanges.npm-registry]\nkind = \"npm\"\ntoken_endpoint = \"{url}/\"\n\n[[routes]]\ntool = \"npm\"\nprotocol = \"http\"\nhost = \"{host}\"\nidentity = \"ci\"\nexchange = \"npm-registry\"\n",
+        url = npm.verdaccio.url,
+        host = npm.verdaccio.host,
+    ));
+    npm.project("trusted", TRUSTED, "2.0.0", false);
+    let exec = |script: &str| {
+        let npm_env = npm.npm_command(&npm.stack.work, &[], None);
+        let mut exec = Command::new(bin("mayfly"));
+        exec.args(["exec", "--session", "tp-npm", "--", "sh", "-c", script]).current_dir(&npm.stack.work);
+        exec.env_clear().envs(npm.stack.env());
+        for (key, value) in npm_env.get_envs() {
+            if let Some(value) = value.filter(|_| key != "PATH") {
+                exec.env(key, value);
+            }
+        }
+        exec.output().unwrap()
+    };
+    let out = exec("cd trusted && npm publish --access public");
+    assert!(
+        out.status.success(),
+        "{}\n--- verdaccio ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        npm.verdaccio.log_text()
+    );
+    let read = npm.mint(&npm.verdaccio.url, "npm:*:read");
+    let (status, body) = npm.get(TRUSTED, Some(&format!("Bearer {read}")));
+    assert_eq!(status, 200);
+    assert!(body["versions"]["2.0.0"].is_object(), "{body}");
+    let audit = npm.stack.client_audit();
+    let issued: Vec<&Value> = audit.iter().filter(|l| l["outcome"] == "issued").collect();
+    assert_eq!(issued.len(), 1);
+    assert_eq!(issued[0]["operation"], "publish");
+    assert_eq!(issued[0]["target"], format!("{}/{TRUSTED}", npm.verdaccio.url));
+    // A read on a publish-only route runs npm without a token (and spends no ID token):
+    // this registry refuses anonymous reads, as a private one would.
+    let before = npm.stack.issuer.issued();
+    let out = exec("cd trusted && npm view @org/trusted version");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("E401"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(npm.stack.issuer.issued(), before);
+    assert!(!npm.stack.client_audit().iter().any(|l| l["outcome"] == "denied" || l["outcome"] == "failed"));
+}

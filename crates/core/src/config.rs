@@ -203,6 +203,12 @@ impl ExchangeKind {
         matches!(self, Self::CratesIo | Self::Npm | Self::Pypi)
     }
 
+    /// True for a registry's own exchange (trusted publishing): it mints publish tokens
+    /// only, and the registry's index needs none.
+    pub fn mints_publish_only(self) -> bool {
+        self.registry_tool().is_some()
+    }
+
     /// The tool a registry's own exchange serves; `None` for exchanges any tool may use.
     fn registry_tool(self) -> Option<Tool> {
         match self {

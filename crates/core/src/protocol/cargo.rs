@@ -112,7 +112,7 @@ fn answer(request: Request, env: &Env, ancestry: &dyn Fn() -> Vec<Process>) -> V
             let Ok(target) = Target::new(Tool::Cargo, url.scheme(), &host, krate.as_deref()) else {
                 return json!({"Err": {"kind": "url-not-supported"}});
             };
-            if operation == Operation::Read && publish_only(&target, env) {
+            if operation == Operation::Read && crate::protocol::publish_only(&target, env) {
                 return no_read_token();
             }
             match crate::protocol::token_for(&target, &|_| operation, env.clone(), ancestry) {
@@ -130,14 +130,6 @@ fn answer(request: Request, env: &Env, ancestry: &dyn Fn() -> Vec<Process>) -> V
         }
         Action::Unknown => json!({"Err": {"kind": "operation-not-supported"}}),
     }
-}
-
-/// True when the target's route goes to an exchange that mints publish tokens only
-/// (crates.io trusted publishing): its registry's index is public.
-fn publish_only(target: &Target, env: &Env) -> bool {
-    let Ok(broker) = crate::Broker::from_env(env.clone()) else { return false };
-    let crate::Resolution::Route(route) = broker.resolve(target) else { return false };
-    broker.config().exchanges.get(&route.exchange).is_some_and(|e| e.kind == crate::ExchangeKind::CratesIo)
 }
 
 /// `cargo publish` asks for a read token before the publish token, and sends it only to

@@ -51,6 +51,14 @@ pub(crate) fn token_for(
         .map_err(|e| format!("no token for {} ({}): {}", target.display(), target.tool.as_str(), one_line(&e)))
 }
 
+/// True when the target's route goes to a registry's own exchange, which mints publish
+/// tokens only (trusted publishing): its index is public and reads need no token.
+pub(crate) fn publish_only(target: &crate::Target, env: &crate::Env) -> bool {
+    let Ok(broker) = crate::Broker::from_env(env.clone()) else { return false };
+    let crate::Resolution::Route(route) = broker.resolve(target) else { return false };
+    broker.config().exchanges.get(&route.exchange).is_some_and(|e| e.kind.mints_publish_only())
+}
+
 /// Drops the cached tokens of a host-level target; true when a route serves it.
 pub(crate) fn erase(
     target: &crate::Target,

@@ -271,6 +271,9 @@ pub fn prepare(
     let host = crate::target::host_port(&need.registry).ok_or("the registry URL has no host")?;
     let target =
         Target::new(tool, need.registry.scheme(), &host, need.package.as_deref()).map_err(|e| e.to_string())?;
+    if need.operation == Operation::Read && crate::protocol::publish_only(&target, &env) {
+        return Ok(Launch { program, vars: Vec::new() });
+    }
     // The shim is the command: it heads the chain the audit line records.
     let me = Process { pid: std::process::id(), argv: crate::redact_argv(&[vec![name.to_owned()], args].concat()) };
     let chain = || [vec![me.clone()], ancestry()].concat();
