@@ -7,13 +7,14 @@ usage() {
 Usage: ./install.sh [--prefix DIR] [--pie]
 
 Builds mayfly (release mode) and installs into DIR (default: ~/.local/bin):
-  mayfly                  the command: demo (and, later, setup, exec, doctor ...)
+  mayfly                  the command: setup, exec, doctor, status, audit, explain, demo
   git-credential-mayfly   git's credential helper
   mayfly-kube-credential  kubectl's exec credential plugin
   terraform-credentials-mayfly  Terraform's credentials helper
   mayfly-aws-credential   the AWS CLI's and SDKs' credential_process
   cargo-credential-mayfly cargo's credential provider
   docker-credential-mayfly  the docker/OCI credential helper (docker, skopeo, podman, crane)
+  mayfly-shim             npm, pnpm, yarn and twine, which have no credential hook
   mayfly-sts              the reference token exchange
 
 Needs: cargo (Rust 1.89 or newer). The demo and the git helper need git 2.46 or newer.

@@ -9,16 +9,16 @@ use mayfly_devstack::AwsStsGate;
 use mayfly_tests::{Stack, bin, free_port, mayfly_lines, require_tool};
 use serde_json::Value;
 
-const ROLE: &str = "arn:aws:iam::123456789012:role/deploy";
+pub(super) const ROLE: &str = "arn:aws:iam::123456789012:role/deploy";
 
 /// moto's server, stopped on drop.
-struct Moto {
+pub(super) struct Moto {
     child: Child,
-    url: String,
+    pub(super) url: String,
 }
 
 impl Moto {
-    fn start() -> Self {
+    pub(super) fn start() -> Self {
         let port = free_port();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])

@@ -26,7 +26,13 @@ fn package(stack: &Stack, name: &str, dependency: Option<&str>) -> PathBuf {
     package_for(stack, name, "0.1.0", "mayfly-dev", dependency)
 }
 
-fn package_for(stack: &Stack, name: &str, version: &str, registry: &str, dependency: Option<&str>) -> PathBuf {
+pub(super) fn package_for(
+    stack: &Stack,
+    name: &str,
+    version: &str,
+    registry: &str,
+    dependency: Option<&str>,
+) -> PathBuf {
     let dir = stack.work.join(name);
     std::fs::create_dir_all(dir.join("src")).unwrap();
     let deps = dependency
@@ -51,6 +57,13 @@ fn cargo_with(stack: &Stack, dir: &Path, args: &[&str], registries: &[(&str, &st
 }
 
 fn cargo_command(stack: &Stack, dir: &Path, args: &[&str], registries: &[(&str, &str)]) -> Command {
+    let mut command = toolchain_cargo(stack, dir, args);
+    command.env("CARGO_HOME", cargo_home(stack, registries));
+    command
+}
+
+/// cargo in `dir` with the stack's environment (and so its HOME's `.cargo`).
+pub(super) fn toolchain_cargo(stack: &Stack, dir: &Path, args: &[&str]) -> Command {
     // The toolchain's own cargo (not the rustup proxy, which would look for toolchains in
     // the test's private HOME).
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -63,7 +76,7 @@ fn cargo_command(stack: &Stack, dir: &Path, args: &[&str], registries: &[(&str, 
     if let Ok(toolchain) = std::env::var("RUSTUP_TOOLCHAIN") {
         command.env("RUSTUP_TOOLCHAIN", toolchain);
     }
-    command.env("CARGO_HOME", cargo_home(stack, registries)).env("CARGO_TERM_COLOR", "never");
+    command.env("CARGO_TERM_COLOR", "never");
     command
 }
 

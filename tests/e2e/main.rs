@@ -3,6 +3,7 @@
 mod aws;
 mod cargo;
 mod demo;
+mod doctor;
 mod exchange_faults;
 mod exec;
 mod git_flow;
@@ -12,8 +13,10 @@ mod kubectl;
 mod no_disk;
 mod oci;
 mod revocation;
+mod setup;
 mod shims;
 mod single_flight;
 mod subject_tokens;
 mod terraform;
 mod verdaccio;
+mod views;

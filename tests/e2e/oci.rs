@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 /// `docker-registry serve`, stopped on drop.
-struct Registry {
+pub(super) struct Registry {
     child: Child,
-    host: String,
+    pub(super) host: String,
 }
 
 impl Drop for Registry {
@@ -24,7 +24,7 @@ impl Drop for Registry {
 
 impl Registry {
     /// The registry on the stack's reserved port, trusting the exchange's signer.
-    fn start(stack: &Stack) -> Self {
+    pub(super) fn start(stack: &Stack) -> Self {
         let client = stack.https_client();
         let cert = client.get(format!("{}/registry/cert.pem", stack.sts.url)).send().unwrap().text().unwrap();
         let dir = stack.dir.path().join("oci-registry");
@@ -56,7 +56,7 @@ impl Registry {
 }
 
 /// A one-layer OCI image layout, built with tar and gzip.
-fn image_layout(dir: &Path) -> PathBuf {
+pub(super) fn image_layout(dir: &Path) -> PathBuf {
     let layout = dir.join("image");
     let blobs = layout.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
@@ -109,7 +109,7 @@ fn configure(stack: &Stack, registry: &Registry, operations: &str) -> (PathBuf, 
 
 /// A client command with the stack's environment, the helper on PATH and the test CA
 /// trusted for the token endpoint.
-fn client(stack: &Stack, program: &str, args: &[&str]) -> Output {
+pub(super) fn client(stack: &Stack, program: &str, args: &[&str]) -> Output {
     let helper_dir = bin("docker-credential-mayfly").parent().unwrap().to_owned();
     let path = format!("{}:{}", helper_dir.display(), std::env::var("PATH").unwrap_or_default());
     Command::new(program)

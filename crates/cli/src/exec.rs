@@ -117,6 +117,12 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)))
 }
 
+/// The environment wiring for `config` with the helpers in `bin` (`mayfly setup --ci`
+/// hands the git part to later CI steps).
+pub(crate) fn wiring_for(config: &mayfly_core::Config, env: &Env, bin: &Path) -> Vec<(String, String)> {
+    wiring::wire(config, env, bin, &std::env::temp_dir()).vars
+}
+
 /// True when this process group owns the terminal on stdin, so keyboard signals reach
 /// the command without us.
 fn in_terminal_foreground() -> bool {

@@ -1,14 +1,20 @@
 //! `mayfly`: the command people and CI steps run.
 
+mod audit;
 mod demo;
+mod doctor;
 mod exec;
+mod explain;
+mod generate;
+mod setup;
+mod status;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Just-in-time, narrowly scoped credentials for the tools you already use.
 #[derive(Parser)]
 #[command(name = "mayfly", version, about, propagate_version = true)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -21,6 +27,19 @@ enum Command {
     /// Run a command with every routed tool wired to mayfly through its environment, as
     /// one session whose tokens are revoked when the command ends
     Exec(exec::Args),
+    /// Wire every routed tool's own config to mayfly (and undo it, byte for byte)
+    Setup(setup::Args),
+    /// Find long-lived credentials on disk and wiring problems, and say how to fix each
+    Doctor(doctor::Args),
+    /// Show cached tokens (never the tokens themselves) and the identity source
+    Status(status::Args),
+    /// Read and filter the audit log
+    Audit(audit::Args),
+    /// Dry-run a request: which route, identity and exchange, and what the exchange says
+    Explain(explain::Args),
+    /// Print shell completions or man pages
+    #[command(subcommand)]
+    Generate(generate::Generate),
 }
 
 fn main() -> std::process::ExitCode {
@@ -28,6 +47,12 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Exec(args) => exec::run(&args),
+        Command::Setup(args) => setup::run(&args),
+        Command::Doctor(args) => doctor::run(&args),
+        Command::Status(args) => status::run(&args),
+        Command::Audit(args) => audit::run(&args),
+        Command::Explain(args) => explain::run(&args),
+        Command::Generate(what) => generate::run(&what, Cli::command()),
     };
     match result {
         Ok(code) => code,

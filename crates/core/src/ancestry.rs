@@ -87,8 +87,9 @@ pub fn infer_oci_operation(chain: &[Process]) -> Operation {
 }
 
 /// The user's command: the outermost ancestor that runs the tool, from the tool's name on
-/// (`aws s3 cp ...` even when the process is `python3 /usr/bin/aws s3 cp ...`).
-pub(crate) fn command_of(tool: &str, chain: &[Process]) -> Vec<String> {
+/// (`aws s3 cp ...` even when the process is `python3 /usr/bin/aws s3 cp ...`). Empty when
+/// no ancestor runs it. `mayfly audit` shows it for the lines it reads back.
+pub fn command_of(tool: &str, chain: &[Process]) -> Vec<String> {
     const INTERPRETERS: [&str; 6] = ["python", "node", "sh", "bash", "perl", "ruby"];
     let base = |arg: &String| arg.rsplit('/').next().unwrap_or(arg).to_owned();
     chain

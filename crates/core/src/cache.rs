@@ -103,6 +103,7 @@ struct StoredEntry {
 /// An open cache: the entry directory and the key.
 pub struct Cache {
     dir: PathBuf,
+    key_dir: PathBuf,
     identity: age::x25519::Identity,
 }
 
@@ -116,17 +117,25 @@ impl Cache {
     pub fn open(env: &Env) -> Result<Self, Error> {
         let key_dir = key_dir(env)?;
         let identity = load_or_create_key(&key_dir)?;
-        let dir = env
-            .path(EnvVars::MAYFLY_CACHE_DIR)
-            .or_else(|| Some(env.cache_dir()?.join("tokens")))
-            .ok_or_else(|| Error::NoKeyStore("no HOME".into()))?;
+        let dir = Self::dir_for(env).ok_or_else(|| Error::NoKeyStore("no HOME".into()))?;
         private_dir(&dir)?;
-        Ok(Self { dir, identity })
+        Ok(Self { dir, key_dir, identity })
+    }
+
+    /// Where the entries of this environment live (`$MAYFLY_CACHE_DIR`, else
+    /// `$XDG_CACHE_HOME/mayfly/tokens`), whether or not the cache can be opened.
+    pub fn dir_for(env: &Env) -> Option<PathBuf> {
+        env.path(EnvVars::MAYFLY_CACHE_DIR).or_else(|| Some(env.cache_dir()?.join("tokens")))
     }
 
     /// The entry directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The memory-backed directory holding the key, for `mayfly status`.
+    pub fn key_dir(&self) -> &Path {
+        &self.key_dir
     }
 
     /// The key for a request: a hash, so file names say nothing about targets.

@@ -33,7 +33,7 @@ mod secret;
 mod target;
 mod trusted_publishing;
 
-pub use ancestry::{Process, ancestry, infer_git_operation, infer_oci_operation};
+pub use ancestry::{Process, ancestry, command_of, infer_git_operation, infer_oci_operation};
 pub use audit::{AuditEvent, AuditLog, Outcome, rfc3339_now};
 pub use broker::{Broker, Error as BrokerError, Issued, Resolution};
 pub use cache::{Cache, CacheEntry, Error as CacheError, Origin};

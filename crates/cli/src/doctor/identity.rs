@@ -1,0 +1,330 @@
+//! The identity sources: whether each can give a subject token here, checked cheaply
+//! (variables set, file readable, command on PATH), and the claims of the token where
+//! reading it costs nothing (files and variables). The token itself is never shown.
+//! GitHub Actions' needs a request to its OIDC endpoint: only with `--fetch-identity`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mayfly_core::{Config, Env, EnvVars, IdentityConfig, IdentityKind, peek_claims};
+use serde_json::Value;
+
+use super::finding::{Finding, Severity};
+use super::scope::{Contents, read};
+use super::urls::Url;
+
+/// Claims about where a CI token comes from, shown when present.
+const CI_CLAIMS: [&str; 14] = [
+    "repository",
+    "ref",
+    "ref_type",
+    "sha",
+    "workflow",
+    "job_workflow_ref",
+    "environment",
+    "event_name",
+    "actor",
+    "run_id",
+    "project_path",
+    "namespace_path",
+    "pipeline_source",
+    "ci_config_ref_uri",
+];
+
+/// One identity source and what could be learnt about it.
+#[derive(Debug)]
+pub(crate) struct Source {
+    /// Its name in the config; `None` for one detected in the environment.
+    pub(crate) name: Option<String>,
+    pub(crate) kind: &'static str,
+    /// Where the token comes from: a file, a variable, a command, an endpoint's host.
+    pub(crate) origin: String,
+    pub(crate) available: bool,
+    pub(crate) claims: Option<Claims>,
+}
+
+/// A token's claims, read without verification.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Claims {
+    pub(crate) issuer: Option<String>,
+    pub(crate) subject: Option<String>,
+    pub(crate) audience: Vec<String>,
+    pub(crate) expires: Option<i64>,
+    /// CI claims (repository, ref ...) in [`CI_CLAIMS`] order.
+    pub(crate) ci: Vec<(String, String)>,
+}
+
+pub(crate) fn check(env: &Env, config: Option<&Config>, fetch: bool, findings: &mut Vec<Finding>) -> Vec<Source> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let configured: Vec<&IdentityConfig> = config.map(|c| c.identities.values().collect()).unwrap_or_default();
+    let mut sources = Vec::new();
+    for identity in &configured {
+        let (source, problem) = examine(identity, env, fetch);
+        // A source no route uses is shown, but cannot break anything.
+        if config.is_some_and(|c| c.routes.iter().any(|r| r.identity == identity.name)) {
+            findings.extend(problems(&identity.name, &source, problem, now));
+        }
+        sources.push(source);
+    }
+    if configured.is_empty() && env.get(EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL).is_some() {
+        sources.push(github_actions(None, None, None, env, fetch).0);
+    }
+    sources
+}
+
+/// What keeps a source from giving a token an exchange takes.
+fn problems(name: &str, source: &Source, unavailable: Option<String>, now: i64) -> Vec<Finding> {
+    let location = format!("identity `{name}` ({} {})", source.kind, source.origin);
+    let mut findings = Vec::new();
+    if let Some(why) = unavailable {
+        findings.push(Finding::new(Severity::Warning, "identity-unavailable", location.clone(), why));
+    }
+    if let Some(expires) = source.claims.as_ref().and_then(|c| c.expires).filter(|e| *e <= now) {
+        let fix = format!(
+            "its token expired at {}: exchanges refuse it until the source hands out a fresh one",
+            rfc3339(expires)
+        );
+        findings.push(Finding::new(Severity::Warning, "identity-expired", location, fix));
+    }
+    findings
+}
+
+/// A configured source, and what keeps it from giving a token, if anything.
+fn examine(identity: &IdentityConfig, env: &Env, fetch: bool) -> (Source, Option<String>) {
+    let name = Some(identity.name.clone());
+    let audience = identity.audience.as_deref();
+    let source =
+        |kind, origin: String, available, claims| Source { name: name.clone(), kind, origin, available, claims };
+    match &identity.kind {
+        IdentityKind::GitHubActions { request_url } => {
+            github_actions(name.clone(), request_url.as_deref(), audience, env, fetch)
+        }
+        IdentityKind::File { path } => {
+            let origin = path.display().to_string();
+            match read(path) {
+                Contents::Text(text) => (source("file", origin, true, claims(text.trim())), None),
+                Contents::Missing => (source("file", origin, false, None), Some("the file does not exist".into())),
+                Contents::Unreadable(why) => {
+                    (source("file", origin, false, None), Some(format!("cannot read it: {why}")))
+                }
+            }
+        }
+        IdentityKind::Env { var } => match env.get(var) {
+            Some(token) => (source("env", var.clone(), true, claims(token.trim())), None),
+            None => (source("env", var.clone(), false, None), Some(format!("`{var}` is not set here"))),
+        },
+        IdentityKind::Command { argv } => {
+            let program = &argv[0];
+            let found = on_path(program, env);
+            let problem = (!found).then(|| format!("`{program}` is not on PATH"));
+            (source("command", program.clone(), found, None), problem)
+        }
+        _ => (source("unknown", String::new(), false, None), None),
+    }
+}
+
+/// GitHub Actions: available when the job's request URL and token are set (the job has
+/// `permissions: id-token: write`); a token is fetched only when asked.
+fn github_actions(
+    name: Option<String>,
+    request_url: Option<&str>,
+    audience: Option<&str>,
+    env: &Env,
+    fetch: bool,
+) -> (Source, Option<String>) {
+    let url = request_url.or(env.get(EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL));
+    let bearer = env.get(EnvVars::ACTIONS_ID_TOKEN_REQUEST_TOKEN);
+    let origin = url.and_then(Url::split).map_or_else(|| "(no request URL)".into(), |u| u.host.to_owned());
+    let mut source = Source { name, kind: "github-actions", origin, available: false, claims: None };
+    let (Some(url), Some(bearer)) = (url, bearer) else {
+        let problem = "`ACTIONS_ID_TOKEN_REQUEST_URL` and `ACTIONS_ID_TOKEN_REQUEST_TOKEN` are not set: run in a GitHub Actions job with `permissions: id-token: write`";
+        return (source, Some(problem.into()));
+    };
+    source.available = true;
+    if !fetch {
+        return (source, None);
+    }
+    match fetch_github(url, bearer, audience) {
+        Ok(token) => {
+            source.claims = claims(&token);
+            (source, None)
+        }
+        Err(why) => {
+            source.available = false;
+            (source, Some(format!("fetching a token failed: {why}")))
+        }
+    }
+}
+
+/// `GET <request URL>&audience=<aud>` with the request token; the answer is `{"value"}`.
+fn fetch_github(url: &str, bearer: &str, audience: Option<&str>) -> Result<String, String> {
+    let mut text = url.to_owned();
+    if let Some(audience) = audience {
+        text.push(if text.contains('?') { '&' } else { '?' });
+        text.push_str("audience=");
+        text.push_str(&form_encode(audience));
+    }
+    let url = text.parse().map_err(|_| "invalid request URL".to_owned())?;
+    let http = mayfly_core::HttpClient::new(Duration::from_secs(10), None).map_err(|e| e.to_string())?;
+    let request = http.get(&url).map_err(|e| e.to_string())?.bearer_auth(bearer).header("Accept", "application/json");
+    match http.send(request, &url).map_err(|e| mayfly_core::protocol::one_line(&e))? {
+        (200, body) => serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("value")?.as_str().map(str::to_owned))
+            .ok_or_else(|| "the answer has no `value`".into()),
+        (status, _) => Err(format!("the OIDC endpoint answered {status}")),
+    }
+}
+
+/// Percent-encodes all but the unreserved characters.
+fn form_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The claims of a JWT; `None` for anything else (an opaque token has none to show).
+pub(crate) fn claims(token: &str) -> Option<Claims> {
+    let peeked = peek_claims(token)?;
+    let payload: Value = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| URL_SAFE_NO_PAD.decode(p.trim_end_matches('=')).ok())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    let audience = match payload.get("aud") {
+        Some(Value::String(one)) => vec![one.clone()],
+        Some(Value::Array(many)) => many.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        _ => Vec::new(),
+    };
+    let mut ci: Vec<(String, String)> =
+        CI_CLAIMS.iter().filter_map(|name| Some((name.to_string(), scalar(payload.get(*name)?)?))).collect();
+    // Kubernetes service account tokens name their workload in a nested claim.
+    if let Some(kubernetes) = payload.get("kubernetes.io") {
+        for (name, pointer) in [("namespace", "/namespace"), ("serviceaccount", "/serviceaccount/name")] {
+            if let Some(value) = kubernetes.pointer(pointer).and_then(scalar) {
+                ci.push((format!("kubernetes.io/{name}"), value));
+            }
+        }
+    }
+    Some(Claims { issuer: peeked.iss, subject: peeked.sub, audience, expires: peeked.exp, ci })
+}
+
+fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// True when the program would be found: a path that is an executable file, or a name
+/// found in a `PATH` directory.
+fn on_path(program: &str, env: &Env) -> bool {
+    let executable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        return executable(Path::new(program));
+    }
+    env.get("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .any(|d| executable(&Path::new(d).join(program)))
+}
+
+pub(crate) fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(payload: &str) -> String {
+        format!("e30.{}.c2ln", URL_SAFE_NO_PAD.encode(payload))
+    }
+
+    #[test]
+    fn claims_of_a_ci_token() {
+        let token = jwt(
+            r#"{"iss":"https://token.actions.githubusercontent.com","sub":"repo:o/r:ref:refs/heads/main","aud":["a","b"],"exp":100,"repository":"o/r","ref":"refs/heads/main","run_id":7,"other":"x"}"#,
+        );
+        let claims = claims(&token).unwrap();
+        assert_eq!(claims.issuer.as_deref(), Some("https://token.actions.githubusercontent.com"));
+        assert_eq!(claims.audience, ["a", "b"]);
+        assert_eq!(claims.expires, Some(100));
+        assert_eq!(
+            claims.ci,
+            [
+                ("repository".into(), "o/r".into()),
+                ("ref".into(), "refs/heads/main".into()),
+                ("run_id".into(), "7".into())
+            ]
+        );
+        assert!(super::claims("opaque-token").is_none());
+    }
+
+    #[test]
+    fn kubernetes_claims_are_nested() {
+        let token = jwt(
+            r#"{"sub":"system:serviceaccount:ci:builder","aud":"sts","kubernetes.io":{"namespace":"ci","serviceaccount":{"name":"builder"}}}"#,
+        );
+        let claims = claims(&token).unwrap();
+        assert_eq!(claims.audience, ["sts"]);
+        assert_eq!(
+            claims.ci,
+            [
+                ("kubernetes.io/namespace".into(), "ci".into()),
+                ("kubernetes.io/serviceaccount".into(), "builder".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn sources_are_checked_without_fetching() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, jwt(r#"{"iss":"i","exp":1}"#)).unwrap();
+        let mut text = format!(
+            "[identities.f]\nkind = \"file\"\npath = \"{}\"\n[identities.e]\nkind = \"env\"\nvar = \"NOPE\"\n[identities.c]\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"exit 1\"]\n[identities.gh]\nkind = \"github-actions\"\n[identities.unused]\nkind = \"env\"\nvar = \"NOPE\"\n[exchanges.x]\nkind = \"rfc8693\"\ntoken_endpoint = \"https://sts.example/t\"\n",
+            file.display()
+        );
+        for (i, identity) in ["f", "e", "c", "gh"].iter().enumerate() {
+            text += &format!(
+                "[[routes]]\ntool = \"git\"\nhost = \"h{i}.example\"\nidentity = \"{identity}\"\nexchange = \"x\"\n"
+            );
+        }
+        let config = Config::parse(&text, Path::new("t.toml")).unwrap();
+        let env = Env::from_pairs([("PATH", "/usr/bin:/bin")]);
+        let mut findings = Vec::new();
+        let sources = check(&env, Some(&config), false, &mut findings);
+        let seen: Vec<_> = sources.iter().map(|s| (s.kind, s.available)).collect();
+        assert_eq!(
+            seen,
+            [("command", true), ("env", false), ("file", true), ("github-actions", false), ("env", false)]
+        );
+        assert_eq!(sources[2].claims.as_ref().unwrap().issuer.as_deref(), Some("i"));
+        let kinds: Vec<_> = findings.iter().map(|f| f.kind).collect();
+        // `unused` is unavailable too, but no route depends on it.
+        assert_eq!(kinds, ["identity-unavailable", "identity-expired", "identity-unavailable"]);
+    }
+
+    #[test]
+    fn form_encoding() {
+        assert_eq!(form_encode("https://a b/c"), "https%3A%2F%2Fa%20b%2Fc");
+    }
+}

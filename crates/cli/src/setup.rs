@@ -1,0 +1,524 @@
+//! `mayfly setup`: wires each routed target into its tool's own config, once, and
+//! `--undo` puts every file back byte for byte.
+//!
+//! Each tool is changed the way its own documentation says: git through `git config`,
+//! docker and containers tools through `credHelpers`, cargo through its global credential
+//! providers, AWS through a `credential_process` profile, Terraform through
+//! `credentials_helper` and its plugin directory, npm/pnpm/yarn/twine through the shims.
+//! No secret is written. Running it twice changes nothing the second time.
+//!
+//! `--ci` is for a CI job's setup step: on GitHub Actions the git wiring and `PATH` go to
+//! `$GITHUB_ENV` and `$GITHUB_PATH` so later steps inherit them, on CircleCI to
+//! `$BASH_ENV`, elsewhere (GitLab, Buildkite) as `export` lines on stdout for `eval`. It
+//! never writes into the job's workspace, where files end up in artifacts and images.
+
+mod edits;
+mod journal;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::Context;
+use mayfly_core::protocol::shim::{Family, find_real};
+use mayfly_core::{Config, Env, Tool};
+
+use journal::{Journal, replace_file};
+
+/// The tools `--tools` can name.
+const TOOLS: [&str; 7] = ["git", "oci", "cargo", "aws", "kube", "terraform", "npm"];
+
+/// Arguments of `mayfly setup`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Only these tools (comma-separated: git, oci, cargo, aws, kube, terraform, npm)
+    #[arg(long, value_delimiter = ',')]
+    tools: Vec<String>,
+    /// Say what would change, change nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Put back every file setup changed, byte for byte, and remove what it created
+    #[arg(long, conflicts_with_all = ["ci", "dry_run", "tools"])]
+    undo: bool,
+    /// With --undo: also restore files changed since setup
+    #[arg(long, requires = "undo")]
+    force: bool,
+    /// CI mode: wire later steps through the CI's environment files; write nothing into
+    /// the workspace
+    #[arg(long)]
+    ci: bool,
+}
+
+/// Where the CI lets a step hand environment to later steps.
+enum Handoff {
+    /// `$GITHUB_ENV` and `$GITHUB_PATH`.
+    GitHub { env_file: PathBuf, path_file: PathBuf },
+    /// A shell file sourced before each step (CircleCI's `$BASH_ENV`).
+    ShellFile(PathBuf),
+    /// `export` lines on stdout, for `eval "$(mayfly setup --ci)"`.
+    Stdout,
+}
+
+/// What a run found to do.
+#[derive(Default)]
+struct Plan {
+    /// Lines for the user.
+    changes: Vec<String>,
+    /// Things left alone, and why.
+    notes: Vec<String>,
+    /// Variables for later CI steps.
+    vars: Vec<(String, String)>,
+    /// Directories for the front of PATH.
+    path: Vec<PathBuf>,
+}
+
+struct Setup<'a> {
+    env: &'a Env,
+    config: &'a Config,
+    home: PathBuf,
+    bin: PathBuf,
+    journal: Journal,
+    dry_run: bool,
+    /// The CI workspace, which setup must not write into.
+    workspace: Option<PathBuf>,
+}
+
+pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let env = Env::from_os();
+    let home = env.path("HOME").or_else(dirs::home_dir).context("no HOME")?;
+    let state = env.path("XDG_STATE_HOME").unwrap_or_else(|| home.join(".local/state")).join("mayfly/setup");
+    let journal = Journal::open(&state)?;
+    if args.undo {
+        if journal.is_empty() {
+            eprintln!("mayfly setup --undo: nothing to undo");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let (done, kept) = journal.undo(args.force)?;
+        done.iter().for_each(|line| eprintln!("{line}"));
+        kept.iter().for_each(|line| eprintln!("mayfly: {line}"));
+        return Ok(if kept.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    for tool in &args.tools {
+        anyhow::ensure!(TOOLS.contains(&tool.as_str()), "--tools: unknown tool `{tool}` ({})", TOOLS.join(", "));
+    }
+    let config = Config::load(&env).map_err(|e| anyhow::anyhow!(mayfly_core::protocol::one_line(&e)))?;
+    let exe = std::env::current_exe().context("cannot find the mayfly binary")?;
+    let bin = exe.parent().context("the mayfly binary has no directory")?.to_owned();
+    let handoff = if args.ci { Some(detect_ci(&env)?) } else { None };
+    let workspace = ["GITHUB_WORKSPACE", "CI_PROJECT_DIR", "BUILDKITE_BUILD_CHECKOUT_PATH", "CIRCLE_WORKING_DIRECTORY"]
+        .iter()
+        .find_map(|v| env.path(v))
+        .filter(|_| args.ci);
+    let mut cx = Setup { env: &env, config: &config, home, bin, journal, dry_run: args.dry_run, workspace };
+    let wanted = |tool: &str| args.tools.is_empty() || args.tools.iter().any(|t| t == tool);
+    let mut plan = Plan::default();
+    if wanted("git") {
+        if matches!(handoff, Some(Handoff::GitHub { .. } | Handoff::ShellFile(_) | Handoff::Stdout)) {
+            git_through_env(&cx, &mut plan);
+        } else {
+            wire_git(&mut cx, &mut plan)?;
+        }
+    }
+    if wanted("oci") {
+        wire_oci(&mut cx, &mut plan)?;
+    }
+    if wanted("cargo") {
+        wire_cargo(&mut cx, &mut plan)?;
+    }
+    if wanted("aws") {
+        wire_aws(&mut cx, &mut plan)?;
+    }
+    if wanted("kube") {
+        wire_kube(&mut cx, &mut plan)?;
+    }
+    if wanted("terraform") {
+        wire_terraform(&mut cx, &mut plan)?;
+    }
+    if wanted("npm") {
+        wire_shims(&mut cx, &mut plan)?;
+    }
+    report(&cx, &plan, handoff.as_ref())
+}
+
+fn detect_ci(env: &Env) -> anyhow::Result<Handoff> {
+    if env.get("GITHUB_ACTIONS") == Some("true") {
+        let file = |name: &str| env.path(name).with_context(|| format!("GitHub Actions without `{name}`"));
+        return Ok(Handoff::GitHub { env_file: file("GITHUB_ENV")?, path_file: file("GITHUB_PATH")? });
+    }
+    if env.get("CIRCLECI") == Some("true") {
+        return Ok(Handoff::ShellFile(env.path("BASH_ENV").context("CircleCI without `BASH_ENV`")?));
+    }
+    if env.get("GITLAB_CI") == Some("true") || env.get("BUILDKITE") == Some("true") {
+        return Ok(Handoff::Stdout);
+    }
+    anyhow::bail!("--ci: no known CI here (GitHub Actions, GitLab CI, Buildkite, CircleCI)")
+}
+
+impl Setup<'_> {
+    fn helper(&self, name: &str) -> String {
+        self.bin.join(name).display().to_string()
+    }
+
+    fn routes(&self, tool: Tool) -> impl Iterator<Item = &mayfly_core::Route> {
+        self.config.routes.iter().filter(move |r| r.tool == tool)
+    }
+
+    /// Refuses paths inside the CI workspace.
+    fn check_outside_workspace(&self, path: &Path) -> anyhow::Result<()> {
+        if let Some(workspace) = &self.workspace {
+            anyhow::ensure!(
+                !path.starts_with(workspace),
+                "`{}` is inside the CI workspace; setup writes nothing there",
+                path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes `contents` to `path` through the journal (or only says so, in a dry run).
+    fn write(&mut self, path: &Path, contents: &str, what: &str, plan: &mut Plan) -> anyhow::Result<()> {
+        self.check_outside_workspace(path)?;
+        plan.changes.push(format!("{}: {what}", path.display()));
+        if self.dry_run {
+            return Ok(());
+        }
+        self.journal.before(path)?;
+        replace_file(path, contents)?;
+        self.journal.after(path)
+    }
+
+    /// A symlink at `link` to `target`, through the journal.
+    fn link(&mut self, link: &Path, target: &Path, plan: &mut Plan) -> anyhow::Result<()> {
+        if std::fs::read_link(link).is_ok_and(|t| t == target) {
+            return Ok(());
+        }
+        self.check_outside_workspace(link)?;
+        if std::fs::symlink_metadata(link).is_ok() {
+            plan.notes.push(format!("{} exists and is not mayfly's; left alone", link.display()));
+            return Ok(());
+        }
+        plan.changes.push(format!("{}: link to {}", link.display(), target.display()));
+        if self.dry_run {
+            return Ok(());
+        }
+        self.journal.before(link)?;
+        std::os::unix::fs::symlink(target, link).with_context(|| format!("cannot create `{}`", link.display()))?;
+        self.journal.after(link)
+    }
+}
+
+fn read(path: &Path) -> anyhow::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read `{}`", path.display())),
+    }
+}
+
+/// `{protocol}://{host}` of every git route, once each.
+fn git_urls(cx: &Setup<'_>) -> Vec<String> {
+    let mut urls: Vec<String> = cx.routes(Tool::Git).map(|r| format!("{}://{}", r.protocol, r.host)).collect();
+    urls.dedup();
+    urls
+}
+
+/// git's global config file, as `git config --global` picks it.
+fn git_global_file(cx: &Setup<'_>) -> PathBuf {
+    let classic = cx.home.join(".gitconfig");
+    let xdg = cx.env.path("XDG_CONFIG_HOME").unwrap_or_else(|| cx.home.join(".config")).join("git/config");
+    if !classic.exists() && xdg.exists() { xdg } else { classic }
+}
+
+fn git(file: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("git")
+        .arg("config")
+        .arg("--file")
+        .arg(file)
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .context("cannot run git")?;
+    // `--get-all` of a missing key exits 1 with no output: that is an answer.
+    anyhow::ensure!(
+        out.status.success() || out.status.code() == Some(1) && out.stderr.is_empty(),
+        "git config {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// git: for each routed host, the helper list reset, then mayfly, and `useHttpPath`.
+fn wire_git(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
+    let file = git_global_file(cx);
+    let helper = cx.helper("git-credential-mayfly");
+    for url in git_urls(cx) {
+        let helpers = if file.exists() {
+            git(&file, &["--get-all", &format!("credential.{url}.helper")])?
+        } else {
+            String::new()
+        };
+        let helpers: Vec<&str> = helpers.lines().collect();
+        let wired = helpers.len() >= 2 && helpers[helpers.len() - 2..] == ["", helper.as_str()];
+        let path_on =
+            file.exists() && git(&file, &["--get", &format!("credential.{url}.useHttpPath")])?.trim() == "true";
+        if wired && path_on {
+            continue;
+        }
+        cx.check_outside_workspace(&file)?;
+        plan.changes.push(format!("{}: credential helper for {url}", file.display()));
+        if cx.dry_run {
+            continue;
+        }
+        cx.journal.before(&file)?;
+        if !wired {
+            git(&file, &["--add", &format!("credential.{url}.helper"), ""])?;
+            git(&file, &["--add", &format!("credential.{url}.helper"), &helper])?;
+        }
+        git(&file, &[&format!("credential.{url}.useHttpPath"), "true"])?;
+        cx.journal.after(&file)?;
+    }
+    Ok(())
+}
+
+/// git in CI: the same entries as `GIT_CONFIG_*` variables for later steps.
+fn git_through_env(cx: &Setup<'_>, plan: &mut Plan) {
+    let config = mayfly_core::Config { routes: cx.routes(Tool::Git).cloned().collect(), ..cx.config.clone() };
+    let wiring = crate::exec::wiring_for(&config, cx.env, &cx.bin);
+    plan.vars.extend(wiring.into_iter().filter(|(k, _)| k.starts_with("GIT_CONFIG_")));
+    if !plan.vars.is_empty() {
+        plan.changes.push("git: credential helpers through GIT_CONFIG_* for later steps".into());
+    }
+}
+
+/// docker and containers tools: `credHelpers` in the docker config, and in a containers
+/// auth file when one exists (it is read first).
+fn wire_oci(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
+    let mut registries: Vec<String> = cx.routes(Tool::Oci).map(|r| r.host.clone()).collect();
+    registries.dedup();
+    if registries.is_empty() {
+        return Ok(());
+    }
+    let docker = cx.env.path("DOCKER_CONFIG").unwrap_or_else(|| cx.home.join(".docker")).join("config.json");
+    let containers = cx
+        .env
+        .path("REGISTRY_AUTH_FILE")
+        .or_else(|| cx.env.path("XDG_CONFIG_HOME").map(|d| d.join("containers/auth.json")))
+        .unwrap_or_else(|| cx.home.join(".config/containers/auth.json"));
+    for (path, required) in [(docker, true), (containers, false)] {
+        let current = read(&path)?;
+        if current.is_none() && !required {
+            continue;
+        }
+        let new =
+            edits::cred_helpers(current.as_deref(), &registries).with_context(|| format!("`{}`", path.display()))?;
+        if let Some(new) = new {
+            cx.write(&path, &new, &format!("credHelpers for {}", registries.join(", ")), plan)?;
+        }
+    }
+    plan.path.push(cx.bin.clone());
+    Ok(())
+}
+
+/// cargo: mayfly among the global credential providers.
+fn wire_cargo(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
+    if cx.routes(Tool::Cargo).next().is_none() {
+        return Ok(());
+    }
+    let path = cx.env.path("CARGO_HOME").unwrap_or_else(|| cx.home.join(".cargo")).join("config.toml");
+    let new = edits::cargo_providers(read(&path)?.as_deref(), &cx.helper("cargo-credential-mayfly"))
+        .with_context(|| format!("`{}`", path.display()))?;
+    if let Some(new) = new {
+        cx.write(&path, &new, "mayfly as a global credential provider", plan)?;
+    }
+    Ok(())
+}
+
+/// AWS: a `credential_process` profile per route.
+fn wire_aws(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
+    let helper = cx.helper("mayfly-aws-credential");
+    let profiles: Vec<(String, String)> =
+        cx.routes(Tool::Aws).map(|r| (r.name.clone(), format!("{helper} {}", r.name))).collect();
+    if profiles.is_empty() {
+        return Ok(());
+    }
+    let path = cx.env.path("AWS_CONFIG_FILE").unwrap_or_else(|| cx.home.join(".aws/config"));
+    let (new, conflicts) = edits::aws_profiles(read(&path)?.as_deref(), &profiles)?;
+    plan.notes.extend(conflicts);
+    if let Some(new) = new {
+        let names: Vec<&str> = profiles.iter().map(|(n, _)| n.as_str()).collect();
+        cx.write(&path, &new, &format!("credential_process profiles {}", names.join(", ")), plan)?;
+    }
+    Ok(())
+}
+
+/// kubectl: a user running the exec plugin for each routed cluster, made the user of
+/// every context whose cluster is that server, through `kubectl config`.
+fn wire_kube(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
+    let hosts: Vec<String> = cx.routes(Tool::Kubectl).map(|r| r.host.clone()).collect();
+    if hosts.is_empty() {
+        return Ok(());
+    }
+    let file = cx
+        .env
+        .get("KUBECONFIG")
+        .and_then(|k| k.split(':').find(|p| !p.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| cx.home.join(".kube/config"));
+    let kubectl = |args: &[&str]| -> anyhow::Result<String> {
+        let out =
+            Command::new("kubectl").arg("--kubeconfig").arg(&file).args(args).output().context("cannot run kubectl")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let view: serde_json::Value = if file.exists() {
+        serde_json::from_str(&kubectl(&["config", "view", "-o", "json"])?).context("kubectl config view")?
+    } else {
+        serde_json::json!({})
+    };
+    let helper = cx.helper("mayfly-kube-credential");
+    for host in hosts {
+        let user = format!("mayfly-{host}");
+        let server = format!("https://{host}");
+        let users = view["users"].as_array().cloned().unwrap_or_default();
+        let has_user =
+            users.iter().any(|u| u["name"] == user.as_str() && u["user"]["exec"]["command"] == helper.as_str());
+        let clusters: Vec<String> = view["clusters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["cluster"]["server"].as_str().map(|s| s.trim_end_matches('/')) == Some(server.as_str()))
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
+            .collect();
+        let contexts: Vec<String> = view["contexts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["context"]["cluster"].as_str().is_some_and(|n| clusters.iter().any(|k| k == n)))
+            .filter(|c| c["context"]["user"] != user.as_str())
+            .filter_map(|c| c["name"].as_str().map(str::to_owned))
+            .collect();
+        if clusters.is_empty() {
+            plan.notes.push(format!("kubeconfig has no cluster at {server}; add one, then run setup again"));
+            continue;
+        }
+        if has_user && contexts.is_empty() {
+            continue;
+        }
+        cx.check_outside_workspace(&file)?;
+        plan.changes.push(format!("{}: user {user} for {}", file.display(), clusters.join(", ")));
+        if cx.dry_run {
+            continue;
+        }
+        cx.journal.before(&file)?;
+        kubectl(&[
+            "config",
+            "set-credentials",
+            &user,
+            "--exec-api-version=client.authentication.k8s.io/v1",
+            &format!("--exec-command={helper}"),
+            "--exec-arg=--server",
+            &format!("--exec-arg={server}"),
+            "--exec-interactive-mode=Never",
+        ])?;
+        for context in &contexts {
+            kubectl(&["config", "set-context", context, &format!("--user={user}")])?;
+        }
+        cx.journal.after(&file)?;
+    }
+    Ok(())
+}
+
+/// Terraform: `credentials_helper "mayfly"` in the CLI config, and the helper in the
+/// plugin directory where Terraform looks for it.
+fn wire_terraform(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
+    if cx.routes(Tool::Terraform).next().is_none() {
+        return Ok(());
+    }
+    let path = cx.env.path("TF_CLI_CONFIG_FILE").unwrap_or_else(|| cx.home.join(".terraformrc"));
+    let (new, note) = edits::terraform_helper(read(&path)?.as_deref())?;
+    plan.notes.extend(note);
+    if let Some(new) = new {
+        cx.write(&path, &new, "credentials_helper \"mayfly\"", plan)?;
+    }
+    let name = "terraform-credentials-mayfly";
+    let link = cx.home.join(".terraform.d/plugins").join(name);
+    cx.link(&link, &cx.bin.join(name), plan)
+}
+
+/// npm, pnpm, yarn, twine: shims for the installed ones that have a route, in a directory
+/// that goes first on PATH.
+fn wire_shims(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
+    let data = cx.env.path("XDG_DATA_HOME").unwrap_or_else(|| cx.home.join(".local/share"));
+    let shims = data.join("mayfly/shims");
+    let path = cx.env.get("PATH").unwrap_or_default().to_owned();
+    let shim = cx.bin.join("mayfly-shim");
+    let mut linked = false;
+    for (name, family) in Family::ALL {
+        let tool = if family == Family::Twine { Tool::Pypi } else { Tool::Npm };
+        if cx.routes(tool).next().is_none() || find_real(name, &path, &shim).is_none() {
+            continue;
+        }
+        cx.link(&shims.join(name), &shim, plan)?;
+        linked = true;
+    }
+    if linked {
+        plan.path.push(shims);
+    }
+    Ok(())
+}
+
+fn report(cx: &Setup<'_>, plan: &Plan, handoff: Option<&Handoff>) -> anyhow::Result<ExitCode> {
+    let verb = if cx.dry_run { "would change" } else { "changed" };
+    if plan.changes.is_empty() {
+        eprintln!("mayfly setup: nothing to change");
+    }
+    for change in &plan.changes {
+        eprintln!("{verb} {change}");
+    }
+    for note in &plan.notes {
+        eprintln!("mayfly: {note}");
+    }
+    let mut path = plan.path.clone();
+    path.dedup();
+    match handoff {
+        None => {
+            let current = cx.env.get("PATH").unwrap_or_default();
+            for dir in &path {
+                if !std::env::split_paths(current).any(|p| &p == dir) {
+                    eprintln!("next: put {} first on PATH", dir.display());
+                }
+            }
+        }
+        Some(_) if cx.dry_run => {}
+        Some(Handoff::GitHub { env_file, path_file }) => {
+            let vars: String = plan.vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+            append(env_file, &vars)?;
+            let dirs: String = path.iter().map(|d| format!("{}\n", d.display())).collect();
+            append(path_file, &dirs)?;
+        }
+        Some(Handoff::ShellFile(file)) => append(file, &exports(&plan.vars, &path))?,
+        Some(Handoff::Stdout) => print!("{}", exports(&plan.vars, &path)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `export` lines, quoted for POSIX shells.
+fn exports(vars: &[(String, String)], path: &[PathBuf]) -> String {
+    let quote = |v: &str| format!("'{}'", v.replace('\'', r"'\''"));
+    let mut out: String = vars.iter().map(|(k, v)| format!("export {k}={}\n", quote(v))).collect();
+    if !path.is_empty() {
+        let dirs: Vec<String> = path.iter().map(|d| d.display().to_string()).collect();
+        out += &format!("export PATH={}:\"$PATH\"\n", quote(&dirs.join(":")));
+    }
+    out
+}
+
+fn append(file: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut handle = std::fs::OpenOptions::new().append(true).create(true).open(file)?;
+    handle.write_all(text.as_bytes()).with_context(|| format!("cannot write `{}`", file.display()))
+}
