@@ -178,3 +178,32 @@ fn exit_codes_pass_through_and_a_missing_command_is_one_line() {
     let out = exec(&stack, "bad name!", false, "true").output().unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn a_session_points_the_users_kubectl_context_at_mayfly_without_touching_their_kubeconfig() {
+    if !require_tool("kubectl") {
+        return;
+    }
+    use base64::Engine;
+    let stack = unwired_stack();
+    let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&stack.ca.ca_cert).unwrap());
+    let kubeconfig = stack.home.join(".kube/config");
+    std::fs::create_dir_all(kubeconfig.parent().unwrap()).unwrap();
+    let theirs = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: dev\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: me\n  user: {{}}\ncontexts:\n- name: dev\n  context:\n    cluster: dev\n    user: me\ncurrent-context: dev\n",
+        stack.kube.base_url
+    );
+    std::fs::write(&kubeconfig, &theirs).unwrap();
+    let kubectl = ["kubectl", "get", "--raw", "/version"];
+    let outside = Command::new("kubectl").args(&kubectl[1..]).env_clear().envs(stack.env()).output().unwrap();
+    assert!(!outside.status.success(), "the user's own context has no credentials");
+
+    let mut command = Command::new(bin("mayfly"));
+    command.args(["exec", "--session", "kube-1", "--"]).args(kubectl).env_clear().envs(stack.env());
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("gitVersion"));
+    assert_eq!(std::fs::read_to_string(&kubeconfig).unwrap(), theirs, "the user's kubeconfig is untouched");
+    let issued = session_lines(&stack, "kube-1").into_iter().find(|l| l["outcome"] == "issued").expect("a token");
+    assert_eq!(issued["tool"], "kubectl");
+}

@@ -96,9 +96,75 @@ pub(crate) fn wire(config: &Config, env: &Env, bin: &Path, runtime: &Path) -> Wi
         }
     }
 
+    // kubectl: a private kubeconfig first in KUBECONFIG. client-go merges the files and
+    // the first to name a context wins, so it re-points the user's contexts for routed
+    // clusters at a user that runs the plugin; everything else stays the user's own.
+    let hosts: BTreeSet<String> =
+        config.routes.iter().filter(|r| r.tool == Tool::Kubectl).map(|r| r.host.clone()).collect();
+    if !hosts.is_empty() {
+        let theirs: Vec<PathBuf> = match env.get("KUBECONFIG") {
+            Some(list) => list.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect(),
+            None => env.path("HOME").map(|h| h.join(".kube/config")).into_iter().collect(),
+        };
+        let documents: Vec<serde_json::Value> = theirs
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .filter_map(|text| serde_norway::from_str(&text).ok())
+            .collect();
+        let kubeconfig = runtime.join("kubeconfig");
+        wiring.files.push((kubeconfig.clone(), kube_overrides(&documents, &hosts, &helper("mayfly-kube-credential"))));
+        let list: Vec<String> = std::iter::once(kubeconfig)
+            .chain(theirs.into_iter().filter(|f| f.exists()))
+            .map(|p| p.display().to_string())
+            .collect();
+        wiring.set("KUBECONFIG", list.join(":"));
+    }
+
     let path = env.get("PATH").unwrap_or("/usr/local/bin:/usr/bin:/bin");
     wiring.set("PATH", format!("{}:{path}", bin.display()));
     wiring
+}
+
+/// A kubeconfig (JSON is YAML) with a plugin user per routed cluster and, for each of
+/// the user's contexts on such a cluster, the same context pointed at that user.
+fn kube_overrides(documents: &[serde_json::Value], hosts: &BTreeSet<String>, helper: &str) -> String {
+    use serde_json::{Value, json};
+    let list = |key: &'static str| documents.iter().flat_map(move |d| d[key].as_array().cloned().unwrap_or_default());
+    // First file wins for a name, as in client-go.
+    let mut servers = std::collections::BTreeMap::new();
+    for cluster in list("clusters") {
+        if let (Some(name), Some(server)) = (cluster["name"].as_str(), cluster["cluster"]["server"].as_str()) {
+            servers.entry(name.to_owned()).or_insert_with(|| server.trim_end_matches('/').to_owned());
+        }
+    }
+    let user_for = |cluster: &str| -> Option<String> {
+        let server = servers.get(cluster)?;
+        hosts.iter().find(|h| *server == format!("https://{h}")).map(|h| format!("mayfly-{h}"))
+    };
+    let mut seen = BTreeSet::new();
+    let mut contexts = Vec::new();
+    for context in list("contexts") {
+        let (Some(name), Some(cluster)) = (context["name"].as_str(), context["context"]["cluster"].as_str()) else {
+            continue;
+        };
+        if let (true, Some(user)) = (seen.insert(name.to_owned()), user_for(cluster)) {
+            let mut body = context["context"].clone();
+            body["user"] = Value::from(user);
+            contexts.push(json!({"name": name, "context": body}));
+        }
+    }
+    let users: Vec<Value> = hosts
+        .iter()
+        .map(|host| {
+            json!({"name": format!("mayfly-{host}"), "user": {"exec": {
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "command": helper,
+                "args": ["--server", format!("https://{host}")],
+                "interactiveMode": "Never",
+            }}})
+        })
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Config", "users": users, "contexts": contexts}).to_string()
 }
 
 #[cfg(test)]
@@ -151,5 +217,21 @@ mod tests {
         let aws = &wiring.files.iter().find(|(p, _)| p.ends_with("aws-config")).unwrap().1;
         assert_eq!(aws, "[profile deploy]\ncredential_process = /rt/bin/mayfly-aws-credential deploy\n\n");
         assert!(var(&wiring, "GIT_CONFIG_COUNT").is_none());
+    }
+
+    #[test]
+    fn kubectl_contexts_on_routed_clusters_point_at_the_plugin_user() {
+        let theirs: serde_json::Value = serde_norway::from_str(
+            "clusters:\n- name: dev\n  cluster: {server: 'https://k.example:6443/'}\n- name: prod\n  cluster: {server: 'https://other.example'}\ncontexts:\n- name: dev\n  context: {cluster: dev, user: me, namespace: app}\n- name: prod\n  context: {cluster: prod, user: me}\n",
+        )
+        .unwrap();
+        let hosts: BTreeSet<String> = ["k.example:6443".to_owned()].into();
+        let ours: serde_json::Value =
+            serde_json::from_str(&kube_overrides(&[theirs], &hosts, "/rt/bin/mayfly-kube-credential")).unwrap();
+        assert_eq!(
+            ours["contexts"],
+            serde_json::json!([{"name": "dev", "context": {"cluster": "dev", "user": "mayfly-k.example:6443", "namespace": "app"}}])
+        );
+        assert_eq!(ours["users"][0]["user"]["exec"]["args"], serde_json::json!(["--server", "https://k.example:6443"]));
     }
 }
