@@ -281,3 +281,27 @@ fn ci_mode_on_github_actions_hands_git_to_later_steps_and_writes_nothing_into_th
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_dotfile_linked_into_a_dotfiles_repository_stays_a_link_and_undo_restores_its_target() {
+    if !require_tool("git") {
+        return;
+    }
+    let stack = Stack::new();
+    let dotfiles = stack.dir.path().join("dotfiles");
+    std::fs::create_dir_all(&dotfiles).unwrap();
+    let original = "[user]\n\tname = linked\n";
+    std::fs::write(dotfiles.join("gitconfig"), original).unwrap();
+    std::fs::remove_file(stack.home.join(".gitconfig")).unwrap();
+    std::os::unix::fs::symlink(dotfiles.join("gitconfig"), stack.home.join(".gitconfig")).unwrap();
+
+    setup(&stack, &["--tools", "git"], &[]);
+    assert!(std::fs::symlink_metadata(stack.home.join(".gitconfig")).unwrap().file_type().is_symlink());
+    let wired = std::fs::read_to_string(dotfiles.join("gitconfig")).unwrap();
+    assert!(wired.contains("git-credential-mayfly"), "{wired}");
+    stack.git_ok(&stack.work, &["ls-remote", &stack.repo_url("org/app.git")]);
+
+    setup(&stack, &["--undo"], &[]);
+    assert!(std::fs::symlink_metadata(stack.home.join(".gitconfig")).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_to_string(dotfiles.join("gitconfig")).unwrap(), original);
+}

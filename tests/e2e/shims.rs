@@ -118,3 +118,26 @@ fn without_a_route_the_shim_runs_the_real_tool_untouched() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(String::from_utf8_lossy(&out.stderr), "mayfly: cannot find the real `twine` on PATH\n");
 }
+
+#[test]
+fn a_named_repository_the_shim_cannot_resolve_gets_no_token() {
+    if !require_tool("twine") {
+        return;
+    }
+    let stack = Stack::new();
+    let pypi = pypi(&stack);
+    let file = sdist(&stack, "mayfly-py", "0.1.0");
+    let out = Command::new(bin("mayfly"))
+        .args(["exec", "--", "twine", "upload", "--non-interactive", "-r", "internal"])
+        .arg(&file)
+        .current_dir(&stack.work)
+        .env_clear()
+        .envs(stack.env())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("mayfly: `twine upload -r internal`: give the repository's URL"), "{stderr}");
+    assert_eq!(pypi.minted(), 0, "no token was minted for a guess");
+    assert!(pypi.uploads().is_empty());
+}

@@ -36,7 +36,11 @@ fn entries_inside_the_refresh_margin_are_never_served_and_expired_subjects_are_r
     stack.git_ok(&stack.work, &["ls-remote", &url]);
     let outcomes: Vec<String> =
         stack.client_audit().iter().map(|l| l["outcome"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(outcomes, ["issued", "cache-hit", "issued"]);
+    assert_eq!(
+        outcomes,
+        ["issued", "cache-hit", "revoked", "issued"],
+        "the replaced token is revoked, not left to live"
+    );
     assert_eq!(stack.sts_issued(), 2);
     assert_eq!(stack.issuer.issued(), 2, "the subject token was fetched again");
 }

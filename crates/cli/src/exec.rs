@@ -54,6 +54,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     for (path, contents) in &wiring.files {
         write_private(path, contents)?;
     }
+    for (link, target) in &wiring.links {
+        std::os::unix::fs::symlink(target, link).with_context(|| format!("cannot link `{}`", link.display()))?;
+    }
     let argv: Vec<String> = args.command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     let me = Process {
         pid: std::process::id(),
@@ -95,17 +98,30 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     });
     let pumps = if args.redact { output::redact(&mut child, env.clone(), session.clone()) } else { Vec::new() };
     let status = child.wait().context("cannot wait for the command")?;
-    for pump in pumps {
-        let _ = pump.join();
-    }
+    // The output drains; but a background process still holding the pipes open must not
+    // hold the revocation back.
+    let (drained, wait) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        pumps.into_iter().for_each(|pump| drop(pump.join()));
+        let _ = drained.send(());
+    });
+    let _ = wait.recv_timeout(std::time::Duration::from_secs(2));
     handle.close();
     let _ = forwarder.join();
 
-    let (dropped, failures) = broker.end_session(&session, std::slice::from_ref(&me));
-    for failure in &failures {
+    let ended = broker.end_session(&session, std::slice::from_ref(&me));
+    for failure in &ended.failures {
         mayfly_core::protocol::warn(failure);
     }
-    let summary = format!("{status}; {dropped} token(s) ended, {} revocation(s) failed", failures.len());
+    if ended.cache_off {
+        mayfly_core::protocol::warn("the cache was off (no memory-backed key store), so no token could be revoked");
+    }
+    let summary = format!(
+        "{status}; {} token(s) revoked, {} dropped (their issuer cannot revoke), {} revocation(s) failed",
+        ended.revoked,
+        ended.dropped,
+        ended.failures.len()
+    );
     record(&audit, &session, Outcome::SessionEnded, vec![child_process, me], Some(summary));
     drop(runtime);
 

@@ -331,13 +331,13 @@ fn exchange(
                 rows.push(row("granted", scope));
             }
             drop(issued);
-            let (dropped, failures) = broker.end_session(&session, &chain);
+            let outcome = broker.end_session(&session, &chain);
             let exchange = &config.exchanges[&route.exchange];
-            let ended = match (dropped, failures.first()) {
-                (_, Some(failure)) => format!("not revoked: {failure}"),
-                (0, None) => "not revoked (it was not cached): it lives until it expires".into(),
-                (_, None) if exchange.revokes() => "revoked at once".into(),
-                (_, None) => {
+            let ended = match (outcome.revoked, outcome.dropped, outcome.failures.first()) {
+                (_, _, Some(failure)) => format!("not revoked: {failure}"),
+                (0, 0, None) => "not revoked (it was not cached): it lives until it expires".into(),
+                (_, 0, None) => "revoked at once".into(),
+                (_, _, None) => {
                     format!("dropped; {} tokens cannot be revoked: it lives until it expires", kind_name(exchange.kind))
                 }
             };

@@ -176,6 +176,7 @@ impl Setup<'_> {
 
     /// Writes `contents` to `path` through the journal (or only says so, in a dry run).
     fn write(&mut self, path: &Path, contents: &str, what: &str, plan: &mut Plan) -> anyhow::Result<()> {
+        let path = &resolved(path);
         self.check_outside_workspace(path)?;
         plan.changes.push(format!("{}: {what}", path.display()));
         if self.dry_run {
@@ -204,6 +205,12 @@ impl Setup<'_> {
         std::os::unix::fs::symlink(target, link).with_context(|| format!("cannot create `{}`", link.display()))?;
         self.journal.after(link)
     }
+}
+
+/// The file a path names: a dotfile linked into a dotfiles repository is edited (and
+/// journaled, and restored) where it lives, and the link stays a link.
+fn resolved(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
 }
 
 fn read(path: &Path) -> anyhow::Result<Option<String>> {
@@ -249,7 +256,7 @@ fn git(file: &Path, args: &[&str]) -> anyhow::Result<String> {
 
 /// git: for each routed host, the helper list reset, then mayfly, and `useHttpPath`.
 fn wire_git(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
-    let file = git_global_file(cx);
+    let file = resolved(&git_global_file(cx));
     let helper = cx.helper("git-credential-mayfly");
     for url in git_urls(cx) {
         let helpers = if file.exists() {
@@ -363,6 +370,7 @@ fn wire_kube(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
         .get("KUBECONFIG")
         .and_then(|k| k.split(':').find(|p| !p.is_empty()).map(PathBuf::from))
         .unwrap_or_else(|| cx.home.join(".kube/config"));
+    let file = resolved(&file);
     let kubectl = |args: &[&str]| -> anyhow::Result<String> {
         let out =
             Command::new("kubectl").arg("--kubeconfig").arg(&file).args(args).output().context("cannot run kubectl")?;

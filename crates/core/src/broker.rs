@@ -60,6 +60,21 @@ pub enum Error {
     },
 }
 
+/// What ending a session did.
+#[derive(Debug, Default)]
+pub struct Ended {
+    /// Tokens revoked at their issuer.
+    pub revoked: usize,
+    /// Tokens only dropped from the cache: their issuer cannot revoke (AWS, npm, PyPI,
+    /// an exchange without `revocation_endpoint`); they live until they expire.
+    pub dropped: usize,
+    /// Revocations that failed, one line each.
+    pub failures: Vec<String>,
+    /// The cache was off (no memory-backed key store): tokens were handed out uncached,
+    /// so none could be found to revoke.
+    pub cache_off: bool,
+}
+
 /// What a target resolves to.
 #[derive(Debug)]
 pub enum Resolution<'a> {
@@ -181,6 +196,11 @@ impl Broker {
                 if let (Some(cache), Some(lock)) = (&cache, &_lock)
                     && entry.expires_at > now
                 {
+                    // The token this one replaces may still be valid: end it rather than
+                    // let it live on unrecorded.
+                    if let Some(old) = cache.remove(&key) {
+                        let _ = self.end_entry(old, chain);
+                    }
                     let _ = cache.put(&key, &entry, lock);
                 }
                 self.write(event.served(Outcome::Issued, &entry));
@@ -342,43 +362,63 @@ impl Broker {
         for failure in failures {
             crate::protocol::warn(&failure);
         }
-        dropped
+        dropped.len()
     }
 
-    /// Ends a session: revokes and drops every token minted in it. Returns how many were
-    /// dropped and the revocations that failed, one line each.
-    pub fn end_session(&self, session: &str, chain: &[Process]) -> (usize, Vec<String>) {
-        self.drop_entries(&|entry| entry.session.as_deref() == Some(session), chain)
+    /// Ends a session: revokes and drops every token minted in it.
+    pub fn end_session(&self, session: &str, chain: &[Process]) -> Ended {
+        let (dropped, failures) = self.drop_entries(&|entry| entry.session.as_deref() == Some(session), chain);
+        let mut ended = Ended { failures, cache_off: Cache::open(&self.env).is_err(), ..Ended::default() };
+        for revoked in dropped {
+            if revoked { ended.revoked += 1 } else { ended.dropped += 1 }
+        }
+        ended
     }
 
-    fn drop_entries(&self, wanted: &dyn Fn(&CacheEntry) -> bool, chain: &[Process]) -> (usize, Vec<String>) {
+    /// Drops the wanted entries; for each, whether it was revoked; and the failures.
+    fn drop_entries(&self, wanted: &dyn Fn(&CacheEntry) -> bool, chain: &[Process]) -> (Vec<bool>, Vec<String>) {
         let Ok(cache) = Cache::open(&self.env) else {
-            return (0, Vec::new());
+            return (Vec::new(), Vec::new());
         };
-        let (mut dropped, mut failures) = (0, Vec::new());
+        let (mut dropped, mut failures) = (Vec::new(), Vec::new());
         for (key, entry) in cache.entries() {
-            if !wanted(&entry) {
+            if !wanted(&entry) || entry.origin.is_none() {
                 continue;
             }
-            let Some(origin) = entry.origin.clone() else { continue };
             let _lock = cache.lock(&key).ok();
             let Some(entry) = cache.remove(&key) else { continue };
-            dropped += 1;
-            let mut event = self.stored_event(&origin, &entry, chain);
-            let exchange = self.config.exchanges.get(&origin.exchange);
-            let revoke = exchange.filter(|e| e.revokes()).map(|e| self.revoke(e, &entry.token));
-            match revoke {
-                None => self.write(event.served(Outcome::Erased, &entry)),
-                Some(Ok(())) => self.write(event.served(Outcome::Revoked, &entry)),
-                Some(Err(error)) => {
-                    let reason = crate::protocol::one_line(&error);
-                    failures.push(format!("could not revoke the token for {}: {reason}", origin.target));
-                    event.served(Outcome::RevokeFailed, &entry);
-                    self.write(event.fail(Outcome::RevokeFailed, &error));
+            match self.end_entry(entry, chain) {
+                Ok(revoked) => dropped.push(revoked),
+                Err(failure) => {
+                    dropped.push(false);
+                    failures.push(failure);
                 }
             }
         }
         (dropped, failures)
+    }
+
+    /// Revokes a token taken out of the cache where its issuer can, and audits it: true
+    /// when revoked, false when only dropped, the reason when revoking failed.
+    fn end_entry(&self, entry: CacheEntry, chain: &[Process]) -> Result<bool, String> {
+        let Some(origin) = entry.origin.clone() else { return Ok(false) };
+        let mut event = self.stored_event(&origin, &entry, chain);
+        let exchange = self.config.exchanges.get(&origin.exchange);
+        match exchange.filter(|e| e.revokes()).map(|e| self.revoke(e, &entry.token)) {
+            None => {
+                self.write(event.served(Outcome::Erased, &entry));
+                Ok(false)
+            }
+            Some(Ok(())) => {
+                self.write(event.served(Outcome::Revoked, &entry));
+                Ok(true)
+            }
+            Some(Err(error)) => {
+                event.served(Outcome::RevokeFailed, &entry);
+                self.write(event.fail(Outcome::RevokeFailed, &error));
+                Err(format!("could not revoke the token for {}: {}", origin.target, crate::protocol::one_line(&error)))
+            }
+        }
     }
 
     fn revoke(&self, exchange: &ExchangeConfig, token: &Secret) -> Result<(), crate::exchange::Error> {

@@ -420,6 +420,14 @@ impl Config {
             .collect::<Result<Vec<Operation>, _>>()
             .map_err(|e| format!("route `{name}`: {e}"))?;
         let ttl = raw.ttl.as_deref().map(parse_duration).transpose()?.unwrap_or(DEFAULT_TTL);
+        // npm's exchange is the registry itself: a token it mints for one host must not be
+        // handed to another.
+        if exchange_kind == ExchangeKind::Npm {
+            let endpoint = &self.exchanges[&raw.exchange].token_endpoint;
+            if crate::target::host_port(endpoint).as_deref() != Some(host.as_str()) {
+                return Err(format!("route `{name}`: exchange `{}` is the registry at another host", raw.exchange));
+            }
+        }
         if publish_only && operations.contains(&Operation::Read) {
             return Err(format!("route `{name}`: exchange `{}` mints publish tokens, not `read`", raw.exchange));
         }

@@ -35,7 +35,7 @@ mod trusted_publishing;
 
 pub use ancestry::{Process, ancestry, command_of, infer_git_operation, infer_oci_operation};
 pub use audit::{AuditEvent, AuditLog, Outcome, rfc3339_now};
-pub use broker::{Broker, Error as BrokerError, Issued, Resolution};
+pub use broker::{Broker, Ended, Error as BrokerError, Issued, Resolution};
 pub use cache::{Cache, CacheEntry, Error as CacheError, Origin};
 pub use config::{
     Config, Error as ConfigError, ExchangeConfig, ExchangeKind, IdentityConfig, IdentityKind, Route, Scheme,

@@ -42,43 +42,76 @@ fn pump(
             }
         }
     });
+    // When our side of the output is gone (`| head`), the writer stops and drops the
+    // receiver; the reader then stops reading, and the command gets SIGPIPE as it would.
     let writer = std::thread::spawn(move || {
         let mut tokens = SessionTokens::new(env, session);
         let mut pending = Vec::new();
         loop {
-            match receiver.recv_timeout(QUIET) {
+            let written = match receiver.recv_timeout(QUIET) {
                 Ok(chunk) => {
                     pending.extend_from_slice(&chunk);
-                    if let Some(end) = pending.iter().rposition(|&b| b == b'\n') {
-                        let rest = pending.split_off(end + 1);
-                        emit(&mut to, &pending, &mut tokens);
-                        pending = rest;
+                    match pending.iter().rposition(|&b| b == b'\n') {
+                        Some(end) => {
+                            let rest = pending.split_off(end + 1);
+                            let written = emit(&mut to, &pending, &mut tokens);
+                            pending = rest;
+                            written
+                        }
+                        None => Ok(()),
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) if !pending.is_empty() => {
-                    emit(&mut to, &pending, &mut tokens);
+                    let written = emit(&mut to, &pending, &mut tokens);
                     pending.clear();
+                    written
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => Ok(()),
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    emit(&mut to, &pending, &mut tokens);
+                    let _ = emit(&mut to, &pending, &mut tokens);
                     break;
                 }
+            };
+            if written.is_err() {
+                break;
             }
         }
     });
     [reader, writer]
 }
 
-fn emit(to: &mut impl Write, bytes: &[u8], tokens: &mut SessionTokens) {
+fn emit(to: &mut impl Write, bytes: &[u8], tokens: &mut SessionTokens) -> std::io::Result<()> {
     if bytes.is_empty() {
-        return;
+        return Ok(());
     }
-    let text = String::from_utf8_lossy(bytes);
     let known = tokens.current();
     let known: Vec<&str> = known.iter().map(String::as_str).collect();
-    let _ = to.write_all(redact_tokens(&text, &known).as_bytes());
-    let _ = to.flush();
+    match std::str::from_utf8(bytes) {
+        Ok(text) => to.write_all(redact_tokens(text, &known).as_bytes())?,
+        // Binary output passes through byte for byte, less the session's own tokens.
+        Err(_) => to.write_all(&replace_bytes(bytes, &known))?,
+    }
+    to.flush()
+}
+
+/// `bytes` with every occurrence of a known token replaced by the marker.
+fn replace_bytes(bytes: &[u8], known: &[&str]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    for token in known.iter().map(|t| t.as_bytes()).filter(|t| t.len() >= 8) {
+        let mut result = Vec::with_capacity(out.len());
+        let mut i = 0;
+        while i < out.len() {
+            if out[i..].starts_with(token) {
+                result.extend_from_slice(mayfly_core::REDACTED.as_bytes());
+                i += token.len();
+            } else {
+                result.push(out[i]);
+                i += 1;
+            }
+        }
+        out = result;
+    }
+    out
 }
 
 /// The tokens minted in the session so far, re-read from the cache whenever its
@@ -99,15 +132,59 @@ impl SessionTokens {
     fn current(&mut self) -> &[String] {
         let Some(cache) = &self.cache else { return &self.tokens };
         let modified = std::fs::metadata(cache.dir()).and_then(|m| m.modified()).ok();
-        if modified.is_none() || modified != self.seen {
+        // An entry written within the same clock tick as the last look leaves the mtime
+        // unchanged: while the directory is fresh, look every time.
+        let fresh = modified.and_then(|m| m.elapsed().ok()).is_none_or(|age| age.as_secs() < 2);
+        if fresh || modified != self.seen {
             for (_, entry) in cache.entries() {
-                let token = entry.token.expose();
-                if entry.session.as_deref() == Some(&self.session) && !self.tokens.iter().any(|t| t == token) {
-                    self.tokens.push(token.to_owned());
+                if entry.session.as_deref() != Some(&self.session) {
+                    continue;
+                }
+                for secret in secrets_of(entry.token.expose()) {
+                    if !self.tokens.contains(&secret) {
+                        self.tokens.push(secret);
+                    }
                 }
             }
             self.seen = modified;
         }
         &self.tokens
+    }
+}
+
+/// The secrets a cached token holds: the token, or for a JSON document (AWS credentials)
+/// each of its long string values, which a tool prints one by one.
+fn secrets_of(token: &str) -> Vec<String> {
+    match serde_json::from_str::<serde_json::Value>(token) {
+        Ok(serde_json::Value::Object(fields)) => fields
+            .values()
+            .filter_map(|v| v.as_str())
+            .filter(|v| v.len() >= 16 && !v.contains(' '))
+            .map(str::to_owned)
+            .collect(),
+        _ => vec![token.to_owned()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_output_keeps_its_bytes_and_loses_the_session_tokens() {
+        let bytes = b"\xff\x00secret-token-123\xfe";
+        assert_eq!(
+            replace_bytes(bytes, &["secret-token-123"]),
+            [&b"\xff\x00"[..], mayfly_core::REDACTED.as_bytes(), b"\xfe"].concat()
+        );
+    }
+
+    #[test]
+    fn aws_credentials_are_redacted_field_by_field() {
+        let document = r#"{"Version":1,"AccessKeyId":"ASIAEXAMPLEEXAMPLE12","SecretAccessKey":"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY","SessionToken":"IQoJb3JpZ2luX2VjEXAMPLE","Expiration":"2026-11-23T15:00:00Z"}"#;
+        let secrets = secrets_of(document);
+        assert!(secrets.contains(&"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_owned()));
+        assert!(secrets.contains(&"IQoJb3JpZ2luX2VjEXAMPLE".to_owned()));
+        assert_eq!(secrets_of("eyJ.a.b"), ["eyJ.a.b"]);
     }
 }

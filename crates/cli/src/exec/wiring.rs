@@ -22,6 +22,8 @@ pub(crate) const HELPERS: [&str; 6] = [
 pub(crate) struct Wiring {
     pub vars: Vec<(String, String)>,
     pub files: Vec<(PathBuf, String)>,
+    /// Symlinks (link, target) to the user's own directories the private config needs.
+    pub links: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Wiring {
@@ -62,9 +64,25 @@ pub(crate) fn wire(config: &Config, env: &Env, bin: &Path, runtime: &Path) -> Wi
     if !registries.is_empty() {
         let helpers: serde_json::Map<String, serde_json::Value> =
             registries.into_iter().map(|host| (host, serde_json::Value::from("mayfly"))).collect();
-        let document = serde_json::json!({"credHelpers": helpers}).to_string();
+        let document = serde_json::json!({"credHelpers": helpers.clone()}).to_string();
         let docker = runtime.join("docker");
-        wiring.files.push((docker.join("config.json"), document.clone()));
+        // The CLI plugins (buildx, compose) and contexts of the user's own docker config
+        // stay reachable; its credentials do not come along.
+        let theirs = env.path("DOCKER_CONFIG").or_else(|| env.path("HOME").map(|h| h.join(".docker")));
+        let mut docker_document = serde_json::json!({"credHelpers": helpers});
+        if let Some(theirs) = theirs {
+            for dir in ["cli-plugins", "contexts"] {
+                if theirs.join(dir).is_dir() {
+                    wiring.links.push((docker.join(dir), theirs.join(dir)));
+                }
+            }
+            let config = std::fs::read_to_string(theirs.join("config.json")).ok();
+            let context = config.and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok());
+            if let Some(current) = context.as_ref().and_then(|c| c["currentContext"].as_str()) {
+                docker_document["currentContext"] = current.into();
+            }
+        }
+        wiring.files.push((docker.join("config.json"), docker_document.to_string()));
         wiring.files.push((runtime.join("containers-auth.json"), document));
         wiring.set("DOCKER_CONFIG", docker.display().to_string());
         wiring.set("REGISTRY_AUTH_FILE", runtime.join("containers-auth.json").display().to_string());
@@ -82,9 +100,16 @@ pub(crate) fn wire(config: &Config, env: &Env, bin: &Path, runtime: &Path) -> Wi
     // AWS: one profile per route, named after it.
     let aws: Vec<&str> = config.routes.iter().filter(|r| r.tool == Tool::Aws).map(|r| r.name.as_str()).collect();
     if !aws.is_empty() {
+        // The region of the user's default profile comes along (the CLI needs one).
+        let theirs = env.path("AWS_CONFIG_FILE").or_else(|| env.path("HOME").map(|h| h.join(".aws/config")));
+        let region = theirs.and_then(|f| std::fs::read_to_string(f).ok()).and_then(|text| default_region(&text));
         let mut file = String::new();
         for name in &aws {
-            file += &format!("[profile {name}]\ncredential_process = {} {name}\n\n", helper("mayfly-aws-credential"));
+            file += &format!("[profile {name}]\ncredential_process = {} {name}\n", helper("mayfly-aws-credential"));
+            if let Some(region) = &region {
+                file += &format!("region = {region}\n");
+            }
+            file.push('\n');
         }
         let path = runtime.join("aws-config");
         wiring.files.push((path.clone(), file));
@@ -123,6 +148,23 @@ pub(crate) fn wire(config: &Config, env: &Env, bin: &Path, runtime: &Path) -> Wi
     let path = env.get("PATH").unwrap_or("/usr/local/bin:/usr/bin:/bin");
     wiring.set("PATH", format!("{}:{path}", bin.display()));
     wiring
+}
+
+/// `region` of the `[default]` profile of an AWS config.
+fn default_region(text: &str) -> Option<String> {
+    let mut in_default = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_default = line == "[default]" || line == "[profile default]";
+        } else if in_default
+            && let Some((key, value)) = line.split_once('=')
+            && key.trim() == "region"
+            && !value.trim().is_empty()
+        {
+            return Some(value.trim().to_owned());
+        }
+    }
+    None
 }
 
 /// A kubeconfig (JSON is YAML) with a plugin user per routed cluster and, for each of
@@ -233,5 +275,12 @@ mod tests {
             serde_json::json!([{"name": "dev", "context": {"cluster": "dev", "user": "mayfly-k.example:6443", "namespace": "app"}}])
         );
         assert_eq!(ours["users"][0]["user"]["exec"]["args"], serde_json::json!(["--server", "https://k.example:6443"]));
+    }
+
+    #[test]
+    fn the_default_profiles_region_comes_along() {
+        let text = "[profile x]\nregion = eu-west-1\n[default]\noutput = json\nregion = us-east-2\n";
+        assert_eq!(default_region(text).as_deref(), Some("us-east-2"));
+        assert_eq!(default_region("[profile x]\nregion = a\n"), None);
     }
 }

@@ -3,9 +3,11 @@
 //! A shim found first on `PATH` works out what the tool is about to do (install or
 //! publish, and which package) and on which registry, gets a token for exactly that, and
 //! execs the real tool with the token in the child's environment only, in the variable
-//! the tool reads (`npm_config_//HOST/PATH/:_authToken`, `YARN_NPM_AUTH_TOKEN`,
-//! `TWINE_PASSWORD`): never in argv, never in a file, never in the caller's environment.
-//! A registry with no route runs the real tool untouched.
+//! the tool reads for that registry only (`npm_config_//HOST/PATH/:_authToken`, which npm
+//! sends to that host alone; twine's password with `TWINE_REPOSITORY_URL` pinned to the
+//! URL the token is for): never in argv, never in a file, never in the caller's
+//! environment. Commands that do not talk to a registry (`npm test`, `npm run`) and
+//! registries with no route run the real tool untouched.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -60,7 +62,7 @@ pub struct Need {
 pub fn need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Option<Need>, String> {
     match family {
         Family::Twine => twine_need(args, env),
-        _ => npm_need(family, args, env, cwd).map(Some),
+        _ => npm_need(family, args, env, cwd),
     }
 }
 
@@ -96,41 +98,75 @@ fn flag<'a>(args: &'a [String], names: &[&str]) -> Option<&'a str> {
     })
 }
 
-fn npm_need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Need, String> {
+/// Subcommands (and their aliases) that read from the registry; anything else that is not
+/// a publish runs without a token, so scripts (`npm test`, `npm run build`) never see one.
+const NPM_READS: [&str; 24] = [
+    "install",
+    "i",
+    "in",
+    "ci",
+    "add",
+    "update",
+    "up",
+    "upgrade",
+    "view",
+    "info",
+    "show",
+    "v",
+    "outdated",
+    "audit",
+    "pack",
+    "exec",
+    "x",
+    "dlx",
+    "fetch",
+    "dist-tag",
+    "dist-tags",
+    "owner",
+    "access",
+    "search",
+];
+
+fn npm_need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Option<Need>, String> {
     let words = positionals(args);
-    // `yarn npm publish` (berry) and `npm publish` alike.
+    // `yarn npm publish` (berry) and `npm publish` alike; a bare `yarn` installs.
     let words: Vec<&str> =
         if family == Family::Yarn && words.first() == Some(&"npm") { words[1..].to_vec() } else { words };
     let publishing = matches!(words.first(), Some(&"publish") | Some(&"unpublish"));
-    let package = if publishing {
-        let dir = words.get(1).map_or_else(|| cwd.to_owned(), |d| cwd.join(d));
-        if dir.extension().is_some_and(|e| e == "tgz") || !dir.is_dir() {
-            return Err(format!("`{} publish` of `{}`: name the package directory", family.name(), dir.display()));
-        }
-        Some(package_name(&dir.join("package.json"))?)
-    } else {
-        None
+    let reading = match words.first() {
+        None => family == Family::Yarn,
+        Some(word) => NPM_READS.contains(word),
     };
-    let registry = npm_registry(family, args, env, cwd, package.as_deref())?;
+    if !publishing && !reading {
+        return Ok(None);
+    }
+    let manifest = publishing
+        .then(|| words.get(1).map_or_else(|| cwd.to_owned(), |d| cwd.join(d)))
+        .filter(|dir| dir.is_dir())
+        .and_then(|dir| read_manifest(&dir.join("package.json")));
+    // A tarball or a `pkg@version` names no directory: no package, and a route that binds
+    // tokens to packages refuses it.
+    let package = manifest.as_ref().and_then(|m| m["name"].as_str().map(str::to_owned)).filter(|_| publishing);
+    let publish_registry = manifest.as_ref().and_then(|m| m["publishConfig"]["registry"].as_str().map(str::to_owned));
+    let registry = npm_registry(family, args, env, cwd, package.as_deref(), publish_registry.filter(|_| publishing))?;
     let operation = if publishing { Operation::Publish } else { Operation::Read };
-    Ok(Need { registry, operation, package })
+    Ok(Some(Need { registry, operation, package }))
 }
 
-fn package_name(manifest: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(manifest).map_err(|e| format!("cannot read `{}`: {e}", manifest.display()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|_| format!("`{}` is not JSON", manifest.display()))?;
-    value["name"].as_str().map(str::to_owned).ok_or_else(|| format!("`{}` has no `name`", manifest.display()))
+fn read_manifest(path: &Path) -> Option<serde_json::Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
 
-/// The registry npm would use: `--registry`, `npm_config_registry` (any case), a scope's
-/// registry, then `registry=` in the project's and the user's `.npmrc`, then npmjs.
+/// The registry npm would use: `--registry`, `npm_config_registry` (any case), the
+/// package's `publishConfig.registry` when publishing, a scope's registry, then
+/// `registry=` in the project's and the user's `.npmrc`, then npmjs.
 fn npm_registry(
     family: Family,
     args: &[String],
     env: &Env,
     cwd: &Path,
     package: Option<&str>,
+    publish_config: Option<String>,
 ) -> Result<url::Url, String> {
     let scope = package.and_then(|p| p.strip_prefix('@')).and_then(|p| p.split_once('/')).map(|(s, _)| s);
     let from_env =
@@ -144,7 +180,8 @@ fn npm_registry(
             scope.map(|s| format!("@{s}:registry")).into_iter().chain(["registry".into()]).collect();
         keys.iter().find_map(|key| files.iter().flatten().find_map(|f| npmrc_value(f, key)))
     };
-    let text = flag(args, &["--registry"]).map(str::to_owned).or(from_env).or_else(from_files);
+    let text = flag(args, &["--registry"]).map(str::to_owned).or(from_env).or(publish_config).or_else(from_files);
+    let text = text.map(|t| expand_vars(&t, env));
     let text = text.unwrap_or_else(|| NPM_REGISTRY.to_owned());
     let mut url = crate::target::strict_url(&text)
         .ok_or_else(|| format!("registry `{}` is not a URL", crate::sanitize_for_terminal(&text)))?;
@@ -153,6 +190,21 @@ fn npm_registry(
         url.set_path(&path);
     }
     Ok(url)
+}
+
+/// `${VAR}` and `${VAR?}` as npm expands them in `.npmrc` values.
+fn expand_vars(text: &str, env: &Env) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let Some(end) = rest[start..].find('}') else { break };
+        out.push_str(&rest[..start]);
+        let name = &rest[start + 2..start + end];
+        out.push_str(env.get(name.trim_end_matches('?')).unwrap_or(""));
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The nearest directory at or above `cwd` with a package.json.
@@ -174,14 +226,20 @@ fn twine_need(args: &[String], env: &Env) -> Result<Option<Need>, String> {
     if words.first() != Some(&"upload") {
         return Ok(None);
     }
-    let text = flag(args, &["--repository-url"])
-        .map(str::to_owned)
-        .or_else(|| env.get("TWINE_REPOSITORY_URL").map(str::to_owned))
-        .or_else(|| match flag(args, &["--repository", "-r"]) {
-            Some("testpypi") => Some("https://test.pypi.org/legacy/".to_owned()),
-            _ => None,
-        })
-        .unwrap_or_else(|| PYPI_UPLOAD.to_owned());
+    let named = flag(args, &["--repository", "-r"]).or_else(|| env.get("TWINE_REPOSITORY"));
+    let text = match (flag(args, &["--repository-url"]).or_else(|| env.get("TWINE_REPOSITORY_URL")), named) {
+        (Some(url), _) => url.to_owned(),
+        (None, None | Some("pypi")) => PYPI_UPLOAD.to_owned(),
+        (None, Some("testpypi")) => "https://test.pypi.org/legacy/".to_owned(),
+        // Its URL is in a .pypirc the shim does not read: a token minted for a guess could
+        // be sent elsewhere.
+        (None, Some(other)) => {
+            return Err(format!(
+                "`twine upload -r {}`: give the repository's URL with --repository-url, so the token is minted for it",
+                crate::sanitize_for_terminal(other)
+            ));
+        }
+    };
     let registry = crate::target::strict_url(&text).ok_or_else(|| "the repository URL is not a URL".to_owned())?;
     let mut projects: Vec<String> = words[1..].iter().filter_map(|f| project_of(f)).collect();
     projects.dedup();
@@ -219,13 +277,21 @@ fn project_of(file: &str) -> Option<String> {
 pub fn token_vars(family: Family, registry: &url::Url, issued: &Issued) -> Vec<(String, String)> {
     let token = issued.token.expose().to_owned();
     match family {
-        Family::Twine => vec![("TWINE_USERNAME".into(), issued.username.clone()), ("TWINE_PASSWORD".into(), token)],
+        // The URL pinned too, so the password goes where it was minted for and nowhere else.
+        Family::Twine => vec![
+            ("TWINE_USERNAME".into(), issued.username.clone()),
+            ("TWINE_PASSWORD".into(), token),
+            ("TWINE_REPOSITORY_URL".into(), registry.to_string()),
+        ],
         _ => {
-            // npm's "nerf dart": `//host[:port]/path/`, the key its auth lookup walks up to.
+            // npm's "nerf dart": `//host[:port]/path/`, the key its auth lookup walks up to,
+            // sent to that host only. yarn berry's `YARN_NPM_AUTH_TOKEN` would go to every
+            // registry; berry reads the token from `MAYFLY_NPM_TOKEN` through a
+            // registry-scoped `npmAuthToken` in `.yarnrc.yml` instead.
             let host = crate::target::host_port(registry).unwrap_or_default();
             let mut vars = vec![(format!("npm_config_//{host}{}:_authToken", registry.path()), token.clone())];
             if family == Family::Yarn {
-                vars.push(("YARN_NPM_AUTH_TOKEN".into(), token));
+                vars.push(("MAYFLY_NPM_TOKEN".into(), token));
             }
             vars
         }
@@ -236,12 +302,11 @@ pub fn token_vars(family: Family, registry: &url::Url, issued: &Issued) -> Vec<(
 /// resolved file), so a shim never runs itself.
 pub fn find_real(name: &str, path: &str, shim: &Path) -> Option<PathBuf> {
     let shim = std::fs::canonicalize(shim).ok();
-    let shim_dir = shim.as_ref().and_then(|s| s.parent().map(Path::to_owned));
     std::env::split_paths(path).map(|dir| dir.join(name)).find(|candidate| {
         use std::os::unix::fs::PermissionsExt;
         let resolved = std::fs::canonicalize(candidate).ok();
         let executable = std::fs::metadata(candidate).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-        executable && resolved.is_some() && resolved != shim && candidate.parent().map(Path::to_owned) != shim_dir
+        executable && resolved.is_some() && resolved != shim
     })
 }
 
@@ -271,6 +336,16 @@ pub fn prepare(
     let host = crate::target::host_port(&need.registry).ok_or("the registry URL has no host")?;
     let target =
         Target::new(tool, need.registry.scheme(), &host, need.package.as_deref()).map_err(|e| e.to_string())?;
+    if need.operation == Operation::Publish && need.package.is_none() {
+        // Only a problem when a route would mint for it.
+        let broker = crate::Broker::from_env(env.clone()).map_err(|e| crate::protocol::one_line(&e))?;
+        if matches!(broker.resolve(&target), crate::Resolution::Route(_)) {
+            return Err(format!(
+                "`{name} publish`: run it in the package's directory (or name it), so the token names the package"
+            ));
+        }
+        return Ok(Launch { program, vars: Vec::new() });
+    }
     if need.operation == Operation::Read && crate::protocol::publish_only(&target, &env) {
         return Ok(Launch { program, vars: Vec::new() });
     }
@@ -313,7 +388,25 @@ mod tests {
         assert_eq!(read.registry.as_str(), "https://env.example/");
         let berry = need(Family::Yarn, &strings(&["npm", "publish"]), &Env::default(), dir.path()).unwrap().unwrap();
         assert_eq!(berry.operation, Operation::Publish);
-        assert!(need(Family::Npm, &strings(&["publish", "pkg.tgz"]), &Env::default(), dir.path()).is_err());
+        let tarball = need(Family::Npm, &strings(&["publish", "pkg.tgz"]), &Env::default(), dir.path());
+        assert_eq!(tarball.unwrap().unwrap().package, None, "a tarball names no package directory");
+        for quiet in [&["test"][..], &["run", "build"], &["--version"], &["config", "list"]] {
+            assert_eq!(need(Family::Npm, &strings(quiet), &Env::default(), dir.path()), Ok(None), "{quiet:?}");
+        }
+        assert!(need(Family::Yarn, &[], &Env::default(), dir.path()).unwrap().is_some(), "a bare `yarn` installs");
+    }
+
+    #[test]
+    fn publish_config_and_npmrc_variables_name_the_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = r#"{"name":"pkg","publishConfig":{"registry":"https://publish.example/"}}"#;
+        std::fs::write(dir.path().join("package.json"), manifest).unwrap();
+        std::fs::write(dir.path().join(".npmrc"), "registry=${REGISTRY_URL}\n").unwrap();
+        let env = Env::from_pairs([("REGISTRY_URL", "https://from-env.example/npm")]);
+        let publish = need(Family::Npm, &strings(&["publish"]), &env, dir.path()).unwrap().unwrap();
+        assert_eq!(publish.registry.as_str(), "https://publish.example/");
+        let install = need(Family::Npm, &strings(&["ci"]), &env, dir.path()).unwrap().unwrap();
+        assert_eq!(install.registry.as_str(), "https://from-env.example/npm/");
     }
 
     #[test]
@@ -332,6 +425,11 @@ mod tests {
         assert_eq!(super::need(Family::Twine, &strings(&["check", "dist/x-1.tar.gz"]), &env, Path::new("/")), Ok(None));
         let two = strings(&["upload", "a-1.tar.gz", "b-1.tar.gz"]);
         assert!(super::need(Family::Twine, &two, &env, Path::new("/")).is_err());
+        let named = strings(&["upload", "-r", "internal", "a-1.tar.gz"]);
+        let err = super::need(Family::Twine, &named, &env, Path::new("/")).unwrap_err();
+        assert!(err.contains("--repository-url"), "{err}");
+        let env = Env::from_pairs([("TWINE_REPOSITORY", "internal")]);
+        assert!(super::need(Family::Twine, &strings(&["upload", "a-1.tar.gz"]), &env, Path::new("/")).is_err());
     }
 
     #[test]
@@ -349,9 +447,14 @@ mod tests {
             token_vars(Family::Npm, &registry, &issued),
             [("npm_config_//127.0.0.1:4873/npm/:_authToken".to_owned(), "tok".to_owned())]
         );
-        assert_eq!(token_vars(Family::Yarn, &registry, &issued).len(), 2);
+        let yarn = token_vars(Family::Yarn, &registry, &issued);
+        assert!(
+            yarn.iter().all(|(k, _)| k != "YARN_NPM_AUTH_TOKEN"),
+            "berry's global token would go to every registry"
+        );
         let twine = token_vars(Family::Twine, &registry, &issued);
         assert_eq!(twine[0], ("TWINE_USERNAME".to_owned(), "__token__".to_owned()));
+        assert_eq!(twine[2], ("TWINE_REPOSITORY_URL".to_owned(), registry.to_string()), "pinned to the token's URL");
     }
 
     #[test]
