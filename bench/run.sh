@@ -11,3 +11,17 @@ fi
 # Measure the binaries exactly as install.sh builds them.
 ./install.sh --prefix target/bench-bin
 MAYFLY_BIN_DIR="$PWD/target/bench-bin" cargo bench -p mayfly-tests --bench git_helper --locked
+
+# What a hookless tool's shim and a `mayfly exec` session add to the command they run
+# (no route matches, so this is the wrapping alone: config read, PATH walk, exec; and for
+# exec, the session directory, wiring, signal handling and the end-of-session sweep).
+bin="$PWD/target/bench-bin"
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+ln -s "$bin/mayfly-shim" "$scratch/npm"
+: > "$scratch/config.toml"
+export MAYFLY_CONFIG="$scratch/config.toml"
+if command -v npm >/dev/null 2>&1; then
+    hyperfine -N --warmup 5 --runs 30 "npm --version" "$scratch/npm --version"
+fi
+hyperfine -N --warmup 20 --runs 200 "/bin/true" "$bin/mayfly exec -- /bin/true"
