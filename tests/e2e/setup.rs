@@ -305,3 +305,34 @@ fn a_dotfile_linked_into_a_dotfiles_repository_stays_a_link_and_undo_restores_it
     assert!(std::fs::symlink_metadata(stack.home.join(".gitconfig")).unwrap().file_type().is_symlink());
     assert_eq!(std::fs::read_to_string(dotfiles.join("gitconfig")).unwrap(), original);
 }
+
+#[test]
+fn doctor_reports_a_secret_that_setup_copied_for_undo() {
+    let stack = Stack::new();
+    let docker = stack.home.join(".docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let secret = "dXNlcjpsb25nLWxpdmVkLXBhc3N3b3JkLTQy";
+    std::fs::write(docker.join("config.json"), format!("{{\"auths\":{{\"r.example\":{{\"auth\":\"{secret}\"}}}}}}"))
+        .unwrap();
+    stack.write_config(&format!(
+        "{}\n[[routes]]\ntool = \"oci\"\nhost = \"r.example\"\nidentity = \"ci\"\nexchange = \"sts\"\n",
+        stack.default_routes()
+    ));
+    setup(&stack, &["--tools", "oci"], &[]);
+    let out = Command::new(bin("mayfly"))
+        .args(["doctor", "--json", "--offline"])
+        .current_dir(&stack.work)
+        .env_clear()
+        .envs(stack.env())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains(secret) && !String::from_utf8_lossy(&out.stderr).contains(secret));
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let auths: Vec<&serde_json::Value> =
+        report["findings"].as_array().unwrap().iter().filter(|f| f["kind"] == "docker-auth").collect();
+    assert_eq!(auths.len(), 2, "the original and setup's copy: {stdout}");
+    assert_eq!(auths[0]["fingerprint"], auths[1]["fingerprint"]);
+    let copy = auths.iter().find(|f| f["where"].as_str().unwrap().contains("mayfly/setup/backups")).expect("the copy");
+    assert!(copy["fix"].as_str().unwrap().contains("copy of"), "{copy}");
+}

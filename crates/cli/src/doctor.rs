@@ -8,6 +8,7 @@
 //! network traffic is a TCP connect to each exchange (skipped with `--offline`).
 
 mod aws;
+mod backups;
 mod cargo;
 mod environment;
 mod exchange;
@@ -94,6 +95,7 @@ fn examine(scope: &Scope, args: &Args) -> (Vec<Finding>, Vec<identity::Source>) 
     gh::check(scope, config, &mut findings);
     pypi::check(scope, config, &mut findings);
     kube::check(scope, config, &mut findings);
+    backups::check(scope, config, &mut findings);
     environment::check(&scope.env, config, &mut findings);
 
     let routes = config.is_some_and(|c| !c.routes.is_empty());
