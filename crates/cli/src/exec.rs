@@ -7,7 +7,7 @@
 //! revoked where its issuer can, and its cache entries are dropped.
 
 mod output;
-mod wiring;
+pub(crate) mod wiring;
 
 use std::ffi::OsString;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -133,12 +133,6 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)))
 }
 
-/// The environment wiring for `config` with the helpers in `bin` (`mayfly setup --ci`
-/// hands the git part to later CI steps).
-pub(crate) fn wiring_for(config: &mayfly_core::Config, env: &Env, bin: &Path) -> Vec<(String, String)> {
-    wiring::wire(config, env, bin, &std::env::temp_dir()).vars
-}
-
 /// True when this process group owns the terminal on stdin, so keyboard signals reach
 /// the command without us.
 fn in_terminal_foreground() -> bool {
@@ -172,7 +166,6 @@ fn private_runtime_dir(env: &Env) -> anyhow::Result<tempfile::TempDir> {
 /// Links the helpers installed next to `mayfly` into the session's `bin`, and the shim
 /// as each hookless tool that has a route and is installed.
 fn link_helpers(bin: &Path, config: &mayfly_core::Config, env: &Env) -> anyhow::Result<()> {
-    use mayfly_core::protocol::shim::{Family, find_real};
     std::fs::DirBuilder::new().mode(0o700).create(bin).context("cannot create the session's bin directory")?;
     let exe = std::env::current_exe().context("cannot find the mayfly binary")?;
     let dir = exe.parent().context("the mayfly binary has no directory")?;
@@ -187,11 +180,8 @@ fn link_helpers(bin: &Path, config: &mayfly_core::Config, env: &Env) -> anyhow::
         link(name, name)?;
     }
     let path = env.get("PATH").unwrap_or_default();
-    for (name, family) in Family::ALL {
-        let tool = if family == Family::Twine { mayfly_core::Tool::Pypi } else { mayfly_core::Tool::Npm };
-        if config.routes.iter().any(|r| r.tool == tool) && find_real(name, path, &dir.join("mayfly-shim")).is_some() {
-            link("mayfly-shim", name)?;
-        }
+    for name in mayfly_core::protocol::shim::wanted(config, path, &dir.join("mayfly-shim")) {
+        link("mayfly-shim", name)?;
     }
     Ok(())
 }

@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use anyhow::Context;
-use mayfly_core::protocol::shim::{Family, find_real};
 use mayfly_core::{Config, Env, Tool};
 
+use crate::exec::wiring::{git_vars, route_hosts, route_urls};
 use journal::{Journal, replace_file};
 
 /// The tools `--tools` can name.
@@ -221,13 +221,6 @@ fn read(path: &Path) -> anyhow::Result<Option<String>> {
     }
 }
 
-/// `{protocol}://{host}` of every git route, once each.
-fn git_urls(cx: &Setup<'_>) -> Vec<String> {
-    let mut urls: Vec<String> = cx.routes(Tool::Git).map(|r| format!("{}://{}", r.protocol, r.host)).collect();
-    urls.dedup();
-    urls
-}
-
 /// git's global config file, as `git config --global` picks it.
 fn git_global_file(cx: &Setup<'_>) -> PathBuf {
     let classic = cx.home.join(".gitconfig");
@@ -258,7 +251,7 @@ fn git(file: &Path, args: &[&str]) -> anyhow::Result<String> {
 fn wire_git(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
     let file = resolved(&git_global_file(cx));
     let helper = cx.helper("git-credential-mayfly");
-    for url in git_urls(cx) {
+    for url in route_urls(cx.config, Tool::Git) {
         let helpers = if file.exists() {
             git(&file, &["--get-all", &format!("credential.{url}.helper")])?
         } else {
@@ -289,9 +282,7 @@ fn wire_git(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
 
 /// git in CI: the same entries as `GIT_CONFIG_*` variables for later steps.
 fn git_through_env(cx: &Setup<'_>, plan: &mut Plan) {
-    let config = mayfly_core::Config { routes: cx.routes(Tool::Git).cloned().collect(), ..cx.config.clone() };
-    let wiring = crate::exec::wiring_for(&config, cx.env, &cx.bin);
-    plan.vars.extend(wiring.into_iter().filter(|(k, _)| k.starts_with("GIT_CONFIG_")));
+    plan.vars.extend(git_vars(cx.config, cx.env, &cx.bin));
     if !plan.vars.is_empty() {
         plan.changes.push("git: credential helpers through GIT_CONFIG_* for later steps".into());
     }
@@ -300,8 +291,7 @@ fn git_through_env(cx: &Setup<'_>, plan: &mut Plan) {
 /// docker and containers tools: `credHelpers` in the docker config, and in a containers
 /// auth file when one exists (it is read first).
 fn wire_oci(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
-    let mut registries: Vec<String> = cx.routes(Tool::Oci).map(|r| r.host.clone()).collect();
-    registries.dedup();
+    let registries: Vec<String> = route_hosts(cx.config, Tool::Oci).into_iter().collect();
     if registries.is_empty() {
         return Ok(());
     }
@@ -361,7 +351,7 @@ fn wire_aws(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
 /// kubectl: a user running the exec plugin for each routed cluster, made the user of
 /// every context whose cluster is that server, through `kubectl config`.
 fn wire_kube(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
-    let hosts: Vec<String> = cx.routes(Tool::Kubectl).map(|r| r.host.clone()).collect();
+    let hosts = route_hosts(cx.config, Tool::Kubectl);
     if hosts.is_empty() {
         return Ok(());
     }
@@ -464,16 +454,11 @@ fn wire_shims(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
     let shims = data.join("mayfly/shims");
     let path = cx.env.get("PATH").unwrap_or_default().to_owned();
     let shim = cx.bin.join("mayfly-shim");
-    let mut linked = false;
-    for (name, family) in Family::ALL {
-        let tool = if family == Family::Twine { Tool::Pypi } else { Tool::Npm };
-        if cx.routes(tool).next().is_none() || find_real(name, &path, &shim).is_none() {
-            continue;
-        }
+    let wanted = mayfly_core::protocol::shim::wanted(cx.config, &path, &shim);
+    for name in &wanted {
         cx.link(&shims.join(name), &shim, plan)?;
-        linked = true;
     }
-    if linked {
+    if !wanted.is_empty() {
         plan.path.push(shims);
     }
     Ok(())

@@ -358,29 +358,24 @@ impl Broker {
                     .as_ref()
                     .is_some_and(|o| o.route == route.name && (target.path.is_none() || o.target == target.display()))
         };
-        let (dropped, failures) = self.drop_entries(&wanted, chain);
-        for failure in failures {
-            crate::protocol::warn(&failure);
+        let ended = self.drop_entries(&wanted, chain);
+        for failure in &ended.failures {
+            crate::protocol::warn(failure);
         }
-        dropped.len()
+        ended.revoked + ended.dropped
     }
 
     /// Ends a session: revokes and drops every token minted in it.
     pub fn end_session(&self, session: &str, chain: &[Process]) -> Ended {
-        let (dropped, failures) = self.drop_entries(&|entry| entry.session.as_deref() == Some(session), chain);
-        let mut ended = Ended { failures, cache_off: Cache::open(&self.env).is_err(), ..Ended::default() };
-        for revoked in dropped {
-            if revoked { ended.revoked += 1 } else { ended.dropped += 1 }
-        }
-        ended
+        self.drop_entries(&|entry| entry.session.as_deref() == Some(session), chain)
     }
 
-    /// Drops the wanted entries; for each, whether it was revoked; and the failures.
-    fn drop_entries(&self, wanted: &dyn Fn(&CacheEntry) -> bool, chain: &[Process]) -> (Vec<bool>, Vec<String>) {
+    /// Drops the wanted entries, revoking each where its issuer can.
+    fn drop_entries(&self, wanted: &dyn Fn(&CacheEntry) -> bool, chain: &[Process]) -> Ended {
         let Ok(cache) = Cache::open(&self.env) else {
-            return (Vec::new(), Vec::new());
+            return Ended { cache_off: true, ..Ended::default() };
         };
-        let (mut dropped, mut failures) = (Vec::new(), Vec::new());
+        let mut ended = Ended::default();
         for (key, entry) in cache.entries() {
             if !wanted(&entry) || entry.origin.is_none() {
                 continue;
@@ -388,14 +383,15 @@ impl Broker {
             let _lock = cache.lock(&key).ok();
             let Some(entry) = cache.remove(&key) else { continue };
             match self.end_entry(entry, chain) {
-                Ok(revoked) => dropped.push(revoked),
+                Ok(true) => ended.revoked += 1,
+                Ok(false) => ended.dropped += 1,
                 Err(failure) => {
-                    dropped.push(false);
-                    failures.push(failure);
+                    ended.dropped += 1;
+                    ended.failures.push(failure);
                 }
             }
         }
-        (dropped, failures)
+        ended
     }
 
     /// Revokes a token taken out of the cache where its issuer can, and audits it: true

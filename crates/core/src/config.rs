@@ -200,7 +200,7 @@ impl ExchangeKind {
     /// True when the exchange is a registry that checks the ID token itself, once: the ID
     /// token is fetched fresh, for the route's audience, and never cached.
     pub fn wants_fresh_subject(self) -> bool {
-        matches!(self, Self::CratesIo | Self::Npm | Self::Pypi)
+        self.registry_tool().is_some()
     }
 
     /// True for a registry's own exchange (trusted publishing): it mints publish tokens

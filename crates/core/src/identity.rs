@@ -72,6 +72,13 @@ impl SubjectToken {
 }
 
 /// Obtains a subject token from a configured source.
+/// A subject token from a source, as a helper would get it (uncached): for `mayfly
+/// doctor --fetch-identity`, which shows its claims.
+pub fn fetch_subject(source: &IdentityConfig, env: &Env) -> Result<SubjectToken, Error> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    fetch(source, None, env, || HttpClient::new(Duration::from_secs(15), None), now)
+}
+
 pub(crate) fn fetch(
     source: &IdentityConfig,
     audience: Option<&str>,

@@ -46,7 +46,7 @@ pub use exchange::{
     ACCESS_TOKEN_TYPE, Error as ExchangeError, ExchangeResponse, ID_TOKEN_TYPE, Intent, TOKEN_EXCHANGE_GRANT,
 };
 pub use http::{Error as HttpError, HttpClient, is_loopback_url};
-pub use identity::{Error as IdentityError, SubjectToken};
+pub use identity::{Error as IdentityError, SubjectToken, fetch_subject};
 pub use jwt::{Claims as UnverifiedClaims, peek_claims};
 pub use redact::{REDACTED, contains_jwt, redact_argv, redact_tokens, sanitize_for_terminal, scan_for_jwts};
 pub use secret::{Fingerprint, Secret};

@@ -198,14 +198,19 @@ pub(crate) fn parse_pypi(exchange: &str, status: u16, body: &[u8]) -> Result<Exc
             token_id: None,
         });
     }
+    Err(pypi_error(exchange, status, &body))
+}
+
+/// PyPI's error document: the first error's code and description, else its message.
+fn pypi_error(exchange: &str, status: u16, body: &serde_json::Value) -> Error {
     let first = body.get("errors").and_then(|e| e.get(0));
     let code = first.and_then(|e| e.get("code")).and_then(|c| c.as_str());
     let description = first.and_then(|e| e.get("description")).and_then(|d| d.as_str());
     let message = body.get("message").and_then(|m| m.as_str());
     match (status, code, message) {
-        (400..=499, Some(code), _) => Err(refused(exchange, code, description)),
-        (400..=499, None, Some(message)) => Err(refused(exchange, message, None)),
-        _ => Err(malformed("an error")),
+        (400..=499, Some(code), _) => refused(exchange, code, description),
+        (400..=499, None, Some(message)) => refused(exchange, message, None),
+        _ => Error::Malformed { exchange: exchange.into(), status, what: "an error".into() },
     }
 }
 
@@ -222,9 +227,7 @@ pub(crate) fn pypi_audience(config: &ExchangeConfig, http: &HttpClient) -> Resul
             Ok(audience.to_owned())
         }
         (200, _) => Err(malformed("no `audience`")),
-        (_, _) => Err(parse_pypi(&config.name, status, &serde_json::to_vec(&body).unwrap_or_default())
-            .err()
-            .unwrap_or_else(|| malformed("an error"))),
+        (_, _) => Err(pypi_error(&config.name, status, &body)),
     }
 }
 

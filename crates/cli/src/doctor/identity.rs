@@ -5,7 +5,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -139,17 +138,22 @@ fn github_actions(
     let bearer = env.get(EnvVars::ACTIONS_ID_TOKEN_REQUEST_TOKEN);
     let origin = url.and_then(Url::split).map_or_else(|| "(no request URL)".into(), |u| u.host.to_owned());
     let mut source = Source { name, kind: "github-actions", origin, available: false, claims: None };
-    let (Some(url), Some(bearer)) = (url, bearer) else {
+    if url.is_none() || bearer.is_none() {
         let problem = "`ACTIONS_ID_TOKEN_REQUEST_URL` and `ACTIONS_ID_TOKEN_REQUEST_TOKEN` are not set: run in a GitHub Actions job with `permissions: id-token: write`";
         return (source, Some(problem.into()));
-    };
+    }
     source.available = true;
     if !fetch {
         return (source, None);
     }
-    match fetch_github(url, bearer, audience) {
-        Ok(token) => {
-            source.claims = claims(&token);
+    let identity = IdentityConfig {
+        name: source.name.clone().unwrap_or_else(|| "github-actions".into()),
+        kind: IdentityKind::GitHubActions { request_url: request_url.map(str::to_owned) },
+        audience: audience.map(str::to_owned),
+    };
+    match mayfly_core::fetch_subject(&identity, env).map_err(|e| mayfly_core::protocol::one_line(&e)) {
+        Ok(subject) => {
+            source.claims = claims(subject.token.expose());
             (source, None)
         }
         Err(why) => {
@@ -157,40 +161,6 @@ fn github_actions(
             (source, Some(format!("fetching a token failed: {why}")))
         }
     }
-}
-
-/// `GET <request URL>&audience=<aud>` with the request token; the answer is `{"value"}`.
-fn fetch_github(url: &str, bearer: &str, audience: Option<&str>) -> Result<String, String> {
-    let mut text = url.to_owned();
-    if let Some(audience) = audience {
-        text.push(if text.contains('?') { '&' } else { '?' });
-        text.push_str("audience=");
-        text.push_str(&form_encode(audience));
-    }
-    let url = text.parse().map_err(|_| "invalid request URL".to_owned())?;
-    let http = mayfly_core::HttpClient::new(Duration::from_secs(10), None).map_err(|e| e.to_string())?;
-    let request = http.get(&url).map_err(|e| e.to_string())?.bearer_auth(bearer).header("Accept", "application/json");
-    match http.send(request, &url).map_err(|e| mayfly_core::protocol::one_line(&e))? {
-        (200, body) => serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v.get("value")?.as_str().map(str::to_owned))
-            .ok_or_else(|| "the answer has no `value`".into()),
-        (status, _) => Err(format!("the OIDC endpoint answered {status}")),
-    }
-}
-
-/// Percent-encodes all but the unreserved characters.
-fn form_encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 /// The claims of a JWT; `None` for anything else (an opaque token has none to show).
@@ -321,10 +291,5 @@ mod tests {
         let kinds: Vec<_> = findings.iter().map(|f| f.kind).collect();
         // `unused` is unavailable too, but no route depends on it.
         assert_eq!(kinds, ["identity-unavailable", "identity-expired", "identity-unavailable"]);
-    }
-
-    #[test]
-    fn form_encoding() {
-        assert_eq!(form_encode("https://a b/c"), "https%3A%2F%2Fa%20b%2Fc");
     }
 }

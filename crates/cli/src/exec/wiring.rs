@@ -32,35 +32,48 @@ impl Wiring {
     }
 }
 
+/// The hosts (`host[:port]`) a tool's routes serve, once each.
+pub(crate) fn route_hosts(config: &Config, tool: Tool) -> BTreeSet<String> {
+    config.routes.iter().filter(|r| r.tool == tool).map(|r| r.host.clone()).collect()
+}
+
+/// `{protocol}://{host}` of a tool's routes, once each.
+pub(crate) fn route_urls(config: &Config, tool: Tool) -> BTreeSet<String> {
+    config.routes.iter().filter(|r| r.tool == tool).map(|r| format!("{}://{}", r.protocol, r.host)).collect()
+}
+
+/// git's wiring as `GIT_CONFIG_*` variables, after any the caller already has: for each
+/// routed host the helper list reset (so no storage helper sees our tokens), then the
+/// helper in `bin`, and `useHttpPath`.
+pub(crate) fn git_vars(config: &Config, env: &Env, bin: &Path) -> Vec<(String, String)> {
+    let helper = bin.join("git-credential-mayfly").display().to_string();
+    let mut git = Vec::new();
+    for url in route_urls(config, Tool::Git) {
+        git.push((format!("credential.{url}.helper"), String::new()));
+        git.push((format!("credential.{url}.helper"), helper.clone()));
+        git.push((format!("credential.{url}.useHttpPath"), "true".to_owned()));
+    }
+    if git.is_empty() {
+        return Vec::new();
+    }
+    let first = env.get("GIT_CONFIG_COUNT").and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
+    let mut vars = Vec::new();
+    for (i, (key, value)) in git.iter().enumerate() {
+        vars.push((format!("GIT_CONFIG_KEY_{}", first + i), key.clone()));
+        vars.push((format!("GIT_CONFIG_VALUE_{}", first + i), value.clone()));
+    }
+    vars.push(("GIT_CONFIG_COUNT".to_owned(), (first + git.len()).to_string()));
+    vars
+}
+
 /// The wiring for every route in `config`. `bin` holds the helpers (and goes first on
 /// PATH); `runtime` is the session's private directory.
 pub(crate) fn wire(config: &Config, env: &Env, bin: &Path, runtime: &Path) -> Wiring {
-    let mut wiring = Wiring::default();
+    let mut wiring = Wiring { vars: git_vars(config, env, bin), ..Wiring::default() };
     let helper = |name: &str| bin.join(name).display().to_string();
-    let hosts = |tool: Tool| -> BTreeSet<String> {
-        config.routes.iter().filter(|r| r.tool == tool).map(|r| format!("{}://{}", r.protocol, r.host)).collect()
-    };
-
-    // git: appended to any GIT_CONFIG_COUNT entries the caller already has.
-    let mut git = Vec::new();
-    for url in hosts(Tool::Git) {
-        // The empty entry resets the helper list, so no storage helper sees our tokens.
-        git.push((format!("credential.{url}.helper"), String::new()));
-        git.push((format!("credential.{url}.helper"), helper("git-credential-mayfly")));
-        git.push((format!("credential.{url}.useHttpPath"), "true".to_owned()));
-    }
-    if !git.is_empty() {
-        let first = env.get("GIT_CONFIG_COUNT").and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
-        for (i, (key, value)) in git.iter().enumerate() {
-            wiring.set(&format!("GIT_CONFIG_KEY_{}", first + i), key);
-            wiring.set(&format!("GIT_CONFIG_VALUE_{}", first + i), value);
-        }
-        wiring.set("GIT_CONFIG_COUNT", (first + git.len()).to_string());
-    }
 
     // OCI clients: a docker config and a containers auth file holding only `credHelpers`.
-    let registries: BTreeSet<String> =
-        config.routes.iter().filter(|r| r.tool == Tool::Oci).map(|r| r.host.clone()).collect();
+    let registries = route_hosts(config, Tool::Oci);
     if !registries.is_empty() {
         let helpers: serde_json::Map<String, serde_json::Value> =
             registries.into_iter().map(|host| (host, serde_json::Value::from("mayfly"))).collect();
@@ -124,8 +137,7 @@ pub(crate) fn wire(config: &Config, env: &Env, bin: &Path, runtime: &Path) -> Wi
     // kubectl: a private kubeconfig first in KUBECONFIG. client-go merges the files and
     // the first to name a context wins, so it re-points the user's contexts for routed
     // clusters at a user that runs the plugin; everything else stays the user's own.
-    let hosts: BTreeSet<String> =
-        config.routes.iter().filter(|r| r.tool == Tool::Kubectl).map(|r| r.host.clone()).collect();
+    let hosts = route_hosts(config, Tool::Kubectl);
     if !hosts.is_empty() {
         let theirs: Vec<PathBuf> = match env.get("KUBECONFIG") {
             Some(list) => list.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect(),

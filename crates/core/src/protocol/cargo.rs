@@ -11,6 +11,7 @@ use std::io::{BufRead, Read, Write};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::protocol::Answer;
 use crate::{Env, Issued, Operation, Process, Scheme, Target, Tool};
 
 /// Longest request line read.
@@ -112,12 +113,10 @@ fn answer(request: Request, env: &Env, ancestry: &dyn Fn() -> Vec<Process>) -> V
             let Ok(target) = Target::new(Tool::Cargo, url.scheme(), &host, krate.as_deref()) else {
                 return json!({"Err": {"kind": "url-not-supported"}});
             };
-            if operation == Operation::Read && crate::protocol::publish_only(&target, env) {
-                return no_read_token();
-            }
-            match crate::protocol::token_for(&target, &|_| operation, env.clone(), ancestry) {
-                Ok(Some(issued)) => token_answer(&issued),
-                Ok(None) => json!({"Err": {"kind": "url-not-supported"}}),
+            match crate::protocol::answer_for(&target, &|_| operation, env.clone(), ancestry) {
+                Ok(Answer::Token(issued)) => token_answer(&issued),
+                Ok(Answer::NoTokenNeeded) => no_read_token(),
+                Ok(Answer::NoRoute) => json!({"Err": {"kind": "url-not-supported"}}),
                 Err(message) => failure(&message),
             }
         }

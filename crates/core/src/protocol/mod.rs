@@ -42,21 +42,47 @@ pub(crate) fn token_for(
     env: crate::Env,
     ancestry: &dyn Fn() -> Vec<crate::Process>,
 ) -> Result<Option<crate::Issued>, String> {
-    let broker = crate::Broker::from_env(env).map_err(|e| one_line(&e))?;
-    let crate::Resolution::Route(route) = broker.resolve(target) else { return Ok(None) };
-    let chain = ancestry();
-    broker
-        .token(route, target, operation(&chain), &chain)
-        .map(Some)
-        .map_err(|e| format!("no token for {} ({}): {}", target.display(), target.tool.as_str(), one_line(&e)))
+    match answer_for(target, operation, env, ancestry)? {
+        Answer::Token(issued) => Ok(Some(issued)),
+        Answer::NoRoute | Answer::NoTokenNeeded => Ok(None),
+    }
 }
 
-/// True when the target's route goes to a registry's own exchange, which mints publish
-/// tokens only (trusted publishing): its index is public and reads need no token.
-pub(crate) fn publish_only(target: &crate::Target, env: &crate::Env) -> bool {
-    let Ok(broker) = crate::Broker::from_env(env.clone()) else { return false };
-    let crate::Resolution::Route(route) = broker.resolve(target) else { return false };
-    broker.config().exchanges.get(&route.exchange).is_some_and(|e| e.kind.mints_publish_only())
+/// What a route gives a request.
+pub(crate) enum Answer {
+    /// A token.
+    Token(crate::Issued),
+    /// No route serves the target.
+    NoRoute,
+    /// A read on a route to a registry's own exchange (trusted publishing), which mints
+    /// publish tokens only: the registry's index is public and reads need no token.
+    NoTokenNeeded,
+}
+
+/// [`token_for`] for the package tools, whose reads on publish-only routes need no token.
+/// A publish, yank or owners change must name its package: a token for `*` would be
+/// one for every package.
+pub(crate) fn answer_for(
+    target: &crate::Target,
+    operation: &dyn Fn(&[crate::Process]) -> crate::Operation,
+    env: crate::Env,
+    ancestry: &dyn Fn() -> Vec<crate::Process>,
+) -> Result<Answer, String> {
+    use crate::Operation;
+    let broker = crate::Broker::from_env(env).map_err(|e| one_line(&e))?;
+    let crate::Resolution::Route(route) = broker.resolve(target) else { return Ok(Answer::NoRoute) };
+    let chain = ancestry();
+    let operation = operation(&chain);
+    let refused = |why: &str| format!("no token for {} ({}): {why}", target.display(), target.tool.as_str());
+    let publish_only = broker.config().exchanges.get(&route.exchange).is_some_and(|e| e.kind.mints_publish_only());
+    match operation {
+        Operation::Read if publish_only => return Ok(Answer::NoTokenNeeded),
+        Operation::Publish | Operation::Yank | Operation::Owners if target.path.is_none() => {
+            return Err(refused("it names no package: run it in the package's directory, or name the package"));
+        }
+        _ => {}
+    }
+    broker.token(route, target, operation, &chain).map(Answer::Token).map_err(|e| refused(&one_line(&e)))
 }
 
 /// Drops the cached tokens of a host-level target; true when a route serves it.

@@ -45,6 +45,23 @@ impl Family {
     fn name(self) -> &'static str {
         Self::ALL.iter().find(|(_, f)| *f == self).map_or("npm", |(n, _)| n)
     }
+
+    /// The tool routes name for it.
+    pub fn tool(self) -> Tool {
+        if self == Self::Twine { Tool::Pypi } else { Tool::Npm }
+    }
+}
+
+/// The shimmed tools worth a shim: those with a route that are installed on `path`
+/// (found without the shim at `shim`).
+pub fn wanted(config: &crate::Config, path: &str, shim: &Path) -> Vec<&'static str> {
+    Family::ALL
+        .iter()
+        .filter(|(name, family)| {
+            config.routes.iter().any(|r| r.tool == family.tool()) && find_real(name, path, shim).is_some()
+        })
+        .map(|(name, _)| *name)
+        .collect()
 }
 
 /// What the command needs a token for.
@@ -332,29 +349,18 @@ pub fn prepare(
     let program = find_real(name, &path, shim).ok_or_else(|| format!("cannot find the real `{name}` on PATH"))?;
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     let Some(need) = need(family, &args, &env, cwd)? else { return Ok(Launch { program, vars: Vec::new() }) };
-    let tool = if family == Family::Twine { Tool::Pypi } else { Tool::Npm };
+    let tool = family.tool();
     let host = crate::target::host_port(&need.registry).ok_or("the registry URL has no host")?;
     let target =
         Target::new(tool, need.registry.scheme(), &host, need.package.as_deref()).map_err(|e| e.to_string())?;
-    if need.operation == Operation::Publish && need.package.is_none() {
-        // Only a problem when a route would mint for it.
-        let broker = crate::Broker::from_env(env.clone()).map_err(|e| crate::protocol::one_line(&e))?;
-        if matches!(broker.resolve(&target), crate::Resolution::Route(_)) {
-            return Err(format!(
-                "`{name} publish`: run it in the package's directory (or name it), so the token names the package"
-            ));
-        }
-        return Ok(Launch { program, vars: Vec::new() });
-    }
-    if need.operation == Operation::Read && crate::protocol::publish_only(&target, &env) {
-        return Ok(Launch { program, vars: Vec::new() });
-    }
     // The shim is the command: it heads the chain the audit line records.
     let me = Process { pid: std::process::id(), argv: crate::redact_argv(&[vec![name.to_owned()], args].concat()) };
     let chain = || [vec![me.clone()], ancestry()].concat();
-    match crate::protocol::token_for(&target, &|_| need.operation, env, &chain)? {
-        Some(issued) => Ok(Launch { program, vars: token_vars(family, &need.registry, &issued) }),
-        None => Ok(Launch { program, vars: Vec::new() }),
+    match crate::protocol::answer_for(&target, &|_| need.operation, env, &chain)? {
+        crate::protocol::Answer::Token(issued) => {
+            Ok(Launch { program, vars: token_vars(family, &need.registry, &issued) })
+        }
+        _ => Ok(Launch { program, vars: Vec::new() }),
     }
 }
 
