@@ -491,6 +491,19 @@ pub fn exchange_token(
     audience: &str,
     scope: &str,
 ) -> String {
+    let (status, body) = post_exchange(client, sts_url, issuer, audience, scope);
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().expect("an access token").to_owned()
+}
+
+/// Posts one token exchange for an ID token of `issuer`: the status and the JSON answer.
+pub fn post_exchange(
+    client: &reqwest::blocking::Client,
+    sts_url: &str,
+    issuer: &DevIssuer,
+    audience: &str,
+    scope: &str,
+) -> (u16, Value) {
     let subject = issuer.mint("mayfly-sts", &Value::Null);
     let form = [
         ("grant_type", mayfly_core::TOKEN_EXCHANGE_GRANT),
@@ -500,10 +513,8 @@ pub fn exchange_token(
         ("scope", scope),
     ];
     let response = client.post(format!("{sts_url}/token")).form(&form).send().expect("the exchange answers");
-    let status = response.status();
-    let body: Value = response.json().expect("a JSON answer");
-    assert_eq!(status, 200, "{body}");
-    body["access_token"].as_str().expect("an access token").to_owned()
+    let status = response.status().as_u16();
+    (status, response.json().expect("a JSON answer"))
 }
 
 /// A port that was free a moment ago.

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::Context;
-use mayfly_core::{AuditEvent, AuditLog, Broker, Env, EnvVars, Outcome, Process, redact_argv};
+use mayfly_core::{AuditEvent, AuditLog, Broker, Env, EnvVars, Outcome, Process};
 
 /// Signals passed on to the command rather than ending `mayfly exec`.
 const FORWARDED: [i32; 4] = [
@@ -58,10 +58,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         std::os::unix::fs::symlink(target, link).with_context(|| format!("cannot link `{}`", link.display()))?;
     }
     let argv: Vec<String> = args.command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-    let me = Process {
-        pid: std::process::id(),
-        argv: redact_argv(&[vec!["mayfly".into(), "exec".into()], argv.clone()].concat()),
-    };
+    let me = Process { pid: std::process::id(), argv: [vec!["mayfly".into(), "exec".into()], argv.clone()].concat() };
 
     let mut command = Command::new(&args.command[0]);
     command.args(&args.command[1..]).envs(wiring.vars).env(EnvVars::MAYFLY_SESSION, &session);
@@ -77,7 +74,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
             anyhow::bail!("cannot run `{name}`: {e}");
         }
     };
-    let child_process = Process { pid: child.id(), argv: redact_argv(&argv) };
+    let child_process = Process { pid: child.id(), argv: argv.clone() };
     let audit = AuditLog::from_env(&env);
     record(&audit, &session, Outcome::SessionStarted, vec![child_process.clone(), me.clone()], None);
 

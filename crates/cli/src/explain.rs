@@ -206,7 +206,10 @@ fn describe(config: &Config, route: &Route, target: &Target, operation: Operatio
             format!("{operation}: not allowed by this route (allowed: {allowed}); refused before any exchange")
         },
     ));
-    rows.push(row("scope", route.scope_for(target, operation)));
+    rows.push(row(
+        "scope",
+        route.scope_for(target, operation).map_or_else(|e| format!("refused: {e}"), |scope| scope.to_string()),
+    ));
     let exchange = &config.exchanges[&route.exchange];
     rows.push(row(
         "audience",
@@ -318,7 +321,7 @@ fn exchange(
     let env = Env::from_pairs(vars.chain([(EnvVars::MAYFLY_SESSION.to_owned(), session.clone())]));
     let broker = Broker::new(env.clone(), config.clone());
     let argv: Vec<String> = std::env::args().collect();
-    let me = Process { pid: std::process::id(), argv: mayfly_core::redact_argv(&argv) };
+    let me = Process { pid: std::process::id(), argv: argv.clone() };
     let chain = [vec![me], mayfly_core::ancestry()].concat();
     let mut rows = Vec::new();
     match broker.token(route, target, operation, &chain) {

@@ -315,7 +315,7 @@ impl Identity {
                 let token = env.get(var).map(str::to_owned).ok_or_else(|| format!("`{var}` is not set"));
                 ("env", Some(format!("${var}")), Some(token.and_then(claims_of)), None)
             }
-            IdentityKind::Command { argv } => ("command", Some(mayfly_core::redact_argv(argv).join(" ")), None, None),
+            IdentityKind::Command { argv } => ("command", Some(mayfly_core::command_shape(argv).join(" ")), None, None),
             _ => ("unknown", None, None, None),
         };
         Self { name: config.name.clone(), kind, audience: config.audience.clone(), source, token, problem }

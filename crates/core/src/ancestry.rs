@@ -5,20 +5,40 @@
 //! `git-remote-https`, under `git remote-https`, under `git push`.
 
 use serde::Serialize;
+use serde::ser::SerializeStruct;
 
 use crate::Operation;
-use crate::redact::redact_argv;
+use crate::shape::command_shape;
 
 /// How far up the tree to look.
 const MAX_DEPTH: usize = 12;
 
-/// One ancestor: its pid and its (redacted) argv.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+/// One ancestor: its pid and its argv.
+///
+/// The argv is kept as read, in memory only, because inferring the operation needs every
+/// option and value; whatever leaves the process (audit lines, `Debug`) carries only its
+/// [shape](crate::shape::command_shape).
+#[derive(Clone, PartialEq, Eq)]
 pub struct Process {
     /// Process id.
     pub pid: u32,
-    /// Command line, with passwords and token-shaped values redacted.
+    /// Command line as read.
     pub argv: Vec<String>,
+}
+
+impl Serialize for Process {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("Process", 2)?;
+        s.serialize_field("pid", &self.pid)?;
+        s.serialize_field("argv", &command_shape(&self.argv))?;
+        s.end()
+    }
+}
+
+impl std::fmt::Debug for Process {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Process").field("pid", &self.pid).field("argv", &command_shape(&self.argv)).finish()
+    }
 }
 
 /// The ancestors of this process, parent first, up to (not including) pid 1.
@@ -37,7 +57,7 @@ pub fn ancestry() -> Vec<Process> {
                     .collect::<Vec<_>>()
             })
             .unwrap_or_default();
-        chain.push(Process { pid: p, argv: redact_argv(&argv) });
+        chain.push(Process { pid: p, argv });
         pid = parent_of(&p.to_string());
     }
     chain
@@ -87,8 +107,9 @@ pub fn infer_oci_operation(chain: &[Process]) -> Operation {
 }
 
 /// The user's command: the outermost ancestor that runs the tool, from the tool's name on
-/// (`aws s3 cp ...` even when the process is `python3 /usr/bin/aws s3 cp ...`). Empty when
-/// no ancestor runs it. `mayfly audit` shows it for the lines it reads back.
+/// (`aws s3 cp ...` even when the process is `python3 /usr/bin/aws s3 cp ...`), as its
+/// [shape](crate::shape::command_shape). Empty when no ancestor runs it. `mayfly audit`
+/// shows it for the lines it reads back.
 pub fn command_of(tool: &str, chain: &[Process]) -> Vec<String> {
     const INTERPRETERS: [&str; 6] = ["python", "node", "sh", "bash", "perl", "ruby"];
     let base = |arg: &String| arg.rsplit('/').next().unwrap_or(arg).to_owned();
@@ -98,10 +119,10 @@ pub fn command_of(tool: &str, chain: &[Process]) -> Vec<String> {
         .find_map(|p| {
             let program = p.argv.first().map(base)?;
             if program == tool {
-                return Some(p.argv.clone());
+                return Some(command_shape(&p.argv));
             }
             let interpreted = INTERPRETERS.iter().any(|i| program.starts_with(i));
-            (interpreted && p.argv.get(1).map(base).as_deref() == Some(tool)).then(|| p.argv[1..].to_vec())
+            (interpreted && p.argv.get(1).map(base).as_deref() == Some(tool)).then(|| command_shape(&p.argv[1..]))
         })
         .unwrap_or_default()
 }

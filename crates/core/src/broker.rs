@@ -12,7 +12,7 @@ use crate::config::{Config, ExchangeConfig, ExchangeKind, IdentityConfig, Route,
 use crate::exchange::{ExchangeRequest, Intent};
 use crate::http::HttpClient;
 use crate::identity::{self, SubjectToken};
-use crate::{Env, EnvVars, Operation, Process, Secret, Target};
+use crate::{Env, EnvVars, Operation, Process, Scope, Secret, Target};
 
 /// How long a subject token fetch may take, end to end.
 const IDENTITY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -48,6 +48,15 @@ pub enum Error {
         /// The cause.
         #[source]
         source: crate::exchange::Error,
+    },
+    /// A value from the tool cannot go into the route's scope.
+    #[error("route `{route}`: {source}")]
+    Scope {
+        /// Route name.
+        route: String,
+        /// The cause.
+        #[source]
+        source: crate::scope::Error,
     },
     /// The HTTP client could not be built.
     #[error("route `{route}`: {source}")]
@@ -145,8 +154,7 @@ impl Broker {
         self.env.get(EnvVars::MAYFLY_SESSION).map(str::to_owned)
     }
 
-    fn cache_key(&self, route: &Route, target: &Target, operation: Operation) -> String {
-        let scope = route.scope_for(target, operation);
+    fn cache_key(&self, route: &Route, target: &Target, operation: Operation, scope: &Scope) -> String {
         let session = self.session().unwrap_or_default();
         Cache::key(&[
             target.tool.as_str(),
@@ -154,7 +162,7 @@ impl Broker {
             &route.identity,
             &route.exchange,
             &route.audience,
-            &scope,
+            scope.as_str(),
             &target.display(),
             operation.as_str(),
             &session,
@@ -170,17 +178,27 @@ impl Broker {
         chain: &[Process],
     ) -> Result<Issued, Error> {
         let now = now();
-        let scope = route.scope_for(target, operation);
-        let mut event = self.event(route, target, operation, chain, Some(scope.clone()));
+        let mut event = self.event(route, target, operation, chain, None);
         if !route.operations.contains(&operation) {
             let allowed = route.operations.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(", ");
             let error = Error::OperationNotAllowed { route: route.name.clone(), operation, allowed };
             self.write(event.fail(Outcome::Denied, &error));
             return Err(error);
         }
+        // The one scope of this request: the cache key, the exchange and the audit line
+        // all take it from here.
+        let scope = match route.scope_for(target, operation) {
+            Ok(scope) => scope,
+            Err(source) => {
+                let error = Error::Scope { route: route.name.clone(), source };
+                self.write(event.fail(Outcome::Denied, &error));
+                return Err(error);
+            }
+        };
+        event.scope = Some(scope.to_string());
         // The cache is off (not on disk) where no memory-backed key store exists.
         let cache = Cache::open(&self.env).ok();
-        let key = self.cache_key(route, target, operation);
+        let key = self.cache_key(route, target, operation, &scope);
         if let Some(hit) = cache.as_ref().and_then(|c| c.get(&key, now)) {
             self.write(event.served(Outcome::CacheHit, &hit));
             return Ok(issued(route, hit, true));
@@ -223,7 +241,7 @@ impl Broker {
         route: &Route,
         target: &Target,
         operation: Operation,
-        scope: &str,
+        scope: &Scope,
         chain: &[Process],
         cache: Option<&Cache>,
         now: i64,
@@ -259,7 +277,7 @@ impl Broker {
                 let request = ExchangeRequest {
                     subject_token: &subject.token,
                     audience: &route.audience,
-                    scope,
+                    scope: scope.as_str(),
                     ttl: route.ttl,
                     intent: &intent,
                 };
@@ -283,7 +301,7 @@ impl Broker {
             expires_at: lifetime.map_or(0, |l| now + l),
             refresh_at: lifetime.map_or(0, |l| now + l - self.margin(l, target.tool.min_refresh_margin())),
             token_id: response.token_id.or(claims.jti),
-            scope: response.scope.or_else(|| Some(scope.to_owned())),
+            scope: response.scope.or_else(|| Some(scope.to_string())),
             issuer: subject.claims.iss.clone(),
             subject: subject.claims.sub.clone(),
             label: format!("{} {} {}", target.tool.as_str(), target.display(), operation.as_str()),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::scope::{Error as ScopeError, Scope, ScopeTemplate};
 use crate::target::{Operation, Target, Tool, is_segment_prefix, normalize_host, normalize_repo_path};
 use crate::{Env, EnvVars, parse_duration};
 
@@ -274,7 +275,7 @@ pub struct Route {
     /// Scope template with `{path}` (repository or package; `*` for none), `{host}` and
     /// `{operation}`; default per tool
     /// ([`Tool::default_scope`]).
-    pub scope: String,
+    pub scope: ScopeTemplate,
     /// Operations this route may ask tokens for; others are denied.
     pub operations: Vec<Operation>,
     /// Lifetime asked for.
@@ -290,19 +291,17 @@ pub struct Route {
 }
 
 impl Route {
-    /// The scope to ask for this target and operation.
-    pub fn scope_for(&self, target: &Target, operation: Operation) -> String {
-        self.scope
-            .replace("{path}", target.path.as_deref().unwrap_or("*"))
-            .replace("{host}", &target.host)
-            .replace("{operation}", operation.as_str())
+    /// The scope to ask for this target and operation, built once per request from
+    /// values checked against the scope grammar (see [`crate::scope`]).
+    pub fn scope_for(&self, target: &Target, operation: Operation) -> Result<Scope, ScopeError> {
+        self.scope.render(target, operation)
     }
 
     /// True when a git route binds tokens to the repository path, which git only sends
     /// with `credential.useHttpPath`. (Other tools name their package when there is one,
     /// and `{path}` is `*` when there is none.)
     pub fn needs_path(&self) -> bool {
-        self.tool == Tool::Git && (self.path.is_some() || self.scope.contains("{path}"))
+        self.tool == Tool::Git && (self.path.is_some() || self.scope.mentions_path())
     }
 
     fn matches(&self, target: &Target) -> bool {
@@ -452,7 +451,8 @@ impl Config {
                 _ if tool == Tool::Oci => host.clone(),
                 _ => format!("{protocol}://{host}"),
             }),
-            scope: raw.scope.unwrap_or_else(|| tool.default_scope().into()),
+            scope: ScopeTemplate::parse(raw.scope.as_deref().unwrap_or(tool.default_scope()))
+                .map_err(|e| format!("route `{name}`: {e}"))?,
             username: raw
                 .username
                 .unwrap_or_else(|| if tool == Tool::Pypi { "__token__".into() } else { "x-access-token".into() }),
@@ -512,7 +512,8 @@ impl Config {
             identity: raw.identity,
             exchange: raw.exchange,
             audience: raw.audience.unwrap_or_else(|| "sts.amazonaws.com".into()),
-            scope: raw.scope.unwrap_or_else(|| role_arn.clone()),
+            scope: ScopeTemplate::parse(raw.scope.as_deref().unwrap_or(&role_arn))
+                .map_err(|e| format!("route `{name}`: {e}"))?,
             operations: vec![Operation::Read],
             ttl,
             scheme: Scheme::Bearer,
@@ -642,7 +643,7 @@ mod tests {
         let config = Config::parse(SAMPLE, Path::new("t.toml")).unwrap();
         let t = target("git.example.com", Some("org/app.git"));
         let route = config.route_for(&t).unwrap();
-        assert_eq!(route.scope_for(&t, Operation::Write), "repo:org/app:write");
+        assert_eq!(route.scope_for(&t, Operation::Write).unwrap().as_str(), "repo:org/app:write");
         assert!(route.needs_path());
     }
 

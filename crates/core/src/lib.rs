@@ -27,9 +27,12 @@ mod exchange;
 mod http;
 mod identity;
 mod jwt;
+pub mod pattern;
 pub mod protocol;
 mod redact;
+pub mod scope;
 mod secret;
+pub mod shape;
 mod target;
 mod trusted_publishing;
 
@@ -48,6 +51,8 @@ pub use exchange::{
 pub use http::{Error as HttpError, HttpClient, is_loopback_url};
 pub use identity::{Error as IdentityError, SubjectToken, fetch_subject};
 pub use jwt::{Claims as UnverifiedClaims, peek_claims};
-pub use redact::{REDACTED, contains_jwt, redact_argv, redact_tokens, sanitize_for_terminal, scan_for_jwts};
+pub use redact::{REDACTED, contains_jwt, redact_tokens, sanitize_for_terminal, scan_for_jwts};
+pub use scope::{Scope, ScopeTemplate};
 pub use secret::{Fingerprint, Secret};
+pub use shape::command_shape;
 pub use target::{Error as TargetError, Operation, Target, Tool, normalize_host, normalize_repo_path};

@@ -21,7 +21,7 @@ mod verify;
 
 pub use config::{Config, Error as ConfigError, IntrospectionClient, TrustedIssuer};
 pub use keys::{Algorithm, SigningKey};
-pub use policy::{Denial, ExchangeAsk, Grant, Policy, Rule, Rules, glob_match};
+pub use policy::{Denial, ExchangeAsk, Grant, Policy, Rule, Rules};
 pub use revocation::{RedbStore, RevocationStore};
 pub use server::{Sts, serve};
 pub use verify::{Rejection, VerifiedSubject, Verifier};

@@ -146,7 +146,15 @@ pub(crate) async fn introspect(State(sts): State<Arc<Sts>>, headers: HeaderMap, 
     };
     let inactive = || no_store(axum::Json(json!({"active": false})).into_response());
     let Ok(own) = verify(&sts, token, true) else { return inactive() };
-    match sts.is_revoked(&own.jti).await {
+    // A registry token is as dead as the exchange token it was derived from.
+    let revoked = match own.claim("parent_jti") {
+        Some(parent) => match sts.is_revoked(parent).await {
+            Ok(false) => sts.is_revoked(&own.jti).await,
+            other => other,
+        },
+        None => sts.is_revoked(&own.jti).await,
+    };
+    match revoked {
         Ok(false) => {}
         Ok(true) => return inactive(),
         Err(_) => {

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use mayfly_core::pattern::{Kind, matches};
 use serde_json::{Map, Value};
 
 use crate::verify::VerifiedSubject;
@@ -49,6 +50,12 @@ pub struct Denial {
 pub trait Policy: Send + Sync {
     /// Grants or denies.
     fn decide(&self, ask: &ExchangeAsk<'_>) -> Result<Grant, Denial>;
+
+    /// True when this policy could ever grant a scope of this shape; checked for every
+    /// requested scope before the subject token is verified or any rule evaluated.
+    fn grants_shape(&self, _scope: &str) -> bool {
+        true
+    }
 }
 
 /// One allow rule: issuer + claim matchers -> allowed audiences, scopes, max lifetime.
@@ -58,9 +65,9 @@ pub struct Rule {
     pub name: String,
     /// Exact subject token issuer.
     pub issuer: String,
-    /// Claim name -> pattern (`*` matches any run of characters).
+    /// Claim name -> pattern (`*` matches within one `:`-separated part).
     pub claims: BTreeMap<String, String>,
-    /// Audience patterns.
+    /// Audience patterns (`*` matches within one DNS label or one path segment).
     pub audiences: Vec<String>,
     /// Scope patterns; `{claim}` is replaced by the subject's claim, and `*` matches
     /// within one `:`-separated part.
@@ -90,7 +97,7 @@ impl Policy for Rules {
                 r.issuer == subject.issuer
                     && r.claims
                         .iter()
-                        .all(|(k, p)| claim_str(&subject.claims, k).is_some_and(|v| glob_match(p, &v, false)))
+                        .all(|(k, p)| claim_str(&subject.claims, k).is_some_and(|v| matches(Kind::Claim, p, &v)))
             })
             .collect();
         if matching.is_empty() {
@@ -99,8 +106,10 @@ impl Policy for Rules {
                 reason: format!("no rule allows subject `{}` of `{}`", subject.subject, subject.issuer),
             });
         }
-        let for_audience: Vec<&Rule> =
-            matching.into_iter().filter(|r| r.audiences.iter().any(|p| glob_match(p, ask.audience, false))).collect();
+        let for_audience: Vec<&Rule> = matching
+            .into_iter()
+            .filter(|r| r.audiences.iter().any(|p| matches(Kind::Audience, p, ask.audience)))
+            .collect();
         if for_audience.is_empty() {
             return Err(Denial {
                 code: "invalid_target",
@@ -108,7 +117,7 @@ impl Policy for Rules {
             });
         }
         let allowed = |rule: &Rule, scope: &str| {
-            rule.scopes.iter().any(|p| expand(p, &subject.claims).is_some_and(|p| glob_match(&p, scope, true)))
+            rule.scopes.iter().any(|p| expand(p, &subject.claims).is_some_and(|p| matches(Kind::Scope, &p, scope)))
         };
         let Some(rule) = for_audience.iter().find(|r| ask.scopes.iter().all(|s| allowed(r, s))) else {
             let refused =
@@ -123,6 +132,17 @@ impl Policy for Rules {
         let ttl = ask.ttl.unwrap_or(self.default_ttl).min(rule.max_ttl);
         Ok(Grant { scopes: ask.scopes.to_vec(), ttl, rule: rule.name.clone() })
     }
+
+    /// The same kind (the part before the first `:`) and number of `:`-separated parts
+    /// as one of the rules' scope patterns.
+    fn grants_shape(&self, scope: &str) -> bool {
+        let kind = scope.split(':').next().unwrap_or_default();
+        let parts = scope.split(':').count();
+        self.rules.iter().flat_map(|r| &r.scopes).any(|pattern| {
+            let pattern_kind = pattern.split(':').next().unwrap_or_default();
+            pattern.split(':').count() == parts && matches(Kind::Scope, pattern_kind, kind)
+        })
+    }
 }
 
 fn claim_str(claims: &Map<String, Value>, name: &str) -> Option<String> {
@@ -135,7 +155,9 @@ fn claim_str(claims: &Map<String, Value>, name: &str) -> Option<String> {
 }
 
 /// Replaces `{claim}` with the subject's claim; `None` if a claim is missing or could
-/// widen the pattern (contains `*`, `{`, `:` or whitespace).
+/// change the pattern's grammar: claim values obey the same rule as the values a client
+/// puts into a scope ([`mayfly_core::scope::check_path`]), so no `*`, `:`, braces or
+/// whitespace.
 fn expand(pattern: &str, claims: &Map<String, Value>) -> Option<String> {
     let mut out = String::new();
     let mut rest = pattern;
@@ -143,30 +165,12 @@ fn expand(pattern: &str, claims: &Map<String, Value>) -> Option<String> {
         let end = start + rest[start..].find('}')?;
         out.push_str(&rest[..start]);
         let value = claim_str(claims, &rest[start + 1..end])?;
-        if value.is_empty() || value.contains(['*', '{', '}', ':']) || value.contains(char::is_whitespace) {
-            return None;
-        }
+        mayfly_core::scope::check_path(&value).ok()?;
         out.push_str(&value);
         rest = &rest[end + 1..];
     }
     out.push_str(rest);
     Some(out)
-}
-
-/// `*` matches any run of characters; with `within_part`, never across `:` or whitespace.
-pub fn glob_match(pattern: &str, value: &str, within_part: bool) -> bool {
-    let Some(star) = pattern.find('*') else {
-        return pattern == value;
-    };
-    let (prefix, rest) = (&pattern[..star], &pattern[star + 1..]);
-    let Some(tail) = value.strip_prefix(prefix) else {
-        return false;
-    };
-    tail.char_indices()
-        .map(|(i, _)| i)
-        .chain(std::iter::once(tail.len()))
-        .take_while(|&i| !within_part || !tail[..i].contains(|c: char| c == ':' || c.is_whitespace()))
-        .any(|i| glob_match(rest, &tail[i..], within_part))
 }
 
 #[cfg(test)]
@@ -252,13 +256,35 @@ mod tests {
     }
 
     #[test]
-    fn star_in_scopes_stays_within_one_part() {
-        assert!(glob_match("repo:org/app:*", "repo:org/app:read", true));
-        assert!(!glob_match("repo:org/app:*", "repo:org/app:read:extra", true));
-        assert!(!glob_match("repo:*:read", "repo:a:b:read", true));
-        assert!(glob_match("repo:org/*:read", "repo:org/x/y:read", true));
-        assert!(glob_match("repo:org/app:*", "repo:org/app:ref:x", false));
-        assert!(!glob_match("org/app", "org/apps", false));
+    fn claim_patterns_do_not_cross_colons() {
+        let mut rules = rules();
+        rules.rules[0].claims = [("sub".to_owned(), "repo:org/*".to_owned())].into();
+        let scopes = vec!["repo:org/app:write".to_owned()];
+        // `repo:org/*` must not reach across `:ref:...` into the rest of the subject.
+        let denial = rules.decide(&ask(&subject(), "https://git.example", &scopes, None)).unwrap_err();
+        assert_eq!(denial.code, "invalid_scope");
+        rules.rules[0].claims = [("sub".to_owned(), "repo:org/*:ref:refs/heads/*".to_owned())].into();
+        assert!(rules.decide(&ask(&subject(), "https://git.example", &scopes, None)).is_ok());
+    }
+
+    #[test]
+    fn audience_patterns_do_not_cross_slashes() {
+        let mut rules = rules();
+        rules.rules[0].audiences = vec!["https://*.example".into()];
+        let scopes = vec!["repo:org/app:write".to_owned()];
+        assert!(rules.decide(&ask(&subject(), "https://git.example", &scopes, None)).is_ok());
+        for audience in ["https://evil.test/.example", "https://evil.test#.example", "https://a.b.example"] {
+            let denial = rules.decide(&ask(&subject(), audience, &scopes, None)).unwrap_err();
+            assert_eq!(denial.code, "invalid_target", "{audience}");
+        }
+    }
+
+    #[test]
+    fn scope_shapes_come_from_the_rules() {
+        let rules = rules();
+        assert!(rules.grants_shape("repo:org/x:read"));
+        assert!(!rules.grants_shape("repo:org/x:read:extra"));
+        assert!(!rules.grants_shape("admin:all:read"));
     }
 
     #[test]

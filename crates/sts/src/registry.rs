@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::Sts;
 use crate::audit::{Line, now_rfc3339};
-use crate::policy::glob_match;
+use mayfly_core::pattern::{Kind, matches};
 
 /// Longest life of a registry token.
 const REGISTRY_TOKEN_SECS: i64 = 300;
@@ -115,9 +115,11 @@ pub(crate) async fn token(
     let expires = claims["exp"].as_i64().unwrap_or(now).min(now + REGISTRY_TOKEN_SECS);
     let subject = claims["sub"].as_str().unwrap_or("");
     let jti = crate::server::random_id();
+    // `parent_jti` ties the registry token to the exchange token it came from, so
+    // revoking that one makes this one inactive at `/introspect` too.
     let registry_claims = json!({
         "iss": sts.config.issuer, "sub": subject, "aud": service, "iat": now, "nbf": now - 5, "exp": expires,
-        "jti": jti, "access": access,
+        "jti": jti, "parent_jti": claims["jti"], "access": access,
     });
     let Ok(token) = sts.key.sign(Some("JWT"), &registry_claims) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
@@ -161,15 +163,20 @@ fn basic_password(headers: &HeaderMap) -> Option<String> {
     Some(password)
 }
 
-/// `repository:NAME:actions` cut down to what the token's scopes allow, or `None`.
+/// `repository:NAME:actions` cut down to what the token's scopes allow, or `None`. NAME
+/// must be a repository name of the distribution grammar; in a scope's pattern `*` may
+/// cross `/` but never reaches a tag or digest.
 fn grant(asked: &str, service: &str, granted_scopes: &str) -> Option<Value> {
     let (kind_name, actions) = asked.rsplit_once(':')?;
     let name = kind_name.strip_prefix("repository:")?;
+    if !is_repository_name(name) {
+        return None;
+    }
     let (mut pull, mut push) = (false, false);
     for scope in granted_scopes.split_whitespace() {
         let Some((target, operation)) = scope.strip_prefix("oci:").and_then(|s| s.rsplit_once(':')) else { continue };
         let Some((host, pattern)) = target.split_once('/') else { continue };
-        if host != service || !glob_match(pattern, name, false) {
+        if host != service || !matches(Kind::Repository, pattern, name) {
             continue;
         }
         pull |= matches!(operation, "read" | "write");
@@ -179,9 +186,27 @@ fn grant(asked: &str, service: &str, granted_scopes: &str) -> Option<Value> {
     (!allowed.is_empty()).then(|| json!({"type": "repository", "name": name, "actions": allowed}))
 }
 
+/// The distribution spec's repository name: `/`-separated components of lowercase
+/// letters and digits joined by one `.`, one or two `_`, or any number of `-`; at most
+/// 255 bytes.
+fn is_repository_name(name: &str) -> bool {
+    let component = |c: &str| {
+        let bytes = c.as_bytes();
+        let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        let (Some(first), Some(last)) = (bytes.first(), bytes.last()) else { return false };
+        if !alnum(first) || !alnum(last) {
+            return false;
+        }
+        // Between alphanumeric runs: `.`, `_`, `__` or a run of `-`.
+        c.split(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+            .all(|sep| sep.is_empty() || sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-'))
+    };
+    !name.is_empty() && name.len() <= 255 && name.split('/').all(component)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::grant;
+    use super::{grant, is_repository_name};
     use serde_json::json;
 
     #[test]
@@ -199,5 +224,19 @@ mod tests {
         assert_eq!(grant("repository:other/app:push", "r.example:5000", write_team), None);
         assert_eq!(grant("repository:team/app:pull", "another:5000", read), None);
         assert_eq!(grant("registry:catalog:*", "r.example:5000", read), None);
+    }
+
+    #[test]
+    fn repository_names_follow_the_distribution_grammar() {
+        for good in ["hello", "team/app", "a.b/c_d/e__f/g--h", "0/1"] {
+            assert!(is_repository_name(good), "{good}");
+        }
+        let read = "oci:r.example:5000/*:read";
+        for bad in ["", "Team/app", "team//app", "/app", "app/", "a..b", "a___b", "-a", "a-", "a b", "a:b", "a@b", "é"]
+        {
+            assert!(!is_repository_name(bad), "{bad:?}");
+            assert_eq!(grant(&format!("repository:{bad}:pull"), "r.example:5000", read), None, "{bad:?}");
+        }
+        assert!(!is_repository_name(&"a".repeat(256)));
     }
 }

@@ -226,9 +226,16 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     let audiences: Vec<&str> =
         form.pairs.iter().filter(|(k, _)| k == "audience" || k == "resource").map(|(_, v)| v.as_str()).collect();
     let scope = form.one("scope").unwrap_or_default().unwrap_or("");
-    let intent: Option<Value> = form.one("intent").ok().flatten().and_then(|v| serde_json::from_str(v).ok());
+    // The intent is the client's claim, and may quote a command line: only its scrubbed
+    // shape reaches the policy and the audit log.
+    let intent: Option<Value> = form
+        .one("intent")
+        .ok()
+        .flatten()
+        .and_then(|v| serde_json::from_str::<Value>(v).ok())
+        .map(|v| mayfly_core::shape::scrub_intent(&v));
     let mut line = Line {
-        scope: Some(scope.to_owned()),
+        scope: Some(mayfly_core::sanitize_for_terminal(clip(scope, mayfly_core::scope::MAX_SCOPE_LEN))),
         intent: intent.as_ref(),
         audience: audiences.first().copied(),
         ..Line::default()
@@ -246,6 +253,12 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     if let Err(refusal) = check_shape(form) {
         return Err(deny(refusal, line));
     }
+    // Each scope is one token of a shape this exchange can grant, within the limits,
+    // before anything costs more than a pass over the request.
+    let scopes = match requested_scopes(sts, scope) {
+        Ok(scopes) => scopes,
+        Err(refusal) => return Err(deny(refusal, line)),
+    };
     let Some(subject_token) = form.one("subject_token").ok().flatten() else {
         return Err(deny(invalid_request("`subject_token` is required"), line));
     };
@@ -271,7 +284,6 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     };
     line.issuer = Some(&subject.issuer);
     line.subject = Some(&subject.subject);
-    let scopes: Vec<String> = scope.split_whitespace().map(str::to_owned).collect();
     let ask = ExchangeAsk { subject: &subject, audience, scopes: &scopes, ttl, intent: intent.as_ref() };
     let grant = match sts.policy.decide(&ask) {
         Ok(grant) => grant,
@@ -317,6 +329,26 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
         }))
         .into_response(),
     ))
+}
+
+/// The requested scopes, each checked against the scope grammar and the shapes the
+/// policy can grant; `invalid_scope` with the reason otherwise.
+fn requested_scopes(sts: &Sts, scope: &str) -> Result<Vec<String>, Refusal> {
+    let invalid = |reason: String| Refusal { code: "invalid_scope", reason };
+    let scopes = mayfly_core::scope::parse_requested(scope).map_err(|e| invalid(e.to_string()))?;
+    if let Some(unknown) = scopes.iter().find(|s| !sts.policy.grants_shape(s)) {
+        return Err(invalid(format!("scope `{unknown}` is of a shape no rule of this exchange grants")));
+    }
+    Ok(scopes.into_iter().map(str::to_owned).collect())
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn clip(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 pub(crate) fn random_id() -> String {

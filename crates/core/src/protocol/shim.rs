@@ -354,7 +354,7 @@ pub fn prepare(
     let target =
         Target::new(tool, need.registry.scheme(), &host, need.package.as_deref()).map_err(|e| e.to_string())?;
     // The shim is the command: it heads the chain the audit line records.
-    let me = Process { pid: std::process::id(), argv: crate::redact_argv(&[vec![name.to_owned()], args].concat()) };
+    let me = Process { pid: std::process::id(), argv: [vec![name.to_owned()], args].concat() };
     let chain = || [vec![me.clone()], ancestry()].concat();
     match crate::protocol::answer_for(&target, &|_| need.operation, env, &chain)? {
         crate::protocol::Answer::Token(issued) => {
