@@ -244,3 +244,23 @@ fn an_unconfigured_registry_gets_the_exact_not_found_text() {
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "credentials not found in native keychain\n");
     assert!(out.stderr.is_empty());
 }
+
+#[test]
+fn global_options_and_their_values_do_not_hide_a_push() {
+    if !require_tool("docker-registry") || !require_tool("skopeo") {
+        return;
+    }
+    let stack = Stack::new();
+    let registry = Registry::start(&stack);
+    let layout = image_layout(stack.dir.path());
+    let source = format!("oci:{}:v1", layout.display());
+    let (auth, _) = configure(&stack, &registry, "\"read\", \"write\"");
+    let registries_conf = stack.dir.path().join("registries.conf");
+    std::fs::write(&registries_conf, "").unwrap();
+    let image = format!("docker://{}/test/hello:v2", registry.host);
+    let conf = registries_conf.to_str().unwrap();
+    let args = ["--registries-conf", conf, "--command-timeout", "60s", "copy", "--dest-tls-verify=false", "--authfile"];
+    ok(&client(&stack, "skopeo", &[&args[..], &[auth.to_str().unwrap(), &source, &image]].concat()));
+    let issued: Vec<Value> = stack.client_audit().into_iter().filter(|l| l["outcome"] == "issued").collect();
+    assert!(!issued.is_empty() && issued.iter().all(|l| l["operation"] == "write"), "{issued:?}");
+}

@@ -64,6 +64,8 @@ fn the_exchange_refuses_bad_subject_tokens_with_a_reason() {
             "issuer `https://evil.example` is not trusted",
         ),
         ("not-a-jwt".to_owned(), "not a signed JWT"),
+        (stack.issuer.mint("mayfly-sts", &json!({"iat": now() + 600})), "issued in the future"),
+        (stack.issuer.mint("mayfly-sts", &json!({"iat": now() - 60, "exp": now() + 25 * 3600})), "lives longer than"),
     ];
     for (token, reason) in cases {
         let (status, body) = exchange(&stack, &token);
@@ -74,7 +76,7 @@ fn the_exchange_refuses_bad_subject_tokens_with_a_reason() {
         assert!(!description.contains(&token), "the token is echoed back");
     }
     let denials = stack.sts_audit().iter().filter(|l| l["outcome"] == "denied").count();
-    assert_eq!(denials, 8, "every refusal is audited");
+    assert_eq!(denials, 10, "every refusal is audited");
 }
 
 #[test]

@@ -86,24 +86,93 @@ pub fn infer_git_operation(chain: &[Process]) -> Operation {
     if pushes { Operation::Write } else { Operation::Read }
 }
 
+/// Global options of OCI clients (docker, podman, buildah, skopeo, nerdctl, crane) that
+/// take a value in the next argument: `docker --config D push` is a push, not a `D`.
+const OCI_GLOBAL_VALUES: &[&str] = &[
+    "--config",
+    "-c",
+    "--context",
+    "-H",
+    "--host",
+    "-l",
+    "--log-level",
+    "--tlscacert",
+    "--tlscert",
+    "--tlskey",
+    "--root",
+    "--runroot",
+    "--storage-driver",
+    "--storage-opt",
+    "--cgroup-manager",
+    "--connection",
+    "--url",
+    "--identity",
+    "--events-backend",
+    "--network-cmd-path",
+    "--tmpdir",
+    "--module",
+    "--conmon",
+    "--runtime",
+    "--ssh",
+    "--registries-conf",
+    "--registries.d",
+    "--policy",
+    "--override-arch",
+    "--override-os",
+    "--override-variant",
+    "--command-timeout",
+    "--user-agent",
+    "-n",
+    "--namespace",
+    "-a",
+    "--address",
+    "--snapshotter",
+    "--cni-path",
+    "--data-root",
+    "--platform",
+    "--userns-uid-map",
+    "--userns-gid-map",
+];
+
 /// Write (push) when an OCI client above us is pushing or copying, read (pull) otherwise.
 /// The credential-helper protocol names only the registry; a copy may push to it.
 pub fn infer_oci_operation(chain: &[Process]) -> Operation {
     let pushes = chain.iter().any(|p| {
-        let words: Vec<&str> =
-            p.argv.iter().map(|a| a.rsplit('/').next().unwrap_or(a)).filter(|a| !a.starts_with('-')).collect();
-        match words.as_slice() {
-            ["docker" | "podman" | "buildah" | "nerdctl" | "oras", rest @ ..] => {
-                matches!(rest, ["push", ..] | ["manifest" | "image", "push", ..])
+        let Some((program, args)) = p.argv.split_first() else { return false };
+        let program = program.rsplit('/').next().unwrap_or(program);
+        match (program, positional_words(args, OCI_GLOBAL_VALUES).as_slice()) {
+            ("docker" | "podman" | "buildah" | "nerdctl" | "oras", words) => {
+                matches!(words, ["push", ..] | ["manifest" | "image", "push", ..])
             }
-            ["skopeo", command, ..] => matches!(*command, "copy" | "sync" | "delete"),
-            ["crane", command, ..] => {
+            ("skopeo", [command, ..]) => matches!(*command, "copy" | "sync" | "delete"),
+            ("crane", [command, ..]) => {
                 matches!(*command, "push" | "copy" | "cp" | "append" | "mutate" | "tag" | "delete")
             }
             _ => false,
         }
     });
     if pushes { Operation::Write } else { Operation::Read }
+}
+
+/// The non-option words of a command line, skipping each option and, for the options in
+/// `takes_value` written without `=`, the value after it.
+fn positional_words<'a>(args: &'a [String], takes_value: &[&str]) -> Vec<&'a str> {
+    let mut words = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            words.extend(args.map(String::as_str));
+            break;
+        }
+        if arg.starts_with('-') && arg.len() > 1 {
+            if takes_value.contains(&arg.as_str()) {
+                args.next();
+            }
+            continue;
+        }
+        words.push(arg.as_str());
+    }
+    words
 }
 
 /// The user's command: the outermost ancestor that runs the tool, from the tool's name on
@@ -127,19 +196,13 @@ pub fn command_of(tool: &str, chain: &[Process]) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// git's global options that take a value in the next argument.
+const GIT_GLOBAL_VALUES: &[&str] =
+    &["-c", "-C", "--git-dir", "--work-tree", "--namespace", "--config-env", "--super-prefix"];
+
 /// The first argument of `git [global options] <subcommand>`.
 fn git_subcommand(args: &[String]) -> Option<&str> {
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "-c" | "-C" | "--git-dir" | "--work-tree" | "--namespace" | "--exec-path" | "--config-env" => {
-                args.next();
-            }
-            a if a.starts_with('-') => {}
-            a => return Some(a),
-        }
-    }
-    None
+    positional_words(args, GIT_GLOBAL_VALUES).first().copied()
 }
 
 #[cfg(test)]
@@ -194,6 +257,15 @@ mod tests {
             &["skopeo", "copy", "oci:d:v1", "docker://r/x"],
             &["skopeo", "--debug", "sync", "a", "b"],
             &["crane", "push", "d", "r/x"],
+            &["docker", "--config", "/d", "push", "r/x"],
+            &["docker", "--context", "ctx", "push", "r/x"],
+            &["docker", "-H", "unix:///s", "--log-level", "error", "image", "push", "r/x"],
+            &["podman", "--log-level", "error", "push", "r/x"],
+            &["podman", "--root", "/r", "--runroot", "/rr", "--storage-driver", "vfs", "push", "r/x"],
+            &["buildah", "--storage-driver", "vfs", "push", "r/x"],
+            &["skopeo", "--registries-conf", "f", "copy", "a", "b"],
+            &["skopeo", "--command-timeout", "10s", "--policy", "p", "sync", "a", "b"],
+            &["nerdctl", "-n", "k8s.io", "push", "r/x"],
         ];
         for argv in write {
             assert_eq!(infer_oci_operation(&chain(&[argv])), Operation::Write, "{argv:?}");
@@ -202,6 +274,9 @@ mod tests {
             &["docker", "pull", "push"][..],
             &["skopeo", "inspect", "docker://r/push"],
             &["docker", "manifest", "inspect", "r/x"],
+            &["docker", "--config", "push", "pull", "r/x"],
+            &["podman", "--log-level", "push", "pull", "r/x"],
+            &["skopeo", "--policy", "copy", "inspect", "docker://r/x"],
         ] {
             assert_eq!(infer_oci_operation(&chain(&[argv])), Operation::Read, "{argv:?}");
         }

@@ -43,6 +43,10 @@ pub struct TrustedIssuer {
     pub jwks_uri: Option<String>,
     /// Extra CA certificates (PEM) for reaching the issuer.
     pub ca_file: Option<PathBuf>,
+    /// Longest lifetime (`exp` minus `iat`) of a subject token accepted from this issuer,
+    /// as a duration (`24h` when not set): a token minted to live for months is a
+    /// long-lived credential whatever its format.
+    pub max_lifetime: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -36,8 +36,12 @@ pub struct VerifiedSubject {
 #[error("{0}")]
 pub struct Rejection(pub String);
 
+/// Longest subject token lifetime accepted when the issuer's config names none.
+const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 struct IssuerState {
     config: TrustedIssuer,
+    max_lifetime: Duration,
     client: reqwest::Client,
     jwks: Mutex<Option<(Instant, JwkSet)>>,
 }
@@ -63,7 +67,12 @@ impl Verifier {
                     builder = builder.tls_certs_merge(certs);
                 }
                 let client = builder.build().map_err(|e| e.to_string())?;
-                Ok(IssuerState { config, client, jwks: Mutex::new(None) })
+                let max_lifetime = match &config.max_lifetime {
+                    Some(text) => mayfly_core::parse_duration(text)
+                        .map_err(|e| format!("trusted issuer `{}`: max_lifetime: {e}", config.issuer))?,
+                    None => DEFAULT_MAX_LIFETIME,
+                };
+                Ok(IssuerState { config, max_lifetime, client, jwks: Mutex::new(None) })
             })
             .collect::<Result<_, String>>()?;
         Ok(Self { issuers })
@@ -123,12 +132,35 @@ impl Verifier {
                 _ => "subject token is malformed".into(),
             })
         })?;
+        state.check_times(&data.claims)?;
         let subject = data.claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned();
         Ok(VerifiedSubject { issuer: state.config.issuer.clone(), subject, claims: data.claims })
     }
 }
 
 impl IssuerState {
+    /// `iat` no later than now (with the leeway), and a lifetime within the issuer's
+    /// maximum, counted from `iat` (else `nbf`, else now).
+    fn check_times(&self, claims: &Map<String, Value>) -> Result<(), Rejection> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let leeway = i64::try_from(LEEWAY_SECS).unwrap_or(0);
+        let number = |name: &str| claims.get(name).and_then(Value::as_i64);
+        let issued = number("iat");
+        if issued.is_some_and(|iat| iat > now + leeway) {
+            return Err(Rejection("subject token is issued in the future (`iat`)".into()));
+        }
+        let exp = number("exp").unwrap_or(i64::MAX);
+        let start = issued.or_else(|| number("nbf")).unwrap_or(now);
+        let max = i64::try_from(self.max_lifetime.as_secs()).unwrap_or(i64::MAX);
+        if exp.saturating_sub(start) > max {
+            return Err(Rejection(format!(
+                "subject token lives longer than the {}s this issuer's tokens may (`max_lifetime`)",
+                self.max_lifetime.as_secs()
+            )));
+        }
+        Ok(())
+    }
+
     async fn key(&self, kid: Option<&str>) -> Result<Jwk, Rejection> {
         let mut cached = self.jwks.lock().await;
         let stale = cached.as_ref().is_none_or(|(at, _)| at.elapsed() > JWKS_MAX_AGE);
