@@ -77,3 +77,33 @@ fn an_unrouted_cluster_fails_with_one_line() {
     assert!(!lines.is_empty() && lines.iter().all(|l| l.contains("no mayfly route for kubectl cluster")), "{lines:?}");
     assert_eq!(stack.sts_issued(), 0);
 }
+
+#[test]
+fn a_server_flag_that_disagrees_with_client_go_gets_nothing() {
+    let stack = Stack::new();
+    let info = |server: &str| {
+        format!(
+            r#"{{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","spec":{{"cluster":{{"server":"{server}"}}}}}}"#
+        )
+    };
+    let run = |server_flag: &str, actual: &str| {
+        assert_cmd::Command::new(bin("mayfly-kube-credential"))
+            .args(["--server", server_flag])
+            .env_clear()
+            .envs(stack.env())
+            .env("KUBERNETES_EXEC_INFO", info(actual))
+            .output()
+            .unwrap()
+    };
+    let kube = stack.kube.base_url.clone();
+    let agreed = run(&kube, &format!("{kube}/"));
+    assert!(agreed.status.success(), "{}", String::from_utf8_lossy(&agreed.stderr));
+    for other in ["https://127.0.0.1:1", "https://evil.example:6443", &kube.replace("https://", "http://")] {
+        let out = run(&kube, other);
+        assert_eq!(out.status.code(), Some(1), "{other}");
+        assert!(out.stdout.is_empty(), "{other}");
+        let lines = mayfly_lines(&out.stderr);
+        assert!(lines.len() == 1 && lines[0].contains("refusing"), "{other}: {lines:?}");
+    }
+    assert_eq!(stack.sts_issued(), 1, "only the agreeing request was exchanged");
+}

@@ -74,13 +74,25 @@ fn handle(args: &[String], env: &Env, ancestry: &dyn Fn() -> Vec<Process>) -> Re
             crate::sanitize_for_terminal(&api_version)
         ));
     }
-    let server = server_arg(args)?
-        .or_else(|| info.and_then(|i| i.spec?.cluster?.server))
-        .ok_or("no cluster server: set `provideClusterInfo: true` in the kubeconfig, or pass `--server URL`")?;
-    let invalid = || format!("invalid cluster server `{}`", crate::sanitize_for_terminal(&server));
-    let url = crate::target::strict_url(&server).ok_or_else(invalid)?;
-    let host = crate::target::host_port(&url).ok_or_else(invalid)?;
-    let target = Target::new(Tool::Kubectl, url.scheme(), &host, None).map_err(|e| e.to_string())?;
+    let named = server_arg(args)?.map(|s| cluster(&s)).transpose()?;
+    let talking_to = info.and_then(|i| i.spec?.cluster?.server).map(|s| cluster(&s)).transpose()?;
+    // A token for the cluster `--server` names must not go to another one client-go is
+    // talking to (a kubeconfig whose user entry is shared by several clusters).
+    let target = match (named, talking_to) {
+        (Some(named), Some(actual)) if named != actual => {
+            return Err(format!(
+                "`--server` names {} but kubectl is talking to {}: refusing to hand out a token for another cluster",
+                named.display(),
+                actual.display()
+            ));
+        }
+        (Some(target), _) | (None, Some(target)) => target,
+        (None, None) => {
+            return Err(
+                "no cluster server: set `provideClusterInfo: true` in the kubeconfig, or pass `--server URL`".into()
+            );
+        }
+    };
     let issued = crate::protocol::token_for(&target, &|_| Operation::Read, env.clone(), ancestry)?
         .ok_or_else(|| format!("no mayfly route for kubectl cluster {}", target.display()))?;
     let mut status = json!({"token": issued.token.expose()});
@@ -88,6 +100,14 @@ fn handle(args: &[String], env: &Env, ancestry: &dyn Fn() -> Vec<Process>) -> Re
         status["expirationTimestamp"] = json!(crate::audit::rfc3339(expiry - EXPIRY_SKEW_SECS));
     }
     Ok(json!({"apiVersion": api_version, "kind": "ExecCredential", "status": status}))
+}
+
+/// The normalised target of a cluster server URL.
+fn cluster(server: &str) -> Result<Target, String> {
+    let invalid = || format!("invalid cluster server `{}`", crate::sanitize_for_terminal(server));
+    let url = crate::target::strict_url(server).ok_or_else(invalid)?;
+    let host = crate::target::host_port(&url).ok_or_else(invalid)?;
+    Target::new(Tool::Kubectl, url.scheme(), &host, None).map_err(|e| e.to_string())
 }
 
 /// `--server URL` or `--server=URL`, the only argument the plugin takes.
