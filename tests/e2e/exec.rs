@@ -207,3 +207,56 @@ fn a_session_points_the_users_kubectl_context_at_mayfly_without_touching_their_k
     let issued = session_lines(&stack, "kube-1").into_iter().find(|l| l["outcome"] == "issued").expect("a token");
     assert_eq!(issued["tool"], "kubectl");
 }
+
+#[test]
+fn a_session_never_runs_unable_to_revoke() {
+    let stack = unwired_stack();
+    // Someone made the key directory before us, open to everyone.
+    let planted = stack.runtime_dir.path().join("rt");
+    std::fs::create_dir_all(&planted).unwrap();
+    std::fs::set_permissions(&planted, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    // A helper says so, in one line, and caches nothing there.
+    let request = format!("protocol=https\nhost={}\npath=org/app.git\n", stack.git_host());
+    let out = Command::new(bin("git-credential-mayfly"))
+        .arg("get")
+        .env_clear()
+        .envs(stack.env())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(request.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    let lines = mayfly_tests::mayfly_lines(&out.stderr);
+    assert!(lines.len() == 1 && lines[0].contains("its mode is 0777, not 0700"), "{lines:?}");
+    assert_eq!(std::fs::read_dir(&planted).unwrap().count(), 0, "a key was written to the unsafe directory");
+    let out = exec(&stack, "planted", false, &push_and_show_token(&stack)).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = token_from(&String::from_utf8_lossy(&out.stdout));
+    let lines = mayfly_tests::mayfly_lines(&out.stderr);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("its mode is 0777, not 0700") && lines[0].contains("private directory of its own"),
+        "{lines:?}"
+    );
+    assert_eq!(git_server_status(&stack, &token), 401, "the session's token outlived it");
+    assert!(session_lines(&stack, "planted").iter().any(|l| l["outcome"] == "revoked"));
+
+    // With no memory-backed place at all for the key, the session refuses to start.
+    let disk = stack.dir.path().join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let out = exec(&stack, "nowhere", false, "echo ran")
+        .env("MAYFLY_RUNTIME_DIR", disk.join("rt"))
+        .env("XDG_RUNTIME_DIR", &disk)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "the command ran");
+    let lines = mayfly_tests::mayfly_lines(&out.stderr);
+    assert!(lines.len() == 1 && lines[0].contains("cannot start a session"), "{lines:?}");
+}

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::Context;
-use mayfly_core::{AuditEvent, AuditLog, Broker, Env, EnvVars, Outcome, Process};
+use mayfly_core::{AuditEvent, AuditLog, Broker, Cache, Env, EnvVars, Outcome, Process};
 
 /// Signals passed on to the command rather than ending `mayfly exec`.
 const FORWARDED: [i32; 4] = [
@@ -42,12 +42,13 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let env = Env::from_os();
-    let broker = Broker::from_env(env.clone()).map_err(|e| anyhow::anyhow!(mayfly_core::protocol::one_line(&e)))?;
     let session = match &args.session {
         Some(name) => check_session(name)?,
         None => random_session()?,
     };
     let runtime = private_runtime_dir(&env)?;
+    let (env, cache_vars) = usable_cache(env, runtime.path())?;
+    let broker = Broker::from_env(env.clone()).map_err(|e| anyhow::anyhow!(mayfly_core::protocol::one_line(&e)))?;
     let bin = runtime.path().join("bin");
     link_helpers(&bin, broker.config(), &env)?;
     let wiring = wiring::wire(broker.config(), &env, &bin, runtime.path());
@@ -61,7 +62,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let me = Process { pid: std::process::id(), argv: [vec!["mayfly".into(), "exec".into()], argv.clone()].concat() };
 
     let mut command = Command::new(&args.command[0]);
-    command.args(&args.command[1..]).envs(wiring.vars).env(EnvVars::MAYFLY_SESSION, &session);
+    command.args(&args.command[1..]).envs(wiring.vars).envs(cache_vars).env(EnvVars::MAYFLY_SESSION, &session);
     if args.redact {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
@@ -150,6 +151,39 @@ fn random_session() -> anyhow::Result<String> {
 }
 
 /// A 0700 directory for the session's files, in memory where the machine has one.
+/// The environment whose cache the session uses. A session must be able to find and
+/// revoke every token minted in it, so when the usual cache cannot be used safely (its
+/// key directory another user's, open to others, a symlink, or none memory-backed), the
+/// session keeps its cache in its own private directory and says so; where even that is
+/// not memory-backed, it refuses to start.
+fn usable_cache(env: Env, runtime: &Path) -> anyhow::Result<(Env, Vec<(&'static str, String)>)> {
+    let Err(problem) = Cache::open(&env) else { return Ok((env, Vec::new())) };
+    let vars = vec![
+        (EnvVars::MAYFLY_RUNTIME_DIR, runtime.join("key").display().to_string()),
+        (EnvVars::MAYFLY_CACHE_DIR, runtime.join("tokens").display().to_string()),
+    ];
+    let own: Vec<(String, String)> = env
+        .vars()
+        .filter(|(k, _)| vars.iter().all(|(name, _)| k != name))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .chain(vars.iter().map(|(k, v)| ((*k).to_owned(), v.clone())))
+        .collect();
+    let own = Env::from_pairs(own);
+    match Cache::open(&own) {
+        Ok(_) => {
+            mayfly_core::protocol::warn(&format!(
+                "{}; this session keeps its tokens in a private directory of its own",
+                mayfly_core::protocol::one_line(&problem)
+            ));
+            Ok((own, vars))
+        }
+        Err(_) => anyhow::bail!(
+            "cannot start a session whose tokens could not be revoked at its end: {}",
+            mayfly_core::protocol::one_line(&problem)
+        ),
+    }
+}
+
 fn private_runtime_dir(env: &Env) -> anyhow::Result<tempfile::TempDir> {
     let candidates = [env.path(EnvVars::XDG_RUNTIME_DIR), Some(PathBuf::from("/dev/shm")), Some(std::env::temp_dir())];
     let base = candidates.into_iter().flatten().find(|d| d.is_dir()).unwrap_or_else(std::env::temp_dir);

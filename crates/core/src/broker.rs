@@ -196,8 +196,16 @@ impl Broker {
             }
         };
         event.scope = Some(scope.to_string());
-        // The cache is off (not on disk) where no memory-backed key store exists.
-        let cache = Cache::open(&self.env).ok();
+        // The cache is off (not on disk) where no memory-backed key store exists; a key
+        // directory that exists but is unsafe is said, once per request, not worked around.
+        let cache = match Cache::open(&self.env) {
+            Ok(cache) => Some(cache),
+            Err(error @ crate::CacheError::Unsafe { .. }) => {
+                crate::protocol::warn(&format!("{}; tokens are not cached", crate::protocol::one_line(&error)));
+                None
+            }
+            Err(_) => None,
+        };
         let key = self.cache_key(route, target, operation, &scope);
         if let Some(hit) = cache.as_ref().and_then(|c| c.get(&key, now)) {
             self.write(event.served(Outcome::CacheHit, &hit));

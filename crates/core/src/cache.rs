@@ -40,6 +40,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A directory exists where the key or the entries belong but is not safe to use
+    /// (another user's, readable by others, a symlink, not memory-backed).
+    #[error("cache directory `{path}` cannot be used safely: {why}")]
+    Unsafe {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// Encryption failed.
     #[error("cache encryption failed: {0}")]
     Crypto(String),
@@ -259,6 +268,9 @@ fn key_dir(env: &Env) -> Result<PathBuf, Error> {
             private_dir(&dir)?;
             return Ok(dir);
         }
+        if explicit {
+            return Err(Error::Unsafe { path: dir, why: "it is not on tmpfs or ramfs".into() });
+        }
     }
     Err(Error::NoKeyStore("set XDG_RUNTIME_DIR or mount /dev/shm".into()))
 }
@@ -283,17 +295,27 @@ fn is_memory_backed(path: &Path) -> bool {
         .is_some_and(|(_, kind)| kind == "tmpfs" || kind == "ramfs")
 }
 
-/// Creates a 0700 directory, or checks that an existing one is ours and private.
+/// Creates a 0700 directory, or checks that an existing one is ours and private; says
+/// exactly what is wrong when it is not.
 fn private_dir(dir: &Path) -> Result<(), Error> {
+    let unsafe_dir = |why: String| Error::Unsafe { path: dir.to_owned(), why };
+    if fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(unsafe_dir("it is a symlink".into()));
+    }
     fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io("create", dir))?;
     let meta = fs::symlink_metadata(dir).map_err(io("inspect", dir))?;
     let uid = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
-    if !meta.is_dir() || meta.uid() != uid || meta.mode() & 0o077 != 0 {
-        return Err(Error::Io {
-            what: "directory is not private (want a 0700 directory owned by you)",
-            path: dir.to_owned(),
-            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
-        });
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_dir("it is a symlink".into()));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_dir("it is not a directory".into()));
+    }
+    if meta.uid() != uid {
+        return Err(unsafe_dir(format!("it is owned by uid {}, not by you (uid {uid})", meta.uid())));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(unsafe_dir(format!("its mode is {:04o}, not 0700", meta.mode() & 0o7777)));
     }
     Ok(())
 }
@@ -399,7 +421,32 @@ mod tests {
     fn key_dir_must_be_memory_backed() {
         let disk = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let env = Env::from_pairs([(EnvVars::MAYFLY_RUNTIME_DIR, disk.path().join("rt").display().to_string())]);
-        assert!(matches!(Cache::open(&env), Err(Error::NoKeyStore(_))));
+        let error = Cache::open(&env).err().unwrap();
+        assert!(error.to_string().contains("is not on tmpfs or ramfs"), "{error}");
         assert!(is_memory_backed(Path::new("/dev/shm")));
+    }
+
+    #[test]
+    fn an_unsafe_key_dir_is_named_with_what_is_wrong() {
+        let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+        let open = |dir: &Path| {
+            let env = Env::from_pairs([(EnvVars::MAYFLY_RUNTIME_DIR, dir.display().to_string())]);
+            Cache::open(&env).err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        let elsewhere = shm.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        let link = shm.path().join("link");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        assert!(open(&link).contains("is a symlink"), "{}", open(&link));
+        let open_to_all = shm.path().join("open");
+        fs::create_dir(&open_to_all).unwrap();
+        fs::set_permissions(&open_to_all, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(open(&open_to_all).contains("its mode is 0777, not 0700"), "{}", open(&open_to_all));
+        // Another user's directory (only root can make one to test with).
+        let theirs = shm.path().join("theirs");
+        fs::DirBuilder::new().mode(0o700).create(&theirs).unwrap();
+        if std::os::unix::fs::chown(&theirs, Some(54_321), None).is_ok() {
+            assert!(open(&theirs).contains("owned by uid 54321"), "{}", open(&theirs));
+        }
     }
 }
