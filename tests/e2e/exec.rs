@@ -260,3 +260,30 @@ fn a_session_never_runs_unable_to_revoke() {
     let lines = mayfly_tests::mayfly_lines(&out.stderr);
     assert!(lines.len() == 1 && lines[0].contains("cannot start a session"), "{lines:?}");
 }
+
+#[test]
+fn redact_catches_a_token_split_over_two_writes_and_its_base64_forms() {
+    let stack = unwired_stack();
+    let script = format!(
+        "set -e; t=$(printf 'protocol=https\\nhost={host}\\npath=org/app.git\\ncapability[]=authtype\\n\\n' | git credential fill | sed -n 's/^credential=//p'); \
+         printf '%s' \"$t\" > ../token.txt; \
+         printf 'start %s' \"$(printf %s \"$t\" | cut -c1-25)\"; sleep 0.4; printf '%s end\\n' \"$(printf %s \"$t\" | cut -c26-)\"; \
+         printf 'x-access-token:%s' \"$t\" | base64 -w0; echo; printf 'u:%s' \"$t\" | base64 -w0; echo",
+        host = stack.git_host()
+    );
+    let out = exec(&stack, "redact-split", true, &script).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let token = std::fs::read_to_string(stack.dir.path().join("token.txt")).unwrap();
+    assert!(token.len() > 40, "the session minted a token");
+    assert!(stdout.starts_with(&format!("start {} end\n", mayfly_core::REDACTED)), "{stdout}");
+    for piece in token.as_bytes().chunks(12).map(|c| std::str::from_utf8(c).unwrap()) {
+        assert!(!stdout.contains(piece), "`{piece}` of the token is in {stdout}");
+    }
+    use base64::Engine;
+    for user in ["x-access-token", "u"] {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{token}"));
+        assert!(!stdout.contains(&basic[basic.len() / 2..basic.len() / 2 + 16]), "{stdout}");
+    }
+    assert_eq!(stdout.matches(mayfly_core::REDACTED).count(), 3, "{stdout}");
+}

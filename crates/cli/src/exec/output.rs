@@ -2,17 +2,24 @@
 //! token minted in the session, and anything shaped like a well-known token, with a marker.
 //!
 //! Output streams: whole lines go out as they arrive, and a partial line (a prompt, a
-//! progress bar) goes out once the command has been quiet for a moment.
+//! progress bar) goes out once the command has been quiet for a moment, less any suffix
+//! that could be the start of a session token: that waits for the next write (where the
+//! whole token is then replaced), for the end of the output, or at most [`MAX_HOLD`].
+//! Besides each token itself, its base64 forms inside `user:token` (HTTP Basic, docker's
+//! `auth`) are replaced, at each of the three alignments base64 can give them.
 
 use std::io::{Read, Write};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use base64::Engine;
 use mayfly_core::{Cache, Env, redact_tokens};
 
 /// How long a partial line waits for its end before it is shown anyway.
 const QUIET: Duration = Duration::from_millis(50);
+/// How long the start of a possible token is held back when nothing follows it.
+const MAX_HOLD: Duration = Duration::from_secs(2);
 
 /// Starts the filters for a child spawned with piped stdout and stderr.
 pub(super) fn redact(child: &mut std::process::Child, env: Env, session: String) -> Vec<JoinHandle<()>> {
@@ -47,9 +54,11 @@ fn pump(
     let writer = std::thread::spawn(move || {
         let mut tokens = SessionTokens::new(env, session);
         let mut pending = Vec::new();
+        let mut held_since: Option<Instant> = None;
         loop {
             let written = match receiver.recv_timeout(QUIET) {
                 Ok(chunk) => {
+                    held_since = None;
                     pending.extend_from_slice(&chunk);
                     match pending.iter().rposition(|&b| b == b'\n') {
                         Some(end) => {
@@ -62,8 +71,12 @@ fn pump(
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) if !pending.is_empty() => {
+                    let expired = held_since.is_some_and(|since| since.elapsed() >= MAX_HOLD);
+                    let hold = if expired { 0 } else { token_start_suffix(&pending, tokens.current()) };
+                    let rest = pending.split_off(pending.len() - hold);
                     let written = emit(&mut to, &pending, &mut tokens);
-                    pending.clear();
+                    pending = rest;
+                    held_since = if hold > 0 { held_since.or_else(|| Some(Instant::now())) } else { None };
                     written
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => Ok(()),
@@ -92,6 +105,19 @@ fn emit(to: &mut impl Write, bytes: &[u8], tokens: &mut SessionTokens) -> std::i
         Err(_) => to.write_all(&replace_bytes(bytes, &known))?,
     }
     to.flush()
+}
+
+/// The length of the longest end of `bytes` that is the start (not the whole) of a
+/// known token: what must wait for the next write.
+fn token_start_suffix(bytes: &[u8], known: &[String]) -> usize {
+    known
+        .iter()
+        .map(|token| {
+            let token = token.as_bytes();
+            (1..token.len().min(bytes.len() + 1)).rev().find(|&k| bytes.ends_with(&token[..k])).unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// `bytes` with every occurrence of a known token replaced by the marker.
@@ -141,8 +167,10 @@ impl SessionTokens {
                     continue;
                 }
                 for secret in secrets_of(entry.token.expose()) {
-                    if !self.tokens.contains(&secret) {
-                        self.tokens.push(secret);
+                    for form in std::iter::once(secret.clone()).chain(base64_forms(&secret)) {
+                        if !self.tokens.contains(&form) {
+                            self.tokens.push(form);
+                        }
                     }
                 }
             }
@@ -166,6 +194,32 @@ fn secrets_of(token: &str) -> Vec<String> {
     }
 }
 
+/// What a token looks like inside base64 of `user:token` (or any prefix): for each of
+/// the three offsets it can start at within a base64 group, in the standard and the
+/// URL-safe alphabet, the run of characters that depends on the token's bytes alone.
+/// The one or two characters at either end mix in the neighbours' bytes; they carry less
+/// than three bytes of the token.
+fn base64_forms(token: &str) -> Vec<String> {
+    let mut forms = Vec::new();
+    for offset in 0..3usize {
+        let padded = [&vec![0u8; offset][..], token.as_bytes()].concat();
+        let whole_groups = padded.len() / 3;
+        let start = if offset == 0 { 0 } else { 4 };
+        let end = whole_groups * 4;
+        for engine in [&base64::engine::general_purpose::STANDARD, &base64::engine::general_purpose::URL_SAFE] {
+            let encoded = engine.encode(&padded);
+            if end > start + 16
+                && let Some(core) = encoded.get(start..end)
+            {
+                forms.push(core.to_owned());
+            }
+        }
+    }
+    forms.sort();
+    forms.dedup();
+    forms
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +231,33 @@ mod tests {
             replace_bytes(bytes, &["secret-token-123"]),
             [&b"\xff\x00"[..], mayfly_core::REDACTED.as_bytes(), b"\xfe"].concat()
         );
+    }
+
+    #[test]
+    fn the_start_of_a_token_is_held_back_and_nothing_else() {
+        let known = ["ghs_secretsecretsecret".to_owned()];
+        assert_eq!(token_start_suffix(b"printing ghs_sec", &known), "ghs_sec".len());
+        assert_eq!(token_start_suffix(b"Password: ", &known), 0);
+        assert_eq!(token_start_suffix(b"ghs_secretsecretsecret", &known), 0, "a whole token is redacted, not held");
+    }
+
+    #[test]
+    fn base64_of_user_and_token_is_caught_at_every_alignment() {
+        let token = "ghs_secretsecretsecretsecret";
+        let forms = base64_forms(token);
+        for user in ["x-access-token", "__token__", "u", "mayfly", "oauth2accesstoken"] {
+            for engine in [&base64::engine::general_purpose::STANDARD, &base64::engine::general_purpose::URL_SAFE] {
+                let basic = engine.encode(format!("{user}:{token}"));
+                let known: Vec<&str> = forms.iter().map(String::as_str).collect();
+                let shown = redact_tokens(&format!("Authorization: Basic {basic}"), &known);
+                assert!(shown.contains(mayfly_core::REDACTED), "{user}: {shown}");
+                // What is left beside the marker encodes the user and at most one
+                // group (under three bytes) of the token at either end.
+                let (before, after) =
+                    shown.trim_start_matches("Authorization: Basic ").split_once(mayfly_core::REDACTED).unwrap();
+                assert!(before.len() <= 4 * (user.len() + 1).div_ceil(3) + 4 && after.len() <= 4, "{user}: {shown}");
+            }
+        }
     }
 
     #[test]
