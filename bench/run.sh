@@ -11,6 +11,8 @@ fi
 # Measure the binaries exactly as install.sh builds them.
 ./install.sh --prefix target/bench-bin
 MAYFLY_BIN_DIR="$PWD/target/bench-bin" cargo bench -p mayfly-tests --bench git_helper --locked
+# What a hostile 64 KiB request costs mayfly-sts, and exchange latency while they arrive.
+MAYFLY_BIN_DIR="$PWD/target/bench-bin" cargo bench -p mayfly-tests --bench sts_hostile --locked
 
 # What a hookless tool's shim and a `mayfly exec` session add to the command they run
 # (no route matches, so this is the wrapping alone: config read, PATH walk, exec; and for
