@@ -177,3 +177,34 @@ fn registry_tokens_take_only_distribution_names_and_die_with_their_parent() {
     assert_eq!(revoked.status().as_u16(), 200);
     assert_eq!(introspect(&derived)["active"], false);
 }
+
+#[test]
+fn shim_package_names_that_would_change_the_scope_mint_nothing() {
+    if !mayfly_tests::require_tool("npm") {
+        return;
+    }
+    let stack = Stack::new();
+    stack.write_config(&format!(
+        "{}\n[[routes]]\ntool = \"npm\"\nprotocol = \"http\"\nhost = \"127.0.0.1:9\"\nidentity = \"ci\"\nexchange = \"sts\"\noperations = [\"read\", \"publish\"]\n",
+        stack.default_routes()
+    ));
+    let shims = stack.dir.path().join("shims");
+    std::fs::create_dir_all(&shims).unwrap();
+    std::os::unix::fs::symlink(bin("mayfly-shim"), shims.join("npm")).unwrap();
+    for name in ["evil pkg", "pkg:write", "pkg*", "@org/{path}", "pkg\u{2028}x", "pkg%20x", "pkg\u{a0}x"] {
+        let project = stack.work.join("project");
+        std::fs::create_dir_all(&project).unwrap();
+        std::fs::write(project.join("package.json"), json!({"name": name, "version": "1.0.0"}).to_string()).unwrap();
+        let out = std::process::Command::new(shims.join("npm"))
+            .args(["publish", "--registry", "http://127.0.0.1:9/"])
+            .current_dir(&project)
+            .env_clear()
+            .envs(stack.env())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{name:?}");
+        let lines = mayfly_tests::mayfly_lines(&out.stderr);
+        assert!(lines.len() == 1 && lines[0].contains("cannot go into a scope"), "{name:?}: {lines:?}");
+    }
+    assert!(stack.sts_audit().is_empty(), "{:?}", stack.sts_audit());
+}

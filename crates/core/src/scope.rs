@@ -84,13 +84,15 @@ impl ScopeTemplate {
 
     /// The scope for one request. Each value is checked before it is substituted; a
     /// request with no path gets `*` (every package of the registry) where `{path}` stands.
+    /// A path is checked even where the template does not use it: it also names the
+    /// package in a registry's own exchange URL.
     pub fn render(&self, target: &Target, operation: Operation) -> Result<Scope, Error> {
         let path = match target.path.as_deref() {
-            Some(path) if self.mentions_path() => {
+            Some(path) => {
                 check_path(path)?;
                 path
             }
-            _ => "*",
+            None => "*",
         };
         if self.scopes.iter().flatten().any(|p| *p == Piece::Host) {
             check_host(&target.host)?;
