@@ -104,3 +104,66 @@ fn the_exchange_scrubs_an_intent_it_is_sent() {
     }
     assert!(exchange.contains("push"), "{exchange}");
 }
+
+#[test]
+fn the_request_body_carries_only_the_shape() {
+    use axum::routing::post;
+    use std::sync::{Arc, Mutex};
+    let runtime = mayfly_devstack::runtime().unwrap();
+    let bodies: Arc<Mutex<Vec<String>>> = Arc::default();
+    let recorded = bodies.clone();
+    let app = axum::Router::new().route(
+        "/token",
+        post(move |body: String| {
+            recorded.lock().unwrap().push(body);
+            async { (axum::http::StatusCode::BAD_REQUEST, r#"{"error":"invalid_grant"}"#) }
+        }),
+    );
+    let listener = mayfly_devstack::loopback_listener().unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    {
+        let _guard = runtime.enter();
+        runtime.spawn(axum_server::from_tcp(listener).unwrap().serve(app.into_make_service()));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[identities.given]\nkind = \"env\"\nvar = \"SUBJECT\"\n\n[exchanges.x]\nkind = \"rfc8693\"\ntoken_endpoint = \"{url}\"\n\n[[routes]]\ntool = \"git\"\nhost = \"git.example.com\"\nidentity = \"given\"\nexchange = \"x\"\n"
+        ),
+    )
+    .unwrap();
+    let [pw, ghp, _, npm, _, akia, ant, ..] = SECRETS;
+    let header = SECRETS[11];
+    let script = format!(
+        r#"printf 'protocol=https\nhost=git.example.com\npath=org/app.git\n\n' | git -c "credential.helper={helper}" -c credential.useHttpPath=true -c "http.extraheader=Authorization: Bearer {header}" -c "user.password={pw}" credential fill"#,
+        helper = mayfly_tests::bin("git-credential-mayfly").display()
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .arg("agent")
+        .args([format!("--api-key={ant}"), format!("GITHUB_TOKEN={ghp}"), npm.into(), akia.into()])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("MAYFLY_CONFIG", &config)
+        .env("SUBJECT", "subject-token")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the exchange refused, so git has no credential");
+    let bodies = bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1, "one exchange request");
+    for secret in SECRETS {
+        assert!(!bodies[0].contains(secret), "{secret} in the request body {}", bodies[0]);
+    }
+    let intent: Value = url::form_urlencoded::parse(bodies[0].as_bytes())
+        .find(|(k, _)| k == "intent")
+        .map(|(_, v)| serde_json::from_str::<Value>(&v).unwrap())
+        .unwrap();
+    let command: Vec<&str> = intent["command"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert!(command.starts_with(&["git"]) && command.ends_with(&["credential", "fill"]), "{command:?}");
+}

@@ -269,7 +269,7 @@ fn key_dir(env: &Env) -> Result<PathBuf, Error> {
             return Ok(dir);
         }
         if explicit {
-            return Err(Error::Unsafe { path: dir, why: "it is not on tmpfs or ramfs".into() });
+            return Err(Error::NoKeyStore(format!("`{}` is not on tmpfs or ramfs", dir.display())));
         }
     }
     Err(Error::NoKeyStore("set XDG_RUNTIME_DIR or mount /dev/shm".into()))
