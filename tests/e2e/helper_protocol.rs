@@ -157,3 +157,52 @@ fn hostile_input_gets_one_clear_line_and_nothing_on_stdout() {
         assert!(!stderr.contains("ghp_") && !stderr.contains("evil"), "a value was echoed: {stderr}");
     }
 }
+
+#[test]
+fn every_helper_answers_help_and_version_and_refuses_an_unknown_verb_on_stderr() {
+    let stack = Stack::new();
+    let helpers = [
+        ("git-credential-mayfly", Some("teleport")),
+        ("docker-credential-mayfly", Some("teleport")),
+        ("cargo-credential-mayfly", None),
+        ("terraform-credentials-mayfly", Some("teleport")),
+        ("mayfly-aws-credential", None),
+        ("mayfly-kube-credential", None),
+    ];
+    let run = |helper: &str, args: &[&str]| {
+        assert_cmd::Command::new(mayfly_tests::bin(helper))
+            .args(args)
+            .env_clear()
+            .envs(stack.env())
+            .write_stdin("protocol=https\nhost=x\n")
+            .output()
+            .unwrap()
+    };
+    for (helper, unknown_verb) in helpers {
+        for flag in ["--help", "-h"] {
+            let out = run(helper, &[flag]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.starts_with(helper) && text.lines().count() > 2,
+                "{helper} {flag}: {text}"
+            );
+            assert!(out.stderr.is_empty(), "{helper} {flag}");
+        }
+        for flag in ["--version", "-V"] {
+            let out = run(helper, &[flag]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{helper} {flag}");
+            assert_eq!(text, format!("{helper} (mayfly) {}\n", env!("CARGO_PKG_VERSION")), "{helper} {flag}");
+        }
+        if let Some(verb) = unknown_verb.filter(|_| helper != "git-credential-mayfly") {
+            let out = run(helper, &[verb, "x"][..if helper == "docker-credential-mayfly" { 1 } else { 2 }]);
+            assert_eq!(out.status.code(), Some(1), "{helper}");
+            assert!(out.stdout.is_empty(), "{helper}: {}", String::from_utf8_lossy(&out.stdout));
+            assert_eq!(mayfly_tests::mayfly_lines(&out.stderr).len(), 1, "{helper}");
+        }
+    }
+    // git ignores actions it does not know, silently, as its protocol asks.
+    let out = run("git-credential-mayfly", &["teleport"]);
+    assert!(out.stdout.is_empty() && out.stderr.is_empty());
+    assert!(stack.client_audit().is_empty(), "a help request was taken for a credential request");
+}

@@ -3,14 +3,5 @@
 //! In the docker config or containers' `auth.json`: `"credHelpers": {"REGISTRY": "mayfly"}`.
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let env = mayfly_core::Env::from_os();
-    let code = mayfly_core::protocol::docker::serve(
-        &args,
-        &mut std::io::stdin().lock(),
-        &mut std::io::stdout().lock(),
-        env,
-        &mayfly_core::ancestry,
-    );
-    std::process::exit(code);
+    mayfly_core::protocol::main(&mayfly_core::protocol::docker::HOOK);
 }

@@ -7,6 +7,19 @@ use std::io::Write;
 
 use crate::{Env, Operation, Process, Target};
 
+/// The `mayfly-aws-credential` binary.
+pub const HOOK: crate::protocol::Hook = crate::protocol::Hook {
+    name: "mayfly-aws-credential",
+    help: r#"The AWS CLI's and SDKs' credential_process: `mayfly-aws-credential ROUTE` prints
+credentials from AssumeRoleWithWebIdentity for the aws route named ROUTE.
+
+Wire it in ~/.aws/config:
+  [profile NAME]
+  credential_process = mayfly-aws-credential ROUTE
+"#,
+    serve: |args, _stdin, stdout, env, ancestry| serve(args, stdout, env, ancestry),
+};
+
 /// Runs one invocation; returns the exit code.
 pub fn serve(args: &[String], stdout: &mut dyn Write, env: Env, ancestry: &dyn Fn() -> Vec<Process>) -> i32 {
     let result = match args {

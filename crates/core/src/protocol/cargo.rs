@@ -44,6 +44,18 @@ enum Action {
     Unknown,
 }
 
+/// The `cargo-credential-mayfly` binary.
+pub const HOOK: crate::protocol::Hook = crate::protocol::Hook {
+    name: "cargo-credential-mayfly",
+    help: r#"cargo's credential provider: read tokens for a registry, publish tokens for one crate.
+
+Wire it in .cargo/config.toml:
+  [registries.NAME]
+  credential-provider = ["cargo-credential-mayfly"]
+"#,
+    serve: serve,
+};
+
 /// Runs the provider: hello, then one answer per request line until cargo closes stdin.
 pub fn serve(
     args: &[String],

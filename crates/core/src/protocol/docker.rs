@@ -18,6 +18,18 @@ pub const NOT_FOUND: &str = "credentials not found in native keychain";
 /// Most of stdin read.
 const MAX_INPUT: u64 = 64 * 1024;
 
+/// The `docker-credential-mayfly` binary.
+pub const HOOK: crate::protocol::Hook = crate::protocol::Hook {
+    name: "docker-credential-mayfly",
+    help: r#"The credential helper of docker, skopeo, podman, buildah and crane: answers `get` with a
+registry token minted for the operation, and never stores one.
+
+Wire it per registry in the docker config or containers' auth.json:
+  "credHelpers": {"REGISTRY": "mayfly"}
+"#,
+    serve: |args, stdin, stdout, env, ancestry| serve(args, stdin, stdout, env, ancestry),
+};
+
 /// Runs one helper invocation; returns the exit code.
 pub fn serve(
     args: &[String],
@@ -26,10 +38,18 @@ pub fn serve(
     env: Env,
     ancestry: &dyn Fn() -> Vec<Process>,
 ) -> i32 {
+    // Not a request of the protocol: one line on stderr, nothing on its channel.
     let [action] = args else {
-        let _ = writeln!(stdout, "Usage: docker-credential-mayfly <store|get|erase|list|version>");
+        crate::protocol::warn("usage: docker-credential-mayfly store|get|erase|list|version");
         return 1;
     };
+    if !["get", "erase", "store", "list", "version", "--version", "-v"].contains(&action.as_str()) {
+        crate::protocol::warn(&format!(
+            "unknown action `{}` (store, get, erase, list or version)",
+            crate::sanitize_for_terminal(action)
+        ));
+        return 1;
+    }
     let mut input = String::new();
     let read = stdin.take(MAX_INPUT).read_to_string(&mut input);
     let _ = std::io::copy(stdin, &mut std::io::sink());
@@ -48,10 +68,8 @@ pub fn serve(
                 .into(),
         ),
         "list" => (0, "{}".into()),
-        "version" | "--version" | "-v" => {
-            (0, concat!("docker-credential-mayfly (mayfly) ", env!("CARGO_PKG_VERSION")).into())
-        }
-        other => (1, format!("unknown action `{}`", crate::sanitize_for_terminal(other))),
+        // `version`, `--version` or `-v`: the only actions left.
+        _ => (0, concat!("docker-credential-mayfly (mayfly) ", env!("CARGO_PKG_VERSION")).into()),
     };
     if code != 0 && answer != NOT_FOUND {
         crate::protocol::warn(&answer);

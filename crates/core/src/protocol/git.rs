@@ -238,6 +238,20 @@ impl Action {
     }
 }
 
+/// The `git-credential-mayfly` binary.
+pub const HOOK: crate::protocol::Hook = crate::protocol::Hook {
+    name: "git-credential-mayfly",
+    help: r#"git's credential helper: answers `get` with a token minted for the one repository and
+operation git is about to use, and never stores one.
+
+Wire it per host (`mayfly setup` does this):
+  git config --global credential.https://HOST.helper ''
+  git config --global --add credential.https://HOST.helper mayfly
+  git config --global credential.https://HOST.useHttpPath true
+"#,
+    serve: |args, stdin, stdout, env, ancestry| serve(args, stdin, stdout, env, ancestry),
+};
+
 /// Runs one helper invocation over injected I/O and returns the exit code.
 ///
 /// `ancestry` is called only when a route matched, so an unconfigured host costs no

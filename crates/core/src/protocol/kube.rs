@@ -38,6 +38,19 @@ struct Cluster {
     server: Option<String>,
 }
 
+/// The `mayfly-kube-credential` binary.
+pub const HOOK: crate::protocol::Hook = crate::protocol::Hook {
+    name: "mayfly-kube-credential",
+    help: r#"kubectl's exec credential plugin: answers with a token for the cluster client-go names
+(provideClusterInfo), or the one `--server URL` names; never for another.
+
+Wire it in a kubeconfig user:
+  exec: {apiVersion: client.authentication.k8s.io/v1, command: mayfly-kube-credential,
+         interactiveMode: Never, provideClusterInfo: true}
+"#,
+    serve: |args, _stdin, stdout, env, ancestry| serve(args, stdout, env, ancestry),
+};
+
 /// Runs one plugin invocation; returns the exit code.
 pub fn serve(args: &[String], stdout: &mut dyn Write, env: Env, ancestry: &dyn Fn() -> Vec<Process>) -> i32 {
     match handle(args, &env, ancestry).and_then(|answer| {

@@ -10,6 +10,41 @@ pub mod shim;
 pub mod terraform;
 
 use std::error::Error;
+use std::io::{BufRead, Write};
+
+use crate::{Env, Process};
+
+/// A helper binary: its name, its help text, and its protocol over injected I/O.
+pub struct Hook {
+    /// The binary's name, as tools invoke it.
+    pub name: &'static str,
+    /// What `--help` prints: what the helper is for and how a tool is wired to it.
+    pub help: &'static str,
+    /// The protocol: arguments, stdin, stdout, environment, ancestry -> exit code.
+    pub serve: fn(&[String], &mut dyn BufRead, &mut dyn Write, Env, &dyn Fn() -> Vec<Process>) -> i32,
+}
+
+/// The whole `main` of a helper binary. `--help` and `--version` (alone) answer on
+/// stdout and exit 0 without being taken for a request; anything else is the protocol's.
+pub fn main(hook: &Hook) -> ! {
+    // Lossy, not `std::env::args`: a hostile non-UTF-8 argument is refused, not a panic.
+    let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+    let mut stdout = std::io::stdout().lock();
+    match args.as_slice() {
+        [flag] if flag == "--help" || flag == "-h" => {
+            let _ = write!(stdout, "{}\n\n{}", hook.name, hook.help);
+            std::process::exit(0);
+        }
+        [flag] if flag == "--version" || flag == "-V" => {
+            let _ = writeln!(stdout, "{} (mayfly) {}", hook.name, env!("CARGO_PKG_VERSION"));
+            std::process::exit(0);
+        }
+        _ => {}
+    }
+    let code = (hook.serve)(&args, &mut std::io::stdin().lock(), &mut stdout, Env::from_os(), &crate::ancestry);
+    let _ = stdout.flush();
+    std::process::exit(code)
+}
 
 /// An error and its causes as one line, safe for a terminal.
 pub fn one_line(error: &dyn Error) -> String {

@@ -10,6 +10,17 @@ use serde_json::json;
 
 use crate::{Env, Operation, Process, Target, Tool};
 
+/// The `terraform-credentials-mayfly` binary.
+pub const HOOK: crate::protocol::Hook = crate::protocol::Hook {
+    name: "terraform-credentials-mayfly",
+    help: r#"Terraform's credentials helper: `get HOSTNAME` answers with a token for that registry.
+
+Wire it in the CLI config, with this binary in ~/.terraform.d/plugins:
+  credentials_helper "mayfly" {}
+"#,
+    serve: |args, stdin, stdout, env, ancestry| serve(args, stdin, stdout, env, ancestry),
+};
+
 /// Runs one helper invocation; returns the exit code.
 pub fn serve(
     args: &[String],
