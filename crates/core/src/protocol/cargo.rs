@@ -53,7 +53,7 @@ Wire it in .cargo/config.toml:
   [registries.NAME]
   credential-provider = ["cargo-credential-mayfly"]
 "#,
-    serve: serve,
+    serve,
 };
 
 /// Runs the provider: hello, then one answer per request line until cargo closes stdin.

@@ -14,14 +14,18 @@ use std::io::{BufRead, Write};
 
 use crate::{Env, Process};
 
+/// A protocol over injected I/O: arguments, stdin, stdout, environment and ancestry in,
+/// the exit code out.
+pub type Serve = fn(&[String], &mut dyn BufRead, &mut dyn Write, Env, &dyn Fn() -> Vec<Process>) -> i32;
+
 /// A helper binary: its name, its help text, and its protocol over injected I/O.
 pub struct Hook {
     /// The binary's name, as tools invoke it.
     pub name: &'static str,
     /// What `--help` prints: what the helper is for and how a tool is wired to it.
     pub help: &'static str,
-    /// The protocol: arguments, stdin, stdout, environment, ancestry -> exit code.
-    pub serve: fn(&[String], &mut dyn BufRead, &mut dyn Write, Env, &dyn Fn() -> Vec<Process>) -> i32,
+    /// The protocol.
+    pub serve: Serve,
 }
 
 /// The whole `main` of a helper binary. `--help` and `--version` (alone) answer on
