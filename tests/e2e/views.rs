@@ -301,3 +301,52 @@ fn generate_writes_completions_and_man_pages() {
     let top = std::fs::read_to_string(dir.path().join("man1/mayfly.1")).unwrap();
     assert!(top.contains("mayfly\\-exec(1)"), "the top page lists the subcommands' pages: {top}");
 }
+
+#[test]
+fn the_first_hour_gets_told_what_to_do() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], extra: &[(&str, &str)]| {
+        Command::new(bin("mayfly"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", home.path())
+            .envs(extra.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let text =
+        |out: &Output| format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // No config file: each view says so and where one belongs.
+    for args in
+        [&["doctor", "--offline"][..], &["setup", "--dry-run"], &["explain", "git", "https://github.com/org/app"]]
+    {
+        let shown = text(&run(args, &[]));
+        assert!(shown.contains("no config file at") && shown.contains("Configuration"), "{args:?}: {shown}");
+    }
+    // Common mistakes get a hint; TOML errors a line and column; a missing file is missing.
+    let config = home.path().join("config.toml");
+    let path = config.to_str().unwrap();
+    let base = "[identities.ci]\nkind = \"github-actions\"\n\n[exchanges.sts]\nkind = \"rfc8693\"\ntoken_endpoint = \"https://sts.example.com/token\"\n\n";
+    for (routes, want) in [
+        (
+            "[[routes]]\ntool = \"git\"\nhost = \"https://github.com/org/app\"\nidentity = \"ci\"\nexchange = \"sts\"\n",
+            "host = \"github.com\" and path = \"org/app\"",
+        ),
+        (
+            "[[routes]]\ntool = \"git\"\nhost = \"github.com\"\nidentity = \"ci\"\nexchange = \"stss\"\n",
+            "(known: `sts`)",
+        ),
+        ("[[routes]]\ntool = \"git\"\nhost = \"github.com\"\nidentity = \"c\"\nexchange = \"sts\"\n", "(known: `ci`)"),
+        ("[[routes]]\ntool = git\n", "line 9, column 8"),
+    ] {
+        std::fs::write(&config, format!("{base}{routes}")).unwrap();
+        let out = run(&["explain", "git", "https://github.com/org/app"], &[("MAYFLY_CONFIG", path)]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.lines().count() == 1 && stderr.contains(want), "want {want}: {stderr}");
+    }
+    let out = run(&["explain", "git", "https://github.com/org/app"], &[("MAYFLY_CONFIG", "/nonexistent/mayfly.toml")]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"), "{}", text(&out));
+}

@@ -84,6 +84,10 @@ fn examine(scope: &Scope, args: &Args) -> (Vec<Finding>, Vec<identity::Source>) 
         }
     };
     let config = config.as_ref();
+    if let Some(note) = config.and_then(Config::missing_note) {
+        let path = config.map(|c| c.path.display().to_string()).unwrap_or_default();
+        findings.push(Finding::new(Severity::Info, "no-config", path, note));
+    }
     let git = git::GitConfig::read(scope);
 
     git::check(scope, &git, config, &mut findings);

@@ -136,6 +136,10 @@ fn no_route(config: &Config, target: &Target) -> Vec<Vec<String>> {
         return vec![row("route", format!("none: no aws route named `{}` ({known})", target.host))];
     }
     let mut rows = vec![row("route", format!("none: no {tool} route matches {}", target.display()))];
+    if let Some(note) = config.missing_note() {
+        rows.push(row("config", note));
+        return rows;
+    }
     let same_host = routes_for_host(config, target);
     if !same_host.is_empty() {
         rows.extend(same_host);

@@ -468,6 +468,9 @@ fn report(cx: &Setup<'_>, plan: &Plan, handoff: Option<&Handoff>) -> anyhow::Res
     let verb = if cx.dry_run { "would change" } else { "changed" };
     if plan.changes.is_empty() {
         eprintln!("mayfly setup: nothing to change");
+        if let Some(note) = cx.config.missing_note() {
+            eprintln!("mayfly setup: {note}");
+        }
     }
     for change in &plan.changes {
         eprintln!("{verb} {change}");

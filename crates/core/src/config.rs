@@ -31,6 +31,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// `MAYFLY_CONFIG` names a file that does not exist.
+    #[error("config `{path}` (named by MAYFLY_CONFIG) does not exist")]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
     /// The file is not valid TOML of the expected shape.
     #[error("invalid config `{path}`: {message}")]
     Parse {
@@ -316,7 +322,37 @@ impl Route {
     }
 }
 
+/// For a URL where a host belongs: how to write it as a route.
+fn url_hint(text: &str) -> Option<String> {
+    let url = url::Url::parse(text).ok().filter(|u| u.has_host())?;
+    let host = crate::target::host_port(&url)?;
+    let path = url.path().trim_matches('/');
+    Some(if path.is_empty() {
+        format!("write the host alone: host = \"{host}\"")
+    } else {
+        format!("write the host and the path apart: host = \"{host}\" and path = \"{path}\"")
+    })
+}
+
+/// `line L, column C: ` of a byte offset, 1-based, as editors count.
+fn line_and_column(text: &str, offset: usize) -> String {
+    let before = crate::clip(text, offset);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+    format!("line {line}, column {column}: ")
+}
+
 impl Config {
+    /// When no config file exists: where it belongs and how to write one.
+    pub fn missing_note(&self) -> Option<String> {
+        (!self.path.is_file()).then(|| {
+            format!(
+                "no config file at `{}`: write one (the README's Configuration section has an example; `mayfly demo` shows one at work)",
+                self.path.display()
+            )
+        })
+    }
+
     /// The config path: `$MAYFLY_CONFIG`, else `$XDG_CONFIG_HOME/mayfly/config.toml`.
     pub fn default_path(env: &Env) -> Option<PathBuf> {
         env.path(EnvVars::MAYFLY_CONFIG).or_else(|| Some(env.config_dir()?.join("config.toml")))
@@ -332,6 +368,7 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && env.get(EnvVars::MAYFLY_CONFIG).is_none() => {
                 Ok(Self::empty(path))
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Missing { path }),
             Err(source) => Err(Error::Read { path, source }),
         }
     }
@@ -348,8 +385,10 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| Error::Parse { path: path.into(), message: e.message().to_owned() })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let place = e.span().map(|span| line_and_column(text, span.start)).unwrap_or_default();
+            Error::Parse { path: path.into(), message: format!("{place}{}", e.message()) }
+        })?;
         let invalid = |message: String| Error::Invalid { path: path.into(), message };
         let refresh_margin = raw
             .settings
@@ -386,7 +425,10 @@ impl Config {
         }
         let protocol = raw.protocol.clone().unwrap_or_else(|| "https".into()).to_ascii_lowercase();
         let raw_host = raw.host.as_deref().ok_or_else(|| format!("route {}: needs `host`", index + 1))?;
-        let host = normalize_host(&protocol, raw_host).map_err(|e| format!("route {}: {e}", index + 1))?;
+        let host = normalize_host(&protocol, raw_host).map_err(|e| match url_hint(raw_host) {
+            Some(hint) => format!("route {}: {e}: {hint}", index + 1),
+            None => format!("route {}: {e}", index + 1),
+        })?;
         let path = match &raw.path {
             Some(p) => normalize_repo_path(p).map_err(|e| format!("route {}: {e}", index + 1))?,
             None => None,
@@ -473,11 +515,23 @@ impl Config {
 
     /// Identity and exchange names must resolve, and the exchange must speak one of `kinds`.
     fn check_names(&self, name: &str, raw: &RawRoute, kinds: &[ExchangeKind]) -> Result<(), String> {
+        let known = |names: Vec<&String>| match names.as_slice() {
+            [] => "none is defined".to_owned(),
+            names => format!("known: {}", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")),
+        };
         if !self.identities.contains_key(&raw.identity) {
-            return Err(format!("route `{name}`: no identity named `{}`", raw.identity));
+            return Err(format!(
+                "route `{name}`: no identity named `{}` ({})",
+                raw.identity,
+                known(self.identities.keys().collect())
+            ));
         }
         match self.exchanges.get(&raw.exchange) {
-            None => Err(format!("route `{name}`: no exchange named `{}`", raw.exchange)),
+            None => Err(format!(
+                "route `{name}`: no exchange named `{}` ({})",
+                raw.exchange,
+                known(self.exchanges.keys().collect())
+            )),
             Some(e) if !kinds.contains(&e.kind) => {
                 Err(format!("route `{name}`: exchange `{}` is not of the kind this tool needs", raw.exchange))
             }

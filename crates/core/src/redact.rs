@@ -6,6 +6,15 @@ pub fn sanitize_for_terminal(text: &str) -> String {
     text.chars().map(|c| if c.is_control() { char::REPLACEMENT_CHARACTER } else { c }).collect()
 }
 
+/// At most `max` bytes of `text`, cut at a character boundary.
+pub fn clip(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// What replaces a token in redacted output.
 pub const REDACTED: &str = "[redacted by mayfly]";
 

@@ -111,7 +111,7 @@ impl ScopeTemplate {
             if scope.len() > MAX_SCOPE_LEN {
                 return Err(Error::Value {
                     place: "scope",
-                    value: format!("{}…", clip(&scope, 40)),
+                    value: format!("{}…", crate::clip(&scope, 40)),
                     why: format!("longer than {MAX_SCOPE_LEN} bytes"),
                 });
             }
@@ -241,7 +241,7 @@ pub fn parse_requested(list: &str) -> Result<Vec<&str>, Error> {
 }
 
 fn check_requested(token: &str) -> Result<(), Error> {
-    let shown = || crate::sanitize_for_terminal(clip(token, 64));
+    let shown = || crate::sanitize_for_terminal(crate::clip(token, 64));
     let refuse = |why: String| Error::Requested(format!("scope `{}`: {why}", shown()));
     if token.len() > MAX_SCOPE_LEN {
         return Err(refuse(format!("longer than {MAX_SCOPE_LEN} bytes")));
@@ -258,15 +258,6 @@ fn check_requested(token: &str) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// At most `max` bytes of `text`, cut at a character boundary.
-fn clip(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// `` `x` `` for a visible character, its code point for anything else.

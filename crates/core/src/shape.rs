@@ -266,14 +266,8 @@ fn random_looking(value: &str) -> bool {
 }
 
 fn clip(text: &str) -> String {
-    if text.len() <= MAX_ARG {
-        return text.to_owned();
-    }
-    let mut end = MAX_ARG;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
+    let kept = crate::clip(text, MAX_ARG);
+    if kept.len() == text.len() { text.to_owned() } else { format!("{kept}…") }
 }
 
 /// An intent as received from a client, made safe to log and to give a policy: `command`

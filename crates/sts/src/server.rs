@@ -235,7 +235,7 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
         .and_then(|v| serde_json::from_str::<Value>(v).ok())
         .map(|v| mayfly_core::shape::scrub_intent(&v));
     let mut line = Line {
-        scope: Some(mayfly_core::sanitize_for_terminal(clip(scope, mayfly_core::scope::MAX_SCOPE_LEN))),
+        scope: Some(mayfly_core::sanitize_for_terminal(mayfly_core::clip(scope, mayfly_core::scope::MAX_SCOPE_LEN))),
         intent: intent.as_ref(),
         audience: audiences.first().copied(),
         ..Line::default()
@@ -340,15 +340,6 @@ fn requested_scopes(sts: &Sts, scope: &str) -> Result<Vec<String>, Refusal> {
         return Err(invalid(format!("scope `{unknown}` is of a shape no rule of this exchange grants")));
     }
     Ok(scopes.into_iter().map(str::to_owned).collect())
-}
-
-/// At most `max` bytes of `text`, cut at a character boundary.
-fn clip(text: &str, max: usize) -> &str {
-    let mut end = text.len().min(max);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 pub(crate) fn random_id() -> String {

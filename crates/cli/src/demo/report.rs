@@ -127,6 +127,10 @@ impl Report {
     pub(super) fn summary(&self, ok: bool, root: &Path) {
         if ok {
             self.heading(&self.paint("32", "Every step ended as it should."));
+            println!(
+                "Next, for your own hosts: write ~/.config/mayfly/config.toml (the README's Configuration section),\n\
+                 check it with `mayfly explain git https://HOST/ORG/REPO`, then wire your tools with `mayfly setup`."
+            );
         } else {
             self.heading(&self.paint("31", &format!("Something went wrong; files are in {}", root.display())));
         }
