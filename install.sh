@@ -8,6 +8,7 @@ Usage: ./install.sh [--prefix DIR] [--pie] [--fast]
 
 Builds mayfly (release mode) and installs into DIR (default: ~/.local/bin):
   mayfly                  the command: setup, exec, doctor, status, audit, explain, demo
+  mayfly-demo             the demo `mayfly demo` runs (development servers on loopback)
   git-credential-mayfly   git's credential helper
   mayfly-kube-credential  kubectl's exec credential plugin
   terraform-credentials-mayfly  Terraform's credentials helper
@@ -85,7 +86,7 @@ if [ "$fast" = 1 ]; then
 else
     echo "install.sh: building mayfly in release mode; this takes several minutes (--fast for a quicker build)" >&2
 fi
-bins="mayfly mayfly-sts git-credential-mayfly mayfly-kube-credential terraform-credentials-mayfly mayfly-aws-credential cargo-credential-mayfly docker-credential-mayfly mayfly-shim"
+bins="mayfly mayfly-demo mayfly-sts git-credential-mayfly mayfly-kube-credential terraform-credentials-mayfly mayfly-aws-credential cargo-credential-mayfly docker-credential-mayfly mayfly-shim"
 cargo build --release --locked --target "$host" $(printf -- '-p %s ' $bins)
 mkdir -p "$prefix"
 for bin in $bins; do
