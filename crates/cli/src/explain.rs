@@ -10,8 +10,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
 use mayfly_core::{
-    Broker, BrokerError, Cache, Config, Env, EnvVars, ExchangeError, ExchangeKind, IdentityKind, Operation, Process,
-    Resolution, Route, Scheme, Target, Tool, protocol::one_line, sanitize_for_terminal,
+    Broker, BrokerError, Cache, Config, Env, EnvVars, ExchangeError, IdentityKind, Operation, Process, Resolution,
+    Route, Scheme, Target, Tool, protocol::one_line, sanitize_for_terminal,
 };
 
 use crate::status::{rfc3339, span, table};
@@ -257,20 +257,9 @@ fn describe(config: &Config, route: &Route, target: &Target, operation: Operatio
     };
     rows.push(row(
         "exchange",
-        format!("`{}` ({}, {}; {revokes})", exchange.name, kind_name(exchange.kind), exchange.token_endpoint),
+        format!("`{}` ({}, {}; {revokes})", exchange.name, exchange.kind.name(), exchange.token_endpoint),
     ));
     rows
-}
-
-fn kind_name(kind: ExchangeKind) -> &'static str {
-    match kind {
-        ExchangeKind::Rfc8693 => "rfc8693",
-        ExchangeKind::AwsSts => "aws-sts",
-        ExchangeKind::CratesIo => "crates-io",
-        ExchangeKind::Npm => "npm",
-        ExchangeKind::Pypi => "pypi",
-        _ => "unknown",
-    }
 }
 
 /// Whether the next request would be served from the cache: this session's entry for
@@ -345,7 +334,7 @@ fn exchange(
                 (0, 0, None) => "not revoked (it was not cached): it lives until it expires".into(),
                 (_, 0, None) => "revoked at once".into(),
                 (_, _, None) => {
-                    format!("dropped; {} tokens cannot be revoked: it lives until it expires", kind_name(exchange.kind))
+                    format!("dropped; {} tokens cannot be revoked: it lives until it expires", exchange.kind.name())
                 }
             };
             rows.push(row("", ended));

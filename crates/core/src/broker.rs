@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::audit::{AuditEvent, AuditLog, Outcome, rfc3339};
 use crate::cache::{Cache, CacheEntry, Origin};
-use crate::config::{Config, ExchangeConfig, ExchangeKind, IdentityConfig, Route, Scheme};
-use crate::exchange::{ExchangeRequest, Intent};
+use crate::config::{Config, ExchangeConfig, IdentityConfig, Route, Scheme};
+use crate::exchange::{Ask, Intent};
 use crate::http::HttpClient;
 use crate::identity::{self, SubjectToken};
 use crate::{Env, EnvVars, Operation, Process, Scope, Secret, Target};
@@ -259,14 +259,10 @@ impl Broker {
         let http = HttpClient::new(exchange_config.timeout, exchange_config.ca_file.as_deref())
             .map_err(|source| Error::Http { route: route.name.clone(), source })?;
         let exchange_error = |source| Error::Exchange { route: route.name.clone(), source };
-        let subject = if exchange_config.kind.wants_fresh_subject() {
+        let exchange = exchange_config.kind.protocol();
+        let subject = if exchange.registry_tool().is_some() {
             // The registry checks the ID token itself, and takes each one once.
-            let audience = match exchange_config.kind {
-                ExchangeKind::Pypi if route.audience.is_empty() => {
-                    crate::trusted_publishing::pypi_audience(exchange_config, &http).map_err(exchange_error)?
-                }
-                _ => route.audience.clone(),
-            };
+            let audience = exchange.subject_audience(exchange_config, &http, route).map_err(exchange_error)?;
             let http = || HttpClient::new(IDENTITY_TIMEOUT, None);
             identity::fetch(identity_config, Some(&audience), &self.env, http, now)
         } else {
@@ -280,28 +276,16 @@ impl Broker {
             session: self.session(),
             command: crate::ancestry::command_of(target.tool.as_str(), chain),
         };
-        let response = match exchange_config.kind {
-            ExchangeKind::Rfc8693 => {
-                let request = ExchangeRequest {
-                    subject_token: &subject.token,
-                    audience: &route.audience,
-                    scope: scope.as_str(),
-                    ttl: route.ttl,
-                    intent: &intent,
-                };
-                crate::exchange::exchange(exchange_config, &http, &request)
-            }
-            ExchangeKind::AwsSts => crate::aws_sts::exchange(exchange_config, &http, route, &subject.token, &intent),
-            ExchangeKind::CratesIo => {
-                crate::trusted_publishing::crates_io_exchange(exchange_config, &http, &subject.token)
-            }
-            ExchangeKind::Npm => {
-                let package = target.path.as_deref().unwrap_or_default();
-                crate::trusted_publishing::npm_exchange(exchange_config, &http, &subject.token, package)
-            }
-            ExchangeKind::Pypi => crate::trusted_publishing::pypi_exchange(exchange_config, &http, &subject.token),
-        }
-        .map_err(exchange_error)?;
+        let ask = Ask {
+            config: exchange_config,
+            http: &http,
+            route,
+            target,
+            subject: &subject.token,
+            scope,
+            intent: &intent,
+        };
+        let response = exchange.request(&ask).map_err(exchange_error)?;
         // Unknown lifetime: handed out once, never cached.
         let lifetime = response.expires_in.map(|s| i64::try_from(s).unwrap_or(i64::MAX / 4));
         let claims = crate::peek_claims(response.access_token.expose()).unwrap_or_default();
@@ -446,11 +430,7 @@ impl Broker {
     fn revoke(&self, exchange: &ExchangeConfig, token: &Secret) -> Result<(), crate::exchange::Error> {
         let http = HttpClient::new(exchange.timeout, exchange.ca_file.as_deref())
             .map_err(|source| crate::exchange::Error::Http { exchange: exchange.name.clone(), source })?;
-        match exchange.kind {
-            ExchangeKind::CratesIo => crate::trusted_publishing::crates_io_revoke(exchange, &http, token),
-            ExchangeKind::Rfc8693 => crate::exchange::revoke(exchange, &http, token),
-            ExchangeKind::AwsSts | ExchangeKind::Npm | ExchangeKind::Pypi => Ok(()),
-        }
+        exchange.kind.protocol().revoke(exchange, &http, token)
     }
 
     /// The audit line for a cached entry, from what the entry recorded.

@@ -207,46 +207,22 @@ impl ExchangeKind {
     /// True when the exchange is a registry that checks the ID token itself, once: the ID
     /// token is fetched fresh, for the route's audience, and never cached.
     pub fn wants_fresh_subject(self) -> bool {
-        self.registry_tool().is_some()
+        self.protocol().registry_tool().is_some()
     }
 
     /// True for a registry's own exchange (trusted publishing): it mints publish tokens
     /// only, and the registry's index needs none.
     pub fn mints_publish_only(self) -> bool {
-        self.registry_tool().is_some()
-    }
-
-    /// The tool a registry's own exchange serves; `None` for exchanges any tool may use.
-    fn registry_tool(self) -> Option<Tool> {
-        match self {
-            Self::CratesIo => Some(Tool::Cargo),
-            Self::Npm => Some(Tool::Npm),
-            Self::Pypi => Some(Tool::Pypi),
-            Self::Rfc8693 | Self::AwsSts => None,
-        }
+        self.protocol().registry_tool().is_some()
     }
 }
 
 impl ExchangeConfig {
     /// True when tokens it issues can be revoked before they expire.
     pub fn revokes(&self) -> bool {
-        match self.kind {
-            ExchangeKind::CratesIo => true,
-            ExchangeKind::Rfc8693 => self.revocation_endpoint.is_some(),
-            ExchangeKind::AwsSts | ExchangeKind::Npm | ExchangeKind::Pypi => false,
-        }
+        self.kind.protocol().revokes(self)
     }
 }
-
-/// crates.io's trusted publishing endpoint.
-const CRATES_IO_ENDPOINT: &str = "https://crates.io/api/v1/trusted_publishing/tokens";
-/// The npm registry (the exchange path is appended per package).
-const NPM_ENDPOINT: &str = "https://registry.npmjs.org/";
-/// PyPI's mint-token endpoint.
-const PYPI_ENDPOINT: &str = "https://pypi.org/_/oidc/mint-token";
-
-/// The global AWS STS endpoint.
-const AWS_STS_ENDPOINT: &str = "https://sts.amazonaws.com/";
 
 /// How the token is presented to the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -440,40 +416,35 @@ impl Config {
         if protocol != "https" && !(protocol == "http" && crate::http::is_loopback_host(&host)) {
             return Err(format!("route `{name}`: protocol `{protocol}` is not allowed (https, or http to loopback)"));
         }
-        let kinds = [ExchangeKind::Rfc8693, ExchangeKind::CratesIo, ExchangeKind::Npm, ExchangeKind::Pypi]
+        // Any exchange but AWS's (its routes are `[aws.NAME]`), and a registry's own only
+        // for its tool.
+        let kinds = ExchangeKind::ALL
             .into_iter()
-            .filter(|k| k.registry_tool().is_none_or(|t| t == tool))
+            .filter(|k| *k != ExchangeKind::AwsSts && k.protocol().registry_tool().is_none_or(|t| t == tool))
             .collect::<Vec<_>>();
         self.check_names(&name, &raw, &kinds)?;
+        let exchange_config = &self.exchanges[&raw.exchange];
+        let exchange = exchange_config.kind.protocol();
         // A registry's own exchange mints publish tokens; its index needs none.
-        let exchange_kind = self.exchanges[&raw.exchange].kind;
-        let publish_only = exchange_kind.registry_tool().is_some();
-        let default_operations = match exchange_kind {
-            ExchangeKind::CratesIo => vec!["publish", "yank", "owners"],
-            _ if publish_only => vec!["publish"],
-            _ => vec!["read"],
-        };
+        let publish_only = exchange.registry_tool().is_some();
         let operations = raw
             .operations
-            .unwrap_or_else(|| default_operations.into_iter().map(String::from).collect())
+            .unwrap_or_else(|| exchange.default_operations().iter().map(|o| (*o).to_owned()).collect())
             .iter()
             .map(|o| o.parse())
             .collect::<Result<Vec<Operation>, _>>()
             .map_err(|e| format!("route `{name}`: {e}"))?;
         let ttl = raw.ttl.as_deref().map(parse_duration).transpose()?.unwrap_or(DEFAULT_TTL);
-        // npm's exchange is the registry itself: a token it mints for one host must not be
-        // handed to another.
-        if exchange_kind == ExchangeKind::Npm {
-            let endpoint = &self.exchanges[&raw.exchange].token_endpoint;
-            if crate::target::host_port(endpoint).as_deref() != Some(host.as_str()) {
-                return Err(format!("route `{name}`: exchange `{}` is the registry at another host", raw.exchange));
-            }
-        }
+        exchange.check_route(exchange_config, &host).map_err(|e| format!("route `{name}`: {e}"))?;
         if publish_only && operations.contains(&Operation::Read) {
             return Err(format!("route `{name}`: exchange `{}` mints publish tokens, not `read`", raw.exchange));
         }
-        let crates_io = exchange_kind == ExchangeKind::CratesIo;
-        let scheme = match raw.scheme.as_deref().unwrap_or(if crates_io { "plain" } else { "bearer" }) {
+        let default_scheme = match exchange.default_scheme() {
+            Scheme::Plain => "plain",
+            Scheme::Basic => "basic",
+            Scheme::Bearer => "bearer",
+        };
+        let scheme = match raw.scheme.as_deref().unwrap_or(default_scheme) {
             "bearer" => Scheme::Bearer,
             "basic" => Scheme::Basic,
             "plain" if tool == Tool::Cargo => Scheme::Plain,
@@ -483,16 +454,7 @@ impl Config {
             }
         };
         Ok(Route {
-            // A registry's token service is named by its host; other servers by their URL.
-            audience: raw.audience.unwrap_or_else(|| match exchange_kind {
-                ExchangeKind::CratesIo => "crates.io".into(),
-                // npm asks for `npm:<registry hostname>`, without the port.
-                ExchangeKind::Npm => format!("npm:{}", host.rsplit_once(':').map_or(host.as_str(), |(h, _)| h)),
-                // PyPI names its audience; an empty one means "ask it".
-                ExchangeKind::Pypi => String::new(),
-                _ if tool == Tool::Oci => host.clone(),
-                _ => format!("{protocol}://{host}"),
-            }),
+            audience: raw.audience.unwrap_or_else(|| exchange.default_audience(tool, &protocol, &host)),
             scope: ScopeTemplate::parse(raw.scope.as_deref().unwrap_or(tool.default_scope()))
                 .map_err(|e| format!("route `{name}`: {e}"))?,
             username: raw
@@ -565,7 +527,9 @@ impl Config {
             path: None,
             identity: raw.identity,
             exchange: raw.exchange,
-            audience: raw.audience.unwrap_or_else(|| "sts.amazonaws.com".into()),
+            audience: raw
+                .audience
+                .unwrap_or_else(|| ExchangeKind::AwsSts.protocol().default_audience(Tool::Aws, "aws", "")),
             scope: ScopeTemplate::parse(raw.scope.as_deref().unwrap_or(&role_arn))
                 .map_err(|e| format!("route `{name}`: {e}"))?,
             operations: vec![Operation::Read],
@@ -610,21 +574,15 @@ fn identity(name: String, raw: RawIdentity) -> Result<IdentityConfig, String> {
 }
 
 fn exchange(name: String, raw: RawExchange) -> Result<ExchangeConfig, String> {
-    let (kind, endpoint) = match raw.kind.as_str() {
-        "rfc8693" => {
-            let endpoint = raw.token_endpoint.ok_or_else(|| format!("exchange `{name}`: needs `token_endpoint`"))?;
-            (ExchangeKind::Rfc8693, endpoint)
-        }
-        "aws-sts" => (ExchangeKind::AwsSts, raw.token_endpoint.unwrap_or_else(|| AWS_STS_ENDPOINT.into())),
-        "crates-io" => (ExchangeKind::CratesIo, raw.token_endpoint.unwrap_or_else(|| CRATES_IO_ENDPOINT.into())),
-        "npm" => (ExchangeKind::Npm, raw.token_endpoint.unwrap_or_else(|| NPM_ENDPOINT.into())),
-        "pypi" => (ExchangeKind::Pypi, raw.token_endpoint.unwrap_or_else(|| PYPI_ENDPOINT.into())),
-        other => {
-            return Err(format!(
-                "exchange `{name}`: unknown kind `{other}` (rfc8693, aws-sts, crates-io, npm or pypi)"
-            ));
-        }
+    let Some(kind) = ExchangeKind::ALL.into_iter().find(|k| k.name() == raw.kind) else {
+        let known = ExchangeKind::ALL.map(ExchangeKind::name).join(", ");
+        return Err(format!("exchange `{name}`: unknown kind `{}` ({known})", raw.kind));
     };
+    let protocol = kind.protocol();
+    let endpoint = raw
+        .token_endpoint
+        .or_else(|| protocol.default_endpoint().map(str::to_owned))
+        .ok_or_else(|| format!("exchange `{name}`: needs `token_endpoint`"))?;
     let parse = |field: &str, value: &str| {
         let url = url::Url::parse(value).map_err(|e| format!("exchange `{name}`: invalid {field}: {e}"))?;
         crate::http::check_url(&url).map_err(|e| format!("exchange `{name}`: {e}"))?;
@@ -632,7 +590,7 @@ fn exchange(name: String, raw: RawExchange) -> Result<ExchangeConfig, String> {
     };
     let token_endpoint = parse("token_endpoint", &endpoint)?;
     let revocation_endpoint = match raw.revocation_endpoint {
-        Some(_) if kind != ExchangeKind::Rfc8693 => {
+        Some(_) if !protocol.takes_revocation_endpoint() => {
             return Err(format!("exchange `{name}`: only an rfc8693 exchange takes `revocation_endpoint`"));
         }
         Some(value) => Some(parse("revocation_endpoint", &value)?),

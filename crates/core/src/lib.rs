@@ -17,7 +17,6 @@
 
 mod ancestry;
 mod audit;
-mod aws_sts;
 mod broker;
 mod cache;
 mod config;
@@ -34,7 +33,6 @@ pub mod scope;
 mod secret;
 pub mod shape;
 mod target;
-mod trusted_publishing;
 
 pub use ancestry::{Process, ancestry, command_of, infer_git_operation, infer_oci_operation};
 pub use audit::{AuditEvent, AuditLog, Outcome, rfc3339_now};

@@ -5,71 +5,46 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+use super::{ACCESS_TOKEN_TYPE, Ask, Error, ExchangeResponse, ID_TOKEN_TYPE, Intent, Protocol, TOKEN_EXCHANGE_GRANT};
 use crate::config::ExchangeConfig;
 use crate::http::HttpClient;
 use crate::{Secret, sanitize_for_terminal};
 
-/// `grant_type` of RFC 8693.
-pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-/// Subject token type for OIDC ID tokens.
-pub const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
-/// Requested token type.
-pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// Attempts when the request was not delivered or the server said 502/503/504.
 const ATTEMPTS: u32 = 3;
 
-/// Why an exchange failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The exchange refused, with an RFC 6749 error body.
-    #[error("exchange `{exchange}` refused: {code}{}", description.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
-    Denied {
-        /// Exchange name.
-        exchange: String,
-        /// RFC 6749 `error` code.
-        code: String,
-        /// `error_description`, sanitised.
-        description: Option<String>,
-    },
-    /// The exchange answered with something that is not a token response.
-    #[error("exchange `{exchange}` answered {status} with {what}")]
-    Malformed {
-        /// Exchange name.
-        exchange: String,
-        /// HTTP status.
-        status: u16,
-        /// What was wrong.
-        what: String,
-    },
-    /// The request did not get through.
-    #[error("exchange `{exchange}`: {source}")]
-    Http {
-        /// Exchange name.
-        exchange: String,
-        /// The cause.
-        #[source]
-        source: crate::http::Error,
-    },
-}
+/// OAuth 2.0 Token Exchange.
+pub(crate) struct Rfc8693;
 
-/// The context sent along with the request: which command, on whose behalf.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Intent {
-    /// Tool whose hook asked.
-    pub tool: String,
-    /// Operation.
-    pub operation: String,
-    /// Target URL.
-    pub target: String,
-    /// Session id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session: Option<String>,
-    /// The command line that asked (the nearest ancestor that is the tool), redacted.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub command: Vec<String>,
+impl Protocol for Rfc8693 {
+    fn name(&self) -> &'static str {
+        "rfc8693"
+    }
+
+    fn request(&self, ask: &Ask<'_>) -> Result<ExchangeResponse, Error> {
+        let request = ExchangeRequest {
+            subject_token: ask.subject,
+            audience: &ask.route.audience,
+            scope: ask.scope.as_str(),
+            ttl: ask.route.ttl,
+            intent: ask.intent,
+        };
+        exchange(ask.config, ask.http, &request)
+    }
+
+    fn takes_revocation_endpoint(&self) -> bool {
+        true
+    }
+
+    fn revokes(&self, config: &ExchangeConfig) -> bool {
+        config.revocation_endpoint.is_some()
+    }
+
+    fn revoke(&self, config: &ExchangeConfig, http: &HttpClient, token: &Secret) -> Result<(), Error> {
+        revoke(config, http, token)
+    }
 }
 
 /// What to ask for.
@@ -79,22 +54,6 @@ pub(crate) struct ExchangeRequest<'a> {
     pub scope: &'a str,
     pub ttl: Duration,
     pub intent: &'a Intent,
-}
-
-/// A successful token response.
-#[derive(Debug)]
-pub struct ExchangeResponse {
-    /// The issued token.
-    pub access_token: Secret,
-    /// `issued_token_type`.
-    pub issued_token_type: String,
-    /// Lifetime in seconds (from `expires_in`, else the token's `exp`).
-    pub expires_in: Option<u64>,
-    /// Granted scope (absent means as requested).
-    pub scope: Option<String>,
-    /// An identifier of the token that is safe to log (AWS access key id), when the
-    /// token is not a JWT with a `jti`.
-    pub token_id: Option<String>,
 }
 
 /// The form body. `requested_ttl` and `intent` are extensions an exchange may ignore.

@@ -21,10 +21,124 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::ExchangeConfig;
-use crate::exchange::{Error, ExchangeResponse};
+use super::{Ask, Error, ExchangeResponse, Protocol};
+use crate::config::{ExchangeConfig, Route, Scheme};
 use crate::http::HttpClient;
-use crate::{Secret, sanitize_for_terminal};
+use crate::{Secret, Tool, sanitize_for_terminal};
+
+/// crates.io's trusted publishing endpoint.
+const CRATES_IO_ENDPOINT: &str = "https://crates.io/api/v1/trusted_publishing/tokens";
+/// The npm registry (the exchange path is appended per package).
+const NPM_ENDPOINT: &str = "https://registry.npmjs.org/";
+/// PyPI's mint-token endpoint.
+const PYPI_ENDPOINT: &str = "https://pypi.org/_/oidc/mint-token";
+
+/// crates.io trusted publishing: publish tokens that can be revoked.
+pub(crate) struct CratesIo;
+
+impl Protocol for CratesIo {
+    fn name(&self) -> &'static str {
+        "crates-io"
+    }
+
+    fn default_endpoint(&self) -> Option<&'static str> {
+        Some(CRATES_IO_ENDPOINT)
+    }
+
+    fn registry_tool(&self) -> Option<Tool> {
+        Some(Tool::Cargo)
+    }
+
+    fn default_audience(&self, _tool: Tool, _protocol: &str, _host: &str) -> String {
+        "crates.io".into()
+    }
+
+    fn default_operations(&self) -> &'static [&'static str] {
+        &["publish", "yank", "owners"]
+    }
+
+    fn default_scheme(&self) -> Scheme {
+        // cargo sends crates.io's token as the whole `Authorization` value.
+        Scheme::Plain
+    }
+
+    fn request(&self, ask: &Ask<'_>) -> Result<ExchangeResponse, Error> {
+        crates_io_exchange(ask.config, ask.http, ask.subject)
+    }
+
+    fn revokes(&self, _config: &ExchangeConfig) -> bool {
+        true
+    }
+
+    fn revoke(&self, config: &ExchangeConfig, http: &HttpClient, token: &Secret) -> Result<(), Error> {
+        crates_io_revoke(config, http, token)
+    }
+}
+
+/// npm trusted publishing: a publish token for one package.
+pub(crate) struct Npm;
+
+impl Protocol for Npm {
+    fn name(&self) -> &'static str {
+        "npm"
+    }
+
+    fn default_endpoint(&self) -> Option<&'static str> {
+        Some(NPM_ENDPOINT)
+    }
+
+    fn registry_tool(&self) -> Option<Tool> {
+        Some(Tool::Npm)
+    }
+
+    fn default_audience(&self, _tool: Tool, _protocol: &str, host: &str) -> String {
+        // npm asks for `npm:<registry hostname>`, without the port.
+        format!("npm:{}", host.rsplit_once(':').map_or(host, |(h, _)| h))
+    }
+
+    fn check_route(&self, config: &ExchangeConfig, host: &str) -> Result<(), String> {
+        // npm's exchange is the registry itself: a token it mints for one host must not
+        // be handed to another.
+        match crate::target::host_port(&config.token_endpoint) {
+            Some(endpoint) if endpoint == host => Ok(()),
+            _ => Err(format!("exchange `{}` is the registry at another host", config.name)),
+        }
+    }
+
+    fn request(&self, ask: &Ask<'_>) -> Result<ExchangeResponse, Error> {
+        npm_exchange(ask.config, ask.http, ask.subject, ask.target.path.as_deref().unwrap_or_default())
+    }
+}
+
+/// PyPI trusted publishing: an upload token, used with `__token__`.
+pub(crate) struct Pypi;
+
+impl Protocol for Pypi {
+    fn name(&self) -> &'static str {
+        "pypi"
+    }
+
+    fn default_endpoint(&self) -> Option<&'static str> {
+        Some(PYPI_ENDPOINT)
+    }
+
+    fn registry_tool(&self) -> Option<Tool> {
+        Some(Tool::Pypi)
+    }
+
+    fn default_audience(&self, _tool: Tool, _protocol: &str, _host: &str) -> String {
+        // PyPI names its audience; an empty one means "ask it".
+        String::new()
+    }
+
+    fn subject_audience(&self, config: &ExchangeConfig, http: &HttpClient, route: &Route) -> Result<String, Error> {
+        if route.audience.is_empty() { pypi_audience(config, http) } else { Ok(route.audience.clone()) }
+    }
+
+    fn request(&self, ask: &Ask<'_>) -> Result<ExchangeResponse, Error> {
+        pypi_exchange(ask.config, ask.http, ask.subject)
+    }
+}
 
 /// How long crates.io's publish tokens live; its answer does not say.
 pub(crate) const CRATES_IO_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 60);

@@ -8,10 +8,34 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::{Ask, Error, ExchangeResponse, Intent, Protocol};
 use crate::config::{ExchangeConfig, Route};
-use crate::exchange::{Error, ExchangeResponse, Intent};
 use crate::http::HttpClient;
-use crate::{Secret, sanitize_for_terminal};
+use crate::{Secret, Tool, sanitize_for_terminal};
+
+/// The global AWS STS endpoint.
+const AWS_STS_ENDPOINT: &str = "https://sts.amazonaws.com/";
+
+/// AWS STS `AssumeRoleWithWebIdentity`: credentials for a role, which cannot be revoked.
+pub(crate) struct AwsSts;
+
+impl Protocol for AwsSts {
+    fn name(&self) -> &'static str {
+        "aws-sts"
+    }
+
+    fn default_endpoint(&self) -> Option<&'static str> {
+        Some(AWS_STS_ENDPOINT)
+    }
+
+    fn default_audience(&self, _tool: Tool, _protocol: &str, _host: &str) -> String {
+        "sts.amazonaws.com".into()
+    }
+
+    fn request(&self, ask: &Ask<'_>) -> Result<ExchangeResponse, Error> {
+        exchange(ask.config, ask.http, ask.route, ask.subject, ask.intent)
+    }
+}
 
 /// Attempts when the request was not delivered or STS said 5xx.
 const ATTEMPTS: u32 = 3;

@@ -1,0 +1,196 @@
+//! Token exchanges: each kind a small module behind one trait, [`Protocol`], so the
+//! broker, the config and `mayfly explain` never match on the kind, and the next exchange
+//! is a new implementation rather than a change to them.
+//!
+//! - [`rfc8693`]: OAuth 2.0 Token Exchange, the generic one (`mayfly-sts` speaks it);
+//! - [`aws_sts`]: AWS STS `AssumeRoleWithWebIdentity`;
+//! - [`trusted_publishing`]: crates.io, npm and PyPI, registries that check the ID token
+//!   themselves.
+
+pub(crate) mod aws_sts;
+pub(crate) mod rfc8693;
+pub(crate) mod trusted_publishing;
+
+use serde::Serialize;
+
+use crate::config::{ExchangeConfig, ExchangeKind, Route, Scheme};
+use crate::http::HttpClient;
+use crate::{Scope, Secret, Target, Tool};
+
+/// `grant_type` of RFC 8693.
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// Subject token type for OIDC ID tokens.
+pub const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+/// Requested token type.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The exchange refused, with an RFC 6749 error body.
+    #[error("exchange `{exchange}` refused: {code}{}", description.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Denied {
+        /// Exchange name.
+        exchange: String,
+        /// RFC 6749 `error` code.
+        code: String,
+        /// `error_description`, sanitised.
+        description: Option<String>,
+    },
+    /// The exchange answered with something that is not a token response.
+    #[error("exchange `{exchange}` answered {status} with {what}")]
+    Malformed {
+        /// Exchange name.
+        exchange: String,
+        /// HTTP status.
+        status: u16,
+        /// What was wrong.
+        what: String,
+    },
+    /// The request did not get through.
+    #[error("exchange `{exchange}`: {source}")]
+    Http {
+        /// Exchange name.
+        exchange: String,
+        /// The cause.
+        #[source]
+        source: crate::http::Error,
+    },
+}
+
+/// The context sent along with the request: which command, on whose behalf.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Intent {
+    /// Tool whose hook asked.
+    pub tool: String,
+    /// Operation.
+    pub operation: String,
+    /// Target URL.
+    pub target: String,
+    /// Session id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// The command line that asked (the nearest ancestor that is the tool), redacted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+}
+
+/// A successful token response.
+#[derive(Debug)]
+pub struct ExchangeResponse {
+    /// The issued token.
+    pub access_token: Secret,
+    /// `issued_token_type`.
+    pub issued_token_type: String,
+    /// Lifetime in seconds (from `expires_in`, else the token's `exp`).
+    pub expires_in: Option<u64>,
+    /// Granted scope (absent means as requested).
+    pub scope: Option<String>,
+    /// An identifier of the token that is safe to log (AWS access key id), when the
+    /// token is not a JWT with a `jti`.
+    pub token_id: Option<String>,
+}
+
+/// Everything one exchange request may need.
+pub(crate) struct Ask<'a> {
+    /// The exchange's config.
+    pub config: &'a ExchangeConfig,
+    /// The HTTP client for it.
+    pub http: &'a HttpClient,
+    /// The route that matched.
+    pub route: &'a Route,
+    /// The target asked for.
+    pub target: &'a Target,
+    /// The subject token.
+    pub subject: &'a Secret,
+    /// The scope of this request, built once.
+    pub scope: &'a Scope,
+    /// Which command, on whose behalf.
+    pub intent: &'a Intent,
+}
+
+/// One kind of exchange: how to ask it, what it takes for granted, how to end its tokens.
+pub(crate) trait Protocol: Sync {
+    /// Its `kind` in the config, and its name in `mayfly explain`.
+    fn name(&self) -> &'static str;
+
+    /// Its endpoint when the config names none (a public registry's or AWS's).
+    fn default_endpoint(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// For a registry's own exchange, the tool it serves: it checks the ID token itself
+    /// and takes each once (so a fresh one per request, never cached), and it mints
+    /// publish tokens only (the registry's index needs none). `None`: any tool.
+    fn registry_tool(&self) -> Option<Tool> {
+        None
+    }
+
+    /// The audience asked of the identity when a route names none.
+    fn default_audience(&self, tool: Tool, protocol: &str, host: &str) -> String {
+        // A registry's token service is named by its host; other servers by their URL.
+        if tool == Tool::Oci { host.to_owned() } else { format!("{protocol}://{host}") }
+    }
+
+    /// The operations a route gets when it names none.
+    fn default_operations(&self) -> &'static [&'static str] {
+        if self.registry_tool().is_some() { &["publish"] } else { &["read"] }
+    }
+
+    /// How tokens are presented when the route names no scheme.
+    fn default_scheme(&self) -> Scheme {
+        Scheme::Bearer
+    }
+
+    /// A route this exchange cannot serve, as a config error.
+    fn check_route(&self, _config: &ExchangeConfig, _host: &str) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The audience of the ID token for a request: the route's, unless the exchange
+    /// names its own.
+    fn subject_audience(&self, config: &ExchangeConfig, http: &HttpClient, route: &Route) -> Result<String, Error> {
+        let _ = (config, http);
+        Ok(route.audience.clone())
+    }
+
+    /// Exchanges the subject token for a token.
+    fn request(&self, ask: &Ask<'_>) -> Result<ExchangeResponse, Error>;
+
+    /// Whether its config may name a `revocation_endpoint`.
+    fn takes_revocation_endpoint(&self) -> bool {
+        false
+    }
+
+    /// True when tokens it issues can be revoked before they expire.
+    fn revokes(&self, _config: &ExchangeConfig) -> bool {
+        false
+    }
+
+    /// Revokes one token it issued (called only where [`Protocol::revokes`]).
+    fn revoke(&self, _config: &ExchangeConfig, _http: &HttpClient, _token: &Secret) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+impl ExchangeKind {
+    /// Every kind, for parsing and for messages.
+    pub(crate) const ALL: [Self; 5] = [Self::Rfc8693, Self::AwsSts, Self::CratesIo, Self::Npm, Self::Pypi];
+
+    /// The protocol this kind speaks.
+    pub(crate) fn protocol(self) -> &'static dyn Protocol {
+        match self {
+            Self::Rfc8693 => &rfc8693::Rfc8693,
+            Self::AwsSts => &aws_sts::AwsSts,
+            Self::CratesIo => &trusted_publishing::CratesIo,
+            Self::Npm => &trusted_publishing::Npm,
+            Self::Pypi => &trusted_publishing::Pypi,
+        }
+    }
+
+    /// Its `kind` in the config.
+    pub fn name(self) -> &'static str {
+        self.protocol().name()
+    }
+}
