@@ -277,8 +277,9 @@ fn cached(env: &Env, route: &Route, target: &Target, operation: Operation) -> St
         .map(|(_, entry)| entry)
         .filter(|e| {
             e.session.as_deref() == session
-                && e.origin.as_ref().is_some_and(|o| o.route == route.name && o.target == display)
-                && e.label.rsplit(' ').next() == Some(operation.as_str())
+                && e.origin
+                    .as_ref()
+                    .is_some_and(|o| o.route == route.name && o.target == display && o.operation == operation.as_str())
         })
         .max_by_key(|e| e.expires_at);
     let now = crate::status::now();

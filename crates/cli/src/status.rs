@@ -466,7 +466,12 @@ mod tests {
 
     #[test]
     fn entries_show_their_parts_and_never_the_token() {
-        let origin = Origin { route: "app".into(), exchange: "sts".into(), target: "https://h/org/app".into() };
+        let origin = Origin {
+            route: "app".into(),
+            exchange: "sts".into(),
+            target: "https://h/org/app".into(),
+            ..Origin::default()
+        };
         let shown = Entry::from(&entry("git https://h/org/app write", Some(origin)));
         assert!(!shown.subject_token);
         assert_eq!((shown.tool.as_str(), shown.operation.as_str()), ("git", "write"));

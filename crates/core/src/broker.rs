@@ -302,6 +302,8 @@ impl Broker {
                 route: route.name.clone(),
                 exchange: route.exchange.clone(),
                 target: target.display(),
+                tool: target.tool.as_str().into(),
+                operation: operation.as_str().into(),
             }),
             token: response.access_token,
         })
@@ -435,13 +437,12 @@ impl Broker {
 
     /// The audit line for a cached entry, from what the entry recorded.
     fn stored_event(&self, origin: &Origin, entry: &CacheEntry, chain: &[Process]) -> AuditEvent {
-        let operation = entry.label.rsplit(' ').next().unwrap_or_default().to_owned();
         AuditEvent {
             time: rfc3339(now()),
             session: entry.session.clone(),
-            tool: entry.label.split(' ').next().unwrap_or_default().to_owned(),
+            tool: origin.tool.clone(),
             target: origin.target.clone(),
-            operation,
+            operation: origin.operation.clone(),
             route: origin.route.clone(),
             scope: entry.scope.clone(),
             process: chain.to_vec(),

@@ -92,6 +92,12 @@ pub struct Origin {
     pub exchange: String,
     /// Target URL.
     pub target: String,
+    /// The tool that asked (`git`, `oci` ...); empty in entries written before it was kept.
+    #[serde(default)]
+    pub tool: String,
+    /// The operation the token was minted for; empty in older entries.
+    #[serde(default)]
+    pub operation: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -374,7 +380,12 @@ mod tests {
             subject: None,
             label: "git https://h/a read".into(),
             session: None,
-            origin: Some(Origin { route: "r".into(), exchange: "e".into(), target: "https://h/a".into() }),
+            origin: Some(Origin {
+                route: "r".into(),
+                exchange: "e".into(),
+                target: "https://h/a".into(),
+                ..Origin::default()
+            }),
         }
     }
 
