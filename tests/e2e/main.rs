@@ -11,6 +11,7 @@ mod helper_protocol;
 mod hostile_input;
 mod kubectl;
 mod no_disk;
+mod npm_clients;
 mod oci;
 mod revocation;
 mod setup;

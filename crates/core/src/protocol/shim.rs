@@ -12,10 +12,16 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+mod phases;
+
+pub use phases::{Client, Plan, Runner, Step};
+
 use crate::{Env, Issued, Operation, Process, Target, Tool};
 
 /// The npm registry when nothing names another.
 const NPM_REGISTRY: &str = "https://registry.npmjs.org/";
+/// yarn berry's registry when nothing names another.
+const BERRY_REGISTRY: &str = "https://registry.yarnpkg.com";
 /// PyPI's upload URL when nothing names another.
 const PYPI_UPLOAD: &str = "https://upload.pypi.org/legacy/";
 
@@ -73,6 +79,10 @@ pub struct Need {
     pub operation: Operation,
     /// The package, when publishing.
     pub package: Option<String>,
+    /// `publishConfig.registry` of the package's manifest.
+    pub publish_config: Option<String>,
+    /// The scopes' registries a read may also fetch from.
+    pub scopes: Vec<url::Url>,
 }
 
 /// Works out what a command line needs; `Ok(None)` when it needs no token.
@@ -116,8 +126,9 @@ fn flag<'a>(args: &'a [String], names: &[&str]) -> Option<&'a str> {
 }
 
 /// Subcommands (and their aliases) that read from the registry; anything else that is not
-/// a publish runs without a token, so scripts (`npm test`, `npm run build`) never see one.
-const NPM_READS: [&str; 24] = [
+/// a publish runs without a token, so scripts (`npm test`, `npm run build`) never see one,
+/// and neither does a package run by `npm exec`, `npx` or `pnpm dlx`.
+const NPM_READS: [&str; 21] = [
     "install",
     "i",
     "in",
@@ -133,9 +144,6 @@ const NPM_READS: [&str; 24] = [
     "outdated",
     "audit",
     "pack",
-    "exec",
-    "x",
-    "dlx",
     "fetch",
     "dist-tag",
     "dist-tags",
@@ -154,7 +162,9 @@ fn npm_need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Op
         None => family == Family::Yarn,
         Some(word) => NPM_READS.contains(word),
     };
-    if !publishing && !reading {
+    // Packing the project runs its scripts and needs no registry; `pack NAME` fetches.
+    let packs_project = words.first() == Some(&"pack") && words.get(1).is_none_or(|w| cwd.join(w).is_dir());
+    if (!publishing && !reading) || packs_project {
         return Ok(None);
     }
     let manifest = publishing
@@ -167,7 +177,34 @@ fn npm_need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Op
     let publish_registry = manifest.as_ref().and_then(|m| m["publishConfig"]["registry"].as_str().map(str::to_owned));
     let registry = npm_registry(family, args, env, cwd, package.as_deref(), publish_registry.filter(|_| publishing))?;
     let operation = if publishing { Operation::Publish } else { Operation::Read };
-    Ok(Some(Need { registry, operation, package }))
+    let publish_config = manifest.as_ref().and_then(|m| m["publishConfig"]["registry"].as_str().map(str::to_owned));
+    let scopes = if publishing { Vec::new() } else { scope_registries(family, env, cwd) };
+    Ok(Some(Need { registry, operation, package, publish_config, scopes }))
+}
+
+/// Every scope's registry (`@scope:registry=`) in the project's and the user's `.npmrc`
+/// (and classic yarn's `.yarnrc`): an install may fetch from each.
+fn scope_registries(family: Family, env: &Env, cwd: &Path) -> Vec<url::Url> {
+    let names: &[&str] = if family == Family::Yarn { &[".yarnrc", ".npmrc"] } else { &[".npmrc"] };
+    let mut out: Vec<url::Url> = Vec::new();
+    for dir in [project_root(cwd), env.path(crate::EnvVars::HOME)].into_iter().flatten() {
+        for name in names {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+            for line in text.lines().map(str::trim).filter(|l| l.starts_with('@') || l.starts_with("\"@")) {
+                let Some((key, value)) = line.split_once('=').or_else(|| line.split_once(char::is_whitespace)) else {
+                    continue;
+                };
+                if !key.trim().trim_matches('"').ends_with(":registry") {
+                    continue;
+                }
+                let text = expand_vars(value.trim().trim_matches('"'), env);
+                if let Some(url) = registry_url(&text).ok().filter(|u| !out.contains(u)) {
+                    out.push(url);
+                }
+            }
+        }
+    }
+    out
 }
 
 fn read_manifest(path: &Path) -> Option<serde_json::Value> {
@@ -186,27 +223,29 @@ fn npm_registry(
     publish_config: Option<String>,
 ) -> Result<url::Url, String> {
     let scope = package.and_then(|p| p.strip_prefix('@')).and_then(|p| p.split_once('/')).map(|(s, _)| s);
-    let from_env =
-        env.vars().find(|(k, _)| k.eq_ignore_ascii_case("npm_config_registry")).map(|(_, v)| v.to_owned()).or_else(
-            || (family == Family::Yarn).then(|| env.get("YARN_NPM_REGISTRY_SERVER").map(str::to_owned)).flatten(),
-        );
+    // pnpm 11 and later read only `pnpm_config_*`; earlier ones npm's variables too.
+    let named = |name: &str| env.vars().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.to_owned());
+    let from_env = (family == Family::Pnpm)
+        .then(|| named("pnpm_config_registry"))
+        .flatten()
+        .or_else(|| named("npm_config_registry"))
+        .or_else(|| (family == Family::Yarn).then(|| env.get("YARN_NPM_REGISTRY_SERVER").map(str::to_owned)).flatten());
     let from_files = || {
-        let files =
-            [project_root(cwd).map(|d| d.join(".npmrc")), env.path(crate::EnvVars::HOME).map(|h| h.join(".npmrc"))];
+        let in_dirs = |name: &str| {
+            [project_root(cwd), env.path(crate::EnvVars::HOME)].into_iter().flatten().map(|d| d.join(name)).collect()
+        };
+        let (npmrc, yarnrc): (Vec<PathBuf>, Vec<PathBuf>) =
+            (in_dirs(".npmrc"), if family == Family::Yarn { in_dirs(".yarnrc") } else { Vec::new() });
         let keys: Vec<String> =
             scope.map(|s| format!("@{s}:registry")).into_iter().chain(["registry".into()]).collect();
-        keys.iter().find_map(|key| files.iter().flatten().find_map(|f| npmrc_value(f, key)))
+        // Classic yarn's own `.yarnrc` wins over the `.npmrc` it also reads.
+        keys.iter().find_map(|key| {
+            yarnrc.iter().find_map(|f| yarnrc_value(f, key)).or_else(|| npmrc.iter().find_map(|f| npmrc_value(f, key)))
+        })
     };
     let text = flag(args, &["--registry"]).map(str::to_owned).or(from_env).or(publish_config).or_else(from_files);
     let text = text.map(|t| expand_vars(&t, env));
-    let text = text.unwrap_or_else(|| NPM_REGISTRY.to_owned());
-    let mut url = crate::target::strict_url(&text)
-        .ok_or_else(|| format!("registry `{}` is not a URL", crate::sanitize_for_terminal(&text)))?;
-    if !url.path().ends_with('/') {
-        let path = format!("{}/", url.path());
-        url.set_path(&path);
-    }
-    Ok(url)
+    registry_url(&text.unwrap_or_else(|| NPM_REGISTRY.to_owned()))
 }
 
 /// `${VAR}` and `${VAR?}` as npm expands them in `.npmrc` values.
@@ -238,6 +277,15 @@ fn npmrc_value(path: &Path, key: &str) -> Option<String> {
     })
 }
 
+/// `key value` from classic yarn's `.yarnrc` (either may be quoted; comments `#`).
+fn yarnrc_value(path: &Path, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().map(str::trim).filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (k, v) = line.split_once(char::is_whitespace)?;
+        (k.trim_matches('"') == key).then(|| v.trim().trim_matches('"').to_owned())
+    })
+}
+
 fn twine_need(args: &[String], env: &Env) -> Result<Option<Need>, String> {
     let words = positionals(args);
     if words.first() != Some(&"upload") {
@@ -261,7 +309,13 @@ fn twine_need(args: &[String], env: &Env) -> Result<Option<Need>, String> {
     let mut projects: Vec<String> = words[1..].iter().filter_map(|f| project_of(f)).collect();
     projects.dedup();
     match projects.as_slice() {
-        [one] => Ok(Some(Need { registry, operation: Operation::Publish, package: Some(one.clone()) })),
+        [one] => Ok(Some(Need {
+            registry,
+            operation: Operation::Publish,
+            package: Some(one.clone()),
+            publish_config: None,
+            scopes: Vec::new(),
+        })),
         [] => Err("`twine upload`: no distribution files named".into()),
         _ => Err("`twine upload`: one project per upload, so its token names one project".into()),
     }
@@ -302,15 +356,17 @@ pub fn token_vars(family: Family, registry: &url::Url, issued: &Issued) -> Vec<(
         ],
         _ => {
             // npm's "nerf dart": `//host[:port]/path/`, the key its auth lookup walks up to,
-            // sent to that host only. yarn berry's `YARN_NPM_AUTH_TOKEN` would go to every
-            // registry; berry reads the token from `MAYFLY_NPM_TOKEN` through a
-            // registry-scoped `npmAuthToken` in `.yarnrc.yml` instead.
+            // sent to that host only; npm and pnpm 9 and 12 read it from the environment.
+            // pnpm 10 and classic yarn do not, and berry never reads npm's settings: they
+            // take the token from `MAYFLY_NPM_TOKEN` through a registry-scoped entry in the
+            // user's config (`//HOST/:_authToken=${MAYFLY_NPM_TOKEN}`, berry's
+            // `npmRegistries`). berry's `YARN_NPM_AUTH_TOKEN` would go to every registry,
+            // so it is never set.
             let host = crate::target::host_port(registry).unwrap_or_default();
-            let mut vars = vec![(format!("npm_config_//{host}{}:_authToken", registry.path()), token.clone())];
-            if family == Family::Yarn {
-                vars.push(("MAYFLY_NPM_TOKEN".into(), token));
-            }
-            vars
+            vec![
+                (format!("npm_config_//{host}{}:_authToken", registry.path()), token.clone()),
+                (phases::TOKEN_VAR.into(), token),
+            ]
         }
     }
 }
@@ -327,41 +383,217 @@ pub fn find_real(name: &str, path: &str, shim: &Path) -> Option<PathBuf> {
     })
 }
 
-/// What the shim does before it execs: the real tool and the variables to add.
-pub struct Launch {
-    /// The real tool.
-    pub program: PathBuf,
-    /// Variables for the child only.
-    pub vars: Vec<(String, String)>,
-}
-
-/// Works out the launch for `family` run with `args`; an error is one line for stderr.
-pub fn prepare(
+/// Runs `family` with `args` as the shim: works out the token the command needs, gets it,
+/// and runs the real tool so that only the process that talks to the registry holds it
+/// ([`phases`]). Returns the exit code when it did not replace this process; an error is
+/// one line for stderr.
+pub fn run(
     family: Family,
     args: &[OsString],
     env: Env,
     cwd: &Path,
     shim: &Path,
     ancestry: &dyn Fn() -> Vec<Process>,
-) -> Result<Launch, String> {
+    runner: &mut dyn Runner,
+) -> Result<i32, String> {
     let name = family.name();
     let path = env.get("PATH").unwrap_or_default().to_owned();
     let program = find_real(name, &path, shim).ok_or_else(|| format!("cannot find the real `{name}` on PATH"))?;
+    let all = Step { program: program.clone(), args: args.to_vec(), dir: None };
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-    let Some(need) = need(family, &args, &env, cwd)? else { return Ok(Launch { program, vars: Vec::new() }) };
-    let tool = family.tool();
-    let host = crate::target::host_port(&need.registry).ok_or("the registry URL has no host")?;
-    let target =
-        Target::new(tool, need.registry.scheme(), &host, need.package.as_deref()).map_err(|e| e.to_string())?;
-    // The shim is the command: it heads the chain the audit line records.
-    let me = Process { pid: std::process::id(), argv: crate::redact_argv(&[vec![name.to_owned()], args].concat()) };
-    let chain = || [vec![me.clone()], ancestry()].concat();
-    match crate::protocol::answer_for(&target, &|_| need.operation, env, &chain)? {
-        crate::protocol::Answer::Token(issued) => {
-            Ok(Launch { program, vars: token_vars(family, &need.registry, &issued) })
-        }
-        _ => Ok(Launch { program, vars: Vec::new() }),
+    if family == Family::Twine {
+        let vars = match need(family, &args, &env, cwd)? {
+            Some(need) => mint(family, &need, &args, env, ancestry)?.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        return Err(runner.exec(&[all], &vars));
     }
+    // An outer shim already holds a token for this command (pnpm 9 and 10 publish by
+    // running `npm publish`): run as it was set up.
+    if env.get(phases::TOKEN_VAR).is_some_and(|t| !t.is_empty()) {
+        return Err(runner.exec(&[all], &[]));
+    }
+    let Some(mut need) = need(family, &args, &env, cwd)? else { return Err(runner.exec(&[all], &phases::quiet())) };
+    let client = phases::detect(family, &program, runner)?;
+    if client == Client::YarnBerry {
+        let scope = need.package.as_deref().and_then(|p| p.strip_prefix('@')?.split_once('/')).map(|(s, _)| s);
+        let ask = |runner: &mut dyn Runner, words: &[&str]| {
+            let step = Step { args: words.iter().map(OsString::from).collect(), ..all.clone() };
+            runner.output(&step, &phases::quiet()).unwrap_or_default()
+        };
+        let settings = ask(runner, &["config", "--json"]);
+        let scopes = ask(runner, &["config", "get", "npmScopes", "--json"]);
+        let text = phases::berry_registry(&settings, &scopes, &need, scope).unwrap_or_else(|| BERRY_REGISTRY.into());
+        need.registry = registry_url(&expand_vars(&text, &env))?;
+        if need.operation == Operation::Read {
+            need.scopes = phases::berry_scopes(&scopes).iter().filter_map(|t| registry_url(t).ok()).collect();
+        }
+    }
+    let pack = tempfile::Builder::new()
+        .prefix("mayfly-pack-")
+        .tempdir()
+        .map_err(|e| format!("cannot make a directory to pack in: {e}"))?;
+    match phases::plan(client, &program, &args, cwd, pack.path()) {
+        Plan::Direct(step) => {
+            let vars = mint(family, &need, &args, env, ancestry)?.unwrap_or_else(phases::quiet);
+            drop(pack);
+            Err(runner.exec(&[step], &vars))
+        }
+        Plan::Install { with_token, after } => {
+            let Some(vars) = mint(family, &need, &args, env, ancestry)? else {
+                drop(pack);
+                return Err(runner.exec(&[all], &phases::quiet()));
+            };
+            let code = runner.run(&with_token, &vars)?;
+            drop(vars);
+            drop(pack);
+            if code != 0 || after.is_empty() {
+                return Ok(code);
+            }
+            Err(runner.exec(&after, &phases::quiet()))
+        }
+        Plan::Publish { dir: _, before, after } => {
+            // The package's scripts run here, before there is a token to read.
+            for step in &before {
+                let code = runner.run(step, &phases::quiet())?;
+                if code != 0 {
+                    return Ok(code);
+                }
+            }
+            let tarball = packed(pack.path())?;
+            let npm = find_real("npm", &path, shim);
+            let upload = phases::upload(client, &program, npm.as_deref(), &args, &tarball, &need.registry)?;
+            let Some(vars) = mint(family, &need, &args, env, ancestry)? else {
+                return Err("no route gives this registry a token, so the packed package was not published".into());
+            };
+            let code = runner.run(&upload, &vars)?;
+            drop(vars);
+            drop(pack);
+            if code != 0 || after.is_empty() {
+                return Ok(code);
+            }
+            Err(runner.exec(&after, &phases::quiet()))
+        }
+    }
+}
+
+/// The one tarball a pack step left in `dir`.
+fn packed(dir: &Path) -> Result<PathBuf, String> {
+    let tarballs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read the pack directory: {e}"))?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "tgz"))
+        .collect();
+    match tarballs.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(format!("packing left {} tarballs, not one", tarballs.len())),
+    }
+}
+
+/// A registry URL with a trailing slash, as npm keys its settings.
+fn registry_url(text: &str) -> Result<url::Url, String> {
+    let mut url = crate::target::strict_url(text)
+        .ok_or_else(|| format!("registry `{}` is not a URL", crate::sanitize_for_terminal(text)))?;
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+/// Gets the tokens `need` asks for (a read: one for each routed registry it may fetch
+/// from): the variables that carry them, or `None` when no route serves any (the tool then
+/// runs untouched). `MAYFLY_NPM_TOKEN` carries the first.
+fn mint(
+    family: Family,
+    need: &Need,
+    args: &[String],
+    env: Env,
+    ancestry: &dyn Fn() -> Vec<Process>,
+) -> Result<Option<Vec<(String, String)>>, String> {
+    let name = family.name();
+    // The shim is the command: it heads the chain the audit line records.
+    let me =
+        Process { pid: std::process::id(), argv: crate::redact_argv(&[vec![name.to_owned()], args.to_vec()].concat()) };
+    let chain = || [vec![me.clone()], ancestry()].concat();
+    let mut vars: Vec<(String, String)> = Vec::new();
+    for registry in std::iter::once(&need.registry).chain(&need.scopes) {
+        let host = crate::target::host_port(registry).ok_or("the registry URL has no host")?;
+        let target =
+            Target::new(family.tool(), registry.scheme(), &host, need.package.as_deref()).map_err(|e| e.to_string())?;
+        if let crate::protocol::Answer::Token(issued) =
+            crate::protocol::answer_for(&target, &|_| need.operation, env.clone(), &chain)?
+        {
+            let mine = token_vars(family, registry, &issued);
+            let first = vars.is_empty();
+            vars.extend(mine.into_iter().filter(|(k, _)| first || k != phases::TOKEN_VAR));
+        }
+    }
+    Ok((!vars.is_empty()).then_some(vars))
+}
+
+/// The binary's [`Runner`]: real processes.
+pub struct Processes;
+
+impl Runner for Processes {
+    fn run(&mut self, step: &Step, vars: &[(String, String)]) -> Result<i32, String> {
+        let status =
+            command(step, vars).status().map_err(|e| format!("cannot run `{}`: {e}", step.program.display()))?;
+        // A tool killed by a signal: the shell's convention.
+        Ok(status.code().unwrap_or_else(|| {
+            use std::os::unix::process::ExitStatusExt;
+            128 + status.signal().unwrap_or(0)
+        }))
+    }
+
+    fn output(&mut self, step: &Step, vars: &[(String, String)]) -> Option<String> {
+        let out =
+            command(step, vars).stdin(std::process::Stdio::null()).stderr(std::process::Stdio::null()).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn exec(&mut self, steps: &[Step], vars: &[(String, String)]) -> String {
+        use std::os::unix::process::CommandExt;
+        let error = match steps {
+            [one] => command(one, vars).exec(),
+            // Several steps: a shell runs them in order and stops at the first failure. The
+            // words reach it as positional parameters, never inside the script text.
+            _ => {
+                let mut script = String::from("set -e");
+                let mut words: Vec<OsString> = Vec::new();
+                for step in steps {
+                    script.push('\n');
+                    if let Some(dir) = &step.dir {
+                        words.push(dir.clone().into_os_string());
+                        script.push_str(&format!("cd \"${{{}}}\" && ", words.len()));
+                    }
+                    for word in
+                        std::iter::once(step.program.as_os_str()).chain(step.args.iter().map(OsString::as_os_str))
+                    {
+                        words.push(word.to_owned());
+                        script.push_str(&format!("\"${{{}}}\" ", words.len()));
+                    }
+                }
+                std::process::Command::new("/bin/sh")
+                    .arg("-c")
+                    .arg(script)
+                    .arg("mayfly-shim")
+                    .args(words)
+                    .envs(vars.iter().cloned())
+                    .exec()
+            }
+        };
+        format!("cannot run `{}`: {error}", steps.first().map_or_else(String::new, |s| s.program.display().to_string()))
+    }
+}
+
+fn command(step: &Step, vars: &[(String, String)]) -> std::process::Command {
+    let mut command = std::process::Command::new(&step.program);
+    command.args(&step.args).envs(vars.iter().cloned());
+    if let Some(dir) = &step.dir {
+        command.current_dir(dir);
+    }
+    command
 }
 
 #[cfg(test)]
@@ -451,7 +683,10 @@ mod tests {
         let registry = url::Url::parse("http://127.0.0.1:4873/npm/").unwrap();
         assert_eq!(
             token_vars(Family::Npm, &registry, &issued),
-            [("npm_config_//127.0.0.1:4873/npm/:_authToken".to_owned(), "tok".to_owned())]
+            [
+                ("npm_config_//127.0.0.1:4873/npm/:_authToken".to_owned(), "tok".to_owned()),
+                ("MAYFLY_NPM_TOKEN".to_owned(), "tok".to_owned())
+            ]
         );
         let yarn = token_vars(Family::Yarn, &registry, &issued);
         assert!(
