@@ -13,8 +13,10 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 mod phases;
+mod process;
 
 pub use phases::{Client, Plan, Runner, Step};
+pub use process::Processes;
 
 use crate::{Env, Issued, Operation, Process, Target, Tool};
 
@@ -429,6 +431,9 @@ pub fn run(
             need.scopes = phases::berry_scopes(&scopes).iter().filter_map(|t| registry_url(t).ok()).collect();
         }
     }
+    if !routed(family, &need, &env)? {
+        return Err(runner.exec(&[all], &phases::quiet()));
+    }
     let pack = tempfile::Builder::new()
         .prefix("mayfly-pack-")
         .tempdir()
@@ -501,6 +506,17 @@ fn registry_url(text: &str) -> Result<url::Url, String> {
     Ok(url)
 }
 
+/// Whether a route serves a registry `need` may use. Without one the tool runs untouched,
+/// scripts and all, as if there were no shim: there is no token to keep from them.
+fn routed(family: Family, need: &Need, env: &Env) -> Result<bool, String> {
+    let broker = crate::Broker::from_env(env.clone()).map_err(|e| crate::protocol::one_line(&e))?;
+    Ok(std::iter::once(&need.registry).chain(&need.scopes).any(|registry| {
+        let Some(host) = crate::target::host_port(registry) else { return false };
+        Target::new(family.tool(), registry.scheme(), &host, need.package.as_deref())
+            .is_ok_and(|target| !matches!(broker.resolve(&target), crate::Resolution::NoRoute))
+    }))
+}
+
 /// Gets the tokens `need` asks for (a read: one for each routed registry it may fetch
 /// from): the variables that carry them, or `None` when no route serves any (the tool then
 /// runs untouched). `MAYFLY_NPM_TOKEN` carries the first.
@@ -532,188 +548,5 @@ fn mint(
     Ok((!vars.is_empty()).then_some(vars))
 }
 
-/// The binary's [`Runner`]: real processes.
-pub struct Processes;
-
-impl Runner for Processes {
-    fn run(&mut self, step: &Step, vars: &[(String, String)]) -> Result<i32, String> {
-        let status =
-            command(step, vars).status().map_err(|e| format!("cannot run `{}`: {e}", step.program.display()))?;
-        // A tool killed by a signal: the shell's convention.
-        Ok(status.code().unwrap_or_else(|| {
-            use std::os::unix::process::ExitStatusExt;
-            128 + status.signal().unwrap_or(0)
-        }))
-    }
-
-    fn output(&mut self, step: &Step, vars: &[(String, String)]) -> Option<String> {
-        let out =
-            command(step, vars).stdin(std::process::Stdio::null()).stderr(std::process::Stdio::null()).output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn exec(&mut self, steps: &[Step], vars: &[(String, String)]) -> String {
-        use std::os::unix::process::CommandExt;
-        let error = match steps {
-            [one] => command(one, vars).exec(),
-            // Several steps: a shell runs them in order and stops at the first failure. The
-            // words reach it as positional parameters, never inside the script text.
-            _ => {
-                let mut script = String::from("set -e");
-                let mut words: Vec<OsString> = Vec::new();
-                for step in steps {
-                    script.push('\n');
-                    if let Some(dir) = &step.dir {
-                        words.push(dir.clone().into_os_string());
-                        script.push_str(&format!("cd \"${{{}}}\" && ", words.len()));
-                    }
-                    for word in
-                        std::iter::once(step.program.as_os_str()).chain(step.args.iter().map(OsString::as_os_str))
-                    {
-                        words.push(word.to_owned());
-                        script.push_str(&format!("\"${{{}}}\" ", words.len()));
-                    }
-                }
-                std::process::Command::new("/bin/sh")
-                    .arg("-c")
-                    .arg(script)
-                    .arg("mayfly-shim")
-                    .args(words)
-                    .envs(vars.iter().cloned())
-                    .exec()
-            }
-        };
-        format!("cannot run `{}`: {error}", steps.first().map_or_else(String::new, |s| s.program.display().to_string()))
-    }
-}
-
-fn command(step: &Step, vars: &[(String, String)]) -> std::process::Command {
-    let mut command = std::process::Command::new(&step.program);
-    command.args(&step.args).envs(vars.iter().cloned());
-    if let Some(dir) = &step.dir {
-        command.current_dir(dir);
-    }
-    command
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn strings(args: &[&str]) -> Vec<String> {
-        args.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn npm_commands_read_unless_they_publish_a_named_package() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("package.json"), r#"{"name":"@org/pkg","version":"1.0.0"}"#).unwrap();
-        std::fs::write(dir.path().join(".npmrc"), "; comment\n@org:registry = http://127.0.0.1:4873/npm\n").unwrap();
-        let env = Env::default();
-        let install = need(Family::Npm, &strings(&["install", "--registry", "https://r.example/"]), &env, dir.path());
-        let install = install.unwrap().unwrap();
-        assert_eq!(
-            (install.operation, install.package, install.registry.as_str()),
-            (Operation::Read, None, "https://r.example/")
-        );
-        let publish =
-            need(Family::Npm, &strings(&["publish", "--access", "public"]), &env, dir.path()).unwrap().unwrap();
-        assert_eq!(publish.operation, Operation::Publish);
-        assert_eq!(publish.package.as_deref(), Some("@org/pkg"));
-        assert_eq!(publish.registry.as_str(), "http://127.0.0.1:4873/npm/", "the scope's registry, from .npmrc");
-        let env = Env::from_pairs([("NPM_CONFIG_REGISTRY", "https://env.example")]);
-        let read = need(Family::Pnpm, &strings(&["add", "x"]), &env, dir.path()).unwrap().unwrap();
-        assert_eq!(read.registry.as_str(), "https://env.example/");
-        let berry = need(Family::Yarn, &strings(&["npm", "publish"]), &Env::default(), dir.path()).unwrap().unwrap();
-        assert_eq!(berry.operation, Operation::Publish);
-        let tarball = need(Family::Npm, &strings(&["publish", "pkg.tgz"]), &Env::default(), dir.path());
-        assert_eq!(tarball.unwrap().unwrap().package, None, "a tarball names no package directory");
-        for quiet in [&["test"][..], &["run", "build"], &["--version"], &["config", "list"]] {
-            assert_eq!(need(Family::Npm, &strings(quiet), &Env::default(), dir.path()), Ok(None), "{quiet:?}");
-        }
-        assert!(need(Family::Yarn, &[], &Env::default(), dir.path()).unwrap().is_some(), "a bare `yarn` installs");
-    }
-
-    #[test]
-    fn publish_config_and_npmrc_variables_name_the_registry() {
-        let dir = tempfile::tempdir().unwrap();
-        let manifest = r#"{"name":"pkg","publishConfig":{"registry":"https://publish.example/"}}"#;
-        std::fs::write(dir.path().join("package.json"), manifest).unwrap();
-        std::fs::write(dir.path().join(".npmrc"), "registry=${REGISTRY_URL}\n").unwrap();
-        let env = Env::from_pairs([("REGISTRY_URL", "https://from-env.example/npm")]);
-        let publish = need(Family::Npm, &strings(&["publish"]), &env, dir.path()).unwrap().unwrap();
-        assert_eq!(publish.registry.as_str(), "https://publish.example/");
-        let install = need(Family::Npm, &strings(&["ci"]), &env, dir.path()).unwrap().unwrap();
-        assert_eq!(install.registry.as_str(), "https://from-env.example/npm/");
-    }
-
-    #[test]
-    fn twine_uploads_name_one_normalised_project() {
-        let env = Env::default();
-        let upload = strings(&[
-            "upload",
-            "--repository-url",
-            "http://127.0.0.1:8080/legacy/",
-            "dist/Foo_Bar-1.0.tar.gz",
-            "dist/foo_bar-1.0-py3-none-any.whl",
-        ]);
-        let need = need(Family::Twine, &upload, &env, Path::new("/")).unwrap().unwrap();
-        assert_eq!(need.package.as_deref(), Some("foo-bar"));
-        assert_eq!(need.registry.as_str(), "http://127.0.0.1:8080/legacy/");
-        assert_eq!(super::need(Family::Twine, &strings(&["check", "dist/x-1.tar.gz"]), &env, Path::new("/")), Ok(None));
-        let two = strings(&["upload", "a-1.tar.gz", "b-1.tar.gz"]);
-        assert!(super::need(Family::Twine, &two, &env, Path::new("/")).is_err());
-        let named = strings(&["upload", "-r", "internal", "a-1.tar.gz"]);
-        let err = super::need(Family::Twine, &named, &env, Path::new("/")).unwrap_err();
-        assert!(err.contains("--repository-url"), "{err}");
-        let env = Env::from_pairs([("TWINE_REPOSITORY", "internal")]);
-        assert!(super::need(Family::Twine, &strings(&["upload", "a-1.tar.gz"]), &env, Path::new("/")).is_err());
-    }
-
-    #[test]
-    fn tokens_go_into_the_variable_each_tool_reads() {
-        let issued = Issued {
-            token: crate::Secret::new("tok"),
-            expires_at: None,
-            token_id: None,
-            scheme: crate::Scheme::Bearer,
-            username: "__token__".into(),
-            from_cache: false,
-        };
-        let registry = url::Url::parse("http://127.0.0.1:4873/npm/").unwrap();
-        assert_eq!(
-            token_vars(Family::Npm, &registry, &issued),
-            [
-                ("npm_config_//127.0.0.1:4873/npm/:_authToken".to_owned(), "tok".to_owned()),
-                ("MAYFLY_NPM_TOKEN".to_owned(), "tok".to_owned())
-            ]
-        );
-        let yarn = token_vars(Family::Yarn, &registry, &issued);
-        assert!(
-            yarn.iter().all(|(k, _)| k != "YARN_NPM_AUTH_TOKEN"),
-            "berry's global token would go to every registry"
-        );
-        let twine = token_vars(Family::Twine, &registry, &issued);
-        assert_eq!(twine[0], ("TWINE_USERNAME".to_owned(), "__token__".to_owned()));
-        assert_eq!(twine[2], ("TWINE_REPOSITORY_URL".to_owned(), registry.to_string()), "pinned to the token's URL");
-    }
-
-    #[test]
-    fn the_real_tool_is_never_the_shim() {
-        let dir = tempfile::tempdir().unwrap();
-        let (shims, real) = (dir.path().join("shims"), dir.path().join("real"));
-        std::fs::create_dir_all(&shims).unwrap();
-        std::fs::create_dir_all(&real).unwrap();
-        let shim = shims.join("mayfly-shim");
-        std::fs::write(&shim, "#!/bin/sh\n").unwrap();
-        std::fs::write(real.join("npm"), "#!/bin/sh\n").unwrap();
-        for f in [&shim, &real.join("npm")] {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        std::os::unix::fs::symlink(&shim, shims.join("npm")).unwrap();
-        let path = format!("{}:{}", shims.display(), real.display());
-        assert_eq!(find_real("npm", &path, &shims.join("npm")), Some(real.join("npm")));
-        assert_eq!(find_real("npm", &shims.display().to_string(), &shims.join("npm")), None);
-    }
-}
+mod tests;
