@@ -97,8 +97,8 @@ pub fn need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Op
 
 /// Positional arguments: everything not a flag and not a flag's value (`--registry X`).
 fn positionals(args: &[String]) -> Vec<&str> {
-    const VALUED: [&str; 8] =
-        ["--registry", "--tag", "--access", "--otp", "--workspace", "-w", "--repository-url", "-r"];
+    const VALUED: [&str; 10] =
+        ["--registry", "--tag", "--access", "--otp", "--workspace", "-w", "--filter", "-F", "--repository-url", "-r"];
     let mut out = Vec::new();
     let mut skip = false;
     for arg in args {
@@ -160,6 +160,19 @@ fn npm_need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Op
     let words: Vec<&str> =
         if family == Family::Yarn && words.first() == Some(&"npm") { words[1..].to_vec() } else { words };
     let publishing = matches!(words.first(), Some(&"publish") | Some(&"unpublish"));
+    // The shim packs one package itself, so its scripts run before the token exists.
+    let workspaces = ["-w", "--workspace", "--workspaces", "--ws", "--filter", "-F", "-r", "--recursive"];
+    if publishing
+        && args
+            .iter()
+            .any(|a| workspaces.iter().any(|w| a == w || a.strip_prefix(w).is_some_and(|r| r.starts_with('='))))
+    {
+        return Err(format!(
+            "`{} {}` of workspaces: run it in the package's directory, so the shim packs that package and its scripts run without a token",
+            family.name(),
+            words[0]
+        ));
+    }
     let reading = match words.first() {
         None => family == Family::Yarn,
         Some(word) => NPM_READS.contains(word),

@@ -297,3 +297,12 @@ fn berry_settings_name_the_registry() {
     assert_eq!(registry(&need, None).as_deref(), Some("https://publish.example"));
     assert_eq!(phases::berry_scopes(scopes), ["https://org.example"]);
 }
+
+#[test]
+fn workspace_publishes_are_refused_with_one_line() {
+    let dir = project(&[]);
+    for args in [&["publish", "--workspace", "a"][..], &["publish", "-w=a"], &["--filter", "a", "publish"]] {
+        let err = need(Family::Pnpm, &strings(args), &Env::default(), dir.path()).unwrap_err();
+        assert!(err.starts_with("`pnpm publish` of workspaces: run it in the package's directory"), "{err}");
+    }
+}
