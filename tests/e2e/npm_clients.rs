@@ -331,9 +331,14 @@ impl Registry {
             assert!(found_in(&String::from_utf8_lossy(output), &minted).is_none(), "{what}: a token in the output");
         }
         for (package, event) in scripts {
-            let file = self.spy.join(format!("{}.{event}.seen", package.replace(['@', '/'], "_")));
-            let seen = std::fs::read_to_string(&file)
-                .unwrap_or_else(|_| panic!("{what}: the {event} script of {package} did not run"));
+            let prefix = format!("{}.{event}.", package.replace(['@', '/'], "_"));
+            let file = std::fs::read_dir(&self.spy)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .unwrap_or_else(|| panic!("{what}: the {event} script of {package} did not run"));
+            let seen = std::fs::read_to_string(file.path()).unwrap();
             assert!(seen.contains("\nself PATH="), "{what}: the spy read its environment");
             assert!(seen.contains("\nancestor "), "{what}: the spy read its ancestors");
         }
@@ -479,7 +484,15 @@ fn the_spy_finds_a_token_in_a_scripts_environment() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let seen = std::fs::read_to_string(dir.path().join("control.postinstall.seen")).unwrap();
+    let seen_file = |event: &str| {
+        let prefix = format!("control.{event}.");
+        let file = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(&prefix));
+        std::fs::read_to_string(file.expect("the spy wrote its file").path()).unwrap()
+    };
+    let seen = seen_file("postinstall");
     let minted = BTreeSet::from([fingerprint(token)]);
     let line = found_in(&seen, &minted).expect("the token is found");
     assert!(line.starts_with("self npm_config_//127.0.0.1:1/:_authToken="), "{line}");
@@ -494,7 +507,7 @@ fn the_spy_finds_a_token_in_a_scripts_environment() {
         .output()
         .unwrap();
     assert!(sh.status.success());
-    let seen = std::fs::read_to_string(dir.path().join("control.install.seen")).unwrap();
+    let seen = seen_file("install");
     assert!(found_in(&seen, &minted).is_some_and(|l| l.starts_with("self HELD=") || l.starts_with("ancestor ")));
     assert!(seen.lines().any(|l| l.starts_with("ancestor ") && l.ends_with(&format!("HELD={token}"))));
 }

@@ -1,6 +1,6 @@
 // A lifecycle script that tries to read a registry token: its own environment, the
 // environment of every ancestor process (/proc/PPID/environ up to init) and of every other
-// process it can read. It writes all it saw to $MAYFLY_SPY_DIR/<package>.<event>.seen, which
+// process it can read. It writes all it saw to $MAYFLY_SPY_DIR/<package>.<event>.<pid>.seen, which
 // the test searches for the tokens it knows were minted.
 'use strict';
 const fs = require('fs');
@@ -54,4 +54,6 @@ for (const entry of fs.readdirSync('/proc')) {
 }
 const header = [`event ${event}`, `package ${name}`, `processes read ${readable}`, ...ancestors.map((a) => `chain ${a}`)];
 fs.mkdirSync(dir, { recursive: true });
-fs.writeFileSync(path.join(dir, `${name}.${event}.seen`), [...header, ...seen].join('\n') + '\n');
+// One file per run (the pid in its name), so a later run of the same script cannot hide
+// what an earlier one saw.
+fs.writeFileSync(path.join(dir, `${name}.${event}.${process.pid}.seen`), [...header, ...seen].join('\n') + '\n');
