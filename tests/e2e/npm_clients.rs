@@ -289,11 +289,16 @@ impl Registry {
 
     /// `mayfly exec -- TOOL ARGS` in `dir`, the shims on PATH ahead of the client.
     fn run(&self, dir: &Path, args: &[String], vars: &[(String, String)]) -> Output {
+        let mut command = Command::new(bin("mayfly"));
+        command.args(["exec", "--session", "npm-clients", "--", self.client.tool()]).args(args);
+        self.isolate(&mut command, dir).envs(vars.iter().cloned()).output().expect("mayfly exec runs")
+    }
+
+    /// The client's private HOME, caches, config and CA, and the spy's directory.
+    fn isolate<'a>(&self, command: &'a mut Command, dir: &Path) -> &'a mut Command {
         let root = self.stack.dir.path();
         let path = format!("{}:{}", self.real.display(), std::env::var("PATH").unwrap_or_default());
-        Command::new(bin("mayfly"))
-            .args(["exec", "--session", "npm-clients", "--", self.client.tool()])
-            .args(args)
+        command
             .current_dir(dir)
             .env_clear()
             .envs(self.stack.env())
@@ -306,10 +311,38 @@ impl Registry {
             .env("npm_config_audit", "false")
             .env("npm_config_fund", "false")
             .env("npm_config_fetch_retries", "0")
-            .envs(vars.iter().cloned())
             .stdin(std::process::Stdio::null())
-            .output()
-            .expect("mayfly exec runs")
+    }
+
+    /// The control: the client itself, without the shim, given a token the way the
+    /// README's config reads it. Its dependency's scripts find the token, so the checks
+    /// that pass through the shim can fail.
+    fn without_the_shim_scripts_find_the_token(&self, dependency: &str) {
+        let token = mayfly_tests::exchange_token(
+            &self.stack.https_client(),
+            &self.sts_url,
+            &self.stack.issuer,
+            &self.verdaccio.url,
+            "npm:*:read",
+        );
+        let dir = self.project("control", "control", &[dependency], Place::Npmrc);
+        self.name_registry(&dir, Place::Npmrc, false);
+        let _ = std::fs::remove_dir_all(&self.spy);
+        let mut command = Command::new(self.real.join(self.client.tool()));
+        self.isolate(&mut command, &dir).arg("install").env("MAYFLY_NPM_TOKEN", &token);
+        // The dependency was built before: pnpm would reuse that build and run no script.
+        let out = command.env("npm_config_side_effects_cache", "false").output().unwrap();
+        assert!(out.status.success(), "{:?} without the shim: {}", self.client, String::from_utf8_lossy(&out.stderr));
+        let minted = BTreeSet::from([fingerprint(&token)]);
+        let prefix = format!("{dependency}.postinstall.");
+        let seen = std::fs::read_dir(&self.spy)
+            .unwrap()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .expect("the dependency's postinstall ran");
+        let line = found_in(&seen, &minted).expect("without the shim, a dependency's script finds the token");
+        assert!(line.starts_with("self ") || line.starts_with("ancestor "), "in its environment or an ancestor's");
     }
 
     /// Runs a command that must succeed and whose scripts must have run (each of
@@ -436,6 +469,9 @@ fn client_installs_and_publishes_and_its_scripts_see_no_token(client: Client) {
     assert!(out.status.success(), "{client:?} run: {}", String::from_utf8_lossy(&out.stderr));
     registry.assert_scopes();
     registry.stack.assert_no_tokens_on_disk();
+    if client == Client::Pnpm9 {
+        registry.without_the_shim_scripts_find_the_token("spy-0");
+    }
 }
 
 #[test]
