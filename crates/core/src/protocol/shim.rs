@@ -431,18 +431,7 @@ pub fn run(
     let Some(mut need) = need(family, &args, &env, cwd)? else { return Err(runner.exec(&[all], &phases::quiet())) };
     let client = phases::detect(family, &program, runner)?;
     if client == Client::YarnBerry {
-        let scope = need.package.as_deref().and_then(|p| p.strip_prefix('@')?.split_once('/')).map(|(s, _)| s);
-        let ask = |runner: &mut dyn Runner, words: &[&str]| {
-            let step = Step { args: words.iter().map(OsString::from).collect(), ..all.clone() };
-            runner.output(&step, &phases::quiet()).unwrap_or_default()
-        };
-        let settings = ask(runner, &["config", "--json"]);
-        let scopes = ask(runner, &["config", "get", "npmScopes", "--json"]);
-        let text = phases::berry_registry(&settings, &scopes, &need, scope).unwrap_or_else(|| BERRY_REGISTRY.into());
-        need.registry = registry_url(&expand_vars(&text, &env))?;
-        if need.operation == Operation::Read {
-            need.scopes = phases::berry_scopes(&scopes).iter().filter_map(|t| registry_url(t).ok()).collect();
-        }
+        berry_need(&mut need, &all, &env, runner)?;
     }
     if !routed(family, &need, &env)? {
         return Err(runner.exec(&[all], &phases::quiet()));
@@ -451,26 +440,23 @@ pub fn run(
         .prefix("mayfly-pack-")
         .tempdir()
         .map_err(|e| format!("cannot make a directory to pack in: {e}"))?;
+    let mint = || mint(family, &need, &args, env.clone(), ancestry);
     match phases::plan(client, &program, &args, cwd, pack.path()) {
         Plan::Direct(step) => {
-            let vars = mint(family, &need, &args, env, ancestry)?.unwrap_or_else(phases::quiet);
+            let vars = mint()?.unwrap_or_else(phases::quiet);
             drop(pack);
             Err(runner.exec(&[step], &vars))
         }
         Plan::Install { with_token, after } => {
-            let Some(vars) = mint(family, &need, &args, env, ancestry)? else {
+            let Some(vars) = mint()? else {
                 drop(pack);
                 return Err(runner.exec(&[all], &phases::quiet()));
             };
             let code = runner.run(&with_token, &vars)?;
-            drop(vars);
-            drop(pack);
-            if code != 0 || after.is_empty() {
-                return Ok(code);
-            }
-            Err(runner.exec(&after, &phases::quiet()))
+            drop((vars, pack));
+            then_without_token(code, &after, runner)
         }
-        Plan::Publish { dir: _, before, after } => {
+        Plan::Publish { before, after } => {
             // The package's scripts run here, before there is a token to read.
             for step in &before {
                 let code = runner.run(step, &phases::quiet())?;
@@ -481,18 +467,41 @@ pub fn run(
             let tarball = packed(pack.path())?;
             let npm = find_real("npm", &path, shim);
             let upload = phases::upload(client, &program, npm.as_deref(), &args, &tarball, &need.registry)?;
-            let Some(vars) = mint(family, &need, &args, env, ancestry)? else {
+            let Some(vars) = mint()? else {
                 return Err("no route gives this registry a token, so the packed package was not published".into());
             };
             let code = runner.run(&upload, &vars)?;
-            drop(vars);
-            drop(pack);
-            if code != 0 || after.is_empty() {
-                return Ok(code);
-            }
-            Err(runner.exec(&after, &phases::quiet()))
+            drop((vars, pack));
+            then_without_token(code, &after, runner)
         }
     }
+}
+
+/// After the step that held the token exited with `code`: the steps without it, in place
+/// of this process, or `code` when it failed or there are none.
+fn then_without_token(code: i32, after: &[Step], runner: &mut dyn Runner) -> Result<i32, String> {
+    if code != 0 || after.is_empty() {
+        return Ok(code);
+    }
+    Err(runner.exec(after, &phases::quiet()))
+}
+
+/// Asks berry where `need` goes: berry reads no npm settings, and merges every
+/// `.yarnrc.yml` and `YARN_*` variable itself.
+fn berry_need(need: &mut Need, yarn: &Step, env: &Env, runner: &mut dyn Runner) -> Result<(), String> {
+    let scope = need.package.as_deref().and_then(|p| p.strip_prefix('@')?.split_once('/')).map(|(s, _)| s);
+    let mut ask = |words: &[&str]| {
+        let step = Step { args: words.iter().map(OsString::from).collect(), ..yarn.clone() };
+        runner.output(&step, &phases::quiet()).unwrap_or_default()
+    };
+    let settings = ask(&["config", "--json"]);
+    let scopes = ask(&["config", "get", "npmScopes", "--json"]);
+    let text = phases::berry_registry(&settings, &scopes, need, scope).unwrap_or_else(|| BERRY_REGISTRY.into());
+    need.registry = registry_url(&expand_vars(&text, env))?;
+    if need.operation == Operation::Read {
+        need.scopes = phases::berry_scopes(&scopes).iter().filter_map(|t| registry_url(t).ok()).collect();
+    }
+    Ok(())
 }
 
 /// The one tarball a pack step left in `dir`.

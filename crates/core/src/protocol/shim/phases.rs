@@ -115,11 +115,9 @@ pub enum Plan {
         /// The skipped scripts.
         after: Vec<Step>,
     },
-    /// Pack in `dir` without a token (the package's scripts run here), upload the tarball
-    /// with it, then run the publish scripts without it.
+    /// Pack without a token (the package's scripts run here), upload the tarball with it,
+    /// then run the publish scripts without it.
     Publish {
-        /// The package's directory.
-        dir: PathBuf,
         /// Scripts and packing, into the pack directory.
         before: Vec<Step>,
         /// Scripts after the upload.
@@ -138,7 +136,7 @@ pub(super) fn plan(client: Client, program: &Path, args: &[String], cwd: &Path, 
         Some("publish") => {
             let dir = words.get(1).map_or_else(|| cwd.to_owned(), |d| cwd.join(d));
             if dir.is_dir() {
-                publish(client, program, dir, pack_dir)
+                publish(client, program, &dir, pack_dir)
             } else {
                 Plan::Direct(with_flag(all, ignore_flag(client)))
             }
@@ -224,7 +222,7 @@ fn install(client: Client, program: &Path, cwd: &Path, args: &[String], skips: b
     Plan::Install { with_token, after }
 }
 
-fn publish(client: Client, program: &Path, dir: PathBuf, pack_dir: &Path) -> Plan {
+fn publish(client: Client, program: &Path, dir: &Path, pack_dir: &Path) -> Plan {
     let tarball = pack_dir.join("package.tgz");
     let tarball = tarball.to_string_lossy();
     let pack_dir = pack_dir.to_string_lossy();
@@ -235,11 +233,11 @@ fn publish(client: Client, program: &Path, dir: PathBuf, pack_dir: &Path) -> Pla
         Client::YarnClassic => (&["prepare", "prepublishOnly"], vec!["pack", "--filename", &tarball]),
         Client::YarnBerry => (&["prepublish"], vec!["pack", "--out", &tarball]),
     };
-    let mut before: Vec<Step> = scripts(&dir, early).iter().map(|s| run_script(client, program, &dir, s)).collect();
-    before.push(Step::new(program, &pack).in_dir(&dir));
+    let mut before: Vec<Step> = scripts(dir, early).iter().map(|s| run_script(client, program, dir, s)).collect();
+    before.push(Step::new(program, &pack).in_dir(dir));
     let late: &[&str] = if client == Client::YarnBerry { &[] } else { &["publish", "postpublish"] };
-    let after = scripts(&dir, late).iter().map(|s| run_script(client, program, &dir, s)).collect();
-    Plan::Publish { dir, before, after }
+    let after = scripts(dir, late).iter().map(|s| run_script(client, program, dir, s)).collect();
+    Plan::Publish { before, after }
 }
 
 /// The upload of `tarball` with the token and scripts off: the user's flags, the tarball

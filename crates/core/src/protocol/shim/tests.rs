@@ -193,7 +193,6 @@ fn publishes_pack_without_a_token_and_upload_the_tarball_with_scripts_off() {
     assert_eq!(
         phases::plan(Client::Npm, Path::new("t"), &strings(&["publish", "--tag", "next"]), cwd, pack),
         Plan::Publish {
-            dir: cwd.to_owned(),
             before: vec![
                 step("t", &["run", "--ignore-scripts", "prepublishOnly"], Some(cwd)),
                 step("t", &["pack", "--pack-destination", "/p"], Some(cwd)),
