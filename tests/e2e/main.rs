@@ -12,6 +12,7 @@ mod hostile_input;
 mod intent;
 mod kubectl;
 mod no_disk;
+mod npm_clients;
 mod oci;
 mod revocation;
 mod scope_boundary;

@@ -71,11 +71,33 @@ impl Verdaccio {
         introspection: Option<(&str, &str)>,
         trusted_publishers: &[(&str, &str)],
     ) -> Self {
+        Self::launch(dir, sts_url, ca_file, issuer_url, introspection, trusted_publishers, None)
+    }
+
+    /// [`Verdaccio::start`] serving HTTPS with this certificate and key (issued by the CA in
+    /// `ca_file`): pnpm 11 and later send credentials over HTTPS only. No introspection,
+    /// no trusted publishing.
+    pub fn start_https(dir: &Path, sts_url: &str, ca_file: &Path, issuer_url: &str, cert: &Path, key: &Path) -> Self {
+        Self::launch(dir, sts_url, ca_file, issuer_url, None, &[], Some((cert, key)))
+    }
+
+    fn launch(
+        dir: &Path,
+        sts_url: &str,
+        ca_file: &Path,
+        issuer_url: &str,
+        introspection: Option<(&str, &str)>,
+        trusted_publishers: &[(&str, &str)],
+        tls: Option<(&Path, &Path)>,
+    ) -> Self {
         assert!(entry_point().is_file(), "verdaccio is not installed: run `npm ci --prefix tests/support/verdaccio`");
         std::fs::create_dir_all(dir).expect("mkdir");
         let port = crate::free_port();
         let host = format!("127.0.0.1:{port}");
-        let url = format!("http://{host}");
+        let url = format!("{}://{host}", if tls.is_some() { "https" } else { "http" });
+        let https = tls.map_or_else(String::new, |(cert, key)| {
+            format!("https:\n  cert: {}\n  key: {}\n", q(&cert.display().to_string()), q(&key.display().to_string()))
+        });
         let (client_id, client_secret) = introspection.unwrap_or(("", ""));
         let publishers = trusted_publishers
             .iter()
@@ -87,8 +109,8 @@ impl Verdaccio {
         let config = format!(
             r#"storage: {storage}
 plugins: {plugins}
-listen: {host}
-web:
+listen: {listen}
+{https}web:
   enable: false
 uplinks: {{}}
 auth:
@@ -118,7 +140,7 @@ log:
 "#,
             storage = q(&dir.join("storage").display().to_string()),
             plugins = q(&support_dir().join("plugins").display().to_string()),
-            host = q(&host),
+            listen = q(&url),
             sts_url = q(sts_url),
             ca_file = q(&ca_file.display().to_string()),
             url_q = q(&url),
@@ -144,7 +166,7 @@ log:
             .spawn()
             .expect("node starts");
         let mut verdaccio = Self { url, host, log, child, dir: dir.to_owned() };
-        verdaccio.wait_until_ready();
+        verdaccio.wait_until_ready(ca_file);
         verdaccio
     }
 
@@ -158,9 +180,11 @@ log:
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn wait_until_ready(&mut self) {
+    fn wait_until_ready(&mut self, ca_file: &Path) {
+        let ca = std::fs::read(ca_file).expect("CA file");
         let client = reqwest::blocking::Client::builder()
             .no_proxy()
+            .tls_certs_merge(reqwest::Certificate::from_pem_bundle(&ca).expect("CA certificate"))
             .timeout(Duration::from_secs(2))
             .build()
             .expect("HTTP client");
@@ -193,4 +217,39 @@ impl Drop for Verdaccio {
 /// A YAML double-quoted scalar.
 fn q(value: &str) -> String {
     json!(value).to_string()
+}
+
+/// `tests/support/npm-clients`: the package managers the shim tests drive, pinned by its
+/// lockfile (installed by `.ci/run` with `npm ci --prefix tests/support/npm-clients`).
+pub fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("support/npm-clients")
+}
+
+/// The entry point of one installed client: `pnpm-9`, `pnpm-10`, `pnpm-12`, `yarn-1` or
+/// `yarn-4` (the names in `tests/support/npm-clients/package.json`).
+pub fn npm_client(name: &str) -> PathBuf {
+    let file = match name {
+        "pnpm-12" => "pnpm",
+        n if n.starts_with("pnpm") => "bin/pnpm.cjs",
+        _ => "bin/yarn.js",
+    };
+    clients_dir().join("node_modules").join(name).join(file)
+}
+
+/// True when verdaccio and this client are installed. Missing under `CI=true` is a
+/// failure; on a developer's machine the test is skipped with a loud message.
+pub fn require_npm_client(name: &str) -> bool {
+    if !require_verdaccio() {
+        return false;
+    }
+    if npm_client(name).is_file() {
+        return true;
+    }
+    let install = "npm ci --prefix tests/support/npm-clients";
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "`{name}` is required in CI but is not installed: run `{install}`"
+    );
+    eprintln!("\n!!!!! SKIPPED: `{name}` is not installed; run `{install}` to run this test !!!!!\n");
+    false
 }

@@ -2,16 +2,16 @@
 //! tool on PATH; `mayfly exec` does this for its session. Also runs as
 //! `mayfly-shim TOOL ARGS...`.
 
-use std::os::unix::process::CommandExt;
+use mayfly_core::protocol::shim::{Family, Processes, run};
 
 fn main() {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let invoked =
         args.first().and_then(|a| std::path::Path::new(a).file_name()).map(|n| n.to_string_lossy().into_owned());
-    let mut family = invoked.as_deref().and_then(mayfly_core::protocol::shim::Family::from_name);
+    let mut family = invoked.as_deref().and_then(Family::from_name);
     args.remove(0);
     if family.is_none() && !args.is_empty() {
-        family = mayfly_core::protocol::shim::Family::from_name(&args.remove(0).to_string_lossy());
+        family = Family::from_name(&args.remove(0).to_string_lossy());
     }
     let Some(family) = family else {
         mayfly_core::protocol::warn("usage: mayfly-shim npm|pnpm|yarn|twine ARGS... (or link it as one of them)");
@@ -20,15 +20,12 @@ fn main() {
     let shim = std::env::current_exe().unwrap_or_default();
     let cwd = std::env::current_dir().unwrap_or_default();
     let env = mayfly_core::Env::from_os();
-    let launch = match mayfly_core::protocol::shim::prepare(family, &args, env, &cwd, &shim, &mayfly_core::ancestry) {
-        Ok(launch) => launch,
+    // Returns only when the real tool did not take over this process.
+    match run(family, &args, env, &cwd, &shim, &mayfly_core::ancestry, &mut Processes) {
+        Ok(code) => std::process::exit(code),
         Err(message) => {
             mayfly_core::protocol::warn(&message);
             std::process::exit(1);
         }
-    };
-    // exec: the real tool takes over this process, its stdin, signals and exit status.
-    let error = std::process::Command::new(&launch.program).args(&args).envs(launch.vars).exec();
-    mayfly_core::protocol::warn(&format!("cannot run `{}`: {error}", launch.program.display()));
-    std::process::exit(127);
+    }
 }

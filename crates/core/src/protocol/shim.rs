@@ -12,10 +12,18 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+mod phases;
+mod process;
+
+pub use phases::{Client, Plan, Runner, Step};
+pub use process::Processes;
+
 use crate::{Env, Issued, Operation, Process, Target, Tool};
 
 /// The npm registry when nothing names another.
 const NPM_REGISTRY: &str = "https://registry.npmjs.org/";
+/// yarn berry's registry when nothing names another.
+const BERRY_REGISTRY: &str = "https://registry.yarnpkg.com";
 /// PyPI's upload URL when nothing names another.
 const PYPI_UPLOAD: &str = "https://upload.pypi.org/legacy/";
 
@@ -73,6 +81,10 @@ pub struct Need {
     pub operation: Operation,
     /// The package, when publishing.
     pub package: Option<String>,
+    /// `publishConfig.registry` of the package's manifest.
+    pub publish_config: Option<String>,
+    /// The scopes' registries a read may also fetch from.
+    pub scopes: Vec<url::Url>,
 }
 
 /// Works out what a command line needs; `Ok(None)` when it needs no token.
@@ -85,8 +97,8 @@ pub fn need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Op
 
 /// Positional arguments: everything not a flag and not a flag's value (`--registry X`).
 fn positionals(args: &[String]) -> Vec<&str> {
-    const VALUED: [&str; 8] =
-        ["--registry", "--tag", "--access", "--otp", "--workspace", "-w", "--repository-url", "-r"];
+    const VALUED: [&str; 10] =
+        ["--registry", "--tag", "--access", "--otp", "--workspace", "-w", "--filter", "-F", "--repository-url", "-r"];
     let mut out = Vec::new();
     let mut skip = false;
     for arg in args {
@@ -116,8 +128,9 @@ fn flag<'a>(args: &'a [String], names: &[&str]) -> Option<&'a str> {
 }
 
 /// Subcommands (and their aliases) that read from the registry; anything else that is not
-/// a publish runs without a token, so scripts (`npm test`, `npm run build`) never see one.
-const NPM_READS: [&str; 24] = [
+/// a publish runs without a token, so scripts (`npm test`, `npm run build`) never see one,
+/// and neither does a package run by `npm exec`, `npx` or `pnpm dlx`.
+const NPM_READS: [&str; 21] = [
     "install",
     "i",
     "in",
@@ -133,9 +146,6 @@ const NPM_READS: [&str; 24] = [
     "outdated",
     "audit",
     "pack",
-    "exec",
-    "x",
-    "dlx",
     "fetch",
     "dist-tag",
     "dist-tags",
@@ -150,11 +160,26 @@ fn npm_need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Op
     let words: Vec<&str> =
         if family == Family::Yarn && words.first() == Some(&"npm") { words[1..].to_vec() } else { words };
     let publishing = matches!(words.first(), Some(&"publish") | Some(&"unpublish"));
+    // The shim packs one package itself, so its scripts run before the token exists.
+    let workspaces = ["-w", "--workspace", "--workspaces", "--ws", "--filter", "-F", "-r", "--recursive"];
+    if publishing
+        && args
+            .iter()
+            .any(|a| workspaces.iter().any(|w| a == w || a.strip_prefix(w).is_some_and(|r| r.starts_with('='))))
+    {
+        return Err(format!(
+            "`{} {}` of workspaces: run it in the package's directory, so the shim packs that package and its scripts run without a token",
+            family.name(),
+            words[0]
+        ));
+    }
     let reading = match words.first() {
         None => family == Family::Yarn,
         Some(word) => NPM_READS.contains(word),
     };
-    if !publishing && !reading {
+    // Packing the project runs its scripts and needs no registry; `pack NAME` fetches.
+    let packs_project = words.first() == Some(&"pack") && words.get(1).is_none_or(|w| cwd.join(w).is_dir());
+    if (!publishing && !reading) || packs_project {
         return Ok(None);
     }
     let manifest = publishing
@@ -167,7 +192,34 @@ fn npm_need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Op
     let publish_registry = manifest.as_ref().and_then(|m| m["publishConfig"]["registry"].as_str().map(str::to_owned));
     let registry = npm_registry(family, args, env, cwd, package.as_deref(), publish_registry.filter(|_| publishing))?;
     let operation = if publishing { Operation::Publish } else { Operation::Read };
-    Ok(Some(Need { registry, operation, package }))
+    let publish_config = manifest.as_ref().and_then(|m| m["publishConfig"]["registry"].as_str().map(str::to_owned));
+    let scopes = if publishing { Vec::new() } else { scope_registries(family, env, cwd) };
+    Ok(Some(Need { registry, operation, package, publish_config, scopes }))
+}
+
+/// Every scope's registry (`@scope:registry=`) in the project's and the user's `.npmrc`
+/// (and classic yarn's `.yarnrc`): an install may fetch from each.
+fn scope_registries(family: Family, env: &Env, cwd: &Path) -> Vec<url::Url> {
+    let names: &[&str] = if family == Family::Yarn { &[".yarnrc", ".npmrc"] } else { &[".npmrc"] };
+    let mut out: Vec<url::Url> = Vec::new();
+    for dir in [project_root(cwd), env.path(crate::EnvVars::HOME)].into_iter().flatten() {
+        for name in names {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+            for line in text.lines().map(str::trim).filter(|l| l.starts_with('@') || l.starts_with("\"@")) {
+                let Some((key, value)) = line.split_once('=').or_else(|| line.split_once(char::is_whitespace)) else {
+                    continue;
+                };
+                if !key.trim().trim_matches('"').ends_with(":registry") {
+                    continue;
+                }
+                let text = expand_vars(value.trim().trim_matches('"'), env);
+                if let Some(url) = registry_url(&text).ok().filter(|u| !out.contains(u)) {
+                    out.push(url);
+                }
+            }
+        }
+    }
+    out
 }
 
 fn read_manifest(path: &Path) -> Option<serde_json::Value> {
@@ -186,27 +238,29 @@ fn npm_registry(
     publish_config: Option<String>,
 ) -> Result<url::Url, String> {
     let scope = package.and_then(|p| p.strip_prefix('@')).and_then(|p| p.split_once('/')).map(|(s, _)| s);
-    let from_env =
-        env.vars().find(|(k, _)| k.eq_ignore_ascii_case("npm_config_registry")).map(|(_, v)| v.to_owned()).or_else(
-            || (family == Family::Yarn).then(|| env.get("YARN_NPM_REGISTRY_SERVER").map(str::to_owned)).flatten(),
-        );
+    // pnpm 11 and later read only `pnpm_config_*`; earlier ones npm's variables too.
+    let named = |name: &str| env.vars().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.to_owned());
+    let from_env = (family == Family::Pnpm)
+        .then(|| named("pnpm_config_registry"))
+        .flatten()
+        .or_else(|| named("npm_config_registry"))
+        .or_else(|| (family == Family::Yarn).then(|| env.get("YARN_NPM_REGISTRY_SERVER").map(str::to_owned)).flatten());
     let from_files = || {
-        let files =
-            [project_root(cwd).map(|d| d.join(".npmrc")), env.path(crate::EnvVars::HOME).map(|h| h.join(".npmrc"))];
+        let in_dirs = |name: &str| {
+            [project_root(cwd), env.path(crate::EnvVars::HOME)].into_iter().flatten().map(|d| d.join(name)).collect()
+        };
+        let (npmrc, yarnrc): (Vec<PathBuf>, Vec<PathBuf>) =
+            (in_dirs(".npmrc"), if family == Family::Yarn { in_dirs(".yarnrc") } else { Vec::new() });
         let keys: Vec<String> =
             scope.map(|s| format!("@{s}:registry")).into_iter().chain(["registry".into()]).collect();
-        keys.iter().find_map(|key| files.iter().flatten().find_map(|f| npmrc_value(f, key)))
+        // Classic yarn's own `.yarnrc` wins over the `.npmrc` it also reads.
+        keys.iter().find_map(|key| {
+            yarnrc.iter().find_map(|f| yarnrc_value(f, key)).or_else(|| npmrc.iter().find_map(|f| npmrc_value(f, key)))
+        })
     };
     let text = flag(args, &["--registry"]).map(str::to_owned).or(from_env).or(publish_config).or_else(from_files);
     let text = text.map(|t| expand_vars(&t, env));
-    let text = text.unwrap_or_else(|| NPM_REGISTRY.to_owned());
-    let mut url = crate::target::strict_url(&text)
-        .ok_or_else(|| format!("registry `{}` is not a URL", crate::sanitize_for_terminal(&text)))?;
-    if !url.path().ends_with('/') {
-        let path = format!("{}/", url.path());
-        url.set_path(&path);
-    }
-    Ok(url)
+    registry_url(&text.unwrap_or_else(|| NPM_REGISTRY.to_owned()))
 }
 
 /// `${VAR}` and `${VAR?}` as npm expands them in `.npmrc` values.
@@ -238,6 +292,15 @@ fn npmrc_value(path: &Path, key: &str) -> Option<String> {
     })
 }
 
+/// `key value` from classic yarn's `.yarnrc` (either may be quoted; comments `#`).
+fn yarnrc_value(path: &Path, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().map(str::trim).filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (k, v) = line.split_once(char::is_whitespace)?;
+        (k.trim_matches('"') == key).then(|| v.trim().trim_matches('"').to_owned())
+    })
+}
+
 fn twine_need(args: &[String], env: &Env) -> Result<Option<Need>, String> {
     let words = positionals(args);
     if words.first() != Some(&"upload") {
@@ -261,7 +324,13 @@ fn twine_need(args: &[String], env: &Env) -> Result<Option<Need>, String> {
     let mut projects: Vec<String> = words[1..].iter().filter_map(|f| project_of(f)).collect();
     projects.dedup();
     match projects.as_slice() {
-        [one] => Ok(Some(Need { registry, operation: Operation::Publish, package: Some(one.clone()) })),
+        [one] => Ok(Some(Need {
+            registry,
+            operation: Operation::Publish,
+            package: Some(one.clone()),
+            publish_config: None,
+            scopes: Vec::new(),
+        })),
         [] => Err("`twine upload`: no distribution files named".into()),
         _ => Err("`twine upload`: one project per upload, so its token names one project".into()),
     }
@@ -302,15 +371,17 @@ pub fn token_vars(family: Family, registry: &url::Url, issued: &Issued) -> Vec<(
         ],
         _ => {
             // npm's "nerf dart": `//host[:port]/path/`, the key its auth lookup walks up to,
-            // sent to that host only. yarn berry's `YARN_NPM_AUTH_TOKEN` would go to every
-            // registry; berry reads the token from `MAYFLY_NPM_TOKEN` through a
-            // registry-scoped `npmAuthToken` in `.yarnrc.yml` instead.
+            // sent to that host only; npm and pnpm 9 and 12 read it from the environment.
+            // pnpm 10 and classic yarn do not, and berry never reads npm's settings: they
+            // take the token from `MAYFLY_NPM_TOKEN` through a registry-scoped entry in the
+            // user's config (`//HOST/:_authToken=${MAYFLY_NPM_TOKEN}`, berry's
+            // `npmRegistries`). berry's `YARN_NPM_AUTH_TOKEN` would go to every registry,
+            // so it is never set.
             let host = crate::target::host_port(registry).unwrap_or_default();
-            let mut vars = vec![(format!("npm_config_//{host}{}:_authToken", registry.path()), token.clone())];
-            if family == Family::Yarn {
-                vars.push(("MAYFLY_NPM_TOKEN".into(), token));
-            }
-            vars
+            vec![
+                (format!("npm_config_//{host}{}:_authToken", registry.path()), token.clone()),
+                (phases::TOKEN_VAR.into(), token),
+            ]
         }
     }
 }
@@ -327,158 +398,176 @@ pub fn find_real(name: &str, path: &str, shim: &Path) -> Option<PathBuf> {
     })
 }
 
-/// What the shim does before it execs: the real tool and the variables to add.
-pub struct Launch {
-    /// The real tool.
-    pub program: PathBuf,
-    /// Variables for the child only.
-    pub vars: Vec<(String, String)>,
-}
-
-/// Works out the launch for `family` run with `args`; an error is one line for stderr.
-pub fn prepare(
+/// Runs `family` with `args` as the shim: works out the token the command needs, gets it,
+/// and runs the real tool so that only the process that talks to the registry holds it
+/// ([`phases`]). Returns the exit code when it did not replace this process; an error is
+/// one line for stderr.
+pub fn run(
     family: Family,
     args: &[OsString],
     env: Env,
     cwd: &Path,
     shim: &Path,
     ancestry: &dyn Fn() -> Vec<Process>,
-) -> Result<Launch, String> {
+    runner: &mut dyn Runner,
+) -> Result<i32, String> {
     let name = family.name();
     let path = env.get("PATH").unwrap_or_default().to_owned();
     let program = find_real(name, &path, shim).ok_or_else(|| format!("cannot find the real `{name}` on PATH"))?;
+    let all = Step { program: program.clone(), args: args.to_vec(), dir: None };
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-    let Some(need) = need(family, &args, &env, cwd)? else { return Ok(Launch { program, vars: Vec::new() }) };
-    let tool = family.tool();
-    let host = crate::target::host_port(&need.registry).ok_or("the registry URL has no host")?;
-    let target =
-        Target::new(tool, need.registry.scheme(), &host, need.package.as_deref()).map_err(|e| e.to_string())?;
-    // The shim is the command: it heads the chain the audit line records.
-    let me = Process { pid: std::process::id(), argv: [vec![name.to_owned()], args].concat() };
-    let chain = || [vec![me.clone()], ancestry()].concat();
-    match crate::protocol::answer_for(&target, &|_| need.operation, env, &chain)? {
-        crate::protocol::Answer::Token(issued) => {
-            Ok(Launch { program, vars: token_vars(family, &need.registry, &issued) })
-        }
-        _ => Ok(Launch { program, vars: Vec::new() }),
+    if family == Family::Twine {
+        let vars = match need(family, &args, &env, cwd)? {
+            Some(need) => mint(family, &need, &args, env, ancestry)?.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        return Err(runner.exec(&[all], &vars));
     }
+    // An outer shim already holds a token for this command (pnpm 9 and 10 publish by
+    // running `npm publish`): run as it was set up.
+    if env.get(phases::TOKEN_VAR).is_some_and(|t| !t.is_empty()) {
+        return Err(runner.exec(&[all], &[]));
+    }
+    let Some(mut need) = need(family, &args, &env, cwd)? else { return Err(runner.exec(&[all], &phases::quiet())) };
+    let client = phases::detect(family, &program, runner)?;
+    if client == Client::YarnBerry {
+        berry_need(&mut need, &all, &env, runner)?;
+    }
+    if !routed(family, &need, &env)? {
+        return Err(runner.exec(&[all], &phases::quiet()));
+    }
+    let pack = tempfile::Builder::new()
+        .prefix("mayfly-pack-")
+        .tempdir()
+        .map_err(|e| format!("cannot make a directory to pack in: {e}"))?;
+    let mint = || mint(family, &need, &args, env.clone(), ancestry);
+    match phases::plan(client, &program, &args, cwd, pack.path()) {
+        Plan::Direct(step) => {
+            let vars = mint()?.unwrap_or_else(phases::quiet);
+            drop(pack);
+            Err(runner.exec(&[step], &vars))
+        }
+        Plan::Install { with_token, after } => {
+            let Some(vars) = mint()? else {
+                drop(pack);
+                return Err(runner.exec(&[all], &phases::quiet()));
+            };
+            let code = runner.run(&with_token, &vars)?;
+            drop((vars, pack));
+            then_without_token(code, &after, runner)
+        }
+        Plan::Publish { before, after } => {
+            // The package's scripts run here, before there is a token to read.
+            for step in &before {
+                let code = runner.run(step, &phases::quiet())?;
+                if code != 0 {
+                    return Ok(code);
+                }
+            }
+            let tarball = packed(pack.path())?;
+            let npm = find_real("npm", &path, shim);
+            let upload = phases::upload(client, &program, npm.as_deref(), &args, &tarball, &need.registry)?;
+            let Some(vars) = mint()? else {
+                return Err("no route gives this registry a token, so the packed package was not published".into());
+            };
+            let code = runner.run(&upload, &vars)?;
+            drop((vars, pack));
+            then_without_token(code, &after, runner)
+        }
+    }
+}
+
+/// After the step that held the token exited with `code`: the steps without it, in place
+/// of this process, or `code` when it failed or there are none.
+fn then_without_token(code: i32, after: &[Step], runner: &mut dyn Runner) -> Result<i32, String> {
+    if code != 0 || after.is_empty() {
+        return Ok(code);
+    }
+    Err(runner.exec(after, &phases::quiet()))
+}
+
+/// Asks berry where `need` goes: berry reads no npm settings, and merges every
+/// `.yarnrc.yml` and `YARN_*` variable itself.
+fn berry_need(need: &mut Need, yarn: &Step, env: &Env, runner: &mut dyn Runner) -> Result<(), String> {
+    let scope = need.package.as_deref().and_then(|p| p.strip_prefix('@')?.split_once('/')).map(|(s, _)| s);
+    let mut ask = |words: &[&str]| {
+        let step = Step { args: words.iter().map(OsString::from).collect(), ..yarn.clone() };
+        runner.output(&step, &phases::quiet()).unwrap_or_default()
+    };
+    let settings = ask(&["config", "--json"]);
+    let scopes = ask(&["config", "get", "npmScopes", "--json"]);
+    let text = phases::berry_registry(&settings, &scopes, need, scope).unwrap_or_else(|| BERRY_REGISTRY.into());
+    need.registry = registry_url(&expand_vars(&text, env))?;
+    if need.operation == Operation::Read {
+        need.scopes = phases::berry_scopes(&scopes).iter().filter_map(|t| registry_url(t).ok()).collect();
+    }
+    Ok(())
+}
+
+/// The one tarball a pack step left in `dir`.
+fn packed(dir: &Path) -> Result<PathBuf, String> {
+    let tarballs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read the pack directory: {e}"))?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "tgz"))
+        .collect();
+    match tarballs.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(format!("packing left {} tarballs, not one", tarballs.len())),
+    }
+}
+
+/// A registry URL with a trailing slash, as npm keys its settings.
+fn registry_url(text: &str) -> Result<url::Url, String> {
+    let mut url = crate::target::strict_url(text)
+        .ok_or_else(|| format!("registry `{}` is not a URL", crate::sanitize_for_terminal(text)))?;
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+/// Whether a route serves a registry `need` may use. Without one the tool runs untouched,
+/// scripts and all, as if there were no shim: there is no token to keep from them.
+fn routed(family: Family, need: &Need, env: &Env) -> Result<bool, String> {
+    let broker = crate::Broker::from_env(env.clone()).map_err(|e| crate::protocol::one_line(&e))?;
+    Ok(std::iter::once(&need.registry).chain(&need.scopes).any(|registry| {
+        let Some(host) = crate::target::host_port(registry) else { return false };
+        Target::new(family.tool(), registry.scheme(), &host, need.package.as_deref())
+            .is_ok_and(|target| !matches!(broker.resolve(&target), crate::Resolution::NoRoute))
+    }))
+}
+
+/// Gets the tokens `need` asks for (a read: one for each routed registry it may fetch
+/// from): the variables that carry them, or `None` when no route serves any (the tool then
+/// runs untouched). `MAYFLY_NPM_TOKEN` carries the first.
+fn mint(
+    family: Family,
+    need: &Need,
+    args: &[String],
+    env: Env,
+    ancestry: &dyn Fn() -> Vec<Process>,
+) -> Result<Option<Vec<(String, String)>>, String> {
+    let name = family.name();
+    // The shim is the command: it heads the chain the audit line records.
+    let me = Process { pid: std::process::id(), argv: [vec![name.to_owned()], args.to_vec()].concat() };
+    let chain = || [vec![me.clone()], ancestry()].concat();
+    let mut vars: Vec<(String, String)> = Vec::new();
+    for registry in std::iter::once(&need.registry).chain(&need.scopes) {
+        let host = crate::target::host_port(registry).ok_or("the registry URL has no host")?;
+        let target =
+            Target::new(family.tool(), registry.scheme(), &host, need.package.as_deref()).map_err(|e| e.to_string())?;
+        if let crate::protocol::Answer::Token(issued) =
+            crate::protocol::answer_for(&target, &|_| need.operation, env.clone(), &chain)?
+        {
+            let mine = token_vars(family, registry, &issued);
+            let first = vars.is_empty();
+            vars.extend(mine.into_iter().filter(|(k, _)| first || k != phases::TOKEN_VAR));
+        }
+    }
+    Ok((!vars.is_empty()).then_some(vars))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn strings(args: &[&str]) -> Vec<String> {
-        args.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn npm_commands_read_unless_they_publish_a_named_package() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("package.json"), r#"{"name":"@org/pkg","version":"1.0.0"}"#).unwrap();
-        std::fs::write(dir.path().join(".npmrc"), "; comment\n@org:registry = http://127.0.0.1:4873/npm\n").unwrap();
-        let env = Env::default();
-        let install = need(Family::Npm, &strings(&["install", "--registry", "https://r.example/"]), &env, dir.path());
-        let install = install.unwrap().unwrap();
-        assert_eq!(
-            (install.operation, install.package, install.registry.as_str()),
-            (Operation::Read, None, "https://r.example/")
-        );
-        let publish =
-            need(Family::Npm, &strings(&["publish", "--access", "public"]), &env, dir.path()).unwrap().unwrap();
-        assert_eq!(publish.operation, Operation::Publish);
-        assert_eq!(publish.package.as_deref(), Some("@org/pkg"));
-        assert_eq!(publish.registry.as_str(), "http://127.0.0.1:4873/npm/", "the scope's registry, from .npmrc");
-        let env = Env::from_pairs([("NPM_CONFIG_REGISTRY", "https://env.example")]);
-        let read = need(Family::Pnpm, &strings(&["add", "x"]), &env, dir.path()).unwrap().unwrap();
-        assert_eq!(read.registry.as_str(), "https://env.example/");
-        let berry = need(Family::Yarn, &strings(&["npm", "publish"]), &Env::default(), dir.path()).unwrap().unwrap();
-        assert_eq!(berry.operation, Operation::Publish);
-        let tarball = need(Family::Npm, &strings(&["publish", "pkg.tgz"]), &Env::default(), dir.path());
-        assert_eq!(tarball.unwrap().unwrap().package, None, "a tarball names no package directory");
-        for quiet in [&["test"][..], &["run", "build"], &["--version"], &["config", "list"]] {
-            assert_eq!(need(Family::Npm, &strings(quiet), &Env::default(), dir.path()), Ok(None), "{quiet:?}");
-        }
-        assert!(need(Family::Yarn, &[], &Env::default(), dir.path()).unwrap().is_some(), "a bare `yarn` installs");
-    }
-
-    #[test]
-    fn publish_config_and_npmrc_variables_name_the_registry() {
-        let dir = tempfile::tempdir().unwrap();
-        let manifest = r#"{"name":"pkg","publishConfig":{"registry":"https://publish.example/"}}"#;
-        std::fs::write(dir.path().join("package.json"), manifest).unwrap();
-        std::fs::write(dir.path().join(".npmrc"), "registry=${REGISTRY_URL}\n").unwrap();
-        let env = Env::from_pairs([("REGISTRY_URL", "https://from-env.example/npm")]);
-        let publish = need(Family::Npm, &strings(&["publish"]), &env, dir.path()).unwrap().unwrap();
-        assert_eq!(publish.registry.as_str(), "https://publish.example/");
-        let install = need(Family::Npm, &strings(&["ci"]), &env, dir.path()).unwrap().unwrap();
-        assert_eq!(install.registry.as_str(), "https://from-env.example/npm/");
-    }
-
-    #[test]
-    fn twine_uploads_name_one_normalised_project() {
-        let env = Env::default();
-        let upload = strings(&[
-            "upload",
-            "--repository-url",
-            "http://127.0.0.1:8080/legacy/",
-            "dist/Foo_Bar-1.0.tar.gz",
-            "dist/foo_bar-1.0-py3-none-any.whl",
-        ]);
-        let need = need(Family::Twine, &upload, &env, Path::new("/")).unwrap().unwrap();
-        assert_eq!(need.package.as_deref(), Some("foo-bar"));
-        assert_eq!(need.registry.as_str(), "http://127.0.0.1:8080/legacy/");
-        assert_eq!(super::need(Family::Twine, &strings(&["check", "dist/x-1.tar.gz"]), &env, Path::new("/")), Ok(None));
-        let two = strings(&["upload", "a-1.tar.gz", "b-1.tar.gz"]);
-        assert!(super::need(Family::Twine, &two, &env, Path::new("/")).is_err());
-        let named = strings(&["upload", "-r", "internal", "a-1.tar.gz"]);
-        let err = super::need(Family::Twine, &named, &env, Path::new("/")).unwrap_err();
-        assert!(err.contains("--repository-url"), "{err}");
-        let env = Env::from_pairs([("TWINE_REPOSITORY", "internal")]);
-        assert!(super::need(Family::Twine, &strings(&["upload", "a-1.tar.gz"]), &env, Path::new("/")).is_err());
-    }
-
-    #[test]
-    fn tokens_go_into_the_variable_each_tool_reads() {
-        let issued = Issued {
-            token: crate::Secret::new("tok"),
-            expires_at: None,
-            token_id: None,
-            scheme: crate::Scheme::Bearer,
-            username: "__token__".into(),
-            from_cache: false,
-        };
-        let registry = url::Url::parse("http://127.0.0.1:4873/npm/").unwrap();
-        assert_eq!(
-            token_vars(Family::Npm, &registry, &issued),
-            [("npm_config_//127.0.0.1:4873/npm/:_authToken".to_owned(), "tok".to_owned())]
-        );
-        let yarn = token_vars(Family::Yarn, &registry, &issued);
-        assert!(
-            yarn.iter().all(|(k, _)| k != "YARN_NPM_AUTH_TOKEN"),
-            "berry's global token would go to every registry"
-        );
-        let twine = token_vars(Family::Twine, &registry, &issued);
-        assert_eq!(twine[0], ("TWINE_USERNAME".to_owned(), "__token__".to_owned()));
-        assert_eq!(twine[2], ("TWINE_REPOSITORY_URL".to_owned(), registry.to_string()), "pinned to the token's URL");
-    }
-
-    #[test]
-    fn the_real_tool_is_never_the_shim() {
-        let dir = tempfile::tempdir().unwrap();
-        let (shims, real) = (dir.path().join("shims"), dir.path().join("real"));
-        std::fs::create_dir_all(&shims).unwrap();
-        std::fs::create_dir_all(&real).unwrap();
-        let shim = shims.join("mayfly-shim");
-        std::fs::write(&shim, "#!/bin/sh\n").unwrap();
-        std::fs::write(real.join("npm"), "#!/bin/sh\n").unwrap();
-        for f in [&shim, &real.join("npm")] {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        std::os::unix::fs::symlink(&shim, shims.join("npm")).unwrap();
-        let path = format!("{}:{}", shims.display(), real.display());
-        assert_eq!(find_real("npm", &path, &shims.join("npm")), Some(real.join("npm")));
-        assert_eq!(find_real("npm", &shims.display().to_string(), &shims.join("npm")), None);
-    }
-}
+mod tests;

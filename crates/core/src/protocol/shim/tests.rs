@@ -1,0 +1,307 @@
+//! The shim's command-line reading and plans.
+
+use std::ffi::OsString;
+
+use super::*;
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn npm_commands_read_unless_they_publish_a_named_package() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("package.json"), r#"{"name":"@org/pkg","version":"1.0.0"}"#).unwrap();
+    std::fs::write(dir.path().join(".npmrc"), "; comment\n@org:registry = http://127.0.0.1:4873/npm\n").unwrap();
+    let env = Env::default();
+    let install = need(Family::Npm, &strings(&["install", "--registry", "https://r.example/"]), &env, dir.path());
+    let install = install.unwrap().unwrap();
+    assert_eq!(
+        (install.operation, install.package, install.registry.as_str()),
+        (Operation::Read, None, "https://r.example/")
+    );
+    let publish = need(Family::Npm, &strings(&["publish", "--access", "public"]), &env, dir.path()).unwrap().unwrap();
+    assert_eq!(publish.operation, Operation::Publish);
+    assert_eq!(publish.package.as_deref(), Some("@org/pkg"));
+    assert_eq!(publish.registry.as_str(), "http://127.0.0.1:4873/npm/", "the scope's registry, from .npmrc");
+    let env = Env::from_pairs([("NPM_CONFIG_REGISTRY", "https://env.example")]);
+    let read = need(Family::Pnpm, &strings(&["add", "x"]), &env, dir.path()).unwrap().unwrap();
+    assert_eq!(read.registry.as_str(), "https://env.example/");
+    let berry = need(Family::Yarn, &strings(&["npm", "publish"]), &Env::default(), dir.path()).unwrap().unwrap();
+    assert_eq!(berry.operation, Operation::Publish);
+    let tarball = need(Family::Npm, &strings(&["publish", "pkg.tgz"]), &Env::default(), dir.path());
+    assert_eq!(tarball.unwrap().unwrap().package, None, "a tarball names no package directory");
+    for quiet in [&["test"][..], &["run", "build"], &["--version"], &["config", "list"]] {
+        assert_eq!(need(Family::Npm, &strings(quiet), &Env::default(), dir.path()), Ok(None), "{quiet:?}");
+    }
+    assert!(need(Family::Yarn, &[], &Env::default(), dir.path()).unwrap().is_some(), "a bare `yarn` installs");
+}
+
+#[test]
+fn publish_config_and_npmrc_variables_name_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = r#"{"name":"pkg","publishConfig":{"registry":"https://publish.example/"}}"#;
+    std::fs::write(dir.path().join("package.json"), manifest).unwrap();
+    std::fs::write(dir.path().join(".npmrc"), "registry=${REGISTRY_URL}\n").unwrap();
+    let env = Env::from_pairs([("REGISTRY_URL", "https://from-env.example/npm")]);
+    let publish = need(Family::Npm, &strings(&["publish"]), &env, dir.path()).unwrap().unwrap();
+    assert_eq!(publish.registry.as_str(), "https://publish.example/");
+    let install = need(Family::Npm, &strings(&["ci"]), &env, dir.path()).unwrap().unwrap();
+    assert_eq!(install.registry.as_str(), "https://from-env.example/npm/");
+}
+
+#[test]
+fn twine_uploads_name_one_normalised_project() {
+    let env = Env::default();
+    let upload = strings(&[
+        "upload",
+        "--repository-url",
+        "http://127.0.0.1:8080/legacy/",
+        "dist/Foo_Bar-1.0.tar.gz",
+        "dist/foo_bar-1.0-py3-none-any.whl",
+    ]);
+    let need = need(Family::Twine, &upload, &env, Path::new("/")).unwrap().unwrap();
+    assert_eq!(need.package.as_deref(), Some("foo-bar"));
+    assert_eq!(need.registry.as_str(), "http://127.0.0.1:8080/legacy/");
+    assert_eq!(super::need(Family::Twine, &strings(&["check", "dist/x-1.tar.gz"]), &env, Path::new("/")), Ok(None));
+    let two = strings(&["upload", "a-1.tar.gz", "b-1.tar.gz"]);
+    assert!(super::need(Family::Twine, &two, &env, Path::new("/")).is_err());
+    let named = strings(&["upload", "-r", "internal", "a-1.tar.gz"]);
+    let err = super::need(Family::Twine, &named, &env, Path::new("/")).unwrap_err();
+    assert!(err.contains("--repository-url"), "{err}");
+    let env = Env::from_pairs([("TWINE_REPOSITORY", "internal")]);
+    assert!(super::need(Family::Twine, &strings(&["upload", "a-1.tar.gz"]), &env, Path::new("/")).is_err());
+}
+
+#[test]
+fn tokens_go_into_the_variable_each_tool_reads() {
+    let issued = Issued {
+        token: crate::Secret::new("tok"),
+        expires_at: None,
+        token_id: None,
+        scheme: crate::Scheme::Bearer,
+        username: "__token__".into(),
+        from_cache: false,
+    };
+    let registry = url::Url::parse("http://127.0.0.1:4873/npm/").unwrap();
+    assert_eq!(
+        token_vars(Family::Npm, &registry, &issued),
+        [
+            ("npm_config_//127.0.0.1:4873/npm/:_authToken".to_owned(), "tok".to_owned()),
+            ("MAYFLY_NPM_TOKEN".to_owned(), "tok".to_owned())
+        ]
+    );
+    let yarn = token_vars(Family::Yarn, &registry, &issued);
+    assert!(yarn.iter().all(|(k, _)| k != "YARN_NPM_AUTH_TOKEN"), "berry's global token would go to every registry");
+    let twine = token_vars(Family::Twine, &registry, &issued);
+    assert_eq!(twine[0], ("TWINE_USERNAME".to_owned(), "__token__".to_owned()));
+    assert_eq!(twine[2], ("TWINE_REPOSITORY_URL".to_owned(), registry.to_string()), "pinned to the token's URL");
+}
+
+#[test]
+fn the_real_tool_is_never_the_shim() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shims, real) = (dir.path().join("shims"), dir.path().join("real"));
+    std::fs::create_dir_all(&shims).unwrap();
+    std::fs::create_dir_all(&real).unwrap();
+    let shim = shims.join("mayfly-shim");
+    std::fs::write(&shim, "#!/bin/sh\n").unwrap();
+    std::fs::write(real.join("npm"), "#!/bin/sh\n").unwrap();
+    for f in [&shim, &real.join("npm")] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::os::unix::fs::symlink(&shim, shims.join("npm")).unwrap();
+    let path = format!("{}:{}", shims.display(), real.display());
+    assert_eq!(find_real("npm", &path, &shims.join("npm")), Some(real.join("npm")));
+    assert_eq!(find_real("npm", &shims.display().to_string(), &shims.join("npm")), None);
+}
+
+/// A project with these scripts (each `true`) in a fresh directory.
+fn project(scripts: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let scripts: serde_json::Map<String, serde_json::Value> =
+        scripts.iter().map(|s| ((*s).to_owned(), serde_json::json!("true"))).collect();
+    let manifest = serde_json::json!({"name": "@org/pkg", "version": "1.0.0", "scripts": scripts});
+    std::fs::write(dir.path().join("package.json"), manifest.to_string()).unwrap();
+    dir
+}
+
+fn step(program: &str, args: &[&str], dir: Option<&Path>) -> Step {
+    Step { program: program.into(), args: args.iter().map(OsString::from).collect(), dir: dir.map(Path::to_owned) }
+}
+
+#[test]
+fn installs_fetch_with_scripts_off_and_run_them_afterwards_with_the_same_client() {
+    let dir = project(&["postinstall", "prepare"]);
+    let cwd = dir.path();
+    let plan = |client, args: &[&str]| phases::plan(client, Path::new("t"), &strings(args), cwd, Path::new("/p"));
+    assert_eq!(
+        plan(Client::Npm, &["ci", "--", "x"]),
+        Plan::Install {
+            with_token: step("t", &["ci", "--ignore-scripts", "--", "x"], None),
+            after: vec![step("t", &["rebuild"], None), step("t", &["run", "--ignore-scripts", "prepare"], Some(cwd))],
+        },
+        "npm's rebuild leaves out the project's prepare"
+    );
+    let Plan::Install { after, .. } = plan(Client::Pnpm(10), &["add", "x"]) else { panic!() };
+    assert_eq!(after, [step("t", &["rebuild"], None)]);
+    let Plan::Install { after, .. } = plan(Client::Pnpm(12), &["install"]) else { panic!() };
+    assert_eq!(
+        after,
+        [
+            step("t", &["rebuild"], None),
+            step("t", &["run", "postinstall"], Some(cwd)),
+            step("t", &["run", "prepare"], Some(cwd))
+        ],
+        "pnpm 11 and later rebuild dependencies only"
+    );
+    assert_eq!(
+        plan(Client::YarnClassic, &["--frozen-lockfile"]),
+        Plan::Install {
+            with_token: step("t", &["install", "--frozen-lockfile", "--ignore-scripts"], None),
+            after: vec![step("t", &["install", "--force", "--offline", "--frozen-lockfile"], None)],
+        }
+    );
+    assert_eq!(
+        plan(Client::YarnBerry, &["add", "x"]),
+        Plan::Install {
+            with_token: step("t", &["add", "x", "--mode=skip-build"], None),
+            after: vec![step("t", &["rebuild"], None)],
+        }
+    );
+    // Asked for no scripts, or reading without any: one step.
+    assert_eq!(
+        plan(Client::Npm, &["i", "--ignore-scripts"]),
+        Plan::Direct(step("t", &["i", "--ignore-scripts"], None))
+    );
+    assert_eq!(plan(Client::Pnpm(9), &["view", "x"]), Plan::Direct(step("t", &["view", "x"], None)));
+    assert_eq!(
+        plan(Client::Npm, &["install", "-g", "x"]),
+        Plan::Install {
+            with_token: step("t", &["install", "-g", "x", "--ignore-scripts"], None),
+            after: vec![step("t", &["rebuild", "--global"], None)],
+        }
+    );
+}
+
+#[test]
+fn publishes_pack_without_a_token_and_upload_the_tarball_with_scripts_off() {
+    let dir = project(&["prepublishOnly", "prepare", "prepack", "postpublish"]);
+    let cwd = dir.path();
+    let pack = Path::new("/p");
+    assert_eq!(
+        phases::plan(Client::Npm, Path::new("t"), &strings(&["publish", "--tag", "next"]), cwd, pack),
+        Plan::Publish {
+            before: vec![
+                step("t", &["run", "--ignore-scripts", "prepublishOnly"], Some(cwd)),
+                step("t", &["pack", "--pack-destination", "/p"], Some(cwd)),
+            ],
+            after: vec![step("t", &["run", "--ignore-scripts", "postpublish"], Some(cwd))],
+        }
+    );
+    let Plan::Publish { before, .. } =
+        phases::plan(Client::YarnClassic, Path::new("t"), &strings(&["publish"]), cwd, pack)
+    else {
+        panic!()
+    };
+    assert_eq!(
+        before,
+        [
+            step("t", &["run", "prepare"], Some(cwd)),
+            step("t", &["run", "prepublishOnly"], Some(cwd)),
+            step("t", &["pack", "--filename", "/p/package.tgz"], Some(cwd)),
+        ]
+    );
+    let registry = url::Url::parse("https://r.example/").unwrap();
+    let tarball = Path::new("/p/package.tgz");
+    let args = strings(&["publish", "--tag", "next"]);
+    let upload = phases::upload(Client::Pnpm(12), Path::new("t"), None, &args, tarball, &registry).unwrap();
+    assert_eq!(upload, step("t", &["publish", "/p/package.tgz", "--tag", "next", "--ignore-scripts"], None));
+    // berry cannot publish a tarball: npm uploads it, to the registry berry would use.
+    let args = strings(&["npm", "publish", "--access", "public", "--tolerate-republish"]);
+    let upload = phases::upload(Client::YarnBerry, Path::new("t"), Some(Path::new("npm")), &args, tarball, &registry);
+    assert_eq!(
+        upload.unwrap(),
+        step(
+            "npm",
+            &[
+                "publish",
+                "/p/package.tgz",
+                "--ignore-scripts",
+                "--registry",
+                "https://r.example/",
+                "--access",
+                "public"
+            ],
+            None
+        )
+    );
+    assert!(phases::upload(Client::YarnBerry, Path::new("t"), None, &args, tarball, &registry).is_err());
+    // A tarball named on the command line runs no scripts of its own: one step.
+    std::fs::write(cwd.join("x.tgz"), "").unwrap();
+    assert_eq!(
+        phases::plan(Client::Npm, Path::new("t"), &strings(&["publish", "x.tgz"]), cwd, pack),
+        Plan::Direct(step("t", &["publish", "x.tgz", "--ignore-scripts"], None))
+    );
+}
+
+#[test]
+fn code_runners_get_no_token_and_reads_get_one_per_scope_registry() {
+    let dir = project(&[]);
+    std::fs::write(dir.path().join(".npmrc"), "@org:registry=https://org.example\n@b:registry = ${B}\n").unwrap();
+    let env = Env::from_pairs([("B", "https://b.example/npm")]);
+    for quiet in [&["exec", "x"][..], &["x", "y"], &["dlx", "y"], &["install-test"], &["pack"]] {
+        assert_eq!(need(Family::Npm, &strings(quiet), &env, dir.path()), Ok(None), "{quiet:?}");
+    }
+    let read = need(Family::Npm, &strings(&["install"]), &env, dir.path()).unwrap().unwrap();
+    let scopes: Vec<&str> = read.scopes.iter().map(url::Url::as_str).collect();
+    assert_eq!(scopes, ["https://org.example/", "https://b.example/npm/"]);
+    assert!(need(Family::Npm, &strings(&["pack", "left-pad"]), &env, dir.path()).unwrap().is_some());
+    let env = Env::from_pairs([
+        ("npm_config_registry", "https://npm.example/"),
+        ("PNPM_CONFIG_REGISTRY", "https://p.example/"),
+    ]);
+    let pnpm = need(Family::Pnpm, &strings(&["install"]), &env, dir.path()).unwrap().unwrap();
+    assert_eq!(pnpm.registry.as_str(), "https://p.example/", "pnpm 11 and later read only their own");
+    std::fs::write(dir.path().join(".yarnrc"), "registry \"https://yarnrc.example/\"\n").unwrap();
+    std::fs::write(dir.path().join(".npmrc"), "registry=https://npmrc.example/\n").unwrap();
+    let yarn = need(Family::Yarn, &[], &Env::default(), dir.path()).unwrap().unwrap();
+    assert_eq!(yarn.registry.as_str(), "https://yarnrc.example/", "classic yarn's own file wins");
+}
+
+#[test]
+fn berry_settings_name_the_registry() {
+    let settings = [
+        r#"{"key":"npmPublishRegistry","effective":"https://publish.example"}"#,
+        r#"{"key":"npmRegistryServer","effective":"https://server.example"}"#,
+        r#"{"key":"npmScopes","effective":{}}"#,
+    ]
+    .join("\n");
+    let scopes = r#"{"org":{"npmRegistryServer":"https://org.example","npmPublishRegistry":null}}"#;
+    let mut need = Need {
+        registry: url::Url::parse("https://registry.npmjs.org/").unwrap(),
+        operation: Operation::Read,
+        package: None,
+        publish_config: Some("https://config.example/".into()),
+        scopes: Vec::new(),
+    };
+    let registry = |need: &Need, scope| phases::berry_registry(&settings, scopes, need, scope);
+    assert_eq!(registry(&need, None).as_deref(), Some("https://server.example"));
+    assert_eq!(registry(&need, Some("org")).as_deref(), Some("https://org.example"));
+    need.operation = Operation::Publish;
+    assert_eq!(registry(&need, Some("org")).as_deref(), Some("https://config.example/"));
+    need.publish_config = None;
+    assert_eq!(registry(&need, Some("org")).as_deref(), Some("https://org.example"));
+    assert_eq!(registry(&need, None).as_deref(), Some("https://publish.example"));
+    assert_eq!(phases::berry_scopes(scopes), ["https://org.example"]);
+}
+
+#[test]
+fn workspace_publishes_are_refused_with_one_line() {
+    let dir = project(&[]);
+    for args in [&["publish", "--workspace", "a"][..], &["publish", "-w=a"], &["--filter", "a", "publish"]] {
+        let err = need(Family::Pnpm, &strings(args), &Env::default(), dir.path()).unwrap_err();
+        assert!(err.starts_with("`pnpm publish` of workspaces: run it in the package's directory"), "{err}");
+    }
+}
