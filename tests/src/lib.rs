@@ -517,9 +517,30 @@ pub fn post_exchange(
     (status, response.json().expect("a JSON answer"))
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago, for a server that must be told its port before it
+/// starts (`mayfly-sts`, verdaccio, the registry).
+///
+/// Ports are picked below the kernel's ephemeral range, so no server that binds port 0
+/// meanwhile can take one, and never twice in one test process, so two tests cannot be
+/// handed the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+    use std::hash::{BuildHasher, RandomState};
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .filter(|&low| low > 12_000)
+        .unwrap_or(32_768);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let random = RandomState::new();
+    for attempt in 0u64..10_000 {
+        let port = 10_000 + u16::try_from(random.hash_one(attempt) % u64::from(low - 10_000)).unwrap_or(0);
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range")
 }
 
 /// Parses a JSON-lines file (missing file: no lines).
