@@ -57,7 +57,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("mayfly: {}", mayfly_core::sanitize_for_terminal(&format!("{error:#}")));
+            eprintln!("mayfly: {}", mayfly_core::sanitize_keeping_lines(&format!("{error:#}")));
             std::process::ExitCode::FAILURE
         }
     }

@@ -49,7 +49,9 @@ pub use exchange::{
 pub use http::{Error as HttpError, HttpClient, is_loopback_url};
 pub use identity::{Error as IdentityError, SubjectToken, fetch_subject};
 pub use jwt::{Claims as UnverifiedClaims, peek_claims};
-pub use redact::{REDACTED, clip, contains_jwt, redact_tokens, sanitize_for_terminal, scan_for_jwts};
+pub use redact::{
+    REDACTED, clip, contains_jwt, redact_tokens, sanitize_for_terminal, sanitize_keeping_lines, scan_for_jwts,
+};
 pub use scope::{Scope, ScopeTemplate};
 pub use secret::{Fingerprint, Secret};
 pub use shape::command_shape;

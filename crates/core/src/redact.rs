@@ -6,6 +6,12 @@ pub fn sanitize_for_terminal(text: &str) -> String {
     text.chars().map(|c| if c.is_control() { char::REPLACEMENT_CHARACTER } else { c }).collect()
 }
 
+/// [`sanitize_for_terminal`], but keeping line breaks: for the `mayfly` command's own
+/// messages on stderr, never for a protocol's stdout or a helper's one-line errors.
+pub fn sanitize_keeping_lines(text: &str) -> String {
+    text.split('\n').map(sanitize_for_terminal).collect::<Vec<_>>().join("\n")
+}
+
 /// At most `max` bytes of `text`, cut at a character boundary.
 pub fn clip(text: &str, max: usize) -> &str {
     let mut end = text.len().min(max);
@@ -154,5 +160,6 @@ mod tests {
     #[test]
     fn control_characters_are_neutralised() {
         assert_eq!(sanitize_for_terminal("a\x1b[31mb\r\n"), "a\u{fffd}[31mb\u{fffd}\u{fffd}");
+        assert_eq!(sanitize_keeping_lines("a\n\nb\x1b[2J\r\n"), "a\n\nb\u{fffd}[2J\u{fffd}\n");
     }
 }
