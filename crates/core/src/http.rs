@@ -87,6 +87,31 @@ pub(crate) fn redacted(url: &url::Url) -> String {
     shown.to_string()
 }
 
+/// Attempts at most, for a request that may be sent again.
+const ATTEMPTS: u32 = 3;
+
+/// When a request may be sent again: the one retry policy of every client mayfly runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Only when it never left (the connection failed): a request that arrived may have
+    /// spent a single-use ID token or minted something.
+    Undelivered,
+    /// Also after 502, 503 or 504: the server (or the proxy before it) did nothing.
+    Unavailable,
+    /// Also after any 5xx: for reads, which change nothing.
+    ServerError,
+}
+
+impl Retry {
+    fn again(self, status: u16) -> bool {
+        match self {
+            Self::Undelivered => false,
+            Self::Unavailable => matches!(status, 502..=504),
+            Self::ServerError => status >= 500,
+        }
+    }
+}
+
 /// A blocking client with mayfly's rules built in.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
@@ -132,6 +157,31 @@ impl HttpClient {
     pub fn delete(&self, url: &url::Url) -> Result<RequestBuilder, Error> {
         check_url(url)?;
         Ok(self.client.delete(url.clone()))
+    }
+
+    /// Sends the request `build` makes, again where `retry` allows (at most three
+    /// attempts, 200 then 400 ms apart), and answers as [`HttpClient::send`].
+    pub(crate) fn send_retrying(
+        &self,
+        url: &url::Url,
+        retry: Retry,
+        build: &dyn Fn() -> Result<RequestBuilder, Error>,
+    ) -> Result<(u16, Vec<u8>), Error> {
+        let mut attempt = 1;
+        loop {
+            let result = self.send(build()?, url);
+            let again = attempt < ATTEMPTS
+                && match &result {
+                    Err(Error::Send { not_delivered: true, .. }) => true,
+                    Ok((status, _)) => retry.again(*status),
+                    Err(_) => false,
+                };
+            if !again {
+                return result;
+            }
+            std::thread::sleep(Duration::from_millis(100 << attempt));
+            attempt += 1;
+        }
     }
 
     /// Sends a request and reads at most [`MAX_BODY`] bytes of the answer.

@@ -15,8 +15,6 @@ use crate::{Env, EnvVars, Secret};
 
 /// How long a command source may run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-/// Attempts at GitHub's endpoint on 5xx or connection failure.
-const GITHUB_ATTEMPTS: u32 = 3;
 
 /// Why no subject token could be obtained.
 #[derive(Debug, thiserror::Error)]
@@ -125,30 +123,16 @@ fn github_actions(
         // The URL already carries a query; append, never replace.
         url.query_pairs_mut().append_pair("audience", audience);
     }
-    let mut last = None;
-    for attempt in 0..GITHUB_ATTEMPTS {
-        if attempt > 0 {
-            std::thread::sleep(Duration::from_millis(200 << attempt));
+    let build = || Ok(http.get(&url)?.bearer_auth(bearer).header("Accept", "application/json"));
+    match http.send_retrying(&url, crate::http::Retry::ServerError, &build)? {
+        (200, body) => parse_github(&source.name, &body),
+        (status, _) if status >= 500 => {
+            Err(Error::Unavailable(format!("identity `{}`: OIDC endpoint answered {status}", source.name)))
         }
-        let request = http.get(&url)?.bearer_auth(bearer).header("Accept", "application/json");
-        match http.send(request, &url) {
-            Ok((200, body)) => return parse_github(&source.name, &body),
-            Ok((status, _)) if status >= 500 => {
-                last = Some(Error::Unavailable(format!("identity `{}`: OIDC endpoint answered {status}", source.name)))
-            }
-            Ok((status, _)) => {
-                return Err(Error::Unavailable(format!(
-                    "identity `{}`: OIDC endpoint answered {status} ({hint})",
-                    source.name
-                )));
-            }
-            Err(crate::http::Error::Send { not_delivered: true, url, message }) => {
-                last = Some(Error::Http(crate::http::Error::Send { url, message, not_delivered: true }));
-            }
-            Err(e) => return Err(e.into()),
+        (status, _) => {
+            Err(Error::Unavailable(format!("identity `{}`: OIDC endpoint answered {status} ({hint})", source.name)))
         }
     }
-    Err(last.unwrap_or_else(|| Error::Unavailable("no attempt made".into())))
 }
 
 fn parse_github(source: &str, body: &[u8]) -> Result<String, Error> {

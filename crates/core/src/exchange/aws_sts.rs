@@ -4,13 +4,11 @@
 //! The call is unsigned (the web identity token is the proof). Session tags and source
 //! identity come from the token's claims, never from parameters we could be talked into.
 
-use std::time::Duration;
-
 use serde_json::json;
 
 use super::{Ask, Error, ExchangeResponse, Intent, Protocol};
 use crate::config::{ExchangeConfig, Route};
-use crate::http::HttpClient;
+use crate::http::{HttpClient, Retry};
 use crate::{Secret, Tool, sanitize_for_terminal};
 
 /// The global AWS STS endpoint.
@@ -36,9 +34,6 @@ impl Protocol for AwsSts {
         exchange(ask.config, ask.http, ask.route, ask.subject, ask.intent)
     }
 }
-
-/// Attempts when the request was not delivered or STS said 5xx.
-const ATTEMPTS: u32 = 3;
 
 /// The form of one `AssumeRoleWithWebIdentity` call.
 pub(crate) fn form(route: &Route, subject: &Secret, intent: &Intent) -> Vec<(&'static str, String)> {
@@ -115,7 +110,7 @@ pub(crate) fn parse(exchange: &str, status: u16, body: &[u8]) -> Result<Exchange
     })
 }
 
-/// Sends the call, retrying only where STS cannot have issued anything.
+/// Sends the call, again only where STS cannot have issued anything.
 pub(crate) fn exchange(
     config: &ExchangeConfig,
     http: &HttpClient,
@@ -124,19 +119,12 @@ pub(crate) fn exchange(
     intent: &Intent,
 ) -> Result<ExchangeResponse, Error> {
     let url = &config.token_endpoint;
-    let http_error = |source| Error::Http { exchange: config.name.clone(), source };
     let body = form(route, subject, intent);
-    for attempt in 1..=ATTEMPTS {
-        let request = http.post(url).map_err(http_error)?.form(&body);
-        match http.send(request, url) {
-            Ok((status, _)) if matches!(status, 502..=504) && attempt < ATTEMPTS => {}
-            Ok((status, body)) => return parse(&config.name, status, &body),
-            Err(crate::http::Error::Send { not_delivered: true, .. }) if attempt < ATTEMPTS => {}
-            Err(e) => return Err(http_error(e)),
-        }
-        std::thread::sleep(Duration::from_millis(100 << attempt));
-    }
-    unreachable!("the last attempt returns")
+    let build = || Ok(http.post(url)?.form(&body));
+    let (status, body) = http
+        .send_retrying(url, Retry::Unavailable, &build)
+        .map_err(|source| Error::Http { exchange: config.name.clone(), source })?;
+    parse(&config.name, status, &body)
 }
 
 #[cfg(test)]

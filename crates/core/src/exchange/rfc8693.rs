@@ -9,11 +9,8 @@ use serde::Deserialize;
 
 use super::{ACCESS_TOKEN_TYPE, Ask, Error, ExchangeResponse, ID_TOKEN_TYPE, Intent, Protocol, TOKEN_EXCHANGE_GRANT};
 use crate::config::ExchangeConfig;
-use crate::http::HttpClient;
+use crate::http::{HttpClient, Retry};
 use crate::{Secret, sanitize_for_terminal};
-
-/// Attempts when the request was not delivered or the server said 502/503/504.
-const ATTEMPTS: u32 = 3;
 
 /// OAuth 2.0 Token Exchange.
 pub(crate) struct Rfc8693;
@@ -121,57 +118,34 @@ pub(crate) fn parse(exchange: &str, status: u16, body: &[u8]) -> Result<Exchange
     }
 }
 
-/// Sends the exchange, retrying only where the exchange cannot have minted anything.
+/// Sends the exchange, again only where the exchange cannot have minted anything.
 pub(crate) fn exchange(
     config: &ExchangeConfig,
     http: &HttpClient,
     request: &ExchangeRequest<'_>,
 ) -> Result<ExchangeResponse, Error> {
     let url = &config.token_endpoint;
-    let http_error = |source| Error::Http { exchange: config.name.clone(), source };
     let body = form(request);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let sent = http.post(url).map_err(http_error)?.header("Accept", "application/json").form(&body);
-        let retryable = match http.send(sent, url) {
-            Ok((status, body)) if matches!(status, 502..=504) && attempt < ATTEMPTS => {
-                drop(body);
-                true
-            }
-            Ok((status, body)) => return parse(&config.name, status, &body),
-            Err(crate::http::Error::Send { not_delivered: true, .. }) if attempt < ATTEMPTS => true,
-            Err(e) => return Err(http_error(e)),
-        };
-        if retryable {
-            std::thread::sleep(Duration::from_millis(100 << attempt));
-        }
-    }
+    let build = || Ok(http.post(url)?.header("Accept", "application/json").form(&body));
+    let (status, body) = http
+        .send_retrying(url, Retry::Unavailable, &build)
+        .map_err(|source| Error::Http { exchange: config.name.clone(), source })?;
+    parse(&config.name, status, &body)
 }
 
 /// RFC 7009 revocation: `token` and `token_type_hint=access_token`, form-encoded. The
 /// token is its own proof: whoever holds it may end it. 200 means revoked (or never
-/// valid); 503 is retried once, as the RFC suggests.
+/// valid); 503 is tried again, as the RFC suggests.
 pub(crate) fn revoke(config: &ExchangeConfig, http: &HttpClient, token: &Secret) -> Result<(), Error> {
     let Some(url) = &config.revocation_endpoint else { return Ok(()) };
-    let http_error = |source| Error::Http { exchange: config.name.clone(), source };
     let form = [("token", token.expose()), ("token_type_hint", "access_token")];
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let request = http.post(url).map_err(http_error)?.header("Accept", "application/json").form(&form);
-        let (status, body) = match http.send(request, url) {
-            Err(crate::http::Error::Send { not_delivered: true, .. }) if attempt < ATTEMPTS => {
-                std::thread::sleep(Duration::from_millis(100 << attempt));
-                continue;
-            }
-            other => other.map_err(http_error)?,
-        };
-        match status {
-            200 => return Ok(()),
-            503 if attempt < 2 => std::thread::sleep(Duration::from_millis(200)),
-            _ => return Err(parse(&config.name, status, &body).err().unwrap_or_else(|| unexpected(config, status))),
-        }
+    let build = || Ok(http.post(url)?.header("Accept", "application/json").form(&form));
+    let (status, body) = http
+        .send_retrying(url, Retry::Unavailable, &build)
+        .map_err(|source| Error::Http { exchange: config.name.clone(), source })?;
+    match status {
+        200 => Ok(()),
+        _ => Err(parse(&config.name, status, &body).err().unwrap_or_else(|| unexpected(config, status))),
     }
 }
 

@@ -23,7 +23,7 @@ use serde_json::json;
 
 use super::{Ask, Error, ExchangeResponse, Protocol};
 use crate::config::{ExchangeConfig, Route, Scheme};
-use crate::http::HttpClient;
+use crate::http::{HttpClient, Retry};
 use crate::{Secret, Tool, sanitize_for_terminal};
 
 /// crates.io's trusted publishing endpoint.
@@ -197,18 +197,9 @@ fn post(
     url: &url::Url,
     build: &dyn Fn(reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder,
 ) -> Result<(u16, Vec<u8>), Error> {
-    let http_error = |source| Error::Http { exchange: config.name.clone(), source };
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let request = build(http.post(url).map_err(http_error)?.header("Accept", "application/json"));
-        match http.send(request, url) {
-            Err(crate::http::Error::Send { not_delivered: true, .. }) if attempt < 3 => {
-                std::thread::sleep(Duration::from_millis(100 << attempt));
-            }
-            result => return result.map_err(http_error),
-        }
-    }
+    let request = || Ok(build(http.post(url)?.header("Accept", "application/json")));
+    http.send_retrying(url, Retry::Undelivered, &request)
+        .map_err(|source| Error::Http { exchange: config.name.clone(), source })
 }
 
 /// Exchanges a fresh ID token at crates.io.
