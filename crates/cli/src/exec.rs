@@ -210,7 +210,7 @@ fn link_helpers(bin: &Path, config: &mayfly_core::Config, env: &Env) -> anyhow::
     for name in wiring::HELPERS {
         link(name, name)?;
     }
-    let path = env.get("PATH").unwrap_or_default();
+    let path = env.get(mayfly_core::EnvVars::PATH).unwrap_or_default();
     for name in mayfly_core::protocol::shim::wanted(config, path, &dir.join("mayfly-shim")) {
         link("mayfly-shim", name)?;
     }

@@ -84,8 +84,11 @@ struct Setup<'a> {
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let env = Env::from_os();
-    let home = env.path("HOME").or_else(dirs::home_dir).context("no HOME")?;
-    let state = env.path("XDG_STATE_HOME").unwrap_or_else(|| home.join(".local/state")).join("mayfly/setup");
+    let home = env.path(mayfly_core::EnvVars::HOME).or_else(dirs::home_dir).context("no HOME")?;
+    let state = env
+        .path(mayfly_core::EnvVars::XDG_STATE_HOME)
+        .unwrap_or_else(|| home.join(".local/state"))
+        .join("mayfly/setup");
     let journal = Journal::open(&state)?;
     if args.undo {
         if journal.is_empty() {
@@ -140,14 +143,18 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
 }
 
 fn detect_ci(env: &Env) -> anyhow::Result<Handoff> {
-    if env.get("GITHUB_ACTIONS") == Some("true") {
+    if env.get(mayfly_core::EnvVars::GITHUB_ACTIONS) == Some("true") {
         let file = |name: &str| env.path(name).with_context(|| format!("GitHub Actions without `{name}`"));
         return Ok(Handoff::GitHub { env_file: file("GITHUB_ENV")?, path_file: file("GITHUB_PATH")? });
     }
-    if env.get("CIRCLECI") == Some("true") {
-        return Ok(Handoff::ShellFile(env.path("BASH_ENV").context("CircleCI without `BASH_ENV`")?));
+    if env.get(mayfly_core::EnvVars::CIRCLECI) == Some("true") {
+        return Ok(Handoff::ShellFile(
+            env.path(mayfly_core::EnvVars::BASH_ENV).context("CircleCI without `BASH_ENV`")?,
+        ));
     }
-    if env.get("GITLAB_CI") == Some("true") || env.get("BUILDKITE") == Some("true") {
+    if env.get(mayfly_core::EnvVars::GITLAB_CI) == Some("true")
+        || env.get(mayfly_core::EnvVars::BUILDKITE) == Some("true")
+    {
         return Ok(Handoff::Stdout);
     }
     anyhow::bail!("--ci: no known CI here (GitHub Actions, GitLab CI, Buildkite, CircleCI)")
@@ -224,7 +231,11 @@ fn read(path: &Path) -> anyhow::Result<Option<String>> {
 /// git's global config file, as `git config --global` picks it.
 fn git_global_file(cx: &Setup<'_>) -> PathBuf {
     let classic = cx.home.join(".gitconfig");
-    let xdg = cx.env.path("XDG_CONFIG_HOME").unwrap_or_else(|| cx.home.join(".config")).join("git/config");
+    let xdg = cx
+        .env
+        .path(mayfly_core::EnvVars::XDG_CONFIG_HOME)
+        .unwrap_or_else(|| cx.home.join(".config"))
+        .join("git/config");
     if !classic.exists() && xdg.exists() { xdg } else { classic }
 }
 
@@ -295,11 +306,12 @@ fn wire_oci(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
     if registries.is_empty() {
         return Ok(());
     }
-    let docker = cx.env.path("DOCKER_CONFIG").unwrap_or_else(|| cx.home.join(".docker")).join("config.json");
+    let docker =
+        cx.env.path(mayfly_core::EnvVars::DOCKER_CONFIG).unwrap_or_else(|| cx.home.join(".docker")).join("config.json");
     let containers = cx
         .env
         .path("REGISTRY_AUTH_FILE")
-        .or_else(|| cx.env.path("XDG_CONFIG_HOME").map(|d| d.join("containers/auth.json")))
+        .or_else(|| cx.env.path(mayfly_core::EnvVars::XDG_CONFIG_HOME).map(|d| d.join("containers/auth.json")))
         .unwrap_or_else(|| cx.home.join(".config/containers/auth.json"));
     for (path, required) in [(docker, true), (containers, false)] {
         let current = read(&path)?;
@@ -321,7 +333,8 @@ fn wire_cargo(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
     if cx.routes(Tool::Cargo).next().is_none() {
         return Ok(());
     }
-    let path = cx.env.path("CARGO_HOME").unwrap_or_else(|| cx.home.join(".cargo")).join("config.toml");
+    let path =
+        cx.env.path(mayfly_core::EnvVars::CARGO_HOME).unwrap_or_else(|| cx.home.join(".cargo")).join("config.toml");
     let new = edits::cargo_providers(read(&path)?.as_deref(), &cx.helper("cargo-credential-mayfly"))
         .with_context(|| format!("`{}`", path.display()))?;
     if let Some(new) = new {
@@ -338,7 +351,7 @@ fn wire_aws(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
     if profiles.is_empty() {
         return Ok(());
     }
-    let path = cx.env.path("AWS_CONFIG_FILE").unwrap_or_else(|| cx.home.join(".aws/config"));
+    let path = cx.env.path(mayfly_core::EnvVars::AWS_CONFIG_FILE).unwrap_or_else(|| cx.home.join(".aws/config"));
     let (new, conflicts) = edits::aws_profiles(read(&path)?.as_deref(), &profiles)?;
     plan.notes.extend(conflicts);
     if let Some(new) = new {
@@ -357,7 +370,7 @@ fn wire_kube(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
     }
     let file = cx
         .env
-        .get("KUBECONFIG")
+        .get(mayfly_core::EnvVars::KUBECONFIG)
         .and_then(|k| k.split(':').find(|p| !p.is_empty()).map(PathBuf::from))
         .unwrap_or_else(|| cx.home.join(".kube/config"));
     let file = resolved(&file);
@@ -436,7 +449,7 @@ fn wire_terraform(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
     if cx.routes(Tool::Terraform).next().is_none() {
         return Ok(());
     }
-    let path = cx.env.path("TF_CLI_CONFIG_FILE").unwrap_or_else(|| cx.home.join(".terraformrc"));
+    let path = cx.env.path(mayfly_core::EnvVars::TF_CLI_CONFIG_FILE).unwrap_or_else(|| cx.home.join(".terraformrc"));
     let (new, note) = edits::terraform_helper(read(&path)?.as_deref())?;
     plan.notes.extend(note);
     if let Some(new) = new {
@@ -450,9 +463,9 @@ fn wire_terraform(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
 /// npm, pnpm, yarn, twine: shims for the installed ones that have a route, in a directory
 /// that goes first on PATH.
 fn wire_shims(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
-    let data = cx.env.path("XDG_DATA_HOME").unwrap_or_else(|| cx.home.join(".local/share"));
+    let data = cx.env.path(mayfly_core::EnvVars::XDG_DATA_HOME).unwrap_or_else(|| cx.home.join(".local/share"));
     let shims = data.join("mayfly/shims");
-    let path = cx.env.get("PATH").unwrap_or_default().to_owned();
+    let path = cx.env.get(mayfly_core::EnvVars::PATH).unwrap_or_default().to_owned();
     let shim = cx.bin.join("mayfly-shim");
     let wanted = mayfly_core::protocol::shim::wanted(cx.config, &path, &shim);
     for name in &wanted {
@@ -482,7 +495,7 @@ fn report(cx: &Setup<'_>, plan: &Plan, handoff: Option<&Handoff>) -> anyhow::Res
     path.dedup();
     match handoff {
         None => {
-            let current = cx.env.get("PATH").unwrap_or_default();
+            let current = cx.env.get(mayfly_core::EnvVars::PATH).unwrap_or_default();
             for dir in &path {
                 if !std::env::split_paths(current).any(|p| &p == dir) {
                     eprintln!("next: put {} first on PATH", dir.display());

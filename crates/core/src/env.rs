@@ -34,6 +34,48 @@ impl EnvVars {
     pub const XDG_STATE_HOME: &'static str = "XDG_STATE_HOME";
     /// XDG runtime directory (memory-backed on systemd systems).
     pub const XDG_RUNTIME_DIR: &'static str = "XDG_RUNTIME_DIR";
+    /// AWS: an access key id (doctor reports it).
+    pub const AWS_ACCESS_KEY_ID: &'static str = "AWS_ACCESS_KEY_ID";
+    /// AWS CLI and SDKs: the config file.
+    pub const AWS_CONFIG_FILE: &'static str = "AWS_CONFIG_FILE";
+    /// AWS: the profile in use.
+    pub const AWS_PROFILE: &'static str = "AWS_PROFILE";
+    /// AWS: a secret access key (doctor reports it).
+    pub const AWS_SECRET_ACCESS_KEY: &'static str = "AWS_SECRET_ACCESS_KEY";
+    /// AWS: a session token (a long-lived credential when with a key; doctor reports it).
+    pub const AWS_SESSION_TOKEN: &'static str = "AWS_SESSION_TOKEN";
+    /// bash: a file sourced by non-interactive shells (GitLab and CircleCI hand variables to later steps through it).
+    pub const BASH_ENV: &'static str = "BASH_ENV";
+    /// Set in Buildkite jobs.
+    pub const BUILDKITE: &'static str = "BUILDKITE";
+    /// cargo: its home (config, credentials).
+    pub const CARGO_HOME: &'static str = "CARGO_HOME";
+    /// Set in CircleCI jobs.
+    pub const CIRCLECI: &'static str = "CIRCLECI";
+    /// docker: the directory of `config.json`.
+    pub const DOCKER_CONFIG: &'static str = "DOCKER_CONFIG";
+    /// Set in GitHub Actions jobs.
+    pub const GITHUB_ACTIONS: &'static str = "GITHUB_ACTIONS";
+    /// Set in GitLab CI jobs.
+    pub const GITLAB_CI: &'static str = "GITLAB_CI";
+    /// git: how many `GIT_CONFIG_KEY_n`/`GIT_CONFIG_VALUE_n` pairs follow.
+    pub const GIT_CONFIG_COUNT: &'static str = "GIT_CONFIG_COUNT";
+    /// git: skip the system config.
+    pub const GIT_CONFIG_NOSYSTEM: &'static str = "GIT_CONFIG_NOSYSTEM";
+    /// kubectl: the kubeconfig files, `:`-separated.
+    pub const KUBECONFIG: &'static str = "KUBECONFIG";
+    /// Where programs are found (the shims find the real tool on it).
+    pub const PATH: &'static str = "PATH";
+    /// Terraform: the CLI config file.
+    pub const TF_CLI_CONFIG_FILE: &'static str = "TF_CLI_CONFIG_FILE";
+    /// twine: the repository name in `.pypirc`.
+    pub const TWINE_REPOSITORY: &'static str = "TWINE_REPOSITORY";
+    /// twine: the upload URL.
+    pub const TWINE_REPOSITORY_URL: &'static str = "TWINE_REPOSITORY_URL";
+    /// XDG data directory.
+    pub const XDG_DATA_HOME: &'static str = "XDG_DATA_HOME";
+    /// yarn berry: the default registry.
+    pub const YARN_NPM_REGISTRY_SERVER: &'static str = "YARN_NPM_REGISTRY_SERVER";
 }
 
 /// A snapshot of the environment. Binaries take it once in `main`; tests build their own.

@@ -58,8 +58,12 @@ fn terraform_host(encoded: &str) -> String {
 /// `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY`: an IAM user's key unless it is a
 /// temporary one (`ASIA…` with a session token).
 fn aws(env: &Env, findings: &mut Vec<Finding>) {
-    let (Some(id), Some(secret)) = (env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")) else { return };
-    let temporary = id.starts_with("ASIA") && env.get("AWS_SESSION_TOKEN").is_some();
+    let (Some(id), Some(secret)) =
+        (env.get(mayfly_core::EnvVars::AWS_ACCESS_KEY_ID), env.get(mayfly_core::EnvVars::AWS_SECRET_ACCESS_KEY))
+    else {
+        return;
+    };
+    let temporary = id.starts_with("ASIA") && env.get(mayfly_core::EnvVars::AWS_SESSION_TOKEN).is_some();
     let finding = if temporary {
         let fix = "temporary keys: fine where a job's role put them; a route with tool = \"aws\" hands them out through `credential_process`";
         Finding::secret("env-aws-temporary-key", "AWS_SECRET_ACCESS_KEY", secret, fix).with_severity(Severity::Info)

@@ -67,7 +67,7 @@ fn git(env: &Env) -> Command {
     let mut command = Command::new("git");
     command
         .env_clear()
-        .env("PATH", env.get("PATH").unwrap_or("/usr/local/bin:/usr/bin:/bin"))
+        .env("PATH", env.get(mayfly_core::EnvVars::PATH).unwrap_or("/usr/local/bin:/usr/bin:/bin"))
         .stdin(Stdio::null())
         .stderr(Stdio::null());
     command
@@ -84,7 +84,7 @@ pub(crate) fn parse_version(text: &str) -> Option<(u32, u32)> {
 /// `GIT_CONFIG_GLOBAL` alone), then the current repository's.
 fn files(scope: &Scope) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    if scope.env.get("GIT_CONFIG_NOSYSTEM").is_none() {
+    if scope.env.get(mayfly_core::EnvVars::GIT_CONFIG_NOSYSTEM).is_none() {
         files.push(scope.path_var("GIT_CONFIG_SYSTEM").unwrap_or_else(|| PathBuf::from("/etc/gitconfig")));
     }
     match scope.path_var("GIT_CONFIG_GLOBAL") {
@@ -144,7 +144,7 @@ pub(crate) fn parse_list(bytes: &[u8]) -> Vec<(String, Option<String>)> {
 
 /// Entries set through `GIT_CONFIG_COUNT`, which git reads after every file.
 fn from_environment(env: &Env) -> Vec<Entry> {
-    let count = env.get("GIT_CONFIG_COUNT").and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
+    let count = env.get(mayfly_core::EnvVars::GIT_CONFIG_COUNT).and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
     (0..count.min(1000))
         .filter_map(|i| {
             let key = env.get(&format!("GIT_CONFIG_KEY_{i}"))?;

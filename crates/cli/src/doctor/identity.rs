@@ -206,7 +206,7 @@ fn on_path(program: &str, env: &Env) -> bool {
     if program.contains('/') {
         return executable(Path::new(program));
     }
-    env.get("PATH")
+    env.get(mayfly_core::EnvVars::PATH)
         .unwrap_or_default()
         .split(':')
         .filter(|d| !d.is_empty())

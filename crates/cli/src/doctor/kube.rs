@@ -13,7 +13,7 @@ use super::urls::Url;
 
 fn files(scope: &Scope) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    match scope.env.get("KUBECONFIG") {
+    match scope.env.get(mayfly_core::EnvVars::KUBECONFIG) {
         Some(list) => list.split(':').filter(|p| !p.is_empty()).for_each(|p| push_unique(&mut files, scope.expand(p))),
         None => files.push(scope.home.join(".kube/config")),
     }

@@ -56,7 +56,7 @@ pub(crate) fn git_vars(config: &Config, env: &Env, bin: &Path) -> Vec<(String, S
     if git.is_empty() {
         return Vec::new();
     }
-    let first = env.get("GIT_CONFIG_COUNT").and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
+    let first = env.get(mayfly_core::EnvVars::GIT_CONFIG_COUNT).and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
     let mut vars = Vec::new();
     for (i, (key, value)) in git.iter().enumerate() {
         vars.push((format!("GIT_CONFIG_KEY_{}", first + i), key.clone()));
@@ -81,7 +81,9 @@ pub(crate) fn wire(config: &Config, env: &Env, bin: &Path, runtime: &Path) -> Wi
         let docker = runtime.join("docker");
         // The CLI plugins (buildx, compose) and contexts of the user's own docker config
         // stay reachable; its credentials do not come along.
-        let theirs = env.path("DOCKER_CONFIG").or_else(|| env.path("HOME").map(|h| h.join(".docker")));
+        let theirs = env
+            .path(mayfly_core::EnvVars::DOCKER_CONFIG)
+            .or_else(|| env.path(mayfly_core::EnvVars::HOME).map(|h| h.join(".docker")));
         let mut docker_document = serde_json::json!({"credHelpers": helpers});
         if let Some(theirs) = theirs {
             for dir in ["cli-plugins", "contexts"] {
@@ -114,7 +116,9 @@ pub(crate) fn wire(config: &Config, env: &Env, bin: &Path, runtime: &Path) -> Wi
     let aws: Vec<&str> = config.routes.iter().filter(|r| r.tool == Tool::Aws).map(|r| r.name.as_str()).collect();
     if !aws.is_empty() {
         // The region of the user's default profile comes along (the CLI needs one).
-        let theirs = env.path("AWS_CONFIG_FILE").or_else(|| env.path("HOME").map(|h| h.join(".aws/config")));
+        let theirs = env
+            .path(mayfly_core::EnvVars::AWS_CONFIG_FILE)
+            .or_else(|| env.path(mayfly_core::EnvVars::HOME).map(|h| h.join(".aws/config")));
         let region = theirs.and_then(|f| std::fs::read_to_string(f).ok()).and_then(|text| default_region(&text));
         let mut file = String::new();
         for name in &aws {
@@ -128,7 +132,7 @@ pub(crate) fn wire(config: &Config, env: &Env, bin: &Path, runtime: &Path) -> Wi
         wiring.files.push((path.clone(), file));
         wiring.set("AWS_CONFIG_FILE", path.display().to_string());
         if let [only] = aws.as_slice()
-            && env.get("AWS_PROFILE").is_none()
+            && env.get(mayfly_core::EnvVars::AWS_PROFILE).is_none()
         {
             wiring.set("AWS_PROFILE", *only);
         }
@@ -139,9 +143,9 @@ pub(crate) fn wire(config: &Config, env: &Env, bin: &Path, runtime: &Path) -> Wi
     // clusters at a user that runs the plugin; everything else stays the user's own.
     let hosts = route_hosts(config, Tool::Kubectl);
     if !hosts.is_empty() {
-        let theirs: Vec<PathBuf> = match env.get("KUBECONFIG") {
+        let theirs: Vec<PathBuf> = match env.get(mayfly_core::EnvVars::KUBECONFIG) {
             Some(list) => list.split(':').filter(|p| !p.is_empty()).map(PathBuf::from).collect(),
-            None => env.path("HOME").map(|h| h.join(".kube/config")).into_iter().collect(),
+            None => env.path(mayfly_core::EnvVars::HOME).map(|h| h.join(".kube/config")).into_iter().collect(),
         };
         let documents: Vec<serde_json::Value> = theirs
             .iter()
@@ -157,7 +161,7 @@ pub(crate) fn wire(config: &Config, env: &Env, bin: &Path, runtime: &Path) -> Wi
         wiring.set("KUBECONFIG", list.join(":"));
     }
 
-    let path = env.get("PATH").unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    let path = env.get(mayfly_core::EnvVars::PATH).unwrap_or("/usr/local/bin:/usr/bin:/bin");
     wiring.set("PATH", format!("{}:{path}", bin.display()));
     wiring
 }

@@ -244,7 +244,11 @@ fn npm_registry(
         .then(|| named("pnpm_config_registry"))
         .flatten()
         .or_else(|| named("npm_config_registry"))
-        .or_else(|| (family == Family::Yarn).then(|| env.get("YARN_NPM_REGISTRY_SERVER").map(str::to_owned)).flatten());
+        .or_else(|| {
+            (family == Family::Yarn)
+                .then(|| env.get(crate::EnvVars::YARN_NPM_REGISTRY_SERVER).map(str::to_owned))
+                .flatten()
+        });
     let from_files = || {
         let in_dirs = |name: &str| {
             [project_root(cwd), env.path(crate::EnvVars::HOME)].into_iter().flatten().map(|d| d.join(name)).collect()
@@ -306,8 +310,11 @@ fn twine_need(args: &[String], env: &Env) -> Result<Option<Need>, String> {
     if words.first() != Some(&"upload") {
         return Ok(None);
     }
-    let named = flag(args, &["--repository", "-r"]).or_else(|| env.get("TWINE_REPOSITORY"));
-    let text = match (flag(args, &["--repository-url"]).or_else(|| env.get("TWINE_REPOSITORY_URL")), named) {
+    let named = flag(args, &["--repository", "-r"]).or_else(|| env.get(crate::EnvVars::TWINE_REPOSITORY));
+    let text = match (
+        flag(args, &["--repository-url"]).or_else(|| env.get(crate::EnvVars::TWINE_REPOSITORY_URL)),
+        named,
+    ) {
         (Some(url), _) => url.to_owned(),
         (None, None | Some("pypi")) => PYPI_UPLOAD.to_owned(),
         (None, Some("testpypi")) => "https://test.pypi.org/legacy/".to_owned(),
@@ -412,7 +419,7 @@ pub fn run(
     runner: &mut dyn Runner,
 ) -> Result<i32, String> {
     let name = family.name();
-    let path = env.get("PATH").unwrap_or_default().to_owned();
+    let path = env.get(crate::EnvVars::PATH).unwrap_or_default().to_owned();
     let program = find_real(name, &path, shim).ok_or_else(|| format!("cannot find the real `{name}` on PATH"))?;
     let all = Step { program: program.clone(), args: args.to_vec(), dir: None };
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
