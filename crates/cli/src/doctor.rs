@@ -17,7 +17,6 @@ mod gh;
 mod git;
 mod git_chain;
 mod identity;
-mod ini;
 mod kube;
 mod npm;
 mod oci;

@@ -25,6 +25,7 @@ mod env;
 mod exchange;
 mod http;
 mod identity;
+pub mod ini;
 mod jwt;
 pub mod pattern;
 pub mod protocol;

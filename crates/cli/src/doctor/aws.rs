@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use super::finding::{Finding, Severity, at, replace};
-use super::ini::{Dialect, parse};
 use super::scope::{Contents, Scope, read};
+use mayfly_core::ini::{Dialect, parse};
 
 fn files(scope: &Scope) -> Vec<PathBuf> {
     vec![

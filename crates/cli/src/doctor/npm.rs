@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use mayfly_core::{Config, Env, Tool};
 
 use super::finding::{Finding, Severity, at, replace};
-use super::ini::{Dialect, parse};
 use super::scope::{Contents, Scope, push_unique, read};
+use mayfly_core::ini::{Dialect, parse};
 
 /// The keys npm sends as credentials.
 const SECRET_KEYS: [&str; 3] = ["_authtoken", "_auth", "_password"];

@@ -5,8 +5,8 @@ use std::path::Path;
 use mayfly_core::Config;
 
 use super::finding::{Finding, at};
-use super::ini::{Dialect, parse};
 use super::scope::{Contents, Scope, read};
+use mayfly_core::ini::{Dialect, parse};
 
 pub(crate) fn check(scope: &Scope, config: Option<&Config>, findings: &mut Vec<Finding>) {
     let path = scope.home.join(".pypirc");

@@ -287,13 +287,11 @@ fn project_root(cwd: &Path) -> Option<PathBuf> {
     cwd.ancestors().find(|d| d.join("package.json").is_file()).map(Path::to_owned)
 }
 
-/// `key = value` from an ini-style `.npmrc` (comments `;` and `#`).
+/// `key = value` from an `.npmrc`, read as npm reads it.
 fn npmrc_value(path: &Path, key: &str) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
-    text.lines().map(str::trim).filter(|l| !l.starts_with(';') && !l.starts_with('#')).find_map(|line| {
-        let (k, v) = line.split_once('=')?;
-        (k.trim() == key).then(|| v.trim().trim_matches('"').to_owned())
-    })
+    // As npm, the last of a repeated key wins.
+    crate::ini::parse(&text, crate::ini::Dialect::Npm).into_iter().rev().find(|e| e.key == key).map(|e| e.value)
 }
 
 /// `key value` from classic yarn's `.yarnrc` (either may be quoted; comments `#`).

@@ -4,7 +4,7 @@
 
 /// Which reader wrote the rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Dialect {
+pub enum Dialect {
     /// npm: `=` only (keys such as `//host/:_authToken` hold colons), values may be quoted.
     Npm,
     /// configparser: `=` or `:`, and an indented line continues the previous value.
@@ -13,13 +13,17 @@ pub(crate) enum Dialect {
 
 /// One `key = value` line and the section it sits in.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Entry {
-    pub(crate) section: Option<String>,
-    pub(crate) key: String,
-    pub(crate) value: String,
+pub struct Entry {
+    /// The `[section]` above it, if any.
+    pub section: Option<String>,
+    /// The key, trimmed.
+    pub key: String,
+    /// The value, trimmed (and unquoted, for npm).
+    pub value: String,
 }
 
-pub(crate) fn parse(text: &str, dialect: Dialect) -> Vec<Entry> {
+/// Every `key = value` line of a file, in order.
+pub fn parse(text: &str, dialect: Dialect) -> Vec<Entry> {
     let mut entries = Vec::new();
     let mut section = None;
     for raw in text.lines() {
