@@ -10,7 +10,7 @@ mod output;
 pub(crate) mod wiring;
 
 use std::ffi::OsString;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -218,12 +218,11 @@ fn link_helpers(bin: &Path, config: &mayfly_core::Config, env: &Env) -> anyhow::
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
     if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        mayfly_core::files::create_private_dir(dir)?;
     }
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-    file.write_all(contents.as_bytes()).with_context(|| format!("cannot write `{}`", path.display()))
+    mayfly_core::files::write_atomic(path, contents.as_bytes(), 0o600)
+        .with_context(|| format!("cannot write `{}`", path.display()))
 }
 
 fn record(audit: &AuditLog, session: &str, outcome: Outcome, process: Vec<Process>, reason: Option<String>) {

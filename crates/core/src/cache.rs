@@ -9,7 +9,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -225,15 +225,7 @@ impl Cache {
         let sealed = age::encrypt(&self.identity.to_public(), plain.expose().as_bytes())
             .map_err(|e| Error::Crypto(e.to_string()))?;
         let path = self.entry_path(key);
-        let mut temp = tempfile::Builder::new()
-            .prefix(".entry-")
-            .permissions(fs::Permissions::from_mode(0o600))
-            .tempfile_in(&self.dir)
-            .map_err(io("write", &path))?;
-        temp.write_all(&sealed).map_err(io("write", &path))?;
-        temp.as_file().sync_all().map_err(io("write", &path))?;
-        temp.persist(&path).map_err(|e| Error::Io { what: "write", path: path.clone(), source: e.error })?;
-        Ok(())
+        crate::files::write_atomic(&path, &sealed, 0o600).map_err(io("write", &path))
     }
 
     /// Drops an entry; a missing entry is fine.
@@ -308,7 +300,7 @@ fn private_dir(dir: &Path) -> Result<(), Error> {
     if fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
         return Err(unsafe_dir("it is a symlink".into()));
     }
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io("create", dir))?;
+    crate::files::create_private_dir(dir).map_err(io("create", dir))?;
     let meta = fs::symlink_metadata(dir).map_err(io("inspect", dir))?;
     let uid = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
     if meta.file_type().is_symlink() {
@@ -455,7 +447,7 @@ mod tests {
         assert!(open(&open_to_all).contains("its mode is 0777, not 0700"), "{}", open(&open_to_all));
         // Another user's directory (only root can make one to test with).
         let theirs = shm.path().join("theirs");
-        fs::DirBuilder::new().mode(0o700).create(&theirs).unwrap();
+        crate::files::create_private_dir(&theirs).unwrap();
         if std::os::unix::fs::chown(&theirs, Some(54_321), None).is_ok() {
             assert!(open(&theirs).contains("owned by uid 54321"), "{}", open(&theirs));
         }

@@ -23,6 +23,7 @@ mod config;
 mod duration;
 mod env;
 mod exchange;
+pub mod files;
 mod http;
 mod identity;
 pub mod ini;

@@ -72,8 +72,7 @@ impl Journal {
     }
 
     fn private_dir(&self) -> anyhow::Result<()> {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(self.dir.join("backups"))?;
-        Ok(())
+        Ok(mayfly_core::files::create_private_dir(&self.dir.join("backups"))?)
     }
 
     /// Call before the first change to `path` in this run: keeps its original (once ever)
@@ -174,25 +173,14 @@ impl Journal {
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let temp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&temp);
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp)?;
-    std::io::Write::write_all(&mut file, bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path)?;
-    Ok(())
+    mayfly_core::files::write_atomic(path, bytes, 0o600).with_context(|| format!("cannot write `{}`", path.display()))
 }
 
 /// Replaces a file's contents atomically, keeping its mode (new files: 0600).
 pub(crate) fn replace_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o600);
-    let dir = path.parent().context("a file without a directory")?;
-    let mut temp = tempfile::Builder::new().prefix(".mayfly-").tempfile_in(dir)?;
-    std::io::Write::write_all(&mut temp, contents.as_bytes())?;
-    temp.as_file().sync_all()?;
-    std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(mode))?;
-    temp.persist(path).map_err(|e| e.error).with_context(|| format!("cannot write `{}`", path.display()))?;
-    Ok(())
+    mayfly_core::files::write_atomic(path, contents.as_bytes(), mode)
+        .with_context(|| format!("cannot write `{}`", path.display()))
 }
 
 #[cfg(test)]
