@@ -33,6 +33,13 @@ pub fn serve(args: &[String], stdout: &mut dyn Write, env: Env, ancestry: &dyn F
     }
 }
 
+/// Reads AWS STS's answer to `AssumeRoleWithWebIdentity`, as the aws exchange does: the
+/// fuzz targets' way in to a parser that is otherwise reached only over the network.
+#[doc(hidden)]
+pub fn parse_sts_answer(status: u16, body: &[u8]) -> Result<crate::ExchangeResponse, crate::ExchangeError> {
+    crate::aws_sts::parse("aws", status, body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
