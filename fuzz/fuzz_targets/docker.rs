@@ -27,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
     assert!(document.is_none_or(|d| d.get("Secret").is_none()), "an answer carries a credential: {text:?}");
     let body = text.strip_suffix('\n').unwrap_or(&text);
     assert!(!body.contains(['\n', '\r']), "an answer of more than one line: {text:?}");
-    let input = std::str::from_utf8(header.rest).ok();
+    // The helper reads the first 64 KiB.
+    let input = std::str::from_utf8(&header.rest[..header.rest.len().min(64 * 1024)]).ok();
     match header.action.as_str() {
         "get" => {
             assert_eq!(code, 1, "a get without a route succeeded: {text:?}");
