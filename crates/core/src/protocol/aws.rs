@@ -57,4 +57,12 @@ mod tests {
             assert!(out.is_empty());
         }
     }
+
+    #[test]
+    fn sts_answers_read_as_the_aws_exchange_reads_them() {
+        let body = "<ErrorResponse><Error><Code>AccessDenied</Code><Message>no</Message></Error></ErrorResponse>";
+        let err = parse_sts_answer(403, body.as_bytes()).unwrap_err();
+        assert_eq!(err.to_string(), "exchange `aws` refused: AccessDenied: no");
+        assert!(parse_sts_answer(200, b"<html>proxy</html>").is_err());
+    }
 }
