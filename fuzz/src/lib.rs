@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use mayfly_core::{Env, EnvVars, Process};
 
-/// Hosts the routed config serves, one per tool.
+/// The git host the routed config serves.
 pub const GIT_HOST: &str = "git.example.com";
 /// The OCI registry the routed config serves.
 pub const OCI_HOST: &str = "registry.example.com";
