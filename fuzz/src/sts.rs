@@ -227,6 +227,8 @@ pub fn exchange(data: &[u8], paths: &[&str]) -> Option<(Asked, Answer)> {
     let mut lines = head.split('\n');
     let request_line = lines.next().unwrap_or_default();
     let (method, target) = request_line.split_once(' ').unwrap_or((request_line, ""));
+    // A fragment never reaches the server.
+    let target = target.split_once('#').map_or(target, |(before, _)| before);
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let path = if paths.contains(&path) { path } else { paths[0] };
     let query = String::from_utf8(replace(query.as_bytes())).expect("replaced text is UTF-8");
