@@ -7,8 +7,9 @@
 //! - an accepted request holds no CR, LF or NUL in any value, and no percent-encoded line
 //!   break or NUL in `protocol`, `host` or `path`;
 //! - written back as `key=value` lines, an accepted request parses to the same request;
-//! - the answer for it is refused exactly when a value would break a line, and otherwise
-//!   parses back to the same credential with no other credential field;
+//! - the answer for it is refused exactly when a value it writes as text would break a
+//!   line, and otherwise parses back to the same credential with no other credential
+//!   field;
 //! - a target made from it is normalised (re-normalising changes nothing);
 //! - `serve` prints nothing for a refused or unrouted request and exactly `quit=1` for a
 //!   routed `get` it cannot serve (or a routed `erase` without the path), and reads the process ancestry only for a routed host.
@@ -98,7 +99,9 @@ fn check_answer(request: &Request) {
         from_cache: false,
     };
     let modern = request.has_capability("authtype");
-    let breaks = has_line_break(&token) || (!modern && has_line_break(&username));
+    // A modern Basic answer carries username and token only base64-encoded.
+    let raw = !(modern && matches!(scheme, Scheme::Basic));
+    let breaks = (raw && has_line_break(&token)) || (!modern && has_line_break(&username));
     let Ok(out) = answer(request, &issued) else {
         assert!(breaks, "an answer without line breaks in its values was refused");
         return;
