@@ -197,13 +197,28 @@ impl Target {
 /// so `good.example@evil.example` can never match `good.example`.
 pub fn normalize_host(protocol: &str, host: &str) -> Result<String, Error> {
     let bad = |c: char| c.is_control() || c.is_whitespace() || "@/\\?#%".contains(c);
+    let refuse = || Error::Host(crate::sanitize_for_terminal(host));
     if host.is_empty() || host.chars().any(bad) {
-        return Err(Error::Host(crate::sanitize_for_terminal(host)));
+        return Err(refuse());
     }
-    let url = url::Url::parse(&format!("{protocol}://{host}/"))
-        .map_err(|_| Error::Host(crate::sanitize_for_terminal(host)))?;
-    let name = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| Error::Host(host.into()))?;
-    let name = name.trim_end_matches('.');
+    // One trailing dot (the DNS root) is dropped before the host is parsed, not after, so
+    // the result is what the URL parser made of it and normalising it again changes
+    // nothing; a name that is nothing but dots, or ends in two, is no host.
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(']') && !name.contains(':') => (name, Some(port)),
+        Some((name, port)) if name.ends_with(']') => (name, Some(port)),
+        _ => (host, None),
+    };
+    if name.ends_with("..") || name.chars().all(|c| c == '.') {
+        return Err(refuse());
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let rebuilt = match port {
+        Some(port) => format!("{name}:{port}"),
+        None => name.to_owned(),
+    };
+    let url = url::Url::parse(&format!("{protocol}://{rebuilt}/")).map_err(|_| refuse())?;
+    let name = url.host_str().filter(|h| !h.is_empty()).ok_or_else(refuse)?;
     Ok(match url.port() {
         Some(port) => format!("{name}:{port}"),
         None => name.to_owned(),
@@ -276,12 +291,32 @@ mod tests {
         assert_eq!(normalize_host("https", "[::1]:443").unwrap(), "[::1]");
         assert_eq!(normalize_host("https", "bücher.example").unwrap(), "xn--bcher-kva.example");
         assert_eq!(normalize_host("https", "example.com.").unwrap(), "example.com");
+        assert_eq!(normalize_host("https", "example.com.:8443").unwrap(), "example.com:8443");
+        // Normalising twice changes nothing, even for hosts a URL parser rewrites.
+        for host in ["Git.Example.COM.", "1.", "0x744.", "127.0.0.1:443", "[::1]:8443", "bücher.example."] {
+            let once = normalize_host("https", host).unwrap();
+            assert_eq!(normalize_host("https", &once).unwrap(), once, "{host}");
+        }
     }
 
     #[test]
     fn hostile_hosts_are_refused() {
-        for host in ["", "good.example@evil.example", "evil.example/good.example", "a b", "a\nb", "a%0ab", "x?y", "x#y"]
-        {
+        for host in [
+            "",
+            "good.example@evil.example",
+            "evil.example/good.example",
+            "a b",
+            "a\nb",
+            "a%0ab",
+            "x?y",
+            "x#y",
+            ".",
+            "..",
+            ".:1443",
+            "1..",
+            "example.com..8..",
+            "a..:443",
+        ] {
             assert!(normalize_host("https", host).is_err(), "{host:?} accepted");
         }
     }

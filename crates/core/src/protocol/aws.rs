@@ -46,6 +46,13 @@ pub fn serve(args: &[String], stdout: &mut dyn Write, env: Env, ancestry: &dyn F
     }
 }
 
+/// Reads AWS STS's answer to `AssumeRoleWithWebIdentity`, as the aws exchange does: the
+/// fuzz targets' way in to a parser that is otherwise reached only over the network.
+#[doc(hidden)]
+pub fn parse_sts_answer(status: u16, body: &[u8]) -> Result<crate::ExchangeResponse, crate::ExchangeError> {
+    crate::exchange::aws_sts::parse("aws", status, body)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +69,13 @@ mod tests {
             assert_eq!(serve(&args, &mut out, env.clone(), &Vec::new), 1, "{args:?}");
             assert!(out.is_empty());
         }
+    }
+
+    #[test]
+    fn sts_answers_read_as_the_aws_exchange_reads_them() {
+        let body = "<ErrorResponse><Error><Code>AccessDenied</Code><Message>no</Message></Error></ErrorResponse>";
+        let err = parse_sts_answer(403, body.as_bytes()).unwrap_err();
+        assert_eq!(err.to_string(), "exchange `aws` refused: AccessDenied: no");
+        assert!(parse_sts_answer(200, b"<html>proxy</html>").is_err());
     }
 }

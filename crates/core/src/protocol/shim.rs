@@ -526,6 +526,14 @@ fn packed(dir: &Path) -> Result<PathBuf, String> {
 fn registry_url(text: &str) -> Result<url::Url, String> {
     let mut url = crate::target::strict_url(text)
         .ok_or_else(|| format!("registry `{}` is not a URL", crate::sanitize_for_terminal(text)))?;
+    // npm reads the token from a variable named after the registry's host and path; an
+    // `=` there would cut the name and put the token into the value of another.
+    if url.host_str().is_some_and(|h| h.contains('=')) || url.path().contains('=') {
+        return Err(format!(
+            "registry `{}` has `=` in its host or path, which the name of npm's token variable cannot hold",
+            crate::sanitize_for_terminal(text)
+        ));
+    }
     if !url.path().ends_with('/') {
         let path = format!("{}/", url.path());
         url.set_path(&path);
