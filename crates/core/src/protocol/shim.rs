@@ -95,17 +95,20 @@ pub fn need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Op
     }
 }
 
+/// Flags of npm, pnpm and yarn that take a value (`-r` there is pnpm's `--recursive`).
+const NPM_VALUED: &[&str] = &["--registry", "--tag", "--access", "--otp", "--workspace", "-w", "--filter", "-F"];
+/// Flags of twine that take a value.
+const TWINE_VALUED: &[&str] = &["--repository-url", "--repository", "-r", "--username", "-u", "--password", "-p"];
+
 /// Positional arguments: everything not a flag and not a flag's value (`--registry X`).
-fn positionals(args: &[String]) -> Vec<&str> {
-    const VALUED: [&str; 10] =
-        ["--registry", "--tag", "--access", "--otp", "--workspace", "-w", "--filter", "-F", "--repository-url", "-r"];
+fn positionals<'a>(args: &'a [String], valued: &[&str]) -> Vec<&'a str> {
     let mut out = Vec::new();
     let mut skip = false;
     for arg in args {
         if std::mem::take(&mut skip) {
             continue;
         }
-        if VALUED.contains(&arg.as_str()) {
+        if valued.contains(&arg.as_str()) {
             skip = true;
         } else if !arg.starts_with('-') {
             out.push(arg.as_str());
@@ -155,7 +158,7 @@ const NPM_READS: [&str; 21] = [
 ];
 
 fn npm_need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Option<Need>, String> {
-    let words = positionals(args);
+    let words = positionals(args, NPM_VALUED);
     // `yarn npm publish` (berry) and `npm publish` alike; a bare `yarn` installs.
     let words: Vec<&str> =
         if family == Family::Yarn && words.first() == Some(&"npm") { words[1..].to_vec() } else { words };
@@ -304,7 +307,7 @@ fn yarnrc_value(path: &Path, key: &str) -> Option<String> {
 }
 
 fn twine_need(args: &[String], env: &Env) -> Result<Option<Need>, String> {
-    let words = positionals(args);
+    let words = positionals(args, TWINE_VALUED);
     if words.first() != Some(&"upload") {
         return Ok(None);
     }

@@ -23,7 +23,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::{Family, Need, flag, positionals};
+use super::{Family, NPM_VALUED, Need, flag, positionals};
 
 /// The variable a user's `.npmrc`, `.yarnrc.yml` or `~/.npmrc` reads the token from
 /// (`//HOST/:_authToken=${MAYFLY_NPM_TOKEN}`). Always set, empty when there is no token:
@@ -127,7 +127,7 @@ pub enum Plan {
 
 /// Plans `args` run by `client`; `program` is the real tool.
 pub(super) fn plan(client: Client, program: &Path, args: &[String], cwd: &Path, pack_dir: &Path) -> Plan {
-    let words = positionals(args);
+    let words = positionals(args, NPM_VALUED);
     let words: &[&str] =
         if client == Client::YarnBerry && words.first() == Some(&"npm") { &words[1..] } else { &words };
     let all = Step { program: program.to_owned(), args: args.iter().map(OsString::from).collect(), dir: None };
@@ -250,7 +250,7 @@ pub(super) fn upload(
     tarball: &Path,
     registry: &url::Url,
 ) -> Result<Step, String> {
-    let dir_arg = positionals(args).into_iter().filter(|w| *w != "npm").nth(1);
+    let dir_arg = positionals(args, NPM_VALUED).into_iter().filter(|w| *w != "npm").nth(1);
     let flags: Vec<&str> =
         args.iter().map(String::as_str).filter(|a| Some(*a) != dir_arg && !["npm", "publish"].contains(a)).collect();
     let tarball = tarball.to_string_lossy();

@@ -300,8 +300,19 @@ fn berry_settings_name_the_registry() {
 #[test]
 fn workspace_publishes_are_refused_with_one_line() {
     let dir = project(&[]);
-    for args in [&["publish", "--workspace", "a"][..], &["publish", "-w=a"], &["--filter", "a", "publish"]] {
+    for args in [
+        &["publish", "--workspace", "a"][..],
+        &["publish", "-w=a"],
+        &["--filter", "a", "publish"],
+        &["-r", "publish"],
+        &["--recursive", "publish"],
+    ] {
         let err = need(Family::Pnpm, &strings(args), &Env::default(), dir.path()).unwrap_err();
         assert!(err.starts_with("`pnpm publish` of workspaces: run it in the package's directory"), "{err}");
     }
+    // twine's `-r` names a repository: `twine upload -r pypi dist/*` still uploads.
+    let dist = dir.path().join("x-1.0.tar.gz");
+    std::fs::write(&dist, b"x").unwrap();
+    let args = strings(&["upload", "-r", "pypi", dist.to_str().unwrap()]);
+    assert!(need(Family::Twine, &args, &Env::default(), dir.path()).unwrap().is_some());
 }
