@@ -12,6 +12,7 @@
 mod audit;
 mod config;
 mod keys;
+mod oauth;
 mod own_tokens;
 mod policy;
 mod registry;
@@ -21,6 +22,7 @@ mod verify;
 
 pub use config::{Config, Error as ConfigError, IntrospectionClient, TrustedIssuer};
 pub use keys::{Algorithm, SigningKey};
+pub use oauth::OAuthError;
 pub use policy::{Denial, ExchangeAsk, Grant, Policy, Rule, Rules};
 pub use revocation::{RedbStore, RevocationStore};
 pub use server::{Sts, serve};

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::Sts;
 use crate::audit::{Line, now_rfc3339};
+use crate::oauth::OAuthError;
 use crate::server::{Form, no_store, oauth_error};
 use mayfly_core::Fingerprint;
 
@@ -70,7 +71,7 @@ fn parse_form(headers: &HeaderMap, body: &[u8]) -> Option<Form> {
 }
 
 fn not_a_form() -> Response {
-    oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "body must be application/x-www-form-urlencoded")
+    oauth_error(StatusCode::BAD_REQUEST, OAuthError::InvalidRequest, "body must be application/x-www-form-urlencoded")
 }
 
 /// `POST /revoke` (RFC 7009).
@@ -78,8 +79,8 @@ pub(crate) async fn revoke(State(sts): State<Arc<Sts>>, headers: HeaderMap, body
     let Some(form) = parse_form(&headers, &body) else { return not_a_form() };
     let token = match form.one("token") {
         Ok(Some(token)) => token,
-        Ok(None) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "`token` is required"),
-        Err(reason) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &reason),
+        Ok(None) => return oauth_error(StatusCode::BAD_REQUEST, OAuthError::InvalidRequest, "`token` is required"),
+        Err(reason) => return oauth_error(StatusCode::BAD_REQUEST, OAuthError::InvalidRequest, &reason),
     };
     let fingerprint = Some(Fingerprint::of(token).to_string());
     // `token_type_hint` is only a hint (section 2.1): every token here is an access token.
@@ -113,7 +114,11 @@ pub(crate) async fn revoke(State(sts): State<Arc<Sts>>, headers: HeaderMap, body
         Err(reason) => {
             sts.audit.write(&Line { outcome: "revoke-failed", reason: Some(&reason), ..line });
             // Section 2.2.1: 503 tells the client to try again.
-            oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "cannot record the revocation")
+            oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                OAuthError::TemporarilyUnavailable,
+                "cannot record the revocation",
+            )
         }
     }
 }
@@ -123,26 +128,26 @@ pub(crate) async fn introspect(State(sts): State<Arc<Sts>>, headers: HeaderMap, 
     let Some(form) = parse_form(&headers, &body) else { return not_a_form() };
     let token = match form.one("token") {
         Ok(token) => token,
-        Err(reason) => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", &reason),
+        Err(reason) => return oauth_error(StatusCode::BAD_REQUEST, OAuthError::InvalidRequest, &reason),
     };
     if !authenticated(&sts, &headers, token) {
         sts.audit.write(&Line {
             time: now_rfc3339(),
             outcome: "introspection-refused",
-            code: Some("invalid_client"),
+            code: Some(OAuthError::InvalidClient.as_str()),
             reason: Some("no valid client credentials and not the token's own Bearer"),
             ..Line::default()
         });
         let mut response = oauth_error(
             StatusCode::UNAUTHORIZED,
-            "invalid_client",
+            OAuthError::InvalidClient,
             "introspection needs a configured client's Basic credentials, or the token itself as Bearer",
         );
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"mayfly-sts\""));
         return response;
     }
     let Some(token) = token else {
-        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "`token` is required");
+        return oauth_error(StatusCode::BAD_REQUEST, OAuthError::InvalidRequest, "`token` is required");
     };
     let inactive = || no_store(axum::Json(json!({"active": false})).into_response());
     let Ok(own) = verify(&sts, token, true) else { return inactive() };
@@ -158,7 +163,11 @@ pub(crate) async fn introspect(State(sts): State<Arc<Sts>>, headers: HeaderMap, 
         Ok(false) => {}
         Ok(true) => return inactive(),
         Err(_) => {
-            return oauth_error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "cannot check revocation");
+            return oauth_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                OAuthError::TemporarilyUnavailable,
+                "cannot check revocation",
+            );
         }
     }
     let mut answer = Map::new();

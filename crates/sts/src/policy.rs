@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use mayfly_core::pattern::{Kind, matches};
+
+use crate::OAuthError;
 use serde_json::{Map, Value};
 
 use crate::verify::VerifiedSubject;
@@ -41,7 +43,7 @@ pub struct Grant {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Denial {
     /// `invalid_request`, `invalid_target` or `invalid_scope`.
-    pub code: &'static str,
+    pub code: OAuthError,
     /// Why, for the client and the audit log.
     pub reason: String,
 }
@@ -88,7 +90,7 @@ impl Policy for Rules {
     fn decide(&self, ask: &ExchangeAsk<'_>) -> Result<Grant, Denial> {
         let subject = ask.subject;
         if ask.scopes.is_empty() {
-            return Err(Denial { code: "invalid_scope", reason: "a scope is required".into() });
+            return Err(Denial { code: OAuthError::InvalidScope, reason: "a scope is required".into() });
         }
         let matching: Vec<&Rule> = self
             .rules
@@ -102,7 +104,7 @@ impl Policy for Rules {
             .collect();
         if matching.is_empty() {
             return Err(Denial {
-                code: "invalid_request",
+                code: OAuthError::InvalidRequest,
                 reason: format!("no rule allows subject `{}` of `{}`", subject.subject, subject.issuer),
             });
         }
@@ -112,7 +114,7 @@ impl Policy for Rules {
             .collect();
         if for_audience.is_empty() {
             return Err(Denial {
-                code: "invalid_target",
+                code: OAuthError::InvalidTarget,
                 reason: format!("audience `{}` is not allowed for subject `{}`", ask.audience, subject.subject),
             });
         }
@@ -127,7 +129,7 @@ impl Policy for Rules {
             } else {
                 format!("scope `{refused}` is not allowed for subject `{}`", subject.subject)
             };
-            return Err(Denial { code: "invalid_scope", reason });
+            return Err(Denial { code: OAuthError::InvalidScope, reason });
         };
         let ttl = ask.ttl.unwrap_or(self.default_ttl).min(rule.max_ttl);
         Ok(Grant { scopes: ask.scopes.to_vec(), ttl, rule: rule.name.clone() })
@@ -237,21 +239,27 @@ mod tests {
         let s = subject();
         let other_repo = vec!["repo:org/other:read".to_owned()];
         let denial = rules().decide(&ask(&s, "https://git.example", &other_repo, None)).unwrap_err();
-        assert_eq!(denial.code, "invalid_scope");
+        assert_eq!(denial.code, OAuthError::InvalidScope);
         assert!(denial.reason.contains("repo:org/other:read"));
         let docs_write = vec!["repo:org/docs:write".to_owned()];
         assert_eq!(
             rules().decide(&ask(&s, "https://git.example", &docs_write, None)).unwrap_err().code,
-            "invalid_scope"
+            OAuthError::InvalidScope
         );
         let ok = vec!["repo:org/app:read".to_owned()];
-        assert_eq!(rules().decide(&ask(&s, "https://evil.example", &ok, None)).unwrap_err().code, "invalid_target");
-        assert_eq!(rules().decide(&ask(&s, "https://git.example", &[], None)).unwrap_err().code, "invalid_scope");
+        assert_eq!(
+            rules().decide(&ask(&s, "https://evil.example", &ok, None)).unwrap_err().code,
+            OAuthError::InvalidTarget
+        );
+        assert_eq!(
+            rules().decide(&ask(&s, "https://git.example", &[], None)).unwrap_err().code,
+            OAuthError::InvalidScope
+        );
         let mut stranger = subject();
         stranger.issuer = "https://other".into();
         assert_eq!(
             rules().decide(&ask(&stranger, "https://git.example", &ok, None)).unwrap_err().code,
-            "invalid_request"
+            OAuthError::InvalidRequest
         );
     }
 
@@ -262,7 +270,7 @@ mod tests {
         let scopes = vec!["repo:org/app:write".to_owned()];
         // `repo:org/*` must not reach across `:ref:...` into the rest of the subject.
         let denial = rules.decide(&ask(&subject(), "https://git.example", &scopes, None)).unwrap_err();
-        assert_eq!(denial.code, "invalid_scope");
+        assert_eq!(denial.code, OAuthError::InvalidScope);
         rules.rules[0].claims = [("sub".to_owned(), "repo:org/*:ref:refs/heads/*".to_owned())].into();
         assert!(rules.decide(&ask(&subject(), "https://git.example", &scopes, None)).is_ok());
     }
@@ -275,7 +283,7 @@ mod tests {
         assert!(rules.decide(&ask(&subject(), "https://git.example", &scopes, None)).is_ok());
         for audience in ["https://evil.test/.example", "https://evil.test#.example", "https://a.b.example"] {
             let denial = rules.decide(&ask(&subject(), audience, &scopes, None)).unwrap_err();
-            assert_eq!(denial.code, "invalid_target", "{audience}");
+            assert_eq!(denial.code, OAuthError::InvalidTarget, "{audience}");
         }
     }
 
@@ -292,6 +300,9 @@ mod tests {
         let mut s = subject();
         s.claims.insert("repository".into(), json!("*"));
         let scopes = vec!["repo:org/app:read".to_owned()];
-        assert_eq!(rules().decide(&ask(&s, "https://git.example", &scopes, None)).unwrap_err().code, "invalid_scope");
+        assert_eq!(
+            rules().decide(&ask(&s, "https://git.example", &scopes, None)).unwrap_err().code,
+            OAuthError::InvalidScope
+        );
     }
 }

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::audit::{Audit, Line, now_rfc3339};
 use crate::config::Config;
 use crate::keys::{Algorithm, SigningKey};
+use crate::oauth::OAuthError;
 use crate::policy::{ExchangeAsk, Policy, Rules};
 use crate::revocation::{RedbStore, RevocationStore};
 use crate::verify::Verifier;
@@ -125,8 +126,8 @@ pub(crate) fn no_store(mut response: Response) -> Response {
     response
 }
 
-pub(crate) fn oauth_error(status: StatusCode, code: &str, description: &str) -> Response {
-    no_store((status, axum::Json(json!({"error": code, "error_description": description}))).into_response())
+pub(crate) fn oauth_error(status: StatusCode, code: OAuthError, description: &str) -> Response {
+    no_store((status, axum::Json(json!({"error": code.as_str(), "error_description": description}))).into_response())
 }
 
 async fn jwks(State(sts): State<Arc<Sts>>) -> Response {
@@ -171,7 +172,7 @@ async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: Bytes) -> 
     if !form_type.starts_with("application/x-www-form-urlencoded") {
         return oauth_error(
             StatusCode::BAD_REQUEST,
-            "invalid_request",
+            OAuthError::InvalidRequest,
             "body must be application/x-www-form-urlencoded",
         );
     }
@@ -184,19 +185,19 @@ async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: Bytes) -> 
 
 /// An RFC 6749 error: its code and a description safe to show the client.
 struct Refusal {
-    code: &'static str,
+    code: OAuthError,
     reason: String,
 }
 
 fn invalid_request(reason: impl Into<String>) -> Refusal {
-    Refusal { code: "invalid_request", reason: reason.into() }
+    Refusal { code: OAuthError::InvalidRequest, reason: reason.into() }
 }
 
 /// The checks of RFC 8693 section 2.1 on the request's shape.
 fn check_shape(form: &Form) -> Result<(), Refusal> {
     if form.one("grant_type").map_err(invalid_request)? != Some(TOKEN_EXCHANGE_GRANT) {
         return Err(Refusal {
-            code: "unsupported_grant_type",
+            code: OAuthError::UnsupportedGrantType,
             reason: "only token exchange (RFC 8693) is supported".into(),
         });
     }
@@ -244,7 +245,7 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
         sts.audit.write(&Line {
             time: now_rfc3339(),
             outcome: "denied",
-            code: Some(refusal.code),
+            code: Some(refusal.code.as_str()),
             reason: Some(&refusal.reason),
             ..line
         });
@@ -265,10 +266,16 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     let audience = match audiences.as_slice() {
         [one] => *one,
         [] => {
-            return Err(deny(Refusal { code: "invalid_target", reason: "an `audience` is required".into() }, line));
+            return Err(deny(
+                Refusal { code: OAuthError::InvalidTarget, reason: "an `audience` is required".into() },
+                line,
+            ));
         }
         _ => {
-            return Err(deny(Refusal { code: "invalid_target", reason: "one `audience` per request".into() }, line));
+            return Err(deny(
+                Refusal { code: OAuthError::InvalidTarget, reason: "one `audience` per request".into() },
+                line,
+            ));
         }
     };
     let ttl = match form.one("requested_ttl").map_err(invalid_request)?.map(str::parse::<u64>) {
@@ -308,7 +315,7 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
         "subject_issuer": subject.issuer,
     });
     let access_token =
-        sts.key.sign(Some("at+jwt"), &claims).map_err(|e| Refusal { code: "server_error", reason: e })?;
+        sts.key.sign(Some("at+jwt"), &claims).map_err(|e| Refusal { code: OAuthError::ServerError, reason: e })?;
     sts.audit.write(&Line {
         time: now_rfc3339(),
         outcome: "issued",
@@ -334,7 +341,7 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
 /// The requested scopes, each checked against the scope grammar and the shapes the
 /// policy can grant; `invalid_scope` with the reason otherwise.
 fn requested_scopes(sts: &Sts, scope: &str) -> Result<Vec<String>, Refusal> {
-    let invalid = |reason: String| Refusal { code: "invalid_scope", reason };
+    let invalid = |reason: String| Refusal { code: OAuthError::InvalidScope, reason };
     let scopes = mayfly_core::scope::parse_requested(scope).map_err(|e| invalid(e.to_string()))?;
     if let Some(unknown) = scopes.iter().find(|s| !sts.policy.grants_shape(s)) {
         return Err(invalid(format!("scope `{unknown}` is of a shape no rule of this exchange grants")));
