@@ -101,6 +101,11 @@ fn the_exchange_takes_only_single_scopes_of_shapes_it_can_grant() {
     }
     let issued = stack.sts_issued();
     assert_eq!(issued, 1, "only the well-formed request was granted");
+    // A huge audience is refused, and the audit log keeps only its start.
+    let (status, body) = exchange(&stack, &format!("{git}/{}", "a".repeat(60_000)), "repo:org/app:read");
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_target")), "{body}");
+    let longest = stack.sts_audit().iter().filter_map(|l| l["audience"].as_str().map(str::len)).max();
+    assert!(longest.is_some_and(|n| n <= 512), "{longest:?}");
 }
 
 #[test]

@@ -238,7 +238,9 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     let mut line = Line {
         scope: Some(mayfly_core::sanitize_for_terminal(mayfly_core::clip(scope, mayfly_core::scope::MAX_SCOPE_LEN))),
         intent: intent.as_ref(),
-        audience: audiences.first().copied(),
+        // What the client sent, cut to what a real audience can be: the log is no place
+        // to store a 64 KiB field for it.
+        audience: audiences.first().map(|a| mayfly_core::clip(a, 512)),
         ..Line::default()
     };
     let deny = |refusal: Refusal, line: Line<'_>| {
