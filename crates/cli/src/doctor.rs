@@ -56,7 +56,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let mut env = Env::from_os();
     if let Some(home) = &args.home {
         let home = home.display().to_string();
-        env = Env::from_pairs(env.vars().filter(|(k, _)| *k != EnvVars::HOME).chain([(EnvVars::HOME, home.as_str())]));
+        env = env.with(&[(EnvVars::HOME, home.as_str())]);
     }
     let home = env.path(EnvVars::HOME).context("no home directory: set `HOME` or pass `--home`")?;
     let cwd = std::env::current_dir().context("cannot read the current directory")?;

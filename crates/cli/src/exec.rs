@@ -150,7 +150,6 @@ fn random_session() -> anyhow::Result<String> {
     Ok(format!("s-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()))
 }
 
-/// A 0700 directory for the session's files, in memory where the machine has one.
 /// The environment whose cache the session uses. A session must be able to find and
 /// revoke every token minted in it, so when the usual cache cannot be used safely (its
 /// key directory another user's, open to others, a symlink, or none memory-backed), the
@@ -162,13 +161,7 @@ fn usable_cache(env: Env, runtime: &Path) -> anyhow::Result<(Env, Vec<(&'static 
         (EnvVars::MAYFLY_RUNTIME_DIR, runtime.join("key").display().to_string()),
         (EnvVars::MAYFLY_CACHE_DIR, runtime.join("tokens").display().to_string()),
     ];
-    let own: Vec<(String, String)> = env
-        .vars()
-        .filter(|(k, _)| vars.iter().all(|(name, _)| k != name))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .chain(vars.iter().map(|(k, v)| ((*k).to_owned(), v.clone())))
-        .collect();
-    let own = Env::from_pairs(own);
+    let own = env.with(&vars.iter().map(|(k, v)| (*k, v.as_str())).collect::<Vec<_>>());
     match Cache::open(&own) {
         Ok(_) => {
             mayfly_core::protocol::warn(&format!(
@@ -184,6 +177,7 @@ fn usable_cache(env: Env, runtime: &Path) -> anyhow::Result<(Env, Vec<(&'static 
     }
 }
 
+/// A 0700 directory for the session's files, in memory where the machine has one.
 fn private_runtime_dir(env: &Env) -> anyhow::Result<tempfile::TempDir> {
     let candidates = [env.path(EnvVars::XDG_RUNTIME_DIR), Some(PathBuf::from("/dev/shm")), Some(std::env::temp_dir())];
     let base = candidates.into_iter().flatten().find(|d| d.is_dir()).unwrap_or_else(std::env::temp_dir);

@@ -439,16 +439,12 @@ impl Config {
         if publish_only && operations.contains(&Operation::Read) {
             return Err(format!("route `{name}`: exchange `{}` mints publish tokens, not `read`", raw.exchange));
         }
-        let default_scheme = match exchange.default_scheme() {
-            Scheme::Plain => "plain",
-            Scheme::Basic => "basic",
-            Scheme::Bearer => "bearer",
-        };
-        let scheme = match raw.scheme.as_deref().unwrap_or(default_scheme) {
-            "bearer" => Scheme::Bearer,
-            "basic" => Scheme::Basic,
-            "plain" if tool == Tool::Cargo => Scheme::Plain,
-            other => {
+        let scheme = match raw.scheme.as_deref() {
+            None => exchange.default_scheme(),
+            Some("bearer") => Scheme::Bearer,
+            Some("basic") => Scheme::Basic,
+            Some("plain") if tool == Tool::Cargo => Scheme::Plain,
+            Some(other) => {
                 let known = if tool == Tool::Cargo { "bearer, basic or plain" } else { "bearer or basic" };
                 return Err(format!("route `{name}`: unknown scheme `{other}` ({known})"));
             }

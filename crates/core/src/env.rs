@@ -94,6 +94,13 @@ impl Env {
         }
     }
 
+    /// This environment with `pairs` set, replacing any variables of the same names.
+    pub fn with(&self, pairs: &[(&str, &str)]) -> Self {
+        let mut vars = self.vars.clone();
+        vars.extend(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        Self { vars }
+    }
+
     /// An environment made of the given pairs only.
     pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
         Self { vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
