@@ -196,6 +196,16 @@ impl Target {
 /// Anything a URL parser would read as userinfo, path, query or fragment is refused,
 /// so `good.example@evil.example` can never match `good.example`.
 pub fn normalize_host(protocol: &str, host: &str) -> Result<String, Error> {
+    // IDNA can turn other characters into dots (`。`), so the parser's answer is checked to
+    // be a fixed point: normalising a normalised host must change nothing.
+    let once = normalize_host_once(protocol, host)?;
+    match normalize_host_once(protocol, &once) {
+        Ok(again) if again == once => Ok(once),
+        _ => Err(Error::Host(crate::sanitize_for_terminal(host))),
+    }
+}
+
+fn normalize_host_once(protocol: &str, host: &str) -> Result<String, Error> {
     let bad = |c: char| c.is_control() || c.is_whitespace() || "@/\\?#%".contains(c);
     let refuse = || Error::Host(crate::sanitize_for_terminal(host));
     if host.is_empty() || host.chars().any(bad) {
