@@ -92,7 +92,7 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 fn against_the_binary() {
     let stack = Stack::new();
     let client = stack.https_client();
-    let audience = stack.git.base_url.clone();
+    let audience = stack.git_server().base_url.clone();
     let exchange = |client: &reqwest::blocking::Client| {
         let (status, body) =
             mayfly_tests::post_exchange(client, &stack.sts.url, &stack.issuer, &audience, "repo:org/app:read");

@@ -100,6 +100,7 @@ fn ok(out: &Output) -> String {
 }
 
 #[test]
+#[cfg_attr(any(missing = "aws", missing = "moto_server"), ignore = "needs aws, moto_server: one is not installed")]
 fn the_aws_cli_assumes_the_role_and_round_trips_s3_with_one_exchange() {
     if !require_tool("aws") || !require_tool("moto_server") {
         return;
@@ -139,6 +140,7 @@ fn the_aws_cli_assumes_the_role_and_round_trips_s3_with_one_exchange() {
 }
 
 #[test]
+#[cfg_attr(missing = "moto_server", ignore = "needs moto_server, which is not installed")]
 fn credential_process_output_is_version_1_and_outlives_botocores_refresh_window() {
     if !require_tool("moto_server") {
         return;
@@ -173,6 +175,7 @@ fn credential_process_output_is_version_1_and_outlives_botocores_refresh_window(
 }
 
 #[test]
+#[cfg_attr(any(missing = "aws", missing = "moto_server"), ignore = "needs aws, moto_server: one is not installed")]
 fn a_forged_web_identity_token_is_one_line_and_no_credentials() {
     if !require_tool("aws") || !require_tool("moto_server") {
         return;

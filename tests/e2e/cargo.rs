@@ -14,7 +14,7 @@ fn cargo_home(stack: &Stack, registries: &[(&str, &str)]) -> PathBuf {
     std::fs::create_dir_all(&home).unwrap();
     let provider = bin("cargo-credential-mayfly").display().to_string();
     let mut config = String::from("[registry]\nglobal-credential-providers = []\n");
-    for (name, index) in [("mayfly-dev", stack.cargo.index_url.as_str())].iter().chain(registries) {
+    for (name, index) in [("mayfly-dev", stack.cargo().index_url.as_str())].iter().chain(registries) {
         config += &format!("\n[registries.{name}]\nindex = \"{index}\"\ncredential-provider = [\"{provider}\"]\n");
     }
     std::fs::write(home.join("config.toml"), config).unwrap();
@@ -86,7 +86,7 @@ fn ok(out: &Output) {
 
 #[test]
 fn cargo_publishes_with_a_crate_token_and_fetches_with_a_read_token() {
-    let stack = Stack::new();
+    let stack = Stack::builder().git().cargo().start();
     let hello = package(&stack, "mayfly-hello", None);
     ok(&cargo(&stack, &hello, &["publish", "--registry", "mayfly-dev", "--no-verify", "--allow-dirty"]));
     let app = package(&stack, "mayfly-app", Some("mayfly-hello"));
@@ -115,7 +115,7 @@ fn cargo_publishes_with_a_crate_token_and_fetches_with_a_read_token() {
 
 #[test]
 fn publishing_a_crate_the_policy_does_not_name_is_refused() {
-    let stack = Stack::new();
+    let stack = Stack::builder().git().cargo().start();
     let other = package(&stack, "mayfly-other", None);
     let out = cargo(&stack, &other, &["publish", "--registry", "mayfly-dev", "--no-verify", "--allow-dirty"]);
     assert!(!out.status.success());
@@ -125,11 +125,11 @@ fn publishing_a_crate_the_policy_does_not_name_is_refused() {
 
 #[test]
 fn a_publish_token_for_one_crate_cannot_publish_another() {
-    let stack = Stack::new();
+    let stack = Stack::builder().git().cargo().start();
     // Ask the provider, as cargo would, for a publish token for mayfly-hello.
     let request = format!(
         "{{\"v\":1,\"registry\":{{\"index-url\":\"{}\",\"name\":\"mayfly-dev\"}},\"kind\":\"get\",\"operation\":\"publish\",\"name\":\"mayfly-hello\",\"vers\":\"0.1.0\",\"cksum\":\"00\"}}\n",
-        stack.cargo.index_url
+        stack.cargo().index_url
     );
     let out = assert_cmd::Command::new(bin("cargo-credential-mayfly"))
         .arg("--cargo-plugin")
@@ -152,13 +152,13 @@ fn a_publish_token_for_one_crate_cannot_publish_another() {
     body.extend(b"abc");
     let client = reqwest::blocking::Client::builder().no_proxy().build().unwrap();
     let response = client
-        .put(format!("{}/api/v1/crates/new", stack.cargo.base_url))
+        .put(format!("{}/api/v1/crates/new", stack.cargo().base_url))
         .header("Authorization", &token)
         .body(body)
         .send()
         .unwrap();
     assert_eq!(response.status().as_u16(), 403);
-    assert_eq!(stack.cargo.forbidden.load(Ordering::SeqCst), 1);
+    assert_eq!(stack.cargo().forbidden.load(Ordering::SeqCst), 1);
 }
 
 /// A crates.io-like public registry and its trusted publishing exchange, where `org/app`
@@ -185,7 +185,7 @@ fn publish_tp(stack: &Stack, registry: &CargoRegistry, name: &str, version: &str
 
 #[test]
 fn cargo_publishes_with_a_crates_io_trusted_publishing_token_and_logout_revokes_it() {
-    let stack = Stack::new();
+    let stack = Stack::builder().git().cargo().start();
     let (exchange, registry) = trusted_publishing(&stack, "ci");
     ok(&publish_tp(&stack, &registry, "mayfly-tp", "0.1.0"));
     assert_eq!(exchange.tokens.issued().len(), 1);
@@ -220,7 +220,7 @@ fn cargo_publishes_with_a_crates_io_trusted_publishing_token_and_logout_revokes_
 
 #[test]
 fn a_crates_io_id_token_is_exchanged_once() {
-    let stack = Stack::new();
+    let stack = Stack::builder().git().cargo().start();
     let (exchange, registry) = trusted_publishing(&stack, "given");
     let id_token = stack.issuer.mint("crates.io", &serde_json::Value::Null);
     let publish = |version: &str| {

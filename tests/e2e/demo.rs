@@ -3,6 +3,7 @@
 use mayfly_tests::{bin, require_tool};
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn mayfly_demo_runs_the_whole_story() {
     if !require_tool("git") {
         return;

@@ -137,6 +137,7 @@ impl Plants {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn every_kind_of_long_lived_credential_is_found_and_none_is_printed() {
     if !require_tool("git") {
         return;
@@ -306,6 +307,7 @@ fn every_kind_of_long_lived_credential_is_found_and_none_is_printed() {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn a_clean_home_and_mayflys_own_wiring_pass() {
     if !require_tool("git") {
         return;
@@ -371,6 +373,7 @@ fn a_clean_home_and_mayflys_own_wiring_pass() {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn storage_helpers_around_mayflys_are_reported() {
     if !require_tool("git") {
         return;

@@ -9,7 +9,11 @@ use serde_json::Value;
 
 /// A stack whose git has no credential wiring of its own: only `mayfly exec` wires it.
 fn unwired_stack() -> Stack {
-    let stack = Stack::new();
+    unwire(Stack::new())
+}
+
+/// Replaces the stack's git wiring with the user's identity alone.
+fn unwire(stack: Stack) -> Stack {
     std::fs::write(
         stack.home.join(".gitconfig"),
         "[user]\n\tname = mayfly test\n\temail = test@mayfly.invalid\n[init]\n\tdefaultBranch = main\n",
@@ -62,6 +66,7 @@ fn cached_in_session(stack: &Stack, session: &str) -> usize {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn a_session_wires_git_through_the_environment_and_revokes_its_tokens_at_exit() {
     if !require_tool("git") {
         return;
@@ -99,6 +104,7 @@ fn a_session_wires_git_through_the_environment_and_revokes_its_tokens_at_exit() 
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn sigterm_ends_the_command_and_still_revokes_and_nothing_leaks_into_environ_or_argv() {
     if !require_tool("git") {
         return;
@@ -146,6 +152,7 @@ fn sigterm_ends_the_command_and_still_revokes_and_nothing_leaks_into_environ_or_
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn redact_replaces_the_sessions_tokens_and_keeps_the_exit_code() {
     if !require_tool("git") {
         return;
@@ -180,18 +187,19 @@ fn exit_codes_pass_through_and_a_missing_command_is_one_line() {
 }
 
 #[test]
+#[cfg_attr(missing = "kubectl", ignore = "needs kubectl, which is not installed")]
 fn a_session_points_the_users_kubectl_context_at_mayfly_without_touching_their_kubeconfig() {
     if !require_tool("kubectl") {
         return;
     }
     use base64::Engine;
-    let stack = unwired_stack();
+    let stack = unwire(Stack::builder().git().kube().start());
     let ca = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&stack.ca.ca_cert).unwrap());
     let kubeconfig = stack.home.join(".kube/config");
     std::fs::create_dir_all(kubeconfig.parent().unwrap()).unwrap();
     let theirs = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: dev\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: me\n  user: {{}}\ncontexts:\n- name: dev\n  context:\n    cluster: dev\n    user: me\ncurrent-context: dev\n",
-        stack.kube.base_url
+        stack.kube().base_url
     );
     std::fs::write(&kubeconfig, &theirs).unwrap();
     let kubectl = ["kubectl", "get", "--raw", "/version"];

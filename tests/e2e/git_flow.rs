@@ -3,6 +3,23 @@
 use mayfly_tests::{Stack, mayfly_lines, require_tool};
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
+fn the_exchange_binary_serves_on_the_socket_it_is_handed() {
+    if !require_tool("git") {
+        return;
+    }
+    // The real `mayfly-sts`, given its listener by socket activation rather than binding
+    // the config's `listen` (the default port) itself.
+    let stack = Stack::builder().git().sts_binary().start();
+    stack.git_ok(&stack.work, &["clone", &stack.repo_url("org/app.git"), "app"]);
+    assert_eq!(stack.sts_issued(), 1);
+    let log = std::fs::read_to_string(stack.dir.path().join("sts.log")).unwrap();
+    let port = stack.sts.url.rsplit(':').next().unwrap();
+    assert!(log.contains(&format!("listening on 127.0.0.1:{port}")), "{log}");
+}
+
+#[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn clone_fetch_and_push_use_read_and_write_tokens_for_one_repository() {
     if !require_tool("git") {
         return;
@@ -39,7 +56,7 @@ fn clone_fetch_and_push_use_read_and_write_tokens_for_one_repository() {
         .collect();
     assert!(command.windows(2).any(|w| w == ["push", "origin"]), "{command:?}");
     assert_eq!(audit[1]["subject"], "repo:org/app:ref:refs/heads/main");
-    assert!(stack.git.stats.served.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    assert!(stack.git_server().stats.served.load(std::sync::atomic::Ordering::SeqCst) > 0);
     stack.assert_no_tokens_on_disk();
 }
 
@@ -57,6 +74,7 @@ fn refused_push_to_docs(stack: &Stack) -> (std::process::Output, Vec<String>) {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn push_is_refused_when_the_route_only_allows_read() {
     if !require_tool("git") {
         return;
@@ -72,6 +90,7 @@ fn push_is_refused_when_the_route_only_allows_read() {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn the_exchange_refuses_a_write_scope_its_policy_does_not_grant() {
     if !require_tool("git") {
         return;
@@ -87,6 +106,7 @@ fn the_exchange_refuses_a_write_scope_its_policy_does_not_grant() {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn a_token_for_one_repository_is_refused_for_another_on_the_same_host() {
     if !require_tool("git") {
         return;
@@ -102,7 +122,7 @@ fn a_token_for_one_repository_is_refused_for_another_on_the_same_host() {
     let out = git.output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("403"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(stack.git.stats.forbidden.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(stack.git_server().stats.forbidden.load(std::sync::atomic::Ordering::SeqCst), 1);
     // The same token still works where it belongs.
     let mut git =
         stack.git_cmd(&stack.work, &["-c", "credential.helper=", "ls-remote", &stack.repo_url("org/app.git")]);
@@ -111,12 +131,13 @@ fn a_token_for_one_repository_is_refused_for_another_on_the_same_host() {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn a_repository_without_a_route_gets_no_token() {
     if !require_tool("git") {
         return;
     }
     let stack = Stack::new();
-    stack.git.create_repo("org/secret.git").unwrap();
+    stack.git_server().create_repo("org/secret.git").unwrap();
     let out = stack.git(&stack.work, &["ls-remote", &stack.repo_url("org/secret.git")]);
     assert!(!out.status.success());
     assert!(mayfly_lines(&out.stderr).is_empty(), "no route is not an error: the next helper may answer");
@@ -125,6 +146,7 @@ fn a_repository_without_a_route_gets_no_token() {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn the_same_server_under_another_host_name_gets_no_token() {
     if !require_tool("git") {
         return;
@@ -142,12 +164,13 @@ fn the_same_server_under_another_host_name_gets_no_token() {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn without_use_http_path_the_helper_explains_and_stops() {
     if !require_tool("git") {
         return;
     }
     let stack = Stack::new();
-    let key = format!("credential.{}.useHttpPath", stack.git.base_url);
+    let key = format!("credential.{}.useHttpPath", stack.git_server().base_url);
     stack.git_ok(&stack.work, &["config", "--global", &key, "false"]);
     let out = stack.git(&stack.work, &["ls-remote", &stack.repo_url("org/app.git")]);
     assert!(!out.status.success());
@@ -158,6 +181,7 @@ fn without_use_http_path_the_helper_explains_and_stops() {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn a_refused_token_is_erased_and_revoked_and_the_next_get_mints_a_fresh_one() {
     if !require_tool("git") {
         return;
@@ -166,7 +190,7 @@ fn a_refused_token_is_erased_and_revoked_and_the_next_get_mints_a_fresh_one() {
     stack.git_ok(&stack.work, &["ls-remote", &stack.repo_url("org/app.git")]);
     let first = stack.client_audit()[0]["fingerprint"].as_str().unwrap().to_owned();
     // The server stops accepting that token (as after a revocation).
-    stack.git.revoke(&fingerprint(&first));
+    stack.git_server().revoke(&fingerprint(&first));
     let out = stack.git(&stack.work, &["ls-remote", &stack.repo_url("org/app.git")]);
     assert!(!out.status.success(), "git fails once: it sends the cached token, gets 401, calls erase");
     let audit = stack.client_audit();
@@ -185,6 +209,7 @@ fn fingerprint(text: &str) -> mayfly_core::Fingerprint {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn basic_scheme_routes_present_a_username_and_the_token() {
     if !require_tool("git") {
         return;

@@ -21,6 +21,7 @@ fn fill(stack: &Stack, input: &str) -> (bool, String, String) {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn git_gets_an_ephemeral_bearer_credential_when_it_announces_authtype() {
     if !require_tool("git") {
         return;
@@ -41,6 +42,7 @@ fn git_gets_an_ephemeral_bearer_credential_when_it_announces_authtype() {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn old_callers_get_username_password_with_expiry() {
     if !require_tool("git") {
         return;
@@ -56,12 +58,13 @@ fn old_callers_get_username_password_with_expiry() {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn a_chained_store_helper_persists_nothing() {
     if !require_tool("git") {
         return;
     }
     let stack = Stack::new();
-    let key = format!("credential.{}.helper", stack.git.base_url);
+    let key = format!("credential.{}.helper", stack.git_server().base_url);
     stack.git_ok(&stack.work, &["config", "--global", "--add", &key, "store"]);
     stack.git_ok(&stack.work, &["clone", &stack.repo_url("org/app.git"), "app"]);
     let stored = std::fs::read_to_string(stack.home.join(".git-credentials")).unwrap_or_default();
@@ -70,14 +73,15 @@ fn a_chained_store_helper_persists_nothing() {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn newline_smuggling_in_a_url_never_reaches_the_helper() {
     if !require_tool("git") {
         return;
     }
     let stack = Stack::new();
     for url in [
-        format!("{}/org/app.git%0ahost=evil.example", stack.git.base_url),
-        format!("{}/org/app.git%0d%0ahost=evil.example", stack.git.base_url),
+        format!("{}/org/app.git%0ahost=evil.example", stack.git_server().base_url),
+        format!("{}/org/app.git%0d%0ahost=evil.example", stack.git_server().base_url),
     ] {
         let out = stack.git(&stack.work, &["ls-remote", &url]);
         assert!(!out.status.success());

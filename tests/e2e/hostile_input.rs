@@ -30,11 +30,11 @@ fn run(stack: &Stack, case: &Case) -> Output {
 
 #[test]
 fn every_helper_refuses_hostile_input_without_leaking_or_panicking() {
-    let stack = Stack::new();
+    let stack = Stack::builder().all().start();
     let big = vec![b'a'; 2 << 20];
-    let kube_host = stack.kube.base_url.clone();
-    let registry_host = stack.registry.base_url.trim_start_matches("https://").to_owned();
-    let index = stack.cargo.index_url.clone();
+    let kube_host = stack.kube().base_url.clone();
+    let registry_host = stack.registry().base_url.trim_start_matches("https://").to_owned();
+    let index = stack.cargo().index_url.clone();
     let exec_info = |server: &str| {
         format!(
             r#"{{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","spec":{{"cluster":{{"server":"{server}"}}}}}}"#
@@ -93,7 +93,7 @@ fn every_helper_refuses_hostile_input_without_leaking_or_panicking() {
     }
 
     // docker: control characters and oversize URLs get the not-found text, never a token.
-    for input in [format!("{}\r\nevil", stack.oci_port).into_bytes(), big.clone(), b"127.0.0.1:1\x1b[2J".to_vec()] {
+    for input in [format!("{}\r\nevil", stack.oci_port()).into_bytes(), big.clone(), b"127.0.0.1:1\x1b[2J".to_vec()] {
         let out = run(&stack, &case("docker-credential-mayfly", &["get"], &input));
         assert_eq!(out.status.code(), Some(1));
         assert_eq!(String::from_utf8_lossy(&out.stdout), "credentials not found in native keychain\n");

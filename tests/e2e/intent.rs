@@ -92,7 +92,7 @@ fn the_exchange_scrubs_an_intent_it_is_sent() {
         ("grant_type", mayfly_core::TOKEN_EXCHANGE_GRANT),
         ("subject_token", &subject),
         ("subject_token_type", mayfly_core::ID_TOKEN_TYPE),
-        ("audience", &stack.git.base_url),
+        ("audience", &stack.git_server().base_url),
         ("scope", "repo:org/app:read"),
         ("intent", &intent.to_string()),
     ];

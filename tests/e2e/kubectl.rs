@@ -16,7 +16,7 @@ fn kubeconfig(stack: &Stack, api_version: &str, static_token: Option<&str>) -> s
     };
     let config = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: dev\n  cluster:\n    server: {}\n    certificate-authority-data: {ca}\nusers:\n- name: mayfly\n  user:\n{user}contexts:\n- name: dev\n  context:\n    cluster: dev\n    user: mayfly\ncurrent-context: dev\n",
-        stack.kube.base_url
+        stack.kube().base_url
     );
     let path = stack.dir.path().join(format!("kubeconfig-{}", api_version.rsplit('/').next().unwrap()));
     std::fs::write(&path, config).unwrap();
@@ -35,11 +35,12 @@ fn kubectl(stack: &Stack, config: &std::path::Path) -> std::process::Output {
 }
 
 #[test]
+#[cfg_attr(missing = "kubectl", ignore = "needs kubectl, which is not installed")]
 fn kubectl_gets_a_cluster_token_for_v1_and_v1beta1() {
     if !require_tool("kubectl") {
         return;
     }
-    let stack = Stack::new();
+    let stack = Stack::builder().git().kube().start();
     for api_version in ["client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1"] {
         let out = kubectl(&stack, &kubeconfig(&stack, api_version, None));
         assert!(out.status.success(), "{api_version}: {}", String::from_utf8_lossy(&out.stderr));
@@ -47,29 +48,31 @@ fn kubectl_gets_a_cluster_token_for_v1_and_v1beta1() {
     }
     let audit = stack.client_audit();
     assert!(audit.iter().all(|l| l["tool"] == "kubectl"
-        && l["scope"] == format!("cluster:{}", stack.kube.base_url.trim_start_matches("https://"))));
+        && l["scope"] == format!("cluster:{}", stack.kube().base_url.trim_start_matches("https://"))));
     assert_eq!(audit.iter().filter(|l| l["outcome"] == "issued").count(), 1, "later runs come from the cache");
     assert_eq!(stack.sts_issued(), 1);
     stack.assert_no_tokens_on_disk();
 }
 
 #[test]
+#[cfg_attr(missing = "kubectl", ignore = "needs kubectl, which is not installed")]
 fn the_api_server_refuses_anything_but_a_minted_token() {
     if !require_tool("kubectl") {
         return;
     }
-    let stack = Stack::new();
+    let stack = Stack::builder().git().kube().start();
     let out = kubectl(&stack, &kubeconfig(&stack, "static", Some("not-a-minted-token")));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthorized"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
+#[cfg_attr(missing = "kubectl", ignore = "needs kubectl, which is not installed")]
 fn an_unrouted_cluster_fails_with_one_line() {
     if !require_tool("kubectl") {
         return;
     }
-    let stack = Stack::new();
+    let stack = Stack::builder().git().kube().start();
     stack.write_config(&stack.route("org/app", &["read"], "ci"));
     let out = kubectl(&stack, &kubeconfig(&stack, "client.authentication.k8s.io/v1", None));
     assert!(!out.status.success());
@@ -80,7 +83,7 @@ fn an_unrouted_cluster_fails_with_one_line() {
 
 #[test]
 fn a_server_flag_that_disagrees_with_client_go_gets_nothing() {
-    let stack = Stack::new();
+    let stack = Stack::builder().git().kube().start();
     let info = |server: &str| {
         format!(
             r#"{{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","spec":{{"cluster":{{"server":"{server}"}}}}}}"#
@@ -95,7 +98,7 @@ fn a_server_flag_that_disagrees_with_client_go_gets_nothing() {
             .output()
             .unwrap()
     };
-    let kube = stack.kube.base_url.clone();
+    let kube = stack.kube().base_url.clone();
     let agreed = run(&kube, &format!("{kube}/"));
     assert!(agreed.status.success(), "{}", String::from_utf8_lossy(&agreed.stderr));
     for other in ["https://127.0.0.1:1", "https://evil.example:6443", &kube.replace("https://", "http://")] {

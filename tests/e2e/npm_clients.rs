@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 
 use mayfly_tests::verdaccio::{Verdaccio, npm_client, require_npm_client};
-use mayfly_tests::{Stack, bin, free_port};
+use mayfly_tests::{Stack, bin};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -142,8 +142,7 @@ impl Registry {
     fn start(client: Client) -> Self {
         let stack = Stack::new();
         let root = stack.dir.path().to_owned();
-        let port = free_port();
-        let sts_url = format!("https://127.0.0.1:{port}");
+        let (listener, sts_url) = mayfly_tests::https_listener();
         let verdaccio = Verdaccio::start_https(
             &root.join("verdaccio"),
             &sts_url,
@@ -152,15 +151,23 @@ impl Registry {
             &stack.ca.cert,
             &stack.ca.key,
         );
-        let config = format!(
-            "issuer = \"{sts_url}\"\nlisten = \"127.0.0.1:{port}\"\naudit_log = \"{audit}\"\nmax_ttl = \"10m\"\n\n[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\n[[trusted_issuers]]\nissuer = \"{issuer}\"\naudiences = [\"mayfly-sts\"]\n\n[[rules]]\nname = \"org/app reads and publishes npm packages\"\nissuer = \"{issuer}\"\nclaims = {{ repository = \"org/app\" }}\naudiences = [\"{registry}\"]\nscopes = [\"npm:*:read\", \"npm:*:publish\"]\n",
-            audit = root.join("npm-sts-audit.jsonl").display(),
-            cert = stack.ca.cert.display(),
-            key = stack.ca.key.display(),
-            issuer = stack.issuer.issuer(),
-            registry = verdaccio.url,
-        );
-        let sts = mayfly_tests::spawn_sts(&root, "npm-sts", port, &config);
+        let config = mayfly_sts::ConfigFile {
+            issuer: sts_url.clone(),
+            audit_log: Some(root.join("npm-sts-audit.jsonl")),
+            max_ttl: Some("10m".into()),
+            tls: Some(stack.ca.sts_tls()),
+            trusted_issuers: vec![stack.issuer.trusted(&["mayfly-sts"])],
+            rules: vec![mayfly_sts::RuleEntry {
+                name: Some("org/app reads and publishes npm packages".into()),
+                issuer: stack.issuer.issuer().into(),
+                claims: [("repository".to_owned(), "org/app".to_owned())].into(),
+                audiences: vec![verdaccio.url.clone()],
+                scopes: vec!["npm:*:read".into(), "npm:*:publish".into()],
+                max_ttl: None,
+            }],
+            ..Default::default()
+        };
+        let sts = mayfly_tests::spawn_sts_on(&root, "npm-sts", listener, &config);
         stack.write_config(&format!(
             "[exchanges.npm-sts]\nkind = \"rfc8693\"\ntoken_endpoint = \"{sts_url}/token\"\nca_file = \"{ca}\"\n\n[[routes]]\ntool = \"npm\"\nhost = \"{host}\"\nidentity = \"ci\"\nexchange = \"npm-sts\"\noperations = [\"read\", \"publish\"]\n",
             ca = stack.ca.ca_cert.display(),
@@ -475,37 +482,62 @@ fn client_installs_and_publishes_and_its_scripts_see_no_token(client: Client) {
 }
 
 #[test]
+#[cfg_attr(
+    any(missing = "node", missing = "npm", missing = "verdaccio"),
+    ignore = "needs node, npm, verdaccio: one is not installed"
+)]
 fn npm_installs_and_publishes_wherever_the_registry_is_named_and_scripts_see_no_token() {
     client_installs_and_publishes_and_its_scripts_see_no_token(Client::Npm);
 }
 
 #[test]
+#[cfg_attr(
+    any(missing = "node", missing = "npm", missing = "verdaccio", missing = "pnpm-9"),
+    ignore = "needs node, npm, verdaccio, pnpm-9: one is not installed"
+)]
 fn pnpm_9_installs_and_publishes_wherever_the_registry_is_named_and_scripts_see_no_token() {
     client_installs_and_publishes_and_its_scripts_see_no_token(Client::Pnpm9);
 }
 
 #[test]
+#[cfg_attr(
+    any(missing = "node", missing = "npm", missing = "verdaccio", missing = "pnpm-10"),
+    ignore = "needs node, npm, verdaccio, pnpm-10: one is not installed"
+)]
 fn pnpm_10_installs_and_publishes_wherever_the_registry_is_named_and_scripts_see_no_token() {
     client_installs_and_publishes_and_its_scripts_see_no_token(Client::Pnpm10);
 }
 
 #[test]
+#[cfg_attr(
+    any(missing = "node", missing = "npm", missing = "verdaccio", missing = "pnpm-12"),
+    ignore = "needs node, npm, verdaccio, pnpm-12: one is not installed"
+)]
 fn pnpm_12_installs_and_publishes_wherever_the_registry_is_named_and_scripts_see_no_token() {
     client_installs_and_publishes_and_its_scripts_see_no_token(Client::Pnpm12);
 }
 
 #[test]
+#[cfg_attr(
+    any(missing = "node", missing = "npm", missing = "verdaccio", missing = "yarn-1"),
+    ignore = "needs node, npm, verdaccio, yarn-1: one is not installed"
+)]
 fn yarn_classic_installs_and_publishes_wherever_the_registry_is_named_and_scripts_see_no_token() {
     client_installs_and_publishes_and_its_scripts_see_no_token(Client::Yarn1);
 }
 
 #[test]
+#[cfg_attr(
+    any(missing = "node", missing = "npm", missing = "verdaccio", missing = "yarn-4"),
+    ignore = "needs node, npm, verdaccio, yarn-4: one is not installed"
+)]
 fn yarn_berry_installs_and_publishes_wherever_the_registry_is_named_and_scripts_see_no_token() {
     client_installs_and_publishes_and_its_scripts_see_no_token(Client::Yarn4);
 }
 
 /// The check above can fail: a token in a script's environment is found.
 #[test]
+#[cfg_attr(missing = "node", ignore = "needs node, which is not installed")]
 fn the_spy_finds_a_token_in_a_scripts_environment() {
     if !mayfly_tests::require_tool("node") {
         return;

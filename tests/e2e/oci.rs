@@ -30,7 +30,7 @@ impl Registry {
         let dir = stack.dir.path().join("oci-registry");
         std::fs::create_dir_all(dir.join("data")).unwrap();
         std::fs::write(dir.join("signer.pem"), cert).unwrap();
-        let host = format!("127.0.0.1:{}", stack.oci_port);
+        let host = format!("127.0.0.1:{}", stack.oci_port());
         let config = format!(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {data}\nhttp:\n  addr: {host}\nauth:\n  token:\n    realm: {sts}/registry/token\n    service: {host}\n    issuer: {sts}\n    rootcertbundle: {cert}\n",
             data = dir.join("data").display(),
@@ -47,7 +47,7 @@ impl Registry {
             .expect("docker-registry starts");
         let registry = Self { child, host };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", stack.oci_port)).is_err() {
+        while std::net::TcpStream::connect(("127.0.0.1", stack.oci_port())).is_err() {
             assert!(Instant::now() < deadline, "docker-registry did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -129,11 +129,15 @@ fn ok(out: &Output) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    any(missing = "docker-registry", missing = "skopeo", missing = "docker"),
+    ignore = "needs docker-registry, skopeo, docker: one is not installed"
+)]
 fn skopeo_pushes_and_pulls_and_docker_inspects_with_minted_registry_tokens() {
     if !require_tool("docker-registry") || !require_tool("skopeo") || !require_tool("docker") {
         return;
     }
-    let stack = Stack::new();
+    let stack = Stack::builder().git().oci().start();
     let registry = Registry::start(&stack);
     let (auth, docker_config) = configure(&stack, &registry, "\"read\", \"write\"");
     let layout = image_layout(stack.dir.path());
@@ -190,11 +194,15 @@ fn skopeo_pushes_and_pulls_and_docker_inspects_with_minted_registry_tokens() {
 }
 
 #[test]
+#[cfg_attr(
+    any(missing = "docker-registry", missing = "skopeo"),
+    ignore = "needs docker-registry, skopeo: one is not installed"
+)]
 fn a_push_under_a_read_only_route_or_to_another_repository_is_refused() {
     if !require_tool("docker-registry") || !require_tool("skopeo") {
         return;
     }
-    let stack = Stack::new();
+    let stack = Stack::builder().git().oci().start();
     let registry = Registry::start(&stack);
     let layout = image_layout(stack.dir.path());
     let source = format!("oci:{}:v1", layout.display());
@@ -232,7 +240,7 @@ fn a_push_under_a_read_only_route_or_to_another_repository_is_refused() {
 
 #[test]
 fn an_unconfigured_registry_gets_the_exact_not_found_text() {
-    let stack = Stack::new();
+    let stack = Stack::builder().git().oci().start();
     let out = assert_cmd::Command::new(bin("docker-credential-mayfly"))
         .arg("get")
         .env_clear()
@@ -246,11 +254,15 @@ fn an_unconfigured_registry_gets_the_exact_not_found_text() {
 }
 
 #[test]
+#[cfg_attr(
+    any(missing = "docker-registry", missing = "skopeo"),
+    ignore = "needs docker-registry, skopeo: one is not installed"
+)]
 fn global_options_and_their_values_do_not_hide_a_push() {
     if !require_tool("docker-registry") || !require_tool("skopeo") {
         return;
     }
-    let stack = Stack::new();
+    let stack = Stack::builder().git().oci().start();
     let registry = Registry::start(&stack);
     let layout = image_layout(stack.dir.path());
     let source = format!("oci:{}:v1", layout.display());

@@ -55,7 +55,7 @@ fn fingerprint(token: &str) -> String {
 #[test]
 fn a_revoked_token_turns_inactive_and_revoking_again_is_fine() {
     let stack = Stack::new();
-    let token = mint(&stack, &stack.git.base_url, "repo:org/app:read");
+    let token = mint(&stack, &stack.git_server().base_url, "repo:org/app:read");
 
     let (status, headers, body) = introspect(&stack, &token, Auth::Client);
     assert_eq!(status, 200, "{body}");
@@ -63,7 +63,7 @@ fn a_revoked_token_turns_inactive_and_revoking_again_is_fine() {
     assert_eq!(body["active"], true);
     assert_eq!(body["token_type"], "Bearer");
     assert_eq!(body["scope"], "repo:org/app:read");
-    assert_eq!(body["aud"], stack.git.base_url);
+    assert_eq!(body["aud"], stack.git_server().base_url);
     assert_eq!(body["iss"], stack.sts.url);
     assert_eq!(body["sub"], "repo:org/app:ref:refs/heads/main");
     assert_eq!(body["client_id"], "mayfly");
@@ -105,8 +105,8 @@ fn revocation_takes_anything_and_introspection_takes_only_its_clients() {
     assert_eq!(ignored[0]["fingerprint"], fingerprint("garbage"));
     assert_eq!(ignored[0]["reason"], "not a token signed by this exchange");
 
-    let token = mint(&stack, &stack.git.base_url, "repo:org/app:read");
-    let other = mint(&stack, &stack.git.base_url, "repo:org/app:read");
+    let token = mint(&stack, &stack.git_server().base_url, "repo:org/app:read");
+    let other = mint(&stack, &stack.git_server().base_url, "repo:org/app:read");
     let secret = stack.sts.client.client_secret.expose().to_owned();
     for auth in
         [Auth::Anonymous, Auth::Basic("mayfly-devstack", "wrong"), Auth::Basic("nobody", &secret), Auth::Bearer(&other)]
@@ -126,6 +126,7 @@ fn revocation_takes_anything_and_introspection_takes_only_its_clients() {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn git_is_refused_a_revoked_token_on_the_next_request() {
     if !require_tool("git") {
         return;
@@ -142,23 +143,23 @@ fn git_is_refused_a_revoked_token_on_the_next_request() {
     assert_eq!(refused.status(), 401);
     assert_eq!(refused.text().unwrap(), "token has been revoked\n");
     // git, through the helper, presents the cached (revoked) token and is refused.
-    let unauthorized = stack.git.stats.unauthorized.load(Ordering::SeqCst);
+    let unauthorized = stack.git_server().stats.unauthorized.load(Ordering::SeqCst);
     let out = stack.git(&stack.work, &["clone", &stack.repo_url("org/app.git"), "app"]);
     assert!(!out.status.success(), "a clone with a revoked token must fail");
-    assert!(stack.git.stats.unauthorized.load(Ordering::SeqCst) > unauthorized);
+    assert!(stack.git_server().stats.unauthorized.load(Ordering::SeqCst) > unauthorized);
     let served = stack.client_audit().into_iter().find(|l| l["outcome"] == "cache-hit").expect("served from cache");
     assert_eq!(served["fingerprint"], fingerprint(&token));
 
     let revoked = stack.sts_audit().into_iter().find(|l| l["outcome"] == "revoked").expect("revocation is audited");
     assert_eq!(revoked["fingerprint"], fingerprint(&token));
-    assert_eq!(revoked["audience"], stack.git.base_url);
+    assert_eq!(revoked["audience"], stack.git_server().base_url);
     stack.assert_no_tokens_on_disk();
 }
 
 #[test]
 fn the_registry_token_endpoint_refuses_a_revoked_token() {
-    let stack = Stack::new();
-    let service = format!("127.0.0.1:{}", stack.oci_port);
+    let stack = Stack::builder().git().oci().start();
+    let service = format!("127.0.0.1:{}", stack.oci_port());
     let token = mint(&stack, &service, &format!("oci:{service}/test/*:read"));
     let registry_token = || {
         http(&stack)

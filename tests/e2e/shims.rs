@@ -52,6 +52,7 @@ fn twine_upload(stack: &Stack, pypi: &Pypi, file: &Path, session: &str) -> Outpu
 }
 
 #[test]
+#[cfg_attr(missing = "twine", ignore = "needs twine, which is not installed")]
 fn twine_uploads_through_the_shim_with_a_pypi_trusted_publishing_token() {
     if !require_tool("twine") {
         return;
@@ -73,6 +74,7 @@ fn twine_uploads_through_the_shim_with_a_pypi_trusted_publishing_token() {
 }
 
 #[test]
+#[cfg_attr(missing = "twine", ignore = "needs twine, which is not installed")]
 fn a_project_the_publisher_does_not_own_is_refused_by_pypi() {
     if !require_tool("twine") {
         return;
@@ -89,6 +91,7 @@ fn a_project_the_publisher_does_not_own_is_refused_by_pypi() {
 }
 
 #[test]
+#[cfg_attr(missing = "twine", ignore = "needs twine, which is not installed")]
 fn without_a_route_the_shim_runs_the_real_tool_untouched() {
     if !require_tool("twine") {
         return;
@@ -120,6 +123,7 @@ fn without_a_route_the_shim_runs_the_real_tool_untouched() {
 }
 
 #[test]
+#[cfg_attr(missing = "twine", ignore = "needs twine, which is not installed")]
 fn a_named_repository_the_shim_cannot_resolve_gets_no_token() {
     if !require_tool("twine") {
         return;

@@ -3,6 +3,7 @@
 use mayfly_tests::{Options, Stack, require_tool};
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn thirty_two_parallel_ls_remotes_on_a_cold_cache_cause_one_exchange() {
     if !require_tool("git") {
         return;
@@ -23,6 +24,7 @@ fn thirty_two_parallel_ls_remotes_on_a_cold_cache_cause_one_exchange() {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn entries_inside_the_refresh_margin_are_never_served_and_expired_subjects_are_refetched() {
     if !require_tool("git") {
         return;

@@ -15,7 +15,7 @@ fn project(stack: &Stack) -> (std::path::PathBuf, std::path::PathBuf) {
     std::fs::write(&cli_config, "credentials_helper \"mayfly\" {}\n").unwrap();
     let dir = stack.work.join("tf");
     std::fs::create_dir_all(&dir).unwrap();
-    let host = stack.registry.base_url.trim_start_matches("https://");
+    let host = stack.registry().base_url.trim_start_matches("https://");
     std::fs::write(
         dir.join("main.tf"),
         format!("module \"greeting\" {{\n  source  = \"{host}/{}\"\n  version = \"1.0.0\"\n}}\n\noutput \"greeting\" {{\n  value = module.greeting.greeting\n}}\n", mayfly_devstack::MODULE),
@@ -39,17 +39,18 @@ fn terraform_init(stack: &Stack, dir: &std::path::Path, cli_config: &std::path::
 }
 
 #[test]
+#[cfg_attr(missing = "terraform", ignore = "needs terraform, which is not installed")]
 fn terraform_init_downloads_a_module_with_a_minted_token() {
     if !require_tool("terraform") {
         return;
     }
-    let stack = Stack::new();
+    let stack = Stack::builder().git().registry().start();
     let (dir, cli_config) = project(&stack);
     let out = terraform_init(&stack, &dir, &cli_config);
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(dir.join(".terraform/modules/greeting/main.tf").is_file(), "the module was not downloaded");
     assert!(
-        stack.registry.served.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        stack.registry().served.load(std::sync::atomic::Ordering::SeqCst) >= 2,
         "versions and download were authorised"
     );
     let audit = stack.client_audit();
@@ -59,15 +60,16 @@ fn terraform_init_downloads_a_module_with_a_minted_token() {
 }
 
 #[test]
+#[cfg_attr(missing = "terraform", ignore = "needs terraform, which is not installed")]
 fn without_a_route_the_helper_has_no_credentials_and_the_registry_refuses() {
     if !require_tool("terraform") {
         return;
     }
-    let stack = Stack::new();
+    let stack = Stack::builder().git().registry().start();
     stack.write_config(&stack.route("org/app", &["read"], "ci"));
     let (dir, cli_config) = project(&stack);
     let out = terraform_init(&stack, &dir, &cli_config);
     assert!(!out.status.success());
-    assert_eq!(stack.registry.served.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(stack.registry().served.load(std::sync::atomic::Ordering::SeqCst), 0);
     assert_eq!(stack.sts_issued(), 0);
 }

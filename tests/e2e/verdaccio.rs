@@ -10,7 +10,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use mayfly_devstack::StsClient;
 use mayfly_sts::{Algorithm, SigningKey};
 use mayfly_tests::verdaccio::{Verdaccio, require_verdaccio};
-use mayfly_tests::{Stack, bin, free_port};
+use mayfly_tests::{Stack, bin};
 use serde_json::{Value, json};
 
 const DEMO: &str = "mayfly-npm-demo";
@@ -49,8 +49,7 @@ impl Npm {
     /// With `introspect`, verdaccio asks the exchange about every token (revocation).
     fn start(introspect: bool, trusted_publishers: &[(&str, &str)]) -> Self {
         let stack = Stack::new();
-        let port = free_port();
-        let sts_url = format!("https://127.0.0.1:{port}");
+        let (listener, sts_url) = mayfly_tests::https_listener();
         let client = StsClient::generate(&sts_url, "verdaccio");
         // Verdaccio first: the exchange's rules name its URL, and it reaches the exchange
         // only when a token arrives.
@@ -62,7 +61,7 @@ impl Npm {
             introspect.then(|| (client.client_id.as_str(), client.client_secret.expose())),
             trusted_publishers,
         );
-        let sts = start_npm_sts(&stack, port, client, &verdaccio.url);
+        let sts = start_npm_sts(&stack, listener, client, &verdaccio.url);
         Self { verdaccio, sts, stack }
     }
 
@@ -191,54 +190,47 @@ impl Npm {
     }
 }
 
-fn start_npm_sts(stack: &Stack, port: u16, client: StsClient, registry: &str) -> NpmSts {
+fn start_npm_sts(stack: &Stack, listener: std::net::TcpListener, client: StsClient, registry: &str) -> NpmSts {
     let dir = stack.dir.path();
     let key = SigningKey::generate(Algorithm::Es256).unwrap();
     let key_file = dir.join("npm-sts-key.pem");
     std::fs::write(&key_file, key.private_pem()).unwrap();
-    let config = format!(
-        r#"issuer = "{url}"
-listen = "127.0.0.1:{port}"
-audit_log = "{audit}"
-signing_key = "{key_file}"
-max_ttl = "10m"
-
-[tls]
-cert = "{cert}"
-key = "{tls_key}"
-
-[[trusted_issuers]]
-issuer = "{issuer}"
-audiences = ["mayfly-sts"]
-
-[[rules]]
-name = "org/app reads npm packages and publishes its own"
-issuer = "{issuer}"
-claims = {{ repository = "org/app" }}
-audiences = ["{registry}"]
-scopes = ["npm:*:read", "npm:{DEMO}:publish", "npm:{SCOPED}:publish", "npm:{DEMO}:read"]
-
-[[rules]]
-name = "org/app reads another registry"
-issuer = "{issuer}"
-claims = {{ repository = "org/app" }}
-audiences = ["{OTHER_REGISTRY}"]
-scopes = ["npm:*:read"]
-
-{introspection_client}"#,
-        url = client.issuer,
-        audit = dir.join("npm-sts-audit.jsonl").display(),
-        key_file = key_file.display(),
-        cert = stack.ca.cert.display(),
-        tls_key = stack.ca.key.display(),
-        issuer = stack.issuer.issuer(),
-        introspection_client = client.config_entry(),
-    );
-    let child = mayfly_tests::spawn_sts(dir, "npm-sts", port, &config);
+    let rule = |name: &str, audience: &str, scopes: &[&str]| mayfly_sts::RuleEntry {
+        name: Some(name.into()),
+        issuer: stack.issuer.issuer().into(),
+        claims: [("repository".to_owned(), "org/app".to_owned())].into(),
+        audiences: vec![audience.into()],
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        max_ttl: None,
+    };
+    let own = [DEMO, SCOPED].map(|name| format!("npm:{name}:publish"));
+    let config = mayfly_sts::ConfigFile {
+        issuer: client.issuer.clone(),
+        audit_log: Some(dir.join("npm-sts-audit.jsonl")),
+        signing_key: Some(key_file),
+        max_ttl: Some("10m".into()),
+        tls: Some(stack.ca.sts_tls()),
+        trusted_issuers: vec![stack.issuer.trusted(&["mayfly-sts"])],
+        rules: vec![
+            rule(
+                "org/app reads npm packages and publishes its own",
+                registry,
+                &["npm:*:read", &own[0], &own[1], &format!("npm:{DEMO}:read")],
+            ),
+            rule("org/app reads another registry", OTHER_REGISTRY, &["npm:*:read"]),
+        ],
+        introspection_clients: vec![client.config_entry()],
+        ..Default::default()
+    };
+    let child = mayfly_tests::spawn_sts_on(dir, "npm-sts", listener, &config);
     NpmSts { child, url: client.issuer, key }
 }
 
 #[test]
+#[cfg_attr(
+    any(missing = "node", missing = "npm", missing = "verdaccio"),
+    ignore = "needs node, npm, verdaccio: one is not installed"
+)]
 fn npm_publishes_and_installs_with_tokens_scoped_by_mayfly() {
     if !require_verdaccio() {
         return;
@@ -287,8 +279,8 @@ fn npm_publishes_and_installs_with_tokens_scoped_by_mayfly() {
             ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
             ("subject_token", subject.as_str()),
             ("subject_token_type", "urn:ietf:params:oauth:token-type:id_token"),
-            ("audience", npm.stack.cargo.base_url.as_str()),
-            ("scope", "crate:*:read"),
+            ("audience", npm.stack.git_server().base_url.as_str()),
+            ("scope", "repo:org/docs:read"),
         ])
         .send()
         .unwrap()
@@ -314,6 +306,10 @@ fn npm_publishes_and_installs_with_tokens_scoped_by_mayfly() {
 }
 
 #[test]
+#[cfg_attr(
+    any(missing = "node", missing = "npm", missing = "verdaccio"),
+    ignore = "needs node, npm, verdaccio: one is not installed"
+)]
 fn verdaccio_checks_signature_claims_and_scopes() {
     if !require_verdaccio() {
         return;
@@ -370,6 +366,10 @@ fn verdaccio_checks_signature_claims_and_scopes() {
 }
 
 #[test]
+#[cfg_attr(
+    any(missing = "node", missing = "npm", missing = "verdaccio"),
+    ignore = "needs node, npm, verdaccio: one is not installed"
+)]
 fn trusted_publishing_exchanges_a_ci_id_token_for_a_publish_token() {
     if !require_verdaccio() {
         return;
@@ -445,6 +445,10 @@ fn trusted_publishing_exchanges_a_ci_id_token_for_a_publish_token() {
 }
 
 #[test]
+#[cfg_attr(
+    any(missing = "node", missing = "npm", missing = "verdaccio"),
+    ignore = "needs node, npm, verdaccio: one is not installed"
+)]
 fn mayfly_exec_publishes_and_installs_through_the_npm_shim_and_revokes_at_exit() {
     if !require_verdaccio() {
         return;
@@ -505,6 +509,10 @@ fn mayfly_exec_publishes_and_installs_through_the_npm_shim_and_revokes_at_exit()
 }
 
 #[test]
+#[cfg_attr(
+    any(missing = "node", missing = "npm", missing = "verdaccio"),
+    ignore = "needs node, npm, verdaccio: one is not installed"
+)]
 fn mayfly_exec_publishes_with_npm_trusted_publishing_and_reads_go_without_a_token() {
     if !require_verdaccio() {
         return;

@@ -48,6 +48,7 @@ fn issued_fingerprint(stack: &Stack, operation: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn status_lists_cached_tokens_by_fingerprint_and_identities_by_claims_only() {
     if !require_tool("git") {
         return;
@@ -121,6 +122,7 @@ fn status_without_a_memory_backed_key_store_says_so_and_shows_the_rest() {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn audit_filters_by_outcome_and_session() {
     if !require_tool("git") {
         return;
@@ -175,6 +177,7 @@ fn audit_filters_by_outcome_and_session() {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn audit_follow_prints_lines_as_they_are_appended_and_stops_on_sigint() {
     if !require_tool("git") {
         return;
@@ -228,6 +231,7 @@ fn audit_follow_prints_lines_as_they_are_appended_and_stops_on_sigint() {
 }
 
 #[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn explain_names_the_route_the_denial_and_what_the_exchange_grants() {
     if !require_tool("git") {
         return;
@@ -266,7 +270,7 @@ fn explain_names_the_route_the_denial_and_what_the_exchange_grants() {
     let out = mayfly(&stack, &["explain", "git", "https://unrouted.example/x"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).contains("none: no git route matches https://unrouted.example/x"), "{}", stdout(&out));
-    let out = mayfly(&stack, &["explain", "git", &stack.git.base_url]);
+    let out = mayfly(&stack, &["explain", "git", &stack.git_server().base_url]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).contains("credential.useHttpPath"), "{}", stdout(&out));
     let out = mayfly(&stack, &["explain", "git", &stack.repo_url("org/docsy")]);

@@ -6,12 +6,13 @@
 //! `git-credential-mayfly`.
 #![forbid(unsafe_code)]
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use mayfly_core::{ConfigFile, ExchangeEntry, IdentityEntry, RouteEntry, SettingsEntry};
 use mayfly_devstack::{CargoRegistry, DevCa, DevIssuer, GitServer, KubeApiServer, ModuleRegistry, StsClient};
+use mayfly_sts::{ConfigFile as StsConfig, RuleEntry};
 use serde_json::{Value, json};
 
 pub use mayfly_sts::Algorithm;
@@ -34,8 +35,10 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// True when a tool is installed. Missing under `CI=true` is a failure; on a developer's
-/// machine the test is skipped with a loud message.
+/// True when a tool is installed. Missing under `CI=true` is a failure. On a developer's
+/// machine the build script has already marked a test that needs a missing tool as
+/// ignored (`#[cfg_attr(missing = "TOOL", ignore = ...)]`), so this guards only against a
+/// tool removed since the build: the test then ends early with a loud message.
 pub fn require_tool(name: &str) -> bool {
     let found =
         Command::new("sh").args(["-c", &format!("command -v {name}")]).output().is_ok_and(|o| o.status.success());
@@ -63,9 +66,9 @@ impl Default for Options {
     }
 }
 
-/// A running `mayfly-sts`.
+/// The exchange of a stack: `mayfly-sts` in this process, or the real binary.
 pub struct StsProcess {
-    child: Child,
+    child: Option<Child>,
     /// `https://127.0.0.1:PORT`.
     pub url: String,
     /// Its audit log.
@@ -76,8 +79,69 @@ pub struct StsProcess {
 
 impl Drop for StsProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What a stack starts besides the issuer and the exchange, which every stack has.
+#[derive(Clone, Default)]
+pub struct Builder {
+    options: Options,
+    git: bool,
+    kube: bool,
+    registry: bool,
+    cargo: bool,
+    oci: bool,
+    sts_binary: bool,
+}
+
+impl Builder {
+    /// The git server, with repositories `org/app` and `org/docs`.
+    pub fn git(mut self) -> Self {
+        self.git = true;
+        self
+    }
+    /// The Kubernetes API server.
+    pub fn kube(mut self) -> Self {
+        self.kube = true;
+        self
+    }
+    /// The Terraform module registry.
+    pub fn registry(mut self) -> Self {
+        self.registry = true;
+        self
+    }
+    /// The cargo registry.
+    pub fn cargo(mut self) -> Self {
+        self.cargo = true;
+        self
+    }
+    /// A port for an OCI registry the test starts itself, with the exchange's rules for it.
+    pub fn oci(mut self) -> Self {
+        self.oci = true;
+        self
+    }
+    /// Every server: for tests of the whole wiring (setup, doctor).
+    pub fn all(self) -> Self {
+        self.git().kube().registry().cargo().oci()
+    }
+    /// Stack options.
+    pub fn options(mut self, options: Options) -> Self {
+        self.options = options;
+        self
+    }
+    /// Runs the real `mayfly-sts` binary rather than the exchange in this process.
+    pub fn sts_binary(mut self) -> Self {
+        self.sts_binary = true;
+        self
+    }
+
+    /// Starts the stack: every listener is bound before anything is told its address.
+    pub fn start(self) -> Stack {
+        Stack::start(self)
     }
 }
 
@@ -95,31 +159,40 @@ pub struct Stack {
     pub ca: DevCa,
     /// The development issuer.
     pub issuer: DevIssuer,
-    /// The git server.
-    pub git: GitServer,
-    /// The Kubernetes API server.
-    pub kube: KubeApiServer,
-    /// The Terraform module registry.
-    pub registry: ModuleRegistry,
-    /// The cargo registry.
-    pub cargo: CargoRegistry,
-    /// The port reserved for an OCI registry (the exchange already has rules for it).
-    pub oci_port: u16,
+    git: Option<GitServer>,
+    kube: Option<KubeApiServer>,
+    registry: Option<ModuleRegistry>,
+    cargo: Option<CargoRegistry>,
+    oci_port: Option<u16>,
     /// The exchange.
     pub sts: StsProcess,
     // Last, so the servers stop after everything that uses them.
     _runtime: tokio::runtime::Runtime,
 }
 
+/// The panic for a server the test did not ask for.
+fn not_started(server: &str, method: &str) -> ! {
+    panic!("this stack has no {server}: start it with `Stack::builder().{method}()`")
+}
+
 impl Stack {
-    /// A stack with default options, repositories `org/app` and `org/docs`, and the client
-    /// config from [`Stack::default_routes`].
+    /// A stack with the git server (repositories `org/app` and `org/docs`), default
+    /// options and the client config from [`Stack::default_routes`].
     pub fn new() -> Self {
-        Self::with(Options::default())
+        Self::builder().git().start()
     }
 
-    /// A stack with options.
+    /// [`Stack::new`] with options.
     pub fn with(options: Options) -> Self {
+        Self::builder().git().options(options).start()
+    }
+
+    /// A stack that starts only what the test names.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    fn start(wanted: Builder) -> Self {
         let runtime = mayfly_devstack::runtime().expect("runtime");
         let dir = tempfile::Builder::new().prefix("mayfly-e2e-").tempdir().expect("temp dir");
         let runtime_dir = tempfile::Builder::new()
@@ -139,27 +212,41 @@ impl Stack {
             "repository_owner": "org",
             "ref": "refs/heads/main",
         });
+        let options = &wanted.options;
         let issuer =
             DevIssuer::start(&runtime, options.issuer_algorithm, claims, options.subject_lifetime).expect("issuer");
-        let port = free_port();
-        let sts_url = format!("https://127.0.0.1:{port}");
+        // The exchange's listener first: the resource servers need its URL to check tokens.
+        let (sts_listener, sts_url) = https_listener();
         let client = StsClient::generate(&sts_url, "mayfly-devstack");
-        let git = GitServer::start(&runtime, srv, &ca, &client).expect("git server");
-        let kube = KubeApiServer::start(&runtime, &ca, &client).expect("kube API server");
-        let registry =
-            ModuleRegistry::start(&runtime, &ca, &client, &dir.path().join("registry")).expect("module registry");
-        let cargo = CargoRegistry::start(&runtime, &ca, &client).expect("cargo registry");
-        let oci_port = free_port();
+        let git = wanted.git.then(|| GitServer::start(&runtime, srv, &ca, &client).expect("git server"));
+        let kube = wanted.kube.then(|| KubeApiServer::start(&runtime, &ca, &client).expect("kube API server"));
+        let registry = wanted.registry.then(|| {
+            ModuleRegistry::start(&runtime, &ca, &client, &dir.path().join("registry")).expect("module registry")
+        });
+        let cargo = wanted.cargo.then(|| CargoRegistry::start(&runtime, &ca, &client).expect("cargo registry"));
+        let oci_port = wanted.oci.then(free_port);
         let servers = Servers {
-            git: &git.base_url,
-            kube: &kube.base_url,
-            registry: &registry.base_url,
-            cargo: &cargo.base_url,
-            oci: &format!("127.0.0.1:{oci_port}"),
+            git: git.as_ref().map(|s| s.base_url.as_str()),
+            kube: kube.as_ref().map(|s| s.base_url.as_str()),
+            registry: registry.as_ref().map(|s| s.base_url.as_str()),
+            cargo: cargo.as_ref().map(|s| s.base_url.as_str()),
+            oci: oci_port.map(|port| format!("127.0.0.1:{port}")),
         };
-        let sts = start_sts(dir.path(), port, client, &issuer, &servers, &ca, options.max_ttl);
-        git.create_repo("org/app.git").expect("repo");
-        git.create_repo("org/docs.git").expect("repo");
+        let audit = dir.path().join("sts-audit.jsonl");
+        let config = sts_config(dir.path(), &client, &issuer, &servers, &ca, options.max_ttl);
+        let child = if wanted.sts_binary {
+            Some(spawn_sts_on(dir.path(), "sts", sts_listener, &config))
+        } else {
+            let sts = mayfly_sts::Sts::new(mayfly_sts::Config::from_file(config).expect("sts config"), None)
+                .expect("mayfly-sts");
+            runtime.spawn(mayfly_sts::serve(sts, sts_listener));
+            None
+        };
+        let sts = StsProcess { child, url: sts_url, audit, client };
+        if let Some(git) = &git {
+            git.create_repo("org/app.git").expect("repo");
+            git.create_repo("org/docs.git").expect("repo");
+        }
         let stack = Self {
             dir,
             runtime_dir,
@@ -176,8 +263,35 @@ impl Stack {
             _runtime: runtime,
         };
         stack.write_config(&stack.default_routes());
-        stack.wire_git();
+        if stack.git.is_some() {
+            stack.wire_git();
+        }
         stack
+    }
+
+    /// The git server.
+    pub fn git_server(&self) -> &GitServer {
+        self.git.as_ref().unwrap_or_else(|| not_started("git server", "git"))
+    }
+
+    /// The Kubernetes API server.
+    pub fn kube(&self) -> &KubeApiServer {
+        self.kube.as_ref().unwrap_or_else(|| not_started("Kubernetes API server", "kube"))
+    }
+
+    /// The Terraform module registry.
+    pub fn registry(&self) -> &ModuleRegistry {
+        self.registry.as_ref().unwrap_or_else(|| not_started("module registry", "registry"))
+    }
+
+    /// The cargo registry.
+    pub fn cargo(&self) -> &CargoRegistry {
+        self.cargo.as_ref().unwrap_or_else(|| not_started("cargo registry", "cargo"))
+    }
+
+    /// The port kept for the OCI registry the test starts (the exchange has rules for it).
+    pub fn oci_port(&self) -> u16 {
+        self.oci_port.unwrap_or_else(|| not_started("OCI registry port", "oci"))
     }
 
     /// The runtime the in-process servers run on (to start more of them).
@@ -187,54 +301,92 @@ impl Stack {
 
     /// `host:port` of the git server.
     pub fn git_host(&self) -> String {
-        self.git.base_url.trim_start_matches("https://").to_owned()
+        self.git_server().base_url.trim_start_matches("https://").to_owned()
     }
 
     /// A route block for the git server.
     pub fn route(&self, path: &str, operations: &[&str], identity: &str) -> String {
-        let ops = operations.iter().map(|o| format!("\"{o}\"")).collect::<Vec<_>>().join(", ");
-        format!(
-            "[[routes]]\ntool = \"git\"\nhost = \"{}\"\npath = \"{path}\"\nidentity = \"{identity}\"\nexchange = \"sts\"\noperations = [{ops}]\n",
-            self.git_host()
-        )
+        routes_toml(vec![RouteEntry {
+            tool: "git".into(),
+            host: Some(self.git_host()),
+            path: Some(path.into()),
+            identity: identity.into(),
+            exchange: "sts".into(),
+            operations: Some(operations.iter().map(|o| (*o).to_owned()).collect()),
+            ..Default::default()
+        }])
     }
 
     /// A route for a host-level tool (`kubectl`, `terraform`) to one of the servers.
     pub fn host_route(&self, tool: &str, base_url: &str) -> String {
-        let host = base_url.trim_start_matches("https://");
-        format!("[[routes]]\ntool = \"{tool}\"\nhost = \"{host}\"\nidentity = \"ci\"\nexchange = \"sts\"\n")
+        routes_toml(vec![host_route(tool, base_url)])
     }
 
+    /// Routes to the servers this stack started, all from the GitHub-style identity:
     /// `org/app` read and write, `org/docs` read only, the cluster, the module registry
-    /// and the cargo registry (read and publish), all from the GitHub-style identity.
+    /// and the cargo registry (read and publish).
     pub fn default_routes(&self) -> String {
-        [
-            self.route("org/app", &["read", "write"], "ci"),
-            self.route("org/docs", &["read"], "ci"),
-            self.host_route("kubectl", &self.kube.base_url),
-            self.host_route("terraform", &self.registry.base_url),
-            format!(
-                "[[routes]]\ntool = \"cargo\"\nprotocol = \"http\"\nhost = \"{}\"\nidentity = \"ci\"\nexchange = \"sts\"\noperations = [\"read\", \"publish\"]\n",
-                self.cargo.base_url.trim_start_matches("http://")
-            ),
-        ]
-        .join("\n")
+        let mut routes = Vec::new();
+        if self.git.is_some() {
+            routes.push(self.route("org/app", &["read", "write"], "ci"));
+            routes.push(self.route("org/docs", &["read"], "ci"));
+        }
+        if let Some(kube) = &self.kube {
+            routes.push(self.host_route("kubectl", &kube.base_url));
+        }
+        if let Some(registry) = &self.registry {
+            routes.push(self.host_route("terraform", &registry.base_url));
+        }
+        if let Some(cargo) = &self.cargo {
+            routes.push(routes_toml(vec![RouteEntry {
+                protocol: Some("http".into()),
+                operations: Some(vec!["read".into(), "publish".into()]),
+                ..host_route("cargo", &cargo.base_url)
+            }]));
+        }
+        routes.join("\n")
     }
 
-    /// Writes the client config with these routes (and the standard identities and exchange).
+    /// The client config's identities (`ci`: GitHub Actions; `given`: `$MAYFLY_TEST_SUBJECT`)
+    /// and exchange (`sts`), without routes.
+    pub fn base_config(&self) -> ConfigFile {
+        let identity = |kind: &str| IdentityEntry { kind: kind.into(), ..Default::default() };
+        ConfigFile {
+            settings: SettingsEntry { refresh_margin: Some("60s".into()) },
+            identities: [
+                ("ci".to_owned(), IdentityEntry { audience: Some("mayfly-sts".into()), ..identity("github-actions") }),
+                ("given".to_owned(), IdentityEntry { var: Some("MAYFLY_TEST_SUBJECT".into()), ..identity("env") }),
+            ]
+            .into(),
+            exchanges: [(
+                "sts".to_owned(),
+                ExchangeEntry {
+                    kind: "rfc8693".into(),
+                    token_endpoint: Some(format!("{}/token", self.sts.url)),
+                    revocation_endpoint: Some(format!("{}/revoke", self.sts.url)),
+                    ca_file: Some(self.ca.ca_cert.clone()),
+                    timeout: Some("5s".into()),
+                },
+            )]
+            .into(),
+            routes: Vec::new(),
+        }
+    }
+
+    /// Writes the client config: [`Stack::base_config`] and these routes (TOML).
     pub fn write_config(&self, routes: &str) {
-        let config = format!(
-            "[settings]\nrefresh_margin = \"60s\"\n\n[identities.ci]\nkind = \"github-actions\"\naudience = \"mayfly-sts\"\n\n[identities.given]\nkind = \"env\"\nvar = \"MAYFLY_TEST_SUBJECT\"\n\n[exchanges.sts]\nkind = \"rfc8693\"\ntoken_endpoint = \"{sts}/token\"\nrevocation_endpoint = \"{sts}/revoke\"\nca_file = \"{ca}\"\ntimeout = \"5s\"\n\n{routes}",
-            sts = self.sts.url,
-            ca = self.ca.ca_cert.display()
-        );
+        self.write_config_text(&format!("{}\n{routes}", self.base_config().to_toml()));
+    }
+
+    /// Writes this text as the client config.
+    pub fn write_config_text(&self, config: &str) {
         let dir = self.home.join(".config/mayfly");
         std::fs::create_dir_all(&dir).expect("mkdir");
         std::fs::write(dir.join("config.toml"), config).expect("write config");
     }
 
     fn wire_git(&self) {
-        let url = &self.git.base_url;
+        let url = &self.git_server().base_url;
         let helper = bin("git-credential-mayfly").display().to_string();
         for (key, value) in [
             ("user.name", "mayfly test"),
@@ -297,7 +449,7 @@ impl Stack {
 
     /// The URL of a repository on the git server.
     pub fn repo_url(&self, path: &str) -> String {
-        format!("{}/{path}", self.git.base_url)
+        format!("{}/{path}", self.git_server().base_url)
     }
 
     /// An HTTP client that trusts the stack's CA.
@@ -355,132 +507,145 @@ impl Default for Stack {
     }
 }
 
-/// The resource servers the exchange mints for.
+/// The resource servers the exchange mints for, those the stack started.
 struct Servers<'a> {
-    git: &'a str,
-    kube: &'a str,
-    registry: &'a str,
-    cargo: &'a str,
-    oci: &'a str,
+    git: Option<&'a str>,
+    kube: Option<&'a str>,
+    registry: Option<&'a str>,
+    cargo: Option<&'a str>,
+    oci: Option<String>,
 }
 
-fn start_sts(
+/// A route for a host-level tool to one of the servers.
+fn host_route(tool: &str, base_url: &str) -> RouteEntry {
+    let host = base_url.split_once("://").map_or(base_url, |(_, host)| host);
+    RouteEntry {
+        tool: tool.into(),
+        host: Some(host.into()),
+        identity: "ci".into(),
+        exchange: "sts".into(),
+        ..Default::default()
+    }
+}
+
+/// Routes as `[[routes]]` TOML blocks.
+pub fn routes_toml(routes: Vec<RouteEntry>) -> String {
+    ConfigFile { routes, ..Default::default() }.to_toml()
+}
+
+/// The exchange's config: rules for the servers the stack started.
+fn sts_config(
     dir: &Path,
-    port: u16,
-    client: StsClient,
+    client: &StsClient,
     issuer: &DevIssuer,
     servers: &Servers<'_>,
     ca: &DevCa,
     max_ttl: &str,
-) -> StsProcess {
-    let audit = dir.join("sts-audit.jsonl");
-    let url = client.issuer.clone();
-    let config = format!(
-        r#"issuer = "{url}"
-listen = "127.0.0.1:{port}"
-audit_log = "{audit}"
-revocation_store = "{store}"
-max_ttl = "{max_ttl}"
-
-[tls]
-cert = "{cert}"
-key = "{key}"
-
-[[trusted_issuers]]
-issuer = "{issuer}"
-audiences = ["mayfly-sts"]
-
-[[rules]]
-name = "org/app reads and pushes itself"
-issuer = "{issuer}"
-claims = {{ repository = "org/app", ref = "refs/heads/main" }}
-audiences = ["{git_url}"]
-scopes = ["repo:{{repository}}:read", "repo:{{repository}}:write"]
-
-[[rules]]
-name = "the org reads docs"
-issuer = "{issuer}"
-claims = {{ repository_owner = "org" }}
-audiences = ["{git_url}"]
-scopes = ["repo:org/docs:read"]
-
-[[rules]]
-name = "org/app reaches the cluster"
-issuer = "{issuer}"
-claims = {{ repository = "org/app" }}
-audiences = ["{kube_url}"]
-scopes = ["cluster:{kube_host}"]
-
-[[rules]]
-name = "the org reads modules"
-issuer = "{issuer}"
-claims = {{ repository_owner = "org" }}
-audiences = ["{registry_url}"]
-scopes = ["registry:{registry_host}"]
-
-[[rules]]
-name = "the org reads crates"
-issuer = "{issuer}"
-claims = {{ repository_owner = "org" }}
-audiences = ["{cargo_url}"]
-scopes = ["crate:*:read"]
-
-[[rules]]
-name = "org/app publishes mayfly-hello"
-issuer = "{issuer}"
-claims = {{ repository = "org/app" }}
-audiences = ["{cargo_url}"]
-scopes = ["crate:mayfly-hello:publish"]
-
-[[rules]]
-name = "org/app pulls and pushes test/*"
-issuer = "{issuer}"
-claims = {{ repository = "org/app" }}
-audiences = ["{oci}"]
-scopes = ["oci:{oci}/test/*:read", "oci:{oci}/test/*:write"]
-
-{introspection_client}"#,
-        oci = servers.oci,
-        cargo_url = servers.cargo,
-        git_url = servers.git,
-        kube_url = servers.kube,
-        kube_host = servers.kube.trim_start_matches("https://"),
-        registry_url = servers.registry,
-        registry_host = servers.registry.trim_start_matches("https://"),
-        audit = audit.display(),
-        store = dir.join("sts-revocations.redb").display(),
-        introspection_client = client.config_entry(),
-        cert = ca.cert.display(),
-        key = ca.key.display(),
-        issuer = issuer.issuer(),
-    );
-    let child = spawn_sts(dir, "sts", port, &config);
-    StsProcess { child, url, audit, client }
+) -> StsConfig {
+    let rule = |name: &str, claims: &[(&str, &str)], audience: &str, scopes: &[&str]| RuleEntry {
+        name: Some(name.into()),
+        issuer: issuer.issuer().into(),
+        claims: claims.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        audiences: vec![audience.into()],
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        max_ttl: None,
+    };
+    let host = |url: &str| url.split_once("://").map_or(url, |(_, host)| host).to_owned();
+    let mut rules = Vec::new();
+    if let Some(git) = servers.git {
+        rules.push(rule(
+            "org/app reads and pushes itself",
+            &[("repository", "org/app"), ("ref", "refs/heads/main")],
+            git,
+            &["repo:{repository}:read", "repo:{repository}:write"],
+        ));
+        rules.push(rule("the org reads docs", &[("repository_owner", "org")], git, &["repo:org/docs:read"]));
+    }
+    if let Some(kube) = servers.kube {
+        let scope = format!("cluster:{}", host(kube));
+        rules.push(rule("org/app reaches the cluster", &[("repository", "org/app")], kube, &[&scope]));
+    }
+    if let Some(registry) = servers.registry {
+        let scope = format!("registry:{}", host(registry));
+        rules.push(rule("the org reads modules", &[("repository_owner", "org")], registry, &[&scope]));
+    }
+    if let Some(cargo) = servers.cargo {
+        rules.push(rule("the org reads crates", &[("repository_owner", "org")], cargo, &["crate:*:read"]));
+        rules.push(rule(
+            "org/app publishes mayfly-hello",
+            &[("repository", "org/app")],
+            cargo,
+            &["crate:mayfly-hello:publish"],
+        ));
+    }
+    if let Some(oci) = &servers.oci {
+        let scopes = [format!("oci:{oci}/test/*:read"), format!("oci:{oci}/test/*:write")];
+        rules.push(rule(
+            "org/app pulls and pushes test/*",
+            &[("repository", "org/app")],
+            oci,
+            &[&scopes[0], &scopes[1]],
+        ));
+    }
+    StsConfig {
+        issuer: client.issuer.clone(),
+        audit_log: Some(dir.join("sts-audit.jsonl")),
+        revocation_store: Some(dir.join("sts-revocations.redb")),
+        max_ttl: Some(max_ttl.into()),
+        tls: Some(ca.sts_tls()),
+        trusted_issuers: vec![issuer.trusted(&["mayfly-sts"])],
+        rules,
+        introspection_clients: vec![client.config_entry()],
+        ..Default::default()
+    }
 }
 
-/// Starts `mayfly-sts` with this config (written to `DIR/NAME.toml`, its stderr to
-/// `DIR/NAME.log`) and waits until it listens on `port`.
-pub fn spawn_sts(dir: &Path, name: &str, port: u16, config: &str) -> Child {
+/// Starts the real `mayfly-sts` with this config (written to `DIR/NAME.toml`, its stderr
+/// to `DIR/NAME.log`) on a listener bound here and handed over by socket activation, so
+/// no other server can take its port in between.
+pub fn spawn_sts_on(dir: &Path, name: &str, listener: std::net::TcpListener, config: &StsConfig) -> Child {
+    use command_fds::{CommandFdExt, FdMapping};
     let path = dir.join(format!("{name}.toml"));
     let log_path = dir.join(format!("{name}.log"));
-    std::fs::write(&path, config).expect("write sts config");
-    let mut child = Command::new(bin("mayfly-sts"))
+    std::fs::write(&path, config.to_toml()).expect("write sts config");
+    let address = listener.local_addr().expect("address");
+    let mut command = Command::new(bin("mayfly-sts"));
+    command
         .arg("--config")
         .arg(&path)
         .env_remove("MAYFLY_STS_CONFIG")
+        .env_remove("LISTEN_PID")
+        .env("LISTEN_FDS", "1")
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).expect("sts log"))
-        .spawn()
-        .expect("mayfly-sts starts");
+        .stderr(std::fs::File::create(&log_path).expect("sts log"));
+    command
+        .fd_mappings(vec![FdMapping { parent_fd: std::os::fd::OwnedFd::from(listener), child_fd: 3 }])
+        .expect("fd 3 for the exchange");
+    let child = command.spawn().expect("mayfly-sts starts");
+    wait_listening(child, address, &log_path)
+}
+
+/// A loopback listener for an HTTPS server, and its URL.
+pub fn https_listener() -> (std::net::TcpListener, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let url = format!("https://{}", listener.local_addr().expect("address"));
+    (listener, url)
+}
+
+/// Waits until the exchange answers on its socket (the port is bound, not yet served).
+fn wait_listening(mut child: Child, address: std::net::SocketAddr, log_path: &Path) -> Child {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            panic!("mayfly-sts did not start: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
+    loop {
+        let log = std::fs::read_to_string(log_path).unwrap_or_default();
+        if log.contains("listening on") {
+            return child;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        if Instant::now() >= deadline || child.try_wait().is_ok_and(|status| status.is_some()) {
+            let _ = child.kill();
+            panic!("mayfly-sts did not start on {address}: {log}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
-    child
 }
 
 /// A token from an exchange's `POST /token` (RFC 8693) for an ID token of `issuer`.

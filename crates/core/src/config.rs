@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::scope::{Error as ScopeError, Scope, ScopeTemplate};
 use crate::target::{Operation, Target, Tool, is_segment_prefix, normalize_host, normalize_repo_path};
@@ -55,64 +55,136 @@ pub enum Error {
     },
 }
 
-#[derive(Deserialize, Default)]
+/// The config file as written: what [`Config::parse`] reads, and what the demo and the
+/// tests build (typed, never TOML pasted together) and write with [`ConfigFile::to_toml`].
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    settings: RawSettings,
-    #[serde(default)]
-    identities: BTreeMap<String, RawIdentity>,
-    #[serde(default)]
-    exchanges: BTreeMap<String, RawExchange>,
-    #[serde(default)]
-    routes: Vec<RawRoute>,
+pub struct ConfigFile {
+    /// `[settings]`.
+    #[serde(default, skip_serializing_if = "SettingsEntry::is_empty")]
+    pub settings: SettingsEntry,
+    /// `[identities.NAME]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub identities: BTreeMap<String, IdentityEntry>,
+    /// `[exchanges.NAME]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub exchanges: BTreeMap<String, ExchangeEntry>,
+    /// `[[routes]]`, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteEntry>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawSettings {
-    refresh_margin: Option<String>,
+impl ConfigFile {
+    /// The file's TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a config file always serialises")
+    }
 }
 
-#[derive(Deserialize)]
+/// `[settings]` as written.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawIdentity {
-    kind: String,
-    audience: Option<String>,
-    path: Option<PathBuf>,
-    var: Option<String>,
-    command: Option<Vec<String>>,
-    request_url: Option<String>,
+pub struct SettingsEntry {
+    /// Time before expiry at which a cached token is refreshed, as a duration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_margin: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawExchange {
-    kind: String,
-    token_endpoint: Option<String>,
-    revocation_endpoint: Option<String>,
-    ca_file: Option<PathBuf>,
-    timeout: Option<String>,
+impl SettingsEntry {
+    fn is_empty(&self) -> bool {
+        self.refresh_margin.is_none()
+    }
 }
 
-#[derive(Deserialize)]
+/// An identity source as written; which fields apply depends on `kind`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawRoute {
-    name: Option<String>,
-    tool: String,
-    protocol: Option<String>,
-    host: Option<String>,
-    path: Option<String>,
-    identity: String,
-    exchange: String,
-    audience: Option<String>,
-    scope: Option<String>,
-    operations: Option<Vec<String>>,
-    ttl: Option<String>,
-    scheme: Option<String>,
-    username: Option<String>,
-    role_arn: Option<String>,
-    session_policy: Option<String>,
+pub struct IdentityEntry {
+    /// `github-actions`, `file`, `env` or `command`.
+    pub kind: String,
+    /// Audience to ask for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// `file`: the token file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// `env`: the variable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub var: Option<String>,
+    /// `command`: the argv.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// `github-actions`: the request URL instead of `ACTIONS_ID_TOKEN_REQUEST_URL`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_url: Option<String>,
+}
+
+/// An exchange as written.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeEntry {
+    /// The exchange kind (`rfc8693`, `aws-sts`, `crates-io`, `npm`, `pypi`).
+    pub kind: String,
+    /// Where to exchange.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_endpoint: Option<String>,
+    /// Where to revoke (RFC 7009).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation_endpoint: Option<String>,
+    /// Extra CA certificates (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Request timeout, as a duration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// A route as written.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntry {
+    /// Shown in audit lines (`route N` when not set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The tool whose hook asks.
+    pub tool: String,
+    /// `https` (default) or `http`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// Host (and port) the route serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// Path prefix (segments) the route serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Identity source name.
+    pub identity: String,
+    /// Exchange name.
+    pub exchange: String,
+    /// Audience to ask the exchange for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// Scope template.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// Operations the route allows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operations: Option<Vec<String>>,
+    /// Lifetime to ask for, as a duration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// How the token is presented.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    /// User name to present with the token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// AWS: the role to assume.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    /// AWS: an inline session policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_policy: Option<String>,
 }
 
 /// A validated config.
@@ -361,7 +433,7 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let raw: ConfigFile = toml::from_str(text).map_err(|e| {
             let place = e.span().map(|span| line_and_column(text, span.start)).unwrap_or_default();
             Error::Parse { path: path.into(), message: format!("{place}{}", e.message()) }
         })?;
@@ -394,7 +466,7 @@ impl Config {
         Ok(config)
     }
 
-    fn route(&self, index: usize, raw: RawRoute) -> Result<Route, String> {
+    fn route(&self, index: usize, raw: RouteEntry) -> Result<Route, String> {
         let tool: Tool = raw.tool.parse().map_err(|e| format!("route {}: {e}", index + 1))?;
         if tool == Tool::Aws {
             return self.aws_route(index, raw);
@@ -472,7 +544,7 @@ impl Config {
     }
 
     /// Identity and exchange names must resolve, and the exchange must speak one of `kinds`.
-    fn check_names(&self, name: &str, raw: &RawRoute, kinds: &[ExchangeKind]) -> Result<(), String> {
+    fn check_names(&self, name: &str, raw: &RouteEntry, kinds: &[ExchangeKind]) -> Result<(), String> {
         let known = |names: Vec<&String>| match names.as_slice() {
             [] => "none is defined".to_owned(),
             names => format!("known: {}", names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")),
@@ -499,7 +571,7 @@ impl Config {
 
     /// An AWS route is chosen by name, not matched by host:
     /// `credential_process = mayfly-aws-credential NAME`.
-    fn aws_route(&self, index: usize, raw: RawRoute) -> Result<Route, String> {
+    fn aws_route(&self, index: usize, raw: RouteEntry) -> Result<Route, String> {
         let name = raw.name.clone().ok_or_else(|| format!("route {}: an aws route needs a `name`", index + 1))?;
         let key = crate::target::aws_key(&name).map_err(|e| format!("route `{name}`: {e}"))?;
         if raw.host.is_some() || raw.path.is_some() {
@@ -552,7 +624,7 @@ impl Config {
     }
 }
 
-fn identity(name: String, raw: RawIdentity) -> Result<IdentityConfig, String> {
+fn identity(name: String, raw: IdentityEntry) -> Result<IdentityConfig, String> {
     let missing = |field: &str| format!("identity `{name}` ({}) needs `{field}`", raw.kind);
     let kind = match raw.kind.as_str() {
         "github-actions" => IdentityKind::GitHubActions { request_url: raw.request_url.clone() },
@@ -569,7 +641,7 @@ fn identity(name: String, raw: RawIdentity) -> Result<IdentityConfig, String> {
     Ok(IdentityConfig { name, kind, audience: raw.audience })
 }
 
-fn exchange(name: String, raw: RawExchange) -> Result<ExchangeConfig, String> {
+fn exchange(name: String, raw: ExchangeEntry) -> Result<ExchangeConfig, String> {
     let Some(kind) = ExchangeKind::ALL.into_iter().find(|k| k.name() == raw.kind) else {
         let known = ExchangeKind::ALL.map(ExchangeKind::name).join(", ");
         return Err(format!("exchange `{name}`: unknown kind `{}` ({known})", raw.kind));
@@ -599,6 +671,45 @@ fn exchange(name: String, raw: RawExchange) -> Result<ExchangeConfig, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_typed_config_file_writes_what_parse_reads() {
+        let file = ConfigFile {
+            settings: SettingsEntry { refresh_margin: Some("30s".into()) },
+            identities: [(
+                "ci".to_owned(),
+                IdentityEntry { kind: "env".into(), var: Some("T".into()), ..Default::default() },
+            )]
+            .into(),
+            exchanges: [(
+                "sts".to_owned(),
+                ExchangeEntry {
+                    kind: "rfc8693".into(),
+                    token_endpoint: Some("https://sts.example/token".into()),
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            routes: vec![RouteEntry {
+                tool: "git".into(),
+                host: Some("git.example.com".into()),
+                path: Some("org/app".into()),
+                identity: "ci".into(),
+                exchange: "sts".into(),
+                operations: Some(vec!["read".into()]),
+                ..Default::default()
+            }],
+        };
+        let text = file.to_toml();
+        assert!(!text.contains("scheme"), "unset fields are left out: {text}");
+        let config = Config::parse(&text, Path::new("config.toml")).unwrap();
+        assert_eq!(config.refresh_margin, Duration::from_secs(30));
+        let route = &config.routes[0];
+        assert_eq!((route.host.as_str(), route.path.as_deref()), ("git.example.com", Some("org/app")));
+        assert_eq!(route.operations, vec![Operation::Read]);
+        let reread: ConfigFile = toml::from_str(&text).unwrap();
+        assert_eq!(reread.to_toml(), text);
+    }
 
     const SAMPLE: &str = r#"
         [identities.ci]

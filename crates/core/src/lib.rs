@@ -41,7 +41,8 @@ pub use audit::{AuditEvent, AuditLog, Outcome, rfc3339_now};
 pub use broker::{Broker, Ended, Error as BrokerError, Issued, Resolution};
 pub use cache::{Cache, CacheEntry, Error as CacheError, Origin};
 pub use config::{
-    Config, Error as ConfigError, ExchangeConfig, ExchangeKind, IdentityConfig, IdentityKind, Route, Scheme,
+    Config, ConfigFile, Error as ConfigError, ExchangeConfig, ExchangeEntry, ExchangeKind, IdentityConfig,
+    IdentityEntry, IdentityKind, Route, RouteEntry, Scheme, SettingsEntry,
 };
 pub use duration::parse_duration;
 pub use env::{Env, EnvVars};

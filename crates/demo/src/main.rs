@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 
 use anyhow::{Context, bail};
 use mayfly_devstack::{DevCa, DevIssuer, GitServer, StsClient};
-use mayfly_sts::Algorithm;
+use mayfly_sts::{Algorithm, ConfigFile, RuleEntry};
 use serde_json::json;
 
 use report::Report;
@@ -127,8 +127,12 @@ fn start(runtime: &tokio::runtime::Runtime, root: &Path, helper: PathBuf, report
     // The git server's URL is the audience the exchange mints for; bind it first.
     let git = GitServer::start(runtime, srv, &ca, &client).map_err(anyhow::Error::msg)?;
     let sts_config = sts_config(&sts_url, &issuer, &git.base_url, &ca, &client, &sts_audit);
-    std::fs::write(root.join("sts.toml"), &sts_config)?;
-    let config = mayfly_sts::Config::parse(&sts_config).map_err(anyhow::Error::msg)?;
+    // Written for the curious (`--keep`); the demo serves the typed value itself.
+    std::fs::write(
+        root.join("sts.toml"),
+        format!("# mayfly-sts config written by `mayfly demo`\n{}", sts_config.to_toml()),
+    )?;
+    let config = mayfly_sts::Config::from_file(sts_config).map_err(anyhow::Error::msg)?;
     let sts = mayfly_sts::Sts::new(config, None).map_err(anyhow::Error::msg)?;
     runtime.spawn(mayfly_sts::serve(sts, sts_listener));
     report.item(&format!("mayfly-sts (RFC 8693)    {sts_url}/token"));
@@ -151,46 +155,33 @@ fn sts_config(
     ca: &DevCa,
     client: &StsClient,
     audit: &Path,
-) -> String {
-    format!(
-        r#"# mayfly-sts config written by `mayfly demo`
-issuer = "{sts_url}"
-audit_log = "{audit}"
-revocation_store = "{store}"
-max_ttl = "15m"
-
-[tls]
-cert = "{cert}"
-key = "{key}"
-
-[[trusted_issuers]]
-issuer = "{issuer}"
-audiences = ["mayfly-sts"]
-
-[[rules]]
-name = "a repository may read and push itself"
-issuer = "{issuer}"
-claims = {{ repository_owner = "demo" }}
-audiences = ["{git_url}"]
-scopes = ["repo:{{repository}}:read", "repo:{{repository}}:write"]
-max_ttl = "10m"
-
-[[rules]]
-name = "the demo org reads the docs"
-issuer = "{issuer}"
-claims = {{ repository_owner = "demo" }}
-audiences = ["{git_url}"]
-scopes = ["repo:demo/docs:read"]
-max_ttl = "5m"
-
-{introspection_client}"#,
-        audit = audit.display(),
-        store = audit.with_file_name("sts-revocations.redb").display(),
-        introspection_client = client.config_entry(),
-        cert = ca.cert.display(),
-        key = ca.key.display(),
-        issuer = issuer.issuer(),
-    )
+) -> ConfigFile {
+    let rule = |name: &str, scopes: &[&str], max_ttl: &str| RuleEntry {
+        name: Some(name.into()),
+        issuer: issuer.issuer().into(),
+        claims: [("repository_owner".to_owned(), "demo".to_owned())].into(),
+        audiences: vec![git_url.into()],
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        max_ttl: Some(max_ttl.into()),
+    };
+    ConfigFile {
+        issuer: sts_url.into(),
+        audit_log: Some(audit.into()),
+        revocation_store: Some(audit.with_file_name("sts-revocations.redb")),
+        max_ttl: Some("15m".into()),
+        tls: Some(ca.sts_tls()),
+        trusted_issuers: vec![issuer.trusted(&["mayfly-sts"])],
+        rules: vec![
+            rule(
+                "a repository may read and push itself",
+                &["repo:{repository}:read", "repo:{repository}:write"],
+                "10m",
+            ),
+            rule("the demo org reads the docs", &["repo:demo/docs:read"], "5m"),
+        ],
+        introspection_clients: vec![client.config_entry()],
+        ..Default::default()
+    }
 }
 
 /// A memory-backed directory for the cache key, removed with the demo.

@@ -45,10 +45,10 @@ impl StsClient {
     }
 
     /// The exchange's `[[introspection_clients]]` entry for this client.
-    pub fn config_entry(&self) -> String {
+    pub fn config_entry(&self) -> mayfly_sts::IntrospectionClientEntry {
         use sha2::Digest;
-        let digest = hex::encode(sha2::Sha256::digest(self.client_secret.expose()));
-        format!("[[introspection_clients]]\nid = \"{}\"\nsecret_sha256 = \"{digest}\"\n", self.client_id)
+        let secret_sha256 = hex::encode(sha2::Sha256::digest(self.client_secret.expose()));
+        mayfly_sts::IntrospectionClientEntry { id: self.client_id.clone(), secret_sha256 }
     }
 }
 
@@ -213,9 +213,14 @@ mod tests {
     fn a_generated_client_configures_the_exchange_without_its_secret() {
         let client = StsClient::generate("https://127.0.0.1:1/", "gate");
         assert_eq!(client.issuer, "https://127.0.0.1:1");
-        let entry = client.config_entry();
-        assert!(!entry.contains(client.client_secret.expose()));
-        let config = mayfly_sts::Config::parse(&format!("issuer = \"https://127.0.0.1:1\"\n{entry}")).unwrap();
+        let file = mayfly_sts::ConfigFile {
+            issuer: "https://127.0.0.1:1".into(),
+            introspection_clients: vec![client.config_entry()],
+            ..Default::default()
+        };
+        let text = file.to_toml();
+        assert!(!text.contains(client.client_secret.expose()), "{text}");
+        let config = mayfly_sts::Config::parse(&text).unwrap();
         assert_eq!(config.introspection_clients[0].id, "gate");
         assert_ne!(StsClient::generate("https://x", "gate").client_secret.expose(), client.client_secret.expose());
     }

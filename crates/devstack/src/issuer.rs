@@ -62,6 +62,15 @@ impl DevIssuer {
         Ok(Self { inner })
     }
 
+    /// This issuer as an exchange's `[[trusted_issuers]]` entry, for these audiences.
+    pub fn trusted(&self, audiences: &[&str]) -> mayfly_sts::TrustedIssuer {
+        mayfly_sts::TrustedIssuer {
+            issuer: self.issuer().to_owned(),
+            audiences: audiences.iter().map(|a| (*a).to_owned()).collect(),
+            ..Default::default()
+        }
+    }
+
     /// The issuer URL (`iss`).
     pub fn issuer(&self) -> &str {
         &self.inner.base_url

@@ -45,3 +45,10 @@ impl DevCa {
         axum_server::tls_rustls::RustlsConfig::from_pem_file(&self.cert, &self.key).await
     }
 }
+
+impl DevCa {
+    /// The exchange's `[tls]` section: serve with the server certificate.
+    pub fn sts_tls(&self) -> mayfly_sts::Tls {
+        mayfly_sts::Tls { cert: self.cert.clone(), key: self.key.clone() }
+    }
+}

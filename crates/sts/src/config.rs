@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::policy::Rule;
 
@@ -32,7 +32,7 @@ pub enum Error {
 }
 
 /// An issuer whose ID tokens are accepted as subject tokens.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrustedIssuer {
     /// The exact `iss`.
@@ -40,39 +40,72 @@ pub struct TrustedIssuer {
     /// Accepted `aud` values (at least one).
     pub audiences: Vec<String>,
     /// JWKS URL; default: from `{issuer}/.well-known/openid-configuration`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_uri: Option<String>,
     /// Extra CA certificates (PEM) for reaching the issuer.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     /// Longest lifetime (`exp` minus `iat`) of a subject token accepted from this issuer,
     /// as a duration (`24h` when not set): a token minted to live for months is a
     /// long-lived credential whatever its format.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_lifetime: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// The config file as written: what `Config::parse` reads, and what the demo and the
+/// tests build (typed, never TOML pasted together) and write with [`ConfigFile::to_toml`].
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawConfig {
-    issuer: String,
-    listen: Option<String>,
-    signing_key: Option<PathBuf>,
-    audit_log: Option<PathBuf>,
-    default_ttl: Option<String>,
-    max_ttl: Option<String>,
-    tls: Option<Tls>,
-    #[serde(default)]
-    trusted_issuers: Vec<TrustedIssuer>,
-    #[serde(default)]
-    rules: Vec<RawRule>,
-    revocation_store: Option<PathBuf>,
-    #[serde(default)]
-    introspection_clients: Vec<RawIntrospectionClient>,
+pub struct ConfigFile {
+    /// `iss` of minted tokens; also the public base URL.
+    pub issuer: String,
+    /// Address to listen on (`127.0.0.1:8443` when not set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// PKCS#8 PEM file of the signing key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<PathBuf>,
+    /// Audit log file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_log: Option<PathBuf>,
+    /// Lifetime when the request names none, as a duration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_ttl: Option<String>,
+    /// Upper bound on any lifetime, as a duration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<String>,
+    /// File of the embedded revocation store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation_store: Option<PathBuf>,
+    /// HTTPS settings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+    /// Trusted issuers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_issuers: Vec<TrustedIssuer>,
+    /// Allow rules, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleEntry>,
+    /// Who may introspect tokens other than their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub introspection_clients: Vec<IntrospectionClientEntry>,
 }
 
-#[derive(Deserialize)]
+impl ConfigFile {
+    /// The file's TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a config file always serialises")
+    }
+}
+
+/// An introspection client as written: its id and its secret's SHA-256, hex.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawIntrospectionClient {
-    id: String,
-    secret_sha256: String,
+pub struct IntrospectionClientEntry {
+    /// The Basic user name.
+    pub id: String,
+    /// SHA-256 of the Basic password, 64 hex digits.
+    pub secret_sha256: String,
 }
 
 /// A resource server allowed to introspect any token (RFC 7662), with HTTP Basic.
@@ -87,7 +120,7 @@ pub struct IntrospectionClient {
 }
 
 /// Certificate and key (PEM files) to serve HTTPS with.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     /// Certificate chain.
@@ -96,16 +129,25 @@ pub struct Tls {
     pub key: PathBuf,
 }
 
-#[derive(Deserialize)]
+/// An allow rule as written.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawRule {
-    name: Option<String>,
-    issuer: String,
-    #[serde(default)]
-    claims: BTreeMap<String, String>,
-    audiences: Vec<String>,
-    scopes: Vec<String>,
-    max_ttl: Option<String>,
+pub struct RuleEntry {
+    /// Shown in audit lines and denials (`rule N` when not set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The subject token's exact `iss`; must be a trusted issuer.
+    pub issuer: String,
+    /// Claim patterns the subject token must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, String>,
+    /// Audiences the rule grants.
+    pub audiences: Vec<String>,
+    /// Scope templates the rule grants (`{claim}` placeholders).
+    pub scopes: Vec<String>,
+    /// This rule's upper bound on lifetime, as a duration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<String>,
 }
 
 /// A validated config.
@@ -144,7 +186,11 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        Self::from_file(toml::from_str(text).map_err(|e| e.message().to_owned())?)
+    }
+
+    /// Validates a config file's content.
+    pub fn from_file(raw: ConfigFile) -> Result<Self, String> {
         let duration = |v: Option<String>, default: u64| -> Result<Duration, String> {
             v.as_deref().map(mayfly_core::parse_duration).transpose().map(|d| d.unwrap_or(Duration::from_secs(default)))
         };
@@ -216,6 +262,37 @@ mod tests {
     use super::*;
 
     const DIGEST: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+
+    #[test]
+    fn a_typed_config_file_writes_what_parse_reads() {
+        let file = ConfigFile {
+            issuer: "https://sts.example/".into(),
+            max_ttl: Some("15m".into()),
+            trusted_issuers: vec![TrustedIssuer {
+                issuer: "https://ci.example".into(),
+                audiences: vec!["mayfly-sts".into()],
+                ..Default::default()
+            }],
+            rules: vec![RuleEntry {
+                issuer: "https://ci.example".into(),
+                claims: [("repository".to_owned(), "org/*".to_owned())].into(),
+                audiences: vec!["https://git.example".into()],
+                scopes: vec!["repo:{repository}:read".into()],
+                ..Default::default()
+            }],
+            introspection_clients: vec![IntrospectionClientEntry { id: "git".into(), secret_sha256: DIGEST.into() }],
+            ..Default::default()
+        };
+        let text = file.to_toml();
+        let config = Config::parse(&text).unwrap();
+        assert_eq!(config.issuer, "https://sts.example");
+        assert_eq!(config.max_ttl, Duration::from_secs(900));
+        assert_eq!(config.rules[0].name, "rule 1");
+        assert_eq!(config.rules[0].claims["repository"], "org/*");
+        assert_eq!(config.introspection_clients[0].id, "git");
+        let reread: ConfigFile = toml::from_str(&text).unwrap();
+        assert_eq!(reread.to_toml(), text);
+    }
 
     #[test]
     fn revocation_store_and_introspection_clients_are_read() {

@@ -20,7 +20,10 @@ mod revocation;
 mod server;
 mod verify;
 
-pub use config::{Config, Error as ConfigError, IntrospectionClient, TrustedIssuer};
+pub use config::{
+    Config, ConfigFile, Error as ConfigError, IntrospectionClient, IntrospectionClientEntry, RuleEntry, Tls,
+    TrustedIssuer,
+};
 pub use keys::{Algorithm, SigningKey};
 pub use oauth::OAuthError;
 pub use policy::{Denial, ExchangeAsk, Grant, Policy, Rule, Rules};

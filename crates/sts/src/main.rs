@@ -18,8 +18,11 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = mayfly_sts::Config::load(&args.config)?;
-    let listener =
-        std::net::TcpListener::bind(&config.listen).with_context(|| format!("cannot listen on `{}`", config.listen))?;
+    let listener = match inherited_listener()? {
+        Some(listener) => listener,
+        None => std::net::TcpListener::bind(&config.listen)
+            .with_context(|| format!("cannot listen on `{}`", config.listen))?,
+    };
     if config.revocation_store.is_none() {
         eprintln!(
             "mayfly-sts: no `revocation_store` configured: revocations are kept in memory, lost on restart and not shared with other replicas"
@@ -29,4 +32,12 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("mayfly-sts: listening on {}", listener.local_addr()?);
     mayfly_sts::serve(sts, listener).await?;
     Ok(())
+}
+
+/// A listening socket handed over by socket activation (systemd's `LISTEN_FDS`, fd 3), so a
+/// service manager (or a test) binds the port and the exchange never races for it.
+/// `listen` in the config is then ignored.
+fn inherited_listener() -> anyhow::Result<Option<std::net::TcpListener>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    fds.take_tcp_listener(0).context("LISTEN_FDS is set but fd 3 is not a listening TCP socket")
 }

@@ -1,0 +1,74 @@
+//! Finds the external tools the end-to-end tests drive, so that on a machine without one
+//! the tests that need it show as ignored, with the tool named, instead of passing.
+//!
+//! A missing tool becomes `--cfg missing="TOOL"`, which tests read through
+//! `#[cfg_attr(missing = "TOOL", ignore = "...")]`. Under `CI=true` nothing is marked
+//! missing: the test runs and its own check fails, so CI never skips.
+
+use std::path::{Path, PathBuf};
+
+/// Executables looked up on `PATH`.
+const ON_PATH: &[&str] = &[
+    "aws",
+    "docker",
+    "docker-registry",
+    "git",
+    "kubectl",
+    "moto_server",
+    "node",
+    "npm",
+    "skopeo",
+    "strace",
+    "terraform",
+    "twine",
+];
+
+/// What `npm ci` installs under `tests/support`, by the name tests use for it.
+const INSTALLED: &[(&str, &str)] = &[
+    ("verdaccio", "verdaccio/node_modules/verdaccio/bin/verdaccio"),
+    ("pnpm-9", "npm-clients/node_modules/pnpm-9/bin/pnpm.cjs"),
+    ("pnpm-10", "npm-clients/node_modules/pnpm-10/bin/pnpm.cjs"),
+    ("pnpm-12", "npm-clients/node_modules/pnpm-12/pnpm"),
+    ("yarn-1", "npm-clients/node_modules/yarn-1/bin/yarn.js"),
+    ("yarn-4", "npm-clients/node_modules/yarn-4/bin/yarn.js"),
+];
+
+fn main() {
+    let names: Vec<String> =
+        ON_PATH.iter().chain(INSTALLED.iter().map(|(name, _)| name)).map(|n| format!("\"{n}\"")).collect();
+    println!("cargo::rustc-check-cfg=cfg(missing, values({}))", names.join(", "));
+    println!("cargo::rerun-if-env-changed=PATH");
+    println!("cargo::rerun-if-env-changed=CI");
+    println!("cargo::rerun-if-changed=build.rs");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        return;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path).filter(|d| d.is_absolute() && d.is_dir()).collect();
+    let mut any_missing = false;
+    for tool in ON_PATH {
+        if !dirs.iter().any(|dir| is_executable(&dir.join(tool))) {
+            println!("cargo::rustc-cfg=missing=\"{tool}\"");
+            any_missing = true;
+        }
+    }
+    if any_missing {
+        // A tool installed later lands in one of these directories and changes its mtime.
+        for dir in &dirs {
+            println!("cargo::rerun-if-changed={}", dir.display());
+        }
+    }
+    let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("support");
+    for (name, file) in INSTALLED {
+        let file = support.join(file);
+        if !file.is_file() {
+            println!("cargo::rustc-cfg=missing=\"{name}\"");
+        }
+        println!("cargo::rerun-if-changed={}", file.display());
+    }
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
