@@ -153,6 +153,7 @@ fn credential_process_output_is_version_1_and_outlives_botocores_refresh_window(
                 .env_clear()
                 .envs(stack.env())
                 .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()
         })

@@ -1,5 +1,7 @@
 //! Concurrency and freshness: one exchange for many callers, no stale tokens.
 
+use std::process::Stdio;
+
 use mayfly_tests::{Options, Stack, require_tool};
 
 #[test]
@@ -10,7 +12,12 @@ fn thirty_two_parallel_ls_remotes_on_a_cold_cache_cause_one_exchange() {
     }
     let stack = Stack::new();
     let url = stack.repo_url("org/app.git");
-    let children: Vec<_> = (0..32).map(|_| stack.git_cmd(&stack.work, &["ls-remote", &url]).spawn().unwrap()).collect();
+    let children: Vec<_> = (0..32)
+        .map(|_| {
+            let mut git = stack.git_cmd(&stack.work, &["ls-remote", &url]);
+            git.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
     for child in children {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
