@@ -40,16 +40,14 @@ pub use ancestry::{Process, ancestry, command_of, infer_git_operation, infer_oci
 pub use audit::{AuditEvent, AuditLog, Outcome, rfc3339_now};
 pub use broker::{Broker, Ended, Error as BrokerError, Issued, Resolution};
 pub use cache::{Cache, CacheEntry, Error as CacheError, Origin};
-pub use config::{
-    Config, Error as ConfigError, ExchangeConfig, ExchangeKind, IdentityConfig, IdentityKind, Route, Scheme,
-};
+pub use config::{Config, Error as ConfigError, ExchangeConfig, ExchangeKind, IdentityConfig, Route, Scheme};
 pub use duration::parse_duration;
 pub use env::{Env, EnvVars};
 pub use exchange::{
     ACCESS_TOKEN_TYPE, Error as ExchangeError, ExchangeResponse, ID_TOKEN_TYPE, Intent, TOKEN_EXCHANGE_GRANT,
 };
 pub use http::{Error as HttpError, HttpClient, is_loopback_url};
-pub use identity::{Error as IdentityError, SubjectToken, fetch_subject};
+pub use identity::{Error as IdentityError, Presence as IdentityPresence, SubjectToken, fetch_subject};
 pub use jwt::{Claims as UnverifiedClaims, peek_claims};
 pub use redact::{
     REDACTED, clip, contains_jwt, redact_tokens, sanitize_for_terminal, sanitize_keeping_lines, scan_for_jwts,
