@@ -1,5 +1,6 @@
 //! The hook protocols, each a function over injected I/O. Binaries only wire them to
-//! stdin, stdout and the process exit code.
+//! stdin, stdout and the process exit code. A request that gets no token gets a
+//! [`Refusal`], which each protocol says in its tool's own words in one place.
 
 pub mod aws;
 pub mod cargo;
