@@ -2,7 +2,7 @@
 //! tool on PATH; `mayfly exec` does this for its session. Also runs as
 //! `mayfly-shim TOOL ARGS...`.
 
-use mayfly_core::protocol::shim::{Family, Processes, run};
+use mayfly_core::protocol::shim::{Family, Processes, refuse, run};
 
 fn main() {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -23,9 +23,6 @@ fn main() {
     // Returns only when the real tool did not take over this process.
     match run(family, &args, env, &cwd, &shim, &mayfly_core::ancestry, &mut Processes) {
         Ok(code) => std::process::exit(code),
-        Err(message) => {
-            mayfly_core::protocol::warn(&message);
-            std::process::exit(1);
-        }
+        Err(refusal) => std::process::exit(refuse(&refusal)),
     }
 }

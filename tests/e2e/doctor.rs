@@ -359,7 +359,7 @@ fn a_clean_home_and_mayflys_own_wiring_pass() {
     let source = &report["identity"]["sources"][0];
     assert_eq!(
         (source["name"].as_str(), source["kind"].as_str(), source["source"].as_str()),
-        (Some("ci"), Some("env"), Some("ID_TOKEN"))
+        (Some("ci"), Some("env"), Some("$ID_TOKEN"))
     );
     assert_eq!(source["available"], true);
     let claims = &source["claims"];

@@ -44,7 +44,7 @@ pub(crate) struct Args {
     /// Do not try to reach the exchanges
     #[arg(long)]
     offline: bool,
-    /// Fetch a subject token from sources that need the network (GitHub Actions) to show its claims
+    /// Fetch a subject token from sources whose token costs a request or a run (GitHub Actions, commands) to show its claims
     #[arg(long)]
     fetch_identity: bool,
     /// Look for credentials under this home directory instead of `$HOME`

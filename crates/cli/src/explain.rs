@@ -10,8 +10,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
 use mayfly_core::{
-    Broker, BrokerError, Cache, Config, Env, EnvVars, ExchangeError, IdentityKind, Operation, Process, Resolution,
-    Route, Scheme, Target, Tool, protocol::one_line, sanitize_for_terminal,
+    Broker, BrokerError, Cache, Config, Env, EnvVars, ExchangeError, Operation, Process, Resolution, Route, Scheme,
+    Target, Tool, protocol::one_line, sanitize_for_terminal,
 };
 
 use crate::status::{rfc3339, span, table};
@@ -66,7 +66,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
     };
     let allowed = route.operations.contains(&operation);
-    rows.extend(describe(broker.config(), route, &target, operation));
+    rows.extend(describe(&env, broker.config(), route, &target, operation));
     rows.push(row("cached", cached(&env, route, &target, operation)));
     let mut ok = allowed;
     if args.exchange {
@@ -193,7 +193,7 @@ fn covers(prefix: &str, path: &str) -> bool {
 }
 
 /// The route, operation, scope, audience, identity and exchange a request would use.
-fn describe(config: &Config, route: &Route, target: &Target, operation: Operation) -> Vec<Vec<String>> {
+fn describe(env: &Env, config: &Config, route: &Route, target: &Target, operation: Operation) -> Vec<Vec<String>> {
     let mut rows = Vec::new();
     let place = match (&route.path, route.tool) {
         (_, Tool::Aws) => "chosen by name".to_owned(),
@@ -236,13 +236,7 @@ fn describe(config: &Config, route: &Route, target: &Target, operation: Operatio
         },
     ));
     let identity = &config.identities[&route.identity];
-    let source = match &identity.kind {
-        IdentityKind::GitHubActions { .. } => "github-actions".to_owned(),
-        IdentityKind::File { path } => format!("file {}", path.display()),
-        IdentityKind::Env { var } => format!("env ${var}"),
-        IdentityKind::Command { argv } => format!("command {}", argv.first().map_or("", String::as_str)),
-        _ => "unknown".to_owned(),
-    };
+    let source = format!("{} {}", identity.kind(), identity.origin(env));
     let audience = if exchange.kind.wants_fresh_subject() {
         // The registry checks the ID token itself, and takes each one once.
         format!("a fresh ID token per exchange, never cached, audience {}", route.audience)

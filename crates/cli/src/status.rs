@@ -5,18 +5,14 @@
 //! unverified claims of the token they would hand over. Everything is read as the helpers
 //! read it, so what this shows is what the next credential request will find.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use mayfly_core::{
-    AuditLog, Cache, CacheEntry, Config, Env, EnvVars, IdentityConfig, IdentityKind, UnverifiedClaims, peek_claims,
+    AuditLog, Cache, CacheEntry, Config, Env, IdentityConfig, IdentityPresence, UnverifiedClaims, peek_claims,
     sanitize_for_terminal,
 };
 use serde_json::{Value, json};
-
-/// Largest identity token file read; a JWT is a few kilobytes.
-const MAX_TOKEN_FILE: u64 = 64 * 1024;
 
 /// Arguments of `mayfly status`.
 #[derive(clap::Args)]
@@ -75,7 +71,8 @@ struct Identity {
     name: String,
     kind: &'static str,
     audience: Option<String>,
-    source: Option<String>,
+    /// Where its token comes from (a path, `$VARIABLE`, a command's shape, a host).
+    source: String,
     /// `None` when the token is fetched only when needed (GitHub Actions, commands).
     token: Option<Result<UnverifiedClaims, String>>,
     /// Why the source cannot work in this environment, when that is known without asking.
@@ -295,30 +292,19 @@ impl Entry {
 
 impl Identity {
     fn inspect(config: &IdentityConfig, env: &Env) -> Self {
-        let (kind, source, token, problem) = match &config.kind {
-            IdentityKind::GitHubActions { request_url } => {
-                let problem = [
-                    (request_url.is_none(), EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL),
-                    (true, EnvVars::ACTIONS_ID_TOKEN_REQUEST_TOKEN),
-                ]
-                .into_iter()
-                .find(|(needed, var)| *needed && env.get(var).is_none())
-                .map(|(_, var)| format!("`{var}` is not set (the job needs `permissions: id-token: write`)"));
-                let source =
-                    request_url.clone().unwrap_or_else(|| format!("${}", EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL));
-                ("github-actions", Some(source), None, problem)
-            }
-            IdentityKind::File { path } => {
-                ("file", Some(path.display().to_string()), Some(read_file_token(path).and_then(claims_of)), None)
-            }
-            IdentityKind::Env { var } => {
-                let token = env.get(var).map(str::to_owned).ok_or_else(|| format!("`{var}` is not set"));
-                ("env", Some(format!("${var}")), Some(token.and_then(claims_of)), None)
-            }
-            IdentityKind::Command { argv } => ("command", Some(mayfly_core::command_shape(argv).join(" ")), None, None),
-            _ => ("unknown", None, None, None),
+        let (token, problem) = match config.look(env) {
+            IdentityPresence::Token(token) => (Some(claims_of(token.expose())), None),
+            IdentityPresence::Ready => (None, None),
+            IdentityPresence::Absent(why) => (None, Some(why)),
         };
-        Self { name: config.name.clone(), kind, audience: config.audience.clone(), source, token, problem }
+        Self {
+            name: config.name.clone(),
+            kind: config.kind(),
+            audience: config.audience.clone(),
+            source: config.origin(env),
+            token,
+            problem,
+        }
     }
 
     fn to_json(&self, now: i64) -> Value {
@@ -366,25 +352,16 @@ impl Identity {
             }
         };
         let audience = self.audience.as_deref().map_or_else(|| "-".to_owned(), |a| format!("audience {a}"));
-        vec![self.name.clone(), self.kind.into(), audience, self.source.clone().unwrap_or_default(), token]
+        vec![self.name.clone(), self.kind.into(), audience, self.source.clone(), token]
     }
-}
-
-/// The token in an identity file, read as the helpers read it (trimmed).
-fn read_file_token(path: &Path) -> Result<String, String> {
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_TOKEN_FILE).read_to_string(&mut text))
-        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-    Ok(text.trim().to_owned())
 }
 
 /// The unverified claims of a subject token; the token itself goes no further.
-fn claims_of(token: String) -> Result<UnverifiedClaims, String> {
+fn claims_of(token: &str) -> Result<UnverifiedClaims, String> {
     if token.is_empty() {
         return Err("empty token".into());
     }
-    peek_claims(&token).ok_or_else(|| "not a JWT (no claims to show)".into())
+    peek_claims(token).ok_or_else(|| "not a JWT (no claims to show)".into())
 }
 
 /// Rows as left-aligned columns two spaces apart, every cell sanitised for the terminal.
@@ -511,14 +488,18 @@ mod tests {
         let path = dir.path().join("token");
         let payload = "eyJpc3MiOiJodHRwczovL2kiLCJzdWIiOiJzIiwiYXVkIjpbImEiXSwiZXhwIjoyMDAwfQ";
         std::fs::write(&path, format!("eyJhbGciOiJFUzI1NiJ9.{payload}.c2ln\n")).unwrap();
-        let config = IdentityConfig { name: "k8s".into(), kind: IdentityKind::File { path }, audience: None };
-        let identity = Identity::inspect(&config, &Env::default());
+        let text = format!(
+            "[identities.k8s]\nkind = \"file\"\npath = \"{}\"\n[identities.e]\nkind = \"env\"\nvar = \"NOPE\"\n",
+            path.display()
+        );
+        let config = Config::parse(&text, Path::new("t.toml")).unwrap();
+        let identity = Identity::inspect(&config.identities["k8s"], &Env::default());
         let json = identity.to_json(1_000);
         assert_eq!(json["token"]["iss"], "https://i");
         assert_eq!(json["token"]["aud"], json!(["a"]));
         assert_eq!(json["token"]["seconds_left"], 1_000);
         assert!(!mayfly_core::contains_jwt(json.to_string().as_bytes()));
-        let unset = IdentityConfig { name: "e".into(), kind: IdentityKind::Env { var: "NOPE".into() }, audience: None };
-        assert_eq!(Identity::inspect(&unset, &Env::default()).to_json(0)["error"], "`NOPE` is not set");
+        let unset = Identity::inspect(&config.identities["e"], &Env::default()).to_json(0);
+        assert_eq!((&unset["source"], &unset["error"]), (&json!("$NOPE"), &json!("`NOPE` is not set")));
     }
 }

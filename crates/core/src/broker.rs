@@ -264,7 +264,7 @@ impl Broker {
             // The registry checks the ID token itself, and takes each one once.
             let audience = exchange.subject_audience(exchange_config, &http, route).map_err(exchange_error)?;
             let http = || HttpClient::new(IDENTITY_TIMEOUT, None);
-            identity::fetch(identity_config, Some(&audience), &self.env, http, now)
+            identity::fetch(identity_config, Some(&audience), &self.env, &http, now)
         } else {
             self.subject(identity_config, cache, now)
         }
@@ -324,22 +324,17 @@ impl Broker {
         now: i64,
     ) -> Result<SubjectToken, identity::Error> {
         let http = || HttpClient::new(IDENTITY_TIMEOUT, None);
-        let cache = cache.filter(|_| SubjectToken::cacheable(&source.kind));
+        let cache = cache.filter(|_| source.cacheable());
         let Some(cache) = cache else {
-            return identity::fetch(source, None, &self.env, http, now);
+            return identity::fetch(source, None, &self.env, &http, now);
         };
-        let key = Cache::key(&[
-            "subject",
-            &source.name,
-            source.audience.as_deref().unwrap_or(""),
-            &format!("{:?}", source.kind),
-        ]);
+        let key = Cache::key(&["subject", &source.name, source.audience.as_deref().unwrap_or(""), &source.cache_key()]);
         let lock = cache.lock(&key).ok();
         if let Some(entry) = cache.get(&key, now) {
             let claims = crate::peek_claims(entry.token.expose()).unwrap_or_default();
             return Ok(SubjectToken { token: entry.token, claims });
         }
-        let subject = identity::fetch(source, None, &self.env, http, now)?;
+        let subject = identity::fetch(source, None, &self.env, &http, now)?;
         if let (Some(exp), Some(lock)) = (subject.claims.exp, &lock) {
             let entry = CacheEntry {
                 token: subject.token.clone(),

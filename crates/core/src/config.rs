@@ -5,10 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::{self, Source};
 use crate::scope::{Error as ScopeError, Scope, ScopeTemplate};
 use crate::target::{Operation, Target, Tool, is_segment_prefix, normalize_host, normalize_repo_path};
 use crate::{Env, EnvVars, parse_duration};
@@ -202,41 +204,14 @@ pub struct Config {
     pub routes: Vec<Route>,
 }
 
-/// How to obtain a subject token.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum IdentityKind {
-    /// GitHub Actions' job OIDC endpoint (`ACTIONS_ID_TOKEN_REQUEST_URL`); `request_url`
-    /// overrides the variable for development issuers that speak the same protocol.
-    GitHubActions {
-        /// Overrides `ACTIONS_ID_TOKEN_REQUEST_URL`.
-        request_url: Option<String>,
-    },
-    /// A file re-read on every use (Kubernetes projected tokens, SPIFFE JWT-SVIDs,
-    /// `AWS_WEB_IDENTITY_TOKEN_FILE`).
-    File {
-        /// The file.
-        path: PathBuf,
-    },
-    /// An environment variable (GitLab `id_tokens`, CircleCI, Bitbucket).
-    Env {
-        /// The variable.
-        var: String,
-    },
-    /// A command whose stdout is the token; `{audience}` in its arguments is replaced.
-    Command {
-        /// Program and arguments.
-        argv: Vec<String>,
-    },
-}
-
-/// A named identity source.
+/// A named identity source: where a subject token comes from ([`crate::identity`] has
+/// one module per kind).
 #[derive(Clone, Debug)]
 pub struct IdentityConfig {
     /// Its name in the config.
     pub name: String,
     /// How it obtains a token.
-    pub kind: IdentityKind,
+    pub(crate) source: Arc<dyn Source>,
     /// Audience of the subject token, where the source lets us choose it.
     pub audience: Option<String>,
 }
@@ -626,19 +601,19 @@ impl Config {
 
 fn identity(name: String, raw: IdentityEntry) -> Result<IdentityConfig, String> {
     let missing = |field: &str| format!("identity `{name}` ({}) needs `{field}`", raw.kind);
-    let kind = match raw.kind.as_str() {
-        "github-actions" => IdentityKind::GitHubActions { request_url: raw.request_url.clone() },
-        "file" => IdentityKind::File { path: raw.path.clone().ok_or_else(|| missing("path"))? },
-        "env" => IdentityKind::Env { var: raw.var.clone().ok_or_else(|| missing("var"))? },
+    let source: Arc<dyn Source> = match raw.kind.as_str() {
+        "github-actions" => Arc::new(identity::GitHubActions { request_url: raw.request_url.clone() }),
+        "file" => Arc::new(identity::File { path: raw.path.clone().ok_or_else(|| missing("path"))? }),
+        "env" => Arc::new(identity::Variable { var: raw.var.clone().ok_or_else(|| missing("var"))? }),
         "command" => {
             let argv = raw.command.clone().filter(|c| !c.is_empty()).ok_or_else(|| missing("command"))?;
-            IdentityKind::Command { argv }
+            Arc::new(identity::Command { argv })
         }
         other => {
             return Err(format!("identity `{name}`: unknown kind `{other}` (github-actions, file, env or command)"));
         }
     };
-    Ok(IdentityConfig { name, kind, audience: raw.audience })
+    Ok(IdentityConfig::new(name, source, raw.audience))
 }
 
 fn exchange(name: String, raw: ExchangeEntry) -> Result<ExchangeConfig, String> {

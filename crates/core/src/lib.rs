@@ -42,7 +42,7 @@ pub use broker::{Broker, Ended, Error as BrokerError, Issued, Resolution};
 pub use cache::{Cache, CacheEntry, Error as CacheError, Origin};
 pub use config::{
     Config, ConfigFile, Error as ConfigError, ExchangeConfig, ExchangeEntry, ExchangeKind, IdentityConfig,
-    IdentityEntry, IdentityKind, Route, RouteEntry, Scheme, SettingsEntry,
+    IdentityEntry, Route, RouteEntry, Scheme, SettingsEntry,
 };
 pub use duration::parse_duration;
 pub use env::{Env, EnvVars};
@@ -50,7 +50,7 @@ pub use exchange::{
     ACCESS_TOKEN_TYPE, Error as ExchangeError, ExchangeResponse, ID_TOKEN_TYPE, Intent, TOKEN_EXCHANGE_GRANT,
 };
 pub use http::{Error as HttpError, HttpClient, is_loopback_url};
-pub use identity::{Error as IdentityError, SubjectToken, fetch_subject};
+pub use identity::{Error as IdentityError, Presence as IdentityPresence, SubjectToken, fetch_subject};
 pub use jwt::{Claims as UnverifiedClaims, peek_claims};
 pub use redact::{
     REDACTED, clip, contains_jwt, redact_tokens, sanitize_for_terminal, sanitize_keeping_lines, scan_for_jwts,

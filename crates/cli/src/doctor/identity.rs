@@ -1,19 +1,15 @@
 //! The identity sources: whether each can give a subject token here, checked cheaply
 //! (variables set, file readable, command on PATH), and the claims of the token where
 //! reading it costs nothing (files and variables). The token itself is never shown.
-//! GitHub Actions' needs a request to its OIDC endpoint: only with `--fetch-identity`.
-
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+//! A token that costs a request or a run (GitHub Actions, commands) is fetched only with
+//! `--fetch-identity`.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use mayfly_core::{Config, Env, EnvVars, IdentityConfig, IdentityKind, peek_claims};
+use mayfly_core::{Config, Env, IdentityConfig, IdentityPresence, peek_claims};
 use serde_json::Value;
 
 use super::finding::{Finding, Severity};
-use super::scope::{Contents, read};
-use super::urls::Url;
 
 /// Claims about where a CI token comes from, shown when present.
 const CI_CLAIMS: [&str; 14] = [
@@ -68,8 +64,11 @@ pub(crate) fn check(env: &Env, config: Option<&Config>, fetch: bool, findings: &
         }
         sources.push(source);
     }
-    if configured.is_empty() && env.get(EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL).is_some() {
-        sources.push(github_actions(None, None, None, env, fetch).0);
+    if configured.is_empty()
+        && let Some(offered) = IdentityConfig::detect(env)
+    {
+        let (source, _) = examine(&offered, env, fetch);
+        sources.push(Source { name: None, ..source });
     }
     sources
 }
@@ -91,76 +90,34 @@ fn problems(name: &str, source: &Source, unavailable: Option<String>, now: i64) 
     findings
 }
 
-/// A configured source, and what keeps it from giving a token, if anything.
+/// A source, and what keeps it from giving a token, if anything. A token read at no cost
+/// (a file, a variable) shows its claims; one that costs a request or a run (GitHub
+/// Actions, a command) is fetched only when asked.
 fn examine(identity: &IdentityConfig, env: &Env, fetch: bool) -> (Source, Option<String>) {
-    let name = Some(identity.name.clone());
-    let audience = identity.audience.as_deref();
-    let source =
-        |kind, origin: String, available, claims| Source { name: name.clone(), kind, origin, available, claims };
-    match &identity.kind {
-        IdentityKind::GitHubActions { request_url } => {
-            github_actions(name.clone(), request_url.as_deref(), audience, env, fetch)
-        }
-        IdentityKind::File { path } => {
-            let origin = path.display().to_string();
-            match read(path) {
-                Contents::Text(text) => (source("file", origin, true, claims(text.trim())), None),
-                Contents::Missing => (source("file", origin, false, None), Some("the file does not exist".into())),
-                Contents::Unreadable(why) => {
-                    (source("file", origin, false, None), Some(format!("cannot read it: {why}")))
-                }
-            }
-        }
-        IdentityKind::Env { var } => match env.get(var) {
-            Some(token) => (source("env", var.clone(), true, claims(token.trim())), None),
-            None => (source("env", var.clone(), false, None), Some(format!("`{var}` is not set here"))),
-        },
-        IdentityKind::Command { argv } => {
-            let program = &argv[0];
-            let found = on_path(program, env);
-            let problem = (!found).then(|| format!("`{program}` is not on PATH"));
-            (source("command", program.clone(), found, None), problem)
-        }
-        _ => (source("unknown", String::new(), false, None), None),
-    }
-}
-
-/// GitHub Actions: available when the job's request URL and token are set (the job has
-/// `permissions: id-token: write`); a token is fetched only when asked.
-fn github_actions(
-    name: Option<String>,
-    request_url: Option<&str>,
-    audience: Option<&str>,
-    env: &Env,
-    fetch: bool,
-) -> (Source, Option<String>) {
-    let url = request_url.or(env.get(EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL));
-    let bearer = env.get(EnvVars::ACTIONS_ID_TOKEN_REQUEST_TOKEN);
-    let origin = url.and_then(Url::split).map_or_else(|| "(no request URL)".into(), |u| u.host.to_owned());
-    let mut source = Source { name, kind: "github-actions", origin, available: false, claims: None };
-    if url.is_none() || bearer.is_none() {
-        let problem = "`ACTIONS_ID_TOKEN_REQUEST_URL` and `ACTIONS_ID_TOKEN_REQUEST_TOKEN` are not set: run in a GitHub Actions job with `permissions: id-token: write`";
-        return (source, Some(problem.into()));
-    }
-    source.available = true;
-    if !fetch {
-        return (source, None);
-    }
-    let identity = IdentityConfig {
-        name: source.name.clone().unwrap_or_else(|| "github-actions".into()),
-        kind: IdentityKind::GitHubActions { request_url: request_url.map(str::to_owned) },
-        audience: audience.map(str::to_owned),
+    let mut source = Source {
+        name: Some(identity.name.clone()),
+        kind: identity.kind(),
+        origin: identity.origin(env),
+        available: true,
+        claims: None,
     };
-    match mayfly_core::fetch_subject(&identity, env).map_err(|e| mayfly_core::protocol::one_line(&e)) {
-        Ok(subject) => {
-            source.claims = claims(subject.token.expose());
-            (source, None)
+    let problem = match identity.look(env) {
+        IdentityPresence::Token(token) => {
+            source.claims = claims(token.expose());
+            None
         }
-        Err(why) => {
-            source.available = false;
-            (source, Some(format!("fetching a token failed: {why}")))
-        }
-    }
+        IdentityPresence::Ready if fetch => match mayfly_core::fetch_subject(identity, env) {
+            Ok(subject) => {
+                source.claims = claims(subject.token.expose());
+                None
+            }
+            Err(e) => Some(format!("fetching a token failed: {}", mayfly_core::protocol::one_line(&e))),
+        },
+        IdentityPresence::Ready => None,
+        IdentityPresence::Absent(why) => Some(why),
+    };
+    source.available = problem.is_none();
+    (source, problem)
 }
 
 /// The claims of a JWT; `None` for anything else (an opaque token has none to show).
@@ -199,20 +156,6 @@ fn scalar(value: &Value) -> Option<String> {
     }
 }
 
-/// True when the program would be found: a path that is an executable file, or a name
-/// found in a `PATH` directory.
-fn on_path(program: &str, env: &Env) -> bool {
-    let executable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    if program.contains('/') {
-        return executable(Path::new(program));
-    }
-    env.get(mayfly_core::EnvVars::PATH)
-        .unwrap_or_default()
-        .split(':')
-        .filter(|d| !d.is_empty())
-        .any(|d| executable(&Path::new(d).join(program)))
-}
-
 pub(crate) fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
@@ -222,6 +165,8 @@ pub(crate) fn rfc3339(unix: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn jwt(payload: &str) -> String {

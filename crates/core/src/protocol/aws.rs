@@ -5,6 +5,7 @@
 
 use std::io::Write;
 
+use crate::protocol::{Refusal, Reply};
 use crate::{Env, Operation, Process, Target};
 
 /// The `mayfly-aws-credential` binary.
@@ -22,27 +23,41 @@ Wire it in ~/.aws/config:
 
 /// Runs one invocation; returns the exit code.
 pub fn serve(args: &[String], stdout: &mut dyn Write, env: Env, ancestry: &dyn Fn() -> Vec<Process>) -> i32 {
-    let result = match args {
-        [name] => {
-            Target::aws(name).map_err(|_| format!("`{}` is not a route name", crate::sanitize_for_terminal(name)))
+    let target = match args {
+        [name] => match Target::aws(name) {
+            Ok(target) => target,
+            Err(_) => {
+                let why = format!("`{}` is not a route name", crate::sanitize_for_terminal(name));
+                return refuse(&Refusal::Failed(why), None).write(stdout);
+            }
+        },
+        _ => {
+            let usage = "usage: mayfly-aws-credential ROUTE (the name of an aws route in the mayfly config)";
+            return refuse(&Refusal::Unsupported(usage.into()), None).write(stdout);
         }
-        _ => Err("usage: mayfly-aws-credential ROUTE (the name of an aws route in the mayfly config)".into()),
-    }
-    .and_then(|target| {
-        crate::protocol::token_for(&target, &|_| Operation::Read, env, ancestry)?
-            .ok_or_else(|| format!("no aws route named `{}` in the mayfly config", target.host))
-    })
-    .and_then(|issued| {
-        let mut document = issued.token.expose().as_bytes().to_vec();
-        document.push(b'\n');
-        stdout.write_all(&document).and_then(|()| stdout.flush()).map_err(|e| e.to_string())
-    });
-    match result {
+    };
+    let issued = match crate::protocol::token_for(&target, &|_| Operation::Read, env, ancestry) {
+        Ok(issued) => issued,
+        Err(refusal) => return refuse(&refusal, Some(&target)).write(stdout),
+    };
+    let mut document = issued.token.expose().as_bytes().to_vec();
+    document.push(b'\n');
+    match stdout.write_all(&document).and_then(|()| stdout.flush()) {
         Ok(()) => 0,
-        Err(message) => {
-            crate::protocol::warn(&message);
-            1
-        }
+        Err(e) => refuse(&Refusal::Failed(e.to_string()), Some(&target)).write(stdout),
+    }
+}
+
+/// How the AWS SDKs are answered without a token. `credential_process` has no "not
+/// found": any exit but 0 fails the profile and shows stderr, so every refusal is one
+/// line there, and a route name no route has is named in it.
+fn refuse(refusal: &Refusal, route: Option<&Target>) -> Reply {
+    match refusal {
+        Refusal::NotOurs | Refusal::NeedsPath { .. } => Reply::line(format!(
+            "no aws route named `{}` in the mayfly config",
+            route.map_or("", |target| target.host.as_str())
+        )),
+        Refusal::Refused { .. } | Refusal::Failed(_) | Refusal::Unsupported(_) => Reply::line(refusal.to_string()),
     }
 }
 
@@ -77,5 +92,23 @@ mod tests {
         let err = parse_sts_answer(403, body.as_bytes()).unwrap_err();
         assert_eq!(err.to_string(), "exchange `aws` refused: AccessDenied: no");
         assert!(parse_sts_answer(200, b"<html>proxy</html>").is_err());
+    }
+
+    #[test]
+    fn each_refusal_is_one_line_and_exit_1() {
+        let target = Target::aws("deploy").unwrap();
+        let answers: Vec<Reply> =
+            crate::protocol::every_refusal().iter().map(|refusal| refuse(refusal, Some(&target))).collect();
+        let no_route = Reply::line("no aws route named `deploy` in the mayfly config");
+        assert_eq!(
+            answers,
+            [
+                no_route.clone(),
+                no_route,
+                Reply::line("no token for https://h.example/org/app (git write): route `r` does not allow write"),
+                Reply::line("the request is malformed"),
+                Reply::line("unknown action"),
+            ]
+        );
     }
 }

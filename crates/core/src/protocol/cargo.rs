@@ -11,7 +11,7 @@ use std::io::{BufRead, Read, Write};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::protocol::Answer;
+use crate::protocol::{Answer, Refusal};
 use crate::{Env, Issued, Operation, Process, Scheme, Target, Tool};
 
 /// Longest request line read.
@@ -81,8 +81,10 @@ pub fn serve(
             Err(_) => return 1,
         }
         let answer = match serde_json::from_slice::<Request>(&line) {
-            Ok(request) => answer(request, &env, ancestry),
-            Err(_) => failure("cargo's request is not a credential request of protocol version 1"),
+            Ok(request) => answer(request, &env, ancestry).unwrap_or_else(|refusal| refuse(&refusal)),
+            Err(_) => {
+                refuse(&Refusal::Failed("cargo's request is not a credential request of protocol version 1".into()))
+            }
         };
         if write_line(stdout, &answer).is_err() {
             return 1;
@@ -97,20 +99,26 @@ fn write_line(stdout: &mut dyn Write, value: &Value) -> std::io::Result<()> {
     stdout.flush()
 }
 
-/// `{"Err":{"kind":"other",...}}`: cargo shows the message and stops.
-fn failure(message: &str) -> Value {
-    json!({"Err": {"kind": "other", "message": crate::sanitize_for_terminal(message)}})
+/// How cargo is answered without a token. `url-not-supported` lets cargo ask the
+/// registry's next provider; `operation-not-supported` says mayfly does not do what was
+/// asked; anything else is `other`, whose message cargo shows as it stops.
+fn refuse(refusal: &Refusal) -> Value {
+    match refusal {
+        Refusal::NotOurs | Refusal::NeedsPath { .. } => json!({"Err": {"kind": "url-not-supported"}}),
+        Refusal::Unsupported(_) => json!({"Err": {"kind": "operation-not-supported"}}),
+        Refusal::Refused { .. } | Refusal::Failed(_) => {
+            json!({"Err": {"kind": "other", "message": crate::sanitize_for_terminal(&refusal.to_string())}})
+        }
+    }
 }
 
-fn answer(request: Request, env: &Env, ancestry: &dyn Fn() -> Vec<Process>) -> Value {
+fn answer(request: Request, env: &Env, ancestry: &dyn Fn() -> Vec<Process>) -> Result<Value, Refusal> {
     if request.v != 1 {
-        return failure(&format!("unsupported credential protocol version {}", request.v));
+        return Err(Refusal::Failed(format!("unsupported credential protocol version {}", request.v)));
     }
     let index = request.registry.index_url.strip_prefix("sparse+").unwrap_or(&request.registry.index_url);
     let url = crate::target::strict_url(index);
-    let Some((url, host)) = url.and_then(|u| crate::target::host_port(&u).map(|h| (u, h))) else {
-        return json!({"Err": {"kind": "url-not-supported"}});
-    };
+    let (url, host) = url.and_then(|u| crate::target::host_port(&u).map(|h| (u, h))).ok_or(Refusal::NotOurs)?;
     match request.action {
         Action::Get { operation, name } => {
             let operation = match operation.as_str() {
@@ -118,28 +126,30 @@ fn answer(request: Request, env: &Env, ancestry: &dyn Fn() -> Vec<Process>) -> V
                 "publish" => Operation::Publish,
                 "yank" | "unyank" => Operation::Yank,
                 "owners" => Operation::Owners,
-                _ => return json!({"Err": {"kind": "operation-not-supported"}}),
+                other => {
+                    let why = format!("unknown operation `{}`", crate::sanitize_for_terminal(other));
+                    return Err(Refusal::Unsupported(why));
+                }
             };
             // Reads are registry-wide; the rest are for one crate.
             let krate = name.filter(|_| operation != Operation::Read);
-            let Ok(target) = Target::new(Tool::Cargo, url.scheme(), &host, krate.as_deref()) else {
-                return json!({"Err": {"kind": "url-not-supported"}});
-            };
-            match crate::protocol::answer_for(&target, &|_| operation, env.clone(), ancestry) {
-                Ok(Answer::Token(issued)) => token_answer(&issued),
-                Ok(Answer::NoTokenNeeded) => no_read_token(),
-                Ok(Answer::NoRoute) => json!({"Err": {"kind": "url-not-supported"}}),
-                Err(message) => failure(&message),
+            let target =
+                Target::new(Tool::Cargo, url.scheme(), &host, krate.as_deref()).map_err(|_| Refusal::NotOurs)?;
+            match crate::protocol::answer_for(&target, &|_| operation, env.clone(), ancestry)? {
+                Answer::Token(issued) => Ok(token_answer(&issued)),
+                Answer::NoTokenNeeded => Ok(no_read_token()),
             }
         }
-        Action::Login => failure("mayfly mints a token for each request: there is nothing to log in with"),
+        Action::Login => {
+            Err(Refusal::Failed("mayfly mints a token for each request: there is nothing to log in with".into()))
+        }
         Action::Logout => {
             if let Ok(target) = Target::new(Tool::Cargo, url.scheme(), &host, None) {
                 let _ = crate::protocol::erase(&target, env.clone(), ancestry);
             }
-            json!({"Ok": {"kind": "logout"}})
+            Ok(json!({"Ok": {"kind": "logout"}}))
         }
-        Action::Unknown => json!({"Err": {"kind": "operation-not-supported"}}),
+        Action::Unknown => Err(Refusal::Unsupported("unknown request kind".into())),
     }
 }
 
@@ -236,5 +246,21 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(serve(&[], &mut &b""[..], &mut out, Env::default(), &Vec::new), 1);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn each_refusal_gets_cargos_error_kind() {
+        let other = |message: &str| json!({"Err": {"kind": "other", "message": message}});
+        let answers: Vec<Value> = crate::protocol::every_refusal().iter().map(refuse).collect();
+        assert_eq!(
+            answers,
+            [
+                json!({"Err": {"kind": "url-not-supported"}}),
+                json!({"Err": {"kind": "url-not-supported"}}),
+                other("no token for https://h.example/org/app (git write): route `r` does not allow write"),
+                other("the request is malformed"),
+                json!({"Err": {"kind": "operation-not-supported"}}),
+            ]
+        );
     }
 }

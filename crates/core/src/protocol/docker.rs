@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 
 use serde_json::json;
 
+use crate::protocol::{Refusal, Reply};
 use crate::{Env, Process, Target, Tool, infer_oci_operation};
 
 /// The not-found answer clients compare against, byte for byte.
@@ -38,61 +39,69 @@ pub fn serve(
     env: Env,
     ancestry: &dyn Fn() -> Vec<Process>,
 ) -> i32 {
-    // Not a request of the protocol: one line on stderr, nothing on its channel.
     let [action] = args else {
-        crate::protocol::warn("usage: docker-credential-mayfly store|get|erase|list|version");
-        return 1;
+        return refuse(&Refusal::Unsupported("usage: docker-credential-mayfly store|get|erase|list|version".into()))
+            .write(stdout);
     };
     if !["get", "erase", "store", "list", "version", "--version", "-v"].contains(&action.as_str()) {
-        crate::protocol::warn(&format!(
-            "unknown action `{}` (store, get, erase, list or version)",
-            crate::sanitize_for_terminal(action)
-        ));
-        return 1;
+        let why =
+            format!("unknown action `{}` (store, get, erase, list or version)", crate::sanitize_for_terminal(action));
+        return refuse(&Refusal::Unsupported(why)).write(stdout);
     }
     let mut input = String::new();
     let read = stdin.take(MAX_INPUT).read_to_string(&mut input);
     let _ = std::io::copy(stdin, &mut std::io::sink());
-    let (code, answer) = match action.as_str() {
-        "get" if read.is_err() => (1, "server URL is not UTF-8".to_owned()),
+    let answer = match action.as_str() {
+        "get" if read.is_err() => Err(Refusal::Failed("server URL is not UTF-8".into())),
         "get" => get(input.trim(), env, ancestry),
         "erase" => {
             if let Some(target) = parse_server(input.trim()) {
                 let _ = crate::protocol::erase(&target, env, ancestry);
             }
-            (0, String::new())
+            Ok(String::new())
         }
-        "store" => (
-            1,
+        "store" => Err(Refusal::Failed(
             "mayfly mints a token for each request and never stores one; remove this registry from `docker login`"
                 .into(),
-        ),
-        "list" => (0, "{}".into()),
+        )),
+        "list" => Ok("{}".into()),
         // `version`, `--version` or `-v`: the only actions left.
-        _ => (0, concat!("docker-credential-mayfly (mayfly) ", env!("CARGO_PKG_VERSION")).into()),
+        _ => Ok(concat!("docker-credential-mayfly (mayfly) ", env!("CARGO_PKG_VERSION")).into()),
     };
-    if code != 0 && answer != NOT_FOUND {
-        crate::protocol::warn(&answer);
+    match answer {
+        Ok(answer) if answer.is_empty() => 0,
+        Ok(answer) => {
+            let _ = writeln!(stdout, "{answer}");
+            0
+        }
+        Err(refusal) => refuse(&refusal).write(stdout),
     }
-    if !answer.is_empty() {
-        let _ = writeln!(stdout, "{answer}");
-    }
-    code
 }
 
-fn get(server: &str, env: Env, ancestry: &dyn Fn() -> Vec<Process>) -> (i32, String) {
-    if server.is_empty() {
-        return (1, "no credentials server URL".into());
-    }
-    let Some(target) = parse_server(server) else { return (1, NOT_FOUND.into()) };
-    match crate::protocol::token_for(&target, &|chain| infer_oci_operation(chain), env, ancestry) {
-        Ok(Some(issued)) => {
-            let answer = json!({"ServerURL": server, "Username": issued.username, "Secret": issued.token.expose()});
-            (0, answer.to_string())
+/// How docker's clients are answered without a token. [`NOT_FOUND`] is the one text
+/// every client reads as "no credentials" (and goes on without them); other errors go on
+/// stdout, the protocol's channel, and as one line on stderr. What is not a request of
+/// the protocol gets the stderr line only.
+fn refuse(refusal: &Refusal) -> Reply {
+    match refusal {
+        Refusal::NotOurs | Refusal::NeedsPath { .. } => {
+            Reply { code: 1, stdout: format!("{NOT_FOUND}\n"), stderr: None }
         }
-        Ok(None) => (1, NOT_FOUND.into()),
-        Err(message) => (1, message),
+        Refusal::Refused { .. } | Refusal::Failed(_) => {
+            let line = refusal.to_string();
+            Reply { code: 1, stdout: format!("{line}\n"), stderr: Some(line) }
+        }
+        Refusal::Unsupported(_) => Reply::line(refusal.to_string()),
     }
+}
+
+fn get(server: &str, env: Env, ancestry: &dyn Fn() -> Vec<Process>) -> Result<String, Refusal> {
+    if server.is_empty() {
+        return Err(Refusal::Failed("no credentials server URL".into()));
+    }
+    let target = parse_server(server).ok_or(Refusal::NotOurs)?;
+    let issued = crate::protocol::token_for(&target, &|chain| infer_oci_operation(chain), env, ancestry)?;
+    Ok(json!({"ServerURL": server, "Username": issued.username, "Secret": issued.token.expose()}).to_string())
 }
 
 /// `host[:port]`, `https://host[:port][/...]` (docker CLI; the path is ignored) or
@@ -162,5 +171,22 @@ mod tests {
         for bad in ["ftp://r", "r\u{1b}x", "a@b", "r/../x"] {
             assert!(parse_server(bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn each_refusal_gets_the_answer_docker_clients_read() {
+        let both = |line: &str| Reply { code: 1, stdout: format!("{line}\n"), stderr: Some(line.into()) };
+        let not_found = Reply { code: 1, stdout: format!("{NOT_FOUND}\n"), stderr: None };
+        let answers: Vec<Reply> = crate::protocol::every_refusal().iter().map(refuse).collect();
+        assert_eq!(
+            answers,
+            [
+                not_found.clone(),
+                not_found,
+                both("no token for https://h.example/org/app (git write): route `r` does not allow write"),
+                both("the request is malformed"),
+                Reply::line("unknown action"),
+            ]
+        );
     }
 }

@@ -11,7 +11,8 @@ use std::io::{Read, Write};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use crate::{Broker, BrokerError, Env, Issued, Process, Resolution, Scheme, Secret, Target, Tool, infer_git_operation};
+use crate::protocol::{Refusal, Reply};
+use crate::{Env, Issued, Process, Scheme, Secret, Target, Tool, infer_git_operation};
 
 /// Longest line git may send, LF included.
 pub const MAX_LINE: usize = 65535;
@@ -267,12 +268,13 @@ pub fn serve(
     let mut input = Vec::new();
     // Read to EOF so git never sees EPIPE, but keep only what we may parse.
     if stdin.take(MAX_INPUT as u64 + 1).read_to_end(&mut input).is_err() {
-        crate::protocol::warn("git credential request: cannot read stdin");
-        return 1;
+        return refuse(&Refusal::Failed("git credential request: cannot read stdin".into())).write(stdout);
     }
     let _ = std::io::copy(stdin, &mut std::io::sink());
-    if matches!(action, Action::Store | Action::Unknown) {
-        return 0;
+    match action {
+        Action::Store => return 0,
+        Action::Unknown => return refuse(&Refusal::Unsupported("unknown action".into())).write(stdout),
+        Action::Get | Action::Erase => {}
     }
     match handle(action, &input, env, ancestry) {
         Ok(None) => 0,
@@ -280,21 +282,25 @@ pub fn serve(
             Ok(()) => 0,
             Err(_) => 1,
         },
-        Err(Failure { message, quit }) => {
-            crate::protocol::warn(&message);
-            if quit {
-                // We own this target: stop git from falling through to other helpers or
-                // a prompt, which might hand over a long-lived credential instead.
-                let _ = stdout.write_all(b"quit=1\n");
-            }
-            1
-        }
+        Err(refusal) => refuse(&refusal).write(stdout),
     }
 }
 
-struct Failure {
-    message: String,
-    quit: bool,
+/// How git is answered without a token. git ignores a helper's exit code and uses
+/// whatever it printed, so stdout is what counts: nothing lets the next helper (or git's
+/// prompt) answer; `quit=1` stops git for a target a route serves, so no stored long-lived
+/// credential or prompt stands in for the token mayfly refused.
+fn refuse(refusal: &Refusal) -> Reply {
+    let quit = |line: String| Reply { code: 1, stdout: "quit=1\n".into(), stderr: Some(line) };
+    match refusal {
+        // git's own rule for what a helper does not know: silence and exit 0.
+        Refusal::NotOurs | Refusal::Unsupported(_) => Reply::default(),
+        Refusal::NeedsPath { target } => quit(format!(
+            "git did not send the repository path for {target}; tokens are bound to one repository, so set `git config --global credential.{target}.useHttpPath true`"
+        )),
+        Refusal::Refused { .. } => quit(refusal.to_string()),
+        Refusal::Failed(_) => Reply::line(refusal.to_string()),
+    }
 }
 
 fn handle(
@@ -302,39 +308,25 @@ fn handle(
     input: &[u8],
     env: Env,
     ancestry: &dyn Fn() -> Vec<Process>,
-) -> Result<Option<Vec<u8>>, Failure> {
-    let refuse = |message: String| Failure { message, quit: false };
-    let request = parse(input).map_err(|e| refuse(format!("git credential request refused: {e}")))?;
+) -> Result<Option<Vec<u8>>, Refusal> {
+    let malformed = |e: &dyn std::fmt::Display| Refusal::Failed(format!("git credential request refused: {e}"));
+    let request = parse(input).map_err(|e| malformed(&e))?;
     let target = match Target::new(Tool::Git, &request.protocol, &request.host, request.path.as_deref()) {
         Ok(target) => target,
-        Err(crate::TargetError::Protocol(_)) => return Ok(None), // ssh, cert ...: not ours
-        Err(e) => return Err(refuse(format!("git credential request refused: {e}"))),
+        Err(crate::TargetError::Protocol(_)) => return Err(Refusal::NotOurs), // ssh, cert ...
+        Err(e) => return Err(malformed(&e)),
     };
-    let broker = Broker::from_env(env).map_err(|e| refuse(crate::protocol::one_line(&e)))?;
-    let route = match broker.resolve(&target) {
-        Resolution::NoRoute => return Ok(None),
-        Resolution::NeedsPath => {
-            return Err(Failure {
-                message: format!(
-                    "git did not send the repository path for {0}; tokens are bound to one repository, so set `git config --global credential.{0}.useHttpPath true`",
-                    target.display()
-                ),
-                quit: true,
-            });
-        }
-        Resolution::Route(route) => route,
-    };
+    let broker = crate::protocol::broker(env)?;
+    let route = crate::protocol::route(&broker, &target)?;
     let chain = ancestry();
     if action == Action::Erase {
         broker.erase(route, &target, &chain);
         return Ok(None);
     }
     let operation = infer_git_operation(&chain);
-    let issued = broker.token(route, &target, operation, &chain).map_err(|e: BrokerError| Failure {
-        message: format!("no token for {} ({operation}): {}", target.display(), crate::protocol::one_line(&e)),
-        quit: true,
-    })?;
-    answer(&request, &issued).map(Some).map_err(|e| Failure { message: e.to_string(), quit: true })
+    let refused = |reason: String| Refusal::refused(&target, operation, reason);
+    let issued = broker.token(route, &target, operation, &chain).map_err(|e| refused(crate::protocol::one_line(&e)))?;
+    answer(&request, &issued).map(Some).map_err(|e| refused(e.to_string()))
 }
 
 #[cfg(test)]

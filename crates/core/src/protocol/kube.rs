@@ -11,6 +11,7 @@ use std::io::Write;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::protocol::{Refusal, Reply};
 use crate::{Env, EnvVars, Operation, Process, Target, Tool};
 
 /// API versions client-go accepts from exec plugins.
@@ -53,87 +54,96 @@ Wire it in a kubeconfig user:
 
 /// Runs one plugin invocation; returns the exit code.
 pub fn serve(args: &[String], stdout: &mut dyn Write, env: Env, ancestry: &dyn Fn() -> Vec<Process>) -> i32 {
-    match handle(args, &env, ancestry).and_then(|answer| {
-        let mut line = serde_json::to_vec(&answer).map_err(|e| e.to_string())?;
-        line.push(b'\n');
-        stdout.write_all(&line).and_then(|()| stdout.flush()).map_err(|e| e.to_string())
-    }) {
+    let (api_version, target) = match request(args, &env) {
+        Ok(request) => request,
+        Err(refusal) => return refuse(&refusal, None).write(stdout),
+    };
+    let issued = match crate::protocol::token_for(&target, &|_| Operation::Read, env.clone(), ancestry) {
+        Ok(issued) => issued,
+        Err(refusal) => return refuse(&refusal, Some(&target)).write(stdout),
+    };
+    let mut status = json!({"token": issued.token.expose()});
+    if let Some(expiry) = issued.expires_at {
+        status["expirationTimestamp"] = json!(crate::audit::rfc3339(expiry - EXPIRY_SKEW_SECS));
+    }
+    let answer = json!({"apiVersion": api_version, "kind": "ExecCredential", "status": status});
+    let mut line = answer.to_string().into_bytes();
+    line.push(b'\n');
+    match stdout.write_all(&line).and_then(|()| stdout.flush()) {
         Ok(()) => 0,
-        Err(message) => {
-            crate::protocol::warn(&message);
-            1
-        }
+        Err(e) => refuse(&Refusal::Failed(e.to_string()), Some(&target)).write(stdout),
     }
 }
 
-fn handle(args: &[String], env: &Env, ancestry: &dyn Fn() -> Vec<Process>) -> Result<serde_json::Value, String> {
+/// How client-go is answered without a token. An exec plugin has no "not found": any
+/// exit but 0 fails the request and shows stderr, so every refusal is one line there, a
+/// cluster no route serves included (an empty credential would be sent as is).
+fn refuse(refusal: &Refusal, cluster: Option<&Target>) -> Reply {
+    match refusal {
+        Refusal::NotOurs | Refusal::NeedsPath { .. } => Reply::line(format!(
+            "no mayfly route for kubectl cluster {}",
+            cluster.map_or_else(String::new, Target::display)
+        )),
+        Refusal::Refused { .. } | Refusal::Failed(_) | Refusal::Unsupported(_) => Reply::line(refusal.to_string()),
+    }
+}
+
+/// The `apiVersion` to answer in and the cluster the token is for.
+fn request(args: &[String], env: &Env) -> Result<(String, Target), Refusal> {
+    let not_exec_credential = || Refusal::Failed("KUBERNETES_EXEC_INFO is not an ExecCredential".into());
     let info = match env.get(EnvVars::KUBERNETES_EXEC_INFO) {
         Some(raw) if raw.len() > MAX_EXEC_INFO => {
-            return Err("KUBERNETES_EXEC_INFO is too large".into());
+            return Err(Refusal::Failed("KUBERNETES_EXEC_INFO is too large".into()));
         }
-        Some(raw) => Some(
-            serde_json::from_str::<ExecInfo>(raw)
-                .map_err(|_| "KUBERNETES_EXEC_INFO is not an ExecCredential".to_owned())?,
-        ),
+        Some(raw) => Some(serde_json::from_str::<ExecInfo>(raw).map_err(|_| not_exec_credential())?),
         None => None,
     };
     if info.as_ref().and_then(|i| i.kind.as_deref()).is_some_and(|k| k != "ExecCredential") {
-        return Err("KUBERNETES_EXEC_INFO is not an ExecCredential".into());
+        return Err(not_exec_credential());
     }
     let api_version = info.as_ref().and_then(|i| i.api_version.clone()).unwrap_or_else(|| API_VERSIONS[0].to_owned());
     if !API_VERSIONS.contains(&api_version.as_str()) {
-        return Err(format!(
+        return Err(Refusal::Failed(format!(
             "unsupported exec credential apiVersion `{}` (v1 or v1beta1)",
             crate::sanitize_for_terminal(&api_version)
-        ));
+        )));
     }
     let named = server_arg(args)?.map(|s| cluster(&s)).transpose()?;
     let talking_to = info.and_then(|i| i.spec?.cluster?.server).map(|s| cluster(&s)).transpose()?;
     // A token for the cluster `--server` names must not go to another one client-go is
     // talking to (a kubeconfig whose user entry is shared by several clusters).
-    let target = match (named, talking_to) {
-        (Some(named), Some(actual)) if named != actual => {
-            return Err(format!(
-                "`--server` names {} but kubectl is talking to {}: refusing to hand out a token for another cluster",
-                named.display(),
-                actual.display()
-            ));
-        }
-        (Some(target), _) | (None, Some(target)) => target,
-        (None, None) => {
-            return Err(
-                "no cluster server: set `provideClusterInfo: true` in the kubeconfig, or pass `--server URL`".into()
-            );
-        }
-    };
-    let issued = crate::protocol::token_for(&target, &|_| Operation::Read, env.clone(), ancestry)?
-        .ok_or_else(|| format!("no mayfly route for kubectl cluster {}", target.display()))?;
-    let mut status = json!({"token": issued.token.expose()});
-    if let Some(expiry) = issued.expires_at {
-        status["expirationTimestamp"] = json!(crate::audit::rfc3339(expiry - EXPIRY_SKEW_SECS));
+    match (named, talking_to) {
+        (Some(named), Some(actual)) if named != actual => Err(Refusal::Failed(format!(
+            "`--server` names {} but kubectl is talking to {}: refusing to hand out a token for another cluster",
+            named.display(),
+            actual.display()
+        ))),
+        (Some(target), _) | (None, Some(target)) => Ok((api_version, target)),
+        (None, None) => Err(Refusal::Failed(
+            "no cluster server: set `provideClusterInfo: true` in the kubeconfig, or pass `--server URL`".into(),
+        )),
     }
-    Ok(json!({"apiVersion": api_version, "kind": "ExecCredential", "status": status}))
 }
 
 /// The normalised target of a cluster server URL.
-fn cluster(server: &str) -> Result<Target, String> {
-    let invalid = || format!("invalid cluster server `{}`", crate::sanitize_for_terminal(server));
+fn cluster(server: &str) -> Result<Target, Refusal> {
+    let invalid = || Refusal::Failed(format!("invalid cluster server `{}`", crate::sanitize_for_terminal(server)));
     let url = crate::target::strict_url(server).ok_or_else(invalid)?;
     let host = crate::target::host_port(&url).ok_or_else(invalid)?;
-    Target::new(Tool::Kubectl, url.scheme(), &host, None).map_err(|e| e.to_string())
+    Target::new(Tool::Kubectl, url.scheme(), &host, None).map_err(|e| Refusal::Failed(e.to_string()))
 }
 
 /// `--server URL` or `--server=URL`, the only argument the plugin takes.
-fn server_arg(args: &[String]) -> Result<Option<String>, String> {
+fn server_arg(args: &[String]) -> Result<Option<String>, Refusal> {
     match args {
         [] => Ok(None),
         [flag, url] if flag == "--server" => Ok(Some(url.clone())),
-        [flag] if flag == "--server" => Err("`--server` needs a URL".into()),
+        [flag] if flag == "--server" => Err(Refusal::Failed("`--server` needs a URL".into())),
         [arg] if arg.starts_with("--server=") => Ok(Some(arg["--server=".len()..].to_owned())),
-        _ => Err(format!(
+        _ => Err(Refusal::Unsupported(format!(
             "unknown arguments `{}` (expected `--server URL`)",
             crate::sanitize_for_terminal(&args.join(" "))
-        )),
+        ))),
     }
 }
 
@@ -183,5 +193,23 @@ mod tests {
         let info = r#"{"apiVersion":"client.authentication.k8s.io/v1beta1","kind":"ExecCredential","spec":{"cluster":{"server":"https://k8s.example.com:6443"}}}"#;
         let (code, out) = run(&[], Some(info));
         assert_eq!((code, out.len()), (1, 0));
+    }
+
+    #[test]
+    fn each_refusal_is_one_line_and_exit_1() {
+        let target = cluster("https://k8s.example.com:6443").unwrap();
+        let answers: Vec<Reply> =
+            crate::protocol::every_refusal().iter().map(|refusal| refuse(refusal, Some(&target))).collect();
+        let no_route = Reply::line("no mayfly route for kubectl cluster https://k8s.example.com:6443");
+        assert_eq!(
+            answers,
+            [
+                no_route.clone(),
+                no_route,
+                Reply::line("no token for https://h.example/org/app (git write): route `r` does not allow write"),
+                Reply::line("the request is malformed"),
+                Reply::line("unknown action"),
+            ]
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The hook protocols, each a function over injected I/O. Binaries only wire them to
-//! stdin, stdout and the process exit code.
+//! stdin, stdout and the process exit code. A request that gets no token gets a
+//! [`Refusal`], which each protocol says in its tool's own words in one place.
 
 pub mod aws;
 pub mod cargo;
@@ -12,7 +13,7 @@ pub mod terraform;
 use std::error::Error;
 use std::io::{BufRead, Write};
 
-use crate::{Env, Process};
+use crate::{Broker, Env, Issued, Operation, Process, Resolution, Route, Target};
 
 /// A protocol over injected I/O: arguments, stdin, stdout, environment and ancestry in,
 /// the exit code out.
@@ -72,27 +73,124 @@ pub fn warn(message: &str) {
     let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
-/// Resolves a host-level target and gets its token; `Ok(None)` when no route serves it.
-/// The hooks other than git's share this: their requests name a tool and a host. The
-/// operation is decided from the process ancestry, which is read only once a route matched.
+/// Why a hook hands out no token. Each protocol answers every variant in its tool's own
+/// words, in one function (`refuse` in its module), so a refusal reads the same wherever
+/// it was decided, and a new variant makes every protocol decide how to say it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// No route serves the target, or the request names something mayfly never serves (an
+    /// `ssh` remote, a registry URL it cannot read): the tool's own "not found", so the
+    /// next helper, or the tool's own credentials, may answer.
+    #[error("no route serves it")]
+    NotOurs,
+    /// A route serves the host but binds its tokens to paths, and the request carries none
+    /// (git without `credential.useHttpPath`, a registry-wide request where routes name
+    /// packages). Only git can be told to send one; the other tools get their "not found".
+    #[error("no token for {target}: the request names no path, and the routes for it bind tokens to paths")]
+    NeedsPath {
+        /// The target, `https://host`.
+        target: String,
+    },
+    /// A route serves the target and no token can be had: fatal for it, so a tool that
+    /// chains helpers is told to stop rather than fall through to a long-lived credential.
+    #[error("no token for {target} ({} {}): {reason}", tool.as_str(), operation.as_str())]
+    Refused {
+        /// The target, `https://host/path`.
+        target: String,
+        /// The tool that asked.
+        tool: crate::Tool,
+        /// What it was about to do.
+        operation: Operation,
+        /// Why, one line without secrets.
+        reason: String,
+    },
+    /// The request cannot be served as asked: it is malformed, asks for something mayfly
+    /// never does (store a credential, log in), the config cannot be used, or the tool
+    /// could not be run. Nothing says a route serves the target, so helpers chained after
+    /// this one may still answer.
+    #[error("{0}")]
+    Failed(String),
+    /// Not a request this protocol serves: an unknown action or operation, or arguments
+    /// that make no request at all. The protocol's own word for it where it has one
+    /// (cargo's `operation-not-supported`, git's silence), else one line on stderr and
+    /// nothing on the tool's channel.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl Refusal {
+    /// A refusal of a target a route serves.
+    pub(crate) fn refused(target: &Target, operation: Operation, reason: impl Into<String>) -> Self {
+        Self::Refused { target: target.display(), tool: target.tool, operation, reason: reason.into() }
+    }
+}
+
+/// A hook's answer without a token: what goes on the tool's channel, the one `mayfly:`
+/// line for the user, and the exit code. Each protocol's `refuse` builds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Reply {
+    /// The exit code.
+    pub(crate) code: i32,
+    /// What goes on stdout, the tool's channel.
+    pub(crate) stdout: String,
+    /// The line for stderr, without the `mayfly: ` prefix.
+    pub(crate) stderr: Option<String>,
+}
+
+impl Reply {
+    /// One line on stderr, nothing on the tool's channel, and exit 1.
+    pub(crate) fn line(line: impl Into<String>) -> Self {
+        Self { code: 1, stdout: String::new(), stderr: Some(line.into()) }
+    }
+
+    /// Says it: the stderr line first, then the tool's channel; returns the exit code.
+    pub(crate) fn write(self, stdout: &mut dyn Write) -> i32 {
+        if let Some(line) = &self.stderr {
+            warn(line);
+        }
+        if !self.stdout.is_empty() {
+            // The exit code says it already; a tool that closed its end hears nothing more.
+            let _ = stdout.write_all(self.stdout.as_bytes()).and_then(|()| stdout.flush());
+        }
+        self.code
+    }
+}
+
+/// The broker of this invocation; a config that cannot be used fails the request.
+pub(crate) fn broker(env: Env) -> Result<Broker, Refusal> {
+    Broker::from_env(env).map_err(|e| Refusal::Failed(one_line(&e)))
+}
+
+/// The route that serves a target, or why none does.
+pub(crate) fn route<'a>(broker: &'a Broker, target: &Target) -> Result<&'a Route, Refusal> {
+    match broker.resolve(target) {
+        Resolution::NoRoute => Err(Refusal::NotOurs),
+        Resolution::NeedsPath => Err(Refusal::NeedsPath { target: target.display() }),
+        Resolution::Route(route) => Ok(route),
+    }
+}
+
+/// Resolves a host-level target and gets its token. The hooks other than git's share
+/// this: their requests name a tool and a host. The operation is decided from the
+/// process ancestry, which is read only once a route matched.
 pub(crate) fn token_for(
-    target: &crate::Target,
-    operation: &dyn Fn(&[crate::Process]) -> crate::Operation,
-    env: crate::Env,
-    ancestry: &dyn Fn() -> Vec<crate::Process>,
-) -> Result<Option<crate::Issued>, String> {
+    target: &Target,
+    operation: &dyn Fn(&[Process]) -> Operation,
+    env: Env,
+    ancestry: &dyn Fn() -> Vec<Process>,
+) -> Result<Issued, Refusal> {
     match answer_for(target, operation, env, ancestry)? {
-        Answer::Token(issued) => Ok(Some(issued)),
-        Answer::NoRoute | Answer::NoTokenNeeded => Ok(None),
+        Answer::Token(issued) => Ok(issued),
+        // These tools have no word for "you need none" but their "not found".
+        Answer::NoTokenNeeded => Err(Refusal::NotOurs),
     }
 }
 
 /// What a route gives a request.
 pub(crate) enum Answer {
     /// A token.
-    Token(crate::Issued),
-    /// No route serves the target.
-    NoRoute,
+    Token(Issued),
     /// A read on a route to a registry's own exchange (trusted publishing), which mints
     /// publish tokens only: the registry's index is public and reads need no token.
     NoTokenNeeded,
@@ -102,38 +200,91 @@ pub(crate) enum Answer {
 /// A publish, yank or owners change must name its package: a token for `*` would be
 /// one for every package.
 pub(crate) fn answer_for(
-    target: &crate::Target,
-    operation: &dyn Fn(&[crate::Process]) -> crate::Operation,
-    env: crate::Env,
-    ancestry: &dyn Fn() -> Vec<crate::Process>,
-) -> Result<Answer, String> {
-    use crate::Operation;
-    let broker = crate::Broker::from_env(env).map_err(|e| one_line(&e))?;
-    let crate::Resolution::Route(route) = broker.resolve(target) else { return Ok(Answer::NoRoute) };
+    target: &Target,
+    operation: &dyn Fn(&[Process]) -> Operation,
+    env: Env,
+    ancestry: &dyn Fn() -> Vec<Process>,
+) -> Result<Answer, Refusal> {
+    let broker = broker(env)?;
+    let route = route(&broker, target)?;
     let chain = ancestry();
     let operation = operation(&chain);
-    let refused = |why: &str| format!("no token for {} ({}): {why}", target.display(), target.tool.as_str());
     let publish_only = broker.config().exchanges.get(&route.exchange).is_some_and(|e| e.kind.mints_publish_only());
     match operation {
         Operation::Read if publish_only => return Ok(Answer::NoTokenNeeded),
         Operation::Publish | Operation::Yank | Operation::Owners if target.path.is_none() => {
-            return Err(refused("it names no package: run it in the package's directory, or name the package"));
+            let why = "it names no package: run it in the package's directory, or name the package";
+            return Err(Refusal::refused(target, operation, why));
         }
         _ => {}
     }
-    broker.token(route, target, operation, &chain).map(Answer::Token).map_err(|e| refused(&one_line(&e)))
+    let issued = broker.token(route, target, operation, &chain);
+    issued.map(Answer::Token).map_err(|e| Refusal::refused(target, operation, one_line(&e)))
 }
 
-/// Drops the cached tokens of a host-level target; true when a route serves it.
-pub(crate) fn erase(
-    target: &crate::Target,
-    env: crate::Env,
-    ancestry: &dyn Fn() -> Vec<crate::Process>,
-) -> Result<bool, String> {
-    let broker = crate::Broker::from_env(env).map_err(|e| one_line(&e))?;
-    let crate::Resolution::Route(route) = broker.resolve(target) else {
-        return Ok(false);
-    };
+/// Drops the cached tokens of a host-level target, or says why no route serves it.
+pub(crate) fn erase(target: &Target, env: Env, ancestry: &dyn Fn() -> Vec<Process>) -> Result<(), Refusal> {
+    let broker = broker(env)?;
+    let route = route(&broker, target)?;
     broker.erase(route, target, &ancestry());
-    Ok(true)
+    Ok(())
+}
+
+/// One refusal of each kind, for the protocols' tests of their answers.
+#[cfg(test)]
+pub(crate) fn every_refusal() -> Vec<Refusal> {
+    let all = vec![
+        Refusal::NotOurs,
+        Refusal::NeedsPath { target: "https://h.example".into() },
+        Refusal::Refused {
+            target: "https://h.example/org/app".into(),
+            tool: crate::Tool::Git,
+            operation: Operation::Write,
+            reason: "route `r` does not allow write".into(),
+        },
+        Refusal::Failed("the request is malformed".into()),
+        Refusal::Unsupported("unknown action".into()),
+    ];
+    // A new variant stops this from compiling until it is in the list above, so every
+    // protocol's test has to say how it is answered.
+    for refusal in &all {
+        match refusal {
+            Refusal::NotOurs
+            | Refusal::NeedsPath { .. }
+            | Refusal::Refused { .. }
+            | Refusal::Failed(_)
+            | Refusal::Unsupported(_) => {}
+        }
+    }
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_one_line_naming_target_tool_and_operation() {
+        let lines: Vec<String> = every_refusal().iter().map(Refusal::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "no route serves it",
+                "no token for https://h.example: the request names no path, and the routes for it bind tokens to paths",
+                "no token for https://h.example/org/app (git write): route `r` does not allow write",
+                "the request is malformed",
+                "unknown action",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_reply_writes_the_tools_channel_and_returns_its_code() {
+        let mut out = Vec::new();
+        assert_eq!(Reply { code: 1, stdout: "quit=1\n".into(), stderr: None }.write(&mut out), 1);
+        assert_eq!(out, b"quit=1\n");
+        let mut out = Vec::new();
+        assert_eq!(Reply::default().write(&mut out), 0);
+        assert!(out.is_empty());
+    }
 }

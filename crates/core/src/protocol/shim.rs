@@ -18,6 +18,7 @@ mod process;
 pub use phases::{Client, Plan, Runner, Step};
 pub use process::Processes;
 
+use crate::protocol::{Answer, Refusal, Reply};
 use crate::{Env, Issued, Operation, Process, Target, Tool};
 
 /// The npm registry when nothing names another.
@@ -88,7 +89,7 @@ pub struct Need {
 }
 
 /// Works out what a command line needs; `Ok(None)` when it needs no token.
-pub fn need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Option<Need>, String> {
+pub fn need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Option<Need>, Refusal> {
     match family {
         Family::Twine => twine_need(args, env),
         _ => npm_need(family, args, env, cwd),
@@ -157,7 +158,7 @@ const NPM_READS: [&str; 21] = [
     "search",
 ];
 
-fn npm_need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Option<Need>, String> {
+fn npm_need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Option<Need>, Refusal> {
     let words = positionals(args, NPM_VALUED);
     // `yarn npm publish` (berry) and `npm publish` alike; a bare `yarn` installs.
     let words: Vec<&str> =
@@ -170,11 +171,11 @@ fn npm_need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Op
             .iter()
             .any(|a| workspaces.iter().any(|w| a == w || a.strip_prefix(w).is_some_and(|r| r.starts_with('='))))
     {
-        return Err(format!(
+        return Err(Refusal::Failed(format!(
             "`{} {}` of workspaces: run it in the package's directory, so the shim packs that package and its scripts run without a token",
             family.name(),
             words[0]
-        ));
+        )));
     }
     let reading = match words.first() {
         None => family == Family::Yarn,
@@ -239,7 +240,7 @@ fn npm_registry(
     cwd: &Path,
     package: Option<&str>,
     publish_config: Option<String>,
-) -> Result<url::Url, String> {
+) -> Result<url::Url, Refusal> {
     let scope = package.and_then(|p| p.strip_prefix('@')).and_then(|p| p.split_once('/')).map(|(s, _)| s);
     // pnpm 11 and later read only `pnpm_config_*`; earlier ones npm's variables too.
     let named = |name: &str| env.vars().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.to_owned());
@@ -306,7 +307,7 @@ fn yarnrc_value(path: &Path, key: &str) -> Option<String> {
     })
 }
 
-fn twine_need(args: &[String], env: &Env) -> Result<Option<Need>, String> {
+fn twine_need(args: &[String], env: &Env) -> Result<Option<Need>, Refusal> {
     let words = positionals(args, TWINE_VALUED);
     if words.first() != Some(&"upload") {
         return Ok(None);
@@ -322,13 +323,14 @@ fn twine_need(args: &[String], env: &Env) -> Result<Option<Need>, String> {
         // Its URL is in a .pypirc the shim does not read: a token minted for a guess could
         // be sent elsewhere.
         (None, Some(other)) => {
-            return Err(format!(
+            return Err(Refusal::Failed(format!(
                 "`twine upload -r {}`: give the repository's URL with --repository-url, so the token is minted for it",
                 crate::sanitize_for_terminal(other)
-            ));
+            )));
         }
     };
-    let registry = crate::target::strict_url(&text).ok_or_else(|| "the repository URL is not a URL".to_owned())?;
+    let registry =
+        crate::target::strict_url(&text).ok_or_else(|| Refusal::Failed("the repository URL is not a URL".into()))?;
     let mut projects: Vec<String> = words[1..].iter().filter_map(|f| project_of(f)).collect();
     projects.dedup();
     match projects.as_slice() {
@@ -339,8 +341,8 @@ fn twine_need(args: &[String], env: &Env) -> Result<Option<Need>, String> {
             publish_config: None,
             scopes: Vec::new(),
         })),
-        [] => Err("`twine upload`: no distribution files named".into()),
-        _ => Err("`twine upload`: one project per upload, so its token names one project".into()),
+        [] => Err(Refusal::Failed("`twine upload`: no distribution files named".into())),
+        _ => Err(Refusal::Failed("`twine upload`: one project per upload, so its token names one project".into())),
     }
 }
 
@@ -418,10 +420,11 @@ pub fn run(
     shim: &Path,
     ancestry: &dyn Fn() -> Vec<Process>,
     runner: &mut dyn Runner,
-) -> Result<i32, String> {
+) -> Result<i32, Refusal> {
     let name = family.name();
     let path = env.get(crate::EnvVars::PATH).unwrap_or_default().to_owned();
-    let program = find_real(name, &path, shim).ok_or_else(|| format!("cannot find the real `{name}` on PATH"))?;
+    let program = find_real(name, &path, shim)
+        .ok_or_else(|| Refusal::Failed(format!("cannot find the real `{name}` on PATH")))?;
     let all = Step { program: program.clone(), args: args.to_vec(), dir: None };
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     if family == Family::Twine {
@@ -429,45 +432,45 @@ pub fn run(
             Some(need) => mint(family, &need, &args, env, ancestry)?.unwrap_or_default(),
             None => Vec::new(),
         };
-        return Err(runner.exec(&[all], &vars));
+        return exec(runner, &[all], &vars);
     }
     // An outer shim already holds a token for this command (pnpm 9 and 10 publish by
     // running `npm publish`): run as it was set up.
     if env.get(phases::TOKEN_VAR).is_some_and(|t| !t.is_empty()) {
-        return Err(runner.exec(&[all], &[]));
+        return exec(runner, &[all], &[]);
     }
-    let Some(mut need) = need(family, &args, &env, cwd)? else { return Err(runner.exec(&[all], &phases::quiet())) };
+    let Some(mut need) = need(family, &args, &env, cwd)? else { return exec(runner, &[all], &phases::quiet()) };
     let client = phases::detect(family, &program, runner)?;
     if client == Client::YarnBerry {
         berry_need(&mut need, &all, &env, runner)?;
     }
     if !routed(family, &need, &env)? {
-        return Err(runner.exec(&[all], &phases::quiet()));
+        return exec(runner, &[all], &phases::quiet());
     }
     let pack = tempfile::Builder::new()
         .prefix("mayfly-pack-")
         .tempdir()
-        .map_err(|e| format!("cannot make a directory to pack in: {e}"))?;
+        .map_err(|e| Refusal::Failed(format!("cannot make a directory to pack in: {e}")))?;
     let mint = || mint(family, &need, &args, env.clone(), ancestry);
     match phases::plan(client, &program, &args, cwd, pack.path()) {
         Plan::Direct(step) => {
             let vars = mint()?.unwrap_or_else(phases::quiet);
             drop(pack);
-            Err(runner.exec(&[step], &vars))
+            exec(runner, &[step], &vars)
         }
         Plan::Install { with_token, after } => {
             let Some(vars) = mint()? else {
                 drop(pack);
-                return Err(runner.exec(&[all], &phases::quiet()));
+                return exec(runner, &[all], &phases::quiet());
             };
-            let code = runner.run(&with_token, &vars)?;
+            let code = runner.run(&with_token, &vars).map_err(Refusal::Failed)?;
             drop((vars, pack));
             then_without_token(code, &after, runner)
         }
         Plan::Publish { before, after } => {
             // The package's scripts run here, before there is a token to read.
             for step in &before {
-                let code = runner.run(step, &phases::quiet())?;
+                let code = runner.run(step, &phases::quiet()).map_err(Refusal::Failed)?;
                 if code != 0 {
                     return Ok(code);
                 }
@@ -476,9 +479,10 @@ pub fn run(
             let npm = find_real("npm", &path, shim);
             let upload = phases::upload(client, &program, npm.as_deref(), &args, &tarball, &need.registry)?;
             let Some(vars) = mint()? else {
-                return Err("no route gives this registry a token, so the packed package was not published".into());
+                let why = "no route gives this registry a token, so the packed package was not published";
+                return Err(Refusal::Failed(why.into()));
             };
-            let code = runner.run(&upload, &vars)?;
+            let code = runner.run(&upload, &vars).map_err(Refusal::Failed)?;
             drop((vars, pack));
             then_without_token(code, &after, runner)
         }
@@ -487,16 +491,34 @@ pub fn run(
 
 /// After the step that held the token exited with `code`: the steps without it, in place
 /// of this process, or `code` when it failed or there are none.
-fn then_without_token(code: i32, after: &[Step], runner: &mut dyn Runner) -> Result<i32, String> {
+fn then_without_token(code: i32, after: &[Step], runner: &mut dyn Runner) -> Result<i32, Refusal> {
     if code != 0 || after.is_empty() {
         return Ok(code);
     }
-    Err(runner.exec(after, &phases::quiet()))
+    exec(runner, after, &phases::quiet())
+}
+
+/// Replaces this process with `steps`; returns only why it could not.
+fn exec(runner: &mut dyn Runner, steps: &[Step], vars: &[(String, String)]) -> Result<i32, Refusal> {
+    Err(Refusal::Failed(runner.exec(steps, vars)))
+}
+
+/// How a shim says it did not run the tool: one `mayfly:` line and exit 1. It never
+/// answers "not found": a registry no route serves runs the tool untouched instead.
+pub fn refuse(refusal: &Refusal) -> i32 {
+    reply(refusal).write(&mut std::io::sink())
+}
+
+fn reply(refusal: &Refusal) -> Reply {
+    match refusal {
+        Refusal::NotOurs | Refusal::NeedsPath { .. } => Reply::line("no route gives this registry a token"),
+        Refusal::Refused { .. } | Refusal::Failed(_) | Refusal::Unsupported(_) => Reply::line(refusal.to_string()),
+    }
 }
 
 /// Asks berry where `need` goes: berry reads no npm settings, and merges every
 /// `.yarnrc.yml` and `YARN_*` variable itself.
-fn berry_need(need: &mut Need, yarn: &Step, env: &Env, runner: &mut dyn Runner) -> Result<(), String> {
+fn berry_need(need: &mut Need, yarn: &Step, env: &Env, runner: &mut dyn Runner) -> Result<(), Refusal> {
     let scope = need.package.as_deref().and_then(|p| p.strip_prefix('@')?.split_once('/')).map(|(s, _)| s);
     let mut ask = |words: &[&str]| {
         let step = Step { args: words.iter().map(OsString::from).collect(), ..yarn.clone() };
@@ -513,29 +535,29 @@ fn berry_need(need: &mut Need, yarn: &Step, env: &Env, runner: &mut dyn Runner) 
 }
 
 /// The one tarball a pack step left in `dir`.
-fn packed(dir: &Path) -> Result<PathBuf, String> {
+fn packed(dir: &Path) -> Result<PathBuf, Refusal> {
     let tarballs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot read the pack directory: {e}"))?
+        .map_err(|e| Refusal::Failed(format!("cannot read the pack directory: {e}")))?
         .filter_map(|e| Some(e.ok()?.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "tgz"))
         .collect();
     match tarballs.as_slice() {
         [one] => Ok(one.clone()),
-        _ => Err(format!("packing left {} tarballs, not one", tarballs.len())),
+        _ => Err(Refusal::Failed(format!("packing left {} tarballs, not one", tarballs.len()))),
     }
 }
 
 /// A registry URL with a trailing slash, as npm keys its settings.
-fn registry_url(text: &str) -> Result<url::Url, String> {
+fn registry_url(text: &str) -> Result<url::Url, Refusal> {
     let mut url = crate::target::strict_url(text)
-        .ok_or_else(|| format!("registry `{}` is not a URL", crate::sanitize_for_terminal(text)))?;
+        .ok_or_else(|| Refusal::Failed(format!("registry `{}` is not a URL", crate::sanitize_for_terminal(text))))?;
     // npm reads the token from a variable named after the registry's host and path; an
     // `=` there would cut the name and put the token into the value of another.
     if url.host_str().is_some_and(|h| h.contains('=')) || url.path().contains('=') {
-        return Err(format!(
+        return Err(Refusal::Failed(format!(
             "registry `{}` has `=` in its host or path, which the name of npm's token variable cannot hold",
             crate::sanitize_for_terminal(text)
-        ));
+        )));
     }
     if !url.path().ends_with('/') {
         let path = format!("{}/", url.path());
@@ -546,8 +568,8 @@ fn registry_url(text: &str) -> Result<url::Url, String> {
 
 /// Whether a route serves a registry `need` may use. Without one the tool runs untouched,
 /// scripts and all, as if there were no shim: there is no token to keep from them.
-fn routed(family: Family, need: &Need, env: &Env) -> Result<bool, String> {
-    let broker = crate::Broker::from_env(env.clone()).map_err(|e| crate::protocol::one_line(&e))?;
+fn routed(family: Family, need: &Need, env: &Env) -> Result<bool, Refusal> {
+    let broker = crate::protocol::broker(env.clone())?;
     Ok(std::iter::once(&need.registry).chain(&need.scopes).any(|registry| {
         let Some(host) = crate::target::host_port(registry) else { return false };
         Target::new(family.tool(), registry.scheme(), &host, need.package.as_deref())
@@ -564,22 +586,26 @@ fn mint(
     args: &[String],
     env: Env,
     ancestry: &dyn Fn() -> Vec<Process>,
-) -> Result<Option<Vec<(String, String)>>, String> {
+) -> Result<Option<Vec<(String, String)>>, Refusal> {
     let name = family.name();
     // The shim is the command: it heads the chain the audit line records.
     let me = Process { pid: std::process::id(), argv: [vec![name.to_owned()], args.to_vec()].concat() };
     let chain = || [vec![me.clone()], ancestry()].concat();
     let mut vars: Vec<(String, String)> = Vec::new();
     for registry in std::iter::once(&need.registry).chain(&need.scopes) {
-        let host = crate::target::host_port(registry).ok_or("the registry URL has no host")?;
-        let target =
-            Target::new(family.tool(), registry.scheme(), &host, need.package.as_deref()).map_err(|e| e.to_string())?;
-        if let crate::protocol::Answer::Token(issued) =
-            crate::protocol::answer_for(&target, &|_| need.operation, env.clone(), &chain)?
-        {
-            let mine = token_vars(family, registry, &issued);
-            let first = vars.is_empty();
-            vars.extend(mine.into_iter().filter(|(k, _)| first || k != phases::TOKEN_VAR));
+        let host =
+            crate::target::host_port(registry).ok_or_else(|| Refusal::Failed("the registry URL has no host".into()))?;
+        let target = Target::new(family.tool(), registry.scheme(), &host, need.package.as_deref())
+            .map_err(|e| Refusal::Failed(e.to_string()))?;
+        match crate::protocol::answer_for(&target, &|_| need.operation, env.clone(), &chain) {
+            Ok(Answer::Token(issued)) => {
+                let mine = token_vars(family, registry, &issued);
+                let first = vars.is_empty();
+                vars.extend(mine.into_iter().filter(|(k, _)| first || k != phases::TOKEN_VAR));
+            }
+            // A scope's registry may have no route, and a read of a publish-only one needs no token.
+            Ok(Answer::NoTokenNeeded) | Err(Refusal::NotOurs | Refusal::NeedsPath { .. }) => {}
+            Err(refusal) => return Err(refusal),
         }
     }
     Ok((!vars.is_empty()).then_some(vars))

@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 
 use serde_json::json;
 
+use crate::protocol::{Refusal, Reply};
 use crate::{Env, Operation, Process, Target, Tool};
 
 /// The `terraform-credentials-mayfly` binary.
@@ -36,10 +37,17 @@ pub fn serve(
             line.push(b'\n');
             i32::from(stdout.write_all(&line).and_then(|()| stdout.flush()).is_err())
         }
-        Err(message) => {
-            crate::protocol::warn(&message);
-            1
-        }
+        Err(refusal) => refuse(&refusal).write(stdout),
+    }
+}
+
+/// How Terraform is answered without a token: `{}` and exit 0 is its "no credentials",
+/// for a host no route serves; anything else is one line on stderr and exit 1, which
+/// Terraform shows as it stops.
+fn refuse(refusal: &Refusal) -> Reply {
+    match refusal {
+        Refusal::NotOurs | Refusal::NeedsPath { .. } => Reply { code: 0, stdout: "{}\n".into(), stderr: None },
+        Refusal::Refused { .. } | Refusal::Failed(_) | Refusal::Unsupported(_) => Reply::line(refusal.to_string()),
     }
 }
 
@@ -48,26 +56,31 @@ fn handle(
     stdin: &mut dyn Read,
     env: Env,
     ancestry: &dyn Fn() -> Vec<Process>,
-) -> Result<Option<serde_json::Value>, String> {
+) -> Result<Option<serde_json::Value>, Refusal> {
     let [.., verb, host] = args else {
-        return Err("usage: terraform-credentials-mayfly [args] get|store|forget HOSTNAME".into());
+        let usage = "usage: terraform-credentials-mayfly [args] get|store|forget HOSTNAME";
+        return Err(Refusal::Unsupported(usage.into()));
     };
-    let target = || Target::new(Tool::Terraform, "https", host, None).map_err(|e| e.to_string());
+    let target = || Target::new(Tool::Terraform, "https", host, None).map_err(|e| Refusal::Failed(e.to_string()));
     match verb.as_str() {
         "get" => {
             let issued = crate::protocol::token_for(&target()?, &|_| Operation::Read, env, ancestry)?;
-            Ok(Some(issued.map_or_else(|| json!({}), |i| json!({"token": i.token.expose()}))))
+            Ok(Some(json!({"token": issued.token.expose()})))
         }
         "store" => {
             // Terraform writes the credentials object and expects it read before we fail.
             let _ = std::io::copy(stdin, &mut std::io::sink());
-            Err("mayfly mints tokens when Terraform asks and never stores one: remove the token from `terraform login`, mayfly needs none".into())
+            Err(Refusal::Failed("mayfly mints tokens when Terraform asks and never stores one: remove the token from `terraform login`, mayfly needs none".into()))
         }
-        "forget" => {
-            crate::protocol::erase(&target()?, env, ancestry)?;
-            Ok(None)
-        }
-        other => Err(format!("unknown verb `{}` (get, store or forget)", crate::sanitize_for_terminal(other))),
+        "forget" => match crate::protocol::erase(&target()?, env, ancestry) {
+            // Nothing cached for a host no route serves: forgotten already.
+            Ok(()) | Err(Refusal::NotOurs | Refusal::NeedsPath { .. }) => Ok(None),
+            Err(refusal) => Err(refusal),
+        },
+        other => Err(Refusal::Unsupported(format!(
+            "unknown verb `{}` (get, store or forget)",
+            crate::sanitize_for_terminal(other)
+        ))),
     }
 }
 
@@ -104,5 +117,21 @@ mod tests {
         assert_eq!(run(&["frobnicate", "app.terraform.io"], b"").0, 1);
         assert_eq!(run(&["get"], b"").0, 1);
         assert_eq!(run(&["get", "evil.example/x"], b"").0, 1);
+    }
+
+    #[test]
+    fn each_refusal_gets_terraforms_answer() {
+        let answers: Vec<Reply> = crate::protocol::every_refusal().iter().map(refuse).collect();
+        let none = Reply { code: 0, stdout: "{}\n".into(), stderr: None };
+        assert_eq!(
+            answers,
+            [
+                none.clone(),
+                none,
+                Reply::line("no token for https://h.example/org/app (git write): route `r` does not allow write"),
+                Reply::line("the request is malformed"),
+                Reply::line("unknown action"),
+            ]
+        );
     }
 }

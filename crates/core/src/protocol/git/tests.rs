@@ -208,3 +208,21 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn each_refusal_gets_gits_answer() {
+    let quit = |line: &str| Reply { code: 1, stdout: "quit=1\n".into(), stderr: Some(line.into()) };
+    let answers: Vec<Reply> = crate::protocol::every_refusal().iter().map(refuse).collect();
+    assert_eq!(
+        answers,
+        [
+            Reply::default(),
+            quit(
+                "git did not send the repository path for https://h.example; tokens are bound to one repository, so set `git config --global credential.https://h.example.useHttpPath true`"
+            ),
+            quit("no token for https://h.example/org/app (git write): route `r` does not allow write"),
+            Reply::line("the request is malformed"),
+            Reply::default(),
+        ]
+    );
+}

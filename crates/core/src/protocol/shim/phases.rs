@@ -24,6 +24,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use super::{Family, NPM_VALUED, Need, flag, positionals};
+use crate::protocol::Refusal;
 
 /// The variable a user's `.npmrc`, `.yarnrc.yml` or `~/.npmrc` reads the token from
 /// (`//HOST/:_authToken=${MAYFLY_NPM_TOKEN}`). Always set, empty when there is no token:
@@ -83,18 +84,20 @@ pub(super) fn quiet() -> Vec<(String, String)> {
 }
 
 /// Asks the real tool which client it is (`pnpm --version`, `yarn --version`).
-pub(super) fn detect(family: Family, program: &Path, runner: &mut dyn Runner) -> Result<Client, String> {
+pub(super) fn detect(family: Family, program: &Path, runner: &mut dyn Runner) -> Result<Client, Refusal> {
     let mut major = || {
         let out = runner.output(&Step::new(program, &["--version"]), &quiet())?;
         out.trim().split('.').next()?.parse::<u32>().ok()
     };
     match family {
         Family::Npm | Family::Twine => Ok(Client::Npm),
-        Family::Pnpm => major().map(Client::Pnpm).ok_or_else(|| "cannot tell the version of `pnpm`".to_owned()),
+        Family::Pnpm => {
+            major().map(Client::Pnpm).ok_or_else(|| Refusal::Failed("cannot tell the version of `pnpm`".into()))
+        }
         Family::Yarn => match major() {
             Some(1) => Ok(Client::YarnClassic),
             Some(_) => Ok(Client::YarnBerry),
-            None => Err("cannot tell the version of `yarn`".into()),
+            None => Err(Refusal::Failed("cannot tell the version of `yarn`".into())),
         },
     }
 }
@@ -249,14 +252,16 @@ pub(super) fn upload(
     args: &[String],
     tarball: &Path,
     registry: &url::Url,
-) -> Result<Step, String> {
+) -> Result<Step, Refusal> {
     let dir_arg = positionals(args, NPM_VALUED).into_iter().filter(|w| *w != "npm").nth(1);
     let flags: Vec<&str> =
         args.iter().map(String::as_str).filter(|a| Some(*a) != dir_arg && !["npm", "publish"].contains(a)).collect();
     let tarball = tarball.to_string_lossy();
     let step = match client {
         Client::YarnBerry => {
-            let npm = npm.ok_or("`yarn npm publish` uploads with npm, and there is no `npm` on PATH")?;
+            let npm = npm.ok_or_else(|| {
+                Refusal::Failed("`yarn npm publish` uploads with npm, and there is no `npm` on PATH".into())
+            })?;
             let mut step = Step::new(npm, &["publish", &tarball, "--ignore-scripts", "--registry", registry.as_str()]);
             for name in ["--access", "--tag", "--otp"] {
                 if let Some(value) = flag(args, &[name]) {

@@ -68,7 +68,7 @@ fn twine_uploads_name_one_normalised_project() {
     assert!(super::need(Family::Twine, &two, &env, Path::new("/")).is_err());
     let named = strings(&["upload", "-r", "internal", "a-1.tar.gz"]);
     let err = super::need(Family::Twine, &named, &env, Path::new("/")).unwrap_err();
-    assert!(err.contains("--repository-url"), "{err}");
+    assert!(err.to_string().contains("--repository-url"), "{err}");
     let env = Env::from_pairs([("TWINE_REPOSITORY", "internal")]);
     assert!(super::need(Family::Twine, &strings(&["upload", "a-1.tar.gz"]), &env, Path::new("/")).is_err());
 }
@@ -308,11 +308,30 @@ fn workspace_publishes_are_refused_with_one_line() {
         &["--recursive", "publish"],
     ] {
         let err = need(Family::Pnpm, &strings(args), &Env::default(), dir.path()).unwrap_err();
-        assert!(err.starts_with("`pnpm publish` of workspaces: run it in the package's directory"), "{err}");
+        assert!(
+            err.to_string().starts_with("`pnpm publish` of workspaces: run it in the package's directory"),
+            "{err}"
+        );
     }
     // twine's `-r` names a repository: `twine upload -r pypi dist/*` still uploads.
     let dist = dir.path().join("x-1.0.tar.gz");
     std::fs::write(&dist, b"x").unwrap();
     let args = strings(&["upload", "-r", "pypi", dist.to_str().unwrap()]);
     assert!(need(Family::Twine, &args, &Env::default(), dir.path()).unwrap().is_some());
+}
+
+#[test]
+fn each_refusal_is_one_line_and_the_tool_not_run() {
+    let answers: Vec<Reply> = crate::protocol::every_refusal().iter().map(reply).collect();
+    let no_route = Reply::line("no route gives this registry a token");
+    assert_eq!(
+        answers,
+        [
+            no_route.clone(),
+            no_route,
+            Reply::line("no token for https://h.example/org/app (git write): route `r` does not allow write"),
+            Reply::line("the request is malformed"),
+            Reply::line("unknown action"),
+        ]
+    );
 }

@@ -1,0 +1,321 @@
+//! Identity sources: where the workload's subject token (an OIDC ID token) comes from.
+//!
+//! Each kind is a small module behind one trait, [`Source`], as the exchanges are, so the
+//! broker, `mayfly explain`, `doctor` and `status` never match on the kind, and the next
+//! source (an OIDC login session, GitLab's or Buildkite's variables, a SPIFFE socket, a
+//! cloud metadata probe, `auto` trying several in order) is a new implementation:
+//!
+//! - [`github`]: GitHub Actions' job OIDC endpoint;
+//! - [`file`]: a file its owner rotates (Kubernetes projected tokens, SPIFFE JWT-SVIDs);
+//! - [`variable`]: an environment variable (GitLab `id_tokens`, CircleCI, Bitbucket);
+//! - [`command`]: a command whose stdout is the token.
+//!
+//! Each source re-obtains its token on every call; the broker caches the ones that cost
+//! a network round trip or a run (GitHub Actions, commands) like any other short-lived
+//! token. Files and variables are re-read every time, because their owners rotate them.
+
+mod command;
+mod file;
+mod github;
+mod variable;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(crate) use command::Command;
+pub(crate) use file::File;
+pub(crate) use github::GitHubActions;
+pub(crate) use variable::Variable;
+
+use crate::config::IdentityConfig;
+use crate::http::HttpClient;
+use crate::jwt::{Claims, peek_claims};
+use crate::{Env, EnvVars, Secret};
+
+/// Why no subject token could be obtained.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The source is not available in this environment.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The source answered with something that is not a token.
+    #[error("{0}")]
+    Malformed(String),
+    /// The token has expired.
+    #[error("subject token from `{source_name}` expired at {expired_at}")]
+    Expired {
+        /// Identity source name.
+        source_name: String,
+        /// When, RFC 3339.
+        expired_at: String,
+    },
+    /// An HTTP request failed.
+    #[error(transparent)]
+    Http(#[from] crate::http::Error),
+}
+
+/// A subject token and its (unverified) claims.
+#[derive(Clone, Debug)]
+pub struct SubjectToken {
+    /// The token.
+    pub token: Secret,
+    /// Its claims, read without verification (for expiry and audit lines only).
+    pub claims: Claims,
+}
+
+impl SubjectToken {
+    /// The token a source gave, trimmed; refused when it is empty, could smuggle a line
+    /// (whitespace, control characters) or has expired.
+    pub(crate) fn new(source: &str, token: String, now: i64) -> Result<Self, Error> {
+        let token = token.trim().to_owned();
+        if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Error::Malformed(format!("identity `{source}` gave an empty or malformed token")));
+        }
+        let claims = peek_claims(&token).unwrap_or_default();
+        if let Some(exp) = claims.exp
+            && exp <= now
+        {
+            return Err(Error::Expired { source_name: source.into(), expired_at: crate::audit::rfc3339(exp) });
+        }
+        Ok(Self { token: Secret::new(token), claims })
+    }
+}
+
+/// What a source can tell about itself here without a request or a run: for `mayfly
+/// doctor` and `mayfly status`, which show claims, never tokens.
+#[derive(Debug)]
+pub enum Presence {
+    /// Its token, read at no cost (a file, a variable) and trimmed.
+    Token(Secret),
+    /// It looks usable; its token costs a request or a run, so it is fetched only when a
+    /// route needs it.
+    Ready,
+    /// It cannot give a token here: why, and the likely fix.
+    Absent(String),
+}
+
+/// What one fetch may use.
+pub(crate) struct Ask<'a> {
+    /// The source's name in the config, for messages.
+    pub(crate) name: &'a str,
+    /// The audience to ask for, where the source lets us choose.
+    pub(crate) audience: Option<&'a str>,
+    /// The environment it reads.
+    pub(crate) env: &'a Env,
+    /// An HTTP client, built only by the sources that need one.
+    pub(crate) http: &'a dyn Fn() -> Result<HttpClient, crate::http::Error>,
+    /// Now, unix seconds, to refuse an expired token.
+    pub(crate) now: i64,
+}
+
+/// One kind of identity source. Its `Debug` form is part of the cache key of the subject
+/// tokens it gives, so a change to its config is a different key.
+pub(crate) trait Source: std::fmt::Debug + Send + Sync {
+    /// Its `kind` in the config.
+    fn kind(&self) -> &'static str;
+
+    /// Where its token comes from, safe to show: a file's path, a variable's name, a
+    /// command's shape (never its whole argv), an endpoint's host.
+    fn origin(&self, env: &Env) -> String;
+
+    /// True when its answer is worth caching: it cost a round trip or a run.
+    fn cacheable(&self) -> bool {
+        false
+    }
+
+    /// What it can tell about itself here without a request or a run.
+    fn look(&self, env: &Env) -> Presence;
+
+    /// Its token. `Ok(None)`: it is not available here (its variables are unset), and
+    /// [`Source::look`] says why; `Err`: it is, and failed.
+    fn fetch(&self, ask: &Ask<'_>) -> Result<Option<SubjectToken>, Error>;
+}
+
+impl IdentityConfig {
+    /// A named source.
+    pub(crate) fn new(name: String, source: Arc<dyn Source>, audience: Option<String>) -> Self {
+        Self { name, source, audience }
+    }
+
+    /// An identity source the environment offers by itself (a GitHub Actions job's), for
+    /// `mayfly doctor` to show when the config names none.
+    pub fn detect(env: &Env) -> Option<Self> {
+        env.get(EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL)?;
+        let source = Arc::new(GitHubActions { request_url: None });
+        Some(Self::new(source.kind().to_owned(), source, None))
+    }
+
+    /// Its `kind` in the config.
+    pub fn kind(&self) -> &'static str {
+        self.source.kind()
+    }
+
+    /// Where its token comes from, safe to show: a file's path, `$VARIABLE`, a command's
+    /// shape, an endpoint's host.
+    pub fn origin(&self, env: &Env) -> String {
+        self.source.origin(env)
+    }
+
+    /// What it can tell about itself here without a request or a run.
+    pub fn look(&self, env: &Env) -> Presence {
+        self.source.look(env)
+    }
+
+    /// True when the subject tokens it gives are worth caching.
+    pub(crate) fn cacheable(&self) -> bool {
+        self.source.cacheable()
+    }
+
+    /// What goes into the cache key of its subject tokens: its kind and its config.
+    pub(crate) fn cache_key(&self) -> String {
+        format!("{:?}", self.source)
+    }
+}
+
+/// A subject token from a source, as a helper would get it (uncached): for `mayfly
+/// doctor --fetch-identity`, which shows its claims.
+pub fn fetch_subject(source: &IdentityConfig, env: &Env) -> Result<SubjectToken, Error> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    fetch(source, None, env, &|| HttpClient::new(Duration::from_secs(15), None), now)
+}
+
+/// A subject token for `audience` (else the source's own), or why there is none.
+pub(crate) fn fetch(
+    source: &IdentityConfig,
+    audience: Option<&str>,
+    env: &Env,
+    http: &dyn Fn() -> Result<HttpClient, crate::http::Error>,
+    now: i64,
+) -> Result<SubjectToken, Error> {
+    let ask = Ask { name: &source.name, audience: audience.or(source.audience.as_deref()), env, http, now };
+    match source.source.fetch(&ask)? {
+        Some(token) => Ok(token),
+        None => {
+            let why = match source.look(env) {
+                Presence::Absent(why) => why,
+                Presence::Token(_) | Presence::Ready => "it is not available here".to_owned(),
+            };
+            Err(Error::Unavailable(format!("identity `{}`: {why}", source.name)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn identity(source: impl Source + 'static) -> IdentityConfig {
+        IdentityConfig::new("t".into(), Arc::new(source), Some("aud-1".into()))
+    }
+
+    fn no_http() -> Result<HttpClient, crate::http::Error> {
+        panic!("no network expected")
+    }
+
+    #[test]
+    fn file_source_trims_and_rereads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "first\n").unwrap();
+        let s = identity(File { path: path.clone() });
+        assert_eq!(fetch(&s, None, &Env::default(), &no_http, 0).unwrap().token.expose(), "first");
+        std::fs::write(&path, "second").unwrap();
+        assert_eq!(fetch(&s, None, &Env::default(), &no_http, 0).unwrap().token.expose(), "second");
+        std::fs::write(&path, "").unwrap();
+        assert!(matches!(fetch(&s, None, &Env::default(), &no_http, 0), Err(Error::Malformed(_))));
+        let missing = identity(File { path: PathBuf::from("/nonexistent/token") });
+        let err = fetch(&missing, None, &Env::default(), &no_http, 0).unwrap_err().to_string();
+        assert!(err.starts_with("identity `t`: cannot read `/nonexistent/token`"), "{err}");
+    }
+
+    #[test]
+    fn env_source_and_expiry() {
+        use base64::Engine;
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"exp":100}"#);
+        let env = Env::from_pairs([("ID_TOKEN", format!("e30.{payload}.c2ln"))]);
+        let s = identity(Variable { var: "ID_TOKEN".into() });
+        assert!(fetch(&s, None, &env, &no_http, 99).is_ok());
+        let err = fetch(&s, None, &env, &no_http, 100).unwrap_err();
+        assert!(matches!(err, Error::Expired { .. }), "{err}");
+        let unset = identity(Variable { var: "NOPE".into() });
+        assert_eq!(fetch(&unset, None, &env, &no_http, 0).unwrap_err().to_string(), "identity `t`: `NOPE` is not set");
+    }
+
+    #[test]
+    fn command_source_substitutes_audience() {
+        let s = identity(Command { argv: vec!["echo".into(), "tok-{audience}".into()] });
+        assert_eq!(fetch(&s, None, &Env::default(), &no_http, 0).unwrap().token.expose(), "tok-aud-1");
+        let failing = identity(Command { argv: vec!["false".into()] });
+        assert!(fetch(&failing, None, &Env::default(), &no_http, 0).unwrap_err().to_string().contains("failed"));
+    }
+
+    #[test]
+    fn github_source_explains_missing_permission() {
+        let s = identity(GitHubActions { request_url: None });
+        let err = fetch(&s, None, &Env::default(), &no_http, 0).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "identity `t`: `ACTIONS_ID_TOKEN_REQUEST_URL` is not set (the job needs `permissions: id-token: write`)"
+        );
+    }
+
+    #[test]
+    fn each_source_names_its_kind_and_origin_without_secrets() {
+        let env = Env::from_pairs([("PATH", "/usr/bin:/bin")]);
+        let shown: Vec<(&str, String, bool)> = [
+            identity(GitHubActions { request_url: Some("https://issuer.example/t?a=1".into()) }),
+            identity(File { path: "/run/token".into() }),
+            identity(Variable { var: "ID_TOKEN".into() }),
+            identity(Command { argv: vec!["tool".into(), "--password=hunter2".into(), "print".into()] }),
+        ]
+        .iter()
+        .map(|s| (s.kind(), s.origin(&env), s.cacheable()))
+        .collect();
+        assert_eq!(
+            shown,
+            [
+                ("github-actions", "issuer.example".into(), true),
+                ("file", "/run/token".into(), false),
+                ("env", "$ID_TOKEN".into(), false),
+                ("command", "tool --password=[redacted] print".into(), true),
+            ]
+        );
+    }
+
+    #[test]
+    fn sources_look_without_a_request_or_a_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, " tok \n").unwrap();
+        let env = Env::from_pairs([("PATH", "/usr/bin:/bin"), ("ID_TOKEN", "var-tok")]);
+        let token = |presence: Presence| match presence {
+            Presence::Token(token) => token.expose().to_owned(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(token(identity(File { path }).look(&env)), "tok");
+        assert_eq!(token(identity(Variable { var: "ID_TOKEN".into() }).look(&env)), "var-tok");
+        assert!(matches!(identity(Command { argv: vec!["sh".into()] }).look(&env), Presence::Ready));
+        let absent = identity(Command { argv: vec!["no-such-tool-here".into()] }).look(&env);
+        assert!(matches!(absent, Presence::Absent(why) if why == "`no-such-tool-here` is not on PATH"));
+    }
+
+    #[test]
+    fn cache_keys_of_cached_subject_tokens_stay_as_they_were() {
+        // These name entries already in users' caches: a change would orphan them.
+        assert_eq!(identity(GitHubActions { request_url: None }).cache_key(), "GitHubActions { request_url: None }");
+        assert_eq!(identity(Command { argv: vec!["a".into()] }).cache_key(), r#"Command { argv: ["a"] }"#);
+    }
+
+    #[test]
+    fn a_job_offers_its_github_source() {
+        assert!(IdentityConfig::detect(&Env::default()).is_none());
+        let env = Env::from_pairs([(EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL, "https://t.example/x")]);
+        let found = IdentityConfig::detect(&env).unwrap();
+        assert_eq!(
+            (found.name.as_str(), found.kind(), found.origin(&env)),
+            ("github-actions", "github-actions", "t.example".into())
+        );
+    }
+}
