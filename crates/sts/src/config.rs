@@ -47,6 +47,9 @@ pub struct TrustedIssuer {
     /// as a duration (`24h` when not set): a token minted to live for months is a
     /// long-lived credential whatever its format.
     pub max_lifetime: Option<String>,
+    /// The Cedar entity type of this issuer's subjects: `Workload` (the default: CI jobs,
+    /// services) or `Person` (an IdP that signs people in).
+    pub principal: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +69,9 @@ struct RawConfig {
     revocation_store: Option<PathBuf>,
     #[serde(default)]
     introspection_clients: Vec<RawIntrospectionClient>,
+    #[serde(default)]
+    policies: Vec<PathBuf>,
+    schema: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -133,6 +139,11 @@ pub struct Config {
     pub revocation_store: Option<PathBuf>,
     /// Who may introspect tokens other than their own.
     pub introspection_clients: Vec<IntrospectionClient>,
+    /// Cedar policy files and directories (every `*.cedar` below), consulted after the
+    /// rules; none configured means rules alone decide.
+    pub policies: Vec<PathBuf>,
+    /// A Cedar schema replacing the built-in one.
+    pub schema: Option<PathBuf>,
 }
 
 impl Config {
@@ -159,6 +170,12 @@ impl Config {
             if issuer.audiences.is_empty() {
                 return Err(format!("trusted issuer `{}` needs at least one audience", issuer.issuer));
             }
+            if issuer.principal.as_deref().is_some_and(|p| p != "Workload" && p != "Person") {
+                return Err(format!("trusted issuer `{}`: `principal` is `Workload` or `Person`", issuer.issuer));
+            }
+        }
+        if raw.schema.is_some() && raw.policies.is_empty() {
+            return Err("`schema` is set but no `policies` are".into());
         }
         let mut rules = Vec::new();
         for (i, rule) in raw.rules.into_iter().enumerate() {
@@ -207,6 +224,8 @@ impl Config {
             rules,
             revocation_store: raw.revocation_store,
             introspection_clients,
+            policies: raw.policies,
+            schema: raw.schema,
         })
     }
 }
