@@ -143,11 +143,7 @@ impl Loaded {
             let result = validator.validate(&renamed, ValidationMode::Strict);
             if let Some(error) = result.validation_errors().next() {
                 let id = error.policy_id().to_string();
-                return Err(located(&name, &text, error, lines.get(&id).copied()).replacen(
-                    ": ",
-                    &format!(": policy `{id}`: "),
-                    1,
-                ));
+                return Err(located(&name, &text, error, lines.get(&id).copied()));
             }
             for policy in renamed.policies() {
                 all.add(policy.clone()).map_err(|e| format!("`{name}`: {e}"))?;
@@ -273,6 +269,12 @@ impl Loaded {
             decision.described.push_str(&format!(" (the audience `{}` is not that host)", ask.audience));
         }
         Ok(decision)
+    }
+
+    /// How many policies the index hands Cedar for this scope (for measurements).
+    pub fn candidates_for(&self, ask: &ExchangeAsk<'_>, scope: &str) -> usize {
+        Target::of(scope, ask.audience)
+            .map_or(0, |t| self.index.candidates(t.action, t.kind_type, &t.host).policies().count())
     }
 
     /// The words a denied user reads for a forbid: its `@reason`, else where it is.
