@@ -485,14 +485,14 @@ impl Target {
 /// The host (with a port when it names one) of an audience: a URL's authority, or a bare
 /// `host[:port][/...]`.
 pub fn audience_host(audience: &str) -> String {
-    if audience.contains("://") {
-        if let Ok(url) = url::Url::parse(audience) {
-            let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
-            return match url.port() {
-                Some(port) => format!("{host}:{port}"),
-                None => host,
-            };
-        }
+    if audience.contains("://")
+        && let Ok(url) = url::Url::parse(audience)
+    {
+        let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+        return match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
+        };
     }
     audience.split('/').next().unwrap_or_default().to_ascii_lowercase()
 }
@@ -503,9 +503,10 @@ pub fn audience_host(audience: &str) -> String {
 /// "any", so the index only ever leaves out policies that cannot apply.
 #[derive(Default)]
 struct Index {
-    buckets: HashMap<(Option<String>, Option<String>, Option<String>), Vec<CedarPolicy>>,
+    buckets: HashMap<Key, Vec<CedarPolicy>>,
 }
 
+/// Action, resource type, host; `None` matches any.
 type Key = (Option<String>, Option<String>, Option<String>);
 
 impl Index {
@@ -534,7 +535,7 @@ impl Index {
                 ActionConstraint::Any => vec![None],
                 ActionConstraint::Eq(uid) => covered(&uid),
                 ActionConstraint::In(uids) => {
-                    uids.iter().flat_map(|u| covered(u)).collect::<BTreeSet<_>>().into_iter().collect()
+                    uids.iter().flat_map(&covered).collect::<BTreeSet<_>>().into_iter().collect()
                 }
             };
             let (kind_type, host) = match policy.resource_constraint() {
