@@ -44,7 +44,8 @@ fn main() {
     let scopes = vec!["repo:team3/app:write".to_owned()];
     let ask = mayfly_sts::ExchangeAsk {
         subject: &subject,
-        audience: "https://host3.example",
+        // host1: 20 of every 1,000 policies name it, 10 of them for writes to repositories.
+        audience: "https://host1.example",
         scopes: &scopes,
         ttl: Some(Duration::from_secs(600)),
         intent: None,
