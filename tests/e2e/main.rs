@@ -2,6 +2,7 @@
 
 mod aws;
 mod cargo;
+mod cedar_policies;
 mod demo;
 mod doctor;
 mod exchange_faults;

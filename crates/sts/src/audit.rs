@@ -27,6 +27,9 @@ pub(crate) struct Line<'a> {
     pub ttl: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<&'a str>,
+    /// The Cedar policies that determined the decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policies: Option<&'a [String]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jti: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -50,6 +50,9 @@ pub struct TrustedIssuer {
     /// long-lived credential whatever its format.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_lifetime: Option<String>,
+    /// The Cedar entity type of this issuer's subjects: `Workload` (the default: CI jobs,
+    /// services) or `Person` (an IdP that signs people in).
+    pub principal: Option<String>,
 }
 
 /// The config file as written: what `Config::parse` reads, and what the demo and the
@@ -89,6 +92,12 @@ pub struct ConfigFile {
     /// Who may introspect tokens other than their own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub introspection_clients: Vec<IntrospectionClientEntry>,
+    /// Cedar policy files or directories, evaluated after the rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<PathBuf>,
+    /// A Cedar schema to validate them against instead of the built-in one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<PathBuf>,
 }
 
 impl ConfigFile {
@@ -175,6 +184,11 @@ pub struct Config {
     pub revocation_store: Option<PathBuf>,
     /// Who may introspect tokens other than their own.
     pub introspection_clients: Vec<IntrospectionClient>,
+    /// Cedar policy files and directories (every `*.cedar` below), consulted after the
+    /// rules; none configured means rules alone decide.
+    pub policies: Vec<PathBuf>,
+    /// A Cedar schema replacing the built-in one.
+    pub schema: Option<PathBuf>,
 }
 
 impl Config {
@@ -205,6 +219,12 @@ impl Config {
             if issuer.audiences.is_empty() {
                 return Err(format!("trusted issuer `{}` needs at least one audience", issuer.issuer));
             }
+            if issuer.principal.as_deref().is_some_and(|p| p != "Workload" && p != "Person") {
+                return Err(format!("trusted issuer `{}`: `principal` is `Workload` or `Person`", issuer.issuer));
+            }
+        }
+        if raw.schema.is_some() && raw.policies.is_empty() {
+            return Err("`schema` is set but no `policies` are".into());
         }
         let mut rules = Vec::new();
         for (i, rule) in raw.rules.into_iter().enumerate() {
@@ -253,6 +273,8 @@ impl Config {
             rules,
             revocation_store: raw.revocation_store,
             introspection_clients,
+            policies: raw.policies,
+            schema: raw.schema,
         })
     }
 }

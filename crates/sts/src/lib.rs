@@ -10,11 +10,13 @@
 #![deny(missing_docs)]
 
 mod audit;
+pub mod cedar;
 mod config;
 mod keys;
 mod oauth;
 mod own_tokens;
 mod policy;
+pub mod policy_tool;
 mod registry;
 mod revocation;
 mod server;
@@ -26,7 +28,7 @@ pub use config::{
 };
 pub use keys::{Algorithm, SigningKey};
 pub use oauth::OAuthError;
-pub use policy::{Denial, ExchangeAsk, Grant, Policy, Rule, Rules};
+pub use policy::{Denial, ExchangeAsk, Grant, Policy, Rule, Rules, Staged};
 pub use revocation::{RedbStore, RevocationStore};
-pub use server::{Sts, serve};
+pub use server::{Sts, policy_handle, serve};
 pub use verify::{Rejection, VerifiedSubject, Verifier};

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use crate::verify::VerifiedSubject;
 
 /// What the workload asks for.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct ExchangeAsk<'a> {
     /// The verified subject token.
     pub subject: &'a VerifiedSubject,
@@ -35,8 +35,10 @@ pub struct Grant {
     pub scopes: Vec<String>,
     /// Lifetime granted.
     pub ttl: Duration,
-    /// Which rule allowed it.
+    /// Which rule allowed it (empty when Cedar policies alone did).
     pub rule: String,
+    /// The Cedar policies that permitted it, for the audit line.
+    pub policies: Vec<String>,
 }
 
 /// A no, with its RFC 6749 / RFC 8693 error code.
@@ -46,6 +48,8 @@ pub struct Denial {
     pub code: OAuthError,
     /// Why, for the client and the audit log.
     pub reason: String,
+    /// The Cedar policies that forbade it, for the audit line.
+    pub policies: Vec<String>,
 }
 
 /// Decides one exchange.
@@ -90,7 +94,11 @@ impl Policy for Rules {
     fn decide(&self, ask: &ExchangeAsk<'_>) -> Result<Grant, Denial> {
         let subject = ask.subject;
         if ask.scopes.is_empty() {
-            return Err(Denial { code: OAuthError::InvalidScope, reason: "a scope is required".into() });
+            return Err(Denial {
+                code: OAuthError::InvalidScope,
+                reason: "a scope is required".into(),
+                policies: Vec::new(),
+            });
         }
         let matching: Vec<&Rule> = self
             .rules
@@ -106,6 +114,7 @@ impl Policy for Rules {
             return Err(Denial {
                 code: OAuthError::InvalidRequest,
                 reason: format!("no rule allows subject `{}` of `{}`", subject.subject, subject.issuer),
+                policies: Vec::new(),
             });
         }
         let for_audience: Vec<&Rule> = matching
@@ -116,6 +125,7 @@ impl Policy for Rules {
             return Err(Denial {
                 code: OAuthError::InvalidTarget,
                 reason: format!("audience `{}` is not allowed for subject `{}`", ask.audience, subject.subject),
+                policies: Vec::new(),
             });
         }
         let allowed = |rule: &Rule, scope: &str| {
@@ -129,10 +139,10 @@ impl Policy for Rules {
             } else {
                 format!("scope `{refused}` is not allowed for subject `{}`", subject.subject)
             };
-            return Err(Denial { code: OAuthError::InvalidScope, reason });
+            return Err(Denial { code: OAuthError::InvalidScope, reason, policies: Vec::new() });
         };
         let ttl = ask.ttl.unwrap_or(self.default_ttl).min(rule.max_ttl);
-        Ok(Grant { scopes: ask.scopes.to_vec(), ttl, rule: rule.name.clone() })
+        Ok(Grant { scopes: ask.scopes.to_vec(), ttl, rule: rule.name.clone(), policies: Vec::new() })
     }
 
     /// The same kind (the part before the first `:`) and number of `:`-separated parts
@@ -144,6 +154,87 @@ impl Policy for Rules {
             let pattern_kind = pattern.split(':').next().unwrap_or_default();
             pattern.split(':').count() == parts && matches(Kind::Scope, pattern_kind, kind)
         })
+    }
+}
+
+/// Rules first, then Cedar: the decision `mayfly-sts` makes when policies are configured.
+///
+/// A request is granted when a rule grants all of it (exactly as without policies) **or**
+/// a Cedar permit applies to every scope asked, and in both cases no Cedar forbid applies
+/// to any scope asked. So adding policies can only take away from what rules grant,
+/// except through an explicit `permit`; and a forbid always wins.
+pub struct Staged {
+    /// The `[[rules]]`.
+    pub rules: Rules,
+    /// Upper bound on a lifetime granted by policies alone.
+    pub max_ttl: Duration,
+    /// The Cedar policies in force; `None` when none are configured.
+    pub cedar: Option<std::sync::Arc<crate::cedar::Handle>>,
+    /// Issuers whose subjects are people (`Person`); all others are `Workload`.
+    pub people: Vec<String>,
+}
+
+impl Policy for Staged {
+    fn decide(&self, ask: &ExchangeAsk<'_>) -> Result<Grant, Denial> {
+        let by_rule = self.rules.decide(ask);
+        let Some(cedar) = &self.cedar else {
+            return by_rule;
+        };
+        if ask.scopes.is_empty() {
+            return by_rule;
+        }
+        let policies = cedar.current();
+        // Policies see the lifetime that would be granted before any rule's cap.
+        let ttl = ask.ttl.unwrap_or(self.rules.default_ttl).min(self.max_ttl);
+        let ask = ExchangeAsk { ttl: Some(ttl), ..*ask };
+        let principal_type = if self.people.contains(&ask.subject.issuer) { "Person" } else { "Workload" };
+        let mut permits = Vec::new();
+        let mut unpermitted = None;
+        for scope in ask.scopes {
+            let decision = policies.decide_scope(&ask, scope, principal_type, true).map_err(|reason| Denial {
+                code: OAuthError::InvalidScope,
+                reason,
+                policies: Vec::new(),
+            })?;
+            if !decision.forbids.is_empty() {
+                return Err(Denial {
+                    code: OAuthError::InvalidScope,
+                    reason: format!("scope `{scope}` is refused: {}", decision.forbid_reasons.join("; ")),
+                    policies: decision.forbids,
+                });
+            }
+            if decision.permits.is_empty() && unpermitted.is_none() {
+                unpermitted = Some((scope, decision.described));
+            }
+            for id in decision.permits {
+                if !permits.contains(&id) {
+                    permits.push(id);
+                }
+            }
+        }
+        match (by_rule, unpermitted) {
+            (Ok(grant), _) => Ok(Grant { policies: permits, ..grant }),
+            (Err(_), None) => Ok(Grant { scopes: ask.scopes.to_vec(), ttl, rule: String::new(), policies: permits }),
+            (Err(denial), Some((scope, described))) => Err(Denial {
+                reason: format!("{}, and no policy permits {described} for scope `{scope}`", denial.reason),
+                ..denial
+            }),
+        }
+    }
+
+    /// A rule's shape, or with policies configured any scope that names a kind of
+    /// resource the schema knows.
+    fn grants_shape(&self, scope: &str) -> bool {
+        self.rules.grants_shape(scope)
+            || (self.cedar.is_some() && {
+                let parts = scope.split(':').count();
+                match scope.split(':').next().unwrap_or_default() {
+                    "repo" | "crate" | "npm" | "pypi" => parts == 3,
+                    "oci" => (3..=4).contains(&parts),
+                    "cluster" | "registry" => (2..=3).contains(&parts),
+                    _ => false,
+                }
+            })
     }
 }
 

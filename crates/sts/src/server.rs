@@ -16,13 +16,15 @@ use crate::audit::{Audit, Line, now_rfc3339};
 use crate::config::Config;
 use crate::keys::{Algorithm, SigningKey};
 use crate::oauth::OAuthError;
-use crate::policy::{ExchangeAsk, Policy, Rules};
+use crate::policy::{ExchangeAsk, Policy, Rules, Staged};
 use crate::revocation::{RedbStore, RevocationStore};
 use crate::verify::Verifier;
 use mayfly_core::{ACCESS_TOKEN_TYPE, Fingerprint, ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT};
 
 /// Largest request body accepted.
 const MAX_REQUEST: usize = 64 * 1024;
+/// How often policy files are checked for changes (a stat per file).
+const POLICY_POLL: Duration = Duration::from_secs(1);
 const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 
 /// A running exchange's state.
@@ -31,6 +33,8 @@ pub struct Sts {
     pub(crate) key: SigningKey,
     verifier: Verifier,
     policy: Box<dyn Policy>,
+    /// The Cedar policies, reloaded on SIGHUP or change while serving.
+    pub(crate) cedar: Option<Arc<crate::cedar::Handle>>,
     pub(crate) audit: Audit,
     /// Verifies tokens this exchange minted, when they are presented back to it.
     pub(crate) own_key: jsonwebtoken::DecodingKey,
@@ -68,9 +72,20 @@ impl Sts {
         let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.jwk().clone()).map_err(|e| e.to_string())?;
         let own_key = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
         let verifier = Verifier::new(config.trusted_issuers.clone())?;
-        let policy = Box::new(Rules { rules: config.rules.clone(), default_ttl: config.default_ttl });
+        let cedar = policy_handle(&config)?;
+        let policy = Box::new(Staged {
+            rules: Rules { rules: config.rules.clone(), default_ttl: config.default_ttl },
+            max_ttl: config.max_ttl,
+            cedar: cedar.clone(),
+            people: people(&config),
+        });
         let audit = Audit::open(config.audit_log.as_deref()).map_err(|e| format!("cannot open audit log: {e}"))?;
-        Ok(Self { config, key, verifier, policy, audit, own_key, revocations })
+        Ok(Self { config, key, verifier, policy, cedar, audit, own_key, revocations })
+    }
+
+    /// Loads the Cedar policies again now (as SIGHUP does); a failure keeps those in force.
+    pub fn reload_policies(&self) -> Option<Result<String, String>> {
+        self.cedar.as_ref().map(|c| c.reload())
     }
 
     /// The signing key's public JWK.
@@ -107,8 +122,12 @@ impl Sts {
 }
 
 /// Serves on a bound listener, with TLS when the config has it.
+/// Policies are reloaded on SIGHUP and when a policy file changes meanwhile.
 pub async fn serve(sts: Sts, listener: std::net::TcpListener) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
+    if let Some(cedar) = sts.cedar.clone() {
+        tokio::spawn(cedar.watch(POLICY_POLL));
+    }
     let tls = sts.config.tls.clone();
     let app = Arc::new(sts).router();
     match tls {
@@ -118,6 +137,25 @@ pub async fn serve(sts: Sts, listener: std::net::TcpListener) -> std::io::Result
         }
         None => axum_server::from_tcp(listener)?.serve(app.into_make_service()).await,
     }
+}
+
+/// The Cedar policies the config names, loaded and validated; `None` when it names none.
+pub fn policy_handle(config: &Config) -> Result<Option<Arc<crate::cedar::Handle>>, String> {
+    if config.policies.is_empty() {
+        return Ok(None);
+    }
+    let sources = crate::cedar::Sources { policies: config.policies.clone(), schema: config.schema.clone() };
+    crate::cedar::Handle::load(sources).map(|h| Some(Arc::new(h)))
+}
+
+/// Issuers whose subjects are people.
+pub(crate) fn people(config: &Config) -> Vec<String> {
+    config
+        .trusted_issuers
+        .iter()
+        .filter(|t| t.principal.as_deref() == Some("Person"))
+        .map(|t| t.issuer.clone())
+        .collect()
 }
 
 pub(crate) fn no_store(mut response: Response) -> Response {
@@ -297,7 +335,8 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     let grant = match sts.policy.decide(&ask) {
         Ok(grant) => grant,
         Err(denial) => {
-            return Err(deny(Refusal { code: denial.code, reason: denial.reason }, line));
+            let policies = (!denial.policies.is_empty()).then_some(denial.policies.as_slice());
+            return Err(deny(Refusal { code: denial.code, reason: denial.reason.clone() }, Line { policies, ..line }));
         }
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -323,7 +362,8 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
         outcome: "issued",
         scope: Some(scope.clone()),
         ttl: Some(ttl),
-        rule: Some(&grant.rule),
+        rule: Some(grant.rule.as_str()).filter(|r| !r.is_empty()),
+        policies: Some(grant.policies.as_slice()).filter(|p| !p.is_empty()),
         jti: Some(&jti),
         fingerprint: Some(Fingerprint::of(&access_token).to_string()),
         ..line
