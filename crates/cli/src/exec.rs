@@ -32,6 +32,11 @@ pub(crate) struct Args {
     /// Session name for audit lines and cache entries (default: a random id)
     #[arg(long, value_name = "NAME")]
     session: Option<String>,
+    /// Declare the agent (an AI coding agent, a bot) this session runs: exchanges that
+    /// take actor tokens mint every token through a session token naming it (declared,
+    /// not attested), and revoking that session token at the end ends them all
+    #[arg(long, value_name = "NAME")]
+    agent: Option<String>,
     /// Replace tokens in the command's output with a marker
     #[arg(long)]
     redact: bool,
@@ -46,6 +51,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         Some(name) => check_session(name)?,
         None => random_session()?,
     };
+    let agent = args.agent.as_deref().map(|name| check_name("--agent", name)).transpose()?;
     let runtime = private_runtime_dir(&env)?;
     let (env, cache_vars) = usable_cache(env, runtime.path())?;
     let broker = Broker::from_env(env.clone()).map_err(|e| anyhow::anyhow!(mayfly_core::protocol::one_line(&e)))?;
@@ -63,6 +69,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
 
     let mut command = Command::new(&args.command[0]);
     command.args(&args.command[1..]).envs(wiring.vars).envs(cache_vars).env(EnvVars::MAYFLY_SESSION, &session);
+    if let Some(agent) = &agent {
+        command.env(EnvVars::MAYFLY_AGENT, agent);
+    }
     if args.redact {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
@@ -77,7 +86,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     };
     let child_process = Process { pid: child.id(), argv: argv.clone() };
     let audit = AuditLog::from_env(&env);
-    record(&audit, &session, Outcome::SessionStarted, vec![child_process.clone(), me.clone()], None);
+    let started = vec![child_process.clone(), me.clone()];
+    record(&audit, &session, agent.as_deref(), Outcome::SessionStarted, started, None);
 
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
     let handle = signals.handle();
@@ -120,7 +130,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         ended.dropped,
         ended.failures.len()
     );
-    record(&audit, &session, Outcome::SessionEnded, vec![child_process, me], Some(summary));
+    record(&audit, &session, agent.as_deref(), Outcome::SessionEnded, vec![child_process, me], Some(summary));
     drop(runtime);
 
     if let Some(signal) = status.signal() {
@@ -139,8 +149,14 @@ fn in_terminal_foreground() -> bool {
 
 /// Session names go into audit lines, cache entries and AWS session names.
 fn check_session(name: &str) -> anyhow::Result<String> {
+    check_name("--session", name)
+}
+
+/// Session and agent names go into audit lines, cache entries, session tokens and AWS
+/// session names: a short word, nothing a reader could mistake for more.
+fn check_name(flag: &str, name: &str) -> anyhow::Result<String> {
     let ok = (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    anyhow::ensure!(ok, "--session: use 1 to 64 of A-Z a-z 0-9 . _ -");
+    anyhow::ensure!(ok, "{flag}: use 1 to 64 of A-Z a-z 0-9 . _ -");
     Ok(name.to_owned())
 }
 
@@ -219,11 +235,19 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write `{}`", path.display()))
 }
 
-fn record(audit: &AuditLog, session: &str, outcome: Outcome, process: Vec<Process>, reason: Option<String>) {
+fn record(
+    audit: &AuditLog,
+    session: &str,
+    agent: Option<&str>,
+    outcome: Outcome,
+    process: Vec<Process>,
+    reason: Option<String>,
+) {
     let event = AuditEvent {
         time: mayfly_core::rfc3339_now(),
         outcome,
         session: Some(session.to_owned()),
+        agent: agent.map(str::to_owned),
         tool: "exec".into(),
         reason,
         process,

@@ -44,6 +44,9 @@ pub struct AuditEvent {
     /// Session id, when inside `mayfly exec`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// The agent the session declares (`mayfly exec --agent`): declared, not attested.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
     /// Tool whose hook asked.
     pub tool: String,
     /// Target URL.

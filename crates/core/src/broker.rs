@@ -49,6 +49,17 @@ pub enum Error {
         #[source]
         source: crate::exchange::Error,
     },
+    /// The exchange would not open this delegated session.
+    #[error("route `{route}`: no session for agent `{agent}`: {source}")]
+    Session {
+        /// Route name.
+        route: String,
+        /// The agent the session declares.
+        agent: String,
+        /// The cause.
+        #[source]
+        source: Box<crate::exchange::Error>,
+    },
     /// A value from the tool cannot go into the route's scope.
     #[error("route `{route}`: {source}")]
     Scope {
@@ -118,6 +129,17 @@ pub struct Broker {
     env: Env,
     config: Config,
     audit: AuditLog,
+}
+
+/// The route name session tokens are filed under: no config route has it, so erasing a
+/// route's tokens leaves the session's own token alone.
+const SESSION_ROUTE: &str = "(session)";
+
+/// This machine's name, for a delegated session's token.
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
 }
 
 impl Broker {
@@ -235,6 +257,9 @@ impl Broker {
             Err(error) => {
                 let outcome = match &error {
                     Error::Exchange { source: crate::exchange::Error::Denied { .. }, .. } => Outcome::Denied,
+                    Error::Session { source, .. } if matches!(**source, crate::exchange::Error::Denied { .. }) => {
+                        Outcome::Denied
+                    }
                     _ => Outcome::Failed,
                 };
                 self.write(event.fail(outcome, &error));
@@ -275,6 +300,12 @@ impl Broker {
             target: target.display(),
             session: self.session(),
             command: crate::ancestry::command_of(target.tool.as_str(), chain),
+            agent: self.agent(),
+            host: self.agent().and_then(|_| host_name()),
+        };
+        let actor = match self.agent() {
+            Some(_) => self.session_token(route, exchange_config, &http, &subject.token, &intent, cache, now)?,
+            None => None,
         };
         let ask = Ask {
             config: exchange_config,
@@ -284,6 +315,7 @@ impl Broker {
             subject: &subject.token,
             scope,
             intent: &intent,
+            actor: actor.as_ref(),
         };
         let response = exchange.request(&ask).map_err(exchange_error)?;
         // Unknown lifetime: handed out once, never cached.
@@ -307,6 +339,64 @@ impl Broker {
             }),
             token: response.access_token,
         })
+    }
+
+    /// The token of this delegated session at this exchange (opened on first use, cached
+    /// in the session and revoked at its end, which ends every token minted through it);
+    /// `None` for an exchange that takes no actor tokens, whose tokens then name no agent.
+    #[allow(clippy::too_many_arguments)]
+    fn session_token(
+        &self,
+        route: &Route,
+        exchange: &ExchangeConfig,
+        http: &HttpClient,
+        subject: &Secret,
+        intent: &Intent,
+        cache: Option<&Cache>,
+        now: i64,
+    ) -> Result<Option<Secret>, Error> {
+        let session = self.session().unwrap_or_default();
+        let agent = intent.agent.clone().unwrap_or_default();
+        let key = Cache::key(&["session-token", &route.exchange, &route.identity, &session, &agent]);
+        let lock = cache.and_then(|c| c.lock(&key).ok());
+        if let Some(entry) = cache.and_then(|c| c.get(&key, now)) {
+            return Ok(Some(entry.token));
+        }
+        let Some(opened) = exchange.kind.protocol().open_session(exchange, http, subject, intent) else {
+            return Ok(None);
+        };
+        let response =
+            opened.map_err(|source| Error::Session { route: route.name.clone(), agent, source: Box::new(source) })?;
+        let lifetime = response.expires_in.map(|s| i64::try_from(s).unwrap_or(i64::MAX / 4));
+        let claims = crate::peek_claims(response.access_token.expose()).unwrap_or_default();
+        let entry = CacheEntry {
+            expires_at: lifetime.map_or(0, |l| now + l),
+            refresh_at: lifetime.map_or(0, |l| now + l - self.margin(l, 0)),
+            token_id: claims.jti,
+            scope: response.scope,
+            issuer: claims.iss,
+            subject: claims.sub,
+            label: format!("session token of agent `{}`", intent.agent.as_deref().unwrap_or_default()),
+            session: self.session(),
+            origin: Some(Origin {
+                route: SESSION_ROUTE.into(),
+                exchange: route.exchange.clone(),
+                target: exchange.token_endpoint.to_string(),
+                tool: "session".into(),
+                operation: "session".into(),
+            }),
+            token: response.access_token,
+        };
+        if let (Some(cache), Some(lock)) = (cache, &lock)
+            && entry.expires_at > now
+        {
+            let _ = cache.put(&key, &entry, lock);
+        }
+        Ok(Some(entry.token))
+    }
+
+    fn agent(&self) -> Option<String> {
+        self.env.get(EnvVars::MAYFLY_AGENT).filter(|a| !a.is_empty()).map(str::to_owned)
     }
 
     /// The refresh margin for a token of this lifetime: the configured margin (or the
@@ -435,6 +525,7 @@ impl Broker {
         AuditEvent {
             time: rfc3339(now()),
             session: entry.session.clone(),
+            agent: self.agent(),
             tool: origin.tool.clone(),
             target: origin.target.clone(),
             operation: origin.operation.clone(),
@@ -456,6 +547,7 @@ impl Broker {
         AuditEvent {
             time: rfc3339(now()),
             session: self.session(),
+            agent: self.agent(),
             tool: target.tool.as_str().into(),
             target: target.display(),
             operation: operation.as_str().into(),

@@ -18,6 +18,9 @@ impl EnvVars {
     pub const MAYFLY_AUDIT_LOG: &'static str = "MAYFLY_AUDIT_LOG";
     /// Session id that tags audit lines and cache entries (set by `mayfly exec`).
     pub const MAYFLY_SESSION: &'static str = "MAYFLY_SESSION";
+    /// The agent a delegated session declares (set by `mayfly exec --agent`): exchanges
+    /// that take actor tokens mint tokens naming it.
+    pub const MAYFLY_AGENT: &'static str = "MAYFLY_AGENT";
     /// GitHub Actions: URL of the job's OIDC token endpoint.
     pub const ACTIONS_ID_TOKEN_REQUEST_URL: &'static str = "ACTIONS_ID_TOKEN_REQUEST_URL";
     /// GitHub Actions: bearer token for that endpoint.

@@ -74,6 +74,12 @@ pub struct Intent {
     /// The command line that asked (the nearest ancestor that is the tool), redacted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+    /// The agent the session declares (`mayfly exec --agent`): declared, not attested.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// This machine's name, for a delegated session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// A successful token response.
@@ -108,6 +114,8 @@ pub(crate) struct Ask<'a> {
     pub scope: &'a Scope,
     /// Which command, on whose behalf.
     pub intent: &'a Intent,
+    /// The session token of a delegated session, sent as the actor token.
+    pub actor: Option<&'a Secret>,
 }
 
 /// One kind of exchange: how to ask it, what it takes for granted, how to end its tokens.
@@ -157,6 +165,19 @@ pub(crate) trait Protocol: Sync {
 
     /// Exchanges the subject token for a token.
     fn request(&self, ask: &Ask<'_>) -> Result<ExchangeResponse, Error>;
+
+    /// Opens a delegated session (RFC 8693 delegation): the subject token in, a session
+    /// token out that names the agent in `intent`, to send as the actor token of every
+    /// request of the session. `None`: this exchange takes no actor tokens.
+    fn open_session(
+        &self,
+        _config: &ExchangeConfig,
+        _http: &HttpClient,
+        _subject: &Secret,
+        _intent: &Intent,
+    ) -> Option<Result<ExchangeResponse, Error>> {
+        None
+    }
 
     /// Whether its config may name a `revocation_endpoint`.
     fn takes_revocation_endpoint(&self) -> bool {

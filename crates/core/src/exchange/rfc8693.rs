@@ -27,8 +27,31 @@ impl Protocol for Rfc8693 {
             scope: ask.scope.as_str(),
             ttl: ask.route.ttl,
             intent: ask.intent,
+            actor_token: ask.actor,
         };
         exchange(ask.config, ask.http, &request)
+    }
+
+    fn open_session(
+        &self,
+        config: &ExchangeConfig,
+        http: &HttpClient,
+        subject: &Secret,
+        intent: &Intent,
+    ) -> Option<Result<ExchangeResponse, Error>> {
+        // A session token's audience is the exchange itself: its issuer, which is where
+        // mayfly-sts serves `/token` from.
+        let endpoint = config.token_endpoint.as_str();
+        let audience = endpoint.strip_suffix("/token").unwrap_or(endpoint);
+        let request = ExchangeRequest {
+            subject_token: subject,
+            audience,
+            scope: SESSION_SCOPE,
+            ttl: SESSION_TTL,
+            intent,
+            actor_token: None,
+        };
+        Some(exchange(config, http, &request))
     }
 
     fn takes_revocation_endpoint(&self) -> bool {
@@ -44,6 +67,12 @@ impl Protocol for Rfc8693 {
     }
 }
 
+/// The scope that asks for a session token.
+pub(crate) const SESSION_SCOPE: &str = "session";
+/// How long a session token is asked to live; the exchange caps it, and the session's
+/// end revokes it.
+const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
 /// What to ask for.
 pub(crate) struct ExchangeRequest<'a> {
     pub subject_token: &'a Secret,
@@ -51,11 +80,13 @@ pub(crate) struct ExchangeRequest<'a> {
     pub scope: &'a str,
     pub ttl: Duration,
     pub intent: &'a Intent,
+    /// A delegated session's token (RFC 8693 `actor_token`).
+    pub actor_token: Option<&'a Secret>,
 }
 
 /// The form body. `requested_ttl` and `intent` are extensions an exchange may ignore.
 pub(crate) fn form(request: &ExchangeRequest<'_>) -> Vec<(&'static str, String)> {
-    vec![
+    let mut form = vec![
         ("grant_type", TOKEN_EXCHANGE_GRANT.into()),
         ("subject_token", request.subject_token.expose().into()),
         ("subject_token_type", ID_TOKEN_TYPE.into()),
@@ -64,7 +95,12 @@ pub(crate) fn form(request: &ExchangeRequest<'_>) -> Vec<(&'static str, String)>
         ("scope", request.scope.into()),
         ("requested_ttl", request.ttl.as_secs().to_string()),
         ("intent", serde_json::to_string(request.intent).unwrap_or_default()),
-    ]
+    ];
+    if let Some(actor) = request.actor_token {
+        form.push(("actor_token", actor.expose().into()));
+        form.push(("actor_token_type", ACCESS_TOKEN_TYPE.into()));
+    }
+    form
 }
 
 #[derive(Deserialize)]
@@ -158,6 +194,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_delegated_request_sends_the_session_token_as_its_actor() {
+        let (subject, session) = (Secret::new("subject-jwt"), Secret::new("session-jwt"));
+        let intent = Intent { agent: Some("claude".into()), ..Intent::default() };
+        let request = ExchangeRequest {
+            subject_token: &subject,
+            audience: "https://h",
+            scope: "repo:r:write",
+            ttl: Duration::from_secs(600),
+            intent: &intent,
+            actor_token: Some(&session),
+        };
+        let form = form(&request);
+        let get = |k: &str| form.iter().find(|(key, _)| *key == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("actor_token"), Some("session-jwt"));
+        assert_eq!(get("actor_token_type"), Some(ACCESS_TOKEN_TYPE));
+        assert!(get("intent").is_some_and(|i| i.contains("\"agent\":\"claude\"")));
+        let plain = ExchangeRequest { actor_token: None, ..request };
+        assert!(super::form(&plain).iter().all(|(key, _)| !key.starts_with("actor")));
+    }
+
+    #[test]
     fn form_carries_rfc8693_fields_and_intent() {
         let token = Secret::new("subject-jwt");
         let intent =
@@ -168,6 +225,7 @@ mod tests {
             scope: "repo:r:write",
             ttl: Duration::from_secs(600),
             intent: &intent,
+            actor_token: None,
         };
         let form = form(&request);
         let get = |k: &str| form.iter().find(|(key, _)| *key == k).map(|(_, v)| v.as_str());
