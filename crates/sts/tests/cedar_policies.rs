@@ -49,7 +49,7 @@ fn staged(dir: &Path) -> (Staged, Arc<Handle>) {
 }
 
 fn ask<'a>(subject: &'a VerifiedSubject, audience: &'a str, scopes: &'a [String]) -> ExchangeAsk<'a> {
-    ExchangeAsk { subject, audience, scopes, ttl: None, intent: None }
+    ExchangeAsk { subject, audience, scopes, ttl: None, intent: None, actor: None }
 }
 
 const NO_PUSH_TO_MAIN: &str = r#"
