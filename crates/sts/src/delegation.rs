@@ -129,9 +129,10 @@ pub(crate) fn check_may_act(subject: &VerifiedSubject, actor: &Actor) -> Result<
     }
 }
 
-/// Verifies an actor token and checks it against the subject: a session token of this
-/// exchange (`access_token`, or `jwt` whose `iss` is this exchange) or an ID token of a
-/// trusted issuer (`id_token`, or any other `jwt`).
+/// Verifies an actor token: a session token of this exchange (`access_token`, or `jwt`
+/// whose `iss` is this exchange) of this very subject, or an ID token of a trusted issuer
+/// (`id_token`, or any other `jwt`). The subject's `may_act` is checked by the caller,
+/// once the actor can be named in the audit line.
 pub(crate) async fn resolve(
     sts: &Sts,
     token: &str,
@@ -161,7 +162,6 @@ pub(crate) async fn resolve(
         let verified = sts.verifier.verify(token).await.map_err(|r| invalid_request(actor_words(&r.0)))?;
         id_token_actor(&verified).map_err(invalid_request)?
     };
-    check_may_act(subject, &actor).map_err(invalid_request)?;
     Ok(actor)
 }
 
@@ -363,14 +363,12 @@ mod tests {
         let (sts, _dir) = sts();
         let token = session_token(&sts, json!({}));
         let wants_codex = subject("repo:org/app", json!({"may_act": {"sub": "agent:codex"}}));
-        let code = resolve(&sts, &token, ACCESS_TOKEN_TYPE, &wants_codex).await.unwrap_err();
-        assert_eq!(
-            (code.code, code.reason.as_str()),
-            (OAuthError::InvalidRequest, "the subject's may_act does not name this actor")
-        );
+        let actor = resolve(&sts, &token, ACCESS_TOKEN_TYPE, &wants_codex).await.unwrap();
+        assert_eq!(check_may_act(&wants_codex, &actor).unwrap_err(), "the subject's may_act does not name this actor");
         let wants_claude =
             subject("repo:org/app", json!({"may_act": {"sub": "agent:claude", "iss": "https://sts.example"}}));
-        assert!(resolve(&sts, &token, ACCESS_TOKEN_TYPE, &wants_claude).await.is_ok());
+        let actor = resolve(&sts, &token, ACCESS_TOKEN_TYPE, &wants_claude).await.unwrap();
+        assert!(check_may_act(&wants_claude, &actor).is_ok());
     }
 
     #[tokio::test]

@@ -337,6 +337,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn revoking_a_session_or_a_parent_ends_what_came_from_it() {
+        let (sts, _dir) = sts();
+        let auth = basic("gate", SECRET);
+        let session = mint(&sts, 600);
+        let session_jti = verify(&sts, &session, true).unwrap().jti;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let child = |extra: Value| {
+            let mut claims = json!({"iss": sts.config.issuer, "sub": "s", "aud": "a", "scope": "repo:x:read",
+                                    "iat": now, "exp": now + 300, "jti": crate::server::random_id()});
+            for (k, v) in extra.as_object().unwrap() {
+                claims[k] = v.clone();
+            }
+            sts.key.sign(Some("at+jwt"), &claims).unwrap()
+        };
+        let derived = child(json!({"sid": session_jti, "act": {"sub": "agent:claude", "declared": true}}));
+        let derived_jti = verify(&sts, &derived, true).unwrap().jti;
+        let registry = child(json!({"parent_jti": derived_jti, "sid": session_jti}));
+        let unrelated = child(json!({"sid": "another-session"}));
+        for token in [&derived, &registry, &unrelated] {
+            let (_, body) = post(&sts, "/introspect", Some(&auth), &format!("token={token}")).await;
+            assert_eq!(body["active"], true);
+        }
+        let (_, body) = post(&sts, "/introspect", Some(&auth), &format!("token={derived}")).await;
+        assert_eq!((&body["sid"], &body["act"]["sub"]), (&json!(session_jti), &json!("agent:claude")));
+
+        post(&sts, "/revoke", None, &format!("token={session}")).await;
+        for token in [&derived, &registry] {
+            let (_, body) = post(&sts, "/introspect", Some(&auth), &format!("token={token}")).await;
+            assert_eq!(body, json!({"active": false}));
+        }
+        let (_, body) = post(&sts, "/introspect", Some(&auth), &format!("token={unrelated}")).await;
+        assert_eq!(body["active"], true, "another session's tokens live on");
+    }
+
+    #[tokio::test]
     async fn an_expired_token_can_still_be_revoked() {
         let (sts, _dir) = sts();
         let token = mint(&sts, -5);

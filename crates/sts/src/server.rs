@@ -359,6 +359,11 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
         return open_session(sts, &subject, audience, ttl, intent.as_ref(), line);
     }
     let line = Line { act: actor.as_ref().map(|a| &a.act), sid: actor.as_ref().and_then(|a| a.sid.as_deref()), ..line };
+    if let Some(actor) = &actor
+        && let Err(reason) = crate::delegation::check_may_act(&subject, actor)
+    {
+        return Err(denied(sts, invalid_request(reason), line));
+    }
     let ask = ExchangeAsk {
         subject: &subject,
         audience,
