@@ -339,6 +339,15 @@ mod tests {
     }
 
     #[test]
+    fn sessions_live_twelve_hours_unless_configured_and_beyond_max_ttl() {
+        let bare = Config::parse("issuer = \"https://sts.example\"\nmax_ttl = \"15m\"\n").unwrap();
+        assert_eq!(bare.session_max_ttl, Duration::from_secs(12 * 3600));
+        let set = Config::parse("issuer = \"https://sts.example\"\nsession_max_ttl = \"2h\"\n").unwrap();
+        assert_eq!(set.session_max_ttl, Duration::from_secs(7200));
+        assert!(Config::parse("issuer = \"https://sts.example\"\nsession_max_ttl = \"soon\"\n").is_err());
+    }
+
+    #[test]
     fn bad_introspection_clients_are_refused() {
         let client = |id: &str, digest: &str| {
             format!("[[introspection_clients]]\nid = \"{id}\"\nsecret_sha256 = \"{digest}\"\n")
