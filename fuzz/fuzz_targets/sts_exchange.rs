@@ -9,7 +9,9 @@
 //!   `error_description`, `error` one of RFC 8693's codes;
 //! - a token is issued only for a subject token of the trusted issuer, for the one
 //!   audience asked, which the rule allows, with only scopes that were asked and that the
-//!   rule allows, for no longer than the rule's limit; the answer describes that token.
+//!   rule allows, for no longer than the rule's limit; the answer describes that token;
+//! - or it is a session token: asked with the exchange itself as audience and scope
+//!   `session`, naming a declared agent in `act`, for at most 12 hours.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -43,9 +45,21 @@ fuzz_target!(|data: &[u8]| {
     let audiences: Vec<&str> =
         asked.form.iter().filter(|(k, _)| k == "audience" || k == "resource").map(|(_, v)| v.as_str()).collect();
     let [audience] = audiences.as_slice() else { panic!("a token for audiences {audiences:?}") };
-    assert!(RULE_AUDIENCES.contains(audience), "a token for audience {audience}");
     let token = body["access_token"].as_str().expect("an access token");
     let claims = payload(token);
+    if *audience == ISSUER {
+        assert_eq!(
+            (one("scope"), &claims["scope"], &claims["aud"]),
+            ("session", &Value::from("session"), &Value::from(ISSUER))
+        );
+        assert_eq!(claims["sub"], subject_claims()["sub"]);
+        assert_eq!(claims["act"]["declared"], true, "a session names a declared agent");
+        assert!(claims["act"]["sub"].as_str().is_some_and(|s| s.starts_with("agent:")), "{claims}");
+        let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+        assert!((0..=12 * 3600).contains(&lifetime), "a session for {lifetime} s");
+        return;
+    }
+    assert!(RULE_AUDIENCES.contains(audience), "a token for audience {audience}");
     assert_eq!(claims["iss"], ISSUER);
     assert_eq!(claims["aud"], *audience);
     assert_eq!(claims["sub"], subject_claims()["sub"]);

@@ -67,7 +67,14 @@ fn in_process() {
         .map(|_| format!("repo:{}:read", "a".repeat(mayfly_core::scope::MAX_SCOPE_LEN - 10)))
         .collect();
     let ask = |scopes: &[String]| {
-        let ask = ExchangeAsk { subject: &subject, audience: "https://git.example/x", scopes, ttl: None, intent: None };
+        let ask = ExchangeAsk {
+            subject: &subject,
+            audience: "https://git.example/x",
+            scopes,
+            ttl: None,
+            intent: None,
+            actor: None,
+        };
         let _ = rules.decide(&ask);
     };
     let hostile_list = format!("repo:{}", "a*".repeat(32 * 1024));

@@ -3,6 +3,7 @@
 mod aws;
 mod cargo;
 mod cedar_policies;
+mod delegation;
 mod demo;
 mod doctor;
 mod exchange_faults;

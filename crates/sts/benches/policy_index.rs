@@ -49,6 +49,7 @@ fn main() {
         scopes: &scopes,
         ttl: Some(Duration::from_secs(600)),
         intent: None,
+        actor: None,
     };
     println!("{:>8}  {:>12}  {:>12}  {:>8}", "policies", "all (µs)", "indexed (µs)", "handed");
     for n in [100, 1_000] {

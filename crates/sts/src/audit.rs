@@ -36,6 +36,12 @@ pub(crate) struct Line<'a> {
     pub fingerprint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub intent: Option<&'a Value>,
+    /// Who acted for the subject: the token's `act` chain, current actor outermost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub act: Option<&'a Value>,
+    /// The session the token came through (the session token's `jti`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sid: Option<&'a str>,
 }
 
 /// Where lines go: a file opened for append, or stderr.

@@ -19,14 +19,15 @@ use cedar_policy::{
 use miette::Diagnostic;
 use serde_json::{Map, Value, json};
 
-use crate::policy::ExchangeAsk;
+use crate::policy::{Acting, ExchangeAsk};
 
 /// The schema policies are validated against unless the config names another.
 pub const SCHEMA: &str = include_str!("../schema/mayfly.cedarschema");
 
 /// The operations a scope can name, each a Cedar action; `access` is for host-wide
-/// scopes (`cluster:HOST`, `registry:HOST`).
-pub const ACTIONS: [&str; 6] = ["read", "write", "publish", "yank", "owners", "access"];
+/// scopes (`cluster:HOST`, `registry:HOST`), `session` for opening a session (whose
+/// resource is the exchange's `Host`).
+pub const ACTIONS: [&str; 7] = ["read", "write", "publish", "yank", "owners", "access", "session"];
 
 /// Where a policy came from, for error messages and denials.
 #[derive(Clone, Debug)]
@@ -174,6 +175,30 @@ impl Loaded {
         indexed: bool,
     ) -> Result<ScopeDecision, String> {
         let target = Target::of(scope, ask.audience)?;
+        self.decide_target(ask, scope, &target, principal_type, indexed)
+    }
+
+    /// Decides whether the subject may open a session: action `session` on the
+    /// exchange's own `Host` (the audience), with the declared agent as `context.actor`.
+    pub fn decide_session(&self, ask: &ExchangeAsk<'_>, principal_type: &str) -> Result<ScopeDecision, String> {
+        let target = Target {
+            action: "session",
+            kind_type: "Host",
+            kind: "session".into(),
+            host: audience_host(ask.audience),
+            path: String::new(),
+        };
+        self.decide_target(ask, "session", &target, principal_type, true)
+    }
+
+    fn decide_target(
+        &self,
+        ask: &ExchangeAsk<'_>,
+        scope: &str,
+        target: &Target,
+        principal_type: &str,
+        indexed: bool,
+    ) -> Result<ScopeDecision, String> {
         let described = format!("`{}` on {} `{}`", target.action, target.kind_type, target.entity_id());
         let principal_id = format!("{}#{}", ask.subject.issuer, ask.subject.subject);
         let tags: Map<String, Value> = ask
@@ -209,11 +234,14 @@ impl Loaded {
                 "parents": [{"type": "Host", "id": target.host}],
             }));
         }
-        entities.push(json!({
-            "uid": {"type": target.kind_type, "id": target.entity_id()},
-            "attrs": {"host": target.host, "path": target.path, "kind": target.kind},
-            "parents": parents,
-        }));
+        // A session's resource is the host itself, already there.
+        if target.kind_type != "Host" {
+            entities.push(json!({
+                "uid": {"type": target.kind_type, "id": target.entity_id()},
+                "attrs": {"host": target.host, "path": target.path, "kind": target.kind},
+                "parents": parents,
+            }));
+        }
         let bad = |e: &dyn std::fmt::Display| format!("cannot evaluate policies for `{scope}`: {e}");
         let entities = Entities::from_json_value(Value::Array(entities), Some(&self.schema)).map_err(|e| bad(&e))?;
         let uid = |ty: &str, id: &str| -> Result<EntityUid, String> {
@@ -223,7 +251,7 @@ impl Loaded {
         let action = uid("Action", target.action)?;
         let resource = uid(target.kind_type, &target.entity_id())?;
         let ttl = ask.ttl.map_or(0, |t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX));
-        let context = json!({
+        let mut context = json!({
             "scope": scope,
             "audience": ask.audience,
             "ttl": ttl,
@@ -231,6 +259,9 @@ impl Loaded {
             "claimed_intent": claimed_intent(ask.intent),
             "approval": {"state": "none"},
         });
+        if let Some(actor) = &ask.actor {
+            context["actor"] = actor_context(actor);
+        }
         let context = Context::from_json_value(context, Some((&self.schema, &action))).map_err(|e| bad(&e))?;
         let request = Request::new(principal, action, resource, context, Some(&self.schema)).map_err(|e| bad(&e))?;
         let subset;
@@ -374,6 +405,22 @@ impl Handle {
         }
         self.sources.schema.iter().cloned().chain(files).map(|f| (f.clone(), mtime(&f))).collect()
     }
+}
+
+/// The current actor (the outermost `act` entry) as the schema's `Actor` record.
+fn actor_context(actor: &Acting<'_>) -> Value {
+    let entry = actor.act;
+    let mut out = json!({
+        "issuer": actor.issuer,
+        "subject": entry.get("sub").and_then(Value::as_str).unwrap_or_default(),
+        "declared": entry.get("declared").and_then(Value::as_bool).unwrap_or(false),
+    });
+    for key in ["session", "host"] {
+        if let Some(Value::String(v)) = entry.get(key) {
+            out[key] = Value::String(v.clone());
+        }
+    }
+    out
 }
 
 /// The claimed intent as the schema's record: only known keys, only strings.

@@ -77,6 +77,9 @@ pub struct ConfigFile {
     /// Upper bound on any lifetime, as a duration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_ttl: Option<String>,
+    /// Longest lifetime of a session token (`12h` when not set), as a duration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_max_ttl: Option<String>,
     /// File of the embedded revocation store.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revocation_store: Option<PathBuf>,
@@ -174,6 +177,9 @@ pub struct Config {
     pub default_ttl: Duration,
     /// Upper bound on any lifetime.
     pub max_ttl: Duration,
+    /// Upper bound on a session token's lifetime. A session grants nothing by itself (its
+    /// audience is the exchange), so it may outlive `max_ttl`; what it yields does not.
+    pub session_max_ttl: Duration,
     /// HTTPS settings; plain HTTP is allowed only on loopback.
     pub tls: Option<Tls>,
     /// Trusted issuers.
@@ -210,6 +216,7 @@ impl Config {
         };
         let default_ttl = duration(raw.default_ttl, 600)?;
         let max_ttl = duration(raw.max_ttl, 3600)?;
+        let session_max_ttl = duration(raw.session_max_ttl, 12 * 3600)?;
         let listen = raw.listen.unwrap_or_else(|| "127.0.0.1:8443".into());
         let loopback = listen.parse::<std::net::SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
         if raw.tls.is_none() && !loopback {
@@ -268,6 +275,7 @@ impl Config {
             audit_log: raw.audit_log,
             default_ttl: default_ttl.min(max_ttl),
             max_ttl,
+            session_max_ttl,
             tls: raw.tls,
             trusted_issuers: raw.trusted_issuers,
             rules,
@@ -328,6 +336,15 @@ mod tests {
         assert_eq!(hex::encode(config.introspection_clients[0].secret_sha256), DIGEST);
         let bare = Config::parse("issuer = \"https://sts.example\"\n").unwrap();
         assert!(bare.revocation_store.is_none() && bare.introspection_clients.is_empty());
+    }
+
+    #[test]
+    fn sessions_live_twelve_hours_unless_configured_and_beyond_max_ttl() {
+        let bare = Config::parse("issuer = \"https://sts.example\"\nmax_ttl = \"15m\"\n").unwrap();
+        assert_eq!(bare.session_max_ttl, Duration::from_secs(12 * 3600));
+        let set = Config::parse("issuer = \"https://sts.example\"\nsession_max_ttl = \"2h\"\n").unwrap();
+        assert_eq!(set.session_max_ttl, Duration::from_secs(7200));
+        assert!(Config::parse("issuer = \"https://sts.example\"\nsession_max_ttl = \"soon\"\n").is_err());
     }
 
     #[test]

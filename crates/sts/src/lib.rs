@@ -12,6 +12,7 @@
 mod audit;
 pub mod cedar;
 mod config;
+mod delegation;
 mod keys;
 mod oauth;
 mod own_tokens;
@@ -28,7 +29,7 @@ pub use config::{
 };
 pub use keys::{Algorithm, SigningKey};
 pub use oauth::OAuthError;
-pub use policy::{Denial, ExchangeAsk, Grant, Policy, Rule, Rules, Staged};
+pub use policy::{Acting, Denial, ExchangeAsk, Grant, Policy, Rule, Rules, Staged};
 pub use revocation::{RedbStore, RevocationStore};
 pub use server::{Sts, policy_handle, serve};
 pub use verify::{Rejection, VerifiedSubject, Verifier};

@@ -24,18 +24,20 @@ use crate::oauth::OAuthError;
 use crate::server::{Form, no_store, oauth_error};
 use mayfly_core::Fingerprint;
 
-/// Claims of an introspection answer, copied from the token when present.
-const INTROSPECTED_CLAIMS: [&str; 9] = ["scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti"];
+/// Claims of an introspection answer, copied from the token when present (`act` and
+/// `sid` tell a resource server who acted, through which session).
+const INTROSPECTED_CLAIMS: [&str; 11] =
+    ["scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti", "act", "sid"];
 
 /// A token verified as minted here.
-struct OwnToken {
-    claims: Map<String, Value>,
-    jti: String,
-    expires_at: i64,
+pub(crate) struct OwnToken {
+    pub(crate) claims: Map<String, Value>,
+    pub(crate) jti: String,
+    pub(crate) expires_at: i64,
 }
 
 impl OwnToken {
-    fn claim(&self, name: &str) -> Option<&str> {
+    pub(crate) fn claim(&self, name: &str) -> Option<&str> {
         self.claims.get(name).and_then(Value::as_str)
     }
 }
@@ -43,7 +45,7 @@ impl OwnToken {
 /// Checks signature and `iss`, and with `live` also `exp` and `nbf` (no leeway: a token
 /// is active or not). Revocation passes `live = false`: an expired token may still be
 /// ended, harmlessly.
-fn verify(sts: &Sts, token: &str, live: bool) -> Result<OwnToken, &'static str> {
+pub(crate) fn verify(sts: &Sts, token: &str, live: bool) -> Result<OwnToken, &'static str> {
     let mut validation = Validation::new(jsonwebtoken::Algorithm::ES256);
     validation.set_issuer(&[&sts.config.issuer]);
     validation.set_required_spec_claims(&["exp", "iss"]);
@@ -151,15 +153,7 @@ pub(crate) async fn introspect(State(sts): State<Arc<Sts>>, headers: HeaderMap, 
     };
     let inactive = || no_store(axum::Json(json!({"active": false})).into_response());
     let Ok(own) = verify(&sts, token, true) else { return inactive() };
-    // A registry token is as dead as the exchange token it was derived from.
-    let revoked = match own.claim("parent_jti") {
-        Some(parent) => match sts.is_revoked(parent).await {
-            Ok(false) => sts.is_revoked(&own.jti).await,
-            other => other,
-        },
-        None => sts.is_revoked(&own.jti).await,
-    };
-    match revoked {
+    match revoked_lineage(&sts, &own.claims).await {
         Ok(false) => {}
         Ok(true) => return inactive(),
         Err(_) => {
@@ -179,6 +173,20 @@ pub(crate) async fn introspect(State(sts): State<Arc<Sts>>, headers: HeaderMap, 
     }
     answer.insert("token_type".into(), "Bearer".into());
     no_store(axum::Json(Value::Object(answer)).into_response())
+}
+
+/// Whether a token of ours is dead by revocation: its own `jti`, the exchange token a
+/// registry token came from (`parent_jti`), or the session it came through (`sid`). A
+/// token without a `jti` counts as revoked: it could never be ended.
+pub(crate) async fn revoked_lineage(sts: &Sts, claims: &Map<String, Value>) -> Result<bool, String> {
+    let Some(jti) = claims.get("jti").and_then(Value::as_str) else { return Ok(true) };
+    let ancestors = ["parent_jti", "sid"].into_iter().filter_map(|name| claims.get(name).and_then(Value::as_str));
+    for id in std::iter::once(jti).chain(ancestors) {
+        if sts.is_revoked(id).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// A configured client's Basic credentials, or `Bearer` with the very token asked about.
@@ -326,6 +334,41 @@ mod tests {
             ],
             "an expired token of ours is still revoked"
         );
+    }
+
+    #[tokio::test]
+    async fn revoking_a_session_or_a_parent_ends_what_came_from_it() {
+        let (sts, _dir) = sts();
+        let auth = basic("gate", SECRET);
+        let session = mint(&sts, 600);
+        let session_jti = verify(&sts, &session, true).unwrap().jti;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let child = |extra: Value| {
+            let mut claims = json!({"iss": sts.config.issuer, "sub": "s", "aud": "a", "scope": "repo:x:read",
+                                    "iat": now, "exp": now + 300, "jti": crate::server::random_id()});
+            for (k, v) in extra.as_object().unwrap() {
+                claims[k] = v.clone();
+            }
+            sts.key.sign(Some("at+jwt"), &claims).unwrap()
+        };
+        let derived = child(json!({"sid": session_jti, "act": {"sub": "agent:claude", "declared": true}}));
+        let derived_jti = verify(&sts, &derived, true).unwrap().jti;
+        let registry = child(json!({"parent_jti": derived_jti, "sid": session_jti}));
+        let unrelated = child(json!({"sid": "another-session"}));
+        for token in [&derived, &registry, &unrelated] {
+            let (_, body) = post(&sts, "/introspect", Some(&auth), &format!("token={token}")).await;
+            assert_eq!(body["active"], true);
+        }
+        let (_, body) = post(&sts, "/introspect", Some(&auth), &format!("token={derived}")).await;
+        assert_eq!((&body["sid"], &body["act"]["sub"]), (&json!(session_jti), &json!("agent:claude")));
+
+        post(&sts, "/revoke", None, &format!("token={session}")).await;
+        for token in [&derived, &registry] {
+            let (_, body) = post(&sts, "/introspect", Some(&auth), &format!("token={token}")).await;
+            assert_eq!(body, json!({"active": false}));
+        }
+        let (_, body) = post(&sts, "/introspect", Some(&auth), &format!("token={unrelated}")).await;
+        assert_eq!(body["active"], true, "another session's tokens live on");
     }
 
     #[tokio::test]

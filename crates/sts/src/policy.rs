@@ -26,6 +26,20 @@ pub struct ExchangeAsk<'a> {
     pub ttl: Option<Duration>,
     /// The intent the client sent (command, tool, operation), if any.
     pub intent: Option<&'a Value>,
+    /// Who acts for the subject, when the request carried an actor token (or opens a
+    /// session naming its agent). Rules ignore it; Cedar sees it as `context.actor`.
+    pub actor: Option<Acting<'a>>,
+}
+
+/// Who acts for the subject (RFC 8693 delegation), as a policy sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Acting<'a> {
+    /// The `act` claim the token would carry: the current actor outermost, the chain that
+    /// reached it nested inside.
+    pub act: &'a Value,
+    /// Who vouches for the current actor: its ID token's issuer, or this exchange for an
+    /// agent a session declared.
+    pub issuer: &'a str,
 }
 
 /// A yes.
@@ -61,6 +75,13 @@ pub trait Policy: Send + Sync {
     /// requested scope before the subject token is verified or any rule evaluated.
     fn grants_shape(&self, _scope: &str) -> bool {
         true
+    }
+
+    /// Whether the subject may open a session: a token for this exchange alone, which
+    /// grants nothing by itself, so no rule is needed and only an explicit forbid refuses
+    /// it. `Ok` carries the policies that permitted it, for the audit line.
+    fn decide_session(&self, _ask: &ExchangeAsk<'_>) -> Result<Vec<String>, Denial> {
+        Ok(Vec::new())
     }
 }
 
@@ -222,6 +243,26 @@ impl Policy for Staged {
         }
     }
 
+    fn decide_session(&self, ask: &ExchangeAsk<'_>) -> Result<Vec<String>, Denial> {
+        let Some(cedar) = &self.cedar else {
+            return Ok(Vec::new());
+        };
+        let principal_type = if self.people.contains(&ask.subject.issuer) { "Person" } else { "Workload" };
+        let decision = cedar.current().decide_session(ask, principal_type).map_err(|reason| Denial {
+            code: OAuthError::InvalidScope,
+            reason,
+            policies: Vec::new(),
+        })?;
+        if decision.forbids.is_empty() {
+            return Ok(decision.permits);
+        }
+        Err(Denial {
+            code: OAuthError::InvalidScope,
+            reason: format!("scope `session` is refused: {}", decision.forbid_reasons.join("; ")),
+            policies: decision.forbids,
+        })
+    }
+
     /// A rule's shape, or with policies configured any scope that names a kind of
     /// resource the schema knows.
     fn grants_shape(&self, scope: &str) -> bool {
@@ -310,7 +351,7 @@ mod tests {
         scopes: &'a [String],
         ttl: Option<u64>,
     ) -> ExchangeAsk<'a> {
-        ExchangeAsk { subject, audience, scopes, ttl: ttl.map(Duration::from_secs), intent: None }
+        ExchangeAsk { subject, audience, scopes, ttl: ttl.map(Duration::from_secs), intent: None, actor: None }
     }
 
     #[test]

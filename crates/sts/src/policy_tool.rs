@@ -125,6 +125,7 @@ pub fn test(file: &Path, config: Option<&Config>) -> Result<Report, String> {
                     scopes: &scopes,
                     ttl,
                     intent: intent.as_ref(),
+                    actor: None,
                 };
                 staged.decide(&ask)
             });

@@ -85,11 +85,12 @@ pub(crate) async fn token(
             return unauthorized("token not minted by this exchange for this registry");
         }
     };
-    let revoked = match claims["jti"].as_str() {
-        Some(jti) => sts.is_revoked(jti).await,
-        None => Ok(true),
-    };
-    match revoked {
+    // A session token names an agent and grants nothing; the tokens derived from it do.
+    if claims["scope"].as_str() == Some(crate::delegation::SESSION_SCOPE) {
+        return unauthorized("a session token grants no registry access");
+    }
+    let empty = serde_json::Map::new();
+    match crate::own_tokens::revoked_lineage(&sts, claims.as_object().unwrap_or(&empty)).await {
         Ok(false) => {}
         Ok(true) => {
             sts.audit.write(&Line {
@@ -99,6 +100,7 @@ pub(crate) async fn token(
                 subject: claims["sub"].as_str(),
                 audience: Some(service),
                 jti: claims["jti"].as_str(),
+                sid: claims["sid"].as_str(),
                 ..Line::default()
             });
             return unauthorized("token has been revoked");
@@ -115,12 +117,16 @@ pub(crate) async fn token(
     let expires = claims["exp"].as_i64().unwrap_or(now).min(now + REGISTRY_TOKEN_SECS);
     let subject = claims["sub"].as_str().unwrap_or("");
     let jti = crate::server::random_id();
-    // `parent_jti` ties the registry token to the exchange token it came from, so
-    // revoking that one makes this one inactive at `/introspect` too.
-    let registry_claims = json!({
+    // `parent_jti` ties the registry token to the exchange token it came from, and `sid`
+    // to the session that one came through, so revoking either makes this one inactive at
+    // `/introspect` too.
+    let mut registry_claims = json!({
         "iss": sts.config.issuer, "sub": subject, "aud": service, "iat": now, "nbf": now - 5, "exp": expires,
         "jti": jti, "parent_jti": claims["jti"], "access": access,
     });
+    if let Some(sid) = claims["sid"].as_str() {
+        registry_claims["sid"] = Value::from(sid);
+    }
     let Ok(token) = sts.key.sign(Some("JWT"), &registry_claims) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
@@ -145,6 +151,9 @@ pub(crate) async fn token(
         scope: Some(summary.join(" ")),
         ttl: u64::try_from(expires - now).ok(),
         rule: Some("registry token"),
+        jti: Some(&jti),
+        act: claims.get("act"),
+        sid: claims["sid"].as_str(),
         fingerprint: Some(mayfly_core::Fingerprint::of(&token).to_string()),
         ..Line::default()
     });

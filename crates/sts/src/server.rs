@@ -14,9 +14,10 @@ use serde_json::{Value, json};
 
 use crate::audit::{Audit, Line, now_rfc3339};
 use crate::config::Config;
+use crate::delegation::{Actor, JWT_TOKEN_TYPE, SESSION_SCOPE};
 use crate::keys::{Algorithm, SigningKey};
 use crate::oauth::OAuthError;
-use crate::policy::{ExchangeAsk, Policy, Rules, Staged};
+use crate::policy::{Acting, ExchangeAsk, Policy, Rules, Staged};
 use crate::revocation::{RedbStore, RevocationStore};
 use crate::verify::Verifier;
 use mayfly_core::{ACCESS_TOKEN_TYPE, Fingerprint, ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT};
@@ -25,13 +26,12 @@ use mayfly_core::{ACCESS_TOKEN_TYPE, Fingerprint, ID_TOKEN_TYPE, TOKEN_EXCHANGE_
 const MAX_REQUEST: usize = 64 * 1024;
 /// How often policy files are checked for changes (a stat per file).
 const POLICY_POLL: Duration = Duration::from_secs(1);
-const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 
 /// A running exchange's state.
 pub struct Sts {
     pub(crate) config: Config,
     pub(crate) key: SigningKey,
-    verifier: Verifier,
+    pub(crate) verifier: Verifier,
     policy: Box<dyn Policy>,
     /// The Cedar policies, reloaded on SIGHUP or change while serving.
     pub(crate) cedar: Option<Arc<crate::cedar::Handle>>,
@@ -217,17 +217,25 @@ async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: Bytes) -> 
     let form = Form { pairs: url::form_urlencoded::parse(&body).into_owned().collect() };
     match exchange(&sts, &form).await {
         Ok(response) => response,
-        Err(Refusal { code, reason }) => oauth_error(StatusCode::BAD_REQUEST, code, &reason),
+        Err(Refusal { code, reason }) => {
+            let status = match code {
+                OAuthError::TemporarilyUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+                OAuthError::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            oauth_error(status, code, &reason)
+        }
     }
 }
 
 /// An RFC 6749 error: its code and a description safe to show the client.
-struct Refusal {
-    code: OAuthError,
-    reason: String,
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) code: OAuthError,
+    pub(crate) reason: String,
 }
 
-fn invalid_request(reason: impl Into<String>) -> Refusal {
+pub(crate) fn invalid_request(reason: impl Into<String>) -> Refusal {
     Refusal { code: OAuthError::InvalidRequest, reason: reason.into() }
 }
 
@@ -247,18 +255,30 @@ fn check_shape(form: &Form) -> Result<(), Refusal> {
         None => return Err(invalid_request("`subject_token_type` is required")),
     }
     match (form.one("actor_token").map_err(invalid_request)?, form.one("actor_token_type").map_err(invalid_request)?) {
-        (None, None) => {}
+        (None, None) | (Some(_), Some(ACCESS_TOKEN_TYPE | ID_TOKEN_TYPE | JWT_TOKEN_TYPE)) => {}
         (Some(_), None) | (None, Some(_)) => {
             return Err(invalid_request("`actor_token` and `actor_token_type` go together"));
         }
         (Some(_), Some(_)) => {
-            return Err(invalid_request("delegation (`actor_token`) is not supported by this exchange"));
+            return Err(invalid_request("`actor_token_type` must be an access_token, id_token or jwt"));
         }
     }
     match form.one("requested_token_type").map_err(invalid_request)? {
         None | Some(ACCESS_TOKEN_TYPE | JWT_TOKEN_TYPE) => Ok(()),
         Some(_) => Err(invalid_request("`requested_token_type` must be an access_token or jwt")),
     }
+}
+
+/// Writes the audit line of a refusal and hands the refusal back.
+fn denied(sts: &Sts, refusal: Refusal, line: Line<'_>) -> Refusal {
+    sts.audit.write(&Line {
+        time: now_rfc3339(),
+        outcome: "denied",
+        code: Some(refusal.code.as_str()),
+        reason: Some(&refusal.reason),
+        ..line
+    });
+    refusal
 }
 
 async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
@@ -281,69 +301,92 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
         audience: audiences.first().map(|a| mayfly_core::clip(a, 512)),
         ..Line::default()
     };
-    let deny = |refusal: Refusal, line: Line<'_>| {
-        sts.audit.write(&Line {
-            time: now_rfc3339(),
-            outcome: "denied",
-            code: Some(refusal.code.as_str()),
-            reason: Some(&refusal.reason),
-            ..line
-        });
-        refusal
-    };
     if let Err(refusal) = check_shape(form) {
-        return Err(deny(refusal, line));
+        return Err(denied(sts, refusal, line));
     }
+    // A session is a token for this exchange itself; `session` is a scope only there.
+    let opens_session = scope == SESSION_SCOPE && audiences.as_slice() == [sts.config.issuer.as_str()];
     // Each scope is one token of a shape this exchange can grant, within the limits,
     // before anything costs more than a pass over the request.
-    let scopes = match requested_scopes(sts, scope) {
-        Ok(scopes) => scopes,
-        Err(refusal) => return Err(deny(refusal, line)),
+    let scopes = if opens_session {
+        vec![SESSION_SCOPE.to_owned()]
+    } else {
+        match requested_scopes(sts, scope) {
+            Ok(scopes) => scopes,
+            Err(refusal) => return Err(denied(sts, refusal, line)),
+        }
     };
     let Some(subject_token) = form.one("subject_token").ok().flatten() else {
-        return Err(deny(invalid_request("`subject_token` is required"), line));
+        return Err(denied(sts, invalid_request("`subject_token` is required"), line));
     };
     let audience = match audiences.as_slice() {
         [one] => *one,
         [] => {
-            return Err(deny(
-                Refusal { code: OAuthError::InvalidTarget, reason: "an `audience` is required".into() },
-                line,
-            ));
+            let refusal = Refusal { code: OAuthError::InvalidTarget, reason: "an `audience` is required".into() };
+            return Err(denied(sts, refusal, line));
         }
         _ => {
-            return Err(deny(
-                Refusal { code: OAuthError::InvalidTarget, reason: "one `audience` per request".into() },
-                line,
-            ));
+            let refusal = Refusal { code: OAuthError::InvalidTarget, reason: "one `audience` per request".into() };
+            return Err(denied(sts, refusal, line));
         }
     };
     let ttl = match form.one("requested_ttl").map_err(invalid_request)?.map(str::parse::<u64>) {
         Some(Ok(secs)) => Some(Duration::from_secs(secs)),
         Some(Err(_)) => {
-            return Err(deny(invalid_request("`requested_ttl` must be seconds"), line));
+            return Err(denied(sts, invalid_request("`requested_ttl` must be seconds"), line));
         }
         None => None,
     };
     let subject = match sts.verifier.verify(subject_token).await {
         Ok(subject) => subject,
-        Err(rejection) => return Err(deny(invalid_request(rejection.0), line)),
+        Err(rejection) => return Err(denied(sts, invalid_request(rejection.0), line)),
     };
     line.issuer = Some(&subject.issuer);
     line.subject = Some(&subject.subject);
-    let ask = ExchangeAsk { subject: &subject, audience, scopes: &scopes, ttl, intent: intent.as_ref() };
+    // check_shape saw both or neither.
+    let actor = match (form.one("actor_token").ok().flatten(), form.one("actor_token_type").ok().flatten()) {
+        (Some(token), Some(token_type)) => match crate::delegation::resolve(sts, token, token_type, &subject).await {
+            Ok(actor) => Some(actor),
+            Err(refusal) => return Err(denied(sts, refusal, line)),
+        },
+        _ => None,
+    };
+    if opens_session {
+        if actor.is_some() {
+            let refusal = invalid_request("a session is opened with the subject's own token, without an actor token");
+            return Err(denied(sts, refusal, line));
+        }
+        return open_session(sts, &subject, audience, ttl, intent.as_ref(), line);
+    }
+    let line = Line { act: actor.as_ref().map(|a| &a.act), sid: actor.as_ref().and_then(|a| a.sid.as_deref()), ..line };
+    if let Some(actor) = &actor
+        && let Err(reason) = crate::delegation::check_may_act(&subject, actor)
+    {
+        return Err(denied(sts, invalid_request(reason), line));
+    }
+    let ask = ExchangeAsk {
+        subject: &subject,
+        audience,
+        scopes: &scopes,
+        ttl,
+        intent: intent.as_ref(),
+        actor: actor.as_ref().map(|a| Acting { act: &a.act, issuer: &a.issuer }),
+    };
     let grant = match sts.policy.decide(&ask) {
         Ok(grant) => grant,
         Err(denial) => {
             let policies = (!denial.policies.is_empty()).then_some(denial.policies.as_slice());
-            return Err(deny(Refusal { code: denial.code, reason: denial.reason.clone() }, Line { policies, ..line }));
+            let refusal = Refusal { code: denial.code, reason: denial.reason.clone() };
+            return Err(denied(sts, refusal, Line { policies, ..line }));
         }
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let ttl = grant.ttl.as_secs();
+    // A token derived through a session does not outlive it.
+    let session_left = actor.as_ref().and_then(|a| a.until).map(|until| u64::try_from(until - now).unwrap_or(0));
+    let ttl = session_left.map_or(grant.ttl.as_secs(), |left| grant.ttl.as_secs().min(left));
     let jti = random_id();
     let scope = grant.scopes.join(" ");
-    let claims = json!({
+    let mut claims = json!({
         "iss": sts.config.issuer,
         "sub": subject.subject,
         "aud": audience,
@@ -355,6 +398,12 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
         "client_id": "mayfly",
         "subject_issuer": subject.issuer,
     });
+    if let Some(actor) = &actor {
+        claims["act"] = actor.act.clone();
+        if let Some(sid) = &actor.sid {
+            claims["sid"] = Value::from(sid.as_str());
+        }
+    }
     let access_token =
         sts.key.sign(Some("at+jwt"), &claims).map_err(|e| Refusal { code: OAuthError::ServerError, reason: e })?;
     sts.audit.write(&Line {
@@ -368,16 +417,93 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
         fingerprint: Some(Fingerprint::of(&access_token).to_string()),
         ..line
     });
-    Ok(no_store(
+    Ok(issued(&access_token, ttl, &scope))
+}
+
+/// Mints a session token: for this exchange itself, naming the agent the intent declares.
+/// No rule is needed (it grants nothing by itself); a Cedar forbid on `session` refuses it.
+/// Its lifetime is capped by `session_max_ttl`, not by the rules' `max_ttl`.
+fn open_session(
+    sts: &Sts,
+    subject: &crate::VerifiedSubject,
+    audience: &str,
+    ttl: Option<Duration>,
+    intent: Option<&Value>,
+    line: Line<'_>,
+) -> Result<Response, Refusal> {
+    let agent = match crate::delegation::declared_agent(intent) {
+        Ok(agent) => agent,
+        Err(reason) => return Err(denied(sts, invalid_request(reason), line)),
+    };
+    let actor = Actor { act: agent, issuer: sts.config.issuer.clone(), sid: None, until: None };
+    let line = Line { act: Some(&actor.act), ..line };
+    if let Err(reason) = crate::delegation::check_may_act(subject, &actor) {
+        return Err(denied(sts, invalid_request(reason), line));
+    }
+    let max = sts.config.session_max_ttl;
+    let ttl = ttl.unwrap_or(max).min(max);
+    let scopes = [SESSION_SCOPE.to_owned()];
+    let ask = ExchangeAsk {
+        subject,
+        audience,
+        scopes: &scopes,
+        ttl: Some(ttl),
+        intent,
+        actor: Some(Acting { act: &actor.act, issuer: &actor.issuer }),
+    };
+    let policies = match sts.policy.decide_session(&ask) {
+        Ok(policies) => policies,
+        Err(denial) => {
+            let policies = (!denial.policies.is_empty()).then_some(denial.policies.as_slice());
+            let refusal = Refusal { code: denial.code, reason: denial.reason.clone() };
+            return Err(denied(sts, refusal, Line { policies, ..line }));
+        }
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let ttl = ttl.as_secs();
+    let jti = random_id();
+    let claims = json!({
+        "iss": sts.config.issuer,
+        "sub": subject.subject,
+        "subject_issuer": subject.issuer,
+        "aud": sts.config.issuer,
+        "scope": SESSION_SCOPE,
+        "iat": now,
+        "nbf": now,
+        "exp": now + i64::try_from(ttl).unwrap_or(i64::MAX / 4),
+        "jti": jti,
+        "act": actor.act,
+    });
+    let token =
+        sts.key.sign(Some("at+jwt"), &claims).map_err(|e| Refusal { code: OAuthError::ServerError, reason: e })?;
+    // The session's own line carries its `jti` as `sid` too, so one search for a `sid`
+    // finds the session and everything minted through it.
+    sts.audit.write(&Line {
+        time: now_rfc3339(),
+        outcome: "issued",
+        scope: Some(SESSION_SCOPE.to_owned()),
+        ttl: Some(ttl),
+        policies: Some(policies.as_slice()).filter(|p| !p.is_empty()),
+        jti: Some(&jti),
+        sid: Some(&jti),
+        fingerprint: Some(Fingerprint::of(&token).to_string()),
+        ..line
+    });
+    Ok(issued(&token, ttl, SESSION_SCOPE))
+}
+
+/// The RFC 8693 success answer.
+fn issued(token: &str, ttl: u64, scope: &str) -> Response {
+    no_store(
         axum::Json(json!({
-            "access_token": access_token,
+            "access_token": token,
             "issued_token_type": ACCESS_TOKEN_TYPE,
             "token_type": "Bearer",
             "expires_in": ttl,
             "scope": scope,
         }))
         .into_response(),
-    ))
+    )
 }
 
 /// The requested scopes, each checked against the scope grammar and the shapes the

@@ -231,7 +231,7 @@ impl IssuerState {
     }
 }
 
-fn decode_part(part: &str) -> Option<Value> {
+pub(crate) fn decode_part(part: &str) -> Option<Value> {
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).ok()?).ok()
 }
 

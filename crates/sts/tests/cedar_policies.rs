@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mayfly_sts::cedar::{Handle, Sources};
-use mayfly_sts::{ExchangeAsk, OAuthError, Policy, Rule, Rules, Staged, VerifiedSubject};
+use mayfly_sts::{Acting, ExchangeAsk, OAuthError, Policy, Rule, Rules, Staged, VerifiedSubject};
 use serde_json::json;
 
 const ISSUER: &str = "https://issuer";
@@ -49,7 +49,7 @@ fn staged(dir: &Path) -> (Staged, Arc<Handle>) {
 }
 
 fn ask<'a>(subject: &'a VerifiedSubject, audience: &'a str, scopes: &'a [String]) -> ExchangeAsk<'a> {
-    ExchangeAsk { subject, audience, scopes, ttl: None, intent: None }
+    ExchangeAsk { subject, audience, scopes, ttl: None, intent: None, actor: None }
 }
 
 const NO_PUSH_TO_MAIN: &str = r#"
@@ -209,4 +209,50 @@ fn scopes_map_to_typed_resources() {
     let t = Target::of("npm:@scope/pkg:read", "https://registry.npmjs.org/").unwrap();
     assert_eq!((t.kind_type, t.entity_id()), ("Package", "registry.npmjs.org/@scope/pkg".to_owned()));
     assert!(Target::of("repo:org/app:*", GIT).unwrap_err().contains("names no operation"));
+}
+
+#[test]
+fn the_actor_reaches_the_context_and_a_forbid_on_session_refuses_one() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "agents.cedar",
+        r#"
+@id("no sessions from shared hosts")
+@reason("open agent sessions from your own machine")
+forbid (principal, action == Action::"session", resource)
+when { context has actor && context.actor has host && context.actor.host == "shared" };
+
+@id("declared agents read only")
+forbid (principal, action == Action::"write", resource)
+when { context has actor && context.actor has declared && context.actor.declared };
+"#,
+    );
+    let (staged, _handle) = staged(dir.path());
+    let s = subject("refs/heads/main");
+    let declared = json!({"sub": "agent:claude", "declared": true, "host": "laptop"});
+    let agent = Acting { act: &declared, issuer: "https://sts.example" };
+    let session = vec!["session".to_owned()];
+    let opening = ExchangeAsk { actor: Some(agent), ..ask(&s, "https://sts.example", &session) };
+    assert_eq!(staged.decide_session(&opening), Ok(vec![]), "no rule is needed to open a session");
+    let shared = json!({"sub": "agent:claude", "declared": true, "host": "shared"});
+    let denial =
+        staged.decide_session(&ExchangeAsk { actor: Some(Acting { act: &shared, ..agent }), ..opening }).unwrap_err();
+    assert_eq!(denial.code, OAuthError::InvalidScope);
+    assert_eq!(
+        denial.reason,
+        "scope `session` is refused: policy `no sessions from shared hosts`: open agent sessions from your own machine"
+    );
+    assert_eq!(denial.policies, ["no sessions from shared hosts"]);
+
+    let write_app = vec!["repo:org/app:write".to_owned()];
+    let read_app = vec!["repo:org/app:read".to_owned()];
+    let through_agent = |scopes| ExchangeAsk { actor: Some(agent), ..ask(&s, GIT, scopes) };
+    assert!(staged.decide(&through_agent(&read_app)).is_ok());
+    let denial = staged.decide(&through_agent(&write_app)).unwrap_err();
+    assert_eq!(denial.policies, ["declared agents read only"]);
+    assert!(staged.decide(&ask(&s, GIT, &write_app)).is_ok(), "without an actor the rule grants");
+    let workload = json!({"sub": "bot", "iss": ISSUER});
+    let attested = ExchangeAsk { actor: Some(Acting { act: &workload, issuer: ISSUER }), ..ask(&s, GIT, &write_app) };
+    assert!(staged.decide(&attested).is_ok(), "an actor with its own identity is not declared");
 }
