@@ -295,3 +295,46 @@ fn redact_catches_a_token_split_over_two_writes_and_its_base64_forms() {
     }
     assert_eq!(stdout.matches(mayfly_core::REDACTED).count(), 3, "{stdout}");
 }
+
+#[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
+fn an_agent_session_mints_tokens_that_name_the_agent_and_its_end_revokes_the_session_token() {
+    if !require_tool("git") {
+        return;
+    }
+    let stack = unwired_stack();
+    let out = Command::new(bin("mayfly"))
+        .args(["exec", "--session", "agent-1", "--agent", "claude", "--", "sh", "-c", &push_and_show_token(&stack)])
+        .current_dir(&stack.work)
+        .env_clear()
+        .envs(stack.env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = token_from(&String::from_utf8_lossy(&out.stdout));
+
+    // The write token names the person or workload and, as its actor, the agent.
+    let claims = mayfly_core::peek_claims(&token).expect("a JWT");
+    let payload: Value = {
+        use base64::Engine;
+        let part = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    };
+    assert_eq!(claims.sub.as_deref(), Some("repo:org/app:ref:refs/heads/main"));
+    assert_eq!(payload["act"]["sub"], "agent:claude", "{payload}");
+    assert_eq!(payload["act"]["declared"], true, "{payload}");
+    assert!(payload["sid"].is_string(), "{payload}");
+
+    // The exchange opened one session token for the session, and its end revoked it.
+    let sts = stack.sts_audit();
+    let sessions: Vec<&Value> = sts.iter().filter(|l| l["outcome"] == "issued" && l["scope"] == "session").collect();
+    assert_eq!(sessions.len(), 1, "{sts:?}");
+    assert!(sts.iter().any(|l| l["outcome"] == "revoked" && l["jti"] == payload["sid"]), "{sts:?}");
+    assert_eq!(git_server_status(&stack, &token), 401);
+
+    // The client's lines name the agent, from the session's start to its end.
+    let lines = session_lines(&stack, "agent-1");
+    assert!(lines.iter().all(|l| l["agent"] == "claude"), "{lines:?}");
+    assert_eq!(cached_in_session(&stack, "agent-1"), 0);
+    stack.assert_no_tokens_on_disk();
+}

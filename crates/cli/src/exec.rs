@@ -54,6 +54,11 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let agent = args.agent.as_deref().map(|name| check_name("--agent", name)).transpose()?;
     let runtime = private_runtime_dir(&env)?;
     let (env, cache_vars) = usable_cache(env, runtime.path())?;
+    // The session's own lines (its end's revocations too) name its agent.
+    let env = match &agent {
+        Some(agent) => env.with(&[(EnvVars::MAYFLY_AGENT, agent.as_str())]),
+        None => env,
+    };
     let broker = Broker::from_env(env.clone()).map_err(|e| anyhow::anyhow!(mayfly_core::protocol::one_line(&e)))?;
     let bin = runtime.path().join("bin");
     link_helpers(&bin, broker.config(), &env)?;
