@@ -1,5 +1,6 @@
 //! `mayfly`: the command people and CI steps run.
 
+mod approve;
 mod audit;
 mod demo;
 mod doctor;
@@ -35,6 +36,10 @@ enum Command {
     Status(status::Args),
     /// Read and filter the audit log
     Audit(audit::Args),
+    /// Approve a request an exchange holds for a person's approval, as yourself
+    Approve(approve::Args),
+    /// Deny a request an exchange holds for approval (say why with --reason)
+    Deny(approve::Args),
     /// Dry-run a request: which route, identity and exchange, and what the exchange says
     Explain(explain::Args),
     /// Print shell completions or man pages
@@ -51,6 +56,8 @@ fn main() -> std::process::ExitCode {
         Command::Doctor(args) => doctor::run(&args),
         Command::Status(args) => status::run(&args),
         Command::Audit(args) => audit::run(&args),
+        Command::Approve(args) => approve::run(&args, true),
+        Command::Deny(args) => approve::run(&args, false),
         Command::Explain(args) => explain::run(&args),
         Command::Generate(what) => generate::run(&what, Cli::command()),
     };

@@ -139,6 +139,9 @@ pub struct ExchangeEntry {
     /// Request timeout, as a duration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Longest wait for a person to approve a held request, as a duration (15m).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_wait: Option<String>,
 }
 
 /// A route as written.
@@ -232,7 +235,12 @@ pub struct ExchangeConfig {
     pub ca_file: Option<PathBuf>,
     /// Whole-request timeout.
     pub timeout: Duration,
+    /// Longest wait for a person to approve a request the exchange holds for approval.
+    pub approval_wait: Duration,
 }
+
+/// How long a tool waits for an approval when the config does not say.
+pub(crate) const DEFAULT_APPROVAL_WAIT: Duration = Duration::from_secs(15 * 60);
 
 /// The protocol an exchange speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -640,7 +648,8 @@ fn exchange(name: String, raw: ExchangeEntry) -> Result<ExchangeConfig, String> 
         None => None,
     };
     let timeout = raw.timeout.as_deref().map(parse_duration).transpose()?.unwrap_or(Duration::from_secs(15));
-    Ok(ExchangeConfig { name, kind, token_endpoint, revocation_endpoint, ca_file: raw.ca_file, timeout })
+    let approval_wait = raw.approval_wait.as_deref().map(parse_duration).transpose()?.unwrap_or(DEFAULT_APPROVAL_WAIT);
+    Ok(ExchangeConfig { name, kind, token_endpoint, revocation_endpoint, ca_file: raw.ca_file, timeout, approval_wait })
 }
 
 #[cfg(test)]

@@ -154,19 +154,154 @@ pub(crate) fn parse(exchange: &str, status: u16, body: &[u8]) -> Result<Exchange
     }
 }
 
-/// Sends the exchange, again only where the exchange cannot have minted anything.
+/// Sends the exchange, again only where the exchange cannot have minted anything. A
+/// request the exchange holds for a person's approval is waited for here: the tool blocks
+/// on its helper meanwhile, as it would on a slow server.
 pub(crate) fn exchange(
     config: &ExchangeConfig,
     http: &HttpClient,
     request: &ExchangeRequest<'_>,
 ) -> Result<ExchangeResponse, Error> {
+    match send(config, http, request, None)? {
+        Answer::Token(response) => Ok(response),
+        Answer::Pending { approval: Some(approval), .. } => wait_for_approval(config, http, request, &approval),
+        Answer::Pending { approval: None, .. } | Answer::SlowDown { .. } => Err(Error::Malformed {
+            exchange: config.name.clone(),
+            status: 400,
+            what: "a pending answer without an approval".into(),
+        }),
+    }
+}
+
+fn send(
+    config: &ExchangeConfig,
+    http: &HttpClient,
+    request: &ExchangeRequest<'_>,
+    approval_code: Option<&Secret>,
+) -> Result<Answer, Error> {
     let url = &config.token_endpoint;
-    let body = form(request);
+    let mut body = form(request);
+    if let Some(code) = approval_code {
+        body.push(("approval_code", code.expose().into()));
+    }
     let build = || Ok(http.post(url)?.header("Accept", "application/json").form(&body));
     let (status, body) = http
         .send_retrying(url, Retry::Unavailable, &build)
         .map_err(|source| Error::Http { exchange: config.name.clone(), source })?;
-    parse(&config.name, status, &body)
+    read(&config.name, status, &body)
+}
+
+/// A request the exchange holds until a person approves it (mayfly-sts's step-up: an
+/// RFC 8693 error in the style of RFC 8628's `authorization_pending`).
+pub(crate) struct Approval {
+    /// Where an approver looks at it and decides.
+    uri: String,
+    /// The secret that collects the token once approved: the client's alone.
+    code: Secret,
+    /// Seconds between polls.
+    interval: u64,
+    /// Seconds until the approval expires.
+    expires_in: u64,
+}
+
+/// An exchange's answer: a token, or a request held for approval.
+pub(crate) enum Answer {
+    Token(ExchangeResponse),
+    /// Held: with the approval on the first answer, without it while polling.
+    Pending {
+        approval: Option<Approval>,
+        interval: Option<u64>,
+    },
+    /// Polled too fast: wait this many seconds between polls from now on.
+    SlowDown {
+        interval: u64,
+    },
+}
+
+#[derive(Deserialize)]
+struct PendingBody {
+    error: String,
+    approval_uri: Option<String>,
+    approval_code: Option<String>,
+    interval: Option<u64>,
+    expires_in: Option<u64>,
+}
+
+/// Reads an answer that may hold the request for approval; anything else as [`parse`].
+pub(crate) fn read(exchange: &str, status: u16, body: &[u8]) -> Result<Answer, Error> {
+    let pending = (status == 400).then(|| serde_json::from_slice::<PendingBody>(body).ok()).flatten();
+    match pending {
+        Some(p) if p.error == "authorization_pending" => {
+            let approval = match (p.approval_uri, p.approval_code) {
+                (Some(uri), Some(code)) if is_clean(&uri) && is_clean(&code) => Some(Approval {
+                    uri,
+                    code: Secret::new(code),
+                    interval: p.interval.unwrap_or(5),
+                    expires_in: p.expires_in.unwrap_or(0),
+                }),
+                _ => None,
+            };
+            Ok(Answer::Pending { approval, interval: p.interval })
+        }
+        Some(p) if p.error == "slow_down" => Ok(Answer::SlowDown { interval: p.interval.unwrap_or(10) }),
+        _ => parse(exchange, status, body).map(Answer::Token),
+    }
+}
+
+/// `5m`, `1m30s`, `45s`: a duration as a person reads it.
+fn in_words(seconds: u64) -> String {
+    match (seconds / 60, seconds % 60) {
+        (0, s) => format!("{s}s"),
+        (m, 0) => format!("{m}m"),
+        (m, s) => format!("{m}m{s}s"),
+    }
+}
+
+fn is_clean(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 2048 && !text.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+/// Polls until the approval is granted (the token), denied, expired, or the client's own
+/// limit; one line on stderr says what the tool is waiting for and where to approve it.
+fn wait_for_approval(
+    config: &ExchangeConfig,
+    http: &HttpClient,
+    request: &ExchangeRequest<'_>,
+    approval: &Approval,
+) -> Result<ExchangeResponse, Error> {
+    // Between 1 s and 60 s, whatever the exchange says: a lying interval neither spins
+    // nor stalls the tool.
+    let clamp = |seconds: u64| Duration::from_secs(seconds.clamp(1, 60));
+    let limit = config.approval_wait.min(Duration::from_secs(approval.expires_in.max(1)));
+    let intent = request.intent;
+    crate::protocol::warn(&format!(
+        "waiting for approval of {} on {}: {} (expires in {})",
+        intent.operation,
+        intent.target,
+        approval.uri,
+        in_words(approval.expires_in)
+    ));
+    let started = std::time::Instant::now();
+    let mut interval = clamp(approval.interval);
+    loop {
+        if started.elapsed() + interval > limit {
+            return Err(Error::Denied {
+                exchange: config.name.clone(),
+                code: "expired_token".into(),
+                description: Some(format!(
+                    "no decision on the approval within {}s; ask again once it is approved",
+                    limit.as_secs()
+                )),
+            });
+        }
+        std::thread::sleep(interval);
+        match send(config, http, request, Some(&approval.code))? {
+            Answer::Token(response) => return Ok(response),
+            Answer::Pending { interval: Some(next), .. } => interval = clamp(next),
+            Answer::Pending { .. } => {}
+            Answer::SlowDown { interval: next } => interval = clamp(next),
+        }
+    }
 }
 
 /// RFC 7009 revocation: `token` and `token_type_hint=access_token`, form-encoded. The
@@ -192,6 +327,36 @@ fn unexpected(config: &ExchangeConfig, status: u16) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_request_is_read_as_pending_and_anything_else_as_before() {
+        let first = br#"{"error":"authorization_pending","error_description":"write needs approval","approval_id":"ab","approval_uri":"https://sts/approve/ab","approval_code":"c0de","interval":3,"expires_in":600}"#;
+        let Ok(Answer::Pending { approval: Some(approval), interval: Some(3) }) = read("sts", 400, first) else {
+            panic!("a first pending answer carries its approval")
+        };
+        assert_eq!((approval.uri.as_str(), approval.code.expose()), ("https://sts/approve/ab", "c0de"));
+        assert_eq!((approval.interval, approval.expires_in), (3, 600));
+        let polling = br#"{"error":"authorization_pending","interval":5}"#;
+        assert!(matches!(read("sts", 400, polling), Ok(Answer::Pending { approval: None, interval: Some(5) })));
+        // A code or URI that could break a line or smuggle a space is not an approval.
+        let hostile = br#"{"error":"authorization_pending","approval_uri":"https://sts/a\nb","approval_code":"c"}"#;
+        assert!(matches!(read("sts", 400, hostile), Ok(Answer::Pending { approval: None, .. })));
+        assert!(matches!(
+            read("sts", 400, br#"{"error":"slow_down","interval":15}"#),
+            Ok(Answer::SlowDown { interval: 15 })
+        ));
+        let denied = read("sts", 400, br#"{"error":"access_denied","error_description":"denied by alice: not today"}"#);
+        assert!(
+            matches!(&denied, Err(Error::Denied { code, description: Some(d), .. }) if code == "access_denied" && d.contains("alice")),
+            "{:?}",
+            denied.err()
+        );
+        assert!(matches!(
+            read("sts", 200, br#"{"access_token":"t","issued_token_type":"x","token_type":"Bearer"}"#),
+            Ok(Answer::Token(_))
+        ));
+        assert_eq!((in_words(300), in_words(45), in_words(90)), ("5m".into(), "45s".into(), "1m30s".into()));
+    }
 
     #[test]
     fn a_delegated_request_sends_the_session_token_as_its_actor() {
