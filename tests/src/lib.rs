@@ -366,6 +366,7 @@ impl Stack {
                     revocation_endpoint: Some(format!("{}/revoke", self.sts.url)),
                     ca_file: Some(self.ca.ca_cert.clone()),
                     timeout: Some("5s".into()),
+                    ..Default::default()
                 },
             )]
             .into(),
