@@ -86,10 +86,14 @@ impl Drop for StsProcess {
     }
 }
 
+/// A change to the exchange's config, given the stack's directory (for policy files).
+type StsTweak = std::sync::Arc<dyn Fn(&mut StsConfig, &Path) + Send + Sync>;
+
 /// What a stack starts besides the issuer and the exchange, which every stack has.
 #[derive(Clone, Default)]
 pub struct Builder {
     options: Options,
+    sts_tweak: Option<StsTweak>,
     git: bool,
     kube: bool,
     registry: bool,
@@ -133,6 +137,12 @@ impl Builder {
         self.options = options;
         self
     }
+    /// Changes the exchange's config before it starts (policies, approvers, ...).
+    pub fn sts_config(mut self, tweak: impl Fn(&mut StsConfig, &Path) + Send + Sync + 'static) -> Self {
+        self.sts_tweak = Some(std::sync::Arc::new(tweak));
+        self
+    }
+
     /// Runs the real `mayfly-sts` binary rather than the exchange in this process.
     pub fn sts_binary(mut self) -> Self {
         self.sts_binary = true;
@@ -233,7 +243,10 @@ impl Stack {
             oci: oci_port.map(|port| format!("127.0.0.1:{port}")),
         };
         let audit = dir.path().join("sts-audit.jsonl");
-        let config = sts_config(dir.path(), &client, &issuer, &servers, &ca, options.max_ttl);
+        let mut config = sts_config(dir.path(), &client, &issuer, &servers, &ca, options.max_ttl);
+        if let Some(tweak) = &wanted.sts_tweak {
+            tweak(&mut config, dir.path());
+        }
         let child = if wanted.sts_binary {
             Some(spawn_sts_on(dir.path(), "sts", sts_listener, &config))
         } else {
