@@ -26,6 +26,7 @@ const ON_PATH: &[&str] = &[
 /// What `npm ci` installs under `tests/support`, by the name tests use for it.
 const INSTALLED: &[(&str, &str)] = &[
     ("verdaccio", "verdaccio/node_modules/verdaccio/bin/verdaccio"),
+    ("oidc-provider", "oidc-provider/node_modules/oidc-provider/package.json"),
     ("pnpm-9", "npm-clients/node_modules/pnpm-9/bin/pnpm.cjs"),
     ("pnpm-10", "npm-clients/node_modules/pnpm-10/bin/pnpm.cjs"),
     ("pnpm-12", "npm-clients/node_modules/pnpm-12/pnpm"),

@@ -16,6 +16,7 @@ mod kubectl;
 mod no_disk;
 mod npm_clients;
 mod oci;
+mod oidc_login;
 mod revocation;
 mod scope_boundary;
 mod setup;

@@ -7,6 +7,7 @@ mod doctor;
 mod exec;
 mod explain;
 mod generate;
+mod login;
 mod setup;
 mod status;
 
@@ -32,6 +33,11 @@ enum Command {
     Setup(setup::Args),
     /// Find long-lived credentials on disk and wiring problems, and say how to fix each
     Doctor(doctor::Args),
+    /// Sign in at the organisation's OpenID provider (an `oidc` identity); the login's
+    /// tokens stay in memory-backed storage
+    Login(login::LoginArgs),
+    /// Revoke the login's refresh token at the provider and drop the login
+    Logout(login::LogoutArgs),
     /// Show cached tokens (never the tokens themselves) and the identity source
     Status(status::Args),
     /// Read and filter the audit log
@@ -54,6 +60,8 @@ fn main() -> std::process::ExitCode {
         Command::Exec(args) => exec::run(&args),
         Command::Setup(args) => setup::run(&args),
         Command::Doctor(args) => doctor::run(&args),
+        Command::Login(args) => login::login(&args),
+        Command::Logout(args) => login::logout(&args),
         Command::Status(args) => status::run(&args),
         Command::Audit(args) => audit::run(&args),
         Command::Approve(args) => approve::run(&args, true),

@@ -77,6 +77,8 @@ struct Identity {
     token: Option<Result<UnverifiedClaims, String>>,
     /// Why the source cannot work in this environment, when that is known without asking.
     problem: Option<String>,
+    /// An `oidc` identity's login: who, since and until when.
+    login: Option<Result<Option<mayfly_core::login::Login>, String>>,
 }
 
 impl Status {
@@ -99,7 +101,7 @@ impl Status {
             Err(e) => (Err(mayfly_core::protocol::one_line(&e)), None),
         };
         let identities = match &config {
-            Ok(config) => config.identities.values().map(|i| Identity::inspect(i, env)).collect(),
+            Ok(config) => config.identities.values().map(|i| Identity::inspect(i, env, now)).collect(),
             Err(_) => Vec::new(),
         };
         Self {
@@ -291,7 +293,7 @@ impl Entry {
 }
 
 impl Identity {
-    fn inspect(config: &IdentityConfig, env: &Env) -> Self {
+    fn inspect(config: &IdentityConfig, env: &Env, now: i64) -> Self {
         let (token, problem) = match config.look(env) {
             IdentityPresence::Token(token) => (Some(claims_of(token.expose())), None),
             IdentityPresence::Ready => (None, None),
@@ -304,7 +306,26 @@ impl Identity {
             source: config.origin(env),
             token,
             problem,
+            login: (config.kind() == "oidc").then(|| mayfly_core::login::status(config, env, now)),
         }
+    }
+
+    /// The login of an `oidc` identity in one line.
+    fn login_line(&self, now: i64) -> Option<String> {
+        Some(match self.login.as_ref()? {
+            Err(e) => e.clone(),
+            Ok(None) => format!("not logged in: run `mayfly login {}`", self.name),
+            Ok(Some(login)) => format!(
+                "logged in as {} since {} until {} (or {} unused; ID token {} {}), in the {}",
+                crate::login::who(login),
+                rfc3339(login.since),
+                rfc3339(login.until),
+                rfc3339(login.idle_until),
+                if login.id_token_expires <= now { "expired" } else { "expires" },
+                rfc3339(login.id_token_expires),
+                login.store
+            ),
+        })
     }
 
     fn to_json(&self, now: i64) -> Value {
@@ -323,6 +344,21 @@ impl Identity {
             ),
             Some(Err(e)) => (Value::Null, Some(e.clone())),
         };
+        let login = match &self.login {
+            Some(Ok(Some(login))) => json!({
+                "sub": login.subject,
+                "email": login.email,
+                "since": rfc3339(login.since),
+                "until": rfc3339(login.until),
+                "idle_until": rfc3339(login.idle_until),
+                "id_token_expires": rfc3339(login.id_token_expires),
+                "refreshable": login.refreshable,
+                "store": login.store,
+            }),
+            Some(Ok(None)) => json!({"logged_in": false}),
+            Some(Err(e)) => json!({"error": e}),
+            None => Value::Null,
+        };
         json!({
             "name": self.name,
             "kind": self.kind,
@@ -330,26 +366,31 @@ impl Identity {
             "source": self.source,
             "token": token,
             "error": error,
+            "login": login,
         })
     }
 
     fn row(&self, now: i64) -> Vec<String> {
-        let token = match &self.token {
-            None => self.problem.clone().unwrap_or_else(|| "fetched when a route needs it".into()),
-            Some(Err(e)) => e.clone(),
-            Some(Ok(claims)) => {
-                let mut parts = Vec::new();
-                for (name, value) in [("iss", &claims.iss), ("sub", &claims.sub)] {
-                    parts.push(format!("{name} {}", value.as_deref().unwrap_or("-")));
+        let token = match (self.login_line(now), &self.token) {
+            (Some(line), _) => line,
+            (None, token) => match token {
+                None => self.problem.clone().unwrap_or_else(|| "fetched when a route needs it".into()),
+                Some(Err(e)) => e.clone(),
+                Some(Ok(claims)) => {
+                    let mut parts = Vec::new();
+                    for (name, value) in [("iss", &claims.iss), ("sub", &claims.sub)] {
+                        parts.push(format!("{name} {}", value.as_deref().unwrap_or("-")));
+                    }
+                    parts
+                        .push(format!("aud {}", if claims.aud.is_empty() { "-".into() } else { claims.aud.join(",") }));
+                    parts.push(match claims.exp {
+                        Some(exp) if exp <= now => format!("exp {} (expired)", rfc3339(exp)),
+                        Some(exp) => format!("exp {} (in {})", rfc3339(exp), span(exp - now)),
+                        None => "exp -".into(),
+                    });
+                    parts.join("  ")
                 }
-                parts.push(format!("aud {}", if claims.aud.is_empty() { "-".into() } else { claims.aud.join(",") }));
-                parts.push(match claims.exp {
-                    Some(exp) if exp <= now => format!("exp {} (expired)", rfc3339(exp)),
-                    Some(exp) => format!("exp {} (in {})", rfc3339(exp), span(exp - now)),
-                    None => "exp -".into(),
-                });
-                parts.join("  ")
-            }
+            },
         };
         let audience = self.audience.as_deref().map_or_else(|| "-".to_owned(), |a| format!("audience {a}"));
         vec![self.name.clone(), self.kind.into(), audience, self.source.clone(), token]
@@ -493,13 +534,13 @@ mod tests {
             path.display()
         );
         let config = Config::parse(&text, Path::new("t.toml")).unwrap();
-        let identity = Identity::inspect(&config.identities["k8s"], &Env::default());
+        let identity = Identity::inspect(&config.identities["k8s"], &Env::default(), 0);
         let json = identity.to_json(1_000);
         assert_eq!(json["token"]["iss"], "https://i");
         assert_eq!(json["token"]["aud"], json!(["a"]));
         assert_eq!(json["token"]["seconds_left"], 1_000);
         assert!(!mayfly_core::contains_jwt(json.to_string().as_bytes()));
-        let unset = Identity::inspect(&config.identities["e"], &Env::default()).to_json(0);
+        let unset = Identity::inspect(&config.identities["e"], &Env::default(), 0).to_json(0);
         assert_eq!((&unset["source"], &unset["error"]), (&json!("$NOPE"), &json!("`NOPE` is not set")));
     }
 }

@@ -250,6 +250,14 @@ impl Cache {
     }
 }
 
+/// The memory-backed directory and the key that seal every record of this environment:
+/// cache entries, and the stored login of an `oidc` identity ([`crate::login`]).
+pub(crate) fn sealing_key(env: &Env) -> Result<(PathBuf, age::x25519::Identity), Error> {
+    let dir = key_dir(env)?;
+    let identity = load_or_create_key(&dir)?;
+    Ok((dir, identity))
+}
+
 /// The memory-backed directory that holds the key: `$MAYFLY_RUNTIME_DIR`, else
 /// `$XDG_RUNTIME_DIR/mayfly`, else `/dev/shm/mayfly-<uid>`. It must be on tmpfs or ramfs.
 fn key_dir(env: &Env) -> Result<PathBuf, Error> {

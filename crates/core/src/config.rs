@@ -102,9 +102,10 @@ impl SettingsEntry {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityEntry {
-    /// `github-actions`, `file`, `env` or `command`.
+    /// `github-actions`, `file`, `env`, `command` or `oidc`.
     pub kind: String,
-    /// Audience to ask for.
+    /// Audience to ask for; for `oidc`, the ID token's expected `aud` (the client id when
+    /// not set).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
     /// `file`: the token file.
@@ -119,6 +120,27 @@ pub struct IdentityEntry {
     /// `github-actions`: the request URL instead of `ACTIONS_ID_TOKEN_REQUEST_URL`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_url: Option<String>,
+    /// `oidc`: the issuer (discovery at `{issuer}/.well-known/openid-configuration`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// `oidc`: the client id registered at the provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// `oidc`: a confidential client's secret (public CLI clients have none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    /// `oidc`: scopes asked at login (`openid offline_access` when not set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<String>,
+    /// `oidc`: longest a login lasts, as a duration (`12h` when not set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_login: Option<String>,
+    /// `oidc`: longest a login may go unused, as a duration (`1h` when not set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle: Option<String>,
+    /// `oidc`: extra CA certificates (PEM) for reaching the provider.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// An exchange as written.
@@ -617,11 +639,46 @@ fn identity(name: String, raw: IdentityEntry) -> Result<IdentityConfig, String> 
             let argv = raw.command.clone().filter(|c| !c.is_empty()).ok_or_else(|| missing("command"))?;
             Arc::new(identity::Command { argv })
         }
+        "oidc" => Arc::new(oidc(&name, &raw)?),
         other => {
-            return Err(format!("identity `{name}`: unknown kind `{other}` (github-actions, file, env or command)"));
+            return Err(format!(
+                "identity `{name}`: unknown kind `{other}` (github-actions, file, env, command or oidc)"
+            ));
         }
     };
     Ok(IdentityConfig::new(name, source, raw.audience))
+}
+
+/// An `oidc` identity: the issuer must be https (or loopback http), durations positive.
+fn oidc(name: &str, raw: &IdentityEntry) -> Result<identity::Oidc, String> {
+    let missing = |field: &str| format!("identity `{name}` (oidc) needs `{field}`");
+    let issuer = raw.issuer.as_deref().ok_or_else(|| missing("issuer"))?.trim_end_matches('/').to_owned();
+    let url = url::Url::parse(&issuer).map_err(|e| format!("identity `{name}`: `issuer`: {e}"))?;
+    crate::http::check_url(&url).map_err(|e| format!("identity `{name}`: `issuer`: {e}"))?;
+    let client_id = raw.client_id.clone().filter(|c| !c.is_empty()).ok_or_else(|| missing("client_id"))?;
+    let seconds = |field: &str, value: Option<&str>, default: &str| -> Result<i64, String> {
+        let duration =
+            parse_duration(value.unwrap_or(default)).map_err(|e| format!("identity `{name}`: `{field}`: {e}"))?;
+        match i64::try_from(duration.as_secs()) {
+            Ok(s) if s > 0 => Ok(s),
+            _ => Err(format!("identity `{name}`: `{field}` must be positive")),
+        }
+    };
+    let scopes = raw.scopes.clone().unwrap_or_else(|| "openid offline_access".into());
+    if !scopes.split(' ').any(|s| s == "openid") {
+        return Err(format!("identity `{name}`: `scopes` must include `openid`"));
+    }
+    Ok(identity::Oidc {
+        name: name.to_owned(),
+        issuer,
+        audience: raw.audience.clone().unwrap_or_else(|| client_id.clone()),
+        client_id,
+        client_secret: raw.client_secret.clone().map(crate::Secret::new),
+        scopes,
+        max_login: seconds("max_login", raw.max_login.as_deref(), "12h")?,
+        idle: seconds("idle", raw.idle.as_deref(), "1h")?,
+        ca_file: raw.ca_file.clone(),
+    })
 }
 
 fn exchange(name: String, raw: ExchangeEntry) -> Result<ExchangeConfig, String> {

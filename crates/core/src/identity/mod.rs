@@ -8,7 +8,8 @@
 //! - [`github`]: GitHub Actions' job OIDC endpoint;
 //! - [`file`]: a file its owner rotates (Kubernetes projected tokens, SPIFFE JWT-SVIDs);
 //! - [`variable`]: an environment variable (GitLab `id_tokens`, CircleCI, Bitbucket);
-//! - [`command`]: a command whose stdout is the token.
+//! - [`command`]: a command whose stdout is the token;
+//! - [`oidc`]: a person's login at an OpenID provider (`mayfly login`), kept in memory.
 //!
 //! Each source re-obtains its token on every call; the broker caches the ones that cost
 //! a network round trip or a run (GitHub Actions, commands) like any other short-lived
@@ -17,6 +18,7 @@
 mod command;
 mod file;
 mod github;
+mod oidc;
 mod variable;
 
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use std::time::Duration;
 pub(crate) use command::Command;
 pub(crate) use file::File;
 pub(crate) use github::GitHubActions;
+pub(crate) use oidc::Oidc;
 pub(crate) use variable::Variable;
 
 use crate::config::IdentityConfig;
@@ -130,6 +133,11 @@ pub(crate) trait Source: std::fmt::Debug + Send + Sync {
     /// Its token. `Ok(None)`: it is not available here (its variables are unset), and
     /// [`Source::look`] says why; `Err`: it is, and failed.
     fn fetch(&self, ask: &Ask<'_>) -> Result<Option<SubjectToken>, Error>;
+
+    /// The login behind an `oidc` source, for `mayfly login`, `logout` and `status`.
+    fn oidc(&self) -> Option<&Oidc> {
+        None
+    }
 }
 
 impl IdentityConfig {

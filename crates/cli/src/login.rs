@@ -1,0 +1,108 @@
+//! `mayfly login` and `mayfly logout`: a person signs in at the organisation's OpenID
+//! provider and the login's ID token becomes the subject token of the `oidc` identity's
+//! routes. The tokens stay in memory-backed storage ([`mayfly_core::login`]).
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use mayfly_core::{Config, Env, IdentityConfig, sanitize_for_terminal};
+
+use crate::status::{rfc3339, span};
+
+/// Arguments of `mayfly login`.
+#[derive(clap::Args)]
+pub(crate) struct LoginArgs {
+    /// The `oidc` identity to sign in (the only one when the config has one)
+    identity: Option<String>,
+    /// Sign in with the device authorization grant (RFC 8628): open a URL on any device
+    /// and enter a code. The only flow for now, and the default
+    #[arg(long)]
+    device: bool,
+}
+
+/// Arguments of `mayfly logout`.
+#[derive(clap::Args)]
+pub(crate) struct LogoutArgs {
+    /// The `oidc` identity to sign out (the only one when the config has one)
+    identity: Option<String>,
+}
+
+/// The named `oidc` identity, or the only one.
+fn pick<'a>(config: &'a Config, name: Option<&str>) -> anyhow::Result<&'a IdentityConfig> {
+    if let Some(name) = name {
+        return config
+            .identities
+            .get(name)
+            .with_context(|| format!("no identity named `{name}` in `{}`", config.path.display()));
+    }
+    let oidc: Vec<&IdentityConfig> = config.identities.values().filter(|i| i.kind() == "oidc").collect();
+    match oidc.as_slice() {
+        [one] => Ok(one),
+        [] => bail!("no `oidc` identity in `{}`: add one to sign in with `mayfly login`", config.path.display()),
+        many => {
+            let names: Vec<&str> = many.iter().map(|i| i.name.as_str()).collect();
+            bail!("several `oidc` identities ({}): name one, as in `mayfly login {}`", names.join(", "), names[0])
+        }
+    }
+}
+
+pub(crate) fn login(args: &LoginArgs) -> anyhow::Result<ExitCode> {
+    let _ = args.device;
+    let env = Env::from_os();
+    let config = Config::load(&env)?;
+    let identity = pick(&config, args.identity.as_deref())?;
+    let login = mayfly_core::login::device(identity, &env, &mut std::io::stderr()).map_err(anyhow::Error::msg)?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    eprintln!(
+        "mayfly: logged in to `{}` as {} until {} (ends after {} unused), kept in the {}",
+        login.identity,
+        who(&login),
+        rfc3339(login.until),
+        span(login.idle_until - now),
+        login.store
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn logout(args: &LogoutArgs) -> anyhow::Result<ExitCode> {
+    let env = Env::from_os();
+    let config = Config::load(&env)?;
+    let identity = pick(&config, args.identity.as_deref())?;
+    let logout = mayfly_core::login::logout(identity, &env).map_err(anyhow::Error::msg)?;
+    let dropped = drop_cached(&config, &identity.name, &env);
+    let Some(login) = logout.login else {
+        eprintln!("mayfly: not logged in to `{}`", identity.name);
+        return Ok(ExitCode::SUCCESS);
+    };
+    let failed = matches!(logout.revoked, Some(Err(_)));
+    let revoked = match logout.revoked {
+        Some(Ok(host)) => format!("; refresh token revoked at {host}"),
+        Some(Err(why)) => format!("; revoking the refresh token failed ({why}): it lives until the provider ends it"),
+        None => "; the provider offers no revocation: the refresh token lives until it ends it".into(),
+    };
+    let cached = if dropped > 0 { format!("; {dropped} cached token(s) dropped") } else { String::new() };
+    eprintln!("mayfly: logged out of `{}` ({}){revoked}{cached}", login.identity, who(&login));
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// Drops the cached tokens minted through the identity's routes: they were minted for the
+/// login that just ended. Returns how many.
+fn drop_cached(config: &Config, identity: &str, env: &Env) -> usize {
+    let Ok(cache) = mayfly_core::Cache::open(env) else { return 0 };
+    let routes: Vec<&str> = config.routes.iter().filter(|r| r.identity == identity).map(|r| r.name.as_str()).collect();
+    cache
+        .entries()
+        .into_iter()
+        .filter(|(_, entry)| entry.origin.as_ref().is_some_and(|o| routes.contains(&o.route.as_str())))
+        .filter(|(key, _)| cache.remove(key).is_some())
+        .count()
+}
+
+/// `sub` and, when present, the email, cleaned for the terminal.
+pub(crate) fn who(login: &mayfly_core::login::Login) -> String {
+    let sub = login.subject.as_deref().unwrap_or("-");
+    match &login.email {
+        Some(email) => sanitize_for_terminal(&format!("{sub} <{email}>")),
+        None => sanitize_for_terminal(sub),
+    }
+}
