@@ -9,6 +9,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod approval;
+mod approval_http;
 mod audit;
 pub mod cedar;
 mod config;
@@ -24,12 +26,12 @@ mod server;
 mod verify;
 
 pub use config::{
-    Config, ConfigFile, Error as ConfigError, IntrospectionClient, IntrospectionClientEntry, RuleEntry, Tls,
-    TrustedIssuer,
+    ApproverEntry, Config, ConfigFile, Error as ConfigError, IntrospectionClient, IntrospectionClientEntry, RuleEntry,
+    Tls, TrustedIssuer,
 };
 pub use keys::{Algorithm, SigningKey};
 pub use oauth::OAuthError;
-pub use policy::{Acting, Denial, ExchangeAsk, Grant, Policy, Rule, Rules, Staged};
+pub use policy::{Acting, ApprovalNeed, ApprovalState, Denial, ExchangeAsk, Grant, Policy, Rule, Rules, Staged};
 pub use revocation::{RedbStore, RevocationStore};
 pub use server::{Sts, policy_handle, serve};
 pub use verify::{Rejection, VerifiedSubject, Verifier};
