@@ -63,18 +63,19 @@ pub(crate) fn in_group(approvers: &[ApproverEntry], group: &str, token: &Verifie
 }
 
 /// The approval and the approver's membership of its group, or the 404 / 403 answer.
-fn lookup(sts: &Sts, id: &str, token: &VerifiedSubject, now: Instant) -> Result<View, Response> {
-    let unknown = || error(StatusCode::NOT_FOUND, "not_found", "no approval has this id; it may have expired long ago");
+fn lookup(sts: &Sts, id: &str, token: &VerifiedSubject, now: Instant) -> Result<View, Box<Response>> {
+    let unknown =
+        || Box::new(error(StatusCode::NOT_FOUND, "not_found", "no approval has this id; it may have expired long ago"));
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(unknown());
     }
     let view = sts.approvals.view(id, now).ok_or_else(unknown)?;
     if !in_group(&sts.config.approvers, &view.request.group, token) {
-        return Err(error(
+        return Err(Box::new(error(
             StatusCode::FORBIDDEN,
             "access_denied",
             &format!("`{}` of `{}` is not in approver group `{}`", token.subject, token.issuer, view.request.group),
-        ));
+        )));
     }
     Ok(view)
 }
@@ -87,7 +88,7 @@ pub(crate) async fn view(State(sts): State<Arc<Sts>>, Path(id): Path<String>, he
     };
     let view = match lookup(&sts, &id, &token, Instant::now()) {
         Ok(view) => view,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let request = &view.request;
     let binding = &request.binding;
@@ -123,7 +124,7 @@ pub(crate) async fn decide(
     let now = Instant::now();
     let view = match lookup(&sts, &id, &token, now) {
         Ok(view) => view,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let form_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !form_type.starts_with("application/x-www-form-urlencoded") {
