@@ -3,9 +3,10 @@
 //! It verifies OIDC subject tokens against trusted issuers (discovery + JWKS, RS256 and
 //! ES256), asks a [`Policy`] whether the workload may have the audience and scopes it
 //! asks for, mints a short-lived ES256 JWT, publishes its own JWKS, and writes one audit
-//! line per decision. Its one piece of state is the set of revoked tokens (RFC 7009),
+//! line per decision. Its one piece of lasting state is the set of revoked tokens (RFC 7009),
 //! behind a [`RevocationStore`] that replicas can share; introspection (RFC 7662) lets
-//! resource servers see revocations.
+//! resource servers see revocations. A Cedar forbid annotated `@approval("GROUP")` holds a
+//! request until a person of GROUP approves it (human approval, kept in memory).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
