@@ -74,6 +74,7 @@ fn in_process() {
             ttl: None,
             intent: None,
             actor: None,
+            approval: mayfly_sts::ApprovalState::None,
         };
         let _ = rules.decide(&ask);
     };

@@ -50,12 +50,15 @@ fn main() {
         ttl: Some(Duration::from_secs(600)),
         intent: None,
         actor: None,
+        approval: mayfly_sts::ApprovalState::None,
     };
     println!("{:>8}  {:>12}  {:>12}  {:>8}", "policies", "all (µs)", "indexed (µs)", "handed");
     for n in [100, 1_000] {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("generated.cedar"), generate(n)).expect("write policies");
-        let loaded = Loaded::load(&Sources { policies: vec![dir.path().to_owned()], schema: None }).expect("valid");
+        let loaded =
+            Loaded::load(&Sources { policies: vec![dir.path().to_owned()], schema: None, approval_groups: None })
+                .expect("valid");
         let mut results = Vec::new();
         for indexed in [false, true] {
             let decide = || loaded.decide_scope(&ask, &scopes[0], "Workload", indexed).expect("decides");

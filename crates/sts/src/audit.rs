@@ -42,6 +42,15 @@ pub(crate) struct Line<'a> {
     /// The session the token came through (the session token's `jti`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sid: Option<&'a str>,
+    /// The human approval the request waits for or came through (its id, never its code).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<&'a str>,
+    /// The approver group asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<&'a str>,
+    /// Who approved or denied it: `{"iss", "sub", "email"?}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approver: Option<&'a Value>,
 }
 
 /// Where lines go: a file opened for append, or stderr.

@@ -19,7 +19,7 @@ use cedar_policy::{
 use miette::Diagnostic;
 use serde_json::{Map, Value, json};
 
-use crate::policy::{Acting, ExchangeAsk};
+use crate::policy::{Acting, ApprovalState, ExchangeAsk};
 
 /// The schema policies are validated against unless the config names another.
 pub const SCHEMA: &str = include_str!("../schema/mayfly.cedarschema");
@@ -37,6 +37,8 @@ struct Origin {
     effect: Effect,
     /// The policy's `@reason("...")`: what a denied user should do, in the author's words.
     reason: Option<String>,
+    /// A forbid's `@approval("GROUP")`: what it refuses, a person of GROUP may approve.
+    approval: Option<String>,
 }
 
 /// A validated set of policies with its index.
@@ -64,8 +66,13 @@ pub struct ScopeDecision {
     pub forbids: Vec<String>,
     /// Why each forbid applies, in words for the user.
     pub forbid_reasons: Vec<String>,
+    /// Forbids annotated `@approval("GROUP")` that apply: (policy, group). They hold the
+    /// request until a person of the group approves it; they refuse nothing by themselves.
+    pub approvals: Vec<(String, String)>,
     /// The request as Cedar saw it, for messages: `write on GitRepository "h/org/app"`.
     pub described: String,
+    /// The operation and what it is on, for an approver: `write on h/org/app`.
+    pub asked: String,
 }
 
 /// The schema and policy sources named in the config.
@@ -75,6 +82,9 @@ pub struct Sources {
     pub policies: Vec<PathBuf>,
     /// A schema file replacing the built-in one.
     pub schema: Option<PathBuf>,
+    /// The approver groups configured: an `@approval` naming another is an error. `None`
+    /// checks only the annotation's shape (a policy test without a config).
+    pub approval_groups: Option<Vec<String>>,
 }
 
 impl Loaded {
@@ -131,11 +141,33 @@ impl Loaded {
                         other.line
                     ));
                 }
+                let approval = match policy.annotation("approval") {
+                    None => None,
+                    Some(_) if policy.effect() != Effect::Forbid => {
+                        return Err(format!(
+                            "`{name}` line {line}: policy `{id}`: `@approval` goes on a forbid (what it refuses, a person may approve)"
+                        ));
+                    }
+                    Some(group) if group.trim().is_empty() => {
+                        return Err(format!("`{name}` line {line}: policy `{id}`: `@approval` names no group"));
+                    }
+                    Some(group) => {
+                        if let Some(groups) = &sources.approval_groups
+                            && !groups.iter().any(|g| g == group)
+                        {
+                            return Err(format!(
+                                "`{name}` line {line}: policy `{id}`: approver group `{group}` is not in [[approvers]]"
+                            ));
+                        }
+                        Some(group.to_owned())
+                    }
+                };
                 let origin = Origin {
                     file: file.clone(),
                     line,
                     effect: policy.effect(),
                     reason: policy.annotation("reason").map(str::to_owned),
+                    approval,
                 };
                 origins.insert(id.clone(), origin);
                 lines.insert(id.clone(), line);
@@ -200,6 +232,7 @@ impl Loaded {
         indexed: bool,
     ) -> Result<ScopeDecision, String> {
         let described = format!("`{}` on {} `{}`", target.action, target.kind_type, target.entity_id());
+        let asked = format!("{} on {}", target.action, target.entity_id());
         let principal_id = format!("{}#{}", ask.subject.issuer, ask.subject.subject);
         let tags: Map<String, Value> = ask
             .subject
@@ -257,7 +290,13 @@ impl Loaded {
             "ttl": ttl,
             "now": time::OffsetDateTime::now_utc().unix_timestamp(),
             "claimed_intent": claimed_intent(ask.intent),
-            "approval": {"state": "none"},
+            "approval": match ask.approval {
+                ApprovalState::None => json!({"state": "none"}),
+                ApprovalState::Approved { approver: None } => json!({"state": "approved"}),
+                ApprovalState::Approved { approver: Some(approver) } => {
+                    json!({"state": "approved", "approver": approver})
+                }
+            },
         });
         if let Some(actor) = &ask.actor {
             context["actor"] = actor_context(actor);
@@ -272,11 +311,18 @@ impl Loaded {
             &self.all
         };
         let response = Authorizer::new().is_authorized(&request, policies, &entities);
-        let mut decision = ScopeDecision { described, ..ScopeDecision::default() };
+        let mut decision = ScopeDecision { described, asked, ..ScopeDecision::default() };
         let reasons = response.diagnostics().reason().map(ToString::to_string);
         match response.decision() {
             Decision::Allow => decision.permits.extend(reasons),
-            Decision::Deny => decision.forbids.extend(reasons),
+            Decision::Deny => {
+                for id in reasons {
+                    match self.origins.get(&id).and_then(|o| o.approval.clone()) {
+                        Some(group) => decision.approvals.push((id, group)),
+                        None => decision.forbids.push(id),
+                    }
+                }
+            }
         }
         for id in &decision.forbids {
             decision.forbid_reasons.push(self.reason_of(id));
@@ -292,6 +338,8 @@ impl Loaded {
         }
         if !decision.forbids.is_empty() {
             decision.permits.clear();
+            // A refusal is a refusal: no one is asked to approve what is refused anyway.
+            decision.approvals.clear();
         }
         // A permit reaches only the host the token is for: a token for one audience never
         // carries a scope for another host's resource on a policy's word.

@@ -101,6 +101,33 @@ pub struct ConfigFile {
     /// A Cedar schema to validate them against instead of the built-in one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schema: Option<PathBuf>,
+    /// How long a request waiting for human approval stays open (`10m` when not set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_ttl: Option<String>,
+    /// How often a client may poll for an approval (`5s` when not set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_interval: Option<String>,
+    /// A claim naming the person behind a token (`email`): a requester and an approver
+    /// whose values are equal are the same person, who may not approve their own request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub same_person_claim: Option<String>,
+    /// Who may approve requests that a policy's `@approval("GROUP")` forbid holds back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<ApproverEntry>,
+}
+
+/// Members of an approver group: the ID tokens of one trusted issuer whose claims match.
+/// Several entries may name the same group; matching any one of them is membership.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproverEntry {
+    /// The group, as policies name it in `@approval("...")`.
+    pub name: String,
+    /// The approver's ID token's exact `iss`; must be a trusted issuer.
+    pub issuer: String,
+    /// Claim patterns the approver's ID token must match (as a rule's `claims`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, String>,
 }
 
 impl ConfigFile {
@@ -195,6 +222,14 @@ pub struct Config {
     pub policies: Vec<PathBuf>,
     /// A Cedar schema replacing the built-in one.
     pub schema: Option<PathBuf>,
+    /// How long a request waiting for approval stays open.
+    pub approval_ttl: Duration,
+    /// The polling interval given to clients waiting for an approval.
+    pub approval_interval: Duration,
+    /// The claim that names the person behind a token, to refuse self-approval.
+    pub same_person_claim: Option<String>,
+    /// Approver groups' members.
+    pub approvers: Vec<ApproverEntry>,
 }
 
 impl Config {
@@ -252,6 +287,25 @@ impl Config {
                 max_ttl,
             });
         }
+        for approver in &raw.approvers {
+            if approver.name.trim().is_empty() {
+                return Err("an `[[approvers]]` entry needs a `name` (the group policies name)".into());
+            }
+            if !raw.trusted_issuers.iter().any(|t| t.issuer == approver.issuer) {
+                return Err(format!(
+                    "approvers `{}`: issuer `{}` is not in trusted_issuers",
+                    approver.name, approver.issuer
+                ));
+            }
+        }
+        let approval_ttl = duration(raw.approval_ttl, 600)?;
+        let approval_interval = duration(raw.approval_interval, 5)?;
+        if approval_ttl.is_zero() || approval_interval.is_zero() {
+            return Err("`approval_ttl` and `approval_interval` must be at least 1s".into());
+        }
+        if raw.same_person_claim.as_deref().is_some_and(|c| c.trim().is_empty()) {
+            return Err("`same_person_claim` is empty; name a claim such as `email`, or leave it out".into());
+        }
         let mut introspection_clients: Vec<IntrospectionClient> = Vec::new();
         for client in raw.introspection_clients {
             if client.id.is_empty() || client.id.contains(':') {
@@ -283,6 +337,10 @@ impl Config {
             introspection_clients,
             policies: raw.policies,
             schema: raw.schema,
+            approval_ttl,
+            approval_interval,
+            same_person_claim: raw.same_person_claim,
+            approvers: raw.approvers,
         })
     }
 }
@@ -345,6 +403,29 @@ mod tests {
         let set = Config::parse("issuer = \"https://sts.example\"\nsession_max_ttl = \"2h\"\n").unwrap();
         assert_eq!(set.session_max_ttl, Duration::from_secs(7200));
         assert!(Config::parse("issuer = \"https://sts.example\"\nsession_max_ttl = \"soon\"\n").is_err());
+    }
+
+    #[test]
+    fn approvers_and_approval_timing_are_read() {
+        let base = "issuer = \"https://sts.example\"\n";
+        let bare = Config::parse(base).unwrap();
+        assert_eq!((bare.approval_ttl.as_secs(), bare.approval_interval.as_secs()), (600, 5));
+        assert!(bare.approvers.is_empty() && bare.same_person_claim.is_none());
+        let trusted = "[[trusted_issuers]]\nissuer = \"https://idp\"\naudiences = [\"mayfly-sts\"]\n";
+        let config = Config::parse(&format!(
+            "{base}approval_ttl = \"30m\"\napproval_interval = \"2s\"\nsame_person_claim = \"email\"\n{trusted}\n[[approvers]]\nname = \"release-managers\"\nissuer = \"https://idp\"\nclaims = {{ email = \"*@example.com\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!((config.approval_ttl.as_secs(), config.approval_interval.as_secs()), (1800, 2));
+        assert_eq!(config.same_person_claim.as_deref(), Some("email"));
+        assert_eq!(config.approvers[0].claims["email"], "*@example.com");
+        let error =
+            Config::parse(&format!("{base}[[approvers]]\nname = \"g\"\nissuer = \"https://idp\"\n")).unwrap_err();
+        assert!(error.contains("not in trusted_issuers"), "{error}");
+        let error = Config::parse(&format!("{base}{trusted}[[approvers]]\nname = \"\"\nissuer = \"https://idp\"\n"))
+            .unwrap_err();
+        assert!(error.contains("needs a `name`"), "{error}");
+        assert!(Config::parse(&format!("{base}approval_interval = \"0s\"\n")).is_err());
     }
 
     #[test]

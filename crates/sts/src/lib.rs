@@ -3,12 +3,15 @@
 //! It verifies OIDC subject tokens against trusted issuers (discovery + JWKS, RS256 and
 //! ES256), asks a [`Policy`] whether the workload may have the audience and scopes it
 //! asks for, mints a short-lived ES256 JWT, publishes its own JWKS, and writes one audit
-//! line per decision. Its one piece of state is the set of revoked tokens (RFC 7009),
+//! line per decision. Its one piece of lasting state is the set of revoked tokens (RFC 7009),
 //! behind a [`RevocationStore`] that replicas can share; introspection (RFC 7662) lets
-//! resource servers see revocations.
+//! resource servers see revocations. A Cedar forbid annotated `@approval("GROUP")` holds a
+//! request until a person of GROUP approves it (human approval, kept in memory).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod approval;
+mod approval_http;
 mod audit;
 pub mod cedar;
 mod config;
@@ -24,12 +27,12 @@ mod server;
 mod verify;
 
 pub use config::{
-    Config, ConfigFile, Error as ConfigError, IntrospectionClient, IntrospectionClientEntry, RuleEntry, Tls,
-    TrustedIssuer,
+    ApproverEntry, Config, ConfigFile, Error as ConfigError, IntrospectionClient, IntrospectionClientEntry, RuleEntry,
+    Tls, TrustedIssuer,
 };
 pub use keys::{Algorithm, SigningKey};
 pub use oauth::OAuthError;
-pub use policy::{Acting, Denial, ExchangeAsk, Grant, Policy, Rule, Rules, Staged};
+pub use policy::{Acting, ApprovalNeed, ApprovalState, Denial, ExchangeAsk, Grant, Policy, Rule, Rules, Staged};
 pub use revocation::{RedbStore, RevocationStore};
 pub use server::{Sts, policy_handle, serve};
 pub use verify::{Rejection, VerifiedSubject, Verifier};

@@ -21,6 +21,16 @@ pub enum OAuthError {
     ServerError,
     /// A dependency is down; try again later (RFC 7009 section 2.2.1).
     TemporarilyUnavailable,
+    /// The request waits for a person's approval; poll again (RFC 8628 section 3.5).
+    AuthorizationPending,
+    /// Polled faster than the interval; wait longer (RFC 8628 section 3.5).
+    SlowDown,
+    /// A person denied the request.
+    AccessDenied,
+    /// The approval expired before the token was collected.
+    ExpiredToken,
+    /// The approval code is unknown, for another request, or used.
+    InvalidGrant,
 }
 
 impl OAuthError {
@@ -34,6 +44,11 @@ impl OAuthError {
             Self::UnsupportedGrantType => "unsupported_grant_type",
             Self::ServerError => "server_error",
             Self::TemporarilyUnavailable => "temporarily_unavailable",
+            Self::AuthorizationPending => "authorization_pending",
+            Self::SlowDown => "slow_down",
+            Self::AccessDenied => "access_denied",
+            Self::ExpiredToken => "expired_token",
+            Self::InvalidGrant => "invalid_grant",
         }
     }
 }

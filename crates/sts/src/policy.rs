@@ -29,6 +29,33 @@ pub struct ExchangeAsk<'a> {
     /// Who acts for the subject, when the request carried an actor token (or opens a
     /// session naming its agent). Rules ignore it; Cedar sees it as `context.actor`.
     pub actor: Option<Acting<'a>>,
+    /// Whether a person approved the request; Cedar sees it as `context.approval`.
+    pub approval: ApprovalState<'a>,
+}
+
+/// The approval state of a request, as `context.approval` shows it to policies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ApprovalState<'a> {
+    /// No one approved it (`state == "none"`).
+    #[default]
+    None,
+    /// A person approved it (`state == "approved"`); `approver` is their `ISSUER#SUBJECT`,
+    /// `None` when the exchange asks whether an approval would let the request through.
+    Approved {
+        /// Who approved it.
+        approver: Option<&'a str>,
+    },
+}
+
+/// What a grant still waits for: a person of `group` to approve it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalNeed {
+    /// The approver group the `@approval("...")` forbids name.
+    pub group: String,
+    /// The forbids that hold the request back.
+    pub policies: Vec<String>,
+    /// What needs approval, for the client: `write on HOST/PATH needs approval (policy ID)`.
+    pub description: String,
 }
 
 /// Who acts for the subject (RFC 8693 delegation), as a policy sees it.
@@ -53,6 +80,9 @@ pub struct Grant {
     pub rule: String,
     /// The Cedar policies that permitted it, for the audit line.
     pub policies: Vec<String>,
+    /// Set when the grant holds only once a person approves it: an `@approval` forbid
+    /// applies now and the request passes when re-evaluated as approved.
+    pub approval: Option<ApprovalNeed>,
 }
 
 /// A no, with its RFC 6749 / RFC 8693 error code.
@@ -163,7 +193,7 @@ impl Policy for Rules {
             return Err(Denial { code: OAuthError::InvalidScope, reason, policies: Vec::new() });
         };
         let ttl = ask.ttl.unwrap_or(self.default_ttl).min(rule.max_ttl);
-        Ok(Grant { scopes: ask.scopes.to_vec(), ttl, rule: rule.name.clone(), policies: Vec::new() })
+        Ok(Grant { scopes: ask.scopes.to_vec(), ttl, rule: rule.name.clone(), policies: Vec::new(), approval: None })
     }
 
     /// The same kind (the part before the first `:`) and number of `:`-separated parts
@@ -204,6 +234,7 @@ impl Policy for Staged {
         if ask.scopes.is_empty() {
             return by_rule;
         }
+        let original = ask;
         let policies = cedar.current();
         // Policies see the lifetime that would be granted before any rule's cap.
         let ttl = ask.ttl.unwrap_or(self.rules.default_ttl).min(self.max_ttl);
@@ -211,6 +242,8 @@ impl Policy for Staged {
         let principal_type = if self.people.contains(&ask.subject.issuer) { "Person" } else { "Workload" };
         let mut permits = Vec::new();
         let mut unpermitted = None;
+        // Scopes an `@approval` forbid holds back: (group, policy, what was asked).
+        let mut held: Vec<(String, String, String)> = Vec::new();
         for scope in ask.scopes {
             let decision = policies.decide_scope(&ask, scope, principal_type, true).map_err(|reason| Denial {
                 code: OAuthError::InvalidScope,
@@ -224,6 +257,10 @@ impl Policy for Staged {
                     policies: decision.forbids,
                 });
             }
+            if !decision.approvals.is_empty() {
+                held.extend(decision.approvals.into_iter().map(|(id, group)| (group, id, decision.asked.clone())));
+                continue;
+            }
             if decision.permits.is_empty() && unpermitted.is_none() {
                 unpermitted = Some((scope, decision.described));
             }
@@ -233,9 +270,23 @@ impl Policy for Staged {
                 }
             }
         }
+        if let Some((_, id, _)) = held.first() {
+            if matches!(ask.approval, ApprovalState::Approved { .. }) {
+                return Err(Denial {
+                    code: OAuthError::InvalidScope,
+                    reason: format!(
+                        "policy `{id}` still refuses the approved request; its `unless` must accept `context.approval.state == \"approved\"`"
+                    ),
+                    policies: held.iter().map(|(_, id, _)| id.clone()).collect(),
+                });
+            }
+            return self.held_back(original, held);
+        }
         match (by_rule, unpermitted) {
             (Ok(grant), _) => Ok(Grant { policies: permits, ..grant }),
-            (Err(_), None) => Ok(Grant { scopes: ask.scopes.to_vec(), ttl, rule: String::new(), policies: permits }),
+            (Err(_), None) => {
+                Ok(Grant { scopes: ask.scopes.to_vec(), ttl, rule: String::new(), policies: permits, approval: None })
+            }
             (Err(denial), Some((scope, described))) => Err(Denial {
                 reason: format!("{}, and no policy permits {described} for scope `{scope}`", denial.reason),
                 ..denial
@@ -253,6 +304,18 @@ impl Policy for Staged {
             reason,
             policies: Vec::new(),
         })?;
+        // Opening a session cannot wait for a person: an `@approval` forbid refuses it.
+        if let Some((id, group)) = decision.approvals.first()
+            && decision.forbids.is_empty()
+        {
+            return Err(Denial {
+                code: OAuthError::InvalidScope,
+                reason: format!(
+                    "scope `session` is refused: policy `{id}` asks for approval by `{group}`, and opening a session cannot wait for it"
+                ),
+                policies: decision.approvals.iter().map(|(id, _)| id.clone()).collect(),
+            });
+        }
         if decision.forbids.is_empty() {
             return Ok(decision.permits);
         }
@@ -279,7 +342,35 @@ impl Policy for Staged {
     }
 }
 
-fn claim_str(claims: &Map<String, Value>, name: &str) -> Option<String> {
+impl Staged {
+    /// A request that `@approval` forbids hold back: granted on condition of approval when
+    /// it would pass once approved, so no one is asked to approve what would be refused.
+    fn held_back(&self, ask: &ExchangeAsk<'_>, held: Vec<(String, String, String)>) -> Result<Grant, Denial> {
+        let mut groups: Vec<&str> = held.iter().map(|(group, _, _)| group.as_str()).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let mut policies: Vec<String> = held.iter().map(|(_, id, _)| id.clone()).collect();
+        policies.dedup();
+        if groups.len() > 1 {
+            return Err(Denial {
+                code: OAuthError::InvalidScope,
+                reason: format!(
+                    "the scopes asked need approval by different groups ({}); ask for them in separate requests",
+                    groups.join(", ")
+                ),
+                policies,
+            });
+        }
+        let as_approved = ExchangeAsk { approval: ApprovalState::Approved { approver: None }, ..*ask };
+        let grant = self.decide(&as_approved)?;
+        let (group, id, asked) = &held[0];
+        let description = format!("{asked} needs approval (policy {id})");
+        Ok(Grant { approval: Some(ApprovalNeed { group: group.clone(), policies, description }), ..grant })
+    }
+}
+
+/// A claim's value as a string (strings, numbers and booleans); `None` otherwise.
+pub(crate) fn claim_str(claims: &Map<String, Value>, name: &str) -> Option<String> {
     match claims.get(name)? {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -351,7 +442,15 @@ mod tests {
         scopes: &'a [String],
         ttl: Option<u64>,
     ) -> ExchangeAsk<'a> {
-        ExchangeAsk { subject, audience, scopes, ttl: ttl.map(Duration::from_secs), intent: None, actor: None }
+        ExchangeAsk {
+            subject,
+            audience,
+            scopes,
+            ttl: ttl.map(Duration::from_secs),
+            intent: None,
+            actor: None,
+            approval: ApprovalState::None,
+        }
     }
 
     #[test]

@@ -62,6 +62,8 @@ struct Case {
 enum Expect {
     Allow,
     Deny,
+    /// Granted once a person of the group an `@approval` forbid names approves it.
+    Approval,
 }
 
 /// The outcome of a test file: the table to print and whether every case passed.
@@ -84,6 +86,7 @@ pub fn test(file: &Path, config: Option<&Config>) -> Result<Report, String> {
         let sources = Sources {
             policies: tests.policies.iter().map(|p| base.join(p)).collect(),
             schema: tests.schema.as_ref().map(|s| base.join(s)),
+            approval_groups: config.map(|c| c.approvers.iter().map(|a| a.name.clone()).collect()),
         };
         Some(std::sync::Arc::new(Handle::load(sources)?))
     };
@@ -126,6 +129,7 @@ pub fn test(file: &Path, config: Option<&Config>) -> Result<Report, String> {
                     ttl,
                     intent: intent.as_ref(),
                     actor: None,
+                    approval: crate::policy::ApprovalState::None,
                 };
                 staged.decide(&ask)
             });
@@ -136,7 +140,14 @@ pub fn test(file: &Path, config: Option<&Config>) -> Result<Report, String> {
                     .into_iter()
                     .chain(grant.policies.iter().map(|p| format!("policy `{p}`")))
                     .collect();
-                (Expect::Allow, by.join(", "), grant.policies, Some(grant.rule), String::new())
+                match grant.approval {
+                    Some(need) => {
+                        let by = need.policies.iter().map(|p| format!("policy `{p}`")).collect::<Vec<_>>().join(", ");
+                        let reason = format!("{} by `{}`", need.description, need.group);
+                        (Expect::Approval, by, need.policies, Some(grant.rule), reason)
+                    }
+                    None => (Expect::Allow, by.join(", "), grant.policies, Some(grant.rule), String::new()),
+                }
             }
             Err(denial) => {
                 let by = if denial.policies.is_empty() {
@@ -162,7 +173,14 @@ pub fn test(file: &Path, config: Option<&Config>) -> Result<Report, String> {
         if !ok {
             failed += 1;
         }
-        let word = |e: Expect| if e == Expect::Allow { "allow" } else { "deny" }.to_owned();
+        let word = |e: Expect| {
+            match e {
+                Expect::Allow => "allow",
+                Expect::Deny => "deny",
+                Expect::Approval => "approval",
+            }
+            .to_owned()
+        };
         rows.push([
             if ok { "ok" } else { "FAIL" }.to_owned(),
             case.name.clone(),

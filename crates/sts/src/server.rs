@@ -12,12 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
+use crate::approval::{Binding, Poll};
 use crate::audit::{Audit, Line, now_rfc3339};
 use crate::config::Config;
 use crate::delegation::{Actor, JWT_TOKEN_TYPE, SESSION_SCOPE};
 use crate::keys::{Algorithm, SigningKey};
 use crate::oauth::OAuthError;
-use crate::policy::{Acting, ExchangeAsk, Policy, Rules, Staged};
+use crate::policy::{Acting, ApprovalState, ExchangeAsk, Grant, Policy, Rules, Staged};
 use crate::revocation::{RedbStore, RevocationStore};
 use crate::verify::Verifier;
 use mayfly_core::{ACCESS_TOKEN_TYPE, Fingerprint, ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT};
@@ -39,6 +40,8 @@ pub struct Sts {
     /// Verifies tokens this exchange minted, when they are presented back to it.
     pub(crate) own_key: jsonwebtoken::DecodingKey,
     revocations: Arc<dyn RevocationStore>,
+    /// Requests waiting for a person's approval (in this process only).
+    pub(crate) approvals: crate::approval::Approvals,
 }
 
 impl Sts {
@@ -80,7 +83,8 @@ impl Sts {
             people: people(&config),
         });
         let audit = Audit::open(config.audit_log.as_deref()).map_err(|e| format!("cannot open audit log: {e}"))?;
-        Ok(Self { config, key, verifier, policy, cedar, audit, own_key, revocations })
+        let approvals = crate::approval::Approvals::new(config.approval_ttl, config.approval_interval);
+        Ok(Self { config, key, verifier, policy, cedar, audit, own_key, revocations, approvals })
     }
 
     /// Loads the Cedar policies again now (as SIGHUP does); a failure keeps those in force.
@@ -116,6 +120,7 @@ impl Sts {
             .route("/healthz", get(|| async { "ok" }))
             .route("/registry/token", get(crate::registry::token).post(crate::registry::token))
             .route("/registry/cert.pem", get(crate::registry::certificate))
+            .route("/approve/{id}", get(crate::approval_http::view).post(crate::approval_http::decide))
             .layer(DefaultBodyLimit::max(MAX_REQUEST))
             .with_state(self)
     }
@@ -144,7 +149,11 @@ pub fn policy_handle(config: &Config) -> Result<Option<Arc<crate::cedar::Handle>
     if config.policies.is_empty() {
         return Ok(None);
     }
-    let sources = crate::cedar::Sources { policies: config.policies.clone(), schema: config.schema.clone() };
+    let sources = crate::cedar::Sources {
+        policies: config.policies.clone(),
+        schema: config.schema.clone(),
+        approval_groups: Some(config.approvers.iter().map(|a| a.name.clone()).collect()),
+    };
     crate::cedar::Handle::load(sources).map(|h| Some(Arc::new(h)))
 }
 
@@ -371,8 +380,42 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
         ttl,
         intent: intent.as_ref(),
         actor: actor.as_ref().map(|a| Acting { act: &a.act, issuer: &a.issuer }),
+        approval: ApprovalState::None,
     };
-    let grant = match sts.policy.decide(&ask) {
+    let approval_code = match form.one("approval_code") {
+        Ok(code) => code,
+        Err(reason) => return Err(denied(sts, invalid_request(reason), line)),
+    };
+    let binding = Binding::new(&subject, actor.as_ref().map(|a| &a.act), audience, &scopes, ttl, intent.as_ref());
+    // A request that carries an approval code collects the approval it names, and only
+    // with it: the code is bound to this request, and yields one token.
+    let approved = match approval_code {
+        Some(code) => match sts.approvals.poll(code, &binding, std::time::Instant::now()) {
+            Poll::Approved { id, approver, .. } => Some((id, approver)),
+            other => return collect_refused(sts, other, line),
+        },
+        None => None,
+    };
+    let line = Line {
+        approval: approved.as_ref().map(|(id, _)| id.as_str()),
+        approver: approved.as_ref().map(|(_, a)| &a.audit),
+        ..line
+    };
+    let decision = match &approved {
+        Some((_, approver)) => sts
+            .policy
+            .decide(&ExchangeAsk { approval: ApprovalState::Approved { approver: Some(&approver.id) }, ..ask }),
+        None => sts.policy.decide(&ask),
+    };
+    let grant = match decision {
+        Ok(Grant { approval: Some(need), .. }) if approved.is_none() => {
+            return pending(sts, need, binding, intent.clone(), &subject, line);
+        }
+        Ok(Grant { approval: Some(need), .. }) => {
+            let reason = format!("policy `{}` still asks for approval after it was approved", need.policies.join(", "));
+            let refusal = Refusal { code: OAuthError::AccessDenied, reason };
+            return Err(denied(sts, refusal, Line { policies: Some(&need.policies), ..line }));
+        }
         Ok(grant) => grant,
         Err(denial) => {
             let policies = (!denial.policies.is_empty()).then_some(denial.policies.as_slice());
@@ -380,6 +423,12 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
             return Err(denied(sts, refusal, Line { policies, ..line }));
         }
     };
+    if let Some((id, _)) = &approved
+        && !sts.approvals.spend(id, std::time::Instant::now())
+    {
+        let refusal = Refusal { code: OAuthError::InvalidGrant, reason: "the approval was already used".into() };
+        return Err(denied(sts, refusal, line));
+    }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     // A token derived through a session does not outlive it.
     let session_left = actor.as_ref().and_then(|a| a.until).map(|until| u64::try_from(until - now).unwrap_or(0));
@@ -420,6 +469,96 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     Ok(issued(&access_token, ttl, &scope))
 }
 
+/// The answer to a collect that yields no token: still pending (or too fast), denied,
+/// expired, used, unknown or for another request.
+fn collect_refused(sts: &Sts, poll: Poll, line: Line<'_>) -> Result<Response, Refusal> {
+    let refusal = |code: OAuthError, reason: &str| Refusal { code, reason: reason.to_owned() };
+    let refusal = match poll {
+        Poll::Pending { id, interval, expires_in } => {
+            return Ok(approval_answer(json!({
+                "error": OAuthError::AuthorizationPending.as_str(),
+                "error_description": "still waiting for a person to approve the request",
+                "approval_id": id,
+                "approval_uri": format!("{}/approve/{id}", sts.config.issuer),
+                "interval": interval.as_secs(),
+                "expires_in": expires_in.as_secs(),
+            })));
+        }
+        Poll::SlowDown { id, interval } => {
+            return Ok(approval_answer(json!({
+                "error": OAuthError::SlowDown.as_str(),
+                "error_description": format!("polled too often; wait {} seconds between polls", interval.as_secs()),
+                "approval_id": id,
+                "interval": interval.as_secs(),
+            })));
+        }
+        Poll::Denied { by, reason } => {
+            let reason = match reason {
+                Some(reason) => format!("denied by {by}: {reason}"),
+                None => format!("denied by {by}"),
+            };
+            Refusal { code: OAuthError::AccessDenied, reason: mayfly_core::sanitize_for_terminal(&reason) }
+        }
+        Poll::Expired => refusal(
+            OAuthError::ExpiredToken,
+            "the approval expired before the token was collected; ask again without `approval_code`",
+        ),
+        Poll::Used => refusal(OAuthError::InvalidGrant, "the approval was already used"),
+        Poll::OtherRequest => refusal(OAuthError::InvalidGrant, "the approval is for another request"),
+        Poll::Unknown => {
+            refusal(OAuthError::InvalidGrant, "no approval has this `approval_code`; ask again without it")
+        }
+        Poll::Approved { .. } => refusal(OAuthError::ServerError, "an approved request was not collected"),
+    };
+    Err(denied(sts, refusal, line))
+}
+
+/// Opens an approval for a request `@approval` forbids hold back, and answers
+/// `authorization_pending` with where to approve it and the code to collect it with.
+fn pending(
+    sts: &Sts,
+    need: crate::policy::ApprovalNeed,
+    binding: Binding,
+    intent: Option<Value>,
+    subject: &crate::VerifiedSubject,
+    line: Line<'_>,
+) -> Result<Response, Refusal> {
+    let person = sts.config.same_person_claim.as_deref().and_then(|c| crate::policy::claim_str(&subject.claims, c));
+    let request = crate::approval::Request {
+        binding,
+        intent,
+        group: need.group.clone(),
+        policies: need.policies.clone(),
+        person,
+    };
+    let line = Line { policies: Some(&need.policies), group: Some(&need.group), ..line };
+    let created = match sts.approvals.create(request, std::time::Instant::now()) {
+        Ok(created) => created,
+        Err(reason) => return Err(denied(sts, Refusal { code: OAuthError::TemporarilyUnavailable, reason }, line)),
+    };
+    sts.audit.write(&Line {
+        time: now_rfc3339(),
+        outcome: "pending",
+        reason: Some(&need.description),
+        approval: Some(&created.id),
+        ..line
+    });
+    Ok(approval_answer(json!({
+        "error": OAuthError::AuthorizationPending.as_str(),
+        "error_description": need.description,
+        "approval_id": created.id,
+        "approval_uri": format!("{}/approve/{}", sts.config.issuer, created.id),
+        "approval_code": created.code,
+        "interval": created.interval.as_secs(),
+        "expires_in": created.expires_in.as_secs(),
+    })))
+}
+
+/// A 400 answer about an approval, with the fields RFC 8628 polling adds.
+fn approval_answer(body: Value) -> Response {
+    no_store((StatusCode::BAD_REQUEST, axum::Json(body)).into_response())
+}
+
 /// Mints a session token: for this exchange itself, naming the agent the intent declares.
 /// No rule is needed (it grants nothing by itself); a Cedar forbid on `session` refuses it.
 /// Its lifetime is capped by `session_max_ttl`, not by the rules' `max_ttl`.
@@ -450,6 +589,7 @@ fn open_session(
         ttl: Some(ttl),
         intent,
         actor: Some(Acting { act: &actor.act, issuer: &actor.issuer }),
+        approval: ApprovalState::None,
     };
     let policies = match sts.policy.decide_session(&ask) {
         Ok(policies) => policies,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mayfly_sts::cedar::{Handle, Sources};
-use mayfly_sts::{Acting, ExchangeAsk, OAuthError, Policy, Rule, Rules, Staged, VerifiedSubject};
+use mayfly_sts::{Acting, ApprovalState, ExchangeAsk, OAuthError, Policy, Rule, Rules, Staged, VerifiedSubject};
 use serde_json::json;
 
 const ISSUER: &str = "https://issuer";
@@ -42,14 +42,16 @@ fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 }
 
 fn staged(dir: &Path) -> (Staged, Arc<Handle>) {
-    let handle = Arc::new(Handle::load(Sources { policies: vec![dir.to_owned()], schema: None }).unwrap());
+    let handle = Arc::new(
+        Handle::load(Sources { policies: vec![dir.to_owned()], schema: None, approval_groups: None }).unwrap(),
+    );
     let staged =
         Staged { rules: rules(), max_ttl: Duration::from_secs(3600), cedar: Some(handle.clone()), people: vec![] };
     (staged, handle)
 }
 
 fn ask<'a>(subject: &'a VerifiedSubject, audience: &'a str, scopes: &'a [String]) -> ExchangeAsk<'a> {
-    ExchangeAsk { subject, audience, scopes, ttl: None, intent: None, actor: None }
+    ExchangeAsk { subject, audience, scopes, ttl: None, intent: None, actor: None, approval: ApprovalState::None }
 }
 
 const NO_PUSH_TO_MAIN: &str = r#"
@@ -131,19 +133,23 @@ fn invalid_policies_name_file_line_and_reason() {
         "b.cedar",
         "// comment\n\n@id(\"typo\")\npermit(principal, action, resource) when { resource.pth == \"x\" };\n",
     );
-    let error = Handle::load(Sources { policies: vec![dir.path().to_owned()], schema: None }).unwrap_err();
+    let error = Handle::load(Sources { policies: vec![dir.path().to_owned()], schema: None, approval_groups: None })
+        .unwrap_err();
     assert!(error.contains("b.cedar` line 4"), "{error}");
     assert!(error.contains("typo") && error.contains("pth"), "{error}");
     // A syntax error.
     write(dir.path(), "b.cedar", "permit(principal, action, resource)\nwhen { true }\n");
-    let error = Handle::load(Sources { policies: vec![dir.path().to_owned()], schema: None }).unwrap_err();
+    let error = Handle::load(Sources { policies: vec![dir.path().to_owned()], schema: None, approval_groups: None })
+        .unwrap_err();
     assert!(error.contains("b.cedar` line"), "{error}");
     // An unknown action, and the same id twice.
     write(dir.path(), "b.cedar", "\npermit(principal, action == Action::\"delete\", resource);\n");
-    let error = Handle::load(Sources { policies: vec![dir.path().to_owned()], schema: None }).unwrap_err();
+    let error = Handle::load(Sources { policies: vec![dir.path().to_owned()], schema: None, approval_groups: None })
+        .unwrap_err();
     assert!(error.contains("b.cedar` line 2") && error.contains("delete"), "{error}");
     write(dir.path(), "b.cedar", DOCS_WRITERS);
-    let error = Handle::load(Sources { policies: vec![dir.path().to_owned()], schema: None }).unwrap_err();
+    let error = Handle::load(Sources { policies: vec![dir.path().to_owned()], schema: None, approval_groups: None })
+        .unwrap_err();
     assert!(error.contains("`docs-writers` is already used at"), "{error}");
 }
 

@@ -1,0 +1,234 @@
+//! `GET` and `POST /approve/{id}`: an approver, signed in with an ID token of a trusted
+//! issuer (`Authorization: Bearer`), sees a waiting request and approves or denies it.
+//! The id only names the request; no token is ever collected with it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use mayfly_core::pattern::{Kind, matches};
+use serde_json::{Value, json};
+
+use crate::Sts;
+use crate::approval::{Approver, DecideError, View, check_reason, same_person};
+use crate::audit::{Line, now_rfc3339};
+use crate::config::ApproverEntry;
+use crate::policy::claim_str;
+use crate::server::{Form, no_store};
+use crate::verify::VerifiedSubject;
+
+fn error(status: StatusCode, code: &str, description: &str) -> Response {
+    let mut response =
+        no_store((status, axum::Json(json!({"error": code, "error_description": description}))).into_response());
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+/// The approver's verified ID token, or the 401 answer.
+async fn approver(sts: &Sts, headers: &HeaderMap) -> Result<VerifiedSubject, Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|token| !token.is_empty());
+    let Some(token) = token else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "send your ID token as `Authorization: Bearer <token>` to see or decide an approval",
+        ));
+    };
+    sts.verifier.verify(token).await.map_err(|rejection| {
+        error(StatusCode::UNAUTHORIZED, "invalid_token", &format!("your ID token is refused: {}", rejection.0))
+    })
+}
+
+/// Whether the token's holder is a member of `group`: an `[[approvers]]` entry of that
+/// name whose issuer is the token's and whose claim patterns all match.
+pub(crate) fn in_group(approvers: &[ApproverEntry], group: &str, token: &VerifiedSubject) -> bool {
+    approvers.iter().any(|entry| {
+        entry.name == group
+            && entry.issuer == token.issuer
+            && entry.claims.iter().all(|(claim, pattern)| {
+                claim_str(&token.claims, claim).is_some_and(|v| matches(Kind::Claim, pattern, &v))
+            })
+    })
+}
+
+/// The approval and the approver's membership of its group, or the 404 / 403 answer.
+fn lookup(sts: &Sts, id: &str, token: &VerifiedSubject, now: Instant) -> Result<View, Box<Response>> {
+    let unknown =
+        || Box::new(error(StatusCode::NOT_FOUND, "not_found", "no approval has this id; it may have expired long ago"));
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(unknown());
+    }
+    let view = sts.approvals.view(id, now).ok_or_else(unknown)?;
+    if !in_group(&sts.config.approvers, &view.request.group, token) {
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            &format!("`{}` of `{}` is not in approver group `{}`", token.subject, token.issuer, view.request.group),
+        )));
+    }
+    Ok(view)
+}
+
+/// `GET /approve/{id}`: the request, for an approver of its group.
+pub(crate) async fn view(State(sts): State<Arc<Sts>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let token = match approver(&sts, &headers).await {
+        Ok(token) => token,
+        Err(response) => return response,
+    };
+    let view = match lookup(&sts, &id, &token, Instant::now()) {
+        Ok(view) => view,
+        Err(response) => return *response,
+    };
+    let request = &view.request;
+    let binding = &request.binding;
+    no_store(
+        axum::Json(json!({
+            "id": id,
+            "status": view.status,
+            "requester": {"iss": binding.issuer, "sub": binding.subject},
+            "actor": binding.act.clone().unwrap_or(Value::Null),
+            "audience": binding.audience,
+            "scopes": binding.scopes,
+            "ttl": binding.ttl,
+            "intent": request.intent.clone().unwrap_or(Value::Null),
+            "policy": request.policies.join(", "),
+            "group": request.group,
+            "expires_in": view.expires_in.as_secs(),
+        }))
+        .into_response(),
+    )
+}
+
+/// `POST /approve/{id}` (`decision=approve|deny`, optional `reason`): records the decision.
+pub(crate) async fn decide(
+    State(sts): State<Arc<Sts>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let token = match approver(&sts, &headers).await {
+        Ok(token) => token,
+        Err(response) => return response,
+    };
+    let now = Instant::now();
+    let view = match lookup(&sts, &id, &token, now) {
+        Ok(view) => view,
+        Err(response) => return *response,
+    };
+    let form_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !form_type.starts_with("application/x-www-form-urlencoded") {
+        return error(StatusCode::BAD_REQUEST, "invalid_request", "body must be application/x-www-form-urlencoded");
+    }
+    let form = Form { pairs: url::form_urlencoded::parse(&body).into_owned().collect() };
+    let approve = match form.one("decision") {
+        Ok(Some("approve")) => true,
+        Ok(Some("deny")) => false,
+        Ok(_) => return error(StatusCode::BAD_REQUEST, "invalid_request", "`decision` is `approve` or `deny`"),
+        Err(reason) => return error(StatusCode::BAD_REQUEST, "invalid_request", &reason),
+    };
+    let reason = match form.one("reason") {
+        Ok(reason) => reason.map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned),
+        Err(reason) => return error(StatusCode::BAD_REQUEST, "invalid_request", &reason),
+    };
+    if let Some(Err(reason)) = reason.as_deref().map(check_reason) {
+        return error(StatusCode::BAD_REQUEST, "invalid_request", &reason);
+    }
+    let binding = &view.request.binding;
+    let same_subject = binding.issuer == token.issuer && binding.subject == token.subject;
+    let claim = sts.config.same_person_claim.as_deref();
+    let same_claim = claim.and_then(|c| claim_str(&token.claims, c)).zip(view.request.person.as_deref());
+    if same_subject || same_claim.is_some_and(|(a, b)| same_person(&a, b)) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "you asked for this request yourself; another member of the group must decide it",
+        );
+    }
+    let approver = Approver::of(&token);
+    match sts.approvals.decide(&id, approver.clone(), approve, reason.clone(), now) {
+        Ok(()) => {}
+        Err(DecideError::Unknown) => {
+            return error(StatusCode::NOT_FOUND, "not_found", "no approval has this id; it may have expired long ago");
+        }
+        Err(DecideError::Expired) => {
+            return error(StatusCode::GONE, "expired_token", "the approval expired; the requester must ask again");
+        }
+        Err(DecideError::AlreadyDecided(status)) => {
+            return error(StatusCode::CONFLICT, "already_decided", &format!("the approval is already {status}"));
+        }
+    }
+    let outcome = if approve { "approved" } else { "denied" };
+    sts.audit.write(&Line {
+        time: now_rfc3339(),
+        outcome,
+        reason: reason.as_deref(),
+        issuer: Some(&binding.issuer),
+        subject: Some(&binding.subject),
+        audience: Some(&binding.audience),
+        scope: Some(binding.scopes.join(" ")),
+        policies: Some(view.request.policies.as_slice()),
+        act: binding.act.as_ref(),
+        approval: Some(&id),
+        group: Some(&view.request.group),
+        approver: Some(&approver.audit),
+        ..Line::default()
+    });
+    no_store(axum::Json(json!({"status": outcome})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(issuer: &str, claims: Value) -> VerifiedSubject {
+        let claims = claims.as_object().unwrap().clone();
+        let subject = claims["sub"].as_str().unwrap().to_owned();
+        VerifiedSubject { issuer: issuer.into(), subject, claims }
+    }
+
+    #[test]
+    fn group_membership_is_issuer_and_claim_patterns() {
+        let approvers = vec![
+            ApproverEntry {
+                name: "release-managers".into(),
+                issuer: "https://idp".into(),
+                claims: [("email".to_owned(), "*@example.com".to_owned()), ("team".to_owned(), "release".to_owned())]
+                    .into(),
+            },
+            ApproverEntry {
+                name: "release-managers".into(),
+                issuer: "https://other-idp".into(),
+                claims: Default::default(),
+            },
+        ];
+        let alice = token("https://idp", json!({"sub": "user:alice", "email": "alice@example.com", "team": "release"}));
+        assert!(in_group(&approvers, "release-managers", &alice));
+        assert!(!in_group(&approvers, "security", &alice));
+        let outsider = token("https://idp", json!({"sub": "user:eve", "email": "eve@evil.test", "team": "release"}));
+        assert!(!in_group(&approvers, "release-managers", &outsider));
+        let no_team = token("https://idp", json!({"sub": "user:carl", "email": "carl@example.com"}));
+        assert!(!in_group(&approvers, "release-managers", &no_team));
+        // A second entry of the same name adds members: anyone of that issuer.
+        let other = token("https://other-idp", json!({"sub": "x"}));
+        assert!(in_group(&approvers, "release-managers", &other));
+        // A claim pattern's `*` stays within one `:`-separated part.
+        let approvers = vec![ApproverEntry {
+            name: "g".into(),
+            issuer: "https://idp".into(),
+            claims: [("sub".to_owned(), "user:*".to_owned())].into(),
+        }];
+        assert!(in_group(&approvers, "g", &alice));
+        assert!(!in_group(&approvers, "g", &token("https://idp", json!({"sub": "user:a:admin"}))));
+    }
+}
