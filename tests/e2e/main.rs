@@ -23,6 +23,7 @@ mod scope_boundary;
 mod setup;
 mod shims;
 mod single_flight;
+mod step_up;
 mod subject_tokens;
 mod terraform;
 mod verdaccio;
