@@ -118,7 +118,8 @@ fn describe(request: &Value) -> String {
         let declared = if actor.get("declared").and_then(Value::as_bool) == Some(true) { ", declared" } else { "" };
         lines.push(format!("  through:  {}{declared}", text(&request["actor"]["sub"])));
     }
-    lines.push(format!("  wants:    {} for {}", scopes.join(" "), text(&request["audience"])));
+    let ttl = request["ttl"].as_u64().map(|s| format!(", a token living {s}s")).unwrap_or_default();
+    lines.push(format!("  wants:    {} for {}{ttl}", scopes.join(" "), text(&request["audience"])));
     if let Some(command) = request["intent"]["command"].as_str() {
         lines.push(format!("  command:  {} (claimed by the client)", sanitize_for_terminal(command)));
     }
