@@ -1,5 +1,6 @@
 //! End-to-end tests: the real git and the real binaries against real servers on loopback.
 
+mod admin;
 mod approval;
 mod aws;
 mod cargo;

@@ -2,6 +2,7 @@
 //! issuer (`Authorization: Bearer`), sees a waiting request and approves or denies it.
 //! The id only names the request; no token is ever collected with it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,7 +21,7 @@ use crate::policy::claim_str;
 use crate::server::{Form, no_store};
 use crate::verify::VerifiedSubject;
 
-fn error(status: StatusCode, code: &str, description: &str) -> Response {
+pub(crate) fn error(status: StatusCode, code: &str, description: &str) -> Response {
     let mut response =
         no_store((status, axum::Json(json!({"error": code, "error_description": description}))).into_response());
     if status == StatusCode::UNAUTHORIZED {
@@ -31,6 +32,16 @@ fn error(status: StatusCode, code: &str, description: &str) -> Response {
 
 /// The approver's verified ID token, or the 401 answer.
 async fn approver(sts: &Sts, headers: &HeaderMap) -> Result<VerifiedSubject, Response> {
+    bearer_id_token(sts, headers, "to see or decide an approval").await
+}
+
+/// The verified ID token sent as `Authorization: Bearer` (verified as a subject token),
+/// or the 401 answer saying it is needed `purpose`.
+pub(crate) async fn bearer_id_token(
+    sts: &Sts,
+    headers: &HeaderMap,
+    purpose: &str,
+) -> Result<VerifiedSubject, Response> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -42,7 +53,7 @@ async fn approver(sts: &Sts, headers: &HeaderMap) -> Result<VerifiedSubject, Res
         return Err(error(
             StatusCode::UNAUTHORIZED,
             "invalid_token",
-            "send your ID token as `Authorization: Bearer <token>` to see or decide an approval",
+            &format!("send your ID token as `Authorization: Bearer <token>` {purpose}"),
         ));
     };
     sts.verifier.verify(token).await.map_err(|rejection| {
@@ -53,13 +64,15 @@ async fn approver(sts: &Sts, headers: &HeaderMap) -> Result<VerifiedSubject, Res
 /// Whether the token's holder is a member of `group`: an `[[approvers]]` entry of that
 /// name whose issuer is the token's and whose claim patterns all match.
 pub(crate) fn in_group(approvers: &[ApproverEntry], group: &str, token: &VerifiedSubject) -> bool {
-    approvers.iter().any(|entry| {
-        entry.name == group
-            && entry.issuer == token.issuer
-            && entry.claims.iter().all(|(claim, pattern)| {
-                claim_str(&token.claims, claim).is_some_and(|v| matches(Kind::Claim, pattern, &v))
-            })
-    })
+    approvers.iter().any(|entry| entry.name == group && matches_entry(&entry.issuer, &entry.claims, token))
+}
+
+/// Whether a verified ID token is of `issuer` and its claims match every pattern.
+pub(crate) fn matches_entry(issuer: &str, claims: &BTreeMap<String, String>, token: &VerifiedSubject) -> bool {
+    issuer == token.issuer
+        && claims
+            .iter()
+            .all(|(claim, pattern)| claim_str(&token.claims, claim).is_some_and(|v| matches(Kind::Claim, pattern, &v)))
 }
 
 /// The approval and the approver's membership of its group, or the 404 / 403 answer.

@@ -51,6 +51,9 @@ pub(crate) struct Line<'a> {
     /// Who approved or denied it: `{"iss", "sub", "email"?}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approver: Option<&'a Value>,
+    /// The administrator who ended a session: `{"iss", "sub"}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub administrator: Option<&'a Value>,
 }
 
 /// Where lines go: a file opened for append, or stderr.

@@ -114,6 +114,25 @@ pub struct ConfigFile {
     /// Who may approve requests that a policy's `@approval("GROUP")` forbid holds back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approvers: Vec<ApproverEntry>,
+    /// Who may end anyone's session (`POST /admin/revoke`); none means no such endpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub administrators: Vec<AdministratorEntry>,
+    /// How long a session may go unused before its next use ends it (`1h` when not set,
+    /// `0s` never), as a duration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_idle: Option<String>,
+}
+
+/// Administrators: the ID tokens of one trusted issuer whose claims match. Matching any
+/// entry is enough.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdministratorEntry {
+    /// The administrator's ID token's exact `iss`; must be a trusted issuer.
+    pub issuer: String,
+    /// Claim patterns the administrator's ID token must match (as a rule's `claims`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, String>,
 }
 
 /// Members of an approver group: the ID tokens of one trusted issuer whose claims match.
@@ -230,6 +249,10 @@ pub struct Config {
     pub same_person_claim: Option<String>,
     /// Approver groups' members.
     pub approvers: Vec<ApproverEntry>,
+    /// Who may end anyone's session.
+    pub administrators: Vec<AdministratorEntry>,
+    /// How long a session may go unused; `None` lets it idle until it expires.
+    pub session_idle: Option<Duration>,
 }
 
 impl Config {
@@ -298,6 +321,16 @@ impl Config {
                 ));
             }
         }
+        for (i, admin) in raw.administrators.iter().enumerate() {
+            if !raw.trusted_issuers.iter().any(|t| t.issuer == admin.issuer) {
+                return Err(format!(
+                    "administrators entry {}: issuer `{}` is not in trusted_issuers",
+                    i + 1,
+                    admin.issuer
+                ));
+            }
+        }
+        let session_idle = Some(duration(raw.session_idle, 3600)?).filter(|d| !d.is_zero());
         let approval_ttl = duration(raw.approval_ttl, 600)?;
         let approval_interval = duration(raw.approval_interval, 5)?;
         if approval_ttl.is_zero() || approval_interval.is_zero() {
@@ -341,6 +374,8 @@ impl Config {
             approval_interval,
             same_person_claim: raw.same_person_claim,
             approvers: raw.approvers,
+            administrators: raw.administrators,
+            session_idle,
         })
     }
 }
@@ -426,6 +461,28 @@ mod tests {
             .unwrap_err();
         assert!(error.contains("needs a `name`"), "{error}");
         assert!(Config::parse(&format!("{base}approval_interval = \"0s\"\n")).is_err());
+    }
+
+    #[test]
+    fn administrators_and_session_idle_are_read() {
+        let base = "issuer = \"https://sts.example\"\n";
+        let bare = Config::parse(base).unwrap();
+        assert!(bare.administrators.is_empty());
+        assert_eq!(bare.session_idle, Some(Duration::from_secs(3600)));
+        assert_eq!(Config::parse(&format!("{base}session_idle = \"0s\"\n")).unwrap().session_idle, None);
+        assert_eq!(
+            Config::parse(&format!("{base}session_idle = \"15m\"\n")).unwrap().session_idle,
+            Some(Duration::from_secs(900))
+        );
+        assert!(Config::parse(&format!("{base}session_idle = \"a while\"\n")).is_err());
+        let trusted = "[[trusted_issuers]]\nissuer = \"https://idp\"\naudiences = [\"mayfly-sts\"]\n";
+        let config = Config::parse(&format!(
+            "{base}{trusted}\n[[administrators]]\nissuer = \"https://idp\"\nclaims = {{ email = \"*@example.com\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(config.administrators[0].claims["email"], "*@example.com");
+        let error = Config::parse(&format!("{base}[[administrators]]\nissuer = \"https://idp\"\n")).unwrap_err();
+        assert!(error.contains("not in trusted_issuers"), "{error}");
     }
 
     #[test]

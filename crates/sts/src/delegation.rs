@@ -10,6 +10,7 @@
 use serde_json::{Value, json};
 
 use crate::Sts;
+use crate::audit::{Line, now_rfc3339};
 use crate::oauth::OAuthError;
 use crate::own_tokens::OwnToken;
 use crate::server::{Refusal, invalid_request};
@@ -149,7 +150,7 @@ pub(crate) async fn resolve(
             crate::own_tokens::verify(sts, token, true).map_err(|e| invalid_request(format!("actor token: {e}")))?;
         let actor = session_actor(&own, &sts.config.issuer, subject).map_err(invalid_request)?;
         match crate::own_tokens::revoked_lineage(sts, &own.claims).await {
-            Ok(false) => actor,
+            Ok(false) => {}
             Ok(true) => return Err(invalid_request("actor token: the session has been revoked")),
             Err(_) => {
                 return Err(Refusal {
@@ -158,11 +159,40 @@ pub(crate) async fn resolve(
                 });
             }
         }
+        let unix_now = time::OffsetDateTime::now_utc().unix_timestamp();
+        if let Err(idle) = sts.sessions.used(&own.jti, own.expires_at, std::time::Instant::now(), unix_now) {
+            return Err(end_idle(sts, &own, subject, idle).await);
+        }
+        actor
     } else {
         let verified = sts.verifier.verify(token).await.map_err(|r| invalid_request(actor_words(&r.0)))?;
         id_token_actor(&verified).map_err(invalid_request)?
     };
     Ok(actor)
+}
+
+/// Ends a session left idle: records its revocation (so what was minted through it dies
+/// with it), writes the audit line and answers the refusal.
+async fn end_idle(sts: &Sts, own: &OwnToken, subject: &VerifiedSubject, idle: std::time::Duration) -> Refusal {
+    let idle = crate::sessions::display(idle);
+    let reason = format!("actor token: the session ended after {idle} idle");
+    let stored = sts.revoke(&own.jti, own.expires_at).await;
+    if stored.is_ok() {
+        sts.sessions.forget(&own.jti);
+    }
+    let store_reason = stored.as_ref().err().map(|e| format!("{reason}; recording its revocation failed: {e}"));
+    sts.audit.write(&Line {
+        time: now_rfc3339(),
+        outcome: "session-idle-ended",
+        reason: Some(store_reason.as_deref().unwrap_or(&reason)),
+        issuer: Some(&subject.issuer),
+        subject: Some(&subject.subject),
+        act: own.claims.get("act"),
+        jti: Some(&own.jti),
+        sid: Some(&own.jti),
+        ..Line::default()
+    });
+    invalid_request(reason)
 }
 
 /// The unverified `iss` of a JWT, only to choose how to verify it.

@@ -6,10 +6,13 @@
 //! line per decision. Its one piece of lasting state is the set of revoked tokens (RFC 7009),
 //! behind a [`RevocationStore`] that replicas can share; introspection (RFC 7662) lets
 //! resource servers see revocations. A Cedar forbid annotated `@approval("GROUP")` holds a
-//! request until a person of GROUP approves it (human approval, kept in memory).
+//! request until a person of GROUP approves it (human approval, kept in memory). Sessions
+//! end when revoked, when an administrator ends them (`POST /admin/revoke`), or on their
+//! next use after `session_idle` unused (last uses kept in memory).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod admin;
 mod approval;
 mod approval_http;
 mod audit;
@@ -24,11 +27,12 @@ pub mod policy_tool;
 mod registry;
 mod revocation;
 mod server;
+mod sessions;
 mod verify;
 
 pub use config::{
-    ApproverEntry, Config, ConfigFile, Error as ConfigError, IntrospectionClient, IntrospectionClientEntry, RuleEntry,
-    Tls, TrustedIssuer,
+    AdministratorEntry, ApproverEntry, Config, ConfigFile, Error as ConfigError, IntrospectionClient,
+    IntrospectionClientEntry, RuleEntry, Tls, TrustedIssuer,
 };
 pub use keys::{Algorithm, SigningKey};
 pub use oauth::OAuthError;

@@ -22,6 +22,29 @@ enum Command {
     /// Check or test the Cedar policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Act as an administrator of a running exchange.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// End a session and everything minted through it. The administrator's ID token is
+    /// read from `--id-token-file` or MAYFLY_STS_ADMIN_TOKEN, never from the command line.
+    Revoke {
+        /// The session id (`sid` of its tokens, 32 hex digits).
+        #[arg(long)]
+        session: String,
+        /// The exchange's base URL (its `issuer`).
+        #[arg(long)]
+        url: String,
+        /// Extra CA certificates (PEM) to trust for the exchange.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// A file holding the administrator's ID token.
+        #[arg(long)]
+        id_token_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -42,6 +65,9 @@ fn main() -> ExitCode {
         None => serve(args.config),
         Some(Command::Policy(PolicyCommand::Check)) => check(args.config),
         Some(Command::Policy(PolicyCommand::Test { file })) => return test(&file, args.config),
+        Some(Command::Admin(AdminCommand::Revoke { session, url, ca_file, id_token_file })) => {
+            admin_revoke(&session, &url, ca_file.as_deref(), id_token_file.as_deref())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -86,6 +112,57 @@ fn test(file: &std::path::Path, config: Option<PathBuf>) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Where the administrator's ID token comes from when no file is named.
+const ADMIN_TOKEN_VAR: &str = "MAYFLY_STS_ADMIN_TOKEN";
+
+fn admin_revoke(
+    session: &str,
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    id_token_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let token = match id_token_file {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read `{}`", path.display()))?,
+        None => std::env::var(ADMIN_TOKEN_VAR)
+            .map_err(|_| anyhow::anyhow!("no ID token: give `--id-token-file FILE` or set {ADMIN_TOKEN_VAR}"))?,
+    };
+    let token = token.trim();
+    anyhow::ensure!(!token.is_empty(), "the administrator's ID token is empty");
+    let base = url::Url::parse(url.trim_end_matches('/')).with_context(|| format!("`{url}` is not a URL"))?;
+    let loopback = base.host_str().is_some_and(|h| matches!(h, "localhost" | "127.0.0.1" | "[::1]"));
+    anyhow::ensure!(
+        base.scheme() == "https" || (base.scheme() == "http" && loopback),
+        "`{url}` is not https: an ID token is only sent over HTTPS (or plain HTTP to loopback)"
+    );
+    let mut client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(30));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|_| anyhow::anyhow!("`{}` holds no PEM certificate", path.display()))?;
+        client = client.tls_certs_merge(certs);
+    }
+    let client = client.build().context("cannot set up HTTPS")?;
+    let endpoint = format!("{}/admin/revoke", base.as_str().trim_end_matches('/'));
+    let response = client.post(&endpoint).bearer_auth(token).form(&[("session", session)]).send().map_err(|e| {
+        let cause = format!("{:#}", anyhow::Error::from(e));
+        anyhow::anyhow!("cannot reach `{endpoint}`: {}", mayfly_core::sanitize_for_terminal(&cause))
+    })?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().unwrap_or_default();
+    let said = |key: &str| body.get(key).and_then(serde_json::Value::as_str).map(mayfly_core::sanitize_for_terminal);
+    if status.is_success() {
+        let revoked = said("revoked").unwrap_or_else(|| session.to_owned());
+        eprintln!("mayfly-sts: session {revoked} revoked; every token minted through it is dead");
+        return Ok(());
+    }
+    let why = match (said("error"), said("error_description")) {
+        (Some(code), Some(description)) => format!("{code}: {description}"),
+        (Some(code), None) => code,
+        _ => format!("HTTP {status}"),
+    };
+    anyhow::bail!("the exchange refused to revoke session {}: {why}", mayfly_core::sanitize_for_terminal(session))
 }
 
 #[tokio::main]

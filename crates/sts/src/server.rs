@@ -42,6 +42,8 @@ pub struct Sts {
     revocations: Arc<dyn RevocationStore>,
     /// Requests waiting for a person's approval (in this process only).
     pub(crate) approvals: crate::approval::Approvals,
+    /// Sessions' expiries and last uses (in this process only).
+    pub(crate) sessions: crate::sessions::Sessions,
 }
 
 impl Sts {
@@ -84,7 +86,8 @@ impl Sts {
         });
         let audit = Audit::open(config.audit_log.as_deref()).map_err(|e| format!("cannot open audit log: {e}"))?;
         let approvals = crate::approval::Approvals::new(config.approval_ttl, config.approval_interval);
-        Ok(Self { config, key, verifier, policy, cedar, audit, own_key, revocations, approvals })
+        let sessions = crate::sessions::Sessions::new(config.session_idle);
+        Ok(Self { config, key, verifier, policy, cedar, audit, own_key, revocations, approvals, sessions })
     }
 
     /// Loads the Cedar policies again now (as SIGHUP does); a failure keeps those in force.
@@ -121,6 +124,7 @@ impl Sts {
             .route("/registry/token", get(crate::registry::token).post(crate::registry::token))
             .route("/registry/cert.pem", get(crate::registry::certificate))
             .route("/approve/{id}", get(crate::approval_http::view).post(crate::approval_http::decide))
+            .route("/admin/revoke", post(crate::admin::revoke_session))
             .layer(DefaultBodyLimit::max(MAX_REQUEST))
             .with_state(self)
     }
@@ -616,6 +620,8 @@ fn open_session(
     });
     let token =
         sts.key.sign(Some("at+jwt"), &claims).map_err(|e| Refusal { code: OAuthError::ServerError, reason: e })?;
+    let expires_at = now + i64::try_from(ttl).unwrap_or(i64::MAX / 4);
+    sts.sessions.opened(&jti, expires_at, std::time::Instant::now(), now);
     // The session's own line carries its `jti` as `sid` too, so one search for a `sid`
     // finds the session and everything minted through it.
     sts.audit.write(&Line {
