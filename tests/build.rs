@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 /// Executables looked up on `PATH`.
 const ON_PATH: &[&str] = &[
     "aws",
+    "chromium",
     "docker",
     "docker-registry",
     "git",
@@ -27,6 +28,7 @@ const ON_PATH: &[&str] = &[
 const INSTALLED: &[(&str, &str)] = &[
     ("verdaccio", "verdaccio/node_modules/verdaccio/bin/verdaccio"),
     ("oidc-provider", "oidc-provider/node_modules/oidc-provider/package.json"),
+    ("playwright-core", "oidc-provider/node_modules/playwright-core/package.json"),
     ("pnpm-9", "npm-clients/node_modules/pnpm-9/bin/pnpm.cjs"),
     ("pnpm-10", "npm-clients/node_modules/pnpm-10/bin/pnpm.cjs"),
     ("pnpm-12", "npm-clients/node_modules/pnpm-12/pnpm"),
