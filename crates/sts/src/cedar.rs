@@ -5,19 +5,22 @@
 //! names (typed per tool, in its organisation and host), and the context the audience,
 //! lifetime, time, approval state and the intent the client *claims*. Cedar evaluates
 //! every policy it is handed, so an [`Index`] on action, resource type and host hands it
-//! only those whose scope constraints can match.
+//! only those whose scope constraints can match. Requests are built as Cedar values, not
+//! JSON, and their shapes are checked against the schema once, at load ([`Direct`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use cedar_policy::{
-    ActionConstraint, Authorizer, Context, Decision, Effect, Entities, EntityUid, Policy as CedarPolicy, PolicyId,
-    PolicySet, Request, ResourceConstraint, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Context, Decision, Effect, Entities, Entity, EntityId, EntityTypeName, EntityUid,
+    Policy as CedarPolicy, PolicyId, PolicySet, Request, ResourceConstraint, RestrictedExpression, Schema,
+    ValidationMode, Validator,
 };
 use miette::Diagnostic;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::policy::{Acting, ApprovalState, ExchangeAsk};
 
@@ -46,6 +49,9 @@ pub struct Loaded {
     schema: Schema,
     all: PolicySet,
     index: Index,
+    /// Builds requests without JSON or per-request schema checks, for the shapes the
+    /// schema was shown to accept at load.
+    direct: Direct,
     origins: HashMap<String, Origin>,
     /// The files read, with their modification times, to notice changes.
     stamp: Vec<(PathBuf, Option<SystemTime>)>,
@@ -183,7 +189,8 @@ impl Loaded {
             }
         }
         let index = Index::build(&all, &schema);
-        Ok(Self { schema, all, index, origins, stamp })
+        let direct = Direct::new(&schema);
+        Ok(Self { schema, all, index, direct, origins, stamp })
     }
 
     /// How many policies are in force.
@@ -206,103 +213,51 @@ impl Loaded {
         principal_type: &str,
         indexed: bool,
     ) -> Result<ScopeDecision, String> {
-        let target = Target::of(scope, ask.audience)?;
-        self.decide_target(ask, scope, &target, principal_type, indexed)
+        self.scopes(ask, principal_type).decide(scope, indexed)
     }
 
     /// Decides whether the subject may open a session: action `session` on the
     /// exchange's own `Host` (the audience), with the declared agent as `context.actor`.
     pub fn decide_session(&self, ask: &ExchangeAsk<'_>, principal_type: &str) -> Result<ScopeDecision, String> {
-        let target = Target {
-            action: "session",
-            kind_type: "Host",
-            kind: "session".into(),
-            host: audience_host(ask.audience),
-            path: String::new(),
-        };
-        self.decide_target(ask, "session", &target, principal_type, true)
+        self.scopes(ask, principal_type).decide_target("session", &Target::session(ask.audience), true)
     }
 
-    fn decide_target(
+    /// Decides the scopes of one request one by one, building what they share (the
+    /// principal) once.
+    pub fn scopes<'l, 'a>(&'l self, ask: &'l ExchangeAsk<'a>, principal_type: &'l str) -> Scopes<'l, 'a> {
+        let principal = Ent::principal(ask, principal_type);
+        let direct = self.direct.principal(&principal);
+        Scopes { loaded: self, ask, principal_type, principal, direct }
+    }
+
+    /// The request and entities through Cedar's JSON forms, each checked against the
+    /// schema: for shapes the schema was not shown at load to accept (a custom schema's),
+    /// so any error is the one Cedar gives for this request.
+    fn build_validated(&self, principal: &Ent, parts: &Parts) -> Result<(Request, Entities), String> {
+        let entities = Value::Array(std::iter::once(principal).chain(&parts.entities).map(Ent::to_json).collect());
+        let entities = Entities::from_json_value(entities, Some(&self.schema)).map_err(|e| e.to_string())?;
+        let uid = |ty: &str, id: &str| EntityUid::from_json(json!({"type": ty, "id": id})).map_err(|e| e.to_string());
+        let principal = uid(&principal.ty, &principal.id)?;
+        let action = uid("Action", parts.action)?;
+        let resource = uid(parts.resource.0, &parts.resource.1)?;
+        let context = record_json(&parts.context);
+        let context = Context::from_json_value(context, Some((&self.schema, &action))).map_err(|e| e.to_string())?;
+        let request =
+            Request::new(principal, action, resource, context, Some(&self.schema)).map_err(|e| e.to_string())?;
+        Ok((request, entities))
+    }
+
+    fn evaluate(
         &self,
         ask: &ExchangeAsk<'_>,
         scope: &str,
         target: &Target,
-        principal_type: &str,
+        built: Result<(Request, Entities), String>,
         indexed: bool,
     ) -> Result<ScopeDecision, String> {
+        let (request, entities) = built.map_err(|e| format!("cannot evaluate policies for `{scope}`: {e}"))?;
         let described = format!("`{}` on {} `{}`", target.action, target.kind_type, target.entity_id());
         let asked = format!("{} on {}", target.action, target.entity_id());
-        let principal_id = format!("{}#{}", ask.subject.issuer, ask.subject.subject);
-        let tags: Map<String, Value> = ask
-            .subject
-            .claims
-            .iter()
-            .filter_map(|(k, v)| {
-                let v = match v {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    Value::Bool(b) => b.to_string(),
-                    _ => return None,
-                };
-                Some((k.clone(), Value::String(v)))
-            })
-            .collect();
-        let mut entities = vec![
-            json!({
-                "uid": {"type": principal_type, "id": principal_id},
-                "attrs": {"issuer": ask.subject.issuer, "subject": ask.subject.subject},
-                "parents": [],
-                "tags": tags,
-            }),
-            json!({"uid": {"type": "Host", "id": target.host}, "attrs": {}, "parents": []}),
-        ];
-        let mut parents = vec![json!({"type": "Host", "id": target.host})];
-        if let Some(org) = target.organisation() {
-            let org_id = format!("{}/{org}", target.host);
-            parents.push(json!({"type": "Organisation", "id": org_id}));
-            entities.push(json!({
-                "uid": {"type": "Organisation", "id": org_id},
-                "attrs": {"host": target.host, "name": org},
-                "parents": [{"type": "Host", "id": target.host}],
-            }));
-        }
-        // A session's resource is the host itself, already there.
-        if target.kind_type != "Host" {
-            entities.push(json!({
-                "uid": {"type": target.kind_type, "id": target.entity_id()},
-                "attrs": {"host": target.host, "path": target.path, "kind": target.kind},
-                "parents": parents,
-            }));
-        }
-        let bad = |e: &dyn std::fmt::Display| format!("cannot evaluate policies for `{scope}`: {e}");
-        let entities = Entities::from_json_value(Value::Array(entities), Some(&self.schema)).map_err(|e| bad(&e))?;
-        let uid = |ty: &str, id: &str| -> Result<EntityUid, String> {
-            EntityUid::from_json(json!({"type": ty, "id": id})).map_err(|e| bad(&e))
-        };
-        let principal = uid(principal_type, &principal_id)?;
-        let action = uid("Action", target.action)?;
-        let resource = uid(target.kind_type, &target.entity_id())?;
-        let ttl = ask.ttl.map_or(0, |t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX));
-        let mut context = json!({
-            "scope": scope,
-            "audience": ask.audience,
-            "ttl": ttl,
-            "now": time::OffsetDateTime::now_utc().unix_timestamp(),
-            "claimed_intent": claimed_intent(ask.intent),
-            "approval": match ask.approval {
-                ApprovalState::None => json!({"state": "none"}),
-                ApprovalState::Approved { approver: None } => json!({"state": "approved"}),
-                ApprovalState::Approved { approver: Some(approver) } => {
-                    json!({"state": "approved", "approver": approver})
-                }
-            },
-        });
-        if let Some(actor) = &ask.actor {
-            context["actor"] = actor_context(actor);
-        }
-        let context = Context::from_json_value(context, Some((&self.schema, &action))).map_err(|e| bad(&e))?;
-        let request = Request::new(principal, action, resource, context, Some(&self.schema)).map_err(|e| bad(&e))?;
         let subset;
         let policies = if indexed {
             subset = self.index.candidates(target.action, target.kind_type, &target.host);
@@ -312,7 +267,9 @@ impl Loaded {
         };
         let response = Authorizer::new().is_authorized(&request, policies, &entities);
         let mut decision = ScopeDecision { described, asked, ..ScopeDecision::default() };
-        let reasons = response.diagnostics().reason().map(ToString::to_string);
+        // Cedar reports the policies in no set order; sorted, a decision reads the same each time.
+        let mut reasons: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
+        reasons.sort();
         match response.decision() {
             Decision::Allow => decision.permits.extend(reasons),
             Decision::Deny => {
@@ -328,8 +285,9 @@ impl Loaded {
             decision.forbid_reasons.push(self.reason_of(id));
         }
         // Cedar skips a policy that fails to evaluate; for a forbid that would fail open.
-        for error in response.diagnostics().errors() {
-            let cedar_policy::AuthorizationError::PolicyEvaluationError(error) = error;
+        let mut errors: Vec<_> = response.diagnostics().errors().collect();
+        errors.sort_by_key(|cedar_policy::AuthorizationError::PolicyEvaluationError(error)| error.policy_id());
+        for cedar_policy::AuthorizationError::PolicyEvaluationError(error) in errors {
             let id = error.policy_id().to_string();
             if self.origins.get(&id).is_some_and(|o| o.effect == Effect::Forbid) && !decision.forbids.contains(&id) {
                 decision.forbid_reasons.push(format!("policy `{id}` could not be evaluated ({error})"));
@@ -364,6 +322,41 @@ impl Loaded {
                 format!("policy `{id}` ({} line {}) forbids it", origin.file.display(), origin.line)
             }
             None => format!("policy `{id}` forbids it"),
+        }
+    }
+}
+
+/// The scopes of one request, decided one by one against one set of policies.
+pub struct Scopes<'l, 'a> {
+    loaded: &'l Loaded,
+    ask: &'l ExchangeAsk<'a>,
+    principal_type: &'l str,
+    /// The principal, as the validated path renders it.
+    principal: Ent,
+    /// Its uid, and the schema's actions with the principal, for requests built directly;
+    /// `None` when the schema was not shown at load to accept this principal.
+    direct: Option<(EntityUid, Entities)>,
+}
+
+impl Scopes<'_, '_> {
+    /// Decides one scope (see [`Loaded::decide_scope`]).
+    pub fn decide(&self, scope: &str, indexed: bool) -> Result<ScopeDecision, String> {
+        let target = Target::of(scope, self.ask.audience)?;
+        self.decide_target(scope, &target, indexed)
+    }
+
+    fn decide_target(&self, scope: &str, target: &Target, indexed: bool) -> Result<ScopeDecision, String> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let built = self.build(&Parts::of(self.ask, scope, target, now), target);
+        self.loaded.evaluate(self.ask, scope, target, built, indexed)
+    }
+
+    fn build(&self, parts: &Parts, target: &Target) -> Result<(Request, Entities), String> {
+        match &self.direct {
+            Some((principal, base)) if self.loaded.direct.conforms(self.principal_type, target) => {
+                self.loaded.direct.build(principal, base, parts)
+            }
+            _ => self.loaded.build_validated(&self.principal, parts),
         }
     }
 }
@@ -455,44 +448,372 @@ impl Handle {
     }
 }
 
-/// The current actor (the outermost `act` entry) as the schema's `Actor` record.
-fn actor_context(actor: &Acting<'_>) -> Value {
-    let entry = actor.act;
-    let mut out = json!({
-        "issuer": actor.issuer,
-        "subject": entry.get("sub").and_then(Value::as_str).unwrap_or_default(),
-        "declared": entry.get("declared").and_then(Value::as_bool).unwrap_or(false),
-    });
-    for key in ["session", "host"] {
-        if let Some(Value::String(v)) = entry.get(key) {
-            out[key] = Value::String(v.clone());
+/// A value mayfly hands Cedar: rendered as JSON for the validated path, or directly as a
+/// Cedar expression.
+#[derive(Clone, Debug)]
+enum Val {
+    Str(String),
+    Long(i64),
+    Bool(bool),
+    Record(Vec<(&'static str, Self)>),
+}
+
+impl Val {
+    fn to_json(&self) -> Value {
+        match self {
+            Self::Str(s) => Value::String(s.clone()),
+            Self::Long(n) => Value::from(*n),
+            Self::Bool(b) => Value::Bool(*b),
+            Self::Record(fields) => record_json(fields),
         }
     }
-    out
+
+    fn to_cedar(&self) -> Result<RestrictedExpression, String> {
+        Ok(match self {
+            Self::Str(s) => RestrictedExpression::new_string(s.clone()),
+            Self::Long(n) => RestrictedExpression::new_long(*n),
+            Self::Bool(b) => RestrictedExpression::new_bool(*b),
+            Self::Record(fields) => {
+                RestrictedExpression::new_record(record_cedar(fields)?).map_err(|e| e.to_string())?
+            }
+        })
+    }
+}
+
+fn record_json(fields: &[(&'static str, Val)]) -> Value {
+    Value::Object(fields.iter().map(|(k, v)| ((*k).to_owned(), v.to_json())).collect())
+}
+
+fn record_cedar(fields: &[(&'static str, Val)]) -> Result<Vec<(String, RestrictedExpression)>, String> {
+    fields.iter().map(|(k, v)| Ok(((*k).to_owned(), v.to_cedar()?))).collect()
+}
+
+/// One entity of a request.
+#[derive(Clone, Debug)]
+struct Ent {
+    ty: String,
+    id: String,
+    attrs: Vec<(&'static str, Val)>,
+    parents: Vec<(&'static str, String)>,
+    /// The principal's claims; `None` for entities without tags.
+    tags: Option<Vec<(String, String)>>,
+}
+
+impl Ent {
+    /// The verified subject: its claims (strings, numbers, booleans) as tags.
+    fn principal(ask: &ExchangeAsk<'_>, principal_type: &str) -> Self {
+        let tags = ask
+            .subject
+            .claims
+            .iter()
+            .filter_map(|(k, v)| {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => return None,
+                };
+                Some((k.clone(), v))
+            })
+            .collect();
+        Self {
+            ty: principal_type.to_owned(),
+            id: format!("{}#{}", ask.subject.issuer, ask.subject.subject),
+            attrs: vec![
+                ("issuer", Val::Str(ask.subject.issuer.clone())),
+                ("subject", Val::Str(ask.subject.subject.clone())),
+            ],
+            parents: Vec::new(),
+            tags: Some(tags),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let mut out = json!({
+            "uid": {"type": self.ty, "id": self.id},
+            "attrs": record_json(&self.attrs),
+            "parents": self.parents.iter().map(|(ty, id)| json!({"type": ty, "id": id})).collect::<Vec<_>>(),
+        });
+        if let Some(tags) = &self.tags {
+            out["tags"] = Value::Object(tags.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect());
+        }
+        out
+    }
+}
+
+/// One scope's Cedar request as mayfly builds it, before it is handed to Cedar either
+/// way: the entities besides the principal, the action, the resource and the context.
+#[derive(Clone, Debug)]
+struct Parts {
+    entities: Vec<Ent>,
+    action: &'static str,
+    resource: (&'static str, String),
+    context: Vec<(&'static str, Val)>,
+}
+
+impl Parts {
+    fn of(ask: &ExchangeAsk<'_>, scope: &str, target: &Target, now: i64) -> Self {
+        let mut entities = vec![Ent {
+            ty: "Host".into(),
+            id: target.host.clone(),
+            attrs: Vec::new(),
+            parents: Vec::new(),
+            tags: None,
+        }];
+        let mut parents = vec![("Host", target.host.clone())];
+        if let Some(org) = target.organisation() {
+            let org_id = format!("{}/{org}", target.host);
+            parents.push(("Organisation", org_id.clone()));
+            entities.push(Ent {
+                ty: "Organisation".into(),
+                id: org_id,
+                attrs: vec![("host", Val::Str(target.host.clone())), ("name", Val::Str(org.to_owned()))],
+                parents: vec![("Host", target.host.clone())],
+                tags: None,
+            });
+        }
+        // A session's resource is the host itself, already there.
+        if target.kind_type != "Host" {
+            entities.push(Ent {
+                ty: target.kind_type.into(),
+                id: target.entity_id(),
+                attrs: vec![
+                    ("host", Val::Str(target.host.clone())),
+                    ("path", Val::Str(target.path.clone())),
+                    ("kind", Val::Str(target.kind.clone())),
+                ],
+                parents,
+                tags: None,
+            });
+        }
+        let ttl = ask.ttl.map_or(0, |t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX));
+        let state = if matches!(ask.approval, ApprovalState::None) { "none" } else { "approved" };
+        let mut approval = vec![("state", Val::Str(state.into()))];
+        if let ApprovalState::Approved { approver: Some(approver) } = ask.approval {
+            approval.push(("approver", Val::Str(approver.to_owned())));
+        }
+        let mut context = vec![
+            ("scope", Val::Str(scope.to_owned())),
+            ("audience", Val::Str(ask.audience.to_owned())),
+            ("ttl", Val::Long(ttl)),
+            ("now", Val::Long(now)),
+            ("claimed_intent", claimed_intent(ask.intent)),
+            ("approval", Val::Record(approval)),
+        ];
+        if let Some(actor) = &ask.actor {
+            context.push(("actor", actor_context(actor)));
+        }
+        Self { entities, action: target.action, resource: (target.kind_type, target.entity_id()), context }
+    }
+}
+
+/// The current actor (the outermost `act` entry) as the schema's `Actor` record.
+fn actor_context(actor: &Acting<'_>) -> Val {
+    let entry = actor.act;
+    let mut out = vec![
+        ("issuer", Val::Str(actor.issuer.to_owned())),
+        ("subject", Val::Str(entry.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned())),
+        ("declared", Val::Bool(entry.get("declared").and_then(Value::as_bool).unwrap_or(false))),
+    ];
+    for key in ["session", "host"] {
+        if let Some(Value::String(v)) = entry.get(key) {
+            out.push((key, Val::Str(v.clone())));
+        }
+    }
+    Val::Record(out)
 }
 
 /// The claimed intent as the schema's record: only known keys, only strings.
-fn claimed_intent(intent: Option<&Value>) -> Value {
-    let mut out = Map::new();
+fn claimed_intent(intent: Option<&Value>) -> Val {
+    let mut out = Vec::new();
     let Some(Value::Object(intent)) = intent else {
-        return Value::Object(out);
+        return Val::Record(out);
     };
     for key in ["tool", "operation", "target", "session", "agent"] {
         if let Some(Value::String(v)) = intent.get(key) {
-            out.insert(key.into(), Value::String(v.clone()));
+            out.push((key, Val::Str(v.clone())));
         }
     }
     match intent.get("command") {
         Some(Value::Array(words)) => {
             let words: Vec<&str> = words.iter().filter_map(Value::as_str).collect();
-            out.insert("command".into(), Value::String(words.join(" ")));
+            out.push(("command", Val::Str(words.join(" "))));
         }
-        Some(Value::String(command)) => {
-            out.insert("command".into(), Value::String(command.clone()));
-        }
+        Some(Value::String(command)) => out.push(("command", Val::Str(command.clone()))),
         _ => {}
     }
-    Value::Object(out)
+    Val::Record(out)
+}
+
+/// The principal types mayfly names.
+const PRINCIPALS: [&str; 2] = ["Workload", "Person"];
+
+/// The resources a scope can name for each operation ([`Target::of`]), and a session's.
+const OPERATION_RESOURCES: [&str; 5] = ["GitRepository", "Crate", "Package", "ImageRepository", "Scope"];
+const ACTION_RESOURCES: [(&str, &[&str]); 7] = [
+    ("read", &OPERATION_RESOURCES),
+    ("write", &OPERATION_RESOURCES),
+    ("publish", &OPERATION_RESOURCES),
+    ("yank", &OPERATION_RESOURCES),
+    ("owners", &OPERATION_RESOURCES),
+    ("access", &["Cluster", "Registry", "Scope"]),
+    ("session", &["Host"]),
+];
+
+/// Builds requests and entities directly, without JSON and without checking each one
+/// against the schema. Sound because what mayfly builds has a fixed shape: which entity
+/// types, attributes (strings, numbers, booleans), parents, tags and context attributes
+/// appear depends only on the principal type, the action, the resource type and whether
+/// there is an organisation, and whether a schema accepts a request depends only on that
+/// shape, not on its strings. At load every shape goes once through Cedar's validated
+/// path; only those it accepts are built here, the others keep the validated path (and
+/// its error) for every request.
+struct Direct {
+    /// (principal type, action, resource type, with an organisation) the schema accepts.
+    conforming: HashSet<(&'static str, &'static str, &'static str, bool)>,
+    /// The principal types it accepts in some shape.
+    principals: HashSet<&'static str>,
+    /// The schema's action entities, which the validated path adds itself.
+    actions: Entities,
+    /// Entity type names, parsed once.
+    types: HashMap<&'static str, EntityTypeName>,
+    /// `Action::"..."` for each action, parsed once.
+    action_uids: HashMap<&'static str, EntityUid>,
+}
+
+impl Direct {
+    /// Finds the shapes `schema` accepts. The samples' ids and strings are none a schema
+    /// would enumerate or parse as an extension value, so a schema that narrows a type so
+    /// keeps the validated path for it.
+    fn new(schema: &Schema) -> Self {
+        let types: HashMap<&'static str, EntityTypeName> = PRINCIPALS
+            .into_iter()
+            .chain(ACTION_RESOURCES.iter().flat_map(|(_, types)| types.iter().copied()))
+            .chain(["Host", "Organisation"])
+            .filter_map(|ty| Some((ty, EntityTypeName::from_str(ty).ok()?)))
+            .collect();
+        let uid = |ty: &str, id: &str| EntityUid::from_json(json!({"type": ty, "id": id})).ok();
+        let action_uids = ACTIONS.into_iter().filter_map(|a| Some((a, uid("Action", a)?))).collect();
+        let actions = schema.action_entities().unwrap_or_else(|_| Entities::empty());
+        let mut direct = Self { conforming: HashSet::new(), principals: HashSet::new(), actions, types, action_uids };
+
+        let s = || Val::Str("mayfly sample".into());
+        let host = "sample.invalid";
+        let entity_ok = |ty: &str, attrs: Vec<(&'static str, Val)>, parents: Vec<(&'static str, String)>, tags| {
+            let ent = Ent { ty: ty.to_owned(), id: format!("{host}/mayfly sample/0"), attrs, parents, tags };
+            Entities::from_json_value(Value::Array(vec![ent.to_json()]), Some(schema)).is_ok()
+        };
+        let host_ok = entity_ok("Host", Vec::new(), Vec::new(), None);
+        let org_ok = entity_ok("Organisation", vec![("host", s()), ("name", s())], vec![("Host", host.into())], None);
+        let resource_ok = |ty: &str, with_org: bool| {
+            let mut parents = vec![("Host", host.to_owned())];
+            if with_org {
+                parents.push(("Organisation", format!("{host}/mayfly sample")));
+            }
+            entity_ok(ty, vec![("host", s()), ("path", s()), ("kind", s())], parents, None)
+        };
+        // Every optional context attribute present, none, and an actor without its own
+        // optional ones: a record conforms attribute by attribute, so these cover every mix.
+        let actor = |full: bool| {
+            let mut actor = vec![("issuer", s()), ("subject", s()), ("declared", Val::Bool(full))];
+            if full {
+                actor.extend([("session", s()), ("host", s())]);
+            }
+            Val::Record(actor)
+        };
+        let context = |full: bool, actor: Option<Val>| {
+            let intent = ["tool", "operation", "target", "session", "agent", "command"];
+            let mut approval = vec![("state", Val::Str("approved".into()))];
+            if full {
+                approval.push(("approver", s()));
+            }
+            let mut context = vec![
+                ("scope", s()),
+                ("audience", s()),
+                ("ttl", Val::Long(600)),
+                ("now", Val::Long(1_700_000_000)),
+                ("claimed_intent", Val::Record(if full { intent.map(|k| (k, s())).to_vec() } else { Vec::new() })),
+                ("approval", Val::Record(approval)),
+            ];
+            context.extend(actor.map(|a| ("actor", a)));
+            record_json(&context)
+        };
+        let contexts = [context(true, Some(actor(true))), context(false, None), context(false, Some(actor(false)))];
+        for principal_type in PRINCIPALS {
+            let tags = Some(vec![("mayfly sample".to_owned(), "mayfly sample".to_owned())]);
+            if !host_ok || !entity_ok(principal_type, vec![("issuer", s()), ("subject", s())], Vec::new(), tags) {
+                continue;
+            }
+            for (action, resources) in ACTION_RESOURCES {
+                for resource_type in resources.iter().copied() {
+                    let request_ok = contexts.iter().all(|context| {
+                        let (Some(principal), Some(action), Some(resource)) = (
+                            uid(principal_type, "sample.invalid#mayfly sample"),
+                            uid("Action", action),
+                            uid(resource_type, "sample.invalid/mayfly sample/0"),
+                        ) else {
+                            return false;
+                        };
+                        Context::from_json_value(context.clone(), Some((schema, &action))).is_ok_and(|context| {
+                            Request::new(principal, action.clone(), resource, context, Some(schema)).is_ok()
+                        })
+                    });
+                    for with_org in [false, true] {
+                        let entities_ok = if resource_type == "Host" {
+                            !with_org
+                        } else {
+                            resource_ok(resource_type, with_org) && (!with_org || org_ok)
+                        };
+                        if request_ok && entities_ok {
+                            direct.conforming.insert((principal_type, action, resource_type, with_org));
+                            direct.principals.insert(principal_type);
+                        }
+                    }
+                }
+            }
+        }
+        direct
+    }
+
+    /// Whether requests of this shape are built here.
+    fn conforms(&self, principal_type: &str, target: &Target) -> bool {
+        self.conforming.contains(&(principal_type, target.action, target.kind_type, target.organisation().is_some()))
+    }
+
+    fn uid(&self, ty: &str, id: &str) -> Result<EntityUid, String> {
+        let name = self.types.get(ty).ok_or_else(|| format!("unknown entity type `{ty}`"))?;
+        Ok(EntityUid::from_type_name_and_id(name.clone(), EntityId::new(id)))
+    }
+
+    fn entity(&self, ent: &Ent) -> Result<Entity, String> {
+        let parents = ent.parents.iter().map(|(ty, id)| self.uid(ty, id)).collect::<Result<Vec<_>, String>>()?;
+        let tags = ent.tags.iter().flatten().map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
+        Entity::new_with_tags(self.uid(&ent.ty, &ent.id)?, record_cedar(&ent.attrs)?, parents, tags)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The principal's uid, and the schema's actions with the principal: what every scope
+    /// of a request shares. `None` sends the request through the validated path.
+    fn principal(&self, principal: &Ent) -> Option<(EntityUid, Entities)> {
+        if !self.principals.contains(principal.ty.as_str()) {
+            return None;
+        }
+        let uid = self.uid(&principal.ty, &principal.id).ok()?;
+        let base = self.actions.clone().add_entities([self.entity(principal).ok()?], None).ok()?;
+        Some((uid, base))
+    }
+
+    /// One scope's request, and its entities: `base` with this scope's.
+    fn build(&self, principal: &EntityUid, base: &Entities, parts: &Parts) -> Result<(Request, Entities), String> {
+        let entities = parts.entities.iter().map(|ent| self.entity(ent)).collect::<Result<Vec<_>, String>>()?;
+        let entities = base.clone().add_entities(entities, None).map_err(|e| e.to_string())?;
+        let action =
+            self.action_uids.get(parts.action).cloned().ok_or_else(|| format!("unknown action `{}`", parts.action))?;
+        let resource = self.uid(parts.resource.0, &parts.resource.1)?;
+        let context = Context::from_pairs(record_cedar(&parts.context)?).map_err(|e| e.to_string())?;
+        let request = Request::new(principal.clone(), action, resource, context, None).map_err(|e| e.to_string())?;
+        Ok((request, entities))
+    }
 }
 
 /// What a scope names, as Cedar sees it.
@@ -564,6 +885,17 @@ impl Target {
             }
         };
         Ok(target)
+    }
+
+    /// Opening a session: action `session` on the exchange's own `Host` (the audience).
+    fn session(audience: &str) -> Self {
+        Self {
+            action: "session",
+            kind_type: "Host",
+            kind: "session".into(),
+            host: audience_host(audience),
+            path: String::new(),
+        }
     }
 
     /// `HOST/PATH`, or `HOST` for host-wide scopes.
@@ -725,5 +1057,245 @@ fn located(name: &str, text: &str, diagnostic: &dyn Diagnostic, fallback: Option
     match line {
         Some(line) => format!("`{name}` line {line}: {message}"),
         None => format!("`{name}`: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::VerifiedSubject;
+
+    const POLICIES: &str = r#"
+@id("main-writes")
+permit(principal, action == Action::"write", resource is GitRepository in Organisation::"git.example/org")
+when { principal.hasTag("ref") && principal.getTag("ref") == "refs/heads/main" };
+
+@id("reads")
+permit(principal, action == Action::"read", resource in Host::"git.example");
+
+@id("long-lived")
+@reason("at most an hour")
+forbid(principal, action, resource) when { context.ttl > 3600 };
+
+@id("force-push")
+forbid(principal, action == Action::"write", resource)
+when { context.claimed_intent has command && context.claimed_intent.command like "*--force*" };
+
+@id("agents-publish")
+@approval("release")
+forbid(principal, action == Action::"publish", resource)
+when { context has actor && context.actor has declared && context.actor.declared }
+unless { context.approval.state == "approved" };
+
+@id("crates-by-approver")
+permit(principal, action == Action::"publish", resource is Crate)
+when { context.approval has approver && context.approval.approver like "https://idp#*" };
+
+@id("people-clusters")
+permit(principal is Person, action == Action::"access", resource is Cluster);
+
+@id("yank-errs")
+forbid(principal, action == Action::"yank", resource) when { context.ttl + 9223372036854775000 > 0 };
+
+@id("acme-packages")
+permit(principal, action in [Action::"read", Action::"write"], resource is Package in Host::"npm.example")
+when { resource in Organisation::"npm.example/@acme" && resource.kind == "npm" && resource.path like "@acme/*" };
+
+@id("numbered-runs")
+permit(principal is Workload, action, resource is Scope)
+when { principal.hasTag("run") && principal.getTag("run") == "42" && principal.subject like "repo:*" };
+
+@id("images")
+permit(principal, action == Action::"read", resource is ImageRepository in Host::"oci.example")
+when { context.audience like "*oci.example*" && context.now > 0 && resource.host == "oci.example" };
+
+@id("registries")
+permit(principal, action == Action::"access", resource is Registry)
+when { principal.hasTag("admin") && principal.getTag("admin") == "true" && principal.issuer == "https://idp" };
+
+@id("bad-sessions")
+forbid(principal, action == Action::"session", resource)
+when { context has actor && context.actor has session && context.actor.session == "bad" };
+
+@id("sessions")
+permit(principal, action == Action::"session", resource == Host::"sts.example")
+when { context has actor && context.actor.subject like "agent:*" };
+
+@id("intent-tool")
+permit(principal, action == Action::"write", resource is Scope)
+when { context.claimed_intent has tool && context.claimed_intent.tool == "terraform" && context.scope like "*:write" };
+"#;
+
+    fn load(schema: Option<&str>, policies: &str) -> Loaded {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("p.cedar"), policies).expect("write");
+        let schema = schema.map(|text| {
+            let path = dir.path().join("custom.cedarschema");
+            std::fs::write(&path, text).expect("write");
+            path
+        });
+        Loaded::load(&Sources { policies: vec![dir.path().join("p.cedar")], schema, approval_groups: None })
+            .expect("valid policies")
+    }
+
+    /// Decides through both paths, with the same `now`.
+    fn both(
+        loaded: &Loaded,
+        ask: &ExchangeAsk<'_>,
+        scope: &str,
+        principal_type: &str,
+        indexed: bool,
+    ) -> [Result<ScopeDecision, String>; 2] {
+        let target =
+            if scope == "session" { Target::session(ask.audience) } else { Target::of(scope, ask.audience).unwrap() };
+        let parts = Parts::of(ask, scope, &target, 1_800_000_000);
+        let scopes = loaded.scopes(ask, principal_type);
+        assert!(loaded.direct.conforms(principal_type, &target), "{principal_type} {target:?}");
+        let (principal, base) = scopes.direct.as_ref().expect("a principal built directly");
+        [loaded.direct.build(principal, base, &parts), loaded.build_validated(&scopes.principal, &parts)]
+            .map(|built| loaded.evaluate(ask, scope, &target, built, indexed))
+    }
+
+    #[test]
+    fn direct_requests_decide_as_validated_ones() {
+        let loaded = load(None, POLICIES);
+        // Every shape of the built-in schema is built directly.
+        assert_eq!(loaded.direct.conforming.len(), 2 * (5 * 5 + 3) * 2 + 2);
+        let subjects = [
+            json!({"ref": "refs/heads/main", "run": 42, "admin": true, "nested": {"a": 1}, "list": [1]}),
+            json!({"ref": "refs/heads/dev", "run": "42", "admin": "false"}),
+            json!({}),
+        ]
+        .map(|claims| VerifiedSubject {
+            issuer: "https://idp".into(),
+            subject: "repo:org/app:ref:refs/heads/main".into(),
+            claims: claims.as_object().unwrap().clone(),
+        });
+        let asks = [
+            ("git.example", "repo:org/app:write"),
+            ("https://git.example", "repo:app:read"),
+            ("git.example/org", "repo:org/deep/app:read"),
+            ("https://crates.example", "crate:foo:publish"),
+            ("crates.example", "crate:foo:yank"),
+            ("https://npm.example", "npm:@acme/pkg:write"),
+            ("npm.example", "pypi:acme:read"),
+            ("https://oci.example", "oci:oci.example/team/img:read"),
+            ("https://other.example", "oci:oci.example/img:read"),
+            ("https://k8s.example:6443", "cluster:k8s.example:6443"),
+            ("oci.example", "registry:oci.example"),
+            ("tf.example", "custom:thing/x:write"),
+            ("tf.example", "custom:thing"),
+            ("https://sts.example", "session"),
+            ("sts.example", "session"),
+        ];
+        let intents = [
+            None,
+            Some(json!({"command": ["git", "push", "--force"], "tool": "git"})),
+            Some(
+                json!({"tool": "terraform", "operation": "apply", "target": "t", "session": "s", "agent": "a", "command": "terraform apply"}),
+            ),
+            Some(json!({"command": 3, "tool": ["x"]})),
+        ];
+        let actors = [
+            None,
+            Some((
+                json!({"sub": "agent:claude", "declared": true, "session": "s1", "host": "laptop"}),
+                "https://sts.example",
+            )),
+            Some((json!({"sub": "agent:x", "declared": true, "session": "bad"}), "https://sts.example")),
+            Some((json!({"sub": "ci-bot"}), "https://idp")),
+        ];
+        let approvals = [
+            ApprovalState::None,
+            ApprovalState::Approved { approver: None },
+            ApprovalState::Approved { approver: Some("https://idp#alice") },
+        ];
+        let ttls = [None, Some(Duration::from_secs(600)), Some(Duration::from_secs(7200))];
+        let mut seen = BTreeSet::new();
+        let mut cases = 0;
+        for (i, (audience, scope)) in asks.iter().enumerate() {
+            for j in 0..12 {
+                let k = i + j;
+                let (act, issuer) = actors[k % actors.len()].clone().unzip();
+                let ask = ExchangeAsk {
+                    subject: &subjects[k % subjects.len()],
+                    audience,
+                    scopes: &[],
+                    ttl: ttls[(k / 2) % ttls.len()],
+                    intent: intents[(k / 3) % intents.len()].as_ref(),
+                    actor: act.as_ref().zip(issuer).map(|(act, issuer)| Acting { act, issuer }),
+                    approval: approvals[(k / 4) % approvals.len()],
+                };
+                for principal_type in PRINCIPALS {
+                    let [direct, validated] = both(&loaded, &ask, scope, principal_type, j % 2 == 0);
+                    assert_eq!(direct, validated, "{scope} for {principal_type}: {ask:?}");
+                    let d = direct.expect("decides");
+                    seen.extend(d.permits.iter().chain(&d.forbids).cloned());
+                    seen.extend(d.approvals.iter().map(|(id, _)| id.clone()));
+                    cases += 1;
+                }
+            }
+        }
+        assert!(cases > 300);
+        // One request's scopes share the principal built once, and decide as each alone.
+        let scopes: Vec<String> =
+            asks.iter().map(|(_, scope)| (*scope).to_owned()).filter(|s| s != "session").collect();
+        for subject in &subjects {
+            let ask = ExchangeAsk {
+                subject,
+                audience: "git.example",
+                scopes: &scopes,
+                ttl: None,
+                intent: None,
+                actor: None,
+                approval: ApprovalState::None,
+            };
+            let shared = loaded.scopes(&ask, "Workload");
+            for scope in &scopes {
+                let [_, alone] = both(&loaded, &ask, scope, "Workload", true);
+                assert_eq!(shared.decide(scope, true), alone, "{scope}");
+            }
+        }
+        // Every policy decided something somewhere: the requests are varied enough.
+        let ids: BTreeSet<String> = loaded.origins.keys().cloned().collect();
+        assert_eq!(seen, ids);
+    }
+
+    #[test]
+    fn shapes_a_custom_schema_refuses_keep_the_validated_path() {
+        // Resources only in hosts: those with an organisation do not conform.
+        let schema = SCHEMA.replace("Scope in [Organisation, Host]", "Scope in [Host]");
+        let loaded =
+            load(Some(&schema), r#"permit(principal, action == Action::"read", resource in Host::"git.example");"#);
+        let subject =
+            VerifiedSubject { issuer: "https://idp".into(), subject: "s".into(), claims: serde_json::Map::new() };
+        let ask = ExchangeAsk {
+            subject: &subject,
+            audience: "git.example",
+            scopes: &[],
+            ttl: None,
+            intent: None,
+            actor: None,
+            approval: ApprovalState::None,
+        };
+        let flat = Target::of("repo:app:read", "git.example").unwrap();
+        let nested = Target::of("repo:org/app:read", "git.example").unwrap();
+        assert!(loaded.direct.conforms("Workload", &flat));
+        assert!(!loaded.direct.conforms("Workload", &nested));
+        assert_eq!(loaded.decide_scope(&ask, "repo:app:read", "Workload", true).unwrap().permits.len(), 1);
+        let refused = loaded.decide_scope(&ask, "repo:org/app:read", "Workload", true).unwrap_err();
+        assert!(refused.starts_with("cannot evaluate policies for `repo:org/app:read`"), "{refused}");
+
+        // A context without `actor`: no shape conforms, every request is validated.
+        let schema = SCHEMA.replace("  actor?: Actor,\n", "");
+        let loaded =
+            load(Some(&schema), r#"permit(principal, action == Action::"read", resource in Host::"git.example");"#);
+        assert!(loaded.direct.conforming.is_empty());
+        assert_eq!(loaded.decide_scope(&ask, "repo:org/app:read", "Workload", true).unwrap().permits.len(), 1);
+        let act = json!({"sub": "agent:a", "declared": true});
+        let with_actor = ExchangeAsk { actor: Some(Acting { act: &act, issuer: "https://sts" }), ..ask };
+        assert!(loaded.decide_scope(&with_actor, "repo:org/app:read", "Workload", true).is_err());
     }
 }

@@ -244,8 +244,9 @@ impl Policy for Staged {
         let mut unpermitted = None;
         // Scopes an `@approval` forbid holds back: (group, policy, what was asked).
         let mut held: Vec<(String, String, String)> = Vec::new();
+        let scopes = policies.scopes(&ask, principal_type);
         for scope in ask.scopes {
-            let decision = policies.decide_scope(&ask, scope, principal_type, true).map_err(|reason| Denial {
+            let decision = scopes.decide(scope, true).map_err(|reason| Denial {
                 code: OAuthError::InvalidScope,
                 reason,
                 policies: Vec::new(),
