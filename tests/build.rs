@@ -14,6 +14,7 @@ const ON_PATH: &[&str] = &[
     "docker",
     "docker-registry",
     "git",
+    "keyctl",
     "kubectl",
     "moto_server",
     "node",

@@ -14,6 +14,7 @@ mod git_flow;
 mod helper_protocol;
 mod hostile_input;
 mod intent;
+mod keyring;
 mod kubectl;
 mod no_disk;
 mod npm_clients;

@@ -171,10 +171,10 @@ fn login_clones_refreshes_and_logout_revokes_at_the_provider() {
         stack.git_ok(&stack.work, &["config", "--global", "--add", &key, &value]);
     }
     // The fallback store: the login sealed in the memory-backed runtime directory.
-    let store = [("MAYFLY_LOGIN_STORE", "runtime")];
+    let store = [("MAYFLY_KEY_STORE", "runtime")];
     let runtime = stack.runtime_dir.path().join("rt");
     let mut git_env = stack.env();
-    git_env.push(("MAYFLY_LOGIN_STORE".into(), "runtime".into()));
+    git_env.push(("MAYFLY_KEY_STORE".into(), "runtime".into()));
     let clone = |path: &str, into: &str| {
         Command::new("git")
             .args(["clone", &format!("{}/{path}.git", git.base_url), into])

@@ -117,12 +117,27 @@ fn examine(scope: &Scope, args: &Args) -> (Vec<Finding>, Vec<identity::Source>) 
 }
 
 /// Without a memory-backed place for the key the cache is off: every request exchanges.
+/// With one, says which: the kernel keyring, or the runtime directory where there is none.
 fn check_cache(env: &Env, findings: &mut Vec<Finding>) {
-    if let Err(e) = mayfly_core::Cache::open(env) {
-        let fix = format!(
-            "tokens are not cached, so every request runs an exchange ({}); set `XDG_RUNTIME_DIR` to a tmpfs directory or mount `/dev/shm`",
-            mayfly_core::protocol::one_line(&e)
-        );
-        findings.push(Finding::new(Severity::Warning, "cache-unavailable", "cache key", fix));
+    match mayfly_core::Cache::open(env) {
+        Ok(cache) => {
+            let (place, why) = match cache.key_in_keyring() {
+                true => (format!("the {}", cache.key_place()), ""),
+                false => (cache.key_place(), " (not the kernel keyring)"),
+            };
+            let note = format!(
+                "the cache key and logins are in {place}{why}: other users cannot read them, every process you run can"
+            );
+            findings.push(Finding::new(Severity::Info, "key-store", "cache key", note));
+        }
+        Err(e) => cache_unavailable(&e, findings),
     }
+}
+
+fn cache_unavailable(e: &mayfly_core::CacheError, findings: &mut Vec<Finding>) {
+    let fix = format!(
+        "tokens are not cached, so every request runs an exchange ({}); set `XDG_RUNTIME_DIR` to a tmpfs directory or mount `/dev/shm`",
+        mayfly_core::protocol::one_line(e)
+    );
+    findings.push(Finding::new(Severity::Warning, "cache-unavailable", "cache key", fix));
 }

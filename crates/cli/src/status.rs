@@ -41,6 +41,7 @@ struct Status {
     config: Result<Config, String>,
     cache_dir: Option<PathBuf>,
     key_dir: Option<PathBuf>,
+    key_place: Option<String>,
     entries: Result<Vec<Entry>, String>,
     audit_log: Option<PathBuf>,
     identities: Vec<Identity>,
@@ -84,7 +85,7 @@ struct Identity {
 impl Status {
     fn gather(env: &Env, now: i64) -> Self {
         let config = Config::load(env).map_err(|e| mayfly_core::protocol::one_line(&e));
-        let (entries, key_dir) = match Cache::open(env) {
+        let (entries, key_dir, key_place) = match Cache::open(env) {
             Ok(cache) => {
                 let mut entries: Vec<Entry> = cache.entries().into_iter().map(|(_, e)| Entry::from(&e)).collect();
                 entries.sort_by(|a, b| {
@@ -96,9 +97,9 @@ impl Status {
                         b.expires_at,
                     ))
                 });
-                (Ok(entries), Some(cache.key_dir().to_owned()))
+                (Ok(entries), Some(cache.key_dir().to_owned()), Some(cache.key_place()))
             }
-            Err(e) => (Err(mayfly_core::protocol::one_line(&e)), None),
+            Err(e) => (Err(mayfly_core::protocol::one_line(&e)), None, None),
         };
         let identities = match &config {
             Ok(config) => config.identities.values().map(|i| Identity::inspect(i, env, now)).collect(),
@@ -110,6 +111,7 @@ impl Status {
             config,
             cache_dir: Cache::dir_for(env),
             key_dir,
+            key_place,
             entries,
             audit_log: AuditLog::from_env(env).path().map(Path::to_owned),
             identities,
@@ -127,6 +129,7 @@ impl Status {
             "cache": {
                 "dir": path(&self.cache_dir),
                 "key_dir": path(&self.key_dir),
+                "key_store": self.key_place,
                 "error": self.entries.as_ref().err(),
                 "entries": self.entries.as_ref().map(|e| e.iter().map(|e| e.to_json(self.now)).collect::<Vec<_>>())
                     .unwrap_or_default(),
@@ -146,8 +149,8 @@ impl Status {
             Ok(c) => format!("{} ({} route(s))", shown(&self.config_path), c.routes.len()),
             Err(e) => format!("{} (cannot be used: {e})", shown(&self.config_path)),
         };
-        // Without a key directory the cache is off; the cache line below says why.
-        let key = self.key_dir.as_ref().map_or_else(|| "-".to_owned(), |dir| dir.display().to_string());
+        // Without a key the cache is off; the cache line below says why.
+        let key = self.key_place.clone().unwrap_or_else(|| "-".to_owned());
         let places = [
             vec!["config".into(), config],
             vec!["cache".into(), shown(&self.cache_dir)],

@@ -17,6 +17,7 @@ use age::secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::keyring::{self, KeyStore};
 use crate::{Env, EnvVars, Secret};
 
 /// Largest entry read back; anything bigger is corrupt.
@@ -52,6 +53,9 @@ pub enum Error {
     /// Encryption failed.
     #[error("cache encryption failed: {0}")]
     Crypto(String),
+    /// The kernel keyring was chosen but cannot hold the key.
+    #[error("{0}")]
+    Keyring(String),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + use<'a> {
@@ -120,6 +124,7 @@ pub struct Cache {
     dir: PathBuf,
     key_dir: PathBuf,
     identity: age::x25519::Identity,
+    store: KeyStore,
 }
 
 /// Held while a key is being refreshed; writing an entry requires it.
@@ -130,11 +135,10 @@ pub struct KeyLock {
 impl Cache {
     /// Opens the cache, creating the key on first use.
     pub fn open(env: &Env) -> Result<Self, Error> {
-        let key_dir = key_dir(env)?;
-        let identity = load_or_create_key(&key_dir)?;
+        let Sealing { runtime_dir: key_dir, identity, store } = sealing_key(env)?;
         let dir = Self::dir_for(env).ok_or_else(|| Error::NoKeyStore("no HOME".into()))?;
         private_dir(&dir)?;
-        Ok(Self { dir, key_dir, identity })
+        Ok(Self { dir, key_dir, identity, store })
     }
 
     /// Where the entries of this environment live (`$MAYFLY_CACHE_DIR`, else
@@ -148,9 +152,23 @@ impl Cache {
         &self.dir
     }
 
-    /// The memory-backed directory holding the key, for `mayfly status`.
+    /// The memory-backed directory for the key's lock (and the key itself without a
+    /// keyring), for `mayfly status`.
     pub fn key_dir(&self) -> &Path {
         &self.key_dir
+    }
+
+    /// True when the key lives in the kernel keyring.
+    pub fn key_in_keyring(&self) -> bool {
+        self.store == KeyStore::Keyring
+    }
+
+    /// Where the key lives, as shown to people.
+    pub fn key_place(&self) -> String {
+        match self.store {
+            KeyStore::Keyring => "kernel user keyring".into(),
+            KeyStore::Runtime => format!("memory-backed `{}`", self.key_dir.join("cache.key").display()),
+        }
     }
 
     /// The key for a request: a hash, so file names say nothing about targets.
@@ -169,16 +187,7 @@ impl Cache {
 
     /// Takes the cross-process lock for one key (blocks until free).
     pub fn lock(&self, key: &str) -> Result<KeyLock, Error> {
-        let path = self.dir.join(format!("{key}.lock"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io("lock", &path))?;
-        file.lock().map_err(io("lock", &path))?;
-        Ok(KeyLock { _file: file })
+        Ok(KeyLock { _file: lock_file(&self.dir.join(format!("{key}.lock")))? })
     }
 
     /// The entry for a key if it is still servable at `now`; anything else is a miss.
@@ -250,12 +259,63 @@ impl Cache {
     }
 }
 
-/// The memory-backed directory and the key that seal every record of this environment:
-/// cache entries, and the stored login of an `oidc` identity ([`crate::login`]).
-pub(crate) fn sealing_key(env: &Env) -> Result<(PathBuf, age::x25519::Identity), Error> {
-    let dir = key_dir(env)?;
-    let identity = load_or_create_key(&dir)?;
-    Ok((dir, identity))
+/// How long an unused cache key lives in the kernel keyring: renewed on every use, it only
+/// ends for a user who has not used mayfly for a day (their entries would be stale anyway).
+const KEY_TIMEOUT: u64 = 24 * 3600;
+
+/// What seals every record of this environment (cache entries, and the stored login of an
+/// `oidc` identity, [`crate::login`]): the key, where it lives, and the memory-backed
+/// directory for locks and, without a keyring, the key file itself.
+pub(crate) struct Sealing {
+    pub(crate) runtime_dir: PathBuf,
+    pub(crate) identity: age::x25519::Identity,
+    pub(crate) store: KeyStore,
+}
+
+pub(crate) fn sealing_key(env: &Env) -> Result<Sealing, Error> {
+    let runtime_dir = key_dir(env)?;
+    let store = KeyStore::choose(env).map_err(Error::Keyring)?;
+    let identity = match store {
+        KeyStore::Keyring => load_or_create_keyring_key(&runtime_dir)?,
+        KeyStore::Runtime => load_or_create_key(&runtime_dir)?,
+    };
+    Ok(Sealing { runtime_dir, identity, store })
+}
+
+/// The cache key's description in the keyring: one key per runtime directory, so that
+/// environments kept apart by their runtime directory stay apart.
+fn keyring_description(runtime_dir: &Path) -> String {
+    format!("mayfly-cache-key-{}", Cache::key(&[&runtime_dir.display().to_string()]))
+}
+
+/// Reads the key from the user keyring, or creates it there under a lock, so two first
+/// callers cannot each seal entries with a key of their own.
+fn load_or_create_keyring_key(runtime_dir: &Path) -> Result<age::x25519::Identity, Error> {
+    let description = keyring_description(runtime_dir);
+    let read = || {
+        let payload = keyring::read(&description)?;
+        age::x25519::Identity::from_str(std::str::from_utf8(&payload).ok()?.trim()).ok()
+    };
+    if let Some(identity) = read() {
+        keyring::renew(&description, KEY_TIMEOUT);
+        return Ok(identity);
+    }
+    let _lock = lock_file(&runtime_dir.join("cache.key.lock"))?;
+    if let Some(identity) = read() {
+        return Ok(identity);
+    }
+    let identity = age::x25519::Identity::generate();
+    keyring::write(&description, identity.to_string().expose_secret().as_bytes(), KEY_TIMEOUT)
+        .map_err(Error::Keyring)?;
+    Ok(identity)
+}
+
+/// Opens (creating it 0600) and locks a lock file; blocks until the lock is free.
+fn lock_file(path: &Path) -> Result<File, Error> {
+    let file =
+        OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path).map_err(io("lock", path))?;
+    file.lock().map_err(io("lock", path))?;
+    Ok(file)
 }
 
 /// The memory-backed directory that holds the key: `$MAYFLY_RUNTIME_DIR`, else
@@ -402,6 +462,43 @@ mod tests {
         assert_eq!(got.token.expose(), "tok-plaintext-marker");
         assert_eq!(got.token_id.as_deref(), Some("jti-1"));
         assert_eq!(got.origin.unwrap().exchange, "e");
+    }
+
+    #[test]
+    fn the_key_lives_in_one_place_chosen_by_the_key_store() {
+        let runtime = tempfile::Builder::new().prefix("mayfly-test-").tempdir_in("/dev/shm").unwrap();
+        let cache_dir = tempfile::tempdir().unwrap();
+        let env = |store: &str| {
+            Env::from_pairs([
+                (EnvVars::MAYFLY_RUNTIME_DIR, runtime.path().join("rt").display().to_string()),
+                (EnvVars::MAYFLY_CACHE_DIR, cache_dir.path().join("tokens").display().to_string()),
+                (EnvVars::MAYFLY_KEY_STORE, store.to_owned()),
+            ])
+        };
+        let key_file = runtime.path().join("rt").join("cache.key");
+        let on_file = Cache::open(&env("runtime")).unwrap();
+        assert!(!on_file.key_in_keyring() && key_file.exists());
+        fs::remove_file(&key_file).unwrap();
+        let in_keyring = match Cache::open(&env("keyring")) {
+            Ok(cache) => cache,
+            Err(e) => {
+                // A sandbox without keys: the runtime store above covers it.
+                eprintln!("kernel keyring unavailable here: {e}");
+                return;
+            }
+        };
+        assert!(in_keyring.key_in_keyring() && !key_file.exists(), "no key file beside a keyring key");
+        let key = Cache::key(&["git", "h", "a", "read"]);
+        let lock = in_keyring.lock(&key).unwrap();
+        in_keyring.put(&key, &entry("tok-keyring", 200, 150), &lock).unwrap();
+        drop(lock);
+        // Another process of the same user opens the same key.
+        let again = Cache::open(&env("keyring")).unwrap();
+        assert_eq!(again.get(&key, 100).unwrap().token.expose(), "tok-keyring");
+        // A key per runtime directory: another environment cannot read these entries.
+        assert!(on_file.get(&key, 100).is_none());
+        keyring::remove(&keyring_description(&runtime.path().join("rt")));
+        assert!(Cache::open(&env("keyring")).unwrap().get(&key, 100).is_none(), "a new key reads nothing");
     }
 
     #[test]

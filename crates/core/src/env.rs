@@ -21,10 +21,10 @@ impl EnvVars {
     /// The agent a delegated session declares (set by `mayfly exec --agent`): exchanges
     /// that take actor tokens mint tokens naming it.
     pub const MAYFLY_AGENT: &'static str = "MAYFLY_AGENT";
-    /// Where `mayfly login` keeps a login: `keyring` (the kernel user keyring, the
-    /// default where it works) or `runtime` (a sealed file in the memory-backed runtime
+    /// Where the cache key and logins live: `keyring` (the kernel user keyring, the
+    /// default where it works) or `runtime` (files in the memory-backed runtime
     /// directory, the fallback where the keyring is unavailable).
-    pub const MAYFLY_LOGIN_STORE: &'static str = "MAYFLY_LOGIN_STORE";
+    pub const MAYFLY_KEY_STORE: &'static str = "MAYFLY_KEY_STORE";
     /// GitHub Actions: URL of the job's OIDC token endpoint.
     pub const ACTIONS_ID_TOKEN_REQUEST_URL: &'static str = "ACTIONS_ID_TOKEN_REQUEST_URL";
     /// GitHub Actions: bearer token for that endpoint.

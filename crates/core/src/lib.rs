@@ -28,6 +28,7 @@ mod http;
 mod identity;
 pub mod ini;
 mod jwt;
+mod keyring;
 pub mod login;
 pub mod pattern;
 pub mod protocol;

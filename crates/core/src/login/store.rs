@@ -1,21 +1,19 @@
 //! Where a login lives: only in memory-backed storage, sealed with age like cache entries.
 //!
-//! The kernel user keyring by default: one `user` key per login, readable by the same
-//! user's later processes (user VIEW|READ|WRITE|SEARCH|SETATTR, nothing for group or
-//! others), with a timeout of `min(idle, time left of max_login)` renewed on every use, so
-//! an unused login disappears by itself. Where the keyring cannot be used (a seccomp
-//! filter, a kernel without keys), a 0600 file in the memory-backed runtime directory
-//! that holds the cache key. Never a file on disk.
+//! Beside the cache key ([`crate::keyring`]): one key per login in the kernel user
+//! keyring, with a timeout of `min(idle, time left of max_login)` renewed on every use, so
+//! an unused login disappears by itself; or, without a keyring, a 0600 file in the
+//! memory-backed runtime directory. Never a file on disk.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
-use linux_keyutils::{KeyPermissionsBuilder, KeyRing, KeyRingIdentifier, Permission};
 use serde::{Deserialize, Serialize};
 
-use crate::{Env, EnvVars, Secret};
+use crate::keyring::{self, KeyStore};
+use crate::{Env, Secret};
 
 /// Largest sealed login read back.
 const MAX_RECORD: u64 = 32 * 1024;
@@ -62,18 +60,9 @@ struct Stored {
     email: Option<String>,
 }
 
-/// Which memory-backed place holds logins.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Backend {
-    /// The kernel user keyring.
-    Keyring,
-    /// A sealed file in the memory-backed runtime directory.
-    Runtime,
-}
-
 /// The store of one login (one identity of one provider and client).
 pub(crate) struct Store {
-    backend: Backend,
+    backend: KeyStore,
     key: age::x25519::Identity,
     runtime_dir: PathBuf,
     /// The key's description in the keyring, and the file's stem in the runtime directory.
@@ -91,26 +80,17 @@ pub(crate) struct Lock {
 impl Store {
     /// The store for one login, named by the identity, the issuer and the client.
     pub(crate) fn open(env: &Env, parts: &[&str], idle: i64) -> Result<Self, String> {
-        let (runtime_dir, key) =
-            crate::cache::sealing_key(env).map_err(|e| format!("no memory-backed storage: {e}"))?;
+        let sealing = crate::cache::sealing_key(env).map_err(|e| format!("no memory-backed storage: {e}"))?;
         let slot = format!("mayfly-login-{}", crate::Cache::key(parts));
-        let backend = match env.get(EnvVars::MAYFLY_LOGIN_STORE) {
-            Some("runtime") => Backend::Runtime,
-            Some("keyring") => Backend::Keyring,
-            None | Some("") if keyring().is_ok() => Backend::Keyring,
-            None | Some("") => Backend::Runtime,
-            Some(other) => {
-                return Err(format!("`{}` is `{other}`, not `keyring` or `runtime`", EnvVars::MAYFLY_LOGIN_STORE));
-            }
-        };
+        let (backend, key, runtime_dir) = (sealing.store, sealing.identity, sealing.runtime_dir);
         Ok(Self { backend, key, runtime_dir, slot, idle })
     }
 
     /// Where logins are kept, as shown to people.
     pub(crate) fn place(&self) -> String {
         match self.backend {
-            Backend::Keyring => "kernel user keyring".into(),
-            Backend::Runtime => format!("memory-backed `{}`", self.runtime_dir.display()),
+            KeyStore::Keyring => "kernel user keyring".into(),
+            KeyStore::Runtime => format!("memory-backed `{}`", self.runtime_dir.display()),
         }
     }
 
@@ -136,8 +116,8 @@ impl Store {
     /// undecryptable one is dropped and reads as none.
     pub(crate) fn load(&self, now: i64) -> Option<Record> {
         let sealed = match self.backend {
-            Backend::Keyring => keyring().ok()?.search(&self.slot).ok()?.read_to_vec().ok()?,
-            Backend::Runtime => {
+            KeyStore::Keyring => keyring::read(&self.slot)?,
+            KeyStore::Runtime => {
                 let mut sealed = Vec::new();
                 File::open(self.file()).ok()?.take(MAX_RECORD).read_to_end(&mut sealed).ok()?;
                 sealed
@@ -170,25 +150,8 @@ impl Store {
             return Ok(());
         }
         match self.backend {
-            Backend::Keyring => {
-                let failed =
-                    |e: linux_keyutils::KeyError| format!("cannot store the login in the kernel keyring: {e:?}");
-                let key = keyring().map_err(failed)?.add_key(&self.slot, &sealed).map_err(failed)?;
-                let perms = KeyPermissionsBuilder::builder()
-                    .posessor(Permission::ALL)
-                    .user(
-                        Permission::VIEW
-                            | Permission::READ
-                            | Permission::WRITE
-                            | Permission::SEARCH
-                            | Permission::SETATTR,
-                    )
-                    .build();
-                key.set_perms(perms).map_err(failed)?;
-                key.set_timeout(usize::try_from(left).unwrap_or(usize::MAX)).map_err(failed)?;
-                Ok(())
-            }
-            Backend::Runtime => {
+            KeyStore::Keyring => keyring::write(&self.slot, &sealed, u64::try_from(left).unwrap_or(0)),
+            KeyStore::Runtime => {
                 let path = self.file();
                 crate::files::write_atomic(&path, &sealed, 0o600)
                     .map_err(|e| format!("cannot store the login in `{}`: {e}", path.display()))
@@ -199,21 +162,12 @@ impl Store {
     /// Drops the login; none is fine.
     pub(crate) fn remove(&self) {
         match self.backend {
-            Backend::Keyring => {
-                if let Ok(key) = keyring().and_then(|ring| ring.search(&self.slot)) {
-                    let _ = key.invalidate();
-                }
-            }
-            Backend::Runtime => {
+            KeyStore::Keyring => keyring::remove(&self.slot),
+            KeyStore::Runtime => {
                 let _ = std::fs::remove_file(self.file());
             }
         }
     }
-}
-
-/// The calling user's keyring (shared by all of the user's processes).
-fn keyring() -> Result<KeyRing, linux_keyutils::KeyError> {
-    KeyRing::from_special_id(KeyRingIdentifier::User, true)
 }
 
 impl From<Stored> for Record {
@@ -255,6 +209,7 @@ impl From<&Record> for Stored {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::EnvVars;
 
     fn record(now: i64) -> Record {
         Record {
@@ -275,7 +230,7 @@ mod tests {
     fn env_for(dir: &std::path::Path, backend: &str) -> Env {
         Env::from_pairs([
             (EnvVars::MAYFLY_RUNTIME_DIR, dir.join("rt").display().to_string()),
-            (EnvVars::MAYFLY_LOGIN_STORE, backend.to_owned()),
+            (EnvVars::MAYFLY_KEY_STORE, backend.to_owned()),
         ])
     }
 
