@@ -7,6 +7,7 @@ mod doctor;
 mod exec;
 mod explain;
 mod generate;
+mod guard;
 mod login;
 mod setup;
 mod status;
@@ -33,6 +34,9 @@ enum Command {
     Setup(setup::Args),
     /// Find long-lived credentials on disk and wiring problems, and say how to fix each
     Doctor(doctor::Args),
+    /// Scan staged changes, a push, or files for credentials (the session's minted tokens
+    /// by fingerprint, known token formats, secrets assigned to secret names)
+    Guard(guard::Args),
     /// Sign in at the organisation's OpenID provider (an `oidc` identity); the login's
     /// tokens stay in memory-backed storage
     Login(login::LoginArgs),
@@ -60,6 +64,7 @@ fn main() -> std::process::ExitCode {
         Command::Exec(args) => exec::run(&args),
         Command::Setup(args) => setup::run(&args),
         Command::Doctor(args) => doctor::run(&args),
+        Command::Guard(args) => guard::run(&args),
         Command::Login(args) => login::login(&args),
         Command::Logout(args) => login::logout(&args),
         Command::Status(args) => status::run(&args),

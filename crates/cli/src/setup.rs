@@ -13,6 +13,7 @@
 //! never writes into the job's workspace, where files end up in artifacts and images.
 
 mod edits;
+mod guard_hooks;
 mod journal;
 
 use std::path::{Path, PathBuf};
@@ -46,6 +47,13 @@ pub(crate) struct Args {
     /// the workspace
     #[arg(long)]
     ci: bool,
+    /// Only install `mayfly guard` as this repository's pre-commit and pre-push hooks,
+    /// chaining the hooks already there (with --undo: remove them, restoring those)
+    #[arg(long, conflicts_with_all = ["ci", "dry_run", "tools", "force"])]
+    guard: bool,
+    /// With --guard: the repository (default: the current directory's)
+    #[arg(long, requires = "guard", value_name = "PATH")]
+    repo: Option<PathBuf>,
 }
 
 /// Where the CI lets a step hand environment to later steps.
@@ -83,6 +91,9 @@ struct Setup<'a> {
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    if args.guard {
+        return guard(args);
+    }
     let env = Env::from_os();
     let home = env.path(mayfly_core::EnvVars::HOME).or_else(dirs::home_dir).context("no HOME")?;
     let state = env
@@ -140,6 +151,21 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         wire_shims(&mut cx, &mut plan)?;
     }
     report(&cx, &plan, handoff.as_ref())
+}
+
+/// `--guard`: the hooks of one repository, outside the journal (see [`guard_hooks`]).
+fn guard(args: &Args) -> anyhow::Result<ExitCode> {
+    let repo = args.repo.clone().unwrap_or_else(|| PathBuf::from("."));
+    let changes = if args.undo {
+        guard_hooks::uninstall(&repo)?
+    } else {
+        guard_hooks::install(&repo, &std::env::current_exe().context("cannot find the mayfly binary")?)?
+    };
+    if changes.is_empty() {
+        eprintln!("mayfly setup --guard: nothing to change");
+    }
+    changes.iter().for_each(|line| eprintln!("{line}"));
+    Ok(ExitCode::SUCCESS)
 }
 
 fn detect_ci(env: &Env) -> anyhow::Result<Handoff> {

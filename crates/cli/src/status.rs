@@ -472,7 +472,7 @@ mod tests {
 
     fn entry(label: &str, origin: Option<Origin>) -> CacheEntry {
         CacheEntry {
-            token: Secret::new("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"),
+            token: Secret::new("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"), // mayfly-guard: allow
             expires_at: 1_000,
             refresh_at: 940,
             token_id: Some("jti-1".into()),
@@ -502,7 +502,7 @@ mod tests {
         assert!(json.contains(r#""served":false"#), "inside the margin: {json}");
         assert_eq!(shown.row(950)[5], "50s, refresh due");
         assert_eq!(shown.row(1_001)[5], "expired");
-        assert_eq!(shown.fingerprint, Secret::new("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln").fingerprint().as_str());
+        assert_eq!(shown.fingerprint, Secret::new("eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln").fingerprint().as_str()); // mayfly-guard: allow
     }
 
     #[test]

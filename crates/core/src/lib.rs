@@ -24,6 +24,7 @@ mod duration;
 mod env;
 mod exchange;
 pub mod files;
+pub mod guard;
 mod http;
 mod identity;
 pub mod ini;
@@ -56,6 +57,7 @@ pub use identity::{Error as IdentityError, Presence as IdentityPresence, Subject
 pub use jwt::{Claims as UnverifiedClaims, peek_claims};
 pub use redact::{
     REDACTED, clip, contains_jwt, redact_tokens, sanitize_for_terminal, sanitize_keeping_lines, scan_for_jwts,
+    token_kind,
 };
 pub use scope::{Scope, ScopeTemplate};
 pub use secret::{Fingerprint, Secret};

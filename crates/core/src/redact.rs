@@ -63,37 +63,57 @@ pub fn redact_tokens(text: &str, known: &[&str]) -> String {
 /// Vault, crates.io, Anthropic and OpenAI-style `sk-` keys, Slack, AWS access key ids,
 /// Google API keys.
 pub(crate) fn looks_like_token(value: &str) -> bool {
-    const PREFIXES: [&str; 24] = [
-        "ghp_",
-        "ghs_",
-        "gho_",
-        "ghu_",
-        "ghr_",
-        "github_pat_",
-        "glpat-",
-        "gldt-",
-        "glrt-",
-        "glptt-",
-        "glcbt-",
-        "gloas-",
-        "npm_",
-        "pypi-",
-        "hf_",
-        "hvs.",
-        "hvb.",
-        "cio_tp_",
-        "sk-",
-        "xoxb-",
-        "xoxp-",
-        "xoxa-",
-        "xoxs-",
-        "AIza",
-    ];
+    token_kind(value).is_some()
+}
+
+/// The prefixed token formats, each with the kind `mayfly guard` reports it as.
+const PREFIXES: [(&str, &str); 24] = [
+    ("ghp_", "github-token"),
+    ("ghs_", "github-token"),
+    ("gho_", "github-token"),
+    ("ghu_", "github-token"),
+    ("ghr_", "github-token"),
+    ("github_pat_", "github-token"),
+    ("glpat-", "gitlab-token"),
+    ("gldt-", "gitlab-token"),
+    ("glrt-", "gitlab-token"),
+    ("glptt-", "gitlab-token"),
+    ("glcbt-", "gitlab-token"),
+    ("gloas-", "gitlab-token"),
+    ("npm_", "npm-token"),
+    ("pypi-", "pypi-token"),
+    ("hf_", "huggingface-token"),
+    ("hvs.", "vault-token"),
+    ("hvb.", "vault-token"),
+    ("cio_tp_", "crates-io-token"),
+    ("sk-", "api-key"),
+    ("xoxb-", "slack-token"),
+    ("xoxp-", "slack-token"),
+    ("xoxa-", "slack-token"),
+    ("xoxs-", "slack-token"),
+    ("AIza", "google-api-key"),
+];
+
+/// Which well-known token format `value` has, if any: the one list behind `--redact`,
+/// `mayfly doctor` and `mayfly guard`.
+pub fn token_kind(value: &str) -> Option<&'static str> {
     let jwt = value.starts_with("eyJ") && value.matches('.').count() == 2 && value.len() > 30;
+    let uppercase_or_digits = |rest: &str| rest.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
     let aws_key_id = value.len() == 20
         && ["AKIA", "ASIA", "AGPA", "AROA"].iter().any(|p| value.starts_with(p))
-        && value.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
-    jwt || aws_key_id || PREFIXES.iter().any(|p| value.starts_with(p) && value.len() > p.len() + 10)
+        && uppercase_or_digits(value);
+    // A crates.io API token: `cio` and 32 letters or digits.
+    let crates_io = value.len() == 35 && value.starts_with("cio") && value.bytes().all(|b| b.is_ascii_alphanumeric());
+    if jwt {
+        return Some("jwt");
+    }
+    if aws_key_id {
+        return Some("aws-access-key-id");
+    }
+    if crates_io {
+        return Some("crates-io-token");
+    }
+    PREFIXES.iter().find(|(p, _)| value.starts_with(p) && value.len() > p.len() + 10).map(|(_, kind)| *kind)
 }
 
 /// True when the bytes hold something shaped like a JWT: `eyJ…`.`eyJ…`.`…`, a JOSE header
@@ -140,7 +160,7 @@ mod tests {
 
     #[test]
     fn output_loses_known_tokens_and_token_shapes() {
-        let jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlc2lnbmF0dXJl";
+        let jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlc2lnbmF0dXJl"; // mayfly-guard: allow
         let text = format!("token={jwt}\nsecret s3cr3t-session-value and ghp_abcdefghijklmnopqrstuvwxyz.\nok\n");
         let shown = redact_tokens(&text, &["s3cr3t-session-value", "short"]);
         assert_eq!(
@@ -152,7 +172,7 @@ mod tests {
 
     #[test]
     fn jwt_shapes_are_found_in_bytes() {
-        assert!(contains_jwt(b"x=eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln\n"));
+        assert!(contains_jwt(b"x=eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln\n")); // mayfly-guard: allow
         assert!(!contains_jwt(b"eyJhbGciOiJFUzI1NiJ9 is only a header"));
         assert!(!contains_jwt(b"eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0."));
     }

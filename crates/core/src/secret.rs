@@ -41,7 +41,7 @@ impl fmt::Debug for Secret {
 }
 
 /// `sha256:` and the first 16 hex digits of the SHA-256 of a token.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Fingerprint(String);
 
 impl Fingerprint {

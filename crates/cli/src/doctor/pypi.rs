@@ -44,7 +44,7 @@ mod tests {
 
     #[test]
     fn passwords_per_section() {
-        let text = "[distutils]\nindex-servers =\n  pypi\n[pypi]\nusername = __token__\npassword = pypi-AgEIcHlwaS5vcmc\n[test]\nusername = u\n";
+        let text = "[distutils]\nindex-servers =\n  pypi\n[pypi]\nusername = __token__\npassword = pypi-AgEIcHlwaS5vcmc\n[test]\nusername = u\n"; // mayfly-guard: allow
         let found = passwords(Path::new(".pypirc"), text, None);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].location, ".pypirc: [pypi] password");

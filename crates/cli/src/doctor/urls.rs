@@ -87,7 +87,7 @@ mod tests {
         assert_eq!(url.display(), "https://git.example:8443/org/app.git");
         assert_eq!(Url::split("https://git.example").unwrap().secret(), None);
         assert_eq!(Url::split("https://someone@git.example/").unwrap().secret(), None);
-        let token = "ghp_0123456789abcdefghijklmnopqrstuvwxyz";
+        let token = "ghp_0123456789abcdefghijklmnopqrstuvwxyz"; // mayfly-guard: allow
         assert_eq!(Url::split(&format!("https://{token}@github.com")).unwrap().secret().as_deref(), Some(token));
         assert!(Url::split("git.example/path").is_none());
         assert!(Url::split("a b://x").is_none());
