@@ -1,7 +1,8 @@
 //! A real OpenID provider for the login tests: `oidc-provider` 9.x under node
 //! (`tests/support/oidc-provider/provider.mjs`), on a loopback socket bound here and handed
 //! over as fd 3, and a headless driver of its development pages that approves a device
-//! code as a person at a browser would.
+//! code as a person at a browser would. With a web client for the exchange, [`browser`]
+//! drives headless Chromium through the exchange's approval page and the provider's sign-in.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,8 @@ use std::time::{Duration, Instant};
 
 /// The public native client the provider registers (device flow, refresh tokens).
 pub const CLIENT_ID: &str = "mayfly-cli";
+/// The confidential web client of the exchange's approval page, when started with one.
+pub const WEB_CLIENT_ID: &str = "mayfly-sts-approvals";
 
 /// The provider process; killed on drop.
 pub struct OidcProvider {
@@ -23,6 +26,16 @@ impl OidcProvider {
     /// Starts the provider, its ID tokens living `id_token_ttl` seconds; its stderr goes
     /// to `DIR/oidc-provider.log`.
     pub fn start(dir: &Path, id_token_ttl: u64) -> Self {
+        Self::start_with(dir, id_token_ttl, None)
+    }
+
+    /// Starts the provider with the web client [`WEB_CLIENT_ID`] too, redirecting to
+    /// `redirect_uri` and authenticating with `secret`.
+    pub fn with_web_client(dir: &Path, id_token_ttl: u64, redirect_uri: &str, secret: &str) -> Self {
+        Self::start_with(dir, id_token_ttl, Some((redirect_uri, secret)))
+    }
+
+    fn start_with(dir: &Path, id_token_ttl: u64, web_client: Option<(&str, &str)>) -> Self {
         use command_fds::{CommandFdExt, FdMapping};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let issuer = format!("http://{}", listener.local_addr().expect("address"));
@@ -36,6 +49,9 @@ impl OidcProvider {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("provider log"));
+        if let Some((redirect_uri, secret)) = web_client {
+            command.arg(redirect_uri).env("WEB_CLIENT_SECRET", secret);
+        }
         command
             .fd_mappings(vec![FdMapping { parent_fd: std::os::fd::OwnedFd::from(listener), child_fd: 3 }])
             .expect("fd 3 for the provider");
@@ -139,4 +155,40 @@ impl Drop for OidcProvider {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A page the browser showed: its HTTP status and its HTML as the browser parsed it.
+#[derive(Debug, serde::Deserialize)]
+pub struct Shown {
+    /// The status of the page's document.
+    pub status: u16,
+    /// The page's HTML.
+    pub html: String,
+}
+
+/// What an approver at a browser saw: the approval page after signing in, and the page
+/// the decision led to (none for `view`, or when the page offered no decision).
+#[derive(Debug, serde::Deserialize)]
+pub struct BrowserOutcome {
+    /// The exchange's page after sign-in.
+    pub page: Shown,
+    /// The page after Approve or Deny.
+    pub result: Option<Shown>,
+}
+
+/// Opens `url` in headless Chromium (`tests/support/oidc-provider/browser.mjs`), signs in
+/// at the provider as `login`, and then `approve`s, `deny`s (with `reason`) or only
+/// `view`s.
+pub fn browser(url: &str, login: &str, action: &str, reason: &str) -> BrowserOutcome {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("support/oidc-provider/browser.mjs");
+    let out = Command::new("node")
+        .arg(&script)
+        .args([url, login, action, reason])
+        .stdin(Stdio::null())
+        .output()
+        .expect("node starts");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the browser failed at {url} as {login}: {stderr}");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("the browser's answer is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }

@@ -75,33 +75,144 @@ pub(crate) fn matches_entry(issuer: &str, claims: &BTreeMap<String, String>, tok
             .all(|(claim, pattern)| claim_str(&token.claims, claim).is_some_and(|v| matches(Kind::Claim, pattern, &v)))
 }
 
-/// The approval and the approver's membership of its group, or the 404 / 403 answer.
-fn lookup(sts: &Sts, id: &str, token: &VerifiedSubject, now: Instant) -> Result<View, Box<Response>> {
-    let unknown =
-        || Box::new(error(StatusCode::NOT_FOUND, "not_found", "no approval has this id; it may have expired long ago"));
-    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(unknown());
+/// Why an approver may not see or decide an approval: the status, the OAuth-style code
+/// and a description. The JSON API and the approval page answer the same refusals.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) description: String,
+}
+
+impl Refused {
+    fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+        Self { status, code, description: description.into() }
     }
-    let view = sts.approvals.view(id, now).ok_or_else(unknown)?;
+
+    fn unknown() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no approval has this id; it may have expired long ago")
+    }
+
+    fn json(self) -> Response {
+        error(self.status, self.code, &self.description)
+    }
+}
+
+/// Whether `id` has the shape of an approval id (32 hex digits).
+pub(crate) fn is_approval_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The approval and the approver's membership of its group, or the 404 / 403 refusal.
+pub(crate) fn lookup(sts: &Sts, id: &str, token: &VerifiedSubject, now: Instant) -> Result<View, Refused> {
+    if !is_approval_id(id) {
+        return Err(Refused::unknown());
+    }
+    let view = sts.approvals.view(id, now).ok_or_else(Refused::unknown)?;
     if !in_group(&sts.config.approvers, &view.request.group, token) {
-        return Err(Box::new(error(
+        return Err(Refused::new(
             StatusCode::FORBIDDEN,
             "access_denied",
-            &format!("`{}` of `{}` is not in approver group `{}`", token.subject, token.issuer, view.request.group),
-        )));
+            format!("`{}` of `{}` is not in approver group `{}`", token.subject, token.issuer, view.request.group),
+        ));
     }
     Ok(view)
 }
 
-/// `GET /approve/{id}`: the request, for an approver of its group.
+/// The 403 refusal when the approver is the requester (same issuer and subject, or the
+/// same value of `same_person_claim`).
+pub(crate) fn not_the_requester(sts: &Sts, view: &View, token: &VerifiedSubject) -> Result<(), Refused> {
+    let binding = &view.request.binding;
+    let same_subject = binding.issuer == token.issuer && binding.subject == token.subject;
+    let claim = sts.config.same_person_claim.as_deref();
+    let same_claim = claim.and_then(|c| claim_str(&token.claims, c)).zip(view.request.person.as_deref());
+    if same_subject || same_claim.is_some_and(|(a, b)| same_person(&a, b)) {
+        return Err(Refused::new(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "you asked for this request yourself; another member of the group must decide it",
+        ));
+    }
+    Ok(())
+}
+
+/// `decision=approve|deny` and the optional one-line `reason` of a decision form.
+pub(crate) fn decision(form: &Form) -> Result<(bool, Option<String>), Refused> {
+    let invalid = |description: String| Refused::new(StatusCode::BAD_REQUEST, "invalid_request", description);
+    let approve = match form.one("decision").map_err(invalid)? {
+        Some("approve") => true,
+        Some("deny") => false,
+        _ => return Err(invalid("`decision` is `approve` or `deny`".into())),
+    };
+    let reason = form.one("reason").map_err(invalid)?.map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned);
+    if let Some(Err(reason)) = reason.as_deref().map(check_reason) {
+        return Err(invalid(reason));
+    }
+    Ok((approve, reason))
+}
+
+/// Records an approver's decision on a request they may decide and did not ask for, and
+/// writes its audit line; `approved` or `denied`, or the 403 / 404 / 410 / 409 refusal.
+pub(crate) fn record(
+    sts: &Sts,
+    id: &str,
+    view: &View,
+    token: &VerifiedSubject,
+    approve: bool,
+    reason: Option<String>,
+    now: Instant,
+) -> Result<&'static str, Refused> {
+    not_the_requester(sts, view, token)?;
+    let approver = Approver::of(token);
+    match sts.approvals.decide(id, approver.clone(), approve, reason.clone(), now) {
+        Ok(()) => {}
+        Err(DecideError::Unknown) => return Err(Refused::unknown()),
+        Err(DecideError::Expired) => return Err(expired()),
+        Err(DecideError::AlreadyDecided(status)) => return Err(already(status)),
+    }
+    let binding = &view.request.binding;
+    let outcome = if approve { "approved" } else { "denied" };
+    sts.audit.write(&Line {
+        time: now_rfc3339(),
+        outcome,
+        reason: reason.as_deref(),
+        issuer: Some(&binding.issuer),
+        subject: Some(&binding.subject),
+        audience: Some(&binding.audience),
+        scope: Some(binding.scopes.join(" ")),
+        policies: Some(view.request.policies.as_slice()),
+        act: binding.act.as_ref(),
+        approval: Some(id),
+        group: Some(&view.request.group),
+        approver: Some(&approver.audit),
+        ..Line::default()
+    });
+    Ok(outcome)
+}
+
+/// The 410 refusal of an expired approval.
+pub(crate) fn expired() -> Refused {
+    Refused::new(StatusCode::GONE, "expired_token", "the approval expired; the requester must ask again")
+}
+
+/// The 409 refusal of an approval that is `status` already.
+pub(crate) fn already(status: &str) -> Refused {
+    Refused::new(StatusCode::CONFLICT, "already_decided", format!("the approval is already {status}"))
+}
+
+/// `GET /approve/{id}`: the request, for an approver of its group. A browser without a
+/// Bearer token gets the approval page instead, when a login is configured.
 pub(crate) async fn view(State(sts): State<Arc<Sts>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    if crate::approval_page::wants_page(&sts, &headers) {
+        return crate::approval_page::view(&sts, &id, &headers).await;
+    }
     let token = match approver(&sts, &headers).await {
         Ok(token) => token,
         Err(response) => return response,
     };
     let view = match lookup(&sts, &id, &token, Instant::now()) {
         Ok(view) => view,
-        Err(response) => return *response,
+        Err(refused) => return refused.json(),
     };
     let request = &view.request;
     let binding = &request.binding;
@@ -124,12 +235,16 @@ pub(crate) async fn view(State(sts): State<Arc<Sts>>, Path(id): Path<String>, he
 }
 
 /// `POST /approve/{id}` (`decision=approve|deny`, optional `reason`): records the decision.
+/// The approval page's form (a login session cookie, no Bearer token) is answered by the page.
 pub(crate) async fn decide(
     State(sts): State<Arc<Sts>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if crate::approval_page::is_page_form(&sts, &headers) {
+        return crate::approval_page::decide(&sts, &id, &headers, &body);
+    }
     let token = match approver(&sts, &headers).await {
         Ok(token) => token,
         Err(response) => return response,
@@ -137,67 +252,33 @@ pub(crate) async fn decide(
     let now = Instant::now();
     let view = match lookup(&sts, &id, &token, now) {
         Ok(view) => view,
-        Err(response) => return *response,
+        Err(refused) => return refused.json(),
     };
+    let form = match form_body(&headers, &body) {
+        Ok(form) => form,
+        Err(refused) => return refused.json(),
+    };
+    let (approve, reason) = match decision(&form) {
+        Ok(decision) => decision,
+        Err(refused) => return refused.json(),
+    };
+    match record(&sts, &id, &view, &token, approve, reason, now) {
+        Ok(outcome) => no_store(axum::Json(json!({"status": outcome})).into_response()),
+        Err(refused) => refused.json(),
+    }
+}
+
+/// A form-encoded body, or the 400 refusal.
+pub(crate) fn form_body(headers: &HeaderMap, body: &[u8]) -> Result<Form, Refused> {
     let form_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !form_type.starts_with("application/x-www-form-urlencoded") {
-        return error(StatusCode::BAD_REQUEST, "invalid_request", "body must be application/x-www-form-urlencoded");
+        return Err(Refused::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "body must be application/x-www-form-urlencoded",
+        ));
     }
-    let form = Form { pairs: url::form_urlencoded::parse(&body).into_owned().collect() };
-    let approve = match form.one("decision") {
-        Ok(Some("approve")) => true,
-        Ok(Some("deny")) => false,
-        Ok(_) => return error(StatusCode::BAD_REQUEST, "invalid_request", "`decision` is `approve` or `deny`"),
-        Err(reason) => return error(StatusCode::BAD_REQUEST, "invalid_request", &reason),
-    };
-    let reason = match form.one("reason") {
-        Ok(reason) => reason.map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned),
-        Err(reason) => return error(StatusCode::BAD_REQUEST, "invalid_request", &reason),
-    };
-    if let Some(Err(reason)) = reason.as_deref().map(check_reason) {
-        return error(StatusCode::BAD_REQUEST, "invalid_request", &reason);
-    }
-    let binding = &view.request.binding;
-    let same_subject = binding.issuer == token.issuer && binding.subject == token.subject;
-    let claim = sts.config.same_person_claim.as_deref();
-    let same_claim = claim.and_then(|c| claim_str(&token.claims, c)).zip(view.request.person.as_deref());
-    if same_subject || same_claim.is_some_and(|(a, b)| same_person(&a, b)) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "access_denied",
-            "you asked for this request yourself; another member of the group must decide it",
-        );
-    }
-    let approver = Approver::of(&token);
-    match sts.approvals.decide(&id, approver.clone(), approve, reason.clone(), now) {
-        Ok(()) => {}
-        Err(DecideError::Unknown) => {
-            return error(StatusCode::NOT_FOUND, "not_found", "no approval has this id; it may have expired long ago");
-        }
-        Err(DecideError::Expired) => {
-            return error(StatusCode::GONE, "expired_token", "the approval expired; the requester must ask again");
-        }
-        Err(DecideError::AlreadyDecided(status)) => {
-            return error(StatusCode::CONFLICT, "already_decided", &format!("the approval is already {status}"));
-        }
-    }
-    let outcome = if approve { "approved" } else { "denied" };
-    sts.audit.write(&Line {
-        time: now_rfc3339(),
-        outcome,
-        reason: reason.as_deref(),
-        issuer: Some(&binding.issuer),
-        subject: Some(&binding.subject),
-        audience: Some(&binding.audience),
-        scope: Some(binding.scopes.join(" ")),
-        policies: Some(view.request.policies.as_slice()),
-        act: binding.act.as_ref(),
-        approval: Some(&id),
-        group: Some(&view.request.group),
-        approver: Some(&approver.audit),
-        ..Line::default()
-    });
-    no_store(axum::Json(json!({"status": outcome})).into_response())
+    Ok(Form { pairs: url::form_urlencoded::parse(body).into_owned().collect() })
 }
 
 #[cfg(test)]

@@ -121,6 +121,9 @@ pub struct ConfigFile {
     /// `0s` never), as a duration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_idle: Option<String>,
+    /// How approvers sign in to the approval page in a browser; none means no page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_login: Option<ApprovalLogin>,
 }
 
 /// Administrators: the ID tokens of one trusted issuer whose claims match. Matching any
@@ -153,6 +156,61 @@ impl ConfigFile {
     /// The file's TOML text.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a config file always serialises")
+    }
+}
+
+/// `[approval_login]`: approvers sign in to the approval page with OpenID Connect
+/// (authorization code with PKCE) at `issuer`, as the confidential (or public) client
+/// `client_id`, redirected back to `{issuer of this exchange}/approve/callback`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalLogin {
+    /// The provider's exact `iss`; must be a trusted issuer whose `audiences` name
+    /// `client_id` (its ID tokens are verified as subject tokens are).
+    pub issuer: String,
+    /// This exchange's client id at the provider.
+    pub client_id: String,
+    /// A file holding the client secret (one line), kept out of this file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
+    /// An environment variable holding the client secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret_env: Option<String>,
+    /// Scopes asked for (`openid email` when not set); must include `openid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<String>,
+}
+
+impl ApprovalLogin {
+    /// The scopes asked for.
+    pub fn scopes(&self) -> &str {
+        self.scopes.as_deref().unwrap_or("openid email")
+    }
+
+    fn check(&self, base: &str, trusted: &[TrustedIssuer]) -> Result<(), String> {
+        let Some(issuer) = trusted.iter().find(|t| t.issuer == self.issuer) else {
+            return Err(format!("approval_login: issuer `{}` is not in trusted_issuers", self.issuer));
+        };
+        if self.client_id.trim().is_empty() {
+            return Err("approval_login: `client_id` is empty".into());
+        }
+        if !issuer.audiences.contains(&self.client_id) {
+            return Err(format!(
+                "approval_login: trusted issuer `{}` must list `{}` in its audiences (the ID tokens' `aud`)",
+                self.issuer, self.client_id
+            ));
+        }
+        if self.client_secret_file.is_some() && self.client_secret_env.is_some() {
+            return Err("approval_login: set `client_secret_file` or `client_secret_env`, not both".into());
+        }
+        if !self.scopes().split(' ').any(|s| s == "openid") {
+            return Err("approval_login: `scopes` must include `openid`".into());
+        }
+        // The login cookies are `Secure`: the page must be served over HTTPS.
+        if !base.starts_with("https://") {
+            return Err("approval_login needs an `https://` issuer (the exchange's public base URL)".into());
+        }
+        Ok(())
     }
 }
 
@@ -253,6 +311,8 @@ pub struct Config {
     pub administrators: Vec<AdministratorEntry>,
     /// How long a session may go unused; `None` lets it idle until it expires.
     pub session_idle: Option<Duration>,
+    /// The approval page's OpenID Connect login, checked.
+    pub approval_login: Option<ApprovalLogin>,
 }
 
 impl Config {
@@ -330,6 +390,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(login) = &raw.approval_login {
+            login.check(&raw.issuer, &raw.trusted_issuers)?;
+        }
         let session_idle = Some(duration(raw.session_idle, 3600)?).filter(|d| !d.is_zero());
         let approval_ttl = duration(raw.approval_ttl, 600)?;
         let approval_interval = duration(raw.approval_interval, 5)?;
@@ -376,6 +439,7 @@ impl Config {
             approvers: raw.approvers,
             administrators: raw.administrators,
             session_idle,
+            approval_login: raw.approval_login,
         })
     }
 }
@@ -483,6 +547,35 @@ mod tests {
         assert_eq!(config.administrators[0].claims["email"], "*@example.com");
         let error = Config::parse(&format!("{base}[[administrators]]\nissuer = \"https://idp\"\n")).unwrap_err();
         assert!(error.contains("not in trusted_issuers"), "{error}");
+    }
+
+    #[test]
+    fn approval_login_is_checked_against_the_trusted_issuers() {
+        let base = "issuer = \"https://sts.example\"\n";
+        let trusted = "[[trusted_issuers]]\nissuer = \"https://idp\"\naudiences = [\"mayfly-sts\", \"approvals\"]\n";
+        let login =
+            |extra: &str| format!("[approval_login]\nissuer = \"https://idp\"\nclient_id = \"approvals\"\n{extra}");
+        let config =
+            Config::parse(&format!("{base}{trusted}{}", login("client_secret_env = \"APPROVALS_SECRET\"\n"))).unwrap();
+        let read = config.approval_login.unwrap();
+        assert_eq!((read.scopes(), read.client_secret_env.as_deref()), ("openid email", Some("APPROVALS_SECRET")));
+        for (text, expected) in [
+            (format!("{base}{}", login("")), "not in trusted_issuers"),
+            (
+                format!("{base}{trusted}{}", login("").replace("\"approvals\"\n", "\"other\"\n")),
+                "must list `other` in its audiences",
+            ),
+            (
+                format!("{base}{trusted}{}", login("client_secret_env = \"A\"\nclient_secret_file = \"/s\"\n")),
+                "not both",
+            ),
+            (format!("{base}{trusted}{}", login("scopes = \"email\"\n")), "must include `openid`"),
+            (format!("{base}{trusted}{}", login("client_secret = \"inline\"\n")), "unknown field"),
+            (format!("{}{trusted}{}", base.replace("https", "http"), login("")), "needs an `https://` issuer"),
+        ] {
+            let error = Config::parse(&text).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@
 mod admin;
 mod approval;
 mod approval_http;
+mod approval_login;
+mod approval_page;
 mod audit;
 pub mod cedar;
 mod config;
@@ -31,7 +33,7 @@ mod sessions;
 mod verify;
 
 pub use config::{
-    AdministratorEntry, ApproverEntry, Config, ConfigFile, Error as ConfigError, IntrospectionClient,
+    AdministratorEntry, ApprovalLogin, ApproverEntry, Config, ConfigFile, Error as ConfigError, IntrospectionClient,
     IntrospectionClientEntry, RuleEntry, Tls, TrustedIssuer,
 };
 pub use keys::{Algorithm, SigningKey};

@@ -44,6 +44,8 @@ pub struct Sts {
     pub(crate) approvals: crate::approval::Approvals,
     /// Sessions' expiries and last uses (in this process only).
     pub(crate) sessions: crate::sessions::Sessions,
+    /// The approval page's sign-in, when `[approval_login]` configures one.
+    pub(crate) login: Option<crate::approval_login::Login>,
 }
 
 impl Sts {
@@ -87,7 +89,9 @@ impl Sts {
         let audit = Audit::open(config.audit_log.as_deref()).map_err(|e| format!("cannot open audit log: {e}"))?;
         let approvals = crate::approval::Approvals::new(config.approval_ttl, config.approval_interval);
         let sessions = crate::sessions::Sessions::new(config.session_idle);
-        Ok(Self { config, key, verifier, policy, cedar, audit, own_key, revocations, approvals, sessions })
+        let login =
+            config.approval_login.as_ref().map(|l| crate::approval_login::Login::new(l, &config)).transpose()?;
+        Ok(Self { config, key, verifier, policy, cedar, audit, own_key, revocations, approvals, sessions, login })
     }
 
     /// Loads the Cedar policies again now (as SIGHUP does); a failure keeps those in force.
@@ -123,6 +127,7 @@ impl Sts {
             .route("/healthz", get(|| async { "ok" }))
             .route("/registry/token", get(crate::registry::token).post(crate::registry::token))
             .route("/registry/cert.pem", get(crate::registry::certificate))
+            .route("/approve/callback", get(crate::approval_page::callback))
             .route("/approve/{id}", get(crate::approval_http::view).post(crate::approval_http::decide))
             .route("/admin/revoke", post(crate::admin::revoke_session))
             .layer(DefaultBodyLimit::max(MAX_REQUEST))

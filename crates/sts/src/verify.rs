@@ -57,16 +57,7 @@ impl Verifier {
         let issuers = issuers
             .into_iter()
             .map(|config| {
-                let mut builder = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(10))
-                    .redirect(reqwest::redirect::Policy::none())
-                    .no_proxy();
-                if let Some(path) = &config.ca_file {
-                    let pem = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-                    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string())?;
-                    builder = builder.tls_certs_merge(certs);
-                }
-                let client = builder.build().map_err(|e| e.to_string())?;
+                let client = issuer_client(&config)?;
                 let max_lifetime = match &config.max_lifetime {
                     Some(text) => mayfly_core::parse_duration(text)
                         .map_err(|e| format!("trusted issuer `{}`: max_lifetime: {e}", config.issuer))?,
@@ -212,23 +203,47 @@ impl IssuerState {
 
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, Rejection> {
         let unreachable = || Rejection(format!("cannot fetch keys of issuer `{}`", self.config.issuer));
-        let parsed = url::Url::parse(url).map_err(|_| unreachable())?;
-        if parsed.scheme() != "https" && !(parsed.scheme() == "http" && mayfly_core::is_loopback_url(&parsed)) {
+        if !is_https_or_loopback(url) {
             return Err(Rejection(format!("issuer `{}` keys must be served over https", self.config.issuer)));
         }
-        let mut response = self.client.get(parsed).send().await.map_err(|_| unreachable())?;
-        if !response.status().is_success() {
-            return Err(unreachable());
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|_| unreachable())? {
-            body.extend_from_slice(&chunk);
-            if body.len() > MAX_DOCUMENT {
-                return Err(unreachable());
-            }
-        }
-        serde_json::from_slice(&body).map_err(|_| unreachable())
+        let response = self.client.get(url).send().await.map_err(|_| unreachable())?;
+        read_json(response).await.ok_or_else(unreachable)
     }
+}
+
+/// An HTTP client for reaching a trusted issuer: its extra CA, no redirects, no proxy.
+pub(crate) fn issuer_client(config: &TrustedIssuer) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy();
+    if let Some(path) = &config.ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| e.to_string())?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+/// Whether a URL is `https`, or `http` on loopback.
+pub(crate) fn is_https_or_loopback(url: &str) -> bool {
+    url::Url::parse(url)
+        .is_ok_and(|u| u.scheme() == "https" || (u.scheme() == "http" && mayfly_core::is_loopback_url(&u)))
+}
+
+/// A successful answer's JSON body of at most [`MAX_DOCUMENT`] bytes.
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(mut response: reqwest::Response) -> Option<T> {
+    if !response.status().is_success() {
+        return None;
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.ok()? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_DOCUMENT {
+            return None;
+        }
+    }
+    serde_json::from_slice(&body).ok()
 }
 
 pub(crate) fn decode_part(part: &str) -> Option<Value> {
