@@ -3,6 +3,7 @@
 mod admin;
 mod approval;
 mod aws;
+mod browser_login;
 mod cargo;
 mod cedar_policies;
 mod delegation;
