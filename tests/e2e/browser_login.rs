@@ -466,9 +466,20 @@ fn a_login_ends_after_its_idle_time_and_its_lifetime_across_processes() {
     at(since, 11.0);
     ended(REPOS[4]);
 
+    let doctor = || {
+        let out = setup.mayfly(&[], &["doctor"]);
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let said = doctor();
+    assert!(said.contains("login-ended") && said.contains("no login in the kernel user keyring"), "{said}");
+
     // Lifetime: used every 3 s, it still ends 8 s after the login.
     setup.login("lifetime");
     let since = Instant::now();
+    let said = doctor();
+    assert!(said.contains("login-ending"), "{said}");
+    assert!(said.contains("the login kept in the kernel user keyring ends at"), "{said}");
+    assert!(said.contains("at its idle time (`idle`) unless used before"), "{said}");
     at(since, 3.0);
     ok(REPOS[5]);
     at(since, 6.0);

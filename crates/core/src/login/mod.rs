@@ -253,6 +253,11 @@ pub fn status(identity: &IdentityConfig, env: &Env, now: i64) -> Result<Option<L
     Ok(store.load(now).map(|record| shown(oidc, &store, &record)))
 }
 
+/// Where this identity's login is kept (or would be), as shown to people.
+pub fn place(identity: &IdentityConfig, env: &Env) -> Result<String, String> {
+    Ok(open(oidc(identity)?, env)?.place())
+}
+
 fn shown(oidc: &Oidc, store: &Store, record: &Record) -> Login {
     Login {
         identity: oidc.name.clone(),
