@@ -4,6 +4,7 @@ mod admin;
 mod approval;
 mod approval_page;
 mod aws;
+mod browser_login;
 mod cargo;
 mod cedar_policies;
 mod delegation;

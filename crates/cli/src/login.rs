@@ -15,9 +15,22 @@ pub(crate) struct LoginArgs {
     /// The `oidc` identity to sign in (the only one when the config has one)
     identity: Option<String>,
     /// Sign in with the device authorization grant (RFC 8628): open a URL on any device
-    /// and enter a code. The only flow for now, and the default
-    #[arg(long)]
+    /// and enter a code. For SSH sessions and machines without a browser
+    #[arg(long, conflicts_with = "browser")]
     device: bool,
+    /// Sign in in a browser on this machine (authorization code with PKCE, redirected to
+    /// a loopback port), even where none can be started: the URL is printed to open by
+    /// hand. The default when `$BROWSER` is set or a display exists
+    #[arg(long)]
+    browser: bool,
+    /// How long a browser login waits for the sign-in
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_wait)]
+    timeout: std::time::Duration,
+}
+
+fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
+    mayfly_core::parse_duration(text)
+        .and_then(|d| if d.is_zero() { Err("the timeout must be longer than zero".into()) } else { Ok(d) })
 }
 
 /// Arguments of `mayfly logout`.
@@ -47,11 +60,17 @@ fn pick<'a>(config: &'a Config, name: Option<&str>) -> anyhow::Result<&'a Identi
 }
 
 pub(crate) fn login(args: &LoginArgs) -> anyhow::Result<ExitCode> {
-    let _ = args.device;
+    use mayfly_core::login::Flow;
     let env = Env::from_os();
     let config = Config::load(&env)?;
     let identity = pick(&config, args.identity.as_deref())?;
-    let login = mayfly_core::login::device(identity, &env, &mut std::io::stderr()).map_err(anyhow::Error::msg)?;
+    let flow = match (args.device, args.browser) {
+        (true, _) => Flow::Device,
+        (false, true) => Flow::Browser,
+        (false, false) => Flow::Auto,
+    };
+    let login = mayfly_core::login::login(identity, &env, flow, args.timeout, &mut std::io::stderr())
+        .map_err(anyhow::Error::msg)?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     eprintln!(
         "mayfly: logged in to `{}` as {} until {} (ends after {} unused), kept in the {}",

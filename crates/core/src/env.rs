@@ -53,12 +53,16 @@ impl EnvVars {
     pub const AWS_SESSION_TOKEN: &'static str = "AWS_SESSION_TOKEN";
     /// bash: a file sourced by non-interactive shells (GitLab and CircleCI hand variables to later steps through it).
     pub const BASH_ENV: &'static str = "BASH_ENV";
+    /// The browser `mayfly login` opens (a command that takes the URL as its argument).
+    pub const BROWSER: &'static str = "BROWSER";
     /// Set in Buildkite jobs.
     pub const BUILDKITE: &'static str = "BUILDKITE";
     /// cargo: its home (config, credentials).
     pub const CARGO_HOME: &'static str = "CARGO_HOME";
     /// Set in CircleCI jobs.
     pub const CIRCLECI: &'static str = "CIRCLECI";
+    /// An X11 display: `mayfly login` may open a browser with `xdg-open`.
+    pub const DISPLAY: &'static str = "DISPLAY";
     /// docker: the directory of `config.json`.
     pub const DOCKER_CONFIG: &'static str = "DOCKER_CONFIG";
     /// Set in GitHub Actions jobs.
@@ -79,6 +83,8 @@ impl EnvVars {
     pub const TWINE_REPOSITORY: &'static str = "TWINE_REPOSITORY";
     /// twine: the upload URL.
     pub const TWINE_REPOSITORY_URL: &'static str = "TWINE_REPOSITORY_URL";
+    /// A Wayland display: `mayfly login` may open a browser with `xdg-open`.
+    pub const WAYLAND_DISPLAY: &'static str = "WAYLAND_DISPLAY";
     /// XDG data directory.
     pub const XDG_DATA_HOME: &'static str = "XDG_DATA_HOME";
     /// yarn berry: the default registry.

@@ -29,6 +29,9 @@ const CI_CLAIMS: [&str; 14] = [
     "ci_config_ref_uri",
 ];
 
+/// How long before a login ends doctor warns that it is about to.
+const LOGIN_ENDING_SOON: i64 = 15 * 60;
+
 /// One identity source and what could be learnt about it.
 #[derive(Debug)]
 pub(crate) struct Source {
@@ -60,7 +63,11 @@ pub(crate) fn check(env: &Env, config: Option<&Config>, fetch: bool, findings: &
         let (source, problem) = examine(identity, env, fetch);
         // A source no route uses is shown, but cannot break anything.
         if config.is_some_and(|c| c.routes.iter().any(|r| r.identity == identity.name)) {
-            findings.extend(problems(&identity.name, &source, problem, now));
+            if identity.kind() == "oidc" {
+                findings.extend(login_problems(identity, env, &source, now));
+            } else {
+                findings.extend(problems(&identity.name, &source, problem, now));
+            }
         }
         sources.push(source);
     }
@@ -88,6 +95,42 @@ fn problems(name: &str, source: &Source, unavailable: Option<String>, now: i64) 
         findings.push(Finding::new(Severity::Warning, "identity-expired", location, fix));
     }
     findings
+}
+
+/// What is wrong with a `mayfly login`: none, one that ended (or never began), or one
+/// ending within [`LOGIN_ENDING_SOON`], naming the store that holds it. An expired ID
+/// token alone is not a problem: the login refreshes it.
+fn login_problems(identity: &IdentityConfig, env: &Env, source: &Source, now: i64) -> Vec<Finding> {
+    let name = &identity.name;
+    let location = format!("identity `{name}` (oidc {})", source.origin);
+    let again = format!("run `mayfly login {name}`");
+    let finding = match mayfly_core::login::status(identity, env, now) {
+        Err(why) => Finding::new(Severity::Warning, "identity-unavailable", location, why),
+        Ok(None) => {
+            let place = mayfly_core::login::place(identity, env).unwrap_or_else(|e| e);
+            let fix =
+                format!("no login in the {place}: it ended (idle or at its maximum lifetime) or never began; {again}");
+            Finding::new(Severity::Warning, "login-ended", location, fix)
+        }
+        Ok(Some(login)) => {
+            let (end, why) = if login.until <= login.idle_until {
+                (login.until, "its maximum lifetime (`max_login`)")
+            } else {
+                (login.idle_until, "its idle time (`idle`) unless used before")
+            };
+            if end - now > LOGIN_ENDING_SOON {
+                return Vec::new();
+            }
+            let fix = format!(
+                "the login kept in the {} ends at {} (in {}), at {why}; {again} to start a fresh one",
+                login.store,
+                rfc3339(end),
+                crate::status::span(end - now)
+            );
+            Finding::new(Severity::Warning, "login-ending", location, fix)
+        }
+    };
+    vec![finding]
 }
 
 /// A source, and what keeps it from giving a token, if anything. A token read at no cost

@@ -1,6 +1,8 @@
 //! `mayfly login` for people on laptops: an `oidc` identity signs in at the organisation's
-//! OpenID provider with the device authorization grant (RFC 8628), and its ID token
-//! becomes the subject token its routes exchange.
+//! OpenID provider, in a browser with the authorization code grant and PKCE over a
+//! loopback redirect (RFC 8252, [`code`]), or with the device authorization grant
+//! (RFC 8628) where no browser runs on this machine, and its ID token becomes the subject
+//! token its routes exchange.
 //!
 //! The ID token and the refresh token are kept only in memory-backed storage
 //! ([`store`]: the kernel user keyring, else the memory-backed runtime directory), sealed
@@ -9,6 +11,9 @@
 //! a margin of expiry, under a lock, because refresh tokens rotate. `logout` revokes the
 //! refresh token at the provider (RFC 7009) when it offers revocation.
 
+mod browser;
+mod code;
+mod loopback;
 mod oauth;
 mod store;
 
@@ -20,7 +25,8 @@ use base64::Engine;
 use crate::http::HttpClient;
 use crate::identity::Oidc;
 use crate::{Env, IdentityConfig, Secret, sanitize_for_terminal};
-use oauth::{Client, Poll, RefreshError};
+use browser::Browser;
+use oauth::{Client, Endpoints, Poll, RefreshError, Tokens};
 use store::{Record, Store};
 
 /// Per-request timeout at the provider (connects time out after 5 s).
@@ -89,22 +95,74 @@ fn open(oidc: &Oidc, env: &Env) -> Result<Store, String> {
     Store::open(env, &[&oidc.name, &oidc.issuer, &oidc.client_id], oidc.idle)
 }
 
-/// Signs in with the device authorization grant: prints where to go and the code to
-/// enter on `out` (stderr), polls until the person approves, and stores the login.
-pub fn device(identity: &IdentityConfig, env: &Env, out: &mut dyn Write) -> Result<Login, String> {
+/// How to sign in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// In a browser when this session has one and the provider offers the code flow,
+    /// else with the device flow when it offers that.
+    Auto,
+    /// In a browser (the URL is printed to open by hand when none can be started).
+    Browser,
+    /// With a code entered on any device (RFC 8628).
+    Device,
+}
+
+/// Signs in and stores the login. Progress goes to `out` (stderr); a browser login waits
+/// `wait` at most for the redirect. A failure stores nothing.
+pub fn login(
+    identity: &IdentityConfig,
+    env: &Env,
+    flow: Flow,
+    wait: Duration,
+    out: &mut dyn Write,
+) -> Result<Login, String> {
     let oidc = oidc(identity)?;
     let name = &oidc.name;
     let fail = |why: String| format!("login `{name}`: {why}");
     let store = open(oidc, env).map_err(fail)?;
     let http = http(oidc).map_err(fail)?;
     let endpoints = oauth::discover(&http, &oidc.issuer).map_err(fail)?;
+    let no_code_flow = || fail(format!("`{}` offers no authorization endpoint for a browser login", oidc.issuer));
+    let (tokens, nonce) = match (flow, &endpoints.authorization, &endpoints.device_authorization) {
+        (Flow::Device, _, _) => (device(oidc, &http, &endpoints, out).map_err(fail)?, None),
+        (Flow::Browser, None, _) => return Err(no_code_flow()),
+        (Flow::Auto, None, None) => {
+            return Err(fail(format!("`{}` offers neither a browser nor a device login", oidc.issuer)));
+        }
+        (Flow::Auto, None, Some(_)) => (device(oidc, &http, &endpoints, out).map_err(fail)?, None),
+        (Flow::Auto, Some(authorization), device_endpoint) => match Browser::find(env) {
+            None if device_endpoint.is_some() => {
+                let _ =
+                    writeln!(out, "No browser here (neither $BROWSER nor a display): signing in with a code instead.");
+                (device(oidc, &http, &endpoints, out).map_err(fail)?, None)
+            }
+            browser => {
+                let (tokens, nonce) =
+                    code::run(oidc, &http, &endpoints, authorization, browser, wait, out).map_err(fail)?;
+                (tokens, Some(nonce))
+            }
+        },
+        (Flow::Browser, Some(authorization), _) => {
+            let browser = Browser::find(env);
+            let (tokens, nonce) =
+                code::run(oidc, &http, &endpoints, authorization, browser, wait, out).map_err(fail)?;
+            (tokens, Some(nonce))
+        }
+    };
+    keep(oidc, &store, endpoints, tokens, nonce.as_deref()).map_err(fail)
+}
+
+/// The device authorization grant: prints where to go and the code to enter on `out`,
+/// and polls until the person approves.
+fn device(oidc: &Oidc, http: &HttpClient, endpoints: &Endpoints, out: &mut dyn Write) -> Result<Tokens, String> {
+    let name = &oidc.name;
     let device_endpoint = endpoints
         .device_authorization
         .as_ref()
-        .ok_or_else(|| fail(format!("`{}` offers no device authorization endpoint (RFC 8628)", oidc.issuer)))?;
+        .ok_or_else(|| format!("`{}` offers no device authorization endpoint (RFC 8628)", oidc.issuer))?;
     let client = client(oidc);
     let started = Instant::now();
-    let authorization = oauth::device_authorization(&http, device_endpoint, &client, &oidc.scopes).map_err(fail)?;
+    let authorization = oauth::device_authorization(http, device_endpoint, &client, &oidc.scopes)?;
     let clean = |s: &str| sanitize_for_terminal(s);
     let _ = writeln!(
         out,
@@ -118,26 +176,36 @@ pub fn device(identity: &IdentityConfig, env: &Env, out: &mut dyn Write) -> Resu
     let _ = writeln!(out, "Waiting for approval (the code expires in {} s)...", authorization.expires_in);
     let deadline = started + Duration::from_secs(authorization.expires_in);
     let mut interval = authorization.interval.unwrap_or(DEFAULT_INTERVAL).max(1);
-    let tokens = loop {
+    let expired = || "the code expired before it was approved; run `mayfly login` again".to_owned();
+    loop {
         let next = Instant::now() + Duration::from_secs(interval);
         if next >= deadline {
-            return Err(fail("the code expired before it was approved; run `mayfly login` again".into()));
+            return Err(expired());
         }
         std::thread::sleep(Duration::from_secs(interval));
-        match oauth::poll(&http, &endpoints.token, &client, &authorization.device_code).map_err(fail)? {
-            Poll::Done(tokens) => break tokens,
+        match oauth::poll(http, &endpoints.token, &client, &authorization.device_code)? {
+            Poll::Done(tokens) => return Ok(tokens),
             Poll::Pending => {}
             Poll::SlowDown => interval += 5,
-            Poll::Expired => {
-                return Err(fail("the code expired before it was approved; run `mayfly login` again".into()));
-            }
-            Poll::Denied => return Err(fail("sign-in was denied at the provider".into())),
+            Poll::Expired => return Err(expired()),
+            Poll::Denied => return Err("sign-in was denied at the provider".into()),
         }
-    };
+    }
+}
+
+/// Checks the tokens a sign-in gave (with the `nonce` the browser flow sent) and stores
+/// the login.
+fn keep(
+    oidc: &Oidc,
+    store: &Store,
+    endpoints: Endpoints,
+    tokens: Tokens,
+    nonce: Option<&str>,
+) -> Result<Login, String> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let id_token =
-        tokens.id_token.ok_or_else(|| fail("the provider gave no ID token (is `openid` in `scopes`?)".into()))?;
-    let claims = accept(oidc, &id_token, now).map_err(fail)?;
+        tokens.id_token.ok_or_else(|| "the provider gave no ID token (is `openid` in `scopes`?)".to_owned())?;
+    let claims = accept(oidc, &id_token, now, nonce)?;
     let record = Record {
         id_token,
         refresh_token: tokens.refresh_token,
@@ -151,9 +219,9 @@ pub fn device(identity: &IdentityConfig, env: &Env, out: &mut dyn Write) -> Resu
         subject: claims.sub,
         email: claims.email,
     };
-    let _lock = store.lock().map_err(fail)?;
-    store.save(&record, now).map_err(fail)?;
-    Ok(shown(oidc, &store, &record))
+    let _lock = store.lock()?;
+    store.save(&record, now)?;
+    Ok(shown(oidc, store, &record))
 }
 
 /// Drops the login, revoking its refresh token at the provider when it can.
@@ -183,6 +251,11 @@ pub fn status(identity: &IdentityConfig, env: &Env, now: i64) -> Result<Option<L
     let oidc = oidc(identity)?;
     let store = open(oidc, env)?;
     Ok(store.load(now).map(|record| shown(oidc, &store, &record)))
+}
+
+/// Where this identity's login is kept (or would be), as shown to people.
+pub fn place(identity: &IdentityConfig, env: &Env) -> Result<String, String> {
+    Ok(open(oidc(identity)?, env)?.place())
 }
 
 fn shown(oidc: &Oidc, store: &Store, record: &Record) -> Login {
@@ -240,7 +313,7 @@ pub(crate) fn id_token(oidc: &Oidc, env: &Env, now: i64) -> Result<Option<Secret
         };
         let id_token =
             tokens.id_token.ok_or_else(|| fail(format!("the provider's refresh answer has no ID token; {hint}")))?;
-        let claims = accept(oidc, &id_token, now).map_err(|why| fail(format!("{why}; {hint}")))?;
+        let claims = accept(oidc, &id_token, now, None).map_err(|why| fail(format!("{why}; {hint}")))?;
         record.id_token = id_token;
         record.id_token_exp = claims.exp;
         record.id_token_at = now;
@@ -266,13 +339,15 @@ struct Accepted {
 }
 
 /// Checks an ID token from the token endpoint (OpenID Connect Core §3.1.3.7): `iss` is
-/// the issuer, `aud` holds the expected audience, `exp` is in the future. Its signature is
+/// the issuer, `aud` holds the expected audience, `exp` is in the future, and `nonce` is
+/// the one the browser flow sent (§3.1.2.1; the device and refresh grants send none). Its signature is
 /// the exchange's to verify (it came straight from the provider over TLS, which §3.1.3.7
 /// allows a client to rely on); mayfly never decides access on these claims.
-fn accept(oidc: &Oidc, token: &Secret, now: i64) -> Result<Accepted, String> {
+fn accept(oidc: &Oidc, token: &Secret, now: i64, nonce: Option<&str>) -> Result<Accepted, String> {
     #[derive(serde::Deserialize)]
     struct Claims {
         iss: Option<String>,
+        nonce: Option<String>,
         sub: Option<String>,
         exp: Option<i64>,
         email: Option<String>,
@@ -290,6 +365,11 @@ fn accept(oidc: &Oidc, token: &Secret, now: i64) -> Result<Accepted, String> {
     }
     if !claims.aud.iter().any(|a| a == &oidc.audience) {
         return Err(format!("the ID token's audience does not include `{}`", oidc.audience));
+    }
+    if let Some(nonce) = nonce
+        && extra.nonce.as_deref() != Some(nonce)
+    {
+        return Err("the ID token's `nonce` is not this login's (a replayed or swapped token)".into());
     }
     let exp =
         extra.exp.filter(|&exp| exp > now).ok_or_else(|| "the ID token has expired or has no `exp`".to_owned())?;
@@ -326,14 +406,24 @@ mod tests {
             &oidc(),
             &jwt(r#"{"iss":"https://idp.example","aud":"cli","exp":200,"sub":"a","email":"a@x"}"#),
             100,
+            None,
         )
         .unwrap();
         assert_eq!((ok.exp, ok.sub.as_deref(), ok.email.as_deref()), (200, Some("a"), Some("a@x")));
-        let err = |claims: &str| accept(&oidc(), &jwt(claims), 100).err().unwrap();
+        let err = |claims: &str| accept(&oidc(), &jwt(claims), 100, None).err().unwrap();
         assert!(err(r#"{"iss":"https://evil.example","aud":"cli","exp":200}"#).contains("issuer"));
         assert!(err(r#"{"iss":"https://idp.example","aud":["other"],"exp":200}"#).contains("audience"));
         assert!(err(r#"{"iss":"https://idp.example","aud":"cli","exp":100}"#).contains("expired"));
-        assert!(accept(&oidc(), &Secret::new("opaque"), 100).is_err());
+        assert!(accept(&oidc(), &Secret::new("opaque"), 100, None).is_err());
+    }
+
+    #[test]
+    fn a_browser_login_checks_the_nonce_it_sent() {
+        let token = jwt(r#"{"iss":"https://idp.example","aud":"cli","exp":200,"nonce":"n1"}"#);
+        assert!(accept(&oidc(), &token, 100, Some("n1")).is_ok());
+        assert!(accept(&oidc(), &token, 100, Some("n2")).err().unwrap().contains("nonce"));
+        let without = jwt(r#"{"iss":"https://idp.example","aud":"cli","exp":200}"#);
+        assert!(accept(&oidc(), &without, 100, Some("n1")).err().unwrap().contains("nonce"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The provider's side of a login, by hand: OpenID discovery, the device authorization
-//! grant (RFC 8628), the refresh grant (RFC 6749 §6) and token revocation (RFC 7009).
+//! grant (RFC 8628), the authorization code grant's token request (RFC 6749 §4.1.3 with
+//! PKCE, RFC 7636), the refresh grant (RFC 6749 §6) and token revocation (RFC 7009).
 //! Form-encoded requests, the client authenticated by `client_id` in the body (public
 //! clients) or HTTP Basic (confidential ones); errors are the JSON `error` and
 //! `error_description`, cleaned and clipped before anyone sees them.
@@ -42,6 +43,7 @@ impl Client<'_> {
 /// The endpoints discovery names.
 #[derive(Debug)]
 pub(crate) struct Endpoints {
+    pub(crate) authorization: Option<url::Url>,
     pub(crate) token: url::Url,
     pub(crate) device_authorization: Option<url::Url>,
     pub(crate) revocation: Option<url::Url>,
@@ -52,6 +54,7 @@ pub(crate) fn discover(http: &HttpClient, issuer: &str) -> Result<Endpoints, Str
     #[derive(Deserialize)]
     struct Document {
         issuer: Option<String>,
+        authorization_endpoint: Option<String>,
         token_endpoint: Option<String>,
         device_authorization_endpoint: Option<String>,
         revocation_endpoint: Option<String>,
@@ -74,6 +77,7 @@ pub(crate) fn discover(http: &HttpClient, issuer: &str) -> Result<Endpoints, Str
         Ok(Some(url))
     };
     Ok(Endpoints {
+        authorization: endpoint("authorization_endpoint", doc.authorization_endpoint)?,
         token: endpoint("token_endpoint", doc.token_endpoint)?
             .ok_or_else(|| "discovery document has no `token_endpoint`".to_owned())?,
         device_authorization: endpoint("device_authorization_endpoint", doc.device_authorization_endpoint)?,
@@ -155,6 +159,29 @@ pub(crate) fn poll(
         Some("access_denied") => Poll::Denied,
         _ => return Err(format!("token endpoint refused the device code: {}", oauth_error(status, &body))),
     })
+}
+
+/// Redeems an authorization code with its PKCE verifier (RFC 6749 §4.1.3, RFC 7636 §4.5).
+/// Never retried once delivered: a code is good for one request.
+pub(crate) fn redeem(
+    http: &HttpClient,
+    endpoint: &url::Url,
+    client: &Client<'_>,
+    code: &Secret,
+    redirect_uri: &str,
+    verifier: &Secret,
+) -> Result<Tokens, String> {
+    let form = vec![
+        ("grant_type", "authorization_code".to_owned()),
+        ("code", code.expose().to_owned()),
+        ("redirect_uri", redirect_uri.to_owned()),
+        ("code_verifier", verifier.expose().to_owned()),
+    ];
+    let (status, body) = post_form(http, endpoint, client, form, Retry::Undelivered)?;
+    if status != 200 {
+        return Err(format!("token endpoint refused the authorization code: {}", oauth_error(status, &body)));
+    }
+    tokens(&body)
 }
 
 /// Why a refresh failed: the provider refused (the login is over), or it could not be
