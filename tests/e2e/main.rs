@@ -2,6 +2,7 @@
 
 mod admin;
 mod approval;
+mod approval_webhook;
 mod aws;
 mod cargo;
 mod cedar_policies;

@@ -121,6 +121,9 @@ pub struct ConfigFile {
     /// `0s` never), as a duration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_idle: Option<String>,
+    /// Where to announce approvals as they open and are decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_webhook: Option<crate::webhook::ApprovalWebhookEntry>,
 }
 
 /// Administrators: the ID tokens of one trusted issuer whose claims match. Matching any
@@ -253,6 +256,8 @@ pub struct Config {
     pub administrators: Vec<AdministratorEntry>,
     /// How long a session may go unused; `None` lets it idle until it expires.
     pub session_idle: Option<Duration>,
+    /// Where to announce approvals as they open and are decided.
+    pub approval_webhook: Option<crate::webhook::ApprovalWebhook>,
 }
 
 impl Config {
@@ -376,6 +381,7 @@ impl Config {
             approvers: raw.approvers,
             administrators: raw.administrators,
             session_idle,
+            approval_webhook: raw.approval_webhook.map(crate::webhook::ApprovalWebhook::from_entry).transpose()?,
         })
     }
 }

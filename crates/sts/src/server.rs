@@ -44,6 +44,8 @@ pub struct Sts {
     pub(crate) approvals: crate::approval::Approvals,
     /// Sessions' expiries and last uses (in this process only).
     pub(crate) sessions: crate::sessions::Sessions,
+    /// Where approvals are announced, when configured.
+    pub(crate) webhook: Option<crate::webhook::Webhook>,
 }
 
 impl Sts {
@@ -87,7 +89,8 @@ impl Sts {
         let audit = Audit::open(config.audit_log.as_deref()).map_err(|e| format!("cannot open audit log: {e}"))?;
         let approvals = crate::approval::Approvals::new(config.approval_ttl, config.approval_interval);
         let sessions = crate::sessions::Sessions::new(config.session_idle);
-        Ok(Self { config, key, verifier, policy, cedar, audit, own_key, revocations, approvals, sessions })
+        let webhook = config.approval_webhook.as_ref().map(crate::webhook::Webhook::new).transpose()?;
+        Ok(Self { config, key, verifier, policy, cedar, audit, own_key, revocations, approvals, sessions, webhook })
     }
 
     /// Loads the Cedar policies again now (as SIGHUP does); a failure keeps those in force.
@@ -533,9 +536,12 @@ fn pending(
         intent,
         group: need.group.clone(),
         policies: need.policies.clone(),
+        operation: need.operation.clone(),
+        target: need.target.clone(),
         person,
     };
     let line = Line { policies: Some(&need.policies), group: Some(&need.group), ..line };
+    let announced = sts.webhook.is_some().then(|| request.clone());
     let created = match sts.approvals.create(request, std::time::Instant::now()) {
         Ok(created) => created,
         Err(reason) => return Err(denied(sts, Refusal { code: OAuthError::TemporarilyUnavailable, reason }, line)),
@@ -547,6 +553,12 @@ fn pending(
         approval: Some(&created.id),
         ..line
     });
+    if let (Some(webhook), Some(request)) = (&sts.webhook, announced) {
+        let uri = format!("{}/approve/{}", sts.config.issuer, created.id);
+        let expires_at = time::OffsetDateTime::now_utc() + created.expires_in;
+        let body = crate::webhook::body(&created.id, &uri, &request, expires_at, None);
+        webhook.announce(&body, std::time::Instant::now() + created.expires_in);
+    }
     Ok(approval_answer(json!({
         "error": OAuthError::AuthorizationPending.as_str(),
         "error_description": need.description,
