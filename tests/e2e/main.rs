@@ -8,6 +8,7 @@ mod cargo;
 mod cedar_policies;
 mod delegation;
 mod demo;
+mod discovery;
 mod doctor;
 mod exchange_faults;
 mod exec;

@@ -188,20 +188,38 @@ async fn jwks(State(sts): State<Arc<Sts>>) -> Response {
     axum::Json(json!({"keys": [sts.key.jwk()]})).into_response()
 }
 
+/// What this exchange supports (RFC 8414 names where registered, `mayfly_` ones where not).
 async fn discovery(State(sts): State<Arc<Sts>>) -> Response {
     let base = &sts.config.issuer;
-    axum::Json(json!({
+    let signing_alg = match sts.key.algorithm() {
+        Algorithm::Es256 => "ES256",
+        Algorithm::Rs256 => "RS256",
+    };
+    let mut metadata = json!({
         "issuer": base,
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "token_endpoint": format!("{base}/token"),
+        // The subject token is the credential: no client authenticates at `/token`.
+        "token_endpoint_auth_methods_supported": ["none"],
+        "grant_types_supported": [TOKEN_EXCHANGE_GRANT],
         "revocation_endpoint": format!("{base}/revoke"),
         "revocation_endpoint_auth_methods_supported": ["none"],
         "introspection_endpoint": format!("{base}/introspect"),
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic"],
-        "grant_types_supported": [TOKEN_EXCHANGE_GRANT],
-        "id_token_signing_alg_values_supported": ["ES256"],
-    }))
-    .into_response()
+        "id_token_signing_alg_values_supported": [signing_alg],
+        "mayfly_subject_token_types_supported": [ID_TOKEN_TYPE, JWT_TOKEN_TYPE],
+        "mayfly_actor_token_types_supported": [ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TOKEN_TYPE],
+        "mayfly_requested_token_types_supported": [ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE],
+        "mayfly_issued_token_signing_alg_values_supported": [signing_alg],
+        "mayfly_session_scope": SESSION_SCOPE,
+    });
+    if !sts.config.approvers.is_empty() {
+        metadata["mayfly_approval_endpoint"] = Value::from(format!("{base}/approve"));
+    }
+    if !sts.config.administrators.is_empty() {
+        metadata["mayfly_admin_revocation_endpoint"] = Value::from(format!("{base}/admin/revoke"));
+    }
+    axum::Json(metadata).into_response()
 }
 
 /// A parsed form body.
