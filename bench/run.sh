@@ -13,6 +13,9 @@ fi
 MAYFLY_BIN_DIR="$PWD/target/bench-bin" cargo bench -p mayfly-tests --bench git_helper --locked
 # What a hostile 64 KiB request costs mayfly-sts, and exchange latency while they arrive.
 MAYFLY_BIN_DIR="$PWD/target/bench-bin" cargo bench -p mayfly-tests --bench sts_hostile --locked
+# Exchanges with 100 Cedar policies: server CPU per exchange beside one RS256 verify plus
+# one ES256 sign, and latency at concurrency 1, 8 and 64 (MAYFLY_BENCH_* keep it short).
+MAYFLY_BIN_DIR="$PWD/target/bench-bin" cargo bench -p mayfly-tests --bench sts_throughput --locked
 
 # What a hookless tool's shim and a `mayfly exec` session add to the command they run
 # (no route matches, so this is the wrapping alone: config read, PATH walk, exec; and for

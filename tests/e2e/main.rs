@@ -3,12 +3,14 @@
 mod admin;
 mod approval;
 mod approval_page;
+mod approval_webhook;
 mod aws;
 mod browser_login;
 mod cargo;
 mod cedar_policies;
 mod delegation;
 mod demo;
+mod discovery;
 mod doctor;
 mod exchange_faults;
 mod exec;

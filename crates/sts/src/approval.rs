@@ -124,6 +124,9 @@ pub(crate) struct Request {
     pub(crate) intent: Option<Value>,
     pub(crate) group: String,
     pub(crate) policies: Vec<String>,
+    /// The operation held back (`write`) and what it is on (`HOST/PATH`), for announcements.
+    pub(crate) operation: String,
+    pub(crate) target: String,
     /// The requester's value of `same_person_claim`, when configured and present.
     pub(crate) person: Option<String>,
 }
@@ -400,7 +403,15 @@ mod tests {
     }
 
     fn request(binding: Binding) -> Request {
-        Request { binding, intent: None, group: "release".into(), policies: vec!["p".into()], person: None }
+        Request {
+            binding,
+            intent: None,
+            group: "release".into(),
+            policies: vec!["p".into()],
+            operation: "write".into(),
+            target: "git.example/org/r".into(),
+            person: None,
+        }
     }
 
     fn alice() -> Approver {

@@ -170,6 +170,13 @@ pub(crate) fn record(
         Err(DecideError::Expired) => return Err(expired()),
         Err(DecideError::AlreadyDecided(status)) => return Err(already(status)),
     }
+    if let Some(webhook) = &sts.webhook {
+        let uri = format!("{}/approve/{id}", sts.config.issuer);
+        let expires_at = time::OffsetDateTime::now_utc() + view.expires_in;
+        let decision = crate::webhook::Decision { approved: approve, approver: &approver, reason: reason.as_deref() };
+        let body = crate::webhook::body(id, &uri, &view.request, expires_at, Some(&decision));
+        webhook.announce(&body, now + view.expires_in);
+    }
     let binding = &view.request.binding;
     let outcome = if approve { "approved" } else { "denied" };
     sts.audit.write(&Line {

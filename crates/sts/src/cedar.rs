@@ -79,6 +79,10 @@ pub struct ScopeDecision {
     pub described: String,
     /// The operation and what it is on, for an approver: `write on h/org/app`.
     pub asked: String,
+    /// The operation alone, for announcements: `write`.
+    pub operation: String,
+    /// What it is on, for announcements: `h/org/app`.
+    pub target: String,
 }
 
 /// The schema and policy sources named in the config.
@@ -266,7 +270,13 @@ impl Loaded {
             &self.all
         };
         let response = Authorizer::new().is_authorized(&request, policies, &entities);
-        let mut decision = ScopeDecision { described, asked, ..ScopeDecision::default() };
+        let mut decision = ScopeDecision {
+            described,
+            asked,
+            operation: target.action.to_string(),
+            target: target.entity_id().to_string(),
+            ..ScopeDecision::default()
+        };
         // Cedar reports the policies in no set order; sorted, a decision reads the same each time.
         let mut reasons: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
         reasons.sort();

@@ -124,6 +124,9 @@ pub struct ConfigFile {
     /// How approvers sign in to the approval page in a browser; none means no page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval_login: Option<ApprovalLogin>,
+    /// Where to announce approvals as they open and are decided.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_webhook: Option<crate::webhook::ApprovalWebhookEntry>,
 }
 
 /// Administrators: the ID tokens of one trusted issuer whose claims match. Matching any
@@ -313,6 +316,8 @@ pub struct Config {
     pub session_idle: Option<Duration>,
     /// The approval page's OpenID Connect login, checked.
     pub approval_login: Option<ApprovalLogin>,
+    /// Where to announce approvals as they open and are decided.
+    pub approval_webhook: Option<crate::webhook::ApprovalWebhook>,
 }
 
 impl Config {
@@ -440,6 +445,7 @@ impl Config {
             administrators: raw.administrators,
             session_idle,
             approval_login: raw.approval_login,
+            approval_webhook: raw.approval_webhook.map(crate::webhook::ApprovalWebhook::from_entry).transpose()?,
         })
     }
 }

@@ -8,7 +8,8 @@
 //! resource servers see revocations. A Cedar forbid annotated `@approval("GROUP")` holds a
 //! request until a person of GROUP approves it (human approval, kept in memory). Sessions
 //! end when revoked, when an administrator ends them (`POST /admin/revoke`), or on their
-//! next use after `session_idle` unused (last uses kept in memory).
+//! next use after `session_idle` unused (last uses kept in memory). An optional webhook
+//! announces approvals as they open and are decided.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -31,6 +32,7 @@ mod revocation;
 mod server;
 mod sessions;
 mod verify;
+mod webhook;
 
 pub use config::{
     AdministratorEntry, ApprovalLogin, ApproverEntry, Config, ConfigFile, Error as ConfigError, IntrospectionClient,
@@ -42,3 +44,4 @@ pub use policy::{Acting, ApprovalNeed, ApprovalState, Denial, ExchangeAsk, Grant
 pub use revocation::{RedbStore, RevocationStore};
 pub use server::{Sts, policy_handle, serve};
 pub use verify::{Rejection, VerifiedSubject, Verifier};
+pub use webhook::{ApprovalWebhook, ApprovalWebhookEntry};

@@ -56,6 +56,20 @@ pub struct ApprovalNeed {
     pub policies: Vec<String>,
     /// What needs approval, for the client: `write on HOST/PATH needs approval (policy ID)`.
     pub description: String,
+    /// The operation held back (`write`), for announcements.
+    pub operation: String,
+    /// What it is on (`HOST/PATH`), for announcements.
+    pub target: String,
+}
+
+/// A scope an `@approval` forbid holds back.
+struct Held {
+    group: String,
+    policy: String,
+    /// `write on HOST/PATH`.
+    asked: String,
+    operation: String,
+    target: String,
 }
 
 /// Who acts for the subject (RFC 8693 delegation), as a policy sees it.
@@ -242,8 +256,7 @@ impl Policy for Staged {
         let principal_type = if self.people.contains(&ask.subject.issuer) { "Person" } else { "Workload" };
         let mut permits = Vec::new();
         let mut unpermitted = None;
-        // Scopes an `@approval` forbid holds back: (group, policy, what was asked).
-        let mut held: Vec<(String, String, String)> = Vec::new();
+        let mut held: Vec<Held> = Vec::new();
         let scopes = policies.scopes(&ask, principal_type);
         for scope in ask.scopes {
             let decision = scopes.decide(scope, true).map_err(|reason| Denial {
@@ -259,7 +272,13 @@ impl Policy for Staged {
                 });
             }
             if !decision.approvals.is_empty() {
-                held.extend(decision.approvals.into_iter().map(|(id, group)| (group, id, decision.asked.clone())));
+                held.extend(decision.approvals.into_iter().map(|(policy, group)| Held {
+                    group,
+                    policy,
+                    asked: decision.asked.clone(),
+                    operation: decision.operation.clone(),
+                    target: decision.target.clone(),
+                }));
                 continue;
             }
             if decision.permits.is_empty() && unpermitted.is_none() {
@@ -271,14 +290,14 @@ impl Policy for Staged {
                 }
             }
         }
-        if let Some((_, id, _)) = held.first() {
+        if let Some(Held { policy: id, .. }) = held.first() {
             if matches!(ask.approval, ApprovalState::Approved { .. }) {
                 return Err(Denial {
                     code: OAuthError::InvalidScope,
                     reason: format!(
                         "policy `{id}` still refuses the approved request; its `unless` must accept `context.approval.state == \"approved\"`"
                     ),
-                    policies: held.iter().map(|(_, id, _)| id.clone()).collect(),
+                    policies: held.iter().map(|h| h.policy.clone()).collect(),
                 });
             }
             return self.held_back(original, held);
@@ -346,11 +365,11 @@ impl Policy for Staged {
 impl Staged {
     /// A request that `@approval` forbids hold back: granted on condition of approval when
     /// it would pass once approved, so no one is asked to approve what would be refused.
-    fn held_back(&self, ask: &ExchangeAsk<'_>, held: Vec<(String, String, String)>) -> Result<Grant, Denial> {
-        let mut groups: Vec<&str> = held.iter().map(|(group, _, _)| group.as_str()).collect();
+    fn held_back(&self, ask: &ExchangeAsk<'_>, held: Vec<Held>) -> Result<Grant, Denial> {
+        let mut groups: Vec<&str> = held.iter().map(|h| h.group.as_str()).collect();
         groups.sort_unstable();
         groups.dedup();
-        let mut policies: Vec<String> = held.iter().map(|(_, id, _)| id.clone()).collect();
+        let mut policies: Vec<String> = held.iter().map(|h| h.policy.clone()).collect();
         policies.dedup();
         if groups.len() > 1 {
             return Err(Denial {
@@ -364,9 +383,15 @@ impl Staged {
         }
         let as_approved = ExchangeAsk { approval: ApprovalState::Approved { approver: None }, ..*ask };
         let grant = self.decide(&as_approved)?;
-        let (group, id, asked) = &held[0];
-        let description = format!("{asked} needs approval (policy {id})");
-        Ok(Grant { approval: Some(ApprovalNeed { group: group.clone(), policies, description }), ..grant })
+        let first = &held[0];
+        let need = ApprovalNeed {
+            group: first.group.clone(),
+            policies,
+            description: format!("{} needs approval (policy {})", first.asked, first.policy),
+            operation: first.operation.clone(),
+            target: first.target.clone(),
+        };
+        Ok(Grant { approval: Some(need), ..grant })
     }
 }
 

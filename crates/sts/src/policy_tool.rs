@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::OAuthError;
 use crate::cedar::{Handle, Sources};
 use crate::config::Config;
-use crate::policy::{Denial, ExchangeAsk, Grant, Policy, Rules, Staged};
+use crate::policy::{Acting, Denial, ExchangeAsk, Grant, Policy, Rules, Staged};
 use crate::verify::VerifiedSubject;
 
 /// Validates the config's policies against the schema: a line to print, or the error.
@@ -50,6 +50,11 @@ struct Case {
     scope: String,
     ttl: Option<String>,
     intent: Option<Value>,
+    /// Who acts for the subject: the `act` claim a token would carry (`sub`, and `iss`,
+    /// `declared`, `session`, `host`, a nested `act` as the exchange writes them).
+    actor: Option<Value>,
+    /// Who vouches for the actor: by default its `iss`, else this exchange (a declared agent).
+    actor_issuer: Option<String>,
     expect: Expect,
     /// The policies expected to determine the decision (permits, or the forbids).
     policies: Option<Vec<String>>,
@@ -114,8 +119,14 @@ pub fn test(file: &Path, config: Option<&Config>) -> Result<Report, String> {
             .transpose()
             .map_err(|e| format!("case `{}`: ttl: {e}", case.name))?;
         let intent = case.intent.as_ref().map(mayfly_core::shape::scrub_intent);
+        let actor = actor(case, config)?;
         let outcome: Result<Grant, Denial> = mayfly_core::scope::parse_requested(&case.scope)
             .map_err(|e| e.to_string())
+            .and_then(|scopes| match &actor {
+                // As the exchange does before any policy: the subject's `may_act` must name the actor.
+                Some(actor) => crate::delegation::check_may_act(&subject, actor).map(|()| scopes),
+                None => Ok(scopes),
+            })
             .and_then(|scopes| match scopes.iter().find(|s| !staged.grants_shape(s)) {
                 Some(s) => Err(format!("scope `{s}` is of a shape no rule or policy grants")),
                 None => Ok(scopes.into_iter().map(str::to_owned).collect::<Vec<_>>()),
@@ -128,7 +139,7 @@ pub fn test(file: &Path, config: Option<&Config>) -> Result<Report, String> {
                     scopes: &scopes,
                     ttl,
                     intent: intent.as_ref(),
-                    actor: None,
+                    actor: actor.as_ref().map(|a| Acting { act: &a.act, issuer: &a.issuer }),
                     approval: crate::policy::ApprovalState::None,
                 };
                 staged.decide(&ask)
@@ -191,6 +202,24 @@ pub fn test(file: &Path, config: Option<&Config>) -> Result<Report, String> {
         ]);
     }
     Ok(Report { table: table(&rows), failed })
+}
+
+/// The case's actor, checked as the exchange checks an `act` chain.
+fn actor(case: &Case, config: Option<&Config>) -> Result<Option<crate::delegation::Actor>, String> {
+    let Some(act) = &case.actor else {
+        return match case.actor_issuer {
+            Some(_) => Err(format!("case `{}`: `actor_issuer` without an `actor`", case.name)),
+            None => Ok(None),
+        };
+    };
+    crate::delegation::chain_depth(act).map_err(|e| format!("case `{}`: actor: {e}", case.name))?;
+    let issuer = case
+        .actor_issuer
+        .clone()
+        .or_else(|| act.get("iss").and_then(Value::as_str).map(str::to_owned))
+        .or_else(|| config.map(|c| c.issuer.clone()))
+        .unwrap_or_else(|| "mayfly-sts".to_owned());
+    Ok(Some(crate::delegation::Actor { act: act.clone(), issuer, sid: None, until: None }))
 }
 
 fn table(rows: &[[String; 6]]) -> String {

@@ -46,6 +46,8 @@ pub struct Sts {
     pub(crate) sessions: crate::sessions::Sessions,
     /// The approval page's sign-in, when `[approval_login]` configures one.
     pub(crate) login: Option<crate::approval_login::Login>,
+    /// Where approvals are announced, when configured.
+    pub(crate) webhook: Option<crate::webhook::Webhook>,
 }
 
 impl Sts {
@@ -91,7 +93,21 @@ impl Sts {
         let sessions = crate::sessions::Sessions::new(config.session_idle);
         let login =
             config.approval_login.as_ref().map(|l| crate::approval_login::Login::new(l, &config)).transpose()?;
-        Ok(Self { config, key, verifier, policy, cedar, audit, own_key, revocations, approvals, sessions, login })
+        let webhook = config.approval_webhook.as_ref().map(crate::webhook::Webhook::new).transpose()?;
+        Ok(Self {
+            config,
+            key,
+            verifier,
+            policy,
+            cedar,
+            audit,
+            own_key,
+            revocations,
+            approvals,
+            sessions,
+            login,
+            webhook,
+        })
     }
 
     /// Loads the Cedar policies again now (as SIGHUP does); a failure keeps those in force.
@@ -190,20 +206,38 @@ async fn jwks(State(sts): State<Arc<Sts>>) -> Response {
     axum::Json(json!({"keys": [sts.key.jwk()]})).into_response()
 }
 
+/// What this exchange supports (RFC 8414 names where registered, `mayfly_` ones where not).
 async fn discovery(State(sts): State<Arc<Sts>>) -> Response {
     let base = &sts.config.issuer;
-    axum::Json(json!({
+    let signing_alg = match sts.key.algorithm() {
+        Algorithm::Es256 => "ES256",
+        Algorithm::Rs256 => "RS256",
+    };
+    let mut metadata = json!({
         "issuer": base,
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "token_endpoint": format!("{base}/token"),
+        // The subject token is the credential: no client authenticates at `/token`.
+        "token_endpoint_auth_methods_supported": ["none"],
+        "grant_types_supported": [TOKEN_EXCHANGE_GRANT],
         "revocation_endpoint": format!("{base}/revoke"),
         "revocation_endpoint_auth_methods_supported": ["none"],
         "introspection_endpoint": format!("{base}/introspect"),
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic"],
-        "grant_types_supported": [TOKEN_EXCHANGE_GRANT],
-        "id_token_signing_alg_values_supported": ["ES256"],
-    }))
-    .into_response()
+        "id_token_signing_alg_values_supported": [signing_alg],
+        "mayfly_subject_token_types_supported": [ID_TOKEN_TYPE, JWT_TOKEN_TYPE],
+        "mayfly_actor_token_types_supported": [ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TOKEN_TYPE],
+        "mayfly_requested_token_types_supported": [ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE],
+        "mayfly_issued_token_signing_alg_values_supported": [signing_alg],
+        "mayfly_session_scope": SESSION_SCOPE,
+    });
+    if !sts.config.approvers.is_empty() {
+        metadata["mayfly_approval_endpoint"] = Value::from(format!("{base}/approve"));
+    }
+    if !sts.config.administrators.is_empty() {
+        metadata["mayfly_admin_revocation_endpoint"] = Value::from(format!("{base}/admin/revoke"));
+    }
+    axum::Json(metadata).into_response()
 }
 
 /// A parsed form body.
@@ -538,9 +572,12 @@ fn pending(
         intent,
         group: need.group.clone(),
         policies: need.policies.clone(),
+        operation: need.operation.clone(),
+        target: need.target.clone(),
         person,
     };
     let line = Line { policies: Some(&need.policies), group: Some(&need.group), ..line };
+    let announced = sts.webhook.is_some().then(|| request.clone());
     let created = match sts.approvals.create(request, std::time::Instant::now()) {
         Ok(created) => created,
         Err(reason) => return Err(denied(sts, Refusal { code: OAuthError::TemporarilyUnavailable, reason }, line)),
@@ -552,6 +589,12 @@ fn pending(
         approval: Some(&created.id),
         ..line
     });
+    if let (Some(webhook), Some(request)) = (&sts.webhook, announced) {
+        let uri = format!("{}/approve/{}", sts.config.issuer, created.id);
+        let expires_at = time::OffsetDateTime::now_utc() + created.expires_in;
+        let body = crate::webhook::body(&created.id, &uri, &request, expires_at, None);
+        webhook.announce(&body, std::time::Instant::now() + created.expires_in);
+    }
     Ok(approval_answer(json!({
         "error": OAuthError::AuthorizationPending.as_str(),
         "error_description": need.description,

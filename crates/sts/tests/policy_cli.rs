@@ -137,3 +137,83 @@ fn test_prints_a_table_and_exits_by_outcome() {
     let out = sts(dir.path(), &["policy", "test", "cases.toml", "--config", "sts.toml"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+const AGENTS_POLICY: &str = r#"
+@id("agents-read-only")
+@reason("agents may read but not write")
+forbid(principal, action == Action::"write", resource is GitRepository)
+when { context has actor && context.actor.subject like "agent:*" };
+"#;
+
+fn agent_cases(expect_agent_write: &str, actor: &str) -> String {
+    format!(
+        r#"
+[[case]]
+name = "claude reads for bob"
+issuer = "https://issuer"
+subject = "user:bob"
+claims = {{ repository = "org/app" }}
+actor = {actor}
+audience = "https://git.example"
+scope = "repo:org/app:read"
+expect = "allow"
+
+[[case]]
+name = "claude writes for bob"
+issuer = "https://issuer"
+subject = "user:bob"
+claims = {{ repository = "org/app" }}
+actor = {actor}
+audience = "https://git.example"
+scope = "repo:org/app:write"
+expect = "{expect_agent_write}"
+policies = ["agents-read-only"]
+
+[[case]]
+name = "bob writes himself"
+issuer = "https://issuer"
+subject = "user:bob"
+claims = {{ repository = "org/app" }}
+audience = "https://git.example"
+scope = "repo:org/app:write"
+expect = "allow"
+"#
+    )
+}
+
+#[test]
+fn cases_with_an_actor_test_what_agents_may_do() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path());
+    std::fs::write(dir.path().join("policies/agents.cedar"), AGENTS_POLICY).unwrap();
+    let declared = r#"{ sub = "agent:claude", declared = true, session = "s-1" }"#;
+    std::fs::write(dir.path().join("cases.toml"), agent_cases("deny", declared)).unwrap();
+    let out = sts(dir.path(), &["policy", "test", "cases.toml", "--config", "sts.toml"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("agents may read but not write"), "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("ok")).count(), 3, "{stdout}");
+
+    // Expecting the agent's write to pass mismatches: exit 1, that case failing.
+    std::fs::write(dir.path().join("cases.toml"), agent_cases("allow", declared)).unwrap();
+    let out = sts(dir.path(), &["policy", "test", "cases.toml", "--config", "sts.toml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let failing: Vec<String> = text(&out.stdout).lines().filter(|l| l.starts_with("FAIL")).map(str::to_owned).collect();
+    assert_eq!(failing.len(), 1, "{failing:?}");
+    assert!(failing[0].contains("claude writes for bob") && failing[0].contains("deny"), "{failing:?}");
+
+    // A person acting for bob (an ID token's actor, vouched for by its `iss`) may write.
+    let person = r#"{ sub = "user:alice", iss = "https://issuer" }"#;
+    let cases = agent_cases("allow", person).replace("policies = [\"agents-read-only\"]\n", "");
+    std::fs::write(dir.path().join("cases.toml"), cases).unwrap();
+    let out = sts(dir.path(), &["policy", "test", "cases.toml", "--config", "sts.toml"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+
+    // An actor without `sub` is no actor: the file is invalid, one line says why.
+    std::fs::write(dir.path().join("cases.toml"), agent_cases("deny", r#"{ declared = true }"#)).unwrap();
+    let out = sts(dir.path(), &["policy", "test", "cases.toml", "--config", "sts.toml"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("case `claude reads for bob`: actor: an `act` entry has no `sub`"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
