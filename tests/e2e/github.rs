@@ -203,3 +203,33 @@ fn a_repository_without_a_trust_policy_is_one_line_with_octo_sts_message_and_no_
     let denied = stack.client_audit().into_iter().find(|l| l["outcome"] == "denied").expect("the refusal is audited");
     assert_eq!(denied["scope"], "org/secret mayfly-read");
 }
+
+#[test]
+fn explain_shows_the_octo_sts_request_and_its_exchange_mode_revokes_at_once() {
+    let stack = Stack::builder().github().start();
+    let explain = |extra: &[&str]| {
+        let out = Command::new(bin("mayfly"))
+            .args(["explain", "git", &stack.github_repo_url("org/app.git"), "--operation", "write"])
+            .args(extra)
+            .env_clear()
+            .envs(stack.env())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = explain(&[]);
+    assert!(text.contains("org/app mayfly-write"), "the two-word scope: {text}");
+    assert!(text.contains("octo-sts") && text.contains(&stack.github().exchange_url()), "{text}");
+    assert!(text.contains(&format!("revokes at {}", stack.github().revocation_url())), "{text}");
+    assert!(text.contains("as Basic, username `x-access-token`"), "{text}");
+    assert!(
+        text.contains("a fresh ID token per exchange, never cached, for the audience the exchange names"),
+        "{text}"
+    );
+    assert_eq!(stack.github().minted(), (0, 0), "explain alone asks nothing");
+    let text = explain(&["--exchange"]);
+    assert!(!text.contains("ghs_"), "the token is never shown: {text}");
+    assert_eq!(stack.github().minted(), (1, 1), "minted for real, then revoked at once");
+    assert_eq!(revocations(&stack), 1);
+}
