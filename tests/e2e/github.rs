@@ -233,3 +233,20 @@ fn explain_shows_the_octo_sts_request_and_its_exchange_mode_revokes_at_once() {
     assert_eq!(stack.github().minted(), (1, 1), "minted for real, then revoked at once");
     assert_eq!(revocations(&stack), 1);
 }
+
+#[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
+fn an_octo_sts_scope_that_is_not_two_words_is_one_config_line() {
+    if !require_tool("git") {
+        return;
+    }
+    let stack = Stack::builder().github().start();
+    let route = mayfly_core::RouteEntry { scope: Some("{path}".into()), ..stack.github_route(&["read"]) };
+    stack.write_config(&mayfly_tests::routes_toml(vec![route]));
+    let out = stack.git(&stack.work, &["clone", &stack.github_repo_url("org/app.git"), "app"]);
+    assert!(!out.status.success());
+    let lines = mayfly_lines(&out.stderr);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("an octo-sts scope is two words"), "{}", lines[0]);
+    assert!(stack.github().requests().iter().all(|r| r.path != "/sts/exchange"), "nothing was asked");
+}
