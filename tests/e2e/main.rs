@@ -15,6 +15,7 @@ mod doctor;
 mod exchange_faults;
 mod exec;
 mod git_flow;
+mod github;
 mod guard;
 mod helper_protocol;
 mod hostile_input;

@@ -11,7 +11,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use mayfly_core::{ConfigFile, ExchangeEntry, IdentityEntry, RouteEntry, SettingsEntry};
-use mayfly_devstack::{CargoRegistry, DevCa, DevIssuer, GitServer, KubeApiServer, ModuleRegistry, StsClient};
+use mayfly_devstack::{
+    CargoRegistry, DevCa, DevIssuer, GitHub, GitServer, KubeApiServer, ModuleRegistry, StsClient, TrustPolicy,
+};
 use mayfly_sts::{ConfigFile as StsConfig, RuleEntry};
 use serde_json::{Value, json};
 
@@ -100,6 +102,7 @@ pub struct Builder {
     registry: bool,
     cargo: bool,
     oci: bool,
+    github: bool,
     sts_binary: bool,
 }
 
@@ -127,6 +130,12 @@ impl Builder {
     /// A port for an OCI registry the test starts itself, with the exchange's rules for it.
     pub fn oci(mut self) -> Self {
         self.oci = true;
+        self
+    }
+    /// The GitHub stand-in (octo-sts, installation tokens, git), with repositories
+    /// `org/app` and `org/docs` and the trust policies `github_policies` registers.
+    pub fn github(mut self) -> Self {
+        self.github = true;
         self
     }
     /// Every server: for tests of the whole wiring (setup, doctor).
@@ -175,6 +184,7 @@ pub struct Stack {
     registry: Option<ModuleRegistry>,
     cargo: Option<CargoRegistry>,
     oci_port: Option<u16>,
+    github: Option<GitHub>,
     /// The exchange.
     pub sts: StsProcess,
     // Last, so the servers stop after everything that uses them.
@@ -236,6 +246,8 @@ impl Stack {
         });
         let cargo = wanted.cargo.then(|| CargoRegistry::start(&runtime, &ca, &client).expect("cargo registry"));
         let oci_port = wanted.oci.then(free_port);
+        let github =
+            wanted.github.then(|| GitHub::start(&runtime, dir.path().join("github"), &ca, &issuer).expect("GitHub"));
         let servers = Servers {
             git: git.as_ref().map(|s| s.base_url.as_str()),
             kube: kube.as_ref().map(|s| s.base_url.as_str()),
@@ -261,6 +273,11 @@ impl Stack {
             git.create_repo("org/app.git").expect("repo");
             git.create_repo("org/docs.git").expect("repo");
         }
+        if let Some(github) = &github {
+            github.create_repo("org/app.git").expect("repo");
+            github.create_repo("org/docs.git").expect("repo");
+            github_policies(github, &issuer);
+        }
         let stack = Self {
             dir,
             runtime_dir,
@@ -273,12 +290,16 @@ impl Stack {
             registry,
             cargo,
             oci_port,
+            github,
             sts,
             _runtime: runtime,
         };
         stack.write_config(&stack.default_routes());
-        if stack.git.is_some() {
-            stack.wire_git();
+        if let Some(git) = &stack.git {
+            stack.wire_git(&git.base_url);
+        }
+        if let Some(github) = &stack.github {
+            stack.wire_git(&github.base_url);
         }
         stack
     }
@@ -286,6 +307,30 @@ impl Stack {
     /// The git server.
     pub fn git_server(&self) -> &GitServer {
         self.git.as_ref().unwrap_or_else(|| not_started("git server", "git"))
+    }
+
+    /// The GitHub stand-in.
+    pub fn github(&self) -> &GitHub {
+        self.github.as_ref().unwrap_or_else(|| not_started("GitHub stand-in", "github"))
+    }
+
+    /// The URL of a repository on the GitHub stand-in.
+    pub fn github_repo_url(&self, path: &str) -> String {
+        format!("{}/{path}", self.github().base_url)
+    }
+
+    /// The route to the GitHub stand-in's organisation `org` through octo-sts (exchange
+    /// `github`), for these operations.
+    pub fn github_route(&self, operations: &[&str]) -> RouteEntry {
+        RouteEntry {
+            tool: "git".into(),
+            host: Some(self.github().host().into()),
+            path: Some("org".into()),
+            identity: "ci".into(),
+            exchange: "github".into(),
+            operations: Some(operations.iter().map(|o| (*o).to_owned()).collect()),
+            ..Default::default()
+        }
     }
 
     /// The Kubernetes API server.
@@ -351,6 +396,9 @@ impl Stack {
         if let Some(registry) = &self.registry {
             routes.push(self.host_route("terraform", &registry.base_url));
         }
+        if self.github.is_some() {
+            routes.push(routes_toml(vec![self.github_route(&["read", "write"])]));
+        }
         if let Some(cargo) = &self.cargo {
             routes.push(routes_toml(vec![RouteEntry {
                 protocol: Some("http".into()),
@@ -362,10 +410,11 @@ impl Stack {
     }
 
     /// The client config's identities (`ci`: GitHub Actions; `given`: `$MAYFLY_TEST_SUBJECT`)
-    /// and exchange (`sts`), without routes.
+    /// and exchanges (`sts`; `github`, octo-sts at the GitHub stand-in, when it runs),
+    /// without routes.
     pub fn base_config(&self) -> ConfigFile {
         let identity = |kind: &str| IdentityEntry { kind: kind.into(), ..Default::default() };
-        ConfigFile {
+        let mut config = ConfigFile {
             settings: SettingsEntry { refresh_margin: Some("60s".into()) },
             identities: [
                 ("ci".to_owned(), IdentityEntry { audience: Some("mayfly-sts".into()), ..identity("github-actions") }),
@@ -385,7 +434,19 @@ impl Stack {
             )]
             .into(),
             routes: Vec::new(),
+        };
+        if let Some(github) = &self.github {
+            let exchange = ExchangeEntry {
+                kind: "octo-sts".into(),
+                token_endpoint: Some(github.exchange_url()),
+                revocation_endpoint: Some(github.revocation_url()),
+                ca_file: Some(self.ca.ca_cert.clone()),
+                timeout: Some("5s".into()),
+                ..Default::default()
+            };
+            config.exchanges.insert("github".into(), exchange);
         }
+        config
     }
 
     /// Writes the client config: [`Stack::base_config`] and these routes (TOML).
@@ -400,8 +461,7 @@ impl Stack {
         std::fs::write(dir.join("config.toml"), config).expect("write config");
     }
 
-    fn wire_git(&self) {
-        let url = &self.git_server().base_url;
+    fn wire_git(&self, url: &str) {
         let helper = bin("git-credential-mayfly").display().to_string();
         for (key, value) in [
             ("user.name", "mayfly test"),
@@ -520,6 +580,22 @@ impl Default for Stack {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The trust policies every GitHub stand-in starts with: `org/app` reads and pushes
+/// itself from `main` (`mayfly-read`, `mayfly-write`); any `org` workflow reads
+/// `org/docs` (`mayfly-read`, by `subject_pattern`).
+fn github_policies(github: &GitHub, issuer: &DevIssuer) {
+    let policy = |subject: Option<&str>, pattern: Option<&str>, contents: &str| TrustPolicy {
+        issuer: issuer.issuer().into(),
+        subject: subject.map(str::to_owned),
+        subject_pattern: pattern.map(str::to_owned),
+        permissions: vec![("contents".into(), contents.into())],
+    };
+    let main = Some("repo:org/app:ref:refs/heads/main");
+    github.trust("org/app", "mayfly-read", policy(main, None, "read"));
+    github.trust("org/app", "mayfly-write", policy(main, None, "write"));
+    github.trust("org/docs", "mayfly-read", policy(None, Some("repo:org/[^/]+:.*"), "read"));
 }
 
 /// The resource servers the exchange mints for, those the stack started.

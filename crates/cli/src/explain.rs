@@ -238,8 +238,11 @@ fn describe(env: &Env, config: &Config, route: &Route, target: &Target, operatio
     let identity = &config.identities[&route.identity];
     let source = format!("{} {}", identity.kind(), identity.origin(env));
     let audience = if exchange.kind.wants_fresh_subject() {
-        // The registry checks the ID token itself, and takes each one once.
-        format!("a fresh ID token per exchange, never cached, audience {}", route.audience)
+        // The exchange checks the ID token's audience itself (a registry takes each once).
+        match route.audience.as_str() {
+            "" => "a fresh ID token per exchange, never cached, for the audience the exchange names".to_owned(),
+            audience => format!("a fresh ID token per exchange, never cached, audience {audience}"),
+        }
     } else {
         identity.audience.as_deref().map_or_else(|| "the source's own audience".into(), |a| format!("audience {a}"))
     };

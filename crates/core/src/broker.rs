@@ -285,8 +285,9 @@ impl Broker {
             .map_err(|source| Error::Http { route: route.name.clone(), source })?;
         let exchange_error = |source| Error::Exchange { route: route.name.clone(), source };
         let exchange = exchange_config.kind.protocol();
-        let subject = if exchange.registry_tool().is_some() {
-            // The registry checks the ID token itself, and takes each one once.
+        let subject = if exchange.fetches_subject_per_request() {
+            // The exchange checks the ID token's audience itself (a registry takes each
+            // one once).
             let audience = exchange.subject_audience(exchange_config, &http, route).map_err(exchange_error)?;
             let http = || HttpClient::new(IDENTITY_TIMEOUT, None);
             identity::fetch(identity_config, Some(&audience), &self.env, &http, now)

@@ -147,12 +147,12 @@ pub struct IdentityEntry {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExchangeEntry {
-    /// The exchange kind (`rfc8693`, `aws-sts`, `crates-io`, `npm`, `pypi`).
+    /// The exchange kind (`rfc8693`, `aws-sts`, `crates-io`, `npm`, `pypi`, `octo-sts`).
     pub kind: String,
     /// Where to exchange.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_endpoint: Option<String>,
-    /// Where to revoke (RFC 7009).
+    /// Where to revoke (RFC 7009; GitHub's `installation/token` for octo-sts).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revocation_endpoint: Option<String>,
     /// Extra CA certificates (PEM).
@@ -278,13 +278,15 @@ pub enum ExchangeKind {
     Npm,
     /// PyPI trusted publishing (`mint-token`): the ID token for an upload token.
     Pypi,
+    /// octo-sts: the ID token for a GitHub installation token, as a trust policy allows.
+    OctoSts,
 }
 
 impl ExchangeKind {
     /// True when the exchange is a registry that checks the ID token itself, once: the ID
     /// token is fetched fresh, for the route's audience, and never cached.
     pub fn wants_fresh_subject(self) -> bool {
-        self.protocol().registry_tool().is_some()
+        self.protocol().fetches_subject_per_request()
     }
 
     /// True for a registry's own exchange (trusted publishing): it mints publish tokens
@@ -497,7 +499,7 @@ impl Config {
         // for its tool.
         let kinds = ExchangeKind::ALL
             .into_iter()
-            .filter(|k| *k != ExchangeKind::AwsSts && k.protocol().registry_tool().is_none_or(|t| t == tool))
+            .filter(|k| *k != ExchangeKind::AwsSts && k.protocol().serves(tool))
             .collect::<Vec<_>>();
         self.check_names(&name, &raw, &kinds)?;
         let exchange_config = &self.exchanges[&raw.exchange];
@@ -526,10 +528,14 @@ impl Config {
                 return Err(format!("route `{name}`: unknown scheme `{other}` ({known})"));
             }
         };
+        let scope = ScopeTemplate::parse(
+            raw.scope.as_deref().or_else(|| exchange.default_scope(tool)).unwrap_or(tool.default_scope()),
+        )
+        .map_err(|e| format!("route `{name}`: {e}"))?;
+        exchange.check_scope(&scope).map_err(|e| format!("route `{name}`: {e}"))?;
         Ok(Route {
             audience: raw.audience.unwrap_or_else(|| exchange.default_audience(tool, &protocol, &host)),
-            scope: ScopeTemplate::parse(raw.scope.as_deref().unwrap_or(tool.default_scope()))
-                .map_err(|e| format!("route `{name}`: {e}"))?,
+            scope,
             username: raw
                 .username
                 .unwrap_or_else(|| if tool == Tool::Pypi { "__token__".into() } else { "x-access-token".into() }),
@@ -699,10 +705,10 @@ fn exchange(name: String, raw: ExchangeEntry) -> Result<ExchangeConfig, String> 
     let token_endpoint = parse("token_endpoint", &endpoint)?;
     let revocation_endpoint = match raw.revocation_endpoint {
         Some(_) if !protocol.takes_revocation_endpoint() => {
-            return Err(format!("exchange `{name}`: only an rfc8693 exchange takes `revocation_endpoint`"));
+            return Err(format!("exchange `{name}`: only rfc8693 and octo-sts exchanges take `revocation_endpoint`"));
         }
         Some(value) => Some(parse("revocation_endpoint", &value)?),
-        None => None,
+        None => protocol.default_revocation_endpoint().map(|value| parse("revocation_endpoint", value)).transpose()?,
     };
     let timeout = raw.timeout.as_deref().map(parse_duration).transpose()?.unwrap_or(Duration::from_secs(15));
     let approval_wait = raw.approval_wait.as_deref().map(parse_duration).transpose()?.unwrap_or(DEFAULT_APPROVAL_WAIT);
@@ -852,6 +858,46 @@ mod tests {
         assert!(err.contains("mints publish tokens, not `read`"), "{err}");
         let git = config.replace("tool = \"cargo\"", "tool = \"git\"");
         let err = Config::parse(&git, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("not of the kind this tool needs"), "{err}");
+    }
+
+    #[test]
+    fn octo_sts_routes_are_git_routes_with_a_two_word_scope() {
+        let config = r#"
+            [identities.ci]
+            kind = "github-actions"
+
+            [exchanges.github]
+            kind = "octo-sts"
+
+            [[routes]]
+            tool = "git"
+            host = "github.com"
+            path = "org"
+            identity = "ci"
+            exchange = "github"
+            operations = ["read", "write"]
+        "#;
+        let parsed = Config::parse(config, Path::new("t.toml")).unwrap();
+        let exchange = &parsed.exchanges["github"];
+        assert_eq!(exchange.token_endpoint.as_str(), "https://octo-sts.dev/sts/exchange");
+        assert_eq!(
+            exchange.revocation_endpoint.as_ref().unwrap().as_str(),
+            "https://api.github.com/installation/token"
+        );
+        assert!(exchange.revokes() && exchange.kind.wants_fresh_subject());
+        let route = &parsed.routes[0];
+        assert_eq!(
+            (route.scheme, route.username.as_str(), route.audience.as_str()),
+            (Scheme::Basic, "x-access-token", "")
+        );
+        let t = target("github.com", Some("org/app.git"));
+        assert_eq!(route.scope_for(&t, Operation::Write).unwrap().as_str(), "org/app mayfly-write");
+        let one_word = config.replace("exchange = \"github\"\n", "exchange = \"github\"\nscope = \"{path}\"\n");
+        let err = Config::parse(&one_word, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("an octo-sts scope is two words"), "{err}");
+        let kubectl = config.replace("tool = \"git\"", "tool = \"kubectl\"").replace("path = \"org\"\n", "");
+        let err = Config::parse(&kubectl, Path::new("t.toml")).unwrap_err().to_string();
         assert!(err.contains("not of the kind this tool needs"), "{err}");
     }
 }

@@ -77,6 +77,12 @@ impl ScopeTemplate {
         Ok(Self { text: text.to_owned(), scopes })
     }
 
+    /// How many scope tokens it renders: values cannot add any, so this is known at
+    /// parse time.
+    pub fn count(&self) -> usize {
+        self.scopes.len()
+    }
+
     /// True when the template binds the token to the repository or package path.
     pub fn mentions_path(&self) -> bool {
         self.scopes.iter().flatten().any(|p| *p == Piece::Path)

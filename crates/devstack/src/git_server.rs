@@ -4,7 +4,7 @@
 //! A token's `scope` must hold `repo:<path>:read` to fetch and `repo:<path>:write` to push:
 //! a token for one repository or operation is refused for any other.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,6 +14,7 @@ use crate::gate::{Refusal, TokenGate};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -79,24 +80,29 @@ impl GitServer {
 
     /// Creates a bare repository `path` (e.g. `org/app.git`) under the root.
     pub fn create_repo(&self, path: &str) -> Result<PathBuf, String> {
-        let dir = self.root.join(path);
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let status = std::process::Command::new("git")
-            .args(["init", "--quiet", "--bare", "--initial-branch=main"])
-            .arg(&dir)
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GIT_CONFIG_GLOBAL", "/dev/null")
-            .status()
-            .map_err(|e| format!("cannot run git: {e}"))?;
-        if !status.success() {
-            return Err(format!("git init --bare {} failed", dir.display()));
-        }
-        Ok(dir)
+        create_bare_repo(&self.root, path)
     }
 }
 
+/// Creates a bare repository `path` under `root`, with `main` as its branch.
+pub(crate) fn create_bare_repo(root: &Path, path: &str) -> Result<PathBuf, String> {
+    let dir = root.join(path);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let status = std::process::Command::new("git")
+        .args(["init", "--quiet", "--bare", "--initial-branch=main"])
+        .arg(&dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .status()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if !status.success() {
+        return Err(format!("git init --bare {} failed", dir.display()));
+    }
+    Ok(dir)
+}
+
 /// Which repository a smart-HTTP URL names, and whether the request writes.
-fn parse_request(path: &str, query: Option<&str>, method: &Method) -> Option<(String, bool)> {
+pub(crate) fn parse_request(path: &str, query: Option<&str>, method: &Method) -> Option<(String, bool)> {
     let path = path.trim_start_matches('/');
     let markers = ["/info/refs", "/git-upload-pack", "/git-receive-pack", "/HEAD", "/objects/"];
     let cut = markers.iter().filter_map(|m| path.find(m)).min()?;
@@ -124,23 +130,30 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request<Body>) -> Resp
             return refusal.into_response("mayfly-dev-git");
         }
     };
+    let subject = claims.get("sub").and_then(Value::as_str).unwrap_or("mayfly");
+    let response = serve_repository(&inner.root, &parts, body, subject).await;
+    if response.status().is_success() {
+        inner.stats.served.fetch_add(1, Ordering::SeqCst);
+    }
+    response
+}
+
+/// Serves one request that has been authorised for `user`, by `git http-backend` over
+/// the bare repositories under `root`: the part every git server here shares.
+pub(crate) async fn serve_repository(root: &Path, parts: &Parts, body: Body, user: &str) -> Response {
     let body = match axum::body::to_bytes(body, 64 << 20).await {
         Ok(body) => body,
         Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "body too large\n").into_response(),
     };
-    let subject = claims.get("sub").and_then(Value::as_str).unwrap_or("mayfly");
-    match http_backend(&inner, &parts.method, &parts.uri, &parts.headers, body, subject).await {
-        Ok(response) => {
-            inner.stats.served.fetch_add(1, Ordering::SeqCst);
-            response
-        }
+    match http_backend(root, &parts.method, &parts.uri, &parts.headers, body, user).await {
+        Ok(response) => response,
         Err(message) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{message}\n")).into_response(),
     }
 }
 
 /// Runs `git http-backend` as a CGI program for one request.
 async fn http_backend(
-    inner: &Inner,
+    root: &Path,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -153,7 +166,7 @@ async fn http_backend(
         .arg("http-backend")
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("GIT_PROJECT_ROOT", &inner.root)
+        .env("GIT_PROJECT_ROOT", root)
         .env("GIT_HTTP_EXPORT_ALL", "1")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("REMOTE_USER", user)

@@ -5,9 +5,12 @@
 //! - [`rfc8693`]: OAuth 2.0 Token Exchange, the generic one (`mayfly-sts` speaks it);
 //! - [`aws_sts`]: AWS STS `AssumeRoleWithWebIdentity`;
 //! - [`trusted_publishing`]: crates.io, npm and PyPI, registries that check the ID token
-//!   themselves.
+//!   themselves;
+//! - [`octo_sts`]: octo-sts, GitHub installation tokens as a repository's trust policy
+//!   allows.
 
 pub(crate) mod aws_sts;
+pub(crate) mod octo_sts;
 pub(crate) mod rfc8693;
 pub(crate) mod trusted_publishing;
 
@@ -15,6 +18,7 @@ use serde::Serialize;
 
 use crate::config::{ExchangeConfig, ExchangeKind, Route, Scheme};
 use crate::http::HttpClient;
+use crate::scope::ScopeTemplate;
 use crate::{Scope, Secret, Target, Tool};
 
 /// `grant_type` of RFC 8693.
@@ -135,10 +139,33 @@ pub(crate) trait Protocol: Sync {
         None
     }
 
+    /// Whether routes of this tool may use it: a registry's own exchange serves its tool
+    /// alone, the others any tool.
+    fn serves(&self, tool: Tool) -> bool {
+        self.registry_tool().is_none_or(|t| t == tool)
+    }
+
+    /// True when the ID token is fetched for every exchange, for the audience
+    /// [`Protocol::subject_audience`] names, rather than taken from the identity's cache.
+    fn fetches_subject_per_request(&self) -> bool {
+        self.registry_tool().is_some()
+    }
+
     /// The audience asked of the identity when a route names none.
     fn default_audience(&self, tool: Tool, protocol: &str, host: &str) -> String {
         // A registry's token service is named by its host; other servers by their URL.
         if tool == Tool::Oci { host.to_owned() } else { format!("{protocol}://{host}") }
+    }
+
+    /// The scope template a route gets when it names none; `None`: the tool's own
+    /// ([`Tool::default_scope`]).
+    fn default_scope(&self, _tool: Tool) -> Option<&'static str> {
+        None
+    }
+
+    /// A scope template this exchange cannot read, as a config error.
+    fn check_scope(&self, _template: &ScopeTemplate) -> Result<(), String> {
+        Ok(())
     }
 
     /// The operations a route gets when it names none.
@@ -179,6 +206,11 @@ pub(crate) trait Protocol: Sync {
         None
     }
 
+    /// Where it revokes when the config names no `revocation_endpoint`.
+    fn default_revocation_endpoint(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Whether its config may name a `revocation_endpoint`.
     fn takes_revocation_endpoint(&self) -> bool {
         false
@@ -197,7 +229,8 @@ pub(crate) trait Protocol: Sync {
 
 impl ExchangeKind {
     /// Every kind, for parsing and for messages.
-    pub(crate) const ALL: [Self; 5] = [Self::Rfc8693, Self::AwsSts, Self::CratesIo, Self::Npm, Self::Pypi];
+    pub(crate) const ALL: [Self; 6] =
+        [Self::Rfc8693, Self::AwsSts, Self::CratesIo, Self::Npm, Self::Pypi, Self::OctoSts];
 
     /// The protocol this kind speaks.
     pub(crate) fn protocol(self) -> &'static dyn Protocol {
@@ -207,6 +240,7 @@ impl ExchangeKind {
             Self::CratesIo => &trusted_publishing::CratesIo,
             Self::Npm => &trusted_publishing::Npm,
             Self::Pypi => &trusted_publishing::Pypi,
+            Self::OctoSts => &octo_sts::OctoSts,
         }
     }
 
