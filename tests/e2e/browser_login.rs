@@ -454,17 +454,23 @@ fn a_login_ends_after_its_idle_time_and_its_lifetime_across_processes() {
         std::thread::sleep(Duration::from_secs_f64(seconds).saturating_sub(start.elapsed()));
     };
 
-    // Idle: each use (another repository each time, so never from the cache) starts the
-    // 4 s again; 5 s unused ends it, well before its 8 s lifetime would.
+    // Idle: each use starts the 4 s again, a token served from the cache included (the
+    // same repository each time: minted once, then cache hits); 5 s unused ends it, well
+    // before its 8 s lifetime would, and takes the cached token with it.
     setup.login("idle");
     let since = Instant::now();
     ok(REPOS[1]);
     at(since, 3.0);
-    ok(REPOS[2]);
+    ok(REPOS[1]);
     at(since, 6.0);
-    ok(REPOS[3]);
+    ok(REPOS[1]);
     at(since, 11.0);
+    ended(REPOS[1]);
     ended(REPOS[4]);
+    let audit = setup.stack.client_audit();
+    let outcomes: Vec<&str> = audit.iter().filter_map(|l| l["outcome"].as_str()).collect();
+    assert_eq!(outcomes.iter().filter(|o| **o == "cache-hit").count(), 2, "{outcomes:?}");
+    assert!(outcomes.iter().any(|o| *o == "revoked" || *o == "erased"), "the cached token is ended: {outcomes:?}");
 
     let doctor = || {
         let out = setup.mayfly(&[], &["doctor"]);
@@ -483,8 +489,9 @@ fn a_login_ends_after_its_idle_time_and_its_lifetime_across_processes() {
     at(since, 3.0);
     ok(REPOS[5]);
     at(since, 6.0);
-    ok(REPOS[6]);
+    ok(REPOS[5]);
     at(since, 8.8);
+    ended(REPOS[5]);
     ended(REPOS[7]);
     setup.stack.assert_no_tokens_on_disk();
 }

@@ -230,14 +230,12 @@ impl Broker {
         };
         let key = self.cache_key(route, target, operation, &scope);
         if let Some(hit) = cache.as_ref().and_then(|c| c.get(&key, now)) {
-            self.write(event.served(Outcome::CacheHit, &hit));
-            return Ok(issued(route, hit, true));
+            return self.serve_cached(route, &mut event, hit, cache.as_ref(), &key, chain, now);
         }
         let _lock = cache.as_ref().and_then(|c| c.lock(&key).ok());
         if let Some(hit) = cache.as_ref().and_then(|c| c.get(&key, now)) {
             // Another process refreshed it while we waited for the lock.
-            self.write(event.served(Outcome::CacheHit, &hit));
-            return Ok(issued(route, hit, true));
+            return self.serve_cached(route, &mut event, hit, cache.as_ref(), &key, chain, now);
         }
         match self.mint(route, target, operation, &scope, chain, cache.as_ref(), now) {
             Ok(entry) => {
@@ -266,6 +264,32 @@ impl Broker {
                 Err(error)
             }
         }
+    }
+
+    /// A cached token, served while the identity that minted it still vouches for it: a
+    /// login that ended takes its tokens with it (dropped and revoked where possible).
+    #[allow(clippy::too_many_arguments)]
+    fn serve_cached(
+        &self,
+        route: &Route,
+        event: &mut AuditEvent,
+        hit: CacheEntry,
+        cache: Option<&Cache>,
+        key: &str,
+        chain: &[Process],
+        now: i64,
+    ) -> Result<Issued, Error> {
+        let identity = &self.config.identities[&route.identity];
+        if let Err(source) = identity.vouches_for_cached(&self.env, now) {
+            if let Some(old) = cache.and_then(|c| c.remove(key)) {
+                let _ = self.end_entry(old, chain);
+            }
+            let error = Error::Identity { route: route.name.clone(), source };
+            self.write(event.fail(Outcome::Failed, &error));
+            return Err(error);
+        }
+        self.write(event.served(Outcome::CacheHit, &hit));
+        Ok(issued(route, hit, true))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -138,6 +138,13 @@ pub(crate) trait Source: std::fmt::Debug + Send + Sync {
     fn oidc(&self) -> Option<&Oidc> {
         None
     }
+
+    /// Whether tokens minted from it may still be served from the cache. A login that
+    /// ended (idle, past its lifetime, logged out) takes its cached tokens with it;
+    /// workload sources have nothing to end.
+    fn vouches_for_cached(&self, _name: &str, _env: &Env, _now: i64) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 impl IdentityConfig {
@@ -168,6 +175,11 @@ impl IdentityConfig {
     /// What it can tell about itself here without a request or a run.
     pub fn look(&self, env: &Env) -> Presence {
         self.source.look(env)
+    }
+
+    /// Whether tokens minted from it may still be served from the cache.
+    pub(crate) fn vouches_for_cached(&self, env: &Env, now: i64) -> Result<(), Error> {
+        self.source.vouches_for_cached(&self.name, env, now)
     }
 
     /// True when the subject tokens it gives are worth caching.

@@ -66,4 +66,12 @@ impl Source for Oidc {
     fn oidc(&self) -> Option<&Oidc> {
         Some(self)
     }
+
+    fn vouches_for_cached(&self, name: &str, env: &Env, now: i64) -> Result<(), Error> {
+        match crate::login::in_force(self, env, now) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::Unavailable(format!("identity `{name}`: not logged in: {}", self.hint()))),
+            Err(why) => Err(Error::Unavailable(format!("identity `{name}`: {why}"))),
+        }
+    }
 }

@@ -274,6 +274,15 @@ fn shown(oidc: &Oidc, store: &Store, record: &Record) -> Login {
 }
 
 /// The stored ID token as it is, without a refresh or a request: for `look`.
+/// True while the login is in force, counting this as a use (its idle time starts again):
+/// a token served from the cache is a use of the login it was minted from.
+pub(crate) fn in_force(oidc: &Oidc, env: &Env, now: i64) -> Result<bool, String> {
+    let store = open(oidc, env)?;
+    let Some(record) = store.load(now) else { return Ok(false) };
+    store.save(&record, now)?;
+    Ok(true)
+}
+
 pub(crate) fn stored_id_token(oidc: &Oidc, env: &Env, now: i64) -> Result<Option<Secret>, String> {
     Ok(open(oidc, env)?.load(now).map(|record| record.id_token))
 }
