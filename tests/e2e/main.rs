@@ -16,6 +16,7 @@ mod exchange_faults;
 mod exec;
 mod git_flow;
 mod github;
+mod github_app;
 mod guard;
 mod helper_protocol;
 mod hostile_input;

@@ -103,6 +103,7 @@ pub struct Builder {
     cargo: bool,
     oci: bool,
     github: bool,
+    github_app: bool,
     sts_binary: bool,
 }
 
@@ -136,6 +137,14 @@ impl Builder {
     /// `org/app` and `org/docs` and the trust policies `github_policies` registers.
     pub fn github(mut self) -> Self {
         self.github = true;
+        self
+    }
+    /// The GitHub stand-in with the exchange holding a GitHub App ([`GITHUB_APP_ID`],
+    /// installed on `org/app` and `org/docs` with contents write): git routes to GitHub go
+    /// through the exchange, which answers with the App's installation tokens.
+    pub fn github_app(mut self) -> Self {
+        self.github = true;
+        self.github_app = true;
         self
     }
     /// Every server: for tests of the whole wiring (setup, doctor).
@@ -185,6 +194,8 @@ pub struct Stack {
     cargo: Option<CargoRegistry>,
     oci_port: Option<u16>,
     github: Option<GitHub>,
+    /// Whether the exchange answers for GitHub with a GitHub App.
+    github_app: bool,
     /// The exchange.
     pub sts: StsProcess,
     // Last, so the servers stop after everything that uses them.
@@ -257,6 +268,9 @@ impl Stack {
         };
         let audit = dir.path().join("sts-audit.jsonl");
         let mut config = sts_config(dir.path(), &client, &issuer, &servers, &ca, options.max_ttl);
+        if let (true, Some(github)) = (wanted.github_app, &github) {
+            github_app(&mut config, dir.path(), github, &ca, &issuer);
+        }
         if let Some(tweak) = &wanted.sts_tweak {
             tweak(&mut config, dir.path());
         }
@@ -291,6 +305,7 @@ impl Stack {
             cargo,
             oci_port,
             github,
+            github_app: wanted.github_app,
             sts,
             _runtime: runtime,
         };
@@ -397,7 +412,11 @@ impl Stack {
             routes.push(self.host_route("terraform", &registry.base_url));
         }
         if self.github.is_some() {
-            routes.push(routes_toml(vec![self.github_route(&["read", "write"])]));
+            let mut route = self.github_route(&["read", "write"]);
+            if self.github_app {
+                route.exchange = "sts".into();
+            }
+            routes.push(routes_toml(vec![route]));
         }
         if let Some(cargo) = &self.cargo {
             routes.push(routes_toml(vec![RouteEntry {
@@ -596,6 +615,45 @@ fn github_policies(github: &GitHub, issuer: &DevIssuer) {
     github.trust("org/app", "mayfly-read", policy(main, None, "read"));
     github.trust("org/app", "mayfly-write", policy(main, None, "write"));
     github.trust("org/docs", "mayfly-read", policy(None, Some("repo:org/[^/]+:.*"), "read"));
+}
+
+/// The GitHub App of [`Builder::github_app`].
+pub const GITHUB_APP_ID: &str = "31337";
+
+/// Gives the exchange a GitHub App: a fresh RSA key (its public half registered with the
+/// stand-in), installed on `org/app` and `org/docs`, and rules for the GitHub host.
+fn github_app(config: &mut StsConfig, dir: &Path, github: &GitHub, ca: &DevCa, issuer: &DevIssuer) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).expect("RSA key");
+    let key_file = dir.join("github-app.pem");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write the App's key");
+    github.register_app(GITHUB_APP_ID, &key.public_key_pem()).expect("register the App");
+    github.install_app(GITHUB_APP_ID, &["org/app", "org/docs"], &[("contents", "write"), ("metadata", "read")]);
+    config.github_app = Some(mayfly_sts::GithubAppEntry {
+        app_id: GITHUB_APP_ID.into(),
+        private_key_file: key_file,
+        api_url: Some(github.base_url.clone()),
+        ca_file: Some(ca.ca_cert.clone()),
+        audiences: vec![github.base_url.clone()],
+        permissions: Default::default(),
+    });
+    let rule = |name: &str, claims: &[(&str, &str)], scopes: &[&str]| RuleEntry {
+        name: Some(name.into()),
+        issuer: issuer.issuer().into(),
+        claims: claims.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        audiences: vec![github.base_url.clone()],
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        max_ttl: None,
+    };
+    config.rules.push(rule(
+        "org/app reads and pushes itself on GitHub",
+        &[("repository", "org/app"), ("ref", "refs/heads/main")],
+        &["repo:{repository}:read", "repo:{repository}:write"],
+    ));
+    config.rules.push(rule(
+        "the org reads its GitHub repositories",
+        &[("repository_owner", "org")],
+        &["repo:org/*:read"],
+    ));
 }
 
 /// The resource servers the exchange mints for, those the stack started.

@@ -16,6 +16,16 @@
 //! - GitHub REST, "Revoke an installation access token": `DELETE /installation/token` with
 //!   `Authorization: Bearer TOKEN` answers 204; a token it does not know, 401
 //!   `{"message": "Bad credentials"}`.
+//! - GitHub REST, "Get a repository installation for the authenticated app":
+//!   `GET /repos/{owner}/{repo}/installation` with `Authorization: Bearer APP_JWT`; 200 the
+//!   installation, 404 `{"message": "Not Found"}` when the App is not installed there.
+//! - GitHub REST, "Create an installation access token for an app":
+//!   `POST /app/installations/{id}/access_tokens` with the app JWT and optional
+//!   `repositories` (names) and `permissions`; 201 `{"token", "expires_at", "permissions",
+//!   "repository_selection", "repositories"}`; 422 for a repository or a permission the
+//!   installation does not have. The app JWT is verified for real (RS256 against the App's
+//!   public key, `iss` the app id, `exp` in the future, `exp - iat` at most 600 s): 401
+//!   otherwise, as GitHub answers.
 //! - git smart HTTP: Basic `x-access-token:TOKEN` with a live token for the repository;
 //!   pushing needs `contents: write`.
 
@@ -65,6 +75,15 @@ pub struct RecordedRequest {
     pub body: Vec<u8>,
     /// For `/sts/exchange`: the `aud` of the ID token presented, as the token says.
     pub id_token_audience: Option<Value>,
+    /// For the App endpoints: the claims of the app JWT presented, as the token says.
+    pub app_jwt_claims: Option<Value>,
+}
+
+impl RecordedRequest {
+    /// The body as JSON (`Null` when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
 }
 
 impl RecordedRequest {
@@ -89,8 +108,25 @@ struct Minted {
     revoked: bool,
 }
 
+/// A GitHub App installation: on which repositories, with which permissions.
+#[derive(Clone, Debug)]
+struct Installation {
+    id: u64,
+    app_id: String,
+    account: String,
+    repositories: Vec<String>,
+    permissions: BTreeMap<String, String>,
+}
+
+/// The answer to every App request while GitHub is failing: status and headers.
+type Fault = (u16, Vec<(String, String)>);
+
 struct Inner {
     host: String,
+    /// App id -> its public key.
+    apps: Mutex<BTreeMap<String, jsonwebtoken::DecodingKey>>,
+    installations: Mutex<Vec<Installation>>,
+    fault: Mutex<Option<Fault>>,
     root: PathBuf,
     issuer: DevIssuer,
     /// (scope, identity) -> policy.
@@ -120,6 +156,9 @@ impl GitHub {
         let host = listener.local_addr().map_err(|e| e.to_string())?.to_string();
         let inner = Arc::new(Inner {
             host: host.clone(),
+            apps: Mutex::default(),
+            installations: Mutex::default(),
+            fault: Mutex::default(),
             root: root.clone(),
             issuer: issuer.clone(),
             policies: Mutex::default(),
@@ -156,6 +195,37 @@ impl GitHub {
     pub fn trust(&self, scope: &str, identity: &str, policy: TrustPolicy) {
         if let Ok(mut policies) = self.inner.policies.lock() {
             policies.insert((scope.to_owned(), identity.to_owned()), policy);
+        }
+    }
+
+    /// Registers a GitHub App by its id and public key (PEM).
+    pub fn register_app(&self, app_id: &str, public_key_pem: &str) -> Result<(), String> {
+        let key = jsonwebtoken::DecodingKey::from_rsa_pem(public_key_pem.as_bytes()).map_err(|e| e.to_string())?;
+        self.inner.apps.lock().map_err(|e| e.to_string())?.insert(app_id.to_owned(), key);
+        Ok(())
+    }
+
+    /// Installs the App on repositories (`org/app`) of one account with these permissions;
+    /// answers the installation id.
+    pub fn install_app(&self, app_id: &str, repositories: &[&str], permissions: &[(&str, &str)]) -> u64 {
+        let mut installations = self.inner.installations.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let id = 40_000 + installations.len() as u64 + 1;
+        let account = repositories.first().and_then(|r| r.split_once('/')).map(|(a, _)| a).unwrap_or_default();
+        installations.push(Installation {
+            id,
+            app_id: app_id.to_owned(),
+            account: account.to_owned(),
+            repositories: repositories.iter().map(|r| (*r).to_owned()).collect(),
+            permissions: permissions.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        });
+        id
+    }
+
+    /// Answers every App request (installation lookup or token) from now on with this
+    /// status and these headers, as GitHub does when rate limiting or failing.
+    pub fn fail_app_requests(&self, status: u16, headers: &[(&str, &str)]) {
+        if let Ok(mut fault) = self.inner.fault.lock() {
+            *fault = Some((status, headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()));
         }
     }
 
@@ -231,6 +301,16 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request<Body>) -> Resp
     if path == "/installation/token" && parts.method == Method::DELETE {
         return revoke(&inner, &parts.headers);
     }
+    if let Some(repo) = path.strip_prefix("/repos/").and_then(|p| p.strip_suffix("/installation"))
+        && parts.method == Method::GET
+    {
+        return app_request(&inner, &parts.headers, |app| repository_installation(&inner, app, repo));
+    }
+    if let Some(id) = path.strip_prefix("/app/installations/").and_then(|p| p.strip_suffix("/access_tokens"))
+        && parts.method == Method::POST
+    {
+        return app_request(&inner, &parts.headers, |app| installation_token(&inner, app, id, &body));
+    }
     git(&inner, parts, body).await
 }
 
@@ -254,7 +334,11 @@ fn record(inner: &Inner, parts: &axum::http::request::Parts, body: &[u8]) {
     let id_token_audience = (parts.uri.path() == "/sts/exchange")
         .then(|| authorization(&parts.headers).and_then(|(_, token)| stated_claims(&token)?.get("aud").cloned()))
         .flatten();
+    let app_path = parts.uri.path().starts_with("/app/") || parts.uri.path().starts_with("/repos/");
+    let app_jwt_claims =
+        app_path.then(|| authorization(&parts.headers).and_then(|(_, token)| stated_claims(&token))).flatten();
     let request = RecordedRequest {
+        app_jwt_claims,
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
@@ -327,6 +411,155 @@ fn exchange(inner: &Inner, headers: &HeaderMap, query: Option<&str>) -> Response
     };
     tokens.insert(token.clone(), minted);
     axum::Json(json!({"token": token})).into_response()
+}
+
+/// An App endpoint: the injected fault if any, else the app JWT verified, then `answer`.
+fn app_request(inner: &Inner, headers: &HeaderMap, answer: impl FnOnce(&str) -> Response) -> Response {
+    if let Some((status, fault_headers)) = inner.fault.lock().ok().and_then(|f| f.clone()) {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let message = if status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS {
+            "API rate limit exceeded for installation."
+        } else {
+            "Server Error"
+        };
+        let mut response = rest_error(status, message);
+        for (name, value) in fault_headers {
+            if let (Ok(name), Ok(value)) =
+                (axum::http::HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value))
+            {
+                response.headers_mut().insert(name, value);
+            }
+        }
+        return response;
+    }
+    match verify_app_jwt(inner, headers) {
+        Ok(app) => answer(&app),
+        Err(message) => rest_error(StatusCode::UNAUTHORIZED, message),
+    }
+}
+
+/// The app id of a valid app JWT: RS256 by a registered App's key, `iss` its id (a number
+/// or a string), `exp` in the future and at most 600 s after `iat`.
+fn verify_app_jwt(inner: &Inner, headers: &HeaderMap) -> Result<String, &'static str> {
+    let Some(("Bearer", token)) = authorization(headers) else {
+        return Err("A JSON web token could not be decoded");
+    };
+    let stated = stated_claims(&token).ok_or("A JSON web token could not be decoded")?;
+    let app_id = match &stated["iss"] {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return Err("'Issuer' claim ('iss') must be an Integer"),
+    };
+    let key = inner.apps.lock().ok().and_then(|apps| apps.get(&app_id).cloned());
+    let Some(key) = key else { return Err("Integration not found") };
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_required_spec_claims(&["exp", "iat", "iss"]);
+    validation.validate_aud = false;
+    validation.leeway = 0;
+    let claims = jsonwebtoken::decode::<Value>(&token, &key, &validation)
+        .map_err(|_| "A JSON web token could not be decoded")?
+        .claims;
+    let (Some(iat), Some(exp)) = (claims["iat"].as_i64(), claims["exp"].as_i64()) else {
+        return Err("A JSON web token could not be decoded");
+    };
+    if exp - iat > 600 {
+        return Err("'Expiration time' claim ('exp') is too far in the future");
+    }
+    if iat > now() + 60 {
+        return Err("'Issued at' claim ('iat') must be an Integer representing a time in the past");
+    }
+    Ok(app_id)
+}
+
+/// "Get a repository installation for the authenticated app".
+fn repository_installation(inner: &Inner, app: &str, repo: &str) -> Response {
+    let installations = inner.installations.lock().map(|i| i.clone()).unwrap_or_default();
+    let Some(installation) = installations.iter().find(|i| i.app_id == app && i.repositories.iter().any(|r| r == repo))
+    else {
+        return rest_error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    axum::Json(json!({
+        "id": installation.id,
+        "app_id": app.parse::<u64>().map_or_else(|_| Value::from(app), Value::from),
+        "account": {"login": installation.account, "type": "Organization"},
+        "repository_selection": "selected",
+        "permissions": installation.permissions,
+        "access_tokens_url": format!("https://{}/app/installations/{}/access_tokens", inner.host, installation.id),
+    }))
+    .into_response()
+}
+
+/// "Create an installation access token for an app": for the repositories and permissions
+/// asked (all of the installation's when none are), never more than it has.
+fn installation_token(inner: &Inner, app: &str, id: &str, body: &[u8]) -> Response {
+    let installations = inner.installations.lock().map(|i| i.clone()).unwrap_or_default();
+    let Some(installation) = installations.iter().find(|i| i.id.to_string() == id && i.app_id == app) else {
+        return rest_error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let asked: Value = if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(asked) => asked,
+            Err(_) => return rest_error(StatusCode::BAD_REQUEST, "Problems parsing JSON"),
+        }
+    };
+    let repositories: Vec<String> = match asked.get("repositories").and_then(Value::as_array) {
+        Some(names) => {
+            names.iter().map(|n| format!("{}/{}", installation.account, n.as_str().unwrap_or_default())).collect()
+        }
+        None => installation.repositories.clone(),
+    };
+    if repositories.iter().any(|r| !installation.repositories.contains(r)) {
+        let message =
+            "There is at least one repository that does not exist or is not accessible to the parent installation.";
+        return rest_error(StatusCode::UNPROCESSABLE_ENTITY, message);
+    }
+    let rank = |level: &str| match level {
+        "read" => 1,
+        "write" => 2,
+        "admin" => 3,
+        _ => 99,
+    };
+    let permissions: BTreeMap<String, String> = match asked.get("permissions").and_then(Value::as_object) {
+        Some(asked) => asked.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect(),
+        None => installation.permissions.clone(),
+    };
+    let beyond = permissions
+        .iter()
+        .any(|(name, level)| installation.permissions.get(name).is_none_or(|has| rank(level) > rank(has)));
+    if beyond {
+        return rest_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "The permissions requested are not granted to this installation.",
+        );
+    }
+    let token = format!("ghs_{}", crate::random_hex(18));
+    let expires_at = now() + INSTALLATION_TOKEN_LIFETIME;
+    let minted = Minted {
+        repositories: repositories.clone(),
+        permissions: permissions.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        expires_at,
+        revoked: false,
+    };
+    let Ok(mut tokens) = inner.tokens.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+    tokens.insert(token.clone(), minted);
+    let expires = time::OffsetDateTime::from_unix_timestamp(expires_at)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default();
+    let repositories: Vec<Value> = repositories
+        .iter()
+        .map(|full| json!({"name": full.split_once('/').map_or(full.as_str(), |(_, n)| n), "full_name": full}))
+        .collect();
+    let body = json!({
+        "token": token,
+        "expires_at": expires,
+        "permissions": permissions,
+        "repository_selection": "selected",
+        "repositories": repositories,
+    });
+    (StatusCode::CREATED, axum::Json(body)).into_response()
 }
 
 /// `DELETE /installation/token`: the token presented revokes itself.

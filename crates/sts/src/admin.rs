@@ -76,6 +76,7 @@ pub(crate) async fn revoke_session(State(sts): State<Arc<Sts>>, headers: HeaderM
     }
     sts.sessions.forget(&sid);
     sts.audit.write(&Line { outcome: "admin-revoked", ..line });
+    crate::github_app::end_session(&sts, &sid).await;
     no_store(axum::Json(json!({"revoked": sid})).into_response())
 }
 

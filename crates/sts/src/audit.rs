@@ -54,6 +54,12 @@ pub(crate) struct Line<'a> {
     /// The administrator who ended a session: `{"iss", "sub"}`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub administrator: Option<&'a Value>,
+    /// The GitHub App installation whose token was minted or revoked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub installation: Option<u64>,
+    /// The GitHub permissions an installation token was granted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<&'a Value>,
 }
 
 /// Where lines go: a file opened for append, or stderr.

@@ -127,6 +127,9 @@ pub struct ConfigFile {
     /// Where to announce approvals as they open and are decided.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval_webhook: Option<crate::webhook::ApprovalWebhookEntry>,
+    /// A GitHub App whose installation tokens answer requests for GitHub repositories.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub github_app: Option<GithubAppEntry>,
 }
 
 /// Administrators: the ID tokens of one trusted issuer whose claims match. Matching any
@@ -214,6 +217,81 @@ impl ApprovalLogin {
             return Err("approval_login needs an `https://` issuer (the exchange's public base URL)".into());
         }
         Ok(())
+    }
+}
+
+/// `[github_app]`: for a request whose audience is one of `audiences` (a GitHub host), the
+/// exchange answers with an installation token of this GitHub App, narrowed to the one
+/// repository of the scope `repo:OWNER/REPO:OPERATION` and the permissions `permissions`
+/// names for OPERATION, instead of a token of its own.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubAppEntry {
+    /// The App's id (the app JWT's `iss`).
+    pub app_id: String,
+    /// The App's private key (PEM, RS256), read once at start.
+    pub private_key_file: PathBuf,
+    /// GitHub's REST API (`https://api.github.com` when not set; GHES:
+    /// `https://HOST/api/v3`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_url: Option<String>,
+    /// Extra CA certificates (PEM) for reaching the API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Requested audiences that mean "a repository on this GitHub" (such as
+    /// `https://github.com`).
+    pub audiences: Vec<String>,
+    /// Operation -> GitHub permissions (`write = { contents = "write" }`). `read` and
+    /// `write` default to `contents` read and write; any other operation is refused
+    /// unless listed here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub permissions: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl GithubAppEntry {
+    /// The API base URL, without a trailing `/`.
+    pub fn api_url(&self) -> &str {
+        self.api_url.as_deref().unwrap_or("https://api.github.com").trim_end_matches('/')
+    }
+
+    /// The permissions an operation needs: configured, or the defaults for read and write.
+    pub fn permissions_for(&self, operation: &str) -> Option<BTreeMap<String, String>> {
+        if let Some(configured) = self.permissions.get(operation) {
+            return Some(configured.clone());
+        }
+        let level = match operation {
+            "read" => "read",
+            "write" => "write",
+            _ => return None,
+        };
+        Some([("contents".to_owned(), level.to_owned())].into())
+    }
+
+    fn checked(self) -> Result<Self, String> {
+        if self.app_id.trim().is_empty() {
+            return Err("github_app: `app_id` is empty".into());
+        }
+        if self.audiences.is_empty() {
+            return Err(
+                "github_app: `audiences` needs at least one (the GitHub host, such as `https://github.com`)".into()
+            );
+        }
+        let api = url::Url::parse(self.api_url()).map_err(|e| format!("github_app: `api_url`: {e}"))?;
+        let loopback = api.host_str().is_some_and(|h| h == "127.0.0.1" || h == "localhost" || h == "[::1]");
+        if api.scheme() != "https" && !(api.scheme() == "http" && loopback) {
+            return Err("github_app: `api_url` must be https (plain http only on loopback)".into());
+        }
+        for (operation, permissions) in &self.permissions {
+            if permissions.is_empty() {
+                return Err(format!("github_app: permissions for `{operation}` are empty"));
+            }
+            if let Some((name, level)) =
+                permissions.iter().find(|(_, l)| !matches!(l.as_str(), "read" | "write" | "admin"))
+            {
+                return Err(format!("github_app: `{operation}`: `{name} = \"{level}\"` is not read, write or admin"));
+            }
+        }
+        Ok(self)
     }
 }
 
@@ -318,6 +396,8 @@ pub struct Config {
     pub approval_login: Option<ApprovalLogin>,
     /// Where to announce approvals as they open and are decided.
     pub approval_webhook: Option<crate::webhook::ApprovalWebhook>,
+    /// The GitHub App backend, checked.
+    pub github_app: Option<GithubAppEntry>,
 }
 
 impl Config {
@@ -446,6 +526,7 @@ impl Config {
             session_idle,
             approval_login: raw.approval_login,
             approval_webhook: raw.approval_webhook.map(crate::webhook::ApprovalWebhook::from_entry).transpose()?,
+            github_app: raw.github_app.map(GithubAppEntry::checked).transpose()?,
         })
     }
 }

@@ -192,6 +192,7 @@ async fn end_idle(sts: &Sts, own: &OwnToken, subject: &VerifiedSubject, idle: st
         sid: Some(&own.jti),
         ..Line::default()
     });
+    crate::github_app::end_session(sts, &own.jti).await;
     invalid_request(reason)
 }
 

@@ -22,6 +22,7 @@ mod audit;
 pub mod cedar;
 mod config;
 mod delegation;
+mod github_app;
 mod keys;
 mod oauth;
 mod own_tokens;
@@ -35,8 +36,8 @@ mod verify;
 mod webhook;
 
 pub use config::{
-    AdministratorEntry, ApprovalLogin, ApproverEntry, Config, ConfigFile, Error as ConfigError, IntrospectionClient,
-    IntrospectionClientEntry, RuleEntry, Tls, TrustedIssuer,
+    AdministratorEntry, ApprovalLogin, ApproverEntry, Config, ConfigFile, Error as ConfigError, GithubAppEntry,
+    IntrospectionClient, IntrospectionClientEntry, RuleEntry, Tls, TrustedIssuer,
 };
 pub use keys::{Algorithm, SigningKey};
 pub use oauth::OAuthError;

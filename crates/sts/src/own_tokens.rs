@@ -89,6 +89,11 @@ pub(crate) async fn revoke(State(sts): State<Arc<Sts>>, headers: HeaderMap, body
     let own = match verify(&sts, token, false) {
         Ok(own) => own,
         Err(reason) => {
+            if let Some(app) = &sts.github_app
+                && let Some((installation, result)) = app.revoke_presented(token).await
+            {
+                return github_revoked(&sts, installation, result, fingerprint);
+            }
             // Section 2.2: an invalid token is no error; the client has nothing to fix.
             sts.audit.write(&Line {
                 time: now_rfc3339(),
@@ -111,6 +116,8 @@ pub(crate) async fn revoke(State(sts): State<Arc<Sts>>, headers: HeaderMap, body
     match sts.revoke(&own.jti, own.expires_at).await {
         Ok(()) => {
             sts.audit.write(&Line { outcome: "revoked", ..line });
+            // A session's end takes the GitHub tokens minted through it along.
+            crate::github_app::end_session(&sts, &own.jti).await;
             no_store(StatusCode::OK.into_response())
         }
         Err(reason) => {
@@ -121,6 +128,22 @@ pub(crate) async fn revoke(State(sts): State<Arc<Sts>>, headers: HeaderMap, body
                 OAuthError::TemporarilyUnavailable,
                 "cannot record the revocation",
             )
+        }
+    }
+}
+
+/// The answer to revoking an installation token this exchange minted: revoked at GitHub,
+/// or 503 so the client tries again.
+fn github_revoked(sts: &Sts, installation: u64, result: Result<(), String>, fingerprint: Option<String>) -> Response {
+    let line = Line { time: now_rfc3339(), installation: Some(installation), fingerprint, ..Line::default() };
+    match result {
+        Ok(()) => {
+            sts.audit.write(&Line { outcome: "revoked", ..line });
+            no_store(StatusCode::OK.into_response())
+        }
+        Err(reason) => {
+            sts.audit.write(&Line { outcome: "revoke-failed", reason: Some(&reason), ..line });
+            oauth_error(StatusCode::SERVICE_UNAVAILABLE, OAuthError::TemporarilyUnavailable, "cannot revoke at GitHub")
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct Sts {
     pub(crate) login: Option<crate::approval_login::Login>,
     /// Where approvals are announced, when configured.
     pub(crate) webhook: Option<crate::webhook::Webhook>,
+    /// The GitHub App backend, when `[github_app]` configures one.
+    pub(crate) github_app: Option<crate::github_app::GithubApp>,
 }
 
 impl Sts {
@@ -94,6 +96,7 @@ impl Sts {
         let login =
             config.approval_login.as_ref().map(|l| crate::approval_login::Login::new(l, &config)).transpose()?;
         let webhook = config.approval_webhook.as_ref().map(crate::webhook::Webhook::new).transpose()?;
+        let github_app = config.github_app.as_ref().map(crate::github_app::GithubApp::new).transpose()?;
         Ok(Self {
             config,
             key,
@@ -107,6 +110,7 @@ impl Sts {
             sessions,
             login,
             webhook,
+            github_app,
         })
     }
 
@@ -322,7 +326,7 @@ fn check_shape(form: &Form) -> Result<(), Refusal> {
 }
 
 /// Writes the audit line of a refusal and hands the refusal back.
-fn denied(sts: &Sts, refusal: Refusal, line: Line<'_>) -> Refusal {
+pub(crate) fn denied(sts: &Sts, refusal: Refusal, line: Line<'_>) -> Refusal {
     sts.audit.write(&Line {
         time: now_rfc3339(),
         outcome: "denied",
@@ -476,6 +480,11 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     // A token derived through a session does not outlive it.
     let session_left = actor.as_ref().and_then(|a| a.until).map(|until| u64::try_from(until - now).unwrap_or(0));
     let ttl = session_left.map_or(grant.ttl.as_secs(), |left| grant.ttl.as_secs().min(left));
+    // For a GitHub repository, GitHub mints the token, not this exchange.
+    if let Some(app) = sts.github_app.as_ref().filter(|app| app.serves(audience)) {
+        let sid = actor.as_ref().and_then(|a| a.sid.as_deref());
+        return crate::github_app::answer(sts, app, &grant, sid, ttl, line).await;
+    }
     let jti = random_id();
     let scope = grant.scopes.join(" ");
     let mut claims = json!({
@@ -687,7 +696,7 @@ fn open_session(
 }
 
 /// The RFC 8693 success answer.
-fn issued(token: &str, ttl: u64, scope: &str) -> Response {
+pub(crate) fn issued(token: &str, ttl: u64, scope: &str) -> Response {
     no_store(
         axum::Json(json!({
             "access_token": token,
