@@ -204,7 +204,7 @@ fn a_session_revokes_its_installation_tokens_at_github_when_it_ends() {
         url = stack.github_repo_url("org/app.git"),
     );
     let out = Command::new(bin("mayfly"))
-        .args(["exec", "--session", "gh-app", "--", "sh", "-c", &script])
+        .args(["exec", "--session", "gh-app", "--agent", "claude", "--", "sh", "-c", &script])
         .current_dir(&stack.work)
         .env_clear()
         .envs(stack.env())

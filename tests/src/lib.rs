@@ -414,7 +414,9 @@ impl Stack {
         if self.github.is_some() {
             let mut route = self.github_route(&["read", "write"]);
             if self.github_app {
+                // GitHub takes installation tokens as Basic `x-access-token`.
                 route.exchange = "sts".into();
+                route.scheme = Some("basic".into());
             }
             routes.push(routes_toml(vec![route]));
         }

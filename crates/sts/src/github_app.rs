@@ -330,7 +330,7 @@ pub(crate) fn refusal(status: StatusCode, headers: &HeaderMap, body: &Value) -> 
             header("x-ratelimit-reset").and_then(|r| r.parse::<i64>().ok()).map(|r| (r - now()).max(0).to_string())
         });
         let wait = wait.map(|w| format!("; retry in {w} s")).unwrap_or_default();
-        (OAuthError::TemporarilyUnavailable, format!("GitHub's rate limit for the App is exhausted{wait}"))
+        (OAuthError::TemporarilyUnavailable, format!("{RATE_LIMITED}{wait}"))
     } else {
         match status.as_u16() {
             401 => {
@@ -344,6 +344,23 @@ pub(crate) fn refusal(status: StatusCode, headers: &HeaderMap, body: &Value) -> 
         }
     };
     Refusal { code, reason }
+}
+
+/// How a rate-limit refusal's reason starts.
+const RATE_LIMITED: &str = "GitHub's rate limit for the App is exhausted";
+
+/// 429 with `Retry-After`: the client shows the reason and does not try again at once, as
+/// it would after a 503.
+fn rate_limited(refusal: &Refusal, rest: &str) -> axum::response::Response {
+    let mut response =
+        crate::server::oauth_error(axum::http::StatusCode::TOO_MANY_REQUESTS, refusal.code, &refusal.reason);
+    let secs = rest.trim_start_matches("; retry in ").trim_end_matches(" s");
+    if let Ok(value) = axum::http::HeaderValue::from_str(secs)
+        && secs.parse::<u64>().is_ok()
+    {
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, value);
+    }
+    response
 }
 
 fn unreachable(e: reqwest::Error) -> Refusal {
@@ -396,7 +413,11 @@ pub(crate) async fn answer(
     let issued = match app.mint(&owner, &repo, &permissions, sid, ttl).await {
         Ok(issued) => issued,
         Err((refusal, installation)) => {
-            return Err(crate::server::denied(sts, refusal, Line { installation, ..line }));
+            let refusal = crate::server::denied(sts, refusal, Line { installation, ..line });
+            if let Some(retry_after) = refusal.reason.strip_prefix(RATE_LIMITED) {
+                return Ok(rate_limited(&refusal, retry_after));
+            }
+            return Err(refusal);
         }
     };
     let scope = grant.scopes.join(" ");
