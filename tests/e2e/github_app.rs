@@ -217,3 +217,41 @@ fn a_session_revokes_its_installation_tokens_at_github_when_it_ends() {
         stack.sts_audit().into_iter().filter(|l| l["outcome"] == "issued" && l["installation"].is_number()).collect();
     assert!(issued.iter().all(|l| l["sid"].is_string()), "minted through the session: {issued:?}");
 }
+
+#[test]
+fn revoking_the_session_revokes_at_github_what_came_through_it() {
+    let stack = Stack::builder().github_app().start();
+    let subject = stack.issuer.mint("mayfly-sts", &serde_json::Value::Null);
+    let exchange = |form: &[(&str, &str)]| -> serde_json::Value {
+        let mut full = vec![
+            ("grant_type", mayfly_core::TOKEN_EXCHANGE_GRANT),
+            ("subject_token", subject.as_str()),
+            ("subject_token_type", mayfly_core::ID_TOKEN_TYPE),
+        ];
+        full.extend_from_slice(form);
+        let response = stack.https_client().post(format!("{}/token", stack.sts.url)).form(&full).send().unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+        response.json().unwrap()
+    };
+    let intent = r#"{"agent":"claude","session":"s1"}"#;
+    let session = exchange(&[("audience", &stack.sts.url), ("scope", "session"), ("intent", intent)]);
+    let session = session["access_token"].as_str().unwrap().to_owned();
+    let answer = exchange(&[
+        ("actor_token", &session),
+        ("actor_token_type", mayfly_core::ACCESS_TOKEN_TYPE),
+        ("audience", &stack.github().base_url),
+        ("scope", "repo:org/app:write"),
+    ]);
+    let token = answer["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(answer["issued_token_type"], mayfly_core::ACCESS_TOKEN_TYPE);
+    assert!(answer["expires_in"].as_u64().unwrap() <= 600);
+    assert_eq!(git_status(&stack, &token, "org/app.git", "git-receive-pack"), 200);
+
+    let response =
+        stack.https_client().post(format!("{}/revoke", stack.sts.url)).form(&[("token", &session)]).send().unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(revocations(&stack), 1, "the session's end reached GitHub");
+    assert_eq!(git_status(&stack, &token, "org/app.git", "git-upload-pack"), 401);
+    let line = stack.sts_audit().into_iter().find(|l| l["reason"] == "its session ended").expect("audited");
+    assert_eq!((&line["outcome"], &line["installation"]), (&json!("revoked"), &json!(40001)));
+}

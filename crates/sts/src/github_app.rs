@@ -510,6 +510,34 @@ mod tests {
     }
 
     #[test]
+    fn the_config_block_is_checked_and_the_key_must_be_rsa() {
+        let base = "issuer = \"http://127.0.0.1:1\"\n[github_app]\napp_id = \"1\"\nprivate_key_file = \"k.pem\"\n";
+        let parse = |extra: &str| crate::Config::parse(&format!("{base}{extra}")).map(|c| c.github_app.unwrap());
+        let ok = parse("audiences = [\"https://github.com\"]\n").unwrap();
+        assert_eq!(ok.api_url(), "https://api.github.com");
+        for (extra, why) in [
+            ("audiences = []\n", "`audiences` needs at least one"),
+            ("audiences = [\"a\"]\napi_url = \"http://ghes.example/api/v3\"\n", "must be https"),
+            (
+                "audiences = [\"a\"]\n[github_app.permissions]\nread = { contents = \"all\" }\n",
+                "not read, write or admin",
+            ),
+        ] {
+            let err = parse(extra).unwrap_err();
+            assert!(err.contains(why), "{extra}: {err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap().serialize_pem();
+        std::fs::write(&key, &ec).unwrap();
+        let entry = GithubAppEntry { private_key_file: key.clone(), ..ok };
+        let err = GithubApp::new(&entry).err().unwrap();
+        assert!(err.contains("is not an RSA private key") && !err.contains("PRIVATE KEY"), "{err}");
+        std::fs::write(&key, rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap().serialize_pem()).unwrap();
+        assert!(GithubApp::new(&entry).is_ok());
+    }
+
+    #[test]
     fn read_and_write_have_safe_defaults_and_nothing_else_does() {
         let mut entry = GithubAppEntry::default();
         assert_eq!(entry.permissions_for("read").unwrap()["contents"], "read");
