@@ -255,3 +255,32 @@ fn revoking_the_session_revokes_at_github_what_came_through_it() {
     let line = stack.sts_audit().into_iter().find(|l| l["reason"] == "its session ended").expect("audited");
     assert_eq!((&line["outcome"], &line["installation"]), (&json!("revoked"), &json!(40001)));
 }
+
+#[test]
+fn permissions_beyond_the_installation_are_one_line_and_no_token() {
+    let stack = Stack::builder()
+        .github_app()
+        .sts_config(|config, _| {
+            let app = config.github_app.as_mut().expect("the App is configured");
+            app.permissions.insert("read".into(), [("administration".to_owned(), "write".to_owned())].into());
+        })
+        .start();
+    let request = format!("protocol=https\nhost={}\npath=org/app.git\n", stack.github().host());
+    let out = assert_cmd::Command::new(bin("git-credential-mayfly"))
+        .arg("get")
+        .env_clear()
+        .envs(stack.env())
+        .write_stdin(request)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("password="));
+    let lines = mayfly_lines(&out.stderr);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("access_denied"), "{}", lines[0]);
+    assert!(lines[0].contains("The permissions requested are not granted to this installation."), "{}", lines[0]);
+    assert_eq!(stack.github().minted(), (0, 0));
+    let asked = app_requests(&stack).into_iter().find(|r| r.method == "POST").expect("a token was asked for");
+    assert_eq!(asked.json()["permissions"], json!({"administration": "write"}));
+    let denied = stack.sts_audit().into_iter().find(|l| l["outcome"] == "denied").expect("audited");
+    assert_eq!(denied["installation"], 40001);
+}
