@@ -49,7 +49,8 @@ impl PgStore {
     /// a Tokio runtime, which then carries the connections.
     ///
     /// TLS is rustls with the platform's roots, plus the CA file of `sslrootcert=FILE` in
-    /// the URL (libpq's spelling); `sslmode=require` refuses a server without TLS.
+    /// the URL (libpq's spelling); `sslmode=require` refuses a server without TLS. A URL
+    /// without a password takes `PGPASSWORD`'s.
     pub fn open(url: &str) -> Result<Self, String> {
         let (config, ca_file) = parse(url)?;
         let tls = tls(ca_file.as_deref())?;
@@ -165,6 +166,12 @@ fn parse(url: &str) -> Result<(tokio_postgres::Config, Option<String>), String> 
         parsed.query_pairs_mut().extend_pairs(rest);
     }
     let mut config = tokio_postgres::Config::from_str(parsed.as_str()).map_err(|e| invalid(&one_line(&e)))?;
+    // libpq's variable, so the password need not be in the config file.
+    if config.get_password().is_none()
+        && let Some(password) = std::env::var_os("PGPASSWORD")
+    {
+        config.password(password.as_encoded_bytes());
+    }
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CALL_TIMEOUT);
     }
