@@ -28,7 +28,10 @@ impl Drop for Killed {
 }
 
 fn replicas(postgres: &Postgres) -> Replicas {
-    let url = postgres.url();
+    replicas_on(postgres.url())
+}
+
+fn replicas_on(url: String) -> Replicas {
     let stack = Stack::builder()
         .git()
         .sts_binary()
@@ -194,4 +197,33 @@ fn with_the_database_down_both_replicas_fail_closed_and_resume_when_it_returns()
         assert!(r.active(at, &token));
         r.git_token(at);
     }
+}
+
+#[test]
+#[cfg_attr(missing = "postgres", ignore = "needs postgres, which is not installed")]
+fn the_database_is_reached_over_tls_and_its_certificate_is_verified() {
+    if !mayfly_tests::postgres::require() {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let (ours, other) = (certs.path().join("ours"), certs.path().join("other"));
+    std::fs::create_dir_all(&ours).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    let ca = mayfly_devstack::DevCa::create(&ours).unwrap();
+    let stranger = mayfly_devstack::DevCa::create(&other).unwrap();
+    let postgres = Postgres::start_tls(&ca.cert, &ca.key);
+
+    let r = replicas_on(postgres.tls_url(&ca.ca_cert));
+    assert_eq!(r.ready(&r.a).0, 200, "{}", r.ready(&r.a).1);
+    let token = r.git_token(&r.a);
+    r.revoke(&r.a, &token);
+    assert!(!r.active(&r.a, &token), "the revocation went through the TLS connection");
+
+    let wrong = replicas_on(postgres.tls_url(&stranger.ca_cert));
+    let (status, why) = wrong.ready(&wrong.a);
+    assert_eq!(status, 503, "a server certificate from another CA is refused: {why}");
+    assert!(why.contains("TLS") || why.contains("certificate"), "{why}");
+    let (status, body) =
+        wrong.exchange(&wrong.a, &[("audience", &wrong.stack.git_server().base_url), ("scope", "repo:org/app:read")]);
+    assert_eq!(status, 503, "{body}");
 }

@@ -11,12 +11,23 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
+    /// Settings given to `postgres` on each start (`-c name=value`).
+    settings: Vec<String>,
     child: Option<Child>,
 }
 
 impl Postgres {
     /// Creates a cluster (trust authentication, loopback only) and starts it.
     pub fn start() -> Self {
+        Self::create(None)
+    }
+
+    /// Like [`Postgres::start`], also accepting TLS with this certificate and key (PEM).
+    pub fn start_tls(cert: &Path, key: &Path) -> Self {
+        Self::create(Some((cert, key)))
+    }
+
+    fn create(tls: Option<(&Path, &Path)>) -> Self {
         let bin = bin_dir().expect("PostgreSQL's `initdb` and `postgres` are installed");
         let dir = tempfile::Builder::new().prefix("mayfly-pg").tempdir().expect("temp dir");
         if is_root() {
@@ -29,7 +40,24 @@ impl Postgres {
             .output()
             .expect("initdb runs");
         assert!(output.status.success(), "initdb: {}", String::from_utf8_lossy(&output.stderr));
-        let mut postgres = Self { dir, bin, port: crate::free_port(), child: None };
+        let mut settings = vec!["fsync=off".to_owned()];
+        if let Some((cert, key)) = tls {
+            // PostgreSQL reads its key only if its owner alone may.
+            let (cert_copy, key_copy) = (dir.path().join("server.pem"), dir.path().join("server-key.pem"));
+            std::fs::copy(cert, &cert_copy).expect("copy the certificate");
+            std::fs::copy(key, &key_copy).expect("copy the key");
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_copy, std::fs::Permissions::from_mode(0o600)).expect("chmod the key");
+            if is_root() {
+                let status =
+                    Command::new("chown").arg("postgres:").arg(&cert_copy).arg(&key_copy).status().expect("chown");
+                assert!(status.success(), "chown the key to `postgres`");
+            }
+            settings.push("ssl=on".to_owned());
+            settings.push(format!("ssl_cert_file={}", cert_copy.display()));
+            settings.push(format!("ssl_key_file={}", key_copy.display()));
+        }
+        let mut postgres = Self { dir, bin, port: crate::free_port(), settings, child: None };
         postgres.resume();
         postgres
     }
@@ -37,6 +65,11 @@ impl Postgres {
     /// `postgres://postgres@127.0.0.1:PORT/postgres`, without TLS.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable", self.port)
+    }
+
+    /// The URL over TLS only, trusting the CA certificate `ca`.
+    pub fn tls_url(&self, ca: &Path) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres?sslmode=require&sslrootcert={}", self.port, ca.display())
     }
 
     /// Stops the server (fast shutdown: connections are cut) and waits until it is gone.
@@ -61,7 +94,7 @@ impl Postgres {
             .arg(self.dir.path().join("data"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-k"])
             .arg(self.dir.path())
-            .args(["-c", "fsync=off"])
+            .args(self.settings.iter().flat_map(|setting| ["-c", setting]))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
