@@ -37,9 +37,16 @@ const INSTALLED: &[(&str, &str)] = &[
     ("yarn-4", "npm-clients/node_modules/yarn-4/bin/yarn.js"),
 ];
 
+/// Found on `PATH` or where Debian's `postgresql` puts it (`/usr/lib/postgresql/VERSION/bin`).
+const POSTGRES: &str = "postgres";
+
 fn main() {
-    let names: Vec<String> =
-        ON_PATH.iter().chain(INSTALLED.iter().map(|(name, _)| name)).map(|n| format!("\"{n}\"")).collect();
+    let names: Vec<String> = ON_PATH
+        .iter()
+        .chain(INSTALLED.iter().map(|(name, _)| name))
+        .chain([&POSTGRES])
+        .map(|n| format!("\"{n}\""))
+        .collect();
     println!("cargo::rustc-check-cfg=cfg(missing, values({}))", names.join(", "));
     println!("cargo::rerun-if-env-changed=PATH");
     println!("cargo::rerun-if-env-changed=CI");
@@ -62,6 +69,13 @@ fn main() {
             println!("cargo::rerun-if-changed={}", dir.display());
         }
     }
+    let debian = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|versions| versions.flatten().any(|v| is_executable(&v.path().join("bin/postgres"))))
+        .unwrap_or(false);
+    if !debian && !dirs.iter().any(|dir| is_executable(&dir.join(POSTGRES))) {
+        println!("cargo::rustc-cfg=missing=\"{POSTGRES}\"");
+    }
+    println!("cargo::rerun-if-changed=/usr/lib/postgresql");
     let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("support");
     for (name, file) in INSTALLED {
         let file = support.join(file);

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 pub use mayfly_sts::Algorithm;
 
 pub mod oidc_provider;
+pub mod postgres;
 pub mod verdaccio;
 
 /// A built binary of this workspace: from `$MAYFLY_BIN_DIR` when set (the benchmark

@@ -80,7 +80,7 @@ pub struct ConfigFile {
     /// Longest lifetime of a session token (`12h` when not set), as a duration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_max_ttl: Option<String>,
-    /// File of the embedded revocation store.
+    /// File of the embedded revocation store, or a `postgres://` URL of one replicas share.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revocation_store: Option<PathBuf>,
     /// HTTPS settings.
@@ -371,7 +371,8 @@ pub struct Config {
     pub trusted_issuers: Vec<TrustedIssuer>,
     /// Allow rules, in order.
     pub rules: Vec<Rule>,
-    /// File of the embedded revocation store; `None` keeps revocations in memory.
+    /// File of the embedded revocation store, or a `postgres://` URL of one replicas share;
+    /// `None` keeps revocations in memory.
     pub revocation_store: Option<PathBuf>,
     /// Who may introspect tokens other than their own.
     pub introspection_clients: Vec<IntrospectionClient>,

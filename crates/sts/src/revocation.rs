@@ -1,10 +1,11 @@
 //! Revoked tokens (RFC 7009): the one piece of state the exchange keeps.
 //!
 //! A token is remembered by its `jti` until its `exp`, after which it is refused anyway, so
-//! the store stays as small as the set of live revoked tokens. The store is a trait so that
-//! replicas can later share one; [`RedbStore`] is the embedded one.
+//! the store stays as small as the set of live revoked tokens. The store is a trait:
+//! [`RedbStore`] is the embedded one (one process), [`crate::PgStore`] the one replicas share.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -13,9 +14,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 const REVOKED: TableDefinition<'_, &str, i64> = TableDefinition::new("revoked");
 /// Entries are kept this long past `exp`, so verifiers that allow clock skew on `exp`
 /// still see them as revoked.
-const PRUNE_GRACE_SECS: i64 = 300;
+pub(crate) const PRUNE_GRACE_SECS: i64 = 300;
 /// A long-running exchange prunes at most this often (on a revocation).
-const PRUNE_EVERY_SECS: i64 = 3600;
+pub(crate) const PRUNE_EVERY_SECS: i64 = 3600;
 
 /// Where revocations are kept.
 pub trait RevocationStore: Send + Sync {
@@ -23,6 +24,20 @@ pub trait RevocationStore: Send + Sync {
     fn revoke(&self, jti: &str, expires_at: i64) -> Result<(), String>;
     /// Whether `jti` was revoked.
     fn is_revoked(&self, jti: &str) -> Result<bool, String>;
+    /// Whether the store can be used now (`/readyz`, and before minting a token).
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The store the config's `revocation_store` names: a `postgres://` URL, a redb file, or
+/// (none) memory. Opening a database connects nothing yet.
+pub(crate) fn open(store: Option<&Path>) -> Result<Arc<dyn RevocationStore>, String> {
+    let Some(store) = store else { return Ok(Arc::new(RedbStore::in_memory()?)) };
+    match store.to_str() {
+        Some(url) if crate::postgres::is_url(url) => Ok(Arc::new(crate::postgres::PgStore::open(url)?)),
+        _ => Ok(Arc::new(RedbStore::open(store)?)),
+    }
 }
 
 /// The embedded store: a redb file, or redb's in-memory backend.
@@ -101,7 +116,7 @@ impl RevocationStore for RedbStore {
     }
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 

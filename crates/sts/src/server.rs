@@ -19,7 +19,7 @@ use crate::delegation::{Actor, JWT_TOKEN_TYPE, SESSION_SCOPE};
 use crate::keys::{Algorithm, SigningKey};
 use crate::oauth::OAuthError;
 use crate::policy::{Acting, ApprovalState, ExchangeAsk, Grant, Policy, Rules, Staged};
-use crate::revocation::{RedbStore, RevocationStore};
+use crate::revocation::RevocationStore;
 use crate::verify::Verifier;
 use mayfly_core::{ACCESS_TOKEN_TYPE, Fingerprint, ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT};
 
@@ -56,11 +56,8 @@ impl Sts {
     /// Builds the exchange from its config (and an explicit key, if the caller has one),
     /// with the revocation store the config names (in memory when it names none).
     pub fn new(config: Config, key: Option<SigningKey>) -> Result<Self, String> {
-        let store = match &config.revocation_store {
-            Some(path) => RedbStore::open(path)?,
-            None => RedbStore::in_memory()?,
-        };
-        Self::with_store(config, key, Arc::new(store))
+        let store = crate::revocation::open(config.revocation_store.as_deref())?;
+        Self::with_store(config, key, store)
     }
 
     /// Builds the exchange with another revocation store (one shared by replicas).
@@ -136,6 +133,12 @@ impl Sts {
         tokio::task::spawn_blocking(move || store.is_revoked(&jti)).await.map_err(|e| e.to_string())?
     }
 
+    /// Whether the revocation store can be used now.
+    pub(crate) async fn store_ready(&self) -> Result<(), String> {
+        let store = self.revocations.clone();
+        tokio::task::spawn_blocking(move || store.check()).await.map_err(|e| e.to_string())?
+    }
+
     /// The routes.
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
@@ -145,6 +148,7 @@ impl Sts {
             .route("/.well-known/jwks.json", get(jwks))
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(crate::health::ready))
             .route("/registry/token", get(crate::registry::token).post(crate::registry::token))
             .route("/registry/cert.pem", get(crate::registry::certificate))
             .route("/approve/callback", get(crate::approval_page::callback))
@@ -271,6 +275,10 @@ async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: Bytes) -> 
         );
     }
     let form = Form { pairs: url::form_urlencoded::parse(&body).into_owned().collect() };
+    // Fail closed: never mint a token whose revocation could not be recorded.
+    if let Err(response) = crate::health::store_or_503(&sts).await {
+        return response;
+    }
     match exchange(&sts, &form).await {
         Ok(response) => response,
         Err(Refusal { code, reason }) => {

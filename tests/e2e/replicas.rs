@@ -1,0 +1,229 @@
+//! Two real `mayfly-sts` replicas (same config, own listeners) sharing revocations in a
+//! real PostgreSQL: a revocation answered by one is seen at the other from the next
+//! request on, and with the database down both fail closed (503) and recover by themselves.
+
+use std::path::Path;
+
+use base64::Engine;
+use mayfly_core::{ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT};
+use mayfly_tests::postgres::Postgres;
+use mayfly_tests::{Stack, https_listener, spawn_sts_on};
+use serde_json::Value;
+
+/// The stack's exchange is replica A; replica B runs the very config A was started with.
+struct Replicas {
+    stack: Stack,
+    a: String,
+    b: String,
+    _b: Killed,
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn replicas(postgres: &Postgres) -> Replicas {
+    replicas_on(postgres.url())
+}
+
+fn replicas_on(url: String) -> Replicas {
+    let stack = Stack::builder()
+        .git()
+        .sts_binary()
+        .sts_config(move |config, dir: &Path| {
+            // Replicas must sign with one key, so each verifies what the other minted.
+            let key = dir.join("sts-signing-key.pem");
+            let pem = mayfly_sts::SigningKey::generate(mayfly_sts::Algorithm::Es256).unwrap();
+            std::fs::write(&key, pem.private_pem()).unwrap();
+            config.signing_key = Some(key);
+            config.revocation_store = Some(url.clone().into());
+        })
+        .start();
+    let config: mayfly_sts::ConfigFile =
+        toml::from_str(&std::fs::read_to_string(stack.dir.path().join("sts.toml")).unwrap()).unwrap();
+    let (listener, b) = https_listener();
+    let child = spawn_sts_on(stack.dir.path(), "sts-b", listener, &config);
+    let a = stack.sts.url.clone();
+    Replicas { stack, a, b, _b: Killed(child) }
+}
+
+impl Replicas {
+    fn exchange(&self, at: &str, form: &[(&str, &str)]) -> (u16, String) {
+        let subject = self.stack.issuer.mint("mayfly-sts", &Value::Null);
+        let mut full = vec![
+            ("grant_type", TOKEN_EXCHANGE_GRANT),
+            ("subject_token_type", ID_TOKEN_TYPE),
+            ("subject_token", subject.as_str()),
+        ];
+        full.extend_from_slice(form);
+        let response = self.stack.https_client().post(format!("{at}/token")).form(&full).send().unwrap();
+        (response.status().as_u16(), response.text().unwrap())
+    }
+
+    fn mint(&self, at: &str, form: &[(&str, &str)]) -> String {
+        let (status, body) = self.exchange(at, form);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["access_token"].as_str().unwrap().to_owned()
+    }
+
+    fn git_token(&self, at: &str) -> String {
+        self.mint(at, &[("audience", &self.stack.git_server().base_url), ("scope", "repo:org/app:read")])
+    }
+
+    fn introspect(&self, at: &str, token: &str) -> (u16, String) {
+        let client = &self.stack.sts.client;
+        let response = self
+            .stack
+            .https_client()
+            .post(format!("{at}/introspect"))
+            .basic_auth(&client.client_id, Some(client.client_secret.expose()))
+            .form(&[("token", token)])
+            .send()
+            .unwrap();
+        (response.status().as_u16(), response.text().unwrap())
+    }
+
+    fn active(&self, at: &str, token: &str) -> bool {
+        let (status, body) = self.introspect(at, token);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["active"] == true
+    }
+
+    fn revoke(&self, at: &str, token: &str) {
+        let response = self.stack.https_client().post(format!("{at}/revoke")).form(&[("token", token)]).send().unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    fn ready(&self, at: &str) -> (u16, String) {
+        let response = self.stack.https_client().get(format!("{at}/readyz")).send().unwrap();
+        (response.status().as_u16(), response.text().unwrap())
+    }
+}
+
+#[test]
+#[cfg_attr(missing = "postgres", ignore = "needs postgres, which is not installed")]
+fn a_token_minted_at_one_replica_and_revoked_at_the_other_is_dead_at_both() {
+    if !mayfly_tests::postgres::require() {
+        return;
+    }
+    let postgres = Postgres::start();
+    let r = replicas(&postgres);
+    let token = r.git_token(&r.a);
+    let other = r.git_token(&r.b);
+    assert!(r.active(&r.a, &token) && r.active(&r.b, &token), "each replica vouches for the other's tokens");
+
+    r.revoke(&r.b, &token);
+    assert!(!r.active(&r.a, &token), "revoked at B, inactive at A from the next request");
+    assert!(!r.active(&r.b, &token));
+    assert!(r.active(&r.a, &other) && r.active(&r.b, &other), "only the revoked token is dead");
+}
+
+#[test]
+#[cfg_attr(missing = "postgres", ignore = "needs postgres, which is not installed")]
+fn a_session_revoked_at_one_replica_ends_at_the_other() {
+    if !mayfly_tests::postgres::require() {
+        return;
+    }
+    let postgres = Postgres::start();
+    let r = replicas(&postgres);
+    let intent = r#"{"agent":"claude","session":"s1"}"#;
+    let session = r.mint(&r.a, &[("audience", &r.a), ("scope", "session"), ("intent", intent)]);
+    let through = |at: &str| {
+        r.exchange(
+            at,
+            &[
+                ("actor_token", &session),
+                ("actor_token_type", ACCESS_TOKEN_TYPE),
+                ("audience", &r.stack.git_server().base_url),
+                ("scope", "repo:org/app:write"),
+            ],
+        )
+    };
+    let (status, body) = through(&r.b);
+    assert_eq!(status, 200, "B accepts the session A opened: {body}");
+    let derived = serde_json::from_str::<Value>(&body).unwrap()["access_token"].as_str().unwrap().to_owned();
+    let payload = derived.split('.').nth(1).unwrap();
+    let claims: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    assert!(claims["sid"].is_string(), "{claims}");
+
+    r.revoke(&r.a, &session);
+    assert!(!r.active(&r.b, &derived), "what B minted through the session died with it");
+    let (status, body) = through(&r.b);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("the session has been revoked"), "{body}");
+}
+
+#[test]
+#[cfg_attr(missing = "postgres", ignore = "needs postgres, which is not installed")]
+fn with_the_database_down_both_replicas_fail_closed_and_resume_when_it_returns() {
+    if !mayfly_tests::postgres::require() {
+        return;
+    }
+    let mut postgres = Postgres::start();
+    let r = replicas(&postgres);
+    let token = r.git_token(&r.a);
+    for at in [&r.a, &r.b] {
+        assert_eq!(r.ready(at).0, 200, "{}", r.ready(at).1);
+    }
+
+    postgres.stop();
+    for at in [&r.a, &r.b] {
+        let (status, body) =
+            r.exchange(at, &[("audience", &r.stack.git_server().base_url), ("scope", "repo:org/app:read")]);
+        assert_eq!(status, 503, "{body}");
+        assert!(!body.contains("access_token") && body.lines().count() == 1, "{body}");
+        let error: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(error["error"], "temporarily_unavailable", "{body}");
+
+        let (status, body) = r.introspect(at, &token);
+        assert_eq!(status, 503, "introspection cannot vouch for a token it cannot check: {body}");
+        assert_eq!(body.lines().count(), 1, "{body}");
+
+        let (status, why) = r.ready(at);
+        assert_eq!(status, 503, "{why}");
+        assert_eq!(why.lines().count(), 1, "{why}");
+        assert!(why.starts_with("not ready: revocation store (PostgreSQL):"), "{why}");
+    }
+
+    postgres.resume();
+    for at in [&r.a, &r.b] {
+        assert_eq!(r.ready(at).0, 200, "{}", r.ready(at).1);
+        assert!(r.active(at, &token));
+        r.git_token(at);
+    }
+}
+
+#[test]
+#[cfg_attr(missing = "postgres", ignore = "needs postgres, which is not installed")]
+fn the_database_is_reached_over_tls_and_its_certificate_is_verified() {
+    if !mayfly_tests::postgres::require() {
+        return;
+    }
+    let certs = tempfile::tempdir().unwrap();
+    let (ours, other) = (certs.path().join("ours"), certs.path().join("other"));
+    std::fs::create_dir_all(&ours).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    let ca = mayfly_devstack::DevCa::create(&ours).unwrap();
+    let stranger = mayfly_devstack::DevCa::create(&other).unwrap();
+    let postgres = Postgres::start_tls(&ca.cert, &ca.key);
+
+    let r = replicas_on(postgres.tls_url(&ca.ca_cert));
+    assert_eq!(r.ready(&r.a).0, 200, "{}", r.ready(&r.a).1);
+    let token = r.git_token(&r.a);
+    r.revoke(&r.a, &token);
+    assert!(!r.active(&r.a, &token), "the revocation went through the TLS connection");
+
+    let wrong = replicas_on(postgres.tls_url(&stranger.ca_cert));
+    let (status, why) = wrong.ready(&wrong.a);
+    assert_eq!(status, 503, "a server certificate from another CA is refused: {why}");
+    assert!(why.contains("TLS") || why.contains("certificate"), "{why}");
+    let (status, body) =
+        wrong.exchange(&wrong.a, &[("audience", &wrong.stack.git_server().base_url), ("scope", "repo:org/app:read")]);
+    assert_eq!(status, 503, "{body}");
+}
