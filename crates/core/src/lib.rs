@@ -38,6 +38,7 @@ pub mod scope;
 mod secret;
 pub mod shape;
 mod target;
+mod trust;
 
 pub use ancestry::{Process, ancestry, command_of, infer_git_operation, infer_oci_operation};
 pub use audit::{AuditEvent, AuditLog, Outcome, rfc3339_now};
