@@ -20,6 +20,7 @@ mod audit;
 mod broker;
 mod cache;
 mod config;
+pub mod deferred;
 mod duration;
 mod env;
 mod exchange;
