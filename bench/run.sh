@@ -30,3 +30,8 @@ if command -v npm >/dev/null 2>&1; then
     hyperfine -N --warmup 5 --runs 30 "npm --version" "$scratch/npm --version"
 fi
 hyperfine -N --warmup 20 --runs 200 "/bin/true" "$bin/mayfly exec -- /bin/true"
+
+# What a helper costs around its exchange (mayfly-sts on loopback): a cold `get` beside
+# the exchange alone, a refresh beside a cold `get`, a session's end with 1/10/30 tokens
+# beside one with none; medians and ratios.
+MAYFLY_BIN_DIR="$bin" cargo bench -p mayfly-tests --bench client_costs --locked

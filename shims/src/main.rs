@@ -5,6 +5,7 @@
 use mayfly_core::protocol::shim::{Family, Processes, refuse, run};
 
 fn main() {
+    mayfly_core::deferred::serve_if_asked();
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let invoked =
         args.first().and_then(|a| std::path::Path::new(a).file_name()).map(|n| n.to_string_lossy().into_owned());

@@ -176,3 +176,37 @@ fn the_registry_token_endpoint_refuses_a_revoked_token() {
     let denied = stack.sts_audit().into_iter().find(|l| l["outcome"] == "denied").expect("the refusal is audited");
     assert_eq!(denied["reason"], "registry: token has been revoked");
 }
+
+#[test]
+fn a_refresh_answers_the_tool_first_and_the_replaced_token_is_still_revoked() {
+    // Six-second tokens: the margin is capped at half the lifetime, three seconds.
+    let stack = Stack::with(mayfly_tests::Options { subject_lifetime: 6, max_ttl: "6s", ..Default::default() });
+    let old = stack.helper_token("org/app.git");
+    assert_eq!(introspect(&stack, &old, Auth::Client).2["active"], true);
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let new = stack.helper_token("org/app.git");
+    assert_ne!(new, old, "inside the margin the helper answers with a fresh token");
+    assert_eq!(introspect(&stack, &new, Auth::Client).2["active"], true);
+    // The old token is revoked by the helper's detached copy; wait for it to be done.
+    let mut revoked = false;
+    for _ in 0..200 {
+        if introspect(&stack, &old, Auth::Client).2["active"] == false {
+            revoked = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(revoked, "the replaced token was never revoked");
+    let mut audit = Vec::new();
+    for _ in 0..200 {
+        audit = stack.client_audit();
+        if audit.len() == 3 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let line = audit.iter().find(|l| l["outcome"] == "revoked").expect("a revoked line");
+    assert_eq!(line["fingerprint"], fingerprint(&old));
+    assert_eq!(line["target"], audit[0]["target"], "the line names what the token was for, as before");
+    assert_eq!(audit.iter().filter(|l| l["outcome"] == "issued").count(), 2);
+}

@@ -104,17 +104,15 @@ pub(crate) fn logout(args: &LogoutArgs) -> anyhow::Result<ExitCode> {
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-/// Drops the cached tokens minted through the identity's routes: they were minted for the
-/// login that just ended. Returns how many.
+/// Revokes (where the issuer can) and drops the cached tokens minted through the
+/// identity's routes: they were minted for the login that just ended. Returns how many.
 fn drop_cached(config: &Config, identity: &str, env: &Env) -> usize {
-    let Ok(cache) = mayfly_core::Cache::open(env) else { return 0 };
-    let routes: Vec<&str> = config.routes.iter().filter(|r| r.identity == identity).map(|r| r.name.as_str()).collect();
-    cache
-        .entries()
-        .into_iter()
-        .filter(|(_, entry)| entry.origin.as_ref().is_some_and(|o| routes.contains(&o.route.as_str())))
-        .filter(|(key, _)| cache.remove(key).is_some())
-        .count()
+    let broker = mayfly_core::Broker::new(env.clone(), config.clone());
+    let ended = broker.end_identity(identity, &mayfly_core::ancestry());
+    for failure in &ended.failures {
+        mayfly_core::protocol::warn(failure);
+    }
+    ended.revoked + ended.dropped
 }
 
 /// `sub` and, when present, the email, cleaned for the terminal.

@@ -17,6 +17,9 @@ use crate::{Env, EnvVars, Operation, Process, Scope, Secret, Target};
 /// How long a subject token fetch may take, end to end.
 const IDENTITY_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Revocations in flight at once when a session ends.
+const REVOKING_AT_ONCE: usize = 8;
+
 /// Why no token was handed out.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -243,8 +246,10 @@ impl Broker {
                     && entry.expires_at > now
                 {
                     // The token this one replaces may still be valid: end it rather than
-                    // let it live on unrecorded.
-                    if let Some(old) = cache.remove(&key) {
+                    // let it live on unrecorded, after the tool has its answer.
+                    if let Some(old) = cache.remove(&key)
+                        && !crate::deferred::hand_over(&old, chain)
+                    {
                         let _ = self.end_entry(old, chain);
                     }
                     let _ = cache.put(&key, &entry, lock);
@@ -492,19 +497,43 @@ impl Broker {
         self.drop_entries(&|entry| entry.session.as_deref() == Some(session), chain)
     }
 
-    /// Drops the wanted entries, revoking each where its issuer can.
+    /// Ends a login's tokens: revokes and drops every token minted through the identity's
+    /// routes, which the login that just ended vouched for.
+    pub fn end_identity(&self, identity: &str, chain: &[Process]) -> Ended {
+        let routes: Vec<&str> =
+            self.config.routes.iter().filter(|r| r.identity == identity).map(|r| r.name.as_str()).collect();
+        self.drop_entries(&|entry| entry.origin.as_ref().is_some_and(|o| routes.contains(&o.route.as_str())), chain)
+    }
+
+    /// Drops the wanted entries, revoking each where its issuer can: at most
+    /// [`REVOKING_AT_ONCE`] revocations in flight, on the process's shared client.
     fn drop_entries(&self, wanted: &dyn Fn(&CacheEntry) -> bool, chain: &[Process]) -> Ended {
         let Ok(cache) = Cache::open(&self.env) else {
             return Ended { cache_off: true, ..Ended::default() };
         };
-        let mut ended = Ended::default();
+        let mut taken = Vec::new();
         for (key, entry) in cache.entries() {
             if !wanted(&entry) || entry.origin.is_none() {
                 continue;
             }
             let _lock = cache.lock(&key).ok();
-            let Some(entry) = cache.remove(&key) else { continue };
-            match self.end_entry(entry, chain) {
+            taken.extend(cache.remove(&key));
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let results = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..REVOKING_AT_ONCE.min(taken.len()) {
+                scope.spawn(|| {
+                    while let Some(entry) = taken.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                        let result = self.end_entry(entry.clone(), chain);
+                        results.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(result);
+                    }
+                });
+            }
+        });
+        let mut ended = Ended::default();
+        for result in results.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            match result {
                 Ok(true) => ended.revoked += 1,
                 Ok(false) => ended.dropped += 1,
                 Err(failure) => {
@@ -518,7 +547,7 @@ impl Broker {
 
     /// Revokes a token taken out of the cache where its issuer can, and audits it: true
     /// when revoked, false when only dropped, the reason when revoking failed.
-    fn end_entry(&self, entry: CacheEntry, chain: &[Process]) -> Result<bool, String> {
+    pub(crate) fn end_entry(&self, entry: CacheEntry, chain: &[Process]) -> Result<bool, String> {
         let Some(origin) = entry.origin.clone() else { return Ok(false) };
         let mut event = self.stored_event(&origin, &entry, chain);
         let exchange = self.config.exchanges.get(&origin.exchange);

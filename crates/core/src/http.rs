@@ -3,7 +3,8 @@
 
 use std::io::Read;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use reqwest::blocking::{Client, RequestBuilder, Response};
@@ -113,50 +114,82 @@ impl Retry {
 }
 
 /// A blocking client with mayfly's rules built in.
+///
+/// One per process per (timeout, CA file): [`HttpClient::new`] hands out the same one
+/// again, and the underlying clients (each a runtime thread) are built on first use, the
+/// one with trust roots only for an `https` URL.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
-    client: Client,
+    inner: Arc<Inner>,
 }
 
+#[derive(Debug)]
+struct Inner {
+    timeout: Duration,
+    /// The exchange's own CA certificates, trusted beside the system's.
+    extra: Vec<reqwest::Certificate>,
+    /// For plain HTTP to loopback: no trust roots loaded.
+    plain: OnceLock<Result<Client, String>>,
+    /// For HTTPS: the system roots and `extra`.
+    tls: OnceLock<Result<Client, String>>,
+}
+
+/// The clients handed out so far in this process.
+type Shared = Mutex<Vec<((Duration, Option<PathBuf>), HttpClient)>>;
+
 impl HttpClient {
-    /// A client with a whole-request timeout, optionally trusting extra CA certificates.
+    /// The client with a whole-request timeout, optionally trusting extra CA certificates
+    /// (read now, so a bad file is said before any request).
     pub fn new(timeout: Duration, ca_file: Option<&Path>) -> Result<Self, Error> {
-        let mut builder = Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("mayfly/", env!("CARGO_PKG_VERSION")))
-            .redirect(same_origin_redirects())
-            .no_proxy();
+        static SHARED: Shared = Mutex::new(Vec::new());
+        let key = (timeout, ca_file.map(Path::to_path_buf));
+        let mut shared = SHARED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, client)) = shared.iter().find(|(k, _)| *k == key) {
+            return Ok(client.clone());
+        }
+        let mut extra = Vec::new();
         if let Some(path) = ca_file {
             let ca_error = |message: String| Error::Ca { path: path.display().to_string(), message };
             let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
-            builder = builder.tls_certs_merge(certs);
+            extra = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
         }
-        let client = builder.build().map_err(|e| Error::Send {
-            url: String::new(),
-            message: e.to_string(),
+        let client = Self { inner: Arc::new(Inner { timeout, extra, plain: OnceLock::new(), tls: OnceLock::new() }) };
+        shared.push((key, client.clone()));
+        Ok(client)
+    }
+
+    /// The underlying client for this URL, built on first use.
+    fn client(&self, url: &url::Url) -> Result<&Client, Error> {
+        check_url(url)?;
+        let inner = &*self.inner;
+        let built = if url.scheme() == "https" {
+            inner.tls.get_or_init(|| {
+                let roots = crate::trust::system_roots().iter().chain(&inner.extra).cloned();
+                build(inner.timeout, roots.collect())
+            })
+        } else {
+            inner.plain.get_or_init(|| build(inner.timeout, Vec::new()))
+        };
+        built.as_ref().map_err(|message| Error::Send {
+            url: redacted(url),
+            message: message.clone(),
             not_delivered: true,
-        })?;
-        Ok(Self { client })
+        })
     }
 
     /// A GET request, after checking the URL is allowed.
     pub fn get(&self, url: &url::Url) -> Result<RequestBuilder, Error> {
-        check_url(url)?;
-        Ok(self.client.get(url.clone()))
+        Ok(self.client(url)?.get(url.clone()))
     }
 
     /// A POST request, after checking the URL is allowed.
     pub fn post(&self, url: &url::Url) -> Result<RequestBuilder, Error> {
-        check_url(url)?;
-        Ok(self.client.post(url.clone()))
+        Ok(self.client(url)?.post(url.clone()))
     }
 
     /// A DELETE request, after checking the URL is allowed.
     pub fn delete(&self, url: &url::Url) -> Result<RequestBuilder, Error> {
-        check_url(url)?;
-        Ok(self.client.delete(url.clone()))
+        Ok(self.client(url)?.delete(url.clone()))
     }
 
     /// Sends the request `build` makes, again where `retry` allows (at most three
@@ -207,6 +240,20 @@ impl HttpClient {
         }
         Ok((status.as_u16(), body))
     }
+}
+
+/// A client trusting exactly `roots` (none: plain HTTP only). Same-origin redirects never
+/// change the scheme, so a plain client is never asked for TLS.
+fn build(timeout: Duration, roots: Vec<reqwest::Certificate>) -> Result<Client, String> {
+    Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .user_agent(concat!("mayfly/", env!("CARGO_PKG_VERSION")))
+        .redirect(same_origin_redirects())
+        .no_proxy()
+        .tls_certs_only(roots)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// Follows a redirect only to the same origin; credentials never leave it.

@@ -20,6 +20,7 @@ mod audit;
 mod broker;
 mod cache;
 mod config;
+pub mod deferred;
 mod duration;
 mod env;
 mod exchange;
@@ -38,6 +39,7 @@ pub mod scope;
 mod secret;
 pub mod shape;
 mod target;
+mod trust;
 
 pub use ancestry::{Process, ancestry, command_of, infer_git_operation, infer_oci_operation};
 pub use audit::{AuditEvent, AuditLog, Outcome, rfc3339_now};

@@ -32,6 +32,7 @@ pub struct Hook {
 /// The whole `main` of a helper binary. `--help` and `--version` (alone) answer on
 /// stdout and exit 0 without being taken for a request; anything else is the protocol's.
 pub fn main(hook: &Hook) -> ! {
+    crate::deferred::serve_if_asked();
     // Lossy, not `std::env::args`: a hostile non-UTF-8 argument is refused, not a panic.
     let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
     let mut stdout = std::io::stdout().lock();

@@ -1,0 +1,114 @@
+//! What a helper costs around its exchange: a cold `get` beside the exchange's own time, a
+//! refresh beside a cold `get`, and a session's end with 1, 10 and 30 tokens beside one
+//! with none. Each pair runs interleaved, and the medians are reported with their ratio.
+//!
+//! Run through `bench/run.sh`, which builds the release binaries.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mayfly_tests::{Options, Stack, bin};
+
+/// Runs per measured command.
+const RUNS: usize = 15;
+
+fn median(mut times: Vec<Duration>) -> f64 {
+    times.sort();
+    times[times.len() / 2].as_secs_f64() * 1e3
+}
+
+/// One `git-credential-mayfly get` for a repository in a session, which must answer.
+fn get(stack: &Stack, session: &str, path: &str) -> Duration {
+    let request = format!("protocol=https\nhost={}\npath={path}\n", stack.git_host());
+    let started = Instant::now();
+    let mut child = Command::new(bin("git-credential-mayfly"))
+        .arg("get")
+        .env_clear()
+        .envs(stack.env())
+        .env("MAYFLY_SESSION", session)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), request.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("password="));
+    took
+}
+
+/// `mayfly exec --session SESSION -- /bin/true`: mostly the session's end.
+fn end(stack: &Stack, session: &str) -> Duration {
+    let started = Instant::now();
+    let out = Command::new(bin("mayfly"))
+        .args(["exec", "--session", session, "--", "/bin/true"])
+        .env_clear()
+        .envs(stack.env())
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    took
+}
+
+fn report(what: &str, a: (&str, f64), b: (&str, f64)) {
+    println!("{what}: {} {:.2} ms   {} {:.2} ms   ratio {:.2}", a.0, a.1, b.0, b.1, a.1 / b.1);
+}
+
+fn main() {
+    let stack = Stack::new();
+    let client = || stack.https_client();
+    let audience = stack.git_server().base_url.clone();
+    // Warm the subject token and the binaries' pages.
+    get(&stack, "warm", "org/app.git");
+
+    // A cold get (a session never seen: no cached token) beside the exchange alone, on a
+    // fresh connection from this process.
+    let (mut gets, mut exchanges) = (Vec::new(), Vec::new());
+    for i in 0..RUNS {
+        gets.push(get(&stack, &format!("cold-{i}"), "org/app.git"));
+        let http = client();
+        let started = Instant::now();
+        mayfly_tests::exchange_token(&http, &stack.sts.url, &stack.issuer, &audience, "repo:org/app:read");
+        exchanges.push(started.elapsed());
+    }
+    let (get_ms, exchange_ms) = (median(gets), median(exchanges));
+    report("cold get / exchange", ("cold get", get_ms), ("exchange", exchange_ms));
+    println!("cold get minus the exchange: {:.2} ms", get_ms - exchange_ms);
+
+    // A refresh (the cached token inside its margin: exchange again, the old one handed
+    // to a detached revocation) beside a cold get. Two-second tokens: a one-second margin.
+    let short = Stack::with(Options { max_ttl: "2s", ..Options::default() });
+    get(&short, "warm", "org/app.git");
+    let (mut refreshes, mut colds) = (Vec::new(), Vec::new());
+    for i in 0..RUNS.min(8) {
+        let session = format!("refresh-{i}");
+        get(&short, &session, "org/app.git");
+        std::thread::sleep(Duration::from_millis(1100));
+        refreshes.push(get(&short, &session, "org/app.git"));
+        colds.push(get(&short, &format!("cold-{i}"), "org/app.git"));
+    }
+    report("refresh / cold get", ("refresh", median(refreshes)), ("cold get", median(colds)));
+
+    // A session's end with N tokens beside one with none: N repositories under `org/app`,
+    // each its own token, all with the one scope the exchange grants.
+    let route = stack.route("org/app", &["read"], "ci");
+    assert!(route.contains("exchange = \"sts\""), "{route}");
+    stack
+        .write_config(&route.replace("exchange = \"sts\"", "exchange = \"sts\"\nscope = \"repo:org/app:{operation}\""));
+    for n in [1, 10, 30] {
+        let (mut full, mut empty) = (Vec::new(), Vec::new());
+        for round in 0..5 {
+            let session = format!("end-{n}-{round}");
+            for k in 0..n {
+                get(&stack, &session, &format!("org/app/r{k}.git"));
+            }
+            full.push(end(&stack, &session));
+            let audit = stack.client_audit();
+            let revoked = audit.iter().filter(|l| l["session"] == session.as_str() && l["outcome"] == "revoked");
+            assert_eq!(revoked.count(), n, "every token of the session was revoked");
+            empty.push(end(&stack, &format!("none-{n}-{round}")));
+        }
+        report(&format!("session end, {n} token(s) / none"), ("with", median(full)), ("none", median(empty)));
+    }
+}
