@@ -480,30 +480,35 @@ impl Broker {
                     .as_ref()
                     .is_some_and(|o| o.route == route.name && (target.path.is_none() || o.target == target.display()))
         };
-        let ended = self.drop_entries(&wanted, chain);
+        let ended = self.drop_entries(session.as_deref(), &wanted, chain);
         for failure in &ended.failures {
             crate::protocol::warn(failure);
         }
         ended.revoked + ended.dropped
     }
 
-    /// Ends a session: revokes and drops every token minted in it.
+    /// Ends a session: revokes and drops every token minted in it (its expired ones are
+    /// only removed: nothing to revoke).
     pub fn end_session(&self, session: &str, chain: &[Process]) -> Ended {
-        self.drop_entries(&|entry| entry.session.as_deref() == Some(session), chain)
+        self.drop_entries(Some(session), &|_| true, chain)
     }
 
-    /// Drops the wanted entries, revoking each where its issuer can.
-    fn drop_entries(&self, wanted: &dyn Fn(&CacheEntry) -> bool, chain: &[Process]) -> Ended {
+    /// Drops the session's wanted entries, revoking each where its issuer can. Only the
+    /// session's entries are decrypted (their file names say which they are).
+    fn drop_entries(&self, session: Option<&str>, wanted: &dyn Fn(&CacheEntry) -> bool, chain: &[Process]) -> Ended {
         let Ok(cache) = Cache::open(&self.env) else {
             return Ended { cache_off: true, ..Ended::default() };
         };
         let mut ended = Ended::default();
-        for (key, entry) in cache.entries() {
+        for (key, entry) in cache.session_entries(session, now()) {
             if !wanted(&entry) || entry.origin.is_none() {
                 continue;
             }
-            let _lock = cache.lock(&key).ok();
-            let Some(entry) = cache.remove(&key) else { continue };
+            let entry = match cache.lock(&key) {
+                Ok(lock) => cache.discard(&key, lock),
+                Err(_) => cache.remove(&key),
+            };
+            let Some(entry) = entry else { continue };
             match self.end_entry(entry, chain) {
                 Ok(true) => ended.revoked += 1,
                 Ok(false) => ended.dropped += 1,
