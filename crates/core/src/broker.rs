@@ -145,7 +145,7 @@ fn host_name() -> Option<String> {
 impl Broker {
     /// A broker over an environment and its config.
     pub fn new(env: Env, config: Config) -> Self {
-        let audit = AuditLog::from_env(&env);
+        let audit = AuditLog::from_env(&env).with_rotation(config.audit_max_size, config.audit_keep);
         Self { env, config, audit }
     }
 
