@@ -30,3 +30,7 @@ if command -v npm >/dev/null 2>&1; then
     hyperfine -N --warmup 5 --runs 30 "npm --version" "$scratch/npm --version"
 fi
 hyperfine -N --warmup 20 --runs 200 "/bin/true" "$bin/mayfly exec -- /bin/true"
+
+# Cache size: status, session end and --redact at 1 ... 10,000 cached entries (flat is
+# the goal), with the release binaries.
+bench/cache_size.sh "$bin"
