@@ -4,7 +4,8 @@
 # written through the real cache API (crates/core/examples/fill_cache.rs). Prints each
 # mean and its ratio to the 1-entry case; flat means ratios near 1.
 #
-# Usage: bench/cache_size.sh BIN_DIR   (the directory holding the `mayfly` binary)
+# Usage: bench/cache_size.sh BIN_DIR   (the directory holding the `mayfly` binary);
+# MAYFLY_BENCH_SIZES="1 100" and MAYFLY_BENCH_RUNS=5 keep it short.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(cd "${1:?usage: bench/cache_size.sh BIN_DIR}" && pwd)
@@ -20,7 +21,7 @@ export MAYFLY_AUDIT_LOG="$scratch/audit.jsonl" MAYFLY_KEY_STORE=runtime
 
 declare -A base
 printf '%-8s %-14s %10s %8s\n' entries command "mean ms" ratio
-for n in 1 100 1000 10000; do
+for n in ${MAYFLY_BENCH_SIZES:-1 100 1000 10000}; do
     export MAYFLY_CACHE_DIR="$scratch/tokens-$n"
     "$fill" "$n"
     hyperfine -N --warmup 3 --runs "${MAYFLY_BENCH_RUNS:-20}" --style none --export-csv "$scratch/$n.csv" \
