@@ -35,3 +35,7 @@ hyperfine -N --warmup 20 --runs 200 "/bin/true" "$bin/mayfly exec -- /bin/true"
 # the exchange alone, a refresh beside a cold `get`, a session's end with 1/10/30 tokens
 # beside one with none; medians and ratios.
 MAYFLY_BIN_DIR="$bin" cargo bench -p mayfly-tests --bench client_costs --locked
+
+# Cache size: status, session end and --redact at 1 ... 10,000 cached entries (flat is
+# the goal), with the release binaries.
+bench/cache_size.sh "$bin"

@@ -437,7 +437,7 @@ impl Stack {
     pub fn base_config(&self) -> ConfigFile {
         let identity = |kind: &str| IdentityEntry { kind: kind.into(), ..Default::default() };
         let mut config = ConfigFile {
-            settings: SettingsEntry { refresh_margin: Some("60s".into()) },
+            settings: SettingsEntry { refresh_margin: Some("60s".into()), ..SettingsEntry::default() },
             identities: [
                 ("ci".to_owned(), IdentityEntry { audience: Some("mayfly-sts".into()), ..identity("github-actions") }),
                 ("given".to_owned(), IdentityEntry { var: Some("MAYFLY_TEST_SUBJECT".into()), ..identity("env") }),

@@ -77,14 +77,17 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         reader.follow(&path, &stop, &mut |line| emit(&mut out, &filter, args.json, line))
     } else {
-        match File::open(&path) {
-            Ok(file) => reader.read(file, true, &mut |line| emit(&mut out, &filter, args.json, line)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                eprintln!("mayfly: no audit log at {} yet", sanitize_for_terminal(&path.display().to_string()));
-                Ok(())
-            }
-            Err(e) => Err(e).with_context(|| format!("cannot read `{}`", path.display())),
+        // The rotated files first, oldest to newest, then the log itself.
+        let files = log.files();
+        if files.is_empty() {
+            eprintln!("mayfly: no audit log at {} yet", sanitize_for_terminal(&path.display().to_string()));
         }
+        files.iter().try_for_each(|file| match File::open(file) {
+            Ok(opened) => reader.read(opened, true, &mut |line| emit(&mut out, &filter, args.json, line)),
+            // Rotated away between listing and opening.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot read `{}`", file.display())),
+        })
     };
     if reader.malformed > 0 {
         let shown = sanitize_for_terminal(&path.display().to_string());

@@ -269,14 +269,13 @@ fn cached(env: &Env, route: &Route, target: &Target, operation: Operation) -> St
     let session = env.get(EnvVars::MAYFLY_SESSION);
     let display = target.display();
     let entry = cache
-        .entries()
+        .session_entries(session, crate::status::now())
         .into_iter()
         .map(|(_, entry)| entry)
         .filter(|e| {
-            e.session.as_deref() == session
-                && e.origin
-                    .as_ref()
-                    .is_some_and(|o| o.route == route.name && o.target == display && o.operation == operation.as_str())
+            e.origin
+                .as_ref()
+                .is_some_and(|o| o.route == route.name && o.target == display && o.operation == operation.as_str())
         })
         .max_by_key(|e| e.expires_at);
     let now = crate::status::now();
@@ -355,9 +354,9 @@ fn exchange(
 fn granted_scope(env: &Env, session: &str, fingerprint: &mayfly_core::Fingerprint) -> Option<String> {
     let from_cache = Cache::open(env).ok().and_then(|cache| {
         cache
-            .entries()
+            .session_entries(Some(session), crate::status::now())
             .into_iter()
-            .find(|(_, e)| e.session.as_deref() == Some(session) && e.token.fingerprint() == *fingerprint)
+            .find(|(_, e)| e.token.fingerprint() == *fingerprint)
             .and_then(|(_, e)| e.scope)
     });
     from_cache.or_else(|| {

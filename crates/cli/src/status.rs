@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use mayfly_core::{
-    AuditLog, Cache, CacheEntry, Config, Env, IdentityConfig, IdentityPresence, UnverifiedClaims, peek_claims,
+    AuditLog, Cache, CacheEntry, Config, Env, EnvVars, IdentityConfig, IdentityPresence, UnverifiedClaims, peek_claims,
     sanitize_for_terminal,
 };
 use serde_json::{Value, json};
@@ -20,11 +20,15 @@ pub(crate) struct Args {
     /// Print one JSON document instead of tables
     #[arg(long)]
     json: bool,
+    /// List the cached tokens of every session, not only those outside any session and
+    /// of the current one (`$MAYFLY_SESSION`)
+    #[arg(long)]
+    all: bool,
 }
 
 pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let env = Env::from_os();
-    let status = Status::gather(&env, now());
+    let status = Status::gather(&env, now(), args.all);
     if args.json {
         println!("{}", json_for_terminal(&status.to_json()));
     } else {
@@ -43,6 +47,9 @@ struct Status {
     key_dir: Option<PathBuf>,
     key_place: Option<String>,
     entries: Result<Vec<Entry>, String>,
+    /// Live entries of other sessions, counted from their file names, not decrypted:
+    /// (entries, sessions).
+    elsewhere: (usize, usize),
     audit_log: Option<PathBuf>,
     identities: Vec<Identity>,
 }
@@ -83,11 +90,28 @@ struct Identity {
 }
 
 impl Status {
-    fn gather(env: &Env, now: i64) -> Self {
+    fn gather(env: &Env, now: i64, all: bool) -> Self {
         let config = Config::load(env).map_err(|e| mayfly_core::protocol::one_line(&e));
+        let mut elsewhere = (0, 0);
         let (entries, key_dir, key_place) = match Cache::open(env) {
             Ok(cache) => {
-                let mut entries: Vec<Entry> = cache.entries().into_iter().map(|(_, e)| Entry::from(&e)).collect();
+                // What can never be served again goes first; then only what is shown is
+                // decrypted.
+                cache.sweep(now);
+                let session = env.get(EnvVars::MAYFLY_SESSION).filter(|s| !s.is_empty());
+                let mut entries: Vec<Entry> = if all {
+                    cache.entries().into_iter().map(|(_, e)| Entry::from(&e)).collect()
+                } else {
+                    let shown = [Cache::session_tag(None), Cache::session_tag(session)];
+                    let others: Vec<_> = cache.list().into_iter().filter(|l| !shown.contains(&l.session_tag)).collect();
+                    let sessions: std::collections::HashSet<_> = others.iter().map(|l| &l.session_tag).collect();
+                    elsewhere = (others.len(), sessions.len());
+                    let mut entries = cache.session_entries(None, now);
+                    if session.is_some() {
+                        entries.extend(cache.session_entries(session, now));
+                    }
+                    entries.into_iter().map(|(_, e)| Entry::from(&e)).collect()
+                };
                 entries.sort_by(|a, b| {
                     (a.subject_token, &a.target, &a.operation, &a.session, a.expires_at).cmp(&(
                         b.subject_token,
@@ -113,6 +137,7 @@ impl Status {
             key_dir,
             key_place,
             entries,
+            elsewhere,
             audit_log: AuditLog::from_env(env).path().map(Path::to_owned),
             identities,
         }
@@ -133,6 +158,7 @@ impl Status {
                 "error": self.entries.as_ref().err(),
                 "entries": self.entries.as_ref().map(|e| e.iter().map(|e| e.to_json(self.now)).collect::<Vec<_>>())
                     .unwrap_or_default(),
+                "other_sessions": { "entries": self.elsewhere.0, "sessions": self.elsewhere.1 },
             },
             "audit_log": path(&self.audit_log),
             "identities": self.identities.iter().map(|i| i.to_json(self.now)).collect::<Vec<_>>(),
@@ -181,6 +207,12 @@ impl Status {
                 rows.extend(entries.iter().map(|e| e.row(self.now)));
                 out.push_str(&indent(&table(&rows)));
             }
+        }
+        if self.elsewhere.0 > 0 {
+            out.push_str(&format!(
+                "  and {} in {} other session(s), not listed: `mayfly status --all` lists them\n",
+                self.elsewhere.0, self.elsewhere.1
+            ));
         }
         out.push('\n');
         match (&self.config, self.identities.is_empty()) {

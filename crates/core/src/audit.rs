@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -80,17 +80,39 @@ pub struct AuditEvent {
     pub process: Vec<Process>,
 }
 
+/// Size at which the log is rotated, unless `[settings] audit_max_size` says otherwise.
+pub(crate) const DEFAULT_AUDIT_MAX_SIZE: u64 = 10 * 1024 * 1024;
+/// Rotated files kept (`audit.jsonl.1` newest ... `.N` oldest), unless `audit_keep` says.
+pub(crate) const DEFAULT_AUDIT_KEEP: usize = 3;
+
 /// Where audit lines go.
 #[derive(Clone, Debug)]
 pub struct AuditLog {
     path: Option<PathBuf>,
+    max_size: u64,
+    keep: usize,
 }
 
 impl AuditLog {
-    /// `$MAYFLY_AUDIT_LOG`, else `$XDG_STATE_HOME/mayfly/audit.jsonl`.
+    /// `$MAYFLY_AUDIT_LOG`, else `$XDG_STATE_HOME/mayfly/audit.jsonl`, rotated at the
+    /// default size.
     pub fn from_env(env: &Env) -> Self {
         let path = env.path(EnvVars::MAYFLY_AUDIT_LOG).or_else(|| Some(env.state_dir()?.join("audit.jsonl")));
-        Self { path }
+        Self { path, max_size: DEFAULT_AUDIT_MAX_SIZE, keep: DEFAULT_AUDIT_KEEP }
+    }
+
+    /// The same log, rotated once it would pass `max_size` bytes, keeping `keep` old files.
+    pub fn with_rotation(mut self, max_size: u64, keep: usize) -> Self {
+        self.max_size = max_size.max(1);
+        self.keep = keep;
+        self
+    }
+
+    /// Every file of the log that exists, oldest first: the rotated ones, then the log.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let Some(path) = &self.path else { return Vec::new() };
+        let rotated = (1..=self.keep.max(MAX_KEEP_READ)).rev().map(|n| rotated(path, n));
+        rotated.chain(std::iter::once(path.clone())).filter(|p| p.exists()).collect()
     }
 
     /// The log file.
@@ -109,9 +131,47 @@ impl AuditLog {
         }
         let mut line = serde_json::to_vec(event).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        let open = || std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path);
+        let mut file = open()?;
+        if file.metadata()?.len() + line.len() as u64 > self.max_size {
+            self.rotate(path)?;
+            file = open()?;
+        }
         file.write_all(&line)
     }
+
+    /// Shifts `log.N-1` to `log.N` ... and the log to `log.1`, dropping the oldest. Under
+    /// a lock, and only if the log is still full: parallel writers rotate once. A writer
+    /// that opened the log just before appends to `log.1`, which is still read.
+    fn rotate(&self, path: &Path) -> std::io::Result<()> {
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path.with_extension("lock"))?;
+        lock.lock()?;
+        if std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) < self.max_size / 2 {
+            return Ok(()); // another writer rotated it while we waited
+        }
+        if self.keep == 0 {
+            return std::fs::remove_file(path);
+        }
+        let _ = std::fs::remove_file(rotated(path, self.keep));
+        for n in (1..self.keep).rev() {
+            let _ = std::fs::rename(rotated(path, n), rotated(path, n + 1));
+        }
+        std::fs::rename(path, rotated(path, 1))
+    }
+}
+
+/// Rotated files looked for when reading, whatever `keep` is now (it may have been larger).
+const MAX_KEEP_READ: usize = 9;
+
+fn rotated(path: &Path, n: usize) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
 }
 
 /// The current time in RFC 3339, as audit lines carry it.
@@ -125,4 +185,37 @@ pub(crate) fn rfc3339(unix: i64) -> String {
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| unix.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_rotates_by_size_keeps_n_files_and_lists_them_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let env = Env::from_pairs([(EnvVars::MAYFLY_AUDIT_LOG, path.display().to_string())]);
+        let line_len =
+            serde_json::to_vec(&AuditEvent { time: "00".into(), ..AuditEvent::default() }).unwrap().len() as u64 + 1;
+        let log = AuditLog::from_env(&env).with_rotation(3 * line_len, 2);
+        for n in 0..10 {
+            let event = AuditEvent { time: format!("{n:02}"), ..AuditEvent::default() };
+            log.record(&event).unwrap();
+        }
+        let files = log.files();
+        let names: Vec<_> = files.iter().map(|p| p.file_name().unwrap().to_str().unwrap().to_owned()).collect();
+        assert_eq!(names, ["audit.jsonl.2", "audit.jsonl.1", "audit.jsonl"]);
+        assert!(!dir.path().join("audit.jsonl.3").exists(), "only two rotated files kept");
+        let times: Vec<String> = files
+            .iter()
+            .flat_map(|f| std::fs::read_to_string(f).unwrap().lines().map(str::to_owned).collect::<Vec<_>>())
+            .map(|l| serde_json::from_str::<serde_json::Value>(&l).unwrap()["time"].as_str().unwrap().to_owned())
+            .collect();
+        // Three lines a file: 00-02 went with the oldest file, the rest read in order.
+        assert_eq!(times, ["03", "04", "05", "06", "07", "08", "09"]);
+        for file in files {
+            assert!(std::fs::metadata(file).unwrap().len() <= 3 * line_len);
+        }
+    }
 }

@@ -148,7 +148,7 @@ fn host_name() -> Option<String> {
 impl Broker {
     /// A broker over an environment and its config.
     pub fn new(env: Env, config: Config) -> Self {
-        let audit = AuditLog::from_env(&env);
+        let audit = AuditLog::from_env(&env).with_rotation(config.audit_max_size, config.audit_keep);
         Self { env, config, audit }
     }
 
@@ -485,39 +485,49 @@ impl Broker {
                     .as_ref()
                     .is_some_and(|o| o.route == route.name && (target.path.is_none() || o.target == target.display()))
         };
-        let ended = self.drop_entries(&wanted, chain);
+        let ended = self.drop_entries(&|cache| cache.session_entries(session.as_deref(), now()), &wanted, chain);
         for failure in &ended.failures {
             crate::protocol::warn(failure);
         }
         ended.revoked + ended.dropped
     }
 
-    /// Ends a session: revokes and drops every token minted in it.
+    /// Ends a session: revokes and drops every token minted in it (its expired ones are
+    /// only removed: nothing to revoke).
     pub fn end_session(&self, session: &str, chain: &[Process]) -> Ended {
-        self.drop_entries(&|entry| entry.session.as_deref() == Some(session), chain)
+        self.drop_entries(&|cache| cache.session_entries(Some(session), now()), &|_| true, chain)
     }
 
     /// Ends a login's tokens: revokes and drops every token minted through the identity's
-    /// routes, which the login that just ended vouched for.
+    /// routes, which the login that just ended vouched for (in any session: every entry is
+    /// read).
     pub fn end_identity(&self, identity: &str, chain: &[Process]) -> Ended {
         let routes: Vec<&str> =
             self.config.routes.iter().filter(|r| r.identity == identity).map(|r| r.name.as_str()).collect();
-        self.drop_entries(&|entry| entry.origin.as_ref().is_some_and(|o| routes.contains(&o.route.as_str())), chain)
+        let wanted = |entry: &CacheEntry| entry.origin.as_ref().is_some_and(|o| routes.contains(&o.route.as_str()));
+        self.drop_entries(&|cache| cache.entries(), &wanted, chain)
     }
 
-    /// Drops the wanted entries, revoking each where its issuer can: at most
-    /// [`REVOKING_AT_ONCE`] revocations in flight, on the process's shared client.
-    fn drop_entries(&self, wanted: &dyn Fn(&CacheEntry) -> bool, chain: &[Process]) -> Ended {
+    /// Drops the wanted ones among `candidates`, revoking each where its issuer can: at
+    /// most [`REVOKING_AT_ONCE`] revocations in flight, on the process's shared client.
+    fn drop_entries(
+        &self,
+        candidates: &dyn Fn(&Cache) -> Vec<(String, CacheEntry)>,
+        wanted: &dyn Fn(&CacheEntry) -> bool,
+        chain: &[Process],
+    ) -> Ended {
         let Ok(cache) = Cache::open(&self.env) else {
             return Ended { cache_off: true, ..Ended::default() };
         };
         let mut taken = Vec::new();
-        for (key, entry) in cache.entries() {
+        for (key, entry) in candidates(&cache) {
             if !wanted(&entry) || entry.origin.is_none() {
                 continue;
             }
-            let _lock = cache.lock(&key).ok();
-            taken.extend(cache.remove(&key));
+            taken.extend(match cache.lock(&key) {
+                Ok(lock) => cache.discard(&key, lock),
+                Err(_) => cache.remove(&key),
+            });
         }
         let next = std::sync::atomic::AtomicUsize::new(0);
         let results = std::sync::Mutex::new(Vec::new());

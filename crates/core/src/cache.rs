@@ -6,6 +6,16 @@
 //! One exchange per key across processes: callers take a per-key file lock, re-check,
 //! and only then exchange (single-flight). Writes are temp + fsync + rename. An entry
 //! that cannot be read or decrypted is a miss.
+//!
+//! Entry file names carry what sweeping and listing need, so neither decrypts anything:
+//! `<key>.<session-tag>.<expiry-bucket>.age`. The key is a hash of the request, the
+//! session tag a hash of the session id (`0` outside a session), and the bucket the expiry
+//! rounded up to [`EXPIRY_BUCKET`] seconds: a name whose bucket has passed is expired.
+//! Entries named the older way (`<key>.age`) are misses, removed by the next sweep.
+//!
+//! Lock files (`<key>.lock`) are removed only by a process that holds the lock, and a
+//! process that takes a lock checks the file it locked is still the one at the path (else
+//! it locks again), so a removed lock file can never let two processes mint at once.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -22,6 +32,40 @@ use crate::{Env, EnvVars, Secret};
 
 /// Largest entry read back; anything bigger is corrupt.
 const MAX_ENTRY: u64 = 64 * 1024;
+
+/// Expiry granularity in entry names: coarse, so a name says little about the token.
+const EXPIRY_BUCKET: i64 = 300;
+
+/// What an entry's file name says: no plaintext, no need to decrypt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// The entry's key.
+    pub key: String,
+    /// Hash of the session that minted it ([`Cache::session_tag`]).
+    pub session_tag: String,
+    /// Expiry rounded up to [`EXPIRY_BUCKET`]: expired once this has passed.
+    pub expiry_bucket: i64,
+}
+
+impl Listed {
+    fn parse(name: &str) -> Option<Self> {
+        let mut parts = name.strip_suffix(".age")?.split('.');
+        let (key, tag, bucket) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || key.is_empty() || tag.is_empty() {
+            return None;
+        }
+        Some(Self { key: key.into(), session_tag: tag.into(), expiry_bucket: bucket.parse().ok()? })
+    }
+
+    fn file_name(&self) -> String {
+        format!("{}.{}.{}.age", self.key, self.session_tag, self.expiry_bucket)
+    }
+
+    /// True when the entry is certainly expired at `now`.
+    pub fn expired(&self, now: i64) -> bool {
+        self.expiry_bucket <= now
+    }
+}
 
 /// Why the cache could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +173,8 @@ pub struct Cache {
 
 /// Held while a key is being refreshed; writing an entry requires it.
 pub struct KeyLock {
-    _file: File,
+    file: File,
+    path: PathBuf,
 }
 
 impl Cache {
@@ -181,24 +226,68 @@ impl Cache {
         hex::encode(&hash.finalize()[..20])
     }
 
-    fn entry_path(&self, key: &str) -> PathBuf {
-        self.dir.join(format!("{key}.age"))
+    /// The tag that groups a session's entries in their file names: a hash, so names
+    /// do not carry the session id.
+    pub fn session_tag(session: Option<&str>) -> String {
+        match session {
+            None => "0".into(),
+            Some(session) => Self::key(&["session", session])[..16].to_owned(),
+        }
+    }
+
+    fn lock_path(&self, key: &str) -> PathBuf {
+        self.dir.join(format!("{key}.lock"))
     }
 
     /// Takes the cross-process lock for one key (blocks until free).
     pub fn lock(&self, key: &str) -> Result<KeyLock, Error> {
-        Ok(KeyLock { _file: lock_file(&self.dir.join(format!("{key}.lock")))? })
+        let path = self.lock_path(key);
+        Ok(KeyLock { file: lock_file(&path)?, path })
+    }
+
+    /// Every entry as its file name describes it, decrypting nothing. Names of another
+    /// form (the older `<key>.age`, temp files) are left out.
+    pub fn list(&self) -> Vec<Listed> {
+        let Ok(dir) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| Listed::parse(e.ok()?.file_name().to_str()?)).collect()
+    }
+
+    /// The names this key's entries have (normally one).
+    fn named(&self, key: &str) -> Vec<Listed> {
+        let Ok(dir) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let prefix = format!("{key}.");
+        dir.filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            if !name.starts_with(&prefix) {
+                return None;
+            }
+            Listed::parse(&name)
+        })
+        .collect()
     }
 
     /// The entry for a key if it is still servable at `now`; anything else is a miss.
+    /// An expired entry found here is removed.
     pub fn get(&self, key: &str, now: i64) -> Option<CacheEntry> {
-        let entry = self.read(key)?;
+        let mut live = None;
+        for listed in self.named(key) {
+            if listed.expired(now) {
+                let _ = fs::remove_file(self.dir.join(listed.file_name()));
+            } else {
+                live = Some(listed);
+            }
+        }
+        let entry = self.read(&live?)?;
         (now < entry.refresh_at).then_some(entry)
     }
 
-    fn read(&self, key: &str) -> Option<CacheEntry> {
+    fn read(&self, listed: &Listed) -> Option<CacheEntry> {
         let mut sealed = Vec::new();
-        File::open(self.entry_path(key)).ok()?.take(MAX_ENTRY).read_to_end(&mut sealed).ok()?;
+        File::open(self.dir.join(listed.file_name())).ok()?.take(MAX_ENTRY).read_to_end(&mut sealed).ok()?;
         let plain = age::decrypt(&self.identity, &sealed).ok()?;
         let stored: StoredEntry = serde_json::from_slice(&plain).ok()?;
         Some(CacheEntry {
@@ -215,7 +304,8 @@ impl Cache {
         })
     }
 
-    /// Writes an entry atomically: encrypt, write a 0600 temp file, fsync, rename.
+    /// Writes an entry atomically (encrypt, write a 0600 temp file, fsync, rename), then
+    /// removes the key's entries of other names.
     pub fn put(&self, key: &str, entry: &CacheEntry, _lock: &KeyLock) -> Result<(), Error> {
         let stored = StoredEntry {
             token: entry.token.expose().to_owned(),
@@ -233,30 +323,109 @@ impl Cache {
         drop(stored);
         let sealed = age::encrypt(&self.identity.to_public(), plain.expose().as_bytes())
             .map_err(|e| Error::Crypto(e.to_string()))?;
-        let path = self.entry_path(key);
-        crate::files::write_atomic(&path, &sealed, 0o600).map_err(io("write", &path))
+        let listed = Listed {
+            key: key.to_owned(),
+            session_tag: Self::session_tag(entry.session.as_deref()),
+            expiry_bucket: entry.expires_at.div_euclid(EXPIRY_BUCKET).saturating_add(1).saturating_mul(EXPIRY_BUCKET),
+        };
+        let path = self.dir.join(listed.file_name());
+        crate::files::write_atomic(&path, &sealed, 0o600).map_err(io("write", &path))?;
+        for other in self.named(key).into_iter().filter(|other| *other != listed) {
+            let _ = fs::remove_file(self.dir.join(other.file_name()));
+        }
+        Ok(())
     }
 
     /// Drops an entry; a missing entry is fine.
     pub fn remove(&self, key: &str) -> Option<CacheEntry> {
-        let entry = self.read(key);
-        let _ = fs::remove_file(self.entry_path(key));
+        let mut entry = None;
+        for listed in self.named(key) {
+            entry = entry.or_else(|| self.read(&listed));
+            let _ = fs::remove_file(self.dir.join(listed.file_name()));
+        }
         entry
     }
 
-    /// Every readable entry with its key, for `mayfly status`.
-    pub fn entries(&self) -> Vec<(String, CacheEntry)> {
-        let Ok(dir) = fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        dir.filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            let key = name.strip_suffix(".age")?.to_owned();
-            let entry = self.read(&key)?;
-            Some((key, entry))
-        })
-        .collect()
+    /// Drops an entry and its lock file, whose lock the caller holds.
+    pub fn discard(&self, key: &str, lock: KeyLock) -> Option<CacheEntry> {
+        let entry = self.remove(key);
+        unlink_held(&lock.path, &lock.file);
+        entry
     }
+
+    /// Every readable entry with its key (decrypts them all: `mayfly logout` alone).
+    pub fn entries(&self) -> Vec<(String, CacheEntry)> {
+        self.list().into_iter().filter_map(|listed| Some((listed.key.clone(), self.read(&listed)?))).collect()
+    }
+
+    /// The session's entries still live at `now` (`None`: those minted outside any
+    /// session), decrypting only those; its expired ones are removed on the way.
+    pub fn session_entries(&self, session: Option<&str>, now: i64) -> Vec<(String, CacheEntry)> {
+        let tag = Self::session_tag(session);
+        self.list()
+            .into_iter()
+            .filter(|listed| listed.session_tag == tag)
+            .filter(|listed| {
+                let expired = listed.expired(now);
+                if expired {
+                    let _ = fs::remove_file(self.dir.join(listed.file_name()));
+                }
+                !expired
+            })
+            .filter_map(|listed| Some((listed.key.clone(), self.read(&listed)?)))
+            .filter(|(_, entry)| entry.session.as_deref() == session)
+            .collect()
+    }
+
+    /// Removes what can never be served again, decrypting nothing: expired entries,
+    /// entries named the older way, and lock files of keys without an entry that nobody
+    /// holds. Returns how many files went.
+    pub fn sweep(&self, now: i64) -> usize {
+        let Ok(dir) = fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let names: Vec<String> = dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+        let mut live_keys = std::collections::HashSet::new();
+        let mut removed = 0;
+        for name in &names {
+            match Listed::parse(name) {
+                Some(listed) if !listed.expired(now) => {
+                    live_keys.insert(listed.key);
+                }
+                Some(_) => removed += usize::from(fs::remove_file(self.dir.join(name)).is_ok()),
+                // The older layout: `<key>.age`, 40 hex digits.
+                None if name.strip_suffix(".age").is_some_and(|k| k.len() == 40 && !k.contains('.')) => {
+                    removed += usize::from(fs::remove_file(self.dir.join(name)).is_ok());
+                }
+                None => {}
+            }
+        }
+        for key in names.iter().filter_map(|n| n.strip_suffix(".lock")) {
+            if live_keys.contains(key) {
+                continue;
+            }
+            let path = self.lock_path(key);
+            let Ok(file) = OpenOptions::new().write(true).open(&path) else { continue };
+            // Held: someone is minting for this key right now.
+            if file.try_lock().is_ok() {
+                removed += usize::from(unlink_held(&path, &file));
+            }
+        }
+        removed
+    }
+}
+
+/// Whether an open file is the one at a path now.
+fn same_file(path: &Path, file: &File) -> bool {
+    match (fs::symlink_metadata(path), file.metadata()) {
+        (Ok(at_path), Ok(held)) => at_path.dev() == held.dev() && at_path.ino() == held.ino(),
+        _ => false,
+    }
+}
+
+/// Removes a lock file whose lock the caller holds, if it is still the one at the path.
+fn unlink_held(path: &Path, file: &File) -> bool {
+    same_file(path, file) && fs::remove_file(path).is_ok()
 }
 
 /// How long an unused cache key lives in the kernel keyring: renewed on every use, it only
@@ -310,12 +479,23 @@ fn load_or_create_keyring_key(runtime_dir: &Path) -> Result<age::x25519::Identit
     Ok(identity)
 }
 
-/// Opens (creating it 0600) and locks a lock file; blocks until the lock is free.
+/// Opens (creating it 0600) and locks a lock file; blocks until the lock is free. A lock
+/// file removed while we waited (its holder discarded it) is not the lock any more: lock
+/// the one at the path now.
 fn lock_file(path: &Path) -> Result<File, Error> {
-    let file =
-        OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path).map_err(io("lock", path))?;
-    file.lock().map_err(io("lock", path))?;
-    Ok(file)
+    loop {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io("lock", path))?;
+        file.lock().map_err(io("lock", path))?;
+        if same_file(path, &file) {
+            return Ok(file);
+        }
+    }
 }
 
 /// The memory-backed directory that holds the key: `$MAYFLY_RUNTIME_DIR`, else
@@ -429,6 +609,10 @@ mod tests {
         (runtime, cache_dir, cache)
     }
 
+    fn entry_path(cache: &Cache, key: &str) -> PathBuf {
+        cache.dir.join(cache.named(key).first().expect("an entry").file_name())
+    }
+
     fn entry(token: &str, expires_at: i64, refresh_at: i64) -> CacheEntry {
         CacheEntry {
             token: Secret::new(token),
@@ -455,9 +639,9 @@ mod tests {
         let key = Cache::key(&["git", "h", "a", "read"]);
         let lock = cache.lock(&key).unwrap();
         cache.put(&key, &entry("tok-plaintext-marker", 200, 150), &lock).unwrap();
-        let raw = fs::read(cache.entry_path(&key)).unwrap();
+        let raw = fs::read(entry_path(&cache, &key)).unwrap();
         assert!(!raw.windows(20).any(|w| w == b"tok-plaintext-marker"), "entry is not encrypted");
-        assert_eq!(fs::metadata(cache.entry_path(&key)).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(fs::metadata(entry_path(&cache, &key)).unwrap().mode() & 0o777, 0o600);
         let got = cache.get(&key, 100).unwrap();
         assert_eq!(got.token.expose(), "tok-plaintext-marker");
         assert_eq!(got.token_id.as_deref(), Some("jti-1"));
@@ -516,11 +700,12 @@ mod tests {
     fn corrupt_and_foreign_entries_are_misses() {
         let (_rt, _dir, cache) = test_cache();
         let key = Cache::key(&["k"]);
-        fs::write(cache.entry_path(&key), b"garbage").unwrap();
+        let path = cache.dir.join(format!("{key}.0.600.age"));
+        fs::write(&path, b"garbage").unwrap();
         assert!(cache.get(&key, 0).is_none());
         let other = age::x25519::Identity::generate();
         let sealed = age::encrypt(&other.to_public(), b"{}").unwrap();
-        fs::write(cache.entry_path(&key), sealed).unwrap();
+        fs::write(&path, sealed).unwrap();
         assert!(cache.get(&key, 0).is_none());
         assert!(cache.remove(&key).is_none());
     }
@@ -556,5 +741,110 @@ mod tests {
         if std::os::unix::fs::chown(&theirs, Some(54_321), None).is_ok() {
             assert!(open(&theirs).contains("owned by uid 54321"), "{}", open(&theirs));
         }
+    }
+
+    #[test]
+    fn names_say_session_and_coarse_expiry_but_not_the_target() {
+        let (_rt, _dir, cache) = test_cache();
+        let key = Cache::key(&["k"]);
+        let lock = cache.lock(&key).unwrap();
+        let mut minted = entry("t", 1000, 900);
+        minted.session = Some("session-secret-id".into());
+        cache.put(&key, &minted, &lock).unwrap();
+        let listed = cache.list();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].session_tag, Cache::session_tag(Some("session-secret-id")));
+        assert_eq!(listed[0].expiry_bucket, 1200, "rounded up, so never before the expiry");
+        assert!(!listed[0].expired(999) && listed[0].expired(1200));
+        let name = entry_path(&cache, &key).file_name().unwrap().to_str().unwrap().to_owned();
+        assert!(!name.contains("session-secret-id") && !name.contains("h/a"), "{name}");
+        // A refresh with a later expiry replaces the file under its new name.
+        cache.put(&key, &entry("t2", 2000, 1900), &lock).unwrap();
+        assert_eq!(cache.list().len(), 1);
+        assert_eq!(cache.get(&key, 1000).unwrap().token.expose(), "t2");
+    }
+
+    #[test]
+    fn a_get_that_finds_its_entry_expired_removes_it() {
+        let (_rt, _dir, cache) = test_cache();
+        let key = Cache::key(&["k"]);
+        let lock = cache.lock(&key).unwrap();
+        cache.put(&key, &entry("t", 1000, 900), &lock).unwrap();
+        assert!(cache.get(&key, 1100).is_none());
+        assert_eq!(cache.list().len(), 1, "still inside its expiry bucket: left to a later sweep");
+        assert!(cache.get(&key, 1200).is_none());
+        assert!(cache.list().is_empty(), "an expired entry is removed by the get that finds it");
+    }
+
+    #[test]
+    fn session_entries_are_the_sessions_own_and_sweep_its_expired_ones() {
+        let (_rt, _dir, cache) = test_cache();
+        let put = |name: &str, session: Option<&str>, expires: i64| {
+            let key = Cache::key(&[name]);
+            let lock = cache.lock(&key).unwrap();
+            let mut e = entry(name, expires, expires - 100);
+            e.session = session.map(str::to_owned);
+            cache.put(&key, &e, &lock).unwrap();
+        };
+        put("mine", Some("a"), 10_000);
+        put("mine-expired", Some("a"), 1000);
+        put("theirs", Some("b"), 10_000);
+        put("none", None, 10_000);
+        let tokens = |session| {
+            let mut t: Vec<String> =
+                cache.session_entries(session, 5000).into_iter().map(|(_, e)| e.token.expose().to_owned()).collect();
+            t.sort();
+            t
+        };
+        assert_eq!(tokens(Some("a")), ["mine"]);
+        assert_eq!(tokens(None), ["none"]);
+        assert_eq!(cache.list().len(), 3, "the session's expired entry went");
+    }
+
+    #[test]
+    fn sweep_removes_expired_entries_old_names_and_unheld_stale_locks() {
+        let (_rt, _dir, cache) = test_cache();
+        let live = Cache::key(&["live"]);
+        let dead = Cache::key(&["dead"]);
+        let busy = Cache::key(&["busy"]);
+        let lock = cache.lock(&live).unwrap();
+        cache.put(&live, &entry("l", 10_000, 9000), &lock).unwrap();
+        drop(lock);
+        let lock = cache.lock(&dead).unwrap();
+        cache.put(&dead, &entry("d", 1000, 900), &lock).unwrap();
+        drop(lock);
+        let held = cache.lock(&busy).unwrap();
+        let old = cache.dir.join(format!("{}.age", Cache::key(&["old"])));
+        fs::write(&old, b"sealed the old way").unwrap();
+        // expired entry + its lock, and the old-format entry
+        assert_eq!(cache.sweep(5000), 3);
+        assert!(!old.exists() && !cache.lock_path(&dead).exists());
+        assert!(cache.lock_path(&live).exists(), "a live entry keeps its lock");
+        assert!(cache.lock_path(&busy).exists(), "a held lock is never removed");
+        assert_eq!(cache.get(&live, 5000).unwrap().token.expose(), "l");
+        drop(held);
+        assert_eq!(cache.sweep(5000), 1);
+    }
+
+    #[test]
+    fn a_lock_file_removed_while_waited_on_is_not_a_lock() {
+        let (_rt, _dir, cache) = test_cache();
+        let key = Cache::key(&["k"]);
+        let first = cache.lock(&key).unwrap();
+        cache.put(&key, &entry("t", 10_000, 9000), &first).unwrap();
+        // A second process opened the lock file and waits on it ...
+        let waiter = OpenOptions::new().write(true).open(cache.lock_path(&key)).unwrap();
+        // ... while the holder discards the entry with its lock file.
+        assert!(cache.discard(&key, first).is_some());
+        assert!(!cache.lock_path(&key).exists() && cache.list().is_empty());
+        // A third takes the lock at the path afresh; the waiter's flock on the old inode
+        // succeeds, but it is not the file at the path, so lock_file would lock again.
+        let third = cache.lock(&key).unwrap();
+        waiter.lock().unwrap();
+        assert!(!same_file(&cache.lock_path(&key), &waiter));
+        assert!(same_file(&cache.lock_path(&key), &third.file));
+        // The third still holds the lock: nobody else gets it.
+        let other = OpenOptions::new().write(true).open(cache.lock_path(&key)).unwrap();
+        assert!(other.try_lock().is_err());
     }
 }

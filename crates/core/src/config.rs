@@ -90,12 +90,37 @@ pub struct SettingsEntry {
     /// Time before expiry at which a cached token is refreshed, as a duration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_margin: Option<String>,
+    /// Size at which the client audit log is rotated (`10MiB`, `512KiB`, bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_max_size: Option<String>,
+    /// Rotated audit log files kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_keep: Option<usize>,
 }
 
 impl SettingsEntry {
     fn is_empty(&self) -> bool {
-        self.refresh_margin.is_none()
+        self.refresh_margin.is_none() && self.audit_max_size.is_none() && self.audit_keep.is_none()
     }
+}
+
+/// A size: bytes, or a number with `KiB`, `MiB` or `GiB`.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(format!("`audit_max_size = \"{text}\"`: write bytes or a number with KiB, MiB or GiB")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("`audit_max_size = \"{text}\"` is not a size above zero"))
 }
 
 /// An identity source as written; which fields apply depends on `kind`.
@@ -221,6 +246,10 @@ pub struct Config {
     pub path: PathBuf,
     /// Time before expiry at which cached tokens stop being served.
     pub refresh_margin: Duration,
+    /// Size at which the client audit log is rotated.
+    pub audit_max_size: u64,
+    /// Rotated audit log files kept.
+    pub audit_keep: usize,
     /// Identity sources by name.
     pub identities: BTreeMap<String, IdentityConfig>,
     /// Exchanges by name.
@@ -432,6 +461,8 @@ impl Config {
         Self {
             path,
             refresh_margin: DEFAULT_REFRESH_MARGIN,
+            audit_max_size: crate::audit::DEFAULT_AUDIT_MAX_SIZE,
+            audit_keep: crate::audit::DEFAULT_AUDIT_KEEP,
             identities: BTreeMap::new(),
             exchanges: BTreeMap::new(),
             routes: Vec::new(),
@@ -453,6 +484,15 @@ impl Config {
             .transpose()
             .map_err(invalid)?
             .unwrap_or(DEFAULT_REFRESH_MARGIN);
+        let audit_max_size = raw
+            .settings
+            .audit_max_size
+            .as_deref()
+            .map(parse_size)
+            .transpose()
+            .map_err(invalid)?
+            .unwrap_or(crate::audit::DEFAULT_AUDIT_MAX_SIZE);
+        let audit_keep = raw.settings.audit_keep.unwrap_or(crate::audit::DEFAULT_AUDIT_KEEP);
         let identities = raw
             .identities
             .into_iter()
@@ -465,7 +505,15 @@ impl Config {
             .map(|(name, raw)| Ok((name.clone(), exchange(name, raw)?)))
             .collect::<Result<_, String>>()
             .map_err(invalid)?;
-        let mut config = Self { path: path.into(), refresh_margin, identities, exchanges, routes: Vec::new() };
+        let mut config = Self {
+            path: path.into(),
+            refresh_margin,
+            audit_max_size,
+            audit_keep,
+            identities,
+            exchanges,
+            routes: Vec::new(),
+        };
         for (index, raw) in raw.routes.into_iter().enumerate() {
             let route = config.route(index, raw).map_err(invalid)?;
             config.routes.push(route);
@@ -722,7 +770,11 @@ mod tests {
     #[test]
     fn a_typed_config_file_writes_what_parse_reads() {
         let file = ConfigFile {
-            settings: SettingsEntry { refresh_margin: Some("30s".into()) },
+            settings: SettingsEntry {
+                refresh_margin: Some("30s".into()),
+                audit_max_size: Some("2MiB".into()),
+                audit_keep: Some(5),
+            },
             identities: [(
                 "ci".to_owned(),
                 IdentityEntry { kind: "env".into(), var: Some("T".into()), ..Default::default() },
@@ -751,6 +803,7 @@ mod tests {
         assert!(!text.contains("scheme"), "unset fields are left out: {text}");
         let config = Config::parse(&text, Path::new("config.toml")).unwrap();
         assert_eq!(config.refresh_margin, Duration::from_secs(30));
+        assert_eq!((config.audit_max_size, config.audit_keep), (2 << 20, 5));
         let route = &config.routes[0];
         assert_eq!((route.host.as_str(), route.path.as_deref()), ("git.example.com", Some("org/app")));
         assert_eq!(route.operations, vec![Operation::Read]);

@@ -44,7 +44,7 @@ mod trust;
 pub use ancestry::{Process, ancestry, command_of, infer_git_operation, infer_oci_operation};
 pub use audit::{AuditEvent, AuditLog, Outcome, rfc3339_now};
 pub use broker::{Broker, Ended, Error as BrokerError, Issued, Resolution};
-pub use cache::{Cache, CacheEntry, Error as CacheError, Origin};
+pub use cache::{Cache, CacheEntry, Error as CacheError, Listed, Origin};
 pub use config::{
     Config, ConfigFile, Error as ConfigError, ExchangeConfig, ExchangeEntry, ExchangeKind, IdentityConfig,
     IdentityEntry, Route, RouteEntry, Scheme, SettingsEntry,

@@ -162,10 +162,7 @@ impl SessionTokens {
         // unchanged: while the directory is fresh, look every time.
         let fresh = modified.and_then(|m| m.elapsed().ok()).is_none_or(|age| age.as_secs() < 2);
         if fresh || modified != self.seen {
-            for (_, entry) in cache.entries() {
-                if entry.session.as_deref() != Some(&self.session) {
-                    continue;
-                }
+            for (_, entry) in cache.session_entries(Some(&self.session), crate::status::now()) {
                 for secret in secrets_of(entry.token.expose()) {
                     for form in std::iter::once(secret.clone()).chain(base64_forms(&secret)) {
                         if !self.tokens.contains(&form) {
