@@ -90,13 +90,15 @@ pub(crate) async fn revoke(State(sts): State<Arc<Sts>>, headers: HeaderMap, body
         Ok(own) => own,
         Err(reason) => {
             // Section 2.2: an invalid token is no error; the client has nothing to fix.
-            sts.audit.write(&Line {
-                time: now_rfc3339(),
-                outcome: "revoke-ignored",
-                reason: Some(reason),
-                fingerprint,
-                ..Line::default()
-            });
+            sts.audit
+                .record(&Line {
+                    time: now_rfc3339(),
+                    outcome: "revoke-ignored",
+                    reason: Some(reason),
+                    fingerprint,
+                    ..Line::default()
+                })
+                .await;
             return no_store(StatusCode::OK.into_response());
         }
     };
@@ -110,11 +112,11 @@ pub(crate) async fn revoke(State(sts): State<Arc<Sts>>, headers: HeaderMap, body
     };
     match sts.revoke(&own.jti, own.expires_at).await {
         Ok(()) => {
-            sts.audit.write(&Line { outcome: "revoked", ..line });
+            sts.audit.record(&Line { outcome: "revoked", ..line }).await;
             no_store(StatusCode::OK.into_response())
         }
         Err(reason) => {
-            sts.audit.write(&Line { outcome: "revoke-failed", reason: Some(&reason), ..line });
+            sts.audit.record(&Line { outcome: "revoke-failed", reason: Some(&reason), ..line }).await;
             // Section 2.2.1: 503 tells the client to try again.
             oauth_error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -133,13 +135,15 @@ pub(crate) async fn introspect(State(sts): State<Arc<Sts>>, headers: HeaderMap, 
         Err(reason) => return oauth_error(StatusCode::BAD_REQUEST, OAuthError::InvalidRequest, &reason),
     };
     if !authenticated(&sts, &headers, token) {
-        sts.audit.write(&Line {
-            time: now_rfc3339(),
-            outcome: "introspection-refused",
-            code: Some(OAuthError::InvalidClient.as_str()),
-            reason: Some("no valid client credentials and not the token's own Bearer"),
-            ..Line::default()
-        });
+        sts.audit
+            .record(&Line {
+                time: now_rfc3339(),
+                outcome: "introspection-refused",
+                code: Some(OAuthError::InvalidClient.as_str()),
+                reason: Some("no valid client credentials and not the token's own Bearer"),
+                ..Line::default()
+            })
+            .await;
         let mut response = oauth_error(
             StatusCode::UNAUTHORIZED,
             OAuthError::InvalidClient,
