@@ -109,11 +109,16 @@ fn finished(child: Child) -> Output {
 }
 
 #[test]
-#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
-#[cfg_attr(missing = "node", ignore = "needs node, which is not installed")]
-#[cfg_attr(missing = "chromium", ignore = "needs chromium, which is not installed")]
-#[cfg_attr(missing = "oidc-provider", ignore = "needs oidc-provider: npm ci --prefix tests/support/oidc-provider")]
-#[cfg_attr(missing = "playwright-core", ignore = "needs playwright-core: npm ci --prefix tests/support/oidc-provider")]
+#[cfg_attr(
+    any(
+        missing = "git",
+        missing = "node",
+        missing = "chromium",
+        missing = "oidc-provider",
+        missing = "playwright-core"
+    ),
+    ignore = "needs git, node, chromium, oidc-provider, playwright-core: one is not installed"
+)]
 fn a_maintainer_approves_a_held_push_in_the_browser_and_others_are_refused() {
     if !require_tool("git") || !require_tool("node") || !require_tool("chromium") {
         return;
@@ -162,11 +167,16 @@ fn a_maintainer_approves_a_held_push_in_the_browser_and_others_are_refused() {
 }
 
 #[test]
-#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
-#[cfg_attr(missing = "node", ignore = "needs node, which is not installed")]
-#[cfg_attr(missing = "chromium", ignore = "needs chromium, which is not installed")]
-#[cfg_attr(missing = "oidc-provider", ignore = "needs oidc-provider: npm ci --prefix tests/support/oidc-provider")]
-#[cfg_attr(missing = "playwright-core", ignore = "needs playwright-core: npm ci --prefix tests/support/oidc-provider")]
+#[cfg_attr(
+    any(
+        missing = "git",
+        missing = "node",
+        missing = "chromium",
+        missing = "oidc-provider",
+        missing = "playwright-core"
+    ),
+    ignore = "needs git, node, chromium, oidc-provider, playwright-core: one is not installed"
+)]
 fn a_denial_on_the_page_ends_the_push_with_its_reason() {
     if !require_tool("git") || !require_tool("node") || !require_tool("chromium") {
         return;
@@ -187,9 +197,10 @@ fn a_denial_on_the_page_ends_the_push_with_its_reason() {
 }
 
 #[test]
-#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
-#[cfg_attr(missing = "node", ignore = "needs node, which is not installed")]
-#[cfg_attr(missing = "oidc-provider", ignore = "needs oidc-provider: npm ci --prefix tests/support/oidc-provider")]
+#[cfg_attr(
+    any(missing = "git", missing = "node", missing = "oidc-provider"),
+    ignore = "needs git, node, oidc-provider: one is not installed"
+)]
 fn a_callback_the_browser_did_not_start_is_refused() {
     if !require_tool("git") || !require_tool("node") {
         return;

@@ -200,11 +200,16 @@ fn tools_present() -> bool {
 }
 
 #[test]
-#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
-#[cfg_attr(missing = "node", ignore = "needs node, which is not installed")]
-#[cfg_attr(missing = "chromium", ignore = "needs chromium, which is not installed")]
-#[cfg_attr(missing = "oidc-provider", ignore = "needs oidc-provider: npm ci --prefix tests/support/oidc-provider")]
-#[cfg_attr(missing = "playwright-core", ignore = "needs playwright-core: npm ci --prefix tests/support/oidc-provider")]
+#[cfg_attr(
+    any(
+        missing = "git",
+        missing = "node",
+        missing = "chromium",
+        missing = "oidc-provider",
+        missing = "playwright-core"
+    ),
+    ignore = "needs git, node, chromium, oidc-provider, playwright-core: one is not installed"
+)]
 fn a_browser_login_clones_and_pushes_and_keeps_no_token_on_disk() {
     if !tools_present() {
         return;
@@ -248,10 +253,10 @@ fn a_browser_login_clones_and_pushes_and_keeps_no_token_on_disk() {
 }
 
 #[test]
-#[cfg_attr(missing = "node", ignore = "needs node, which is not installed")]
-#[cfg_attr(missing = "chromium", ignore = "needs chromium, which is not installed")]
-#[cfg_attr(missing = "oidc-provider", ignore = "needs oidc-provider: npm ci --prefix tests/support/oidc-provider")]
-#[cfg_attr(missing = "playwright-core", ignore = "needs playwright-core: npm ci --prefix tests/support/oidc-provider")]
+#[cfg_attr(
+    any(missing = "node", missing = "chromium", missing = "oidc-provider", missing = "playwright-core"),
+    ignore = "needs node, chromium, oidc-provider, playwright-core: one is not installed"
+)]
 fn the_device_flow_is_approved_in_the_browser() {
     if !require_tool("node") || !require_tool("chromium") {
         return;
@@ -363,11 +368,16 @@ fn finish(mut child: Child, mut stderr: BufReader<std::process::ChildStderr>) ->
 }
 
 #[test]
-#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
-#[cfg_attr(missing = "node", ignore = "needs node, which is not installed")]
-#[cfg_attr(missing = "chromium", ignore = "needs chromium, which is not installed")]
-#[cfg_attr(missing = "oidc-provider", ignore = "needs oidc-provider: npm ci --prefix tests/support/oidc-provider")]
-#[cfg_attr(missing = "playwright-core", ignore = "needs playwright-core: npm ci --prefix tests/support/oidc-provider")]
+#[cfg_attr(
+    any(
+        missing = "git",
+        missing = "node",
+        missing = "chromium",
+        missing = "oidc-provider",
+        missing = "playwright-core"
+    ),
+    ignore = "needs git, node, chromium, oidc-provider, playwright-core: one is not installed"
+)]
 fn failed_browser_logins_say_why_in_one_line_and_store_nothing() {
     if !tools_present() {
         return;
@@ -426,11 +436,16 @@ fn failed_browser_logins_say_why_in_one_line_and_store_nothing() {
 }
 
 #[test]
-#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
-#[cfg_attr(missing = "node", ignore = "needs node, which is not installed")]
-#[cfg_attr(missing = "chromium", ignore = "needs chromium, which is not installed")]
-#[cfg_attr(missing = "oidc-provider", ignore = "needs oidc-provider: npm ci --prefix tests/support/oidc-provider")]
-#[cfg_attr(missing = "playwright-core", ignore = "needs playwright-core: npm ci --prefix tests/support/oidc-provider")]
+#[cfg_attr(
+    any(
+        missing = "git",
+        missing = "node",
+        missing = "chromium",
+        missing = "oidc-provider",
+        missing = "playwright-core"
+    ),
+    ignore = "needs git, node, chromium, oidc-provider, playwright-core: one is not installed"
+)]
 fn a_login_ends_after_its_idle_time_and_its_lifetime_across_processes() {
     if !tools_present() {
         return;

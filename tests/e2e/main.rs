@@ -34,6 +34,7 @@ mod setup;
 mod shims;
 mod single_flight;
 mod step_up;
+mod sts_audit;
 mod subject_tokens;
 mod terraform;
 mod verdaccio;

@@ -123,9 +123,10 @@ fn sealed_login(runtime: &Path) -> std::path::PathBuf {
 }
 
 #[test]
-#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
-#[cfg_attr(missing = "node", ignore = "needs node, which is not installed")]
-#[cfg_attr(missing = "oidc-provider", ignore = "needs oidc-provider: npm ci --prefix tests/support/oidc-provider")]
+#[cfg_attr(
+    any(missing = "git", missing = "node", missing = "oidc-provider"),
+    ignore = "needs git, node, oidc-provider: one is not installed"
+)]
 fn login_clones_refreshes_and_logout_revokes_at_the_provider() {
     if !require_tool("git") || !require_tool("node") {
         return;
@@ -234,8 +235,10 @@ fn login_clones_refreshes_and_logout_revokes_at_the_provider() {
 }
 
 #[test]
-#[cfg_attr(missing = "node", ignore = "needs node, which is not installed")]
-#[cfg_attr(missing = "oidc-provider", ignore = "needs oidc-provider: npm ci --prefix tests/support/oidc-provider")]
+#[cfg_attr(
+    any(missing = "node", missing = "oidc-provider"),
+    ignore = "needs node, oidc-provider: one is not installed"
+)]
 fn a_provider_that_is_down_fails_in_one_line_without_hanging() {
     if !require_tool("node") {
         return;

@@ -40,13 +40,15 @@ pub(crate) async fn revoke_session(State(sts): State<Arc<Sts>>, headers: HeaderM
     };
     let administrator = json!({"iss": token.issuer, "sub": token.subject});
     if !is_administrator(&sts.config.administrators, &token) {
-        sts.audit.write(&Line {
-            time: now_rfc3339(),
-            outcome: "admin-refused",
-            reason: Some("not an administrator"),
-            administrator: Some(&administrator),
-            ..Line::default()
-        });
+        sts.audit
+            .record(&Line {
+                time: now_rfc3339(),
+                outcome: "admin-refused",
+                reason: Some("not an administrator"),
+                administrator: Some(&administrator),
+                ..Line::default()
+            })
+            .await;
         return error(
             StatusCode::FORBIDDEN,
             "access_denied",
@@ -71,11 +73,11 @@ pub(crate) async fn revoke_session(State(sts): State<Arc<Sts>>, headers: HeaderM
     let until = sts.sessions.expires_at(&sid).unwrap_or(now + longest);
     let line = Line { time: now_rfc3339(), sid: Some(&sid), administrator: Some(&administrator), ..Line::default() };
     if let Err(reason) = sts.revoke(&sid, until).await {
-        sts.audit.write(&Line { outcome: "admin-revoke-failed", reason: Some(&reason), ..line });
+        sts.audit.record(&Line { outcome: "admin-revoke-failed", reason: Some(&reason), ..line }).await;
         return error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "cannot record the revocation");
     }
     sts.sessions.forget(&sid);
-    sts.audit.write(&Line { outcome: "admin-revoked", ..line });
+    sts.audit.record(&Line { outcome: "admin-revoked", ..line }).await;
     crate::github_app::end_session(&sts, &sid).await;
     no_store(axum::Json(json!({"revoked": sid})).into_response())
 }

@@ -179,7 +179,7 @@ pub(crate) fn record(
     }
     let binding = &view.request.binding;
     let outcome = if approve { "approved" } else { "denied" };
-    sts.audit.write(&Line {
+    sts.audit.queue(&Line {
         time: now_rfc3339(),
         outcome,
         reason: reason.as_deref(),

@@ -68,9 +68,15 @@ pub struct ConfigFile {
     /// PKCS#8 PEM file of the signing key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signing_key: Option<PathBuf>,
-    /// Audit log file.
+    /// Audit log file; `-` writes JSON lines to stdout.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_log: Option<PathBuf>,
+    /// Size in bytes past which the audit log file rotates (10 MiB when not set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_max_size: Option<u64>,
+    /// Rotated audit log files kept, `audit_log.1` the newest (3 when not set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_keep: Option<usize>,
     /// Lifetime when the request names none, as a duration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_ttl: Option<String>,
@@ -356,8 +362,12 @@ pub struct Config {
     pub listen: String,
     /// PKCS#8 PEM file of the ES256 signing key; `None` makes an ephemeral key.
     pub signing_key: Option<PathBuf>,
-    /// Audit log file; `None` writes audit lines to stderr.
+    /// Audit log file; `None` writes audit lines to stderr, `-` to stdout.
     pub audit_log: Option<PathBuf>,
+    /// Size in bytes past which the audit log file rotates.
+    pub audit_max_size: u64,
+    /// Rotated audit log files kept.
+    pub audit_keep: usize,
     /// Lifetime when the request names none.
     pub default_ttl: Duration,
     /// Upper bound on any lifetime.
@@ -509,6 +519,11 @@ impl Config {
             listen,
             signing_key: raw.signing_key,
             audit_log: raw.audit_log,
+            audit_max_size: match raw.audit_max_size {
+                Some(0) => return Err("`audit_max_size` must be more than 0 bytes".into()),
+                size => size.unwrap_or(crate::audit::DEFAULT_MAX_SIZE),
+            },
+            audit_keep: raw.audit_keep.unwrap_or(crate::audit::DEFAULT_KEEP),
             default_ttl: default_ttl.min(max_ttl),
             max_ttl,
             session_max_ttl,

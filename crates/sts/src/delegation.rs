@@ -181,17 +181,19 @@ async fn end_idle(sts: &Sts, own: &OwnToken, subject: &VerifiedSubject, idle: st
         sts.sessions.forget(&own.jti);
     }
     let store_reason = stored.as_ref().err().map(|e| format!("{reason}; recording its revocation failed: {e}"));
-    sts.audit.write(&Line {
-        time: now_rfc3339(),
-        outcome: "session-idle-ended",
-        reason: Some(store_reason.as_deref().unwrap_or(&reason)),
-        issuer: Some(&subject.issuer),
-        subject: Some(&subject.subject),
-        act: own.claims.get("act"),
-        jti: Some(&own.jti),
-        sid: Some(&own.jti),
-        ..Line::default()
-    });
+    sts.audit
+        .record(&Line {
+            time: now_rfc3339(),
+            outcome: "session-idle-ended",
+            reason: Some(store_reason.as_deref().unwrap_or(&reason)),
+            issuer: Some(&subject.issuer),
+            subject: Some(&subject.subject),
+            act: own.claims.get("act"),
+            jti: Some(&own.jti),
+            sid: Some(&own.jti),
+            ..Line::default()
+        })
+        .await;
     crate::github_app::end_session(sts, &own.jti).await;
     invalid_request(reason)
 }

@@ -404,16 +404,16 @@ pub(crate) async fn answer(
     let line = Line { scope: Some(grant.scopes.join(" ")), ..line };
     let (owner, repo, operation) = match target(&grant.scopes) {
         Ok(target) => target,
-        Err(refusal) => return Err(crate::server::denied(sts, refusal, line)),
+        Err(refusal) => return Err(crate::server::denied(sts, refusal, line).await),
     };
     let Some(permissions) = app.config.permissions_for(&operation) else {
         let reason = format!("`github_app` has no permissions for the operation `{operation}`");
-        return Err(crate::server::denied(sts, Refusal { code: OAuthError::InvalidScope, reason }, line));
+        return Err(crate::server::denied(sts, Refusal { code: OAuthError::InvalidScope, reason }, line).await);
     };
     let issued = match app.mint(&owner, &repo, &permissions, sid, ttl).await {
         Ok(issued) => issued,
         Err((refusal, installation)) => {
-            let refusal = crate::server::denied(sts, refusal, Line { installation, ..line });
+            let refusal = crate::server::denied(sts, refusal, Line { installation, ..line }).await;
             if let Some(retry_after) = refusal.reason.strip_prefix(RATE_LIMITED) {
                 return Ok(rate_limited(&refusal, retry_after));
             }
@@ -421,17 +421,25 @@ pub(crate) async fn answer(
         }
     };
     let scope = grant.scopes.join(" ");
-    sts.audit.write(&Line {
-        time: now_rfc3339(),
-        outcome: "issued",
-        ttl: Some(issued.expires_in),
-        rule: Some(grant.rule.as_str()).filter(|r| !r.is_empty()),
-        policies: Some(grant.policies.as_slice()).filter(|p| !p.is_empty()),
-        fingerprint: Some(Fingerprint::of(&issued.token).to_string()),
-        installation: Some(issued.installation),
-        permissions: Some(&issued.permissions),
-        ..line
-    });
+    let written = sts
+        .audit
+        .write(&Line {
+            time: now_rfc3339(),
+            outcome: "issued",
+            ttl: Some(issued.expires_in),
+            rule: Some(grant.rule.as_str()).filter(|r| !r.is_empty()),
+            policies: Some(grant.policies.as_slice()).filter(|p| !p.is_empty()),
+            fingerprint: Some(Fingerprint::of(&issued.token).to_string()),
+            installation: Some(issued.installation),
+            permissions: Some(&issued.permissions),
+            ..line
+        })
+        .await;
+    if let Err(e) = written {
+        // Not answered, so not left standing either.
+        let _ = app.revoke_presented(&issued.token).await;
+        return Err(crate::server::audit_failed(e));
+    }
     Ok(crate::server::issued(&issued.token, issued.expires_in, &scope))
 }
 
@@ -440,15 +448,17 @@ pub(crate) async fn end_session(sts: &Sts, sid: &str) {
     let Some(app) = &sts.github_app else { return };
     for (fingerprint, installation, result) in app.revoke_session(sid).await {
         let reason = result.as_ref().err().map(String::as_str);
-        sts.audit.write(&Line {
-            time: now_rfc3339(),
-            outcome: if result.is_ok() { "revoked" } else { "revoke-failed" },
-            reason: reason.or(Some("its session ended")),
-            sid: Some(sid),
-            installation: Some(installation),
-            fingerprint: Some(fingerprint),
-            ..Line::default()
-        });
+        sts.audit
+            .record(&Line {
+                time: now_rfc3339(),
+                outcome: if result.is_ok() { "revoked" } else { "revoke-failed" },
+                reason: reason.or(Some("its session ended")),
+                sid: Some(sid),
+                installation: Some(installation),
+                fingerprint: Some(fingerprint),
+                ..Line::default()
+            })
+            .await;
     }
 }
 

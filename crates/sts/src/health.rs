@@ -25,13 +25,15 @@ pub(crate) async fn ready(State(sts): State<Arc<Sts>>) -> Response {
 /// `temporarily_unavailable`), with an audit line carrying the cause.
 pub(crate) async fn store_or_503(sts: &Sts) -> Result<(), Response> {
     let Err(reason) = sts.store_ready().await else { return Ok(()) };
-    sts.audit.write(&Line {
-        time: now_rfc3339(),
-        outcome: "denied",
-        code: Some(OAuthError::TemporarilyUnavailable.as_str()),
-        reason: Some(&reason),
-        ..Line::default()
-    });
+    sts.audit
+        .record(&Line {
+            time: now_rfc3339(),
+            outcome: "denied",
+            code: Some(OAuthError::TemporarilyUnavailable.as_str()),
+            reason: Some(&reason),
+            ..Line::default()
+        })
+        .await;
     Err(oauth_error(
         StatusCode::SERVICE_UNAVAILABLE,
         OAuthError::TemporarilyUnavailable,

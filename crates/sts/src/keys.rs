@@ -1,9 +1,12 @@
 //! Signing keys: ES256 for minted tokens (and RS256 for development issuers), each with
-//! the public JWK that verifiers fetch.
+//! the public JWK that verifiers fetch. The private key is parsed once, when the key is
+//! made or loaded: signing through `jsonwebtoken::encode` would parse it again per token.
 
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, RSA_PKCS1_SHA256, RsaKeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{EncodingKey, Header};
+use jsonwebtoken::Header;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -17,11 +20,17 @@ pub enum Algorithm {
     Rs256,
 }
 
+/// A parsed private key, ready to sign.
+enum Signer {
+    Es256(EcdsaKeyPair),
+    Rs256(RsaKeyPair),
+}
+
 /// A private key, its key id and its public JWK.
 pub struct SigningKey {
     algorithm: Algorithm,
     kid: String,
-    encoding: EncodingKey,
+    signer: Signer,
     jwk: Value,
     pem: String,
     cert_der: Option<Vec<u8>>,
@@ -51,21 +60,23 @@ impl SigningKey {
     fn from_pair(algorithm: Algorithm, pair: &rcgen::KeyPair) -> Result<Self, String> {
         let raw = pair.public_key_raw();
         let kid = URL_SAFE_NO_PAD.encode(&Sha256::digest(raw)[..12]);
-        let (encoding, jwk) = match algorithm {
+        let pkcs8 = pair.serialize_der();
+        let (signer, jwk) = match algorithm {
             Algorithm::Es256 => {
                 // Uncompressed point: 0x04 || x || y.
                 let (x, y) = raw[1..].split_at(32);
                 let jwk = json!({"kty": "EC", "crv": "P-256", "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y), "kid": kid, "alg": "ES256", "use": "sig"});
-                (EncodingKey::from_ec_der(&pair.serialize_der()), jwk)
+                let pair =
+                    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8).map_err(|e| e.to_string())?;
+                (Signer::Es256(pair), jwk)
             }
             Algorithm::Rs256 => {
                 let (n, e) = rsa_public_components(raw).ok_or("cannot read RSA public key")?;
                 let jwk = json!({"kty": "RSA", "n": URL_SAFE_NO_PAD.encode(n), "e": URL_SAFE_NO_PAD.encode(e), "kid": kid, "alg": "RS256", "use": "sig"});
-                let encoding = EncodingKey::from_rsa_pem(pair.serialize_pem().as_bytes()).map_err(|e| e.to_string())?;
-                (encoding, jwk)
+                (Signer::Rs256(RsaKeyPair::from_pkcs8(&pkcs8).map_err(|e| e.to_string())?), jwk)
             }
         };
-        Ok(Self { algorithm, kid, encoding, jwk, pem: pair.serialize_pem(), cert_der: None, cert_pem: None })
+        Ok(Self { algorithm, kid, signer, jwk, pem: pair.serialize_pem(), cert_der: None, cert_pem: None })
     }
 
     /// The key id.
@@ -118,7 +129,22 @@ impl SigningKey {
         if let Some(der) = &self.cert_der {
             header.x5c = Some(vec![base64::engine::general_purpose::STANDARD.encode(der)]);
         }
-        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| e.to_string())
+        // JWS compact serialization (RFC 7515 §7.1), as `jsonwebtoken::encode` builds it.
+        let mut token = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).map_err(|e| e.to_string())?);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(serde_json::to_vec(claims).map_err(|e| e.to_string())?, &mut token);
+        let rng = SystemRandom::new();
+        let signature = match &self.signer {
+            Signer::Es256(pair) => pair.sign(&rng, token.as_bytes()).map_err(|e| e.to_string())?.as_ref().to_vec(),
+            Signer::Rs256(pair) => {
+                let mut signature = vec![0; pair.public_modulus_len()];
+                pair.sign(&RSA_PKCS1_SHA256, &rng, token.as_bytes(), &mut signature).map_err(|e| e.to_string())?;
+                signature
+            }
+        };
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        Ok(token)
     }
 }
 

@@ -92,16 +92,18 @@ pub(crate) async fn revoke(State(sts): State<Arc<Sts>>, headers: HeaderMap, body
             if let Some(app) = &sts.github_app
                 && let Some((installation, result)) = app.revoke_presented(token).await
             {
-                return github_revoked(&sts, installation, result, fingerprint);
+                return github_revoked(&sts, installation, result, fingerprint).await;
             }
             // Section 2.2: an invalid token is no error; the client has nothing to fix.
-            sts.audit.write(&Line {
-                time: now_rfc3339(),
-                outcome: "revoke-ignored",
-                reason: Some(reason),
-                fingerprint,
-                ..Line::default()
-            });
+            sts.audit
+                .record(&Line {
+                    time: now_rfc3339(),
+                    outcome: "revoke-ignored",
+                    reason: Some(reason),
+                    fingerprint,
+                    ..Line::default()
+                })
+                .await;
             return no_store(StatusCode::OK.into_response());
         }
     };
@@ -115,13 +117,13 @@ pub(crate) async fn revoke(State(sts): State<Arc<Sts>>, headers: HeaderMap, body
     };
     match sts.revoke(&own.jti, own.expires_at).await {
         Ok(()) => {
-            sts.audit.write(&Line { outcome: "revoked", ..line });
+            sts.audit.record(&Line { outcome: "revoked", ..line }).await;
             // A session's end takes the GitHub tokens minted through it along.
             crate::github_app::end_session(&sts, &own.jti).await;
             no_store(StatusCode::OK.into_response())
         }
         Err(reason) => {
-            sts.audit.write(&Line { outcome: "revoke-failed", reason: Some(&reason), ..line });
+            sts.audit.record(&Line { outcome: "revoke-failed", reason: Some(&reason), ..line }).await;
             // Section 2.2.1: 503 tells the client to try again.
             oauth_error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -134,15 +136,20 @@ pub(crate) async fn revoke(State(sts): State<Arc<Sts>>, headers: HeaderMap, body
 
 /// The answer to revoking an installation token this exchange minted: revoked at GitHub,
 /// or 503 so the client tries again.
-fn github_revoked(sts: &Sts, installation: u64, result: Result<(), String>, fingerprint: Option<String>) -> Response {
+async fn github_revoked(
+    sts: &Sts,
+    installation: u64,
+    result: Result<(), String>,
+    fingerprint: Option<String>,
+) -> Response {
     let line = Line { time: now_rfc3339(), installation: Some(installation), fingerprint, ..Line::default() };
     match result {
         Ok(()) => {
-            sts.audit.write(&Line { outcome: "revoked", ..line });
+            sts.audit.record(&Line { outcome: "revoked", ..line }).await;
             no_store(StatusCode::OK.into_response())
         }
         Err(reason) => {
-            sts.audit.write(&Line { outcome: "revoke-failed", reason: Some(&reason), ..line });
+            sts.audit.record(&Line { outcome: "revoke-failed", reason: Some(&reason), ..line }).await;
             oauth_error(StatusCode::SERVICE_UNAVAILABLE, OAuthError::TemporarilyUnavailable, "cannot revoke at GitHub")
         }
     }
@@ -156,13 +163,15 @@ pub(crate) async fn introspect(State(sts): State<Arc<Sts>>, headers: HeaderMap, 
         Err(reason) => return oauth_error(StatusCode::BAD_REQUEST, OAuthError::InvalidRequest, &reason),
     };
     if !authenticated(&sts, &headers, token) {
-        sts.audit.write(&Line {
-            time: now_rfc3339(),
-            outcome: "introspection-refused",
-            code: Some(OAuthError::InvalidClient.as_str()),
-            reason: Some("no valid client credentials and not the token's own Bearer"),
-            ..Line::default()
-        });
+        sts.audit
+            .record(&Line {
+                time: now_rfc3339(),
+                outcome: "introspection-refused",
+                code: Some(OAuthError::InvalidClient.as_str()),
+                reason: Some("no valid client credentials and not the token's own Bearer"),
+                ..Line::default()
+            })
+            .await;
         let mut response = oauth_error(
             StatusCode::UNAUTHORIZED,
             OAuthError::InvalidClient,

@@ -75,13 +75,15 @@ pub(crate) async fn token(
     let claims = match jsonwebtoken::decode::<Value>(&presented, &sts.own_key, &validation) {
         Ok(data) => data.claims,
         Err(_) => {
-            sts.audit.write(&Line {
-                time: now_rfc3339(),
-                outcome: "denied",
-                reason: Some("registry: token not minted here for this service"),
-                audience: Some(service),
-                ..Line::default()
-            });
+            sts.audit
+                .record(&Line {
+                    time: now_rfc3339(),
+                    outcome: "denied",
+                    reason: Some("registry: token not minted here for this service"),
+                    audience: Some(service),
+                    ..Line::default()
+                })
+                .await;
             return unauthorized("token not minted by this exchange for this registry");
         }
     };
@@ -93,16 +95,18 @@ pub(crate) async fn token(
     match crate::own_tokens::revoked_lineage(&sts, claims.as_object().unwrap_or(&empty)).await {
         Ok(false) => {}
         Ok(true) => {
-            sts.audit.write(&Line {
-                time: now_rfc3339(),
-                outcome: "denied",
-                reason: Some("registry: token has been revoked"),
-                subject: claims["sub"].as_str(),
-                audience: Some(service),
-                jti: claims["jti"].as_str(),
-                sid: claims["sid"].as_str(),
-                ..Line::default()
-            });
+            sts.audit
+                .record(&Line {
+                    time: now_rfc3339(),
+                    outcome: "denied",
+                    reason: Some("registry: token has been revoked"),
+                    subject: claims["sub"].as_str(),
+                    audience: Some(service),
+                    jti: claims["jti"].as_str(),
+                    sid: claims["sid"].as_str(),
+                    ..Line::default()
+                })
+                .await;
             return unauthorized("token has been revoked");
         }
         Err(_) => {
@@ -143,7 +147,7 @@ pub(crate) async fn token(
             )
         })
         .collect();
-    sts.audit.write(&Line {
+    let written = sts.audit.write(&Line {
         time: now_rfc3339(),
         outcome: "issued",
         subject: Some(subject),
@@ -157,6 +161,11 @@ pub(crate) async fn token(
         fingerprint: Some(mayfly_core::Fingerprint::of(&token).to_string()),
         ..Line::default()
     });
+    // A token whose audit line could not be written is not answered.
+    if let Err(e) = written.await {
+        eprintln!("mayfly-sts: cannot write the audit log: {e}");
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
     let issued_at = now_rfc3339();
     let body = json!({"token": token, "access_token": token, "token_type": "Bearer", "expires_in": expires - now, "issued_at": issued_at});
     let mut response = axum::Json(body).into_response();

@@ -87,7 +87,8 @@ impl Sts {
             cedar: cedar.clone(),
             people: people(&config),
         });
-        let audit = Audit::open(config.audit_log.as_deref()).map_err(|e| format!("cannot open audit log: {e}"))?;
+        let audit =
+            Audit::open(crate::audit::Target::of(&config)).map_err(|e| format!("cannot open audit log: {e}"))?;
         let approvals = crate::approval::Approvals::new(config.approval_ttl, config.approval_interval);
         let sessions = crate::sessions::Sessions::new(config.session_idle);
         let login =
@@ -333,15 +334,23 @@ fn check_shape(form: &Form) -> Result<(), Refusal> {
     }
 }
 
+/// A token whose audit line could not be written is not answered.
+pub(crate) fn audit_failed(e: std::io::Error) -> Refusal {
+    eprintln!("mayfly-sts: cannot write the audit log: {e}");
+    Refusal { code: OAuthError::ServerError, reason: "the audit log cannot be written".into() }
+}
+
 /// Writes the audit line of a refusal and hands the refusal back.
-pub(crate) fn denied(sts: &Sts, refusal: Refusal, line: Line<'_>) -> Refusal {
-    sts.audit.write(&Line {
-        time: now_rfc3339(),
-        outcome: "denied",
-        code: Some(refusal.code.as_str()),
-        reason: Some(&refusal.reason),
-        ..line
-    });
+pub(crate) async fn denied(sts: &Sts, refusal: Refusal, line: Line<'_>) -> Refusal {
+    sts.audit
+        .record(&Line {
+            time: now_rfc3339(),
+            outcome: "denied",
+            code: Some(refusal.code.as_str()),
+            reason: Some(&refusal.reason),
+            ..line
+        })
+        .await;
     refusal
 }
 
@@ -366,7 +375,7 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
         ..Line::default()
     };
     if let Err(refusal) = check_shape(form) {
-        return Err(denied(sts, refusal, line));
+        return Err(denied(sts, refusal, line).await);
     }
     // A session is a token for this exchange itself; `session` is a scope only there.
     let opens_session = scope == SESSION_SCOPE && audiences.as_slice() == [sts.config.issuer.as_str()];
@@ -377,33 +386,33 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     } else {
         match requested_scopes(sts, scope) {
             Ok(scopes) => scopes,
-            Err(refusal) => return Err(denied(sts, refusal, line)),
+            Err(refusal) => return Err(denied(sts, refusal, line).await),
         }
     };
     let Some(subject_token) = form.one("subject_token").ok().flatten() else {
-        return Err(denied(sts, invalid_request("`subject_token` is required"), line));
+        return Err(denied(sts, invalid_request("`subject_token` is required"), line).await);
     };
     let audience = match audiences.as_slice() {
         [one] => *one,
         [] => {
             let refusal = Refusal { code: OAuthError::InvalidTarget, reason: "an `audience` is required".into() };
-            return Err(denied(sts, refusal, line));
+            return Err(denied(sts, refusal, line).await);
         }
         _ => {
             let refusal = Refusal { code: OAuthError::InvalidTarget, reason: "one `audience` per request".into() };
-            return Err(denied(sts, refusal, line));
+            return Err(denied(sts, refusal, line).await);
         }
     };
     let ttl = match form.one("requested_ttl").map_err(invalid_request)?.map(str::parse::<u64>) {
         Some(Ok(secs)) => Some(Duration::from_secs(secs)),
         Some(Err(_)) => {
-            return Err(denied(sts, invalid_request("`requested_ttl` must be seconds"), line));
+            return Err(denied(sts, invalid_request("`requested_ttl` must be seconds"), line).await);
         }
         None => None,
     };
     let subject = match sts.verifier.verify(subject_token).await {
         Ok(subject) => subject,
-        Err(rejection) => return Err(denied(sts, invalid_request(rejection.0), line)),
+        Err(rejection) => return Err(denied(sts, invalid_request(rejection.0), line).await),
     };
     line.issuer = Some(&subject.issuer);
     line.subject = Some(&subject.subject);
@@ -411,22 +420,22 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     let actor = match (form.one("actor_token").ok().flatten(), form.one("actor_token_type").ok().flatten()) {
         (Some(token), Some(token_type)) => match crate::delegation::resolve(sts, token, token_type, &subject).await {
             Ok(actor) => Some(actor),
-            Err(refusal) => return Err(denied(sts, refusal, line)),
+            Err(refusal) => return Err(denied(sts, refusal, line).await),
         },
         _ => None,
     };
     if opens_session {
         if actor.is_some() {
             let refusal = invalid_request("a session is opened with the subject's own token, without an actor token");
-            return Err(denied(sts, refusal, line));
+            return Err(denied(sts, refusal, line).await);
         }
-        return open_session(sts, &subject, audience, ttl, intent.as_ref(), line);
+        return open_session(sts, &subject, audience, ttl, intent.as_ref(), line).await;
     }
     let line = Line { act: actor.as_ref().map(|a| &a.act), sid: actor.as_ref().and_then(|a| a.sid.as_deref()), ..line };
     if let Some(actor) = &actor
         && let Err(reason) = crate::delegation::check_may_act(&subject, actor)
     {
-        return Err(denied(sts, invalid_request(reason), line));
+        return Err(denied(sts, invalid_request(reason), line).await);
     }
     let ask = ExchangeAsk {
         subject: &subject,
@@ -439,7 +448,7 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     };
     let approval_code = match form.one("approval_code") {
         Ok(code) => code,
-        Err(reason) => return Err(denied(sts, invalid_request(reason), line)),
+        Err(reason) => return Err(denied(sts, invalid_request(reason), line).await),
     };
     let binding = Binding::new(&subject, actor.as_ref().map(|a| &a.act), audience, &scopes, ttl, intent.as_ref());
     // A request that carries an approval code collects the approval it names, and only
@@ -447,7 +456,7 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     let approved = match approval_code {
         Some(code) => match sts.approvals.poll(code, &binding, std::time::Instant::now()) {
             Poll::Approved { id, approver, .. } => Some((id, approver)),
-            other => return collect_refused(sts, other, line),
+            other => return collect_refused(sts, other, line).await,
         },
         None => None,
     };
@@ -464,25 +473,25 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     };
     let grant = match decision {
         Ok(Grant { approval: Some(need), .. }) if approved.is_none() => {
-            return pending(sts, need, binding, intent.clone(), &subject, line);
+            return pending(sts, need, binding, intent.clone(), &subject, line).await;
         }
         Ok(Grant { approval: Some(need), .. }) => {
             let reason = format!("policy `{}` still asks for approval after it was approved", need.policies.join(", "));
             let refusal = Refusal { code: OAuthError::AccessDenied, reason };
-            return Err(denied(sts, refusal, Line { policies: Some(&need.policies), ..line }));
+            return Err(denied(sts, refusal, Line { policies: Some(&need.policies), ..line }).await);
         }
         Ok(grant) => grant,
         Err(denial) => {
             let policies = (!denial.policies.is_empty()).then_some(denial.policies.as_slice());
             let refusal = Refusal { code: denial.code, reason: denial.reason.clone() };
-            return Err(denied(sts, refusal, Line { policies, ..line }));
+            return Err(denied(sts, refusal, Line { policies, ..line }).await);
         }
     };
     if let Some((id, _)) = &approved
         && !sts.approvals.spend(id, std::time::Instant::now())
     {
         let refusal = Refusal { code: OAuthError::InvalidGrant, reason: "the approval was already used".into() };
-        return Err(denied(sts, refusal, line));
+        return Err(denied(sts, refusal, line).await);
     }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     // A token derived through a session does not outlive it.
@@ -515,23 +524,26 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     }
     let access_token =
         sts.key.sign(Some("at+jwt"), &claims).map_err(|e| Refusal { code: OAuthError::ServerError, reason: e })?;
-    sts.audit.write(&Line {
-        time: now_rfc3339(),
-        outcome: "issued",
-        scope: Some(scope.clone()),
-        ttl: Some(ttl),
-        rule: Some(grant.rule.as_str()).filter(|r| !r.is_empty()),
-        policies: Some(grant.policies.as_slice()).filter(|p| !p.is_empty()),
-        jti: Some(&jti),
-        fingerprint: Some(Fingerprint::of(&access_token).to_string()),
-        ..line
-    });
+    sts.audit
+        .write(&Line {
+            time: now_rfc3339(),
+            outcome: "issued",
+            scope: Some(scope.clone()),
+            ttl: Some(ttl),
+            rule: Some(grant.rule.as_str()).filter(|r| !r.is_empty()),
+            policies: Some(grant.policies.as_slice()).filter(|p| !p.is_empty()),
+            jti: Some(&jti),
+            fingerprint: Some(Fingerprint::of(&access_token).to_string()),
+            ..line
+        })
+        .await
+        .map_err(audit_failed)?;
     Ok(issued(&access_token, ttl, &scope))
 }
 
 /// The answer to a collect that yields no token: still pending (or too fast), denied,
 /// expired, used, unknown or for another request.
-fn collect_refused(sts: &Sts, poll: Poll, line: Line<'_>) -> Result<Response, Refusal> {
+async fn collect_refused(sts: &Sts, poll: Poll, line: Line<'_>) -> Result<Response, Refusal> {
     let refusal = |code: OAuthError, reason: &str| Refusal { code, reason: reason.to_owned() };
     let refusal = match poll {
         Poll::Pending { id, interval, expires_in } => {
@@ -570,12 +582,12 @@ fn collect_refused(sts: &Sts, poll: Poll, line: Line<'_>) -> Result<Response, Re
         }
         Poll::Approved { .. } => refusal(OAuthError::ServerError, "an approved request was not collected"),
     };
-    Err(denied(sts, refusal, line))
+    Err(denied(sts, refusal, line).await)
 }
 
 /// Opens an approval for a request `@approval` forbids hold back, and answers
 /// `authorization_pending` with where to approve it and the code to collect it with.
-fn pending(
+async fn pending(
     sts: &Sts,
     need: crate::policy::ApprovalNeed,
     binding: Binding,
@@ -597,15 +609,19 @@ fn pending(
     let announced = sts.webhook.is_some().then(|| request.clone());
     let created = match sts.approvals.create(request, std::time::Instant::now()) {
         Ok(created) => created,
-        Err(reason) => return Err(denied(sts, Refusal { code: OAuthError::TemporarilyUnavailable, reason }, line)),
+        Err(reason) => {
+            return Err(denied(sts, Refusal { code: OAuthError::TemporarilyUnavailable, reason }, line).await);
+        }
     };
-    sts.audit.write(&Line {
-        time: now_rfc3339(),
-        outcome: "pending",
-        reason: Some(&need.description),
-        approval: Some(&created.id),
-        ..line
-    });
+    sts.audit
+        .record(&Line {
+            time: now_rfc3339(),
+            outcome: "pending",
+            reason: Some(&need.description),
+            approval: Some(&created.id),
+            ..line
+        })
+        .await;
     if let (Some(webhook), Some(request)) = (&sts.webhook, announced) {
         let uri = format!("{}/approve/{}", sts.config.issuer, created.id);
         let expires_at = time::OffsetDateTime::now_utc() + created.expires_in;
@@ -631,7 +647,7 @@ fn approval_answer(body: Value) -> Response {
 /// Mints a session token: for this exchange itself, naming the agent the intent declares.
 /// No rule is needed (it grants nothing by itself); a Cedar forbid on `session` refuses it.
 /// Its lifetime is capped by `session_max_ttl`, not by the rules' `max_ttl`.
-fn open_session(
+async fn open_session(
     sts: &Sts,
     subject: &crate::VerifiedSubject,
     audience: &str,
@@ -641,12 +657,12 @@ fn open_session(
 ) -> Result<Response, Refusal> {
     let agent = match crate::delegation::declared_agent(intent) {
         Ok(agent) => agent,
-        Err(reason) => return Err(denied(sts, invalid_request(reason), line)),
+        Err(reason) => return Err(denied(sts, invalid_request(reason), line).await),
     };
     let actor = Actor { act: agent, issuer: sts.config.issuer.clone(), sid: None, until: None };
     let line = Line { act: Some(&actor.act), ..line };
     if let Err(reason) = crate::delegation::check_may_act(subject, &actor) {
-        return Err(denied(sts, invalid_request(reason), line));
+        return Err(denied(sts, invalid_request(reason), line).await);
     }
     let max = sts.config.session_max_ttl;
     let ttl = ttl.unwrap_or(max).min(max);
@@ -665,7 +681,7 @@ fn open_session(
         Err(denial) => {
             let policies = (!denial.policies.is_empty()).then_some(denial.policies.as_slice());
             let refusal = Refusal { code: denial.code, reason: denial.reason.clone() };
-            return Err(denied(sts, refusal, Line { policies, ..line }));
+            return Err(denied(sts, refusal, Line { policies, ..line }).await);
         }
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
@@ -689,17 +705,20 @@ fn open_session(
     sts.sessions.opened(&jti, expires_at, std::time::Instant::now(), now);
     // The session's own line carries its `jti` as `sid` too, so one search for a `sid`
     // finds the session and everything minted through it.
-    sts.audit.write(&Line {
-        time: now_rfc3339(),
-        outcome: "issued",
-        scope: Some(SESSION_SCOPE.to_owned()),
-        ttl: Some(ttl),
-        policies: Some(policies.as_slice()).filter(|p| !p.is_empty()),
-        jti: Some(&jti),
-        sid: Some(&jti),
-        fingerprint: Some(Fingerprint::of(&token).to_string()),
-        ..line
-    });
+    sts.audit
+        .write(&Line {
+            time: now_rfc3339(),
+            outcome: "issued",
+            scope: Some(SESSION_SCOPE.to_owned()),
+            ttl: Some(ttl),
+            policies: Some(policies.as_slice()).filter(|p| !p.is_empty()),
+            jti: Some(&jti),
+            sid: Some(&jti),
+            fingerprint: Some(Fingerprint::of(&token).to_string()),
+            ..line
+        })
+        .await
+        .map_err(audit_failed)?;
     Ok(issued(&token, ttl, SESSION_SCOPE))
 }
 
