@@ -232,35 +232,40 @@ impl GithubApp {
     /// did not, else the installation and the outcome.
     pub(crate) async fn revoke_presented(&self, token: &str) -> Option<(u64, Result<(), String>)> {
         let fingerprint = Fingerprint::of(token).to_string();
-        let installation = {
-            let minted = lock(&self.minted);
+        // Claimed (taken out) before GitHub is asked, so a session's end revoking at the
+        // same moment does not revoke it twice; put back if GitHub could not be told.
+        let claimed = {
+            let mut minted = lock(&self.minted);
             let known = minted.get(&fingerprint)?;
             // The fingerprint is short: the token itself must match.
             if !same(known.token.expose_secret().as_bytes(), token.as_bytes()) {
                 return None;
             }
-            known.installation
+            minted.remove(&fingerprint)?
         };
+        let installation = claimed.installation;
         let result = self.delete(token).await;
-        if result.is_ok() {
-            lock(&self.minted).remove(&fingerprint);
+        if result.is_err() {
+            lock(&self.minted).insert(fingerprint, claimed);
         }
         Some((installation, result))
     }
 
     /// Revokes every token minted through the session `sid`: (fingerprint, installation,
-    /// outcome) each.
+    /// outcome) each. Each is claimed first, as in [`GithubApp::revoke_presented`].
     pub(crate) async fn revoke_session(&self, sid: &str) -> Vec<(String, u64, Result<(), String>)> {
-        let tokens: Vec<(String, u64, SecretString)> = lock(&self.minted)
-            .iter()
-            .filter(|(_, m)| m.sid.as_deref() == Some(sid))
-            .map(|(f, m)| (f.clone(), m.installation, m.token.clone()))
-            .collect();
+        let claimed: Vec<(String, Minted)> = {
+            let mut minted = lock(&self.minted);
+            let ours: Vec<String> =
+                minted.iter().filter(|(_, m)| m.sid.as_deref() == Some(sid)).map(|(f, _)| f.clone()).collect();
+            ours.into_iter().filter_map(|f| minted.remove(&f).map(|m| (f, m))).collect()
+        };
         let mut outcomes = Vec::new();
-        for (fingerprint, installation, token) in tokens {
-            let result = self.delete(token.expose_secret()).await;
-            if result.is_ok() {
-                lock(&self.minted).remove(&fingerprint);
+        for (fingerprint, known) in claimed {
+            let result = self.delete(known.token.expose_secret()).await;
+            let installation = known.installation;
+            if result.is_err() {
+                lock(&self.minted).insert(fingerprint.clone(), known);
             }
             outcomes.push((fingerprint, installation, result));
         }
