@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use mayfly_tests::{Stack, bin, mayfly_lines, require_tool};
+use mayfly_tests::{Stack, bin, mayfly_lines, password_of, require_tool};
 
 /// The requests octo-sts received: (identity, scope, ID token audience, Authorization).
 fn exchanges(stack: &Stack) -> Vec<(String, String, String, String)> {
@@ -32,18 +32,9 @@ fn revocations(stack: &Stack) -> usize {
 
 /// What `git-credential-mayfly get` answers for a repository on the stand-in: the token.
 fn helper_token(stack: &Stack, path: &str) -> String {
-    let request = format!("protocol=https\nhost={}\npath={path}\n", stack.github().host());
-    let out = assert_cmd::Command::new(bin("git-credential-mayfly"))
-        .arg("get")
-        .env_clear()
-        .envs(stack.env())
-        .write_stdin(request)
-        .output()
-        .expect("the helper runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let answer = String::from_utf8(out.stdout).expect("UTF-8 answer");
+    let answer = stack.helper_answer(stack.github().host(), path);
     assert!(answer.lines().any(|l| l == "username=x-access-token"), "{answer}");
-    answer.lines().find_map(|l| l.strip_prefix("password=")).expect("a password").to_owned()
+    password_of(&answer)
 }
 
 /// What the stand-in's git says to a token for a smart-HTTP service of a repository.

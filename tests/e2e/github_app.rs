@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use mayfly_devstack::RecordedRequest;
-use mayfly_tests::{GITHUB_APP_ID, Stack, bin, mayfly_lines, require_tool};
+use mayfly_tests::{GITHUB_APP_ID, Stack, bin, mayfly_lines, password_of, require_tool};
 use serde_json::json;
 
 /// The App's requests GitHub received.
@@ -33,17 +33,8 @@ fn git_status(stack: &Stack, token: &str, repo: &str, service: &str) -> u16 {
 
 /// What `git-credential-mayfly get` answers for a repository on the stand-in: the token.
 fn helper_token(stack: &Stack, path: &str) -> String {
-    let request = format!("protocol=https\nhost={}\npath={path}\n", stack.github().host());
-    let out = assert_cmd::Command::new(bin("git-credential-mayfly"))
-        .arg("get")
-        .env_clear()
-        .envs(stack.env())
-        .write_stdin(request)
-        .output()
-        .expect("the helper runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let answer = String::from_utf8(out.stdout).expect("UTF-8 answer");
-    answer.lines().find_map(|l| l.strip_prefix("password=")).expect("a password").to_owned()
+    let answer = stack.helper_answer(stack.github().host(), path);
+    password_of(&answer)
 }
 
 #[test]

@@ -559,10 +559,15 @@ impl Stack {
             .expect("HTTP client")
     }
 
-    /// What `git-credential-mayfly get` answers for a repository (legacy form, so the
-    /// token is the `password`), as git would ask for it.
+    /// What `git-credential-mayfly get` answers for a repository on the git server
+    /// (legacy form, so the token is the `password`), as git would ask for it.
     pub fn helper_token(&self, path: &str) -> String {
-        let request = format!("protocol=https\nhost={}\npath={path}\n", self.git_host());
+        password_of(&self.helper_answer(&self.git_host(), path))
+    }
+
+    /// The whole answer of `git-credential-mayfly get` for a repository on `host`.
+    pub fn helper_answer(&self, host: &str, path: &str) -> String {
+        let request = format!("protocol=https\nhost={host}\npath={path}\n");
         let out = assert_cmd::Command::new(bin("git-credential-mayfly"))
             .arg("get")
             .env_clear()
@@ -571,8 +576,7 @@ impl Stack {
             .output()
             .expect("the helper runs");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let answer = String::from_utf8(out.stdout).expect("UTF-8 answer");
-        answer.lines().find_map(|l| l.strip_prefix("password=")).expect("a password").to_owned()
+        String::from_utf8(out.stdout).expect("UTF-8 answer")
     }
 
     /// The helper's audit lines.
@@ -678,6 +682,11 @@ fn host_route(tool: &str, base_url: &str) -> RouteEntry {
         exchange: "sts".into(),
         ..Default::default()
     }
+}
+
+/// The `password` (the token) of a credential helper's answer.
+pub fn password_of(answer: &str) -> String {
+    answer.lines().find_map(|l| l.strip_prefix("password=")).expect("a password").to_owned()
 }
 
 /// Routes as `[[routes]]` TOML blocks.

@@ -148,8 +148,9 @@ pub struct Origin {
     pub operation: String,
 }
 
+/// An entry as written: sealed in the cache, or handed to a detached revoker.
 #[derive(Serialize, Deserialize)]
-struct StoredEntry {
+pub(crate) struct StoredEntry {
     token: String,
     expires_at: i64,
     refresh_at: i64,
@@ -161,6 +162,40 @@ struct StoredEntry {
     session: Option<String>,
     #[serde(default)]
     origin: Option<Origin>,
+}
+
+impl From<&CacheEntry> for StoredEntry {
+    fn from(entry: &CacheEntry) -> Self {
+        Self {
+            token: entry.token.expose().to_owned(),
+            expires_at: entry.expires_at,
+            refresh_at: entry.refresh_at,
+            token_id: entry.token_id.clone(),
+            scope: entry.scope.clone(),
+            issuer: entry.issuer.clone(),
+            subject: entry.subject.clone(),
+            label: entry.label.clone(),
+            session: entry.session.clone(),
+            origin: entry.origin.clone(),
+        }
+    }
+}
+
+impl From<StoredEntry> for CacheEntry {
+    fn from(stored: StoredEntry) -> Self {
+        Self {
+            token: Secret::new(stored.token),
+            expires_at: stored.expires_at,
+            refresh_at: stored.refresh_at,
+            token_id: stored.token_id,
+            scope: stored.scope,
+            issuer: stored.issuer,
+            subject: stored.subject,
+            label: stored.label,
+            session: stored.session,
+            origin: stored.origin,
+        }
+    }
 }
 
 /// An open cache: the entry directory and the key.
@@ -290,35 +325,13 @@ impl Cache {
         File::open(self.dir.join(listed.file_name())).ok()?.take(MAX_ENTRY).read_to_end(&mut sealed).ok()?;
         let plain = age::decrypt(&self.identity, &sealed).ok()?;
         let stored: StoredEntry = serde_json::from_slice(&plain).ok()?;
-        Some(CacheEntry {
-            token: Secret::new(stored.token),
-            expires_at: stored.expires_at,
-            refresh_at: stored.refresh_at,
-            token_id: stored.token_id,
-            scope: stored.scope,
-            issuer: stored.issuer,
-            subject: stored.subject,
-            label: stored.label,
-            session: stored.session,
-            origin: stored.origin,
-        })
+        Some(stored.into())
     }
 
     /// Writes an entry atomically (encrypt, write a 0600 temp file, fsync, rename), then
     /// removes the key's entries of other names.
     pub fn put(&self, key: &str, entry: &CacheEntry, _lock: &KeyLock) -> Result<(), Error> {
-        let stored = StoredEntry {
-            token: entry.token.expose().to_owned(),
-            expires_at: entry.expires_at,
-            refresh_at: entry.refresh_at,
-            token_id: entry.token_id.clone(),
-            scope: entry.scope.clone(),
-            issuer: entry.issuer.clone(),
-            subject: entry.subject.clone(),
-            label: entry.label.clone(),
-            session: entry.session.clone(),
-            origin: entry.origin.clone(),
-        };
+        let stored = StoredEntry::from(entry);
         let plain = Secret::new(serde_json::to_string(&stored).map_err(|e| Error::Crypto(e.to_string()))?);
         drop(stored);
         let sealed = age::encrypt(&self.identity.to_public(), plain.expose().as_bytes())

@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{CacheEntry, Origin};
-use crate::{Broker, Env, Process, Secret};
+use crate::cache::{CacheEntry, StoredEntry};
+use crate::{Broker, Env, Process};
 
 /// The hidden first argument of the detached copy.
 pub const REVOKE_ARG: &str = "--mayfly-revoke-handed-over";
@@ -21,16 +21,8 @@ static ENABLED: OnceLock<()> = OnceLock::new();
 /// What the detached copy is told: the entry and the chain for its audit line.
 #[derive(Serialize, Deserialize)]
 struct Handover {
-    token: String,
-    expires_at: i64,
-    refresh_at: i64,
-    token_id: Option<String>,
-    scope: Option<String>,
-    issuer: Option<String>,
-    subject: Option<String>,
-    label: String,
-    session: Option<String>,
-    origin: Option<Origin>,
+    #[serde(flatten)]
+    entry: StoredEntry,
     chain: Vec<(u32, Vec<String>)>,
 }
 
@@ -47,19 +39,7 @@ pub fn serve_if_asked() {
         std::io::stdin().read_to_end(&mut input).ok().and_then(|_| serde_json::from_slice::<Handover>(&input).ok());
     if let (Some(h), Ok(broker)) = (handover, Broker::from_env(Env::from_os())) {
         let chain: Vec<Process> = h.chain.into_iter().map(|(pid, argv)| Process { pid, argv }).collect();
-        let entry = CacheEntry {
-            token: Secret::new(h.token),
-            expires_at: h.expires_at,
-            refresh_at: h.refresh_at,
-            token_id: h.token_id,
-            scope: h.scope,
-            issuer: h.issuer,
-            subject: h.subject,
-            label: h.label,
-            session: h.session,
-            origin: h.origin,
-        };
-        let _ = broker.end_entry(entry, &chain);
+        let _ = broker.end_entry(h.entry.into(), &chain);
     }
     std::process::exit(0);
 }
@@ -71,19 +51,8 @@ pub(crate) fn hand_over(entry: &CacheEntry, chain: &[Process]) -> bool {
         return false;
     }
     let Ok(exe) = std::env::current_exe() else { return false };
-    let handover = Handover {
-        token: entry.token.expose().to_owned(),
-        expires_at: entry.expires_at,
-        refresh_at: entry.refresh_at,
-        token_id: entry.token_id.clone(),
-        scope: entry.scope.clone(),
-        issuer: entry.issuer.clone(),
-        subject: entry.subject.clone(),
-        label: entry.label.clone(),
-        session: entry.session.clone(),
-        origin: entry.origin.clone(),
-        chain: chain.iter().map(|p| (p.pid, p.argv.clone())).collect(),
-    };
+    let handover =
+        Handover { entry: StoredEntry::from(entry), chain: chain.iter().map(|p| (p.pid, p.argv.clone())).collect() };
     let Ok(payload) = serde_json::to_vec(&handover) else { return false };
     drop(handover);
     // Its own process group: the terminal's Ctrl-C for the tool does not reach it; no
