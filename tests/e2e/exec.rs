@@ -338,3 +338,47 @@ fn an_agent_session_mints_tokens_that_name_the_agent_and_its_end_revokes_the_ses
     assert_eq!(cached_in_session(&stack, "agent-1"), 0);
     stack.assert_no_tokens_on_disk();
 }
+
+#[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
+fn a_cache_hit_in_a_session_refers_to_the_issued_line_for_the_ancestry_they_share() {
+    if !require_tool("git") {
+        return;
+    }
+    let stack = unwired_stack();
+    let script =
+        format!("set -e; git clone -q {} app; cd app; git fetch -q; git fetch -q", stack.repo_url("org/app.git"));
+    let out = exec(&stack, "hits", false, &script).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let lines = session_lines(&stack, "hits");
+    let issued = lines.iter().find(|l| l["outcome"] == "issued").expect("the clone minted a token");
+    let hits: Vec<&Value> = lines.iter().filter(|l| l["outcome"] == "cache-hit").collect();
+    assert_eq!(hits.len(), 2, "{lines:?}");
+    let issued_chain = issued["process"].as_array().unwrap();
+    for hit in &hits {
+        assert_eq!(hit["process_ref"]["issued"], issued["fingerprint"], "{hit}");
+        let from = hit["process_ref"]["from"].as_u64().unwrap() as usize;
+        let own = hit["process"].as_array().unwrap();
+        assert!(own.len() < issued_chain.len(), "a hit writes only what differs: {hit}");
+        // What it leaves out is the session's own ancestry: `mayfly exec` and above.
+        assert!(issued_chain[from..].iter().any(|p| p["argv"][1] == "exec"), "{issued}");
+        assert!(own.iter().all(|p| p["argv"][1] != "exec"), "{hit}");
+        assert!(own.iter().any(|p| p["argv"][1] == "fetch"), "the hit names its own command: {hit}");
+        assert!(
+            serde_json::to_string(hit).unwrap().len() < serde_json::to_string(issued).unwrap().len(),
+            "a hit's line is shorter than the issued one"
+        );
+    }
+
+    // `mayfly audit` puts the chain back together: the hit's command is shown.
+    let audit = Command::new(bin("mayfly"))
+        .args(["audit", "--session", "hits", "--outcome", "cache-hit"])
+        .env_clear()
+        .envs(stack.env())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&audit.stdout);
+    assert!(audit.status.success(), "{}", String::from_utf8_lossy(&audit.stderr));
+    assert_eq!(shown.lines().filter(|l| l.contains("$ git fetch")).count(), 2, "{shown}");
+}

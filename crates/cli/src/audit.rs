@@ -6,6 +6,7 @@
 //! Everything printed passes through the terminal sanitiser, since targets, reasons and
 //! command lines come from tools and servers mayfly does not control.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -66,7 +67,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let env = Env::from_os();
     let log = AuditLog::from_env(&env);
     let path = log.path().context("no audit log: set MAYFLY_AUDIT_LOG, XDG_STATE_HOME or HOME")?.to_owned();
-    let filter = Filter::from(args);
+    let mut printer = Printer::new(Filter::from(args), args.json);
     let mut out = std::io::stdout().lock();
     let mut reader = Reader::default();
     let result = if args.follow {
@@ -75,7 +76,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot handle signals")?;
         }
-        reader.follow(&path, &stop, &mut |line| emit(&mut out, &filter, args.json, line))
+        reader.follow(&path, &stop, &mut |line| printer.emit(&mut out, line))
     } else {
         // The rotated files first, oldest to newest, then the log itself.
         let files = log.files();
@@ -83,7 +84,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
             eprintln!("mayfly: no audit log at {} yet", sanitize_for_terminal(&path.display().to_string()));
         }
         files.iter().try_for_each(|file| match File::open(file) {
-            Ok(opened) => reader.read(opened, true, &mut |line| emit(&mut out, &filter, args.json, line)),
+            Ok(opened) => reader.read(opened, true, &mut |line| printer.emit(&mut out, line)),
             // Rotated away between listing and opening.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e).with_context(|| format!("cannot read `{}`", file.display())),
@@ -114,7 +115,7 @@ fn parse_since(text: &str) -> Result<OffsetDateTime, String> {
 }
 
 /// Which lines to show.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Filter {
     session: Option<String>,
     target: Option<String>,
@@ -225,19 +226,44 @@ fn parse(raw: &[u8]) -> Option<Value> {
     (value.get("time")?.is_string() && value.get("outcome")?.is_string()).then_some(value)
 }
 
-fn emit(out: &mut impl Write, filter: &Filter, json: bool, raw: &[u8]) -> std::io::Result<()> {
-    let Some(event) = parse(raw) else { return Ok(()) };
-    if !filter.matches(&event) {
-        return Ok(());
+/// Prints the lines that pass the filter, remembering the chains of `issued` lines so a
+/// cache hit that refers to one (`process_ref`) shows its whole command.
+struct Printer {
+    filter: Filter,
+    json: bool,
+    issued_chains: HashMap<String, Vec<Value>>,
+}
+
+impl Printer {
+    fn new(filter: Filter, json: bool) -> Self {
+        Self { filter, json, issued_chains: HashMap::new() }
     }
-    let line = if json { sanitize_for_terminal(&String::from_utf8_lossy(raw)) } else { human(&event) };
-    writeln!(out, "{line}")?;
-    out.flush()
+
+    fn emit(&mut self, out: &mut impl Write, raw: &[u8]) -> std::io::Result<()> {
+        let Some(event) = parse(raw) else { return Ok(()) };
+        if !self.json
+            && event.get("outcome").and_then(Value::as_str) == Some("issued")
+            && let (Some(fingerprint), Some(chain)) =
+                (event.get("fingerprint").and_then(Value::as_str), event.get("process").and_then(Value::as_array))
+        {
+            self.issued_chains.insert(fingerprint.to_owned(), chain.clone());
+        }
+        if !self.filter.matches(&event) {
+            return Ok(());
+        }
+        let line = if self.json {
+            sanitize_for_terminal(&String::from_utf8_lossy(raw))
+        } else {
+            human(&event, &self.issued_chains)
+        };
+        writeln!(out, "{line}")?;
+        out.flush()
+    }
 }
 
 /// One compact line: time, outcome, session, tool and operation, target, scope,
-/// fingerprint, reason, and for `session-started`/`issued` the command behind it.
-fn human(event: &Value) -> String {
+/// fingerprint, reason, and for `session-started`/`issued`/`cache-hit` the command behind it.
+fn human(event: &Value, issued_chains: &HashMap<String, Vec<Value>>) -> String {
     let field = |name: &str| event.get(name).and_then(Value::as_str).filter(|v| !v.is_empty());
     let outcome = field("outcome").unwrap_or("?");
     let mut parts = vec![field("time").unwrap_or("-").to_owned(), format!("{outcome:<15}")];
@@ -252,37 +278,63 @@ fn human(event: &Value) -> String {
     if let Some(reason) = field("reason") {
         parts.push(format!("({reason})"));
     }
-    if let Some(command) = command(event, outcome).filter(|c| !c.is_empty()) {
-        parts.push(format!("$ {}", command.join(" ")));
+    match chain(event, issued_chains) {
+        Chain::Whole(chain) => {
+            if let Some(command) = command(event, outcome, &chain).filter(|c| !c.is_empty()) {
+                parts.push(format!("$ {}", command.join(" ")));
+            }
+        }
+        Chain::RotatedAway => parts.push("(its command is in an issued line no longer in the log)".into()),
     }
     sanitize_for_terminal(&parts.join("  "))
 }
 
+enum Chain {
+    Whole(Vec<Process>),
+    /// A cache hit whose chain goes on in an `issued` line that was rotated away.
+    RotatedAway,
+}
+
+/// A line's process chain, with the part a cache hit shares with its `issued` line put
+/// back from that line.
+fn chain(event: &Value, issued_chains: &HashMap<String, Vec<Value>>) -> Chain {
+    let own = event.get("process").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut whole: Vec<Value> = own;
+    if let Some(reference) = event.get("process_ref") {
+        let issued = reference.get("issued").and_then(Value::as_str).unwrap_or_default();
+        let from = reference.get("from").and_then(Value::as_u64).and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
+        match issued_chains.get(issued) {
+            Some(rest) => whole.extend(rest.iter().skip(from).cloned()),
+            None => return Chain::RotatedAway,
+        }
+    }
+    Chain::Whole(
+        whole
+            .iter()
+            .map(|p| Process {
+                pid: p.get("pid").and_then(Value::as_u64).and_then(|pid| u32::try_from(pid).ok()).unwrap_or(0),
+                argv: p
+                    .get("argv")
+                    .and_then(Value::as_array)
+                    .map(|argv| argv.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                    .unwrap_or_default(),
+            })
+            .collect(),
+    )
+}
+
 /// The command behind a `session-started` line (the session's command, first in its
-/// chain) or an `issued` one (the tool's command above the helper, as the exchange was
-/// told; else the helper's parent).
-fn command(event: &Value, outcome: &str) -> Option<Vec<String>> {
-    if !["session-started", "issued"].contains(&outcome) {
+/// chain) or an `issued` or `cache-hit` one (the tool's command above the helper, as the
+/// exchange was told; else the helper's parent).
+fn command(event: &Value, outcome: &str, chain: &[Process]) -> Option<Vec<String>> {
+    if !["session-started", "issued", "cache-hit"].contains(&outcome) {
         return None;
     }
-    let chain: Vec<Process> = event
-        .get("process")?
-        .as_array()?
-        .iter()
-        .map(|p| Process {
-            pid: p.get("pid").and_then(Value::as_u64).and_then(|pid| u32::try_from(pid).ok()).unwrap_or(0),
-            argv: p
-                .get("argv")
-                .and_then(Value::as_array)
-                .map(|argv| argv.iter().filter_map(Value::as_str).map(str::to_owned).collect())
-                .unwrap_or_default(),
-        })
-        .collect();
     let first = chain.first()?.argv.clone();
-    if outcome == "issued"
+    if outcome != "session-started"
         && let Some(tool) = event.get("tool").and_then(Value::as_str)
     {
-        let command = mayfly_core::command_of(tool, &chain);
+        let command = mayfly_core::command_of(tool, chain);
         if !command.is_empty() {
             return Some(command);
         }
@@ -300,7 +352,8 @@ mod tests {
     fn collect(input: &str, filter: &Filter, json: bool) -> (Vec<String>, usize) {
         let mut reader = Reader::default();
         let mut out = Vec::new();
-        reader.read(input.as_bytes(), true, &mut |raw| emit(&mut out, filter, json, raw)).unwrap();
+        let mut printer = Printer::new(filter.clone(), json);
+        reader.read(input.as_bytes(), true, &mut |raw| printer.emit(&mut out, raw)).unwrap();
         (String::from_utf8(out).unwrap().lines().map(str::to_owned).collect(), reader.malformed)
     }
 
@@ -329,6 +382,20 @@ mod tests {
         );
         assert!(lines[1].contains("(route `docs` does not allow write\u{fffd}[2J)"), "{}", lines[1]);
         assert!(!lines[1].contains('\u{1b}'));
+    }
+
+    #[test]
+    fn a_cache_hit_shows_its_command_through_its_issued_line_or_says_it_was_rotated_away() {
+        let hit = r#"{"time":"2026-11-23T08:40:00Z","outcome":"cache-hit","tool":"git","target":"https://git.example.com/org/app","operation":"read","fingerprint":"sha256:b7728ad18c62eb06","process":[{"pid":9,"argv":["/bin/sh","-c","git-credential-mayfly get"]},{"pid":8,"argv":["git","fetch"]}],"process_ref":{"issued":"sha256:b7728ad18c62eb06","from":2}}"#;
+        let (lines, _) = collect(&format!("{ISSUED}\n{hit}"), &Filter::default(), false);
+        assert!(lines[1].ends_with("$ git fetch"), "{}", lines[1]);
+        let (alone, _) = collect(hit, &Filter::default(), false);
+        assert!(alone[0].ends_with("(its command is in an issued line no longer in the log)"), "{}", alone[0]);
+        // Filtered out of the view, the issued line still resolves the reference.
+        let hits_only = Filter { outcome: Some("cache-hit".into()), ..Filter::default() };
+        let (lines, _) = collect(&format!("{ISSUED}\n{hit}"), &hits_only, false);
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].ends_with("$ git fetch"), "{}", lines[0]);
     }
 
     #[test]

@@ -514,6 +514,7 @@ mod tests {
             label: label.into(),
             session: Some("s-1".into()),
             origin,
+            issuing_chain: Vec::new(),
         }
     }
 

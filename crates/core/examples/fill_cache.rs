@@ -37,6 +37,7 @@ fn main() {
                 tool: "git".into(),
                 operation: "read".into(),
             }),
+            issuing_chain: Vec::new(),
         };
         let lock = cache.lock(&key).expect("lock");
         cache.put(&key, &entry, &lock).expect("put");

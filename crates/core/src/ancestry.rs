@@ -41,6 +41,22 @@ impl std::fmt::Debug for Process {
     }
 }
 
+impl Process {
+    /// A short digest of this process (pid and command line as read): how a later audit
+    /// line finds the part of its chain it shares with an earlier one, kept only inside
+    /// the encrypted cache.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(self.pid.to_be_bytes());
+        for arg in &self.argv {
+            hash.update((arg.len() as u64).to_be_bytes());
+            hash.update(arg.as_bytes());
+        }
+        hex::encode(&hash.finalize()[..8])
+    }
+}
+
 /// The ancestors of this process, parent first, up to (not including) pid 1.
 pub fn ancestry() -> Vec<Process> {
     let mut chain = Vec::new();

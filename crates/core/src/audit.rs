@@ -78,6 +78,19 @@ pub struct AuditEvent {
     pub reason: Option<String>,
     /// Who asked: the helper's ancestors, parent first.
     pub process: Vec<Process>,
+    /// On a cache hit: where the rest of `process` is written (the part of the chain it
+    /// shares with the request the token was issued for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_ref: Option<ProcessRef>,
+}
+
+/// "The chain goes on as in the `issued` line of this token, from this position."
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ProcessRef {
+    /// The fingerprint of the token, which its `issued` line carries.
+    pub issued: Fingerprint,
+    /// Where in that line's `process` the shared part starts.
+    pub from: usize,
 }
 
 /// Size at which the log is rotated, unless `[settings] audit_max_size` says otherwise.

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::audit::{AuditEvent, AuditLog, Outcome, rfc3339};
+use crate::audit::{AuditEvent, AuditLog, Outcome, ProcessRef, rfc3339};
 use crate::cache::{Cache, CacheEntry, Origin};
 use crate::config::{Config, ExchangeConfig, IdentityConfig, Route, Scheme};
 use crate::exchange::{Ask, Intent};
@@ -293,7 +293,9 @@ impl Broker {
             self.write(event.fail(Outcome::Failed, &error));
             return Err(error);
         }
-        self.write(event.served(Outcome::CacheHit, &hit));
+        event.served(Outcome::CacheHit, &hit);
+        event.refer_to_issued(&hit.issuing_chain);
+        self.write(event);
         Ok(issued(route, hit, true))
     }
 
@@ -367,6 +369,7 @@ impl Broker {
                 tool: target.tool.as_str().into(),
                 operation: operation.as_str().into(),
             }),
+            issuing_chain: chain.iter().map(Process::digest).collect(),
             token: response.access_token,
         })
     }
@@ -415,6 +418,7 @@ impl Broker {
                 tool: "session".into(),
                 operation: "session".into(),
             }),
+            issuing_chain: Vec::new(),
             token: response.access_token,
         };
         if let (Some(cache), Some(lock)) = (cache, &lock)
@@ -467,6 +471,7 @@ impl Broker {
                 label: format!("subject token of identity `{}`", source.name),
                 session: None,
                 origin: None,
+                issuing_chain: Vec::new(),
             };
             let _ = cache.put(&key, &entry, lock);
         }
@@ -642,6 +647,20 @@ impl AuditEvent {
             self.scope.clone_from(&entry.scope);
         }
         self
+    }
+
+    /// Keeps only the part of this line's chain that differs from the chain that asked
+    /// for the token first (`issuing`, digests), and refers to that `issued` line for the
+    /// rest: hits inside one session repeat its long ancestry otherwise.
+    fn refer_to_issued(&mut self, issuing: &[String]) {
+        let own: Vec<String> = self.process.iter().map(Process::digest).collect();
+        let shared = own.iter().rev().zip(issuing.iter().rev()).take_while(|(a, b)| a == b).count();
+        if shared == 0 {
+            return;
+        }
+        let Some(fingerprint) = self.fingerprint.clone() else { return };
+        self.process.truncate(own.len() - shared);
+        self.process_ref = Some(ProcessRef { issued: fingerprint, from: issuing.len() - shared });
     }
 
     fn fail(&mut self, outcome: Outcome, error: &dyn std::error::Error) -> &Self {

@@ -129,6 +129,9 @@ pub struct CacheEntry {
     pub session: Option<String>,
     /// Route and exchange that minted it (revocation and `erase` find it by them).
     pub origin: Option<Origin>,
+    /// [Digests](crate::Process::digest) of the chain that asked for it, parent first: a
+    /// later hit's audit line refers to the `issued` line for the part they share.
+    pub issuing_chain: Vec<String>,
 }
 
 /// Where a cached token came from.
@@ -162,6 +165,8 @@ pub(crate) struct StoredEntry {
     session: Option<String>,
     #[serde(default)]
     origin: Option<Origin>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    issuing_chain: Vec<String>,
 }
 
 impl From<&CacheEntry> for StoredEntry {
@@ -177,6 +182,7 @@ impl From<&CacheEntry> for StoredEntry {
             label: entry.label.clone(),
             session: entry.session.clone(),
             origin: entry.origin.clone(),
+            issuing_chain: entry.issuing_chain.clone(),
         }
     }
 }
@@ -194,6 +200,7 @@ impl From<StoredEntry> for CacheEntry {
             label: stored.label,
             session: stored.session,
             origin: stored.origin,
+            issuing_chain: stored.issuing_chain,
         }
     }
 }
@@ -643,6 +650,7 @@ mod tests {
                 target: "https://h/a".into(),
                 ..Origin::default()
             }),
+            issuing_chain: Vec::new(),
         }
     }
 

@@ -42,7 +42,7 @@ mod target;
 mod trust;
 
 pub use ancestry::{Process, ancestry, command_of, infer_git_operation, infer_oci_operation};
-pub use audit::{AuditEvent, AuditLog, Outcome, rfc3339_now};
+pub use audit::{AuditEvent, AuditLog, Outcome, ProcessRef, rfc3339_now};
 pub use broker::{Broker, Ended, Error as BrokerError, Issued, Resolution};
 pub use cache::{Cache, CacheEntry, Error as CacheError, Listed, Origin};
 pub use config::{
