@@ -336,3 +336,40 @@ fn sigterm_lets_the_request_in_flight_finish_writes_its_audit_line_and_exits_zer
     let lines = read_json_lines(&audit);
     assert!(lines.iter().any(|l| l["outcome"] == "issued" && l["jti"] == jti.as_str()), "{lines:?}");
 }
+
+/// A client that trusts only this CA, opening a new connection per request.
+fn trusting_only(ca: &mayfly_devstack::DevCa) -> reqwest::blocking::Client {
+    let pem = std::fs::read(&ca.ca_cert).unwrap();
+    reqwest::blocking::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
+        .pool_max_idle_per_host(0)
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn sighup_serves_the_renewed_tls_certificate() {
+    let stack = Stack::builder().start();
+    let dir = stack.dir.path();
+    let renewed_dir = dir.join("renewed-ca");
+    std::fs::create_dir_all(&renewed_dir).unwrap();
+    let renewed = mayfly_devstack::DevCa::create(&renewed_dir).unwrap();
+    // The exchange's own copy of its certificate, replaced in place as a renewal does.
+    let (cert, key) = (dir.join("tls-sts.pem"), dir.join("tls-sts-key.pem"));
+    std::fs::copy(&stack.ca.cert, &cert).unwrap();
+    std::fs::copy(&stack.ca.key, &key).unwrap();
+    let config = |url: &str, client: &StsClient| ConfigFile {
+        tls: Some(mayfly_sts::Tls { cert: cert.clone(), key: key.clone() }),
+        ..base_config(&stack, url, client, dir.join("tls-audit.jsonl"))
+    };
+    let sts = Exchange::start(&stack, "tls-sts", config);
+    let healthz = |client: &reqwest::blocking::Client| client.get(format!("{}/healthz", sts.url)).send().is_ok();
+    let (old_ca, new_ca) = (trusting_only(&stack.ca), trusting_only(&renewed));
+    assert!(healthz(&old_ca) && !healthz(&new_ca));
+
+    std::fs::copy(&renewed.cert, &cert).unwrap();
+    std::fs::copy(&renewed.key, &key).unwrap();
+    sts.reload(&config(&sts.url, &sts.client).to_toml(), "config reloaded", 1);
+    assert!(healthz(&new_ca) && !healthz(&old_ca));
+}
