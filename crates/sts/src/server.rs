@@ -143,7 +143,8 @@ impl Sts {
         }
     }
 
-    /// Loads the Cedar policies again now (as SIGHUP does); a failure keeps those in force.
+    /// Loads the Cedar policies again now (as a changed policy file does); a failure keeps
+    /// those in force.
     pub fn reload_policies(&self) -> Option<Result<String, String>> {
         self.cedar.as_ref().map(|c| c.reload())
     }
