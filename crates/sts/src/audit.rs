@@ -156,6 +156,13 @@ impl Audit {
         }
     }
 
+    /// Resolves once every line queued before it is written and flushed (at shutdown).
+    pub(crate) async fn flush(&self) -> io::Result<()> {
+        let (ack, written) = oneshot::channel();
+        self.lines.send((Vec::new(), Some(ack))).map_err(|_| io::Error::other("the audit writer stopped"))?;
+        written.await.unwrap_or_else(|_| Err(io::Error::other("the audit writer stopped")))
+    }
+
     /// Queues a line without waiting for it (in code that cannot wait; order is kept).
     pub(crate) fn queue(&self, line: &Line<'_>) {
         if let Err(e) = self.send(line, None) {

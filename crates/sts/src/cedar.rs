@@ -11,7 +11,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use cedar_policy::{
@@ -371,18 +371,23 @@ impl Scopes<'_, '_> {
     }
 }
 
+/// Each policy file (and the schema) with its modification time.
+type Stamp = Vec<(PathBuf, Option<SystemTime>)>;
+
 /// Policies in force, replaced as a whole on reload; a reload that fails keeps them.
 #[derive(Debug)]
 pub struct Handle {
     sources: Sources,
     current: RwLock<Arc<Loaded>>,
+    /// The files as they were when a reload last failed: not tried again until they change.
+    failed: Mutex<Option<Stamp>>,
 }
 
 impl Handle {
     /// Loads the sources; an error stops the start.
     pub fn load(sources: Sources) -> Result<Self, String> {
         let loaded = Loaded::load(&sources)?;
-        Ok(Self { sources, current: RwLock::new(Arc::new(loaded)) })
+        Ok(Self { sources, current: RwLock::new(Arc::new(loaded)), failed: Mutex::new(None) })
     }
 
     /// The policies in force.
@@ -408,48 +413,21 @@ impl Handle {
         (self.current_stamp() != self.current().stamp).then(|| self.reload())
     }
 
-    /// Reloads on SIGHUP and whenever a file changes (polled every `poll`), logging one
-    /// line to stderr per attempt. Runs until the process ends.
-    pub async fn watch(self: Arc<Self>, poll: std::time::Duration) {
-        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut ticks = tokio::time::interval(poll);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Files whose reload failed are not tried again (nor logged again) until they change.
-        let mut failed: Option<Vec<(PathBuf, Option<SystemTime>)>> = None;
-        loop {
-            let signalled = tokio::select! {
-                _ = ticks.tick() => false,
-                Some(()) = async {
-                    match hangup.as_mut() {
-                        Some(h) => h.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => true,
-            };
-            let (this, tried) = (self.clone(), failed.clone());
-            let attempt = tokio::task::spawn_blocking(move || {
-                let stamp = this.current_stamp();
-                let unchanged = stamp == this.current().stamp || tried.as_ref() == Some(&stamp);
-                if !signalled && unchanged { None } else { Some((this.reload(), stamp)) }
-            })
-            .await
-            .ok()
-            .flatten();
-            match attempt {
-                Some((Ok(line), _)) => {
-                    failed = None;
-                    eprintln!("mayfly-sts: {line}");
-                }
-                Some((Err(line), stamp)) => {
-                    failed = Some(stamp);
-                    eprintln!("mayfly-sts: {line}");
-                }
-                None => {}
-            }
+    /// Reloads when a policy file changed since the last load (a stat per file), unless
+    /// the files are as they were when a reload last failed; `None` when nothing was tried.
+    /// Returns the one line to log.
+    pub fn poll(&self) -> Option<Result<String, String>> {
+        let stamp = self.current_stamp();
+        let mut failed = self.failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if stamp == self.current().stamp || failed.as_ref() == Some(&stamp) {
+            return None;
         }
+        let result = self.reload();
+        *failed = result.is_err().then_some(stamp);
+        Some(result)
     }
 
-    fn current_stamp(&self) -> Vec<(PathBuf, Option<SystemTime>)> {
+    fn current_stamp(&self) -> Stamp {
         let mut files = Vec::new();
         for path in &self.sources.policies {
             let _ = collect_files(path, &mut files);

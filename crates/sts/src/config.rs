@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::keys::{KeyState, SigningKeyEntry};
 use crate::policy::Rule;
 
 /// Why the config could not be loaded.
@@ -65,9 +66,16 @@ pub struct ConfigFile {
     /// Address to listen on (`127.0.0.1:8443` when not set).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
-    /// PKCS#8 PEM file of the signing key.
+    /// PKCS#8 PEM file of the signing key: the one active key (or use `signing_keys`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signing_key: Option<PathBuf>,
+    /// Several signing keys, exactly one `active` (for rotation without downtime).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_keys: Vec<SigningKeyEntry>,
+    /// How long a SIGTERM waits for requests in flight before exiting (`10s` when not
+    /// set), as a duration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_timeout: Option<String>,
     /// Audit log file; `-` writes JSON lines to stdout.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_log: Option<PathBuf>,
@@ -174,7 +182,7 @@ impl ConfigFile {
 /// `[approval_login]`: approvers sign in to the approval page with OpenID Connect
 /// (authorization code with PKCE) at `issuer`, as the confidential (or public) client
 /// `client_id`, redirected back to `{issuer of this exchange}/approve/callback`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalLogin {
     /// The provider's exact `iss`; must be a trusted issuer whose `audiences` name
@@ -230,7 +238,7 @@ impl ApprovalLogin {
 /// exchange answers with an installation token of this GitHub App, narrowed to the one
 /// repository of the scope `repo:OWNER/REPO:OPERATION` and the permissions `permissions`
 /// names for OPERATION, instead of a token of its own.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GithubAppEntry {
     /// The App's id (the app JWT's `iss`).
@@ -323,7 +331,7 @@ pub struct IntrospectionClient {
 }
 
 /// Certificate and key (PEM files) to serve HTTPS with.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     /// Certificate chain.
@@ -360,8 +368,11 @@ pub struct Config {
     pub issuer: String,
     /// Address to listen on.
     pub listen: String,
-    /// PKCS#8 PEM file of the ES256 signing key; `None` makes an ephemeral key.
-    pub signing_key: Option<PathBuf>,
+    /// The signing keys (`signing_key` is one active key), exactly one active when any
+    /// are listed; none makes an ephemeral key.
+    pub signing_keys: Vec<SigningKeyEntry>,
+    /// How long a SIGTERM waits for requests in flight.
+    pub shutdown_timeout: Duration,
     /// Audit log file; `None` writes audit lines to stderr, `-` to stdout.
     pub audit_log: Option<PathBuf>,
     /// Size in bytes past which the audit log file rotates.
@@ -444,6 +455,17 @@ impl Config {
                 return Err(format!("trusted issuer `{}`: `principal` is `Workload` or `Person`", issuer.issuer));
             }
         }
+        let signing_keys = match (raw.signing_key, raw.signing_keys) {
+            (Some(_), keys) if !keys.is_empty() => {
+                return Err("set `signing_key` or `[[signing_keys]]`, not both".into());
+            }
+            (Some(file), _) => vec![SigningKeyEntry { file, kid: None, state: KeyState::Active }],
+            (None, keys) => keys,
+        };
+        let active = signing_keys.iter().filter(|k| k.state == KeyState::Active).count();
+        if !signing_keys.is_empty() && active != 1 {
+            return Err(format!("`[[signing_keys]]`: {active} keys are `active`; exactly one signs"));
+        }
         if raw.schema.is_some() && raw.policies.is_empty() {
             return Err("`schema` is set but no `policies` are".into());
         }
@@ -517,7 +539,8 @@ impl Config {
         Ok(Self {
             issuer: raw.issuer.trim_end_matches('/').to_owned(),
             listen,
-            signing_key: raw.signing_key,
+            signing_keys,
+            shutdown_timeout: duration(raw.shutdown_timeout, 10)?,
             audit_log: raw.audit_log,
             audit_max_size: match raw.audit_max_size {
                 Some(0) => return Err("`audit_max_size` must be more than 0 bytes".into()),
@@ -677,6 +700,35 @@ mod tests {
             (format!("{}{trusted}{}", base.replace("https", "http"), login("")), "needs an `https://` issuer"),
         ] {
             let error = Config::parse(&text).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn one_signing_key_or_several_with_exactly_one_active() {
+        let base = "issuer = \"https://sts.example\"\n";
+        let single = Config::parse(&format!("{base}signing_key = \"/k.pem\"\n")).unwrap();
+        assert_eq!(
+            single.signing_keys,
+            [SigningKeyEntry { file: "/k.pem".into(), kid: None, state: KeyState::Active }]
+        );
+        assert_eq!(single.shutdown_timeout, Duration::from_secs(10));
+        let key = |file: &str, state: &str| format!("[[signing_keys]]\nfile = \"{file}\"\nstate = \"{state}\"\n");
+        let rotated = Config::parse(&format!(
+            "{base}shutdown_timeout = \"30s\"\n{}{}",
+            key("/a", "published"),
+            key("/b", "active")
+        ))
+        .unwrap();
+        assert_eq!(rotated.signing_keys.len(), 2);
+        assert_eq!(rotated.shutdown_timeout, Duration::from_secs(30));
+        for (keys, expected) in [
+            (key("/a", "active") + &key("/b", "active"), "2 keys are `active`; exactly one signs"),
+            (key("/a", "published"), "0 keys are `active`"),
+            (key("/a", "current"), "unknown variant `current`"),
+            (format!("signing_key = \"/k.pem\"\n{}", key("/a", "active")), "not both"),
+        ] {
+            let error = Config::parse(&format!("{base}{keys}")).unwrap_err();
             assert!(error.contains(expected), "{error}");
         }
     }

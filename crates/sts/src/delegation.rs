@@ -343,7 +343,7 @@ mod tests {
         for (k, v) in changes.as_object().unwrap() {
             claims[k] = v.clone();
         }
-        sts.key.sign(Some("at+jwt"), &claims).unwrap()
+        sts.keys.active().sign(Some("at+jwt"), &claims).unwrap()
     }
 
     async fn reason(sts: &Sts, token: &str, token_type: &str, subject: &VerifiedSubject) -> String {

@@ -31,6 +31,7 @@ mod policy;
 pub mod policy_tool;
 mod postgres;
 mod registry;
+mod reload;
 mod revocation;
 mod server;
 mod sessions;
@@ -41,10 +42,11 @@ pub use config::{
     AdministratorEntry, ApprovalLogin, ApproverEntry, Config, ConfigFile, Error as ConfigError, GithubAppEntry,
     IntrospectionClient, IntrospectionClientEntry, RuleEntry, Tls, TrustedIssuer,
 };
-pub use keys::{Algorithm, SigningKey};
+pub use keys::{Algorithm, KeySet, KeyState, SigningKey, SigningKeyEntry};
 pub use oauth::OAuthError;
 pub use policy::{Acting, ApprovalNeed, ApprovalState, Denial, ExchangeAsk, Grant, Policy, Rule, Rules, Staged};
 pub use postgres::PgStore;
+pub use reload::serve_until_stopped;
 pub use revocation::{RedbStore, RevocationStore};
 pub use server::{Sts, policy_handle, serve};
 pub use verify::{Rejection, VerifiedSubject, Verifier};

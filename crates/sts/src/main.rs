@@ -167,7 +167,8 @@ fn admin_revoke(
 
 #[tokio::main]
 async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = load(config)?;
+    let path = config.context("a config file is needed: `--config FILE` or MAYFLY_STS_CONFIG")?;
+    let config = mayfly_sts::Config::load(&path)?;
     let listener = match inherited_listener()? {
         Some(listener) => listener,
         None => std::net::TcpListener::bind(&config.listen)
@@ -179,8 +180,7 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         );
     }
     let sts = mayfly_sts::Sts::new(config, None).map_err(anyhow::Error::msg)?;
-    eprintln!("mayfly-sts: listening on {}", listener.local_addr()?);
-    mayfly_sts::serve(sts, listener).await?;
+    mayfly_sts::serve_until_stopped(sts, listener, path).await?;
     Ok(())
 }
 

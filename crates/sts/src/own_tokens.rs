@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::Sts;
 use crate::audit::{Line, now_rfc3339};
+use crate::keys::KeyRefusal;
 use crate::oauth::OAuthError;
 use crate::server::{Form, no_store, oauth_error};
 use mayfly_core::Fingerprint;
@@ -42,7 +43,7 @@ impl OwnToken {
     }
 }
 
-/// Checks signature and `iss`, and with `live` also `exp` and `nbf` (no leeway: a token
+/// Checks signature (by an active or published key, named by `kid`) and `iss`, and with `live` also `exp` and `nbf` (no leeway: a token
 /// is active or not). Revocation passes `live = false`: an expired token may still be
 /// ended, harmlessly.
 pub(crate) fn verify(sts: &Sts, token: &str, live: bool) -> Result<OwnToken, &'static str> {
@@ -53,12 +54,12 @@ pub(crate) fn verify(sts: &Sts, token: &str, live: bool) -> Result<OwnToken, &'s
     validation.validate_exp = live;
     validation.validate_nbf = live;
     validation.leeway = 0;
-    let data =
-        jsonwebtoken::decode::<Map<String, Value>>(token, &sts.own_key, &validation).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => "token has expired",
-            ErrorKind::ImmatureSignature => "token is not valid yet",
-            _ => "not a token signed by this exchange",
-        })?;
+    let data = sts.keys.decode::<Map<String, Value>>(token, validation).map_err(|e| match e {
+        KeyRefusal::Retired => "token was signed by a retired key",
+        KeyRefusal::Invalid(e) if *e.kind() == ErrorKind::ExpiredSignature => "token has expired",
+        KeyRefusal::Invalid(e) if *e.kind() == ErrorKind::ImmatureSignature => "token is not valid yet",
+        KeyRefusal::Unknown | KeyRefusal::Invalid(_) => "not a token signed by this exchange",
+    })?;
     let jti = data.claims.get("jti").and_then(Value::as_str).ok_or("token has no `jti`")?.to_owned();
     let expires_at = data.claims.get("exp").and_then(Value::as_i64).ok_or("token has no numeric `exp`")?;
     Ok(OwnToken { claims: data.claims, jti, expires_at })
@@ -275,7 +276,7 @@ mod tests {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let claims = json!({"iss": sts.config.issuer, "sub": "s", "aud": "a", "scope": "repo:x:read", "iat": now,
                             "nbf": now, "exp": now + exp_offset, "jti": crate::server::random_id()});
-        sts.key.sign(Some("at+jwt"), &claims).unwrap()
+        sts.keys.active().sign(Some("at+jwt"), &claims).unwrap()
     }
 
     async fn post(sts: &Arc<Sts>, path: &str, authorization: Option<&str>, form: &str) -> (StatusCode, Value) {
@@ -381,7 +382,7 @@ mod tests {
             for (k, v) in extra.as_object().unwrap() {
                 claims[k] = v.clone();
             }
-            sts.key.sign(Some("at+jwt"), &claims).unwrap()
+            sts.keys.active().sign(Some("at+jwt"), &claims).unwrap()
         };
         let derived = child(json!({"sid": session_jti, "act": {"sub": "agent:claude", "declared": true}}));
         let derived_jti = verify(&sts, &derived, true).unwrap().jti;

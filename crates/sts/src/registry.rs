@@ -26,11 +26,11 @@ use mayfly_core::pattern::{Kind, matches};
 /// Longest life of a registry token.
 const REGISTRY_TOKEN_SECS: i64 = 300;
 
-/// `GET /registry/cert.pem`: the certificate registries pin.
+/// `GET /registry/cert.pem`: the certificates registries pin, one per published key.
 pub(crate) async fn certificate(State(sts): State<Arc<Sts>>) -> Response {
-    match sts.key.certificate_pem() {
-        Some(pem) => ([(header::CONTENT_TYPE, "application/x-pem-file")], pem.to_owned()).into_response(),
-        None => StatusCode::NOT_FOUND.into_response(),
+    match sts.keys.certificates_pem() {
+        pem if pem.is_empty() => StatusCode::NOT_FOUND.into_response(),
+        pem => ([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response(),
     }
 }
 
@@ -72,7 +72,7 @@ pub(crate) async fn token(
     let mut validation = Validation::new(jsonwebtoken::Algorithm::ES256);
     validation.set_issuer(&[&sts.config.issuer]);
     validation.set_audience(&[service]);
-    let claims = match jsonwebtoken::decode::<Value>(&presented, &sts.own_key, &validation) {
+    let claims = match sts.keys.decode::<Value>(&presented, validation) {
         Ok(data) => data.claims,
         Err(_) => {
             sts.audit
@@ -131,7 +131,7 @@ pub(crate) async fn token(
     if let Some(sid) = claims["sid"].as_str() {
         registry_claims["sid"] = Value::from(sid);
     }
-    let Ok(token) = sts.key.sign(Some("JWT"), &registry_claims) else {
+    let Ok(token) = sts.keys.active().sign(Some("JWT"), &registry_claims) else {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     };
     let summary: Vec<String> = access

@@ -16,7 +16,7 @@ use crate::approval::{Binding, Poll};
 use crate::audit::{Audit, Line, now_rfc3339};
 use crate::config::Config;
 use crate::delegation::{Actor, JWT_TOKEN_TYPE, SESSION_SCOPE};
-use crate::keys::{Algorithm, SigningKey};
+use crate::keys::{Algorithm, KeySet, SigningKey};
 use crate::oauth::OAuthError;
 use crate::policy::{Acting, ApprovalState, ExchangeAsk, Grant, Policy, Rules, Staged};
 use crate::revocation::RevocationStore;
@@ -26,30 +26,41 @@ use mayfly_core::{ACCESS_TOKEN_TYPE, Fingerprint, ID_TOKEN_TYPE, TOKEN_EXCHANGE_
 /// Largest request body accepted.
 const MAX_REQUEST: usize = 64 * 1024;
 /// How often policy files are checked for changes (a stat per file).
-const POLICY_POLL: Duration = Duration::from_secs(1);
+pub(crate) const POLICY_POLL: Duration = Duration::from_secs(1);
 
 /// A running exchange's state.
 pub struct Sts {
     pub(crate) config: Config,
-    pub(crate) key: SigningKey,
+    /// The signing keys: the active one signs; it and the published ones verify the
+    /// tokens this exchange minted, when they are presented back to it.
+    pub(crate) keys: Arc<KeySet>,
     pub(crate) verifier: Verifier,
     policy: Box<dyn Policy>,
-    /// The Cedar policies, reloaded on SIGHUP or change while serving.
+    /// The Cedar policies, reloaded when a policy file changes while serving.
     pub(crate) cedar: Option<Arc<crate::cedar::Handle>>,
-    pub(crate) audit: Audit,
-    /// Verifies tokens this exchange minted, when they are presented back to it.
-    pub(crate) own_key: jsonwebtoken::DecodingKey,
+    pub(crate) audit: Arc<Audit>,
     revocations: Arc<dyn RevocationStore>,
     /// Requests waiting for a person's approval (in this process only).
-    pub(crate) approvals: crate::approval::Approvals,
+    pub(crate) approvals: Arc<crate::approval::Approvals>,
     /// Sessions' expiries and last uses (in this process only).
-    pub(crate) sessions: crate::sessions::Sessions,
+    pub(crate) sessions: Arc<crate::sessions::Sessions>,
     /// The approval page's sign-in, when `[approval_login]` configures one.
-    pub(crate) login: Option<crate::approval_login::Login>,
+    pub(crate) login: Option<Arc<crate::approval_login::Login>>,
     /// Where approvals are announced, when configured.
-    pub(crate) webhook: Option<crate::webhook::Webhook>,
+    pub(crate) webhook: Option<Arc<crate::webhook::Webhook>>,
     /// The GitHub App backend, when `[github_app]` configures one.
-    pub(crate) github_app: Option<crate::github_app::GithubApp>,
+    pub(crate) github_app: Option<Arc<crate::github_app::GithubApp>>,
+}
+
+/// The state a config reload keeps: connections, and what lives in this process only.
+pub(crate) struct Lasting {
+    pub(crate) audit: Arc<Audit>,
+    pub(crate) revocations: Arc<dyn RevocationStore>,
+    pub(crate) approvals: Arc<crate::approval::Approvals>,
+    pub(crate) sessions: Arc<crate::sessions::Sessions>,
+    pub(crate) login: Option<Arc<crate::approval_login::Login>>,
+    pub(crate) webhook: Option<Arc<crate::webhook::Webhook>>,
+    pub(crate) github_app: Option<Arc<crate::github_app::GithubApp>>,
 }
 
 impl Sts {
@@ -66,27 +77,12 @@ impl Sts {
         key: Option<SigningKey>,
         revocations: Arc<dyn RevocationStore>,
     ) -> Result<Self, String> {
-        let key = match (key, &config.signing_key) {
-            (Some(key), _) => key,
-            (None, Some(path)) => {
-                let pem =
-                    std::fs::read_to_string(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-                SigningKey::from_pem(&pem)?
-            }
-            (None, None) => SigningKey::generate(Algorithm::Es256)?,
+        // Registries trust the signers' certificates, carried in each token's `x5c`.
+        let keys = match key {
+            Some(key) => KeySet::single(key)?,
+            None if config.signing_keys.is_empty() => KeySet::single(SigningKey::generate(Algorithm::Es256)?)?,
+            None => KeySet::load(&config.signing_keys, None)?,
         };
-        // Registries trust the signer's certificate, carried in each token's `x5c`.
-        let key = key.with_certificate("mayfly-sts token signer")?;
-        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.jwk().clone()).map_err(|e| e.to_string())?;
-        let own_key = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())?;
-        let verifier = Verifier::new(config.trusted_issuers.clone())?;
-        let cedar = policy_handle(&config)?;
-        let policy = Box::new(Staged {
-            rules: Rules { rules: config.rules.clone(), default_ttl: config.default_ttl },
-            max_ttl: config.max_ttl,
-            cedar: cedar.clone(),
-            people: people(&config),
-        });
         let audit =
             Audit::open(crate::audit::Target::of(&config)).map_err(|e| format!("cannot open audit log: {e}"))?;
         let approvals = crate::approval::Approvals::new(config.approval_ttl, config.approval_interval);
@@ -95,14 +91,36 @@ impl Sts {
             config.approval_login.as_ref().map(|l| crate::approval_login::Login::new(l, &config)).transpose()?;
         let webhook = config.approval_webhook.as_ref().map(crate::webhook::Webhook::new).transpose()?;
         let github_app = config.github_app.as_ref().map(crate::github_app::GithubApp::new).transpose()?;
+        let lasting = Lasting {
+            audit: Arc::new(audit),
+            revocations,
+            approvals: Arc::new(approvals),
+            sessions: Arc::new(sessions),
+            login: login.map(Arc::new),
+            webhook: webhook.map(Arc::new),
+            github_app: github_app.map(Arc::new),
+        };
+        Self::assemble(config, Arc::new(keys), lasting)
+    }
+
+    /// The exchange from a config, its keys and the state that outlives a reload.
+    pub(crate) fn assemble(config: Config, keys: Arc<KeySet>, lasting: Lasting) -> Result<Self, String> {
+        let verifier = Verifier::new(config.trusted_issuers.clone())?;
+        let cedar = policy_handle(&config)?;
+        let policy = Box::new(Staged {
+            rules: Rules { rules: config.rules.clone(), default_ttl: config.default_ttl },
+            max_ttl: config.max_ttl,
+            cedar: cedar.clone(),
+            people: people(&config),
+        });
+        let Lasting { audit, revocations, approvals, sessions, login, webhook, github_app } = lasting;
         Ok(Self {
             config,
-            key,
+            keys,
             verifier,
             policy,
             cedar,
             audit,
-            own_key,
             revocations,
             approvals,
             sessions,
@@ -112,14 +130,28 @@ impl Sts {
         })
     }
 
-    /// Loads the Cedar policies again now (as SIGHUP does); a failure keeps those in force.
+    /// What a reload keeps of this exchange.
+    pub(crate) fn lasting(&self) -> Lasting {
+        Lasting {
+            audit: self.audit.clone(),
+            revocations: self.revocations.clone(),
+            approvals: self.approvals.clone(),
+            sessions: self.sessions.clone(),
+            login: self.login.clone(),
+            webhook: self.webhook.clone(),
+            github_app: self.github_app.clone(),
+        }
+    }
+
+    /// Loads the Cedar policies again now (as a changed policy file does); a failure keeps
+    /// those in force.
     pub fn reload_policies(&self) -> Option<Result<String, String>> {
         self.cedar.as_ref().map(|c| c.reload())
     }
 
-    /// The signing key's public JWK.
+    /// The active signing key's public JWK.
     pub fn jwk(&self) -> &Value {
-        self.key.jwk()
+        self.keys.active().jwk()
     }
 
     /// Remembers a token as revoked until its expiry (the store may block: off the runtime).
@@ -142,6 +174,11 @@ impl Sts {
 
     /// The routes.
     pub fn router(self: Arc<Self>) -> Router {
+        Self::routes(crate::reload::Live::new(self))
+    }
+
+    /// The routes, each request served by the exchange in force when it arrives.
+    pub(crate) fn routes(live: crate::reload::Live) -> Router {
         Router::new()
             .route("/token", post(token))
             .route("/revoke", post(crate::own_tokens::revoke))
@@ -156,26 +193,15 @@ impl Sts {
             .route("/approve/{id}", get(crate::approval_http::view).post(crate::approval_http::decide))
             .route("/admin/revoke", post(crate::admin::revoke_session))
             .layer(DefaultBodyLimit::max(MAX_REQUEST))
-            .with_state(self)
+            .with_state(live)
     }
 }
 
-/// Serves on a bound listener, with TLS when the config has it.
-/// Policies are reloaded on SIGHUP and when a policy file changes meanwhile.
+/// Serves on a bound listener, with TLS when the config has it, until the process ends.
+/// Policies are reloaded when a policy file changes meanwhile. Signals are left alone:
+/// [`serve_until_stopped`](crate::serve_until_stopped) is the one that handles them.
 pub async fn serve(sts: Sts, listener: std::net::TcpListener) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    if let Some(cedar) = sts.cedar.clone() {
-        tokio::spawn(cedar.watch(POLICY_POLL));
-    }
-    let tls = sts.config.tls.clone();
-    let app = Arc::new(sts).router();
-    match tls {
-        Some(tls) => {
-            let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key).await?;
-            axum_server::from_tcp_rustls(listener, rustls)?.serve(app.into_make_service()).await
-        }
-        None => axum_server::from_tcp(listener)?.serve(app.into_make_service()).await,
-    }
+    crate::reload::run(sts, listener, None).await
 }
 
 /// The Cedar policies the config names, loaded and validated; `None` when it names none.
@@ -212,13 +238,13 @@ pub(crate) fn oauth_error(status: StatusCode, code: OAuthError, description: &st
 }
 
 async fn jwks(State(sts): State<Arc<Sts>>) -> Response {
-    axum::Json(json!({"keys": [sts.key.jwk()]})).into_response()
+    axum::Json(sts.keys.jwks()).into_response()
 }
 
 /// What this exchange supports (RFC 8414 names where registered, `mayfly_` ones where not).
 async fn discovery(State(sts): State<Arc<Sts>>) -> Response {
     let base = &sts.config.issuer;
-    let signing_alg = match sts.key.algorithm() {
+    let signing_alg = match sts.keys.active().algorithm() {
         Algorithm::Es256 => "ES256",
         Algorithm::Rs256 => "RS256",
     };
@@ -522,8 +548,11 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
             claims["sid"] = Value::from(sid.as_str());
         }
     }
-    let access_token =
-        sts.key.sign(Some("at+jwt"), &claims).map_err(|e| Refusal { code: OAuthError::ServerError, reason: e })?;
+    let access_token = sts
+        .keys
+        .active()
+        .sign(Some("at+jwt"), &claims)
+        .map_err(|e| Refusal { code: OAuthError::ServerError, reason: e })?;
     sts.audit
         .write(&Line {
             time: now_rfc3339(),
@@ -699,8 +728,11 @@ async fn open_session(
         "jti": jti,
         "act": actor.act,
     });
-    let token =
-        sts.key.sign(Some("at+jwt"), &claims).map_err(|e| Refusal { code: OAuthError::ServerError, reason: e })?;
+    let token = sts
+        .keys
+        .active()
+        .sign(Some("at+jwt"), &claims)
+        .map_err(|e| Refusal { code: OAuthError::ServerError, reason: e })?;
     let expires_at = now + i64::try_from(ttl).unwrap_or(i64::MAX / 4);
     sts.sessions.opened(&jti, expires_at, std::time::Instant::now(), now);
     // The session's own line carries its `jti` as `sid` too, so one search for a `sid`

@@ -56,6 +56,16 @@ pub struct ApprovalWebhook {
     pub attempts: u32,
 }
 
+impl PartialEq for ApprovalWebhook {
+    fn eq(&self, other: &Self) -> bool {
+        use secrecy::ExposeSecret;
+        let secret = |w: &Self| w.secret.as_ref().map(|s| s.expose_secret().to_owned());
+        (&self.url, &self.ca_file, self.timeout, self.attempts)
+            == (&other.url, &other.ca_file, other.timeout, other.attempts)
+            && secret(self) == secret(other)
+    }
+}
+
 /// Most attempts per event: retries are for a receiver that blinks, not one that is gone.
 const MAX_ATTEMPTS: u32 = 10;
 /// The wait before the first retry; each further one waits twice as long.
