@@ -164,6 +164,7 @@ impl Audit {
     }
 
     fn send(&self, line: &Line<'_>, ack: Ack) -> io::Result<()> {
+        crate::metrics::decision(line);
         let mut bytes = serde_json::to_vec(line).map_err(io::Error::other)?;
         bytes.push(b'\n');
         self.lines.send((bytes, ack)).map_err(|_| io::Error::other("the audit writer stopped"))

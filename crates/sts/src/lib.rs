@@ -25,6 +25,7 @@ mod delegation;
 mod github_app;
 mod health;
 mod keys;
+mod metrics;
 mod oauth;
 mod own_tokens;
 mod policy;

@@ -125,19 +125,33 @@ impl Sts {
     /// Remembers a token as revoked until its expiry (the store may block: off the runtime).
     pub(crate) async fn revoke(&self, jti: &str, expires_at: i64) -> Result<(), String> {
         let (store, jti) = (self.revocations.clone(), jti.to_owned());
-        tokio::task::spawn_blocking(move || store.revoke(&jti, expires_at)).await.map_err(|e| e.to_string())?
+        let result =
+            tokio::task::spawn_blocking(move || store.revoke(&jti, expires_at)).await.map_err(|e| e.to_string())?;
+        match &result {
+            Ok(()) => crate::metrics::revoked(),
+            Err(_) => crate::metrics::store_error("revoke"),
+        }
+        result
     }
 
     /// Whether a token was revoked.
     pub(crate) async fn is_revoked(&self, jti: &str) -> Result<bool, String> {
         let (store, jti) = (self.revocations.clone(), jti.to_owned());
-        tokio::task::spawn_blocking(move || store.is_revoked(&jti)).await.map_err(|e| e.to_string())?
+        let result = tokio::task::spawn_blocking(move || store.is_revoked(&jti)).await.map_err(|e| e.to_string())?;
+        if result.is_err() {
+            crate::metrics::store_error("lookup");
+        }
+        result
     }
 
     /// Whether the revocation store can be used now.
     pub(crate) async fn store_ready(&self) -> Result<(), String> {
         let store = self.revocations.clone();
-        tokio::task::spawn_blocking(move || store.check()).await.map_err(|e| e.to_string())?
+        let result = tokio::task::spawn_blocking(move || store.check()).await.map_err(|e| e.to_string())?;
+        if result.is_err() {
+            crate::metrics::store_error("check");
+        }
+        result
     }
 
     /// The routes.
@@ -155,7 +169,9 @@ impl Sts {
             .route("/approve/callback", get(crate::approval_page::callback))
             .route("/approve/{id}", get(crate::approval_http::view).post(crate::approval_http::decide))
             .route("/admin/revoke", post(crate::admin::revoke_session))
+            .route("/metrics", get(crate::metrics::serve))
             .layer(DefaultBodyLimit::max(MAX_REQUEST))
+            .layer(axum::middleware::from_fn(crate::metrics::track))
             .with_state(self)
     }
 }
