@@ -438,11 +438,11 @@ impl Handle {
             match attempt {
                 Some((Ok(line), _)) => {
                     failed = None;
-                    eprintln!("mayfly-sts: {line}");
+                    crate::log::info(&line);
                 }
                 Some((Err(line), stamp)) => {
                     failed = Some(stamp);
-                    eprintln!("mayfly-sts: {line}");
+                    crate::log::error(&line);
                 }
                 None => {}
             }

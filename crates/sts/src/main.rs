@@ -72,7 +72,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mayfly-sts: {e:#}");
+            // Text unless the exchange started with `log_format = "json"`.
+            mayfly_sts::log::error(&format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -173,13 +174,14 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         None => std::net::TcpListener::bind(&config.listen)
             .with_context(|| format!("cannot listen on `{}`", config.listen))?,
     };
+    mayfly_sts::log::init(config.log_format);
     if config.revocation_store.is_none() {
-        eprintln!(
-            "mayfly-sts: no `revocation_store` configured: revocations are kept in memory, lost on restart and not shared with other replicas"
+        mayfly_sts::log::info(
+            "no `revocation_store` configured: revocations are kept in memory, lost on restart and not shared with other replicas",
         );
     }
     let sts = mayfly_sts::Sts::new(config, None).map_err(anyhow::Error::msg)?;
-    eprintln!("mayfly-sts: listening on {}", listener.local_addr()?);
+    mayfly_sts::log::info(&format!("listening on {}", listener.local_addr()?));
     mayfly_sts::serve(sts, listener).await?;
     Ok(())
 }

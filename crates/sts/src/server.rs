@@ -1,6 +1,7 @@
 //! The HTTP surface: `POST /token` (RFC 8693), revocation and introspection, the JWKS,
 //! discovery and a health check.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +51,8 @@ pub struct Sts {
     pub(crate) webhook: Option<crate::webhook::Webhook>,
     /// The GitHub App backend, when `[github_app]` configures one.
     pub(crate) github_app: Option<crate::github_app::GithubApp>,
+    /// Rate limits on exchanges (in this process only).
+    pub(crate) limits: crate::rate_limit::Limits,
 }
 
 impl Sts {
@@ -95,6 +98,7 @@ impl Sts {
             config.approval_login.as_ref().map(|l| crate::approval_login::Login::new(l, &config)).transpose()?;
         let webhook = config.approval_webhook.as_ref().map(crate::webhook::Webhook::new).transpose()?;
         let github_app = config.github_app.as_ref().map(crate::github_app::GithubApp::new).transpose()?;
+        let limits = crate::rate_limit::Limits::new(config.rate_limit.as_ref());
         Ok(Self {
             config,
             key,
@@ -109,6 +113,7 @@ impl Sts {
             login,
             webhook,
             github_app,
+            limits,
         })
     }
 
@@ -151,6 +156,7 @@ impl Sts {
         if result.is_err() {
             crate::metrics::store_error("check");
         }
+        crate::health::note_store(&result);
         result
     }
 
@@ -188,9 +194,11 @@ pub async fn serve(sts: Sts, listener: std::net::TcpListener) -> std::io::Result
     match tls {
         Some(tls) => {
             let rustls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key).await?;
-            axum_server::from_tcp_rustls(listener, rustls)?.serve(app.into_make_service()).await
+            axum_server::from_tcp_rustls(listener, rustls)?
+                .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+                .await
         }
-        None => axum_server::from_tcp(listener)?.serve(app.into_make_service()).await,
+        None => axum_server::from_tcp(listener)?.serve(app.into_make_service_with_connect_info::<SocketAddr>()).await,
     }
 }
 
@@ -282,7 +290,18 @@ impl Form {
     }
 }
 
-async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn token(
+    State(sts): State<Arc<Sts>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if sts.limits.limits_addresses() {
+        let client = peer.map(|p| sts.limits.client(p.0.0.ip(), &headers));
+        if let Err(limited) = sts.limits.address(client) {
+            return crate::rate_limit::refuse(&sts, "address", limited, Line::default()).await;
+        }
+    }
     let form_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !form_type.starts_with("application/x-www-form-urlencoded") {
         return oauth_error(
@@ -352,7 +371,7 @@ fn check_shape(form: &Form) -> Result<(), Refusal> {
 
 /// A token whose audit line could not be written is not answered.
 pub(crate) fn audit_failed(e: std::io::Error) -> Refusal {
-    eprintln!("mayfly-sts: cannot write the audit log: {e}");
+    crate::log::error(&format!("cannot write the audit log: {e}"));
     Refusal { code: OAuthError::ServerError, reason: "the audit log cannot be written".into() }
 }
 
@@ -432,6 +451,9 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     };
     line.issuer = Some(&subject.issuer);
     line.subject = Some(&subject.subject);
+    if let Err(limited) = sts.limits.subject(&subject.issuer, &subject.subject) {
+        return Ok(crate::rate_limit::refuse(sts, "subject", limited, line).await);
+    }
     // check_shape saw both or neither.
     let actor = match (form.one("actor_token").ok().flatten(), form.one("actor_token_type").ok().flatten()) {
         (Some(token), Some(token_type)) => match crate::delegation::resolve(sts, token, token_type, &subject).await {
