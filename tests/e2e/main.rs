@@ -35,6 +35,7 @@ mod shims;
 mod single_flight;
 mod step_up;
 mod sts_audit;
+mod sts_operations;
 mod subject_tokens;
 mod terraform;
 mod verdaccio;

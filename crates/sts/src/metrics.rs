@@ -104,6 +104,13 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     registry.register("rate_limited", "Requests refused by a rate limit (subject or address)", rate_limited.clone());
     let approvals_pending = Gauge::default();
     registry.register("approvals_pending", "Requests waiting for a person's approval", approvals_pending.clone());
+    // Series that alerts watch exist at zero from the start, not from their first event.
+    for operation in ["revoke", "lookup", "check"] {
+        let _ = store_errors.get_or_create(&OperationLabels { operation: operation.to_owned() });
+    }
+    for limit in ["subject", "address"] {
+        let _ = rate_limited.get_or_create(&LimitLabels { limit: limit.to_owned() });
+    }
     Metrics {
         registry,
         requests,
