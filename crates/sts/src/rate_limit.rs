@@ -311,6 +311,28 @@ mod tests {
     }
 
     #[test]
+    fn the_config_section_is_read_and_checked() {
+        let base = "issuer = \"https://sts.example\"\n";
+        assert!(crate::Config::parse(base).unwrap().rate_limit.is_none(), "no limits unless configured");
+        let config = crate::Config::parse(&format!(
+            "{base}[rate_limit]\nper_subject = \"60/min\"\nburst = 5\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n"
+        ))
+        .unwrap();
+        let limits = config.rate_limit.unwrap();
+        assert_eq!(limits.per_subject, Some(Rate { count: 60, per: Duration::from_secs(60) }));
+        assert_eq!((limits.per_address, limits.burst, limits.trusted_proxies.len()), (None, Some(5), 2));
+        for (section, expected) in [
+            ("per_address = \"lots\"\n", "`per_address`"),
+            ("burst = 0\n", "`burst`"),
+            ("trusted_proxies = [\"proxy.example\"]\n", "proxy.example"),
+            ("per_ip = \"1/s\"\n", "unknown field"),
+        ] {
+            let error = crate::Config::parse(&format!("{base}[rate_limit]\n{section}")).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+
+    #[test]
     fn a_bucket_refuses_past_its_size_and_refills_at_the_rate() {
         let limiter = Limiter::new(Rate::parse("60/min").unwrap(), Some(2), 10);
         let start = Instant::now();
