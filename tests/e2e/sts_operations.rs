@@ -316,7 +316,10 @@ fn json_logs_and_the_audit_go_to_stdout_one_object_a_line() {
     }
     // A denied exchange (no rule) writes its audit line to stdout too.
     let token = stack.issuer.mint("mayfly-sts", &Value::Null);
-    let response = reqwest::blocking::Client::new()
+    let response = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
         .post(format!("http://127.0.0.1:{port}/token"))
         .form(&[
             ("grant_type", TOKEN_EXCHANGE_GRANT),
