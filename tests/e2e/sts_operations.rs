@@ -13,11 +13,12 @@ use serde_json::{Value, json};
 /// The subject of the stack's ID tokens.
 const SUBJECT: &str = "repo:org/app:ref:refs/heads/main";
 
-const FROZEN: &str = r#"
-@id("app-frozen")
-@reason("org/app is frozen for the release")
+const RELEASE: &str = r#"
+@id("app-release")
+@approval("release-managers")
 forbid(principal, action == Action::"write", resource is GitRepository)
-when { resource.path == "org/app" };
+when { resource.path == "org/app" }
+unless { context.approval.state == "approved" };
 "#;
 
 fn get(stack: &Stack, path: &str) -> reqwest::blocking::Response {
@@ -95,7 +96,7 @@ fn sample(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
 
 #[test]
 #[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
-fn metrics_count_an_issued_and_a_denied_exchange_with_bounded_labels() {
+fn metrics_count_issued_denied_and_pending_exchanges_with_bounded_labels() {
     if !require_tool("git") {
         return;
     }
@@ -105,16 +106,21 @@ fn metrics_count_an_issued_and_a_denied_exchange_with_bounded_labels() {
         .sts_config(|config, dir: &Path| {
             let policies = dir.join("policies");
             std::fs::create_dir_all(&policies).unwrap();
-            std::fs::write(policies.join("git.cedar"), FROZEN).unwrap();
+            std::fs::write(policies.join("git.cedar"), RELEASE).unwrap();
             config.policies = vec![policies];
+            let issuer = config.trusted_issuers[0].issuer.clone();
+            config.approvers =
+                vec![mayfly_sts::ApproverEntry { name: "release-managers".into(), issuer, claims: Default::default() }];
         })
         .start();
     let client = stack.https_client();
     let git = stack.git_server().base_url.clone();
     let (status, issued) = post_exchange(&client, &stack.sts.url, &stack.issuer, &git, "repo:org/app:read");
     assert_eq!(status, 200, "{issued}");
-    let (status, denied) = post_exchange(&client, &stack.sts.url, &stack.issuer, &git, "repo:org/app:write");
+    let (status, denied) = post_exchange(&client, &stack.sts.url, &stack.issuer, &git, "repo:org/other:read");
     assert_eq!((status, denied["error"].as_str()), (400, Some("invalid_scope")), "{denied}");
+    let (status, held) = post_exchange(&client, &stack.sts.url, &stack.issuer, &git, "repo:org/app:write");
+    assert_eq!((status, held["error"].as_str()), (400, Some("authorization_pending")), "{held}");
 
     let response = get(&stack, "/metrics");
     assert_eq!(response.status(), 200);
@@ -129,13 +135,14 @@ fn metrics_count_an_issued_and_a_denied_exchange_with_bounded_labels() {
         sample(&samples, r#"mayfly_sts_rule_decisions_total{outcome="issued",rule="org/app reads and pushes itself"}"#),
         1.0
     );
-    assert_eq!(sample(&samples, r#"mayfly_sts_policy_decisions_total{outcome="denied",policy="app-frozen"}"#), 1.0);
+    assert_eq!(sample(&samples, r#"mayfly_sts_decisions_total{outcome="pending",code=""}"#), 1.0);
+    assert_eq!(sample(&samples, r#"mayfly_sts_policy_decisions_total{outcome="pending",policy="app-release"}"#), 1.0);
     assert_eq!(sample(&samples, r#"mayfly_sts_requests_total{endpoint="/token",status="200"}"#), 1.0);
-    assert_eq!(sample(&samples, r#"mayfly_sts_requests_total{endpoint="/token",status="400"}"#), 1.0);
-    assert_eq!(sample(&samples, "mayfly_sts_exchange_duration_seconds_count"), 2.0);
+    assert_eq!(sample(&samples, r#"mayfly_sts_requests_total{endpoint="/token",status="400"}"#), 2.0);
+    assert_eq!(sample(&samples, "mayfly_sts_exchange_duration_seconds_count"), 3.0);
     let issuer = stack.issuer.issuer();
     assert!(sample(&samples, &format!(r#"mayfly_sts_jwks_fetches_total{{issuer="{issuer}"}}"#)) >= 1.0);
-    assert_eq!(sample(&samples, "mayfly_sts_approvals_pending"), 0.0);
+    assert_eq!(sample(&samples, "mayfly_sts_approvals_pending"), 1.0);
     assert_eq!(sample(&samples, "mayfly_sts_revocations_total"), 0.0);
 
     // A revocation moves its counter; a scrape counts itself only afterwards.
@@ -149,7 +156,9 @@ fn metrics_count_an_issued_and_a_denied_exchange_with_bounded_labels() {
     // No subject, token or token id is ever a label.
     let audit = stack.sts_audit();
     let jti = audit.iter().find(|l| l["outcome"] == "issued").unwrap()["jti"].as_str().unwrap().to_owned();
-    for secret in [SUBJECT, token, &jti, "eyJ"] {
+    let approval_code = held["approval_code"].as_str().unwrap();
+    let approval_id = held["approval_id"].as_str().unwrap();
+    for secret in [SUBJECT, token, &jti, approval_code, approval_id, "eyJ"] {
         assert!(!text.contains(secret), "`{secret}` in /metrics");
     }
 }
