@@ -36,6 +36,7 @@ mod single_flight;
 mod step_up;
 mod sts_audit;
 mod sts_lifecycle;
+mod sts_operations;
 mod subject_tokens;
 mod terraform;
 mod verdaccio;

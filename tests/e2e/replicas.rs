@@ -197,6 +197,22 @@ fn with_the_database_down_both_replicas_fail_closed_and_resume_when_it_returns()
         assert!(r.active(at, &token));
         r.git_token(at);
     }
+    // Each replica logged the outage once and the recovery once, however often it checked,
+    // and counted the failed checks.
+    for log in ["sts.log", "sts-b.log"] {
+        let text = std::fs::read_to_string(r.stack.dir.path().join(log)).unwrap();
+        let count = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+        assert_eq!(count("the revocation store is down"), 1, "{text}");
+        assert_eq!(count("the revocation store is reachable again"), 1, "{text}");
+    }
+    for at in [&r.a, &r.b] {
+        let metrics = r.stack.https_client().get(format!("{at}/metrics")).send().unwrap().text().unwrap();
+        let failed_checks = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("mayfly_sts_store_errors_total{operation=\"check\"} "))
+            .and_then(|v| v.parse::<u64>().ok());
+        assert!(failed_checks.is_some_and(|n| n >= 2), "{metrics}");
+    }
 }
 
 #[test]

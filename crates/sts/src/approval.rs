@@ -234,6 +234,11 @@ impl Approvals {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// How many requests wait for a decision now.
+    pub(crate) fn pending(&self, now: Instant) -> usize {
+        self.lock().by_id.values().filter(|r| r.state == State::Pending && now < r.expires_at).count()
+    }
+
     /// Opens an approval; `Err` with a reason when too many are waiting.
     pub(crate) fn create(&self, request: Request, now: Instant) -> Result<Created, String> {
         let mut inner = self.lock();

@@ -122,7 +122,7 @@ impl Audit {
                 if let Err(e) = &result
                     && batch.iter().any(|(_, ack)| ack.is_none())
                 {
-                    eprintln!("mayfly-sts: cannot write the audit log: {e}");
+                    crate::log::error(&format!("cannot write the audit log: {e}"));
                 }
                 for (_, ack) in batch.drain(..) {
                     if let Some(ack) = ack {
@@ -151,7 +151,7 @@ impl Audit {
         let written = self.write(line);
         async move {
             if let Err(e) = written.await {
-                eprintln!("mayfly-sts: cannot write the audit log: {e}");
+                crate::log::error(&format!("cannot write the audit log: {e}"));
             }
         }
     }
@@ -166,11 +166,12 @@ impl Audit {
     /// Queues a line without waiting for it (in code that cannot wait; order is kept).
     pub(crate) fn queue(&self, line: &Line<'_>) {
         if let Err(e) = self.send(line, None) {
-            eprintln!("mayfly-sts: cannot write the audit log: {e}");
+            crate::log::error(&format!("cannot write the audit log: {e}"));
         }
     }
 
     fn send(&self, line: &Line<'_>, ack: Ack) -> io::Result<()> {
+        crate::metrics::decision(line);
         let mut bytes = serde_json::to_vec(line).map_err(io::Error::other)?;
         bytes.push(b'\n');
         self.lines.send((bytes, ack)).map_err(|_| io::Error::other("the audit writer stopped"))

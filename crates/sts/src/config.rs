@@ -144,6 +144,13 @@ pub struct ConfigFile {
     /// A GitHub App whose installation tokens answer requests for GitHub repositories.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub github_app: Option<GithubAppEntry>,
+    /// Rate limits on exchanges, per subject and per client address (none when not set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::rate_limit::RateLimitEntry>,
+    /// How operational lines (start, errors, store down) are written: `text` (the
+    /// default: `mayfly-sts: ...` on stderr) or `json` (one object a line on stdout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
 }
 
 /// Administrators: the ID tokens of one trusted issuer whose claims match. Matching any
@@ -420,6 +427,10 @@ pub struct Config {
     pub approval_webhook: Option<crate::webhook::ApprovalWebhook>,
     /// The GitHub App backend, checked.
     pub github_app: Option<GithubAppEntry>,
+    /// Rate limits on exchanges; `None` sets none.
+    pub rate_limit: Option<crate::rate_limit::RateLimit>,
+    /// How operational lines are written.
+    pub log_format: crate::log::Format,
 }
 
 impl Config {
@@ -566,6 +577,8 @@ impl Config {
             approval_login: raw.approval_login,
             approval_webhook: raw.approval_webhook.map(crate::webhook::ApprovalWebhook::from_entry).transpose()?,
             github_app: raw.github_app.map(GithubAppEntry::checked).transpose()?,
+            rate_limit: raw.rate_limit.map(crate::rate_limit::RateLimit::from_entry).transpose()?,
+            log_format: crate::log::Format::parse(raw.log_format.as_deref())?,
         })
     }
 }

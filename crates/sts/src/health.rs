@@ -2,6 +2,7 @@
 //! fail-closed gate in front of minting.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -39,4 +40,18 @@ pub(crate) async fn store_or_503(sts: &Sts) -> Result<(), Response> {
         OAuthError::TemporarilyUnavailable,
         "the revocation store is unreachable, so no token can be issued; try again later",
     ))
+}
+
+/// Whether the store was found down at its last check (in this process).
+static STORE_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// Logs the revocation store going down and coming back, once each time.
+pub(crate) fn note_store(result: &Result<(), String>) {
+    let down = result.is_err();
+    if STORE_DOWN.swap(down, Ordering::Relaxed) != down {
+        match result {
+            Err(reason) => crate::log::error(&format!("the revocation store is down, no token is issued: {reason}")),
+            Ok(()) => crate::log::info("the revocation store is reachable again"),
+        }
+    }
 }

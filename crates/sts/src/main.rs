@@ -72,7 +72,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mayfly-sts: {e:#}");
+            // Text unless the exchange started with `log_format = "json"`.
+            mayfly_sts::log::error(&format!("{e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -174,9 +175,10 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         None => std::net::TcpListener::bind(&config.listen)
             .with_context(|| format!("cannot listen on `{}`", config.listen))?,
     };
+    mayfly_sts::log::init(config.log_format);
     if config.revocation_store.is_none() {
-        eprintln!(
-            "mayfly-sts: no `revocation_store` configured: revocations are kept in memory, lost on restart and not shared with other replicas"
+        mayfly_sts::log::info(
+            "no `revocation_store` configured: revocations are kept in memory, lost on restart and not shared with other replicas",
         );
     }
     let sts = mayfly_sts::Sts::new(config, None).map_err(anyhow::Error::msg)?;

@@ -163,7 +163,7 @@ pub(crate) async fn token(
     });
     // A token whose audit line could not be written is not answered.
     if let Err(e) = written.await {
-        eprintln!("mayfly-sts: cannot write the audit log: {e}");
+        crate::log::error(&format!("cannot write the audit log: {e}"));
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
     let issued_at = now_rfc3339();

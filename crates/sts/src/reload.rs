@@ -61,6 +61,8 @@ fn fixed_change(old: &Config, new: &Config) -> Option<&'static str> {
         ("approval_login", old.approval_login == new.approval_login),
         ("approval_webhook", old.approval_webhook == new.approval_webhook),
         ("github_app", old.github_app == new.github_app),
+        ("rate_limit", old.rate_limit == new.rate_limit),
+        ("log_format", old.log_format == new.log_format),
     ]
     .into_iter()
     .find_map(|(name, same)| (!same).then_some(name))
@@ -122,7 +124,7 @@ impl Signals {
 /// when they change.
 pub async fn serve_until_stopped(sts: Sts, listener: std::net::TcpListener, config: PathBuf) -> std::io::Result<()> {
     let signals = Signals::install()?;
-    eprintln!("mayfly-sts: listening on {}", listener.local_addr()?);
+    crate::log::info(&format!("listening on {}", listener.local_addr()?));
     run(sts, listener, Some((signals, config))).await
 }
 
@@ -138,7 +140,7 @@ pub(crate) async fn run(
         None => None,
     };
     let live = Live::new(Arc::new(sts));
-    let app = Sts::routes(live.clone()).into_make_service();
+    let app = Sts::routes(live.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum_server::Handle::new();
     let watcher = tokio::spawn(watch(live.clone(), signals, tls.clone(), server.clone()));
     let served = match tls {
@@ -148,7 +150,7 @@ pub(crate) async fn run(
     watcher.abort();
     // The lines of requests answered while draining are on disk before the process exits.
     if let Err(e) = live.current().audit.flush().await {
-        eprintln!("mayfly-sts: cannot write the audit log: {e}");
+        crate::log::error(&format!("cannot write the audit log: {e}"));
     }
     served
 }
@@ -175,20 +177,22 @@ async fn watch(
         match (event, &signals) {
             (None, _) => {
                 let Some(cedar) = live.current().cedar.clone() else { continue };
-                if let Ok(Some(result)) = tokio::task::spawn_blocking(move || cedar.poll()).await {
-                    eprintln!("mayfly-sts: {}", result.unwrap_or_else(|e| e));
+                match tokio::task::spawn_blocking(move || cedar.poll()).await {
+                    Ok(Some(Ok(line))) => crate::log::info(&line),
+                    Ok(Some(Err(line))) => crate::log::error(&line),
+                    _ => {}
                 }
             }
             (Some(Event::Hangup), Some((_, path))) => match reload(&live, path, tls.as_ref()).await {
-                Ok(line) => eprintln!("mayfly-sts: {line}"),
-                Err(e) => eprintln!("mayfly-sts: config reload failed, keeping the config in force: {e}"),
+                Ok(line) => crate::log::info(&line),
+                Err(e) => crate::log::error(&format!("config reload failed, keeping the config in force: {e}")),
             },
             (Some(Event::Stop(name)), _) => {
                 let grace = live.current().config.shutdown_timeout;
-                eprintln!(
-                    "mayfly-sts: {name}: accepting no new connections; waiting up to {}s for requests in flight",
+                crate::log::info(&format!(
+                    "{name}: accepting no new connections; waiting up to {}s for requests in flight",
                     grace.as_secs()
-                );
+                ));
                 server.graceful_shutdown(Some(grace));
                 return;
             }

@@ -1,6 +1,7 @@
 //! The HTTP surface: `POST /token` (RFC 8693), revocation and introspection, the JWKS,
 //! discovery and a health check.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +51,8 @@ pub struct Sts {
     pub(crate) webhook: Option<Arc<crate::webhook::Webhook>>,
     /// The GitHub App backend, when `[github_app]` configures one.
     pub(crate) github_app: Option<Arc<crate::github_app::GithubApp>>,
+    /// Rate limits on exchanges (in this process only).
+    pub(crate) limits: Arc<crate::rate_limit::Limits>,
 }
 
 /// The state a config reload keeps: connections, and what lives in this process only.
@@ -61,6 +64,7 @@ pub(crate) struct Lasting {
     pub(crate) login: Option<Arc<crate::approval_login::Login>>,
     pub(crate) webhook: Option<Arc<crate::webhook::Webhook>>,
     pub(crate) github_app: Option<Arc<crate::github_app::GithubApp>>,
+    pub(crate) limits: Arc<crate::rate_limit::Limits>,
 }
 
 impl Sts {
@@ -99,6 +103,7 @@ impl Sts {
             login: login.map(Arc::new),
             webhook: webhook.map(Arc::new),
             github_app: github_app.map(Arc::new),
+            limits: Arc::new(crate::rate_limit::Limits::new(config.rate_limit.as_ref())),
         };
         Self::assemble(config, Arc::new(keys), lasting)
     }
@@ -113,7 +118,7 @@ impl Sts {
             cedar: cedar.clone(),
             people: people(&config),
         });
-        let Lasting { audit, revocations, approvals, sessions, login, webhook, github_app } = lasting;
+        let Lasting { audit, revocations, approvals, sessions, login, webhook, github_app, limits } = lasting;
         Ok(Self {
             config,
             keys,
@@ -127,6 +132,7 @@ impl Sts {
             login,
             webhook,
             github_app,
+            limits,
         })
     }
 
@@ -140,6 +146,7 @@ impl Sts {
             login: self.login.clone(),
             webhook: self.webhook.clone(),
             github_app: self.github_app.clone(),
+            limits: self.limits.clone(),
         }
     }
 
@@ -157,19 +164,34 @@ impl Sts {
     /// Remembers a token as revoked until its expiry (the store may block: off the runtime).
     pub(crate) async fn revoke(&self, jti: &str, expires_at: i64) -> Result<(), String> {
         let (store, jti) = (self.revocations.clone(), jti.to_owned());
-        tokio::task::spawn_blocking(move || store.revoke(&jti, expires_at)).await.map_err(|e| e.to_string())?
+        let result =
+            tokio::task::spawn_blocking(move || store.revoke(&jti, expires_at)).await.map_err(|e| e.to_string())?;
+        match &result {
+            Ok(()) => crate::metrics::revoked(),
+            Err(_) => crate::metrics::store_error("revoke"),
+        }
+        result
     }
 
     /// Whether a token was revoked.
     pub(crate) async fn is_revoked(&self, jti: &str) -> Result<bool, String> {
         let (store, jti) = (self.revocations.clone(), jti.to_owned());
-        tokio::task::spawn_blocking(move || store.is_revoked(&jti)).await.map_err(|e| e.to_string())?
+        let result = tokio::task::spawn_blocking(move || store.is_revoked(&jti)).await.map_err(|e| e.to_string())?;
+        if result.is_err() {
+            crate::metrics::store_error("lookup");
+        }
+        result
     }
 
     /// Whether the revocation store can be used now.
     pub(crate) async fn store_ready(&self) -> Result<(), String> {
         let store = self.revocations.clone();
-        tokio::task::spawn_blocking(move || store.check()).await.map_err(|e| e.to_string())?
+        let result = tokio::task::spawn_blocking(move || store.check()).await.map_err(|e| e.to_string())?;
+        if result.is_err() {
+            crate::metrics::store_error("check");
+        }
+        crate::health::note_store(&result);
+        result
     }
 
     /// The routes.
@@ -192,7 +214,9 @@ impl Sts {
             .route("/approve/callback", get(crate::approval_page::callback))
             .route("/approve/{id}", get(crate::approval_http::view).post(crate::approval_http::decide))
             .route("/admin/revoke", post(crate::admin::revoke_session))
+            .route("/metrics", get(crate::metrics::serve))
             .layer(DefaultBodyLimit::max(MAX_REQUEST))
+            .layer(axum::middleware::from_fn(crate::metrics::track))
             .with_state(live)
     }
 }
@@ -292,7 +316,18 @@ impl Form {
     }
 }
 
-async fn token(State(sts): State<Arc<Sts>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn token(
+    State(sts): State<Arc<Sts>>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if sts.limits.limits_addresses() {
+        let client = peer.map(|p| sts.limits.client(p.0.0.ip(), &headers));
+        if let Err(limited) = sts.limits.address(client) {
+            return crate::rate_limit::refuse(&sts, "address", limited, Line::default()).await;
+        }
+    }
     let form_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !form_type.starts_with("application/x-www-form-urlencoded") {
         return oauth_error(
@@ -362,7 +397,7 @@ fn check_shape(form: &Form) -> Result<(), Refusal> {
 
 /// A token whose audit line could not be written is not answered.
 pub(crate) fn audit_failed(e: std::io::Error) -> Refusal {
-    eprintln!("mayfly-sts: cannot write the audit log: {e}");
+    crate::log::error(&format!("cannot write the audit log: {e}"));
     Refusal { code: OAuthError::ServerError, reason: "the audit log cannot be written".into() }
 }
 
@@ -442,6 +477,9 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     };
     line.issuer = Some(&subject.issuer);
     line.subject = Some(&subject.subject);
+    if let Err(limited) = sts.limits.subject(&subject.issuer, &subject.subject) {
+        return Ok(crate::rate_limit::refuse(sts, "subject", limited, line).await);
+    }
     // check_shape saw both or neither.
     let actor = match (form.one("actor_token").ok().flatten(), form.one("actor_token_type").ok().flatten()) {
         (Some(token), Some(token_type)) => match crate::delegation::resolve(sts, token, token_type, &subject).await {

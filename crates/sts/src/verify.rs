@@ -183,6 +183,12 @@ impl IssuerState {
     }
 
     async fn fetch_jwks(&self) -> Result<JwkSet, Rejection> {
+        let fetched = self.fetch_jwks_once().await;
+        crate::metrics::jwks_fetch(&self.config.issuer, fetched.is_ok());
+        fetched
+    }
+
+    async fn fetch_jwks_once(&self) -> Result<JwkSet, Rejection> {
         let jwks_uri = match &self.config.jwks_uri {
             Some(uri) => uri.clone(),
             None => {

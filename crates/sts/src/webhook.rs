@@ -254,13 +254,13 @@ impl Delivery {
             let retry = attempt < self.attempts && Instant::now() + backoff < deadline;
             let next = if retry { format!("retrying in {}s", backoff.as_secs()) } else { "giving up".to_owned() };
             // The receiver named by its origin only: a webhook URL's path may be a credential.
-            eprintln!(
-                "mayfly-sts: approval webhook {} (delivery {}) to {}: attempt {attempt} of {} failed: {why}; {next}",
+            crate::log::error(&format!(
+                "approval webhook {} (delivery {}) to {}: attempt {attempt} of {} failed: {why}; {next}",
                 self.event,
                 self.id,
                 self.url.origin().ascii_serialization(),
                 self.attempts,
-            );
+            ));
             if !retry {
                 return;
             }
