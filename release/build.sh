@@ -19,7 +19,7 @@ The same source and SOURCE_DATE_EPOCH (default: the last commit's time) give the
 bytes: files sorted, owned by 0:0, dated SOURCE_DATE_EPOCH.
 
 Options:
-  --out DIR         where the release goes (emptied first)
+  --out DIR         where the release goes (a previous release there is replaced)
   --profile NAME    cargo profile to build with (default: release)
   --target-dir DIR  cargo's target directory (default: cargo's own)
   --bin-dir DIR     take the binaries already built in DIR instead of building
@@ -68,13 +68,14 @@ export TZ=UTC LC_ALL=C
 umask 022
 
 if [ -z "$bin_dir" ]; then
-    export RUSTFLAGS="${RUSTFLAGS:-} $(sh "$root/release/rustflags.sh" "$target")"
-    # Paths of this machine stay out of the binaries (panic locations, debug info).
-    export RUSTFLAGS="$RUSTFLAGS --remap-path-prefix=$root=. --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=cargo"
     [ -z "$target_dir" ] || export CARGO_TARGET_DIR="$target_dir"
-    (cd "$root" && cargo build --locked --profile "$profile" --target "$target" $(printf -- '-p %s ' $bins))
     dir=$(cd "$root" && cargo metadata --no-deps --format-version 1 --locked \
         | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+    export RUSTFLAGS="${RUSTFLAGS:-} $(sh "$root/release/rustflags.sh" "$target")"
+    # Paths of this machine stay out of the binaries (panic locations, generated code).
+    export RUSTFLAGS="$RUSTFLAGS --remap-path-prefix=$dir=target --remap-path-prefix=$root=."
+    export RUSTFLAGS="$RUSTFLAGS --remap-path-prefix=${CARGO_HOME:-$HOME/.cargo}=cargo"
+    (cd "$root" && cargo build --locked --profile "$profile" --target "$target" $(printf -- '-p %s ' $bins))
     case "$profile" in dev|test) sub=debug ;; bench) sub=release ;; *) sub=$profile ;; esac
     bin_dir="$dir/$target/$sub"
 fi
@@ -84,7 +85,7 @@ done
 
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-find "$out" -mindepth 1 -delete
+rm -f "$out"/mayfly-*.tar.gz "$out"/mayfly*_amd64.deb "$out"/mayfly-*.cdx.json "$out/SHA256SUMS"
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 
