@@ -24,11 +24,18 @@ certs=/etc/ssl/certs/ca-certificates.crt
 [ -x "$bin" ] || { echo "release/image.sh: $bin is missing" >&2; exit 1; }
 [ -f "$certs" ] || { echo "release/image.sh: $certs is missing: install ca-certificates" >&2; exit 1; }
 command -v podman >/dev/null 2>&1 || { echo "release/image.sh: \`podman\` not found" >&2; exit 1; }
-# An image FROM scratch has no loader: a dynamically linked binary would not start.
-if [ "$(od -An -tx1 -j1 -N3 "$bin" | tr -d ' ')" != "454c46" ] || LC_ALL=C grep -q 'ld-linux' "$bin"; then
-    echo "release/image.sh: $bin is not a statically linked ELF binary (build it with release/build.sh)" >&2
-    exit 1
-fi
+# An image FROM scratch has no loader: a binary that asks for one (a PT_INTERP program
+# header) would not start.
+field() { od -An -t "u$2" -j "$1" -N "$2" "$bin" | tr -d ' '; }
+[ "$(od -An -c -j1 -N3 "$bin" | tr -d ' ')" = ELF ] \
+    || { echo "release/image.sh: $bin is not an ELF binary" >&2; exit 1; }
+phoff=$(field 32 8) phentsize=$(field 54 2) phnum=$(field 56 2)
+for ((i = 0; i < phnum; i++)); do
+    if [ "$(field $((phoff + i * phentsize)) 4)" = 3 ]; then
+        echo "release/image.sh: $bin is not a statically linked binary (build it with release/build.sh)" >&2
+        exit 1
+    fi
+done
 if [ -z "${SOURCE_DATE_EPOCH:-}" ]; then
     SOURCE_DATE_EPOCH=$(git -C "$root" log -1 --format=%ct 2>/dev/null) \
         || { echo "release/image.sh: set SOURCE_DATE_EPOCH (not a git checkout)" >&2; exit 1; }
