@@ -461,7 +461,9 @@ fn container_image_holds_only_static_mayfly_sts_and_serves() {
     let mut argv: Vec<String> =
         config["Entrypoint"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
     argv.extend(config["Cmd"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()));
-    let mut child = Command::new("chroot")
+    // Found on this PATH: the child's environment is empty, as in the image.
+    let chroot = ok(Command::new("sh").args(["-c", "command -v chroot"]).output().unwrap(), "command -v chroot");
+    let mut child = Command::new(chroot.trim())
         .arg(format!("--userspec={user}"))
         .arg(&rootfs)
         .args(&argv)
