@@ -10,17 +10,21 @@ use std::path::{Path, PathBuf};
 /// Executables looked up on `PATH`.
 const ON_PATH: &[&str] = &[
     "aws",
+    "cargo-cyclonedx",
     "chromium",
     "docker",
     "docker-registry",
+    "dpkg-deb",
     "git",
     "keyctl",
     "kubectl",
     "moto_server",
     "node",
     "npm",
+    "podman",
     "skopeo",
     "strace",
+    "systemd-analyze",
     "terraform",
     "twine",
 ];
