@@ -228,6 +228,38 @@ fn two_active_keys_stop_the_start_with_one_line() {
 }
 
 #[test]
+fn a_socket_handed_over_on_a_public_address_is_refused_without_tls() {
+    use command_fds::{CommandFdExt, FdMapping};
+    let stack = Stack::builder().start();
+    let dir = stack.dir.path();
+    let config = ConfigFile {
+        tls: None,
+        ..base_config(&stack, "http://127.0.0.1:1", &StsClient::generate("https://x", "c"), dir.join("public.jsonl"))
+    };
+    let path = dir.join("public.toml");
+    std::fs::write(&path, config.to_toml()).unwrap();
+    // `listen` is loopback in the config; the socket a service manager hands over is not.
+    let public = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let mut command = std::process::Command::new(bin("mayfly-sts"));
+    command.arg("--config").arg(&path).env_remove("LISTEN_PID").env("LISTEN_FDS", "1");
+    command.fd_mappings(vec![FdMapping { parent_fd: std::os::fd::OwnedFd::from(public), child_fd: 3 }]).unwrap();
+    let mut child = command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("mayfly-sts serves plain HTTP on a public address");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("without [tls]: plain HTTP is only allowed on loopback"), "{stderr}");
+}
+
+#[test]
 fn sighup_applies_a_changed_config_and_keeps_the_old_one_when_the_new_one_is_bad() {
     let stack = Stack::builder().start();
     let dir = stack.dir.path();

@@ -175,6 +175,12 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         None => std::net::TcpListener::bind(&config.listen)
             .with_context(|| format!("cannot listen on `{}`", config.listen))?,
     };
+    // `listen` was checked when the config loaded; a socket handed over is checked here.
+    let bound = listener.local_addr().context("the listening socket has no address")?;
+    anyhow::ensure!(
+        config.tls.is_some() || bound.ip().is_loopback(),
+        "the socket handed over (LISTEN_FDS) listens on `{bound}` without [tls]: plain HTTP is only allowed on loopback"
+    );
     mayfly_sts::log::init(config.log_format);
     if config.revocation_store.is_none() {
         mayfly_sts::log::info(
