@@ -95,20 +95,20 @@ impl Status {
         let mut elsewhere = (0, 0);
         let (entries, key_dir, key_place) = match Cache::open(env) {
             Ok(cache) => {
-                // What can never be served again goes first; then only what is shown is
-                // decrypted.
-                cache.sweep(now);
+                // What can never be served again goes first, in the one read of the
+                // directory; then only what is shown is decrypted.
+                let (_, live) = cache.sweep(now);
                 let session = env.get(EnvVars::MAYFLY_SESSION).filter(|s| !s.is_empty());
                 let mut entries: Vec<Entry> = if all {
-                    cache.entries().into_iter().map(|(_, e)| Entry::from(&e)).collect()
+                    live.iter().filter_map(|listed| cache.read(listed)).map(|e| Entry::from(&e)).collect()
                 } else {
                     let shown = [Cache::session_tag(None), Cache::session_tag(session)];
-                    let others: Vec<_> = cache.list().into_iter().filter(|l| !shown.contains(&l.session_tag)).collect();
+                    let others: Vec<_> = live.iter().filter(|l| !shown.contains(&l.session_tag)).collect();
                     let sessions: std::collections::HashSet<_> = others.iter().map(|l| &l.session_tag).collect();
                     elsewhere = (others.len(), sessions.len());
-                    let mut entries = cache.session_entries(None, now);
+                    let mut entries = cache.session_entries_of(&live, None, now);
                     if session.is_some() {
-                        entries.extend(cache.session_entries(session, now));
+                        entries.extend(cache.session_entries_of(&live, session, now));
                     }
                     entries.into_iter().map(|(_, e)| Entry::from(&e)).collect()
                 };

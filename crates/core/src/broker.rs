@@ -232,11 +232,13 @@ impl Broker {
             Err(_) => None,
         };
         let key = self.cache_key(route, target, operation, &scope);
-        if let Some(hit) = cache.as_ref().and_then(|c| c.get(&key, now)) {
+        let session = self.session();
+        let session = session.as_deref();
+        if let Some(hit) = cache.as_ref().and_then(|c| c.get(&key, session, now)) {
             return self.serve_cached(route, &mut event, hit, cache.as_ref(), &key, chain, now);
         }
         let _lock = cache.as_ref().and_then(|c| c.lock(&key).ok());
-        if let Some(hit) = cache.as_ref().and_then(|c| c.get(&key, now)) {
+        if let Some(hit) = cache.as_ref().and_then(|c| c.get(&key, session, now)) {
             // Another process refreshed it while we waited for the lock.
             return self.serve_cached(route, &mut event, hit, cache.as_ref(), &key, chain, now);
         }
@@ -247,7 +249,7 @@ impl Broker {
                 {
                     // The token this one replaces may still be valid: end it rather than
                     // let it live on unrecorded, after the tool has its answer.
-                    if let Some(old) = cache.remove(&key)
+                    if let Some(old) = cache.remove(&key, session)
                         && !crate::deferred::hand_over(&old, chain)
                     {
                         let _ = self.end_entry(old, chain);
@@ -286,7 +288,7 @@ impl Broker {
     ) -> Result<Issued, Error> {
         let identity = &self.config.identities[&route.identity];
         if let Err(source) = identity.vouches_for_cached(&self.env, now) {
-            if let Some(old) = cache.and_then(|c| c.remove(key)) {
+            if let Some(old) = cache.and_then(|c| c.remove(key, hit.session.as_deref())) {
                 let _ = self.end_entry(old, chain);
             }
             let error = Error::Identity { route: route.name.clone(), source };
@@ -392,7 +394,7 @@ impl Broker {
         let agent = intent.agent.clone().unwrap_or_default();
         let key = Cache::key(&["session-token", &route.exchange, &route.identity, &session, &agent]);
         let lock = cache.and_then(|c| c.lock(&key).ok());
-        if let Some(entry) = cache.and_then(|c| c.get(&key, now)) {
+        if let Some(entry) = cache.and_then(|c| c.get(&key, self.session().as_deref(), now)) {
             return Ok(Some(entry.token));
         }
         let Some(opened) = exchange.kind.protocol().open_session(exchange, http, subject, intent) else {
@@ -454,7 +456,7 @@ impl Broker {
         };
         let key = Cache::key(&["subject", &source.name, source.audience.as_deref().unwrap_or(""), &source.cache_key()]);
         let lock = cache.lock(&key).ok();
-        if let Some(entry) = cache.get(&key, now) {
+        if let Some(entry) = cache.get(&key, None, now) {
             let claims = crate::peek_claims(entry.token.expose()).unwrap_or_default();
             return Ok(SubjectToken { token: entry.token, claims });
         }
@@ -529,9 +531,10 @@ impl Broker {
             if !wanted(&entry) || entry.origin.is_none() {
                 continue;
             }
+            let session = entry.session.as_deref();
             taken.extend(match cache.lock(&key) {
-                Ok(lock) => cache.discard(&key, lock),
-                Err(_) => cache.remove(&key),
+                Ok(lock) => cache.discard(&key, session, lock),
+                Err(_) => cache.remove(&key, session),
             });
         }
         let next = std::sync::atomic::AtomicUsize::new(0);

@@ -7,11 +7,13 @@
 //! and only then exchange (single-flight). Writes are temp + fsync + rename. An entry
 //! that cannot be read or decrypted is a miss.
 //!
-//! Entry file names carry what sweeping and listing need, so neither decrypts anything:
-//! `<key>.<session-tag>.<expiry-bucket>.age`. The key is a hash of the request, the
-//! session tag a hash of the session id (`0` outside a session), and the bucket the expiry
-//! rounded up to [`EXPIRY_BUCKET`] seconds: a name whose bucket has passed is expired.
-//! Entries named the older way (`<key>.age`) are misses, removed by the next sweep.
+//! An entry's path is fixed by what asks for it, so a `get` opens one file whatever the
+//! cache holds: `<key>.<session-tag>.age`, the key a hash of the request and the session
+//! tag a hash of the session id (`0` outside a session). What sweeping and listing need
+//! beyond the name is the file's modification time, set to the expiry rounded up to
+//! [`EXPIRY_BUCKET`] seconds before the file is put in place: neither decrypts anything.
+//! Entries named the older ways (`<key>.age`, `<key>.<tag>.<bucket>.age`) are misses,
+//! removed by the next sweep.
 //!
 //! Lock files (`<key>.lock`) are removed only by a process that holds the lock, and a
 //! process that takes a lock checks the file it locked is still the one at the path (else
@@ -36,7 +38,7 @@ const MAX_ENTRY: u64 = 64 * 1024;
 /// Expiry granularity in entry names: coarse, so a name says little about the token.
 const EXPIRY_BUCKET: i64 = 300;
 
-/// What an entry's file name says: no plaintext, no need to decrypt.
+/// What an entry's file name and time say: no plaintext, no need to decrypt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
     /// The entry's key.
@@ -47,18 +49,24 @@ pub struct Listed {
     pub expiry_bucket: i64,
 }
 
-impl Listed {
-    fn parse(name: &str) -> Option<Self> {
-        let mut parts = name.strip_suffix(".age")?.split('.');
-        let (key, tag, bucket) = (parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || key.is_empty() || tag.is_empty() {
-            return None;
-        }
-        Some(Self { key: key.into(), session_tag: tag.into(), expiry_bucket: bucket.parse().ok()? })
-    }
+/// The parts of an entry's file name, `<key>.<session-tag>.age`.
+fn parse_name(name: &str) -> Option<(&str, &str)> {
+    let (key, tag) = name.strip_suffix(".age")?.split_once('.')?;
+    (!key.is_empty() && !tag.is_empty() && !tag.contains('.')).then_some((key, tag))
+}
 
+fn file_name(key: &str, session_tag: &str) -> String {
+    format!("{key}.{session_tag}.age")
+}
+
+/// The expiry an entry's file time carries: rounded up, so never before the expiry.
+fn expiry_bucket(expires_at: i64) -> i64 {
+    expires_at.div_euclid(EXPIRY_BUCKET).saturating_add(1).saturating_mul(EXPIRY_BUCKET)
+}
+
+impl Listed {
     fn file_name(&self) -> String {
-        format!("{}.{}.{}.age", self.key, self.session_tag, self.expiry_bucket)
+        file_name(&self.key, &self.session_tag)
     }
 
     /// True when the entry is certainly expired at `now`.
@@ -287,88 +295,86 @@ impl Cache {
         Ok(KeyLock { file: lock_file(&path)?, path })
     }
 
-    /// Every entry as its file name describes it, decrypting nothing. Names of another
-    /// form (the older `<key>.age`, temp files) are left out.
+    /// Every entry as its file name and time describe it, decrypting nothing: one read of
+    /// the directory and a `stat` per entry. Names of another form (older layouts, temp
+    /// and lock files) are left out.
     pub fn list(&self) -> Vec<Listed> {
-        let Ok(dir) = fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        dir.filter_map(|e| Listed::parse(e.ok()?.file_name().to_str()?)).collect()
+        self.scan(|_| true).0
     }
 
-    /// The names this key's entries have (normally one).
-    fn named(&self, key: &str) -> Vec<Listed> {
+    /// The entries whose session tag is `wanted` (only those are looked at), and the names
+    /// of files that are not entries.
+    fn scan(&self, wanted: impl Fn(&str) -> bool) -> (Vec<Listed>, Vec<String>) {
+        let (mut entries, mut others) = (Vec::new(), Vec::new());
         let Ok(dir) = fs::read_dir(&self.dir) else {
-            return Vec::new();
+            return (entries, others);
         };
-        let prefix = format!("{key}.");
-        dir.filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            if !name.starts_with(&prefix) {
-                return None;
+        for found in dir.flatten() {
+            let Ok(name) = found.file_name().into_string() else { continue };
+            let Some((key, tag)) = parse_name(&name) else {
+                others.push(name);
+                continue;
+            };
+            if !wanted(tag) {
+                continue;
             }
-            Listed::parse(&name)
-        })
-        .collect()
-    }
-
-    /// The entry for a key if it is still servable at `now`; anything else is a miss.
-    /// An expired entry found here is removed.
-    pub fn get(&self, key: &str, now: i64) -> Option<CacheEntry> {
-        let mut live = None;
-        for listed in self.named(key) {
-            if listed.expired(now) {
-                let _ = fs::remove_file(self.dir.join(listed.file_name()));
-            } else {
-                live = Some(listed);
-            }
+            // Gone since the directory was read: someone removed it.
+            let Some(modified) = found.metadata().ok().and_then(|m| m.modified().ok()) else { continue };
+            let expiry_bucket = match modified.duration_since(std::time::UNIX_EPOCH) {
+                Ok(since) => i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+                Err(_) => 0,
+            };
+            entries.push(Listed { key: key.into(), session_tag: tag.into(), expiry_bucket });
         }
-        let entry = self.read(&live?)?;
+        (entries, others)
+    }
+
+    fn path(&self, key: &str, session: Option<&str>) -> PathBuf {
+        self.dir.join(file_name(key, &Self::session_tag(session)))
+    }
+
+    /// The entry for a key, minted in `session`, if it is still servable at `now`;
+    /// anything else is a miss. An expired entry found here is removed.
+    pub fn get(&self, key: &str, session: Option<&str>, now: i64) -> Option<CacheEntry> {
+        let path = self.path(key, session);
+        let entry = read_sealed(&self.identity, &path)?;
+        if entry.expires_at <= now {
+            let _ = fs::remove_file(&path);
+            return None;
+        }
         (now < entry.refresh_at).then_some(entry)
     }
 
-    fn read(&self, listed: &Listed) -> Option<CacheEntry> {
-        let mut sealed = Vec::new();
-        File::open(self.dir.join(listed.file_name())).ok()?.take(MAX_ENTRY).read_to_end(&mut sealed).ok()?;
-        let plain = age::decrypt(&self.identity, &sealed).ok()?;
-        let stored: StoredEntry = serde_json::from_slice(&plain).ok()?;
-        Some(stored.into())
+    /// Decrypts a listed entry; `None` when it is gone or unreadable.
+    pub fn read(&self, listed: &Listed) -> Option<CacheEntry> {
+        read_sealed(&self.identity, &self.dir.join(listed.file_name()))
     }
 
-    /// Writes an entry atomically (encrypt, write a 0600 temp file, fsync, rename), then
-    /// removes the key's entries of other names.
+    /// Writes an entry atomically: encrypt, write a 0600 temp file dated its expiry
+    /// bucket, fsync, rename over the key's path.
     pub fn put(&self, key: &str, entry: &CacheEntry, _lock: &KeyLock) -> Result<(), Error> {
         let stored = StoredEntry::from(entry);
         let plain = Secret::new(serde_json::to_string(&stored).map_err(|e| Error::Crypto(e.to_string()))?);
         drop(stored);
         let sealed = age::encrypt(&self.identity.to_public(), plain.expose().as_bytes())
             .map_err(|e| Error::Crypto(e.to_string()))?;
-        let listed = Listed {
-            key: key.to_owned(),
-            session_tag: Self::session_tag(entry.session.as_deref()),
-            expiry_bucket: entry.expires_at.div_euclid(EXPIRY_BUCKET).saturating_add(1).saturating_mul(EXPIRY_BUCKET),
-        };
-        let path = self.dir.join(listed.file_name());
-        crate::files::write_atomic(&path, &sealed, 0o600).map_err(io("write", &path))?;
-        for other in self.named(key).into_iter().filter(|other| *other != listed) {
-            let _ = fs::remove_file(self.dir.join(other.file_name()));
-        }
-        Ok(())
+        let path = self.path(key, entry.session.as_deref());
+        let bucket = u64::try_from(expiry_bucket(entry.expires_at)).unwrap_or(0);
+        let dated = std::time::UNIX_EPOCH + std::time::Duration::from_secs(bucket);
+        crate::files::write_atomic_dated(&path, &sealed, 0o600, dated).map_err(io("write", &path))
     }
 
-    /// Drops an entry; a missing entry is fine.
-    pub fn remove(&self, key: &str) -> Option<CacheEntry> {
-        let mut entry = None;
-        for listed in self.named(key) {
-            entry = entry.or_else(|| self.read(&listed));
-            let _ = fs::remove_file(self.dir.join(listed.file_name()));
-        }
+    /// Drops the entry of a key minted in `session`, returning it; a missing entry is fine.
+    pub fn remove(&self, key: &str, session: Option<&str>) -> Option<CacheEntry> {
+        let path = self.path(key, session);
+        let entry = read_sealed(&self.identity, &path);
+        let _ = fs::remove_file(&path);
         entry
     }
 
     /// Drops an entry and its lock file, whose lock the caller holds.
-    pub fn discard(&self, key: &str, lock: KeyLock) -> Option<CacheEntry> {
-        let entry = self.remove(key);
+    pub fn discard(&self, key: &str, session: Option<&str>, lock: KeyLock) -> Option<CacheEntry> {
+        let entry = self.remove(key, session);
         unlink_held(&lock.path, &lock.file);
         entry
     }
@@ -382,8 +388,14 @@ impl Cache {
     /// session), decrypting only those; its expired ones are removed on the way.
     pub fn session_entries(&self, session: Option<&str>, now: i64) -> Vec<(String, CacheEntry)> {
         let tag = Self::session_tag(session);
-        self.list()
-            .into_iter()
+        self.session_entries_of(&self.scan(|t| t == tag).0, session, now)
+    }
+
+    /// [`Cache::session_entries`] among entries already listed.
+    pub fn session_entries_of(&self, listed: &[Listed], session: Option<&str>, now: i64) -> Vec<(String, CacheEntry)> {
+        let tag = Self::session_tag(session);
+        listed
+            .iter()
             .filter(|listed| listed.session_tag == tag)
             .filter(|listed| {
                 let expired = listed.expired(now);
@@ -392,35 +404,37 @@ impl Cache {
                 }
                 !expired
             })
-            .filter_map(|listed| Some((listed.key.clone(), self.read(&listed)?)))
+            .filter_map(|listed| Some((listed.key.clone(), self.read(listed)?)))
             .filter(|(_, entry)| entry.session.as_deref() == session)
             .collect()
     }
 
     /// Removes what can never be served again, decrypting nothing: expired entries,
-    /// entries named the older way, and lock files of keys without an entry that nobody
-    /// holds. Returns how many files went.
-    pub fn sweep(&self, now: i64) -> usize {
-        let Ok(dir) = fs::read_dir(&self.dir) else {
-            return 0;
-        };
-        let names: Vec<String> = dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
-        let mut live_keys = std::collections::HashSet::new();
+    /// entries named the older ways, and lock files of keys without an entry that nobody
+    /// holds. Returns how many files went, and the entries still live.
+    pub fn sweep(&self, now: i64) -> (usize, Vec<Listed>) {
+        let (entries, others) = self.scan(|_| true);
         let mut removed = 0;
-        for name in &names {
-            match Listed::parse(name) {
-                Some(listed) if !listed.expired(now) => {
-                    live_keys.insert(listed.key);
-                }
-                Some(_) => removed += usize::from(fs::remove_file(self.dir.join(name)).is_ok()),
-                // The older layout: `<key>.age`, 40 hex digits.
-                None if name.strip_suffix(".age").is_some_and(|k| k.len() == 40 && !k.contains('.')) => {
-                    removed += usize::from(fs::remove_file(self.dir.join(name)).is_ok());
-                }
-                None => {}
+        let mut live = Vec::with_capacity(entries.len());
+        for listed in entries {
+            if listed.expired(now) {
+                removed += usize::from(fs::remove_file(self.dir.join(listed.file_name())).is_ok());
+            } else {
+                live.push(listed);
             }
         }
-        for key in names.iter().filter_map(|n| n.strip_suffix(".lock")) {
+        let live_keys: std::collections::HashSet<&str> = live.iter().map(|l| l.key.as_str()).collect();
+        for name in &others {
+            // The older layouts: `<key>.age` and `<key>.<tag>.<bucket>.age`.
+            let older = name.strip_suffix(".age").is_some_and(|stem| {
+                let parts: Vec<&str> = stem.split('.').collect();
+                parts[0].len() == 40 && (parts.len() == 1 || parts.len() == 3)
+            });
+            if older {
+                removed += usize::from(fs::remove_file(self.dir.join(name)).is_ok());
+                continue;
+            }
+            let Some(key) = name.strip_suffix(".lock") else { continue };
             if live_keys.contains(key) {
                 continue;
             }
@@ -431,8 +445,17 @@ impl Cache {
                 removed += usize::from(unlink_held(&path, &file));
             }
         }
-        removed
+        (removed, live)
     }
+}
+
+/// An entry's file, decrypted; `None` when it is missing, too big, or not ours.
+fn read_sealed(identity: &age::x25519::Identity, path: &Path) -> Option<CacheEntry> {
+    let mut sealed = Vec::new();
+    File::open(path).ok()?.take(MAX_ENTRY).read_to_end(&mut sealed).ok()?;
+    let plain = age::decrypt(identity, &sealed).ok()?;
+    let stored: StoredEntry = serde_json::from_slice(&plain).ok()?;
+    Some(stored.into())
 }
 
 /// Whether an open file is the one at a path now.
@@ -630,7 +653,7 @@ mod tests {
     }
 
     fn entry_path(cache: &Cache, key: &str) -> PathBuf {
-        cache.dir.join(cache.named(key).first().expect("an entry").file_name())
+        cache.path(key, None)
     }
 
     fn entry(token: &str, expires_at: i64, refresh_at: i64) -> CacheEntry {
@@ -663,7 +686,7 @@ mod tests {
         let raw = fs::read(entry_path(&cache, &key)).unwrap();
         assert!(!raw.windows(20).any(|w| w == b"tok-plaintext-marker"), "entry is not encrypted");
         assert_eq!(fs::metadata(entry_path(&cache, &key)).unwrap().mode() & 0o777, 0o600);
-        let got = cache.get(&key, 100).unwrap();
+        let got = cache.get(&key, None, 100).unwrap();
         assert_eq!(got.token.expose(), "tok-plaintext-marker");
         assert_eq!(got.token_id.as_deref(), Some("jti-1"));
         assert_eq!(got.origin.unwrap().exchange, "e");
@@ -699,11 +722,11 @@ mod tests {
         drop(lock);
         // Another process of the same user opens the same key.
         let again = Cache::open(&env("keyring")).unwrap();
-        assert_eq!(again.get(&key, 100).unwrap().token.expose(), "tok-keyring");
+        assert_eq!(again.get(&key, None, 100).unwrap().token.expose(), "tok-keyring");
         // A key per runtime directory: another environment cannot read these entries.
-        assert!(on_file.get(&key, 100).is_none());
+        assert!(on_file.get(&key, None, 100).is_none());
         keyring::remove(&keyring_description(&runtime.path().join("rt")));
-        assert!(Cache::open(&env("keyring")).unwrap().get(&key, 100).is_none(), "a new key reads nothing");
+        assert!(Cache::open(&env("keyring")).unwrap().get(&key, None, 100).is_none(), "a new key reads nothing");
     }
 
     #[test]
@@ -712,9 +735,9 @@ mod tests {
         let key = Cache::key(&["k"]);
         let lock = cache.lock(&key).unwrap();
         cache.put(&key, &entry("t", 200, 150), &lock).unwrap();
-        assert!(cache.get(&key, 149).is_some());
-        assert!(cache.get(&key, 150).is_none());
-        assert!(cache.get(&key, 199).is_none());
+        assert!(cache.get(&key, None, 149).is_some());
+        assert!(cache.get(&key, None, 150).is_none());
+        assert!(cache.get(&key, None, 199).is_none());
     }
 
     #[test]
@@ -723,12 +746,12 @@ mod tests {
         let key = Cache::key(&["k"]);
         let path = cache.dir.join(format!("{key}.0.600.age"));
         fs::write(&path, b"garbage").unwrap();
-        assert!(cache.get(&key, 0).is_none());
+        assert!(cache.get(&key, None, 0).is_none());
         let other = age::x25519::Identity::generate();
         let sealed = age::encrypt(&other.to_public(), b"{}").unwrap();
         fs::write(&path, sealed).unwrap();
-        assert!(cache.get(&key, 0).is_none());
-        assert!(cache.remove(&key).is_none());
+        assert!(cache.get(&key, None, 0).is_none());
+        assert!(cache.remove(&key, None).is_none());
     }
 
     #[test]
@@ -777,12 +800,18 @@ mod tests {
         assert_eq!(listed[0].session_tag, Cache::session_tag(Some("session-secret-id")));
         assert_eq!(listed[0].expiry_bucket, 1200, "rounded up, so never before the expiry");
         assert!(!listed[0].expired(999) && listed[0].expired(1200));
-        let name = entry_path(&cache, &key).file_name().unwrap().to_str().unwrap().to_owned();
+        let path = cache.path(&key, Some("session-secret-id"));
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
         assert!(!name.contains("session-secret-id") && !name.contains("h/a"), "{name}");
-        // A refresh with a later expiry replaces the file under its new name.
-        cache.put(&key, &entry("t2", 2000, 1900), &lock).unwrap();
+        assert_eq!(name, format!("{key}.{}.age", listed[0].session_tag), "one path per key and session");
+        assert!(cache.get(&key, None, 500).is_none(), "another session's entry is not this one's");
+        // A refresh with a later expiry replaces the file at the same path, dated anew.
+        minted.token = Secret::new("t2");
+        (minted.expires_at, minted.refresh_at) = (2000, 1900);
+        cache.put(&key, &minted, &lock).unwrap();
         assert_eq!(cache.list().len(), 1);
-        assert_eq!(cache.get(&key, 1000).unwrap().token.expose(), "t2");
+        assert_eq!(cache.list()[0].expiry_bucket, 2100);
+        assert_eq!(cache.get(&key, Some("session-secret-id"), 1000).unwrap().token.expose(), "t2");
     }
 
     #[test]
@@ -791,9 +820,9 @@ mod tests {
         let key = Cache::key(&["k"]);
         let lock = cache.lock(&key).unwrap();
         cache.put(&key, &entry("t", 1000, 900), &lock).unwrap();
-        assert!(cache.get(&key, 1100).is_none());
-        assert_eq!(cache.list().len(), 1, "still inside its expiry bucket: left to a later sweep");
-        assert!(cache.get(&key, 1200).is_none());
+        assert!(cache.get(&key, None, 950).is_none(), "inside the refresh margin: a miss");
+        assert_eq!(cache.list().len(), 1, "not expired: kept for the refresh to replace");
+        assert!(cache.get(&key, None, 1000).is_none());
         assert!(cache.list().is_empty(), "an expired entry is removed by the get that finds it");
     }
 
@@ -837,14 +866,18 @@ mod tests {
         let held = cache.lock(&busy).unwrap();
         let old = cache.dir.join(format!("{}.age", Cache::key(&["old"])));
         fs::write(&old, b"sealed the old way").unwrap();
-        // expired entry + its lock, and the old-format entry
-        assert_eq!(cache.sweep(5000), 3);
-        assert!(!old.exists() && !cache.lock_path(&dead).exists());
+        let older = cache.dir.join(format!("{}.0.99999.age", Cache::key(&["older"])));
+        fs::write(&older, b"named the next way").unwrap();
+        // expired entry + its lock, and the two entries of older layouts
+        let (removed, live_entries) = cache.sweep(5000);
+        assert_eq!(removed, 4);
+        assert_eq!(live_entries.iter().map(|l| l.key.as_str()).collect::<Vec<_>>(), [live.as_str()]);
+        assert!(!old.exists() && !older.exists() && !cache.lock_path(&dead).exists());
         assert!(cache.lock_path(&live).exists(), "a live entry keeps its lock");
         assert!(cache.lock_path(&busy).exists(), "a held lock is never removed");
-        assert_eq!(cache.get(&live, 5000).unwrap().token.expose(), "l");
+        assert_eq!(cache.get(&live, None, 5000).unwrap().token.expose(), "l");
         drop(held);
-        assert_eq!(cache.sweep(5000), 1);
+        assert_eq!(cache.sweep(5000).0, 1);
     }
 
     #[test]
@@ -856,7 +889,7 @@ mod tests {
         // A second process opened the lock file and waits on it ...
         let waiter = OpenOptions::new().write(true).open(cache.lock_path(&key)).unwrap();
         // ... while the holder discards the entry with its lock file.
-        assert!(cache.discard(&key, first).is_some());
+        assert!(cache.discard(&key, None, first).is_some());
         assert!(!cache.lock_path(&key).exists() && cache.list().is_empty());
         // A third takes the lock at the path afresh; the waiter's flock on the old inode
         // succeeds, but it is not the file at the path, so lock_file would lock again.

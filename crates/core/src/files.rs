@@ -13,12 +13,35 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Replaces `path` with `bytes`, atomically, with file mode `mode`.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write_atomic_with(path, bytes, mode, None)
+}
+
+/// [`write_atomic`], the file's modification time set to `modified` before it appears
+/// at `path`, so a reader never sees it with another.
+pub fn write_atomic_dated(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    modified: std::time::SystemTime,
+) -> std::io::Result<()> {
+    write_atomic_with(path, bytes, mode, Some(modified))
+}
+
+fn write_atomic_with(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    modified: Option<std::time::SystemTime>,
+) -> std::io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut temp = tempfile::Builder::new()
         .prefix(".mayfly-")
         .permissions(std::fs::Permissions::from_mode(mode))
         .tempfile_in(dir)?;
     temp.write_all(bytes)?;
+    if let Some(modified) = modified {
+        temp.as_file().set_modified(modified)?;
+    }
     temp.as_file().sync_all()?;
     temp.persist(path).map_err(|e| e.error)?;
     Ok(())
