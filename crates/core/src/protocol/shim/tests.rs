@@ -338,7 +338,8 @@ fn each_refusal_is_one_line_and_the_tool_not_run() {
 
 #[test]
 fn inside_a_proxy_session_the_real_tool_runs_without_a_token() {
-    struct Recording(Vec<(Vec<PathBuf>, Vec<(String, String)>)>);
+    type Vars = Vec<(String, String)>;
+    struct Recording(Vec<(Vec<PathBuf>, Vars)>);
     impl Runner for Recording {
         fn run(&mut self, _: &Step, _: &[(String, String)]) -> Result<i32, String> {
             Err("no run expected".into())
