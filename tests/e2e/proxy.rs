@@ -162,13 +162,28 @@ fn the_proxy_needs_its_secret_tunnels_unrouted_hosts_and_refuses_them_when_asked
     let err = read(&stack, "nosecret-err.txt");
     assert!(err.contains("407"), "{err}");
 
-    let out = exec(&stack, "allowlist", &["--deny-unrouted"], &unrouted);
+    // Under --deny-unrouted: an unrouted host, and a repository no route names on a routed
+    // host, are refused.
+    let other = format!("git ls-remote {} 2> other-err.txt || true", stack.repo_url("org/other.git"));
+    let out = exec(&stack, "allowlist", &["--deny-unrouted"], &format!("{unrouted}; {other}"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let err = read(&stack, "unrouted-err.txt");
     assert!(err.contains("403"), "{err}");
+    let err = read(&stack, "other-err.txt");
+    assert!(err.contains("mayfly: no route for `https://127.0.0.1:"), "{err}");
     let denied = proxy_lines(&stack, "allowlist");
     assert!(
         denied.iter().any(|l| l["outcome"] == "denied" && l["target"] == format!("localhost:{port}")),
         "{denied:?}"
     );
+}
+
+#[test]
+fn redact_hides_the_proxy_secret_in_the_commands_output() {
+    let stack = Stack::builder().start();
+    let out = exec(&stack, "shown", &["--redact"], "echo \"url=$HTTPS_PROXY\"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let url = stdout.lines().find_map(|l| l.strip_prefix("url=")).expect("the command printed the URL");
+    assert!(url.starts_with("http://mayfly:[redacted by mayfly]@127.0.0.1:"), "{url}");
 }

@@ -137,7 +137,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
             }
         }
     });
-    let pumps = if args.redact { output::redact(&mut child, env.clone(), session.clone()) } else { Vec::new() };
+    let also = _proxy.as_ref().map(|p| p.secrets.clone()).unwrap_or_default();
+    let pumps = if args.redact { output::redact(&mut child, env.clone(), session.clone(), &also) } else { Vec::new() };
     let status = child.wait().context("cannot wait for the command")?;
     // The output drains; but a background process still holding the pipes open must not
     // hold the revocation back.

@@ -44,6 +44,9 @@ pub(crate) struct Running {
     pub url: String,
     /// The session CA's certificate (PEM).
     pub ca_pem: String,
+    /// The URL's secret, and the `Proxy-Authorization` value that carries it: what
+    /// `--redact` hides beside the session's tokens.
+    pub secrets: Vec<String>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -83,9 +86,11 @@ pub(crate) fn start(settings: Settings) -> anyhow::Result<Running> {
     let port = listener.local_addr().context("the proxy's port has no address")?.port();
     let audit = AuditLog::from_env(&mayfly_core::Env::from_os())
         .with_rotation(settings.broker.config().audit_max_size, settings.broker.config().audit_keep);
+    let encoded = STANDARD.encode(format!("mayfly:{secret}"));
+    let secrets = vec![secret.clone(), encoded.clone()];
     let state = Arc::new(State {
         audit,
-        expected: format!("Basic {}", STANDARD.encode(format!("mayfly:{secret}"))),
+        expected: format!("Basic {encoded}"),
         settings,
         ca,
         upstream: Mutex::new(HashMap::new()),
@@ -95,7 +100,7 @@ pub(crate) fn start(settings: Settings) -> anyhow::Result<Running> {
         tokio::net::TcpListener::from_std(listener).context("cannot listen on the proxy's port")?
     };
     runtime.spawn(accept(listener, state));
-    Ok(Running { url: format!("http://mayfly:{secret}@127.0.0.1:{port}"), ca_pem, runtime: Some(runtime) })
+    Ok(Running { url: format!("http://mayfly:{secret}@127.0.0.1:{port}"), ca_pem, secrets, runtime: Some(runtime) })
 }
 
 async fn accept(listener: tokio::net::TcpListener, state: Arc<State>) {
@@ -329,7 +334,7 @@ async fn send(
     {
         req.headers_mut().insert(header::HOST, value);
     }
-    req.headers_mut().remove(header::PROXY_AUTHORIZATION);
+    strip_hop_by_hop(&mut req);
     if protocol == "http" {
         return exchange(TokioIo::new(tcp), req, host).await;
     }
@@ -365,10 +370,18 @@ async fn passthrough(mut req: Request<Incoming>, address: &str) -> Response<Body
     if let Ok(uri) = path.parse() {
         *req.uri_mut() = uri;
     }
-    req.headers_mut().remove(header::PROXY_AUTHORIZATION);
+    strip_hop_by_hop(&mut req);
     match exchange(TokioIo::new(tcp), req, &host).await {
         Ok(response) => response,
         Err(e) => text(StatusCode::BAD_GATEWAY, &format!("mayfly: {e}")),
+    }
+}
+
+/// Headers meant for the proxy, not the upstream (the secret among them).
+fn strip_hop_by_hop(req: &mut Request<Incoming>) {
+    let headers = req.headers_mut();
+    for name in [header::PROXY_AUTHORIZATION, header::HeaderName::from_static("proxy-connection")] {
+        headers.remove(name);
     }
 }
 
