@@ -20,6 +20,7 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use mayfly_core::{AuditEvent, AuditLog, Broker, Operation, Outcome, Process, Resolution, Scheme, Target, Tool};
@@ -174,7 +175,7 @@ async fn outer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
     if !https {
         // Plain http: routed hosts go through the same path as intercepted ones.
         return Ok(if routed {
-            forward(req, &state, &host, protocol).await
+            forward(req, &state, &host, protocol, &Pool::default()).await
         } else {
             state.line(Outcome::Tunnelled, req.method().as_str(), &host, &path, None, |_| {});
             passthrough(req, &address).await
@@ -194,9 +195,10 @@ async fn outer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
                 ));
                 return;
             };
+            let pool = Pool::default();
             let service = hyper::service::service_fn(move |req| {
-                let (state, host) = (state.clone(), host.clone());
-                async move { Ok::<_, Infallible>(forward(req, &state, &host, "https").await) }
+                let (state, host, pool) = (state.clone(), host.clone(), pool.clone());
+                async move { Ok::<_, Infallible>(forward(req, &state, &host, "https", &pool).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
@@ -239,7 +241,13 @@ pub(crate) fn git_request(method: &Method, path: &str, query: Option<&str>) -> (
 }
 
 /// One intercepted request: the route's credential added, then sent upstream.
-async fn forward(mut req: Request<Incoming>, state: &Arc<State>, host: &str, protocol: &str) -> Response<Body> {
+async fn forward(
+    mut req: Request<Incoming>,
+    state: &Arc<State>,
+    host: &str,
+    protocol: &str,
+    pool: &Pool,
+) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let (repo, operation) = git_request(&method, &path, req.uri().query());
@@ -295,7 +303,7 @@ async fn forward(mut req: Request<Incoming>, state: &Arc<State>, host: &str, pro
             &format!("mayfly: no route for `{}`, and this session refuses unrouted requests", target.display()),
         );
     }
-    let response = match send(req, state, host, protocol, route.as_ref()).await {
+    let response = match send(req, state, host, protocol, route.as_ref(), pool).await {
         Ok(response) => response,
         Err(e) => {
             state.line(Outcome::Failed, method.as_str(), host, &path, Some(&target), |ev| {
@@ -316,6 +324,10 @@ async fn forward(mut req: Request<Incoming>, state: &Arc<State>, host: &str, pro
     response
 }
 
+/// Upstream connections of one client connection, by route: a client's requests come
+/// one after another, so each is reused once its previous answer was read.
+type Pool = Arc<tokio::sync::Mutex<HashMap<String, SendRequest<Incoming>>>>;
+
 /// Sends a request to its upstream over TLS (or plain http to loopback) and streams the
 /// answer back.
 async fn send(
@@ -324,9 +336,8 @@ async fn send(
     host: &str,
     protocol: &str,
     route: Option<&mayfly_core::Route>,
+    pool: &Pool,
 ) -> Result<Response<Body>, String> {
-    let address = with_port(host, if protocol == "https" { 443 } else { 80 });
-    let tcp = tokio::net::TcpStream::connect(&address).await.map_err(|e| format!("cannot reach `{host}`: {e}"))?;
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     *req.uri_mut() = path.parse().map_err(|_| "invalid request path".to_owned())?;
     if !req.headers().contains_key(header::HOST)
@@ -335,8 +346,34 @@ async fn send(
         req.headers_mut().insert(header::HOST, value);
     }
     strip_hop_by_hop(&mut req);
+    let key = route.map(|r| r.name.clone()).unwrap_or_default();
+    let mut pool = pool.lock().await;
+    let mut reused = pool.remove(&key);
+    if let Some(sender) = &mut reused
+        && sender.ready().await.is_err()
+    {
+        reused = None;
+    }
+    let mut sender = match reused {
+        Some(sender) => sender,
+        None => connect(state, host, protocol, route).await?,
+    };
+    let response = sender.send_request(req).await.map_err(|e| format!("`{host}`: {e}"))?;
+    pool.insert(key, sender);
+    Ok(response.map(BodyExt::boxed))
+}
+
+/// A new upstream connection for a host.
+async fn connect(
+    state: &Arc<State>,
+    host: &str,
+    protocol: &str,
+    route: Option<&mayfly_core::Route>,
+) -> Result<SendRequest<Incoming>, String> {
+    let address = with_port(host, if protocol == "https" { 443 } else { 80 });
+    let tcp = tokio::net::TcpStream::connect(&address).await.map_err(|e| format!("cannot reach `{host}`: {e}"))?;
     if protocol == "http" {
-        return exchange(TokioIo::new(tcp), req, host).await;
+        return handshake(TokioIo::new(tcp), host).await;
     }
     let config = state.upstream_config(route)?;
     let name = host_name(host);
@@ -345,18 +382,16 @@ async fn send(
         .connect(server, tcp)
         .await
         .map_err(|e| format!("TLS with `{host}` failed: {e}"))?;
-    exchange(TokioIo::new(tls), req, host).await
+    handshake(TokioIo::new(tls), host).await
 }
 
-async fn exchange<T>(io: TokioIo<T>, req: Request<Incoming>, host: &str) -> Result<Response<Body>, String>
+async fn handshake<T>(io: TokioIo<T>, host: &str) -> Result<SendRequest<Incoming>, String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("`{host}`: {e}"))?;
+    let (sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("`{host}`: {e}"))?;
     tokio::spawn(connection);
-    let response = sender.send_request(req).await.map_err(|e| format!("`{host}`: {e}"))?;
-    Ok(response.map(BodyExt::boxed))
+    Ok(sender)
 }
 
 /// A plain-http request to an unrouted host, passed on as it came.
@@ -371,8 +406,12 @@ async fn passthrough(mut req: Request<Incoming>, address: &str) -> Response<Body
         *req.uri_mut() = uri;
     }
     strip_hop_by_hop(&mut req);
-    match exchange(TokioIo::new(tcp), req, &host).await {
-        Ok(response) => response,
+    let sent = match handshake(TokioIo::new(tcp), &host).await {
+        Ok(mut sender) => sender.send_request(req).await.map_err(|e| format!("`{host}`: {e}")),
+        Err(e) => Err(e),
+    };
+    match sent {
+        Ok(response) => response.map(BodyExt::boxed),
         Err(e) => text(StatusCode::BAD_GATEWAY, &format!("mayfly: {e}")),
     }
 }
