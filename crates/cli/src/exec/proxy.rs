@@ -146,6 +146,9 @@ async fn outer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
             .insert(header::PROXY_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"mayfly\""));
         return Ok(response);
     }
+    if ambiguous(req.headers()) {
+        return Ok(text(StatusCode::BAD_REQUEST, AMBIGUOUS));
+    }
     let Some(authority) = req.uri().authority().map(|a| a.as_str().to_owned()) else {
         return Ok(text(StatusCode::BAD_REQUEST, "mayfly: the proxy takes CONNECT or absolute-form requests"));
     };
@@ -248,6 +251,9 @@ async fn forward(
     protocol: &str,
     pool: &Pool,
 ) -> Response<Body> {
+    if ambiguous(req.headers()) {
+        return text(StatusCode::BAD_REQUEST, AMBIGUOUS);
+    }
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let (repo, operation) = git_request(&method, &path, req.uri().query());
@@ -414,6 +420,15 @@ async fn passthrough(mut req: Request<Incoming>, address: &str) -> Response<Body
         Ok(response) => response.map(BodyExt::boxed),
         Err(e) => text(StatusCode::BAD_GATEWAY, &format!("mayfly: {e}")),
     }
+}
+
+const AMBIGUOUS: &str = "mayfly: a request with both Content-Length and Transfer-Encoding is refused";
+
+/// True for a request whose length two servers could read differently (smuggling).
+fn ambiguous(headers: &header::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        && (headers.contains_key(header::CONTENT_LENGTH)
+            || headers.get_all(header::TRANSFER_ENCODING).iter().count() > 1)
 }
 
 /// Headers meant for the proxy, not the upstream (the secret among them).
@@ -613,6 +628,18 @@ mod tests {
             git_request(&post, "/org/app.git/git-receive-pack", None),
             ("/org/app.git".to_owned(), Operation::Write)
         );
+    }
+
+    #[test]
+    fn a_request_with_two_lengths_is_ambiguous() {
+        let mut headers = header::HeaderMap::new();
+        headers.insert(header::TRANSFER_ENCODING, header::HeaderValue::from_static("chunked"));
+        assert!(!ambiguous(&headers));
+        headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from_static("5"));
+        assert!(ambiguous(&headers));
+        headers.remove(header::CONTENT_LENGTH);
+        headers.append(header::TRANSFER_ENCODING, header::HeaderValue::from_static("chunked"));
+        assert!(ambiguous(&headers));
     }
 
     #[test]
