@@ -193,9 +193,11 @@ async fn outer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
                 return;
             };
             let Ok(stream) = tokio_rustls::TlsAcceptor::from(tls).accept(TokioIo::new(upgraded)).await else {
-                mayfly_core::protocol::warn(&format!(
-                    "proxy: a client did not accept the session's certificate for `{host}` (does it read SSL_CERT_FILE, GIT_SSL_CAINFO or CURL_CA_BUNDLE?)"
-                ));
+                let reason = format!(
+                    "a client did not accept the session's certificate for `{host}` (does it read SSL_CERT_FILE, GIT_SSL_CAINFO or CURL_CA_BUNDLE?)"
+                );
+                mayfly_core::protocol::warn(&format!("proxy: {reason}"));
+                state.line(Outcome::Failed, "CONNECT", &host, "", None, |e| e.reason = Some(reason));
                 return;
             };
             let pool = Pool::default();
