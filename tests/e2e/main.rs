@@ -27,6 +27,7 @@ mod no_disk;
 mod npm_clients;
 mod oci;
 mod oidc_login;
+mod proxy;
 mod release;
 mod replicas;
 mod revocation;

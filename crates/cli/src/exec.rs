@@ -7,6 +7,7 @@
 //! revoked where its issuer can, and its cache entries are dropped.
 
 mod output;
+mod proxy;
 pub(crate) mod wiring;
 
 use std::ffi::OsString;
@@ -40,6 +41,15 @@ pub(crate) struct Args {
     /// Replace tokens in the command's output with a marker
     #[arg(long)]
     redact: bool,
+    /// Keep tokens out of the command: run it behind a loopback proxy that adds each
+    /// request's credential on the way out, with no helper wiring and no token in its
+    /// environment (git routes in this version)
+    #[arg(long)]
+    proxy: bool,
+    /// With --proxy: refuse hosts and repositories no route names, instead of passing
+    /// them through untouched
+    #[arg(long, requires = "proxy")]
+    deny_unrouted: bool,
     /// The command and its arguments
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -60,20 +70,38 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         None => env,
     };
     let broker = Broker::from_env(env.clone()).map_err(|e| anyhow::anyhow!(mayfly_core::protocol::one_line(&e)))?;
-    let bin = runtime.path().join("bin");
-    link_helpers(&bin, broker.config(), &env)?;
-    let wiring = wiring::wire(broker.config(), &env, &bin, runtime.path());
-    for (path, contents) in &wiring.files {
-        write_private(path, contents)?;
-    }
-    for (link, target) in &wiring.links {
-        std::os::unix::fs::symlink(target, link).with_context(|| format!("cannot link `{}`", link.display()))?;
-    }
     let argv: Vec<String> = args.command.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     let me = Process { pid: std::process::id(), argv: [vec!["mayfly".into(), "exec".into()], argv.clone()].concat() };
-
     let mut command = Command::new(&args.command[0]);
-    command.args(&args.command[1..]).envs(wiring.vars).envs(cache_vars).env(EnvVars::MAYFLY_SESSION, &session);
+    command.args(&args.command[1..]).env(EnvVars::MAYFLY_SESSION, &session);
+    // Kept until the command ends: the proxy serves it.
+    let _proxy = if args.proxy {
+        // The proxy's broker files every token under this session, so its end revokes them.
+        let settings = proxy::Settings {
+            broker: Broker::new(env.with(&[(EnvVars::MAYFLY_SESSION, session.as_str())]), broker.config().clone()),
+            session: session.clone(),
+            agent: agent.clone(),
+            deny_unrouted: args.deny_unrouted,
+            chain: vec![me.clone()],
+        };
+        let running = proxy::start(settings)?;
+        let bundle = runtime.path().join("ca-bundle.pem");
+        write_private(&bundle, &proxy::ca_bundle(&running.ca_pem))?;
+        command.envs(proxy::vars(&running.url, &bundle, broker.config())).env(EnvVars::MAYFLY_PROXY_SESSION, &session);
+        Some(running)
+    } else {
+        let bin = runtime.path().join("bin");
+        link_helpers(&bin, broker.config(), &env)?;
+        let wiring = wiring::wire(broker.config(), &env, &bin, runtime.path());
+        for (path, contents) in &wiring.files {
+            write_private(path, contents)?;
+        }
+        for (link, target) in &wiring.links {
+            std::os::unix::fs::symlink(target, link).with_context(|| format!("cannot link `{}`", link.display()))?;
+        }
+        command.envs(wiring.vars).envs(cache_vars);
+        None
+    };
     if let Some(agent) = &agent {
         command.env(EnvVars::MAYFLY_AGENT, agent);
     }
@@ -109,7 +137,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
             }
         }
     });
-    let pumps = if args.redact { output::redact(&mut child, env.clone(), session.clone()) } else { Vec::new() };
+    let also = _proxy.as_ref().map(|p| p.secrets.clone()).unwrap_or_default();
+    let pumps = if args.redact { output::redact(&mut child, env.clone(), session.clone(), &also) } else { Vec::new() };
     let status = child.wait().context("cannot wait for the command")?;
     // The output drains; but a background process still holding the pipes open must not
     // hold the revocation back.
@@ -122,6 +151,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     handle.close();
     let _ = forwarder.join();
 
+    // No request is in flight once the proxy stops; then the session's tokens end.
+    drop(_proxy);
     let ended = broker.end_session(&session, std::slice::from_ref(&me));
     for failure in &ended.failures {
         mayfly_core::protocol::warn(failure);

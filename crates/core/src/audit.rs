@@ -32,6 +32,10 @@ pub enum Outcome {
     SessionStarted,
     /// The command ended, and with it the session's tokens.
     SessionEnded,
+    /// `mayfly exec --proxy` forwarded a request with the route's credential added.
+    Proxied,
+    /// `mayfly exec --proxy` passed a connection to an unrouted host through untouched.
+    Tunnelled,
 }
 
 /// One audit line.
@@ -53,6 +57,12 @@ pub struct AuditEvent {
     pub target: String,
     /// Operation asked for.
     pub operation: String,
+    /// HTTP method of a request through `mayfly exec --proxy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Path (without query) of a request through `mayfly exec --proxy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// Route that matched.
     pub route: String,
     /// Scope asked for or granted.

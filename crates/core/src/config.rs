@@ -237,6 +237,10 @@ pub struct RouteEntry {
     /// AWS: an inline session policy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_policy: Option<String>,
+    /// CA certificates (PEM) the host's server certificate may chain to, beside the
+    /// system roots: what `mayfly exec --proxy` verifies the upstream against.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// A validated config.
@@ -378,6 +382,9 @@ pub struct Route {
     pub role_arn: Option<String>,
     /// AWS: an inline session policy (JSON) that narrows the role.
     pub session_policy: Option<String>,
+    /// CA certificates the host's server may chain to, beside the system roots (what
+    /// `mayfly exec --proxy` verifies the upstream against).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Route {
@@ -591,6 +598,7 @@ impl Config {
             exchange: raw.exchange,
             role_arn: None,
             session_policy: None,
+            ca_file: raw.ca_file,
             name,
             tool,
             protocol,
@@ -665,6 +673,7 @@ impl Config {
             username: String::new(),
             role_arn: Some(role_arn),
             session_policy: raw.session_policy,
+            ca_file: None,
             name,
         })
     }

@@ -21,6 +21,9 @@ impl EnvVars {
     /// The agent a delegated session declares (set by `mayfly exec --agent`): exchanges
     /// that take actor tokens mint tokens naming it.
     pub const MAYFLY_AGENT: &'static str = "MAYFLY_AGENT";
+    /// Set by `mayfly exec --proxy` for its command: tokens reach the network only through
+    /// the session's proxy, so every helper run inside refuses to hand one out.
+    pub const MAYFLY_PROXY_SESSION: &'static str = "MAYFLY_PROXY_SESSION";
     /// Where the cache key and logins live: `keyring` (the kernel user keyring, the
     /// default where it works) or `runtime` (files in the memory-backed runtime
     /// directory, the fallback where the keyring is unavailable).

@@ -22,13 +22,19 @@ const QUIET: Duration = Duration::from_millis(50);
 const MAX_HOLD: Duration = Duration::from_secs(2);
 
 /// Starts the filters for a child spawned with piped stdout and stderr.
-pub(super) fn redact(child: &mut std::process::Child, env: Env, session: String) -> Vec<JoinHandle<()>> {
+/// `also` are secrets of the session beside its tokens (the proxy's), redacted too.
+pub(super) fn redact(
+    child: &mut std::process::Child,
+    env: Env,
+    session: String,
+    also: &[String],
+) -> Vec<JoinHandle<()>> {
     let mut pumps = Vec::new();
     if let Some(stdout) = child.stdout.take() {
-        pumps.extend(pump(stdout, std::io::stdout(), env.clone(), session.clone()));
+        pumps.extend(pump(stdout, std::io::stdout(), env.clone(), session.clone(), also.to_vec()));
     }
     if let Some(stderr) = child.stderr.take() {
-        pumps.extend(pump(stderr, std::io::stderr(), env, session));
+        pumps.extend(pump(stderr, std::io::stderr(), env, session, also.to_vec()));
     }
     pumps
 }
@@ -39,6 +45,7 @@ fn pump(
     mut to: impl Write + Send + 'static,
     env: Env,
     session: String,
+    also: Vec<String>,
 ) -> [JoinHandle<()>; 2] {
     let (sender, receiver) = mpsc::channel::<Vec<u8>>();
     let reader = std::thread::spawn(move || {
@@ -53,6 +60,7 @@ fn pump(
     // receiver; the reader then stops reading, and the command gets SIGPIPE as it would.
     let writer = std::thread::spawn(move || {
         let mut tokens = SessionTokens::new(env, session);
+        tokens.tokens.extend(also);
         let mut pending = Vec::new();
         let mut held_since: Option<Instant> = None;
         loop {

@@ -47,6 +47,17 @@ pub fn main(hook: &Hook) -> ! {
         }
         _ => {}
     }
+    if std::env::var_os(crate::EnvVars::MAYFLY_PROXY_SESSION).is_some() {
+        // Inside `mayfly exec --proxy` the proxy adds every credential on the way out; a
+        // helper that answered would put a token in the command's reach. git takes an
+        // empty answer as "no credential"; other tools see a failed helper.
+        warn(&format!(
+            "{} hands out no tokens inside `mayfly exec --proxy` (session `{}`): the session's proxy adds them",
+            hook.name,
+            std::env::var(crate::EnvVars::MAYFLY_PROXY_SESSION).unwrap_or_default()
+        ));
+        std::process::exit(i32::from(hook.name != "git-credential-mayfly"));
+    }
     let code = (hook.serve)(&args, &mut std::io::stdin().lock(), &mut stdout, Env::from_os(), &crate::ancestry);
     let _ = stdout.flush();
     std::process::exit(code)

@@ -426,6 +426,13 @@ pub fn run(
     let program = find_real(name, &path, shim)
         .ok_or_else(|| Refusal::Failed(format!("cannot find the real `{name}` on PATH")))?;
     let all = Step { program: program.clone(), args: args.to_vec(), dir: None };
+    if let Some(session) = env.get(crate::EnvVars::MAYFLY_PROXY_SESSION) {
+        // Inside `mayfly exec --proxy` no token goes into a tool's environment.
+        crate::protocol::warn(&format!(
+            "the {name} shim adds no token inside `mayfly exec --proxy` (session `{session}`): running `{name}` as it is"
+        ));
+        return exec(runner, &[all], &phases::quiet());
+    }
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     if family == Family::Twine {
         let vars = match need(family, &args, &env, cwd)? {

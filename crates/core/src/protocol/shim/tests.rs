@@ -335,3 +335,36 @@ fn each_refusal_is_one_line_and_the_tool_not_run() {
         ]
     );
 }
+
+#[test]
+fn inside_a_proxy_session_the_real_tool_runs_without_a_token() {
+    type Vars = Vec<(String, String)>;
+    struct Recording(Vec<(Vec<PathBuf>, Vars)>);
+    impl Runner for Recording {
+        fn run(&mut self, _: &Step, _: &[(String, String)]) -> Result<i32, String> {
+            Err("no run expected".into())
+        }
+        fn output(&mut self, _: &Step, _: &[(String, String)]) -> Option<String> {
+            None
+        }
+        fn exec(&mut self, steps: &[Step], vars: &[(String, String)]) -> String {
+            self.0.push((steps.iter().map(|s| s.program.clone()).collect(), vars.to_vec()));
+            "recorded".into()
+        }
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let npm = dir.path().join("npm");
+    std::fs::write(&npm, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&npm, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let env = Env::from_pairs([
+        ("PATH", dir.path().to_str().unwrap()),
+        ("MAYFLY_PROXY_SESSION", "s-1"),
+        ("MAYFLY_CONFIG", "/nonexistent/config.toml"),
+    ]);
+    let mut runner = Recording(Vec::new());
+    let args = [OsString::from("publish")];
+    let result = run(Family::Npm, &args, env, dir.path(), Path::new("/nonexistent/shim"), &Vec::new, &mut runner);
+    assert!(matches!(result, Err(Refusal::Failed(reason)) if reason == "recorded"));
+    assert_eq!(runner.0, [(vec![npm], vec![("MAYFLY_NPM_TOKEN".to_owned(), String::new())])]);
+}

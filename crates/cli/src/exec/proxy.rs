@@ -1,0 +1,666 @@
+//! `mayfly exec --proxy`: a loopback HTTP forward proxy that adds each request's scoped
+//! credential on the way out, so no token ever enters the command's processes.
+//!
+//! A CONNECT to a host that a git route names is intercepted: TLS is terminated with a
+//! leaf certificate for that host, signed by a certificate authority that lives only in
+//! this process's memory; each request's target (host and repository) and operation
+//! (`git-receive-pack` is write, everything else read) get a token through the broker,
+//! exactly as the helper would; the token goes into the upstream request, which is sent
+//! over TLS verified against the system roots and the route's `ca_file`. Other hosts are
+//! tunnelled untouched, or refused under `--deny-unrouted`. Every request is one audit
+//! line.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use mayfly_core::{AuditEvent, AuditLog, Broker, Operation, Outcome, Process, Resolution, Scheme, Target, Tool};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// What the proxy needs from the session.
+pub(crate) struct Settings {
+    /// A broker whose environment names the session (and agent).
+    pub broker: Broker,
+    pub session: String,
+    pub agent: Option<String>,
+    pub deny_unrouted: bool,
+    /// The process chain audit lines and exchanges name (`mayfly exec` itself).
+    pub chain: Vec<Process>,
+}
+
+/// A running proxy; it stops when dropped.
+pub(crate) struct Running {
+    /// `http://mayfly:SECRET@127.0.0.1:PORT`.
+    pub url: String,
+    /// The session CA's certificate (PEM).
+    pub ca_pem: String,
+    /// The URL's secret, and the `Proxy-Authorization` value that carries it: what
+    /// `--redact` hides beside the session's tokens.
+    pub secrets: Vec<String>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+struct State {
+    settings: Settings,
+    audit: AuditLog,
+    /// `Basic base64(mayfly:SECRET)`, what `Proxy-Authorization` must be.
+    expected: String,
+    ca: Ca,
+    /// Upstream TLS configs per route (system roots plus its `ca_file`).
+    upstream: Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
+}
+
+/// Starts the proxy on a loopback port.
+pub(crate) fn start(settings: Settings) -> anyhow::Result<Running> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let ca = Ca::new().context("cannot create the session's certificate authority")?;
+    let ca_pem = ca.pem.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("mayfly-proxy")
+        .enable_all()
+        .build()
+        .context("cannot start the proxy's runtime")?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind the proxy's loopback port")?;
+    listener.set_nonblocking(true).context("cannot set up the proxy's port")?;
+    let port = listener.local_addr().context("the proxy's port has no address")?.port();
+    let audit = AuditLog::from_env(&mayfly_core::Env::from_os())
+        .with_rotation(settings.broker.config().audit_max_size, settings.broker.config().audit_keep);
+    let encoded = STANDARD.encode(format!("mayfly:{secret}"));
+    let secrets = vec![secret.clone(), encoded.clone()];
+    let state = Arc::new(State {
+        audit,
+        expected: format!("Basic {encoded}"),
+        settings,
+        ca,
+        upstream: Mutex::new(HashMap::new()),
+    });
+    let listener = {
+        let _guard = runtime.enter();
+        tokio::net::TcpListener::from_std(listener).context("cannot listen on the proxy's port")?
+    };
+    runtime.spawn(accept(listener, state));
+    Ok(Running { url: format!("http://mayfly:{secret}@127.0.0.1:{port}"), ca_pem, secrets, runtime: Some(runtime) })
+}
+
+async fn accept(listener: tokio::net::TcpListener, state: Arc<State>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| outer(req, state.clone()));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .preserve_header_case(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, line: &str) -> Response<Body> {
+    let mut response =
+        Response::new(Full::new(Bytes::from(format!("{line}\n"))).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// Compares without stopping at the first difference.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Requests on the proxy's own port: CONNECT, or a plain-http request in absolute form.
+async fn outer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
+    let authorized =
+        req.headers().get(header::PROXY_AUTHORIZATION).is_some_and(|v| same(v.as_bytes(), state.expected.as_bytes()));
+    if !authorized {
+        let mut response = text(
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "mayfly: this proxy needs the session's URL, with its secret",
+        );
+        response
+            .headers_mut()
+            .insert(header::PROXY_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"mayfly\""));
+        return Ok(response);
+    }
+    if ambiguous(req.headers()) {
+        return Ok(text(StatusCode::BAD_REQUEST, AMBIGUOUS));
+    }
+    let Some(authority) = req.uri().authority().map(|a| a.as_str().to_owned()) else {
+        return Ok(text(StatusCode::BAD_REQUEST, "mayfly: the proxy takes CONNECT or absolute-form requests"));
+    };
+    let https = req.method() == Method::CONNECT;
+    let protocol = if https { "https" } else { "http" };
+    let Ok(host) = mayfly_core::normalize_host(protocol, &authority) else {
+        return Ok(text(StatusCode::BAD_REQUEST, "mayfly: invalid host"));
+    };
+    let routed = state
+        .settings
+        .broker
+        .config()
+        .routes
+        .iter()
+        .any(|r| r.tool == Tool::Git && r.protocol == protocol && r.host == host);
+    let path = if https { String::new() } else { req.uri().path().to_owned() };
+    if !routed && state.settings.deny_unrouted {
+        state.line(Outcome::Denied, req.method().as_str(), &host, &path, None, |e| {
+            e.reason = Some("no route, and the session refuses unrouted hosts".into());
+        });
+        return Ok(text(
+            StatusCode::FORBIDDEN,
+            &format!("mayfly: `{host}` has no route, and this session refuses unrouted hosts (--deny-unrouted)"),
+        ));
+    }
+    let address = with_port(&authority, if https { 443 } else { 80 });
+    if !https {
+        // Plain http: routed hosts go through the same path as intercepted ones.
+        return Ok(if routed {
+            forward(req, &state, &host, protocol, &Pool::default()).await
+        } else {
+            state.line(Outcome::Tunnelled, req.method().as_str(), &host, &path, None, |_| {});
+            passthrough(req, &address).await
+        });
+    }
+    if routed {
+        tokio::spawn(async move {
+            let Ok(upgraded) = hyper::upgrade::on(req).await else { return };
+            let tls = state.ca.server_config(&host);
+            let Ok(tls) = tls else {
+                mayfly_core::protocol::warn(&format!("proxy: no certificate for `{host}`"));
+                return;
+            };
+            let Ok(stream) = tokio_rustls::TlsAcceptor::from(tls).accept(TokioIo::new(upgraded)).await else {
+                let reason = format!(
+                    "a client did not accept the session's certificate for `{host}` (does it read SSL_CERT_FILE, GIT_SSL_CAINFO or CURL_CA_BUNDLE?)"
+                );
+                mayfly_core::protocol::warn(&format!("proxy: {reason}"));
+                state.line(Outcome::Failed, "CONNECT", &host, "", None, |e| e.reason = Some(reason));
+                return;
+            };
+            let pool = Pool::default();
+            let service = hyper::service::service_fn(move |req| {
+                let (state, host, pool) = (state.clone(), host.clone(), pool.clone());
+                async move { Ok::<_, Infallible>(forward(req, &state, &host, "https", &pool).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+        return Ok(Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed()));
+    }
+    let upstream = match tokio::net::TcpStream::connect(&address).await {
+        Ok(upstream) => upstream,
+        Err(e) => return Ok(text(StatusCode::BAD_GATEWAY, &format!("mayfly: cannot reach `{host}`: {e}"))),
+    };
+    state.line(Outcome::Tunnelled, "CONNECT", &host, "", None, |_| {});
+    tokio::spawn(async move {
+        if let Ok(upgraded) = hyper::upgrade::on(req).await {
+            let mut upstream = upstream;
+            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(upgraded), &mut upstream).await;
+        }
+    });
+    Ok(Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed()))
+}
+
+/// `host:port` to connect to, with the scheme's default port when none is named.
+fn with_port(authority: &str, default: u16) -> String {
+    let has_port = match authority.rsplit_once(':') {
+        Some((name, port)) => !port.is_empty() && port.chars().all(|c| c.is_ascii_digit()) && !name.ends_with(':'),
+        None => false,
+    };
+    if has_port && !authority.ends_with(']') { authority.to_owned() } else { format!("{authority}:{default}") }
+}
+
+/// The repository and operation of a git smart-HTTP request.
+pub(crate) fn git_request(method: &Method, path: &str, query: Option<&str>) -> (String, Operation) {
+    let service = query.unwrap_or_default().split('&').find_map(|p| p.strip_prefix("service="));
+    for suffix in ["/info/refs", "/git-upload-pack", "/git-receive-pack"] {
+        if let Some(repo) = path.strip_suffix(suffix) {
+            let write = suffix == "/git-receive-pack" || service == Some("git-receive-pack");
+            return (repo.to_owned(), if write { Operation::Write } else { Operation::Read });
+        }
+    }
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    (path.to_owned(), if read { Operation::Read } else { Operation::Write })
+}
+
+/// One intercepted request: the route's credential added, then sent upstream.
+async fn forward(
+    mut req: Request<Incoming>,
+    state: &Arc<State>,
+    host: &str,
+    protocol: &str,
+    pool: &Pool,
+) -> Response<Body> {
+    if ambiguous(req.headers()) {
+        return text(StatusCode::BAD_REQUEST, AMBIGUOUS);
+    }
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let (repo, operation) = git_request(&method, &path, req.uri().query());
+    let target = match Target::new(Tool::Git, protocol, host, Some(&repo)) {
+        Ok(target) => target,
+        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("mayfly: {e}")),
+    };
+    let route = match state.settings.broker.resolve(&target) {
+        Resolution::Route(route) => Some(route.clone()),
+        _ => None,
+    };
+    let mut fingerprint = None;
+    let mut route_name = String::new();
+    if let Some(route) = &route {
+        route_name.clone_from(&route.name);
+        let (state2, target2, route2) = (state.clone(), target.clone(), route.clone());
+        let issued = tokio::task::spawn_blocking(move || {
+            state2.settings.broker.token(&route2, &target2, operation, &state2.settings.chain)
+        })
+        .await;
+        let issued = match issued {
+            Ok(Ok(issued)) => issued,
+            Ok(Err(error)) => {
+                let reason = mayfly_core::protocol::one_line(&error);
+                state.line(Outcome::Denied, method.as_str(), host, &path, Some(&target), |e| {
+                    e.operation = operation.as_str().into();
+                    e.route.clone_from(&route_name);
+                    e.reason = Some(reason.clone());
+                });
+                return text(StatusCode::FORBIDDEN, &format!("mayfly: {reason}"));
+            }
+            Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "mayfly: the token request failed"),
+        };
+        let value = match issued.scheme {
+            Scheme::Basic => {
+                format!("Basic {}", STANDARD.encode(format!("{}:{}", issued.username, issued.token.expose())))
+            }
+            Scheme::Bearer | Scheme::Plain => format!("Bearer {}", issued.token.expose()),
+        };
+        let Ok(mut value) = header::HeaderValue::from_str(&value) else {
+            return text(StatusCode::BAD_GATEWAY, "mayfly: the token cannot go into a header");
+        };
+        value.set_sensitive(true);
+        req.headers_mut().insert(header::AUTHORIZATION, value);
+        fingerprint = Some(issued.token.fingerprint());
+    } else if state.settings.deny_unrouted {
+        state.line(Outcome::Denied, method.as_str(), host, &path, Some(&target), |e| {
+            e.operation = operation.as_str().into();
+            e.reason = Some("no route for this repository".into());
+        });
+        return text(
+            StatusCode::FORBIDDEN,
+            &format!("mayfly: no route for `{}`, and this session refuses unrouted requests", target.display()),
+        );
+    }
+    let response = match send(req, state, host, protocol, route.as_ref(), pool).await {
+        Ok(response) => response,
+        Err(e) => {
+            state.line(Outcome::Failed, method.as_str(), host, &path, Some(&target), |ev| {
+                ev.operation = operation.as_str().into();
+                ev.route.clone_from(&route_name);
+                ev.reason = Some(e.clone());
+            });
+            return text(StatusCode::BAD_GATEWAY, &format!("mayfly: {e}"));
+        }
+    };
+    let outcome = if route.is_some() { Outcome::Proxied } else { Outcome::Tunnelled };
+    state.line(outcome, method.as_str(), host, &path, Some(&target), |e| {
+        e.operation = operation.as_str().into();
+        e.route.clone_from(&route_name);
+        e.fingerprint = fingerprint;
+        e.reason = Some(format!("upstream answered {}", response.status().as_u16()));
+    });
+    response
+}
+
+/// Upstream connections of one client connection, by route: a client's requests come
+/// one after another, so each is reused once its previous answer was read.
+type Pool = Arc<tokio::sync::Mutex<HashMap<String, SendRequest<Incoming>>>>;
+
+/// Sends a request to its upstream over TLS (or plain http to loopback) and streams the
+/// answer back.
+async fn send(
+    mut req: Request<Incoming>,
+    state: &Arc<State>,
+    host: &str,
+    protocol: &str,
+    route: Option<&mayfly_core::Route>,
+    pool: &Pool,
+) -> Result<Response<Body>, String> {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    *req.uri_mut() = path.parse().map_err(|_| "invalid request path".to_owned())?;
+    if !req.headers().contains_key(header::HOST)
+        && let Ok(value) = header::HeaderValue::from_str(host)
+    {
+        req.headers_mut().insert(header::HOST, value);
+    }
+    strip_hop_by_hop(&mut req);
+    let key = route.map(|r| r.name.clone()).unwrap_or_default();
+    let mut pool = pool.lock().await;
+    let mut reused = pool.remove(&key);
+    if let Some(sender) = &mut reused
+        && sender.ready().await.is_err()
+    {
+        reused = None;
+    }
+    let mut sender = match reused {
+        Some(sender) => sender,
+        None => connect(state, host, protocol, route).await?,
+    };
+    let response = sender.send_request(req).await.map_err(|e| format!("`{host}`: {e}"))?;
+    pool.insert(key, sender);
+    Ok(response.map(BodyExt::boxed))
+}
+
+/// A new upstream connection for a host.
+async fn connect(
+    state: &Arc<State>,
+    host: &str,
+    protocol: &str,
+    route: Option<&mayfly_core::Route>,
+) -> Result<SendRequest<Incoming>, String> {
+    let address = with_port(host, if protocol == "https" { 443 } else { 80 });
+    let tcp = tokio::net::TcpStream::connect(&address).await.map_err(|e| format!("cannot reach `{host}`: {e}"))?;
+    if protocol == "http" {
+        return handshake(TokioIo::new(tcp), host).await;
+    }
+    let config = state.upstream_config(route)?;
+    let name = host_name(host);
+    let server = ServerName::try_from(name.clone()).map_err(|_| format!("invalid server name `{name}`"))?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(server, tcp)
+        .await
+        .map_err(|e| format!("TLS with `{host}` failed: {e}"))?;
+    handshake(TokioIo::new(tls), host).await
+}
+
+async fn handshake<T>(io: TokioIo<T>, host: &str) -> Result<SendRequest<Incoming>, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("`{host}`: {e}"))?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// A plain-http request to an unrouted host, passed on as it came.
+async fn passthrough(mut req: Request<Incoming>, address: &str) -> Response<Body> {
+    let host = address.to_owned();
+    let tcp = match tokio::net::TcpStream::connect(address).await {
+        Ok(tcp) => tcp,
+        Err(e) => return text(StatusCode::BAD_GATEWAY, &format!("mayfly: cannot reach `{host}`: {e}")),
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    if let Ok(uri) = path.parse() {
+        *req.uri_mut() = uri;
+    }
+    strip_hop_by_hop(&mut req);
+    let sent = match handshake(TokioIo::new(tcp), &host).await {
+        Ok(mut sender) => sender.send_request(req).await.map_err(|e| format!("`{host}`: {e}")),
+        Err(e) => Err(e),
+    };
+    match sent {
+        Ok(response) => response.map(BodyExt::boxed),
+        Err(e) => text(StatusCode::BAD_GATEWAY, &format!("mayfly: {e}")),
+    }
+}
+
+const AMBIGUOUS: &str = "mayfly: a request with both Content-Length and Transfer-Encoding is refused";
+
+/// True for a request whose length two servers could read differently (smuggling).
+fn ambiguous(headers: &header::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        && (headers.contains_key(header::CONTENT_LENGTH)
+            || headers.get_all(header::TRANSFER_ENCODING).iter().count() > 1)
+}
+
+/// Headers meant for the proxy, not the upstream (the secret among them).
+fn strip_hop_by_hop(req: &mut Request<Incoming>) {
+    let headers = req.headers_mut();
+    for name in [header::PROXY_AUTHORIZATION, header::HeaderName::from_static("proxy-connection")] {
+        headers.remove(name);
+    }
+}
+
+/// The host name without port or IPv6 brackets.
+fn host_name(host: &str) -> String {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.is_empty() => name,
+        _ => host,
+    };
+    name.trim_start_matches('[').trim_end_matches(']').to_owned()
+}
+
+impl State {
+    fn upstream_config(&self, route: Option<&mayfly_core::Route>) -> Result<Arc<rustls::ClientConfig>, String> {
+        let key = route.map(|r| r.name.clone()).unwrap_or_default();
+        let mut configs = self.upstream.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(config) = configs.get(&key) {
+            return Ok(config.clone());
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        if let Some(file) = route.and_then(|r| r.ca_file.as_ref()) {
+            use rustls::pki_types::pem::PemObject;
+            let certs = CertificateDer::pem_file_iter(file)
+                .map_err(|e| format!("cannot read `ca_file` `{}`: {e}", file.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("`ca_file` `{}`: {e}", file.display()))?;
+                roots.add(cert).map_err(|e| format!("`ca_file` `{}`: {e}", file.display()))?;
+            }
+        }
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = Arc::new(config);
+        configs.insert(key, config.clone());
+        Ok(config)
+    }
+
+    /// One audit line for a proxied request. The query is never written: it can carry
+    /// secrets.
+    fn line(
+        &self,
+        outcome: Outcome,
+        method: &str,
+        host: &str,
+        path: &str,
+        target: Option<&Target>,
+        fill: impl FnOnce(&mut AuditEvent),
+    ) {
+        let mut event = AuditEvent {
+            time: mayfly_core::rfc3339_now(),
+            outcome,
+            session: Some(self.settings.session.clone()),
+            agent: self.settings.agent.clone(),
+            tool: "proxy".into(),
+            target: target.map_or_else(|| host.to_owned(), Target::display),
+            method: Some(method.to_owned()),
+            path: (!path.is_empty()).then(|| mayfly_core::sanitize_for_terminal(path)),
+            process: self.settings.chain.clone(),
+            ..AuditEvent::default()
+        };
+        fill(&mut event);
+        if let Err(e) = self.audit.record(&event) {
+            mayfly_core::protocol::warn(&format!("cannot write the audit log: {e}"));
+        }
+    }
+}
+
+/// The session's certificate authority: its key never leaves this process's memory.
+struct Ca {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: String,
+    leaves: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
+}
+
+impl Ca {
+    fn new() -> Result<Self, rcgen::Error> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        params.distinguished_name.push(rcgen::DnType::CommonName, "mayfly exec --proxy session CA");
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key)?;
+        Ok(Self { pem: cert.pem(), issuer: rcgen::Issuer::new(params, key), leaves: Mutex::new(HashMap::new()) })
+    }
+
+    /// The TLS config that serves `host` (`name[:port]`) with a leaf signed by this CA.
+    fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+        let name = host_name(host);
+        let mut leaves = self.leaves.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(config) = leaves.get(&name) {
+            return Ok(config.clone());
+        }
+        let err = |e: rcgen::Error| e.to_string();
+        let key = rcgen::KeyPair::generate().map_err(err)?;
+        let mut params = rcgen::CertificateParams::new(vec![name.clone()]).map_err(err)?;
+        params.distinguished_name.push(rcgen::DnType::CommonName, name.as_str());
+        let cert = params.signed_by(&key, &self.issuer).map_err(err)?;
+        let der = PrivateKeyDer::try_from(key.serialize_der()).map_err(str::to_owned)?;
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.der().clone()], der)
+                .map_err(|e| e.to_string())?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = Arc::new(config);
+        leaves.insert(name, config.clone());
+        Ok(config)
+    }
+}
+
+/// The bundle clients trust inside the session: the system roots (as this process finds
+/// them, `SSL_CERT_FILE` included) and the session CA.
+pub(crate) fn ca_bundle(ca_pem: &str) -> String {
+    let mut bundle = String::new();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        bundle.push_str("-----BEGIN CERTIFICATE-----\n");
+        let encoded = STANDARD.encode(cert.as_ref());
+        for chunk in encoded.as_bytes().chunks(64) {
+            bundle.push_str(&String::from_utf8_lossy(chunk));
+            bundle.push('\n');
+        }
+        bundle.push_str("-----END CERTIFICATE-----\n");
+    }
+    bundle.push_str(ca_pem);
+    bundle
+}
+
+/// The variables that name the CA bundle, one per client family.
+pub(crate) const CA_VARS: [&str; 9] = [
+    "SSL_CERT_FILE",
+    "GIT_SSL_CAINFO",
+    "CURL_CA_BUNDLE",
+    "REQUESTS_CA_BUNDLE",
+    "PIP_CERT",
+    "NODE_EXTRA_CA_CERTS",
+    "npm_config_cafile",
+    "CARGO_HTTP_CAINFO",
+    "AWS_CA_BUNDLE",
+];
+
+/// The command's variables: the proxy URL, loopback names no route names in `NO_PROXY`,
+/// and the CA bundle.
+pub(crate) fn vars(url: &str, bundle: &std::path::Path, config: &mayfly_core::Config) -> Vec<(String, String)> {
+    let mut vars = Vec::new();
+    for name in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"] {
+        vars.push((name.to_owned(), url.to_owned()));
+        vars.push((name.to_ascii_lowercase(), url.to_owned()));
+    }
+    let routed: Vec<String> = config.routes.iter().map(|r| host_name(&r.host)).collect();
+    let loopback: Vec<&str> =
+        ["localhost", "127.0.0.1", "::1"].into_iter().filter(|n| !routed.iter().any(|r| r == n)).collect();
+    vars.push(("NO_PROXY".to_owned(), loopback.join(",")));
+    vars.push(("no_proxy".to_owned(), loopback.join(",")));
+    for name in CA_VARS {
+        vars.push((name.to_owned(), bundle.display().to_string()));
+    }
+    vars
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_requests_name_their_repository_and_operation() {
+        let get = Method::GET;
+        let post = Method::POST;
+        assert_eq!(
+            git_request(&get, "/org/app.git/info/refs", Some("service=git-upload-pack")),
+            ("/org/app.git".to_owned(), Operation::Read)
+        );
+        assert_eq!(
+            git_request(&get, "/org/app.git/info/refs", Some("service=git-receive-pack")),
+            ("/org/app.git".to_owned(), Operation::Write)
+        );
+        assert_eq!(
+            git_request(&post, "/org/app.git/git-upload-pack", None),
+            ("/org/app.git".to_owned(), Operation::Read)
+        );
+        assert_eq!(
+            git_request(&post, "/org/app.git/git-receive-pack", None),
+            ("/org/app.git".to_owned(), Operation::Write)
+        );
+    }
+
+    #[test]
+    fn a_request_with_two_lengths_is_ambiguous() {
+        let mut headers = header::HeaderMap::new();
+        headers.insert(header::TRANSFER_ENCODING, header::HeaderValue::from_static("chunked"));
+        assert!(!ambiguous(&headers));
+        headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from_static("5"));
+        assert!(ambiguous(&headers));
+        headers.remove(header::CONTENT_LENGTH);
+        headers.append(header::TRANSFER_ENCODING, header::HeaderValue::from_static("chunked"));
+        assert!(ambiguous(&headers));
+    }
+
+    #[test]
+    fn ports_and_names_split_like_urls() {
+        assert_eq!(with_port("git.example", 443), "git.example:443");
+        assert_eq!(with_port("git.example:8443", 443), "git.example:8443");
+        assert_eq!(with_port("[::1]", 443), "[::1]:443");
+        assert_eq!(with_port("[::1]:8443", 443), "[::1]:8443");
+        assert_eq!(host_name("127.0.0.1:8443"), "127.0.0.1");
+        assert_eq!(host_name("[::1]:8443"), "::1");
+        assert_eq!(host_name("git.example"), "git.example");
+    }
+
+    #[test]
+    fn the_session_ca_signs_leaves_for_names_and_addresses() {
+        let ca = Ca::new().unwrap();
+        assert!(ca.pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(ca.server_config("git.example:8443").is_ok());
+        assert!(ca.server_config("127.0.0.1:8443").is_ok());
+        assert_eq!(ca.leaves.lock().unwrap().len(), 2);
+    }
+}
