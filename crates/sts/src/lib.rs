@@ -29,6 +29,7 @@ pub mod log;
 mod metrics;
 mod oauth;
 mod own_tokens;
+mod pg_shared;
 mod policy;
 pub mod policy_tool;
 mod postgres;
