@@ -86,7 +86,7 @@ impl Postgres {
 
     /// What `psql` prints for `query` (unaligned, tuples only), run as the superuser.
     pub fn psql(&self, query: &str) -> String {
-        // Debian puts `psql` on `PATH` rather than beside `postgres`.
+        // `psql` may be elsewhere than `postgres` (then on `PATH`).
         let beside = self.bin.join("psql");
         let psql = if beside.is_file() { beside } else { PathBuf::from("psql") };
         let output = Command::new(psql)

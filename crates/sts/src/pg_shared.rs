@@ -56,7 +56,10 @@ fn status(state: &str, expires_at: i64, now: i64) -> &'static str {
 
 /// A stored JSON column, or an error naming it (never its content).
 fn decode<T: serde::de::DeserializeOwned>(column: &str, text: &str) -> Result<T, String> {
-    serde_json::from_str(text).map_err(|e| format!("approval store (PostgreSQL): unreadable `{column}`: {e}"))
+    // serde_json's message may quote a value: only where it failed.
+    serde_json::from_str(text).map_err(|e| {
+        format!("approval store (PostgreSQL): unreadable `{column}` (line {}, column {})", e.line(), e.column())
+    })
 }
 
 /// Approvals in PostgreSQL.
@@ -396,5 +399,34 @@ impl SessionStore for PgSessions {
             let delete = client.prepare_cached("DELETE FROM mayfly_sessions WHERE sid = $1").await?;
             client.execute(&delete, &[&sid]).await.map(drop)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_read_as_in_memory_records_do() {
+        assert_eq!(status("pending", 1_000, 999), "pending");
+        assert_eq!(status("pending", 1_000, 1_000), "expired", "expiry is exclusive");
+        assert_eq!(status("approved", 1_000, 10), "approved");
+        assert_eq!(status("approved", 1_000, 2_000), "expired", "approved but not collected in time");
+        assert_eq!(status("denied", 1_000, 10), "denied");
+        assert_eq!(status("used", 1_000, 2_000), "used", "used stays used");
+    }
+
+    #[test]
+    fn durations_round_trip_through_milliseconds() {
+        assert_eq!(millis(Duration::from_secs(600)), 600_000);
+        assert_eq!(duration(millis(Duration::from_millis(1_500))), Duration::from_millis(1_500));
+        assert_eq!(duration(-5), Duration::ZERO, "a time past is no time left");
+    }
+
+    #[test]
+    fn an_unreadable_column_is_named_but_not_quoted() {
+        let error = decode::<Request>("request", "{\"binding\": \"secret\"}").unwrap_err();
+        assert!(error.starts_with("approval store (PostgreSQL): unreadable `request`"), "{error}");
+        assert!(!error.contains("secret"), "{error}");
     }
 }
