@@ -433,3 +433,45 @@ fn a_session_left_idle_at_one_replica_is_idle_at_the_other() {
     let (status, body) = through(&r.a);
     assert_eq!(status, 400, "ended at B, ended at A: {body}");
 }
+
+#[test]
+#[cfg_attr(missing = "postgres", ignore = "needs postgres, which is not installed")]
+fn expiry_and_the_cap_on_pending_approvals_hold_in_the_database() {
+    if !mayfly_tests::postgres::require() {
+        return;
+    }
+    let postgres = Postgres::start();
+    let r = held_replicas(&postgres);
+    let git = r.stack.git_server().base_url.clone();
+    let form = [("audience", git.as_str()), ("scope", "repo:org/app:write")];
+    let (status, body) = r.exchange(&r.a, &form);
+    assert_eq!(status, 400, "{body}");
+    let held: Value = serde_json::from_str(&body).unwrap();
+    let (id, code) = (held["approval_id"].as_str().unwrap(), held["approval_code"].as_str().unwrap());
+
+    // Expired a minute ago by the database's clock: B refuses to decide it, A to hand
+    // anything out.
+    postgres.psql(&format!(
+        "UPDATE mayfly_approvals SET expires_at = (extract(epoch from now()) * 1000)::bigint - 60000 WHERE id = '{id}'"
+    ));
+    let (status, body) = r.decide(&r.b, id, &alice(), &[("decision", "approve")]);
+    assert_eq!((status, body["error"].as_str()), (410, Some("expired_token")), "{body}");
+    let collect: Vec<(&str, &str)> = form.iter().copied().chain([("approval_code", code)]).collect();
+    let (status, body) = r.exchange(&r.a, &collect);
+    assert!(status == 400 && body.contains("expired_token"), "{body}");
+
+    // 1,000 requests waiting (as if held at other replicas): the next is refused, at either.
+    postgres.psql(
+        "INSERT INTO mayfly_approvals (id, code_sha256, request, state, expires_at, interval_ms, last_poll)
+         SELECT md5(i::text), sha256(i::text::bytea), '{}', 'pending',
+                (extract(epoch from now()) * 1000)::bigint + 600000, 5000, 0
+         FROM generate_series(1, 1000) AS i",
+    );
+    for at in [&r.a, &r.b] {
+        let (status, body) = r.exchange(at, &form);
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("1000 approvals are waiting already") && body.lines().count() == 1, "{body}");
+    }
+    let metrics = r.stack.https_client().get(format!("{}/metrics", r.b)).send().unwrap().text().unwrap();
+    assert!(metrics.lines().any(|l| l == "mayfly_sts_approvals_pending 1000"), "B counts every replica's: {metrics}");
+}
