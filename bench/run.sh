@@ -16,6 +16,9 @@ MAYFLY_BIN_DIR="$PWD/target/bench-bin" cargo bench -p mayfly-tests --bench sts_h
 # Exchanges with 100 Cedar policies: server CPU per exchange beside one RS256 verify plus
 # one ES256 sign, and latency at concurrency 1, 8 and 64 (MAYFLY_BENCH_* keep it short).
 MAYFLY_BIN_DIR="$PWD/target/bench-bin" cargo bench -p mayfly-tests --bench sts_throughput --locked
+# Two replicas on one PostgreSQL beside one replica on redb: exchanges/s, p50 and p99 at
+# concurrency 64, plain and through a session (needs PostgreSQL installed).
+MAYFLY_BIN_DIR="$PWD/target/bench-bin" cargo bench -p mayfly-tests --bench sts_replicas --locked
 
 # What a hookless tool's shim and a `mayfly exec` session add to the command they run
 # (no route matches, so this is the wrapping alone: config read, PATH walk, exec; and for

@@ -84,6 +84,21 @@ impl Postgres {
         }
     }
 
+    /// What `psql` prints for `query` (unaligned, tuples only), run as the superuser.
+    pub fn psql(&self, query: &str) -> String {
+        // `psql` may be elsewhere than `postgres` (then on `PATH`).
+        let beside = self.bin.join("psql");
+        let psql = if beside.is_file() { beside } else { PathBuf::from("psql") };
+        let output = Command::new(psql)
+            .args(["-X", "-A", "-t", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-p"])
+            .arg(self.port.to_string())
+            .args(["-c", query])
+            .output()
+            .expect("psql runs");
+        assert!(output.status.success(), "psql: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
     /// Starts the server again on the same port and data, and waits until it accepts
     /// connections.
     pub fn resume(&mut self) {

@@ -70,13 +70,14 @@ pub(crate) async fn revoke_session(State(sts): State<Arc<Sts>>, headers: HeaderM
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let longest = i64::try_from(sts.config.session_max_ttl.as_secs()).unwrap_or(i64::MAX / 4);
-    let until = sts.sessions.expires_at(&sid).unwrap_or(now + longest);
+    // A session whose expiry is unknown (or unreadable) is revoked for the longest one.
+    let until = sts.sessions.expires_at(&sid).ok().flatten().unwrap_or(now + longest);
     let line = Line { time: now_rfc3339(), sid: Some(&sid), administrator: Some(&administrator), ..Line::default() };
     if let Err(reason) = sts.revoke(&sid, until).await {
         sts.audit.record(&Line { outcome: "admin-revoke-failed", reason: Some(&reason), ..line }).await;
         return error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "cannot record the revocation");
     }
-    sts.sessions.forget(&sid);
+    let _ = sts.sessions.forget(&sid);
     sts.audit.record(&Line { outcome: "admin-revoked", ..line }).await;
     crate::github_app::end_session(&sts, &sid).await;
     no_store(axum::Json(json!({"revoked": sid})).into_response())

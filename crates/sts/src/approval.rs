@@ -7,13 +7,15 @@
 //! scopes, lifetime asked and the scrubbed intent) and yields one token. Only the code's
 //! SHA-256 is kept.
 //!
-//! State is in memory, in this process: a replicated store is still to come, so approvals
-//! need one exchange process (or sticky routing) until then.
+//! The store is a trait: [`Approvals`] keeps them in this process; with a PostgreSQL
+//! revocation store they live in that database ([`crate::pg_shared`]), so a request held at
+//! one replica can be decided and collected at any.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -22,17 +24,17 @@ use crate::verify::VerifiedSubject;
 /// Most approvals waiting for a decision at once.
 pub(crate) const MAX_PENDING: usize = 1_000;
 /// Most approvals kept at all (decided ones are kept until they expire, to answer polls).
-const MAX_KEPT: usize = 10_000;
+pub(crate) const MAX_KEPT: usize = 10_000;
 /// How long an approval is kept after it expires, so a late poll reads `expired_token`
 /// rather than an unknown code.
-const KEPT_AFTER_EXPIRY: Duration = Duration::from_secs(600);
+pub(crate) const KEPT_AFTER_EXPIRY: Duration = Duration::from_secs(600);
 /// What `slow_down` adds to the interval (RFC 8628 section 3.5).
-const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
+pub(crate) const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
 /// Longest reason an approver may give.
 pub(crate) const MAX_REASON: usize = 300;
 
 /// What an approval is for: the request it was asked for, and no other.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Binding {
     pub(crate) issuer: String,
     pub(crate) subject: String,
@@ -83,7 +85,7 @@ fn canonical(value: &Value) -> String {
 }
 
 /// Who decided an approval.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Approver {
     /// `ISSUER#SUBJECT`, as policies see it in `context.approval.approver`.
     pub(crate) id: String,
@@ -117,7 +119,7 @@ enum State {
 }
 
 /// What a new approval is about, besides its binding.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Request {
     pub(crate) binding: Binding,
     /// The scrubbed intent the client claimed, to show the approver.
@@ -186,7 +188,9 @@ pub(crate) enum Poll {
     },
     Expired,
     Used,
-    /// Approved: the client may have its token (after [`Approvals::spend`]).
+    /// The store cannot be reached (the exchange answers 503).
+    Unavailable(String),
+    /// Approved: the client may have its token (after [`ApprovalStore::spend`]).
     Approved {
         id: String,
         approver: Approver,
@@ -209,6 +213,68 @@ pub(crate) enum DecideError {
     Unknown,
     Expired,
     AlreadyDecided(&'static str),
+    /// The store cannot be reached.
+    Unavailable(String),
+}
+
+/// Where approvals are kept. `now` is this process's clock, which [`Approvals`] goes by;
+/// a store shared by replicas goes by its database's clock instead. `Err` (and
+/// [`Poll::Unavailable`], [`DecideError::Unavailable`]) is the store failing: one line,
+/// and the exchange answers 503.
+pub(crate) trait ApprovalStore: Send + Sync {
+    /// How many requests wait for a decision now.
+    fn pending(&self, now: Instant) -> Result<usize, String>;
+    /// Opens an approval; `Err` with a reason when too many are waiting or the store fails.
+    fn create(&self, request: Request, now: Instant) -> Result<Created, String>;
+    /// A client collecting with `code` for the request `binding` describes.
+    fn poll(&self, code: &str, binding: &Binding, now: Instant) -> Poll;
+    /// Marks an approved approval used: `Ok(true)` once, for the one token it yields, even
+    /// when several collect at once.
+    fn spend(&self, id: &str, now: Instant) -> Result<bool, String>;
+    /// What an approver sees (`None`: no such approval, or forgotten).
+    fn view(&self, id: &str, now: Instant) -> Result<Option<View>, String>;
+    /// Records an approver's decision.
+    fn decide(
+        &self,
+        id: &str,
+        approver: Approver,
+        approve: bool,
+        reason: Option<String>,
+        now: Instant,
+    ) -> Result<(), DecideError>;
+}
+
+impl ApprovalStore for Approvals {
+    fn pending(&self, now: Instant) -> Result<usize, String> {
+        Ok(Self::pending(self, now))
+    }
+
+    fn create(&self, request: Request, now: Instant) -> Result<Created, String> {
+        Self::create(self, request, now)
+    }
+
+    fn poll(&self, code: &str, binding: &Binding, now: Instant) -> Poll {
+        Self::poll(self, code, binding, now)
+    }
+
+    fn spend(&self, id: &str, now: Instant) -> Result<bool, String> {
+        Ok(Self::spend(self, id, now))
+    }
+
+    fn view(&self, id: &str, now: Instant) -> Result<Option<View>, String> {
+        Ok(Self::view(self, id, now))
+    }
+
+    fn decide(
+        &self,
+        id: &str,
+        approver: Approver,
+        approve: bool,
+        reason: Option<String>,
+        now: Instant,
+    ) -> Result<(), DecideError> {
+        Self::decide(self, id, approver, approve, reason, now)
+    }
 }
 
 #[derive(Default)]
@@ -218,7 +284,7 @@ struct Inner {
     by_code: HashMap<[u8; 32], String>,
 }
 
-/// The approvals of this process.
+/// The approvals of this process (one exchange, or no shared store).
 pub(crate) struct Approvals {
     inner: Mutex<Inner>,
     ttl: Duration,
@@ -367,7 +433,7 @@ fn purge(inner: &mut Inner, now: Instant) {
     }
 }
 
-fn random<const N: usize>() -> [u8; N] {
+pub(crate) fn random<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).expect("the OS random source is available");
     bytes

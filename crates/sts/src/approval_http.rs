@@ -108,7 +108,11 @@ pub(crate) fn lookup(sts: &Sts, id: &str, token: &VerifiedSubject, now: Instant)
     if !is_approval_id(id) {
         return Err(Refused::unknown());
     }
-    let view = sts.approvals.view(id, now).ok_or_else(Refused::unknown)?;
+    let view = sts
+        .approvals
+        .view(id, now)
+        .map_err(|e| Refused::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", e))?
+        .ok_or_else(Refused::unknown)?;
     if !in_group(&sts.config.approvers, &view.request.group, token) {
         return Err(Refused::new(
             StatusCode::FORBIDDEN,
@@ -169,6 +173,9 @@ pub(crate) fn record(
         Err(DecideError::Unknown) => return Err(Refused::unknown()),
         Err(DecideError::Expired) => return Err(expired()),
         Err(DecideError::AlreadyDecided(status)) => return Err(already(status)),
+        Err(DecideError::Unavailable(e)) => {
+            return Err(Refused::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", e));
+        }
     }
     if let Some(webhook) = &sts.webhook {
         let uri = format!("{}/approve/{id}", sts.config.issuer);

@@ -160,8 +160,10 @@ pub(crate) async fn resolve(
             }
         }
         let unix_now = time::OffsetDateTime::now_utc().unix_timestamp();
-        if let Err(idle) = sts.sessions.used(&own.jti, own.expires_at, std::time::Instant::now(), unix_now) {
-            return Err(end_idle(sts, &own, subject, idle).await);
+        match sts.sessions.used(&own.jti, own.expires_at, std::time::Instant::now(), unix_now) {
+            Ok(Ok(())) => {}
+            Ok(Err(idle)) => return Err(end_idle(sts, &own, subject, idle).await),
+            Err(reason) => return Err(Refusal { code: OAuthError::TemporarilyUnavailable, reason }),
         }
         actor
     } else {
@@ -178,7 +180,8 @@ async fn end_idle(sts: &Sts, own: &OwnToken, subject: &VerifiedSubject, idle: st
     let reason = format!("actor token: the session ended after {idle} idle");
     let stored = sts.revoke(&own.jti, own.expires_at).await;
     if stored.is_ok() {
-        sts.sessions.forget(&own.jti);
+        // Revoked: a session left in the store only lingers until its expiry.
+        let _ = sts.sessions.forget(&own.jti);
     }
     let store_reason = stored.as_ref().err().map(|e| format!("{reason}; recording its revocation failed: {e}"));
     sts.audit

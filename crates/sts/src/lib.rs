@@ -6,9 +6,10 @@
 //! line per decision. Its one piece of lasting state is the set of revoked tokens (RFC 7009),
 //! behind a [`RevocationStore`] that replicas can share; introspection (RFC 7662) lets
 //! resource servers see revocations. A Cedar forbid annotated `@approval("GROUP")` holds a
-//! request until a person of GROUP approves it (human approval, kept in memory). Sessions
+//! request until a person of GROUP approves it (human approval, kept in memory, or with
+//! the revocations in PostgreSQL, shared by replicas). Sessions
 //! end when revoked, when an administrator ends them (`POST /admin/revoke`), or on their
-//! next use after `session_idle` unused (last uses kept in memory). An optional webhook
+//! next use after `session_idle` unused (last uses kept like approvals). An optional webhook
 //! announces approvals as they open and are decided.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -29,6 +30,7 @@ pub mod log;
 mod metrics;
 mod oauth;
 mod own_tokens;
+mod pg_shared;
 mod policy;
 pub mod policy_tool;
 mod postgres;

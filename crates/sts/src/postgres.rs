@@ -1,4 +1,5 @@
-//! Revocations in PostgreSQL, so that replicas of the exchange share them.
+//! Revocations in PostgreSQL, so that replicas of the exchange share them (and, through
+//! the same pool, approvals and sessions: [`crate::pg_shared`]).
 //!
 //! Every check is one indexed query and nothing is cached here: a revocation answered by
 //! one replica is seen by the next request at any replica. When the database cannot be
@@ -23,11 +24,34 @@ const POOL_SIZE: usize = 16;
 /// Serialises migrations when several replicas start at once (any constant; "mayfly").
 const MIGRATION_LOCK: i64 = 0x6d61_7966_6c79;
 /// The schema, one step per version; a step never changes once released.
-const MIGRATIONS: &[&str] = &["CREATE TABLE mayfly_revoked (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE mayfly_revoked (
         jti text PRIMARY KEY,
         expires_at bigint NOT NULL
     );
-    CREATE INDEX mayfly_revoked_expires_at ON mayfly_revoked (expires_at);"];
+    CREATE INDEX mayfly_revoked_expires_at ON mayfly_revoked (expires_at);",
+    // Times in milliseconds of the database's clock, but a session's `expires_at` (its
+    // token's `exp`, Unix seconds). `request` and `approver` are JSON text, read back as
+    // written; only the code's SHA-256 is kept.
+    "CREATE TABLE mayfly_approvals (
+        id text PRIMARY KEY,
+        code_sha256 bytea NOT NULL UNIQUE,
+        request text NOT NULL,
+        state text NOT NULL CHECK (state IN ('pending', 'approved', 'denied', 'used')),
+        approver text,
+        reason text,
+        expires_at bigint NOT NULL,
+        interval_ms bigint NOT NULL,
+        last_poll bigint NOT NULL
+    );
+    CREATE INDEX mayfly_approvals_expires_at ON mayfly_approvals (expires_at);
+    CREATE TABLE mayfly_sessions (
+        sid text PRIMARY KEY,
+        last_use bigint NOT NULL,
+        expires_at bigint NOT NULL
+    );
+    CREATE INDEX mayfly_sessions_expires_at ON mayfly_sessions (expires_at);",
+];
 
 /// Revocations in a PostgreSQL database named by a `postgres://` URL.
 pub struct PgStore {
@@ -72,7 +96,16 @@ impl PgStore {
     /// that may block, within [`CALL_TIMEOUT`].
     fn run<T>(
         &self,
-        call: impl AsyncFnOnce(&deadpool_postgres::Client) -> Result<T, tokio_postgres::Error>,
+        call: impl AsyncFnOnce(&mut deadpool_postgres::Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, String> {
+        self.run_as("revocation store", call)
+    }
+
+    /// [`Self::run`], its errors starting with `what`.
+    fn run_as<T>(
+        &self,
+        what: &str,
+        call: impl AsyncFnOnce(&mut deadpool_postgres::Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, String> {
         self.runtime.block_on(async {
             let work = async {
@@ -81,13 +114,30 @@ impl PgStore {
                     migrate(&mut client).await.map_err(|e| format!("cannot migrate: {}", one_line(&e)))?;
                     self.migrated.store(true, Ordering::Release);
                 }
-                call(&client).await.map_err(|e| one_line(&e))
+                call(&mut client).await.map_err(|e| one_line(&e))
             };
             match tokio::time::timeout(CALL_TIMEOUT, work).await {
-                Ok(result) => result.map_err(|e| format!("revocation store (PostgreSQL): {e}")),
-                Err(_) => Err(format!("revocation store (PostgreSQL): no answer within {}s", CALL_TIMEOUT.as_secs())),
+                Ok(result) => result.map_err(|e| format!("{what} (PostgreSQL): {e}")),
+                Err(_) => Err(format!("{what} (PostgreSQL): no answer within {}s", CALL_TIMEOUT.as_secs())),
             }
         })
+    }
+
+    /// [`Self::run_as`] from anywhere: a thread that may block, or a worker of a
+    /// multi-threaded runtime (which hands its other tasks on while this one waits).
+    pub(crate) fn call<T>(
+        &self,
+        what: &str,
+        call: impl AsyncFnOnce(&mut deadpool_postgres::Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, String> {
+        use tokio::runtime::RuntimeFlavor;
+        match Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(RuntimeFlavor::CurrentThread) => {
+                Err(format!("{what} (PostgreSQL): needs a multi-threaded async runtime"))
+            }
+            Ok(_) => tokio::task::block_in_place(|| self.run_as(what, call)),
+            Err(_) => self.run_as(what, call),
+        }
     }
 }
 

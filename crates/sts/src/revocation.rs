@@ -30,13 +30,46 @@ pub trait RevocationStore: Send + Sync {
     }
 }
 
-/// The store the config's `revocation_store` names: a `postgres://` URL, a redb file, or
-/// (none) memory. Opening a database connects nothing yet.
-pub(crate) fn open(store: Option<&Path>) -> Result<Arc<dyn RevocationStore>, String> {
-    let Some(store) = store else { return Ok(Arc::new(RedbStore::in_memory()?)) };
+/// Where the exchange keeps its state: revocations, approvals and sessions.
+pub(crate) struct Stores {
+    pub(crate) revocations: Arc<dyn RevocationStore>,
+    pub(crate) approvals: Arc<dyn crate::approval::ApprovalStore>,
+    pub(crate) sessions: Arc<dyn crate::sessions::SessionStore>,
+}
+
+impl Stores {
+    /// `revocations`, with approvals and sessions in this process.
+    pub(crate) fn in_process(revocations: Arc<dyn RevocationStore>, config: &crate::Config) -> Self {
+        Self {
+            revocations,
+            approvals: Arc::new(crate::approval::Approvals::new(config.approval_ttl, config.approval_interval)),
+            sessions: Arc::new(crate::sessions::Sessions::new(config.session_idle)),
+        }
+    }
+}
+
+/// The stores the config's `revocation_store` names: a `postgres://` URL (revocations,
+/// approvals and sessions all in that database, shared by replicas), a redb file, or
+/// (none) memory; with no database, approvals and sessions are in this process. Opening a
+/// database connects nothing yet.
+pub(crate) fn open(config: &crate::Config) -> Result<Stores, String> {
+    let Some(store) = config.revocation_store.as_deref() else {
+        return Ok(Stores::in_process(Arc::new(RedbStore::in_memory()?), config));
+    };
     match store.to_str() {
-        Some(url) if crate::postgres::is_url(url) => Ok(Arc::new(crate::postgres::PgStore::open(url)?)),
-        _ => Ok(Arc::new(RedbStore::open(store)?)),
+        Some(url) if crate::postgres::is_url(url) => {
+            let db = Arc::new(crate::postgres::PgStore::open(url)?);
+            Ok(Stores {
+                revocations: db.clone(),
+                approvals: Arc::new(crate::pg_shared::PgApprovals::new(
+                    db.clone(),
+                    config.approval_ttl,
+                    config.approval_interval,
+                )),
+                sessions: Arc::new(crate::pg_shared::PgSessions::new(db, config.session_idle)),
+            })
+        }
+        _ => Ok(Stores::in_process(Arc::new(RedbStore::open(store)?), config)),
     }
 }
 

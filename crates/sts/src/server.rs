@@ -41,10 +41,10 @@ pub struct Sts {
     pub(crate) cedar: Option<Arc<crate::cedar::Handle>>,
     pub(crate) audit: Arc<Audit>,
     revocations: Arc<dyn RevocationStore>,
-    /// Requests waiting for a person's approval (in this process only).
-    pub(crate) approvals: Arc<crate::approval::Approvals>,
-    /// Sessions' expiries and last uses (in this process only).
-    pub(crate) sessions: Arc<crate::sessions::Sessions>,
+    /// Requests waiting for a person's approval (shared with a PostgreSQL store).
+    pub(crate) approvals: Arc<dyn crate::approval::ApprovalStore>,
+    /// Sessions' expiries and last uses (shared with a PostgreSQL store).
+    pub(crate) sessions: Arc<dyn crate::sessions::SessionStore>,
     /// The approval page's sign-in, when `[approval_login]` configures one.
     pub(crate) login: Option<Arc<crate::approval_login::Login>>,
     /// Where approvals are announced, when configured.
@@ -59,8 +59,8 @@ pub struct Sts {
 pub(crate) struct Lasting {
     pub(crate) audit: Arc<Audit>,
     pub(crate) revocations: Arc<dyn RevocationStore>,
-    pub(crate) approvals: Arc<crate::approval::Approvals>,
-    pub(crate) sessions: Arc<crate::sessions::Sessions>,
+    pub(crate) approvals: Arc<dyn crate::approval::ApprovalStore>,
+    pub(crate) sessions: Arc<dyn crate::sessions::SessionStore>,
     pub(crate) login: Option<Arc<crate::approval_login::Login>>,
     pub(crate) webhook: Option<Arc<crate::webhook::Webhook>>,
     pub(crate) github_app: Option<Arc<crate::github_app::GithubApp>>,
@@ -71,16 +71,23 @@ impl Sts {
     /// Builds the exchange from its config (and an explicit key, if the caller has one),
     /// with the revocation store the config names (in memory when it names none).
     pub fn new(config: Config, key: Option<SigningKey>) -> Result<Self, String> {
-        let store = crate::revocation::open(config.revocation_store.as_deref())?;
-        Self::with_store(config, key, store)
+        let stores = crate::revocation::open(&config)?;
+        Self::with_stores(config, key, stores)
     }
 
-    /// Builds the exchange with another revocation store (one shared by replicas).
+    /// Builds the exchange with another revocation store (approvals and sessions in this
+    /// process).
     pub fn with_store(
         config: Config,
         key: Option<SigningKey>,
         revocations: Arc<dyn RevocationStore>,
     ) -> Result<Self, String> {
+        let stores = crate::revocation::Stores::in_process(revocations, &config);
+        Self::with_stores(config, key, stores)
+    }
+
+    fn with_stores(config: Config, key: Option<SigningKey>, stores: crate::revocation::Stores) -> Result<Self, String> {
+        let crate::revocation::Stores { revocations, approvals, sessions } = stores;
         // Registries trust the signers' certificates, carried in each token's `x5c`.
         let keys = match key {
             Some(key) => KeySet::single(key)?,
@@ -89,8 +96,6 @@ impl Sts {
         };
         let audit =
             Audit::open(crate::audit::Target::of(&config)).map_err(|e| format!("cannot open audit log: {e}"))?;
-        let approvals = crate::approval::Approvals::new(config.approval_ttl, config.approval_interval);
-        let sessions = crate::sessions::Sessions::new(config.session_idle);
         let login =
             config.approval_login.as_ref().map(|l| crate::approval_login::Login::new(l, &config)).transpose()?;
         let webhook = config.approval_webhook.as_ref().map(crate::webhook::Webhook::new).transpose()?;
@@ -98,8 +103,8 @@ impl Sts {
         let lasting = Lasting {
             audit: Arc::new(audit),
             revocations,
-            approvals: Arc::new(approvals),
-            sessions: Arc::new(sessions),
+            approvals,
+            sessions,
             login: login.map(Arc::new),
             webhook: webhook.map(Arc::new),
             github_app: github_app.map(Arc::new),
@@ -551,11 +556,17 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
             return Err(denied(sts, refusal, Line { policies, ..line }).await);
         }
     };
-    if let Some((id, _)) = &approved
-        && !sts.approvals.spend(id, std::time::Instant::now())
-    {
-        let refusal = Refusal { code: OAuthError::InvalidGrant, reason: "the approval was already used".into() };
-        return Err(denied(sts, refusal, line).await);
+    if let Some((id, _)) = &approved {
+        let refusal = match sts.approvals.spend(id, std::time::Instant::now()) {
+            Ok(true) => None,
+            Ok(false) => {
+                Some(Refusal { code: OAuthError::InvalidGrant, reason: "the approval was already used".into() })
+            }
+            Err(reason) => Some(Refusal { code: OAuthError::TemporarilyUnavailable, reason }),
+        };
+        if let Some(refusal) = refusal {
+            return Err(denied(sts, refusal, line).await);
+        }
     }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     // A token derived through a session does not outlive it.
@@ -647,6 +658,7 @@ async fn collect_refused(sts: &Sts, poll: Poll, line: Line<'_>) -> Result<Respon
         Poll::Unknown => {
             refusal(OAuthError::InvalidGrant, "no approval has this `approval_code`; ask again without it")
         }
+        Poll::Unavailable(reason) => refusal(OAuthError::TemporarilyUnavailable, &reason),
         Poll::Approved { .. } => refusal(OAuthError::ServerError, "an approved request was not collected"),
     };
     Err(denied(sts, refusal, line).await)
@@ -772,7 +784,10 @@ async fn open_session(
         .sign(Some("at+jwt"), &claims)
         .map_err(|e| Refusal { code: OAuthError::ServerError, reason: e })?;
     let expires_at = now + i64::try_from(ttl).unwrap_or(i64::MAX / 4);
-    sts.sessions.opened(&jti, expires_at, std::time::Instant::now(), now);
+    // Fail closed: no session whose idle time could not be recorded.
+    if let Err(reason) = sts.sessions.opened(&jti, expires_at, std::time::Instant::now(), now) {
+        return Err(Refusal { code: OAuthError::TemporarilyUnavailable, reason });
+    }
     // The session's own line carries its `jti` as `sid` too, so one search for a `sid`
     // finds the session and everything minted through it.
     sts.audit

@@ -2,8 +2,9 @@
 //! lasts exactly as long as the session would have) and when it was last used (so a
 //! session left idle ends on its next use).
 //!
-//! Kept in memory: one process knows only the uses it served, so idle expiry is exact for
-//! a single exchange until the state is replicated.
+//! The store is a trait: [`Sessions`] keeps them in this process, which knows only the
+//! uses it served; with a PostgreSQL revocation store they live in that database
+//! ([`crate::pg_shared`]), so a session's idle time is the same at every replica.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,7 +25,43 @@ struct State {
     last_prune: Instant,
 }
 
-/// The sessions' last uses and expiries, by `sid`.
+/// Where sessions' last uses and expiries are kept. `now` and `unix_now` are this
+/// process's clock, which [`Sessions`] goes by; a store shared by replicas goes by its
+/// database's clock instead. The outer `Err` is the store failing (one line).
+pub(crate) trait SessionStore: Send + Sync {
+    /// A session was opened: opening is its first use.
+    fn opened(&self, sid: &str, expires_at: i64, now: Instant, unix_now: i64) -> Result<(), String>;
+    /// A session is used: records the use, or, when it was unused longer than allowed,
+    /// answers how long it may idle (the caller ends it, then forgets it). A session not
+    /// seen before starts now.
+    fn used(&self, sid: &str, expires_at: i64, now: Instant, unix_now: i64) -> Result<Result<(), Duration>, String>;
+    /// When a known session expires (Unix seconds).
+    fn expires_at(&self, sid: &str) -> Result<Option<i64>, String>;
+    /// Forgets a session (it was revoked).
+    fn forget(&self, sid: &str) -> Result<(), String>;
+}
+
+impl SessionStore for Sessions {
+    fn opened(&self, sid: &str, expires_at: i64, now: Instant, unix_now: i64) -> Result<(), String> {
+        Self::opened(self, sid, expires_at, now, unix_now);
+        Ok(())
+    }
+
+    fn used(&self, sid: &str, expires_at: i64, now: Instant, unix_now: i64) -> Result<Result<(), Duration>, String> {
+        Ok(Self::used(self, sid, expires_at, now, unix_now))
+    }
+
+    fn expires_at(&self, sid: &str) -> Result<Option<i64>, String> {
+        Ok(Self::expires_at(self, sid))
+    }
+
+    fn forget(&self, sid: &str) -> Result<(), String> {
+        Self::forget(self, sid);
+        Ok(())
+    }
+}
+
+/// The sessions' last uses and expiries, by `sid`, in this process.
 #[derive(Debug)]
 pub(crate) struct Sessions {
     idle: Option<Duration>,
