@@ -136,6 +136,9 @@ impl Sts {
 
     /// Whether the revocation store can be used now.
     pub(crate) async fn store_ready(&self) -> Result<(), String> {
+        if !self.revocations.check_blocks() {
+            return self.revocations.check();
+        }
         let store = self.revocations.clone();
         tokio::task::spawn_blocking(move || store.check()).await.map_err(|e| e.to_string())?
     }
