@@ -8,6 +8,10 @@
 //! each concurrency, and the ratio to the baseline's CPU time per operation. On a shared
 //! machine the latencies are noisy; the CPU times less so.
 //!
+//! Each concurrency is measured twice: over kept-alive connections (`keep-alive`, as a
+//! helper's client and load generators such as wrk use them), and with a new TLS
+//! connection per exchange (`new conn`, a handshake each time; a tenth of the requests).
+//!
 //! `cargo bench -p mayfly-tests --bench sts_throughput` (after `cargo build --workspace`).
 //! `MAYFLY_BENCH_REQUESTS` (per concurrency level, 400) and `MAYFLY_BENCH_CONCURRENCY`
 //! (`1,8,64`) keep runs short.
@@ -119,6 +123,12 @@ fn main() {
         .pool_max_idle_per_host(256)
         .build()
         .unwrap();
+    // No idle connection is kept: each exchange opens (and shakes hands on) its own.
+    let fresh = reqwest::Client::builder()
+        .tls_certs_merge(reqwest::Certificate::from_pem_bundle(&pem).unwrap())
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let form = [
         ("grant_type", mayfly_core::TOKEN_EXCHANGE_GRANT.to_owned()),
         ("subject_token", subject_token),
@@ -144,10 +154,13 @@ fn main() {
     println!("mayfly-sts exchanges ({POLICIES} Cedar policies, 5 relevant; RS256 subject token, ES256 minted)");
     println!("baseline (one RS256 verify + one ES256 sign, one thread): {per_op:?} CPU per operation");
     println!(
-        "{:>11}  {:>8}  {:>14}  {:>8}  {:>10}  {:>10}",
-        "concurrency", "requests", "CPU/exchange", "ratio", "p50", "p99"
+        "{:>10}  {:>11}  {:>8}  {:>14}  {:>8}  {:>10}  {:>10}",
+        "connection", "concurrency", "requests", "CPU/exchange", "ratio", "p50", "p99"
     );
-    for concurrency in levels {
+    let runs =
+        levels.iter().flat_map(|&c| [("keep-alive", &client, c, requests), ("new conn", &fresh, c, requests / 10)]);
+    for (label, client, concurrency, requests) in runs {
+        let requests = requests.max(concurrency);
         let pid = sts.id();
         let cpu_before = process_cpu(pid);
         let wall = Instant::now();
@@ -174,7 +187,7 @@ fn main() {
         let wall = wall.elapsed();
         let cpu = (process_cpu(pid) - cpu_before) / u32::try_from(latencies.len()).unwrap();
         println!(
-            "{concurrency:>11}  {:>8}  {:>14?}  {:>7.1}x  {:>10?}  {:>10?}   ({:.0} exchanges/s wall)",
+            "{label:>10}  {concurrency:>11}  {:>8}  {:>14?}  {:>7.1}x  {:>10?}  {:>10?}   ({:.0} exchanges/s wall)",
             latencies.len(),
             cpu,
             cpu.as_secs_f64() / per_op.as_secs_f64(),

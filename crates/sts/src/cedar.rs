@@ -265,7 +265,7 @@ impl Loaded {
         let subset;
         let policies = if indexed {
             subset = self.index.candidates(target.action, target.kind_type, &target.host);
-            &subset
+            &*subset
         } else {
             &self.all
         };
@@ -916,13 +916,24 @@ pub fn audience_host(audience: &str) -> String {
 /// either named by the policy or `None` (any). A policy is filed under every action its
 /// action constraint can cover; anything the index does not understand files it under
 /// "any", so the index only ever leaves out policies that cannot apply.
+///
+/// The set handed to Cedar for one action, resource type and host is put together once
+/// and kept: a host no policy names gets the set of policies that name no host, so what
+/// is kept is bounded by the policies, not by the hosts requests name.
 #[derive(Default)]
 struct Index {
     buckets: HashMap<Key, Vec<CedarPolicy>>,
+    /// The hosts some policy names.
+    hosts: HashSet<String>,
+    /// The candidate sets put together so far.
+    sets: RwLock<HashMap<SetKey, Arc<PolicySet>>>,
 }
 
 /// Action, resource type, host; `None` matches any.
 type Key = (Option<String>, Option<String>, Option<String>);
+
+/// Action, resource type, and the host when some policy names it.
+type SetKey = (&'static str, &'static str, Option<String>);
 
 impl Index {
     fn build(all: &PolicySet, schema: &Schema) -> Self {
@@ -960,6 +971,7 @@ impl Index {
                 ResourceConstraint::IsIn(ty, uid) => (Some(ty.to_string()), host_of(&uid)),
                 ResourceConstraint::In(uid) => (None, host_of(&uid)),
             };
+            index.hosts.extend(host.clone());
             for action in actions {
                 index.buckets.entry((action, kind_type.clone(), host.clone())).or_default().push(policy.clone());
             }
@@ -968,11 +980,23 @@ impl Index {
     }
 
     /// The policies that can apply to this action, resource type and host.
-    fn candidates(&self, action: &str, kind_type: &str, host: &str) -> PolicySet {
+    fn candidates(&self, action: &'static str, kind_type: &'static str, host: &str) -> Arc<PolicySet> {
+        let key = (action, kind_type, self.hosts.contains(host).then(|| host.to_owned()));
+        if let Some(set) = self.sets.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key) {
+            return set.clone();
+        }
+        let set = Arc::new(self.collect(action, kind_type, key.2.as_deref()));
+        self.sets.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, set.clone());
+        set
+    }
+
+    /// The policies filed under this action, resource type and host (`None`: a host no
+    /// policy names), or under "any" for any of them.
+    fn collect(&self, action: &str, kind_type: &str, host: Option<&str>) -> PolicySet {
         let mut set = PolicySet::new();
         for a in [Some(action), None] {
             for t in [Some(kind_type), None] {
-                for h in [Some(host), None] {
+                for h in host.into_iter().map(Some).chain([None]) {
                     let key: Key = (a.map(str::to_owned), t.map(str::to_owned), h.map(str::to_owned));
                     for policy in self.buckets.get(&key).into_iter().flatten() {
                         // Ids are unique, and each key is visited once.

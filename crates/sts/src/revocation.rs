@@ -28,6 +28,12 @@ pub trait RevocationStore: Send + Sync {
     fn check(&self) -> Result<(), String> {
         Ok(())
     }
+    /// Whether [`check`](Self::check) may block (a round trip to a database): it then runs
+    /// off the async runtime. A store whose check answers at once says `false`, and is
+    /// checked in place before each token, without a hand-off to another thread.
+    fn check_blocks(&self) -> bool {
+        true
+    }
 }
 
 /// Where the exchange keeps its state: revocations, approvals and sessions.
@@ -130,6 +136,11 @@ impl RedbStore {
 }
 
 impl RevocationStore for RedbStore {
+    /// The embedded store is ready once open: its check is the default `Ok`.
+    fn check_blocks(&self) -> bool {
+        false
+    }
+
     fn revoke(&self, jti: &str, expires_at: i64) -> Result<(), String> {
         self.write(|table| {
             let known = table.get(jti)?.map(|v| v.value());

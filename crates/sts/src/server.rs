@@ -190,6 +190,9 @@ impl Sts {
 
     /// Whether the revocation store can be used now.
     pub(crate) async fn store_ready(&self) -> Result<(), String> {
+        if !self.revocations.check_blocks() {
+            return self.revocations.check();
+        }
         let store = self.revocations.clone();
         let result = tokio::task::spawn_blocking(move || store.check()).await.map_err(|e| e.to_string())?;
         if result.is_err() {
