@@ -36,12 +36,15 @@ fn entries_inside_the_refresh_margin_are_never_served_and_expired_subjects_are_r
     if !require_tool("git") {
         return;
     }
-    // Six-second tokens: the margin is capped at half the lifetime, three seconds.
-    let stack = Stack::with(Options { subject_lifetime: 6, max_ttl: "6s", ..Options::default() });
+    // Twenty-second tokens: the margin is capped at half the lifetime, ten seconds. The
+    // third request comes 10.5 s after the first one ended (so after the token's refresh
+    // time, however slow the machine) and well before its expiry, 20 s after it was minted.
+    let stack = Stack::with(Options { subject_lifetime: 20, max_ttl: "20s", ..Options::default() });
     let url = stack.repo_url("org/app.git");
     stack.git_ok(&stack.work, &["ls-remote", &url]);
+    let first_done = std::time::Instant::now();
     stack.git_ok(&stack.work, &["ls-remote", &url]);
-    std::thread::sleep(std::time::Duration::from_millis(3500));
+    std::thread::sleep(std::time::Duration::from_millis(10_500).saturating_sub(first_done.elapsed()));
     stack.git_ok(&stack.work, &["ls-remote", &url]);
     // The replaced token is revoked after git has its answer, by the helper's detached
     // copy: its line may come after the new token's.
