@@ -168,9 +168,10 @@ pub struct IdentityEntry {
     pub ca_file: Option<PathBuf>,
 }
 
-/// An exchange as written.
+/// An exchange as written. Fields beyond the common ones are the kind's own settings
+/// ([`crate::exchange::Setting`]), checked against what the kind declares, so a misspelt
+/// field is still an error.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
 pub struct ExchangeEntry {
     /// The exchange kind (`rfc8693`, `aws-sts`, `crates-io`, `npm`, `pypi`, `octo-sts`).
     pub kind: String,
@@ -189,6 +190,9 @@ pub struct ExchangeEntry {
     /// Longest wait for a person to approve a held request, as a duration (15m).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval_wait: Option<String>,
+    /// The kind's own settings (`connection_id`, `role`, ...).
+    #[serde(flatten)]
+    pub settings: BTreeMap<String, String>,
 }
 
 /// A route as written.
@@ -292,6 +296,8 @@ pub struct ExchangeConfig {
     pub timeout: Duration,
     /// Longest wait for a person to approve a request the exchange holds for approval.
     pub approval_wait: Duration,
+    /// The kind's own settings, each one the kind declares.
+    pub settings: BTreeMap<String, String>,
 }
 
 /// How long a tool waits for an approval when the config does not say.
@@ -333,6 +339,11 @@ impl ExchangeConfig {
     /// True when tokens it issues can be revoked before they expire.
     pub fn revokes(&self) -> bool {
         self.kind.protocol().revokes(self)
+    }
+
+    /// One of the kind's own settings, when set.
+    pub fn setting(&self, name: &str) -> Option<&str> {
+        self.settings.get(name).map(String::as_str)
     }
 }
 
@@ -749,6 +760,7 @@ fn exchange(name: String, raw: ExchangeEntry) -> Result<ExchangeConfig, String> 
         let known = ExchangeKind::ALL.map(ExchangeKind::name).join(", ");
         return Err(format!("exchange `{name}`: unknown kind `{}` ({known})", raw.kind));
     };
+    check_settings(&name, kind, &raw.settings)?;
     let protocol = kind.protocol();
     let endpoint = raw
         .token_endpoint
@@ -769,7 +781,38 @@ fn exchange(name: String, raw: ExchangeEntry) -> Result<ExchangeConfig, String> 
     };
     let timeout = raw.timeout.as_deref().map(parse_duration).transpose()?.unwrap_or(Duration::from_secs(15));
     let approval_wait = raw.approval_wait.as_deref().map(parse_duration).transpose()?.unwrap_or(DEFAULT_APPROVAL_WAIT);
-    Ok(ExchangeConfig { name, kind, token_endpoint, revocation_endpoint, ca_file: raw.ca_file, timeout, approval_wait })
+    Ok(ExchangeConfig {
+        name,
+        kind,
+        token_endpoint,
+        revocation_endpoint,
+        ca_file: raw.ca_file,
+        timeout,
+        approval_wait,
+        settings: raw.settings,
+    })
+}
+
+/// The settings of an exchange against those its kind declares: none unknown, none
+/// required missing, each value as the kind reads it.
+fn check_settings(name: &str, kind: ExchangeKind, settings: &BTreeMap<String, String>) -> Result<(), String> {
+    let protocol = kind.protocol();
+    let declared = protocol.settings();
+    if let Some(unknown) = settings.keys().find(|key| !declared.iter().any(|s| s.name == *key)) {
+        let takes = match declared {
+            [] => String::new(),
+            _ => format!(
+                "; `{}` also takes {}",
+                kind.name(),
+                declared.iter().map(|s| format!("`{}`", s.name)).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        return Err(format!("exchange `{name}`: unknown field `{unknown}`{takes}"));
+    }
+    if let Some(missing) = declared.iter().find(|s| s.required && !settings.contains_key(s.name)) {
+        return Err(format!("exchange `{name}`: kind `{}` needs `{}` ({})", kind.name(), missing.name, missing.about));
+    }
+    protocol.check_settings(settings).map_err(|e| format!("exchange `{name}`: {e}"))
 }
 
 #[cfg(test)]
@@ -891,6 +934,9 @@ mod tests {
     fn unknown_fields_are_errors() {
         let err = Config::parse("[settings]\nrefresh = 1\n", Path::new("t.toml")).unwrap_err().to_string();
         assert!(err.contains("unknown field"), "{err}");
+        let misspelt = "[exchanges.sts]\nkind = \"rfc8693\"\ntoken_endpont = \"https://sts.example/token\"\n";
+        let err = Config::parse(misspelt, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("exchange `sts`: unknown field `token_endpont`"), "{err}");
     }
 
     #[test]

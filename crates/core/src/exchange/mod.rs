@@ -122,6 +122,17 @@ pub(crate) struct Ask<'a> {
     pub actor: Option<&'a Secret>,
 }
 
+/// A field an exchange kind reads from its config table beyond the common ones.
+#[derive(Debug)]
+pub(crate) struct Setting {
+    /// Its key in the table.
+    pub name: &'static str,
+    /// True when the kind cannot work without it.
+    pub required: bool,
+    /// What it is, for the error that names it missing.
+    pub about: &'static str,
+}
+
 /// One kind of exchange: how to ask it, what it takes for granted, how to end its tokens.
 pub(crate) trait Protocol: Sync {
     /// Its `kind` in the config, and its name in `mayfly explain`.
@@ -188,6 +199,17 @@ pub(crate) trait Protocol: Sync {
     fn subject_audience(&self, config: &ExchangeConfig, http: &HttpClient, route: &Route) -> Result<String, Error> {
         let _ = (config, http);
         Ok(route.audience.clone())
+    }
+
+    /// The fields of its config table beyond the common ones.
+    fn settings(&self) -> &'static [Setting] {
+        &[]
+    }
+
+    /// Its settings' values, as a config error when one cannot be read; every required
+    /// one is present and no unknown one is.
+    fn check_settings(&self, _settings: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+        Ok(())
     }
 
     /// Exchanges the subject token for a token.
