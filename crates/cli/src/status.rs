@@ -47,8 +47,8 @@ struct Status {
     key_dir: Option<PathBuf>,
     key_place: Option<String>,
     entries: Result<Vec<Entry>, String>,
-    /// Live entries of other sessions, counted from their file names, not decrypted:
-    /// (entries, sessions).
+    /// Entries of other sessions, counted from their file names, not decrypted (those
+    /// expired since the last sweep, under five minutes ago, included): (entries, sessions).
     elsewhere: (usize, usize),
     audit_log: Option<PathBuf>,
     identities: Vec<Identity>,
@@ -95,20 +95,28 @@ impl Status {
         let mut elsewhere = (0, 0);
         let (entries, key_dir, key_place) = match Cache::open(env) {
             Ok(cache) => {
-                // What can never be served again goes first, in the one read of the
-                // directory; then only what is shown is decrypted.
-                let (_, live) = cache.sweep(now);
+                // What can never be served again goes (at most once per expiry bucket:
+                // a sweep `stat`s every entry); then only what is shown is decrypted,
+                // and other sessions' entries are counted by name.
                 let session = env.get(EnvVars::MAYFLY_SESSION).filter(|s| !s.is_empty());
                 let mut entries: Vec<Entry> = if all {
+                    let (_, live) = cache.sweep(now);
                     live.iter().filter_map(|listed| cache.read(listed)).map(|e| Entry::from(&e)).collect()
                 } else {
                     let shown = [Cache::session_tag(None), Cache::session_tag(session)];
-                    let others: Vec<_> = live.iter().filter(|l| !shown.contains(&l.session_tag)).collect();
-                    let sessions: std::collections::HashSet<_> = others.iter().map(|l| &l.session_tag).collect();
+                    let (listed, others) = if cache.sweep_due(now) {
+                        let (_, live) = cache.sweep(now);
+                        let (listed, others): (Vec<_>, Vec<_>) =
+                            live.into_iter().partition(|l| shown.contains(&l.session_tag));
+                        (listed, others.into_iter().map(|l| l.session_tag).collect())
+                    } else {
+                        cache.list_sessions(&shown)
+                    };
+                    let sessions: std::collections::HashSet<_> = others.iter().collect();
                     elsewhere = (others.len(), sessions.len());
-                    let mut entries = cache.session_entries_of(&live, None, now);
+                    let mut entries = cache.session_entries_of(&listed, None, now);
                     if session.is_some() {
-                        entries.extend(cache.session_entries_of(&live, session, now));
+                        entries.extend(cache.session_entries_of(&listed, session, now));
                     }
                     entries.into_iter().map(|(_, e)| Entry::from(&e)).collect()
                 };

@@ -15,9 +15,14 @@
 //! Entries named the older ways (`<key>.age`, `<key>.<tag>.<bucket>.age`) are misses,
 //! removed by the next sweep.
 //!
-//! Lock files (`<key>.lock`) are removed only by a process that holds the lock, and a
+//! Lock files (`<key>.lock`) are removed only by a process that holds the lock (each holder
+//! removes its own as it lets go, so the directory holds entries, not locks), and a
 //! process that takes a lock checks the file it locked is still the one at the path (else
 //! it locks again), so a removed lock file can never let two processes mint at once.
+//!
+//! A full sweep `stat`s every entry, so it runs at most once per [`EXPIRY_BUCKET`] (the
+//! time of the last one is the mtime of `.swept`): in between, entries of other sessions
+//! are counted by name, and an entry expired since the last sweep is at worst counted.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -221,10 +226,29 @@ pub struct Cache {
     store: KeyStore,
 }
 
-/// Held while a key is being refreshed; writing an entry requires it.
+/// Held while a key is being refreshed; writing an entry requires it. Letting go removes
+/// the lock file (while still holding it): a waiter on it then finds it is no longer the
+/// file at the path and locks afresh.
 pub struct KeyLock {
     file: File,
     path: PathBuf,
+}
+
+impl Drop for KeyLock {
+    fn drop(&mut self) {
+        unlink_held(&self.path, &self.file);
+    }
+}
+
+/// The file whose mtime is the time of the last full sweep.
+const SWEPT: &str = ".swept";
+
+/// What one read of the entry directory found ([`Cache::scan`]).
+#[derive(Default)]
+struct Scan {
+    entries: Vec<Listed>,
+    skipped: Vec<String>,
+    others: Vec<String>,
 }
 
 impl Cache {
@@ -299,16 +323,18 @@ impl Cache {
     /// the directory and a `stat` per entry. Names of another form (older layouts, temp
     /// and lock files) are left out.
     pub fn list(&self) -> Vec<Listed> {
-        self.scan(|_| true).0
+        self.scan(|_| true).entries
     }
 
-    /// The entries whose session tag is `wanted` (only those are looked at), and the names
-    /// of files that are not entries.
-    fn scan(&self, wanted: impl Fn(&str) -> bool) -> (Vec<Listed>, Vec<String>) {
-        let (mut entries, mut others) = (Vec::new(), Vec::new());
+    /// One read of the directory: the entries whose session tag is `wanted` (only those
+    /// are `stat`ed), the session tags of the others, and the names of files that are not
+    /// entries.
+    fn scan(&self, wanted: impl Fn(&str) -> bool) -> Scan {
+        let mut scan = Scan::default();
         let Ok(dir) = fs::read_dir(&self.dir) else {
-            return (entries, others);
+            return scan;
         };
+        let Scan { entries, skipped, others } = &mut scan;
         for found in dir.flatten() {
             let Ok(name) = found.file_name().into_string() else { continue };
             let Some((key, tag)) = parse_name(&name) else {
@@ -316,6 +342,7 @@ impl Cache {
                 continue;
             };
             if !wanted(tag) {
+                skipped.push(tag.to_owned());
                 continue;
             }
             // Gone since the directory was read: someone removed it.
@@ -326,7 +353,7 @@ impl Cache {
             };
             entries.push(Listed { key: key.into(), session_tag: tag.into(), expiry_bucket });
         }
-        (entries, others)
+        scan
     }
 
     fn path(&self, key: &str, session: Option<&str>) -> PathBuf {
@@ -372,10 +399,10 @@ impl Cache {
         entry
     }
 
-    /// Drops an entry and its lock file, whose lock the caller holds.
+    /// Drops an entry, and with the lock the caller holds, its lock file.
     pub fn discard(&self, key: &str, session: Option<&str>, lock: KeyLock) -> Option<CacheEntry> {
         let entry = self.remove(key, session);
-        unlink_held(&lock.path, &lock.file);
+        drop(lock);
         entry
     }
 
@@ -388,7 +415,7 @@ impl Cache {
     /// session), decrypting only those; its expired ones are removed on the way.
     pub fn session_entries(&self, session: Option<&str>, now: i64) -> Vec<(String, CacheEntry)> {
         let tag = Self::session_tag(session);
-        self.session_entries_of(&self.scan(|t| t == tag).0, session, now)
+        self.session_entries_of(&self.scan(|t| t == tag).entries, session, now)
     }
 
     /// [`Cache::session_entries`] among entries already listed.
@@ -409,11 +436,27 @@ impl Cache {
             .collect()
     }
 
+    /// True when no full sweep ran in the last [`EXPIRY_BUCKET`] seconds before `now`.
+    pub fn sweep_due(&self, now: i64) -> bool {
+        let last = fs::metadata(self.dir.join(SWEPT)).and_then(|m| m.modified()).ok();
+        let last = last.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs());
+        last.and_then(|t| i64::try_from(t).ok()).is_none_or(|last| now < last || last + EXPIRY_BUCKET <= now)
+    }
+
+    /// The entries of the sessions tagged `tags`, as [`Cache::list`] describes them, and
+    /// the session tag of every other entry, by its name alone (no `stat`).
+    pub fn list_sessions(&self, tags: &[String]) -> (Vec<Listed>, Vec<String>) {
+        let scan = self.scan(|tag| tags.iter().any(|t| t == tag));
+        (scan.entries, scan.skipped)
+    }
+
     /// Removes what can never be served again, decrypting nothing: expired entries,
-    /// entries named the older ways, and lock files of keys without an entry that nobody
-    /// holds. Returns how many files went, and the entries still live.
+    /// entries named the older ways, and lock files nobody holds. Returns how many files went, and the entries still live.
     pub fn sweep(&self, now: i64) -> (usize, Vec<Listed>) {
-        let (entries, others) = self.scan(|_| true);
+        let Scan { entries, others, .. } = self.scan(|_| true);
+        let dated = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(now).unwrap_or(0));
+        // Best effort: without the mark the next caller sweeps again.
+        let _ = File::create(self.dir.join(SWEPT)).and_then(|f| f.set_modified(dated));
         let mut removed = 0;
         let mut live = Vec::with_capacity(entries.len());
         for listed in entries {
@@ -423,7 +466,6 @@ impl Cache {
                 live.push(listed);
             }
         }
-        let live_keys: std::collections::HashSet<&str> = live.iter().map(|l| l.key.as_str()).collect();
         for name in &others {
             // The older layouts: `<key>.age` and `<key>.<tag>.<bucket>.age`.
             let older = name.strip_suffix(".age").is_some_and(|stem| {
@@ -434,10 +476,8 @@ impl Cache {
                 removed += usize::from(fs::remove_file(self.dir.join(name)).is_ok());
                 continue;
             }
+            // Holders remove their lock files as they let go: one nobody holds is stale.
             let Some(key) = name.strip_suffix(".lock") else { continue };
-            if live_keys.contains(key) {
-                continue;
-            }
             let path = self.lock_path(key);
             let Ok(file) = OpenOptions::new().write(true).open(&path) else { continue };
             // Held: someone is minting for this key right now.
@@ -860,24 +900,57 @@ mod tests {
         let lock = cache.lock(&live).unwrap();
         cache.put(&live, &entry("l", 10_000, 9000), &lock).unwrap();
         drop(lock);
+        assert!(!cache.lock_path(&live).exists(), "letting go of a lock removes its file");
         let lock = cache.lock(&dead).unwrap();
         cache.put(&dead, &entry("d", 1000, 900), &lock).unwrap();
         drop(lock);
+        // What a process that died holding a lock leaves behind.
+        let stale = Cache::key(&["stale"]);
+        fs::write(cache.lock_path(&stale), b"").unwrap();
         let held = cache.lock(&busy).unwrap();
         let old = cache.dir.join(format!("{}.age", Cache::key(&["old"])));
         fs::write(&old, b"sealed the old way").unwrap();
         let older = cache.dir.join(format!("{}.0.99999.age", Cache::key(&["older"])));
         fs::write(&older, b"named the next way").unwrap();
-        // expired entry + its lock, and the two entries of older layouts
+        // the expired entry, the stale lock, and the two entries of older layouts
+        assert!(cache.sweep_due(5000));
         let (removed, live_entries) = cache.sweep(5000);
         assert_eq!(removed, 4);
         assert_eq!(live_entries.iter().map(|l| l.key.as_str()).collect::<Vec<_>>(), [live.as_str()]);
-        assert!(!old.exists() && !older.exists() && !cache.lock_path(&dead).exists());
-        assert!(cache.lock_path(&live).exists(), "a live entry keeps its lock");
+        assert!(!old.exists() && !older.exists() && !cache.lock_path(&stale).exists());
         assert!(cache.lock_path(&busy).exists(), "a held lock is never removed");
         assert_eq!(cache.get(&live, None, 5000).unwrap().token.expose(), "l");
         drop(held);
-        assert_eq!(cache.sweep(5000).0, 1);
+        assert!(!cache.lock_path(&busy).exists());
+    }
+
+    #[test]
+    fn a_full_sweep_runs_at_most_once_per_expiry_bucket() {
+        let (_rt, _dir, cache) = test_cache();
+        let put = |name: &str, session: &str, expires: i64| {
+            let key = Cache::key(&[name]);
+            let lock = cache.lock(&key).unwrap();
+            let mut e = entry(name, expires, expires - 100);
+            e.session = Some(session.to_owned());
+            cache.put(&key, &e, &lock).unwrap();
+        };
+        assert!(cache.sweep_due(5000), "never swept");
+        cache.sweep(5000);
+        assert!(!cache.sweep_due(5000) && !cache.sweep_due(5000 + EXPIRY_BUCKET - 1));
+        assert!(cache.sweep_due(5000 + EXPIRY_BUCKET), "a bucket later");
+        assert!(cache.sweep_due(4000), "a clock that went back");
+        put("mine", "a", 10_000);
+        put("theirs", "b", 10_000);
+        put("also-theirs", "b", 10_000);
+        put("elsewhere", "c", 10_000);
+        let (listed, others) = cache.list_sessions(&[Cache::session_tag(Some("a"))]);
+        assert_eq!(listed.iter().map(|l| l.key.as_str()).collect::<Vec<_>>(), [Cache::key(&["mine"]).as_str()]);
+        let mut others = others;
+        others.sort();
+        let mut expected =
+            [Cache::session_tag(Some("b")), Cache::session_tag(Some("b")), Cache::session_tag(Some("c"))];
+        expected.sort();
+        assert_eq!(others, expected, "the others by name, the directory's marker file left out");
     }
 
     #[test]
