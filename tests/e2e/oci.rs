@@ -123,6 +123,17 @@ pub(super) fn client(stack: &Stack, program: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `test/hello:v1` pushed by skopeo through the helper; its reference.
+fn push_hello(stack: &Stack, registry: &Registry, auth: &Path) -> String {
+    let layout = image_layout(stack.dir.path());
+    let image = format!("{}/test/hello:v1", registry.host);
+    let source = format!("oci:{}:v1", layout.display());
+    let dest = format!("docker://{image}");
+    let args = ["copy", "--dest-tls-verify=false", "--authfile", auth.to_str().unwrap(), &source, &dest];
+    ok(&client(stack, "skopeo", &args));
+    image
+}
+
 fn ok(out: &Output) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -140,20 +151,7 @@ fn skopeo_pushes_and_pulls_and_docker_inspects_with_minted_registry_tokens() {
     let stack = Stack::builder().git().oci().start();
     let registry = Registry::start(&stack);
     let (auth, docker_config) = configure(&stack, &registry, "\"read\", \"write\"");
-    let layout = image_layout(stack.dir.path());
-    let image = format!("docker://{}/test/hello:v1", registry.host);
-    ok(&client(
-        &stack,
-        "skopeo",
-        &[
-            "copy",
-            "--dest-tls-verify=false",
-            "--authfile",
-            auth.to_str().unwrap(),
-            &format!("oci:{}:v1", layout.display()),
-            &image,
-        ],
-    ));
+    let image = format!("docker://{}", push_hello(&stack, &registry, &auth));
     let inspected: Value = serde_json::from_str(&ok(&client(
         &stack,
         "skopeo",
@@ -275,4 +273,55 @@ fn global_options_and_their_values_do_not_hide_a_push() {
     ok(&client(&stack, "skopeo", &[&args[..], &[auth.to_str().unwrap(), &source, &image]].concat()));
     let issued: Vec<Value> = stack.client_audit().into_iter().filter(|l| l["outcome"] == "issued").collect();
     assert!(!issued.is_empty() && issued.iter().all(|l| l["operation"] == "write"), "{issued:?}");
+}
+
+#[test]
+#[cfg_attr(
+    any(missing = "docker-registry", missing = "skopeo", missing = "docker"),
+    ignore = "needs docker-registry, skopeo, docker: one is not installed"
+)]
+fn a_session_takes_an_inherited_docker_auth_config_credential_out_of_the_way() {
+    if !require_tool("docker-registry") || !require_tool("skopeo") || !require_tool("docker") {
+        return;
+    }
+    let stack = Stack::builder().git().oci().start();
+    let registry = Registry::start(&stack);
+    let (auth, _) = configure(&stack, &registry, "\"read\", \"write\"");
+    let image = push_hello(&stack, &registry, &auth);
+    // A standing credential in the environment, as CI systems hand them out. Newer docker
+    // CLIs and Testcontainers read it before any config file, and `docker run
+    // --use-api-socket` copies it into containers (docker 28.2 here: it does not shadow
+    // `credHelpers` for `manifest inspect`, so what the session passes on is asserted).
+    let standing = json!({"auths": {registry.host.clone(): {"auth": "c3RhbmRpbmc6cGFzc3dvcmQ="}, "other.example": {"auth": "b3duOnRva2Vu"}}}).to_string();
+    let passed_on = stack.dir.path().join("docker-auth-config.json");
+    let script = format!(
+        "printenv DOCKER_AUTH_CONFIG > {}; exec docker manifest inspect --insecure {image}",
+        passed_on.display()
+    );
+    let issued_before = stack.client_audit().iter().filter(|l| l["outcome"] == "issued").count();
+    let inside = Command::new(bin("mayfly"))
+        .args(["exec", "--", "sh", "-c", &script])
+        .current_dir(&stack.work)
+        .env_clear()
+        .envs(stack.env())
+        .env("DOCKER_AUTH_CONFIG", &standing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&inside.stderr);
+    assert!(inside.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&inside.stdout).contains("application/vnd.oci.image.layer.v1.tar+gzip"));
+    assert!(
+        stderr.contains(&format!("`DOCKER_AUTH_CONFIG` held a credential for `{}`", registry.host)),
+        "the session says what it left out: {stderr}"
+    );
+    assert!(!stderr.contains("c3RhbmRpbmc6cGFzc3dvcmQ="));
+    let passed_on: Value = serde_json::from_str(&std::fs::read_to_string(&passed_on).unwrap()).unwrap();
+    assert_eq!(
+        passed_on["auths"],
+        json!({"other.example": {"auth": "b3duOnRva2Vu"}}),
+        "other registries' entries kept"
+    );
+    assert_eq!(passed_on["credHelpers"], json!({registry.host.clone(): "mayfly"}));
+    let issued = stack.client_audit().iter().filter(|l| l["outcome"] == "issued").count();
+    assert!(issued > issued_before, "the session's docker asked mayfly");
 }

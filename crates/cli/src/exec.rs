@@ -93,6 +93,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let bin = runtime.path().join("bin");
         link_helpers(&bin, broker.config(), &env)?;
         let wiring = wiring::wire(broker.config(), &env, &bin, runtime.path());
+        for warning in &wiring.warnings {
+            mayfly_core::protocol::warn(warning);
+        }
         for (path, contents) in &wiring.files {
             write_private(path, contents)?;
         }

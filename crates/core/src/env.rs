@@ -66,6 +66,8 @@ impl EnvVars {
     pub const CIRCLECI: &'static str = "CIRCLECI";
     /// An X11 display: `mayfly login` may open a browser with `xdg-open`.
     pub const DISPLAY: &'static str = "DISPLAY";
+    /// docker: a whole `config.json` document, read before any file.
+    pub const DOCKER_AUTH_CONFIG: &'static str = "DOCKER_AUTH_CONFIG";
     /// docker: the directory of `config.json`.
     pub const DOCKER_CONFIG: &'static str = "DOCKER_CONFIG";
     /// Set in GitHub Actions jobs.

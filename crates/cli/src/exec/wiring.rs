@@ -24,6 +24,8 @@ pub(crate) struct Wiring {
     pub files: Vec<(PathBuf, String)>,
     /// Symlinks (link, target) to the user's own directories the private config needs.
     pub links: Vec<(PathBuf, PathBuf)>,
+    /// What the session changed in the caller's environment that they should hear about.
+    pub warnings: Vec<String>,
 }
 
 impl Wiring {
@@ -75,6 +77,15 @@ pub(crate) fn wire(config: &Config, env: &Env, bin: &Path, runtime: &Path) -> Wi
     // OCI clients: a docker config and a containers auth file holding only `credHelpers`.
     let registries = route_hosts(config, Tool::Oci);
     if !registries.is_empty() {
+        if let Some(inherited) = env.get(mayfly_core::EnvVars::DOCKER_AUTH_CONFIG) {
+            let (document, dropped) = docker_auth_config(inherited, &registries);
+            wiring.warnings.extend(dropped.into_iter().map(|key| {
+                format!(
+                    "`DOCKER_AUTH_CONFIG` held a credential for `{key}`, which a route serves: left out of the session"
+                )
+            }));
+            wiring.set(mayfly_core::EnvVars::DOCKER_AUTH_CONFIG, document);
+        }
         let helpers: serde_json::Map<String, serde_json::Value> =
             registries.into_iter().map(|host| (host, serde_json::Value::from("mayfly"))).collect();
         let document = serde_json::json!({"credHelpers": helpers.clone()}).to_string();
@@ -167,6 +178,42 @@ pub(crate) fn wire(config: &Config, env: &Env, bin: &Path, runtime: &Path) -> Wi
 }
 
 /// `region` of the `[default]` profile of an AWS config.
+/// The caller's `DOCKER_AUTH_CONFIG` (the docker CLI reads it before any config file) as
+/// the session passes it on: the helper named for every routed registry, and no credential
+/// for one (an `auths` entry would be used before the helper), the rest kept. Returns the
+/// document and the `auths` keys left out. A value that is not a JSON object is replaced.
+fn docker_auth_config(inherited: &str, registries: &BTreeSet<String>) -> (String, Vec<String>) {
+    let mut document = match serde_json::from_str::<serde_json::Value>(inherited) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let mut dropped = Vec::new();
+    if let Some(serde_json::Value::Object(auths)) = document.get_mut("auths") {
+        // Keys are hosts or URLs (`https://host/v1/`), as docker login writes them.
+        let host_of = |key: &str| {
+            let rest = key.split_once("://").map_or(key, |(_, rest)| rest);
+            rest.split('/').next().unwrap_or(rest).to_ascii_lowercase()
+        };
+        auths.retain(|key, _| {
+            let routed = registries.contains(&host_of(key));
+            if routed {
+                dropped.push(key.clone());
+            }
+            !routed
+        });
+    }
+    let helpers = document.entry("credHelpers").or_insert_with(|| serde_json::json!({}));
+    if !helpers.is_object() {
+        *helpers = serde_json::json!({});
+    }
+    if let Some(helpers) = helpers.as_object_mut() {
+        for host in registries {
+            helpers.insert(host.clone(), "mayfly".into());
+        }
+    }
+    (serde_json::Value::Object(document).to_string(), dropped)
+}
+
 fn default_region(text: &str) -> Option<String> {
     let mut in_default = false;
     for line in text.lines().map(str::trim) {
@@ -291,6 +338,23 @@ mod tests {
             serde_json::json!([{"name": "dev", "context": {"cluster": "dev", "user": "mayfly-k.example:6443", "namespace": "app"}}])
         );
         assert_eq!(ours["users"][0]["user"]["exec"]["args"], serde_json::json!(["--server", "https://k.example:6443"]));
+    }
+
+    #[test]
+    fn an_inherited_docker_auth_config_loses_its_credentials_for_routed_registries() {
+        let registries: BTreeSet<String> = ["registry.example:5000".to_owned()].into();
+        let inherited = r#"{"auths":{"registry.example:5000":{"auth":"c3RhdGljOnRva2Vu"},"https://Registry.Example:5000/v1/":{"auth":"eA=="},"other.example":{"auth":"b3duOnRva2Vu"}},"credHelpers":{"ecr.example":"ecr-login"}}"#;
+        let (document, dropped) = docker_auth_config(inherited, &registries);
+        let document: serde_json::Value = serde_json::from_str(&document).unwrap();
+        assert_eq!(dropped, ["registry.example:5000", "https://Registry.Example:5000/v1/"]);
+        assert_eq!(document["auths"], serde_json::json!({"other.example": {"auth": "b3duOnRva2Vu"}}));
+        assert_eq!(
+            document["credHelpers"],
+            serde_json::json!({"ecr.example": "ecr-login", "registry.example:5000": "mayfly"})
+        );
+        let (replaced, dropped) = docker_auth_config("not json", &registries);
+        assert_eq!(replaced, r#"{"credHelpers":{"registry.example:5000":"mayfly"}}"#);
+        assert!(dropped.is_empty());
     }
 
     #[test]
