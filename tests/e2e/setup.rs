@@ -155,6 +155,12 @@ fn setup_wires_every_tool_once_and_undo_restores_every_byte() {
     {
         assert!(report.contains(&stack.home.join(file).display().to_string()), "{file} in:\n{report}");
     }
+    // The git server listens on a port of its own: libgit2 callers would not find the helper.
+    let host = stack.git_host();
+    assert!(
+        report.contains(&format!("https://{host}: libgit2-based callers look up the helper without the port")),
+        "{report}"
+    );
     let wired = managed(&stack.home);
     assert_eq!(wired.len(), MANAGED.len(), "every managed file exists: {wired:?}");
     stack.assert_no_tokens_on_disk();

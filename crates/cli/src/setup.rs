@@ -131,6 +131,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         } else {
             wire_git(&mut cx, &mut plan)?;
         }
+        plan.notes.extend(libgit2_notes(&config));
     }
     if wanted("oci") {
         wire_oci(&mut cx, &mut plan)?;
@@ -315,6 +316,23 @@ fn wire_git(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
         cx.journal.after(&file)?;
     }
     Ok(())
+}
+
+/// libgit2 (cargo's built-in git, and others) looks up `credential.https://HOST.helper`
+/// without the port, so it never finds the helper of a git route on another port; wiring
+/// the bare host would hand another service's credential requests to mayfly, so the user
+/// hears how to have such callers run the git CLI instead.
+fn libgit2_notes(config: &Config) -> Vec<String> {
+    route_urls(config, Tool::Git)
+        .into_iter()
+        .filter(|url| url.rsplit_once(':').is_some_and(|(_, port)| port.chars().all(|c| c.is_ascii_digit())))
+        .map(|url| {
+            format!(
+                "{url}: libgit2-based callers look up the helper without the port and will not find it; \
+                 for cargo set `CARGO_NET_GIT_FETCH_WITH_CLI=true` (or `net.git-fetch-with-cli`)"
+            )
+        })
+        .collect()
 }
 
 /// git in CI: the same entries as `GIT_CONFIG_*` variables for later steps.
