@@ -26,22 +26,40 @@ fn exchanges(stack: &Stack) -> Vec<(String, String, String, String)> {
 }
 
 /// How many revocations GitHub received.
-fn revocations(stack: &Stack) -> usize {
+pub(super) fn revocations(stack: &Stack) -> usize {
     stack.github().requests().iter().filter(|r| r.method == "DELETE" && r.path == "/installation/token").count()
 }
 
 /// What `git-credential-mayfly get` answers for a repository on the stand-in: the token.
-fn helper_token(stack: &Stack, path: &str) -> String {
+pub(super) fn helper_token(stack: &Stack, path: &str) -> String {
     let answer = stack.helper_answer(stack.github().host(), path);
     assert!(answer.lines().any(|l| l == "username=x-access-token"), "{answer}");
     password_of(&answer)
 }
 
 /// What the stand-in's git says to a token for a smart-HTTP service of a repository.
-fn git_status(stack: &Stack, token: &str, repo: &str, service: &str) -> u16 {
+pub(super) fn git_status(stack: &Stack, token: &str, repo: &str, service: &str) -> u16 {
     let url = format!("{}/info/refs?service={service}", stack.github_repo_url(repo));
     let response = stack.https_client().get(url).basic_auth("x-access-token", Some(token)).send().unwrap();
     response.status().as_u16()
+}
+
+/// `git-credential-mayfly erase` of a token for `org/app.git` on the stand-in, which must
+/// succeed.
+pub(super) fn erase(stack: &Stack, token: &str) -> std::process::Output {
+    let request = format!(
+        "protocol=https\nhost={}\npath=org/app.git\nusername=x-access-token\npassword={token}\n",
+        stack.github().host()
+    );
+    let out = assert_cmd::Command::new(bin("git-credential-mayfly"))
+        .arg("erase")
+        .env_clear()
+        .envs(stack.env())
+        .write_stdin(request)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out
 }
 
 #[test]
@@ -140,22 +158,7 @@ fn a_session_revokes_its_installation_tokens_at_github_when_it_ends() {
 fn erase_revokes_the_installation_token_at_github_and_a_gone_token_counts_as_revoked() {
     let stack = Stack::builder().github().start();
     let token = helper_token(&stack, "org/app.git");
-    let erase = |token: &str| {
-        let request = format!(
-            "protocol=https\nhost={}\npath=org/app.git\nusername=x-access-token\npassword={token}\n",
-            stack.github().host()
-        );
-        let out = assert_cmd::Command::new(bin("git-credential-mayfly"))
-            .arg("erase")
-            .env_clear()
-            .envs(stack.env())
-            .write_stdin(request)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        out
-    };
-    erase(&token);
+    erase(&stack, &token);
     assert_eq!(revocations(&stack), 1);
     assert_eq!(git_status(&stack, &token, "org/app.git", "git-upload-pack"), 401);
     // Revoke a fresh token behind mayfly's back: erasing it again is no failure.
@@ -168,7 +171,7 @@ fn erase_revokes_the_installation_token_at_github_and_a_gone_token_counts_as_rev
         .send()
         .unwrap();
     assert_eq!(response.status().as_u16(), 204);
-    let out = erase(&fresh);
+    let out = erase(&stack, &fresh);
     assert!(mayfly_lines(&out.stderr).is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
     let outcomes: Vec<String> =
         stack.client_audit().iter().map(|l| l["outcome"].as_str().unwrap().to_owned()).collect();

@@ -6,8 +6,10 @@
 use std::process::Command;
 
 use mayfly_devstack::RecordedRequest;
-use mayfly_tests::{GITHUB_APP_ID, Stack, bin, mayfly_lines, password_of, require_tool};
+use mayfly_tests::{GITHUB_APP_ID, Stack, bin, mayfly_lines, require_tool};
 use serde_json::json;
+
+use super::github::{erase, git_status, helper_token, revocations};
 
 /// The App's requests GitHub received.
 fn app_requests(stack: &Stack) -> Vec<RecordedRequest> {
@@ -17,24 +19,6 @@ fn app_requests(stack: &Stack) -> Vec<RecordedRequest> {
         .into_iter()
         .filter(|r| r.path.starts_with("/app/") || r.path.starts_with("/repos/"))
         .collect()
-}
-
-/// How many revocations GitHub received.
-fn revocations(stack: &Stack) -> usize {
-    stack.github().requests().iter().filter(|r| r.method == "DELETE" && r.path == "/installation/token").count()
-}
-
-/// What the stand-in's git says to a token for a smart-HTTP service of a repository.
-fn git_status(stack: &Stack, token: &str, repo: &str, service: &str) -> u16 {
-    let url = format!("{}/info/refs?service={service}", stack.github_repo_url(repo));
-    let response = stack.https_client().get(url).basic_auth("x-access-token", Some(token)).send().unwrap();
-    response.status().as_u16()
-}
-
-/// What `git-credential-mayfly get` answers for a repository on the stand-in: the token.
-fn helper_token(stack: &Stack, path: &str) -> String {
-    let answer = stack.helper_answer(stack.github().host(), path);
-    password_of(&answer)
 }
 
 #[test]
@@ -148,21 +132,7 @@ fn rate_limiting_is_one_line_and_no_token() {
 fn erase_revokes_the_installation_token_at_github_and_a_foreign_token_is_not_revoked() {
     let stack = Stack::builder().github_app().start();
     let token = helper_token(&stack, "org/app.git");
-    let erase = |token: &str| {
-        let request = format!(
-            "protocol=https\nhost={}\npath=org/app.git\nusername=x-access-token\npassword={token}\n",
-            stack.github().host()
-        );
-        let out = assert_cmd::Command::new(bin("git-credential-mayfly"))
-            .arg("erase")
-            .env_clear()
-            .envs(stack.env())
-            .write_stdin(request)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
-    erase(&token);
+    erase(&stack, &token);
     assert_eq!(revocations(&stack), 1);
     assert_eq!(git_status(&stack, &token, "org/app.git", "git-upload-pack"), 401);
     let revoked = stack.sts_audit().into_iter().find(|l| l["outcome"] == "revoked").expect("audited");
