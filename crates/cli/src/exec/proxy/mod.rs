@@ -24,7 +24,14 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use mayfly_core::{AuditEvent, AuditLog, Broker, Operation, Outcome, Process, Resolution, Scheme, Target, Tool};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use operation::{Family, Subject};
+use rustls::pki_types::{CertificateDer, ServerName};
+
+mod ca;
+mod operation;
+
+use ca::Ca;
+pub(crate) use ca::ca_bundle;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -157,13 +164,8 @@ async fn outer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
     let Ok(host) = mayfly_core::normalize_host(protocol, &authority) else {
         return Ok(text(StatusCode::BAD_REQUEST, "mayfly: invalid host"));
     };
-    let routed = state
-        .settings
-        .broker
-        .config()
-        .routes
-        .iter()
-        .any(|r| r.tool == Tool::Git && r.protocol == protocol && r.host == host);
+    let family = state.family(protocol, &host);
+    let routed = family.is_some();
     let path = if https { String::new() } else { req.uri().path().to_owned() };
     if !routed && state.settings.deny_unrouted {
         state.line(Outcome::Denied, req.method().as_str(), &host, &path, None, |e| {
@@ -178,7 +180,7 @@ async fn outer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
     if !https {
         // Plain http: routed hosts go through the same path as intercepted ones.
         return Ok(if routed {
-            forward(req, &state, &host, protocol, &Pool::default()).await
+            forward(req, &state, &host, protocol, family, &Pool::default()).await
         } else {
             state.line(Outcome::Tunnelled, req.method().as_str(), &host, &path, None, |_| {});
             passthrough(req, &address).await
@@ -192,18 +194,11 @@ async fn outer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
                 mayfly_core::protocol::warn(&format!("proxy: no certificate for `{host}`"));
                 return;
             };
-            let Ok(stream) = tokio_rustls::TlsAcceptor::from(tls).accept(TokioIo::new(upgraded)).await else {
-                let reason = format!(
-                    "a client did not accept the session's certificate for `{host}` (does it read SSL_CERT_FILE, GIT_SSL_CAINFO or CURL_CA_BUNDLE?)"
-                );
-                mayfly_core::protocol::warn(&format!("proxy: {reason}"));
-                state.line(Outcome::Failed, "CONNECT", &host, "", None, |e| e.reason = Some(reason));
-                return;
-            };
+            let Some(stream) = intercept(&state, &host, upgraded, tls).await else { return };
             let pool = Pool::default();
             let service = hyper::service::service_fn(move |req| {
                 let (state, host, pool) = (state.clone(), host.clone(), pool.clone());
-                async move { Ok::<_, Infallible>(forward(req, &state, &host, "https", &pool).await) }
+                async move { Ok::<_, Infallible>(forward(req, &state, &host, "https", family, &pool).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
@@ -223,6 +218,61 @@ async fn outer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
     Ok(Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed()))
 }
 
+/// Terminates a client's TLS for a routed host: the ClientHello's server name, when it
+/// sends one, must be the CONNECT's host (or a token for one host could be asked for on a
+/// connection to another); a handshake the client gives up on is one line on stderr.
+async fn intercept(
+    state: &Arc<State>,
+    host: &str,
+    upgraded: hyper::upgrade::Upgraded,
+    tls: Arc<rustls::ServerConfig>,
+) -> Option<tokio_rustls::server::TlsStream<TokioIo<hyper::upgrade::Upgraded>>> {
+    let fail = |reason: String| {
+        mayfly_core::protocol::warn(&format!("proxy: {reason}"));
+        state.line(Outcome::Denied, "CONNECT", host, "", None, |e| e.reason = Some(reason));
+    };
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+    let start = match acceptor.await {
+        Ok(start) => start,
+        Err(e) => {
+            fail(format!("a client's TLS for `{host}` did not start: {e}"));
+            return None;
+        }
+    };
+    let expected = host_name(host);
+    if let Some(sni) = start.client_hello().server_name()
+        && !sni.eq_ignore_ascii_case(&expected)
+    {
+        fail(format!(
+            "a client that connected to `{host}` asked TLS for `{}`: refused",
+            mayfly_core::sanitize_for_terminal(sni)
+        ));
+        return None;
+    }
+    match start.into_stream(tls).await {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            let rejected = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()).is_some_and(|e| {
+                matches!(e, rustls::Error::AlertReceived(alert) if matches!(
+                    alert,
+                    rustls::AlertDescription::UnknownCA
+                        | rustls::AlertDescription::BadCertificate
+                        | rustls::AlertDescription::CertificateUnknown
+                ))
+            });
+            fail(if rejected {
+                format!(
+                    "a client did not trust the session's certificate for `{host}`: it reads none of {}, or overrides them",
+                    CA_VARS.join(", ")
+                )
+            } else {
+                format!("TLS with a client for `{host}` failed: {e}")
+            });
+            None
+        }
+    }
+}
+
 /// `host:port` to connect to, with the scheme's default port when none is named.
 fn with_port(authority: &str, default: u16) -> String {
     let has_port = match authority.rsplit_once(':') {
@@ -232,36 +282,61 @@ fn with_port(authority: &str, default: u16) -> String {
     if has_port && !authority.ends_with(']') { authority.to_owned() } else { format!("{authority}:{default}") }
 }
 
-/// The repository and operation of a git smart-HTTP request.
-pub(crate) fn git_request(method: &Method, path: &str, query: Option<&str>) -> (String, Operation) {
-    let service = query.unwrap_or_default().split('&').find_map(|p| p.strip_prefix("service="));
-    for suffix in ["/info/refs", "/git-upload-pack", "/git-receive-pack"] {
-        if let Some(repo) = path.strip_suffix(suffix) {
-            let write = suffix == "/git-receive-pack" || service == Some("git-receive-pack");
-            return (repo.to_owned(), if write { Operation::Write } else { Operation::Read });
-        }
-    }
-    let read = matches!(*method, Method::GET | Method::HEAD);
-    (path.to_owned(), if read { Operation::Read } else { Operation::Write })
-}
+/// The most of a body the proxy reads to find the package it names (a `cargo publish` or
+/// `twine upload`).
+const MAX_NAMING_BODY: usize = 256 << 20;
 
 /// One intercepted request: the route's credential added, then sent upstream.
 async fn forward(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     state: &Arc<State>,
     host: &str,
     protocol: &str,
+    family: Option<(Family, Tool)>,
     pool: &Pool,
 ) -> Response<Body> {
     if ambiguous(req.headers()) {
         return text(StatusCode::BAD_REQUEST, AMBIGUOUS);
     }
+    let Some((family, tool)) = family else {
+        return text(StatusCode::BAD_GATEWAY, "mayfly: no route names this host");
+    };
+    let mut req = req.map(BodyExt::boxed);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let (repo, operation) = git_request(&method, &path, req.uri().query());
-    let target = match Target::new(Tool::Git, protocol, host, Some(&repo)) {
+    let refuse = |reason: String, operation: Option<Operation>| {
+        state.line(Outcome::Denied, method.as_str(), host, &path, None, |e| {
+            e.operation = operation.map(|o| o.as_str().into()).unwrap_or_default();
+            e.reason = Some(reason.clone());
+        });
+        text(StatusCode::FORBIDDEN, &format!("mayfly: {reason}"))
+    };
+    let detected = match operation::detect(family, &method, &path, req.uri().query()) {
+        Ok(detected) => detected,
+        Err(reason) => return refuse(reason, None),
+    };
+    let operation = detected.operation;
+    let name = match detected.subject {
+        Subject::Host => None,
+        Subject::Named(name) => Some(name),
+        Subject::InBody(kind) => {
+            let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let (parts, body) = req.into_parts();
+            let bytes = match http_body_util::Limited::new(body, MAX_NAMING_BODY).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => return refuse(format!("cannot read the request's body: {e}"), Some(operation)),
+            };
+            let named = operation::name_in_body(kind, content_type.as_deref(), &bytes);
+            req = Request::from_parts(parts, Full::new(bytes).map_err(|never| match never {}).boxed());
+            match named {
+                Ok(name) => Some(name),
+                Err(reason) => return refuse(reason, Some(operation)),
+            }
+        }
+    };
+    let target = match Target::new(tool, protocol, host, name.as_deref()) {
         Ok(target) => target,
-        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("mayfly: {e}")),
+        Err(e) => return refuse(e.to_string(), Some(operation)),
     };
     let route = match state.settings.broker.resolve(&target) {
         Resolution::Route(route) => Some(route.clone()),
@@ -311,6 +386,9 @@ async fn forward(
             &format!("mayfly: no route for `{}`, and this session refuses unrouted requests", target.display()),
         );
     }
+    if route.is_none() && req.headers().get(header::AUTHORIZATION).is_some_and(|v| placeholder(v.as_bytes())) {
+        req.headers_mut().remove(header::AUTHORIZATION);
+    }
     let response = match send(req, state, host, protocol, route.as_ref(), pool).await {
         Ok(response) => response,
         Err(e) => {
@@ -334,12 +412,12 @@ async fn forward(
 
 /// Upstream connections of one client connection, by route: a client's requests come
 /// one after another, so each is reused once its previous answer was read.
-type Pool = Arc<tokio::sync::Mutex<HashMap<String, SendRequest<Incoming>>>>;
+type Pool = Arc<tokio::sync::Mutex<HashMap<String, SendRequest<Body>>>>;
 
 /// Sends a request to its upstream over TLS (or plain http to loopback) and streams the
 /// answer back.
 async fn send(
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
     state: &Arc<State>,
     host: &str,
     protocol: &str,
@@ -377,7 +455,7 @@ async fn connect(
     host: &str,
     protocol: &str,
     route: Option<&mayfly_core::Route>,
-) -> Result<SendRequest<Incoming>, String> {
+) -> Result<SendRequest<Body>, String> {
     let address = with_port(host, if protocol == "https" { 443 } else { 80 });
     let tcp = tokio::net::TcpStream::connect(&address).await.map_err(|e| format!("cannot reach `{host}`: {e}"))?;
     if protocol == "http" {
@@ -393,9 +471,12 @@ async fn connect(
     handshake(TokioIo::new(tls), host).await
 }
 
-async fn handshake<T>(io: TokioIo<T>, host: &str) -> Result<SendRequest<Incoming>, String>
+async fn handshake<T, B>(io: TokioIo<T>, host: &str) -> Result<SendRequest<B>, String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("`{host}`: {e}"))?;
     tokio::spawn(connection);
@@ -424,6 +505,23 @@ async fn passthrough(mut req: Request<Incoming>, address: &str) -> Response<Body
     }
 }
 
+/// What a tool that will not send a request without a credential is given inside the
+/// session (npm's `_authToken`, cargo's registry token): replaced by the minted token on
+/// routed requests, removed from the others.
+pub(crate) const PLACEHOLDER: &str = "mayfly-proxy-placeholder";
+
+/// True for an `Authorization` value that carries the placeholder (as a bearer token,
+/// a bare token, or a `Basic` password).
+fn placeholder(value: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(value);
+    let token = text.split_once(' ').map_or(text.as_ref(), |(_, t)| t).trim();
+    token == PLACEHOLDER
+        || STANDARD
+            .decode(token)
+            .ok()
+            .is_some_and(|d| String::from_utf8_lossy(&d).split_once(':').is_some_and(|(_, p)| p == PLACEHOLDER))
+}
+
 const AMBIGUOUS: &str = "mayfly: a request with both Content-Length and Transfer-Encoding is refused";
 
 /// True for a request whose length two servers could read differently (smuggling).
@@ -434,7 +532,7 @@ fn ambiguous(headers: &header::HeaderMap) -> bool {
 }
 
 /// Headers meant for the proxy, not the upstream (the secret among them).
-fn strip_hop_by_hop(req: &mut Request<Incoming>) {
+fn strip_hop_by_hop<B>(req: &mut Request<B>) {
     let headers = req.headers_mut();
     for name in [header::PROXY_AUTHORIZATION, header::HeaderName::from_static("proxy-connection")] {
         headers.remove(name);
@@ -451,6 +549,16 @@ fn host_name(host: &str) -> String {
 }
 
 impl State {
+    /// How a routed host's requests are read: by the first route naming the host whose
+    /// tool the proxy reads; `None` for hosts it passes through.
+    fn family(&self, protocol: &str, host: &str) -> Option<(Family, Tool)> {
+        let routes = &self.settings.broker.config().routes;
+        routes
+            .iter()
+            .filter(|r| r.protocol == protocol && r.host == host)
+            .find_map(|r| Family::of(r.tool).map(|family| (family, r.tool)))
+    }
+
     fn upstream_config(&self, route: Option<&mayfly_core::Route>) -> Result<Arc<rustls::ClientConfig>, String> {
         let key = route.map(|r| r.name.clone()).unwrap_or_default();
         let mut configs = self.upstream.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -512,68 +620,6 @@ impl State {
     }
 }
 
-/// The session's certificate authority: its key never leaves this process's memory.
-struct Ca {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    pem: String,
-    leaves: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
-}
-
-impl Ca {
-    fn new() -> Result<Self, rcgen::Error> {
-        let key = rcgen::KeyPair::generate()?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-        params.distinguished_name.push(rcgen::DnType::CommonName, "mayfly exec --proxy session CA");
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key)?;
-        Ok(Self { pem: cert.pem(), issuer: rcgen::Issuer::new(params, key), leaves: Mutex::new(HashMap::new()) })
-    }
-
-    /// The TLS config that serves `host` (`name[:port]`) with a leaf signed by this CA.
-    fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, String> {
-        let name = host_name(host);
-        let mut leaves = self.leaves.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(config) = leaves.get(&name) {
-            return Ok(config.clone());
-        }
-        let err = |e: rcgen::Error| e.to_string();
-        let key = rcgen::KeyPair::generate().map_err(err)?;
-        let mut params = rcgen::CertificateParams::new(vec![name.clone()]).map_err(err)?;
-        params.distinguished_name.push(rcgen::DnType::CommonName, name.as_str());
-        let cert = params.signed_by(&key, &self.issuer).map_err(err)?;
-        let der = PrivateKeyDer::try_from(key.serialize_der()).map_err(str::to_owned)?;
-        let mut config =
-            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_no_client_auth()
-                .with_single_cert(vec![cert.der().clone()], der)
-                .map_err(|e| e.to_string())?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let config = Arc::new(config);
-        leaves.insert(name, config.clone());
-        Ok(config)
-    }
-}
-
-/// The bundle clients trust inside the session: the system roots (as this process finds
-/// them, `SSL_CERT_FILE` included) and the session CA.
-pub(crate) fn ca_bundle(ca_pem: &str) -> String {
-    let mut bundle = String::new();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        bundle.push_str("-----BEGIN CERTIFICATE-----\n");
-        let encoded = STANDARD.encode(cert.as_ref());
-        for chunk in encoded.as_bytes().chunks(64) {
-            bundle.push_str(&String::from_utf8_lossy(chunk));
-            bundle.push('\n');
-        }
-        bundle.push_str("-----END CERTIFICATE-----\n");
-    }
-    bundle.push_str(ca_pem);
-    bundle
-}
-
 /// The variables that name the CA bundle, one per client family.
 pub(crate) const CA_VARS: [&str; 9] = [
     "SSL_CERT_FILE",
@@ -603,34 +649,20 @@ pub(crate) fn vars(url: &str, bundle: &std::path::Path, config: &mayfly_core::Co
     for name in CA_VARS {
         vars.push((name.to_owned(), bundle.display().to_string()));
     }
+    // npm will not publish without a credential for the registry: a placeholder the proxy
+    // replaces, for each host an npm route names.
+    for route in config.routes.iter().filter(|r| r.tool == Tool::Npm) {
+        let name = format!("npm_config_//{}/:_authToken", route.host);
+        if !vars.iter().any(|(n, _)| *n == name) {
+            vars.push((name, PLACEHOLDER.to_owned()));
+        }
+    }
     vars
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn git_requests_name_their_repository_and_operation() {
-        let get = Method::GET;
-        let post = Method::POST;
-        assert_eq!(
-            git_request(&get, "/org/app.git/info/refs", Some("service=git-upload-pack")),
-            ("/org/app.git".to_owned(), Operation::Read)
-        );
-        assert_eq!(
-            git_request(&get, "/org/app.git/info/refs", Some("service=git-receive-pack")),
-            ("/org/app.git".to_owned(), Operation::Write)
-        );
-        assert_eq!(
-            git_request(&post, "/org/app.git/git-upload-pack", None),
-            ("/org/app.git".to_owned(), Operation::Read)
-        );
-        assert_eq!(
-            git_request(&post, "/org/app.git/git-receive-pack", None),
-            ("/org/app.git".to_owned(), Operation::Write)
-        );
-    }
 
     #[test]
     fn a_request_with_two_lengths_is_ambiguous() {
@@ -645,6 +677,16 @@ mod tests {
     }
 
     #[test]
+    fn placeholders_are_recognised_in_each_scheme() {
+        assert!(placeholder(b"Bearer mayfly-proxy-placeholder"));
+        assert!(placeholder(b"mayfly-proxy-placeholder"));
+        let basic = format!("Basic {}", STANDARD.encode("user:mayfly-proxy-placeholder"));
+        assert!(placeholder(basic.as_bytes()));
+        assert!(!placeholder(b"Bearer something-else"));
+        assert!(!placeholder(b"Bearer mayfly-proxy-placeholder2"));
+    }
+
+    #[test]
     fn ports_and_names_split_like_urls() {
         assert_eq!(with_port("git.example", 443), "git.example:443");
         assert_eq!(with_port("git.example:8443", 443), "git.example:8443");
@@ -653,14 +695,5 @@ mod tests {
         assert_eq!(host_name("127.0.0.1:8443"), "127.0.0.1");
         assert_eq!(host_name("[::1]:8443"), "::1");
         assert_eq!(host_name("git.example"), "git.example");
-    }
-
-    #[test]
-    fn the_session_ca_signs_leaves_for_names_and_addresses() {
-        let ca = Ca::new().unwrap();
-        assert!(ca.pem.starts_with("-----BEGIN CERTIFICATE-----"));
-        assert!(ca.server_config("git.example:8443").is_ok());
-        assert!(ca.server_config("127.0.0.1:8443").is_ok());
-        assert_eq!(ca.leaves.lock().unwrap().len(), 2);
     }
 }
