@@ -28,6 +28,7 @@ mod npm_clients;
 mod oci;
 mod oidc_login;
 mod proxy;
+mod proxy_hostile;
 mod release;
 mod replicas;
 mod revocation;

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -28,10 +29,12 @@ use operation::{Family, Subject};
 use rustls::pki_types::{CertificateDer, ServerName};
 
 mod ca;
+mod guard;
 mod operation;
 
 use ca::Ca;
 pub(crate) use ca::ca_bundle;
+use guard::Guarded;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -116,7 +119,8 @@ async fn accept(listener: tokio::net::TcpListener, state: Arc<State>) {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let state = state.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| outer(req, state.clone()));
+            let (stream, ambiguous) = Guarded::new(stream);
+            let service = hyper::service::service_fn(move |req| outer(req, state.clone(), ambiguous.clone()));
             let _ = hyper::server::conn::http1::Builder::new()
                 .preserve_header_case(true)
                 .serve_connection(TokioIo::new(stream), service)
@@ -140,7 +144,14 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Requests on the proxy's own port: CONNECT, or a plain-http request in absolute form.
-async fn outer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
+async fn outer(
+    req: Request<Incoming>,
+    state: Arc<State>,
+    two_lengths: Arc<AtomicBool>,
+) -> Result<Response<Body>, Infallible> {
+    if two_lengths.load(Ordering::SeqCst) {
+        return Ok(refuse_ambiguous(&state, &req));
+    }
     let authorized =
         req.headers().get(header::PROXY_AUTHORIZATION).is_some_and(|v| same(v.as_bytes(), state.expected.as_bytes()));
     if !authorized {
@@ -196,9 +207,15 @@ async fn outer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
             };
             let Some(stream) = intercept(&state, &host, upgraded, tls).await else { return };
             let pool = Pool::default();
+            let (stream, ambiguous) = Guarded::new(stream);
             let service = hyper::service::service_fn(move |req| {
-                let (state, host, pool) = (state.clone(), host.clone(), pool.clone());
-                async move { Ok::<_, Infallible>(forward(req, &state, &host, "https", family, &pool).await) }
+                let (state, host, pool, ambiguous) = (state.clone(), host.clone(), pool.clone(), ambiguous.clone());
+                async move {
+                    if ambiguous.load(Ordering::SeqCst) {
+                        return Ok::<_, Infallible>(refuse_ambiguous(&state, &req));
+                    }
+                    Ok(forward(req, &state, &host, "https", family, &pool).await)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
@@ -520,6 +537,18 @@ fn placeholder(value: &[u8]) -> bool {
             .decode(token)
             .ok()
             .is_some_and(|d| String::from_utf8_lossy(&d).split_once(':').is_some_and(|(_, p)| p == PLACEHOLDER))
+}
+
+/// The answer to a request with two lengths: `400`, and the connection closed (what
+/// follows on it cannot be told apart from the body).
+fn refuse_ambiguous(state: &State, req: &Request<Incoming>) -> Response<Body> {
+    let host = req.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+    state.line(Outcome::Denied, req.method().as_str(), &host, req.uri().path(), None, |e| {
+        e.reason = Some("both Content-Length and Transfer-Encoding".into());
+    });
+    let mut response = text(StatusCode::BAD_REQUEST, AMBIGUOUS);
+    response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    response
 }
 
 const AMBIGUOUS: &str = "mayfly: a request with both Content-Length and Transfer-Encoding is refused";
