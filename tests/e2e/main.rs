@@ -29,6 +29,7 @@ mod oci;
 mod oidc_login;
 mod proxy;
 mod proxy_hostile;
+mod proxy_npm;
 mod release;
 mod replicas;
 mod revocation;

@@ -138,6 +138,20 @@ fn text(status: StatusCode, line: &str) -> Response<Body> {
     response
 }
 
+/// A refusal in the shape the family's client shows: npm prints a JSON body's `error`,
+/// cargo its `errors[].detail`; git and the rest print the text.
+fn refusal(family: Family, status: StatusCode, line: &str) -> Response<Body> {
+    let json = match family {
+        Family::Npm => serde_json::json!({ "error": line }),
+        Family::Cargo => serde_json::json!({ "errors": [{ "detail": line }] }),
+        Family::Git | Family::Pypi | Family::Rest => return text(status, line),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(json.to_string())).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response
+}
+
 /// Compares without stopping at the first difference.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -326,7 +340,7 @@ async fn forward(
             e.operation = operation.map(|o| o.as_str().into()).unwrap_or_default();
             e.reason = Some(reason.clone());
         });
-        text(StatusCode::FORBIDDEN, &format!("mayfly: {reason}"))
+        refusal(family, StatusCode::FORBIDDEN, &format!("mayfly: {reason}"))
     };
     let detected = match operation::detect(family, &method, &path, req.uri().query()) {
         Ok(detected) => detected,
@@ -377,9 +391,9 @@ async fn forward(
                     e.route.clone_from(&route_name);
                     e.reason = Some(reason.clone());
                 });
-                return text(StatusCode::FORBIDDEN, &format!("mayfly: {reason}"));
+                return refusal(family, StatusCode::FORBIDDEN, &format!("mayfly: {reason}"));
             }
-            Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "mayfly: the token request failed"),
+            Err(_) => return refusal(family, StatusCode::INTERNAL_SERVER_ERROR, "mayfly: the token request failed"),
         };
         let value = match issued.scheme {
             Scheme::Basic => {
@@ -388,7 +402,7 @@ async fn forward(
             Scheme::Bearer | Scheme::Plain => format!("Bearer {}", issued.token.expose()),
         };
         let Ok(mut value) = header::HeaderValue::from_str(&value) else {
-            return text(StatusCode::BAD_GATEWAY, "mayfly: the token cannot go into a header");
+            return refusal(family, StatusCode::BAD_GATEWAY, "mayfly: the token cannot go into a header");
         };
         value.set_sensitive(true);
         req.headers_mut().insert(header::AUTHORIZATION, value);
@@ -414,7 +428,7 @@ async fn forward(
                 ev.route.clone_from(&route_name);
                 ev.reason = Some(e.clone());
             });
-            return text(StatusCode::BAD_GATEWAY, &format!("mayfly: {e}"));
+            return refusal(family, StatusCode::BAD_GATEWAY, &format!("mayfly: {e}"));
         }
     };
     let outcome = if route.is_some() { Outcome::Proxied } else { Outcome::Tunnelled };
@@ -662,6 +676,35 @@ pub(crate) const CA_VARS: [&str; 9] = [
     "AWS_CA_BUNDLE",
 ];
 
+/// npm will not publish without a credential for the registry: the user's npm config
+/// (`npm_config_userconfig`, or `~/.npmrc`) with a placeholder the proxy replaces for each
+/// host an npm route names, for the session's `npm_config_userconfig`. A config file, not
+/// `npm_config_//HOST/:_authToken`: `sh` (dash) drops variables whose names are not shell
+/// names, so that variable would not reach npm behind a script. `None` without npm routes.
+pub(crate) fn npm_userconfig(config: &mayfly_core::Config, env: &mayfly_core::Env) -> Option<String> {
+    let hosts: Vec<&str> = config.routes.iter().filter(|r| r.tool == Tool::Npm).map(|r| r.host.as_str()).collect();
+    if hosts.is_empty() {
+        return None;
+    }
+    let user = env
+        .path("npm_config_userconfig")
+        .or_else(|| env.path("NPM_CONFIG_USERCONFIG"))
+        .or_else(|| env.path("HOME").map(|h| h.join(".npmrc")));
+    let mut text = user.and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str("; mayfly exec --proxy: a placeholder the proxy replaces with each request's token\n");
+    let mut seen = Vec::new();
+    for host in hosts {
+        if !seen.contains(&host) {
+            text.push_str(&format!("//{host}/:_authToken={PLACEHOLDER}\n"));
+            seen.push(host);
+        }
+    }
+    Some(text)
+}
+
 /// The command's variables: the proxy URL, loopback names no route names in `NO_PROXY`,
 /// and the CA bundle.
 pub(crate) fn vars(url: &str, bundle: &std::path::Path, config: &mayfly_core::Config) -> Vec<(String, String)> {
@@ -677,14 +720,6 @@ pub(crate) fn vars(url: &str, bundle: &std::path::Path, config: &mayfly_core::Co
     vars.push(("no_proxy".to_owned(), loopback.join(",")));
     for name in CA_VARS {
         vars.push((name.to_owned(), bundle.display().to_string()));
-    }
-    // npm will not publish without a credential for the registry: a placeholder the proxy
-    // replaces, for each host an npm route names.
-    for route in config.routes.iter().filter(|r| r.tool == Tool::Npm) {
-        let name = format!("npm_config_//{}/:_authToken", route.host);
-        if !vars.iter().any(|(n, _)| *n == name) {
-            vars.push((name, PLACEHOLDER.to_owned()));
-        }
     }
     vars
 }
