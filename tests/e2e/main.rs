@@ -28,6 +28,7 @@ mod npm_clients;
 mod oci;
 mod oidc_login;
 mod proxy;
+mod proxy_cargo;
 mod proxy_hostile;
 mod proxy_npm;
 mod release;

@@ -401,7 +401,9 @@ async fn forward(
             Scheme::Basic => {
                 format!("Basic {}", STANDARD.encode(format!("{}:{}", issued.username, issued.token.expose())))
             }
-            Scheme::Bearer | Scheme::Plain => format!("Bearer {}", issued.token.expose()),
+            Scheme::Bearer => format!("Bearer {}", issued.token.expose()),
+            // cargo's registries take the token as the whole value.
+            Scheme::Plain => issued.token.expose().to_owned(),
         };
         let Ok(mut value) = header::HeaderValue::from_str(&value) else {
             return refusal(family, StatusCode::BAD_GATEWAY, "mayfly: the token cannot go into a header");
