@@ -1,14 +1,14 @@
 //! `mayfly exec --proxy`: a loopback HTTP forward proxy that adds each request's scoped
 //! credential on the way out, so no token ever enters the command's processes.
 //!
-//! A CONNECT to a host that a git route names is intercepted: TLS is terminated with a
-//! leaf certificate for that host, signed by a certificate authority that lives only in
-//! this process's memory; each request's target (host and repository) and operation
-//! (`git-receive-pack` is write, everything else read) get a token through the broker,
-//! exactly as the helper would; the token goes into the upstream request, which is sent
-//! over TLS verified against the system roots and the route's `ca_file`. Other hosts are
-//! tunnelled untouched, or refused under `--deny-unrouted`. Every request is one audit
-//! line.
+//! A CONNECT to a host that a route names (git, npm, cargo, pypi, kubectl, terraform) is
+//! intercepted: TLS is terminated with a leaf certificate for that host, signed by a
+//! certificate authority that lives only in this process's memory; each request's target
+//! and operation (`operation`) get a token through the broker, exactly as the tool's
+//! helper or shim would; the token goes into the upstream request, which is sent over TLS
+//! verified against the system roots and the route's `ca_file`. Other hosts are tunnelled
+//! untouched, or refused under `--deny-unrouted`. Every request is one audit line.
+//! Requests with two lengths are refused before hyper reads them as one (`guard`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
