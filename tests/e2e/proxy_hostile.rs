@@ -79,7 +79,7 @@ impl Session {
         let stderr = stack.dir.path().join(format!("{name}.stderr"));
         let script = "echo \"$HTTPS_PROXY\" > url.tmp; cp \"$SSL_CERT_FILE\" bundle.tmp; mv bundle.tmp bundle.pem; \
                       mv url.tmp url.txt; while [ ! -e done ]; do sleep 0.05; done";
-        let child = Command::new(bin("mayfly"))
+        let mut child = Command::new(bin("mayfly"))
             .arg("exec")
             .args(["--session", name, "--proxy"])
             .args(flags)
@@ -93,6 +93,9 @@ impl Session {
             .expect("mayfly exec runs");
         let url_file = work.join("url.txt");
         while !url_file.exists() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the session ended ({status}) before it started: {}", std::fs::read_to_string(&stderr).unwrap());
+            }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let url = std::fs::read_to_string(&url_file).unwrap().trim().to_owned();
