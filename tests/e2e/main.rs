@@ -31,6 +31,7 @@ mod proxy;
 mod proxy_cargo;
 mod proxy_hostile;
 mod proxy_npm;
+mod proxy_pypi;
 mod release;
 mod replicas;
 mod revocation;

@@ -397,7 +397,14 @@ async fn forward(
             }
             Err(_) => return refusal(family, StatusCode::INTERNAL_SERVER_ERROR, "mayfly: the token request failed"),
         };
-        let value = match issued.scheme {
+        // As the tool would send what its shim hands it: npm an `_authToken` (Bearer),
+        // twine a user name and password (Basic); the others as the route says.
+        let scheme = match family {
+            Family::Npm => Scheme::Bearer,
+            Family::Pypi => Scheme::Basic,
+            _ => issued.scheme,
+        };
+        let value = match scheme {
             Scheme::Basic => {
                 format!("Basic {}", STANDARD.encode(format!("{}:{}", issued.username, issued.token.expose())))
             }
