@@ -1,17 +1,18 @@
 //! `mayfly exec --proxy`: a loopback HTTP forward proxy that adds each request's scoped
 //! credential on the way out, so no token ever enters the command's processes.
 //!
-//! A CONNECT to a host that a git route names is intercepted: TLS is terminated with a
-//! leaf certificate for that host, signed by a certificate authority that lives only in
-//! this process's memory; each request's target (host and repository) and operation
-//! (`git-receive-pack` is write, everything else read) get a token through the broker,
-//! exactly as the helper would; the token goes into the upstream request, which is sent
-//! over TLS verified against the system roots and the route's `ca_file`. Other hosts are
-//! tunnelled untouched, or refused under `--deny-unrouted`. Every request is one audit
-//! line.
+//! A CONNECT to a host that a route names (git, npm, cargo, pypi, kubectl, terraform) is
+//! intercepted: TLS is terminated with a leaf certificate for that host, signed by a
+//! certificate authority that lives only in this process's memory; each request's target
+//! and operation (`operation`) get a token through the broker, exactly as the tool's
+//! helper or shim would; the token goes into the upstream request, which is sent over TLS
+//! verified against the system roots and the route's `ca_file`. Other hosts are tunnelled
+//! untouched, or refused under `--deny-unrouted`. Every request is one audit line.
+//! Requests with two lengths are refused before hyper reads them as one (`guard`).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -20,11 +21,22 @@ use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use mayfly_core::{AuditEvent, AuditLog, Broker, Operation, Outcome, Process, Resolution, Scheme, Target, Tool};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use operation::{Family, Subject};
+
+mod ca;
+mod env;
+mod guard;
+mod operation;
+mod upstream;
+
+use ca::Ca;
+pub(crate) use ca::ca_bundle;
+pub(crate) use env::{CA_VARS, npm_userconfig, vars};
+use guard::Guarded;
+use upstream::{Pool, passthrough, send};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -109,7 +121,8 @@ async fn accept(listener: tokio::net::TcpListener, state: Arc<State>) {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let state = state.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| outer(req, state.clone()));
+            let (stream, ambiguous) = Guarded::new(stream);
+            let service = hyper::service::service_fn(move |req| outer(req, state.clone(), ambiguous.clone()));
             let _ = hyper::server::conn::http1::Builder::new()
                 .preserve_header_case(true)
                 .serve_connection(TokioIo::new(stream), service)
@@ -127,13 +140,34 @@ fn text(status: StatusCode, line: &str) -> Response<Body> {
     response
 }
 
+/// A refusal in the shape the family's client shows: npm prints a JSON body's `error`,
+/// cargo its `errors[].detail`; git and the rest print the text.
+fn refusal(family: Family, status: StatusCode, line: &str) -> Response<Body> {
+    let json = match family {
+        Family::Npm => serde_json::json!({ "error": line }),
+        Family::Cargo => serde_json::json!({ "errors": [{ "detail": line }] }),
+        Family::Git | Family::Pypi | Family::Rest => return text(status, line),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(json.to_string())).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response
+}
+
 /// Compares without stopping at the first difference.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Requests on the proxy's own port: CONNECT, or a plain-http request in absolute form.
-async fn outer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Body>, Infallible> {
+async fn outer(
+    req: Request<Incoming>,
+    state: Arc<State>,
+    two_lengths: Arc<AtomicBool>,
+) -> Result<Response<Body>, Infallible> {
+    if two_lengths.load(Ordering::SeqCst) {
+        return Ok(refuse_ambiguous(&state, &req));
+    }
     let authorized =
         req.headers().get(header::PROXY_AUTHORIZATION).is_some_and(|v| same(v.as_bytes(), state.expected.as_bytes()));
     if !authorized {
@@ -157,13 +191,8 @@ async fn outer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
     let Ok(host) = mayfly_core::normalize_host(protocol, &authority) else {
         return Ok(text(StatusCode::BAD_REQUEST, "mayfly: invalid host"));
     };
-    let routed = state
-        .settings
-        .broker
-        .config()
-        .routes
-        .iter()
-        .any(|r| r.tool == Tool::Git && r.protocol == protocol && r.host == host);
+    let family = state.family(protocol, &host);
+    let routed = family.is_some();
     let path = if https { String::new() } else { req.uri().path().to_owned() };
     if !routed && state.settings.deny_unrouted {
         state.line(Outcome::Denied, req.method().as_str(), &host, &path, None, |e| {
@@ -178,7 +207,7 @@ async fn outer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
     if !https {
         // Plain http: routed hosts go through the same path as intercepted ones.
         return Ok(if routed {
-            forward(req, &state, &host, protocol, &Pool::default()).await
+            forward(req, &state, &host, protocol, family, &Pool::default()).await
         } else {
             state.line(Outcome::Tunnelled, req.method().as_str(), &host, &path, None, |_| {});
             passthrough(req, &address).await
@@ -192,18 +221,17 @@ async fn outer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
                 mayfly_core::protocol::warn(&format!("proxy: no certificate for `{host}`"));
                 return;
             };
-            let Ok(stream) = tokio_rustls::TlsAcceptor::from(tls).accept(TokioIo::new(upgraded)).await else {
-                let reason = format!(
-                    "a client did not accept the session's certificate for `{host}` (does it read SSL_CERT_FILE, GIT_SSL_CAINFO or CURL_CA_BUNDLE?)"
-                );
-                mayfly_core::protocol::warn(&format!("proxy: {reason}"));
-                state.line(Outcome::Failed, "CONNECT", &host, "", None, |e| e.reason = Some(reason));
-                return;
-            };
+            let Some(stream) = intercept(&state, &host, upgraded, tls).await else { return };
             let pool = Pool::default();
+            let (stream, ambiguous) = Guarded::new(stream);
             let service = hyper::service::service_fn(move |req| {
-                let (state, host, pool) = (state.clone(), host.clone(), pool.clone());
-                async move { Ok::<_, Infallible>(forward(req, &state, &host, "https", &pool).await) }
+                let (state, host, pool, ambiguous) = (state.clone(), host.clone(), pool.clone(), ambiguous.clone());
+                async move {
+                    if ambiguous.load(Ordering::SeqCst) {
+                        return Ok::<_, Infallible>(refuse_ambiguous(&state, &req));
+                    }
+                    Ok(forward(req, &state, &host, "https", family, &pool).await)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
@@ -223,6 +251,61 @@ async fn outer(req: Request<Incoming>, state: Arc<State>) -> Result<Response<Bod
     Ok(Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed()))
 }
 
+/// Terminates a client's TLS for a routed host: the ClientHello's server name, when it
+/// sends one, must be the CONNECT's host (or a token for one host could be asked for on a
+/// connection to another); a handshake the client gives up on is one line on stderr.
+async fn intercept(
+    state: &Arc<State>,
+    host: &str,
+    upgraded: hyper::upgrade::Upgraded,
+    tls: Arc<rustls::ServerConfig>,
+) -> Option<tokio_rustls::server::TlsStream<TokioIo<hyper::upgrade::Upgraded>>> {
+    let fail = |reason: String| {
+        mayfly_core::protocol::warn(&format!("proxy: {reason}"));
+        state.line(Outcome::Denied, "CONNECT", host, "", None, |e| e.reason = Some(reason));
+    };
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), TokioIo::new(upgraded));
+    let start = match acceptor.await {
+        Ok(start) => start,
+        Err(e) => {
+            fail(format!("a client's TLS for `{host}` did not start: {e}"));
+            return None;
+        }
+    };
+    let expected = host_name(host);
+    if let Some(sni) = start.client_hello().server_name()
+        && !sni.eq_ignore_ascii_case(&expected)
+    {
+        fail(format!(
+            "a client that connected to `{host}` asked TLS for `{}`: refused",
+            mayfly_core::sanitize_for_terminal(sni)
+        ));
+        return None;
+    }
+    match start.into_stream(tls).await {
+        Ok(stream) => Some(stream),
+        Err(e) => {
+            let rejected = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()).is_some_and(|e| {
+                matches!(e, rustls::Error::AlertReceived(alert) if matches!(
+                    alert,
+                    rustls::AlertDescription::UnknownCA
+                        | rustls::AlertDescription::BadCertificate
+                        | rustls::AlertDescription::CertificateUnknown
+                ))
+            });
+            fail(if rejected {
+                format!(
+                    "a client did not trust the session's certificate for `{host}`: it reads none of {}, or overrides them",
+                    CA_VARS.join(", ")
+                )
+            } else {
+                format!("TLS with a client for `{host}` failed: {e}")
+            });
+            None
+        }
+    }
+}
+
 /// `host:port` to connect to, with the scheme's default port when none is named.
 fn with_port(authority: &str, default: u16) -> String {
     let has_port = match authority.rsplit_once(':') {
@@ -232,36 +315,61 @@ fn with_port(authority: &str, default: u16) -> String {
     if has_port && !authority.ends_with(']') { authority.to_owned() } else { format!("{authority}:{default}") }
 }
 
-/// The repository and operation of a git smart-HTTP request.
-pub(crate) fn git_request(method: &Method, path: &str, query: Option<&str>) -> (String, Operation) {
-    let service = query.unwrap_or_default().split('&').find_map(|p| p.strip_prefix("service="));
-    for suffix in ["/info/refs", "/git-upload-pack", "/git-receive-pack"] {
-        if let Some(repo) = path.strip_suffix(suffix) {
-            let write = suffix == "/git-receive-pack" || service == Some("git-receive-pack");
-            return (repo.to_owned(), if write { Operation::Write } else { Operation::Read });
-        }
-    }
-    let read = matches!(*method, Method::GET | Method::HEAD);
-    (path.to_owned(), if read { Operation::Read } else { Operation::Write })
-}
+/// The most of a body the proxy reads to find the package it names (a `cargo publish` or
+/// `twine upload`).
+const MAX_NAMING_BODY: usize = 256 << 20;
 
 /// One intercepted request: the route's credential added, then sent upstream.
 async fn forward(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     state: &Arc<State>,
     host: &str,
     protocol: &str,
+    family: Option<(Family, Tool)>,
     pool: &Pool,
 ) -> Response<Body> {
     if ambiguous(req.headers()) {
         return text(StatusCode::BAD_REQUEST, AMBIGUOUS);
     }
+    let Some((family, tool)) = family else {
+        return text(StatusCode::BAD_GATEWAY, "mayfly: no route names this host");
+    };
+    let mut req = req.map(BodyExt::boxed);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let (repo, operation) = git_request(&method, &path, req.uri().query());
-    let target = match Target::new(Tool::Git, protocol, host, Some(&repo)) {
+    let refuse = |reason: String, operation: Option<Operation>| {
+        state.line(Outcome::Denied, method.as_str(), host, &path, None, |e| {
+            e.operation = operation.map(|o| o.as_str().into()).unwrap_or_default();
+            e.reason = Some(reason.clone());
+        });
+        refusal(family, StatusCode::FORBIDDEN, &format!("mayfly: {reason}"))
+    };
+    let detected = match operation::detect(family, &method, &path, req.uri().query()) {
+        Ok(detected) => detected,
+        Err(reason) => return refuse(reason, None),
+    };
+    let operation = detected.operation;
+    let name = match detected.subject {
+        Subject::Host => None,
+        Subject::Named(name) => Some(name),
+        Subject::InBody(kind) => {
+            let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+            let (parts, body) = req.into_parts();
+            let bytes = match http_body_util::Limited::new(body, MAX_NAMING_BODY).collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => return refuse(format!("cannot read the request's body: {e}"), Some(operation)),
+            };
+            let named = operation::name_in_body(kind, content_type.as_deref(), &bytes);
+            req = Request::from_parts(parts, Full::new(bytes).map_err(|never| match never {}).boxed());
+            match named {
+                Ok(name) => Some(name),
+                Err(reason) => return refuse(reason, Some(operation)),
+            }
+        }
+    };
+    let target = match Target::new(tool, protocol, host, name.as_deref()) {
         Ok(target) => target,
-        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("mayfly: {e}")),
+        Err(e) => return refuse(e.to_string(), Some(operation)),
     };
     let route = match state.settings.broker.resolve(&target) {
         Resolution::Route(route) => Some(route.clone()),
@@ -285,18 +393,27 @@ async fn forward(
                     e.route.clone_from(&route_name);
                     e.reason = Some(reason.clone());
                 });
-                return text(StatusCode::FORBIDDEN, &format!("mayfly: {reason}"));
+                return refusal(family, StatusCode::FORBIDDEN, &format!("mayfly: {reason}"));
             }
-            Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "mayfly: the token request failed"),
+            Err(_) => return refusal(family, StatusCode::INTERNAL_SERVER_ERROR, "mayfly: the token request failed"),
         };
-        let value = match issued.scheme {
+        // As the tool would send what its shim hands it: npm an `_authToken` (Bearer),
+        // twine a user name and password (Basic); the others as the route says.
+        let scheme = match family {
+            Family::Npm => Scheme::Bearer,
+            Family::Pypi => Scheme::Basic,
+            _ => issued.scheme,
+        };
+        let value = match scheme {
             Scheme::Basic => {
                 format!("Basic {}", STANDARD.encode(format!("{}:{}", issued.username, issued.token.expose())))
             }
-            Scheme::Bearer | Scheme::Plain => format!("Bearer {}", issued.token.expose()),
+            Scheme::Bearer => format!("Bearer {}", issued.token.expose()),
+            // cargo's registries take the token as the whole value.
+            Scheme::Plain => issued.token.expose().to_owned(),
         };
         let Ok(mut value) = header::HeaderValue::from_str(&value) else {
-            return text(StatusCode::BAD_GATEWAY, "mayfly: the token cannot go into a header");
+            return refusal(family, StatusCode::BAD_GATEWAY, "mayfly: the token cannot go into a header");
         };
         value.set_sensitive(true);
         req.headers_mut().insert(header::AUTHORIZATION, value);
@@ -311,6 +428,9 @@ async fn forward(
             &format!("mayfly: no route for `{}`, and this session refuses unrouted requests", target.display()),
         );
     }
+    if route.is_none() && req.headers().get(header::AUTHORIZATION).is_some_and(|v| placeholder(v.as_bytes())) {
+        req.headers_mut().remove(header::AUTHORIZATION);
+    }
     let response = match send(req, state, host, protocol, route.as_ref(), pool).await {
         Ok(response) => response,
         Err(e) => {
@@ -319,7 +439,7 @@ async fn forward(
                 ev.route.clone_from(&route_name);
                 ev.reason = Some(e.clone());
             });
-            return text(StatusCode::BAD_GATEWAY, &format!("mayfly: {e}"));
+            return refusal(family, StatusCode::BAD_GATEWAY, &format!("mayfly: {e}"));
         }
     };
     let outcome = if route.is_some() { Outcome::Proxied } else { Outcome::Tunnelled };
@@ -332,96 +452,33 @@ async fn forward(
     response
 }
 
-/// Upstream connections of one client connection, by route: a client's requests come
-/// one after another, so each is reused once its previous answer was read.
-type Pool = Arc<tokio::sync::Mutex<HashMap<String, SendRequest<Incoming>>>>;
+/// What a tool that will not send a request without a credential is given inside the
+/// session (npm's `_authToken`, cargo's registry token): replaced by the minted token on
+/// routed requests, removed from the others.
+pub(crate) const PLACEHOLDER: &str = "mayfly-proxy-placeholder";
 
-/// Sends a request to its upstream over TLS (or plain http to loopback) and streams the
-/// answer back.
-async fn send(
-    mut req: Request<Incoming>,
-    state: &Arc<State>,
-    host: &str,
-    protocol: &str,
-    route: Option<&mayfly_core::Route>,
-    pool: &Pool,
-) -> Result<Response<Body>, String> {
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    *req.uri_mut() = path.parse().map_err(|_| "invalid request path".to_owned())?;
-    if !req.headers().contains_key(header::HOST)
-        && let Ok(value) = header::HeaderValue::from_str(host)
-    {
-        req.headers_mut().insert(header::HOST, value);
-    }
-    strip_hop_by_hop(&mut req);
-    let key = route.map(|r| r.name.clone()).unwrap_or_default();
-    let mut pool = pool.lock().await;
-    let mut reused = pool.remove(&key);
-    if let Some(sender) = &mut reused
-        && sender.ready().await.is_err()
-    {
-        reused = None;
-    }
-    let mut sender = match reused {
-        Some(sender) => sender,
-        None => connect(state, host, protocol, route).await?,
-    };
-    let response = sender.send_request(req).await.map_err(|e| format!("`{host}`: {e}"))?;
-    pool.insert(key, sender);
-    Ok(response.map(BodyExt::boxed))
+/// True for an `Authorization` value that carries the placeholder (as a bearer token,
+/// a bare token, or a `Basic` password).
+fn placeholder(value: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(value);
+    let token = text.split_once(' ').map_or(text.as_ref(), |(_, t)| t).trim();
+    token == PLACEHOLDER
+        || STANDARD
+            .decode(token)
+            .ok()
+            .is_some_and(|d| String::from_utf8_lossy(&d).split_once(':').is_some_and(|(_, p)| p == PLACEHOLDER))
 }
 
-/// A new upstream connection for a host.
-async fn connect(
-    state: &Arc<State>,
-    host: &str,
-    protocol: &str,
-    route: Option<&mayfly_core::Route>,
-) -> Result<SendRequest<Incoming>, String> {
-    let address = with_port(host, if protocol == "https" { 443 } else { 80 });
-    let tcp = tokio::net::TcpStream::connect(&address).await.map_err(|e| format!("cannot reach `{host}`: {e}"))?;
-    if protocol == "http" {
-        return handshake(TokioIo::new(tcp), host).await;
-    }
-    let config = state.upstream_config(route)?;
-    let name = host_name(host);
-    let server = ServerName::try_from(name.clone()).map_err(|_| format!("invalid server name `{name}`"))?;
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(server, tcp)
-        .await
-        .map_err(|e| format!("TLS with `{host}` failed: {e}"))?;
-    handshake(TokioIo::new(tls), host).await
-}
-
-async fn handshake<T>(io: TokioIo<T>, host: &str) -> Result<SendRequest<Incoming>, String>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("`{host}`: {e}"))?;
-    tokio::spawn(connection);
-    Ok(sender)
-}
-
-/// A plain-http request to an unrouted host, passed on as it came.
-async fn passthrough(mut req: Request<Incoming>, address: &str) -> Response<Body> {
-    let host = address.to_owned();
-    let tcp = match tokio::net::TcpStream::connect(address).await {
-        Ok(tcp) => tcp,
-        Err(e) => return text(StatusCode::BAD_GATEWAY, &format!("mayfly: cannot reach `{host}`: {e}")),
-    };
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    if let Ok(uri) = path.parse() {
-        *req.uri_mut() = uri;
-    }
-    strip_hop_by_hop(&mut req);
-    let sent = match handshake(TokioIo::new(tcp), &host).await {
-        Ok(mut sender) => sender.send_request(req).await.map_err(|e| format!("`{host}`: {e}")),
-        Err(e) => Err(e),
-    };
-    match sent {
-        Ok(response) => response.map(BodyExt::boxed),
-        Err(e) => text(StatusCode::BAD_GATEWAY, &format!("mayfly: {e}")),
-    }
+/// The answer to a request with two lengths: `400`, and the connection closed (what
+/// follows on it cannot be told apart from the body).
+fn refuse_ambiguous(state: &State, req: &Request<Incoming>) -> Response<Body> {
+    let host = req.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+    state.line(Outcome::Denied, req.method().as_str(), &host, req.uri().path(), None, |e| {
+        e.reason = Some("both Content-Length and Transfer-Encoding".into());
+    });
+    let mut response = text(StatusCode::BAD_REQUEST, AMBIGUOUS);
+    response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    response
 }
 
 const AMBIGUOUS: &str = "mayfly: a request with both Content-Length and Transfer-Encoding is refused";
@@ -434,7 +491,7 @@ fn ambiguous(headers: &header::HeaderMap) -> bool {
 }
 
 /// Headers meant for the proxy, not the upstream (the secret among them).
-fn strip_hop_by_hop(req: &mut Request<Incoming>) {
+fn strip_hop_by_hop<B>(req: &mut Request<B>) {
     let headers = req.headers_mut();
     for name in [header::PROXY_AUTHORIZATION, header::HeaderName::from_static("proxy-connection")] {
         headers.remove(name);
@@ -451,35 +508,14 @@ fn host_name(host: &str) -> String {
 }
 
 impl State {
-    fn upstream_config(&self, route: Option<&mayfly_core::Route>) -> Result<Arc<rustls::ClientConfig>, String> {
-        let key = route.map(|r| r.name.clone()).unwrap_or_default();
-        let mut configs = self.upstream.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(config) = configs.get(&key) {
-            return Ok(config.clone());
-        }
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
-        if let Some(file) = route.and_then(|r| r.ca_file.as_ref()) {
-            use rustls::pki_types::pem::PemObject;
-            let certs = CertificateDer::pem_file_iter(file)
-                .map_err(|e| format!("cannot read `ca_file` `{}`: {e}", file.display()))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| format!("`ca_file` `{}`: {e}", file.display()))?;
-                roots.add(cert).map_err(|e| format!("`ca_file` `{}`: {e}", file.display()))?;
-            }
-        }
-        let mut config =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let config = Arc::new(config);
-        configs.insert(key, config.clone());
-        Ok(config)
+    /// How a routed host's requests are read: by the first route naming the host whose
+    /// tool the proxy reads; `None` for hosts it passes through.
+    fn family(&self, protocol: &str, host: &str) -> Option<(Family, Tool)> {
+        let routes = &self.settings.broker.config().routes;
+        routes
+            .iter()
+            .filter(|r| r.protocol == protocol && r.host == host)
+            .find_map(|r| Family::of(r.tool).map(|family| (family, r.tool)))
     }
 
     /// One audit line for a proxied request. The query is never written: it can carry
@@ -512,125 +548,9 @@ impl State {
     }
 }
 
-/// The session's certificate authority: its key never leaves this process's memory.
-struct Ca {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    pem: String,
-    leaves: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
-}
-
-impl Ca {
-    fn new() -> Result<Self, rcgen::Error> {
-        let key = rcgen::KeyPair::generate()?;
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-        params.distinguished_name.push(rcgen::DnType::CommonName, "mayfly exec --proxy session CA");
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key)?;
-        Ok(Self { pem: cert.pem(), issuer: rcgen::Issuer::new(params, key), leaves: Mutex::new(HashMap::new()) })
-    }
-
-    /// The TLS config that serves `host` (`name[:port]`) with a leaf signed by this CA.
-    fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, String> {
-        let name = host_name(host);
-        let mut leaves = self.leaves.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(config) = leaves.get(&name) {
-            return Ok(config.clone());
-        }
-        let err = |e: rcgen::Error| e.to_string();
-        let key = rcgen::KeyPair::generate().map_err(err)?;
-        let mut params = rcgen::CertificateParams::new(vec![name.clone()]).map_err(err)?;
-        params.distinguished_name.push(rcgen::DnType::CommonName, name.as_str());
-        let cert = params.signed_by(&key, &self.issuer).map_err(err)?;
-        let der = PrivateKeyDer::try_from(key.serialize_der()).map_err(str::to_owned)?;
-        let mut config =
-            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_no_client_auth()
-                .with_single_cert(vec![cert.der().clone()], der)
-                .map_err(|e| e.to_string())?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let config = Arc::new(config);
-        leaves.insert(name, config.clone());
-        Ok(config)
-    }
-}
-
-/// The bundle clients trust inside the session: the system roots (as this process finds
-/// them, `SSL_CERT_FILE` included) and the session CA.
-pub(crate) fn ca_bundle(ca_pem: &str) -> String {
-    let mut bundle = String::new();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        bundle.push_str("-----BEGIN CERTIFICATE-----\n");
-        let encoded = STANDARD.encode(cert.as_ref());
-        for chunk in encoded.as_bytes().chunks(64) {
-            bundle.push_str(&String::from_utf8_lossy(chunk));
-            bundle.push('\n');
-        }
-        bundle.push_str("-----END CERTIFICATE-----\n");
-    }
-    bundle.push_str(ca_pem);
-    bundle
-}
-
-/// The variables that name the CA bundle, one per client family.
-pub(crate) const CA_VARS: [&str; 9] = [
-    "SSL_CERT_FILE",
-    "GIT_SSL_CAINFO",
-    "CURL_CA_BUNDLE",
-    "REQUESTS_CA_BUNDLE",
-    "PIP_CERT",
-    "NODE_EXTRA_CA_CERTS",
-    "npm_config_cafile",
-    "CARGO_HTTP_CAINFO",
-    "AWS_CA_BUNDLE",
-];
-
-/// The command's variables: the proxy URL, loopback names no route names in `NO_PROXY`,
-/// and the CA bundle.
-pub(crate) fn vars(url: &str, bundle: &std::path::Path, config: &mayfly_core::Config) -> Vec<(String, String)> {
-    let mut vars = Vec::new();
-    for name in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"] {
-        vars.push((name.to_owned(), url.to_owned()));
-        vars.push((name.to_ascii_lowercase(), url.to_owned()));
-    }
-    let routed: Vec<String> = config.routes.iter().map(|r| host_name(&r.host)).collect();
-    let loopback: Vec<&str> =
-        ["localhost", "127.0.0.1", "::1"].into_iter().filter(|n| !routed.iter().any(|r| r == n)).collect();
-    vars.push(("NO_PROXY".to_owned(), loopback.join(",")));
-    vars.push(("no_proxy".to_owned(), loopback.join(",")));
-    for name in CA_VARS {
-        vars.push((name.to_owned(), bundle.display().to_string()));
-    }
-    vars
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn git_requests_name_their_repository_and_operation() {
-        let get = Method::GET;
-        let post = Method::POST;
-        assert_eq!(
-            git_request(&get, "/org/app.git/info/refs", Some("service=git-upload-pack")),
-            ("/org/app.git".to_owned(), Operation::Read)
-        );
-        assert_eq!(
-            git_request(&get, "/org/app.git/info/refs", Some("service=git-receive-pack")),
-            ("/org/app.git".to_owned(), Operation::Write)
-        );
-        assert_eq!(
-            git_request(&post, "/org/app.git/git-upload-pack", None),
-            ("/org/app.git".to_owned(), Operation::Read)
-        );
-        assert_eq!(
-            git_request(&post, "/org/app.git/git-receive-pack", None),
-            ("/org/app.git".to_owned(), Operation::Write)
-        );
-    }
 
     #[test]
     fn a_request_with_two_lengths_is_ambiguous() {
@@ -645,6 +565,16 @@ mod tests {
     }
 
     #[test]
+    fn placeholders_are_recognised_in_each_scheme() {
+        assert!(placeholder(b"Bearer mayfly-proxy-placeholder"));
+        assert!(placeholder(b"mayfly-proxy-placeholder"));
+        let basic = format!("Basic {}", STANDARD.encode("user:mayfly-proxy-placeholder"));
+        assert!(placeholder(basic.as_bytes()));
+        assert!(!placeholder(b"Bearer something-else"));
+        assert!(!placeholder(b"Bearer mayfly-proxy-placeholder2"));
+    }
+
+    #[test]
     fn ports_and_names_split_like_urls() {
         assert_eq!(with_port("git.example", 443), "git.example:443");
         assert_eq!(with_port("git.example:8443", 443), "git.example:8443");
@@ -653,14 +583,5 @@ mod tests {
         assert_eq!(host_name("127.0.0.1:8443"), "127.0.0.1");
         assert_eq!(host_name("[::1]:8443"), "::1");
         assert_eq!(host_name("git.example"), "git.example");
-    }
-
-    #[test]
-    fn the_session_ca_signs_leaves_for_names_and_addresses() {
-        let ca = Ca::new().unwrap();
-        assert!(ca.pem.starts_with("-----BEGIN CERTIFICATE-----"));
-        assert!(ca.server_config("git.example:8443").is_ok());
-        assert!(ca.server_config("127.0.0.1:8443").is_ok());
-        assert_eq!(ca.leaves.lock().unwrap().len(), 2);
     }
 }

@@ -1,0 +1,89 @@
+//! What the command's environment gets inside a proxy session: the proxy's URL, the CA
+//! bundle in every variable a common client reads it from, and npm's placeholder.
+
+use mayfly_core::Tool;
+
+use super::{PLACEHOLDER, host_name};
+
+/// The variables that name the CA bundle, one per client family.
+pub(crate) const CA_VARS: [&str; 9] = [
+    "SSL_CERT_FILE",
+    "GIT_SSL_CAINFO",
+    "CURL_CA_BUNDLE",
+    "REQUESTS_CA_BUNDLE",
+    "PIP_CERT",
+    "NODE_EXTRA_CA_CERTS",
+    "npm_config_cafile",
+    "CARGO_HTTP_CAINFO",
+    "AWS_CA_BUNDLE",
+];
+
+/// npm will not publish without a credential for the registry: the user's npm config
+/// (`npm_config_userconfig`, or `~/.npmrc`) with a placeholder the proxy replaces for each
+/// host an npm route names, for the session's `npm_config_userconfig`. A config file, not
+/// `npm_config_//HOST/:_authToken`: `sh` (dash) drops variables whose names are not shell
+/// names, so that variable would not reach npm behind a script. `None` without npm routes.
+pub(crate) fn npm_userconfig(config: &mayfly_core::Config, env: &mayfly_core::Env) -> Option<String> {
+    let hosts: Vec<&str> = config.routes.iter().filter(|r| r.tool == Tool::Npm).map(|r| r.host.as_str()).collect();
+    if hosts.is_empty() {
+        return None;
+    }
+    let user = env
+        .path("npm_config_userconfig")
+        .or_else(|| env.path("NPM_CONFIG_USERCONFIG"))
+        .or_else(|| env.path("HOME").map(|h| h.join(".npmrc")));
+    let mut text = user.and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str("; mayfly exec --proxy: a placeholder the proxy replaces with each request's token\n");
+    let mut seen = Vec::new();
+    for host in hosts {
+        if !seen.contains(&host) {
+            text.push_str(&format!("//{host}/:_authToken={PLACEHOLDER}\n"));
+            seen.push(host);
+        }
+    }
+    Some(text)
+}
+
+/// The command's variables: the proxy URL, loopback names no route names in `NO_PROXY`,
+/// and the CA bundle.
+pub(crate) fn vars(url: &str, bundle: &std::path::Path, config: &mayfly_core::Config) -> Vec<(String, String)> {
+    let mut vars = Vec::new();
+    for name in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY"] {
+        vars.push((name.to_owned(), url.to_owned()));
+        vars.push((name.to_ascii_lowercase(), url.to_owned()));
+    }
+    let routed: Vec<String> = config.routes.iter().map(|r| host_name(&r.host)).collect();
+    let loopback: Vec<&str> =
+        ["localhost", "127.0.0.1", "::1"].into_iter().filter(|n| !routed.iter().any(|r| r == n)).collect();
+    vars.push(("NO_PROXY".to_owned(), loopback.join(",")));
+    vars.push(("no_proxy".to_owned(), loopback.join(",")));
+    for name in CA_VARS {
+        vars.push((name.to_owned(), bundle.display().to_string()));
+    }
+    vars
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_npm_config_keeps_the_users_and_adds_one_placeholder_per_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = dir.path().join("npmrc");
+        std::fs::write(&user, "registry=https://npm.example/").unwrap();
+        let toml = "[identities.ci]\nkind = \"github-actions\"\naudience = \"mayfly\"\n\n[exchanges.sts]\nkind = \"rfc8693\"\ntoken_endpoint = \"https://sts.example/token\"\n\n[[routes]]\ntool = \"npm\"\nhost = \"npm.example\"\npath = \"@org/a\"\nidentity = \"ci\"\nexchange = \"sts\"\n\n[[routes]]\ntool = \"npm\"\nhost = \"npm.example\"\npath = \"@org/b\"\nidentity = \"ci\"\nexchange = \"sts\"\n";
+        let config = mayfly_core::Config::parse(toml, std::path::Path::new("config.toml")).unwrap();
+        let env = mayfly_core::Env::from_pairs([("npm_config_userconfig", user.display().to_string())]);
+        let text = npm_userconfig(&config, &env).unwrap();
+        assert!(text.starts_with("registry=https://npm.example/\n"), "{text}");
+        assert_eq!(text.matches("//npm.example/:_authToken=mayfly-proxy-placeholder\n").count(), 1, "{text}");
+        assert!(
+            npm_userconfig(&mayfly_core::Config::parse("", std::path::Path::new("config.toml")).unwrap(), &env)
+                .is_none()
+        );
+    }
+}

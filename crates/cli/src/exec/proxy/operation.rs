@@ -1,0 +1,384 @@
+//! What an intercepted request asks for: the operation, and the package or repository
+//! its token is bound to, read from the request the way each tool's protocol spells it.
+//!
+//! The target is the one the tool's own helper or shim would compute for the same
+//! request: git names the repository; npm and twine name the package only when they
+//! publish (installs are registry-wide); cargo names the crate except for reads. Nothing
+//! here widens a target: a request whose package cannot be read exactly is refused.
+
+use hyper::Method;
+use mayfly_core::{Operation, Tool};
+
+/// The protocol family the proxy reads a route's requests with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Family {
+    /// git smart HTTP.
+    Git,
+    /// The npm registry API (npm, pnpm, yarn).
+    Npm,
+    /// cargo's sparse index and web API.
+    Cargo,
+    /// PyPI's upload API and simple index.
+    Pypi,
+    /// A plain REST API: `GET`/`HEAD` read, anything else writes.
+    Rest,
+}
+
+impl Family {
+    /// The family a route's tool is read with; `None` for tools the proxy passes through
+    /// (OCI's token dance is not done yet; AWS signs requests itself).
+    pub(crate) fn of(tool: Tool) -> Option<Self> {
+        match tool {
+            Tool::Git => Some(Self::Git),
+            Tool::Npm => Some(Self::Npm),
+            Tool::Cargo => Some(Self::Cargo),
+            Tool::Pypi => Some(Self::Pypi),
+            Tool::Kubectl | Tool::Terraform => Some(Self::Rest),
+            _ => None,
+        }
+    }
+}
+
+/// What a token is bound to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Subject {
+    /// The registry as a whole (the host).
+    Host,
+    /// One repository or package, as the tool's helper names it.
+    Named(String),
+    /// One package, named in the request's body.
+    InBody(BodyName),
+}
+
+/// Where in a body the package is named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyName {
+    /// `cargo publish`: a little-endian length, then JSON metadata with `name`.
+    CargoPublish,
+    /// `twine upload`: a multipart form with a `name` field.
+    PypiUpload,
+}
+
+/// An intercepted request's operation and subject.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Detected {
+    pub operation: Operation,
+    pub subject: Subject,
+}
+
+fn reads(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+}
+
+/// Reads a request of `family`: its operation and subject, or why it is refused.
+pub(crate) fn detect(family: Family, method: &Method, path: &str, query: Option<&str>) -> Result<Detected, String> {
+    match family {
+        Family::Git => Ok(git(method, path, query)),
+        Family::Npm => npm(method, path),
+        Family::Cargo => cargo(method, path),
+        Family::Pypi => Ok(pypi(method)),
+        Family::Rest => {
+            let operation = if reads(method) { Operation::Read } else { Operation::Write };
+            Ok(Detected { operation, subject: Subject::Host })
+        }
+    }
+}
+
+/// git smart HTTP: `git-receive-pack` writes, everything else reads; the repository is the
+/// path before the service.
+fn git(method: &Method, path: &str, query: Option<&str>) -> Detected {
+    let service = query.unwrap_or_default().split('&').find_map(|p| p.strip_prefix("service="));
+    for suffix in ["/info/refs", "/git-upload-pack", "/git-receive-pack"] {
+        if let Some(repo) = path.strip_suffix(suffix) {
+            let write = suffix == "/git-receive-pack" || service == Some("git-receive-pack");
+            let operation = if write { Operation::Write } else { Operation::Read };
+            return Detected { operation, subject: Subject::Named(repo.to_owned()) };
+        }
+    }
+    let operation = if reads(method) { Operation::Read } else { Operation::Write };
+    Detected { operation, subject: Subject::Named(path.to_owned()) }
+}
+
+/// One path segment percent-decoded exactly once; `None` when it is not UTF-8.
+fn decode_once(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = segment.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A package name from the path's leading segments (`pkg`, `@scope%2fpkg` or
+/// `@scope/pkg`), decoded once; refused when a part holds a separator or an escape after
+/// decoding.
+fn npm_package<'a>(mut segments: impl Iterator<Item = &'a str>) -> Result<String, String> {
+    let refuse = |s: &str| format!("`{}` is not an npm package name", mayfly_core::sanitize_for_terminal(s));
+    let first = segments.next().filter(|s| !s.is_empty()).ok_or_else(|| "the request names no package".to_owned())?;
+    let decoded = decode_once(first).ok_or_else(|| refuse(first))?;
+    let (scope, name) = match decoded.strip_prefix('@') {
+        Some(scoped) => match scoped.split_once('/') {
+            Some((scope, name)) => (Some(scope.to_owned()), name.to_owned()),
+            None => {
+                let next = segments.next().ok_or_else(|| refuse(first))?;
+                (Some(scoped.to_owned()), decode_once(next).ok_or_else(|| refuse(next))?)
+            }
+        },
+        None => (None, decoded.clone()),
+    };
+    let bad = |part: &str| {
+        part.is_empty()
+            || part == "."
+            || part == ".."
+            || part.chars().any(|c| c.is_control() || c.is_whitespace() || "/\\%?#@:".contains(c))
+    };
+    if scope.as_deref().is_some_and(bad) || bad(&name) {
+        return Err(refuse(&decoded));
+    }
+    Ok(match scope {
+        Some(scope) => format!("@{scope}/{name}"),
+        None => name,
+    })
+}
+
+/// The npm registry: reads are registry-wide (as the shim's installs); `PUT`/`DELETE` of
+/// a package document, its dist-tags or access publish that package.
+fn npm(method: &Method, path: &str) -> Result<Detected, String> {
+    if reads(method) {
+        return Ok(Detected { operation: Operation::Read, subject: Subject::Host });
+    }
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    let mut segments = rest.split('/');
+    let package = match rest.strip_prefix("-/") {
+        Some(special) => {
+            if let Some(package) = special.strip_prefix("package/") {
+                npm_package(package.split('/'))?
+            } else if special.starts_with("npm/v1/security/") && *method == Method::POST {
+                // `npm audit` posts the dependency tree: a read.
+                return Ok(Detected { operation: Operation::Read, subject: Subject::Host });
+            } else {
+                return Err(format!(
+                    "`{method} /-/{}` is not a registry operation mayfly adds a token to",
+                    mayfly_core::sanitize_for_terminal(special.split('/').next().unwrap_or_default())
+                ));
+            }
+        }
+        None => npm_package(&mut segments)?,
+    };
+    Ok(Detected { operation: Operation::Publish, subject: Subject::Named(package) })
+}
+
+/// A crate name as crates.io allows it.
+fn crate_name(name: &str) -> Result<String, String> {
+    let good =
+        !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if good {
+        Ok(name.to_owned())
+    } else {
+        Err(format!("`{}` is not a crate name", mayfly_core::sanitize_for_terminal(name)))
+    }
+}
+
+/// cargo: reads (index, downloads) are registry-wide, as cargo's provider asks for them;
+/// `PUT /api/v1/crates/new` publishes the crate its body names; `yank`/`unyank` and
+/// `owners` name the crate in the path.
+fn cargo(method: &Method, path: &str) -> Result<Detected, String> {
+    let api = path.find("/api/v1/crates/").map(|i| &path[i + "/api/v1/crates/".len()..]);
+    let Some(api) = api else {
+        return if reads(method) {
+            Ok(Detected { operation: Operation::Read, subject: Subject::Host })
+        } else {
+            Err(format!("`{method}` outside cargo's publish API is not a registry operation mayfly adds a token to"))
+        };
+    };
+    let segments: Vec<&str> = api.split('/').collect();
+    let detected = |operation, name: &str| Ok(Detected { operation, subject: Subject::Named(crate_name(name)?) });
+    match (method, segments.as_slice()) {
+        (&Method::PUT, ["new"]) => {
+            Ok(Detected { operation: Operation::Publish, subject: Subject::InBody(BodyName::CargoPublish) })
+        }
+        (&Method::DELETE, [name, _, "yank"]) | (&Method::PUT, [name, _, "unyank"]) => detected(Operation::Yank, name),
+        (_, [name, "owners"]) => detected(Operation::Owners, name),
+        _ if reads(method) => Ok(Detected { operation: Operation::Read, subject: Subject::Host }),
+        _ => Err(format!("`{method}` of cargo's API is not a registry operation mayfly adds a token to")),
+    }
+}
+
+/// PyPI: a `POST` uploads (publishes) the project its form names; the rest reads the index.
+fn pypi(method: &Method) -> Detected {
+    if *method == Method::POST {
+        Detected { operation: Operation::Publish, subject: Subject::InBody(BodyName::PypiUpload) }
+    } else {
+        Detected { operation: Operation::Read, subject: Subject::Host }
+    }
+}
+
+/// The package a body names, as the tool's shim or provider names it.
+pub(crate) fn name_in_body(kind: BodyName, content_type: Option<&str>, body: &[u8]) -> Result<String, String> {
+    match kind {
+        BodyName::CargoPublish => {
+            let invalid = || "the publish request's metadata is not what cargo sends".to_owned();
+            let length = body.get(..4).ok_or_else(invalid)?;
+            let length = u32::from_le_bytes(length.try_into().map_err(|_| invalid())?) as usize;
+            let json = body.get(4..4 + length).ok_or_else(invalid)?;
+            let metadata: serde_json::Value = serde_json::from_slice(json).map_err(|_| invalid())?;
+            crate_name(metadata["name"].as_str().ok_or_else(invalid)?)
+        }
+        BodyName::PypiUpload => {
+            let invalid = || "the upload is not a form with one `name`".to_owned();
+            let boundary = content_type
+                .and_then(|t| t.split(';').find_map(|p| p.trim().strip_prefix("boundary=")))
+                .map(|b| b.trim_matches('"'))
+                .filter(|b| !b.is_empty())
+                .ok_or_else(invalid)?;
+            let delimiter = format!("--{boundary}");
+            let text = String::from_utf8_lossy(body);
+            let mut names = text.split(delimiter.as_str()).filter_map(|part| {
+                let (head, value) = part.split_once("\r\n\r\n")?;
+                let named = head
+                    .lines()
+                    .any(|l| l.to_ascii_lowercase().starts_with("content-disposition:") && l.contains("name=\"name\""));
+                named.then(|| value.strip_suffix("\r\n").unwrap_or(value).to_owned())
+            });
+            let name = names.next().ok_or_else(invalid)?;
+            if names.next().is_some() {
+                return Err(invalid());
+            }
+            pep503(&name).ok_or_else(invalid)
+        }
+    }
+}
+
+/// A project name normalised as PEP 503 (and the twine shim) does: `Foo_Bar` is `foo-bar`.
+fn pep503(name: &str) -> Option<String> {
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return None;
+    }
+    let mut out = String::new();
+    for c in name.chars() {
+        if "-_.".contains(c) {
+            if !out.ends_with('-') {
+                out.push('-');
+            }
+        } else {
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(operation: Operation, name: &str) -> Result<Detected, String> {
+        Ok(Detected { operation, subject: Subject::Named(name.into()) })
+    }
+
+    fn host(operation: Operation) -> Result<Detected, String> {
+        Ok(Detected { operation, subject: Subject::Host })
+    }
+
+    #[test]
+    fn git_requests_name_their_repository_and_operation() {
+        let git = |method, path, query| detect(Family::Git, &method, path, query);
+        assert_eq!(
+            git(Method::GET, "/org/app.git/info/refs", Some("service=git-upload-pack")),
+            named(Operation::Read, "/org/app.git")
+        );
+        assert_eq!(
+            git(Method::GET, "/org/app.git/info/refs", Some("service=git-receive-pack")),
+            named(Operation::Write, "/org/app.git")
+        );
+        assert_eq!(git(Method::POST, "/org/app.git/git-upload-pack", None), named(Operation::Read, "/org/app.git"));
+        assert_eq!(git(Method::POST, "/org/app.git/git-receive-pack", None), named(Operation::Write, "/org/app.git"));
+    }
+
+    #[test]
+    fn npm_publishes_name_the_package_decoded_once() {
+        let npm = |method, path| detect(Family::Npm, &method, path, None);
+        assert_eq!(npm(Method::GET, "/@org%2fapp"), host(Operation::Read));
+        assert_eq!(npm(Method::GET, "/app/-/app-1.0.0.tgz"), host(Operation::Read));
+        assert_eq!(npm(Method::PUT, "/app"), named(Operation::Publish, "app"));
+        assert_eq!(npm(Method::PUT, "/@org%2fapp"), named(Operation::Publish, "@org/app"));
+        assert_eq!(npm(Method::PUT, "/@org%2Fapp"), named(Operation::Publish, "@org/app"));
+        assert_eq!(npm(Method::PUT, "/@org/app"), named(Operation::Publish, "@org/app"));
+        assert_eq!(npm(Method::DELETE, "/app/-rev/3-abc"), named(Operation::Publish, "app"));
+        assert_eq!(npm(Method::PUT, "/-/package/@org%2fapp/dist-tags/next"), named(Operation::Publish, "@org/app"));
+        assert_eq!(npm(Method::POST, "/-/npm/v1/security/advisories/bulk"), host(Operation::Read));
+        // A second encoding, a separator or a traversal after decoding: refused.
+        for path in [
+            "/@org%252fapp",
+            "/@org%2fa%2fb",
+            "/app%2fother",
+            "/@org%2f..",
+            "/..",
+            "/a%5cb",
+            "/@org%2f",
+            "/%40org%2fapp%2F",
+            "/",
+            "/-/user/org.couchdb.user:me",
+            "/%zz",
+        ] {
+            assert!(npm(Method::PUT, path).is_err(), "{path}");
+        }
+    }
+
+    #[test]
+    fn cargo_operations_follow_its_provider() {
+        let cargo = |method, path| detect(Family::Cargo, &method, path, None);
+        assert_eq!(cargo(Method::GET, "/index/config.json"), host(Operation::Read));
+        assert_eq!(cargo(Method::GET, "/index/3/s/serde"), host(Operation::Read));
+        assert_eq!(cargo(Method::GET, "/api/v1/crates/serde/1.0.0/download"), host(Operation::Read));
+        assert_eq!(
+            cargo(Method::PUT, "/api/v1/crates/new"),
+            Ok(Detected { operation: Operation::Publish, subject: Subject::InBody(BodyName::CargoPublish) })
+        );
+        assert_eq!(cargo(Method::DELETE, "/api/v1/crates/demo/1.0.0/yank"), named(Operation::Yank, "demo"));
+        assert_eq!(cargo(Method::PUT, "/api/v1/crates/demo/1.0.0/unyank"), named(Operation::Yank, "demo"));
+        assert_eq!(cargo(Method::PUT, "/api/v1/crates/demo/owners"), named(Operation::Owners, "demo"));
+        assert_eq!(cargo(Method::GET, "/api/v1/crates/demo/owners"), named(Operation::Owners, "demo"));
+        assert!(cargo(Method::DELETE, "/api/v1/crates/de%2fmo/1.0.0/yank").is_err());
+        assert!(cargo(Method::POST, "/index/config.json").is_err());
+        assert!(cargo(Method::PUT, "/api/v1/crates/demo").is_err());
+    }
+
+    #[test]
+    fn pypi_uploads_and_rest_calls_go_by_method() {
+        assert_eq!(detect(Family::Pypi, &Method::GET, "/simple/demo/", None), host(Operation::Read));
+        assert_eq!(
+            detect(Family::Pypi, &Method::POST, "/legacy/", None),
+            Ok(Detected { operation: Operation::Publish, subject: Subject::InBody(BodyName::PypiUpload) })
+        );
+        assert_eq!(detect(Family::Rest, &Method::HEAD, "/v1/x", None), host(Operation::Read));
+        assert_eq!(detect(Family::Rest, &Method::PATCH, "/v1/x", None), host(Operation::Write));
+        assert_eq!(Family::of(Tool::Oci), None);
+        assert_eq!(Family::of(Tool::Aws), None);
+    }
+
+    #[test]
+    fn bodies_name_one_package() {
+        let metadata = br#"{"name":"demo","vers":"1.0.0"}"#;
+        let mut body = (metadata.len() as u32).to_le_bytes().to_vec();
+        body.extend_from_slice(metadata);
+        body.extend_from_slice(&[0, 0, 0, 0]);
+        assert_eq!(name_in_body(BodyName::CargoPublish, None, &body), Ok("demo".into()));
+        assert!(name_in_body(BodyName::CargoPublish, None, &body[..10]).is_err());
+
+        let form = "--xx\r\nContent-Disposition: form-data; name=\":action\"\r\n\r\nfile_upload\r\n--xx\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nMy_Pkg\r\n--xx--\r\n";
+        let kind = Some("multipart/form-data; boundary=xx");
+        assert_eq!(name_in_body(BodyName::PypiUpload, kind, form.as_bytes()), Ok("my-pkg".into()));
+        let twice =
+            form.replace("--xx--", "--xx\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nother\r\n--xx--");
+        assert!(name_in_body(BodyName::PypiUpload, kind, twice.as_bytes()).is_err());
+        assert!(name_in_body(BodyName::PypiUpload, None, form.as_bytes()).is_err());
+    }
+}

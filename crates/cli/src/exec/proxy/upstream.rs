@@ -1,0 +1,142 @@
+//! The upstream side: connections to routed hosts (TLS verified against the system roots
+//! and the route's `ca_file`), reused per client connection, and plain-http passthrough.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+use super::{Body, State, host_name, strip_hop_by_hop, text, with_port};
+
+/// Upstream connections of one client connection, by route: a client's requests come
+/// one after another, so each is reused once its previous answer was read.
+pub(super) type Pool = Arc<tokio::sync::Mutex<HashMap<String, SendRequest<Body>>>>;
+
+/// Sends a request to its upstream over TLS (or plain http to loopback) and streams the
+/// answer back.
+pub(super) async fn send(
+    mut req: Request<Body>,
+    state: &Arc<State>,
+    host: &str,
+    protocol: &str,
+    route: Option<&mayfly_core::Route>,
+    pool: &Pool,
+) -> Result<Response<Body>, String> {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    *req.uri_mut() = path.parse().map_err(|_| "invalid request path".to_owned())?;
+    if !req.headers().contains_key(header::HOST)
+        && let Ok(value) = header::HeaderValue::from_str(host)
+    {
+        req.headers_mut().insert(header::HOST, value);
+    }
+    strip_hop_by_hop(&mut req);
+    let key = route.map(|r| r.name.clone()).unwrap_or_default();
+    let mut pool = pool.lock().await;
+    let mut reused = pool.remove(&key);
+    if let Some(sender) = &mut reused
+        && sender.ready().await.is_err()
+    {
+        reused = None;
+    }
+    let mut sender = match reused {
+        Some(sender) => sender,
+        None => connect(state, host, protocol, route).await?,
+    };
+    let response = sender.send_request(req).await.map_err(|e| format!("`{host}`: {e}"))?;
+    pool.insert(key, sender);
+    Ok(response.map(BodyExt::boxed))
+}
+
+/// A new upstream connection for a host.
+async fn connect(
+    state: &Arc<State>,
+    host: &str,
+    protocol: &str,
+    route: Option<&mayfly_core::Route>,
+) -> Result<SendRequest<Body>, String> {
+    let address = with_port(host, if protocol == "https" { 443 } else { 80 });
+    let tcp = tokio::net::TcpStream::connect(&address).await.map_err(|e| format!("cannot reach `{host}`: {e}"))?;
+    if protocol == "http" {
+        return handshake(TokioIo::new(tcp), host).await;
+    }
+    let config = state.upstream_config(route)?;
+    let name = host_name(host);
+    let server = ServerName::try_from(name.clone()).map_err(|_| format!("invalid server name `{name}`"))?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(server, tcp)
+        .await
+        .map_err(|e| format!("TLS with `{host}` failed: {e}"))?;
+    handshake(TokioIo::new(tls), host).await
+}
+
+async fn handshake<T, B>(io: TokioIo<T>, host: &str) -> Result<SendRequest<B>, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("`{host}`: {e}"))?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+/// A plain-http request to an unrouted host, passed on as it came.
+pub(super) async fn passthrough(mut req: Request<Incoming>, address: &str) -> Response<Body> {
+    let host = address.to_owned();
+    let tcp = match tokio::net::TcpStream::connect(address).await {
+        Ok(tcp) => tcp,
+        Err(e) => return text(StatusCode::BAD_GATEWAY, &format!("mayfly: cannot reach `{host}`: {e}")),
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    if let Ok(uri) = path.parse() {
+        *req.uri_mut() = uri;
+    }
+    strip_hop_by_hop(&mut req);
+    let sent = match handshake(TokioIo::new(tcp), &host).await {
+        Ok(mut sender) => sender.send_request(req).await.map_err(|e| format!("`{host}`: {e}")),
+        Err(e) => Err(e),
+    };
+    match sent {
+        Ok(response) => response.map(BodyExt::boxed),
+        Err(e) => text(StatusCode::BAD_GATEWAY, &format!("mayfly: {e}")),
+    }
+}
+
+impl State {
+    fn upstream_config(&self, route: Option<&mayfly_core::Route>) -> Result<Arc<rustls::ClientConfig>, String> {
+        let key = route.map(|r| r.name.clone()).unwrap_or_default();
+        let mut configs = self.upstream.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(config) = configs.get(&key) {
+            return Ok(config.clone());
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        if let Some(file) = route.and_then(|r| r.ca_file.as_ref()) {
+            use rustls::pki_types::pem::PemObject;
+            let certs = CertificateDer::pem_file_iter(file)
+                .map_err(|e| format!("cannot read `ca_file` `{}`: {e}", file.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("`ca_file` `{}`: {e}", file.display()))?;
+                roots.add(cert).map_err(|e| format!("`ca_file` `{}`: {e}", file.display()))?;
+            }
+        }
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = Arc::new(config);
+        configs.insert(key, config.clone());
+        Ok(config)
+    }
+}
