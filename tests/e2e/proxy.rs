@@ -63,7 +63,7 @@ fn git_clones_and_pushes_through_the_proxy_without_a_token_in_reach() {
     let script = format!(
         "set -e; echo \"$SSL_CERT_FILE\" > bundle.txt; \
          git clone -q {app} app; cd app; echo x > x.txt; git add x.txt; git commit -qm x; git push -q origin main; cd ..; \
-         env > env.txt; sleep 30 & child=$!; until grep -q sleep /proc/$child/cmdline; do sleep 0.01; done; tr '\\0' '\\n' < /proc/$child/environ > child-env.txt; kill $child; \
+         env > env.txt; sleep 30 & child=$!; until [ \"$(cat /proc/$child/comm)\" = sleep ]; do sleep 0.01; done; tr '\\0' '\\n' < /proc/$child/environ > child-env.txt; kill $child; \
          printf 'protocol=https\\nhost={host}\\npath=org/app.git\\n\\n' | git credential fill > fill.txt 2> fill-err.txt || true; \
          git clone -q {docs} docs; cd docs; echo d > d.txt; git add d.txt; git commit -qm d; \
          git push origin main 2> ../push-err.txt || echo push-refused",
@@ -85,6 +85,7 @@ fn git_clones_and_pushes_through_the_proxy_without_a_token_in_reach() {
         assert!(env.contains("MAYFLY_PROXY_SESSION=proxied"), "{name}");
         assert!(!env.contains("eyJ"), "{name} holds a JWT");
         assert!(!env.contains("GIT_CONFIG_COUNT"), "{name} wires a helper");
+        assert!(!env.contains("ACTIONS_ID_TOKEN_REQUEST"), "{name} could get an ID token itself");
         let path = env.lines().find(|l| l.starts_with("PATH=")).unwrap_or_default();
         assert!(!path.contains("mayfly-exec-"), "{name} puts helpers on PATH: {path}");
     }

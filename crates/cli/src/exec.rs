@@ -88,6 +88,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let bundle = runtime.path().join("ca-bundle.pem");
         write_private(&bundle, &proxy::ca_bundle(&running.ca_pem))?;
         command.envs(proxy::vars(&running.url, &bundle, broker.config())).env(EnvVars::MAYFLY_PROXY_SESSION, &session);
+        for name in proxy::identity_vars(broker.config()) {
+            command.env_remove(name);
+        }
         if let Some(npmrc) = proxy::npm_userconfig(broker.config(), &env) {
             let path = runtime.path().join("npmrc");
             write_private(&path, &npmrc)?;

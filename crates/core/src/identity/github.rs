@@ -38,6 +38,10 @@ impl Source for GitHubActions {
             .unwrap_or_else(|| format!("${}", EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL))
     }
 
+    fn variables(&self) -> Vec<String> {
+        [EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL, EnvVars::ACTIONS_ID_TOKEN_REQUEST_TOKEN].map(str::to_owned).to_vec()
+    }
+
     fn cacheable(&self) -> bool {
         true
     }

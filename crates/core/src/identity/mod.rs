@@ -122,6 +122,12 @@ pub(crate) trait Source: std::fmt::Debug + Send + Sync {
     /// command's shape (never its whole argv), an endpoint's host.
     fn origin(&self, env: &Env) -> String;
 
+    /// The environment variables that carry its token or the means to get one: kept from
+    /// a command that must not mint for itself (`mayfly exec --proxy`).
+    fn variables(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// True when its answer is worth caching: it cost a round trip or a run.
     fn cacheable(&self) -> bool {
         false
@@ -170,6 +176,11 @@ impl IdentityConfig {
     /// shape, an endpoint's host.
     pub fn origin(&self, env: &Env) -> String {
         self.source.origin(env)
+    }
+
+    /// The environment variables that carry its token or the means to get one.
+    pub fn variables(&self) -> Vec<String> {
+        self.source.variables()
     }
 
     /// What it can tell about itself here without a request or a run.

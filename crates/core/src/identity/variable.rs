@@ -19,6 +19,10 @@ impl Source for Variable {
         format!("${}", self.var)
     }
 
+    fn variables(&self) -> Vec<String> {
+        vec![self.var.clone()]
+    }
+
     fn look(&self, env: &Env) -> Presence {
         match env.get(&self.var) {
             Some(token) => Presence::Token(Secret::new(token.trim())),

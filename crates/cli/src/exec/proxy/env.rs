@@ -18,6 +18,27 @@ pub(crate) const CA_VARS: [&str; 9] = [
     "AWS_CA_BUNDLE",
 ];
 
+/// Variables that let their holder get an ID token, whatever the config names: CI
+/// systems' OIDC request variables and tokens.
+const IDENTITY_VARS: [&str; 5] = [
+    "ACTIONS_ID_TOKEN_REQUEST_URL",
+    "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+    "CIRCLE_OIDC_TOKEN",
+    "CIRCLE_OIDC_TOKEN_V2",
+    "BITBUCKET_STEP_OIDC_TOKEN",
+];
+
+/// What the command must not inherit: the variables any identity source of the config
+/// reads, and the CI systems' own. With them it could get an ID token and exchange it
+/// itself, around the proxy.
+pub(crate) fn identity_vars(config: &mayfly_core::Config) -> Vec<String> {
+    let mut vars: Vec<String> = IDENTITY_VARS.map(str::to_owned).to_vec();
+    for identity in config.identities.values() {
+        vars.extend(identity.variables().into_iter().filter(|v| !vars.contains(v)).collect::<Vec<_>>());
+    }
+    vars
+}
+
 /// npm will not publish without a credential for the registry: the user's npm config
 /// (`npm_config_userconfig`, or `~/.npmrc`) with a placeholder the proxy replaces for each
 /// host an npm route names, for the session's `npm_config_userconfig`. A config file, not
@@ -69,6 +90,22 @@ pub(crate) fn vars(url: &str, bundle: &std::path::Path, config: &mayfly_core::Co
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_loses_every_variable_an_identity_reads() {
+        let config = mayfly_core::Config::parse(
+            "[identities.gitlab]\nkind = \"env\"\nvar = \"MY_ID_TOKEN\"\n\n[identities.gh]\nkind = \"github-actions\"\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        let vars = identity_vars(&config);
+        for name in
+            ["MY_ID_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_URL", "CIRCLE_OIDC_TOKEN_V2"]
+        {
+            assert!(vars.iter().any(|v| v == name), "{name}: {vars:?}");
+        }
+        assert_eq!(vars.iter().filter(|v| *v == "ACTIONS_ID_TOKEN_REQUEST_TOKEN").count(), 1);
+    }
 
     #[test]
     fn the_npm_config_keeps_the_users_and_adds_one_placeholder_per_host() {
