@@ -188,3 +188,26 @@ fn redact_hides_the_proxy_secret_in_the_commands_output() {
     let url = stdout.lines().find_map(|l| l.strip_prefix("url=")).expect("the command printed the URL");
     assert!(url.starts_with("http://mayfly:[redacted by mayfly]@127.0.0.1:"), "{url}");
 }
+
+#[test]
+fn a_command_known_to_go_around_the_proxy_is_named_and_still_runs() {
+    let stack = Stack::builder().start();
+    // A program run as `ssh` (here `true` under that name): SSH never passes an HTTP proxy.
+    let dir = stack.dir.path().join("bypass");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink("/bin/true", dir.join("ssh")).unwrap();
+    let out = Command::new(bin("mayfly"))
+        .args(["exec", "--proxy", "--"])
+        .arg(dir.join("ssh"))
+        .current_dir(&stack.work)
+        .env_clear()
+        .envs(stack.env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = mayfly_tests::mayfly_lines(&out.stderr);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("`ssh` may go around the proxy: speaks SSH, not HTTPS"), "{}", lines[0]);
+    let quiet = exec(&stack, "quiet", &[], "true");
+    assert!(mayfly_tests::mayfly_lines(&quiet.stderr).is_empty(), "a shell is not warned about");
+}

@@ -84,6 +84,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
             deny_unrouted: args.deny_unrouted,
             chain: vec![me.clone()],
         };
+        if let Some(why) = proxy::bypasses(&args.command[0]) {
+            mayfly_core::protocol::warn(&why);
+        }
         let running = proxy::start(settings)?;
         let bundle = runtime.path().join("ca-bundle.pem");
         write_private(&bundle, &proxy::ca_bundle(&running.ca_pem))?;

@@ -39,6 +39,31 @@ pub(crate) fn identity_vars(config: &mayfly_core::Config) -> Vec<String> {
     vars
 }
 
+/// Programs whose requests would not pass through the proxy (or would not trust it), by
+/// the name they are run as, with what the user should know.
+const BYPASSING: [(&str, &str); 9] = [
+    ("ssh", "speaks SSH, not HTTPS: git over SSH gets nothing from the proxy"),
+    ("scp", "speaks SSH, not HTTPS"),
+    ("sftp", "speaks SSH, not HTTPS"),
+    ("docker", "pushes and pulls are made by the docker engine, which never sees this session's proxy"),
+    ("java", "the JVM ignores HTTPS_PROXY (it reads -Dhttps.proxyHost) and trusts its own keystore, not SSL_CERT_FILE"),
+    ("mvn", "the JVM ignores HTTPS_PROXY (it reads -Dhttps.proxyHost) and trusts its own keystore, not SSL_CERT_FILE"),
+    (
+        "gradle",
+        "the JVM ignores HTTPS_PROXY (it reads -Dhttps.proxyHost) and trusts its own keystore, not SSL_CERT_FILE",
+    ),
+    ("sbt", "the JVM ignores HTTPS_PROXY (it reads -Dhttps.proxyHost) and trusts its own keystore, not SSL_CERT_FILE"),
+    ("node", "Node's own https and fetch ignore HTTPS_PROXY unless NODE_USE_ENV_PROXY=1 (Node 24 and later)"),
+];
+
+/// Why the command's own requests would go around the proxy, when it is a program known
+/// to; `None` for the rest (a shell's children cannot be known in advance).
+pub(crate) fn bypasses(program: &std::ffi::OsStr) -> Option<String> {
+    let name = std::path::Path::new(program).file_name()?.to_str()?;
+    let (_, why) = BYPASSING.iter().find(|(known, _)| *known == name)?;
+    Some(format!("`{name}` may go around the proxy: {why}"))
+}
+
 /// npm will not publish without a credential for the registry: the user's npm config
 /// (`npm_config_userconfig`, or `~/.npmrc`) with a placeholder the proxy replaces for each
 /// host an npm route names, for the session's `npm_config_userconfig`. A config file, not
@@ -90,6 +115,14 @@ pub(crate) fn vars(url: &str, bundle: &std::path::Path, config: &mayfly_core::Co
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn programs_that_go_around_the_proxy_are_named_by_their_base_name() {
+        let why = bypasses(std::ffi::OsStr::new("/usr/bin/ssh")).unwrap();
+        assert!(why.starts_with("`ssh` may go around the proxy: speaks SSH"), "{why}");
+        assert!(bypasses(std::ffi::OsStr::new("git")).is_none());
+        assert!(bypasses(std::ffi::OsStr::new("sshd-helper")).is_none());
+    }
 
     #[test]
     fn the_command_loses_every_variable_an_identity_reads() {

@@ -34,7 +34,7 @@ mod upstream;
 
 use ca::Ca;
 pub(crate) use ca::ca_bundle;
-pub(crate) use env::{CA_VARS, identity_vars, npm_userconfig, vars};
+pub(crate) use env::{CA_VARS, bypasses, identity_vars, npm_userconfig, vars};
 use guard::Guarded;
 use upstream::{Pool, passthrough, send};
 
