@@ -173,7 +173,8 @@ pub struct IdentityEntry {
 /// field is still an error.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct ExchangeEntry {
-    /// The exchange kind (`rfc8693`, `aws-sts`, `crates-io`, `npm`, `pypi`, `octo-sts`).
+    /// The exchange kind (`rfc8693`, `aws-sts`, `crates-io`, `npm`, `pypi`, `octo-sts`,
+    /// `docker-hub`, `huggingface`, `jfrog`, `cloudsmith`).
     pub kind: String,
     /// Where to exchange.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -319,6 +320,14 @@ pub enum ExchangeKind {
     Pypi,
     /// octo-sts: the ID token for a GitHub installation token, as a trust policy allows.
     OctoSts,
+    /// Docker Hub OIDC connections: the ID token for an organisation's access token.
+    DockerHub,
+    /// Hugging Face trusted publishers: the ID token for a token for one Hub repository.
+    HuggingFace,
+    /// JFrog Artifactory OIDC integrations: the ID token for an access token.
+    Jfrog,
+    /// Cloudsmith OIDC: the ID token for a service account's token.
+    Cloudsmith,
 }
 
 impl ExchangeKind {
@@ -602,9 +611,13 @@ impl Config {
         Ok(Route {
             audience: raw.audience.unwrap_or_else(|| exchange.default_audience(tool, &protocol, &host)),
             scope,
-            username: raw
-                .username
-                .unwrap_or_else(|| if tool == Tool::Pypi { "__token__".into() } else { "x-access-token".into() }),
+            username: match raw.username {
+                Some(username) => username,
+                None => exchange
+                    .default_username(exchange_config)
+                    .map_err(|e| format!("route `{name}`: {e}"))?
+                    .unwrap_or_else(|| if tool == Tool::Pypi { "__token__".into() } else { "x-access-token".into() }),
+            },
             identity: raw.identity,
             exchange: raw.exchange,
             role_arn: None,

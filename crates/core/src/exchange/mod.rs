@@ -8,11 +8,18 @@
 //!   themselves;
 //! - [`octo_sts`]: octo-sts, GitHub installation tokens as a repository's trust policy
 //!   allows.
+//! - [`docker_hub`], [`hugging_face`], [`jfrog`], [`cloudsmith`]: registries that take the
+//!   workload's ID token at their own endpoint.
 
 pub(crate) mod aws_sts;
 pub(crate) mod octo_sts;
 pub(crate) mod rfc8693;
 pub(crate) mod trusted_publishing;
+
+pub(crate) mod cloudsmith;
+pub(crate) mod docker_hub;
+pub(crate) mod hugging_face;
+pub(crate) mod jfrog;
 
 use serde::Serialize;
 
@@ -184,6 +191,12 @@ pub(crate) trait Protocol: Sync {
         if self.registry_tool().is_some() { &["publish"] } else { &["read"] }
     }
 
+    /// The user name presented with its tokens when the route names none (`None`: the
+    /// tool's usual one); a config error when the exchange cannot do without one.
+    fn default_username(&self, _config: &ExchangeConfig) -> Result<Option<String>, String> {
+        Ok(None)
+    }
+
     /// How tokens are presented when the route names no scheme.
     fn default_scheme(&self) -> Scheme {
         Scheme::Bearer
@@ -251,8 +264,18 @@ pub(crate) trait Protocol: Sync {
 
 impl ExchangeKind {
     /// Every kind, for parsing and for messages.
-    pub(crate) const ALL: [Self; 6] =
-        [Self::Rfc8693, Self::AwsSts, Self::CratesIo, Self::Npm, Self::Pypi, Self::OctoSts];
+    pub(crate) const ALL: [Self; 10] = [
+        Self::Rfc8693,
+        Self::AwsSts,
+        Self::CratesIo,
+        Self::Npm,
+        Self::Pypi,
+        Self::OctoSts,
+        Self::DockerHub,
+        Self::HuggingFace,
+        Self::Jfrog,
+        Self::Cloudsmith,
+    ];
 
     /// The protocol this kind speaks.
     pub(crate) fn protocol(self) -> &'static dyn Protocol {
@@ -263,6 +286,10 @@ impl ExchangeKind {
             Self::Npm => &trusted_publishing::Npm,
             Self::Pypi => &trusted_publishing::Pypi,
             Self::OctoSts => &octo_sts::OctoSts,
+            Self::DockerHub => &docker_hub::DockerHub,
+            Self::HuggingFace => &hugging_face::HuggingFace,
+            Self::Jfrog => &jfrog::Jfrog,
+            Self::Cloudsmith => &cloudsmith::Cloudsmith,
         }
     }
 
