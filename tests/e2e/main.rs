@@ -28,6 +28,7 @@ mod npm_clients;
 mod oci;
 mod oidc_login;
 mod proxy;
+mod registries;
 mod release;
 mod replicas;
 mod revocation;
