@@ -39,6 +39,10 @@ impl Protocol for Cloudsmith {
         String::new()
     }
 
+    fn known_audience(&self, config: &ExchangeConfig) -> Option<String> {
+        Some(super::jfrog::origin(&config.token_endpoint))
+    }
+
     fn subject_audience(&self, config: &ExchangeConfig, _http: &HttpClient, route: &Route) -> Result<String, Error> {
         if !route.audience.is_empty() {
             return Ok(route.audience.clone());

@@ -55,6 +55,10 @@ impl Protocol for HuggingFace {
         String::new()
     }
 
+    fn known_audience(&self, _config: &ExchangeConfig) -> Option<String> {
+        Some(AUDIENCE.into())
+    }
+
     fn subject_audience(&self, _config: &ExchangeConfig, _http: &HttpClient, route: &Route) -> Result<String, Error> {
         Ok(if route.audience.is_empty() { AUDIENCE.into() } else { route.audience.clone() })
     }

@@ -36,6 +36,10 @@ impl Protocol for Jfrog {
         String::new()
     }
 
+    fn known_audience(&self, config: &ExchangeConfig) -> Option<String> {
+        Some(origin(&config.token_endpoint))
+    }
+
     fn subject_audience(&self, config: &ExchangeConfig, _http: &HttpClient, route: &Route) -> Result<String, Error> {
         if !route.audience.is_empty() {
             return Ok(route.audience.clone());

@@ -214,6 +214,12 @@ pub(crate) trait Protocol: Sync {
         Ok(route.audience.clone())
     }
 
+    /// The ID token's audience when the route names none and the exchange knows it without
+    /// asking anyone: a registry's fixed one, or its endpoint's origin.
+    fn known_audience(&self, _config: &ExchangeConfig) -> Option<String> {
+        None
+    }
+
     /// The fields of its config table beyond the common ones.
     fn settings(&self) -> &'static [Setting] {
         &[]
