@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use std::process::Output;
 
 use mayfly_core::{ExchangeEntry, RouteEntry};
-use mayfly_devstack::{Artifactory, Cloudsmith, DOCKER_HUB_AUDIENCE, DockerHub, HUGGING_FACE_AUDIENCE, HuggingFaceHub};
+use mayfly_devstack::{
+    Artifactory, Cloudsmith, DOCKER_HUB_AUDIENCE, DOCKER_HUB_REGISTRY_ISSUER, DockerHub, HUGGING_FACE_AUDIENCE,
+    HuggingFaceHub,
+};
 use mayfly_tests::{Stack, bin, mayfly_lines, require_tool, routes_toml};
 use serde_json::Value;
 
@@ -129,6 +132,76 @@ fn docker_hub_trades_the_id_token_for_an_organisation_token_that_docker_signs_in
     assert!(!out.status.success());
     assert_one_refusal_line(&out.stderr, "stranger", "connection not found");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("eyJ"), "no token in the message");
+}
+
+#[test]
+#[cfg_attr(
+    any(missing = "docker-registry", missing = "skopeo"),
+    ignore = "needs docker-registry, skopeo: one is not installed"
+)]
+fn skopeo_pushes_to_a_registry_that_trusts_docker_hubs_token_service_with_the_organisations_token() {
+    if !require_tool("docker-registry") || !require_tool("skopeo") {
+        return;
+    }
+    let stack = Stack::builder().oci().start();
+    let hub = DockerHub::start(stack.runtime(), &stack.ca, &stack.issuer).expect("Docker Hub");
+    hub.connect(CONNECTION, "acme", SUBJECT);
+    let registry = super::oci::Registry::start_with(
+        &stack,
+        &hub.registry_token_url(),
+        DOCKER_HUB_REGISTRY_ISSUER,
+        &hub.registry_certificate_pem(),
+    );
+    let settings = [("connection_id", CONNECTION), ("organisation", "acme")];
+    configure(
+        &stack,
+        vec![("hub", exchange(&stack, "docker-hub", &hub.token_url(), &settings))],
+        vec![RouteEntry {
+            operations: Some(vec!["read".into(), "write".into()]),
+            ..route("oci", &registry.host, "hub")
+        }],
+    );
+    let auth = stack.dir.path().join("auth.json");
+    std::fs::write(&auth, serde_json::json!({"credHelpers": {registry.host.clone(): "mayfly"}}).to_string()).unwrap();
+    let layout = super::oci::image_layout(stack.dir.path());
+    let image = format!("docker://{}/acme/app:v1", registry.host);
+    let authfile = auth.to_str().unwrap();
+    let copy = super::oci::client(
+        &stack,
+        "skopeo",
+        &["copy", "--dest-tls-verify=false", "--authfile", authfile, &format!("oci:{}:v1", layout.display()), &image],
+    );
+    assert!(copy.status.success(), "{}", String::from_utf8_lossy(&copy.stderr));
+    let inspect =
+        super::oci::client(&stack, "skopeo", &["inspect", "--tls-verify=false", "--authfile", authfile, &image]);
+    assert!(inspect.status.success(), "{}", String::from_utf8_lossy(&inspect.stderr));
+    let inspected: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert!(inspected["Digest"].as_str().unwrap().starts_with("sha256:"));
+
+    let requests = hub.requests();
+    let exchanges: Vec<_> = requests.iter().filter(|r| r.path == "/oauth/token").collect();
+    assert!(!exchanges.is_empty());
+    for request in &exchanges {
+        let form: BTreeMap<String, String> = url::form_urlencoded::parse(&request.body).into_owned().collect();
+        assert_eq!((form["connection_id"].as_str(), form["expires_in"].as_str()), (CONNECTION, "300"));
+        assert_eq!(request.id_token_audience, Some(Value::from(DOCKER_HUB_AUDIENCE)));
+    }
+    // skopeo took the organisation and Docker's token to the registry's token service.
+    let token_requests: Vec<_> = requests.iter().filter(|r| r.path == "/token").collect();
+    assert!(
+        token_requests.iter().any(|r| r.query.as_deref().unwrap_or("").contains("acme%2Fapp%3Apull%2Cpush")
+            || r.query.as_deref().unwrap_or("").contains("acme/app:pull,push")),
+        "{token_requests:?}"
+    );
+    assert!(token_requests.iter().all(|r| r.header("authorization").is_some_and(|a| a.starts_with("Basic "))));
+    let issued: Vec<String> = stack
+        .client_audit()
+        .iter()
+        .filter(|l| l["outcome"] == "issued")
+        .map(|l| l["operation"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(issued.contains(&"write".to_owned()), "skopeo copy asked to write: {issued:?}");
+    stack.assert_no_tokens_on_disk();
 }
 
 #[test]

@@ -9,6 +9,13 @@
 //! the development issuer; the connection must exist and its `sub` rule match. 200
 //! `{"access_token", "token_type", "expires_in"}`; errors `{"message"}` (400 for the
 //! request, 401 for the ID token, 403 for a rule that does not match).
+//!
+//! It also stands in for Docker Hub's registry token service (`auth.docker.io`, the
+//! distribution token protocol): `GET /token?service=S&scope=repository:NAME:ACTIONS` with
+//! Basic `ORGANISATION:ACCESS_TOKEN` answers `{"token", "access_token", "expires_in",
+//! "issued_at"}`, a registry JWT signed with a key whose certificate is in `x5c`, granting
+//! the actions asked for on the organisation's own repositories (`ORGANISATION/...`); a
+//! user name that is not the token's organisation gets 401.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -20,11 +27,15 @@ use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::recording::{body_field, now, record};
+use crate::recording::{body_field, credential, now, record};
 use crate::{DevCa, DevIssuer, RecordedRequest};
 
 /// The audience Docker wants in ID tokens.
 pub const DOCKER_HUB_AUDIENCE: &str = "https://identity.docker.com";
+/// The `iss` of the registry tokens it signs.
+pub const DOCKER_HUB_REGISTRY_ISSUER: &str = "auth.docker.io";
+/// How long a registry token lives.
+const REGISTRY_TOKEN_LIFETIME: i64 = 300;
 
 /// A connection: its organisation and the `sub` its ruleset accepts.
 #[derive(Clone)]
@@ -35,6 +46,8 @@ struct Connection {
 
 struct Inner {
     issuer: DevIssuer,
+    /// Signs registry tokens, with its certificate in `x5c`.
+    signer: mayfly_sts::SigningKey,
     connections: Mutex<BTreeMap<String, Connection>>,
     /// Token -> (organisation, expiry).
     tokens: Mutex<BTreeMap<String, (String, i64)>>,
@@ -51,8 +64,11 @@ pub struct DockerHub {
 impl DockerHub {
     /// Starts it over HTTPS with `ca`'s certificate, trusting ID tokens of `issuer`.
     pub fn start(runtime: &tokio::runtime::Runtime, ca: &DevCa, issuer: &DevIssuer) -> Result<Self, String> {
+        let signer = mayfly_sts::SigningKey::generate(mayfly_sts::Algorithm::Es256)?
+            .with_certificate("Docker Hub stand-in registry tokens")?;
         let inner = Arc::new(Inner {
             issuer: issuer.clone(),
+            signer,
             connections: Mutex::default(),
             tokens: Mutex::default(),
             requests: Mutex::default(),
@@ -67,6 +83,16 @@ impl DockerHub {
     /// Its token endpoint.
     pub fn token_url(&self) -> String {
         format!("{}/oauth/token", self.base_url)
+    }
+
+    /// Its registry token service: a registry's `auth.token.realm`.
+    pub fn registry_token_url(&self) -> String {
+        format!("{}/token", self.base_url)
+    }
+
+    /// The certificate of its registry tokens' key, PEM: a registry's `rootcertbundle`.
+    pub fn registry_certificate_pem(&self) -> String {
+        self.inner.signer.certificate_pem().unwrap_or_default().to_owned()
     }
 
     /// Creates a connection of `organisation` whose ruleset accepts ID tokens with this
@@ -100,6 +126,9 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request<Body>) -> Resp
         return error(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
     };
     record(&inner.requests, &parts, &body, "subject_token");
+    if parts.uri.path() == "/token" && parts.method == axum::http::Method::GET {
+        return registry_token(&inner, &parts);
+    }
     if parts.uri.path() != "/oauth/token" || parts.method != axum::http::Method::POST {
         return error(StatusCode::NOT_FOUND, "not found");
     }
@@ -126,4 +155,53 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request<Body>) -> Resp
     let Ok(mut tokens) = inner.tokens.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
     tokens.insert(token.clone(), (connection.organisation, now() + lifetime));
     axum::Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": lifetime})).into_response()
+}
+
+/// The distribution token protocol: a registry JWT for the organisation's repositories.
+fn registry_token(inner: &Inner, parts: &axum::http::request::Parts) -> Response {
+    let unauthorized = || {
+        let mut response = error(StatusCode::UNAUTHORIZED, "incorrect username or password");
+        let challenge = axum::http::HeaderValue::from_static("Basic realm=\"Docker Hub\"");
+        response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, challenge);
+        response
+    };
+    let presented = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let Some(("Basic", user, token)) = presented.and_then(credential) else { return unauthorized() };
+    let organisation = inner
+        .tokens
+        .lock()
+        .ok()
+        .and_then(|t| t.get(&token).filter(|(_, expires)| *expires > now()).map(|(o, _)| o.clone()));
+    let Some(organisation) = organisation.filter(|o| *o == user) else { return unauthorized() };
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
+    let service = pairs.iter().find(|(k, _)| k == "service").map(|(_, v)| v.clone()).unwrap_or_default();
+    let access: Vec<serde_json::Value> = pairs
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .flat_map(|(_, v)| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .filter_map(|scope| {
+            let mut parts = scope.splitn(3, ':');
+            let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+            let own = name.split_once('/').is_some_and(|(namespace, _)| namespace == organisation);
+            (kind == "repository" && own)
+                .then(|| json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+        })
+        .collect();
+    let issued = now();
+    let claims = json!({
+        "iss": DOCKER_HUB_REGISTRY_ISSUER, "sub": organisation, "aud": service, "iat": issued, "nbf": issued - 5,
+        "exp": issued + REGISTRY_TOKEN_LIFETIME, "jti": crate::random_hex(8), "access": access,
+    });
+    let Ok(jwt) = inner.signer.sign(Some("JWT"), &claims) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let issued_at = time::OffsetDateTime::from_unix_timestamp(issued)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default();
+    axum::Json(
+        json!({"token": jwt, "access_token": jwt, "expires_in": REGISTRY_TOKEN_LIFETIME, "issued_at": issued_at}),
+    )
+    .into_response()
 }

@@ -36,7 +36,7 @@ pub use pypi::{PYPI_AUDIENCE, Pypi};
 pub use tls::DevCa;
 
 pub use cloudsmith::Cloudsmith;
-pub use docker_hub::{DOCKER_HUB_AUDIENCE, DockerHub};
+pub use docker_hub::{DOCKER_HUB_AUDIENCE, DOCKER_HUB_REGISTRY_ISSUER, DockerHub};
 pub use hugging_face::{HUGGING_FACE_AUDIENCE, HuggingFaceHub};
 pub use jfrog::Artifactory;
 
