@@ -360,3 +360,47 @@ fn cloudsmith_trades_the_id_token_for_a_service_accounts_token_for_an_oci_route(
     assert!(!out.status.success());
     assert_one_refusal_line(&out.stderr, "cs-other", "The JWT cannot be created.");
 }
+
+#[test]
+#[cfg_attr(missing = "twine", ignore = "needs twine, which is not installed")]
+fn twine_uploads_to_an_artifactory_pypi_repository_with_the_platforms_access_token() {
+    if !require_tool("twine") {
+        return;
+    }
+    let stack = Stack::builder().start();
+    let artifactory = Artifactory::start(stack.runtime(), &stack.ca, &stack.issuer).expect("Artifactory");
+    artifactory.integrate("github", &artifactory.base_url, SUBJECT, "ci-deployer");
+    configure(
+        &stack,
+        vec![("art", exchange(&stack, "jfrog", &artifactory.token_url(), &[("provider_name", "github")]))],
+        vec![RouteEntry {
+            operations: Some(vec!["publish".into()]),
+            username: Some("ci-deployer".into()),
+            ..route("pypi", artifactory.host(), "art")
+        }],
+    );
+    let file = super::shims::sdist(&stack, "mayfly-py", "0.1.0");
+    let out = std::process::Command::new(bin("mayfly"))
+        .args(["exec", "--session", "art-1", "--", "twine", "upload", "--non-interactive", "--disable-progress-bar"])
+        .args(["--repository-url", &artifactory.pypi_upload_url("pypi-local")])
+        .arg(&file)
+        .current_dir(&stack.work)
+        .env_clear()
+        .envs(stack.env())
+        .env("REQUESTS_CA_BUNDLE", &stack.ca.ca_cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        artifactory.uploads(),
+        [("ci-deployer".to_owned(), "pypi-local".to_owned(), "mayfly_py-0.1.0.tar.gz".to_owned())]
+    );
+    let exchanges: Vec<_> =
+        artifactory.requests().into_iter().filter(|r| r.path == "/access/api/v1/oidc/token").collect();
+    assert_eq!(exchanges.len(), 1);
+    assert_eq!(exchanges[0].json()["provider_name"], "github");
+    let issued: Vec<_> = stack.client_audit().into_iter().filter(|l| l["outcome"] == "issued").collect();
+    assert_eq!(issued.len(), 1);
+    assert_eq!((issued[0]["tool"].as_str(), issued[0]["operation"].as_str()), (Some("pypi"), Some("publish")));
+    stack.assert_no_tokens_on_disk();
+}

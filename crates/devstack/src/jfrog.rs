@@ -10,6 +10,10 @@
 //! "issued_token_type", "username"}`; errors `{"errors": [{"code", "message"}]}` (400 for
 //! the request, 401 for the ID token or no matching mapping, 404 for an unknown
 //! integration).
+//!
+//! It also serves a PyPI repository's upload API as Artifactory does
+//! (`POST /artifactory/api/pypi/REPO`, twine's legacy multipart upload) for Basic
+//! `USER:ACCESS_TOKEN` with a live token of that user: 200, else 401.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -21,7 +25,7 @@ use axum::http::{Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use crate::recording::{jwt_shaped, now, record};
+use crate::recording::{credential, jwt_shaped, now, record};
 use crate::{DevCa, DevIssuer, RecordedRequest};
 
 /// How long the access tokens it mints live.
@@ -39,6 +43,8 @@ struct Inner {
     integrations: Mutex<BTreeMap<String, Integration>>,
     /// Token -> (user, expiry).
     tokens: Mutex<BTreeMap<String, (String, i64)>>,
+    /// (user, repository, file name) uploaded.
+    uploads: Mutex<Vec<(String, String, String)>>,
     requests: Mutex<Vec<RecordedRequest>>,
 }
 
@@ -56,6 +62,7 @@ impl Artifactory {
             issuer: issuer.clone(),
             integrations: Mutex::default(),
             tokens: Mutex::default(),
+            uploads: Mutex::default(),
             requests: Mutex::default(),
         });
         let listener = crate::loopback_listener().map_err(|e| e.to_string())?;
@@ -92,6 +99,16 @@ impl Artifactory {
         tokens.get(token).filter(|(_, expires)| *expires > now()).map(|(user, _)| user.clone())
     }
 
+    /// The upload URL of its PyPI repository `repo` (twine's `--repository-url`).
+    pub fn pypi_upload_url(&self, repo: &str) -> String {
+        format!("{}/artifactory/api/pypi/{repo}", self.base_url)
+    }
+
+    /// Uploads accepted so far: (user, repository, file name).
+    pub fn uploads(&self) -> Vec<(String, String, String)> {
+        self.inner.uploads.lock().map(|u| u.clone()).unwrap_or_default()
+    }
+
     /// Every request so far, in order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.inner.requests.lock().map(|r| r.clone()).unwrap_or_default()
@@ -110,6 +127,12 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request<Body>) -> Resp
         return error(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
     };
     record(&inner.requests, &parts, &body, "subject_token");
+    if let Some(repo) = parts.uri.path().strip_prefix("/artifactory/api/pypi/")
+        && parts.method == Method::POST
+    {
+        let repo = repo.trim_end_matches('/').to_owned();
+        return pypi_upload(&inner, Request::from_parts(parts, Body::from(body)), repo).await;
+    }
     if parts.uri.path() != "/access/api/v1/oidc/token" || parts.method != Method::POST {
         return error(StatusCode::NOT_FOUND, "Not Found");
     }
@@ -147,4 +170,34 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request<Body>) -> Resp
         "username": user,
     }))
     .into_response()
+}
+
+/// twine's upload: Basic `USER:TOKEN` with a live token of that user.
+async fn pypi_upload(inner: &Inner, request: Request<Body>, repo: String) -> Response {
+    use axum::extract::FromRequest;
+    let presented = request.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let Some(("Basic", user, token)) = presented.and_then(credential) else {
+        let mut response = error(StatusCode::UNAUTHORIZED, "Authentication is required");
+        let challenge = axum::http::HeaderValue::from_static("Basic realm=\"Artifactory Realm\"");
+        response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, challenge);
+        return response;
+    };
+    let live = inner.tokens.lock().ok().and_then(|t| t.get(&token).filter(|(_, e)| *e > now()).map(|(u, _)| u.clone()));
+    if live.as_deref() != Some(user.as_str()) {
+        return error(StatusCode::UNAUTHORIZED, "Bad credentials");
+    }
+    let Ok(mut form) = axum::extract::Multipart::from_request(request, &()).await else {
+        return error(StatusCode::BAD_REQUEST, "Expected a multipart upload");
+    };
+    let mut file = None;
+    while let Ok(Some(field)) = form.next_field().await {
+        if field.name() == Some("content") {
+            file = field.file_name().map(str::to_owned);
+        }
+    }
+    let Some(file) = file else { return error(StatusCode::BAD_REQUEST, "No content") };
+    if let Ok(mut uploads) = inner.uploads.lock() {
+        uploads.push((user, repo, file));
+    }
+    StatusCode::OK.into_response()
 }
