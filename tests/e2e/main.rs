@@ -32,6 +32,7 @@ mod proxy_cargo;
 mod proxy_hostile;
 mod proxy_npm;
 mod proxy_pypi;
+mod registries;
 mod release;
 mod replicas;
 mod revocation;

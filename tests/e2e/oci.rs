@@ -27,14 +27,19 @@ impl Registry {
     pub(super) fn start(stack: &Stack) -> Self {
         let client = stack.https_client();
         let cert = client.get(format!("{}/registry/cert.pem", stack.sts.url)).send().unwrap().text().unwrap();
+        Self::start_with(stack, &format!("{}/registry/token", stack.sts.url), &stack.sts.url, &cert)
+    }
+
+    /// The registry on the stack's reserved port, trusting the token service at `realm`
+    /// whose tokens name `issuer` and are signed by the key of `cert` (PEM).
+    pub(super) fn start_with(stack: &Stack, realm: &str, issuer: &str, cert: &str) -> Self {
         let dir = stack.dir.path().join("oci-registry");
         std::fs::create_dir_all(dir.join("data")).unwrap();
         std::fs::write(dir.join("signer.pem"), cert).unwrap();
         let host = format!("127.0.0.1:{}", stack.oci_port());
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {data}\nhttp:\n  addr: {host}\nauth:\n  token:\n    realm: {sts}/registry/token\n    service: {host}\n    issuer: {sts}\n    rootcertbundle: {cert}\n",
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {data}\nhttp:\n  addr: {host}\nauth:\n  token:\n    realm: {realm}\n    service: {host}\n    issuer: {issuer}\n    rootcertbundle: {cert}\n",
             data = dir.join("data").display(),
-            sts = stack.sts.url,
             cert = dir.join("signer.pem").display(),
         );
         std::fs::write(dir.join("config.yml"), config).unwrap();

@@ -21,7 +21,7 @@ fn pypi(stack: &Stack) -> Pypi {
 }
 
 /// A minimal source distribution: `NAME-VERSION.tar.gz` holding `NAME-VERSION/PKG-INFO`.
-fn sdist(stack: &Stack, name: &str, version: &str) -> PathBuf {
+pub(super) fn sdist(stack: &Stack, name: &str, version: &str) -> PathBuf {
     let root = stack.work.join(format!("build-{name}"));
     let base = format!("{}-{version}", name.replace('-', "_"));
     std::fs::create_dir_all(root.join(&base)).unwrap();

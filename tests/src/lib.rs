@@ -483,7 +483,8 @@ impl Stack {
         std::fs::write(dir.join("config.toml"), config).expect("write config");
     }
 
-    fn wire_git(&self, url: &str) {
+    /// Makes the stack's git ask `git-credential-mayfly` for `url`, with the path.
+    pub fn wire_git(&self, url: &str) {
         let helper = bin("git-credential-mayfly").display().to_string();
         for (key, value) in [
             ("user.name", "mayfly test"),

@@ -218,7 +218,7 @@ fn describe(env: &Env, config: &Config, route: &Route, target: &Target, operatio
     rows.push(row(
         "audience",
         if route.audience.is_empty() {
-            "asked of the registry at exchange time".into()
+            exchange.known_audience().unwrap_or_else(|| "asked of the registry at exchange time".into())
         } else {
             route.audience.clone()
         },

@@ -173,7 +173,8 @@ pub struct IdentityEntry {
 /// field is still an error.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct ExchangeEntry {
-    /// The exchange kind (`rfc8693`, `aws-sts`, `crates-io`, `npm`, `pypi`, `octo-sts`).
+    /// The exchange kind (`rfc8693`, `aws-sts`, `crates-io`, `npm`, `pypi`, `octo-sts`,
+    /// `docker-hub`, `huggingface`, `jfrog`, `cloudsmith`).
     pub kind: String,
     /// Where to exchange.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -319,6 +320,14 @@ pub enum ExchangeKind {
     Pypi,
     /// octo-sts: the ID token for a GitHub installation token, as a trust policy allows.
     OctoSts,
+    /// Docker Hub OIDC connections: the ID token for an organisation's access token.
+    DockerHub,
+    /// Hugging Face trusted publishers: the ID token for a token for one Hub repository.
+    HuggingFace,
+    /// JFrog Artifactory OIDC integrations: the ID token for an access token.
+    Jfrog,
+    /// Cloudsmith OIDC: the ID token for a service account's token.
+    Cloudsmith,
 }
 
 impl ExchangeKind {
@@ -339,6 +348,12 @@ impl ExchangeConfig {
     /// True when tokens it issues can be revoked before they expire.
     pub fn revokes(&self) -> bool {
         self.kind.protocol().revokes(self)
+    }
+
+    /// The ID token's audience for a route that names none, when the kind knows it
+    /// without asking anyone (`None`: the identity's own, or asked of the registry).
+    pub fn known_audience(&self) -> Option<String> {
+        self.kind.protocol().known_audience(self)
     }
 
     /// One of the kind's own settings, when set.
@@ -602,9 +617,13 @@ impl Config {
         Ok(Route {
             audience: raw.audience.unwrap_or_else(|| exchange.default_audience(tool, &protocol, &host)),
             scope,
-            username: raw
-                .username
-                .unwrap_or_else(|| if tool == Tool::Pypi { "__token__".into() } else { "x-access-token".into() }),
+            username: match raw.username {
+                Some(username) => username,
+                None => exchange
+                    .default_username(exchange_config)
+                    .map_err(|e| format!("route `{name}`: {e}"))?
+                    .unwrap_or_else(|| if tool == Tool::Pypi { "__token__".into() } else { "x-access-token".into() }),
+            },
             identity: raw.identity,
             exchange: raw.exchange,
             role_arn: None,
@@ -1007,5 +1026,69 @@ mod tests {
         let kubectl = config.replace("tool = \"git\"", "tool = \"kubectl\"").replace("path = \"org\"\n", "");
         let err = Config::parse(&kubectl, Path::new("t.toml")).unwrap_err().to_string();
         assert!(err.contains("not of the kind this tool needs"), "{err}");
+    }
+
+    #[test]
+    fn docker_hub_signs_in_as_the_organisation_and_checks_its_connection() {
+        let config = r#"
+            [identities.ci]
+            kind = "github-actions"
+
+            [exchanges.hub]
+            kind = "docker-hub"
+            connection_id = "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+            organisation = "acme"
+
+            [[routes]]
+            tool = "oci"
+            host = "index.docker.io"
+            identity = "ci"
+            exchange = "hub"
+        "#;
+        let parsed = Config::parse(config, Path::new("t.toml")).unwrap();
+        let route = &parsed.routes[0];
+        assert_eq!((route.scheme, route.username.as_str()), (Scheme::Basic, "acme"));
+        assert_eq!(parsed.exchanges["hub"].known_audience().as_deref(), Some("https://identity.docker.com"));
+        assert!(parsed.exchanges["hub"].kind.wants_fresh_subject());
+        let parse_err = |text: &str| Config::parse(text, Path::new("t.toml")).unwrap_err().to_string();
+        let err = parse_err(&config.replace("organisation = \"acme\"\n", ""));
+        assert!(err.contains("signs in as the organisation: set `organisation` on it or `username` here"), "{err}");
+        let by_route = config
+            .replace("organisation = \"acme\"\n", "")
+            .replace("exchange = \"hub\"\n", "exchange = \"hub\"\nusername = \"acme\"\n");
+        assert_eq!(Config::parse(&by_route, Path::new("t.toml")).unwrap().routes[0].username, "acme");
+        let err = parse_err(&config.replace("3fa85f64-5717-4562-b3fc-2c963f66afa6", "acme-connection"));
+        assert!(err.contains("`connection_id` is not a UUID"), "{err}");
+        let err =
+            parse_err(&config.replace("organisation = \"acme\"\n", "organisation = \"acme\"\nlifetime = \"6h\"\n"));
+        assert!(err.contains("Docker grants 300s to 3600s"), "{err}");
+        let err = parse_err(&config.replace("tool = \"oci\"", "tool = \"git\""));
+        assert!(err.contains("not of the kind this tool needs"), "{err}");
+    }
+
+    #[test]
+    fn hugging_face_routes_are_git_routes_whose_scope_is_the_repository() {
+        let config = r#"
+            [identities.ci]
+            kind = "github-actions"
+
+            [exchanges.hf]
+            kind = "huggingface"
+
+            [[routes]]
+            tool = "git"
+            host = "huggingface.co"
+            identity = "ci"
+            exchange = "hf"
+        "#;
+        let parsed = Config::parse(config, Path::new("t.toml")).unwrap();
+        assert_eq!(parsed.exchanges["hf"].token_endpoint.as_str(), "https://huggingface.co/oauth/token");
+        let route = &parsed.routes[0];
+        assert_eq!(route.operations, [Operation::Read, Operation::Write]);
+        let t = target("huggingface.co", Some("datasets/acme/data"));
+        assert_eq!(route.scope_for(&t, Operation::Write).unwrap().as_str(), "datasets/acme/data");
+        let two_words = config.replace("exchange = \"hf\"\n", "exchange = \"hf\"\nscope = \"{path} x\"\n");
+        let err = Config::parse(&two_words, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("a Hugging Face scope is one word"), "{err}");
     }
 }

@@ -17,6 +17,12 @@ mod module_registry;
 mod pypi;
 mod tls;
 
+mod cloudsmith;
+mod docker_hub;
+mod hugging_face;
+mod jfrog;
+mod recording;
+
 pub use aws_sts_gate::AwsStsGate;
 pub use cargo_registry::CargoRegistry;
 pub use crates_io::{CRATES_IO_AUDIENCE, CratesIoExchange, TrustedTokens};
@@ -28,6 +34,11 @@ pub use kube_api::KubeApiServer;
 pub use module_registry::{MODULE, ModuleRegistry};
 pub use pypi::{PYPI_AUDIENCE, Pypi};
 pub use tls::DevCa;
+
+pub use cloudsmith::Cloudsmith;
+pub use docker_hub::{DOCKER_HUB_AUDIENCE, DOCKER_HUB_REGISTRY_ISSUER, DockerHub};
+pub use hugging_face::{HUGGING_FACE_AUDIENCE, HuggingFaceHub};
+pub use jfrog::Artifactory;
 
 /// A multi-threaded runtime that serves in the background while the caller blocks.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

@@ -8,11 +8,18 @@
 //!   themselves;
 //! - [`octo_sts`]: octo-sts, GitHub installation tokens as a repository's trust policy
 //!   allows.
+//! - [`docker_hub`], [`hugging_face`], [`jfrog`], [`cloudsmith`]: registries that take the
+//!   workload's ID token at their own endpoint.
 
 pub(crate) mod aws_sts;
 pub(crate) mod octo_sts;
 pub(crate) mod rfc8693;
 pub(crate) mod trusted_publishing;
+
+pub(crate) mod cloudsmith;
+pub(crate) mod docker_hub;
+pub(crate) mod hugging_face;
+pub(crate) mod jfrog;
 
 use serde::Serialize;
 
@@ -184,6 +191,12 @@ pub(crate) trait Protocol: Sync {
         if self.registry_tool().is_some() { &["publish"] } else { &["read"] }
     }
 
+    /// The user name presented with its tokens when the route names none (`None`: the
+    /// tool's usual one); a config error when the exchange cannot do without one.
+    fn default_username(&self, _config: &ExchangeConfig) -> Result<Option<String>, String> {
+        Ok(None)
+    }
+
     /// How tokens are presented when the route names no scheme.
     fn default_scheme(&self) -> Scheme {
         Scheme::Bearer
@@ -199,6 +212,12 @@ pub(crate) trait Protocol: Sync {
     fn subject_audience(&self, config: &ExchangeConfig, http: &HttpClient, route: &Route) -> Result<String, Error> {
         let _ = (config, http);
         Ok(route.audience.clone())
+    }
+
+    /// The ID token's audience when the route names none and the exchange knows it without
+    /// asking anyone: a registry's fixed one, or its endpoint's origin.
+    fn known_audience(&self, _config: &ExchangeConfig) -> Option<String> {
+        None
     }
 
     /// The fields of its config table beyond the common ones.
@@ -251,8 +270,18 @@ pub(crate) trait Protocol: Sync {
 
 impl ExchangeKind {
     /// Every kind, for parsing and for messages.
-    pub(crate) const ALL: [Self; 6] =
-        [Self::Rfc8693, Self::AwsSts, Self::CratesIo, Self::Npm, Self::Pypi, Self::OctoSts];
+    pub(crate) const ALL: [Self; 10] = [
+        Self::Rfc8693,
+        Self::AwsSts,
+        Self::CratesIo,
+        Self::Npm,
+        Self::Pypi,
+        Self::OctoSts,
+        Self::DockerHub,
+        Self::HuggingFace,
+        Self::Jfrog,
+        Self::Cloudsmith,
+    ];
 
     /// The protocol this kind speaks.
     pub(crate) fn protocol(self) -> &'static dyn Protocol {
@@ -263,6 +292,10 @@ impl ExchangeKind {
             Self::Npm => &trusted_publishing::Npm,
             Self::Pypi => &trusted_publishing::Pypi,
             Self::OctoSts => &octo_sts::OctoSts,
+            Self::DockerHub => &docker_hub::DockerHub,
+            Self::HuggingFace => &hugging_face::HuggingFace,
+            Self::Jfrog => &jfrog::Jfrog,
+            Self::Cloudsmith => &cloudsmith::Cloudsmith,
         }
     }
 

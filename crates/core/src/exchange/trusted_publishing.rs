@@ -191,7 +191,7 @@ pub(crate) fn parse_crates_io(exchange: &str, status: u16, body: &[u8]) -> Resul
 
 /// POSTs an exchange request, again only when it never left: a request that arrived may
 /// have used up the ID token.
-fn post(
+pub(crate) fn post(
     config: &ExchangeConfig,
     http: &HttpClient,
     url: &url::Url,
@@ -230,7 +230,7 @@ pub(crate) fn crates_io_revoke(config: &ExchangeConfig, http: &HttpClient, token
 }
 
 /// A token from a registry's JSON answer, checked like every token we hand out.
-fn token_in(value: Option<&serde_json::Value>, malformed: &dyn Fn(&str) -> Error) -> Result<Secret, Error> {
+pub(crate) fn token_in(value: Option<&serde_json::Value>, malformed: &dyn Fn(&str) -> Error) -> Result<Secret, Error> {
     let token = value.and_then(|v| v.as_str()).filter(|t| !t.is_empty()).ok_or_else(|| malformed("no `token`"))?;
     if token.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(malformed("a token containing control characters or spaces"));
@@ -238,7 +238,7 @@ fn token_in(value: Option<&serde_json::Value>, malformed: &dyn Fn(&str) -> Error
     Ok(Secret::new(token))
 }
 
-fn refused(exchange: &str, code: &str, description: Option<&str>) -> Error {
+pub(crate) fn refused(exchange: &str, code: &str, description: Option<&str>) -> Error {
     Error::Denied {
         exchange: exchange.into(),
         code: sanitize_for_terminal(code).chars().take(300).collect(),
