@@ -41,5 +41,6 @@ mod sts_lifecycle;
 mod sts_operations;
 mod subject_tokens;
 mod terraform;
+mod vault;
 mod verdaccio;
 mod views;

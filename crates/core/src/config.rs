@@ -173,7 +173,7 @@ pub struct IdentityEntry {
 /// field is still an error.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct ExchangeEntry {
-    /// The exchange kind (`rfc8693`, `aws-sts`, `crates-io`, `npm`, `pypi`, `octo-sts`).
+    /// The exchange kind (`rfc8693`, `aws-sts`, `crates-io`, `npm`, `pypi`, `octo-sts`, `vault`, ...).
     pub kind: String,
     /// Where to exchange.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -319,6 +319,8 @@ pub enum ExchangeKind {
     Pypi,
     /// octo-sts: the ID token for a GitHub installation token, as a trust policy allows.
     OctoSts,
+    /// Vault or OpenBao JWT auth: the ID token logs in for a Vault token.
+    Vault,
 }
 
 impl ExchangeKind {

@@ -7,12 +7,14 @@
 //! - [`trusted_publishing`]: crates.io, npm and PyPI, registries that check the ID token
 //!   themselves;
 //! - [`octo_sts`]: octo-sts, GitHub installation tokens as a repository's trust policy
-//!   allows.
+//!   allows;
+//! - [`vault`]: Vault and OpenBao JWT auth login, tokens that revoke themselves.
 
 pub(crate) mod aws_sts;
 pub(crate) mod octo_sts;
 pub(crate) mod rfc8693;
 pub(crate) mod trusted_publishing;
+pub(crate) mod vault;
 
 use serde::Serialize;
 
@@ -251,8 +253,8 @@ pub(crate) trait Protocol: Sync {
 
 impl ExchangeKind {
     /// Every kind, for parsing and for messages.
-    pub(crate) const ALL: [Self; 6] =
-        [Self::Rfc8693, Self::AwsSts, Self::CratesIo, Self::Npm, Self::Pypi, Self::OctoSts];
+    pub(crate) const ALL: [Self; 7] =
+        [Self::Rfc8693, Self::AwsSts, Self::CratesIo, Self::Npm, Self::Pypi, Self::OctoSts, Self::Vault];
 
     /// The protocol this kind speaks.
     pub(crate) fn protocol(self) -> &'static dyn Protocol {
@@ -263,6 +265,7 @@ impl ExchangeKind {
             Self::Npm => &trusted_publishing::Npm,
             Self::Pypi => &trusted_publishing::Pypi,
             Self::OctoSts => &octo_sts::OctoSts,
+            Self::Vault => &vault::Vault,
         }
     }
 
