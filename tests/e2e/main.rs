@@ -14,6 +14,7 @@ mod discovery;
 mod doctor;
 mod exchange_faults;
 mod exec;
+mod gcp;
 mod git_flow;
 mod github;
 mod github_app;

@@ -321,6 +321,8 @@ pub enum ExchangeKind {
     OctoSts,
     /// Vault or OpenBao JWT auth: the ID token logs in for a Vault token.
     Vault,
+    /// Google Cloud STS: the ID token for a federated (or a service account's) access token.
+    GcpSts,
 }
 
 impl ExchangeKind {
@@ -606,6 +608,7 @@ impl Config {
             scope,
             username: raw
                 .username
+                .or_else(|| exchange.default_username(tool).map(str::to_owned))
                 .unwrap_or_else(|| if tool == Tool::Pypi { "__token__".into() } else { "x-access-token".into() }),
             identity: raw.identity,
             exchange: raw.exchange,

@@ -8,9 +8,12 @@
 //!   themselves;
 //! - [`octo_sts`]: octo-sts, GitHub installation tokens as a repository's trust policy
 //!   allows;
-//! - [`vault`]: Vault and OpenBao JWT auth login, tokens that revoke themselves.
+//! - [`vault`]: Vault and OpenBao JWT auth login, tokens that revoke themselves;
+//! - [`gcp_sts`]: Google Cloud STS (workload identity federation), optionally
+//!   impersonating a service account.
 
 pub(crate) mod aws_sts;
+pub(crate) mod gcp_sts;
 pub(crate) mod octo_sts;
 pub(crate) mod rfc8693;
 pub(crate) mod trusted_publishing;
@@ -186,6 +189,12 @@ pub(crate) trait Protocol: Sync {
         if self.registry_tool().is_some() { &["publish"] } else { &["read"] }
     }
 
+    /// The user name presented with its tokens when the route names none; `None`: the
+    /// tool's own default.
+    fn default_username(&self, _tool: Tool) -> Option<&'static str> {
+        None
+    }
+
     /// How tokens are presented when the route names no scheme.
     fn default_scheme(&self) -> Scheme {
         Scheme::Bearer
@@ -253,8 +262,8 @@ pub(crate) trait Protocol: Sync {
 
 impl ExchangeKind {
     /// Every kind, for parsing and for messages.
-    pub(crate) const ALL: [Self; 7] =
-        [Self::Rfc8693, Self::AwsSts, Self::CratesIo, Self::Npm, Self::Pypi, Self::OctoSts, Self::Vault];
+    pub(crate) const ALL: [Self; 8] =
+        [Self::Rfc8693, Self::AwsSts, Self::CratesIo, Self::Npm, Self::Pypi, Self::OctoSts, Self::Vault, Self::GcpSts];
 
     /// The protocol this kind speaks.
     pub(crate) fn protocol(self) -> &'static dyn Protocol {
@@ -266,6 +275,7 @@ impl ExchangeKind {
             Self::Pypi => &trusted_publishing::Pypi,
             Self::OctoSts => &octo_sts::OctoSts,
             Self::Vault => &vault::Vault,
+            Self::GcpSts => &gcp_sts::GcpSts,
         }
     }
 
