@@ -323,6 +323,9 @@ pub enum ExchangeKind {
     Vault,
     /// Google Cloud STS: the ID token for a federated (or a service account's) access token.
     GcpSts,
+    /// Entra ID federated credentials: the ID token as a client assertion (and ACR's
+    /// exchange for its registries).
+    Azure,
 }
 
 impl ExchangeKind {

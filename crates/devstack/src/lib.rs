@@ -6,6 +6,7 @@
 #![deny(missing_docs)]
 
 mod aws_sts_gate;
+mod azure;
 mod cargo_registry;
 mod crates_io;
 mod gate;
@@ -19,6 +20,7 @@ mod pypi;
 mod tls;
 
 pub use aws_sts_gate::AwsStsGate;
+pub use azure::{AZURE_TOKEN_EXCHANGE_AUDIENCE, AzureStandIn};
 pub use cargo_registry::CargoRegistry;
 pub use crates_io::{CRATES_IO_AUDIENCE, CratesIoExchange, TrustedTokens};
 pub use gate::StsClient;

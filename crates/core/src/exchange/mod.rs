@@ -10,9 +10,11 @@
 //!   allows;
 //! - [`vault`]: Vault and OpenBao JWT auth login, tokens that revoke themselves;
 //! - [`gcp_sts`]: Google Cloud STS (workload identity federation), optionally
-//!   impersonating a service account.
+//!   impersonating a service account;
+//! - [`azure`]: Entra ID federated credentials, and ACR's exchange for its registries.
 
 pub(crate) mod aws_sts;
+pub(crate) mod azure;
 pub(crate) mod gcp_sts;
 pub(crate) mod octo_sts;
 pub(crate) mod rfc8693;
@@ -262,8 +264,17 @@ pub(crate) trait Protocol: Sync {
 
 impl ExchangeKind {
     /// Every kind, for parsing and for messages.
-    pub(crate) const ALL: [Self; 8] =
-        [Self::Rfc8693, Self::AwsSts, Self::CratesIo, Self::Npm, Self::Pypi, Self::OctoSts, Self::Vault, Self::GcpSts];
+    pub(crate) const ALL: [Self; 9] = [
+        Self::Rfc8693,
+        Self::AwsSts,
+        Self::CratesIo,
+        Self::Npm,
+        Self::Pypi,
+        Self::OctoSts,
+        Self::Vault,
+        Self::GcpSts,
+        Self::Azure,
+    ];
 
     /// The protocol this kind speaks.
     pub(crate) fn protocol(self) -> &'static dyn Protocol {
@@ -276,6 +287,7 @@ impl ExchangeKind {
             Self::OctoSts => &octo_sts::OctoSts,
             Self::Vault => &vault::Vault,
             Self::GcpSts => &gcp_sts::GcpSts,
+            Self::Azure => &azure::Azure,
         }
     }
 
