@@ -330,4 +330,29 @@ mod tests {
             assert!(!is_azure_host(bad), "{bad}");
         }
     }
+
+    /// The config parser's verdict on an exchange table and one route.
+    fn config(exchange: &str, route: &str) -> Result<crate::Config, String> {
+        let text = format!(
+            "[identities.ci]\nkind = \"env\"\nvar = \"X\"\n\n[exchanges.x]\n{exchange}\n\n[[routes]]\nidentity = \"ci\"\nexchange = \"x\"\n{route}\n"
+        );
+        crate::Config::parse(&text, std::path::Path::new("t.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn routes_of_other_tools_must_name_a_default_scope() {
+        let exchange = "kind = \"azure\"\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"abc-123\"";
+        let ok = config(exchange, "tool = \"oci\"\nhost = \"r.azurecr.io\"").unwrap();
+        assert_eq!(ok.routes[0].username, "00000000-0000-0000-0000-000000000000");
+        assert_eq!(ok.routes[0].audience, "api://AzureADTokenExchange");
+        let err = config(exchange, "tool = \"git\"\nhost = \"dev.azure.com\"").unwrap_err();
+        assert!(err.contains("`<resource>/.default`"), "{err}");
+        config(
+            exchange,
+            "tool = \"git\"\nhost = \"dev.azure.com\"\nscope = \"499b84ac-1321-427f-aa17-267ca6975798/.default\"",
+        )
+        .unwrap();
+        let err = config("kind = \"azure\"\ntenant = \"t\"", "tool = \"oci\"\nhost = \"r.azurecr.io\"").unwrap_err();
+        assert!(err.contains("needs `client_id`"), "{err}");
+    }
 }

@@ -426,4 +426,32 @@ mod tests {
             assert!(!is_google_host(bad), "{bad}");
         }
     }
+
+    /// The config parser's verdict on an exchange table and one route.
+    fn config(exchange: &str, route: &str) -> Result<crate::Config, String> {
+        let text = format!(
+            "[identities.ci]\nkind = \"env\"\nvar = \"X\"\n\n[exchanges.x]\n{exchange}\n\n[[routes]]\nidentity = \"ci\"\nexchange = \"x\"\n{route}\n"
+        );
+        crate::Config::parse(&text, std::path::Path::new("t.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_config_names_what_is_missing_or_misshapen() {
+        let route = "tool = \"oci\"\nhost = \"europe-docker.pkg.dev\"";
+        let err = config("kind = \"gcp-sts\"", route).unwrap_err();
+        assert!(err.contains("kind `gcp-sts` needs `workload_provider`"), "{err}");
+        let ok = config(&format!("kind = \"gcp-sts\"\nworkload_provider = \"{PROVIDER}\""), route).unwrap();
+        assert_eq!(ok.routes[0].username, "oauth2accesstoken");
+        assert_eq!(ok.routes[0].audience, "");
+        let err = config(
+            &format!("kind = \"gcp-sts\"\nworkload_provider = \"{PROVIDER}\"\niam_endpoint = \"http://iam.example\""),
+            route,
+        );
+        assert!(err.unwrap_err().contains("`iam_endpoint`"));
+        let err = config(
+            &format!("kind = \"gcp-sts\"\nworkload_provider = \"{PROVIDER}\""),
+            "tool = \"oci\"\nhost = \"registry.example\"",
+        );
+        assert!(err.unwrap_err().contains("for Google's hosts only"));
+    }
 }

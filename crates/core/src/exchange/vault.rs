@@ -257,4 +257,28 @@ mod tests {
             assert!(check_path(bad).is_err(), "{bad}");
         }
     }
+
+    /// The config parser's verdict on an exchange table and one route.
+    fn config(exchange: &str, route: &str) -> Result<crate::Config, String> {
+        let text = format!(
+            "[identities.ci]\nkind = \"env\"\nvar = \"X\"\n\n[exchanges.x]\n{exchange}\n\n[[routes]]\nidentity = \"ci\"\nexchange = \"x\"\n{route}\n"
+        );
+        crate::Config::parse(&text, std::path::Path::new("t.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_vault_route_is_for_vaults_host_and_settings_are_checked() {
+        let exchange = "kind = \"vault\"\ntoken_endpoint = \"https://vault.example.com:8200\"\nmount = \"ci/jwt\"";
+        let ok = config(exchange, "tool = \"git\"\nhost = \"vault.example.com:8200\"").unwrap();
+        assert_eq!(ok.routes[0].audience, "https://vault.example.com:8200");
+        let err = config(exchange, "tool = \"git\"\nhost = \"git.example.com\"").unwrap_err();
+        assert!(err.contains("its tokens go to Vault only"), "{err}");
+        let err = config(
+            &format!("{exchange}\nnamespace = \"../root\""),
+            "tool = \"git\"\nhost = \"vault.example.com:8200\"",
+        );
+        assert!(err.unwrap_err().contains("`namespace`"));
+        let err = config(&format!("{exchange}\nrloe = \"ci\""), "tool = \"git\"\nhost = \"vault.example.com:8200\"");
+        assert!(err.unwrap_err().contains("unknown field `rloe`"));
+    }
 }
