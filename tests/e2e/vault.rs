@@ -42,29 +42,32 @@ impl Bao {
         bao
     }
 
-    /// An API call as root; fails the test unless it succeeds.
-    fn root(&self, path: &str, body: &Value) {
-        let response = self
-            .client
-            .post(format!("{}/v1/{path}", self.addr))
-            .header("X-Vault-Token", ROOT)
-            .json(body)
-            .send()
-            .unwrap();
+    /// An API call as root, in a namespace or not; fails the test unless it succeeds.
+    fn root(&self, namespace: Option<&str>, path: &str, body: &Value) {
+        let mut request = self.client.post(format!("{}/v1/{path}", self.addr)).header("X-Vault-Token", ROOT);
+        if let Some(namespace) = namespace {
+            request = request.header("X-Vault-Namespace", namespace);
+        }
+        let response = request.json(body).send().unwrap();
         let status = response.status();
         assert!(status.is_success(), "{path}: {status} {}", response.text().unwrap_or_default());
     }
 
-    /// JWT auth at `ci-jwt` trusting the stack's issuer, a role `ci` for this repository
-    /// and audience, and a secret the role's policy may read.
-    fn configure(&self, stack: &Stack, audience: &str) {
-        self.root("sys/auth/ci-jwt", &json!({"type": "jwt"}));
-        self.root(
+    /// JWT auth at `ci-jwt` (in `namespace`, created here, when given) trusting the
+    /// stack's issuer, a role `ci` for this repository and audience, and, outside a
+    /// namespace, a secret the role's policy may read.
+    fn configure(&self, stack: &Stack, audience: &str, namespace: Option<&str>) {
+        if let Some(namespace) = namespace {
+            self.root(None, &format!("sys/namespaces/{namespace}"), &json!({}));
+        }
+        let root = |path: &str, body: &Value| self.root(namespace, path, body);
+        root("sys/auth/ci-jwt", &json!({"type": "jwt"}));
+        root(
             "auth/ci-jwt/config",
             &json!({"jwks_url": format!("{}/.well-known/jwks.json", stack.issuer.issuer()), "bound_issuer": stack.issuer.issuer()}),
         );
-        self.root("sys/policies/acl/ci", &json!({"policy": "path \"secret/data/app\" { capabilities = [\"read\"] }"}));
-        self.root(
+        root("sys/policies/acl/ci", &json!({"policy": "path \"secret/data/app\" { capabilities = [\"read\"] }"}));
+        root(
             "auth/ci-jwt/role/ci",
             &json!({
                 "role_type": "jwt",
@@ -75,7 +78,9 @@ impl Bao {
                 "token_ttl": "10m",
             }),
         );
-        self.root("secret/data/app", &json!({"data": {"password": "opened-by-vault"}}));
+        if namespace.is_none() {
+            root("secret/data/app", &json!({"data": {"password": "opened-by-vault"}}));
+        }
     }
 
     /// Whether a token accessor still names a live token.
@@ -98,15 +103,16 @@ impl Drop for Bao {
     }
 }
 
-/// A stack, OpenBao, and a client config with a `vault` exchange (role `role`) and a git
-/// route for Vault's own host.
-fn setup(role: &str) -> (Stack, Bao) {
+/// A stack, OpenBao, and a client config with a `vault` exchange (role `role`, in
+/// `namespace` when given) and a git route for Vault's own host.
+fn setup(role: &str, namespace: Option<&str>) -> (Stack, Bao) {
     let stack = Stack::builder().start();
     let bao = Bao::start(&stack);
-    bao.configure(&stack, &bao.addr);
+    bao.configure(&stack, &bao.addr, namespace);
     let host = bao.addr.trim_start_matches("http://");
+    let namespace = namespace.map(|n| format!("namespace = \"{n}\"\n")).unwrap_or_default();
     stack.write_config(&format!(
-        "[exchanges.vault]\nkind = \"vault\"\ntoken_endpoint = \"{addr}\"\nmount = \"ci-jwt\"\nrole = \"{role}\"\n\n\
+        "[exchanges.vault]\nkind = \"vault\"\ntoken_endpoint = \"{addr}\"\nmount = \"ci-jwt\"\nrole = \"{role}\"\n{namespace}\n\
          [[routes]]\ntool = \"git\"\nprotocol = \"http\"\nhost = \"{host}\"\nidentity = \"ci\"\nexchange = \"vault\"\n",
         addr = bao.addr
     ));
@@ -152,7 +158,7 @@ fn a_vault_token_from_jwt_login_reads_a_secret_and_revokes_itself_when_the_sessi
     if !require_tool("bao") || !require_tool("git") {
         return;
     }
-    let (stack, bao) = setup("ci");
+    let (stack, bao) = setup("ci", None);
     let out = exec(&stack, "vault-1", &bao, &script(&bao));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -179,19 +185,35 @@ fn erase_revokes_the_vault_token() {
     if !require_tool("bao") || !require_tool("git") {
         return;
     }
-    let (stack, bao) = setup("ci");
+    erase_revokes_in(None);
+}
+
+#[test]
+#[cfg_attr(any(missing = "bao", missing = "git"), ignore = "needs bao, git: one is not installed")]
+fn a_login_in_a_namespace_sends_x_vault_namespace_and_revokes_there() {
+    if !require_tool("bao") || !require_tool("git") {
+        return;
+    }
+    // The mount exists only in the namespace: a login without the header finds no mount.
+    // (A namespaced token names its namespace itself, so revoke-self would reach it either way.)
+    erase_revokes_in(Some("team-a"));
+}
+
+/// Gets a token through the git helper, checks it is live at Vault (in `namespace`), erases
+/// it, and checks Vault no longer knows it.
+fn erase_revokes_in(namespace: Option<&str>) {
+    let (stack, bao) = setup("ci", namespace);
     let host = bao.addr.trim_start_matches("http://");
     let get = helper(&stack, "get", &format!("protocol=http\nhost={host}\n"));
     assert!(get.status.success(), "{}", String::from_utf8_lossy(&get.stderr));
     let token = mayfly_tests::password_of(&String::from_utf8_lossy(&get.stdout));
     let lookup = |token: &str| {
-        bao.client
-            .get(format!("{}/v1/auth/token/lookup-self", bao.addr))
-            .header("X-Vault-Token", token)
-            .send()
-            .unwrap()
-            .status()
-            .as_u16()
+        let request = bao.client.get(format!("{}/v1/auth/token/lookup-self", bao.addr)).header("X-Vault-Token", token);
+        let request = match namespace {
+            Some(namespace) => request.header("X-Vault-Namespace", namespace),
+            None => request,
+        };
+        request.send().unwrap().status().as_u16()
     };
     assert_eq!(lookup(&token), 200);
     let erase =
@@ -206,7 +228,7 @@ fn a_role_vault_refuses_is_one_line_with_vaults_own_words() {
     if !require_tool("bao") || !require_tool("git") {
         return;
     }
-    let (stack, bao) = setup("deploy");
+    let (stack, bao) = setup("deploy", None);
     let host = bao.addr.trim_start_matches("http://");
     let out = helper(&stack, "get", &format!("protocol=http\nhost={host}\n"));
     let stdout = String::from_utf8_lossy(&out.stdout);
