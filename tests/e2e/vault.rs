@@ -240,3 +240,26 @@ fn a_role_vault_refuses_is_one_line_with_vaults_own_words() {
         "{lines:?}"
     );
 }
+
+#[test]
+#[cfg_attr(missing = "bao", ignore = "needs bao, which is not installed")]
+fn explain_knows_the_vault_kind_and_its_exchange_mode_logs_in_then_revokes() {
+    if !require_tool("bao") {
+        return;
+    }
+    let (stack, bao) = setup("ci", None);
+    let out = Command::new(bin("mayfly"))
+        .args(["explain", "git", &bao.addr, "--exchange"])
+        .env_clear()
+        .envs(stack.env())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("(vault, ") && text.contains("can revoke its tokens"), "{text}");
+    assert!(text.contains(&format!("audience   {}", bao.addr)), "{text}");
+    assert!(!text.contains("hvs."), "the token is never shown: {text}");
+    let issued = stack.client_audit().into_iter().find(|l| l["outcome"] == "issued").expect("a real login");
+    let accessor = issued["token_id"].as_str().expect("the token's accessor");
+    assert!(!bao.accessor_alive(accessor), "revoked at once");
+}
