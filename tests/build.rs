@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 /// Executables looked up on `PATH`.
 const ON_PATH: &[&str] = &[
     "aws",
+    "bao",
     "cargo-cyclonedx",
     "chromium",
     "docker",

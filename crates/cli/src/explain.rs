@@ -218,7 +218,7 @@ fn describe(env: &Env, config: &Config, route: &Route, target: &Target, operatio
     rows.push(row(
         "audience",
         if route.audience.is_empty() {
-            exchange.known_audience().unwrap_or_else(|| "asked of the registry at exchange time".into())
+            exchange.known_audience().unwrap_or_else(|| "the exchange's own, worked out at exchange time".into())
         } else {
             route.audience.clone()
         },
@@ -249,7 +249,7 @@ fn describe(env: &Env, config: &Config, route: &Route, target: &Target, operatio
     rows.push(row("identity", format!("`{}` ({source}; {audience})", identity.name)));
     let revokes = match (&exchange.revocation_endpoint, exchange.revokes()) {
         (Some(endpoint), _) => format!("revokes at {endpoint}"),
-        (None, true) => "revokes at its token endpoint".into(),
+        (None, true) => "can revoke its tokens (at erase and session end)".into(),
         (None, false) => "cannot revoke".into(),
     };
     rows.push(row(

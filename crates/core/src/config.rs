@@ -174,7 +174,7 @@ pub struct IdentityEntry {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct ExchangeEntry {
     /// The exchange kind (`rfc8693`, `aws-sts`, `crates-io`, `npm`, `pypi`, `octo-sts`,
-    /// `docker-hub`, `huggingface`, `jfrog`, `cloudsmith`).
+    /// `docker-hub`, `huggingface`, `jfrog`, `cloudsmith`, `vault`, `gcp-sts`, `azure`).
     pub kind: String,
     /// Where to exchange.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -328,6 +328,13 @@ pub enum ExchangeKind {
     Jfrog,
     /// Cloudsmith OIDC: the ID token for a service account's token.
     Cloudsmith,
+    /// Vault or OpenBao JWT auth: the ID token logs in for a Vault token.
+    Vault,
+    /// Google Cloud STS: the ID token for a federated (or a service account's) access token.
+    GcpSts,
+    /// Entra ID federated credentials: the ID token as a client assertion (and ACR's
+    /// exchange for its registries).
+    Azure,
 }
 
 impl ExchangeKind {
@@ -620,7 +627,7 @@ impl Config {
             username: match raw.username {
                 Some(username) => username,
                 None => exchange
-                    .default_username(exchange_config)
+                    .default_username(exchange_config, tool)
                     .map_err(|e| format!("route `{name}`: {e}"))?
                     .unwrap_or_else(|| if tool == Tool::Pypi { "__token__".into() } else { "x-access-token".into() }),
             },

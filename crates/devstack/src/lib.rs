@@ -6,9 +6,11 @@
 #![deny(missing_docs)]
 
 mod aws_sts_gate;
+mod azure;
 mod cargo_registry;
 mod crates_io;
 mod gate;
+mod gcp;
 mod git_server;
 mod github;
 mod issuer;
@@ -24,9 +26,11 @@ mod jfrog;
 mod recording;
 
 pub use aws_sts_gate::AwsStsGate;
+pub use azure::{AZURE_TOKEN_EXCHANGE_AUDIENCE, AzureStandIn};
 pub use cargo_registry::CargoRegistry;
 pub use crates_io::{CRATES_IO_AUDIENCE, CratesIoExchange, TrustedTokens};
 pub use gate::StsClient;
+pub use gcp::GcpSts;
 pub use git_server::{GitServer, GitServerStats};
 pub use github::{GitHub, RecordedRequest, TrustPolicy};
 pub use issuer::DevIssuer;

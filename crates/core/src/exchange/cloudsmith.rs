@@ -50,7 +50,7 @@ impl Protocol for Cloudsmith {
         Ok(super::jfrog::origin(&config.token_endpoint))
     }
 
-    fn default_username(&self, config: &ExchangeConfig) -> Result<Option<String>, String> {
+    fn default_username(&self, config: &ExchangeConfig, _tool: Tool) -> Result<Option<String>, String> {
         // Cloudsmith's registries take the service account's slug as the user name.
         Ok(config.setting("service_slug").map(str::to_owned))
     }

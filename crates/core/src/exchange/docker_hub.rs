@@ -65,7 +65,7 @@ impl Protocol for DockerHub {
         Scheme::Basic
     }
 
-    fn default_username(&self, config: &ExchangeConfig) -> Result<Option<String>, String> {
+    fn default_username(&self, config: &ExchangeConfig, _tool: Tool) -> Result<Option<String>, String> {
         match config.setting("organisation") {
             Some(organisation) => Ok(Some(organisation.to_owned())),
             None => Err(format!(

@@ -7,14 +7,21 @@
 //! - [`trusted_publishing`]: crates.io, npm and PyPI, registries that check the ID token
 //!   themselves;
 //! - [`octo_sts`]: octo-sts, GitHub installation tokens as a repository's trust policy
-//!   allows.
+//!   allows;
 //! - [`docker_hub`], [`hugging_face`], [`jfrog`], [`cloudsmith`]: registries that take the
-//!   workload's ID token at their own endpoint.
+//!   workload's ID token at their own endpoint;
+//! - [`vault`]: Vault and OpenBao JWT auth login, tokens that revoke themselves;
+//! - [`gcp_sts`]: Google Cloud STS (workload identity federation), optionally
+//!   impersonating a service account;
+//! - [`azure`]: Entra ID federated credentials, and ACR's exchange for its registries.
 
 pub(crate) mod aws_sts;
+pub(crate) mod azure;
+pub(crate) mod gcp_sts;
 pub(crate) mod octo_sts;
 pub(crate) mod rfc8693;
 pub(crate) mod trusted_publishing;
+pub(crate) mod vault;
 
 pub(crate) mod cloudsmith;
 pub(crate) mod docker_hub;
@@ -193,7 +200,7 @@ pub(crate) trait Protocol: Sync {
 
     /// The user name presented with its tokens when the route names none (`None`: the
     /// tool's usual one); a config error when the exchange cannot do without one.
-    fn default_username(&self, _config: &ExchangeConfig) -> Result<Option<String>, String> {
+    fn default_username(&self, _config: &ExchangeConfig, _tool: Tool) -> Result<Option<String>, String> {
         Ok(None)
     }
 
@@ -270,7 +277,7 @@ pub(crate) trait Protocol: Sync {
 
 impl ExchangeKind {
     /// Every kind, for parsing and for messages.
-    pub(crate) const ALL: [Self; 10] = [
+    pub(crate) const ALL: [Self; 13] = [
         Self::Rfc8693,
         Self::AwsSts,
         Self::CratesIo,
@@ -281,6 +288,9 @@ impl ExchangeKind {
         Self::HuggingFace,
         Self::Jfrog,
         Self::Cloudsmith,
+        Self::Vault,
+        Self::GcpSts,
+        Self::Azure,
     ];
 
     /// The protocol this kind speaks.
@@ -296,6 +306,9 @@ impl ExchangeKind {
             Self::HuggingFace => &hugging_face::HuggingFace,
             Self::Jfrog => &jfrog::Jfrog,
             Self::Cloudsmith => &cloudsmith::Cloudsmith,
+            Self::Vault => &vault::Vault,
+            Self::GcpSts => &gcp_sts::GcpSts,
+            Self::Azure => &azure::Azure,
         }
     }
 
