@@ -82,7 +82,7 @@ impl Sts {
             (true, false) => return Err("the signing keys cannot be removed without a restart".into()),
             (false, _) => Arc::new(KeySet::load(&config.signing_keys, Some(&self.keys))?),
         };
-        Self::assemble(config, keys, self.lasting())
+        Self::assemble(config, keys, self.lasting.clone())
     }
 }
 
@@ -154,7 +154,7 @@ pub(crate) async fn run(
     };
     watcher.abort();
     // The lines of requests answered while draining are on disk before the process exits.
-    if let Err(e) = live.current().audit.flush().await {
+    if let Err(e) = live.current().lasting.audit.flush().await {
         crate::log::error(&format!("cannot write the audit log: {e}"));
     }
     served
