@@ -9,23 +9,17 @@
 //! `MAYFLY_BENCH_REQUESTS` (per measurement, 1000) and `MAYFLY_BENCH_CONCURRENCY` (64)
 //! keep runs short. Needs PostgreSQL (`initdb`, `postgres`).
 
+mod common;
+
 use std::path::Path;
 use std::process::Child;
-use std::time::{Duration, Instant};
 
 use mayfly_core::{ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT};
 use mayfly_tests::postgres::Postgres;
 use mayfly_tests::{Options, Stack};
 use serde_json::Value;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    samples[((samples.len() - 1) as f64 * p) as usize]
-}
+use common::{env_or, load, percentile};
 
 /// A stack whose exchange keeps its state in `store` (a URL), else in a redb file, plus
 /// `replicas - 1` more processes on the same config and signing key.
@@ -70,44 +64,6 @@ fn start(store: Option<String>, replicas: usize) -> Setup {
 }
 
 type Form = Vec<(&'static str, String)>;
-
-/// `requests` exchanges of `form` at `concurrency`, spread over `urls` in turn: the
-/// latencies and the wall time.
-fn measure(
-    runtime: &tokio::runtime::Runtime,
-    client: &reqwest::Client,
-    urls: &[String],
-    form: &Form,
-    requests: usize,
-    concurrency: usize,
-) -> (Vec<Duration>, Duration) {
-    let wall = Instant::now();
-    let latencies = runtime.block_on(async {
-        let tasks: Vec<_> = (0..concurrency)
-            .map(|worker| {
-                let (client, urls, form) = (client.clone(), urls.to_vec(), form.clone());
-                let share = requests / concurrency + usize::from(worker < requests % concurrency);
-                tokio::spawn(async move {
-                    let mut out = Vec::with_capacity(share);
-                    for k in 0..share {
-                        let url = &urls[(worker + k) % urls.len()];
-                        let start = Instant::now();
-                        let response = client.post(format!("{url}/token")).form(&form).send().await.expect("answers");
-                        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
-                        out.push(start.elapsed());
-                    }
-                    out
-                })
-            })
-            .collect();
-        let mut all = Vec::with_capacity(requests);
-        for task in tasks {
-            all.extend(task.await.unwrap());
-        }
-        all
-    });
-    (latencies, wall.elapsed())
-}
 
 fn main() {
     let requests: usize = env_or("MAYFLY_BENCH_REQUESTS", 1000);
@@ -157,9 +113,9 @@ fn main() {
             ("actor_token_type", ACCESS_TOKEN_TYPE.to_owned()),
         ]);
         // Warm the connection pools, the JWKS caches and the prepared statements.
-        measure(&runtime, &client, &setup.urls, &through, 100, 8);
+        load(&runtime, &client, &setup.urls, &through, 100, 8);
         for (kind, form) in [("plain", &plain), ("through a session", &through)] {
-            let (mut latencies, wall) = measure(&runtime, &client, &setup.urls, form, requests, concurrency);
+            let (mut latencies, wall) = load(&runtime, &client, &setup.urls, form, requests, concurrency);
             println!(
                 "{name:<30}  {kind:<18}  {:>12.0}  {:>10?}  {:>10?}",
                 latencies.len() as f64 / wall.as_secs_f64(),

@@ -16,11 +16,15 @@
 //! `MAYFLY_BENCH_REQUESTS` (per concurrency level, 400) and `MAYFLY_BENCH_CONCURRENCY`
 //! (`1,8,64`) keep runs short.
 
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 use mayfly_sts::{Algorithm, SigningKey};
 use mayfly_tests::{Options, Stack};
 use serde_json::{Value, json};
+
+use common::{env_or, load, percentile};
 
 const POLICIES: usize = 100;
 
@@ -58,15 +62,6 @@ fn process_cpu(pid: u32) -> Duration {
 fn thread_cpu() -> Duration {
     let schedstat = std::fs::read_to_string("/proc/thread-self/schedstat").expect("/proc");
     Duration::from_nanos(schedstat.split_whitespace().next().and_then(|n| n.parse().ok()).expect("schedstat"))
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    samples[((samples.len() - 1) as f64 * p) as usize]
-}
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// CPU time of one RS256 verify plus one ES256 sign, on this thread.
@@ -137,18 +132,8 @@ fn main() {
         ("scope", "repo:org0/app:read".to_owned()),
     ];
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let exchange = |client: reqwest::Client, url: String, form: [(&'static str, String); 5]| async move {
-        let start = Instant::now();
-        let response = client.post(format!("{url}/token")).form(&form).send().await.expect("answers");
-        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
-        start.elapsed()
-    };
     // Warm the connection pool, the JWKS cache and the allocator.
-    runtime.block_on(async {
-        for _ in 0..50 {
-            exchange(client.clone(), url.clone(), form.clone()).await;
-        }
-    });
+    load(&runtime, &client, std::slice::from_ref(&url), &form, 50, 1);
 
     let per_op = baseline(2_000);
     println!("mayfly-sts exchanges ({POLICIES} Cedar policies, 5 relevant; RS256 subject token, ES256 minted)");
@@ -163,28 +148,7 @@ fn main() {
         let requests = requests.max(concurrency);
         let pid = sts.id();
         let cpu_before = process_cpu(pid);
-        let wall = Instant::now();
-        let mut latencies: Vec<Duration> = runtime.block_on(async {
-            let tasks: Vec<_> = (0..concurrency)
-                .map(|worker| {
-                    let (client, url, form) = (client.clone(), url.clone(), form.clone());
-                    let share = requests / concurrency + usize::from(worker < requests % concurrency);
-                    tokio::spawn(async move {
-                        let mut out = Vec::with_capacity(share);
-                        for _ in 0..share {
-                            out.push(exchange(client.clone(), url.clone(), form.clone()).await);
-                        }
-                        out
-                    })
-                })
-                .collect();
-            let mut all = Vec::with_capacity(requests);
-            for task in tasks {
-                all.extend(task.await.unwrap());
-            }
-            all
-        });
-        let wall = wall.elapsed();
+        let (mut latencies, wall) = load(&runtime, client, std::slice::from_ref(&url), &form, requests, concurrency);
         let cpu = (process_cpu(pid) - cpu_before) / u32::try_from(latencies.len()).unwrap();
         println!(
             "{label:>10}  {concurrency:>11}  {:>8}  {:>14?}  {:>7.1}x  {:>10?}  {:>10?}   ({:.0} exchanges/s wall)",

@@ -40,7 +40,8 @@ pub(crate) async fn revoke_session(State(sts): State<Arc<Sts>>, headers: HeaderM
     };
     let administrator = json!({"iss": token.issuer, "sub": token.subject});
     if !is_administrator(&sts.config.administrators, &token) {
-        sts.audit
+        sts.lasting
+            .audit
             .record(&Line {
                 time: now_rfc3339(),
                 outcome: "admin-refused",
@@ -71,14 +72,14 @@ pub(crate) async fn revoke_session(State(sts): State<Arc<Sts>>, headers: HeaderM
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let longest = i64::try_from(sts.config.session_max_ttl.as_secs()).unwrap_or(i64::MAX / 4);
     // A session whose expiry is unknown (or unreadable) is revoked for the longest one.
-    let until = sts.sessions.expires_at(&sid).ok().flatten().unwrap_or(now + longest);
+    let until = sts.lasting.sessions.expires_at(&sid).ok().flatten().unwrap_or(now + longest);
     let line = Line { time: now_rfc3339(), sid: Some(&sid), administrator: Some(&administrator), ..Line::default() };
     if let Err(reason) = sts.revoke(&sid, until).await {
-        sts.audit.record(&Line { outcome: "admin-revoke-failed", reason: Some(&reason), ..line }).await;
+        sts.lasting.audit.record(&Line { outcome: "admin-revoke-failed", reason: Some(&reason), ..line }).await;
         return error(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", "cannot record the revocation");
     }
-    let _ = sts.sessions.forget(&sid);
-    sts.audit.record(&Line { outcome: "admin-revoked", ..line }).await;
+    let _ = sts.lasting.sessions.forget(&sid);
+    sts.lasting.audit.record(&Line { outcome: "admin-revoked", ..line }).await;
     crate::github_app::end_session(&sts, &sid).await;
     no_store(axum::Json(json!({"revoked": sid})).into_response())
 }

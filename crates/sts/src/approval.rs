@@ -146,13 +146,25 @@ struct Record {
 
 impl Record {
     fn status(&self, now: Instant) -> &'static str {
-        match &self.state {
-            State::Used => "used",
-            _ if now >= self.expires_at => "expired",
+        let state = match &self.state {
             State::Pending => "pending",
             State::Approved => "approved",
             State::Denied(_) => "denied",
-        }
+            State::Used => "used",
+        };
+        status(state, now >= self.expires_at)
+    }
+}
+
+/// An approval's status, from its state as stored (`pending`, `approved`, `denied` or
+/// `used`) and whether it has expired: a used approval stays used; any other expires.
+pub(crate) fn status(state: &str, expired: bool) -> &'static str {
+    match state {
+        "used" => "used",
+        _ if expired => "expired",
+        "approved" => "approved",
+        "denied" => "denied",
+        _ => "pending",
     }
 }
 
@@ -244,39 +256,6 @@ pub(crate) trait ApprovalStore: Send + Sync {
     ) -> Result<(), DecideError>;
 }
 
-impl ApprovalStore for Approvals {
-    fn pending(&self, now: Instant) -> Result<usize, String> {
-        Ok(Self::pending(self, now))
-    }
-
-    fn create(&self, request: Request, now: Instant) -> Result<Created, String> {
-        Self::create(self, request, now)
-    }
-
-    fn poll(&self, code: &str, binding: &Binding, now: Instant) -> Poll {
-        Self::poll(self, code, binding, now)
-    }
-
-    fn spend(&self, id: &str, now: Instant) -> Result<bool, String> {
-        Ok(Self::spend(self, id, now))
-    }
-
-    fn view(&self, id: &str, now: Instant) -> Result<Option<View>, String> {
-        Ok(Self::view(self, id, now))
-    }
-
-    fn decide(
-        &self,
-        id: &str,
-        approver: Approver,
-        approve: bool,
-        reason: Option<String>,
-        now: Instant,
-    ) -> Result<(), DecideError> {
-        Self::decide(self, id, approver, approve, reason, now)
-    }
-}
-
 #[derive(Default)]
 struct Inner {
     by_id: HashMap<String, Record>,
@@ -299,14 +278,14 @@ impl Approvals {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
 
-    /// How many requests wait for a decision now.
-    pub(crate) fn pending(&self, now: Instant) -> usize {
-        self.lock().by_id.values().filter(|r| r.state == State::Pending && now < r.expires_at).count()
+impl ApprovalStore for Approvals {
+    fn pending(&self, now: Instant) -> Result<usize, String> {
+        Ok(self.lock().by_id.values().filter(|r| r.state == State::Pending && now < r.expires_at).count())
     }
 
-    /// Opens an approval; `Err` with a reason when too many are waiting.
-    pub(crate) fn create(&self, request: Request, now: Instant) -> Result<Created, String> {
+    fn create(&self, request: Request, now: Instant) -> Result<Created, String> {
         let mut inner = self.lock();
         purge(&mut inner, now);
         let pending = inner.by_id.values().filter(|r| r.state == State::Pending && now < r.expires_at).count();
@@ -332,8 +311,7 @@ impl Approvals {
         Ok(Created { id, code, interval: self.interval, expires_in: self.ttl })
     }
 
-    /// A client collecting with `code` for the request `binding` describes.
-    pub(crate) fn poll(&self, code: &str, binding: &Binding, now: Instant) -> Poll {
+    fn poll(&self, code: &str, binding: &Binding, now: Instant) -> Poll {
         let mut inner = self.lock();
         purge(&mut inner, now);
         let digest: [u8; 32] = Sha256::digest(code.as_bytes()).into();
@@ -378,31 +356,28 @@ impl Approvals {
         }
     }
 
-    /// Marks an approved approval used: true once, for the one token it yields.
-    pub(crate) fn spend(&self, id: &str, now: Instant) -> bool {
+    fn spend(&self, id: &str, now: Instant) -> Result<bool, String> {
         let mut inner = self.lock();
-        match inner.by_id.get_mut(id) {
+        Ok(match inner.by_id.get_mut(id) {
             Some(record) if record.state == State::Approved && now < record.expires_at => {
                 record.state = State::Used;
                 true
             }
             _ => false,
-        }
-    }
-
-    /// What an approver sees.
-    pub(crate) fn view(&self, id: &str, now: Instant) -> Option<View> {
-        let mut inner = self.lock();
-        purge(&mut inner, now);
-        inner.by_id.get(id).map(|r| View {
-            status: r.status(now),
-            request: r.request.clone(),
-            expires_in: r.expires_at.saturating_duration_since(now),
         })
     }
 
-    /// Records an approver's decision.
-    pub(crate) fn decide(
+    fn view(&self, id: &str, now: Instant) -> Result<Option<View>, String> {
+        let mut inner = self.lock();
+        purge(&mut inner, now);
+        Ok(inner.by_id.get(id).map(|r| View {
+            status: r.status(now),
+            request: r.request.clone(),
+            expires_in: r.expires_at.saturating_duration_since(now),
+        }))
+    }
+
+    fn decide(
         &self,
         id: &str,
         approver: Approver,
@@ -566,10 +541,10 @@ mod tests {
             panic!("not approved");
         };
         assert_eq!((approver.name.as_str(), approver.id.as_str()), ("alice@example.com", "https://issuer#user:alice"));
-        assert!(store.spend(&id, t0 + SECS));
-        assert!(!store.spend(&id, t0 + SECS));
+        assert!(store.spend(&id, t0 + SECS).unwrap());
+        assert!(!store.spend(&id, t0 + SECS).unwrap());
         assert_eq!(store.poll(&created.code, &binding("repo:org/r:write", None), t0 + 2 * SECS), Poll::Used);
-        assert_eq!(store.view(&id, t0 + 2 * SECS).unwrap().status, "used");
+        assert_eq!(store.view(&id, t0 + 2 * SECS).unwrap().unwrap().status, "used");
     }
 
     #[test]
@@ -590,17 +565,17 @@ mod tests {
         let t0 = Instant::now();
         let created = store.create(request(binding("repo:org/r:write", None)), t0).unwrap();
         let b = binding("repo:org/r:write", None);
-        assert_eq!(store.view(&created.id, t0 + 61 * SECS).unwrap().status, "expired");
+        assert_eq!(store.view(&created.id, t0 + 61 * SECS).unwrap().unwrap().status, "expired");
         assert_eq!(store.decide(&created.id, alice(), true, None, t0 + 61 * SECS), Err(DecideError::Expired));
         assert_eq!(store.poll(&created.code, &b, t0 + 61 * SECS), Poll::Expired);
         // Approved but not collected in time: expired too, and it yields nothing.
         let late = store.create(request(b.clone()), t0).unwrap();
         store.decide(&late.id, alice(), true, None, t0 + 59 * SECS).unwrap();
         assert_eq!(store.poll(&late.code, &b, t0 + 60 * SECS), Poll::Expired);
-        assert!(!store.spend(&late.id, t0 + 60 * SECS));
+        assert!(!store.spend(&late.id, t0 + 60 * SECS).unwrap());
         let forgotten = t0 + 60 * SECS + KEPT_AFTER_EXPIRY;
         assert_eq!(store.poll(&created.code, &b, forgotten), Poll::Unknown);
-        assert!(store.view(&created.id, forgotten).is_none());
+        assert!(store.view(&created.id, forgotten).unwrap().is_none());
         assert!(store.lock().by_code.is_empty());
     }
 

@@ -109,6 +109,7 @@ pub(crate) fn lookup(sts: &Sts, id: &str, token: &VerifiedSubject, now: Instant)
         return Err(Refused::unknown());
     }
     let view = sts
+        .lasting
         .approvals
         .view(id, now)
         .map_err(|e| Refused::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", e))?
@@ -168,7 +169,7 @@ pub(crate) fn record(
 ) -> Result<&'static str, Refused> {
     not_the_requester(sts, view, token)?;
     let approver = Approver::of(token);
-    match sts.approvals.decide(id, approver.clone(), approve, reason.clone(), now) {
+    match sts.lasting.approvals.decide(id, approver.clone(), approve, reason.clone(), now) {
         Ok(()) => {}
         Err(DecideError::Unknown) => return Err(Refused::unknown()),
         Err(DecideError::Expired) => return Err(expired()),
@@ -177,7 +178,7 @@ pub(crate) fn record(
             return Err(Refused::new(StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable", e));
         }
     }
-    if let Some(webhook) = &sts.webhook {
+    if let Some(webhook) = &sts.lasting.webhook {
         let uri = format!("{}/approve/{id}", sts.config.issuer);
         let expires_at = time::OffsetDateTime::now_utc() + view.expires_in;
         let decision = crate::webhook::Decision { approved: approve, approver: &approver, reason: reason.as_deref() };
@@ -186,7 +187,7 @@ pub(crate) fn record(
     }
     let binding = &view.request.binding;
     let outcome = if approve { "approved" } else { "denied" };
-    sts.audit.queue(&Line {
+    sts.lasting.audit.queue(&Line {
         time: now_rfc3339(),
         outcome,
         reason: reason.as_deref(),

@@ -32,19 +32,23 @@ form{display:inline-block;margin:1rem 1rem 0 0}button{font-size:1rem;padding:.4r
 /// Bearer token is sent, and the client takes HTML or has a page session.
 pub(crate) fn wants_page(sts: &Sts, headers: &HeaderMap) -> bool {
     let html = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).any(|v| v.contains("text/html"));
-    sts.login.is_some()
+    sts.lasting.login.is_some()
         && !headers.contains_key(header::AUTHORIZATION)
         && (html || cookie(headers, SESSION_COOKIE).is_some())
 }
 
 /// Whether a `POST /approve/{id}` is the page's form: a page session, no Bearer token.
 pub(crate) fn is_page_form(sts: &Sts, headers: &HeaderMap) -> bool {
-    sts.login.is_some() && !headers.contains_key(header::AUTHORIZATION) && cookie(headers, SESSION_COOKIE).is_some()
+    sts.lasting.login.is_some()
+        && !headers.contains_key(header::AUTHORIZATION)
+        && cookie(headers, SESSION_COOKIE).is_some()
 }
 
 /// The page for a browser: a sign-in first when it has no session, then the request.
 pub(crate) async fn view(sts: &Sts, id: &str, headers: &HeaderMap) -> Response {
-    let Some(login) = &sts.login else { return message(StatusCode::NOT_FOUND, "Not found", "no approval page here") };
+    let Some(login) = &sts.lasting.login else {
+        return message(StatusCode::NOT_FOUND, "Not found", "no approval page here");
+    };
     if !is_approval_id(id) {
         return refused(&not_found());
     }
@@ -68,7 +72,9 @@ pub(crate) async fn view(sts: &Sts, id: &str, headers: &HeaderMap) -> Response {
 
 /// The form's decision, under the page session and its CSRF token.
 pub(crate) fn decide(sts: &Sts, id: &str, headers: &HeaderMap, body: &[u8]) -> Response {
-    let Some(login) = &sts.login else { return message(StatusCode::NOT_FOUND, "Not found", "no approval page here") };
+    let Some(login) = &sts.lasting.login else {
+        return message(StatusCode::NOT_FOUND, "Not found", "no approval page here");
+    };
     let now = Instant::now();
     let Some(session) = cookie(headers, SESSION_COOKIE).and_then(|c| login.session(c, now)) else {
         return message(
@@ -101,7 +107,9 @@ pub(crate) fn decide(sts: &Sts, id: &str, headers: &HeaderMap, body: &[u8]) -> R
 
 /// `GET /approve/callback`: the provider's answer to a sign-in this browser started.
 pub(crate) async fn callback(State(sts): State<Arc<Sts>>, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
-    let Some(login) = &sts.login else { return message(StatusCode::NOT_FOUND, "Not found", "no approval page here") };
+    let Some(login) = &sts.lasting.login else {
+        return message(StatusCode::NOT_FOUND, "Not found", "no approval page here");
+    };
     let query: Vec<(String, String)> =
         url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
     let now = Instant::now();

@@ -229,9 +229,8 @@ impl Loaded {
     /// Decides the scopes of one request one by one, building what they share (the
     /// principal) once.
     pub fn scopes<'l, 'a>(&'l self, ask: &'l ExchangeAsk<'a>, principal_type: &'l str) -> Scopes<'l, 'a> {
-        let principal = Ent::principal(ask, principal_type);
-        let direct = self.direct.principal(&principal);
-        Scopes { loaded: self, ask, principal_type, principal, direct }
+        let direct = self.direct.principal(ask, principal_type);
+        Scopes { loaded: self, ask, principal_type, principal: std::cell::OnceCell::new(), direct }
     }
 
     /// The request and entities through Cedar's JSON forms, each checked against the
@@ -341,8 +340,8 @@ pub struct Scopes<'l, 'a> {
     loaded: &'l Loaded,
     ask: &'l ExchangeAsk<'a>,
     principal_type: &'l str,
-    /// The principal, as the validated path renders it.
-    principal: Ent,
+    /// The principal, as the validated path renders it: built when a scope takes that path.
+    principal: std::cell::OnceCell<Ent>,
     /// Its uid, and the schema's actions with the principal, for requests built directly;
     /// `None` when the schema was not shown at load to accept this principal.
     direct: Option<(EntityUid, Entities)>,
@@ -366,7 +365,10 @@ impl Scopes<'_, '_> {
             Some((principal, base)) if self.loaded.direct.conforms(self.principal_type, target) => {
                 self.loaded.direct.build(principal, base, parts)
             }
-            _ => self.loaded.build_validated(&self.principal, parts),
+            _ => {
+                let principal = self.principal.get_or_init(|| Ent::principal(self.ask, self.principal_type));
+                self.loaded.build_validated(principal, parts)
+            }
         }
     }
 }
@@ -490,23 +492,10 @@ struct Ent {
 impl Ent {
     /// The verified subject: its claims (strings, numbers, booleans) as tags.
     fn principal(ask: &ExchangeAsk<'_>, principal_type: &str) -> Self {
-        let tags = ask
-            .subject
-            .claims
-            .iter()
-            .filter_map(|(k, v)| {
-                let v = match v {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
-                    Value::Bool(b) => b.to_string(),
-                    _ => return None,
-                };
-                Some((k.clone(), v))
-            })
-            .collect();
+        let tags = claim_tags(ask).map(|(k, v)| (k.clone(), v)).collect();
         Self {
             ty: principal_type.to_owned(),
-            id: format!("{}#{}", ask.subject.issuer, ask.subject.subject),
+            id: principal_id(ask),
             attrs: vec![
                 ("issuer", Val::Str(ask.subject.issuer.clone())),
                 ("subject", Val::Str(ask.subject.subject.clone())),
@@ -527,6 +516,24 @@ impl Ent {
         }
         out
     }
+}
+
+/// The principal's id: its issuer and subject.
+fn principal_id(ask: &ExchangeAsk<'_>) -> String {
+    format!("{}#{}", ask.subject.issuer, ask.subject.subject)
+}
+
+/// The subject's claims a principal carries as tags: strings, numbers and booleans, as strings.
+fn claim_tags<'a>(ask: &'a ExchangeAsk<'_>) -> impl Iterator<Item = (&'a String, String)> {
+    ask.subject.claims.iter().filter_map(|(k, v)| {
+        let v = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => return None,
+        };
+        Some((k, v))
+    })
 }
 
 /// One scope's Cedar request as mayfly builds it, before it is handed to Cedar either
@@ -782,12 +789,19 @@ impl Direct {
 
     /// The principal's uid, and the schema's actions with the principal: what every scope
     /// of a request shares. `None` sends the request through the validated path.
-    fn principal(&self, principal: &Ent) -> Option<(EntityUid, Entities)> {
-        if !self.principals.contains(principal.ty.as_str()) {
+    /// Built straight from the verified subject, as [`Ent::principal`] renders it.
+    fn principal(&self, ask: &ExchangeAsk<'_>, principal_type: &str) -> Option<(EntityUid, Entities)> {
+        if !self.principals.contains(principal_type) {
             return None;
         }
-        let uid = self.uid(&principal.ty, &principal.id).ok()?;
-        let base = self.actions.clone().add_entities([self.entity(principal).ok()?], None).ok()?;
+        let uid = self.uid(principal_type, &principal_id(ask)).ok()?;
+        let attrs = [
+            ("issuer".to_owned(), RestrictedExpression::new_string(ask.subject.issuer.clone())),
+            ("subject".to_owned(), RestrictedExpression::new_string(ask.subject.subject.clone())),
+        ];
+        let tags = claim_tags(ask).map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v)));
+        let entity = Entity::new_with_tags(uid.clone(), attrs, [], tags).ok()?;
+        let base = self.actions.clone().add_entities([entity], None).ok()?;
         Some((uid, base))
     }
 
@@ -1166,8 +1180,11 @@ when { context.claimed_intent has tool && context.claimed_intent.tool == "terraf
         let scopes = loaded.scopes(ask, principal_type);
         assert!(loaded.direct.conforms(principal_type, &target), "{principal_type} {target:?}");
         let (principal, base) = scopes.direct.as_ref().expect("a principal built directly");
-        [loaded.direct.build(principal, base, &parts), loaded.build_validated(&scopes.principal, &parts)]
-            .map(|built| loaded.evaluate(ask, scope, &target, built, indexed))
+        [
+            loaded.direct.build(principal, base, &parts),
+            loaded.build_validated(&Ent::principal(ask, principal_type), &parts),
+        ]
+        .map(|built| loaded.evaluate(ask, scope, &target, built, indexed))
     }
 
     #[test]

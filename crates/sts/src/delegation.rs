@@ -160,7 +160,7 @@ pub(crate) async fn resolve(
             }
         }
         let unix_now = time::OffsetDateTime::now_utc().unix_timestamp();
-        match sts.sessions.used(&own.jti, own.expires_at, std::time::Instant::now(), unix_now) {
+        match sts.lasting.sessions.used(&own.jti, own.expires_at, std::time::Instant::now(), unix_now) {
             Ok(Ok(())) => {}
             Ok(Err(idle)) => return Err(end_idle(sts, &own, subject, idle).await),
             Err(reason) => return Err(Refusal { code: OAuthError::TemporarilyUnavailable, reason }),
@@ -181,10 +181,11 @@ async fn end_idle(sts: &Sts, own: &OwnToken, subject: &VerifiedSubject, idle: st
     let stored = sts.revoke(&own.jti, own.expires_at).await;
     if stored.is_ok() {
         // Revoked: a session left in the store only lingers until its expiry.
-        let _ = sts.sessions.forget(&own.jti);
+        let _ = sts.lasting.sessions.forget(&own.jti);
     }
     let store_reason = stored.as_ref().err().map(|e| format!("{reason}; recording its revocation failed: {e}"));
-    sts.audit
+    sts.lasting
+        .audit
         .record(&Line {
             time: now_rfc3339(),
             outcome: "session-idle-ended",

@@ -427,6 +427,7 @@ pub(crate) async fn answer(
     };
     let scope = grant.scopes.join(" ");
     let written = sts
+        .lasting
         .audit
         .write(&Line {
             time: now_rfc3339(),
@@ -450,10 +451,11 @@ pub(crate) async fn answer(
 
 /// Revokes at GitHub what was minted through a session that just ended, one audit line each.
 pub(crate) async fn end_session(sts: &Sts, sid: &str) {
-    let Some(app) = &sts.github_app else { return };
+    let Some(app) = &sts.lasting.github_app else { return };
     for (fingerprint, installation, result) in app.revoke_session(sid).await {
         let reason = result.as_ref().err().map(String::as_str);
-        sts.audit
+        sts.lasting
+            .audit
             .record(&Line {
                 time: now_rfc3339(),
                 outcome: if result.is_ok() { "revoked" } else { "revoke-failed" },

@@ -26,7 +26,8 @@ pub(crate) async fn ready(State(sts): State<Arc<Sts>>) -> Response {
 /// `temporarily_unavailable`), with an audit line carrying the cause.
 pub(crate) async fn store_or_503(sts: &Sts) -> Result<(), Response> {
     let Err(reason) = sts.store_ready().await else { return Ok(()) };
-    sts.audit
+    sts.lasting
+        .audit
         .record(&Line {
             time: now_rfc3339(),
             outcome: "denied",

@@ -181,7 +181,7 @@ pub(crate) async fn track(request: Request, next: Next) -> Response {
 /// `GET /metrics`.
 pub(crate) async fn serve(State(sts): State<Arc<Sts>>) -> Response {
     // With a shared store the gauge counts every replica's; unreadable, it keeps its value.
-    if let Ok(pending) = sts.approvals.pending(Instant::now()) {
+    if let Ok(pending) = sts.lasting.approvals.pending(Instant::now()) {
         METRICS.approvals_pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
     }
     let mut text = String::new();

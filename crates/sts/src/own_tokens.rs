@@ -90,13 +90,14 @@ pub(crate) async fn revoke(State(sts): State<Arc<Sts>>, headers: HeaderMap, body
     let own = match verify(&sts, token, false) {
         Ok(own) => own,
         Err(reason) => {
-            if let Some(app) = &sts.github_app
+            if let Some(app) = &sts.lasting.github_app
                 && let Some((installation, result)) = app.revoke_presented(token).await
             {
                 return github_revoked(&sts, installation, result, fingerprint).await;
             }
             // Section 2.2: an invalid token is no error; the client has nothing to fix.
-            sts.audit
+            sts.lasting
+                .audit
                 .record(&Line {
                     time: now_rfc3339(),
                     outcome: "revoke-ignored",
@@ -118,13 +119,13 @@ pub(crate) async fn revoke(State(sts): State<Arc<Sts>>, headers: HeaderMap, body
     };
     match sts.revoke(&own.jti, own.expires_at).await {
         Ok(()) => {
-            sts.audit.record(&Line { outcome: "revoked", ..line }).await;
+            sts.lasting.audit.record(&Line { outcome: "revoked", ..line }).await;
             // A session's end takes the GitHub tokens minted through it along.
             crate::github_app::end_session(&sts, &own.jti).await;
             no_store(StatusCode::OK.into_response())
         }
         Err(reason) => {
-            sts.audit.record(&Line { outcome: "revoke-failed", reason: Some(&reason), ..line }).await;
+            sts.lasting.audit.record(&Line { outcome: "revoke-failed", reason: Some(&reason), ..line }).await;
             // Section 2.2.1: 503 tells the client to try again.
             oauth_error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -146,11 +147,11 @@ async fn github_revoked(
     let line = Line { time: now_rfc3339(), installation: Some(installation), fingerprint, ..Line::default() };
     match result {
         Ok(()) => {
-            sts.audit.record(&Line { outcome: "revoked", ..line }).await;
+            sts.lasting.audit.record(&Line { outcome: "revoked", ..line }).await;
             no_store(StatusCode::OK.into_response())
         }
         Err(reason) => {
-            sts.audit.record(&Line { outcome: "revoke-failed", reason: Some(&reason), ..line }).await;
+            sts.lasting.audit.record(&Line { outcome: "revoke-failed", reason: Some(&reason), ..line }).await;
             oauth_error(StatusCode::SERVICE_UNAVAILABLE, OAuthError::TemporarilyUnavailable, "cannot revoke at GitHub")
         }
     }
@@ -164,7 +165,8 @@ pub(crate) async fn introspect(State(sts): State<Arc<Sts>>, headers: HeaderMap, 
         Err(reason) => return oauth_error(StatusCode::BAD_REQUEST, OAuthError::InvalidRequest, &reason),
     };
     if !authenticated(&sts, &headers, token) {
-        sts.audit
+        sts.lasting
+            .audit
             .record(&Line {
                 time: now_rfc3339(),
                 outcome: "introspection-refused",

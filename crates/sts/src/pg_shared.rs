@@ -43,15 +43,9 @@ fn duration(millis: i64) -> Duration {
     Duration::from_millis(u64::try_from(millis).unwrap_or(0))
 }
 
-/// An approval's status, as [`crate::approval`]'s records have it.
+/// An approval's status, from a row's state, expiry and the database's clock.
 fn status(state: &str, expires_at: i64, now: i64) -> &'static str {
-    match state {
-        "used" => "used",
-        _ if now >= expires_at => "expired",
-        "approved" => "approved",
-        "denied" => "denied",
-        _ => "pending",
-    }
+    crate::approval::status(state, now >= expires_at)
 }
 
 /// A stored JSON column, or an error naming it (never its content).

@@ -75,7 +75,8 @@ pub(crate) async fn token(
     let claims = match sts.keys.decode::<Value>(&presented, validation) {
         Ok(data) => data.claims,
         Err(_) => {
-            sts.audit
+            sts.lasting
+                .audit
                 .record(&Line {
                     time: now_rfc3339(),
                     outcome: "denied",
@@ -95,7 +96,8 @@ pub(crate) async fn token(
     match crate::own_tokens::revoked_lineage(&sts, claims.as_object().unwrap_or(&empty)).await {
         Ok(false) => {}
         Ok(true) => {
-            sts.audit
+            sts.lasting
+                .audit
                 .record(&Line {
                     time: now_rfc3339(),
                     outcome: "denied",
@@ -147,7 +149,7 @@ pub(crate) async fn token(
             )
         })
         .collect();
-    let written = sts.audit.write(&Line {
+    let written = sts.lasting.audit.write(&Line {
         time: now_rfc3339(),
         outcome: "issued",
         subject: Some(subject),

@@ -39,8 +39,15 @@ pub struct Sts {
     policy: Box<dyn Policy>,
     /// The Cedar policies, reloaded when a policy file changes while serving.
     pub(crate) cedar: Option<Arc<crate::cedar::Handle>>,
+    /// What outlives a reload.
+    pub(crate) lasting: Lasting,
+}
+
+/// The state a config reload keeps: connections, and what lives in this process only.
+#[derive(Clone)]
+pub(crate) struct Lasting {
     pub(crate) audit: Arc<Audit>,
-    revocations: Arc<dyn RevocationStore>,
+    pub(crate) revocations: Arc<dyn RevocationStore>,
     /// Requests waiting for a person's approval (shared with a PostgreSQL store).
     pub(crate) approvals: Arc<dyn crate::approval::ApprovalStore>,
     /// Sessions' expiries and last uses (shared with a PostgreSQL store).
@@ -52,18 +59,6 @@ pub struct Sts {
     /// The GitHub App backend, when `[github_app]` configures one.
     pub(crate) github_app: Option<Arc<crate::github_app::GithubApp>>,
     /// Rate limits on exchanges (in this process only).
-    pub(crate) limits: Arc<crate::rate_limit::Limits>,
-}
-
-/// The state a config reload keeps: connections, and what lives in this process only.
-pub(crate) struct Lasting {
-    pub(crate) audit: Arc<Audit>,
-    pub(crate) revocations: Arc<dyn RevocationStore>,
-    pub(crate) approvals: Arc<dyn crate::approval::ApprovalStore>,
-    pub(crate) sessions: Arc<dyn crate::sessions::SessionStore>,
-    pub(crate) login: Option<Arc<crate::approval_login::Login>>,
-    pub(crate) webhook: Option<Arc<crate::webhook::Webhook>>,
-    pub(crate) github_app: Option<Arc<crate::github_app::GithubApp>>,
     pub(crate) limits: Arc<crate::rate_limit::Limits>,
 }
 
@@ -123,36 +118,7 @@ impl Sts {
             cedar: cedar.clone(),
             people: people(&config),
         });
-        let Lasting { audit, revocations, approvals, sessions, login, webhook, github_app, limits } = lasting;
-        Ok(Self {
-            config,
-            keys,
-            verifier,
-            policy,
-            cedar,
-            audit,
-            revocations,
-            approvals,
-            sessions,
-            login,
-            webhook,
-            github_app,
-            limits,
-        })
-    }
-
-    /// What a reload keeps of this exchange.
-    pub(crate) fn lasting(&self) -> Lasting {
-        Lasting {
-            audit: self.audit.clone(),
-            revocations: self.revocations.clone(),
-            approvals: self.approvals.clone(),
-            sessions: self.sessions.clone(),
-            login: self.login.clone(),
-            webhook: self.webhook.clone(),
-            github_app: self.github_app.clone(),
-            limits: self.limits.clone(),
-        }
+        Ok(Self { config, keys, verifier, policy, cedar, lasting })
     }
 
     /// Loads the Cedar policies again now (as a changed policy file does); a failure keeps
@@ -168,7 +134,7 @@ impl Sts {
 
     /// Remembers a token as revoked until its expiry (the store may block: off the runtime).
     pub(crate) async fn revoke(&self, jti: &str, expires_at: i64) -> Result<(), String> {
-        let (store, jti) = (self.revocations.clone(), jti.to_owned());
+        let (store, jti) = (self.lasting.revocations.clone(), jti.to_owned());
         let result =
             tokio::task::spawn_blocking(move || store.revoke(&jti, expires_at)).await.map_err(|e| e.to_string())?;
         match &result {
@@ -180,7 +146,7 @@ impl Sts {
 
     /// Whether a token was revoked.
     pub(crate) async fn is_revoked(&self, jti: &str) -> Result<bool, String> {
-        let (store, jti) = (self.revocations.clone(), jti.to_owned());
+        let (store, jti) = (self.lasting.revocations.clone(), jti.to_owned());
         let result = tokio::task::spawn_blocking(move || store.is_revoked(&jti)).await.map_err(|e| e.to_string())?;
         if result.is_err() {
             crate::metrics::store_error("lookup");
@@ -190,10 +156,10 @@ impl Sts {
 
     /// Whether the revocation store can be used now.
     pub(crate) async fn store_ready(&self) -> Result<(), String> {
-        if !self.revocations.check_blocks() {
-            return self.revocations.check();
+        if !self.lasting.revocations.check_blocks() {
+            return self.lasting.revocations.check();
         }
-        let store = self.revocations.clone();
+        let store = self.lasting.revocations.clone();
         let result = tokio::task::spawn_blocking(move || store.check()).await.map_err(|e| e.to_string())?;
         if result.is_err() {
             crate::metrics::store_error("check");
@@ -330,9 +296,9 @@ async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if sts.limits.limits_addresses() {
-        let client = peer.map(|p| sts.limits.client(p.0.0.ip(), &headers));
-        if let Err(limited) = sts.limits.address(client) {
+    if sts.lasting.limits.limits_addresses() {
+        let client = peer.map(|p| sts.lasting.limits.client(p.0.0.ip(), &headers));
+        if let Err(limited) = sts.lasting.limits.address(client) {
             return crate::rate_limit::refuse(&sts, "address", limited, Line::default()).await;
         }
     }
@@ -411,7 +377,8 @@ pub(crate) fn audit_failed(e: std::io::Error) -> Refusal {
 
 /// Writes the audit line of a refusal and hands the refusal back.
 pub(crate) async fn denied(sts: &Sts, refusal: Refusal, line: Line<'_>) -> Refusal {
-    sts.audit
+    sts.lasting
+        .audit
         .record(&Line {
             time: now_rfc3339(),
             outcome: "denied",
@@ -485,7 +452,7 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     };
     line.issuer = Some(&subject.issuer);
     line.subject = Some(&subject.subject);
-    if let Err(limited) = sts.limits.subject(&subject.issuer, &subject.subject) {
+    if let Err(limited) = sts.lasting.limits.subject(&subject.issuer, &subject.subject) {
         return Ok(crate::rate_limit::refuse(sts, "subject", limited, line).await);
     }
     // check_shape saw both or neither.
@@ -526,7 +493,7 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     // A request that carries an approval code collects the approval it names, and only
     // with it: the code is bound to this request, and yields one token.
     let approved = match approval_code {
-        Some(code) => match sts.approvals.poll(code, &binding, std::time::Instant::now()) {
+        Some(code) => match sts.lasting.approvals.poll(code, &binding, std::time::Instant::now()) {
             Poll::Approved { id, approver, .. } => Some((id, approver)),
             other => return collect_refused(sts, other, line).await,
         },
@@ -560,7 +527,7 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
         }
     };
     if let Some((id, _)) = &approved {
-        let refusal = match sts.approvals.spend(id, std::time::Instant::now()) {
+        let refusal = match sts.lasting.approvals.spend(id, std::time::Instant::now()) {
             Ok(true) => None,
             Ok(false) => {
                 Some(Refusal { code: OAuthError::InvalidGrant, reason: "the approval was already used".into() })
@@ -576,7 +543,7 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
     let session_left = actor.as_ref().and_then(|a| a.until).map(|until| u64::try_from(until - now).unwrap_or(0));
     let ttl = session_left.map_or(grant.ttl.as_secs(), |left| grant.ttl.as_secs().min(left));
     // For a GitHub repository, GitHub mints the token, not this exchange.
-    if let Some(app) = sts.github_app.as_ref().filter(|app| app.serves(audience)) {
+    if let Some(app) = sts.lasting.github_app.as_ref().filter(|app| app.serves(audience)) {
         let sid = actor.as_ref().and_then(|a| a.sid.as_deref());
         return crate::github_app::answer(sts, app, &grant, sid, ttl, line).await;
     }
@@ -605,7 +572,8 @@ async fn exchange(sts: &Sts, form: &Form) -> Result<Response, Refusal> {
         .active()
         .sign(Some("at+jwt"), &claims)
         .map_err(|e| Refusal { code: OAuthError::ServerError, reason: e })?;
-    sts.audit
+    sts.lasting
+        .audit
         .write(&Line {
             time: now_rfc3339(),
             outcome: "issued",
@@ -688,14 +656,15 @@ async fn pending(
         person,
     };
     let line = Line { policies: Some(&need.policies), group: Some(&need.group), ..line };
-    let announced = sts.webhook.is_some().then(|| request.clone());
-    let created = match sts.approvals.create(request, std::time::Instant::now()) {
+    let announced = sts.lasting.webhook.is_some().then(|| request.clone());
+    let created = match sts.lasting.approvals.create(request, std::time::Instant::now()) {
         Ok(created) => created,
         Err(reason) => {
             return Err(denied(sts, Refusal { code: OAuthError::TemporarilyUnavailable, reason }, line).await);
         }
     };
-    sts.audit
+    sts.lasting
+        .audit
         .record(&Line {
             time: now_rfc3339(),
             outcome: "pending",
@@ -704,7 +673,7 @@ async fn pending(
             ..line
         })
         .await;
-    if let (Some(webhook), Some(request)) = (&sts.webhook, announced) {
+    if let (Some(webhook), Some(request)) = (&sts.lasting.webhook, announced) {
         let uri = format!("{}/approve/{}", sts.config.issuer, created.id);
         let expires_at = time::OffsetDateTime::now_utc() + created.expires_in;
         let body = crate::webhook::body(&created.id, &uri, &request, expires_at, None);
@@ -788,12 +757,13 @@ async fn open_session(
         .map_err(|e| Refusal { code: OAuthError::ServerError, reason: e })?;
     let expires_at = now + i64::try_from(ttl).unwrap_or(i64::MAX / 4);
     // Fail closed: no session whose idle time could not be recorded.
-    if let Err(reason) = sts.sessions.opened(&jti, expires_at, std::time::Instant::now(), now) {
+    if let Err(reason) = sts.lasting.sessions.opened(&jti, expires_at, std::time::Instant::now(), now) {
         return Err(Refusal { code: OAuthError::TemporarilyUnavailable, reason });
     }
     // The session's own line carries its `jti` as `sid` too, so one search for a `sid`
     // finds the session and everything minted through it.
-    sts.audit
+    sts.lasting
+        .audit
         .write(&Line {
             time: now_rfc3339(),
             outcome: "issued",

@@ -1,10 +1,11 @@
 //! Verifying subject tokens: OIDC discovery, JWKS, signature and registered claims.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
@@ -43,7 +44,35 @@ struct IssuerState {
     config: TrustedIssuer,
     max_lifetime: Duration,
     client: reqwest::Client,
-    jwks: Mutex<Option<(Instant, JwkSet)>>,
+    jwks: Mutex<Option<Jwks>>,
+}
+
+/// An issuer's JWKS as fetched, each key made ready for verifying once, when fetched.
+struct Jwks {
+    at: Instant,
+    /// Each key's `kid`, and its decoding key (none when the JWK is unusable).
+    keys: Vec<(Option<String>, Option<Arc<DecodingKey>>)>,
+}
+
+impl Jwks {
+    fn new(set: JwkSet) -> Self {
+        let keys = set
+            .keys
+            .iter()
+            .map(|jwk| (jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk).ok().map(Arc::new)))
+            .collect();
+        Self { at: Instant::now(), keys }
+    }
+
+    /// The key `kid` names (the first that has it), else the only key when there is no
+    /// `kid`: `Some(None)` when that key is unusable.
+    fn find(&self, kid: Option<&str>) -> Option<Option<Arc<DecodingKey>>> {
+        match kid {
+            Some(kid) => self.keys.iter().find(|(id, _)| id.as_deref() == Some(kid)).map(|(_, key)| key.clone()),
+            None if self.keys.len() == 1 => self.keys.first().map(|(_, key)| key.clone()),
+            None => None,
+        }
+    }
 }
 
 /// Verifies subject tokens against the trusted issuers.
@@ -89,6 +118,8 @@ impl Verifier {
             }
             None => return reject("subject token has no alg"),
         };
+        // The payload is decoded once, here: the signature and registered claims are checked
+        // below against the same bytes, and these claims are the ones returned.
         let payload: Value =
             decode_part(parts[1]).ok_or_else(|| Rejection("subject token payload is not JSON".into()))?;
         let issuer =
@@ -99,15 +130,14 @@ impl Verifier {
             .find(|s| s.config.issuer == issuer)
             .ok_or_else(|| Rejection(format!("subject token issuer `{}` is not trusted", clean(issuer))))?;
         let kid = header.get("kid").and_then(Value::as_str);
-        let jwk = state.key(kid).await?;
-        let key = DecodingKey::from_jwk(&jwk).map_err(|_| Rejection("issuer's JWKS key is unusable".into()))?;
+        let key = state.key(kid).await?;
         let mut validation = Validation::new(algorithm);
         validation.set_issuer(&[&state.config.issuer]);
         validation.set_audience(&state.config.audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECS;
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation).map_err(|e| {
+        jsonwebtoken::decode::<serde::de::IgnoredAny>(token, &key, &validation).map_err(|e| {
             Rejection(match e.kind() {
                 ErrorKind::ExpiredSignature => "subject token has expired".into(),
                 ErrorKind::ImmatureSignature => "subject token is not valid yet (`nbf` in the future)".into(),
@@ -123,9 +153,11 @@ impl Verifier {
                 _ => "subject token is malformed".into(),
             })
         })?;
-        state.check_times(&data.claims)?;
-        let subject = data.claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned();
-        Ok(VerifiedSubject { issuer: state.config.issuer.clone(), subject, claims: data.claims })
+        // It has an `iss`, so it is an object.
+        let Value::Object(claims) = payload else { return reject("subject token is malformed") };
+        state.check_times(&claims)?;
+        let subject = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_owned();
+        Ok(VerifiedSubject { issuer: state.config.issuer.clone(), subject, claims })
     }
 }
 
@@ -152,28 +184,25 @@ impl IssuerState {
         Ok(())
     }
 
-    async fn key(&self, kid: Option<&str>) -> Result<Jwk, Rejection> {
+    async fn key(&self, kid: Option<&str>) -> Result<Arc<DecodingKey>, Rejection> {
+        let usable =
+            |key: Option<Arc<DecodingKey>>| key.ok_or_else(|| Rejection("issuer's JWKS key is unusable".into()));
         let mut cached = self.jwks.lock().await;
-        let stale = cached.as_ref().is_none_or(|(at, _)| at.elapsed() > JWKS_MAX_AGE);
+        let stale = cached.as_ref().is_none_or(|jwks| jwks.at.elapsed() > JWKS_MAX_AGE);
         if stale {
-            *cached = Some((Instant::now(), self.fetch_jwks().await?));
+            *cached = Some(Jwks::new(self.fetch_jwks().await?));
         }
-        let find = |set: &JwkSet| match kid {
-            Some(kid) => set.find(kid).cloned(),
-            None if set.keys.len() == 1 => set.keys.first().cloned(),
-            None => None,
-        };
-        if let Some(jwk) = cached.as_ref().and_then(|(_, set)| find(set)) {
-            return Ok(jwk);
+        if let Some(key) = cached.as_ref().and_then(|jwks| jwks.find(kid)) {
+            return usable(key);
         }
         if kid.is_none() {
             return Err(Rejection("subject token has no `kid` and the issuer has several keys".into()));
         }
         // An unknown kid may mean the issuer rotated keys: re-fetch, but not too often.
-        if cached.as_ref().is_some_and(|(at, _)| at.elapsed() > REFETCH_AFTER) {
-            *cached = Some((Instant::now(), self.fetch_jwks().await?));
-            if let Some(jwk) = cached.as_ref().and_then(|(_, set)| find(set)) {
-                return Ok(jwk);
+        if cached.as_ref().is_some_and(|jwks| jwks.at.elapsed() > REFETCH_AFTER) {
+            *cached = Some(Jwks::new(self.fetch_jwks().await?));
+            if let Some(key) = cached.as_ref().and_then(|jwks| jwks.find(kid)) {
+                return usable(key);
             }
         }
         Err(Rejection(format!(
