@@ -17,6 +17,7 @@ mod exec;
 mod git_flow;
 mod github;
 mod github_app;
+mod go_modules;
 mod guard;
 mod helper_protocol;
 mod hostile_input;
