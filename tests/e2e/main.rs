@@ -5,6 +5,7 @@ mod approval;
 mod approval_page;
 mod approval_webhook;
 mod aws;
+mod bazel;
 mod browser_login;
 mod cargo;
 mod cedar_policies;
