@@ -29,7 +29,6 @@ fn go_list(stack: &Stack, go: &Path, module: &str) -> Output {
         .env("GOFLAGS", "-mod=mod -modcacherw")
         .env("GOSUMDB", "off")
         .env("GONOSUMDB", "mayfly.example")
-        .env("GONOSUMCHECK", "1")
         .env("GOTOOLCHAIN", "local")
         .env("GOTELEMETRY", "off")
         .env("GOPATH", stack.home.join("go"))
