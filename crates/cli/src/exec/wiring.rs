@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use mayfly_core::{Config, Env, Tool};
 
 /// The helper binaries `mayfly exec` links into the session's `bin` directory.
-pub(crate) const HELPERS: [&str; 6] = [
+pub(crate) const HELPERS: [&str; 7] = [
     "git-credential-mayfly",
     "docker-credential-mayfly",
     "cargo-credential-mayfly",
     "mayfly-aws-credential",
     "mayfly-kube-credential",
     "terraform-credentials-mayfly",
+    "bazel-credential-mayfly",
 ];
 
 /// What the child gets: variables to set, and files to write first.

@@ -3,6 +3,7 @@
 //! [`Refusal`], which each protocol says in its tool's own words in one place.
 
 pub mod aws;
+pub mod bazel;
 pub mod cargo;
 pub mod docker;
 pub mod git;
