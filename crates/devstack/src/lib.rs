@@ -23,7 +23,7 @@ pub use crates_io::{CRATES_IO_AUDIENCE, CratesIoExchange, TrustedTokens};
 pub use gate::StsClient;
 pub use git_server::{GitServer, GitServerStats};
 pub use github::{GitHub, RecordedRequest, TrustPolicy};
-pub use issuer::DevIssuer;
+pub use issuer::{AZURE_AUDIENCE, AZURE_OIDC_PATH, AzureRequest, DevIssuer};
 pub use kube_api::KubeApiServer;
 pub use module_registry::{MODULE, ModuleRegistry};
 pub use pypi::{PYPI_AUDIENCE, Pypi};
