@@ -137,7 +137,7 @@ impl Auto {
     }
 
     /// What was found here and which one is used.
-    pub(crate) fn detected(&self, env: &Env) -> Detected {
+    pub(crate) fn detection(&self, env: &Env) -> Detected {
         let mut found = self.found(env, self.audience.as_deref()).into_iter().map(|f| f.what);
         Detected { chosen: found.next(), outranked: found.collect() }
     }
@@ -191,7 +191,7 @@ impl Source for Auto {
     }
 
     fn detected(&self, env: &Env) -> Option<Detected> {
-        Some(Auto::detected(self, env))
+        Some(self.detection(env))
     }
 }
 
@@ -221,7 +221,8 @@ mod tests {
         let alone = |pairs: &[(&str, &str)]| found(&a, &Env::from_pairs(pairs.iter().copied()), None);
         assert!(alone(&[]).is_empty());
         assert!(alone(&[(EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL, "u")]).is_empty(), "the request token is needed too");
-        let cases: [(&[(&str, &str)], &str, &str); 7] = [
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: [Case<'_>; 7] = [
             (
                 &[(EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL, "u"), (EnvVars::ACTIONS_ID_TOKEN_REQUEST_TOKEN, "t")],
                 "GitHub Actions (`ACTIONS_ID_TOKEN_REQUEST_URL` and `ACTIONS_ID_TOKEN_REQUEST_TOKEN` are set)",
@@ -299,7 +300,7 @@ mod tests {
             "the cache key is the chosen source's own"
         );
         let two = Env::from_pairs([("BUILDKITE", "true"), ("GITLAB_CI", "true"), ("MAYFLY_ID_TOKEN", "t")]);
-        let detected = a.detected(&two);
+        let detected = a.detection(&two);
         assert_eq!(detected.chosen.as_deref(), Some("GitLab CI (`GITLAB_CI=true`)"));
         assert_eq!(detected.outranked[0], "Buildkite (`BUILDKITE=true`)");
         assert!(
