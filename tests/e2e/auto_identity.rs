@@ -1,7 +1,7 @@
 //! `kind = "auto"`: the identity source found in the environment, with each source's own
-//! delivery: GitHub Actions' endpoint, a CI tool's command (a stand-in `buildkite-agent`
-//! printing tokens the stack's issuer minted), and Azure Pipelines' HTTP exchange against
-//! its stand-in.
+//! delivery: GitHub Actions' endpoint, the CI tools' commands (stand-in `buildkite-agent`
+//! and `circleci` printing tokens the stack's issuer minted), and Azure Pipelines' HTTP
+//! exchange against its stand-in.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -132,6 +132,31 @@ fn auto_runs_buildkite_agent_for_the_audience_and_names_what_it_looked_for_when_
     let argv = std::fs::read_to_string(tokens.join("argv")).unwrap();
     assert_eq!(argv, "oidc request-token --audience mayfly-sts\n");
     assert_eq!(stack.issuer.issued(), before, "nothing asked of GitHub Actions' endpoint");
+    assert_eq!(issued_for(&stack).len(), 1);
+}
+
+#[test]
+fn auto_asks_the_circleci_cli_for_the_audience_the_identity_names() {
+    let stack = Stack::builder().git().start();
+    write_auto_config(&stack, IdentityEntry::default());
+    let tokens = stack.dir.path().join("ci-tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    std::fs::write(tokens.join("mayfly-sts"), stack.issuer.mint("mayfly-sts", &Value::Null)).unwrap();
+    let path = format!("{}:{}", ci_tools().display(), std::env::var("PATH").unwrap_or_default());
+    let env = env_without_github(
+        &stack,
+        &[
+            ("CIRCLECI", "true".into()),
+            // The project-audience token the job carries is not the one asked for.
+            ("CIRCLE_OIDC_TOKEN_V2", stack.issuer.mint("circleci-project", &Value::Null)),
+            ("PATH", path),
+            ("MAYFLY_TEST_TOKENS", tokens.display().to_string()),
+        ],
+    );
+    let token = helper_token(&stack, &env);
+    assert!(!token.is_empty());
+    let argv = std::fs::read_to_string(tokens.join("argv")).unwrap();
+    assert_eq!(argv, "run oidc get --claims {\"aud\":\"mayfly-sts\"}\n");
     assert_eq!(issued_for(&stack).len(), 1);
 }
 
