@@ -39,6 +39,8 @@ pub(crate) struct Found {
     pub(crate) what: String,
     /// The source that gives its token, or why mayfly cannot take one from it yet.
     pub(crate) source: Result<Arc<dyn Source>, String>,
+    /// The likely fix when its source is found but gives nothing.
+    hint: Option<&'static str>,
 }
 
 /// What `auto` found here, for `mayfly doctor` and `explain`.
@@ -48,12 +50,14 @@ pub struct Detected {
     pub chosen: Option<String>,
     /// Sources also present that the order puts after it.
     pub outranked: Vec<String>,
+    /// What was looked for, in order: the line said when nothing is found.
+    pub looked_for: String,
 }
 
 impl std::fmt::Display for Detected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.chosen {
-            None => write!(f, "nothing: {}", nothing_found()),
+            None => write!(f, "nothing: {}", self.looked_for),
             Some(chosen) if self.outranked.is_empty() => write!(f, "{chosen}"),
             Some(chosen) => {
                 write!(f, "{chosen}, first in the order before {}, also present", self.outranked.join("; "))
@@ -63,21 +67,25 @@ impl std::fmt::Display for Detected {
 }
 
 /// The one line said when nothing is found.
-fn nothing_found() -> String {
+fn nothing_found(token_file: &std::path::Path) -> String {
     format!(
-        "no identity source found: looked for GitHub Actions (`{}`), GitLab CI (`GITLAB_CI=true`), CircleCI (`CIRCLECI=true`), Buildkite (`BUILDKITE=true`), Bitbucket Pipelines (`{BITBUCKET_TOKEN}`), Azure Pipelines (`{}`), a Kubernetes token file and a SPIFFE socket (`{SPIFFE_SOCKET}`)",
+        "no identity source found: looked for GitHub Actions (`{}`), GitLab CI (`GITLAB_CI=true`), CircleCI (`CIRCLECI=true`), Buildkite (`BUILDKITE=true`), Bitbucket Pipelines (`{BITBUCKET_TOKEN}`), Azure Pipelines (`{}`), a Kubernetes token file (`{}`) and a SPIFFE socket (`{SPIFFE_SOCKET}`)",
         EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL,
-        super::azure::REQUEST_URI
+        super::azure::REQUEST_URI,
+        token_file.display()
     )
 }
 
 impl Auto {
     /// Every source present here, in the documented order: the first one is used.
     pub(crate) fn found(&self, env: &Env, audience: Option<&str>) -> Vec<Found> {
+        const GITLAB: &str = "GitLab CI (`GITLAB_CI=true`)";
         let set = |name: &str| env.get(name).is_some();
         let is_true = |name: &str| env.get(name).is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let mut found = Vec::new();
-        let mut push = |what: String, source: Result<Arc<dyn Source>, String>| found.push(Found { what, source });
+        let mut push = |what: String, source: Result<Arc<dyn Source>, String>| {
+            found.push(Found { what, source, hint: None });
+        };
         let (url, token) = (EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL, EnvVars::ACTIONS_ID_TOKEN_REQUEST_TOKEN);
         if set(url) && set(token) {
             push(
@@ -87,7 +95,7 @@ impl Auto {
         }
         if is_true("GITLAB_CI") {
             let var = self.gitlab_variable.clone();
-            push("GitLab CI (`GITLAB_CI=true`)".into(), Ok(Arc::new(Variable { var })));
+            push(GITLAB.into(), Ok(Arc::new(Variable { var })));
         }
         if is_true("CIRCLECI") {
             let source: Arc<dyn Source> = match audience {
@@ -128,6 +136,9 @@ impl Auto {
                 )),
             );
         }
+        if let Some(gitlab) = found.iter_mut().find(|f| f.what == GITLAB) {
+            gitlab.hint = Some("name it in the job's `id_tokens`, or set `gitlab_variable` to the name used");
+        }
         found
     }
 
@@ -139,18 +150,18 @@ impl Auto {
     /// What was found here and which one is used.
     pub(crate) fn detection(&self, env: &Env) -> Detected {
         let mut found = self.found(env, self.audience.as_deref()).into_iter().map(|f| f.what);
-        Detected { chosen: found.next(), outranked: found.collect() }
+        Detected { chosen: found.next(), outranked: found.collect(), looked_for: nothing_found(&self.token_file) }
     }
 
     /// Why nothing can be used: nothing found, or GitHub Actions without its permission.
-    fn nothing(env: &Env) -> String {
+    fn nothing(&self, env: &Env) -> String {
         if env.get("GITHUB_ACTIONS").is_some_and(|v| v == "true") {
             return format!(
                 "a GitHub Actions job without `{}`: the job needs `permissions: id-token: write`",
                 EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL
             );
         }
-        nothing_found()
+        nothing_found(&self.token_file)
     }
 }
 
@@ -169,12 +180,15 @@ impl Source for Auto {
 
     fn look(&self, env: &Env) -> Presence {
         match self.chosen(env, self.audience.as_deref()) {
-            Some(Found { what, source: Ok(source) }) => match source.look(env) {
-                Presence::Absent(why) => Presence::Absent(format!("{what}: {why}")),
+            Some(Found { what, source: Ok(source), hint }) => match source.look(env) {
+                Presence::Absent(why) => match hint {
+                    Some(hint) => Presence::Absent(format!("{what}: {why}: {hint}")),
+                    None => Presence::Absent(format!("{what}: {why}")),
+                },
                 present => present,
             },
             Some(Found { source: Err(why), .. }) => Presence::Absent(why),
-            None => Presence::Absent(Self::nothing(env)),
+            None => Presence::Absent(self.nothing(env)),
         }
     }
 
@@ -339,12 +353,18 @@ mod tests {
         let a = auto(PathBuf::from("/nonexistent/token"));
         let Presence::Absent(why) = a.look(&Env::default()) else { panic!("nothing here, yet present") };
         assert!(why.starts_with("no identity source found: looked for GitHub Actions"), "{why}");
+        assert!(why.contains("a Kubernetes token file (`/nonexistent/token`)"), "{why}");
         assert!(!why.contains('\n'));
         let Presence::Absent(why) = a.look(&Env::from_pairs([("GITHUB_ACTIONS", "true")])) else { panic!() };
         assert!(why.ends_with("the job needs `permissions: id-token: write`"), "{why}");
         let env = Env::from_pairs([("BUILDKITE", "true"), ("PATH", "/nonexistent")]);
         let Presence::Absent(why) = a.look(&env) else { panic!("no agent, yet present") };
         assert_eq!(why, "Buildkite (`BUILDKITE=true`): `buildkite-agent` is not on PATH");
+        let Presence::Absent(why) = a.look(&Env::from_pairs([("GITLAB_CI", "true")])) else { panic!() };
+        assert_eq!(
+            why,
+            "GitLab CI (`GITLAB_CI=true`): `MAYFLY_ID_TOKEN` is not set: name it in the job's `id_tokens`, or set `gitlab_variable` to the name used"
+        );
         let spiffe = Env::from_pairs([("SPIFFE_ENDPOINT_SOCKET", "unix:///s")]);
         let no_http = || -> Result<crate::HttpClient, crate::http::Error> { panic!("no network expected") };
         let ask = Ask { name: "t", audience: None, env: &spiffe, http: &no_http, now: 0 };
