@@ -4,6 +4,7 @@ mod admin;
 mod approval;
 mod approval_page;
 mod approval_webhook;
+mod auto_identity;
 mod aws;
 mod azure;
 mod bazel;

@@ -247,6 +247,9 @@ fn describe(env: &Env, config: &Config, route: &Route, target: &Target, operatio
         identity.audience.as_deref().map_or_else(|| "the source's own audience".into(), |a| format!("audience {a}"))
     };
     rows.push(row("identity", format!("`{}` ({source}; {audience})", identity.name)));
+    if let Some(detected) = identity.detected(env) {
+        rows.push(row("detected", detected.to_string()));
+    }
     let revokes = match (&exchange.revocation_endpoint, exchange.revokes()) {
         (Some(endpoint), _) => format!("revokes at {endpoint}"),
         (None, true) => "can revoke its tokens (at erase and session end)".into(),

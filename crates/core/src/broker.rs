@@ -450,11 +450,16 @@ impl Broker {
         now: i64,
     ) -> Result<SubjectToken, identity::Error> {
         let http = || HttpClient::new(IDENTITY_TIMEOUT, None);
-        let cache = cache.filter(|_| source.cacheable());
+        let cache = cache.filter(|_| source.cacheable(&self.env));
         let Some(cache) = cache else {
             return identity::fetch(source, None, &self.env, &http, now);
         };
-        let key = Cache::key(&["subject", &source.name, source.audience.as_deref().unwrap_or(""), &source.cache_key()]);
+        let key = Cache::key(&[
+            "subject",
+            &source.name,
+            source.audience.as_deref().unwrap_or(""),
+            &source.cache_key(&self.env),
+        ]);
         let lock = cache.lock(&key).ok();
         if let Some(entry) = cache.get(&key, None, now) {
             let claims = crate::peek_claims(entry.token.expose()).unwrap_or_default();

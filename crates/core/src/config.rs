@@ -127,13 +127,14 @@ fn parse_size(text: &str) -> Result<u64, String> {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityEntry {
-    /// `github-actions`, `file`, `env`, `command` or `oidc`.
+    /// `github-actions`, `file`, `env`, `command`, `oidc` or `auto`.
     pub kind: String,
     /// Audience to ask for; for `oidc`, the ID token's expected `aud` (the client id when
     /// not set).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
-    /// `file`: the token file.
+    /// `file`: the token file; `auto`: the Kubernetes projected token file looked for
+    /// (`/var/run/secrets/tokens/mayfly` when not set).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
     /// `env`: the variable.
@@ -145,6 +146,12 @@ pub struct IdentityEntry {
     /// `github-actions`: the request URL instead of `ACTIONS_ID_TOKEN_REQUEST_URL`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_url: Option<String>,
+    /// `auto`: the GitLab `id_tokens` variable (`MAYFLY_ID_TOKEN` when not set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gitlab_variable: Option<String>,
+    /// `auto`: the Azure Pipelines service connection id the token is asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub azure_service_connection: Option<String>,
     /// `oidc`: the issuer (discovery at `{issuer}/.well-known/openid-configuration`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
@@ -740,9 +747,15 @@ fn identity(name: String, raw: IdentityEntry) -> Result<IdentityConfig, String> 
             Arc::new(identity::Command { argv })
         }
         "oidc" => Arc::new(oidc(&name, &raw)?),
+        "auto" => Arc::new(identity::Auto {
+            gitlab_variable: raw.gitlab_variable.clone().unwrap_or_else(|| identity::GITLAB_VARIABLE.into()),
+            azure_service_connection: raw.azure_service_connection.clone(),
+            token_file: raw.path.clone().unwrap_or_else(|| identity::TOKEN_FILE.into()),
+            audience: raw.audience.clone(),
+        }),
         other => {
             return Err(format!(
-                "identity `{name}`: unknown kind `{other}` (github-actions, file, env, command or oidc)"
+                "identity `{name}`: unknown kind `{other}` (github-actions, file, env, command, oidc or auto)"
             ));
         }
     };

@@ -55,7 +55,9 @@ pub use exchange::{
     ACCESS_TOKEN_TYPE, Error as ExchangeError, ExchangeResponse, ID_TOKEN_TYPE, Intent, TOKEN_EXCHANGE_GRANT,
 };
 pub use http::{Error as HttpError, HttpClient, is_loopback_url};
-pub use identity::{Error as IdentityError, Presence as IdentityPresence, SubjectToken, fetch_subject};
+pub use identity::{
+    Detected as IdentityDetected, Error as IdentityError, Presence as IdentityPresence, SubjectToken, fetch_subject,
+};
 pub use jwt::{Claims as UnverifiedClaims, peek_claims};
 pub use redact::{
     REDACTED, clip, contains_jwt, redact_tokens, sanitize_for_terminal, sanitize_keeping_lines, scan_for_jwts,

@@ -4,17 +4,41 @@
 //! `Authorization: Bearer <request token>` answers `{"count":1,"value":"<jwt>"}`, the way
 //! `ACTIONS_ID_TOKEN_REQUEST_URL` does in a job with `id-token: write`. Discovery and JWKS
 //! are served like any OIDC issuer's, so `mayfly-sts` verifies its tokens for real.
+//!
+//! It also stands in for Azure Pipelines' job OIDC endpoint: `POST
+//! {base}{AZURE_OIDC_PATH}?api-version=7.1&serviceConnectionId=ID` with the same request
+//! token as Bearer answers `{"oidcToken": "<jwt>"}` for Azure's fixed audience, and
+//! records each request it gets.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use mayfly_sts::{Algorithm, SigningKey};
 use serde_json::{Map, Value, json};
+
+/// The path of the Azure Pipelines stand-in's OIDC endpoint (`SYSTEM_OIDCREQUESTURI`'s).
+pub const AZURE_OIDC_PATH: &str = "/org/project/_apis/distributedtask/hubs/build/plans/plan-1/jobs/job-1/oidctoken";
+
+/// The audience of every Azure Pipelines ID token.
+pub const AZURE_AUDIENCE: &str = "api://AzureADTokenExchange";
+
+/// A request the Azure Pipelines stand-in received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AzureRequest {
+    /// `POST`, as the endpoint wants.
+    pub method: String,
+    /// The path.
+    pub path: String,
+    /// The query, as sent.
+    pub query: String,
+    /// The `Authorization` header.
+    pub authorization: Option<String>,
+}
 
 /// A running development issuer.
 #[derive(Clone)]
@@ -29,6 +53,7 @@ struct Inner {
     claims: Map<String, Value>,
     lifetime: i64,
     issued: AtomicUsize,
+    azure_requests: Mutex<Vec<AzureRequest>>,
 }
 
 impl DevIssuer {
@@ -50,11 +75,13 @@ impl DevIssuer {
             claims: claims.as_object().cloned().unwrap_or_default(),
             lifetime: lifetime_secs,
             issued: AtomicUsize::new(0),
+            azure_requests: Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/.well-known/jwks.json", get(jwks))
             .route("/actions/idtoken", get(id_token))
+            .route(AZURE_OIDC_PATH, any(azure_oidc_token))
             .with_state(inner.clone());
         let _guard = runtime.enter();
         let server = axum_server::from_tcp(listener).map_err(|e| e.to_string())?;
@@ -79,6 +106,17 @@ impl DevIssuer {
     /// What to put in `ACTIONS_ID_TOKEN_REQUEST_URL` (it carries a query, as GitHub's does).
     pub fn request_url(&self) -> String {
         format!("{}/actions/idtoken?api-version=2.0", self.inner.base_url)
+    }
+
+    /// What to put in `SYSTEM_OIDCREQUESTURI` for the Azure Pipelines stand-in (its
+    /// `SYSTEM_ACCESSTOKEN` is [`DevIssuer::request_token`]).
+    pub fn azure_request_uri(&self) -> String {
+        format!("{}{AZURE_OIDC_PATH}", self.inner.base_url)
+    }
+
+    /// The requests the Azure Pipelines stand-in received, in order.
+    pub fn azure_requests(&self) -> Vec<AzureRequest> {
+        self.inner.azure_requests.lock().expect("not poisoned").clone()
     }
 
     /// What to put in `ACTIONS_ID_TOKEN_REQUEST_TOKEN`.
@@ -166,4 +204,26 @@ async fn id_token(State(inner): State<Arc<Inner>>, headers: HeaderMap, Query(que
     let token = issuer.mint(&audience, &Value::Null);
     inner.issued.fetch_add(1, Ordering::SeqCst);
     axum::Json(json!({"count": 1, "value": token})).into_response()
+}
+
+async fn azure_oidc_token(State(inner): State<Arc<Inner>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let request = AzureRequest {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        query: uri.query().unwrap_or_default().to_owned(),
+        authorization: authorization.clone(),
+    };
+    inner.azure_requests.lock().expect("not poisoned").push(request);
+    if method != Method::POST {
+        return (StatusCode::METHOD_NOT_ALLOWED, "The requested resource does not support this http method.")
+            .into_response();
+    }
+    if authorization != Some(format!("Bearer {}", inner.request_token)) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let issuer = DevIssuer { inner: inner.clone() };
+    let token = issuer.mint(AZURE_AUDIENCE, &json!({"sub": "sc://org/project/connection"}));
+    inner.issued.fetch_add(1, Ordering::SeqCst);
+    axum::Json(json!({"oidcToken": token})).into_response()
 }

@@ -35,7 +35,7 @@ pub use gcp::GcpSts;
 pub use git_server::{GitServer, GitServerStats};
 pub use github::{GitHub, RecordedRequest, TrustPolicy};
 pub use go_proxy::{GO_MODULES, GO_VERSION, GoProxy, go_greeting};
-pub use issuer::DevIssuer;
+pub use issuer::{AZURE_AUDIENCE, AZURE_OIDC_PATH, AzureRequest, DevIssuer};
 pub use kube_api::KubeApiServer;
 pub use module_registry::{MODULE, ModuleRegistry};
 pub use pypi::{PYPI_AUDIENCE, Pypi};

@@ -6,7 +6,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use mayfly_core::{Config, Env, IdentityConfig, IdentityPresence, peek_claims};
+use mayfly_core::{Config, Env, IdentityConfig, IdentityDetected, IdentityPresence, peek_claims};
 use serde_json::Value;
 
 use super::finding::{Finding, Severity};
@@ -42,6 +42,8 @@ pub(crate) struct Source {
     pub(crate) origin: String,
     pub(crate) available: bool,
     pub(crate) claims: Option<Claims>,
+    /// For `auto`: what was found here and which one is used.
+    pub(crate) detected: Option<IdentityDetected>,
 }
 
 /// A token's claims, read without verification.
@@ -68,6 +70,7 @@ pub(crate) fn check(env: &Env, config: Option<&Config>, fetch: bool, findings: &
             } else {
                 findings.extend(problems(&identity.name, &source, problem, now));
             }
+            findings.extend(outranked(&identity.name, &source));
         }
         sources.push(source);
     }
@@ -78,6 +81,17 @@ pub(crate) fn check(env: &Env, config: Option<&Config>, fetch: bool, findings: &
         sources.push(Source { name: None, ..source });
     }
     sources
+}
+
+/// Several sources present for `auto`: the order picked one, which a reader may not expect.
+fn outranked(name: &str, source: &Source) -> Option<Finding> {
+    let detected = source.detected.as_ref()?;
+    let chosen = detected.chosen.as_ref().filter(|_| !detected.outranked.is_empty())?;
+    let fix = format!(
+        "{chosen} is used: it comes first in `auto`'s order before {}; name a source's own kind to use another",
+        detected.outranked.join("; ")
+    );
+    Some(Finding::new(Severity::Info, "identity-detected-several", format!("identity `{name}` (auto)"), fix))
 }
 
 /// What keeps a source from giving a token an exchange takes.
@@ -143,6 +157,7 @@ fn examine(identity: &IdentityConfig, env: &Env, fetch: bool) -> (Source, Option
         origin: identity.origin(env),
         available: true,
         claims: None,
+        detected: identity.detected(env),
     };
     let problem = match identity.look(env) {
         IdentityPresence::Token(token) => {
@@ -279,5 +294,45 @@ mod tests {
         let kinds: Vec<_> = findings.iter().map(|f| f.kind).collect();
         // `unused` is unavailable too, but no route depends on it.
         assert_eq!(kinds, ["identity-unavailable", "identity-expired", "identity-unavailable"]);
+    }
+
+    #[test]
+    fn auto_says_what_it_found_and_which_won() {
+        let text = "[identities.ci]\nkind = \"auto\"\npath = \"/nonexistent/token\"\n[exchanges.x]\nkind = \"rfc8693\"\ntoken_endpoint = \"https://sts.example/t\"\n[[routes]]\ntool = \"git\"\nhost = \"h.example\"\nidentity = \"ci\"\nexchange = \"x\"\n";
+        let config = Config::parse(text, Path::new("t.toml")).unwrap();
+        let token = jwt(r#"{"iss":"https://gitlab.example","exp":4102444800}"#);
+        let env = Env::from_pairs([
+            ("PATH", "/nonexistent"),
+            ("GITLAB_CI", "true"),
+            ("MAYFLY_ID_TOKEN", token.as_str()),
+            ("BUILDKITE", "true"),
+        ]);
+        let mut findings = Vec::new();
+        let sources = check(&env, Some(&config), false, &mut findings);
+        let source = &sources[0];
+        assert_eq!((source.kind, source.origin.as_str(), source.available), ("auto", "env $MAYFLY_ID_TOKEN", true));
+        assert_eq!(source.claims.as_ref().unwrap().issuer.as_deref(), Some("https://gitlab.example"));
+        let detected = source.detected.as_ref().unwrap();
+        assert_eq!(
+            (detected.chosen.as_deref(), detected.outranked.as_slice()),
+            (Some("GitLab CI (`GITLAB_CI=true`)"), ["Buildkite (`BUILDKITE=true`)".to_owned()].as_slice())
+        );
+        let kinds: Vec<_> = findings.iter().map(|f| (f.kind, f.fix.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [(
+                "identity-detected-several",
+                "GitLab CI (`GITLAB_CI=true`) is used: it comes first in `auto`'s order before Buildkite (`BUILDKITE=true`); name a source's own kind to use another"
+            )]
+        );
+
+        let mut findings = Vec::new();
+        let sources = check(&Env::default(), Some(&config), false, &mut findings);
+        assert_eq!(sources[0].origin, "nothing detected");
+        assert!(
+            findings[0].fix.starts_with("no identity source found: looked for GitHub Actions"),
+            "{:?}",
+            findings[0]
+        );
     }
 }

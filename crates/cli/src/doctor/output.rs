@@ -42,6 +42,10 @@ fn source_json(source: &Source) -> Value {
         "source": clean(&source.origin),
         "available": source.available,
         "claims": source.claims.as_ref().map(claims_json),
+        "detected": source.detected.as_ref().map(|d| json!({
+            "used": d.chosen.as_deref().map(clean),
+            "outranked": d.outranked.iter().map(|o| clean(o)).collect::<Vec<_>>(),
+        })),
     })
 }
 
@@ -82,6 +86,9 @@ pub(crate) fn table(findings: &[Finding], sources: &[Source]) -> String {
         let name = source.name.as_deref().map_or_else(|| "(detected)".to_owned(), clean);
         let state = if source.available { "available" } else { "unavailable" };
         let _ = writeln!(out, "  {name}: {} {} ({state})", source.kind, clean(&source.origin));
+        if let Some(detected) = &source.detected {
+            let _ = writeln!(out, "    {:<10} {}", "detected", clean(&detected.to_string()));
+        }
         if let Some(claims) = &source.claims {
             for (label, value) in claim_lines(claims) {
                 let _ = writeln!(out, "    {label:<10} {}", clean(&value));

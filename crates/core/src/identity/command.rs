@@ -92,7 +92,7 @@ fn run(name: &str, argv: &[String], audience: Option<&str>) -> Result<String, Er
 
 /// True when the program would be found: a path that is an executable file, or a name
 /// found in a `PATH` directory.
-fn on_path(program: &str, env: &Env) -> bool {
+pub(super) fn on_path(program: &str, env: &Env) -> bool {
     let executable = |p: &Path| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     if program.contains('/') {
         return executable(Path::new(program));

@@ -9,12 +9,16 @@
 //! - [`file`]: a file its owner rotates (Kubernetes projected tokens, SPIFFE JWT-SVIDs);
 //! - [`variable`]: an environment variable (GitLab `id_tokens`, CircleCI, Bitbucket);
 //! - [`command`]: a command whose stdout is the token;
-//! - [`oidc`]: a person's login at an OpenID provider (`mayfly login`), kept in memory.
+//! - [`oidc`]: a person's login at an OpenID provider (`mayfly login`), kept in memory;
+//! - [`azure`]: Azure Pipelines' job OIDC endpoint;
+//! - [`auto`]: the first of these the environment offers, in a documented order.
 //!
 //! Each source re-obtains its token on every call; the broker caches the ones that cost
 //! a network round trip or a run (GitHub Actions, commands) like any other short-lived
 //! token. Files and variables are re-read every time, because their owners rotate them.
 
+mod auto;
+mod azure;
 mod command;
 mod file;
 mod github;
@@ -24,6 +28,9 @@ mod variable;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use auto::Detected;
+pub(crate) use auto::{Auto, GITLAB_VARIABLE, TOKEN_FILE};
+pub(crate) use azure::AzurePipelines;
 pub(crate) use command::Command;
 pub(crate) use file::File;
 pub(crate) use github::GitHubActions;
@@ -151,6 +158,17 @@ pub(crate) trait Source: std::fmt::Debug + Send + Sync {
     fn vouches_for_cached(&self, _name: &str, _env: &Env, _now: i64) -> Result<(), Error> {
         Ok(())
     }
+
+    /// The source that answers in its place here, for a source that picks one (`auto`):
+    /// its caching and its cache key are that source's.
+    fn answering(&self, _env: &Env, _audience: Option<&str>) -> Option<Arc<dyn Source>> {
+        None
+    }
+
+    /// What it found here, for a source that picks one (`auto`).
+    fn detected(&self, _env: &Env) -> Option<Detected> {
+        None
+    }
 }
 
 impl IdentityConfig {
@@ -193,14 +211,25 @@ impl IdentityConfig {
         self.source.vouches_for_cached(&self.name, env, now)
     }
 
-    /// True when the subject tokens it gives are worth caching.
-    pub(crate) fn cacheable(&self) -> bool {
-        self.source.cacheable()
+    /// What a source that picks one (`auto`) found here, and which one it uses.
+    pub fn detected(&self, env: &Env) -> Option<Detected> {
+        self.source.detected(env)
     }
 
-    /// What goes into the cache key of its subject tokens: its kind and its config.
-    pub(crate) fn cache_key(&self) -> String {
-        format!("{:?}", self.source)
+    /// The source that gives its tokens here: itself, or the one `auto` picks.
+    fn answering(&self, env: &Env) -> Arc<dyn Source> {
+        self.source.answering(env, self.audience.as_deref()).unwrap_or_else(|| self.source.clone())
+    }
+
+    /// True when the subject tokens it gives here are worth caching.
+    pub(crate) fn cacheable(&self, env: &Env) -> bool {
+        self.answering(env).cacheable()
+    }
+
+    /// What goes into the cache key of its subject tokens here: the kind and config of
+    /// the source that gives them.
+    pub(crate) fn cache_key(&self, env: &Env) -> String {
+        format!("{:?}", self.answering(env))
     }
 }
 
@@ -302,7 +331,7 @@ mod tests {
             identity(Command { argv: vec!["tool".into(), "--password=hunter2".into(), "print".into()] }),
         ]
         .iter()
-        .map(|s| (s.kind(), s.origin(&env), s.cacheable()))
+        .map(|s| (s.kind(), s.origin(&env), s.cacheable(&env)))
         .collect();
         assert_eq!(
             shown,
@@ -335,8 +364,12 @@ mod tests {
     #[test]
     fn cache_keys_of_cached_subject_tokens_stay_as_they_were() {
         // These name entries already in users' caches: a change would orphan them.
-        assert_eq!(identity(GitHubActions { request_url: None }).cache_key(), "GitHubActions { request_url: None }");
-        assert_eq!(identity(Command { argv: vec!["a".into()] }).cache_key(), r#"Command { argv: ["a"] }"#);
+        let env = Env::default();
+        assert_eq!(
+            identity(GitHubActions { request_url: None }).cache_key(&env),
+            "GitHubActions { request_url: None }"
+        );
+        assert_eq!(identity(Command { argv: vec!["a".into()] }).cache_key(&env), r#"Command { argv: ["a"] }"#);
     }
 
     #[test]

@@ -1,0 +1,374 @@
+//! `auto`: the first identity source this environment offers, in a documented order,
+//! found on each use from environment variables and files only (no network probe). The
+//! source found is one of the other kinds, and answers in `auto`'s place: its `Debug`
+//! form is the cache key, so a token from one source is never served for another.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{Ask, AzurePipelines, Command, Error, File, GitHubActions, Presence, Source, SubjectToken, Variable};
+use crate::{Env, EnvVars};
+
+/// The `id_tokens` variable GitLab jobs name when the config does not (the CI template's).
+pub(crate) const GITLAB_VARIABLE: &str = "MAYFLY_ID_TOKEN";
+/// Where a pod's projected service account token is looked for when the config does not say.
+pub(crate) const TOKEN_FILE: &str = "/var/run/secrets/tokens/mayfly";
+/// CircleCI's job token, for the project's own audience.
+const CIRCLECI_TOKEN: &str = "CIRCLE_OIDC_TOKEN_V2";
+/// Bitbucket Pipelines' step token (steps with `oidc: true`).
+const BITBUCKET_TOKEN: &str = "BITBUCKET_STEP_OIDC_TOKEN";
+/// The SPIFFE Workload API's socket.
+const SPIFFE_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";
+
+/// `kind = "auto"`.
+#[derive(Debug)]
+pub(crate) struct Auto {
+    /// The GitLab `id_tokens` variable.
+    pub(crate) gitlab_variable: String,
+    /// The Azure Pipelines service connection id.
+    pub(crate) azure_service_connection: Option<String>,
+    /// The Kubernetes projected token file.
+    pub(crate) token_file: PathBuf,
+    /// The identity's audience, for showing what a use would run.
+    pub(crate) audience: Option<String>,
+}
+
+/// A source found here.
+pub(crate) struct Found {
+    /// What was found ("Buildkite") and what showed it ("`BUILDKITE=true`").
+    pub(crate) what: String,
+    /// The source that gives its token, or why mayfly cannot take one from it yet.
+    pub(crate) source: Result<Arc<dyn Source>, String>,
+    /// The likely fix when its source is found but gives nothing.
+    hint: Option<&'static str>,
+}
+
+/// What `auto` found here, for `mayfly doctor` and `explain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Detected {
+    /// The source used and what showed it; `None` when nothing was found.
+    pub chosen: Option<String>,
+    /// Sources also present that the order puts after it.
+    pub outranked: Vec<String>,
+    /// What was looked for, in order: the line said when nothing is found.
+    pub looked_for: String,
+}
+
+impl std::fmt::Display for Detected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.chosen {
+            None => write!(f, "nothing: {}", self.looked_for),
+            Some(chosen) if self.outranked.is_empty() => write!(f, "{chosen}"),
+            Some(chosen) => {
+                write!(f, "{chosen}, first in the order before {}, also present", self.outranked.join("; "))
+            }
+        }
+    }
+}
+
+/// The one line said when nothing is found.
+fn nothing_found(token_file: &std::path::Path) -> String {
+    format!(
+        "no identity source found: looked for GitHub Actions (`{}`), GitLab CI (`GITLAB_CI=true`), CircleCI (`CIRCLECI=true`), Buildkite (`BUILDKITE=true`), Bitbucket Pipelines (`{BITBUCKET_TOKEN}`), Azure Pipelines (`{}`), a Kubernetes token file (`{}`) and a SPIFFE socket (`{SPIFFE_SOCKET}`)",
+        EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL,
+        super::azure::REQUEST_URI,
+        token_file.display()
+    )
+}
+
+impl Auto {
+    /// Every source present here, in the documented order: the first one is used.
+    pub(crate) fn found(&self, env: &Env, audience: Option<&str>) -> Vec<Found> {
+        const GITLAB: &str = "GitLab CI (`GITLAB_CI=true`)";
+        let set = |name: &str| env.get(name).is_some();
+        let is_true = |name: &str| env.get(name).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let mut found = Vec::new();
+        let mut push = |what: String, source: Result<Arc<dyn Source>, String>| {
+            found.push(Found { what, source, hint: None });
+        };
+        let (url, token) = (EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL, EnvVars::ACTIONS_ID_TOKEN_REQUEST_TOKEN);
+        if set(url) && set(token) {
+            push(
+                format!("GitHub Actions (`{url}` and `{token}` are set)"),
+                Ok(Arc::new(GitHubActions { request_url: None })),
+            );
+        }
+        if is_true("GITLAB_CI") {
+            let var = self.gitlab_variable.clone();
+            push(GITLAB.into(), Ok(Arc::new(Variable { var })));
+        }
+        if is_true("CIRCLECI") {
+            let source: Arc<dyn Source> = match audience {
+                // The job's variable carries the project's audience; another is asked for.
+                Some(audience) if super::command::on_path("circleci", env) => {
+                    let claims = serde_json::json!({ "aud": audience }).to_string();
+                    let argv = ["circleci", "run", "oidc", "get", "--claims", &claims];
+                    Arc::new(Command { argv: argv.map(str::to_owned).to_vec() })
+                }
+                _ => Arc::new(Variable { var: CIRCLECI_TOKEN.into() }),
+            };
+            push("CircleCI (`CIRCLECI=true`)".into(), Ok(source));
+        }
+        if is_true("BUILDKITE") {
+            let mut argv: Vec<String> = ["buildkite-agent", "oidc", "request-token"].map(str::to_owned).to_vec();
+            if let Some(audience) = audience {
+                argv.extend(["--audience".to_owned(), audience.to_owned()]);
+            }
+            push("Buildkite (`BUILDKITE=true`)".into(), Ok(Arc::new(Command { argv })));
+        }
+        if set(BITBUCKET_TOKEN) {
+            let source = Arc::new(Variable { var: BITBUCKET_TOKEN.into() });
+            push(format!("Bitbucket Pipelines (`{BITBUCKET_TOKEN}` is set)"), Ok(source));
+        }
+        if set(super::azure::REQUEST_URI) {
+            let source = Arc::new(AzurePipelines { service_connection: self.azure_service_connection.clone() });
+            push(format!("Azure Pipelines (`{}` is set)", super::azure::REQUEST_URI), Ok(source));
+        }
+        if self.token_file.is_file() {
+            let source = Arc::new(File { path: self.token_file.clone() });
+            push(format!("a Kubernetes token file (`{}` exists)", self.token_file.display()), Ok(source));
+        }
+        if set(SPIFFE_SOCKET) {
+            push(
+                format!("a SPIFFE Workload API (`{SPIFFE_SOCKET}` is set)"),
+                Err(format!(
+                    "found a SPIFFE Workload API (`{SPIFFE_SOCKET}` is set), which mayfly cannot take a token from yet: name another source"
+                )),
+            );
+        }
+        if let Some(gitlab) = found.iter_mut().find(|f| f.what == GITLAB) {
+            gitlab.hint = Some("name it in the job's `id_tokens`, or set `gitlab_variable` to the name used");
+        }
+        found
+    }
+
+    /// The source used here, if any.
+    fn chosen(&self, env: &Env, audience: Option<&str>) -> Option<Found> {
+        self.found(env, audience).into_iter().next()
+    }
+
+    /// What was found here and which one is used.
+    pub(crate) fn detection(&self, env: &Env) -> Detected {
+        let mut found = self.found(env, self.audience.as_deref()).into_iter().map(|f| f.what);
+        Detected { chosen: found.next(), outranked: found.collect(), looked_for: nothing_found(&self.token_file) }
+    }
+
+    /// Why nothing can be used: nothing found, or GitHub Actions without its permission.
+    fn nothing(&self, env: &Env) -> String {
+        if env.get("GITHUB_ACTIONS").is_some_and(|v| v == "true") {
+            return format!(
+                "a GitHub Actions job without `{}`: the job needs `permissions: id-token: write`",
+                EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL
+            );
+        }
+        nothing_found(&self.token_file)
+    }
+}
+
+impl Source for Auto {
+    fn kind(&self) -> &'static str {
+        "auto"
+    }
+
+    fn origin(&self, env: &Env) -> String {
+        match self.chosen(env, self.audience.as_deref()) {
+            Some(Found { source: Ok(source), .. }) => format!("{} {}", source.kind(), source.origin(env)),
+            Some(Found { source: Err(_), .. }) => format!("spiffe ${SPIFFE_SOCKET}"),
+            None => "nothing detected".into(),
+        }
+    }
+
+    fn look(&self, env: &Env) -> Presence {
+        match self.chosen(env, self.audience.as_deref()) {
+            Some(Found { what, source: Ok(source), hint }) => match source.look(env) {
+                Presence::Absent(why) => match hint {
+                    Some(hint) => Presence::Absent(format!("{what}: {why}: {hint}")),
+                    None => Presence::Absent(format!("{what}: {why}")),
+                },
+                present => present,
+            },
+            Some(Found { source: Err(why), .. }) => Presence::Absent(why),
+            None => Presence::Absent(self.nothing(env)),
+        }
+    }
+
+    fn fetch(&self, ask: &Ask<'_>) -> Result<Option<SubjectToken>, Error> {
+        match self.chosen(ask.env, ask.audience) {
+            Some(Found { source: Ok(source), .. }) => source.fetch(ask),
+            Some(Found { source: Err(why), .. }) => Err(Error::Unavailable(format!("identity `{}`: {why}", ask.name))),
+            None => Ok(None),
+        }
+    }
+
+    fn answering(&self, env: &Env, audience: Option<&str>) -> Option<Arc<dyn Source>> {
+        self.chosen(env, audience)?.source.ok()
+    }
+
+    fn detected(&self, env: &Env) -> Option<Detected> {
+        Some(self.detection(env))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn auto(token_file: PathBuf) -> Auto {
+        Auto { gitlab_variable: GITLAB_VARIABLE.into(), azure_service_connection: None, token_file, audience: None }
+    }
+
+    /// (what was found, the kind and `Debug` form of the source used) in order.
+    fn found(auto: &Auto, env: &Env, audience: Option<&str>) -> Vec<(String, String)> {
+        auto.found(env, audience)
+            .into_iter()
+            .map(|f| (f.what, f.source.map_or_else(|why| why, |s| format!("{s:?}"))))
+            .collect()
+    }
+
+    #[test]
+    fn each_source_is_found_by_its_variables_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        let a = auto(file.clone());
+        let alone = |pairs: &[(&str, &str)]| found(&a, &Env::from_pairs(pairs.iter().copied()), None);
+        assert!(alone(&[]).is_empty());
+        assert!(alone(&[(EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL, "u")]).is_empty(), "the request token is needed too");
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: [Case<'_>; 7] = [
+            (
+                &[(EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL, "u"), (EnvVars::ACTIONS_ID_TOKEN_REQUEST_TOKEN, "t")],
+                "GitHub Actions (`ACTIONS_ID_TOKEN_REQUEST_URL` and `ACTIONS_ID_TOKEN_REQUEST_TOKEN` are set)",
+                "GitHubActions { request_url: None }",
+            ),
+            (&[("GITLAB_CI", "true")], "GitLab CI (`GITLAB_CI=true`)", r#"Variable { var: "MAYFLY_ID_TOKEN" }"#),
+            (&[("CIRCLECI", "true")], "CircleCI (`CIRCLECI=true`)", r#"Variable { var: "CIRCLE_OIDC_TOKEN_V2" }"#),
+            (
+                &[("BUILDKITE", "true")],
+                "Buildkite (`BUILDKITE=true`)",
+                r#"Command { argv: ["buildkite-agent", "oidc", "request-token"] }"#,
+            ),
+            (
+                &[("BITBUCKET_STEP_OIDC_TOKEN", "t")],
+                "Bitbucket Pipelines (`BITBUCKET_STEP_OIDC_TOKEN` is set)",
+                r#"Variable { var: "BITBUCKET_STEP_OIDC_TOKEN" }"#,
+            ),
+            (
+                &[("SYSTEM_OIDCREQUESTURI", "https://dev.azure.com/o")],
+                "Azure Pipelines (`SYSTEM_OIDCREQUESTURI` is set)",
+                "AzurePipelines { service_connection: None }",
+            ),
+            (
+                &[("SPIFFE_ENDPOINT_SOCKET", "unix:///run/spire/agent.sock")],
+                "a SPIFFE Workload API (`SPIFFE_ENDPOINT_SOCKET` is set)",
+                "found a SPIFFE Workload API (`SPIFFE_ENDPOINT_SOCKET` is set), which mayfly cannot take a token from yet: name another source",
+            ),
+        ];
+        for (pairs, what, source) in cases {
+            assert_eq!(alone(pairs), [(what.to_owned(), source.to_owned())]);
+        }
+        assert!(alone(&[("GITLAB_CI", "false"), ("BUILDKITE", "")]).is_empty());
+        std::fs::write(&file, "tok").unwrap();
+        assert_eq!(
+            alone(&[]),
+            [(format!("a Kubernetes token file (`{}` exists)", file.display()), format!("File {{ path: {file:?} }}"))]
+        );
+    }
+
+    #[test]
+    fn the_order_decides_and_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "tok").unwrap();
+        let a = auto(file);
+        let all = Env::from_pairs([
+            ("SPIFFE_ENDPOINT_SOCKET", "unix:///s"),
+            ("SYSTEM_OIDCREQUESTURI", "https://dev.azure.com/o"),
+            ("BITBUCKET_STEP_OIDC_TOKEN", "t"),
+            ("BUILDKITE", "true"),
+            ("CIRCLECI", "true"),
+            ("GITLAB_CI", "true"),
+            (EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL, "https://t.example/x"),
+            (EnvVars::ACTIONS_ID_TOKEN_REQUEST_TOKEN, "r"),
+        ]);
+        let order: Vec<String> =
+            a.found(&all, None).into_iter().map(|f| f.what.split(" (").next().unwrap().to_owned()).collect();
+        assert_eq!(
+            order,
+            [
+                "GitHub Actions",
+                "GitLab CI",
+                "CircleCI",
+                "Buildkite",
+                "Bitbucket Pipelines",
+                "Azure Pipelines",
+                "a Kubernetes token file",
+                "a SPIFFE Workload API"
+            ]
+        );
+        assert_eq!(a.origin(&all), "github-actions t.example");
+        assert_eq!(
+            format!("{:?}", a.answering(&all, None).unwrap()),
+            "GitHubActions { request_url: None }",
+            "the cache key is the chosen source's own"
+        );
+        let two = Env::from_pairs([("BUILDKITE", "true"), ("GITLAB_CI", "true"), ("MAYFLY_ID_TOKEN", "t")]);
+        let detected = a.detection(&two);
+        assert_eq!(detected.chosen.as_deref(), Some("GitLab CI (`GITLAB_CI=true`)"));
+        assert_eq!(detected.outranked[0], "Buildkite (`BUILDKITE=true`)");
+        assert!(
+            detected.to_string().starts_with(
+                "GitLab CI (`GITLAB_CI=true`), first in the order before Buildkite (`BUILDKITE=true`); a Kubernetes token file"
+            ),
+            "{detected}"
+        );
+    }
+
+    #[test]
+    fn a_custom_audience_is_asked_of_the_tools() {
+        let dir = tempfile::tempdir().unwrap();
+        let circleci = dir.path().join("circleci");
+        std::fs::write(&circleci, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&circleci, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let a = auto(dir.path().join("none"));
+        let path = dir.path().display().to_string();
+        let env = Env::from_pairs([("CIRCLECI", "true"), ("BUILDKITE", "true"), ("PATH", path.as_str())]);
+        let sources = found(&a, &env, Some("sts \"x\""));
+        assert_eq!(
+            sources[0].1,
+            r#"Command { argv: ["circleci", "run", "oidc", "get", "--claims", "{\"aud\":\"sts \\\"x\\\"\"}"] }"#
+        );
+        assert_eq!(
+            sources[1].1,
+            r#"Command { argv: ["buildkite-agent", "oidc", "request-token", "--audience", "sts \"x\""] }"#
+        );
+        // Without the CLI, the job's own variable (the project's audience) is what there is.
+        let env = Env::from_pairs([("CIRCLECI", "true"), ("PATH", "/nonexistent")]);
+        assert_eq!(found(&a, &env, Some("sts"))[0].1, r#"Variable { var: "CIRCLE_OIDC_TOKEN_V2" }"#);
+    }
+
+    #[test]
+    fn nothing_found_is_one_line_naming_what_was_looked_for() {
+        let a = auto(PathBuf::from("/nonexistent/token"));
+        let Presence::Absent(why) = a.look(&Env::default()) else { panic!("nothing here, yet present") };
+        assert!(why.starts_with("no identity source found: looked for GitHub Actions"), "{why}");
+        assert!(why.contains("a Kubernetes token file (`/nonexistent/token`)"), "{why}");
+        assert!(!why.contains('\n'));
+        let Presence::Absent(why) = a.look(&Env::from_pairs([("GITHUB_ACTIONS", "true")])) else { panic!() };
+        assert!(why.ends_with("the job needs `permissions: id-token: write`"), "{why}");
+        let env = Env::from_pairs([("BUILDKITE", "true"), ("PATH", "/nonexistent")]);
+        let Presence::Absent(why) = a.look(&env) else { panic!("no agent, yet present") };
+        assert_eq!(why, "Buildkite (`BUILDKITE=true`): `buildkite-agent` is not on PATH");
+        let Presence::Absent(why) = a.look(&Env::from_pairs([("GITLAB_CI", "true")])) else { panic!() };
+        assert_eq!(
+            why,
+            "GitLab CI (`GITLAB_CI=true`): `MAYFLY_ID_TOKEN` is not set: name it in the job's `id_tokens`, or set `gitlab_variable` to the name used"
+        );
+        let spiffe = Env::from_pairs([("SPIFFE_ENDPOINT_SOCKET", "unix:///s")]);
+        let no_http = || -> Result<crate::HttpClient, crate::http::Error> { panic!("no network expected") };
+        let ask = Ask { name: "t", audience: None, env: &spiffe, http: &no_http, now: 0 };
+        let err = a.fetch(&ask).unwrap_err().to_string();
+        assert!(err.starts_with("identity `t`: found a SPIFFE Workload API"), "{err}");
+    }
+}
