@@ -170,6 +170,14 @@ impl Source for Auto {
         "auto"
     }
 
+    fn variables(&self) -> Vec<String> {
+        // Every source it might pick, whichever this environment offers now.
+        let mut vars: Vec<String> = GitHubActions { request_url: None }.variables();
+        vars.extend([self.gitlab_variable.clone(), CIRCLECI_TOKEN.into(), BITBUCKET_TOKEN.into()]);
+        vars.extend(AzurePipelines { service_connection: None }.variables());
+        vars
+    }
+
     fn origin(&self, env: &Env) -> String {
         match self.chosen(env, self.audience.as_deref()) {
             Some(Found { source: Ok(source), .. }) => format!("{} {}", source.kind(), source.origin(env)),

@@ -41,6 +41,10 @@ impl Source for AzurePipelines {
         "azure-pipelines"
     }
 
+    fn variables(&self) -> Vec<String> {
+        vec![REQUEST_URI.to_owned(), ACCESS_TOKEN.to_owned()]
+    }
+
     fn origin(&self, env: &Env) -> String {
         env.get(REQUEST_URI)
             .and_then(|u| url::Url::parse(u).ok())

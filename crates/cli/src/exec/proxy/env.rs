@@ -127,14 +127,19 @@ mod tests {
     #[test]
     fn the_command_loses_every_variable_an_identity_reads() {
         let config = mayfly_core::Config::parse(
-            "[identities.gitlab]\nkind = \"env\"\nvar = \"MY_ID_TOKEN\"\n\n[identities.gh]\nkind = \"github-actions\"\n",
+            "[identities.gitlab]\nkind = \"env\"\nvar = \"MY_ID_TOKEN\"\n\n[identities.gh]\nkind = \"github-actions\"\n\n[identities.any]\nkind = \"auto\"\ngitlab_variable = \"GL_TOKEN\"\n",
             std::path::Path::new("t.toml"),
         )
         .unwrap();
         let vars = identity_vars(&config);
-        for name in
-            ["MY_ID_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_URL", "CIRCLE_OIDC_TOKEN_V2"]
-        {
+        for name in [
+            "MY_ID_TOKEN",
+            "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+            "ACTIONS_ID_TOKEN_REQUEST_URL",
+            "CIRCLE_OIDC_TOKEN_V2",
+            "GL_TOKEN",
+            "SYSTEM_ACCESSTOKEN",
+        ] {
             assert!(vars.iter().any(|v| v == name), "{name}: {vars:?}");
         }
         assert_eq!(vars.iter().filter(|v| *v == "ACTIONS_ID_TOKEN_REQUEST_TOKEN").count(), 1);
