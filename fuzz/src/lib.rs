@@ -25,6 +25,8 @@ pub const TERRAFORM_HOST: &str = "app.terraform.io";
 pub const CARGO_HOST: &str = "cargo.example.com";
 /// The cargo registry behind a crates.io-style exchange (publish tokens only).
 pub const CRATES_HOST: &str = "crates.example.com";
+/// The host of Bazel's (`tool = "http"`) route.
+pub const HTTP_HOST: &str = "bazel.example.com";
 
 const ROUTED: &str = r#"
 [identities.ci]
@@ -79,6 +81,13 @@ tool = "cargo"
 host = "crates.example.com"
 identity = "ci"
 exchange = "crates"
+operations = ["write"]
+
+[[routes]]
+tool = "http"
+host = "bazel.example.com"
+identity = "ci"
+exchange = "corp"
 operations = ["write"]
 "#;
 
