@@ -28,6 +28,7 @@ mod hostile_input;
 mod intent;
 mod keyring;
 mod kubectl;
+mod kubelet;
 mod no_disk;
 mod npm_clients;
 mod oci;

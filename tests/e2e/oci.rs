@@ -97,7 +97,7 @@ pub(super) fn image_layout(dir: &Path) -> PathBuf {
 }
 
 /// The stack's routes plus an OCI route with these operations, for `test/*` only.
-fn configure(stack: &Stack, registry: &Registry, operations: &str) -> (PathBuf, PathBuf) {
+pub(super) fn configure(stack: &Stack, registry: &Registry, operations: &str) -> (PathBuf, PathBuf) {
     stack.write_config(&format!(
         "{}\n[[routes]]\ntool = \"oci\"\nhost = \"{}\"\nidentity = \"ci\"\nexchange = \"sts\"\noperations = [{operations}]\nscope = \"oci:{{host}}/test/*:{{operation}}\"\nusername = \"mayfly\"\n",
         stack.default_routes(),
@@ -129,7 +129,7 @@ pub(super) fn client(stack: &Stack, program: &str, args: &[&str]) -> Output {
 }
 
 /// `test/hello:v1` pushed by skopeo through the helper; its reference.
-fn push_hello(stack: &Stack, registry: &Registry, auth: &Path) -> String {
+pub(super) fn push_hello(stack: &Stack, registry: &Registry, auth: &Path) -> String {
     let layout = image_layout(stack.dir.path());
     let image = format!("{}/test/hello:v1", registry.host);
     let source = format!("oci:{}:v1", layout.display());
@@ -139,7 +139,7 @@ fn push_hello(stack: &Stack, registry: &Registry, auth: &Path) -> String {
     image
 }
 
-fn ok(out: &Output) -> String {
+pub(super) fn ok(out: &Output) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -132,6 +132,8 @@ pub struct Broker {
     env: Env,
     config: Config,
     audit: AuditLog,
+    /// The subject token the request carries, in place of the routes' identities.
+    given_subject: Option<SubjectToken>,
 }
 
 /// The route name session tokens are filed under: no config route has it, so erasing a
@@ -149,7 +151,29 @@ impl Broker {
     /// A broker over an environment and its config.
     pub fn new(env: Env, config: Config) -> Self {
         let audit = AuditLog::from_env(&env).with_rotation(config.audit_max_size, config.audit_keep);
-        Self { env, config, audit }
+        Self { env, config, audit, given_subject: None }
+    }
+
+    /// This broker with the subject token the request itself carries (a kubelet's
+    /// service account token for the pod) in place of the routes' identities: the
+    /// exchange sees, and decides on, that subject. Refused when the token is empty,
+    /// malformed or expired.
+    ///
+    /// Its tokens are cached under a hash of the whole subject token, never under its
+    /// claims: the claims are unverified here, so a key made of `iss` and `sub` would hand
+    /// a cached token to anyone presenting a forged token naming that subject, without the
+    /// exchange seeing it. With the hash, a cache hit takes the very token the exchange
+    /// verified, and two subjects never share an entry.
+    pub fn with_subject(mut self, token: &str) -> Result<Self, identity::Error> {
+        self.given_subject = Some(SubjectToken::new("the request's subject token", token.to_owned(), now())?);
+        Ok(self)
+    }
+
+    /// The cache key part that ties an entry to the request's own subject token, if any.
+    fn given_subject_key(&self) -> Option<String> {
+        use sha2::Digest;
+        let given = self.given_subject.as_ref()?;
+        Some(format!("given-subject:{}", hex::encode(sha2::Sha256::digest(given.token.expose()))))
     }
 
     /// Loads the config named by the environment.
@@ -181,17 +205,21 @@ impl Broker {
 
     fn cache_key(&self, route: &Route, target: &Target, operation: Operation, scope: &Scope) -> String {
         let session = self.session().unwrap_or_default();
-        Cache::key(&[
+        let given = self.given_subject_key();
+        let display = target.display();
+        let mut parts = vec![
             target.tool.as_str(),
             &route.name,
             &route.identity,
             &route.exchange,
             &route.audience,
             scope.as_str(),
-            &target.display(),
+            &display,
             operation.as_str(),
             &session,
-        ])
+        ];
+        parts.extend(given.as_deref());
+        Cache::key(&parts)
     }
 
     /// A token for a target under its route: from the cache, else freshly exchanged.
@@ -204,6 +232,11 @@ impl Broker {
     ) -> Result<Issued, Error> {
         let now = now();
         let mut event = self.event(route, target, operation, chain, None);
+        if let Some(given) = &self.given_subject {
+            // Named on every line, a refusal's included.
+            event.issuer.clone_from(&given.claims.iss);
+            event.subject.clone_from(&given.claims.sub);
+        }
         if !route.operations.contains(&operation) {
             let allowed = route.operations.iter().map(|o| o.as_str()).collect::<Vec<_>>().join(", ");
             let error = Error::OperationNotAllowed { route: route.name.clone(), operation, allowed };
@@ -318,7 +351,9 @@ impl Broker {
             .map_err(|source| Error::Http { route: route.name.clone(), source })?;
         let exchange_error = |source| Error::Exchange { route: route.name.clone(), source };
         let exchange = exchange_config.kind.protocol();
-        let subject = if exchange.fetches_subject_per_request() {
+        let subject = if let Some(given) = &self.given_subject {
+            Ok(given.clone())
+        } else if exchange.fetches_subject_per_request() {
             // The exchange checks the ID token's audience itself (a registry takes each
             // one once).
             let audience = exchange.subject_audience(exchange_config, &http, route).map_err(exchange_error)?;
@@ -392,7 +427,10 @@ impl Broker {
     ) -> Result<Option<Secret>, Error> {
         let session = self.session().unwrap_or_default();
         let agent = intent.agent.clone().unwrap_or_default();
-        let key = Cache::key(&["session-token", &route.exchange, &route.identity, &session, &agent]);
+        let given = self.given_subject_key();
+        let mut parts = vec!["session-token", &route.exchange, &route.identity, &session, &agent];
+        parts.extend(given.as_deref());
+        let key = Cache::key(&parts);
         let lock = cache.and_then(|c| c.lock(&key).ok());
         if let Some(entry) = cache.and_then(|c| c.get(&key, self.session().as_deref(), now)) {
             return Ok(Some(entry.token));

@@ -8,6 +8,7 @@ pub mod cargo;
 pub mod docker;
 pub mod git;
 pub mod kube;
+pub mod kubelet;
 pub mod shim;
 pub mod terraform;
 
