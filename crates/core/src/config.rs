@@ -180,7 +180,7 @@ pub struct IdentityEntry {
 /// field is still an error.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct ExchangeEntry {
-    /// The exchange kind (`rfc8693`, `aws-sts`, `crates-io`, `npm`, `pypi`, `octo-sts`,
+    /// The exchange kind (`rfc8693`, `aws-sts`, `crates-io`, `npm`, `pypi`, `pep807`, `octo-sts`,
     /// `docker-hub`, `huggingface`, `jfrog`, `cloudsmith`, `vault`, `gcp-sts`, `azure`).
     pub kind: String,
     /// Where to exchange.
@@ -325,6 +325,8 @@ pub enum ExchangeKind {
     Npm,
     /// PyPI trusted publishing (`mint-token`): the ID token for an upload token.
     Pypi,
+    /// PEP 807 trusted publishing (draft): PyPI's exchange at the endpoints an index names.
+    Pep807,
     /// octo-sts: the ID token for a GitHub installation token, as a trust policy allows.
     OctoSts,
     /// Docker Hub OIDC connections: the ID token for an organisation's access token.

@@ -38,7 +38,7 @@ pub use go_proxy::{GO_MODULES, GO_VERSION, GoProxy, go_greeting};
 pub use issuer::{AZURE_AUDIENCE, AZURE_OIDC_PATH, AzureRequest, DevIssuer};
 pub use kube_api::KubeApiServer;
 pub use module_registry::{MODULE, ModuleRegistry};
-pub use pypi::{PYPI_AUDIENCE, Pypi};
+pub use pypi::{PYPI_AUDIENCE, Pypi, pytp_key};
 pub use tls::DevCa;
 
 pub use cloudsmith::Cloudsmith;

@@ -4,8 +4,8 @@
 //!
 //! - [`rfc8693`]: OAuth 2.0 Token Exchange, the generic one (`mayfly-sts` speaks it);
 //! - [`aws_sts`]: AWS STS `AssumeRoleWithWebIdentity`;
-//! - [`trusted_publishing`]: crates.io, npm and PyPI, registries that check the ID token
-//!   themselves;
+//! - [`trusted_publishing`]: crates.io, npm and PyPI (and PEP 807 indexes), registries
+//!   that check the ID token themselves;
 //! - [`octo_sts`]: octo-sts, GitHub installation tokens as a repository's trust policy
 //!   allows;
 //! - [`docker_hub`], [`hugging_face`], [`jfrog`], [`cloudsmith`]: registries that take the
@@ -277,12 +277,13 @@ pub(crate) trait Protocol: Sync {
 
 impl ExchangeKind {
     /// Every kind, for parsing and for messages.
-    pub(crate) const ALL: [Self; 13] = [
+    pub(crate) const ALL: [Self; 14] = [
         Self::Rfc8693,
         Self::AwsSts,
         Self::CratesIo,
         Self::Npm,
         Self::Pypi,
+        Self::Pep807,
         Self::OctoSts,
         Self::DockerHub,
         Self::HuggingFace,
@@ -301,6 +302,7 @@ impl ExchangeKind {
             Self::CratesIo => &trusted_publishing::CratesIo,
             Self::Npm => &trusted_publishing::Npm,
             Self::Pypi => &trusted_publishing::Pypi,
+            Self::Pep807 => &trusted_publishing::Pep807,
             Self::OctoSts => &octo_sts::OctoSts,
             Self::DockerHub => &docker_hub::DockerHub,
             Self::HuggingFace => &hugging_face::HuggingFace,
