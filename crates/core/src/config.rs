@@ -181,7 +181,7 @@ pub struct IdentityEntry {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct ExchangeEntry {
     /// The exchange kind (`rfc8693`, `aws-sts`, `crates-io`, `npm`, `pypi`, `pep807`, `octo-sts`,
-    /// `docker-hub`, `huggingface`, `jfrog`, `cloudsmith`, `vault`, `gcp-sts`, `azure`).
+    /// `docker-hub`, `huggingface`, `jfrog`, `cloudsmith`, `vault`, `gcp-sts`, `azure`, `gitlab`).
     pub kind: String,
     /// Where to exchange.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -344,6 +344,8 @@ pub enum ExchangeKind {
     /// Entra ID federated credentials: the ID token as a client assertion (and ACR's
     /// exchange for its registries).
     Azure,
+    /// GitLab's token exchange (experimental): a CI/CD ID token for a GitLab service's token.
+    Gitlab,
 }
 
 impl ExchangeKind {

@@ -10,6 +10,7 @@
 //!   allows;
 //! - [`docker_hub`], [`hugging_face`], [`jfrog`], [`cloudsmith`]: registries that take the
 //!   workload's ID token at their own endpoint;
+//! - [`gitlab`]: GitLab's token exchange (experimental), tokens for GitLab's services;
 //! - [`vault`]: Vault and OpenBao JWT auth login, tokens that revoke themselves;
 //! - [`gcp_sts`]: Google Cloud STS (workload identity federation), optionally
 //!   impersonating a service account;
@@ -25,6 +26,7 @@ pub(crate) mod vault;
 
 pub(crate) mod cloudsmith;
 pub(crate) mod docker_hub;
+pub(crate) mod gitlab;
 pub(crate) mod hugging_face;
 pub(crate) mod jfrog;
 
@@ -277,7 +279,7 @@ pub(crate) trait Protocol: Sync {
 
 impl ExchangeKind {
     /// Every kind, for parsing and for messages.
-    pub(crate) const ALL: [Self; 14] = [
+    pub(crate) const ALL: [Self; 15] = [
         Self::Rfc8693,
         Self::AwsSts,
         Self::CratesIo,
@@ -292,6 +294,7 @@ impl ExchangeKind {
         Self::Vault,
         Self::GcpSts,
         Self::Azure,
+        Self::Gitlab,
     ];
 
     /// The protocol this kind speaks.
@@ -311,6 +314,7 @@ impl ExchangeKind {
             Self::Vault => &vault::Vault,
             Self::GcpSts => &gcp_sts::GcpSts,
             Self::Azure => &azure::Azure,
+            Self::Gitlab => &gitlab::Gitlab,
         }
     }
 
