@@ -269,3 +269,32 @@ fn a_pep807_index_naming_another_host_never_gets_the_id_token() {
     assert_eq!(pypi.minted(), 0);
     assert!(pypi.uploads().is_empty());
 }
+
+/// `mayfly explain pypi URL --operation publish`: its stdout.
+fn explain(stack: &Stack, url: &str) -> String {
+    let out = Command::new(bin("mayfly"))
+        .args(["explain", "pypi", url, "--operation", "publish"])
+        .env_clear()
+        .envs(stack.env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn explain_names_the_pypi_kinds_and_whether_they_burn() {
+    let stack = Stack::new();
+    let pypi = pypi(&stack);
+    let text = explain(&stack, &format!("{}/mayfly-py", pypi.base_url));
+    assert!(text.contains("(pypi, ") && text.contains("can revoke its tokens (at erase and session end)"), "{text}");
+    stack.write_config(&format!(
+        "[exchanges.pypi]\nkind = \"pep807\"\ntoken_endpoint = \"{}\"\n\n{}\n[[routes]]\ntool = \"pypi\"\nhost = \"{}\"\nidentity = \"ci\"\nexchange = \"pypi\"\n",
+        pypi.upload_url,
+        stack.default_routes(),
+        pypi.base_url.trim_start_matches("https://"),
+    ));
+    let text = explain(&stack, &format!("{}/mayfly-py", pypi.base_url));
+    assert!(text.contains("(pep807, ") && text.contains("cannot revoke"), "{text}");
+    assert_eq!(pypi.minted(), 0, "explain alone asks nothing");
+}
