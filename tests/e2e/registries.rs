@@ -1,5 +1,6 @@
 //! Registries that take the workload's ID token at their own endpoint: Docker Hub's OIDC
-//! connections, Hugging Face's trusted publishers, JFrog Artifactory and Cloudsmith, each
+//! connections, Hugging Face's trusted publishers, JFrog Artifactory, Cloudsmith and
+//! GitLab's token exchange, each
 //! against a loopback stand-in that verifies the ID token for real and records what it
 //! was sent.
 
@@ -8,8 +9,8 @@ use std::process::Output;
 
 use mayfly_core::{ExchangeEntry, RouteEntry};
 use mayfly_devstack::{
-    Artifactory, Cloudsmith, DOCKER_HUB_AUDIENCE, DOCKER_HUB_REGISTRY_ISSUER, DockerHub, HUGGING_FACE_AUDIENCE,
-    HuggingFaceHub,
+    Artifactory, Cloudsmith, DOCKER_HUB_AUDIENCE, DOCKER_HUB_REGISTRY_ISSUER, DockerHub, GitlabExchange,
+    HUGGING_FACE_AUDIENCE, HuggingFaceHub,
 };
 use mayfly_tests::{Stack, bin, mayfly_lines, require_tool, routes_toml};
 use serde_json::Value;
@@ -403,4 +404,44 @@ fn twine_uploads_to_an_artifactory_pypi_repository_with_the_platforms_access_tok
     assert_eq!(issued.len(), 1);
     assert_eq!((issued[0]["tool"].as_str(), issued[0]["operation"].as_str()), (Some("pypi"), Some("publish")));
     stack.assert_no_tokens_on_disk();
+}
+
+#[test]
+fn gitlab_trades_a_ci_id_token_addressed_to_the_exchange_for_an_artifact_registry_token() {
+    let stack = Stack::builder().start();
+    let gitlab = GitlabExchange::start(stack.runtime(), &stack.ca, &stack.issuer).expect("GitLab");
+    let url = gitlab.exchange_url();
+    configure(
+        &stack,
+        vec![
+            ("gl", exchange(&stack, "gitlab", &url, &[("audience", "gitlab-artifact-registry")])),
+            ("gl-typo", exchange(&stack, "gitlab", &url, &[("audience", "gitlab-artefact-registry")])),
+        ],
+        vec![
+            RouteEntry { username: Some("ci".into()), ..route("oci", "registry.gitlab.example", "gl") },
+            RouteEntry { username: Some("ci".into()), ..route("oci", "typo.gitlab.example", "gl-typo") },
+        ],
+    );
+    let (user, secret) = docker_credentials(&stack, "registry.gitlab.example");
+    assert_eq!(user, "ci");
+    assert_eq!(
+        gitlab.token_for(&secret),
+        Some(("gitlab-artifact-registry".to_owned(), "org/app".to_owned())),
+        "GitLab's token reaches docker"
+    );
+    assert_eq!(docker_credentials(&stack, "registry.gitlab.example").1, secret, "cached until the token's `exp`");
+
+    let requests = gitlab.requests();
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    assert_eq!((request.method.as_str(), request.path.as_str()), ("POST", "/api/v4/token_exchange"));
+    assert_eq!(request.header("content-type"), Some("application/x-www-form-urlencoded"));
+    assert!(request.header("authorization").is_some_and(|v| v.starts_with("Bearer ")), "the ID token as bearer");
+    assert_eq!(String::from_utf8_lossy(&request.body), "audience=gitlab-artifact-registry");
+    // The stand-in verified the ID token's one audience: the exchange URL.
+    assert_eq!(outcomes(&stack), ["issued", "cache-hit"]);
+
+    let out = docker_get(&stack, "typo.gitlab.example");
+    assert!(!out.status.success());
+    assert_one_refusal_line(&out.stderr, "gl-typo", "400 Bad request - audience is invalid");
 }

@@ -1,5 +1,6 @@
 //! The shims for hookless tools: the real twine, run inside `mayfly exec`, uploads through
-//! PyPI's trusted publishing exchange with a token that exists only in twine's environment.
+//! PyPI's trusted publishing exchange with a token that exists only in twine's environment,
+//! burnt when the session ends; and through a PEP 807 index's discovered exchange.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -9,11 +10,17 @@ use mayfly_tests::{Stack, bin, require_tool};
 
 /// A PyPI where `org/app` publishes `mayfly-py`, and a route to it.
 fn pypi(stack: &Stack) -> Pypi {
+    pypi_with(stack, |pypi| format!("kind = \"pypi\"\ntoken_endpoint = \"{}/_/oidc/mint-token\"", pypi.base_url))
+}
+
+/// A PyPI where `org/app` publishes `mayfly-py`, and a route to it through the exchange
+/// `exchange` writes.
+fn pypi_with(stack: &Stack, exchange: impl Fn(&Pypi) -> String) -> Pypi {
     let pypi = Pypi::start(stack.runtime(), &stack.ca, &stack.issuer, &[("org/app", &["mayfly-py"])]).unwrap();
     let host = pypi.base_url.trim_start_matches("https://");
     stack.write_config(&format!(
-        "[exchanges.pypi]\nkind = \"pypi\"\ntoken_endpoint = \"{}/_/oidc/mint-token\"\nca_file = \"{}\"\n\n{}\n[[routes]]\ntool = \"pypi\"\nhost = \"{host}\"\nidentity = \"ci\"\nexchange = \"pypi\"\n",
-        pypi.base_url,
+        "[exchanges.pypi]\n{}\nca_file = \"{}\"\n\n{}\n[[routes]]\ntool = \"pypi\"\nhost = \"{host}\"\nidentity = \"ci\"\nexchange = \"pypi\"\n",
+        exchange(&pypi),
         stack.ca.ca_cert.display(),
         stack.default_routes(),
     ));
@@ -144,4 +151,150 @@ fn a_named_repository_the_shim_cannot_resolve_gets_no_token() {
     assert!(stderr.starts_with("mayfly: `twine upload -r internal`: give the repository's URL"), "{stderr}");
     assert_eq!(pypi.minted(), 0, "no token was minted for a guess");
     assert!(pypi.uploads().is_empty());
+}
+
+/// twine with a token given by hand, no mayfly involved.
+fn twine_upload_with(stack: &Stack, pypi: &Pypi, file: &Path, token: &str) -> Output {
+    Command::new("twine")
+        .args(["upload", "--non-interactive", "--disable-progress-bar", "--repository-url", &pypi.upload_url])
+        .arg(file)
+        .current_dir(&stack.work)
+        .env_clear()
+        .envs(stack.env())
+        .env("REQUESTS_CA_BUNDLE", &stack.ca.ca_cert)
+        .env("TWINE_USERNAME", "__token__")
+        .env("TWINE_PASSWORD", token)
+        .output()
+        .unwrap()
+}
+
+fn all_output(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+#[cfg_attr(missing = "twine", ignore = "needs twine, which is not installed")]
+fn the_session_end_burns_the_upload_token_at_pypi() {
+    if !require_tool("twine") {
+        return;
+    }
+    let stack = Stack::new();
+    let pypi = pypi(&stack);
+    let file = sdist(&stack, "mayfly-py", "0.1.0");
+    let out = twine_upload(&stack, &pypi, &file, "py-burn");
+    assert!(out.status.success(), "{}", all_output(&out));
+    assert_eq!(pypi.uploads().len(), 1);
+    // One token minted, and the same token burnt: `POST /_/oidc/burn-token {"token": T}`.
+    let minted = pypi.tokens();
+    assert_eq!(minted.len(), 1);
+    assert_eq!(pypi.burnt(), minted, "the session's end burnt the token it minted");
+    assert!(!pypi.is_live(&minted[0]));
+    let audit = stack.client_audit();
+    let revoked: Vec<_> = audit.iter().filter(|l| l["outcome"] == "revoked").collect();
+    assert_eq!(revoked.len(), 1, "{audit:?}");
+    assert_eq!((revoked[0]["session"].as_str(), revoked[0]["tool"].as_str()), (Some("py-burn"), Some("pypi")));
+    // The burnt token no longer uploads.
+    let again = sdist(&stack, "mayfly-py", "0.2.0");
+    let out = twine_upload_with(&stack, &pypi, &again, &minted[0]);
+    assert!(!out.status.success());
+    assert!(all_output(&out).contains("403"), "{}", all_output(&out));
+    assert_eq!(pypi.uploads().len(), 1);
+}
+
+#[test]
+#[cfg_attr(missing = "twine", ignore = "needs twine, which is not installed")]
+fn burn_false_leaves_the_token_to_expire() {
+    if !require_tool("twine") {
+        return;
+    }
+    let stack = Stack::new();
+    let pypi = pypi_with(&stack, |pypi| {
+        format!("kind = \"pypi\"\ntoken_endpoint = \"{}/_/oidc/mint-token\"\nburn = \"false\"", pypi.base_url)
+    });
+    let file = sdist(&stack, "mayfly-py", "0.1.0");
+    let out = twine_upload(&stack, &pypi, &file, "py-keep");
+    assert!(out.status.success(), "{}", all_output(&out));
+    assert!(pypi.burnt().is_empty());
+    assert!(pypi.is_live(&pypi.tokens()[0]));
+    let outcomes: Vec<_> =
+        stack.client_audit().iter().map(|l| l["outcome"].as_str().unwrap_or_default().to_owned()).collect();
+    assert!(!outcomes.iter().any(|o| o == "revoked"), "{outcomes:?}");
+}
+
+#[test]
+#[cfg_attr(missing = "twine", ignore = "needs twine, which is not installed")]
+fn twine_uploads_to_a_pep807_index_at_the_endpoints_it_names() {
+    if !require_tool("twine") {
+        return;
+    }
+    let stack = Stack::new();
+    let pypi = pypi_with(&stack, |pypi| format!("kind = \"pep807\"\ntoken_endpoint = \"{}\"", pypi.upload_url));
+    let file = sdist(&stack, "mayfly-py", "0.1.0");
+    let out = twine_upload(&stack, &pypi, &file, "py-807");
+    assert!(out.status.success(), "{}", all_output(&out));
+    assert_eq!(pypi.uploads(), [("mayfly-py".to_owned(), "mayfly_py-0.1.0.tar.gz".to_owned())]);
+    assert_eq!(pypi.minted(), 1);
+    // Discovered once for the audience and once for the mint, with PEP 807's media type.
+    let accepts = pypi.discovery_accepts();
+    assert_eq!(accepts, ["application/vnd.pypi.pytp.v1+json"; 2]);
+    let issued = stack.client_audit().into_iter().find(|l| l["outcome"] == "issued").expect("an issued line");
+    assert_eq!((issued["tool"].as_str(), issued["operation"].as_str()), (Some("pypi"), Some("publish")));
+}
+
+#[test]
+#[cfg_attr(missing = "twine", ignore = "needs twine, which is not installed")]
+fn a_pep807_index_naming_another_host_never_gets_the_id_token() {
+    if !require_tool("twine") {
+        return;
+    }
+    let stack = Stack::new();
+    let pypi = pypi_with(&stack, |pypi| format!("kind = \"pep807\"\ntoken_endpoint = \"{}\"", pypi.upload_url));
+    // Same server, but by another name: the host differs from the upload URL's.
+    let elsewhere = pypi.base_url.replace("127.0.0.1", "localhost");
+    pypi.serve_discovery(serde_json::json!({
+        "audience-endpoint": format!("{elsewhere}/_/oidc/audience"),
+        "mint-token-endpoint": format!("{elsewhere}/_/oidc/mint-token"),
+    }));
+    let before = stack.issuer.issued();
+    let file = sdist(&stack, "mayfly-py", "0.1.0");
+    let out = twine_upload(&stack, &pypi, &file, "py-807-hostile");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr.lines().find(|l| l.contains("another host")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        line.ends_with("exchange `pypi` answered 200 with `audience-endpoint` on another host (localhost), refused"),
+        "{stderr}"
+    );
+    assert_eq!(stack.issuer.issued(), before, "no ID token was fetched for it");
+    assert_eq!(pypi.minted(), 0);
+    assert!(pypi.uploads().is_empty());
+}
+
+/// `mayfly explain pypi URL --operation publish`: its stdout.
+fn explain(stack: &Stack, url: &str) -> String {
+    let out = Command::new(bin("mayfly"))
+        .args(["explain", "pypi", url, "--operation", "publish"])
+        .env_clear()
+        .envs(stack.env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn explain_names_the_pypi_kinds_and_whether_they_burn() {
+    let stack = Stack::new();
+    let pypi = pypi(&stack);
+    let text = explain(&stack, &format!("{}/mayfly-py", pypi.base_url));
+    assert!(text.contains("(pypi, ") && text.contains("can revoke its tokens (at erase and session end)"), "{text}");
+    stack.write_config(&format!(
+        "[exchanges.pypi]\nkind = \"pep807\"\ntoken_endpoint = \"{}\"\n\n{}\n[[routes]]\ntool = \"pypi\"\nhost = \"{}\"\nidentity = \"ci\"\nexchange = \"pypi\"\n",
+        pypi.upload_url,
+        stack.default_routes(),
+        pypi.base_url.trim_start_matches("https://"),
+    ));
+    let text = explain(&stack, &format!("{}/mayfly-py", pypi.base_url));
+    assert!(text.contains("(pep807, ") && text.contains("cannot revoke"), "{text}");
+    assert_eq!(pypi.minted(), 0, "explain alone asks nothing");
 }

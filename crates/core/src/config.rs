@@ -180,8 +180,8 @@ pub struct IdentityEntry {
 /// field is still an error.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct ExchangeEntry {
-    /// The exchange kind (`rfc8693`, `aws-sts`, `crates-io`, `npm`, `pypi`, `octo-sts`,
-    /// `docker-hub`, `huggingface`, `jfrog`, `cloudsmith`, `vault`, `gcp-sts`, `azure`).
+    /// The exchange kind (`rfc8693`, `aws-sts`, `crates-io`, `npm`, `pypi`, `pep807`, `octo-sts`,
+    /// `docker-hub`, `huggingface`, `jfrog`, `cloudsmith`, `vault`, `gcp-sts`, `azure`, `gitlab`).
     pub kind: String,
     /// Where to exchange.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -325,6 +325,8 @@ pub enum ExchangeKind {
     Npm,
     /// PyPI trusted publishing (`mint-token`): the ID token for an upload token.
     Pypi,
+    /// PEP 807 trusted publishing (draft): PyPI's exchange at the endpoints an index names.
+    Pep807,
     /// octo-sts: the ID token for a GitHub installation token, as a trust policy allows.
     OctoSts,
     /// Docker Hub OIDC connections: the ID token for an organisation's access token.
@@ -342,6 +344,8 @@ pub enum ExchangeKind {
     /// Entra ID federated credentials: the ID token as a client assertion (and ACR's
     /// exchange for its registries).
     Azure,
+    /// GitLab's token exchange (experimental): a CI/CD ID token for a GitLab service's token.
+    Gitlab,
 }
 
 impl ExchangeKind {

@@ -8,6 +8,11 @@
 //!   publisher's projects. Errors: 422 `{"message", "errors": [{"code", "description"}]}`.
 //! - `POST /legacy/` (multipart, `:action=file_upload`) with Basic `__token__:TOKEN`: the
 //!   token must be live and name the upload's project; 200, else 403 as PyPI answers.
+//! - `POST /_/oidc/burn-token` `{"token": T}` (pypi/warehouse#20197): T is dead from then
+//!   on; 202 whether or not it was live, as PyPI answers.
+//! - `GET /.well-known/pytp/{key}` (PEP 807, draft): for the key of `/legacy/` (the hex
+//!   SHA-256 of the path), `{"audience-endpoint", "mint-token-endpoint"}` naming the two
+//!   endpoints above; any other key 404. A test may serve another document instead.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -19,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use serde_json::{Value, json};
+use sha2::Digest;
 
 use crate::{DevCa, DevIssuer};
 
@@ -41,9 +47,18 @@ struct Tokens {
     used: BTreeSet<String>,
     /// (project, file name) uploaded.
     uploads: Vec<(String, String)>,
+    /// Every token minted, in order.
+    minted: Vec<String>,
+    /// The `token` of every burn request, in order.
+    burnt: Vec<String>,
+    /// The `Accept` header of every discovery request.
+    discovery_accepts: Vec<String>,
+    /// A discovery document served in place of the honest one.
+    discovery: Option<Value>,
 }
 
 struct Inner {
+    base_url: String,
     issuer: DevIssuer,
     publishers: BTreeMap<String, Vec<String>>,
     tokens: Mutex<Tokens>,
@@ -57,7 +72,10 @@ impl Pypi {
         issuer: &DevIssuer,
         publishers: &[(&str, &[&str])],
     ) -> Result<Self, String> {
+        let listener = crate::loopback_listener().map_err(|e| e.to_string())?;
+        let base_url = format!("https://{}", listener.local_addr().map_err(|e| e.to_string())?);
         let state = Arc::new(Inner {
+            base_url: base_url.clone(),
             issuer: issuer.clone(),
             publishers: publishers
                 .iter()
@@ -65,11 +83,11 @@ impl Pypi {
                 .collect(),
             tokens: Mutex::default(),
         });
-        let listener = crate::loopback_listener().map_err(|e| e.to_string())?;
-        let base_url = format!("https://{}", listener.local_addr().map_err(|e| e.to_string())?);
         let app = Router::new()
             .route("/_/oidc/audience", get(|| async { axum::Json(json!({"audience": PYPI_AUDIENCE})) }))
             .route("/_/oidc/mint-token", post(mint))
+            .route("/_/oidc/burn-token", post(burn))
+            .route("/.well-known/pytp/{key}", get(discover))
             .route("/legacy/", post(upload))
             .with_state(state.clone());
         crate::serve_tls(runtime, listener, ca, app)?;
@@ -83,8 +101,73 @@ impl Pypi {
 
     /// Tokens minted so far.
     pub fn minted(&self) -> usize {
-        self.state.tokens.lock().map(|t| t.live.len()).unwrap_or_default()
+        self.tokens().len()
     }
+
+    /// Every token minted so far, in order.
+    pub fn tokens(&self) -> Vec<String> {
+        self.state.tokens.lock().map(|t| t.minted.clone()).unwrap_or_default()
+    }
+
+    /// The `token` of every burn request so far, in order.
+    pub fn burnt(&self) -> Vec<String> {
+        self.state.tokens.lock().map(|t| t.burnt.clone()).unwrap_or_default()
+    }
+
+    /// True while `token` would be taken for an upload.
+    pub fn is_live(&self, token: &str) -> bool {
+        self.state.tokens.lock().map(|t| t.live.get(token).is_some_and(|(_, e)| *e > now())).unwrap_or_default()
+    }
+
+    /// The `Accept` header of every discovery request so far.
+    pub fn discovery_accepts(&self) -> Vec<String> {
+        self.state.tokens.lock().map(|t| t.discovery_accepts.clone()).unwrap_or_default()
+    }
+
+    /// Serves `document` at every discovery key from now on, as a hostile index would.
+    pub fn serve_discovery(&self, document: Value) {
+        if let Ok(mut tokens) = self.state.tokens.lock() {
+            tokens.discovery = Some(document);
+        }
+    }
+}
+
+/// PEP 807's discovery key for an upload path: the hex SHA-256 of the path.
+pub fn pytp_key(path: &str) -> String {
+    hex::encode(sha2::Sha256::digest(path.as_bytes()))
+}
+
+async fn discover(
+    State(inner): State<Arc<Inner>>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(mut tokens) = inner.tokens.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    tokens.discovery_accepts.push(accept.to_owned());
+    if let Some(document) = &tokens.discovery {
+        return axum::Json(document.clone()).into_response();
+    }
+    if key != pytp_key("/legacy/") {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let base = &inner.base_url;
+    axum::Json(json!({
+        "audience-endpoint": format!("{base}/_/oidc/audience"),
+        "mint-token-endpoint": format!("{base}/_/oidc/mint-token"),
+    }))
+    .into_response()
+}
+
+async fn burn(State(inner): State<Arc<Inner>>, body: axum::body::Bytes) -> Response {
+    let Some(token) = serde_json::from_slice::<Value>(&body).ok().and_then(|b| b["token"].as_str().map(str::to_owned))
+    else {
+        return failed("invalid-payload", "malformed request body");
+    };
+    let Ok(mut tokens) = inner.tokens.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+    tokens.live.remove(&token);
+    tokens.burnt.push(token);
+    StatusCode::ACCEPTED.into_response()
 }
 
 fn failed(code: &str, description: &str) -> Response {
@@ -110,6 +193,7 @@ async fn mint(State(inner): State<Arc<Inner>>, body: axum::body::Bytes) -> Respo
     }
     let token = format!("pypi-{}", crate::random_hex(32));
     tokens.live.insert(token.clone(), (projects.clone(), now() + 900));
+    tokens.minted.push(token.clone());
     axum::Json(json!({"success": true, "token": token})).into_response()
 }
 

@@ -4,12 +4,13 @@
 //!
 //! - [`rfc8693`]: OAuth 2.0 Token Exchange, the generic one (`mayfly-sts` speaks it);
 //! - [`aws_sts`]: AWS STS `AssumeRoleWithWebIdentity`;
-//! - [`trusted_publishing`]: crates.io, npm and PyPI, registries that check the ID token
-//!   themselves;
+//! - [`trusted_publishing`]: crates.io, npm and PyPI (and PEP 807 indexes), registries
+//!   that check the ID token themselves;
 //! - [`octo_sts`]: octo-sts, GitHub installation tokens as a repository's trust policy
 //!   allows;
 //! - [`docker_hub`], [`hugging_face`], [`jfrog`], [`cloudsmith`]: registries that take the
 //!   workload's ID token at their own endpoint;
+//! - [`gitlab`]: GitLab's token exchange (experimental), tokens for GitLab's services;
 //! - [`vault`]: Vault and OpenBao JWT auth login, tokens that revoke themselves;
 //! - [`gcp_sts`]: Google Cloud STS (workload identity federation), optionally
 //!   impersonating a service account;
@@ -25,6 +26,7 @@ pub(crate) mod vault;
 
 pub(crate) mod cloudsmith;
 pub(crate) mod docker_hub;
+pub(crate) mod gitlab;
 pub(crate) mod hugging_face;
 pub(crate) mod jfrog;
 
@@ -277,12 +279,13 @@ pub(crate) trait Protocol: Sync {
 
 impl ExchangeKind {
     /// Every kind, for parsing and for messages.
-    pub(crate) const ALL: [Self; 13] = [
+    pub(crate) const ALL: [Self; 15] = [
         Self::Rfc8693,
         Self::AwsSts,
         Self::CratesIo,
         Self::Npm,
         Self::Pypi,
+        Self::Pep807,
         Self::OctoSts,
         Self::DockerHub,
         Self::HuggingFace,
@@ -291,6 +294,7 @@ impl ExchangeKind {
         Self::Vault,
         Self::GcpSts,
         Self::Azure,
+        Self::Gitlab,
     ];
 
     /// The protocol this kind speaks.
@@ -301,6 +305,7 @@ impl ExchangeKind {
             Self::CratesIo => &trusted_publishing::CratesIo,
             Self::Npm => &trusted_publishing::Npm,
             Self::Pypi => &trusted_publishing::Pypi,
+            Self::Pep807 => &trusted_publishing::Pep807,
             Self::OctoSts => &octo_sts::OctoSts,
             Self::DockerHub => &docker_hub::DockerHub,
             Self::HuggingFace => &hugging_face::HuggingFace,
@@ -309,6 +314,7 @@ impl ExchangeKind {
             Self::Vault => &vault::Vault,
             Self::GcpSts => &gcp_sts::GcpSts,
             Self::Azure => &azure::Azure,
+            Self::Gitlab => &gitlab::Gitlab,
         }
     }
 
