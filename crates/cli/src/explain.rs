@@ -22,7 +22,7 @@ use crate::status::{rfc3339, span, table};
     mayfly explain oci registry.example.com/team/app\n  mayfly explain aws deploy --exchange")]
 pub(crate) struct Args {
     /// The tool whose request to explain
-    #[arg(value_parser = ["git", "kubectl", "terraform", "cargo", "oci", "npm", "pypi", "aws"])]
+    #[arg(value_parser = ["git", "kubectl", "terraform", "cargo", "oci", "npm", "pypi", "aws", "http"])]
     tool: String,
     /// `https://HOST/PATH` (git: the repository; cargo, npm, pypi: the package), `HOST/REPO` for
     /// oci, the route name for aws
@@ -409,6 +409,10 @@ mod tests {
             "https://crates.example.com"
         );
         assert_eq!(parsed(Tool::Aws, "deploy", Operation::Read).0, "aws://deploy");
+        assert_eq!(
+            parsed(Tool::Http, "https://files.example.com/dist/v1.zip", Operation::Read).0,
+            "https://files.example.com/dist/v1.zip"
+        );
     }
 
     #[test]
