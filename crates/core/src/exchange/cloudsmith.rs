@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::trusted_publishing::{post, refused, token_in};
 use super::{Ask, Error, ExchangeResponse, Protocol, Setting};
-use crate::config::{ExchangeConfig, Route};
+use crate::config::ExchangeConfig;
 use crate::http::HttpClient;
 use crate::{Secret, Tool};
 
@@ -41,13 +41,6 @@ impl Protocol for Cloudsmith {
 
     fn known_audience(&self, config: &ExchangeConfig) -> Option<String> {
         Some(super::jfrog::origin(&config.token_endpoint))
-    }
-
-    fn subject_audience(&self, config: &ExchangeConfig, _http: &HttpClient, route: &Route) -> Result<String, Error> {
-        if !route.audience.is_empty() {
-            return Ok(route.audience.clone());
-        }
-        Ok(super::jfrog::origin(&config.token_endpoint))
     }
 
     fn default_username(&self, config: &ExchangeConfig, _tool: Tool) -> Result<Option<String>, String> {

@@ -15,8 +15,7 @@ use serde_json::Value;
 
 use super::trusted_publishing::{post, refused, token_in};
 use super::{Ask, Error, ExchangeResponse, ID_TOKEN_TYPE, Protocol, Setting, TOKEN_EXCHANGE_GRANT};
-use crate::config::{ExchangeConfig, Route, Scheme};
-use crate::http::HttpClient;
+use crate::config::{ExchangeConfig, Scheme};
 use crate::{Secret, Tool};
 
 /// Docker's identity service.
@@ -55,10 +54,6 @@ impl Protocol for DockerHub {
 
     fn known_audience(&self, _config: &ExchangeConfig) -> Option<String> {
         Some(AUDIENCE.into())
-    }
-
-    fn subject_audience(&self, _config: &ExchangeConfig, _http: &HttpClient, route: &Route) -> Result<String, Error> {
-        Ok(if route.audience.is_empty() { AUDIENCE.into() } else { route.audience.clone() })
     }
 
     fn default_scheme(&self) -> Scheme {

@@ -14,8 +14,7 @@ use serde_json::Value;
 use super::trusted_publishing::{post, refused, token_in};
 use super::{Ask, Error, ExchangeResponse, Protocol, Setting};
 use crate::Tool;
-use crate::config::{ExchangeConfig, Route};
-use crate::http::HttpClient;
+use crate::config::ExchangeConfig;
 
 /// GitLab's token exchange: tokens for a GitLab service, for any tool's route.
 pub(crate) struct Gitlab;
@@ -36,10 +35,6 @@ impl Protocol for Gitlab {
 
     fn known_audience(&self, config: &ExchangeConfig) -> Option<String> {
         Some(config.token_endpoint.to_string())
-    }
-
-    fn subject_audience(&self, config: &ExchangeConfig, _http: &HttpClient, route: &Route) -> Result<String, Error> {
-        if route.audience.is_empty() { Ok(config.token_endpoint.to_string()) } else { Ok(route.audience.clone()) }
     }
 
     fn settings(&self) -> &'static [Setting] {

@@ -16,8 +16,7 @@ use serde_json::json;
 
 use super::trusted_publishing::post;
 use super::{Ask, Error, ExchangeResponse, ID_TOKEN_TYPE, Protocol, TOKEN_EXCHANGE_GRANT};
-use crate::config::{ExchangeConfig, Route, Scheme};
-use crate::http::HttpClient;
+use crate::config::{ExchangeConfig, Scheme};
 use crate::scope::ScopeTemplate;
 use crate::{Tool, sanitize_for_terminal};
 
@@ -57,10 +56,6 @@ impl Protocol for HuggingFace {
 
     fn known_audience(&self, _config: &ExchangeConfig) -> Option<String> {
         Some(AUDIENCE.into())
-    }
-
-    fn subject_audience(&self, _config: &ExchangeConfig, _http: &HttpClient, route: &Route) -> Result<String, Error> {
-        Ok(if route.audience.is_empty() { AUDIENCE.into() } else { route.audience.clone() })
     }
 
     fn default_scope(&self, _tool: Tool) -> Option<&'static str> {

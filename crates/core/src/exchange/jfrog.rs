@@ -16,8 +16,7 @@ use serde_json::{Value, json};
 use super::trusted_publishing::{post, refused, token_in};
 use super::{Ask, Error, ExchangeResponse, ID_TOKEN_TYPE, Protocol, Setting, TOKEN_EXCHANGE_GRANT};
 use crate::Tool;
-use crate::config::{ExchangeConfig, Route};
-use crate::http::HttpClient;
+use crate::config::ExchangeConfig;
 
 /// JFrog Artifactory: access tokens for any tool's route at the platform.
 pub(crate) struct Jfrog;
@@ -38,13 +37,6 @@ impl Protocol for Jfrog {
 
     fn known_audience(&self, config: &ExchangeConfig) -> Option<String> {
         Some(origin(&config.token_endpoint))
-    }
-
-    fn subject_audience(&self, config: &ExchangeConfig, _http: &HttpClient, route: &Route) -> Result<String, Error> {
-        if !route.audience.is_empty() {
-            return Ok(route.audience.clone());
-        }
-        Ok(origin(&config.token_endpoint))
     }
 
     fn settings(&self) -> &'static [Setting] {

@@ -216,11 +216,14 @@ pub(crate) trait Protocol: Sync {
         Ok(())
     }
 
-    /// The audience of the ID token for a request: the route's, unless the exchange
-    /// names its own.
+    /// The audience of the ID token for a request: the route's; when it names none, the
+    /// one the exchange knows ([`Protocol::known_audience`]).
     fn subject_audience(&self, config: &ExchangeConfig, http: &HttpClient, route: &Route) -> Result<String, Error> {
-        let _ = (config, http);
-        Ok(route.audience.clone())
+        let _ = http;
+        match self.known_audience(config) {
+            Some(known) if route.audience.is_empty() => Ok(known),
+            _ => Ok(route.audience.clone()),
+        }
     }
 
     /// The ID token's audience when the route names none and the exchange knows it without
