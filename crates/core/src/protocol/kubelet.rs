@@ -226,14 +226,7 @@ mod tests {
     use super::*;
 
     fn run(args: &[&str], input: &str) -> (i32, String) {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("config.toml");
-        std::fs::write(&config, "").unwrap();
-        let env = Env::from_pairs([("MAYFLY_CONFIG", config.display().to_string())]);
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let mut out = Vec::new();
-        let code = serve(&args, &mut input.as_bytes(), &mut out, env, &Vec::new);
-        (code, String::from_utf8(out).unwrap())
+        crate::protocol::serve_unrouted(&HOOK, args, input.as_bytes())
     }
 
     fn request(image: &str) -> String {

@@ -244,6 +244,20 @@ pub(crate) fn erase(target: &Target, env: Env, ancestry: &dyn Fn() -> Vec<Proces
     Ok(())
 }
 
+/// Runs a hook under an empty config (no route serves anything), for the protocols' tests:
+/// its exit code and stdout.
+#[cfg(test)]
+pub(crate) fn serve_unrouted(hook: &Hook, args: &[&str], input: &[u8]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "").unwrap();
+    let env = Env::from_pairs([("MAYFLY_CONFIG", config.display().to_string())]);
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let mut out = Vec::new();
+    let code = (hook.serve)(&args, &mut &input[..], &mut out, env, &Vec::new);
+    (code, String::from_utf8(out).unwrap())
+}
+
 /// One refusal of each kind, for the protocols' tests of their answers.
 #[cfg(test)]
 pub(crate) fn every_refusal() -> Vec<Refusal> {
