@@ -114,6 +114,40 @@ impl Place {
     }
 }
 
+/// A verdaccio over HTTPS that lets in only tokens of its own `mayfly-sts`, and that
+/// exchange (minting npm read and publish scopes for `org/app`): the registry, the
+/// exchange's process and its URL.
+pub(super) fn verdaccio_and_its_exchange(stack: &Stack) -> (Verdaccio, Child, String) {
+    let root = stack.dir.path();
+    let (listener, sts_url) = mayfly_tests::https_listener();
+    let verdaccio = Verdaccio::start_https(
+        &root.join("verdaccio"),
+        &sts_url,
+        &stack.ca.ca_cert,
+        stack.issuer.issuer(),
+        &stack.ca.cert,
+        &stack.ca.key,
+    );
+    let config = mayfly_sts::ConfigFile {
+        issuer: sts_url.clone(),
+        audit_log: Some(root.join("npm-sts-audit.jsonl")),
+        max_ttl: Some("10m".into()),
+        tls: Some(stack.ca.sts_tls()),
+        trusted_issuers: vec![stack.issuer.trusted(&["mayfly-sts"])],
+        rules: vec![mayfly_sts::RuleEntry {
+            name: Some("org/app reads and publishes npm packages".into()),
+            issuer: stack.issuer.issuer().into(),
+            claims: [("repository".to_owned(), "org/app".to_owned())].into(),
+            audiences: vec![verdaccio.url.clone()],
+            scopes: vec!["npm:*:read".into(), "npm:*:publish".into()],
+            max_ttl: None,
+        }],
+        ..Default::default()
+    };
+    let sts = mayfly_tests::spawn_sts_on(root, "npm-sts", listener, &config);
+    (verdaccio, sts, sts_url)
+}
+
 /// A stack, an exchange that mints npm scopes for one verdaccio over HTTPS, a route to it,
 /// and a client.
 struct Registry {
@@ -142,32 +176,7 @@ impl Registry {
     fn start(client: Client) -> Self {
         let stack = Stack::new();
         let root = stack.dir.path().to_owned();
-        let (listener, sts_url) = mayfly_tests::https_listener();
-        let verdaccio = Verdaccio::start_https(
-            &root.join("verdaccio"),
-            &sts_url,
-            &stack.ca.ca_cert,
-            stack.issuer.issuer(),
-            &stack.ca.cert,
-            &stack.ca.key,
-        );
-        let config = mayfly_sts::ConfigFile {
-            issuer: sts_url.clone(),
-            audit_log: Some(root.join("npm-sts-audit.jsonl")),
-            max_ttl: Some("10m".into()),
-            tls: Some(stack.ca.sts_tls()),
-            trusted_issuers: vec![stack.issuer.trusted(&["mayfly-sts"])],
-            rules: vec![mayfly_sts::RuleEntry {
-                name: Some("org/app reads and publishes npm packages".into()),
-                issuer: stack.issuer.issuer().into(),
-                claims: [("repository".to_owned(), "org/app".to_owned())].into(),
-                audiences: vec![verdaccio.url.clone()],
-                scopes: vec!["npm:*:read".into(), "npm:*:publish".into()],
-                max_ttl: None,
-            }],
-            ..Default::default()
-        };
-        let sts = mayfly_tests::spawn_sts_on(&root, "npm-sts", listener, &config);
+        let (verdaccio, sts, sts_url) = verdaccio_and_its_exchange(&stack);
         stack.write_config(&format!(
             "[exchanges.npm-sts]\nkind = \"rfc8693\"\ntoken_endpoint = \"{sts_url}/token\"\nca_file = \"{ca}\"\n\n[[routes]]\ntool = \"npm\"\nhost = \"{host}\"\nidentity = \"ci\"\nexchange = \"npm-sts\"\noperations = [\"read\", \"publish\"]\n",
             ca = stack.ca.ca_cert.display(),

@@ -32,32 +32,7 @@ impl Registry {
     fn start() -> Self {
         let stack = Stack::new();
         let root = stack.dir.path().to_owned();
-        let (listener, sts_url) = mayfly_tests::https_listener();
-        let verdaccio = Verdaccio::start_https(
-            &root.join("verdaccio"),
-            &sts_url,
-            &stack.ca.ca_cert,
-            stack.issuer.issuer(),
-            &stack.ca.cert,
-            &stack.ca.key,
-        );
-        let config = mayfly_sts::ConfigFile {
-            issuer: sts_url.clone(),
-            audit_log: Some(root.join("npm-sts-audit.jsonl")),
-            max_ttl: Some("10m".into()),
-            tls: Some(stack.ca.sts_tls()),
-            trusted_issuers: vec![stack.issuer.trusted(&["mayfly-sts"])],
-            rules: vec![mayfly_sts::RuleEntry {
-                name: Some("org/app reads and publishes npm packages".into()),
-                issuer: stack.issuer.issuer().into(),
-                claims: [("repository".to_owned(), "org/app".to_owned())].into(),
-                audiences: vec![verdaccio.url.clone()],
-                scopes: vec!["npm:*:read".into(), "npm:*:publish".into()],
-                max_ttl: None,
-            }],
-            ..Default::default()
-        };
-        let sts = mayfly_tests::spawn_sts_on(&root, "npm-sts", listener, &config);
+        let (verdaccio, sts, sts_url) = super::npm_clients::verdaccio_and_its_exchange(&stack);
         // The user's own npm config names no CA and no proxy: the session does.
         std::fs::write(stack.home.join(".npmrc"), "# the user's own\n").unwrap();
         std::fs::write(root.join("npmrc-global"), "").unwrap();
