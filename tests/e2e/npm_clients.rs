@@ -369,9 +369,11 @@ impl Registry {
         let what = format!("{:?}: {} {}", self.client, self.client.tool(), args.join(" "));
         assert!(
             out.status.success(),
-            "{what} failed:\n{}{}\n--- verdaccio ---\n{}",
+            "{what} failed:\n{}{}\n--- the spies' own failures ---\n{}--- build logs ---\n{}--- verdaccio ---\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),
+            self.spy_errors(),
+            build_logs(&out),
             self.verdaccio.log_text()
         );
         let minted = self.minted();
@@ -399,6 +401,21 @@ impl Registry {
                 panic!("{what}: {} saw a minted token in `{place}=…`", entry.file_name().to_string_lossy());
             }
         }
+    }
+
+    /// What any spy that failed wrote about its failure.
+    fn spy_errors(&self) -> String {
+        let mut errors = String::new();
+        for entry in std::fs::read_dir(&self.spy).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().ends_with(".error") {
+                errors += &format!(
+                    "{}: {}",
+                    entry.file_name().to_string_lossy(),
+                    std::fs::read_to_string(entry.path()).unwrap_or_default()
+                );
+            }
+        }
+        errors
     }
 
     /// Fingerprints of every token the shim handed out, from the audit log.
@@ -451,6 +468,20 @@ impl Registry {
         assert!(scopes.iter().any(|s| s.ends_with(":publish") && !s.contains('*')), "{scopes:?}");
         let _ = &self.sts_url;
     }
+}
+
+/// The build logs a client named in its output (yarn berry writes a failed build's output
+/// to a temporary file and prints only its path), read before anything removes them.
+fn build_logs(out: &Output) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let mut logs = String::new();
+    let words = text.split_whitespace().map(|w| w.trim_end_matches([')', ',', '.', ';']));
+    for word in words.filter(|w| w.starts_with('/') && w.ends_with(".log")) {
+        if let Ok(log) = std::fs::read_to_string(word) {
+            logs += &format!("{word}:\n{log}\n");
+        }
+    }
+    logs
 }
 
 fn spy_script() -> PathBuf {

@@ -13,6 +13,19 @@ if (!dir) {
   console.error('spy: MAYFLY_SPY_DIR is not set');
   process.exit(1);
 }
+// If the spy itself fails, it says why next to what it would have seen: a client's build
+// log may be gone by the time the test reads it.
+process.on('uncaughtException', (e) => {
+  const why = `${(e && e.stack) || e}\n`;
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(path.join(dir, `${name}.${event}.${process.pid}.error`), why);
+  } catch (_) {
+    // nowhere to write: stderr below is all there is
+  }
+  process.stderr.write(`spy: ${why}`);
+  process.exit(1);
+});
 const seen = [];
 const environ = (pid) => fs.readFileSync(`/proc/${pid}/environ`).toString('latin1').split('\0').filter(Boolean);
 const cmdline = (pid) => {
