@@ -1,13 +1,17 @@
 //! `kind = "auto"`: the identity source found in the environment, with each source's own
 //! delivery: GitHub Actions' endpoint, the CI tools' commands (stand-in `buildkite-agent`
-//! and `circleci` printing tokens the stack's issuer minted), and Azure Pipelines' HTTP
-//! exchange against its stand-in.
+//! and `circleci` printing tokens the stack's issuer minted), Azure Pipelines' HTTP
+//! exchange against its stand-in, and the cloud metadata servers (GCE's and Azure IMDS's
+//! stand-ins, probed last).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use mayfly_core::IdentityEntry;
-use mayfly_devstack::{AZURE_AUDIENCE, AZURE_OIDC_PATH, AzureRequest};
+use mayfly_devstack::{
+    AZURE_AUDIENCE, AZURE_IMDS_TOKEN_PATH, AZURE_OIDC_PATH, AzureRequest, GCE_IDENTITY_PATH, MetadataRequest,
+    MetadataServer,
+};
 use mayfly_tests::{Stack, bin, mayfly_lines, password_of};
 use serde_json::Value;
 
@@ -23,11 +27,24 @@ fn write_auto_config(stack: &Stack, entry: IdentityEntry) {
     stack.write_config_text(&format!("{}\n{}", config.to_toml(), stack.route("org/app", &["read"], "auto")));
 }
 
-/// The stack's environment without GitHub Actions' variables, with `extra`.
+/// A loopback address nothing listens on (a port bound, then let go).
+fn dead_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    listener.local_addr().expect("its address").to_string()
+}
+
+/// The stack's environment without GitHub Actions' variables, with the metadata servers
+/// at an address nothing answers (so the machine's own are never probed), with `extra`.
 fn env_without_github(stack: &Stack, extra: &[(&str, String)]) -> Vec<(String, String)> {
+    let dead = dead_address();
     let mut env: Vec<(String, String)> =
         stack.env().into_iter().filter(|(k, _)| !GITHUB_VARS.contains(&k.as_str())).collect();
-    env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    env.push(("GCE_METADATA_HOST".into(), dead.clone()));
+    env.push(("AZURE_POD_IDENTITY_AUTHORITY_HOST".into(), format!("http://{dead}")));
+    for (k, v) in extra {
+        env.retain(|(name, _)| name != k);
+        env.push(((*k).to_owned(), v.clone()));
+    }
     env
 }
 
@@ -120,6 +137,7 @@ fn auto_runs_buildkite_agent_for_the_audience_and_names_what_it_looked_for_when_
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("no identity source found: looked for GitHub Actions"), "{lines:?}");
     assert!(lines[0].contains("Buildkite (`BUILDKITE=true`)"), "{lines:?}");
+    assert!(lines[0].contains("the GCE and Azure metadata servers (no answer within 300 ms)"), "{lines:?}");
 
     let path = format!("{}:{}", ci_tools().display(), std::env::var("PATH").unwrap_or_default());
     let env = env_without_github(
@@ -187,4 +205,101 @@ fn auto_asks_azure_pipelines_oidc_endpoint_for_the_service_connection() {
         }]
     );
     assert_eq!(issued_for(&stack).len(), 1);
+}
+
+/// A metadata server request as the stand-in records it.
+fn metadata_request(path: &str, query: &str, marker: Option<&str>) -> MetadataRequest {
+    MetadataRequest { path: path.into(), query: query.into(), marker: marker.map(str::to_owned) }
+}
+
+#[test]
+fn auto_probes_the_gce_metadata_server_last_and_asks_it_for_the_audience() {
+    let stack = Stack::builder().git().start();
+    let metadata = MetadataServer::start(stack.runtime(), &stack.issuer).expect("the metadata stand-in starts");
+    write_auto_config(&stack, IdentityEntry::default());
+    let env = env_without_github(&stack, &[("GCE_METADATA_HOST", metadata.host.clone())]);
+    let token = helper_token(&stack, &env);
+    assert!(!token.is_empty());
+    assert_eq!(
+        metadata.requests(),
+        [
+            metadata_request("/", "", Some("Google")),
+            metadata_request(GCE_IDENTITY_PATH, "audience=mayfly-sts&format=full", Some("Google")),
+        ],
+        "one probe, then the identity asked for the route's audience"
+    );
+    assert_eq!(issued_for(&stack).len(), 1);
+
+    let out = mayfly(&stack, &env, &["explain", "git", &stack.repo_url("org/app.git")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&format!("`auto` (auto gce-metadata {};", metadata.host)), "{text}");
+    assert!(text.contains(&format!("the GCE metadata server (`{}` answered)", metadata.host)), "{text}");
+
+    let out = mayfly(&stack, &env, &["doctor", "--json", "--offline"]);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("doctor's JSON");
+    let auto = report["identity"]["sources"].as_array().unwrap().iter().find(|s| s["name"] == "auto").unwrap().clone();
+    assert_eq!(auto["detected"]["used"], format!("the GCE metadata server (`{}` answered)", metadata.host));
+    // A variable-based source comes first, and the metadata server is not even probed.
+    let before = metadata.requests().len();
+    let bitbucket = env_without_github(
+        &stack,
+        &[
+            ("GCE_METADATA_HOST", metadata.host.clone()),
+            ("BITBUCKET_STEP_OIDC_TOKEN", stack.issuer.mint("mayfly-sts", &Value::Null)),
+        ],
+    );
+    let out = mayfly(&stack, &bitbucket, &["explain", "git", &stack.repo_url("org/app.git")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("`auto` (auto env $BITBUCKET_STEP_OIDC_TOKEN;"), "{text}");
+    assert_eq!(metadata.requests().len(), before, "no probe when a variable names the source");
+}
+
+#[test]
+fn auto_takes_azure_imds_managed_identity_when_no_gce_server_answers() {
+    let stack = Stack::builder().git().start();
+    let metadata = MetadataServer::start(stack.runtime(), &stack.issuer).expect("the metadata stand-in starts");
+    write_auto_config(&stack, IdentityEntry::default());
+    let env = env_without_github(&stack, &[("AZURE_POD_IDENTITY_AUTHORITY_HOST", metadata.base_url())]);
+    let token = helper_token(&stack, &env);
+    assert!(!token.is_empty());
+    assert_eq!(
+        metadata.requests(),
+        [
+            metadata_request(AZURE_IMDS_TOKEN_PATH, "api-version=2018-02-01", None),
+            metadata_request(AZURE_IMDS_TOKEN_PATH, "api-version=2018-02-01&resource=mayfly-sts", Some("true")),
+        ],
+        "the SDKs' probe without `Metadata: true`, then the token asked with it"
+    );
+    assert_eq!(issued_for(&stack).len(), 1);
+    let out = mayfly(&stack, &env, &["doctor", "--json", "--offline"]);
+    let report: Value = serde_json::from_slice(&out.stdout).expect("doctor's JSON");
+    let auto = report["identity"]["sources"].as_array().unwrap().iter().find(|s| s["name"] == "auto").unwrap().clone();
+    assert_eq!((auto["kind"].as_str(), auto["available"].as_bool()), (Some("auto"), Some(true)));
+    assert_eq!(auto["source"], format!("azure-imds {}", metadata.host));
+}
+
+#[test]
+fn a_named_gce_metadata_source_refuses_an_answer_without_its_flavor() {
+    let stack = Stack::builder().git().start();
+    let metadata = MetadataServer::start(stack.runtime(), &stack.issuer).expect("the metadata stand-in starts");
+    let mut config = stack.base_config();
+    let entry =
+        IdentityEntry { kind: "gce-metadata".into(), audience: Some("mayfly-sts".into()), ..IdentityEntry::default() };
+    config.identities.insert("gce".into(), entry);
+    stack.write_config_text(&format!("{}\n{}", config.to_toml(), stack.route("org/app", &["read"], "gce")));
+    let env = env_without_github(&stack, &[("GCE_METADATA_HOST", metadata.host.clone())]);
+    metadata.set_flavor(false);
+    let out = helper_get(&stack, &env);
+    assert!(!out.status.success());
+    let lines = mayfly_lines(&out.stderr);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("the answer has no `Metadata-Flavor: Google`: not a GCE metadata server"), "{lines:?}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("eyJ"), "no token in the message");
+    assert_eq!(issued_for(&stack).len(), 0, "nothing exchanged");
+
+    metadata.set_flavor(true);
+    assert!(!helper_token(&stack, &env).is_empty());
+    let paths: Vec<String> = metadata.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, [GCE_IDENTITY_PATH, GCE_IDENTITY_PATH], "a named source is asked, never probed");
 }

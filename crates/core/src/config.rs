@@ -127,7 +127,8 @@ fn parse_size(text: &str) -> Result<u64, String> {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityEntry {
-    /// `github-actions`, `file`, `env`, `command`, `oidc` or `auto`.
+    /// `github-actions`, `file`, `env`, `command`, `oidc`, `gce-metadata`, `azure-imds`
+    /// or `auto`.
     pub kind: String,
     /// Audience to ask for; for `oidc`, the ID token's expected `aud` (the client id when
     /// not set).
@@ -152,10 +153,15 @@ pub struct IdentityEntry {
     /// `auto`: the Azure Pipelines service connection id the token is asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub azure_service_connection: Option<String>,
+    /// `auto`: whether the cloud metadata servers are probed when nothing else is found
+    /// (`true` when not set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata_servers: Option<bool>,
     /// `oidc`: the issuer (discovery at `{issuer}/.well-known/openid-configuration`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
-    /// `oidc`: the client id registered at the provider.
+    /// `oidc`: the client id registered at the provider; `azure-imds` (and `auto`): a
+    /// user-assigned managed identity's client id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
     /// `oidc`: a confidential client's secret (public CLI clients have none).
@@ -751,15 +757,20 @@ fn identity(name: String, raw: IdentityEntry) -> Result<IdentityConfig, String> 
             Arc::new(identity::Command { argv })
         }
         "oidc" => Arc::new(oidc(&name, &raw)?),
+        "gce-metadata" => Arc::new(identity::GceMetadata),
+        "azure-imds" => Arc::new(identity::AzureImds { client_id: raw.client_id.clone() }),
         "auto" => Arc::new(identity::Auto {
             gitlab_variable: raw.gitlab_variable.clone().unwrap_or_else(|| identity::GITLAB_VARIABLE.into()),
             azure_service_connection: raw.azure_service_connection.clone(),
             token_file: raw.path.clone().unwrap_or_else(|| identity::TOKEN_FILE.into()),
             audience: raw.audience.clone(),
+            metadata_servers: raw.metadata_servers.unwrap_or(true),
+            azure_client_id: raw.client_id.clone(),
+            probes: identity::Probes::default(),
         }),
         other => {
             return Err(format!(
-                "identity `{name}`: unknown kind `{other}` (github-actions, file, env, command, oidc or auto)"
+                "identity `{name}`: unknown kind `{other}` (github-actions, file, env, command, oidc, gce-metadata, azure-imds or auto)"
             ));
         }
     };

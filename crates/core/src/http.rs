@@ -242,6 +242,79 @@ impl HttpClient {
     }
 }
 
+/// True for the hosts a cloud metadata server answers on over plain HTTP: a link-local
+/// address, Google's metadata host names, or loopback (a node-local agent, a stand-in).
+fn is_metadata_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_link_local() || ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback() || (ip.segments()[0] & 0xffc0) == 0xfe80,
+        Some(url::Host::Domain(name)) => {
+            ["metadata.google.internal", "metadata", "localhost"].iter().any(|m| name.eq_ignore_ascii_case(m))
+        }
+        None => false,
+    }
+}
+
+/// A cloud metadata server's answer: status, the one answer header asked for, body.
+pub(crate) type MetadataAnswer = (u16, Option<String>, Vec<u8>);
+
+/// A GET to a cloud metadata server, which speaks plain HTTP on a link-local address:
+/// refused to any other host. `probe`: a 300 ms connect and 1 s overall limit, so a
+/// machine without one does not wait; otherwise 2 s and 10 s. No proxy, no redirect; at
+/// most [`MAX_BODY`] bytes read.
+pub(crate) fn metadata_get(
+    url: &url::Url,
+    headers: &[(&str, &str)],
+    answer_header: &str,
+    probe: bool,
+) -> Result<MetadataAnswer, Error> {
+    static PROBE: OnceLock<Result<Client, String>> = OnceLock::new();
+    static FETCH: OnceLock<Result<Client, String>> = OnceLock::new();
+    if url.scheme() != "http" || !is_metadata_host(url) {
+        return Err(Error::Insecure(redacted(url)));
+    }
+    let shown = redacted(url);
+    let (cell, connect, total) = if probe {
+        (&PROBE, Duration::from_millis(300), Duration::from_secs(1))
+    } else {
+        (&FETCH, Duration::from_secs(2), Duration::from_secs(10))
+    };
+    let client = cell
+        .get_or_init(|| {
+            Client::builder()
+                .timeout(total)
+                .connect_timeout(connect)
+                .user_agent(concat!("mayfly/", env!("CARGO_PKG_VERSION")))
+                .redirect(redirect::Policy::none())
+                .no_proxy()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|message| Error::Send { url: shown.clone(), message: message.clone(), not_delivered: true })?;
+    let mut request = client.get(url.clone());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().map_err(|e| Error::Send {
+        url: shown.clone(),
+        message: describe(&e),
+        not_delivered: e.is_connect(),
+    })?;
+    let status = response.status().as_u16();
+    let answer = response.headers().get(answer_header).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mut body = Vec::new();
+    response.take(MAX_BODY + 1).read_to_end(&mut body).map_err(|e| Error::Send {
+        url: shown.clone(),
+        message: e.to_string(),
+        not_delivered: false,
+    })?;
+    if body.len() as u64 > MAX_BODY {
+        return Err(Error::TooLarge(shown));
+    }
+    Ok((status, answer, body))
+}
+
 /// A client trusting exactly `roots` (none: plain HTTP only). Same-origin redirects never
 /// change the scheme, so a plain client is never asked for TLS.
 fn build(timeout: Duration, roots: Vec<reqwest::Certificate>) -> Result<Client, String> {
@@ -297,6 +370,20 @@ mod tests {
         }
         for host in ["10.0.0.1", "example.com", "127.0.0.1.example.com", "localhost.evil"] {
             assert!(!is_loopback_host(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn metadata_servers_only_on_their_hosts() {
+        for ok in
+            ["http://169.254.169.254/x", "http://metadata.google.internal/", "http://127.0.0.1:9/", "http://[fe80::1]/"]
+        {
+            assert!(is_metadata_host(&url::Url::parse(ok).unwrap()), "{ok}");
+        }
+        for refused in ["http://metadata.example.com/", "http://10.0.0.1/", "http://[2001:db8::1]/"] {
+            let url = url::Url::parse(refused).unwrap();
+            assert!(!is_metadata_host(&url), "{refused}");
+            assert!(matches!(metadata_get(&url, &[], "x", true), Err(Error::Insecure(_))), "{refused}");
         }
     }
 

@@ -17,6 +17,7 @@ mod gitlab;
 mod go_proxy;
 mod issuer;
 mod kube_api;
+mod metadata;
 mod module_registry;
 mod pypi;
 mod tls;
@@ -39,6 +40,9 @@ pub use gitlab::{GITLAB_EXCHANGE_AUDIENCES, GitlabExchange};
 pub use go_proxy::{GO_MODULES, GO_VERSION, GoProxy, go_greeting};
 pub use issuer::{AZURE_AUDIENCE, AZURE_OIDC_PATH, AzureRequest, DevIssuer};
 pub use kube_api::KubeApiServer;
+pub use metadata::{
+    AZURE_IMDS_SUBJECT, AZURE_IMDS_TOKEN_PATH, GCE_IDENTITY_PATH, GCE_SUBJECT, MetadataRequest, MetadataServer,
+};
 pub use module_registry::{MODULE, ModuleRegistry};
 pub use pypi::{PYPI_AUDIENCE, Pypi, pytp_key};
 pub use tls::DevCa;

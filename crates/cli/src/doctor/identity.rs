@@ -298,7 +298,7 @@ mod tests {
 
     #[test]
     fn auto_says_what_it_found_and_which_won() {
-        let text = "[identities.ci]\nkind = \"auto\"\npath = \"/nonexistent/token\"\n[exchanges.x]\nkind = \"rfc8693\"\ntoken_endpoint = \"https://sts.example/t\"\n[[routes]]\ntool = \"git\"\nhost = \"h.example\"\nidentity = \"ci\"\nexchange = \"x\"\n";
+        let text = "[identities.ci]\nkind = \"auto\"\npath = \"/nonexistent/token\"\nmetadata_servers = false\n[exchanges.x]\nkind = \"rfc8693\"\ntoken_endpoint = \"https://sts.example/t\"\n[[routes]]\ntool = \"git\"\nhost = \"h.example\"\nidentity = \"ci\"\nexchange = \"x\"\n";
         let config = Config::parse(text, Path::new("t.toml")).unwrap();
         let token = jwt(r#"{"iss":"https://gitlab.example","exp":4102444800}"#);
         let env = Env::from_pairs([

@@ -1,12 +1,17 @@
 //! `auto`: the first identity source this environment offers, in a documented order,
-//! found on each use from environment variables and files only (no network probe). The
-//! source found is one of the other kinds, and answers in `auto`'s place: its `Debug`
-//! form is the cache key, so a token from one source is never served for another.
+//! found on each use from environment variables and files; only when none of those is
+//! there are the cloud metadata servers probed (GCE/GKE, then Azure IMDS; 300 ms to
+//! connect, once per process), unless `metadata_servers = false`. The source found is
+//! one of the other kinds, and answers in `auto`'s place: its `Debug` form is the cache
+//! key, so a token from one source is never served for another.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use super::{Ask, AzurePipelines, Command, Error, File, GitHubActions, Presence, Source, SubjectToken, Variable};
+use super::{
+    Ask, AzureImds, AzurePipelines, Command, Error, File, GceMetadata, GitHubActions, Presence, Source, SubjectToken,
+    Variable,
+};
 use crate::{Env, EnvVars};
 
 /// The `id_tokens` variable GitLab jobs name when the config does not (the CI template's).
@@ -31,6 +36,35 @@ pub(crate) struct Auto {
     pub(crate) token_file: PathBuf,
     /// The identity's audience, for showing what a use would run.
     pub(crate) audience: Option<String>,
+    /// Whether the cloud metadata servers are probed when nothing else is found.
+    pub(crate) metadata_servers: bool,
+    /// A user-assigned managed identity's client id, for Azure IMDS.
+    pub(crate) azure_client_id: Option<String>,
+    /// What the metadata probes found, so each is made once per process.
+    pub(crate) probes: Probes,
+}
+
+/// The metadata probes made so far: (server, its host here, whether it answered).
+#[derive(Default)]
+pub(crate) struct Probes(Mutex<Vec<(&'static str, String, bool)>>);
+
+impl std::fmt::Debug for Probes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Probes")
+    }
+}
+
+impl Probes {
+    /// Whether `server` answered at `host`, probing it the first time.
+    fn answered(&self, server: &'static str, host: String, probe: impl FnOnce() -> bool) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, _, answered)) = seen.iter().find(|(s, h, _)| *s == server && *h == host) {
+            return *answered;
+        }
+        let answered = probe();
+        seen.push((server, host, answered));
+        answered
+    }
 }
 
 /// A source found here.
@@ -67,9 +101,15 @@ impl std::fmt::Display for Detected {
 }
 
 /// The one line said when nothing is found.
-fn nothing_found(token_file: &std::path::Path) -> String {
+fn nothing_found(token_file: &std::path::Path, metadata_servers: bool) -> String {
+    let servers = if metadata_servers {
+        ", a SPIFFE socket (`{SPIFFE_SOCKET}`) and the GCE and Azure metadata servers (no answer within 300 ms)"
+    } else {
+        " and a SPIFFE socket (`{SPIFFE_SOCKET}`)"
+    }
+    .replace("{SPIFFE_SOCKET}", SPIFFE_SOCKET);
     format!(
-        "no identity source found: looked for GitHub Actions (`{}`), GitLab CI (`GITLAB_CI=true`), CircleCI (`CIRCLECI=true`), Buildkite (`BUILDKITE=true`), Bitbucket Pipelines (`{BITBUCKET_TOKEN}`), Azure Pipelines (`{}`), a Kubernetes token file (`{}`) and a SPIFFE socket (`{SPIFFE_SOCKET}`)",
+        "no identity source found: looked for GitHub Actions (`{}`), GitLab CI (`GITLAB_CI=true`), CircleCI (`CIRCLECI=true`), Buildkite (`BUILDKITE=true`), Bitbucket Pipelines (`{BITBUCKET_TOKEN}`), Azure Pipelines (`{}`), a Kubernetes token file (`{}`){servers}",
         EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL,
         super::azure::REQUEST_URI,
         token_file.display()
@@ -136,6 +176,20 @@ impl Auto {
                 )),
             );
         }
+        if found.is_empty() && self.metadata_servers {
+            let gce = GceMetadata.origin(env);
+            if self.probes.answered("gce", gce.clone(), || GceMetadata::probe(env)) {
+                let what = format!("the GCE metadata server (`{gce}` answered)");
+                found.push(Found { what, source: Ok(Arc::new(GceMetadata)), hint: None });
+            } else {
+                let imds = AzureImds { client_id: self.azure_client_id.clone() };
+                let host = imds.origin(env);
+                if self.probes.answered("azure", host.clone(), || AzureImds::probe(env)) {
+                    let what = format!("Azure's instance metadata service (`{host}` answered)");
+                    found.push(Found { what, source: Ok(Arc::new(imds)), hint: None });
+                }
+            }
+        }
         if let Some(gitlab) = found.iter_mut().find(|f| f.what == GITLAB) {
             gitlab.hint = Some("name it in the job's `id_tokens`, or set `gitlab_variable` to the name used");
         }
@@ -150,7 +204,11 @@ impl Auto {
     /// What was found here and which one is used.
     pub(crate) fn detection(&self, env: &Env) -> Detected {
         let mut found = self.found(env, self.audience.as_deref()).into_iter().map(|f| f.what);
-        Detected { chosen: found.next(), outranked: found.collect(), looked_for: nothing_found(&self.token_file) }
+        Detected {
+            chosen: found.next(),
+            outranked: found.collect(),
+            looked_for: nothing_found(&self.token_file, self.metadata_servers),
+        }
     }
 
     /// Why nothing can be used: nothing found, or GitHub Actions without its permission.
@@ -161,7 +219,7 @@ impl Auto {
                 EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL
             );
         }
-        nothing_found(&self.token_file)
+        nothing_found(&self.token_file, self.metadata_servers)
     }
 }
 
@@ -224,7 +282,15 @@ mod tests {
     use super::*;
 
     fn auto(token_file: PathBuf) -> Auto {
-        Auto { gitlab_variable: GITLAB_VARIABLE.into(), azure_service_connection: None, token_file, audience: None }
+        Auto {
+            gitlab_variable: GITLAB_VARIABLE.into(),
+            azure_service_connection: None,
+            token_file,
+            audience: None,
+            metadata_servers: false,
+            azure_client_id: None,
+            probes: Probes::default(),
+        }
     }
 
     /// (what was found, the kind and `Debug` form of the source used) in order.

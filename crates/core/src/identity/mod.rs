@@ -11,6 +11,7 @@
 //! - [`command`]: a command whose stdout is the token;
 //! - [`oidc`]: a person's login at an OpenID provider (`mayfly login`), kept in memory;
 //! - [`azure`]: Azure Pipelines' job OIDC endpoint;
+//! - [`metadata`]: the GCE/GKE metadata server and Azure's Instance Metadata Service;
 //! - [`auto`]: the first of these the environment offers, in a documented order.
 //!
 //! Each source re-obtains its token on every call; the broker caches the ones that cost
@@ -22,6 +23,7 @@ mod azure;
 mod command;
 mod file;
 mod github;
+mod metadata;
 mod oidc;
 mod variable;
 
@@ -29,18 +31,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use auto::Detected;
-pub(crate) use auto::{Auto, GITLAB_VARIABLE, TOKEN_FILE};
+pub(crate) use auto::{Auto, GITLAB_VARIABLE, Probes, TOKEN_FILE};
 pub(crate) use azure::AzurePipelines;
 pub(crate) use command::Command;
 pub(crate) use file::File;
 pub(crate) use github::GitHubActions;
+pub(crate) use metadata::{AzureImds, GceMetadata};
 pub(crate) use oidc::Oidc;
 pub(crate) use variable::Variable;
 
 use crate::config::IdentityConfig;
 use crate::http::HttpClient;
 use crate::jwt::{Claims, peek_claims};
-use crate::{Env, EnvVars, Secret};
+use crate::{Env, Secret};
 
 /// Why no subject token could be obtained.
 #[derive(Debug, thiserror::Error)]
@@ -177,11 +180,33 @@ impl IdentityConfig {
         Self { name, source, audience }
     }
 
-    /// An identity source the environment offers by itself (a GitHub Actions job's), for
-    /// `mayfly doctor` to show when the config names none.
+    /// The identity source the environment offers by itself, found the way `kind =
+    /// "auto"` finds one with its defaults (GitHub Actions, GitLab CI, CircleCI,
+    /// Buildkite, Bitbucket Pipelines, Azure Pipelines, a Kubernetes token file, then the
+    /// cloud metadata servers): for `mayfly doctor` and `mayfly setup` when the config
+    /// names none. Named after its kind.
     pub fn detect(env: &Env) -> Option<Self> {
-        env.get(EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL)?;
-        let source = Arc::new(GitHubActions { request_url: None });
+        Self::detect_with(env, TOKEN_FILE.into(), true)
+    }
+
+    /// [`IdentityConfig::detect`] with its token file and whether metadata servers are probed.
+    fn detect_with(env: &Env, token_file: std::path::PathBuf, metadata_servers: bool) -> Option<Self> {
+        // A GitHub Actions job without its request token is still offered, so `doctor`
+        // says what it lacks (`permissions: id-token: write`).
+        if env.get(crate::EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL).is_some() {
+            let source = Arc::new(GitHubActions { request_url: None });
+            return Some(Self::new(source.kind().to_owned(), source, None));
+        }
+        let auto = Auto {
+            gitlab_variable: GITLAB_VARIABLE.into(),
+            azure_service_connection: None,
+            token_file,
+            audience: None,
+            metadata_servers,
+            azure_client_id: None,
+            probes: Probes::default(),
+        };
+        let source = auto.found(env, None).into_iter().next()?.source.ok()?;
         Some(Self::new(source.kind().to_owned(), source, None))
     }
 
@@ -266,6 +291,8 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
+    use crate::EnvVars;
+
     fn identity(source: impl Source + 'static) -> IdentityConfig {
         IdentityConfig::new("t".into(), Arc::new(source), Some("aud-1".into()))
     }
@@ -322,6 +349,25 @@ mod tests {
     }
 
     #[test]
+    fn detect_offers_every_ci_auto_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        let detect = |pairs: &[(&str, &str)]| {
+            let env = Env::from_pairs(pairs.iter().copied());
+            IdentityConfig::detect_with(&env, file.clone(), false).map(|s| (s.kind(), format!("{:?}", s.source)))
+        };
+        assert!(detect(&[]).is_none());
+        let github = [(EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL, "u"), (EnvVars::ACTIONS_ID_TOKEN_REQUEST_TOKEN, "t")];
+        assert_eq!(detect(&github).unwrap().0, "github-actions");
+        assert_eq!(detect(&[("GITLAB_CI", "true")]).unwrap(), ("env", r#"Variable { var: "MAYFLY_ID_TOKEN" }"#.into()));
+        assert_eq!(detect(&[("BUILDKITE", "true")]).unwrap().0, "command");
+        assert_eq!(detect(&[("SYSTEM_OIDCREQUESTURI", "https://dev.azure.com/o")]).unwrap().0, "azure-pipelines");
+        assert!(detect(&[("SPIFFE_ENDPOINT_SOCKET", "unix:///s")]).is_none(), "no token from a SPIFFE socket yet");
+        std::fs::write(&file, "tok").unwrap();
+        assert_eq!(detect(&[]).unwrap().0, "file");
+    }
+
+    #[test]
     fn each_source_names_its_kind_and_origin_without_secrets() {
         let env = Env::from_pairs([("PATH", "/usr/bin:/bin")]);
         let shown: Vec<(&str, String, bool)> = [
@@ -374,9 +420,10 @@ mod tests {
 
     #[test]
     fn a_job_offers_its_github_source() {
-        assert!(IdentityConfig::detect(&Env::default()).is_none());
+        let detect = |env: &Env| IdentityConfig::detect_with(env, "/nonexistent/token".into(), false);
+        assert!(detect(&Env::default()).is_none());
         let env = Env::from_pairs([(EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL, "https://t.example/x")]);
-        let found = IdentityConfig::detect(&env).unwrap();
+        let found = detect(&env).unwrap();
         assert_eq!(
             (found.name.as_str(), found.kind(), found.origin(&env)),
             ("github-actions", "github-actions", "t.example".into())
