@@ -302,6 +302,39 @@ fn ci_mode_on_github_actions_hands_git_to_later_steps_and_writes_nothing_into_th
 }
 
 #[test]
+fn ci_mode_on_azure_pipelines_hands_git_over_in_logging_commands_and_names_the_jobs_identity() {
+    let stack = Stack::new();
+    let env: Vec<(String, String)> = stack
+        .env()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("ACTIONS_ID_TOKEN_REQUEST") && k != "GITHUB_ACTIONS")
+        .chain([
+            ("TF_BUILD".to_owned(), "True".to_owned()),
+            ("BUILD_SOURCESDIRECTORY".to_owned(), stack.work.display().to_string()),
+            ("SYSTEM_OIDCREQUESTURI".to_owned(), stack.issuer.azure_request_uri()),
+        ])
+        .collect();
+    let workspace_before = snapshot(&stack.work);
+    let home_before = snapshot(&stack.home);
+    let out = Command::new(bin("mayfly"))
+        .args(["setup", "--ci", "--tools", "git"])
+        .current_dir(&stack.work)
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.lines().any(|l| l == "##vso[task.setvariable variable=GIT_CONFIG_COUNT]3"), "{stdout}");
+    assert!(stdout.lines().all(|l| l.starts_with("##vso[task.")), "only logging commands on stdout: {stdout}");
+    let host = stack.issuer.azure_request_uri();
+    let host = host.trim_start_matches("http://").split('/').next().unwrap().to_owned();
+    assert!(stderr.contains(&format!("mayfly: identity: this job offers azure-pipelines ({host})")), "{stderr}");
+    assert_eq!(snapshot(&stack.work), workspace_before, "nothing written into the workspace");
+    assert_eq!(snapshot(&stack.home), home_before, "nothing written into HOME");
+}
+
+#[test]
 #[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
 fn a_dotfile_linked_into_a_dotfiles_repository_stays_a_link_and_undo_restores_its_target() {
     if !require_tool("git") {

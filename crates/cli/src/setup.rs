@@ -9,8 +9,11 @@
 //!
 //! `--ci` is for a CI job's setup step: on GitHub Actions the git wiring and `PATH` go to
 //! `$GITHUB_ENV` and `$GITHUB_PATH` so later steps inherit them, on CircleCI to
-//! `$BASH_ENV`, elsewhere (GitLab, Buildkite) as `export` lines on stdout for `eval`. It
-//! never writes into the job's workspace, where files end up in artifacts and images.
+//! `$BASH_ENV`, on Azure Pipelines as `##vso[task.setvariable]` and `##vso[task.prependpath]`
+//! logging commands on stdout, elsewhere (GitLab, Buildkite, Bitbucket Pipelines) as
+//! `export` lines on stdout for `eval`. It says which identity source the job offers (found
+//! as `kind = "auto"` finds one). It never writes into the job's workspace, where files end
+//! up in artifacts and images.
 
 mod edits;
 mod guard_hooks;
@@ -64,6 +67,8 @@ enum Handoff {
     ShellFile(PathBuf),
     /// `export` lines on stdout, for `eval "$(mayfly setup --ci)"`.
     Stdout,
+    /// Azure Pipelines' logging commands on stdout, which the agent applies to later steps.
+    AzurePipelines,
 }
 
 /// What a run found to do.
@@ -118,15 +123,24 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("cannot find the mayfly binary")?;
     let bin = exe.parent().context("the mayfly binary has no directory")?.to_owned();
     let handoff = if args.ci { Some(detect_ci(&env)?) } else { None };
-    let workspace = ["GITHUB_WORKSPACE", "CI_PROJECT_DIR", "BUILDKITE_BUILD_CHECKOUT_PATH", "CIRCLE_WORKING_DIRECTORY"]
-        .iter()
-        .find_map(|v| env.path(v))
-        .filter(|_| args.ci);
+    let identity_note = args.ci.then(|| identity_offered(&env));
+    let workspace = [
+        "GITHUB_WORKSPACE",
+        "CI_PROJECT_DIR",
+        "BUILDKITE_BUILD_CHECKOUT_PATH",
+        "CIRCLE_WORKING_DIRECTORY",
+        "BUILD_SOURCESDIRECTORY",
+        "BITBUCKET_CLONE_DIR",
+    ]
+    .iter()
+    .find_map(|v| env.path(v))
+    .filter(|_| args.ci);
     let mut cx = Setup { env: &env, config: &config, home, bin, journal, dry_run: args.dry_run, workspace };
     let wanted = |tool: &str| args.tools.is_empty() || args.tools.iter().any(|t| t == tool);
     let mut plan = Plan::default();
+    plan.notes.extend(identity_note);
     if wanted("git") {
-        if matches!(handoff, Some(Handoff::GitHub { .. } | Handoff::ShellFile(_) | Handoff::Stdout)) {
+        if handoff.is_some() {
             git_through_env(&cx, &mut plan);
         } else {
             wire_git(&mut cx, &mut plan)?;
@@ -179,12 +193,27 @@ fn detect_ci(env: &Env) -> anyhow::Result<Handoff> {
             env.path(mayfly_core::EnvVars::BASH_ENV).context("CircleCI without `BASH_ENV`")?,
         ));
     }
+    if env.get("TF_BUILD").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Ok(Handoff::AzurePipelines);
+    }
     if env.get(mayfly_core::EnvVars::GITLAB_CI) == Some("true")
         || env.get(mayfly_core::EnvVars::BUILDKITE) == Some("true")
+        || env.get("BITBUCKET_BUILD_NUMBER").is_some()
     {
         return Ok(Handoff::Stdout);
     }
-    anyhow::bail!("--ci: no known CI here (GitHub Actions, GitLab CI, Buildkite, CircleCI)")
+    anyhow::bail!(
+        "--ci: no known CI here (GitHub Actions, GitLab CI, Buildkite, CircleCI, Azure Pipelines, Bitbucket Pipelines)"
+    )
+}
+
+/// Which identity source this job offers, found the way `kind = "auto"` finds one: one
+/// line for the report.
+fn identity_offered(env: &Env) -> String {
+    match mayfly_core::IdentityConfig::detect(env) {
+        Some(identity) => format!("identity: this job offers {} ({})", identity.kind(), identity.origin(env)),
+        None => "identity: this job offers none that mayfly recognises; name one in the config".to_owned(),
+    }
 }
 
 impl Setup<'_> {
@@ -555,6 +584,7 @@ fn report(cx: &Setup<'_>, plan: &Plan, handoff: Option<&Handoff>) -> anyhow::Res
         }
         Some(Handoff::ShellFile(file)) => append(file, &exports(&plan.vars, &path))?,
         Some(Handoff::Stdout) => print!("{}", exports(&plan.vars, &path)),
+        Some(Handoff::AzurePipelines) => print!("{}", azure_logging_commands(&plan.vars, &path)),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -570,8 +600,48 @@ fn exports(vars: &[(String, String)], path: &[PathBuf]) -> String {
     out
 }
 
+/// Azure Pipelines logging commands setting `vars` and putting `path` first on PATH for
+/// later steps, their values escaped as the agent reads them.
+fn azure_logging_commands(vars: &[(String, String)], path: &[PathBuf]) -> String {
+    let escape = |v: &str| v.replace('%', "%AZP25").replace('\r', "%0D").replace('\n', "%0A");
+    let property = |v: &str| escape(v).replace(']', "%5D").replace(';', "%3B");
+    let mut out: String =
+        vars.iter().map(|(k, v)| format!("##vso[task.setvariable variable={}]{}\n", property(k), escape(v))).collect();
+    // Each prepended directory goes before the previous one: the first named ends first.
+    for dir in path.iter().rev() {
+        out += &format!("##vso[task.prependpath]{}\n", escape(&dir.display().to_string()));
+    }
+    out
+}
+
 fn append(file: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut handle = std::fs::OpenOptions::new().append(true).create(true).open(file)?;
     handle.write_all(text.as_bytes()).with_context(|| format!("cannot write `{}`", file.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn azure_pipelines_logging_commands_escape_what_the_agent_reads() {
+        let vars = [("GIT_CONFIG_KEY_0".to_owned(), "credential.https://h.example.helper".to_owned())];
+        let path = [PathBuf::from("/opt/mayfly/bin"), PathBuf::from("/opt/mayfly/shims")];
+        assert_eq!(
+            azure_logging_commands(&vars, &path),
+            "##vso[task.setvariable variable=GIT_CONFIG_KEY_0]credential.https://h.example.helper\n\
+             ##vso[task.prependpath]/opt/mayfly/shims\n##vso[task.prependpath]/opt/mayfly/bin\n"
+        );
+        let odd = [("A;B]".to_owned(), "50%\nnext".to_owned())];
+        assert_eq!(azure_logging_commands(&odd, &[]), "##vso[task.setvariable variable=A%3BB%5D]50%AZP25%0Anext\n");
+    }
+
+    #[test]
+    fn ci_mode_knows_azure_pipelines_and_bitbucket() {
+        assert!(matches!(detect_ci(&Env::from_pairs([("TF_BUILD", "True")])), Ok(Handoff::AzurePipelines)));
+        assert!(matches!(detect_ci(&Env::from_pairs([("BITBUCKET_BUILD_NUMBER", "7")])), Ok(Handoff::Stdout)));
+        let err = detect_ci(&Env::default()).err().unwrap().to_string();
+        assert!(err.ends_with("Azure Pipelines, Bitbucket Pipelines)"), "{err}");
+    }
 }
