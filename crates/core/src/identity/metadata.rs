@@ -285,6 +285,39 @@ mod tests {
         assert!(!GceMetadata::probe(&dead) && !AzureImds::probe(&dead));
     }
 
+    /// A loopback server answering each of `answers` (raw HTTP responses) once, in order.
+    fn answering(answers: Vec<&'static str>) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for answer in answers {
+                let (mut stream, _) = listener.accept().unwrap();
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                stream.write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        address
+    }
+
+    #[test]
+    fn probes_recognise_each_server_by_its_own_answer() {
+        let google = "HTTP/1.1 200 OK\r\nMetadata-Flavor: Google\r\nContent-Length: 16\r\nConnection: close\r\n\r\ncomputeMetadata/";
+        let plain = "HTTP/1.1 200 OK\r\nContent-Length: 16\r\nConnection: close\r\n\r\ncomputeMetadata/";
+        let host = answering(vec![google, plain]);
+        let env = Env::from_pairs([(GCE_HOST_VAR, host.as_str())]);
+        assert!(GceMetadata::probe(&env), "Metadata-Flavor: Google");
+        assert!(!GceMetadata::probe(&env), "the same body without the flavor is another server");
+
+        let imds = "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 88\r\nConnection: close\r\n\r\n{\"error\":\"invalid_request\",\"error_description\":\"Required metadata header not specified\"}";
+        let other = "HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\nConnection: close\r\n\r\nnot found";
+        let host = answering(vec![imds, other]);
+        let env = Env::from_pairs([(AZURE_BASE_VAR, format!("http://{host}"))]);
+        assert!(AzureImds::probe(&env), "IMDS's JSON refusal");
+        assert!(!AzureImds::probe(&env), "another server on the address (another cloud's metadata service)");
+    }
+
     #[test]
     fn an_audience_is_needed() {
         let no_http = || -> Result<crate::HttpClient, crate::http::Error> { panic!("no network expected") };
