@@ -85,6 +85,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let mut command = Command::new(&args.command[0]);
     command.args(&args.command[1..]).env(EnvVars::MAYFLY_SESSION, &session);
     // Kept until the command ends: the proxy serves it.
+    // The sandbox's syscall filter, read by bubblewrap as it starts.
+    let mut filter = None;
     let _proxy = if args.proxy {
         // What a sandbox sees of the session's directory: this one directory, not the
         // cache a fallback keeps beside it.
@@ -119,7 +121,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
             let (hidden_dirs, hidden_files) = sandbox::hidden(&env, broker.config());
             let workdir = std::env::current_dir().context("cannot read the working directory")?;
             let layout = sandbox::Layout { hidden_dirs, hidden_files, share, socket, workdir };
-            let mut sandboxed = sandbox::command(bwrap, &layout, running.port, &args.command)?;
+            let fd = sandbox::filter_fd()?;
+            let mut sandboxed = sandbox::command(bwrap, &layout, running.port, &args.command, &fd)?;
+            filter = Some(fd);
             for (name, value) in command.get_envs() {
                 match value {
                     Some(value) => sandboxed.env(name, value),
@@ -160,6 +164,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
             anyhow::bail!("cannot run `{name}`: {e}");
         }
     };
+    drop(filter);
     let child_process = Process { pid: child.id(), argv: argv.clone() };
     let audit = AuditLog::from_env(&env);
     let started = vec![child_process.clone(), me.clone()];

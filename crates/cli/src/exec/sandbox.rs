@@ -4,9 +4,11 @@
 //! Without it, a process of the same user can read everything mayfly keeps (the cache
 //! key in the user keyring or `/dev/shm`, the cache, the config, identity token files,
 //! `/proc` of mayfly's processes) and connect wherever it likes. The sandbox takes each
-//! away: a user namespace of its own (the kernel refuses it the user's keys), a PID
-//! namespace with a fresh `/proc` (mayfly's processes are not in it), an IPC namespace,
-//! and a network namespace with only a loopback interface. The root file system is
+//! away: a user namespace of its own, a seccomp filter that refuses the kernel keyring's
+//! system calls (a user namespace alone does not: the key keeps its owner's uid, and a
+//! process that reads its serial number in `/proc/keys` can read it), a PID namespace
+//! with a fresh `/proc` (mayfly's processes are not in it), an IPC namespace, and a
+//! network namespace with only a loopback interface. The root file system is
 //! read-only; mayfly's directories, `$XDG_RUNTIME_DIR`, `/dev/shm` and identity token
 //! files are covered by empty ones; `/tmp` is a fresh one; the working directory is
 //! writable. The proxy is reached through a Unix socket bound into the sandbox:
@@ -17,6 +19,7 @@
 use std::ffi::OsString;
 use std::io::Write;
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -37,6 +40,68 @@ const NAMESPACES: [&str; 9] = [
     "--cap-drop",
     "ALL",
 ];
+
+/// The system calls of the kernel keyring (`add_key`, `request_key`, `keyctl`), by the
+/// architecture the kernel names in `seccomp_data.arch`: the build's own and the 32-bit
+/// one its kernel also runs. On x86_64 the x32 bit is masked, so x32's calls are caught too.
+#[cfg(target_arch = "x86_64")]
+const KEY_CALLS: [(u32, u32, [u32; 3]); 2] =
+    [(0xc000_003e, 0xbfff_ffff, [248, 249, 250]), (0x4000_0003, 0xffff_ffff, [286, 287, 288])];
+#[cfg(target_arch = "aarch64")]
+const KEY_CALLS: [(u32, u32, [u32; 3]); 2] =
+    [(0xc000_00b7, 0xffff_ffff, [217, 218, 219]), (0x4000_0028, 0xffff_ffff, [309, 310, 311])];
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const KEY_CALLS: [(u32, u32, [u32; 3]); 0] = [];
+
+/// A classic BPF seccomp program: the keyring's calls fail with `EPERM`, every other call
+/// of a known architecture is allowed, and a process of an unknown architecture gets
+/// `EPERM` for everything. `None` on a build for another architecture.
+fn key_filter() -> Option<Vec<u8>> {
+    const LD_W_ABS: u16 = 0x20;
+    const AND_K: u16 = 0x54;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    const ALLOW: u32 = 0x7fff_0000;
+    const EPERM: u32 = 0x0005_0001;
+    const NR: u32 = 0;
+    const ARCH: u32 = 4;
+    if KEY_CALLS.is_empty() {
+        return None;
+    }
+    let block = 5 + KEY_CALLS[0].2.len();
+    let deny = block * KEY_CALLS.len();
+    let mut program: Vec<(u16, u8, u8, u32)> = Vec::new();
+    for (arch, mask, calls) in KEY_CALLS {
+        let next = u8::try_from(block - 2).ok()?;
+        program.extend([(LD_W_ABS, 0, 0, ARCH), (JEQ_K, 0, next, arch), (LD_W_ABS, 0, 0, NR), (AND_K, 0, 0, mask)]);
+        for call in calls {
+            let to_deny = u8::try_from(deny - program.len() - 1).ok()?;
+            program.push((JEQ_K, to_deny, 0, call));
+        }
+        program.push((RET_K, 0, 0, ALLOW));
+    }
+    program.push((RET_K, 0, 0, EPERM));
+    let mut bytes = Vec::with_capacity(program.len() * 8);
+    for (code, jt, jf, k) in program {
+        bytes.extend(code.to_ne_bytes());
+        bytes.extend([jt, jf]);
+        bytes.extend(k.to_ne_bytes());
+    }
+    Some(bytes)
+}
+
+/// The filter on a pipe bubblewrap reads (`--seccomp FD`), open across `exec`; kept by the
+/// caller until the sandbox has started.
+pub(crate) fn filter_fd() -> anyhow::Result<std::io::PipeReader> {
+    let program =
+        key_filter().context("--isolate has no keyring filter for this architecture; the command was not run")?;
+    let (reader, mut writer) = std::io::pipe().context("cannot make a pipe for the sandbox's filter")?;
+    writer.write_all(&program).context("cannot write the sandbox's filter")?;
+    drop(writer);
+    nix::fcntl::fcntl(&reader, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
+        .context("cannot pass the sandbox's filter")?;
+    Ok(reader)
+}
 
 /// What the sandbox hides and shares.
 pub(crate) struct Layout {
@@ -66,8 +131,11 @@ pub(crate) fn bwrap(path: Option<&str>) -> anyhow::Result<PathBuf> {
         );
     };
     let exe = std::env::current_exe().context("cannot find the mayfly binary")?;
+    let filter = filter_fd()?;
     let probe = Command::new(&bwrap)
         .args(NAMESPACES)
+        .arg("--seccomp")
+        .arg(filter.as_raw_fd().to_string())
         .args(["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--"])
         .arg(&exe)
         .arg("--version")
@@ -75,6 +143,7 @@ pub(crate) fn bwrap(path: Option<&str>) -> anyhow::Result<PathBuf> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output();
+    drop(filter);
     match probe {
         Ok(out) if out.status.success() => Ok(bwrap),
         Ok(out) => {
@@ -89,11 +158,18 @@ pub(crate) fn bwrap(path: Option<&str>) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// The `bwrap` command that runs `command` in the sandbox, behind the relay on `port`.
-pub(crate) fn command(bwrap: &Path, layout: &Layout, port: u16, command: &[OsString]) -> anyhow::Result<Command> {
+/// The `bwrap` command that runs `command` in the sandbox, behind the relay on `port`,
+/// with the filter `filter` (from [`filter_fd`]) read at its start.
+pub(crate) fn command(
+    bwrap: &Path,
+    layout: &Layout,
+    port: u16,
+    command: &[OsString],
+    filter: &std::io::PipeReader,
+) -> anyhow::Result<Command> {
     let exe = std::env::current_exe().context("cannot find the mayfly binary")?;
     let mut bw = Command::new(bwrap);
-    bw.args(NAMESPACES).arg("--new-session");
+    bw.args(NAMESPACES).arg("--new-session").arg("--seccomp").arg(filter.as_raw_fd().to_string());
     bw.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
     // Before the hidden paths, so that a working directory holding one (a home
     // directory) still has it covered.
@@ -227,6 +303,22 @@ mod tests {
         let error = bwrap(Some(&empty.path().display().to_string())).unwrap_err().to_string();
         assert!(error.starts_with("--isolate needs bubblewrap (`bwrap`"), "{error}");
         assert!(error.ends_with("the command was not run") && !error.contains('\n'), "{error}");
+    }
+
+    #[test]
+    fn the_keyring_filter_jumps_only_within_the_program() {
+        let program = key_filter().expect("a filter for this architecture");
+        assert_eq!(program.len() % 8, 0);
+        let count = program.len() / 8;
+        for (i, insn) in program.chunks(8).enumerate() {
+            let code = u16::from_ne_bytes([insn[0], insn[1]]);
+            if code == 0x15 {
+                assert!(i + 1 + usize::from(insn[2].max(insn[3])) < count, "instruction {i} jumps out");
+            }
+        }
+        // Ends by refusing: the deny target, and what an unknown architecture gets.
+        let last = &program[program.len() - 8..];
+        assert_eq!(u32::from_ne_bytes([last[4], last[5], last[6], last[7]]), 0x0005_0001);
     }
 
     #[test]
