@@ -180,7 +180,8 @@ pub(crate) fn command(
     for file in &layout.hidden_files {
         bw.args(["--ro-bind", "/dev/null"]).arg(file);
     }
-    bw.arg("--ro-bind").arg(&layout.share).arg(&layout.share);
+    let share = std::fs::canonicalize(&layout.share).unwrap_or_else(|_| layout.share.clone());
+    bw.arg("--ro-bind").arg(&share).arg(&share);
     bw.arg("--chdir").arg(&layout.workdir);
     bw.arg("--").arg(exe).arg("sandbox-relay").arg("--socket").arg(&layout.socket);
     bw.arg("--port").arg(port.to_string()).arg("--").args(command);
@@ -189,17 +190,29 @@ pub(crate) fn command(
     Ok(bw)
 }
 
+/// Daemons' sockets that would let a process leave any sandbox (a container engine runs
+/// what it is asked to, outside): covered where they exist.
+const DAEMON_SOCKETS: [&str; 3] = ["/run/docker.sock", "/run/podman/podman.sock", "/run/containerd/containerd.sock"];
+
 /// What a session hides from its sandboxed command: mayfly's directories and files (the
 /// config, the cache and its key, the audit log), the memory-backed directories keys
-/// live in, and the identity sources' token files. Only paths that exist: the rest are
-/// not there to read (the audit log's directory is made first, so that it cannot appear
-/// uncovered later).
+/// live in, every user's runtime directory, container engines' sockets, and the identity
+/// sources' token files. Paths are resolved (a link to a hidden file is hidden with it);
+/// only paths that exist are covered: the rest are not there to read (the audit log's
+/// directory is made first, so that it cannot appear uncovered later). A token file that
+/// is itself a link (Kubernetes' projected tokens, rotated by turning a link) has its
+/// directory covered, so that the next token is too.
 pub(crate) fn hidden(env: &mayfly_core::Env, config: &mayfly_core::Config) -> (Vec<PathBuf>, Vec<PathBuf>) {
     use mayfly_core::EnvVars;
     let audit = mayfly_core::AuditLog::from_env(env);
     if let Some(dir) = audit.path().and_then(Path::parent) {
         let _ = mayfly_core::files::create_private_dir(dir);
     }
+    let (linked, plain): (Vec<PathBuf>, Vec<PathBuf>) = config
+        .identities
+        .values()
+        .flat_map(mayfly_core::IdentityConfig::files)
+        .partition(|f| f.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()));
     let dirs = [
         env.config_dir(),
         env.cache_dir(),
@@ -208,12 +221,20 @@ pub(crate) fn hidden(env: &mayfly_core::Env, config: &mayfly_core::Config) -> (V
         env.path(EnvVars::MAYFLY_RUNTIME_DIR),
         env.path(EnvVars::XDG_RUNTIME_DIR),
         Some(PathBuf::from("/dev/shm")),
+        Some(PathBuf::from("/run/user")),
         audit.path().and_then(Path::parent).map(Path::to_path_buf),
-    ];
+    ]
+    .into_iter()
+    .flatten()
+    .chain(linked.iter().filter_map(|f| f.parent().map(Path::to_path_buf)));
     // A path inside a directory already covered needs nothing more.
-    let mut hidden_dirs: Vec<PathBuf> = Vec::new();
-    let mut candidates: Vec<PathBuf> = dirs.into_iter().flatten().filter(|d| d.is_absolute() && d.is_dir()).collect();
+    let mut candidates: Vec<PathBuf> = dirs
+        .filter(|d| d.is_absolute())
+        .filter_map(|d| std::fs::canonicalize(d).ok())
+        .filter(|d| d.is_dir() && d != Path::new("/"))
+        .collect();
     candidates.sort_by_key(|d| d.components().count());
+    let mut hidden_dirs: Vec<PathBuf> = Vec::new();
     for dir in candidates {
         if !hidden_dirs.iter().any(|h| dir.starts_with(h)) {
             hidden_dirs.push(dir);
@@ -222,10 +243,11 @@ pub(crate) fn hidden(env: &mayfly_core::Env, config: &mayfly_core::Config) -> (V
     let files = [mayfly_core::Config::default_path(env), audit.path().map(Path::to_path_buf)]
         .into_iter()
         .flatten()
-        .chain(config.identities.values().flat_map(mayfly_core::IdentityConfig::files));
+        .chain(plain)
+        .chain(DAEMON_SOCKETS.iter().map(PathBuf::from));
     let mut hidden_files: Vec<PathBuf> = Vec::new();
-    for file in files.filter(|f| f.is_absolute() && f.is_file()) {
-        if !hidden_files.contains(&file) && !hidden_dirs.iter().any(|h| file.starts_with(h)) {
+    for file in files.filter(|f| f.is_absolute()).filter_map(|f| std::fs::canonicalize(f).ok()) {
+        if !file.is_dir() && !hidden_files.contains(&file) && !hidden_dirs.iter().any(|h| file.starts_with(h)) {
             hidden_files.push(file);
         }
     }
@@ -329,15 +351,27 @@ mod tests {
         std::fs::write(config.join("config.toml"), "").unwrap();
         let token = home.path().join("id-token");
         std::fs::write(&token, "x").unwrap();
+        // A projected token: a link, rotated by turning it; its directory is covered.
+        let projected = home.path().join("projected");
+        std::fs::create_dir_all(projected.join("..data")).unwrap();
+        std::fs::write(projected.join("..data/token"), "x").unwrap();
+        std::os::unix::fs::symlink("..data/token", projected.join("token")).unwrap();
         let env = mayfly_core::Env::from_pairs([("HOME", home.path().display().to_string())]);
-        let toml = format!("[identities.k8s]\nkind = \"file\"\npath = \"{}\"\n", token.display());
+        let toml = format!(
+            "[identities.k8s]\nkind = \"file\"\npath = \"{}\"\n\n[identities.pod]\nkind = \"file\"\npath = \"{}\"\n",
+            token.display(),
+            projected.join("token").display()
+        );
         let parsed = mayfly_core::Config::parse(&toml, &config.join("config.toml")).unwrap();
         let (dirs, files) = hidden(&env, &parsed);
-        assert!(dirs.contains(&config), "{dirs:?}");
-        assert!(dirs.contains(&home.path().join(".local/state/mayfly")), "the audit log's directory: {dirs:?}");
-        assert!(!dirs.contains(&home.path().join(".cache/mayfly")), "not there, nothing to hide: {dirs:?}");
+        let home = std::fs::canonicalize(home.path()).unwrap();
+        assert!(dirs.contains(&home.join(".config/mayfly")), "{dirs:?}");
+        assert!(dirs.contains(&home.join(".local/state/mayfly")), "the audit log's directory: {dirs:?}");
+        assert!(!dirs.contains(&home.join(".cache/mayfly")), "not there, nothing to hide: {dirs:?}");
         assert!(dirs.contains(&PathBuf::from("/dev/shm")), "{dirs:?}");
+        assert!(dirs.contains(&home.join("projected")), "{dirs:?}");
         // The config file is in a covered directory; the token file is not.
-        assert_eq!(files, vec![token]);
+        assert!(files.contains(&home.join("id-token")), "{files:?}");
+        assert!(!files.iter().any(|f| f.starts_with(home.join(".config"))), "{files:?}");
     }
 }
