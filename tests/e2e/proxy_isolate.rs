@@ -162,3 +162,33 @@ fn isolate_without_bwrap_on_path_refuses_and_runs_nothing() {
     assert!(lines[0].contains("--isolate needs bubblewrap (`bwrap`"), "{}", lines[0]);
     assert!(!stack.work.join("ran").exists(), "the command ran unisolated");
 }
+
+#[test]
+fn isolate_where_bwrap_cannot_make_the_sandbox_refuses_and_runs_nothing() {
+    let stack = Stack::builder().start();
+    // A `bwrap` that fails as it does where user namespaces are off.
+    let dir = stack.dir.path().join("failing-bwrap");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = dir.join("bwrap");
+    std::fs::write(&fake, "#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = Command::new(bin("mayfly"))
+        .args(["exec", "--proxy", "--isolate", "--", "/bin/sh", "-c", "touch ran"])
+        .current_dir(&stack.work)
+        .env_clear()
+        .envs(stack.env())
+        .env("PATH", format!("{}:/usr/bin:/bin", dir.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let lines = mayfly_tests::mayfly_lines(&out.stderr);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains(
+            "bubblewrap cannot make a sandbox on this machine (bwrap: No permissions to create new namespace)"
+        ),
+        "{}",
+        lines[0]
+    );
+    assert!(!stack.work.join("ran").exists(), "the command ran unisolated");
+}
