@@ -118,7 +118,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
             command.env("npm_config_userconfig", &path).env_remove("NPM_CONFIG_USERCONFIG");
         }
         if let (Some(bwrap), Some(socket)) = (&bwrap, socket) {
-            let (hidden_dirs, hidden_files) = sandbox::hidden(&env, broker.config());
+            let (hidden_dirs, hidden_files) = sandbox::hidden(&env, broker.config(), runtime.path());
             let workdir = std::env::current_dir().context("cannot read the working directory")?;
             let layout = sandbox::Layout { hidden_dirs, hidden_files, share, socket, workdir };
             let fd = sandbox::filter_fd()?;

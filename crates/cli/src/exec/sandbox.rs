@@ -201,8 +201,13 @@ const DAEMON_SOCKETS: [&str; 3] = ["/run/docker.sock", "/run/podman/podman.sock"
 /// only paths that exist are covered: the rest are not there to read (the audit log's
 /// directory is made first, so that it cannot appear uncovered later). A token file that
 /// is itself a link (Kubernetes' projected tokens, rotated by turning a link) has its
-/// directory covered, so that the next token is too.
-pub(crate) fn hidden(env: &mayfly_core::Env, config: &mayfly_core::Config) -> (Vec<PathBuf>, Vec<PathBuf>) {
+/// directory covered, so that the next token is too. The session's own directory is
+/// covered too (it may hold the session's cache), its `share` bound back on top.
+pub(crate) fn hidden(
+    env: &mayfly_core::Env,
+    config: &mayfly_core::Config,
+    session_dir: &Path,
+) -> (Vec<PathBuf>, Vec<PathBuf>) {
     use mayfly_core::EnvVars;
     let audit = mayfly_core::AuditLog::from_env(env);
     if let Some(dir) = audit.path().and_then(Path::parent) {
@@ -222,6 +227,7 @@ pub(crate) fn hidden(env: &mayfly_core::Env, config: &mayfly_core::Config) -> (V
         env.path(EnvVars::XDG_RUNTIME_DIR),
         Some(PathBuf::from("/dev/shm")),
         Some(PathBuf::from("/run/user")),
+        Some(session_dir.to_path_buf()),
         audit.path().and_then(Path::parent).map(Path::to_path_buf),
     ]
     .into_iter()
@@ -363,7 +369,9 @@ mod tests {
             projected.join("token").display()
         );
         let parsed = mayfly_core::Config::parse(&toml, &config.join("config.toml")).unwrap();
-        let (dirs, files) = hidden(&env, &parsed);
+        let session = tempfile::tempdir().unwrap();
+        let (dirs, files) = hidden(&env, &parsed, session.path());
+        assert!(dirs.iter().any(|d| session.path().starts_with(d)), "{dirs:?}");
         let home = std::fs::canonicalize(home.path()).unwrap();
         assert!(dirs.contains(&home.join(".config/mayfly")), "{dirs:?}");
         assert!(dirs.contains(&home.join(".local/state/mayfly")), "the audit log's directory: {dirs:?}");
