@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 const ON_PATH: &[&str] = &[
     "aws",
     "bao",
+    "bwrap",
     "cargo-cyclonedx",
     "chromium",
     "docker",

@@ -36,6 +36,7 @@ mod oidc_login;
 mod proxy;
 mod proxy_cargo;
 mod proxy_hostile;
+mod proxy_isolate;
 mod proxy_npm;
 mod proxy_pypi;
 mod registries;

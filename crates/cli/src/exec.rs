@@ -8,7 +8,10 @@
 
 mod output;
 mod proxy;
+mod sandbox;
 pub(crate) mod wiring;
+
+pub(crate) use sandbox::{RelayArgs, relay};
 
 use std::ffi::OsString;
 use std::os::unix::fs::DirBuilderExt;
@@ -50,6 +53,11 @@ pub(crate) struct Args {
     /// them through untouched
     #[arg(long, requires = "proxy")]
     deny_unrouted: bool,
+    /// With --proxy: run the command in a bubblewrap sandbox where mayfly's keys, cache,
+    /// config, identity files and processes are out of reach and the proxy is the only
+    /// way out (needs `bwrap`; refused where it cannot make the sandbox)
+    #[arg(long, requires = "proxy")]
+    isolate: bool,
     /// The command and its arguments
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -62,6 +70,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         None => random_session()?,
     };
     let agent = args.agent.as_deref().map(|name| check_name("--agent", name)).transpose()?;
+    // Checked before anything starts: never run the command unisolated.
+    let bwrap = if args.isolate { Some(sandbox::bwrap(env.get(EnvVars::PATH))?) } else { None };
     let runtime = private_runtime_dir(&env)?;
     let (env, cache_vars) = usable_cache(env, runtime.path())?;
     // The session's own lines (its end's revocations too) name its agent.
@@ -75,7 +85,14 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let mut command = Command::new(&args.command[0]);
     command.args(&args.command[1..]).env(EnvVars::MAYFLY_SESSION, &session);
     // Kept until the command ends: the proxy serves it.
+    // The sandbox's syscall filter, read by bubblewrap as it starts.
+    let mut filter = None;
     let _proxy = if args.proxy {
+        // What a sandbox sees of the session's directory: this one directory, not the
+        // cache a fallback keeps beside it.
+        let share = if bwrap.is_some() { runtime.path().join("share") } else { runtime.path().to_owned() };
+        mayfly_core::files::create_private_dir(&share).context("cannot create the session's directory")?;
+        let socket = bwrap.as_ref().map(|_| share.join("proxy.sock"));
         // The proxy's broker files every token under this session, so its end revokes them.
         let settings = proxy::Settings {
             broker: Broker::new(env.with(&[(EnvVars::MAYFLY_SESSION, session.as_str())]), broker.config().clone()),
@@ -83,21 +100,37 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
             agent: agent.clone(),
             deny_unrouted: args.deny_unrouted,
             chain: vec![me.clone()],
+            socket: socket.clone(),
         };
         if let Some(why) = proxy::bypasses(&args.command[0]) {
             mayfly_core::protocol::warn(&why);
         }
         let running = proxy::start(settings)?;
-        let bundle = runtime.path().join("ca-bundle.pem");
+        let bundle = share.join("ca-bundle.pem");
         write_private(&bundle, &proxy::ca_bundle(&running.ca_pem))?;
         command.envs(proxy::vars(&running.url, &bundle, broker.config())).env(EnvVars::MAYFLY_PROXY_SESSION, &session);
         for name in proxy::identity_vars(broker.config()) {
             command.env_remove(name);
         }
         if let Some(npmrc) = proxy::npm_userconfig(broker.config(), &env) {
-            let path = runtime.path().join("npmrc");
+            let path = share.join("npmrc");
             write_private(&path, &npmrc)?;
             command.env("npm_config_userconfig", &path).env_remove("NPM_CONFIG_USERCONFIG");
+        }
+        if let (Some(bwrap), Some(socket)) = (&bwrap, socket) {
+            let (hidden_dirs, hidden_files) = sandbox::hidden(&env, broker.config(), runtime.path());
+            let workdir = std::env::current_dir().context("cannot read the working directory")?;
+            let layout = sandbox::Layout { hidden_dirs, hidden_files, share, socket, workdir };
+            let fd = sandbox::filter_fd()?;
+            let mut sandboxed = sandbox::command(bwrap, &layout, running.port, &args.command, &fd)?;
+            filter = Some(fd);
+            for (name, value) in command.get_envs() {
+                match value {
+                    Some(value) => sandboxed.env(name, value),
+                    None => sandboxed.env_remove(name),
+                };
+            }
+            command = sandboxed;
         }
         Some(running)
     } else {
@@ -131,6 +164,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
             anyhow::bail!("cannot run `{name}`: {e}");
         }
     };
+    drop(filter);
     let child_process = Process { pid: child.id(), argv: argv.clone() };
     let audit = AuditLog::from_env(&env);
     let started = vec![child_process.clone(), me.clone()];

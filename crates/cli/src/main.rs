@@ -55,6 +55,10 @@ enum Command {
     /// Print shell completions or man pages
     #[command(subcommand)]
     Generate(generate::Generate),
+    /// Inside `mayfly exec --isolate`'s sandbox: relay the proxy URL's port to the
+    /// proxy's socket and run the command
+    #[command(hide = true)]
+    SandboxRelay(exec::RelayArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,6 +77,7 @@ fn main() -> std::process::ExitCode {
         Command::Deny(args) => approve::run(&args, false),
         Command::Explain(args) => explain::run(&args),
         Command::Generate(what) => generate::run(&what, Cli::command()),
+        Command::SandboxRelay(args) => exec::relay(&args),
     };
     match result {
         Ok(code) => code,

@@ -236,6 +236,10 @@ impl Source for Auto {
         vars
     }
 
+    fn files(&self) -> Vec<PathBuf> {
+        vec![self.token_file.clone()]
+    }
+
     fn origin(&self, env: &Env) -> String {
         match self.chosen(env, self.audience.as_deref()) {
             Some(Found { source: Ok(source), .. }) => format!("{} {}", source.kind(), source.origin(env)),

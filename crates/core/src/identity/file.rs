@@ -38,6 +38,10 @@ impl Source for File {
         self.path.display().to_string()
     }
 
+    fn files(&self) -> Vec<PathBuf> {
+        vec![self.path.clone()]
+    }
+
     fn look(&self, _env: &Env) -> Presence {
         match self.read() {
             Ok(text) => Presence::Token(Secret::new(text.trim())),

@@ -138,6 +138,12 @@ pub(crate) trait Source: std::fmt::Debug + Send + Sync {
         Vec::new()
     }
 
+    /// The files that hold its token: hidden from a command that must not mint for
+    /// itself (`mayfly exec --proxy --isolate`).
+    fn files(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
+
     /// True when its answer is worth caching: it cost a round trip or a run.
     fn cacheable(&self) -> bool {
         false
@@ -224,6 +230,11 @@ impl IdentityConfig {
     /// The environment variables that carry its token or the means to get one.
     pub fn variables(&self) -> Vec<String> {
         self.source.variables()
+    }
+
+    /// The files that hold its token.
+    pub fn files(&self) -> Vec<std::path::PathBuf> {
+        self.source.files()
     }
 
     /// What it can tell about itself here without a request or a run.

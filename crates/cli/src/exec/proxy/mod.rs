@@ -49,12 +49,17 @@ pub(crate) struct Settings {
     pub deny_unrouted: bool,
     /// The process chain audit lines and exchanges name (`mayfly exec` itself).
     pub chain: Vec<Process>,
+    /// A Unix socket the proxy also listens on (for a sandbox with no network of its
+    /// own, `--isolate`).
+    pub socket: Option<std::path::PathBuf>,
 }
 
 /// A running proxy; it stops when dropped.
 pub(crate) struct Running {
     /// `http://mayfly:SECRET@127.0.0.1:PORT`.
     pub url: String,
+    /// The URL's loopback port.
+    pub port: u16,
     /// The session CA's certificate (PEM).
     pub ca_pem: String,
     /// The URL's secret, and the `Proxy-Authorization` value that carries it: what
@@ -108,28 +113,59 @@ pub(crate) fn start(settings: Settings) -> anyhow::Result<Running> {
         ca,
         upstream: Mutex::new(HashMap::new()),
     });
-    let listener = {
-        let _guard = runtime.enter();
-        tokio::net::TcpListener::from_std(listener).context("cannot listen on the proxy's port")?
+    let unix = match &state.settings.socket {
+        Some(path) => {
+            let unix = std::os::unix::net::UnixListener::bind(path)
+                .with_context(|| format!("cannot listen on `{}`", path.display()))?;
+            unix.set_nonblocking(true).context("cannot set up the proxy's socket")?;
+            Some(unix)
+        }
+        None => None,
     };
-    runtime.spawn(accept(listener, state));
-    Ok(Running { url: format!("http://mayfly:{secret}@127.0.0.1:{port}"), ca_pem, secrets, runtime: Some(runtime) })
+    {
+        let _guard = runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(listener).context("cannot listen on the proxy's port")?;
+        runtime.spawn(accept(listener, state.clone()));
+        if let Some(unix) = unix {
+            let unix = tokio::net::UnixListener::from_std(unix).context("cannot listen on the proxy's socket")?;
+            runtime.spawn(accept_unix(unix, state));
+        }
+    }
+    Ok(Running {
+        url: format!("http://mayfly:{secret}@127.0.0.1:{port}"),
+        port,
+        ca_pem,
+        secrets,
+        runtime: Some(runtime),
+    })
 }
 
 async fn accept(listener: tokio::net::TcpListener, state: Arc<State>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let (stream, ambiguous) = Guarded::new(stream);
-            let service = hyper::service::service_fn(move |req| outer(req, state.clone(), ambiguous.clone()));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .preserve_header_case(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await;
-        });
+        tokio::spawn(serve(stream, state.clone()));
     }
+}
+
+async fn accept_unix(listener: tokio::net::UnixListener, state: Arc<State>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        tokio::spawn(serve(stream, state.clone()));
+    }
+}
+
+/// One client connection, on the port or the socket.
+async fn serve<S>(stream: S, state: Arc<State>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (stream, ambiguous) = Guarded::new(stream);
+    let service = hyper::service::service_fn(move |req| outer(req, state.clone(), ambiguous.clone()));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
 }
 
 fn text(status: StatusCode, line: &str) -> Response<Body> {
