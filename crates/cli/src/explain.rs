@@ -112,7 +112,7 @@ fn parse_target(tool: Tool, text: &str, operation: Operation) -> anyhow::Result<
         Tool::Oci if !protocol.is_empty() && path.is_some() => {
             (None, Some("the path is ignored: a registry URL names only the registry".into()))
         }
-        Tool::Cargo | Tool::Npm | Tool::Pypi if operation == Operation::Read && path.is_some() => {
+        Tool::Cargo | Tool::Npm | Tool::Pypi | Tool::Gem if operation == Operation::Read && path.is_some() => {
             (None, Some("the package is ignored: reads are registry-wide".into()))
         }
         _ => (path, None),
