@@ -22,9 +22,9 @@ use crate::status::{rfc3339, span, table};
     mayfly explain oci registry.example.com/team/app\n  mayfly explain aws deploy --exchange")]
 pub(crate) struct Args {
     /// The tool whose request to explain
-    #[arg(value_parser = ["git", "kubectl", "terraform", "cargo", "oci", "npm", "pypi", "aws", "http"])]
+    #[arg(value_parser = ["git", "kubectl", "terraform", "cargo", "oci", "npm", "pypi", "gem", "aws", "http"])]
     tool: String,
-    /// `https://HOST/PATH` (git: the repository; cargo, npm, pypi: the package), `HOST/REPO` for
+    /// `https://HOST/PATH` (git: the repository; cargo, npm, pypi: the package; gem: the gem), `HOST/REPO` for
     /// oci, the route name for aws
     target: String,
     /// The operation to ask for
