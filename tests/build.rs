@@ -17,6 +17,7 @@ const ON_PATH: &[&str] = &[
     "docker",
     "docker-registry",
     "dpkg-deb",
+    "gem",
     "git",
     "keyctl",
     "kubectl",

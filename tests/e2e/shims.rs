@@ -1,11 +1,12 @@
 //! The shims for hookless tools: the real twine, run inside `mayfly exec`, uploads through
 //! PyPI's trusted publishing exchange with a token that exists only in twine's environment,
-//! burnt when the session ends; and through a PEP 807 index's discovered exchange.
+//! burnt when the session ends; and through a PEP 807 index's discovered exchange. The
+//! real `gem push` publishes through RubyGems trusted publishing the same way.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use mayfly_devstack::Pypi;
+use mayfly_devstack::{Pypi, RubygemsOrg};
 use mayfly_tests::{Stack, bin, require_tool};
 
 /// A PyPI where `org/app` publishes `mayfly-py`, and a route to it.
@@ -297,4 +298,208 @@ fn explain_names_the_pypi_kinds_and_whether_they_burn() {
     let text = explain(&stack, &format!("{}/mayfly-py", pypi.base_url));
     assert!(text.contains("(pep807, ") && text.contains("cannot revoke"), "{text}");
     assert_eq!(pypi.minted(), 0, "explain alone asks nothing");
+}
+
+/// A RubyGems.org where `org/app` publishes `mayfly-gem`, and a `gem` route to it.
+fn rubygems(stack: &Stack) -> RubygemsOrg {
+    let gems = RubygemsOrg::start(stack.runtime(), &stack.ca, &stack.issuer, &[("org/app", "mayfly-gem")]).unwrap();
+    stack.write_config(&format!(
+        "[exchanges.rubygems]\nkind = \"rubygems\"\ntoken_endpoint = \"{}\"\nca_file = \"{}\"\n\n{}\n[[routes]]\ntool = \"gem\"\nhost = \"{}\"\nidentity = \"ci\"\nexchange = \"rubygems\"\n",
+        gems.exchange_url(),
+        stack.ca.ca_cert.display(),
+        stack.default_routes(),
+        gems.host(),
+    ));
+    gems
+}
+
+/// `gem build` of a gem with nothing in it: `NAME-VERSION.gem` in the work directory.
+fn built_gem(stack: &Stack, name: &str, version: &str) -> PathBuf {
+    built_gem_with(stack, name, version, "")
+}
+
+/// `gem build` of a gem with nothing in it and these lines in its specification.
+fn built_gem_with(stack: &Stack, name: &str, version: &str, extra: &str) -> PathBuf {
+    let dir = stack.work.join(format!("gem-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = format!(
+        "Gem::Specification.new do |s|\n  s.name = \"{name}\"\n  s.version = \"{version}\"\n  s.summary = \"test\"\n  s.authors = [\"mayfly\"]\n  s.files = []\n{extra}end\n"
+    );
+    std::fs::write(dir.join(format!("{name}.gemspec")), spec).unwrap();
+    let out = Command::new("gem")
+        .args(["build", &format!("{name}.gemspec")])
+        .current_dir(&dir)
+        .env_clear()
+        .envs(stack.env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dir.join(format!("{name}-{version}.gem"))
+}
+
+/// `mayfly exec -- gem push FILE` with `extra` arguments, trusting the stack's CA.
+fn gem_push(stack: &Stack, file: &Path, session: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(bin("mayfly"))
+        .args(["exec", "--session", session, "--", "gem", "push"])
+        .arg(file)
+        .args(extra)
+        .current_dir(&stack.work)
+        .env_clear()
+        .envs(stack.env())
+        .env("SSL_CERT_FILE", &stack.ca.ca_cert)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap()
+}
+
+/// Every file under `dir` whose bytes hold `needle`.
+fn files_holding(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() && !path.is_symlink() {
+            found.extend(files_holding(&path, needle));
+        } else if std::fs::read(&path).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes())) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[test]
+#[cfg_attr(missing = "gem", ignore = "needs gem, which is not installed")]
+fn gem_push_publishes_through_the_shim_with_a_rubygems_trusted_publishing_key() {
+    if !require_tool("gem") {
+        return;
+    }
+    let stack = Stack::new();
+    let gems = rubygems(&stack);
+    let file = built_gem(&stack, "mayfly-gem", "0.1.0");
+    let out = gem_push(&stack, &file, "gem-1", &["--host", &gems.base_url], &[]);
+    let all = all_output(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("Successfully registered gem: mayfly-gem (0.1.0)"), "{all}");
+    assert_eq!(gems.pushes(), [("mayfly-gem".to_owned(), "0.1.0".to_owned())]);
+    // The exchange as RubyGems.org documents it, then the push with the key as it is.
+    let minted = gems.minted();
+    assert_eq!(minted.len(), 1);
+    let requests = gems.requests();
+    assert_eq!(requests.len(), 2, "one exchange, one push");
+    let exchange = &requests[0];
+    assert_eq!(
+        (exchange.method.as_str(), exchange.path.as_str()),
+        ("POST", "/api/v1/oidc/trusted_publisher/exchange_token")
+    );
+    assert_eq!(exchange.header("content-type"), Some("application/json"));
+    assert_eq!(exchange.id_token_audience, Some(serde_json::json!("rubygems.org")));
+    let body = exchange.json();
+    let keys: Vec<&String> = body.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["jwt"]);
+    let push = &requests[1];
+    assert_eq!((push.method.as_str(), push.path.as_str()), ("POST", "/api/v1/gems"));
+    let fingerprint = mayfly_core::Fingerprint::of(&minted[0]);
+    assert_eq!(push.header("authorization"), Some(format!("Plain {fingerprint}").as_str()));
+    let audit = stack.client_audit();
+    let issued = audit.iter().find(|l| l["outcome"] == "issued").expect("an issued line");
+    assert_eq!((issued["tool"].as_str(), issued["operation"].as_str()), (Some("gem"), Some("publish")));
+    assert_eq!(issued["target"], format!("{}/mayfly-gem", gems.base_url));
+    assert_eq!(issued["process"][0]["argv"][0], "gem", "the shim heads the chain");
+    // No key on disk before or after, and none in the output.
+    assert!(!all.contains(&minted[0]), "no key in the output: {all}");
+    assert!(!stack.home.join(".gem/credentials").exists());
+    assert_eq!(files_holding(stack.dir.path(), &minted[0]), Vec::<PathBuf>::new());
+    assert_eq!(files_holding(stack.runtime_dir.path(), &minted[0]), Vec::<PathBuf>::new());
+    stack.assert_no_tokens_on_disk();
+}
+
+#[test]
+#[cfg_attr(missing = "gem", ignore = "needs gem, which is not installed")]
+fn rubygems_host_names_the_gem_host_and_the_shim_pins_it() {
+    if !require_tool("gem") {
+        return;
+    }
+    let stack = Stack::new();
+    let gems = rubygems(&stack);
+    let file = built_gem(&stack, "mayfly-gem", "0.2.0");
+    let out = gem_push(&stack, &file, "gem-env", &[], &[("RUBYGEMS_HOST", &gems.base_url)]);
+    assert!(out.status.success(), "{}", all_output(&out));
+    assert_eq!(gems.pushes(), [("mayfly-gem".to_owned(), "0.2.0".to_owned())]);
+    let audit = stack.client_audit();
+    let issued = audit.iter().find(|l| l["outcome"] == "issued").expect("an issued line");
+    let argv: Vec<&str> = issued["process"][0]["argv"].as_array().unwrap().iter().filter_map(|a| a.as_str()).collect();
+    assert_eq!(argv[..2], ["gem", "push"], "{argv:?}");
+    // A gem whose specification names another push host: without `--host` gem would send
+    // the key there; pinned, gem itself refuses.
+    let elsewhere = "  s.metadata = { \"allowed_push_host\" => \"https://gems.invalid\" }\n";
+    let file = built_gem_with(&stack, "mayfly-gem", "0.2.1", elsewhere);
+    let out = gem_push(&stack, &file, "gem-env-2", &[], &[("RUBYGEMS_HOST", &gems.base_url)]);
+    let all = all_output(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("is not allowed by the gemspec, which only allows \"https://gems.invalid\""), "{all}");
+    assert_eq!(gems.pushes().len(), 1, "only the first push arrived");
+}
+
+#[test]
+#[cfg_attr(missing = "gem", ignore = "needs gem, which is not installed")]
+fn a_gem_the_publisher_does_not_own_is_refused_by_rubygems() {
+    if !require_tool("gem") {
+        return;
+    }
+    let stack = Stack::new();
+    let gems = rubygems(&stack);
+    let file = built_gem(&stack, "someone-elses-gem", "1.0.0");
+    let out = gem_push(&stack, &file, "gem-2", &["--host", &gems.base_url], &[]);
+    let all = all_output(&out);
+    assert!(!out.status.success(), "{all}");
+    assert!(all.contains("This API key cannot perform the specified action on this gem."), "{all}");
+    assert!(gems.pushes().is_empty());
+    let minted = gems.minted();
+    assert_eq!(minted.len(), 1, "RubyGems.org, not mayfly, knows which gem the key pushes");
+    assert!(!all.contains(&minted[0]) && !all.contains("rubygems_"), "no key in the output: {all}");
+}
+
+#[test]
+#[cfg_attr(missing = "gem", ignore = "needs gem, which is not installed")]
+fn gem_commands_other_than_push_run_untouched_without_a_key() {
+    if !require_tool("gem") {
+        return;
+    }
+    let stack = Stack::new();
+    let gems = rubygems(&stack);
+    let file = built_gem(&stack, "mayfly-gem", "0.3.0");
+    let out = Command::new(bin("mayfly"))
+        .args(["exec", "--", "gem", "specification"])
+        .arg(&file)
+        .arg("name")
+        .current_dir(&stack.work)
+        .env_clear()
+        .envs(stack.env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", all_output(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mayfly-gem"), "{}", all_output(&out));
+    // A push of a file that names no gem: one line, nothing asked of anyone.
+    let out = gem_push(&stack, Path::new("notes.txt"), "gem-3", &["--host", &gems.base_url], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "mayfly: `gem push`: `notes.txt` is not a gem file named NAME-VERSION.gem\n"
+    );
+    assert!(gems.minted().is_empty() && gems.requests().is_empty());
+}
+
+#[test]
+fn explain_names_the_rubygems_kind_and_asks_nothing() {
+    let stack = Stack::new();
+    let gems = rubygems(&stack);
+    let out = Command::new(bin("mayfly"))
+        .args(["explain", "gem", &format!("{}/mayfly-gem", gems.base_url), "--operation", "publish"])
+        .env_clear()
+        .envs(stack.env())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", all_output(&out));
+    assert!(text.contains("(rubygems, ") && text.contains("cannot revoke"), "{text}");
+    assert!(gems.requests().is_empty(), "explain alone asks nothing");
 }

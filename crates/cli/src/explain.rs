@@ -22,9 +22,9 @@ use crate::status::{rfc3339, span, table};
     mayfly explain oci registry.example.com/team/app\n  mayfly explain aws deploy --exchange")]
 pub(crate) struct Args {
     /// The tool whose request to explain
-    #[arg(value_parser = ["git", "kubectl", "terraform", "cargo", "oci", "npm", "pypi", "aws", "http"])]
+    #[arg(value_parser = ["git", "kubectl", "terraform", "cargo", "oci", "npm", "pypi", "gem", "aws", "http"])]
     tool: String,
-    /// `https://HOST/PATH` (git: the repository; cargo, npm, pypi: the package), `HOST/REPO` for
+    /// `https://HOST/PATH` (git: the repository; cargo, npm, pypi: the package; gem: the gem), `HOST/REPO` for
     /// oci, the route name for aws
     target: String,
     /// The operation to ask for
@@ -112,7 +112,7 @@ fn parse_target(tool: Tool, text: &str, operation: Operation) -> anyhow::Result<
         Tool::Oci if !protocol.is_empty() && path.is_some() => {
             (None, Some("the path is ignored: a registry URL names only the registry".into()))
         }
-        Tool::Cargo | Tool::Npm | Tool::Pypi if operation == Operation::Read && path.is_some() => {
+        Tool::Cargo | Tool::Npm | Tool::Pypi | Tool::Gem if operation == Operation::Read && path.is_some() => {
             (None, Some("the package is ignored: reads are registry-wide".into()))
         }
         _ => (path, None),

@@ -533,7 +533,7 @@ fn wire_terraform(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
     cx.link(&link, &cx.bin.join(name), plan)
 }
 
-/// npm, pnpm, yarn, twine: shims for the installed ones that have a route, in a directory
+/// npm, pnpm, yarn, twine, gem: shims for the installed ones that have a route, in a directory
 /// that goes first on PATH.
 fn wire_shims(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
     let data = cx.env.path(mayfly_core::EnvVars::XDG_DATA_HOME).unwrap_or_else(|| cx.home.join(".local/share"));

@@ -187,7 +187,8 @@ pub struct IdentityEntry {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct ExchangeEntry {
     /// The exchange kind (`rfc8693`, `aws-sts`, `crates-io`, `npm`, `pypi`, `pep807`, `octo-sts`,
-    /// `docker-hub`, `huggingface`, `jfrog`, `cloudsmith`, `vault`, `gcp-sts`, `azure`, `gitlab`).
+    /// `docker-hub`, `huggingface`, `jfrog`, `cloudsmith`, `vault`, `gcp-sts`, `azure`, `gitlab`,
+    /// `rubygems`).
     pub kind: String,
     /// Where to exchange.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -352,6 +353,8 @@ pub enum ExchangeKind {
     Azure,
     /// GitLab's token exchange (experimental): a CI/CD ID token for a GitLab service's token.
     Gitlab,
+    /// RubyGems trusted publishing: the ID token for an API key that pushes one gem.
+    Rubygems,
 }
 
 impl ExchangeKind {
@@ -1125,5 +1128,36 @@ mod tests {
         let two_words = config.replace("exchange = \"hf\"\n", "exchange = \"hf\"\nscope = \"{path} x\"\n");
         let err = Config::parse(&two_words, Path::new("t.toml")).unwrap_err().to_string();
         assert!(err.contains("a Hugging Face scope is one word"), "{err}");
+    }
+
+    #[test]
+    fn rubygems_routes_push_gems_at_the_exchanges_own_host() {
+        let config = r#"
+            [identities.ci]
+            kind = "github-actions"
+
+            [exchanges.rg]
+            kind = "rubygems"
+
+            [[routes]]
+            tool = "gem"
+            host = "rubygems.org"
+            identity = "ci"
+            exchange = "rg"
+        "#;
+        let parsed = Config::parse(config, Path::new("t.toml")).unwrap();
+        let exchange = &parsed.exchanges["rg"];
+        assert_eq!(
+            exchange.token_endpoint.as_str(),
+            "https://rubygems.org/api/v1/oidc/trusted_publisher/exchange_token"
+        );
+        assert!(!exchange.revokes());
+        let route = &parsed.routes[0];
+        assert_eq!((route.audience.as_str(), route.operations.as_slice()), ("rubygems.org", &[Operation::Publish][..]));
+        let elsewhere = config.replace("host = \"rubygems.org\"", "host = \"gems.example\"");
+        let err = Config::parse(&elsewhere, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("exchange `rg` is the gem host at another host"), "{err}");
+        let npm = config.replace("tool = \"gem\"", "tool = \"npm\"");
+        assert!(Config::parse(&npm, Path::new("t.toml")).is_err(), "a gem host's exchange serves gem routes only");
     }
 }

@@ -82,6 +82,8 @@ impl EnvVars {
     pub const KUBECONFIG: &'static str = "KUBECONFIG";
     /// Where programs are found (the shims find the real tool on it).
     pub const PATH: &'static str = "PATH";
+    /// gem: the default gem host.
+    pub const RUBYGEMS_HOST: &'static str = "RUBYGEMS_HOST";
     /// Terraform: the CLI config file.
     pub const TF_CLI_CONFIG_FILE: &'static str = "TF_CLI_CONFIG_FILE";
     /// twine: the repository name in `.pypirc`.

@@ -24,6 +24,8 @@ pub enum Tool {
     Npm,
     /// twine (PyPI uploads), which has no hook: through the shim.
     Pypi,
+    /// `gem push` (RubyGems), which has no hook: through the shim.
+    Gem,
     /// A plain HTTPS download with a bearer token for a host and path prefix: Bazel's
     /// credential helper.
     Http,
@@ -41,6 +43,7 @@ impl Tool {
             Self::Oci => "oci",
             Self::Npm => "npm",
             Self::Pypi => "pypi",
+            Self::Gem => "gem",
             Self::Http => "http",
         }
     }
@@ -57,6 +60,7 @@ impl Tool {
             Self::Oci => "oci:{host}/{path}:{operation}",
             Self::Npm => "npm:{path}:{operation}",
             Self::Pypi => "pypi:{path}:{operation}",
+            Self::Gem => "gem:{path}:{operation}",
             Self::Http => "http:{host}/{path}:{operation}",
         }
     }
@@ -84,10 +88,11 @@ impl FromStr for Tool {
             "oci" => Ok(Self::Oci),
             "npm" => Ok(Self::Npm),
             "pypi" => Ok(Self::Pypi),
+            "gem" => Ok(Self::Gem),
             "http" => Ok(Self::Http),
-            other => {
-                Err(format!("unknown tool `{other}` (git, kubectl, terraform, aws, cargo, oci, npm, pypi or http)"))
-            }
+            other => Err(format!(
+                "unknown tool `{other}` (git, kubectl, terraform, aws, cargo, oci, npm, pypi, gem or http)"
+            )),
         }
     }
 }

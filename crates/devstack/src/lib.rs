@@ -20,6 +20,7 @@ mod kube_api;
 mod metadata;
 mod module_registry;
 mod pypi;
+mod rubygems;
 mod tls;
 
 mod cloudsmith;
@@ -45,6 +46,7 @@ pub use metadata::{
 };
 pub use module_registry::{MODULE, ModuleRegistry};
 pub use pypi::{PYPI_AUDIENCE, Pypi, pytp_key};
+pub use rubygems::{RUBYGEMS_AUDIENCE, RubygemsOrg};
 pub use tls::DevCa;
 
 pub use cloudsmith::Cloudsmith;

@@ -49,8 +49,9 @@ pub(crate) fn record(requests: &Mutex<Vec<RecordedRequest>>, parts: &Parts, body
         .map(|(name, value)| {
             let value = value.to_str().unwrap_or_default();
             let shown = if *name == header::AUTHORIZATION {
+                // A value that is neither Bearer nor Basic is the token itself (`gem push`).
                 credential(value).map_or_else(
-                    || "unreadable".to_owned(),
+                    || format!("Plain {}", mayfly_core::Fingerprint::of(value)),
                     |(scheme, _, token)| format!("{scheme} {}", mayfly_core::Fingerprint::of(&token)),
                 )
             } else {

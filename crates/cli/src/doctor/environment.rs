@@ -6,7 +6,7 @@ use mayfly_core::{Config, Env, Tool};
 use super::finding::{Finding, Severity, replace};
 
 /// Variables that hold a registry's or forge's token, with the tool whose route replaces them.
-const TOKENS: [(&str, Tool, Option<&str>); 10] = [
+const TOKENS: [(&str, Tool, Option<&str>); 11] = [
     ("GITHUB_TOKEN", Tool::Git, Some("github.com")),
     ("GH_TOKEN", Tool::Git, Some("github.com")),
     ("GH_ENTERPRISE_TOKEN", Tool::Git, None),
@@ -16,6 +16,7 @@ const TOKENS: [(&str, Tool, Option<&str>); 10] = [
     ("CARGO_REGISTRY_TOKEN", Tool::Cargo, Some("index.crates.io")),
     ("TWINE_PASSWORD", Tool::Pypi, None),
     ("PYPI_TOKEN", Tool::Pypi, None),
+    ("GEM_HOST_API_KEY", Tool::Gem, None),
     ("DOCKER_PASSWORD", Tool::Oci, None),
 ];
 

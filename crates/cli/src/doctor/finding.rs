@@ -86,6 +86,7 @@ pub(crate) fn replace(config: Option<&Config>, tool: Tool, host: Option<&str>) -
         Tool::Aws => "the profile's `credential_process = mayfly-aws-credential NAME` runs it",
         Tool::Npm => "`mayfly exec` runs npm through the shim",
         Tool::Pypi => "`mayfly exec` runs twine through the shim",
+        Tool::Gem => "`mayfly exec` runs `gem push` through the shim",
         _ => "`mayfly setup` wires it",
     };
     let tool_name = tool.as_str();

@@ -11,6 +11,7 @@
 //! - [`docker_hub`], [`hugging_face`], [`jfrog`], [`cloudsmith`]: registries that take the
 //!   workload's ID token at their own endpoint;
 //! - [`gitlab`]: GitLab's token exchange (experimental), tokens for GitLab's services;
+//! - [`rubygems`]: RubyGems trusted publishing, push keys for `gem push`;
 //! - [`vault`]: Vault and OpenBao JWT auth login, tokens that revoke themselves;
 //! - [`gcp_sts`]: Google Cloud STS (workload identity federation), optionally
 //!   impersonating a service account;
@@ -29,6 +30,7 @@ pub(crate) mod docker_hub;
 pub(crate) mod gitlab;
 pub(crate) mod hugging_face;
 pub(crate) mod jfrog;
+pub(crate) mod rubygems;
 
 use serde::Serialize;
 
@@ -282,7 +284,7 @@ pub(crate) trait Protocol: Sync {
 
 impl ExchangeKind {
     /// Every kind, for parsing and for messages.
-    pub(crate) const ALL: [Self; 15] = [
+    pub(crate) const ALL: [Self; 16] = [
         Self::Rfc8693,
         Self::AwsSts,
         Self::CratesIo,
@@ -298,6 +300,7 @@ impl ExchangeKind {
         Self::GcpSts,
         Self::Azure,
         Self::Gitlab,
+        Self::Rubygems,
     ];
 
     /// The protocol this kind speaks.
@@ -318,6 +321,7 @@ impl ExchangeKind {
             Self::GcpSts => &gcp_sts::GcpSts,
             Self::Azure => &azure::Azure,
             Self::Gitlab => &gitlab::Gitlab,
+            Self::Rubygems => &rubygems::Rubygems,
         }
     }
 

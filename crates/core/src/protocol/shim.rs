@@ -1,11 +1,12 @@
-//! Shims for tools with no credential hook: npm, pnpm, yarn and twine.
+//! Shims for tools with no credential hook: npm, pnpm, yarn, twine and `gem push`.
 //!
 //! A shim found first on `PATH` works out what the tool is about to do (install or
 //! publish, and which package) and on which registry, gets a token for exactly that, and
 //! execs the real tool with the token in the child's environment only, in the variable
 //! the tool reads for that registry only (`npm_config_//HOST/PATH/:_authToken`, which npm
 //! sends to that host alone; twine's password with `TWINE_REPOSITORY_URL` pinned to the
-//! URL the token is for): never in argv, never in a file, never in the caller's
+//! URL the token is for; `GEM_HOST_API_KEY` with `gem push --host` pinned to the host the
+//! key is for): never in argv, never in a file, never in the caller's
 //! environment. Commands that do not talk to a registry (`npm test`, `npm run`) and
 //! registries with no route run the real tool untouched.
 
@@ -27,6 +28,8 @@ const NPM_REGISTRY: &str = "https://registry.npmjs.org/";
 const BERRY_REGISTRY: &str = "https://registry.yarnpkg.com";
 /// PyPI's upload URL when nothing names another.
 const PYPI_UPLOAD: &str = "https://upload.pypi.org/legacy/";
+/// `gem push`'s host when nothing names another.
+const GEM_HOST: &str = "https://rubygems.org";
 
 /// The tools a shim stands in for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,12 +42,14 @@ pub enum Family {
     Yarn,
     /// twine, PyPI's uploader.
     Twine,
+    /// gem, RubyGems' client (`gem push` only).
+    Gem,
 }
 
 impl Family {
     /// Every shimmed tool, by the name the shim is installed as.
-    pub const ALL: [(&'static str, Self); 4] =
-        [("npm", Self::Npm), ("pnpm", Self::Pnpm), ("yarn", Self::Yarn), ("twine", Self::Twine)];
+    pub const ALL: [(&'static str, Self); 5] =
+        [("npm", Self::Npm), ("pnpm", Self::Pnpm), ("yarn", Self::Yarn), ("twine", Self::Twine), ("gem", Self::Gem)];
 
     /// The family a shim invoked as `name` stands in for.
     pub fn from_name(name: &str) -> Option<Self> {
@@ -57,7 +62,17 @@ impl Family {
 
     /// The tool routes name for it.
     pub fn tool(self) -> Tool {
-        if self == Self::Twine { Tool::Pypi } else { Tool::Npm }
+        match self {
+            Self::Twine => Tool::Pypi,
+            Self::Gem => Tool::Gem,
+            _ => Tool::Npm,
+        }
+    }
+
+    /// True for a tool that only uploads one named thing with the token (twine, gem),
+    /// with no packing or install phases.
+    fn uploads_only(self) -> bool {
+        matches!(self, Self::Twine | Self::Gem)
     }
 }
 
@@ -76,7 +91,7 @@ pub fn wanted(config: &crate::Config, path: &str, shim: &Path) -> Vec<&'static s
 /// What the command needs a token for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Need {
-    /// The registry (npm) or upload URL (twine).
+    /// The registry (npm), upload URL (twine) or gem host (gem).
     pub registry: url::Url,
     /// What the command does with it.
     pub operation: Operation,
@@ -92,6 +107,7 @@ pub struct Need {
 pub fn need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Option<Need>, Refusal> {
     match family {
         Family::Twine => twine_need(args, env),
+        Family::Gem => gem_need(args, env),
         _ => npm_need(family, args, env, cwd),
     }
 }
@@ -346,6 +362,72 @@ fn twine_need(args: &[String], env: &Env) -> Result<Option<Need>, Refusal> {
     }
 }
 
+/// Options of `gem push` (and gem's own) that take a value.
+const GEM_VALUED: &[&str] = &["--host", "-k", "--key", "--otp", "-p", "--http-proxy", "--config-file", "--attestation"];
+
+/// `gem push FILE.gem`: a publish of the gem the file name names, to `--host`, else
+/// `RUBYGEMS_HOST`, else RubyGems.org. gem's other commands need no token: they run
+/// without one.
+fn gem_need(args: &[String], env: &Env) -> Result<Option<Need>, Refusal> {
+    let words = positionals(args, GEM_VALUED);
+    // gem takes any unambiguous prefix of a command name.
+    if !matches!(words.first(), Some(&("push" | "pus" | "pu"))) {
+        return Ok(None);
+    }
+    let text = flag(args, &["--host"])
+        .or_else(|| env.get(crate::EnvVars::RUBYGEMS_HOST).filter(|h| !h.is_empty()))
+        .unwrap_or(GEM_HOST);
+    let registry = crate::target::strict_url(text).ok_or_else(|| {
+        Refusal::Failed(format!("`gem push`: the gem host `{}` is not a URL", crate::sanitize_for_terminal(text)))
+    })?;
+    let gem = match &words[1..] {
+        [one] => gem_of(one).ok_or_else(|| {
+            Refusal::Failed(format!(
+                "`gem push`: `{}` is not a gem file named NAME-VERSION.gem",
+                crate::sanitize_for_terminal(one)
+            ))
+        })?,
+        [] => return Err(Refusal::Failed("`gem push`: no gem file named".into())),
+        _ => return Err(Refusal::Failed("`gem push`: one gem per push, so its key names one gem".into())),
+    };
+    Ok(Some(Need {
+        registry,
+        operation: Operation::Publish,
+        package: Some(gem),
+        publish_config: None,
+        scopes: Vec::new(),
+    }))
+}
+
+/// The gem a built gem's file name names: `my-gem-1.2.0.gem` and
+/// `my-gem-1.2.0-x86_64-linux.gem` are both `my-gem` (the name ends before the first
+/// segment that starts with a digit, where the version begins).
+fn gem_of(file: &str) -> Option<String> {
+    let stem = Path::new(file).file_name()?.to_str()?.strip_suffix(".gem")?;
+    let segments: Vec<&str> = stem.split('-').collect();
+    let version = segments.iter().skip(1).position(|s| s.starts_with(|c: char| c.is_ascii_digit()))? + 1;
+    let name = segments[..version].join("-");
+    // RubyGems.org takes names of letters, digits, `.`, `-` and `_`, with a letter among them.
+    let valid = name.chars().any(|c| c.is_ascii_alphabetic())
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    valid.then_some(name)
+}
+
+/// The command line the real tool runs once it holds a token: `gem push` with `--host`
+/// pinned to the host the key is for, so neither `RUBYGEMS_HOST` nor the gem's own
+/// `default_gem_server`/`allowed_push_host` can send it elsewhere (gem refuses a gem whose
+/// `allowed_push_host` is another host).
+pub fn pinned_args(family: Family, need: &Need, args: &[OsString]) -> Vec<OsString> {
+    let mut args = args.to_vec();
+    let strings: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    if family == Family::Gem && flag(&strings, &["--host"]).is_none() {
+        args.push("--host".into());
+        args.push(need.registry.as_str().trim_end_matches('/').into());
+    }
+    args
+}
+
 /// The normalised project name of a distribution file (PEP 503): `Foo_Bar-1.0.tar.gz` and
 /// `foo_bar-1.0-py3-none-any.whl` are both `foo-bar`.
 fn project_of(file: &str) -> Option<String> {
@@ -373,6 +455,8 @@ fn project_of(file: &str) -> Option<String> {
 pub fn token_vars(family: Family, registry: &url::Url, issued: &Issued) -> Vec<(String, String)> {
     let token = issued.token.expose().to_owned();
     match family {
+        // gem sends it, as the whole `Authorization` value, to the host `--host` pins.
+        Family::Gem => vec![("GEM_HOST_API_KEY".into(), token)],
         // The URL pinned too, so the password goes where it was minted for and nowhere else.
         Family::Twine => vec![
             ("TWINE_USERNAME".into(), issued.username.clone()),
@@ -434,12 +518,15 @@ pub fn run(
         return exec(runner, &[all], &phases::quiet());
     }
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-    if family == Family::Twine {
-        let vars = match need(family, &args, &env, cwd)? {
-            Some(need) => mint(family, &need, &args, env, ancestry)?.unwrap_or_default(),
-            None => Vec::new(),
+    if family.uploads_only() {
+        let Some(need) = need(family, &args, &env, cwd)? else { return exec(runner, &[all], &[]) };
+        return match mint(family, &need, &args, env, ancestry)? {
+            Some(vars) => {
+                let step = Step { args: pinned_args(family, &need, &all.args), ..all };
+                exec(runner, &[step], &vars)
+            }
+            None => exec(runner, &[all], &[]),
         };
-        return exec(runner, &[all], &vars);
     }
     // An outer shim already holds a token for this command (pnpm 9 and 10 publish by
     // running `npm publish`): run as it was set up.

@@ -90,7 +90,7 @@ pub(super) fn detect(family: Family, program: &Path, runner: &mut dyn Runner) ->
         out.trim().split('.').next()?.parse::<u32>().ok()
     };
     match family {
-        Family::Npm | Family::Twine => Ok(Client::Npm),
+        Family::Npm | Family::Twine | Family::Gem => Ok(Client::Npm),
         Family::Pnpm => {
             major().map(Client::Pnpm).ok_or_else(|| Refusal::Failed("cannot tell the version of `pnpm`".into()))
         }

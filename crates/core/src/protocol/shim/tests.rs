@@ -368,3 +368,47 @@ fn inside_a_proxy_session_the_real_tool_runs_without_a_token() {
     assert!(matches!(result, Err(Refusal::Failed(reason)) if reason == "recorded"));
     assert_eq!(runner.0, [(vec![npm], vec![("MAYFLY_NPM_TOKEN".to_owned(), String::new())])]);
 }
+
+#[test]
+fn gem_push_names_the_gem_and_the_host() {
+    let env = Env::default();
+    let push = need(Family::Gem, &strings(&["push", "pkg/my-gem-1.2.0.gem"]), &env, Path::new("/")).unwrap().unwrap();
+    assert_eq!((push.package.as_deref(), push.registry.as_str()), (Some("my-gem"), "https://rubygems.org/"));
+    assert_eq!(push.operation, Operation::Publish);
+    let args = strings(&["push", "--host", "http://127.0.0.1:9292", "x_y-0.1.0-x86_64-linux.gem"]);
+    let push = need(Family::Gem, &args, &env, Path::new("/")).unwrap().unwrap();
+    assert_eq!((push.package.as_deref(), push.registry.as_str()), (Some("x_y"), "http://127.0.0.1:9292/"));
+    let env = Env::from_pairs([("RUBYGEMS_HOST", "https://gems.example")]);
+    let push = need(Family::Gem, &strings(&["push", "a-1.gem"]), &env, Path::new("/")).unwrap().unwrap();
+    assert_eq!(push.registry.as_str(), "https://gems.example/");
+    for other in [&["install", "rake"][..], &["build", "a.gemspec"], &["yank", "a", "-v", "1"], &[]] {
+        assert_eq!(need(Family::Gem, &strings(other), &env, Path::new("/")), Ok(None), "{other:?}");
+    }
+    for bad in [&["push"][..], &["push", "a-1.gem", "b-1.gem"], &["push", "a.gem"], &["push", "1-2.gem"]] {
+        let err = need(Family::Gem, &strings(bad), &env, Path::new("/")).unwrap_err().to_string();
+        assert!(err.starts_with("`gem push`: "), "{err}");
+    }
+}
+
+#[test]
+fn gem_push_is_pinned_to_the_host_its_key_is_for() {
+    let env = Env::default();
+    let args = strings(&["push", "a-1.gem"]);
+    let push = need(Family::Gem, &args, &env, Path::new("/")).unwrap().unwrap();
+    let os: Vec<OsString> = args.iter().map(Into::into).collect();
+    assert_eq!(pinned_args(Family::Gem, &push, &os), ["push", "a-1.gem", "--host", "https://rubygems.org"]);
+    let given: Vec<OsString> = ["push", "--host=https://rubygems.org", "a-1.gem"].map(Into::into).into();
+    assert_eq!(pinned_args(Family::Gem, &push, &given), given, "a host given stays as given");
+    let issued = Issued {
+        token: crate::Secret::new("rubygems_k"),
+        expires_at: None,
+        token_id: None,
+        scheme: crate::Scheme::Plain,
+        username: "x-access-token".into(),
+        from_cache: false,
+    };
+    assert_eq!(
+        token_vars(Family::Gem, &push.registry, &issued),
+        [("GEM_HOST_API_KEY".to_owned(), "rubygems_k".to_owned())]
+    );
+}
