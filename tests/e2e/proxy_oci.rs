@@ -72,15 +72,10 @@ fn skopeo_scanned(args: &str, err: &str) -> String {
     )
 }
 
-#[test]
-#[cfg_attr(
-    any(missing = "docker-registry", missing = "skopeo"),
-    ignore = "needs docker-registry, skopeo: one is not installed"
-)]
-fn skopeo_pushes_and_pulls_through_the_proxy_which_answers_the_registry_token_challenge() {
-    if !require_tool("docker-registry") || !require_tool("skopeo") {
-        return;
-    }
+/// A stack whose exchange mints for a TLS registry on a non-loopback address, the registry
+/// (its token realm at `realm(stack)`), and routes to it: `test/*` pulls and pushes,
+/// `test/readonly/*` only pulls; the registry's `IP:PORT`.
+fn registry_behind_routes(realm: impl Fn(&Stack) -> String) -> (Stack, Registry, String) {
     let address = non_loopback_ipv4();
     // The exchange mints for the registry by that address: the stack's OCI rule, moved
     // from `127.0.0.1` to it.
@@ -103,8 +98,8 @@ fn skopeo_pushes_and_pulls_through_the_proxy_which_answers_the_registry_token_ch
     let (cert, key, registry_ca) = registry_tls(&tls_dir, &address);
     let signer =
         stack.https_client().get(format!("{}/registry/cert.pem", stack.sts.url)).send().unwrap().text().unwrap();
-    let realm = format!("{}/registry/token", stack.sts.url);
-    let _registry = Registry::start_on(&stack, &host, Some((&cert, &key)), &realm, &stack.sts.url, &signer);
+    let realm = realm(&stack);
+    let registry = Registry::start_on(&stack, &host, Some((&cert, &key)), &realm, &stack.sts.url, &signer);
     // The proxy verifies the registry and the token service (the exchange) it sends the
     // minted token to.
     let bundle = tls_dir.join("upstream-ca.pem");
@@ -127,6 +122,19 @@ fn skopeo_pushes_and_pulls_through_the_proxy_which_answers_the_registry_token_ch
         routes_toml(vec![route("test", &["read", "write"]), route("test/readonly", &["read"])])
     ));
 
+    (stack, registry, host)
+}
+
+#[test]
+#[cfg_attr(
+    any(missing = "docker-registry", missing = "skopeo"),
+    ignore = "needs docker-registry, skopeo: one is not installed"
+)]
+fn skopeo_pushes_and_pulls_through_the_proxy_which_answers_the_registry_token_challenge() {
+    if !require_tool("docker-registry") || !require_tool("skopeo") {
+        return;
+    }
+    let (stack, _registry, host) = registry_behind_routes(|stack| format!("{}/registry/token", stack.sts.url));
     let layout = image_layout(stack.dir.path());
     let source = format!("oci:{}:v1", layout.display());
     let pulled = stack.dir.path().join("pulled");
@@ -217,4 +225,38 @@ fn skopeo_pushes_and_pulls_through_the_proxy_which_answers_the_registry_token_ch
         "{copies:?}"
     );
     stack.assert_no_tokens_on_disk();
+}
+
+#[test]
+#[cfg_attr(
+    any(missing = "docker-registry", missing = "skopeo"),
+    ignore = "needs docker-registry, skopeo: one is not installed"
+)]
+fn a_registry_whose_token_realm_is_another_host_never_gets_the_credential_sent_there() {
+    if !require_tool("docker-registry") || !require_tool("skopeo") {
+        return;
+    }
+    // The exchange itself, by a name no route and no exchange of the config names.
+    let (stack, _registry, host) =
+        registry_behind_routes(|stack| format!("{}/registry/token", stack.sts.url.replace("127.0.0.1", "localhost")));
+    let script = format!("skopeo inspect docker://{host}/test/hello:v1 2> inspect-err.txt || echo refused");
+    let out = exec(&stack, "oci-lying", &script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("refused"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let err = read(&stack, "inspect-err.txt");
+    assert!(
+        err.contains("denied: mayfly: the registry") && err.contains("sent its token realm to `localhost:"),
+        "{err}"
+    );
+    // The token service was never asked.
+    assert!(stack.sts_audit().iter().all(|l| l["rule"] != "registry token"), "a registry token was asked for");
+    let lines: Vec<Value> =
+        stack.client_audit().into_iter().filter(|l| l["session"] == "oci-lying" && l["tool"] == "proxy").collect();
+    assert!(
+        lines.iter().any(|l| l["outcome"] == "denied"
+            && l["operation"] == "read"
+            && l["target"] == format!("https://{host}/test/hello")
+            && l["reason"].as_str().is_some_and(|r| r.contains("neither the registry, a host a route names"))),
+        "{lines:?}"
+    );
 }
