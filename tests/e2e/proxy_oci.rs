@@ -135,15 +135,23 @@ fn skopeo_pushes_and_pulls_through_the_proxy_which_answers_the_registry_token_ch
         return;
     }
     let (stack, _registry, host) = registry_behind_routes(|stack| format!("{}/registry/token", stack.sts.url));
+    let auth = stack.dir.path().join("auth.json");
+    std::fs::write(&auth, serde_json::json!({"credHelpers": {host.clone(): "mayfly"}}).to_string()).unwrap();
+    let helpers = bin("docker-credential-mayfly").parent().unwrap().display().to_string();
     let layout = image_layout(stack.dir.path());
     let source = format!("oci:{}:v1", layout.display());
     let pulled = stack.dir.path().join("pulled");
     let script = [
-        "set -e; env > env.txt".to_owned(),
+        format!("set -e; export PATH={helpers}:$PATH; env > env.txt"),
         skopeo_scanned(&format!("copy {source} docker://{host}/test/hello:v1"), "push-err.txt"),
         // A second repository: skopeo may mount the blobs it pushed to the first.
         skopeo_scanned(&format!("copy {source} docker://{host}/test/copy:v1"), "copy-err.txt"),
-        skopeo_scanned(&format!("inspect docker://{host}/test/hello:v1 > inspect.json"), "inspect-err.txt"),
+        // The user's auth file still names the credential helper: inside the session it
+        // answers "not found", and skopeo goes on without credentials.
+        skopeo_scanned(
+            &format!("inspect --authfile {} docker://{host}/test/hello:v1 > inspect.json", auth.display()),
+            "inspect-err.txt",
+        ),
         skopeo_scanned(&format!("copy docker://{host}/test/hello:v1 oci:{}:v1", pulled.display()), "pull-err.txt"),
         format!("skopeo copy {source} docker://{host}/other/hello:v1 2> other-err.txt || echo other-refused"),
         format!(
@@ -157,6 +165,8 @@ fn skopeo_pushes_and_pulls_through_the_proxy_which_answers_the_registry_token_ch
     assert!(!stdout.contains("failed:"), "{stdout}\npush: {}", read(&stack, "push-err.txt"));
 
     // Pushed, inspected and pulled back through the proxy.
+    let inspect_err = read(&stack, "inspect-err.txt");
+    assert!(inspect_err.contains("hands out no tokens inside `mayfly exec --proxy`"), "{inspect_err}");
     let inspected: Value = serde_json::from_str(&read(&stack, "inspect.json")).unwrap();
     assert!(inspected["Digest"].as_str().unwrap().starts_with("sha256:"), "{inspected}");
     assert!(pulled.join("index.json").exists(), "the pull wrote its image");
