@@ -60,13 +60,14 @@ fn read(stack: &Stack, name: &str) -> String {
 }
 
 /// Runs `skopeo ARGS` in the background, and while it runs (at least once) copies the
-/// environment and command line of every process of the session into `scan.txt`.
+/// environment and command line of every process of the session into `scan.txt` (a
+/// process may end between the check and the copy: nothing there fails the script).
 fn skopeo_scanned(args: &str, err: &str) -> String {
     format!(
         "skopeo {args} 2> {err} & pid=$!; \
          while :; do for p in /proc/[0-9]*; do \
-           if tr '\\0' '\\n' < $p/environ 2>/dev/null | grep -q '^MAYFLY_PROXY_SESSION='; then \
-             tr '\\0' '\\n' < $p/environ >> scan.txt 2>/dev/null; tr '\\0' ' ' < $p/cmdline >> scan.txt 2>/dev/null; echo >> scan.txt; \
+           if cat $p/environ 2>/dev/null | tr '\\0' '\\n' | grep -q '^MAYFLY_PROXY_SESSION='; then \
+             {{ cat $p/environ 2>/dev/null | tr '\\0' '\\n'; cat $p/cmdline 2>/dev/null | tr '\\0' ' '; echo; }} >> scan.txt; \
            fi; done; kill -0 $pid 2>/dev/null || break; done; \
          wait $pid || echo \"failed: skopeo {args}\""
     )
