@@ -33,12 +33,28 @@ impl Registry {
     /// The registry on the stack's reserved port, trusting the token service at `realm`
     /// whose tokens name `issuer` and are signed by the key of `cert` (PEM).
     pub(super) fn start_with(stack: &Stack, realm: &str, issuer: &str, cert: &str) -> Self {
+        Self::start_on(stack, &format!("127.0.0.1:{}", stack.oci_port()), None, realm, issuer, cert)
+    }
+
+    /// The registry on `address` (`IP:PORT`, also its token service name), over TLS with
+    /// `tls` (certificate and key files) when given, trusting the token service at `realm`.
+    pub(super) fn start_on(
+        stack: &Stack,
+        address: &str,
+        tls: Option<(&Path, &Path)>,
+        realm: &str,
+        issuer: &str,
+        cert: &str,
+    ) -> Self {
         let dir = stack.dir.path().join("oci-registry");
         std::fs::create_dir_all(dir.join("data")).unwrap();
         std::fs::write(dir.join("signer.pem"), cert).unwrap();
-        let host = format!("127.0.0.1:{}", stack.oci_port());
+        let host = address.to_owned();
+        let tls = tls.map_or_else(String::new, |(cert, key)| {
+            format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display())
+        });
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {data}\nhttp:\n  addr: {host}\nauth:\n  token:\n    realm: {realm}\n    service: {host}\n    issuer: {issuer}\n    rootcertbundle: {cert}\n",
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {data}\nhttp:\n  addr: {host}\n{tls}auth:\n  token:\n    realm: {realm}\n    service: {host}\n    issuer: {issuer}\n    rootcertbundle: {cert}\n",
             data = dir.join("data").display(),
             cert = dir.join("signer.pem").display(),
         );
@@ -52,7 +68,7 @@ impl Registry {
             .expect("docker-registry starts");
         let registry = Self { child, host };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", stack.oci_port())).is_err() {
+        while std::net::TcpStream::connect(&registry.host).is_err() {
             assert!(Instant::now() < deadline, "docker-registry did not start");
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -52,7 +52,11 @@ pub fn main(hook: &Hook) -> ! {
     if std::env::var_os(crate::EnvVars::MAYFLY_PROXY_SESSION).is_some() {
         // Inside `mayfly exec --proxy` the proxy adds every credential on the way out; a
         // helper that answered would put a token in the command's reach. git takes an
-        // empty answer as "no credential"; other tools see a failed helper.
+        // empty answer as "no credential", docker's clients the not-found text (and go on
+        // without credentials, which the proxy adds); other tools see a failed helper.
+        if hook.name == docker::HOOK.name {
+            let _ = writeln!(stdout, "{}", docker::NOT_FOUND);
+        }
         warn(&format!(
             "{} hands out no tokens inside `mayfly exec --proxy` (session `{}`): the session's proxy adds them",
             hook.name,

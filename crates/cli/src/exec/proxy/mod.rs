@@ -1,12 +1,13 @@
 //! `mayfly exec --proxy`: a loopback HTTP forward proxy that adds each request's scoped
 //! credential on the way out, so no token ever enters the command's processes.
 //!
-//! A CONNECT to a host that a route names (git, npm, cargo, pypi, kubectl, terraform) is
+//! A CONNECT to a host that a route names (git, npm, cargo, pypi, oci, kubectl, terraform) is
 //! intercepted: TLS is terminated with a leaf certificate for that host, signed by a
 //! certificate authority that lives only in this process's memory; each request's target
 //! and operation (`operation`) get a token through the broker, exactly as the tool's
 //! helper or shim would; the token goes into the upstream request, which is sent over TLS
-//! verified against the system roots and the route's `ca_file`. Other hosts are tunnelled
+//! verified against the system roots and the route's `ca_file`. OCI registries' token
+//! challenges are answered by the proxy itself (`oci`). Other hosts are tunnelled
 //! untouched, or refused under `--deny-unrouted`. Every request is one audit line.
 //! Requests with two lengths are refused before hyper reads them as one (`guard`).
 
@@ -29,6 +30,7 @@ use operation::{Family, Subject};
 mod ca;
 mod env;
 mod guard;
+mod oci;
 mod operation;
 mod upstream;
 
@@ -84,6 +86,8 @@ struct State {
     ca: Ca,
     /// Upstream TLS configs per route (system roots plus its `ca_file`).
     upstream: Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
+    /// OCI registries' challenges and the registry tokens got for them.
+    oci: oci::Tokens,
 }
 
 /// Starts the proxy on a loopback port.
@@ -112,6 +116,7 @@ pub(crate) fn start(settings: Settings) -> anyhow::Result<Running> {
         settings,
         ca,
         upstream: Mutex::new(HashMap::new()),
+        oci: oci::Tokens::default(),
     });
     let unix = match &state.settings.socket {
         Some(path) => {
@@ -182,6 +187,8 @@ fn refusal(family: Family, status: StatusCode, line: &str) -> Response<Body> {
     let json = match family {
         Family::Npm => serde_json::json!({ "error": line }),
         Family::Cargo => serde_json::json!({ "errors": [{ "detail": line }] }),
+        // The distribution API's error shape, which docker clients print.
+        Family::Oci => serde_json::json!({ "errors": [{ "code": "DENIED", "message": line }] }),
         Family::Git | Family::Pypi | Family::Rest => return text(status, line),
     };
     let mut response = Response::new(Full::new(Bytes::from(json.to_string())).map_err(|never| match never {}).boxed());
@@ -370,6 +377,9 @@ async fn forward(
     let Some((family, tool)) = family else {
         return text(StatusCode::BAD_GATEWAY, "mayfly: no route names this host");
     };
+    if family == Family::Oci {
+        return oci::forward(req, state, host, protocol, pool).await;
+    }
     let mut req = req.map(BodyExt::boxed);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();

@@ -22,11 +22,13 @@ pub(crate) enum Family {
     Pypi,
     /// A plain REST API: `GET`/`HEAD` read, anything else writes.
     Rest,
+    /// An OCI registry (the distribution API), whose token challenge the proxy answers.
+    Oci,
 }
 
 impl Family {
     /// The family a route's tool is read with; `None` for tools the proxy passes through
-    /// (OCI's token dance is not done yet; AWS signs requests itself).
+    /// (AWS signs requests itself).
     pub(crate) fn of(tool: Tool) -> Option<Self> {
         match tool {
             Tool::Git => Some(Self::Git),
@@ -34,6 +36,7 @@ impl Family {
             Tool::Cargo => Some(Self::Cargo),
             Tool::Pypi => Some(Self::Pypi),
             Tool::Kubectl | Tool::Terraform => Some(Self::Rest),
+            Tool::Oci => Some(Self::Oci),
             _ => None,
         }
     }
@@ -81,6 +84,118 @@ pub(crate) fn detect(family: Family, method: &Method, path: &str, query: Option<
             let operation = if reads(method) { Operation::Read } else { Operation::Write };
             Ok(Detected { operation, subject: Subject::Host })
         }
+        Family::Oci => Ok(match oci(method, path, query)? {
+            OciRequest::Base => Detected { operation: Operation::Read, subject: Subject::Host },
+            OciRequest::Repository { name, operation, .. } => Detected { operation, subject: Subject::Named(name) },
+        }),
+    }
+}
+
+/// A request of the distribution API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum OciRequest {
+    /// `GET /v2/`: the API's version check, which names no repository.
+    Base,
+    /// A request on one repository: pull (read) or push (write); a cross-repository blob
+    /// mount also pulls from `mount_from`.
+    Repository { name: String, operation: Operation, mount_from: Option<String> },
+}
+
+/// The longest repository name the distribution spec allows.
+const MAX_REPOSITORY: usize = 255;
+
+/// A repository name as the distribution spec writes it: `/`-separated components of
+/// lowercase letters and digits joined by one `.`, one or two `_`, or any number of `-`.
+/// Nothing is decoded: an escape, an upper-case letter or a `..` is refused.
+pub(crate) fn repository_name(name: &str) -> Result<String, String> {
+    let component = |c: &str| {
+        let bytes = c.as_bytes();
+        let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        let (Some(first), Some(last)) = (bytes.first(), bytes.last()) else { return false };
+        if !alnum(first) || !alnum(last) {
+            return false;
+        }
+        let mut i = 0;
+        while i < bytes.len() {
+            if alnum(&bytes[i]) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < bytes.len() && !alnum(&bytes[i]) {
+                i += 1;
+            }
+            let separator = &c[start..i];
+            if !(separator == "." || separator == "_" || separator == "__" || separator.bytes().all(|b| b == b'-')) {
+                return false;
+            }
+        }
+        true
+    };
+    if name.is_empty() || name.len() > MAX_REPOSITORY || !name.split('/').all(component) {
+        return Err(format!(
+            "`{}` is not an OCI repository name",
+            mayfly_core::sanitize_for_terminal(&name.chars().take(80).collect::<String>())
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// The distribution API: `GET`/`HEAD` of manifests, blobs, tags and referrers pull;
+/// `POST`/`PUT`/`PATCH`/`DELETE` of manifests and blobs (and every request on an upload)
+/// push. A `mount=` upload with `from=` also pulls from that repository. Everything else
+/// (the catalog, unknown endpoints) is refused: it names no repository a token can be
+/// bound to.
+pub(crate) fn oci(method: &Method, path: &str, query: Option<&str>) -> Result<OciRequest, String> {
+    let refuse = || {
+        format!(
+            "`{method} {}` is not a registry request mayfly adds a token to",
+            mayfly_core::sanitize_for_terminal(&path.chars().take(120).collect::<String>())
+        )
+    };
+    if path == "/v2/" || path == "/v2" {
+        return if reads(method) { Ok(OciRequest::Base) } else { Err(refuse()) };
+    }
+    let rest = path.strip_prefix("/v2/").ok_or_else(refuse)?;
+    // The repository is everything before the last endpoint segment: names may hold
+    // `blobs` or `manifests` as components themselves.
+    let (name, endpoint, tail) =
+        ["/manifests/", "/blobs/uploads/", "/blobs/uploads", "/blobs/", "/tags/", "/referrers/"]
+            .iter()
+            .filter_map(|e| rest.rfind(e).map(|i| (i, *e)))
+            .max_by_key(|(i, e)| (*i, e.len()))
+            .map(|(i, e)| (&rest[..i], e, &rest[i + e.len()..]))
+            .ok_or_else(refuse)?;
+    let name = repository_name(name)?;
+    let reference_ok = |tail: &str| {
+        !tail.is_empty() && tail.len() <= 256 && tail.chars().all(|c| c.is_ascii_alphanumeric() || "._-:+".contains(c))
+    };
+    let push = |mount_from| Ok(OciRequest::Repository { name: name.clone(), operation: Operation::Write, mount_from });
+    let pull = || Ok(OciRequest::Repository { name: name.clone(), operation: Operation::Read, mount_from: None });
+    match endpoint {
+        "/manifests/" | "/blobs/" if !reference_ok(tail) => Err(refuse()),
+        "/manifests/" | "/blobs/" if reads(method) => pull(),
+        "/manifests/" if matches!(*method, Method::PUT | Method::DELETE) => push(None),
+        "/blobs/" if *method == Method::DELETE => push(None),
+        "/blobs/uploads/" | "/blobs/uploads" if tail.is_empty() && *method == Method::POST => {
+            let pairs: Vec<(String, String)> =
+                url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()).into_owned().collect();
+            let from: Vec<&str> = pairs.iter().filter(|(k, _)| k == "from").map(|(_, v)| v.as_str()).collect();
+            let mounts = pairs.iter().any(|(k, _)| k == "mount");
+            match (mounts, from.as_slice()) {
+                (_, []) => push(None),
+                (true, [from]) => push(Some(repository_name(from)?)),
+                _ => Err(refuse()),
+            }
+        }
+        "/blobs/uploads/"
+            if reference_ok(tail) && matches!(*method, Method::GET | Method::PATCH | Method::PUT | Method::DELETE) =>
+        {
+            push(None)
+        }
+        "/tags/" if tail == "list" && reads(method) => pull(),
+        "/referrers/" if reference_ok(tail) && reads(method) => pull(),
+        _ => Err(refuse()),
     }
 }
 
@@ -360,7 +475,7 @@ mod tests {
         );
         assert_eq!(detect(Family::Rest, &Method::HEAD, "/v1/x", None), host(Operation::Read));
         assert_eq!(detect(Family::Rest, &Method::PATCH, "/v1/x", None), host(Operation::Write));
-        assert_eq!(Family::of(Tool::Oci), None);
+        assert_eq!(Family::of(Tool::Oci), Some(Family::Oci));
         assert_eq!(Family::of(Tool::Aws), None);
     }
 
@@ -380,5 +495,81 @@ mod tests {
             form.replace("--xx--", "--xx\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nother\r\n--xx--");
         assert!(name_in_body(BodyName::PypiUpload, kind, twice.as_bytes()).is_err());
         assert!(name_in_body(BodyName::PypiUpload, None, form.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn oci_requests_name_their_repository_and_operation() {
+        let oci = |method, path, query| oci(&method, path, query);
+        let repo = |name: &str, operation, from: Option<&str>| {
+            Ok(OciRequest::Repository { name: name.into(), operation, mount_from: from.map(Into::into) })
+        };
+        assert_eq!(oci(Method::GET, "/v2/", None), Ok(OciRequest::Base));
+        assert_eq!(oci(Method::GET, "/v2/test/hello/manifests/v1", None), repo("test/hello", Operation::Read, None));
+        assert_eq!(
+            oci(Method::HEAD, "/v2/test/hello/blobs/sha256:ab12", None),
+            repo("test/hello", Operation::Read, None)
+        );
+        assert_eq!(oci(Method::GET, "/v2/a/b/c/tags/list", Some("n=10")), repo("a/b/c", Operation::Read, None));
+        assert_eq!(
+            oci(Method::GET, "/v2/test/hello/referrers/sha256:ab", None),
+            repo("test/hello", Operation::Read, None)
+        );
+        assert_eq!(oci(Method::PUT, "/v2/test/hello/manifests/v1", None), repo("test/hello", Operation::Write, None));
+        assert_eq!(
+            oci(Method::DELETE, "/v2/test/hello/manifests/sha256:ab", None),
+            repo("test/hello", Operation::Write, None)
+        );
+        assert_eq!(
+            oci(Method::POST, "/v2/test/hello/blobs/uploads/", None),
+            repo("test/hello", Operation::Write, None)
+        );
+        assert_eq!(
+            oci(Method::PATCH, "/v2/test/hello/blobs/uploads/0f3e-aa", Some("_state=x")),
+            repo("test/hello", Operation::Write, None)
+        );
+        assert_eq!(
+            oci(Method::PUT, "/v2/test/hello/blobs/uploads/0f3e-aa", Some("digest=sha256%3Aab")),
+            repo("test/hello", Operation::Write, None)
+        );
+        // A repository may be called `blobs` or `manifests`: the last endpoint counts.
+        assert_eq!(oci(Method::GET, "/v2/org/blobs/manifests/v1", None), repo("org/blobs", Operation::Read, None));
+        assert_eq!(
+            oci(Method::POST, "/v2/test/copy/blobs/uploads/", Some("mount=sha256%3Aab&from=test%2Fhello")),
+            repo("test/copy", Operation::Write, Some("test/hello"))
+        );
+        // A `GET` of a manifest still pulls, whatever its query says.
+        assert_eq!(
+            oci(Method::GET, "/v2/test/hello/manifests/v1", Some("from=other")),
+            repo("test/hello", Operation::Read, None)
+        );
+        let long = format!("/v2/{}/manifests/v1", "a".repeat(256));
+        for (method, path, query) in [
+            (Method::GET, "/v2/_catalog", None),
+            (Method::GET, "/v2/../secret/manifests/v1", None),
+            (Method::GET, "/v2/test/../other/manifests/v1", None),
+            (Method::GET, "/v2/test%2fhello/manifests/v1", None),
+            (Method::GET, "/v2/test%2Fhello/manifests/v1", None),
+            (Method::GET, "/v2/Test/Hello/manifests/v1", None),
+            (Method::GET, "/v2//hello/manifests/v1", None),
+            (Method::GET, "/v2/test/hello/manifests/", None),
+            (Method::GET, "/v2/test/hello/manifests/v1/../../x", None),
+            (Method::GET, long.as_str(), None),
+            (Method::POST, "/v2/test/hello/manifests/v1", None),
+            (Method::PUT, "/v2/test/hello/blobs/sha256:ab", None),
+            (Method::POST, "/v2/", None),
+            (Method::GET, "/v1/test/hello/manifests/v1", None),
+            (Method::POST, "/v2/test/copy/blobs/uploads/", Some("mount=sha256%3Aab&from=..%2Fx")),
+            (Method::POST, "/v2/test/copy/blobs/uploads/", Some("mount=sha256%3Aab&from=Test%2Fhello")),
+            (Method::POST, "/v2/test/copy/blobs/uploads/", Some("mount=sha256%3Aab&from=test%252Fhello")),
+            (Method::POST, "/v2/test/copy/blobs/uploads/", Some("mount=d&from=test%2Fa&from=other%2Fb")),
+            (Method::POST, "/v2/test/copy/blobs/uploads/", Some("from=test%2Fa")),
+        ] {
+            assert!(oci(method.clone(), path, query).is_err(), "{method} {path} {query:?}");
+        }
+        assert!(repository_name(&"a".repeat(255)).is_ok());
+        for bad in ["a..b", "a/./b", "-a", "a-", "a___b", "a b", "a\\b", "", "a//b"] {
+            assert!(repository_name(bad).is_err(), "{bad}");
+        }
+        assert!(repository_name("a__b.c-d---e/f").is_ok());
     }
 }

@@ -86,6 +86,46 @@ where
     Ok(sender)
 }
 
+/// The most of a token service's answer that is read.
+const MAX_TOKEN_ANSWER: usize = 1 << 20;
+
+/// A `GET` of `url` (an OCI registry's token realm) with this `Authorization`, over TLS
+/// verified as the route's upstream is; the status and the body.
+pub(super) async fn fetch(
+    state: &Arc<State>,
+    url: &url::Url,
+    route: &mayfly_core::Route,
+    authorization: &str,
+) -> Result<(StatusCode, bytes::Bytes), String> {
+    let host = url.host_str().ok_or_else(|| "the token realm names no host".to_owned())?;
+    let authority = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    let mut sender = connect(state, &authority, "https", Some(route)).await?;
+    let target = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_owned(),
+    };
+    let mut value =
+        header::HeaderValue::from_str(authorization).map_err(|_| "the token cannot go into a header".to_owned())?;
+    value.set_sensitive(true);
+    let req = Request::get(target)
+        .header(header::HOST, &authority)
+        .header(header::AUTHORIZATION, value)
+        .header(header::ACCEPT, "application/json")
+        .body(http_body_util::Empty::<bytes::Bytes>::new().map_err(|never| match never {}).boxed())
+        .map_err(|e| e.to_string())?;
+    let response = sender.send_request(req).await.map_err(|e| format!("`{authority}`: {e}"))?;
+    let status = response.status();
+    let body = http_body_util::Limited::new(response.into_body(), MAX_TOKEN_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| format!("`{authority}`: {e}"))?
+        .to_bytes();
+    Ok((status, body))
+}
+
 /// A plain-http request to an unrouted host, passed on as it came.
 pub(super) async fn passthrough(mut req: Request<Incoming>, address: &str) -> Response<Body> {
     let host = address.to_owned();

@@ -1,0 +1,487 @@
+//! OCI registries: the proxy answers the registry's token challenge itself.
+//!
+//! Each request of the distribution API names a repository and an operation
+//! ([`super::operation::oci`]). The proxy gets the mayfly token for exactly that
+//! repository and operation through the broker (a cross-repository mount also needs a
+//! pull of its source, checked the same way), presents it at the realm of the registry's
+//! `WWW-Authenticate: Bearer` challenge as the docker credential helper's answer would be
+//! (Basic, the route's user name and the token), keeps the registry token it gets in
+//! memory per (registry, repository, actions) until it expires, and sends the request with
+//! it. The client never holds either token: its own `Authorization` is dropped, the API's
+//! version check is answered `200` for it, and a routed repository never answers it `401`.
+//!
+//! A realm is only trusted on `https`, on the registry's own host, a host a route names, or
+//! the host of the route's exchange: a registry cannot have the credential sent elsewhere.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, header};
+use mayfly_core::{Operation, Outcome, Resolution, Route, Target, Tool};
+
+use super::operation::{self, Family, OciRequest};
+use super::upstream::{Pool, fetch, send};
+use super::{Body, State, refusal};
+
+/// What a registry's `WWW-Authenticate` asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Challenge {
+    /// The distribution token protocol.
+    Bearer { realm: String, service: Option<String> },
+    /// Basic: the minted credential goes to the registry itself.
+    Basic,
+    /// The registry asks for nothing.
+    None,
+}
+
+/// Registry tokens and challenges, in memory for the proxy's lifetime.
+#[derive(Default)]
+pub(super) struct Tokens {
+    challenges: Mutex<HashMap<String, Challenge>>,
+    /// By (registry, scopes asked): the token and when to stop using it.
+    tokens: Mutex<HashMap<(String, String), (String, Instant)>>,
+}
+
+/// How long before its expiry a registry token is no longer used.
+const MARGIN: Duration = Duration::from_secs(10);
+/// The lifetime the token protocol assumes when the realm names none.
+const DEFAULT_LIFETIME: u64 = 60;
+
+/// The parameters of one `WWW-Authenticate` challenge; `None` when it is not one.
+pub(super) fn parse_challenge(value: &str) -> Option<(String, HashMap<String, String>)> {
+    let value = value.trim();
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    let mut params = HashMap::new();
+    let mut rest = rest.trim_start();
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once('=')?;
+        let key = key.trim().to_ascii_lowercase();
+        let after = after.trim_start();
+        let (value, after) = if let Some(quoted) = after.strip_prefix('"') {
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => value.push(chars.next()?.1),
+                    '"' => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            (value, &quoted[end?..])
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (after[..end].trim().to_owned(), &after[end..])
+        };
+        params.insert(key, value);
+        let after = after.trim_start();
+        if after.is_empty() {
+            break;
+        }
+        rest = after.strip_prefix(',')?.trim_start();
+    }
+    Some((scheme.to_ascii_lowercase(), params))
+}
+
+fn challenge_of<B>(response: &Response<B>) -> Challenge {
+    let values = response.headers().get_all(header::WWW_AUTHENTICATE);
+    let mut basic = false;
+    for value in values {
+        let Some((scheme, params)) = value.to_str().ok().and_then(parse_challenge) else { continue };
+        match scheme.as_str() {
+            "bearer" => {
+                if let Some(realm) = params.get("realm") {
+                    return Challenge::Bearer { realm: realm.clone(), service: params.get("service").cloned() };
+                }
+            }
+            "basic" => basic = true,
+            _ => {}
+        }
+    }
+    if basic { Challenge::Basic } else { Challenge::None }
+}
+
+/// The realm as a URL, when it may receive the credential of a route to `registry`.
+pub(super) fn trusted_realm(
+    realm: &str,
+    registry: &str,
+    route: &Route,
+    config: &mayfly_core::Config,
+) -> Result<url::Url, String> {
+    let shown = mayfly_core::sanitize_for_terminal(&realm.chars().take(200).collect::<String>());
+    let url = url::Url::parse(realm).map_err(|_| format!("the registry's token realm `{shown}` is not a URL"))?;
+    if url.scheme() != "https" || !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
+        return Err(format!("the registry's token realm `{shown}` is not a plain https URL"));
+    }
+    let host = host_port(&url)
+        .and_then(|h| mayfly_core::normalize_host("https", &h).ok())
+        .ok_or_else(|| format!("the registry's token realm `{shown}` names no host"))?;
+    let exchange_host = config
+        .exchanges
+        .get(&route.exchange)
+        .and_then(|e| host_port(&e.token_endpoint))
+        .and_then(|h| mayfly_core::normalize_host("https", &h).ok());
+    let trusted = host == registry
+        || config.routes.iter().any(|r| r.protocol == "https" && r.host == host)
+        || exchange_host.as_deref() == Some(host.as_str());
+    if trusted {
+        Ok(url)
+    } else {
+        Err(format!(
+            "the registry `{registry}` sent its token realm to `{host}`, which is neither the registry, a host a route names, nor the route's exchange: refused"
+        ))
+    }
+}
+
+/// `host[:port]` of a URL, as routes name hosts.
+fn host_port(url: &url::Url) -> Option<String> {
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
+}
+
+fn empty_body() -> Body {
+    Empty::<Bytes>::new().map_err(|never| match never {}).boxed()
+}
+
+fn sensitive(value: &str) -> Option<header::HeaderValue> {
+    let mut value = header::HeaderValue::from_str(value).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// One request to a host an OCI route names.
+pub(super) async fn forward(
+    req: Request<Incoming>,
+    state: &Arc<State>,
+    host: &str,
+    protocol: &str,
+    pool: &Pool,
+) -> Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    // The client holds no registry credential; whatever it sends is not passed on.
+    parts.headers.remove(header::AUTHORIZATION);
+    let method = parts.method.clone();
+    let path = parts.uri.path().to_owned();
+    let line = |outcome,
+                operation: Option<Operation>,
+                target: Option<&Target>,
+                route: &str,
+                fill: &dyn Fn(&mut mayfly_core::AuditEvent)| {
+        state.line(outcome, method.as_str(), host, &path, target, |e| {
+            e.operation = operation.map(|o| o.as_str().into()).unwrap_or_default();
+            e.route = route.to_owned();
+            fill(e);
+        });
+    };
+    let refuse = |status: StatusCode, reason: String, operation, target: Option<&Target>, route: &str| {
+        line(Outcome::Denied, operation, target, route, &|e| e.reason = Some(reason.clone()));
+        refusal(Family::Oci, status, &format!("mayfly: {reason}"))
+    };
+    let request = match operation::oci(&method, &path, parts.uri.query()) {
+        Ok(request) => request,
+        Err(reason) => return refuse(StatusCode::FORBIDDEN, reason, None, None, ""),
+    };
+    let Some(host_route) =
+        state.settings.broker.config().routes.iter().find(|r| r.tool == Tool::Oci && r.host == host).cloned()
+    else {
+        return refuse(StatusCode::BAD_GATEWAY, "no route names this registry".into(), None, None, "");
+    };
+    let (name, operation, mount_from) = match request {
+        OciRequest::Base => {
+            // The version check: answered for the client when the registry challenges, so
+            // the client never starts a token dance of its own.
+            let req = Request::from_parts(parts, body.boxed());
+            let response = match send(req, state, host, protocol, Some(&host_route), pool).await {
+                Ok(response) => response,
+                Err(e) => return refuse(StatusCode::BAD_GATEWAY, e, Some(Operation::Read), None, &host_route.name),
+            };
+            if response.status() != StatusCode::UNAUTHORIZED {
+                line(Outcome::Proxied, Some(Operation::Read), None, &host_route.name, &|e| {
+                    e.reason = Some(format!("upstream answered {}", response.status().as_u16()));
+                });
+                return response;
+            }
+            let challenge = challenge_of(&response);
+            state
+                .oci
+                .challenges
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(host.to_owned(), challenge);
+            line(Outcome::Proxied, Some(Operation::Read), None, &host_route.name, &|e| {
+                e.reason = Some("upstream answered 401: the proxy answers its challenges".into());
+            });
+            let mut answer =
+                Response::new(Full::new(Bytes::from_static(b"{}")).map_err(|never| match never {}).boxed());
+            answer.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+            answer
+                .headers_mut()
+                .insert("docker-distribution-api-version", header::HeaderValue::from_static("registry/2.0"));
+            return answer;
+        }
+        OciRequest::Repository { name, operation, mount_from } => (name, operation, mount_from),
+    };
+    let target = match Target::new(Tool::Oci, protocol, host, Some(&name)) {
+        Ok(target) => target,
+        Err(e) => return refuse(StatusCode::FORBIDDEN, e.to_string(), Some(operation), None, ""),
+    };
+    let route = match state.settings.broker.resolve(&target) {
+        Resolution::Route(route) => route.clone(),
+        _ => {
+            let reason = format!("no route grants {} of `{name}` on `{host}`", pull_or_push(operation));
+            return refuse(StatusCode::FORBIDDEN, reason, Some(operation), Some(&target), "");
+        }
+    };
+    let issued = match mint(state, &route, &target, operation).await {
+        Ok(issued) => issued,
+        Err(reason) => return refuse(StatusCode::FORBIDDEN, reason, Some(operation), Some(&target), &route.name),
+    };
+    // A mount pulls from its source: refused unless a route would grant that pull too.
+    if let Some(from) = &mount_from {
+        let source = Target::new(Tool::Oci, protocol, host, Some(from)).map_err(|e| e.to_string());
+        let checked = match source {
+            Ok(source) => match state.settings.broker.resolve(&source) {
+                Resolution::Route(source_route) => {
+                    mint(state, &source_route.clone(), &source, Operation::Read).await.map(|_| ())
+                }
+                _ => Err(format!("no route grants pull of `{from}` on `{host}`, which the mount reads")),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(reason) = checked {
+            return refuse(StatusCode::FORBIDDEN, reason, Some(operation), Some(&target), &route.name);
+        }
+    }
+    let fingerprint = issued.token.fingerprint();
+    let basic = format!("Basic {}", STANDARD.encode(format!("{}:{}", issued.username, issued.token.expose())));
+    let actions = if operation == Operation::Write { "pull,push" } else { "pull" };
+    let mut scopes = vec![format!("repository:{name}:{actions}")];
+    scopes.extend(mount_from.iter().map(|from| format!("repository:{from}:pull")));
+
+    // A request without a body can be sent again after a refused token (an expired one, or
+    // a mount the registry token does not cover); one with a body is sent once.
+    let bodiless = !parts.headers.contains_key(header::TRANSFER_ENCODING)
+        && parts.headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
+    let mut body = Some(body.boxed());
+    let mut attempt = 0;
+    let response = loop {
+        attempt += 1;
+        let authorization = match authorization(state, host, protocol, &route, pool, &scopes, &basic, attempt > 1).await
+        {
+            Ok(authorization) => authorization,
+            Err(reason) => return refuse(StatusCode::FORBIDDEN, reason, Some(operation), Some(&target), &route.name),
+        };
+        let mut upstream = Request::from_parts(parts.clone(), body.take().unwrap_or_else(empty_body));
+        if attempt > 1 && mount_from.is_some() {
+            // The registry token does not cover the source: a plain upload instead, which
+            // the registry answers as it answers a mount it does not make.
+            let query: Vec<(String, String)> =
+                url::form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes())
+                    .into_owned()
+                    .filter(|(k, _)| k != "mount" && k != "from")
+                    .collect();
+            let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(query).finish();
+            let uri = if query.is_empty() { path.clone() } else { format!("{path}?{query}") };
+            if let Ok(uri) = uri.parse() {
+                *upstream.uri_mut() = uri;
+            }
+        }
+        if let Some(value) = authorization.as_deref().and_then(sensitive) {
+            upstream.headers_mut().insert(header::AUTHORIZATION, value);
+        }
+        let response = match send(upstream, state, host, protocol, Some(&route), pool).await {
+            Ok(response) => response,
+            Err(e) => {
+                line(Outcome::Failed, Some(operation), Some(&target), &route.name, &|ev| ev.reason = Some(e.clone()));
+                return refusal(Family::Oci, StatusCode::BAD_GATEWAY, &format!("mayfly: {e}"));
+            }
+        };
+        if response.status() == StatusCode::UNAUTHORIZED && bodiless && attempt == 1 {
+            state.oci.forget(host, &scopes);
+            continue;
+        }
+        break response;
+    };
+    if response.status() == StatusCode::UNAUTHORIZED {
+        let reason = format!("the registry refused the token for {} of `{name}`", pull_or_push(operation));
+        line(Outcome::Denied, Some(operation), Some(&target), &route.name, &|e| {
+            e.fingerprint = Some(fingerprint.clone());
+            e.reason = Some(reason.clone());
+        });
+        return refusal(Family::Oci, StatusCode::FORBIDDEN, &format!("mayfly: {reason}"));
+    }
+    line(Outcome::Proxied, Some(operation), Some(&target), &route.name, &|e| {
+        e.fingerprint = Some(fingerprint.clone());
+        e.reason = Some(format!("upstream answered {}", response.status().as_u16()));
+    });
+    response
+}
+
+fn pull_or_push(operation: Operation) -> &'static str {
+    if operation == Operation::Write { "push" } else { "pull" }
+}
+
+async fn mint(
+    state: &Arc<State>,
+    route: &Route,
+    target: &Target,
+    operation: Operation,
+) -> Result<mayfly_core::Issued, String> {
+    let (state, route, target) = (state.clone(), route.clone(), target.clone());
+    tokio::task::spawn_blocking(move || state.settings.broker.token(&route, &target, operation, &state.settings.chain))
+        .await
+        .map_err(|_| "the token request failed".to_owned())?
+        .map_err(|e| mayfly_core::protocol::one_line(&e))
+}
+
+/// The `Authorization` for a request asking `scopes`: a registry token from the realm
+/// (cached), the minted credential itself for a Basic registry, or nothing.
+#[allow(clippy::too_many_arguments)]
+async fn authorization(
+    state: &Arc<State>,
+    host: &str,
+    protocol: &str,
+    route: &Route,
+    pool: &Pool,
+    scopes: &[String],
+    basic: &str,
+    fresh: bool,
+) -> Result<Option<String>, String> {
+    let known = state.oci.challenges.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(host).cloned();
+    let challenge = match known {
+        Some(challenge) if !fresh => challenge,
+        _ => {
+            let probe = Request::get("/v2/").body(empty_body()).map_err(|e| e.to_string())?;
+            let response = send(probe, state, host, protocol, Some(route), pool).await?;
+            let challenge =
+                if response.status() == StatusCode::UNAUTHORIZED { challenge_of(&response) } else { Challenge::None };
+            let _ = response.into_body().collect().await;
+            state
+                .oci
+                .challenges
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(host.to_owned(), challenge.clone());
+            challenge
+        }
+    };
+    let (realm, service) = match challenge {
+        Challenge::None => return Ok(None),
+        Challenge::Basic => return Ok(Some(basic.to_owned())),
+        Challenge::Bearer { realm, service } => (realm, service),
+    };
+    let key = (host.to_owned(), scopes.join(" "));
+    if let Some((token, until)) = state.oci.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key)
+        && Instant::now() < *until
+    {
+        return Ok(Some(format!("Bearer {token}")));
+    }
+    let mut url = trusted_realm(&realm, host, route, state.settings.broker.config())?;
+    {
+        let mut query = url.query_pairs_mut();
+        if let Some(service) = &service {
+            query.append_pair("service", service);
+        }
+        for scope in scopes {
+            query.append_pair("scope", scope);
+        }
+    }
+    let (status, body) = fetch(state, &url, route, basic).await?;
+    let realm_host = url.host_str().unwrap_or_default().to_owned();
+    if status != StatusCode::OK {
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_owned))
+            .map(|m| format!(": {}", mayfly_core::sanitize_for_terminal(&m.chars().take(200).collect::<String>())))
+            .unwrap_or_default();
+        return Err(format!("the registry's token service `{realm_host}` answered {}{message}", status.as_u16()));
+    }
+    let answer: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|_| format!("the registry's token service `{realm_host}` answered no JSON"))?;
+    let token = answer["token"]
+        .as_str()
+        .or_else(|| answer["access_token"].as_str())
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| format!("the registry's token service `{realm_host}` answered no token"))?
+        .to_owned();
+    let lifetime = Duration::from_secs(answer["expires_in"].as_u64().unwrap_or(DEFAULT_LIFETIME));
+    let until = Instant::now() + lifetime.saturating_sub(MARGIN);
+    state.oci.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, (token.clone(), until));
+    Ok(Some(format!("Bearer {token}")))
+}
+
+impl Tokens {
+    fn forget(&self, host: &str, scopes: &[String]) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(host.to_owned(), scopes.join(" ")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_are_read_with_quoted_commas() {
+        let (scheme, params) = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(scheme, "bearer");
+        assert_eq!(params["realm"], "https://auth.example/token");
+        assert_eq!(params["service"], "registry.example");
+        assert_eq!(params["scope"], "repository:a/b:pull,push");
+        let (scheme, params) = parse_challenge(r#"Basic realm="a \"b\"""#).unwrap();
+        assert_eq!((scheme.as_str(), params["realm"].as_str()), ("basic", "a \"b\""));
+        assert!(parse_challenge(r#"Bearer realm="unterminated"#).is_none());
+        assert!(parse_challenge(r#"Bearer realm="a" junk"#).is_none());
+    }
+
+    fn config(routes: &str) -> mayfly_core::Config {
+        let text = format!(
+            "[identities.ci]\nkind = \"env\"\nvar = \"ID\"\n\n[exchanges.sts]\nkind = \"rfc8693\"\ntoken_endpoint = \"https://sts.example/token\"\n\n{routes}"
+        );
+        mayfly_core::Config::parse(&text, std::path::Path::new("config.toml")).unwrap()
+    }
+
+    #[test]
+    fn a_realm_must_be_https_on_a_host_the_config_names() {
+        let config = config(
+            "[[routes]]\ntool = \"oci\"\nhost = \"registry.example\"\nidentity = \"ci\"\nexchange = \"sts\"\n\n[[routes]]\ntool = \"git\"\nhost = \"git.example\"\nidentity = \"ci\"\nexchange = \"sts\"\n",
+        );
+        let route = &config.routes[0];
+        for good in [
+            "https://registry.example/token",
+            "https://REGISTRY.example:443/token",
+            "https://git.example/auth",
+            "https://sts.example/registry/token",
+        ] {
+            assert!(trusted_realm(good, "registry.example", route, &config).is_ok(), "{good}");
+        }
+        for bad in [
+            "http://registry.example/token",
+            "https://evil.example/token",
+            "https://registry.example.evil.example/token",
+            "https://user:pw@registry.example/token",
+            "https://registry.example:8443/token",
+            "file:///etc/passwd",
+            "not a url",
+        ] {
+            assert!(trusted_realm(bad, "registry.example", route, &config).is_err(), "{bad}");
+        }
+    }
+}

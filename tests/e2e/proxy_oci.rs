@@ -1,0 +1,273 @@
+//! `mayfly exec --proxy` with the real skopeo against the real distribution registry with
+//! token auth from the exchange: the proxy answers the registry's token challenge itself,
+//! so skopeo holds neither the minted token nor the registry token.
+//!
+//! skopeo is a Go client, and Go never proxies loopback addresses: the registry listens
+//! on a non-loopback address of this machine, over TLS with a certificate for it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use mayfly_core::RouteEntry;
+use mayfly_tests::{Stack, bin, require_tool, routes_toml};
+use serde_json::Value;
+
+use super::oci::{Registry, image_layout};
+
+/// The first non-loopback IPv4 address of this machine (`hostname -I` lists the
+/// addresses of every interface but loopback).
+fn non_loopback_ipv4() -> String {
+    let out = Command::new("hostname").arg("-I").output().expect("hostname runs");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find_map(|a| a.parse::<std::net::Ipv4Addr>().ok().filter(|ip| !ip.is_loopback()))
+        .map(|ip| ip.to_string())
+        .expect("this machine has a non-loopback IPv4 address (Go clients never proxy loopback)")
+}
+
+/// A CA and a server certificate for `address`; the certificate, its key and the CA file.
+fn registry_tls(dir: &Path, address: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "mayfly test registry CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![address.to_owned()]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, address);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = (dir.join("registry.pem"), dir.join("registry-key.pem"), dir.join("registry-ca.pem"));
+    std::fs::write(&paths.0, cert.pem()).unwrap();
+    std::fs::write(&paths.1, key.serialize_pem()).unwrap();
+    std::fs::write(&paths.2, ca_cert.pem()).unwrap();
+    (paths.0, paths.1, paths.2)
+}
+
+/// `mayfly exec --session NAME --proxy -- sh -c SCRIPT` in the work tree.
+fn exec(stack: &Stack, session: &str, script: &str) -> Output {
+    Command::new(bin("mayfly"))
+        .args(["exec", "--session", session, "--proxy", "--", "sh", "-c", script])
+        .current_dir(&stack.work)
+        .env_clear()
+        .envs(stack.env())
+        .output()
+        .expect("mayfly exec runs")
+}
+
+fn read(stack: &Stack, name: &str) -> String {
+    std::fs::read_to_string(stack.work.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Runs `skopeo ARGS` in the background, and while it runs (at least once) copies the
+/// environment and command line of every process of the session into `scan.txt` (a
+/// process may end between the check and the copy: nothing there fails the script).
+fn skopeo_scanned(args: &str, err: &str) -> String {
+    format!(
+        "skopeo {args} 2> {err} & pid=$!; \
+         while :; do for p in /proc/[0-9]*; do \
+           if cat $p/environ 2>/dev/null | tr '\\0' '\\n' | grep -q '^MAYFLY_PROXY_SESSION='; then \
+             {{ cat $p/environ 2>/dev/null | tr '\\0' '\\n'; cat $p/cmdline 2>/dev/null | tr '\\0' ' '; echo; }} >> scan.txt; \
+           fi; done; kill -0 $pid 2>/dev/null || break; done; \
+         wait $pid || echo \"failed: skopeo {args}\""
+    )
+}
+
+/// A stack whose exchange mints for a TLS registry on a non-loopback address, the registry
+/// (its token realm at `realm(stack)`), and routes to it: `test/*` pulls and pushes,
+/// `test/readonly/*` only pulls; the registry's `IP:PORT`.
+fn registry_behind_routes(realm: impl Fn(&Stack) -> String) -> (Stack, Registry, String) {
+    let address = non_loopback_ipv4();
+    // The exchange mints for the registry by that address: the stack's OCI rule, moved
+    // from `127.0.0.1` to it.
+    let moved = address.clone();
+    let stack = Stack::builder()
+        .git()
+        .oci()
+        .sts_config(move |config, _| {
+            for rule in config.rules.iter_mut().filter(|r| r.name.as_deref() == Some("org/app pulls and pushes test/*"))
+            {
+                for value in rule.audiences.iter_mut().chain(rule.scopes.iter_mut()) {
+                    *value = value.replace("127.0.0.1:", &format!("{moved}:"));
+                }
+            }
+        })
+        .start();
+    let host = format!("{address}:{}", stack.oci_port());
+    let tls_dir = stack.dir.path().join("registry-tls");
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let (cert, key, registry_ca) = registry_tls(&tls_dir, &address);
+    let signer =
+        stack.https_client().get(format!("{}/registry/cert.pem", stack.sts.url)).send().unwrap().text().unwrap();
+    let realm = realm(&stack);
+    let registry = Registry::start_on(&stack, &host, Some((&cert, &key)), &realm, &stack.sts.url, &signer);
+    // The proxy verifies the registry and the token service (the exchange) it sends the
+    // minted token to.
+    let bundle = tls_dir.join("upstream-ca.pem");
+    let stack_ca = std::fs::read_to_string(&stack.ca.ca_cert).unwrap();
+    std::fs::write(&bundle, format!("{}{stack_ca}", std::fs::read_to_string(&registry_ca).unwrap())).unwrap();
+    let route = |path: &str, operations: &[&str]| RouteEntry {
+        tool: "oci".into(),
+        host: Some(host.clone()),
+        path: Some(path.into()),
+        identity: "ci".into(),
+        exchange: "sts".into(),
+        operations: Some(operations.iter().map(|o| (*o).to_owned()).collect()),
+        username: Some("mayfly".into()),
+        ca_file: Some(bundle.clone()),
+        ..Default::default()
+    };
+    stack.write_config(&format!(
+        "{}\n{}",
+        stack.default_routes(),
+        routes_toml(vec![route("test", &["read", "write"]), route("test/readonly", &["read"])])
+    ));
+
+    (stack, registry, host)
+}
+
+#[test]
+#[cfg_attr(
+    any(missing = "docker-registry", missing = "skopeo"),
+    ignore = "needs docker-registry, skopeo: one is not installed"
+)]
+fn skopeo_pushes_and_pulls_through_the_proxy_which_answers_the_registry_token_challenge() {
+    if !require_tool("docker-registry") || !require_tool("skopeo") {
+        return;
+    }
+    let (stack, _registry, host) = registry_behind_routes(|stack| format!("{}/registry/token", stack.sts.url));
+    let auth = stack.dir.path().join("auth.json");
+    std::fs::write(&auth, serde_json::json!({"credHelpers": {host.clone(): "mayfly"}}).to_string()).unwrap();
+    let helpers = bin("docker-credential-mayfly").parent().unwrap().display().to_string();
+    let layout = image_layout(stack.dir.path());
+    let source = format!("oci:{}:v1", layout.display());
+    let pulled = stack.dir.path().join("pulled");
+    let script = [
+        format!("set -e; export PATH={helpers}:$PATH; env > env.txt"),
+        skopeo_scanned(&format!("copy {source} docker://{host}/test/hello:v1"), "push-err.txt"),
+        // A second repository: skopeo may mount the blobs it pushed to the first.
+        skopeo_scanned(&format!("copy {source} docker://{host}/test/copy:v1"), "copy-err.txt"),
+        // The user's auth file still names the credential helper: inside the session it
+        // answers "not found", and skopeo goes on without credentials.
+        skopeo_scanned(
+            &format!("inspect --authfile {} docker://{host}/test/hello:v1 > inspect.json", auth.display()),
+            "inspect-err.txt",
+        ),
+        skopeo_scanned(&format!("copy docker://{host}/test/hello:v1 oci:{}:v1", pulled.display()), "pull-err.txt"),
+        format!("skopeo copy {source} docker://{host}/other/hello:v1 2> other-err.txt || echo other-refused"),
+        format!(
+            "skopeo copy {source} docker://{host}/test/readonly/hello:v1 2> readonly-err.txt || echo readonly-refused"
+        ),
+    ]
+    .join("; ");
+    let out = exec(&stack, "oci-proxied", &script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains("failed:"), "{stdout}\npush: {}", read(&stack, "push-err.txt"));
+
+    // Pushed, inspected and pulled back through the proxy.
+    let inspect_err = read(&stack, "inspect-err.txt");
+    assert!(inspect_err.contains("hands out no tokens inside `mayfly exec --proxy`"), "{inspect_err}");
+    let inspected: Value = serde_json::from_str(&read(&stack, "inspect.json")).unwrap();
+    assert!(inspected["Digest"].as_str().unwrap().starts_with("sha256:"), "{inspected}");
+    assert!(pulled.join("index.json").exists(), "the pull wrote its image");
+
+    // Refused with a 403: a repository no route names, and a push under a read-only
+    // route, whose reason skopeo prints.
+    assert!(stdout.contains("other-refused") && stdout.contains("readonly-refused"), "{stdout}");
+    // skopeo's first request there is a `HEAD` of a blob, whose 403 has no body to show.
+    let other = read(&stack, "other-err.txt");
+    assert!(other.contains("other/hello: 403 (Forbidden)"), "{other}");
+    let readonly = read(&stack, "readonly-err.txt");
+    assert!(readonly.contains("does not allow write (allowed: read)"), "{readonly}");
+
+    // No token in the session's environment, nor in any of its processes' environments
+    // and command lines while skopeo ran.
+    let env = read(&stack, "env.txt");
+    assert!(env.contains("HTTPS_PROXY=http://mayfly:"), "{env}");
+    let scan = read(&stack, "scan.txt");
+    assert!(scan.contains("MAYFLY_PROXY_SESSION=oci-proxied"), "the scan saw the session's processes");
+    for (name, text) in [("env.txt", &env), ("scan.txt", &scan)] {
+        assert!(!text.contains("eyJ"), "{name} holds a JWT");
+        assert!(
+            !text.contains("DOCKER_AUTH_CONFIG") && !text.contains("REGISTRY_AUTH_FILE"),
+            "{name} wires credentials"
+        );
+    }
+
+    // Audit: each request names its repository and operation.
+    let lines: Vec<Value> =
+        stack.client_audit().into_iter().filter(|l| l["session"] == "oci-proxied" && l["tool"] == "proxy").collect();
+    let hello = format!("https://{host}/test/hello");
+    assert!(lines.iter().any(|l| l["outcome"] == "proxied"
+        && l["operation"] == "write"
+        && l["method"] == "PUT"
+        && l["target"] == hello
+        && l["path"] == "/v2/test/hello/manifests/v1"
+        && l["fingerprint"].as_str().is_some_and(|f| f.starts_with("sha256:"))));
+    assert!(lines.iter().any(|l| l["outcome"] == "proxied"
+        && l["operation"] == "read"
+        && l["method"] == "GET"
+        && l["target"] == hello));
+    assert!(lines.iter().any(|l| l["outcome"] == "denied"
+        && l["operation"] == "read"
+        && l["method"] == "HEAD"
+        && l["target"] == format!("https://{host}/other/hello")
+        && l["reason"].as_str().is_some_and(|r| r.contains("no route grants pull of `other/hello`"))));
+    assert!(lines.iter().any(|l| l["outcome"] == "denied"
+        && l["operation"] == "write"
+        && l["target"] == format!("https://{host}/test/readonly/hello")));
+    // The exchange saw registry tokens asked for exactly one repository each.
+    let registry_tokens: Vec<Value> = stack.sts_audit().into_iter().filter(|l| l["rule"] == "registry token").collect();
+    assert!(
+        registry_tokens.iter().any(|l| l["scope"] == "repository:test/hello:pull,push")
+            && registry_tokens.iter().any(|l| l["scope"] == "repository:test/hello:pull")
+            && registry_tokens.iter().all(|l| !l["scope"].as_str().unwrap_or("").contains("other/")),
+        "{registry_tokens:?}"
+    );
+    // skopeo mounted the first repository's blobs into the second: that registry token
+    // was minted with the second repository's token, which grants nothing of the first,
+    // so the proxy sent a plain upload instead.
+    let copies: Vec<&Value> =
+        registry_tokens.iter().filter(|l| l["scope"].as_str().unwrap_or("").contains("test/copy")).collect();
+    assert!(
+        copies.iter().any(|l| l["scope"] == "repository:test/copy:pull,push")
+            && copies.iter().all(|l| !l["scope"].as_str().unwrap_or("").contains("test/hello")),
+        "{copies:?}"
+    );
+    stack.assert_no_tokens_on_disk();
+}
+
+#[test]
+#[cfg_attr(
+    any(missing = "docker-registry", missing = "skopeo"),
+    ignore = "needs docker-registry, skopeo: one is not installed"
+)]
+fn a_registry_whose_token_realm_is_another_host_never_gets_the_credential_sent_there() {
+    if !require_tool("docker-registry") || !require_tool("skopeo") {
+        return;
+    }
+    // The exchange itself, by a name no route and no exchange of the config names.
+    let (stack, _registry, host) =
+        registry_behind_routes(|stack| format!("{}/registry/token", stack.sts.url.replace("127.0.0.1", "localhost")));
+    let script = format!("skopeo inspect docker://{host}/test/hello:v1 2> inspect-err.txt || echo refused");
+    let out = exec(&stack, "oci-lying", &script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("refused"), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let err = read(&stack, "inspect-err.txt");
+    assert!(
+        err.contains("denied: mayfly: the registry") && err.contains("sent its token realm to `localhost:"),
+        "{err}"
+    );
+    // The token service was never asked.
+    assert!(stack.sts_audit().iter().all(|l| l["rule"] != "registry token"), "a registry token was asked for");
+    let lines: Vec<Value> =
+        stack.client_audit().into_iter().filter(|l| l["session"] == "oci-lying" && l["tool"] == "proxy").collect();
+    assert!(
+        lines.iter().any(|l| l["outcome"] == "denied"
+            && l["operation"] == "read"
+            && l["target"] == format!("https://{host}/test/hello")
+            && l["reason"].as_str().is_some_and(|r| r.contains("neither the registry, a host a route names"))),
+        "{lines:?}"
+    );
+}
