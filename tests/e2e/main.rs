@@ -37,6 +37,7 @@ mod proxy;
 mod proxy_cargo;
 mod proxy_hostile;
 mod proxy_npm;
+mod proxy_pip;
 mod proxy_pypi;
 mod registries;
 mod release;

@@ -19,6 +19,7 @@ mod issuer;
 mod kube_api;
 mod module_registry;
 mod pypi;
+mod pypi_index;
 mod tls;
 
 mod cloudsmith;
@@ -41,6 +42,7 @@ pub use issuer::{AZURE_AUDIENCE, AZURE_OIDC_PATH, AzureRequest, DevIssuer};
 pub use kube_api::KubeApiServer;
 pub use module_registry::{MODULE, ModuleRegistry};
 pub use pypi::{PYPI_AUDIENCE, Pypi, pytp_key};
+pub use pypi_index::{PYPI_INDEX_PROJECTS, PypiIndex, pypi_greeting};
 pub use tls::DevCa;
 
 pub use cloudsmith::Cloudsmith;
