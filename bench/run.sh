@@ -39,6 +39,10 @@ hyperfine -N --warmup 20 --runs 200 "/bin/true" "$bin/mayfly exec -- /bin/true"
 # beside one with none; medians and ratios.
 MAYFLY_BIN_DIR="$bin" cargo bench -p mayfly-tests --bench client_costs --locked
 
+# What `mayfly exec --proxy` adds: a small GET through the proxy (token cached) beside the
+# same GET direct, p50/p99; a 200 MB `git clone` through the proxy beside the helper's.
+MAYFLY_BIN_DIR="$bin" cargo bench -p mayfly-tests --bench proxy --locked
+
 # Cache size: status, session end and --redact at 1 ... 10,000 cached entries (flat is
 # the goal), with the release binaries.
 bench/cache_size.sh "$bin"

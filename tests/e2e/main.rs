@@ -39,6 +39,7 @@ mod proxy_hostile;
 mod proxy_isolate;
 mod proxy_npm;
 mod proxy_oci;
+mod proxy_pip;
 mod proxy_pypi;
 mod registries;
 mod release;

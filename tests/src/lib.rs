@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use mayfly_core::{ConfigFile, ExchangeEntry, IdentityEntry, RouteEntry, SettingsEntry};
 use mayfly_devstack::{
-    CargoRegistry, DevCa, DevIssuer, GO_MODULES, GitHub, GitServer, GoProxy, KubeApiServer, ModuleRegistry, StsClient,
-    TrustPolicy,
+    CargoRegistry, DevCa, DevIssuer, GO_MODULES, GitHub, GitServer, GoProxy, KubeApiServer, ModuleRegistry, PypiIndex,
+    StsClient, TrustPolicy,
 };
 use mayfly_sts::{ConfigFile as StsConfig, RuleEntry};
 use serde_json::{Value, json};
@@ -127,6 +127,7 @@ pub struct Builder {
     github_app: bool,
     sts_binary: bool,
     go_proxy: bool,
+    pypi_index: bool,
 }
 
 impl Builder {
@@ -141,6 +142,14 @@ impl Builder {
         self.go_proxy = true;
         self
     }
+
+    /// Starts the private Python index (projects `mayfly-demo` and `mayfly-other`; the
+    /// exchange lets org/app read `mayfly-demo`).
+    pub fn pypi_index(mut self) -> Self {
+        self.pypi_index = true;
+        self
+    }
+
     /// The Kubernetes API server.
     pub fn kube(mut self) -> Self {
         self.kube = true;
@@ -223,6 +232,7 @@ pub struct Stack {
     oci_port: Option<u16>,
     github: Option<GitHub>,
     go_proxy: Option<GoProxy>,
+    pypi_index: Option<PypiIndex>,
     /// Whether the exchange answers for GitHub with a GitHub App.
     github_app: bool,
     /// The exchange.
@@ -286,6 +296,7 @@ impl Stack {
         });
         let cargo = wanted.cargo.then(|| CargoRegistry::start(&runtime, &ca, &client).expect("cargo registry"));
         let go_proxy = wanted.go_proxy.then(|| GoProxy::start(&runtime, &ca, &client).expect("Go module proxy"));
+        let pypi_index = wanted.pypi_index.then(|| PypiIndex::start(&runtime, &ca, &client).expect("Python index"));
         let oci_port = wanted.oci.then(free_port);
         let github =
             wanted.github.then(|| GitHub::start(&runtime, dir.path().join("github"), &ca, &issuer).expect("GitHub"));
@@ -295,6 +306,7 @@ impl Stack {
             registry: registry.as_ref().map(|s| s.base_url.as_str()),
             cargo: cargo.as_ref().map(|s| s.base_url.as_str()),
             go_proxy: go_proxy.as_ref().map(|s| s.base_url.as_str()),
+            pypi_index: pypi_index.as_ref().map(|s| s.base_url.as_str()),
             oci: oci_port.map(|port| format!("127.0.0.1:{port}")),
         };
         let audit = dir.path().join("sts-audit.jsonl");
@@ -337,6 +349,7 @@ impl Stack {
             oci_port,
             github,
             go_proxy,
+            pypi_index,
             github_app: wanted.github_app,
             sts,
             _runtime: runtime,
@@ -386,6 +399,11 @@ impl Stack {
     /// The Go module proxy.
     pub fn go_proxy(&self) -> &GoProxy {
         self.go_proxy.as_ref().unwrap_or_else(|| not_started("Go module proxy", "go_proxy"))
+    }
+
+    /// The private Python index.
+    pub fn pypi_index(&self) -> &PypiIndex {
+        self.pypi_index.as_ref().unwrap_or_else(|| not_started("Python index", "pypi_index"))
     }
 
     /// The Kubernetes API server.
@@ -717,6 +735,7 @@ struct Servers<'a> {
     registry: Option<&'a str>,
     cargo: Option<&'a str>,
     go_proxy: Option<&'a str>,
+    pypi_index: Option<&'a str>,
     oci: Option<String>,
 }
 
@@ -790,6 +809,9 @@ fn sts_config(
     if let Some(proxy) = servers.go_proxy {
         let scope = format!("repo:{}/*:read", GO_MODULES[0]);
         rules.push(rule("the org reads the greeting module", &[("repository_owner", "org")], proxy, &[&scope]));
+    }
+    if let Some(index) = servers.pypi_index {
+        rules.push(rule("org/app reads mayfly-demo", &[("repository", "org/app")], index, &["pypi:mayfly-demo:read"]));
     }
     if let Some(oci) = &servers.oci {
         let scopes = [format!("oci:{oci}/test/*:read"), format!("oci:{oci}/test/*:write")];

@@ -108,7 +108,7 @@ async fn file(State(inner): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -> 
 }
 
 /// A zip archive of `entries`, stored without compression (what a module zip may be).
-fn stored_zip(entries: &[(String, &[u8])]) -> Vec<u8> {
+pub(crate) fn stored_zip(entries: &[(String, &[u8])]) -> Vec<u8> {
     let mut out = Vec::new();
     let mut central = Vec::new();
     for (name, data) in entries {

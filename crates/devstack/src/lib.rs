@@ -20,6 +20,7 @@ mod kube_api;
 mod metadata;
 mod module_registry;
 mod pypi;
+mod pypi_index;
 mod rubygems;
 mod tls;
 
@@ -46,6 +47,7 @@ pub use metadata::{
 };
 pub use module_registry::{MODULE, ModuleRegistry};
 pub use pypi::{PYPI_AUDIENCE, Pypi, pytp_key};
+pub use pypi_index::{PYPI_INDEX_PROJECTS, PypiIndex, pypi_greeting};
 pub use rubygems::{RUBYGEMS_AUDIENCE, RubygemsOrg};
 pub use tls::DevCa;
 

@@ -79,7 +79,7 @@ pub(crate) fn detect(family: Family, method: &Method, path: &str, query: Option<
         Family::Git => Ok(git(method, path, query)),
         Family::Npm => npm(method, path),
         Family::Cargo => cargo(method, path),
-        Family::Pypi => Ok(pypi(method)),
+        Family::Pypi => pypi(method, path),
         Family::Rest => {
             let operation = if reads(method) { Operation::Read } else { Operation::Write };
             Ok(Detected { operation, subject: Subject::Host })
@@ -327,12 +327,47 @@ fn cargo(method: &Method, path: &str) -> Result<Detected, String> {
     }
 }
 
-/// PyPI: a `POST` uploads (publishes) the project its form names; the rest reads the index.
-fn pypi(method: &Method) -> Detected {
+/// PyPI: a `POST` uploads (publishes) the project its form names; reads name the project
+/// of the simple index page (`.../simple/<project>/`) or of the distribution file (a
+/// wheel's or sdist's name, wherever the index keeps its files), PEP 503-normalised.
+fn pypi(method: &Method, path: &str) -> Result<Detected, String> {
     if *method == Method::POST {
-        Detected { operation: Operation::Publish, subject: Subject::InBody(BodyName::PypiUpload) }
-    } else {
-        Detected { operation: Operation::Read, subject: Subject::Host }
+        return Ok(Detected { operation: Operation::Publish, subject: Subject::InBody(BodyName::PypiUpload) });
+    }
+    if !reads(method) {
+        return Err(format!("`{method}` of a Python index is not an operation mayfly adds a token to"));
+    }
+    let project = pypi_project(path).ok_or_else(|| {
+        format!(
+            "`{}` names no project of a Python index (`/simple/<project>/` or a distribution file)",
+            mayfly_core::sanitize_for_terminal(path)
+        )
+    })?;
+    Ok(Detected { operation: Operation::Read, subject: Subject::Named(project) })
+}
+
+/// The project a read of a simple index names: a distribution file's (the last segment,
+/// optionally with PEP 658's `.metadata`), else the segment after the last `simple`.
+fn pypi_project(path: &str) -> Option<String> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let last = decode_once(segments.last()?)?;
+    let file = last.strip_suffix(".metadata").unwrap_or(&last);
+    if let Some(stem) = file.strip_suffix(".whl") {
+        // `{name}-{version}(-{build})?-{python}-{abi}-{platform}.whl`, `-` in the name as `_`.
+        let parts: Vec<&str> = stem.split('-').collect();
+        return if (5..=6).contains(&parts.len()) { pep503(parts[0]) } else { None };
+    }
+    for extension in [".tar.gz", ".zip", ".tar.bz2", ".tar.xz", ".tgz"] {
+        if let Some(stem) = file.strip_suffix(extension) {
+            // `{name}-{version}`: the version is after the last `-` and starts with a digit.
+            let (name, version) = stem.rsplit_once('-')?;
+            return if version.starts_with(|c: char| c.is_ascii_digit()) { pep503(name) } else { None };
+        }
+    }
+    let at = segments.iter().rposition(|s| *s == "simple")?;
+    match &segments[at + 1..] {
+        [project] | [project, ""] => pep503(&decode_once(project)?),
+        _ => None,
     }
 }
 
@@ -373,8 +408,12 @@ pub(crate) fn name_in_body(kind: BodyName, content_type: Option<&str>, body: &[u
 }
 
 /// A project name normalised as PEP 503 (and the twine shim) does: `Foo_Bar` is `foo-bar`.
+/// `None` for what is not a project name (PEP 508: letters, digits, `-_.`, starting and
+/// ending with a letter or digit).
 fn pep503(name: &str) -> Option<String> {
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    let edges =
+        name.starts_with(|c: char| c.is_ascii_alphanumeric()) && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !edges || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return None;
     }
     let mut out = String::new();
@@ -468,7 +507,33 @@ mod tests {
 
     #[test]
     fn pypi_uploads_and_rest_calls_go_by_method() {
-        assert_eq!(detect(Family::Pypi, &Method::GET, "/simple/demo/", None), host(Operation::Read));
+        let pypi = |method, path| detect(Family::Pypi, &method, path, None);
+        assert_eq!(pypi(Method::GET, "/simple/demo/"), named(Operation::Read, "demo"));
+        assert_eq!(pypi(Method::GET, "/api/pypi/repo/simple/My_Pkg"), named(Operation::Read, "my-pkg"));
+        assert_eq!(pypi(Method::GET, "/packages/my_pkg-1.0.0-py3-none-any.whl"), named(Operation::Read, "my-pkg"));
+        assert_eq!(
+            pypi(Method::HEAD, "/f/ab/cd/my_pkg-1.0.0-1-py3-none-any.whl.metadata"),
+            named(Operation::Read, "my-pkg")
+        );
+        assert_eq!(pypi(Method::GET, "/simple/my-pkg/my.pkg-2.0rc1.tar.gz"), named(Operation::Read, "my-pkg"));
+        assert_eq!(pypi(Method::GET, "/packages/demo-1.0%2Blocal.zip"), named(Operation::Read, "demo"));
+        // A read that names no project, or not exactly one: refused, never the whole index.
+        for path in [
+            "/simple/",
+            "/",
+            "/simple/a/b/",
+            "/simple/a%2fb/",
+            "/simple/%252e%252e/",
+            "/packages/demo.tar.gz",
+            "/packages/demo-x.tar.gz",
+            "/packages/demo-1.0.whl",
+            "/pypi/demo/json",
+            "/simple/../",
+            "/simple/-demo/",
+        ] {
+            assert!(pypi(Method::GET, path).is_err(), "{path}");
+        }
+        assert!(pypi(Method::DELETE, "/simple/demo/").is_err());
         assert_eq!(
             detect(Family::Pypi, &Method::POST, "/legacy/", None),
             Ok(Detected { operation: Operation::Publish, subject: Subject::InBody(BodyName::PypiUpload) })

@@ -64,7 +64,9 @@ async fn connect(
     if protocol == "http" {
         return handshake(TokioIo::new(tcp), host).await;
     }
-    let config = state.upstream_config(route)?;
+    // A request no route covers, on a host a route names, is still that host's: its
+    // upstream is verified as the route's (`ca_file` included), only without a token.
+    let config = state.upstream_config(route.or_else(|| state.host_route(protocol, host)))?;
     let name = host_name(host);
     let server = ServerName::try_from(name.clone()).map_err(|_| format!("invalid server name `{name}`"))?;
     let tls = tokio_rustls::TlsConnector::from(config)
@@ -149,6 +151,11 @@ pub(super) async fn passthrough(mut req: Request<Incoming>, address: &str) -> Re
 }
 
 impl State {
+    /// The first route naming this host, whatever its path.
+    fn host_route(&self, protocol: &str, host: &str) -> Option<&mayfly_core::Route> {
+        self.settings.broker.config().routes.iter().find(|r| r.protocol == protocol && r.host == host)
+    }
+
     fn upstream_config(&self, route: Option<&mayfly_core::Route>) -> Result<Arc<rustls::ClientConfig>, String> {
         let key = route.map(|r| r.name.clone()).unwrap_or_default();
         let mut configs = self.upstream.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
