@@ -267,24 +267,25 @@ fn hostile_requests_get_clean_answers_and_the_session_keeps_serving() {
     assert!(distrust.is_err(), "a client that does not trust the session CA completed its handshake");
     good();
 
-    // The IP literal of a routed host is another host: tunnelled untouched, no token.
-    let mut tunnel = session.connect(&format!("127.0.0.1:{}", upstream.port));
-    tunnel.write_all(b"GET /org/app.git/info/refs HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    tunnel.flush().unwrap();
-    // Wait for the bytes to pass: a tunnel copies them on its own time.
-    while !upstream.connections().iter().any(|c| c.ends_with(b"\r\n\r\n")) {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    drop(tunnel);
+    // The IP literal of a routed host is another host, no route covers it, and it is this
+    // machine's loopback: refused (CONNECT and plain http), never opened.
+    let loopback = format!("127.0.0.1:{}", upstream.port);
+    let (status, _) = session.try_connect(&loopback);
+    assert_eq!(status, 403, "CONNECT {loopback}");
+    let mut plain = session.raw(
+        format!(
+            "GET http://{loopback}/org/app.git/info/refs HTTP/1.1\r\nHost: {loopback}\r\nProxy-Authorization: {}\r\n\r\n",
+            session.authorization
+        )
+        .as_bytes(),
+    );
+    assert_eq!(read_head(&mut plain).0, 403, "GET http://{loopback}/");
     good();
 
     let stderr = session.finish();
-    // The upstream saw one connection: the tunnel's bytes, as sent, with no credential.
+    // The upstream saw no connection at all.
     let seen = upstream.connections();
-    assert_eq!(seen.len(), 1, "the upstream saw a refused request: {seen:?}");
-    let text = String::from_utf8_lossy(&seen[0]);
-    assert!(text.starts_with("GET /org/app.git/info/refs"), "{text}");
-    assert!(!text.to_ascii_lowercase().contains("authorization"), "{text}");
+    assert!(seen.is_empty(), "the upstream saw a refused request: {seen:?}");
 
     assert!(stderr.contains("asked TLS for `other.example`: refused"), "{stderr}");
     let distrust_line = stderr
@@ -298,9 +299,12 @@ fn hostile_requests_get_clean_answers_and_the_session_keeps_serving() {
     let lines: Vec<serde_json::Value> =
         stack.client_audit().into_iter().filter(|l| l["session"] == "hostile" && l["tool"] == "proxy").collect();
     assert!(
-        lines.iter().any(|l| l["outcome"] == "tunnelled" && l["target"] == format!("127.0.0.1:{}", upstream.port)),
+        lines.iter().any(|l| l["outcome"] == "denied"
+            && l["target"] == format!("127.0.0.1:{}", upstream.port)
+            && l["reason"].as_str().is_some_and(|r| r.contains("a loopback address"))),
         "{lines:?}"
     );
+    assert!(lines.iter().all(|l| l["outcome"] != "tunnelled"), "{lines:?}");
     assert!(lines.iter().filter(|l| l["outcome"] == "proxied").all(|l| l["target"] != routed), "{lines:?}");
 }
 

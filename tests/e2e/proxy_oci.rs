@@ -267,7 +267,7 @@ fn a_registry_whose_token_realm_is_another_host_never_gets_the_credential_sent_t
         lines.iter().any(|l| l["outcome"] == "denied"
             && l["operation"] == "read"
             && l["target"] == format!("https://{host}/test/hello")
-            && l["reason"].as_str().is_some_and(|r| r.contains("neither the registry, a host a route names"))),
+            && l["reason"].as_str().is_some_and(|r| r.contains("neither the registry nor the route's exchange"))),
         "{lines:?}"
     );
 }

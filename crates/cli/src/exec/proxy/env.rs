@@ -19,13 +19,18 @@ pub(crate) const CA_VARS: [&str; 9] = [
 ];
 
 /// Variables that let their holder get an ID token, whatever the config names: CI
-/// systems' OIDC request variables and tokens.
-const IDENTITY_VARS: [&str; 5] = [
+/// systems' OIDC request variables and tokens (Buildkite's agent token asks
+/// `buildkite-agent oidc request-token`; Azure Pipelines' access token asks its OIDC
+/// request URI).
+const IDENTITY_VARS: [&str; 8] = [
     "ACTIONS_ID_TOKEN_REQUEST_URL",
     "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
     "CIRCLE_OIDC_TOKEN",
     "CIRCLE_OIDC_TOKEN_V2",
     "BITBUCKET_STEP_OIDC_TOKEN",
+    "BUILDKITE_AGENT_ACCESS_TOKEN",
+    "SYSTEM_ACCESSTOKEN",
+    "SYSTEM_OIDCREQUESTURI",
 ];
 
 /// What the command must not inherit: the variables any identity source of the config
@@ -139,6 +144,8 @@ mod tests {
             "CIRCLE_OIDC_TOKEN_V2",
             "GL_TOKEN",
             "SYSTEM_ACCESSTOKEN",
+            "SYSTEM_OIDCREQUESTURI",
+            "BUILDKITE_AGENT_ACCESS_TOKEN",
         ] {
             assert!(vars.iter().any(|v| v == name), "{name}: {vars:?}");
         }

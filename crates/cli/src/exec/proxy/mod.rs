@@ -8,7 +8,8 @@
 //! helper or shim would; the token goes into the upstream request, which is sent over TLS
 //! verified against the system roots and the route's `ca_file`. OCI registries' token
 //! challenges are answered by the proxy itself (`oci`). Other hosts are tunnelled
-//! untouched, or refused under `--deny-unrouted`. Every request is one audit line.
+//! untouched (never to loopback, link-local or metadata addresses), or refused under
+//! `--deny-unrouted`. Every request is one audit line.
 //! Requests with two lengths are refused before hyper reads them as one (`guard`).
 
 use std::collections::HashMap;
@@ -247,13 +248,31 @@ async fn outer(
         ));
     }
     let address = with_port(&authority, if https { 443 } else { 80 });
+    // An unrouted host is resolved once, checked, and connected to at the checked
+    // addresses: never the host's loopback, link-local or metadata addresses.
+    let addresses = if routed {
+        Vec::new()
+    } else {
+        match unrouted_addresses(&host, &address).await {
+            Ok(addresses) => addresses,
+            Err(Refused::Forbidden(reason)) => {
+                state.line(Outcome::Denied, req.method().as_str(), &host, &path, None, |e| {
+                    e.reason = Some(reason.clone());
+                });
+                return Ok(text(StatusCode::FORBIDDEN, &format!("mayfly: {reason}")));
+            }
+            Err(Refused::Unresolved(reason)) => {
+                return Ok(text(StatusCode::BAD_GATEWAY, &format!("mayfly: {reason}")));
+            }
+        }
+    };
     if !https {
         // Plain http: routed hosts go through the same path as intercepted ones.
         return Ok(if routed {
             forward(req, &state, &host, protocol, family, &Pool::default()).await
         } else {
             state.line(Outcome::Tunnelled, req.method().as_str(), &host, &path, None, |_| {});
-            passthrough(req, &address).await
+            passthrough(req, &host, &addresses).await
         });
     }
     if routed {
@@ -280,7 +299,7 @@ async fn outer(
         });
         return Ok(Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed()));
     }
-    let upstream = match tokio::net::TcpStream::connect(&address).await {
+    let upstream = match tokio::net::TcpStream::connect(addresses.as_slice()).await {
         Ok(upstream) => upstream,
         Err(e) => return Ok(text(StatusCode::BAD_GATEWAY, &format!("mayfly: cannot reach `{host}`: {e}"))),
     };
@@ -346,6 +365,65 @@ async fn intercept(
             });
             None
         }
+    }
+}
+
+/// Why an unrouted request is not sent.
+enum Refused {
+    /// Its host is one the proxy never opens a connection to (403).
+    Forbidden(String),
+    /// Its host has no address (502).
+    Unresolved(String),
+}
+
+/// Names that are the machine itself or a cloud's metadata server, whatever they resolve to.
+const FORBIDDEN_NAMES: [&str; 3] = ["localhost", "metadata.google.internal", "metadata"];
+
+/// The addresses of an unrouted `address` (`host:port`), resolved once; refused when the
+/// name, or any address it resolves to, is loopback, link-local (cloud metadata servers),
+/// or unspecified. A request no route covers is sent on by the proxy from this machine,
+/// so without this a sandboxed command could reach the machine's own daemons and its
+/// cloud identity.
+async fn unrouted_addresses(host: &str, address: &str) -> Result<Vec<std::net::SocketAddr>, Refused> {
+    let name = host_name(host).to_ascii_lowercase();
+    let name = name.trim_end_matches('.');
+    if FORBIDDEN_NAMES.contains(&name) || name.ends_with(".localhost") {
+        return Err(Refused::Forbidden(format!(
+            "`{host}` is this machine or a metadata server, which no request without a route reaches"
+        )));
+    }
+    let addresses: Vec<std::net::SocketAddr> = tokio::net::lookup_host(address)
+        .await
+        .map_err(|e| Refused::Unresolved(format!("cannot resolve `{host}`: {e}")))?
+        .collect();
+    if addresses.is_empty() {
+        return Err(Refused::Unresolved(format!("`{host}` has no address")));
+    }
+    if let Some(kind) = addresses.iter().find_map(|a| forbidden_ip(a.ip())) {
+        return Err(Refused::Forbidden(format!("`{host}` is {kind}, which no request without a route reaches")));
+    }
+    Ok(addresses)
+}
+
+/// What kind of address the proxy never opens an unrouted connection to, if this is one.
+fn forbidden_ip(ip: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
+    };
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+    };
+    if ip.is_loopback() {
+        Some("a loopback address")
+    } else if link_local {
+        Some("a link-local address (where cloud metadata servers answer)")
+    } else if ip.is_unspecified() {
+        Some("the unspecified address")
+    } else {
+        None
     }
 }
 
@@ -618,6 +696,33 @@ mod tests {
         assert!(placeholder(basic.as_bytes()));
         assert!(!placeholder(b"Bearer something-else"));
         assert!(!placeholder(b"Bearer mayfly-proxy-placeholder2"));
+    }
+
+    #[test]
+    fn loopback_link_local_unspecified_and_metadata_hosts_are_refused_unrouted() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        for (host, address) in [
+            ("127.0.0.1:2375", "127.0.0.1:2375"),
+            ("127.9.9.9", "127.9.9.9:443"),
+            ("[::1]:8080", "[::1]:8080"),
+            ("[::ffff:127.0.0.1]", "[::ffff:127.0.0.1]:443"),
+            ("169.254.169.254", "169.254.169.254:80"),
+            ("[fe80::1]", "[fe80::1]:80"),
+            ("0.0.0.0:22", "0.0.0.0:22"),
+            ("[::]", "[::]:443"),
+            ("localhost:5432", "localhost:5432"),
+            ("LOCALHOST.", "LOCALHOST.:443"),
+            ("db.localhost", "db.localhost:443"),
+            ("metadata.google.internal", "metadata.google.internal:80"),
+            ("metadata", "metadata:80"),
+        ] {
+            let refused = runtime.block_on(unrouted_addresses(host, address));
+            assert!(matches!(refused, Err(Refused::Forbidden(_))), "{host} was not refused");
+        }
+        for (host, address) in [("192.0.2.7", "192.0.2.7:443"), ("[2001:db8::1]", "[2001:db8::1]:443")] {
+            let allowed = runtime.block_on(unrouted_addresses(host, address));
+            assert!(allowed.is_ok_and(|a| a.len() == 1), "{host} was refused");
+        }
     }
 
     #[test]

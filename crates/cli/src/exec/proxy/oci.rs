@@ -10,8 +10,9 @@
 //! it. The client never holds either token: its own `Authorization` is dropped, the API's
 //! version check is answered `200` for it, and a routed repository never answers it `401`.
 //!
-//! A realm is only trusted on `https`, on the registry's own host, a host a route names, or
-//! the host of the route's exchange: a registry cannot have the credential sent elsewhere.
+//! A realm is only trusted on `https`, on the registry's own host or the host of the
+//! route's exchange: a registry cannot have the credential sent elsewhere (not even to a
+//! host another route names, whose upstream would then hold this route's credential).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -52,6 +53,19 @@ pub(super) struct Tokens {
 const MARGIN: Duration = Duration::from_secs(10);
 /// The lifetime the token protocol assumes when the realm names none.
 const DEFAULT_LIFETIME: u64 = 60;
+/// The longest a registry token is kept, whatever the realm says.
+const MAX_LIFETIME: u64 = 300;
+
+/// How long a registry token is used: the realm's `expires_in` (or the protocol's
+/// default), never past the minted token it was got with (`minted_expires_at`, unix
+/// seconds) nor `MAX_LIFETIME`, less `MARGIN`.
+fn registry_token_life(expires_in: Option<u64>, minted_expires_at: Option<i64>, now: i64) -> Duration {
+    let mut seconds = expires_in.unwrap_or(DEFAULT_LIFETIME).min(MAX_LIFETIME);
+    if let Some(at) = minted_expires_at {
+        seconds = seconds.min(u64::try_from(at.saturating_sub(now)).unwrap_or(0));
+    }
+    Duration::from_secs(seconds).saturating_sub(MARGIN)
+}
 
 /// The parameters of one `WWW-Authenticate` challenge; `None` when it is not one.
 pub(super) fn parse_challenge(value: &str) -> Option<(String, HashMap<String, String>)> {
@@ -130,14 +144,12 @@ pub(super) fn trusted_realm(
         .get(&route.exchange)
         .and_then(|e| host_port(&e.token_endpoint))
         .and_then(|h| mayfly_core::normalize_host("https", &h).ok());
-    let trusted = host == registry
-        || config.routes.iter().any(|r| r.protocol == "https" && r.host == host)
-        || exchange_host.as_deref() == Some(host.as_str());
+    let trusted = host == registry || exchange_host.as_deref() == Some(host.as_str());
     if trusted {
         Ok(url)
     } else {
         Err(format!(
-            "the registry `{registry}` sent its token realm to `{host}`, which is neither the registry, a host a route names, nor the route's exchange: refused"
+            "the registry `{registry}` sent its token realm to `{host}`, which is neither the registry nor the route's exchange: refused"
         ))
     }
 }
@@ -278,11 +290,15 @@ pub(super) async fn forward(
     let mut attempt = 0;
     let response = loop {
         attempt += 1;
-        let authorization = match authorization(state, host, protocol, &route, pool, &scopes, &basic, attempt > 1).await
-        {
-            Ok(authorization) => authorization,
-            Err(reason) => return refuse(StatusCode::FORBIDDEN, reason, Some(operation), Some(&target), &route.name),
-        };
+        let authorization =
+            match authorization(state, host, protocol, &route, pool, &scopes, &basic, issued.expires_at, attempt > 1)
+                .await
+            {
+                Ok(authorization) => authorization,
+                Err(reason) => {
+                    return refuse(StatusCode::FORBIDDEN, reason, Some(operation), Some(&target), &route.name);
+                }
+            };
         let mut upstream = Request::from_parts(parts.clone(), body.take().unwrap_or_else(empty_body));
         if attempt > 1 && mount_from.is_some() {
             // The registry token does not cover the source: a plain upload instead, which
@@ -357,6 +373,7 @@ async fn authorization(
     pool: &Pool,
     scopes: &[String],
     basic: &str,
+    minted_expires_at: Option<i64>,
     fresh: bool,
 ) -> Result<Option<String>, String> {
     let known = state.oci.challenges.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(host).cloned();
@@ -416,8 +433,11 @@ async fn authorization(
         .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or_else(|| format!("the registry's token service `{realm_host}` answered no token"))?
         .to_owned();
-    let lifetime = Duration::from_secs(answer["expires_in"].as_u64().unwrap_or(DEFAULT_LIFETIME));
-    let until = Instant::now() + lifetime.saturating_sub(MARGIN);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let life = registry_token_life(answer["expires_in"].as_u64(), minted_expires_at, now);
+    let until = Instant::now().checked_add(life).unwrap_or_else(Instant::now);
     state.oci.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, (token.clone(), until));
     Ok(Some(format!("Bearer {token}")))
 }
@@ -434,6 +454,21 @@ impl Tokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_registry_token_lives_no_longer_than_five_minutes_nor_its_minted_token() {
+        let now = 1_800_000_000;
+        // A huge `expires_in` neither overflows nor keeps the token past five minutes.
+        assert_eq!(registry_token_life(Some(u64::MAX), None, now), Duration::from_secs(290));
+        assert_eq!(registry_token_life(Some(u64::MAX), Some(i64::MAX), now), Duration::from_secs(290));
+        assert_eq!(registry_token_life(Some(120), None, now), Duration::from_secs(110));
+        assert_eq!(registry_token_life(None, None, now), Duration::from_secs(50));
+        // The minted token's remaining life bounds it.
+        assert_eq!(registry_token_life(Some(3600), Some(now + 100), now), Duration::from_secs(90));
+        assert_eq!(registry_token_life(Some(3600), Some(now - 5), now), Duration::ZERO);
+        assert_eq!(registry_token_life(Some(3600), Some(i64::MIN), now), Duration::ZERO);
+        assert_eq!(registry_token_life(Some(3600), Some(now + 5), i64::MIN), Duration::from_secs(290));
+    }
 
     #[test]
     fn challenges_are_read_with_quoted_commas() {
@@ -459,7 +494,7 @@ mod tests {
     }
 
     #[test]
-    fn a_realm_must_be_https_on_a_host_the_config_names() {
+    fn a_realm_must_be_https_on_the_registry_or_the_routes_exchange() {
         let config = config(
             "[[routes]]\ntool = \"oci\"\nhost = \"registry.example\"\nidentity = \"ci\"\nexchange = \"sts\"\n\n[[routes]]\ntool = \"git\"\nhost = \"git.example\"\nidentity = \"ci\"\nexchange = \"sts\"\n",
         );
@@ -467,7 +502,6 @@ mod tests {
         for good in [
             "https://registry.example/token",
             "https://REGISTRY.example:443/token",
-            "https://git.example/auth",
             "https://sts.example/registry/token",
         ] {
             assert!(trusted_realm(good, "registry.example", route, &config).is_ok(), "{good}");
@@ -475,6 +509,8 @@ mod tests {
         for bad in [
             "http://registry.example/token",
             "https://evil.example/token",
+            // Another route's host: its upstream would get this route's credential.
+            "https://git.example/auth",
             "https://registry.example.evil.example/token",
             "https://user:pw@registry.example/token",
             "https://registry.example:8443/token",

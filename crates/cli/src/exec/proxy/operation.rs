@@ -339,7 +339,7 @@ fn pypi(method: &Method, path: &str) -> Result<Detected, String> {
     }
     let project = pypi_project(path).ok_or_else(|| {
         format!(
-            "`{}` names no project of a Python index (`/simple/<project>/` or a distribution file)",
+            "`{}` names no one project of a Python index (`/simple/<project>/`, or a distribution file of that project)",
             mayfly_core::sanitize_for_terminal(path)
         )
     })?;
@@ -350,25 +350,36 @@ fn pypi(method: &Method, path: &str) -> Result<Detected, String> {
 /// optionally with PEP 658's `.metadata`), else the segment after the last `simple`.
 fn pypi_project(path: &str) -> Option<String> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let last = decode_once(segments.last()?)?;
+    let file = file_project(segments.last()?)?;
+    let after_simple = segments.iter().rposition(|s| *s == "simple").map_or(&[][..], |at| &segments[at + 1..]);
+    match (after_simple, file) {
+        ([project] | [project, ""], None) => pep503(&decode_once(project)?),
+        (_, None) => None,
+        // A file under `simple/<project>/` must be that project's: in
+        // `simple/secret/allowed-1.0.tar.gz` the two disagree, and it is refused.
+        ([project, _, ..], Some(named)) => (pep503(&decode_once(project)?)? == named).then_some(named),
+        (_, Some(named)) => Some(named),
+    }
+}
+
+/// The project a distribution file names: `Some(None)` when the segment is no distribution
+/// file, `None` when it is one but names no project.
+fn file_project(segment: &str) -> Option<Option<String>> {
+    let last = decode_once(segment)?;
     let file = last.strip_suffix(".metadata").unwrap_or(&last);
     if let Some(stem) = file.strip_suffix(".whl") {
         // `{name}-{version}(-{build})?-{python}-{abi}-{platform}.whl`, `-` in the name as `_`.
         let parts: Vec<&str> = stem.split('-').collect();
-        return if (5..=6).contains(&parts.len()) { pep503(parts[0]) } else { None };
+        return if (5..=6).contains(&parts.len()) { pep503(parts[0]).map(Some) } else { None };
     }
     for extension in [".tar.gz", ".zip", ".tar.bz2", ".tar.xz", ".tgz"] {
         if let Some(stem) = file.strip_suffix(extension) {
             // `{name}-{version}`: the version is after the last `-` and starts with a digit.
             let (name, version) = stem.rsplit_once('-')?;
-            return if version.starts_with(|c: char| c.is_ascii_digit()) { pep503(name) } else { None };
+            return if version.starts_with(|c: char| c.is_ascii_digit()) { pep503(name).map(Some) } else { None };
         }
     }
-    let at = segments.iter().rposition(|s| *s == "simple")?;
-    match &segments[at + 1..] {
-        [project] | [project, ""] => pep503(&decode_once(project)?),
-        _ => None,
-    }
+    Some(None)
 }
 
 /// The package a body names, as the tool's shim or provider names it.
@@ -534,6 +545,16 @@ mod tests {
             assert!(pypi(Method::GET, path).is_err(), "{path}");
         }
         assert!(pypi(Method::DELETE, "/simple/demo/").is_err());
+        // A file under `simple/<project>/` is that project's, or refused.
+        assert_eq!(pypi(Method::GET, "/simple/My.Pkg/my_pkg-1.0-py3-none-any.whl"), named(Operation::Read, "my-pkg"));
+        for mismatched in [
+            "/simple/secret/allowed-1.0.tar.gz",
+            "/simple/secret/allowed-1.0-py3-none-any.whl",
+            "/simple/secret/allowed-1.0.tar.gz.metadata",
+            "/api/pypi/repo/simple/secret/sub/allowed-1.0.zip",
+        ] {
+            assert!(pypi(Method::GET, mismatched).is_err(), "{mismatched}");
+        }
         assert_eq!(
             detect(Family::Pypi, &Method::POST, "/legacy/", None),
             Ok(Detected { operation: Operation::Publish, subject: Subject::InBody(BodyName::PypiUpload) })

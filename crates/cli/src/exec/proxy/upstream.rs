@@ -29,11 +29,7 @@ pub(super) async fn send(
 ) -> Result<Response<Body>, String> {
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     *req.uri_mut() = path.parse().map_err(|_| "invalid request path".to_owned())?;
-    if !req.headers().contains_key(header::HOST)
-        && let Ok(value) = header::HeaderValue::from_str(host)
-    {
-        req.headers_mut().insert(header::HOST, value);
-    }
+    pin_host(&mut req, host)?;
     strip_hop_by_hop(&mut req);
     let key = route.map(|r| r.name.clone()).unwrap_or_default();
     let mut pool = pool.lock().await;
@@ -50,6 +46,16 @@ pub(super) async fn send(
     let response = sender.send_request(req).await.map_err(|e| format!("`{host}`: {e}"))?;
     pool.insert(key, sender);
     Ok(response.map(BodyExt::boxed))
+}
+
+/// The upstream `Host` is always the host the request was routed by (the CONNECT's or the
+/// absolute URI's), whatever the client wrote: a client tunnelled to one host cannot have
+/// its credential sent with another host's name.
+fn pin_host<B>(req: &mut Request<B>, host: &str) -> Result<(), String> {
+    let value = header::HeaderValue::from_str(host).map_err(|_| format!("invalid host `{host}`"))?;
+    req.headers_mut().remove(header::HOST);
+    req.headers_mut().insert(header::HOST, value);
+    Ok(())
 }
 
 /// A new upstream connection for a host.
@@ -128,10 +134,14 @@ pub(super) async fn fetch(
     Ok((status, body))
 }
 
-/// A plain-http request to an unrouted host, passed on as it came.
-pub(super) async fn passthrough(mut req: Request<Incoming>, address: &str) -> Response<Body> {
-    let host = address.to_owned();
-    let tcp = match tokio::net::TcpStream::connect(address).await {
+/// A plain-http request to an unrouted host, passed on as it came, to the addresses the
+/// host was checked at.
+pub(super) async fn passthrough(
+    mut req: Request<Incoming>,
+    host: &str,
+    addresses: &[std::net::SocketAddr],
+) -> Response<Body> {
+    let tcp = match tokio::net::TcpStream::connect(addresses).await {
         Ok(tcp) => tcp,
         Err(e) => return text(StatusCode::BAD_GATEWAY, &format!("mayfly: cannot reach `{host}`: {e}")),
     };
@@ -140,7 +150,7 @@ pub(super) async fn passthrough(mut req: Request<Incoming>, address: &str) -> Re
         *req.uri_mut() = uri;
     }
     strip_hop_by_hop(&mut req);
-    let sent = match handshake(TokioIo::new(tcp), &host).await {
+    let sent = match handshake(TokioIo::new(tcp), host).await {
         Ok(mut sender) => sender.send_request(req).await.map_err(|e| format!("`{host}`: {e}")),
         Err(e) => Err(e),
     };
@@ -185,5 +195,25 @@ impl State {
         let config = Arc::new(config);
         configs.insert(key, config.clone());
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upstream_host_is_the_routed_host_whatever_the_client_wrote() {
+        let mut req = Request::get("/org/app.git/info/refs")
+            .header(header::HOST, "other.example")
+            .header(header::HOST, "second.example")
+            .body(())
+            .unwrap();
+        pin_host(&mut req, "git.example:8443").unwrap();
+        let hosts: Vec<_> = req.headers().get_all(header::HOST).iter().collect();
+        assert_eq!(hosts, ["git.example:8443"]);
+        let mut req = Request::get("/").body(()).unwrap();
+        pin_host(&mut req, "git.example").unwrap();
+        assert_eq!(req.headers()[header::HOST], "git.example");
     }
 }
