@@ -40,9 +40,13 @@ fn an_isolated_command_finds_every_way_around_the_proxy_closed_and_the_proxy_ope
         ca_file: Some(stack.ca.ca_cert.clone()),
         ..Default::default()
     };
-    // An identity token file in the working directory, which the sandbox can write.
-    let id_file = stack.work.join("id-token");
+    // An identity token file in a directory of its own, which is covered inside.
+    let id_file = stack.home.join("identity/id-token");
+    std::fs::create_dir_all(id_file.parent().unwrap()).unwrap();
     std::fs::write(&id_file, "identity-file-secret\n").unwrap();
+    // The working directory is a git repository: its hooks and config are read-only inside.
+    let init = Command::new("git").args(["init", "-q"]).current_dir(&stack.work).envs(stack.env()).status().unwrap();
+    assert!(init.success());
     let extra = format!("\n[identities.k8s]\nkind = \"file\"\npath = \"{}\"\n", id_file.display());
     stack.write_config(&format!("{}{extra}", routes_toml(vec![route])));
 
@@ -53,6 +57,7 @@ fn an_isolated_command_finds_every_way_around_the_proxy_closed_and_the_proxy_ope
     let host = stack.git_host();
     let app = stack.repo_url("org/app.git");
     let ask = format!("printf 'protocol=https\\nhost={host}\\npath=org/app.git\\n\\n'");
+    let id = id_file.display();
     let script = format!(
         "{ask} | env -u MAYFLY_PROXY_SESSION {helper} get > helper.txt 2>&1; \
          {ask} | env -u MAYFLY_PROXY_SESSION git -c credential.helper= -c credential.helper={helper} credential fill > fill.txt 2>&1; \
@@ -60,7 +65,8 @@ fn an_isolated_command_finds_every_way_around_the_proxy_closed_and_the_proxy_ope
          ls -A {home}/.cache/mayfly/tokens > cache.txt 2>&1; \
          cat {home}/.local/state/mayfly/audit.jsonl > audit.txt 2>&1; \
          cat {home}/.config/mayfly/config.toml > config.txt 2>&1; \
-         cat id-token > id.txt 2>&1; \
+         cat {id} > id.txt 2>&1; \
+         {{ echo x > .git/hooks/x; echo \"hook=$?\"; printf '[core]\\n\\tpager = planted\\n' >> .git/config; echo \"config=$?\"; }} > git.txt 2>&1; \
          {{ keyctl search @u user {description}; keyctl print 0x$(grep ' {description}: ' /proc/keys | cut -d' ' -f1); }} > keyring.txt 2>&1; \
          until [ -s pid.txt ]; do sleep 0.05; done; pid=$(cat pid.txt); \
          if [ -d /proc/$pid ]; then echo visible; else echo hidden; fi > proc.txt; \
@@ -108,6 +114,10 @@ fn an_isolated_command_finds_every_way_around_the_proxy_closed_and_the_proxy_ope
         let out = read(&stack, name);
         assert!(!out.contains("session") && !out.contains("[identities"), "{name}: {out}");
     }
+    let git = read(&stack, "git.txt");
+    assert!(git.contains("hook=") && !git.contains("hook=0") && !git.contains("config=0"), "{git}");
+    assert!(!stack.work.join(".git/hooks/x").exists(), "{git}");
+    assert!(!std::fs::read_to_string(stack.work.join(".git/config")).unwrap().contains("planted"), "{git}");
     let id = read(&stack, "id.txt");
     assert!(!id.contains("identity-file-secret"), "the identity file is covered inside: {id}");
     assert_eq!(std::fs::read_to_string(&id_file).unwrap(), "identity-file-secret\n", "and is untouched outside");

@@ -93,6 +93,15 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let share = if bwrap.is_some() { runtime.path().join("share") } else { runtime.path().to_owned() };
         mayfly_core::files::create_private_dir(&share).context("cannot create the session's directory")?;
         let socket = bwrap.as_ref().map(|_| share.join("proxy.sock"));
+        // Checked before the proxy starts: a sandbox that cannot hide what it must is refused.
+        let hidden = match bwrap {
+            Some(_) => {
+                let workdir = std::env::current_dir().context("cannot read the working directory")?;
+                let (dirs, files) = sandbox::hidden(&env, broker.config(), runtime.path(), &workdir)?;
+                Some((dirs, files, workdir))
+            }
+            None => None,
+        };
         // The proxy's broker files every token under this session, so its end revokes them.
         let settings = proxy::Settings {
             broker: Broker::new(env.with(&[(EnvVars::MAYFLY_SESSION, session.as_str())]), broker.config().clone()),
@@ -117,10 +126,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
             write_private(&path, &npmrc)?;
             command.env("npm_config_userconfig", &path).env_remove("NPM_CONFIG_USERCONFIG");
         }
-        if let (Some(bwrap), Some(socket)) = (&bwrap, socket) {
-            let (hidden_dirs, hidden_files) = sandbox::hidden(&env, broker.config(), runtime.path());
-            let workdir = std::env::current_dir().context("cannot read the working directory")?;
-            let layout = sandbox::Layout { hidden_dirs, hidden_files, share, socket, workdir };
+        if let (Some(bwrap), Some(socket), Some((hidden_dirs, hidden_files, workdir))) = (&bwrap, socket, hidden) {
+            let read_only = sandbox::git_guards(&workdir);
+            let layout = sandbox::Layout { hidden_dirs, hidden_files, share, socket, workdir, read_only };
             let fd = sandbox::filter_fd()?;
             let mut sandboxed = sandbox::command(bwrap, &layout, running.port, &args.command, &fd)?;
             filter = Some(fd);

@@ -9,9 +9,9 @@
 //! process that reads its serial number in `/proc/keys` can read it), a PID namespace
 //! with a fresh `/proc` (mayfly's processes are not in it), an IPC namespace, and a
 //! network namespace with only a loopback interface. The root file system is
-//! read-only; mayfly's directories, `$XDG_RUNTIME_DIR`, `/dev/shm` and identity token
-//! files are covered by empty ones; `/tmp` is a fresh one; the working directory is
-//! writable. The proxy is reached through a Unix socket bound into the sandbox:
+//! read-only; mayfly's directories, `$XDG_RUNTIME_DIR`, `/dev/shm` and the directories
+//! of identity token files are covered by empty ones; `/tmp` is a fresh one; the working
+//! directory is writable, but for its repository's git hooks and config. The proxy is reached through a Unix socket bound into the sandbox:
 //! `mayfly` itself, as a hidden `sandbox-relay` command, listens on the proxy URL's
 //! loopback port inside the sandbox's network and relays each connection to the socket,
 //! then runs the command, so clients see the same HTTP proxy URL as without it.
@@ -116,6 +116,8 @@ pub(crate) struct Layout {
     pub socket: PathBuf,
     /// The working directory, writable.
     pub workdir: PathBuf,
+    /// Paths in it bound read-only (git's hooks and config: [`git_guards`]).
+    pub read_only: Vec<PathBuf>,
 }
 
 /// `bwrap` on `PATH`, checked by making a sandbox like the command's; the one line that
@@ -174,6 +176,9 @@ pub(crate) fn command(
     // Before the hidden paths, so that a working directory holding one (a home
     // directory) still has it covered.
     bw.arg("--bind").arg(&layout.workdir).arg(&layout.workdir);
+    for path in &layout.read_only {
+        bw.arg("--ro-bind").arg(path).arg(path);
+    }
     for dir in &layout.hidden_dirs {
         bw.arg("--tmpfs").arg(dir);
     }
@@ -194,30 +199,45 @@ pub(crate) fn command(
 /// what it is asked to, outside): covered where they exist.
 const DAEMON_SOCKETS: [&str; 3] = ["/run/docker.sock", "/run/podman/podman.sock", "/run/containerd/containerd.sock"];
 
-/// What a session hides from its sandboxed command: mayfly's directories and files (the
-/// config, the cache and its key, the audit log), the memory-backed directories keys
-/// live in, every user's runtime directory, container engines' sockets, and the identity
-/// sources' token files. Paths are resolved (a link to a hidden file is hidden with it);
-/// only paths that exist are covered: the rest are not there to read (the audit log's
-/// directory is made first, so that it cannot appear uncovered later). A token file that
-/// is itself a link (Kubernetes' projected tokens, rotated by turning a link) has its
-/// directory covered, so that the next token is too. The session's own directory is
-/// covered too (it may hold the session's cache), its `share` bound back on top.
+/// What a session hides from its sandboxed command: mayfly's directories (the config, the
+/// cache and its key, the audit log), the memory-backed directories keys live in, every
+/// user's runtime directory, container engines' sockets, and the directories of the
+/// identity sources' token files, of `$MAYFLY_CONFIG` and of `$MAYFLY_AUDIT_LOG`. A file's
+/// whole directory is covered, never the file alone: a file replaced by a rename (vault
+/// agent's sinks, spiffe-helper, editors, Kubernetes' projected tokens turning a link)
+/// would leave a cover on the old one behind, and the new one readable. A link's own
+/// directory and its target's are covered. Paths are resolved; only directories that
+/// exist are covered (the audit log's is made first, so that it cannot appear uncovered
+/// later). The session's own directory is covered too (it may hold the session's cache),
+/// its `share` bound back on top. Refused (one line, the command not run) where a cover
+/// would hide what the sandbox needs (`/`, the home directory, the working directory or
+/// one above it), and where the working directory is unfit ([`check_workdir`]).
 pub(crate) fn hidden(
     env: &mayfly_core::Env,
     config: &mayfly_core::Config,
     session_dir: &Path,
-) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    workdir: &Path,
+) -> anyhow::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     use mayfly_core::EnvVars;
+    let workdir = std::fs::canonicalize(workdir).unwrap_or_else(|_| workdir.to_path_buf());
+    let home = env.path(EnvVars::HOME).filter(|h| h.is_absolute()).map(|h| std::fs::canonicalize(&h).unwrap_or(h));
+    check_workdir(env, &workdir, home.as_deref())?;
     let audit = mayfly_core::AuditLog::from_env(env);
     if let Some(dir) = audit.path().and_then(Path::parent) {
         let _ = mayfly_core::files::create_private_dir(dir);
     }
-    let (linked, plain): (Vec<PathBuf>, Vec<PathBuf>) = config
-        .identities
-        .values()
-        .flat_map(mayfly_core::IdentityConfig::files)
-        .partition(|f| f.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()));
+    let tokens = config.identities.values().flat_map(mayfly_core::IdentityConfig::files);
+    let files = tokens
+        .map(|f| ("the identity token file", f))
+        .chain(env.path(EnvVars::MAYFLY_CONFIG).map(|f| ("$MAYFLY_CONFIG", f)))
+        .chain(audit.path().map(|f| ("the audit log", f.to_path_buf())));
+    let mut file_dirs = Vec::new();
+    for (what, file) in files.filter(|(_, f)| f.is_absolute()) {
+        for dir in covers(&file) {
+            refuse_cover(what, &file, &dir, home.as_deref(), &workdir)?;
+            file_dirs.push(dir);
+        }
+    }
     let dirs = [
         env.config_dir(),
         env.cache_dir(),
@@ -228,17 +248,14 @@ pub(crate) fn hidden(
         Some(PathBuf::from("/dev/shm")),
         Some(PathBuf::from("/run/user")),
         Some(session_dir.to_path_buf()),
-        audit.path().and_then(Path::parent).map(Path::to_path_buf),
     ]
     .into_iter()
     .flatten()
-    .chain(linked.iter().filter_map(|f| f.parent().map(Path::to_path_buf)));
+    .filter(|d| d.is_absolute())
+    .filter_map(|d| std::fs::canonicalize(d).ok())
+    .chain(file_dirs);
     // A path inside a directory already covered needs nothing more.
-    let mut candidates: Vec<PathBuf> = dirs
-        .filter(|d| d.is_absolute())
-        .filter_map(|d| std::fs::canonicalize(d).ok())
-        .filter(|d| d.is_dir() && d != Path::new("/"))
-        .collect();
+    let mut candidates: Vec<PathBuf> = dirs.filter(|d| d.is_dir() && d != Path::new("/")).collect();
     candidates.sort_by_key(|d| d.components().count());
     let mut hidden_dirs: Vec<PathBuf> = Vec::new();
     for dir in candidates {
@@ -246,18 +263,130 @@ pub(crate) fn hidden(
             hidden_dirs.push(dir);
         }
     }
-    let files = [mayfly_core::Config::default_path(env), audit.path().map(Path::to_path_buf)]
-        .into_iter()
-        .flatten()
-        .chain(plain)
-        .chain(DAEMON_SOCKETS.iter().map(PathBuf::from));
+    if let Some(dir) = hidden_dirs.iter().find(|h| workdir.starts_with(h)) {
+        anyhow::bail!(
+            "--isolate: the working directory `{}` is inside `{}`, which the sandbox hides; the command was not run",
+            shown(&workdir),
+            shown(dir)
+        );
+    }
     let mut hidden_files: Vec<PathBuf> = Vec::new();
-    for file in files.filter(|f| f.is_absolute()).filter_map(|f| std::fs::canonicalize(f).ok()) {
+    for file in DAEMON_SOCKETS.iter().filter_map(|f| std::fs::canonicalize(f).ok()) {
         if !file.is_dir() && !hidden_files.contains(&file) && !hidden_dirs.iter().any(|h| file.starts_with(h)) {
             hidden_files.push(file);
         }
     }
-    (hidden_dirs, hidden_files)
+    Ok((hidden_dirs, hidden_files))
+}
+
+/// The directories that cover `file`: its own, resolved, where it exists (so that a file
+/// that appears later is covered too), and for a link also its target's.
+fn covers(file: &Path) -> Vec<PathBuf> {
+    let own = file.parent().and_then(|p| std::fs::canonicalize(p).ok());
+    let target = std::fs::canonicalize(file).ok().and_then(|t| t.parent().map(Path::to_path_buf));
+    let mut dirs: Vec<PathBuf> = own.into_iter().collect();
+    if let Some(target) = target.filter(|t| !dirs.contains(t)) {
+        dirs.push(target);
+    }
+    dirs
+}
+
+/// Refuses a cover of `dir` (for `file`) that would hide what the sandbox needs.
+fn refuse_cover(what: &str, file: &Path, dir: &Path, home: Option<&Path>, workdir: &Path) -> anyhow::Result<()> {
+    let why = if dir == Path::new("/") {
+        "the root directory"
+    } else if home == Some(dir) {
+        "your home directory"
+    } else if workdir.starts_with(dir) {
+        "the working directory or one above it"
+    } else {
+        return Ok(());
+    };
+    anyhow::bail!(
+        "--isolate cannot hide {what} `{}`: its directory `{}` is {why}, which the sandbox needs; move the file into a directory of its own; the command was not run",
+        shown(file),
+        shown(dir)
+    )
+}
+
+/// Refuses a working directory the sandbox must not write: the home directory or one
+/// above it (shell start-up files, git's global config), or one that holds mayfly's own
+/// directories.
+fn check_workdir(env: &mayfly_core::Env, workdir: &Path, home: Option<&Path>) -> anyhow::Result<()> {
+    use mayfly_core::EnvVars;
+    if home.is_some_and(|h| h.starts_with(workdir)) {
+        anyhow::bail!(
+            "--isolate: the working directory `{}` is your home directory or holds it, which the sandbox could then write; run it in a project's directory; the command was not run",
+            shown(workdir)
+        );
+    }
+    let config = mayfly_core::Config::default_path(env).and_then(|f| f.parent().map(Path::to_path_buf));
+    let audit = mayfly_core::AuditLog::from_env(env).path().and_then(Path::parent).map(Path::to_path_buf);
+    let mine = [
+        env.config_dir(),
+        env.cache_dir(),
+        env.state_dir(),
+        mayfly_core::Cache::dir_for(env),
+        env.path(EnvVars::MAYFLY_RUNTIME_DIR),
+        config,
+        audit,
+    ];
+    for dir in mine.into_iter().flatten().filter(|d| d.is_absolute()) {
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+        if dir.starts_with(workdir) {
+            anyhow::bail!(
+                "--isolate: the working directory `{}` holds mayfly's `{}`, which the sandbox could then write; run it in a project's directory; the command was not run",
+                shown(workdir),
+                shown(&dir)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn shown(path: &Path) -> String {
+    mayfly_core::sanitize_for_terminal(&path.display().to_string())
+}
+
+/// git's files that make it run code, for the repository the working directory is in:
+/// `hooks` and `config` (`core.fsmonitor`, `core.pager`, `credential.helper`, ...) of its
+/// git directory (a worktree's `.git` file followed, its `config.worktree` and the common
+/// directory's too), bound read-only so that the sandbox cannot plant code that git runs
+/// outside later. Only those that exist; a repository's missing `hooks` is made first (as
+/// `git init` does), so that the sandbox cannot make it.
+pub(crate) fn git_guards(workdir: &Path) -> Vec<PathBuf> {
+    let Some(git_dir) = workdir.ancestors().find_map(git_dir) else { return Vec::new() };
+    let mut dirs = vec![git_dir.clone()];
+    if let Ok(common) = std::fs::read_to_string(git_dir.join("commondir"))
+        && let Ok(common) = std::fs::canonicalize(git_dir.join(common.trim()))
+    {
+        dirs.push(common);
+    }
+    let mut guarded = Vec::new();
+    for dir in dirs {
+        if dir.join("config").is_file() && !dir.join("hooks").exists() {
+            let _ = std::fs::create_dir(dir.join("hooks"));
+        }
+        for name in ["hooks", "config", "config.worktree"] {
+            let path = dir.join(name);
+            if path.exists() && !guarded.contains(&path) {
+                guarded.push(path);
+            }
+        }
+    }
+    guarded
+}
+
+/// The git directory of a working tree at `dir`: `.git`, or where a `.git` file points.
+fn git_dir(dir: &Path) -> Option<PathBuf> {
+    let dot = dir.join(".git");
+    let meta = dot.metadata().ok()?;
+    if meta.is_dir() {
+        return std::fs::canonicalize(dot).ok();
+    }
+    let text = std::fs::read_to_string(&dot).ok()?;
+    let target = text.lines().find_map(|l| l.strip_prefix("gitdir:"))?.trim();
+    std::fs::canonicalize(dir.join(target)).ok()
 }
 
 /// Arguments of the hidden `mayfly sandbox-relay`, which `--isolate` runs inside the
@@ -349,37 +478,185 @@ mod tests {
         assert_eq!(u32::from_ne_bytes([last[4], last[5], last[6], last[7]]), 0x0005_0001);
     }
 
+    /// A home directory with mayfly's config in it, and a working directory beside it.
+    fn home_and_work() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        let home = std::fs::canonicalize(root.path()).unwrap().join("home");
+        let work = home.parent().unwrap().join("work");
+        std::fs::create_dir_all(home.join(".config/mayfly")).unwrap();
+        std::fs::write(home.join(".config/mayfly/config.toml"), "").unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        (root, home, work)
+    }
+
+    fn identities(home: &Path, paths: &[&Path]) -> mayfly_core::Config {
+        let toml: String = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("[identities.id{i}]\nkind = \"file\"\npath = \"{}\"\n\n", p.display()))
+            .collect();
+        mayfly_core::Config::parse(&toml, &home.join(".config/mayfly/config.toml")).unwrap()
+    }
+
+    fn env(home: &Path, more: &[(&str, &Path)]) -> mayfly_core::Env {
+        let mut pairs = vec![("HOME".to_owned(), home.display().to_string())];
+        pairs.extend(more.iter().map(|(k, v)| ((*k).to_owned(), v.display().to_string())));
+        mayfly_core::Env::from_pairs(pairs)
+    }
+
     #[test]
     fn hidden_paths_are_the_ones_that_exist_once_each() {
-        let home = tempfile::tempdir().unwrap();
-        let config = home.path().join(".config/mayfly");
-        std::fs::create_dir_all(&config).unwrap();
-        std::fs::write(config.join("config.toml"), "").unwrap();
-        let token = home.path().join("id-token");
+        let (_root, home, work) = home_and_work();
+        let token = home.join("tokens/id-token");
+        std::fs::create_dir_all(token.parent().unwrap()).unwrap();
         std::fs::write(&token, "x").unwrap();
         // A projected token: a link, rotated by turning it; its directory is covered.
-        let projected = home.path().join("projected");
+        let projected = home.join("projected");
         std::fs::create_dir_all(projected.join("..data")).unwrap();
         std::fs::write(projected.join("..data/token"), "x").unwrap();
         std::os::unix::fs::symlink("..data/token", projected.join("token")).unwrap();
-        let env = mayfly_core::Env::from_pairs([("HOME", home.path().display().to_string())]);
-        let toml = format!(
-            "[identities.k8s]\nkind = \"file\"\npath = \"{}\"\n\n[identities.pod]\nkind = \"file\"\npath = \"{}\"\n",
-            token.display(),
-            projected.join("token").display()
-        );
-        let parsed = mayfly_core::Config::parse(&toml, &config.join("config.toml")).unwrap();
+        let parsed = identities(&home, &[&token, &projected.join("token")]);
         let session = tempfile::tempdir().unwrap();
-        let (dirs, files) = hidden(&env, &parsed, session.path());
+        let (dirs, files) = hidden(&env(&home, &[]), &parsed, session.path(), &work).unwrap();
         assert!(dirs.iter().any(|d| session.path().starts_with(d)), "{dirs:?}");
-        let home = std::fs::canonicalize(home.path()).unwrap();
         assert!(dirs.contains(&home.join(".config/mayfly")), "{dirs:?}");
         assert!(dirs.contains(&home.join(".local/state/mayfly")), "the audit log's directory: {dirs:?}");
         assert!(!dirs.contains(&home.join(".cache/mayfly")), "not there, nothing to hide: {dirs:?}");
         assert!(dirs.contains(&PathBuf::from("/dev/shm")), "{dirs:?}");
         assert!(dirs.contains(&home.join("projected")), "{dirs:?}");
-        // The config file is in a covered directory; the token file is not.
-        assert!(files.contains(&home.join("id-token")), "{files:?}");
-        assert!(!files.iter().any(|f| f.starts_with(home.join(".config"))), "{files:?}");
+        // A token file's whole directory, so that a file renamed over it is covered too.
+        assert!(dirs.contains(&home.join("tokens")), "{dirs:?}");
+        assert!(!files.iter().any(|f| f.starts_with(&home)), "no file covered alone: {files:?}");
+    }
+
+    #[test]
+    fn a_linked_token_has_its_targets_directory_covered_too() {
+        let (_root, home, work) = home_and_work();
+        let (links, targets) = (home.join("links"), home.join("vault"));
+        std::fs::create_dir_all(&links).unwrap();
+        std::fs::create_dir_all(&targets).unwrap();
+        std::fs::write(targets.join("token"), "x").unwrap();
+        std::os::unix::fs::symlink(targets.join("token"), links.join("token")).unwrap();
+        let parsed = identities(&home, &[&links.join("token")]);
+        let session = tempfile::tempdir().unwrap();
+        let (dirs, _) = hidden(&env(&home, &[]), &parsed, session.path(), &work).unwrap();
+        assert!(dirs.contains(&links) && dirs.contains(&targets), "{dirs:?}");
+    }
+
+    #[test]
+    fn mayfly_config_and_the_audit_log_have_their_directories_covered() {
+        let (_root, home, work) = home_and_work();
+        let etc = home.join("etc-mayfly");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("config.toml"), "").unwrap();
+        let log = home.join("logs/audit.jsonl");
+        let vars = [("MAYFLY_CONFIG", etc.join("config.toml")), ("MAYFLY_AUDIT_LOG", log.clone())];
+        let vars: Vec<(&str, &Path)> = vars.iter().map(|(k, v)| (*k, v.as_path())).collect();
+        let session = tempfile::tempdir().unwrap();
+        let (dirs, files) = hidden(&env(&home, &vars), &identities(&home, &[]), session.path(), &work).unwrap();
+        assert!(dirs.contains(&etc) && dirs.contains(&home.join("logs")), "{dirs:?}");
+        assert!(files.iter().all(|f| !f.starts_with(&home)), "{files:?}");
+    }
+
+    #[test]
+    fn a_token_file_whose_directory_the_sandbox_needs_is_refused_in_one_line() {
+        let (_root, home, work) = home_and_work();
+        let session = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(work.join("src")).unwrap();
+        let outside = home.join("vault");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(home.join("loose-token"), outside.join("token")).unwrap();
+        for (token, why) in [
+            (home.join("id-token"), "your home directory"),
+            (work.join("id-token"), "the working directory or one above it"),
+            (home.parent().unwrap().join("id-token"), "the working directory or one above it"),
+            // A link in a directory of its own, to a file loose in the home directory.
+            (outside.join("token"), "your home directory"),
+        ] {
+            std::fs::write(&token, "x").unwrap_or(());
+            let parsed = identities(&home, &[&token]);
+            let error = hidden(&env(&home, &[]), &parsed, session.path(), &work.join("src")).unwrap_err().to_string();
+            assert!(error.starts_with("--isolate cannot hide the identity token file `"), "{error}");
+            assert!(error.contains(why) && error.contains("move the file into a directory of its own"), "{error}");
+            assert!(!error.contains('\n'), "{error}");
+        }
+        let vars = [
+            ("MAYFLY_CONFIG", home.join(".config/mayfly/config.toml")),
+            ("MAYFLY_AUDIT_LOG", home.join("audit.jsonl")),
+        ];
+        let vars: Vec<(&str, &Path)> = vars.iter().map(|(k, v)| (*k, v.as_path())).collect();
+        let error = hidden(&env(&home, &vars), &identities(&home, &[]), session.path(), &work).unwrap_err().to_string();
+        assert!(error.starts_with("--isolate cannot hide the audit log `"), "{error}");
+    }
+
+    #[test]
+    fn a_working_directory_that_is_home_or_holds_mayflys_directories_is_refused() {
+        let (_root, home, work) = home_and_work();
+        let session = tempfile::tempdir().unwrap();
+        let none = identities(&home, &[]);
+        for dir in [home.clone(), home.parent().unwrap().to_path_buf()] {
+            let error = hidden(&env(&home, &[]), &none, session.path(), &dir).unwrap_err().to_string();
+            assert!(error.contains("is your home directory or holds it") && !error.contains('\n'), "{error}");
+        }
+        let error = hidden(&env(&home, &[]), &none, session.path(), &home.join(".config")).unwrap_err().to_string();
+        assert!(error.contains("holds mayfly's `") && error.contains(".config/mayfly"), "{error}");
+        let error =
+            hidden(&env(&home, &[]), &none, session.path(), &home.join(".config/mayfly")).unwrap_err().to_string();
+        assert!(error.contains("holds mayfly's"), "{error}");
+        let config = work.join("conf/config.toml");
+        std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+        let error =
+            hidden(&env(&home, &[("MAYFLY_CONFIG", &config)]), &none, session.path(), &work).unwrap_err().to_string();
+        assert!(error.contains("holds mayfly's") && error.contains("conf"), "{error}");
+        assert!(hidden(&env(&home, &[]), &none, session.path(), &work).is_ok());
+    }
+
+    #[test]
+    fn git_hooks_and_config_are_bound_read_only_a_worktree_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(root.path()).unwrap();
+        // A repository without hooks: they are made, so that the sandbox cannot make them.
+        let repo = root.join("repo");
+        std::fs::create_dir_all(repo.join(".git")).unwrap();
+        std::fs::create_dir_all(repo.join("src/deep")).unwrap();
+        std::fs::write(repo.join(".git/config"), "").unwrap();
+        let guards = git_guards(&repo.join("src/deep"));
+        assert_eq!(guards, vec![repo.join(".git/hooks"), repo.join(".git/config")]);
+        assert!(repo.join(".git/hooks").is_dir());
+        // A worktree: its `.git` file followed, and the common directory's files too.
+        let tree = root.join("tree");
+        let private = repo.join(".git/worktrees/tree");
+        std::fs::create_dir_all(&private).unwrap();
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::write(private.join("commondir"), "../..\n").unwrap();
+        std::fs::write(private.join("config.worktree"), "").unwrap();
+        std::fs::write(tree.join(".git"), format!("gitdir: {}\n", private.display())).unwrap();
+        let guards = git_guards(&tree);
+        assert_eq!(guards, vec![private.join("config.worktree"), repo.join(".git/hooks"), repo.join(".git/config")]);
+        // Outside any repository: nothing.
+        let plain = root.join("plain");
+        std::fs::create_dir_all(&plain).unwrap();
+        assert!(git_guards(&plain).iter().all(|p| !p.starts_with(&root)));
+    }
+
+    #[test]
+    fn read_only_paths_are_bound_after_the_working_directory() {
+        let filter = filter_fd().unwrap();
+        let layout = Layout {
+            hidden_dirs: vec![PathBuf::from("/dev/shm")],
+            hidden_files: Vec::new(),
+            share: PathBuf::from("/nonexistent/share"),
+            socket: PathBuf::from("/nonexistent/share/proxy.sock"),
+            workdir: PathBuf::from("/w"),
+            read_only: vec![PathBuf::from("/w/.git/hooks"), PathBuf::from("/w/.git/config")],
+        };
+        let bw = command(Path::new("/bin/bwrap"), &layout, 1, &[OsString::from("true")], &filter).unwrap();
+        let args: Vec<String> = bw.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let at = |seq: &[&str]| {
+            args.windows(seq.len()).position(|w| w == seq).unwrap_or_else(|| panic!("{seq:?} in {args:?}"))
+        };
+        let work = at(&["--bind", "/w", "/w"]);
+        assert!(work < at(&["--ro-bind", "/w/.git/hooks", "/w/.git/hooks"]));
+        assert!(work < at(&["--ro-bind", "/w/.git/config", "/w/.git/config"]));
     }
 }
