@@ -112,9 +112,15 @@ fn parse_target(tool: Tool, text: &str, operation: Operation) -> anyhow::Result<
         Tool::Oci if !protocol.is_empty() && path.is_some() => {
             (None, Some("the path is ignored: a registry URL names only the registry".into()))
         }
-        Tool::Cargo | Tool::Npm | Tool::Pypi | Tool::Gem if operation == Operation::Read && path.is_some() => {
+        Tool::Cargo | Tool::Npm | Tool::Gem if operation == Operation::Read && path.is_some() => {
             (None, Some("the package is ignored: reads are registry-wide".into()))
         }
+        // `mayfly exec --proxy` binds a read to the project of the page or file it asks
+        // for; the twine shim only uploads.
+        Tool::Pypi if operation == Operation::Read => match path {
+            Some(_) => (path, Some("a read is bound to this project (through `mayfly exec --proxy`)".into())),
+            None => (None, Some("a read names a project: `mayfly exec --proxy` refuses one that names none".into())),
+        },
         _ => (path, None),
     };
     let protocol = if protocol.is_empty() { "https" } else { protocol };
@@ -409,6 +415,18 @@ mod tests {
             "https://crates.example.com"
         );
         assert_eq!(parsed(Tool::Aws, "deploy", Operation::Read).0, "aws://deploy");
+        // The proxy binds a PyPI read to its project; npm's reads are registry-wide.
+        let (pypi, note) = parsed(Tool::Pypi, "https://pypi.example.com/internal-lib", Operation::Read);
+        assert_eq!(pypi, "https://pypi.example.com/internal-lib");
+        assert!(note.unwrap().contains("bound to this project"));
+        let (pypi, note) = parsed(Tool::Pypi, "https://pypi.example.com", Operation::Read);
+        assert_eq!(pypi, "https://pypi.example.com");
+        assert!(note.unwrap().contains("refuses one that names none"));
+        let (npm, note) = parsed(Tool::Npm, "https://npm.example.com/left-pad", Operation::Read);
+        assert_eq!(
+            (npm.as_str(), note.as_deref()),
+            ("https://npm.example.com", Some("the package is ignored: reads are registry-wide"))
+        );
         assert_eq!(
             parsed(Tool::Http, "https://files.example.com/dist/v1.zip", Operation::Read).0,
             "https://files.example.com/dist/v1.zip"

@@ -243,15 +243,42 @@ impl HttpClient {
 }
 
 /// True for the hosts a cloud metadata server answers on over plain HTTP: a link-local
-/// address, Google's metadata host names, or loopback (a node-local agent, a stand-in).
+/// address, Google's metadata host name, or loopback (a node-local agent, a stand-in). A
+/// name is sent to only once it resolves to such addresses ([`metadata_address`]); the
+/// bare `metadata` is not taken, as it resolves through the DNS search domains.
 fn is_metadata_host(url: &url::Url) -> bool {
     match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_link_local() || ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback() || (ip.segments()[0] & 0xffc0) == 0xfe80,
+        Some(url::Host::Ipv4(ip)) => is_metadata_ip(ip.into()),
+        Some(url::Host::Ipv6(ip)) => is_metadata_ip(ip.into()),
         Some(url::Host::Domain(name)) => {
-            ["metadata.google.internal", "metadata", "localhost"].iter().any(|m| name.eq_ignore_ascii_case(m))
+            ["metadata.google.internal", "localhost"].iter().any(|m| name.eq_ignore_ascii_case(m))
         }
         None => false,
+    }
+}
+
+/// A link-local or loopback address.
+fn is_metadata_ip(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(ip) => ip.is_link_local() || ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(v4) => is_metadata_ip(v4.into()),
+            None => ip.is_loopback() || (ip.segments()[0] & 0xffc0) == 0xfe80,
+        },
+    }
+}
+
+/// The addresses a metadata host name is reached at: those it resolves to, when every one
+/// is link-local or loopback.
+fn metadata_address(
+    name: &str,
+    addrs: impl IntoIterator<Item = std::net::SocketAddr>,
+) -> Result<Vec<std::net::SocketAddr>, String> {
+    let addrs: Vec<std::net::SocketAddr> = addrs.into_iter().collect();
+    match addrs.iter().find(|a| !is_metadata_ip(a.ip())) {
+        Some(other) => Err(format!("`{name}` resolves to {}, not a link-local or loopback address", other.ip())),
+        None if addrs.is_empty() => Err(format!("`{name}` resolves to no address")),
+        None => Ok(addrs),
     }
 }
 
@@ -279,19 +306,35 @@ pub(crate) fn metadata_get(
     } else {
         (&FETCH, Duration::from_secs(2), Duration::from_secs(10))
     };
-    let client = cell
-        .get_or_init(|| {
-            Client::builder()
-                .timeout(total)
-                .connect_timeout(connect)
-                .user_agent(concat!("mayfly/", env!("CARGO_PKG_VERSION")))
-                .redirect(redirect::Policy::none())
-                .no_proxy()
-                .build()
-                .map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .map_err(|message| Error::Send { url: shown.clone(), message: message.clone(), not_delivered: true })?;
+    let builder = || {
+        Client::builder()
+            .timeout(total)
+            .connect_timeout(connect)
+            .user_agent(concat!("mayfly/", env!("CARGO_PKG_VERSION")))
+            .redirect(redirect::Policy::none())
+            .no_proxy()
+    };
+    let not_sent = |message: String| Error::Send { url: shown.clone(), message, not_delivered: true };
+    // A name is resolved once, checked, and connected to at the addresses checked.
+    let named;
+    let client = match url.host() {
+        Some(url::Host::Domain(name)) => {
+            let port = url.port_or_known_default().unwrap_or(80);
+            let addrs = std::net::ToSocketAddrs::to_socket_addrs(&(name, port))
+                .map_err(|e| not_sent(format!("cannot resolve `{name}`: {e}")))?;
+            let addrs = metadata_address(name, addrs).map_err(|why| Error::Send {
+                url: shown.clone(),
+                message: why,
+                not_delivered: false,
+            })?;
+            named = builder().resolve_to_addrs(name, &addrs).build().map_err(|e| not_sent(e.to_string()))?;
+            &named
+        }
+        _ => cell
+            .get_or_init(|| builder().build().map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|message| not_sent(message.clone()))?,
+    };
     let mut request = client.get(url.clone());
     for (name, value) in headers {
         request = request.header(*name, *value);
@@ -380,11 +423,45 @@ mod tests {
         {
             assert!(is_metadata_host(&url::Url::parse(ok).unwrap()), "{ok}");
         }
-        for refused in ["http://metadata.example.com/", "http://10.0.0.1/", "http://[2001:db8::1]/"] {
+        for refused in ["http://metadata.example.com/", "http://metadata/", "http://10.0.0.1/", "http://[2001:db8::1]/"]
+        {
             let url = url::Url::parse(refused).unwrap();
             assert!(!is_metadata_host(&url), "{refused}");
             assert!(matches!(metadata_get(&url, &[], "x", true), Err(Error::Insecure(_))), "{refused}");
         }
+    }
+
+    #[test]
+    fn a_metadata_host_name_is_used_only_at_a_link_local_or_loopback_address() {
+        let at = |ip: &str| std::net::SocketAddr::new(ip.parse().unwrap(), 80);
+        let name = "metadata.google.internal";
+        assert_eq!(metadata_address(name, [at("169.254.169.254")]), Ok(vec![at("169.254.169.254")]));
+        assert_eq!(metadata_address(name, [at("::1"), at("fe80::1")]), Ok(vec![at("::1"), at("fe80::1")]));
+        for addrs in [vec![at("203.0.113.9")], vec![at("169.254.169.254"), at("10.0.0.1")], vec![at("::ffff:10.0.0.1")]]
+        {
+            let why = metadata_address(name, addrs.clone()).unwrap_err();
+            assert!(why.contains("not a link-local or loopback address"), "{addrs:?}: {why}");
+        }
+        assert_eq!(metadata_address(name, []), Err(format!("`{name}` resolves to no address")));
+    }
+
+    #[test]
+    fn a_metadata_host_name_is_connected_to_at_the_address_checked() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let n = std::io::Read::read(&mut stream, &mut request).unwrap();
+            let answer =
+                "HTTP/1.1 200 OK\r\nMetadata-Flavor: Google\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+            std::io::Write::write_all(&mut stream, answer.as_bytes()).unwrap();
+            String::from_utf8_lossy(&request[..n]).into_owned()
+        });
+        let url = url::Url::parse(&format!("http://localhost:{port}/x")).unwrap();
+        let (status, flavor, body) = metadata_get(&url, &[], "Metadata-Flavor", false).unwrap();
+        assert_eq!((status, flavor.as_deref(), body.as_slice()), (200, Some("Google"), &b"ok"[..]));
+        assert!(server.join().unwrap().starts_with("GET /x HTTP/1.1"));
     }
 
     #[test]

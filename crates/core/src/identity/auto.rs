@@ -1,7 +1,7 @@
 //! `auto`: the first identity source this environment offers, in a documented order,
 //! found on each use from environment variables and files; only when none of those is
 //! there are the cloud metadata servers probed (GCE/GKE, then Azure IMDS; 300 ms to
-//! connect, once per process), unless `metadata_servers = false`. The source found is
+//! connect, once per process), unless `metadata_servers = false` or this is a CI job. The source found is
 //! one of the other kinds, and answers in `auto`'s place: its `Debug` form is the cache
 //! key, so a token from one source is never served for another.
 
@@ -24,6 +24,24 @@ const CIRCLECI_TOKEN: &str = "CIRCLE_OIDC_TOKEN_V2";
 const BITBUCKET_TOKEN: &str = "BITBUCKET_STEP_OIDC_TOKEN";
 /// The SPIFFE Workload API's socket.
 const SPIFFE_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";
+/// Variables a CI system sets in its jobs. With any of them set, the metadata servers are
+/// never asked: a job whose own token is missing (GitHub Actions without `id-token: write`)
+/// must fail, not run as the service account of the VM a self-hosted runner is on.
+const CI_MARKERS: [&str; 8] = [
+    "GITHUB_ACTIONS",
+    EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL,
+    "GITLAB_CI",
+    "CIRCLECI",
+    "BUILDKITE",
+    "BITBUCKET_BUILD_NUMBER",
+    "TF_BUILD",
+    "JENKINS_URL",
+];
+
+/// The CI marker set here, if any.
+fn ci_marker(env: &Env) -> Option<&'static str> {
+    CI_MARKERS.into_iter().find(|name| env.get(name).is_some())
+}
 
 /// `kind = "auto"`.
 #[derive(Debug)]
@@ -176,7 +194,7 @@ impl Auto {
                 )),
             );
         }
-        if found.is_empty() && self.metadata_servers {
+        if found.is_empty() && self.metadata_servers && ci_marker(env).is_none() {
             let gce = GceMetadata.origin(env);
             if self.probes.answered("gce", gce.clone(), || GceMetadata::probe(env)) {
                 let what = format!("the GCE metadata server (`{gce}` answered)");
@@ -204,11 +222,7 @@ impl Auto {
     /// What was found here and which one is used.
     pub(crate) fn detection(&self, env: &Env) -> Detected {
         let mut found = self.found(env, self.audience.as_deref()).into_iter().map(|f| f.what);
-        Detected {
-            chosen: found.next(),
-            outranked: found.collect(),
-            looked_for: nothing_found(&self.token_file, self.metadata_servers),
-        }
+        Detected { chosen: found.next(), outranked: found.collect(), looked_for: self.nothing_found(env) }
     }
 
     /// Why nothing can be used: nothing found, or GitHub Actions without its permission.
@@ -219,7 +233,18 @@ impl Auto {
                 EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL
             );
         }
-        nothing_found(&self.token_file, self.metadata_servers)
+        self.nothing_found(env)
+    }
+
+    /// The one line said when nothing is found here.
+    fn nothing_found(&self, env: &Env) -> String {
+        match ci_marker(env) {
+            Some(marker) if self.metadata_servers => format!(
+                "{}; the metadata servers are not asked in a CI job (`{marker}` is set)",
+                nothing_found(&self.token_file, false)
+            ),
+            _ => nothing_found(&self.token_file, self.metadata_servers),
+        }
     }
 }
 
@@ -448,5 +473,32 @@ mod tests {
         let ask = Ask { name: "t", audience: None, env: &spiffe, http: &no_http, now: 0 };
         let err = a.fetch(&ask).unwrap_err().to_string();
         assert!(err.starts_with("identity `t`: found a SPIFFE Workload API"), "{err}");
+    }
+
+    #[test]
+    fn a_ci_job_never_asks_the_metadata_servers() {
+        let a = Auto { metadata_servers: true, ..auto(PathBuf::from("/nonexistent/token")) };
+        // A GCE metadata server that answered here: outside CI it is what `auto` uses.
+        let gce = GceMetadata.origin(&Env::default());
+        *a.probes.0.lock().unwrap() = vec![("gce", gce, true)];
+        assert_eq!(
+            a.detection(&Env::default()).chosen.as_deref().map(|c| c.starts_with("the GCE metadata server")),
+            Some(true)
+        );
+        for marker in CI_MARKERS {
+            let env = Env::from_pairs([(marker, "true")]);
+            let found: Vec<String> = a.found(&env, None).into_iter().map(|f| f.what).collect();
+            assert!(!found.iter().any(|f| f.contains("metadata")), "{marker}: {found:?}");
+        }
+        for (marker, ends) in [
+            ("GITHUB_ACTIONS", "the job needs `permissions: id-token: write`".to_owned()),
+            ("JENKINS_URL", "the metadata servers are not asked in a CI job (`JENKINS_URL` is set)".to_owned()),
+            ("TF_BUILD", "the metadata servers are not asked in a CI job (`TF_BUILD` is set)".to_owned()),
+        ] {
+            let env = Env::from_pairs([(marker, "true")]);
+            let Presence::Absent(why) = a.look(&env) else { panic!("{marker}: nothing usable, yet present") };
+            assert!(why.ends_with(&ends), "{why}");
+            assert_eq!(a.detection(&env).chosen, None, "{marker}");
+        }
     }
 }

@@ -369,14 +369,37 @@ const GEM_VALUED: &[&str] = &["--host", "-k", "--key", "--otp", "-p", "--http-pr
 /// `RUBYGEMS_HOST`, else RubyGems.org. gem's other commands need no token: they run
 /// without one.
 fn gem_need(args: &[String], env: &Env) -> Result<Option<Need>, Refusal> {
-    let words = positionals(args, GEM_VALUED);
+    let hosts = gem_hosts(args);
+    let rest: Vec<String> = without(args, &hosts).cloned().collect();
+    let words = positionals(&rest, GEM_VALUED);
     // gem takes any unambiguous prefix of a command name.
     if !matches!(words.first(), Some(&("push" | "pus" | "pu"))) {
         return Ok(None);
     }
-    let text = flag(args, &["--host"])
-        .or_else(|| env.get(crate::EnvVars::RUBYGEMS_HOST).filter(|h| !h.is_empty()))
-        .unwrap_or(GEM_HOST);
+    // gem takes everything after `--` as build arguments, where `--host` stops being an
+    // option.
+    if args.iter().any(|a| a == "--") {
+        return Err(Refusal::Failed("`gem push`: `--` is not taken, so the key's host stays pinned".into()));
+    }
+    // OptionParser matches option names ignoring case, Unicode's too (`--hoſt` is `--host`).
+    if let Some(odd) = args.iter().find(|a| a.starts_with("--") && !a.split('=').next().unwrap_or_default().is_ascii())
+    {
+        return Err(Refusal::Failed(format!(
+            "`gem push`: the option `{}` is not taken",
+            crate::sanitize_for_terminal(odd.split('=').next().unwrap_or_default())
+        )));
+    }
+    let given = match hosts.as_slice() {
+        [] => None,
+        [(_, _, Some(host))] => Some(*host),
+        [(_, _, None)] => return Err(Refusal::Failed("`gem push`: --host has no value".into())),
+        _ => {
+            return Err(Refusal::Failed(
+                "`gem push`: --host given more than once, so the key's host is unclear".into(),
+            ));
+        }
+    };
+    let text = given.or_else(|| env.get(crate::EnvVars::RUBYGEMS_HOST).filter(|h| !h.is_empty())).unwrap_or(GEM_HOST);
     let registry = crate::target::strict_url(text).ok_or_else(|| {
         Refusal::Failed(format!("`gem push`: the gem host `{}` is not a URL", crate::sanitize_for_terminal(text)))
     })?;
@@ -419,13 +442,53 @@ fn gem_of(file: &str) -> Option<String> {
 /// `default_gem_server`/`allowed_push_host` can send it elsewhere (gem refuses a gem whose
 /// `allowed_push_host` is another host).
 pub fn pinned_args(family: Family, need: &Need, args: &[OsString]) -> Vec<OsString> {
-    let mut args = args.to_vec();
-    let strings: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-    if family == Family::Gem && flag(&strings, &["--host"]).is_none() {
-        args.push("--host".into());
-        args.push(need.registry.as_str().trim_end_matches('/').into());
+    if family != Family::Gem {
+        return args.to_vec();
     }
-    args
+    // Every host option goes ([`gem_need`] took at most one, the host the key is for), and
+    // `--host` follows the command word, where gem reads it as an option (the command comes
+    // first: gem refuses a line that starts with an option of its own).
+    let strings: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let hosts = gem_hosts(&strings);
+    let mut out: Vec<OsString> = without(args, &hosts).cloned().collect();
+    let kept: Vec<String> = without(&strings, &hosts).cloned().collect();
+    let command = kept.iter().position(|a| !a.starts_with('-')).map_or(0, |i| i + 1);
+    out.splice(command..command, ["--host".into(), need.registry.as_str().trim_end_matches('/').into()]);
+    out
+}
+
+/// The host options of a `gem` command line before `--`, as Ruby's OptionParser reads
+/// them: `--host` or any prefix of it down to `--h` (`--ho` and `--hos` are unambiguous),
+/// in any case, each as `--host VALUE` or `--host=VALUE`. Each is (index, arguments it spans, value);
+/// OptionParser keeps the last one given.
+fn gem_hosts(args: &[String]) -> Vec<(usize, usize, Option<&str>)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() && args[i] != "--" {
+        let arg = &args[i];
+        let (name, value) = match arg.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (arg.as_str(), None),
+        };
+        if name.len() >= 3 && "--host".starts_with(&name.to_ascii_lowercase()) {
+            match value {
+                Some(value) => out.push((i, 1, Some(value))),
+                None => {
+                    let value = args.get(i + 1).map(String::as_str);
+                    out.push((i, if value.is_some() { 2 } else { 1 }, value));
+                    i += 1;
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+/// `args` without the spans `hosts` names.
+fn without<'a, T>(args: &'a [T], hosts: &[(usize, usize, Option<&str>)]) -> impl Iterator<Item = &'a T> {
+    let dropped: Vec<usize> = hosts.iter().flat_map(|&(at, span, _)| at..at + span).collect();
+    args.iter().enumerate().filter(move |(i, _)| !dropped.contains(i)).map(|(_, a)| a)
 }
 
 /// The normalised project name of a distribution file (PEP 503): `Foo_Bar-1.0.tar.gz` and

@@ -396,9 +396,13 @@ fn gem_push_is_pinned_to_the_host_its_key_is_for() {
     let args = strings(&["push", "a-1.gem"]);
     let push = need(Family::Gem, &args, &env, Path::new("/")).unwrap().unwrap();
     let os: Vec<OsString> = args.iter().map(Into::into).collect();
-    assert_eq!(pinned_args(Family::Gem, &push, &os), ["push", "a-1.gem", "--host", "https://rubygems.org"]);
-    let given: Vec<OsString> = ["push", "--host=https://rubygems.org", "a-1.gem"].map(Into::into).into();
-    assert_eq!(pinned_args(Family::Gem, &push, &given), given, "a host given stays as given");
+    assert_eq!(pinned_args(Family::Gem, &push, &os), ["push", "--host", "https://rubygems.org", "a-1.gem"]);
+    let given: Vec<OsString> = ["push", "a-1.gem", "--host=https://rubygems.org"].map(Into::into).into();
+    assert_eq!(
+        pinned_args(Family::Gem, &push, &given),
+        ["push", "--host", "https://rubygems.org", "a-1.gem"],
+        "the host given is replaced by the one pinned"
+    );
     let issued = Issued {
         token: crate::Secret::new("rubygems_k"),
         expires_at: None,
@@ -411,4 +415,59 @@ fn gem_push_is_pinned_to_the_host_its_key_is_for() {
         token_vars(Family::Gem, &push.registry, &issued),
         [("GEM_HOST_API_KEY".to_owned(), "rubygems_k".to_owned())]
     );
+}
+
+/// Ruby's OptionParser keeps the last `--host`, takes `--ho`, `--hos` and any case, and
+/// stops at `--`: each way of sending the key to a host other than the one it names.
+#[test]
+fn gem_push_reads_every_host_option_as_gem_does() {
+    let env = Env::default();
+    let host = |args: &[&str]| need(Family::Gem, &strings(args), &env, Path::new("/")).map(|n| n.unwrap());
+    for (args, want) in [
+        (&["push", "--ho", "https://a.example", "a-1.gem"][..], "https://a.example/"),
+        (&["push", "a-1.gem", "--hos=https://a.example"], "https://a.example/"),
+        (&["push", "--HOST", "https://a.example", "a-1.gem"], "https://a.example/"),
+        (&["push", "a-1.gem", "--Ho=https://a.example"], "https://a.example/"),
+    ] {
+        assert_eq!(host(args).unwrap().registry.as_str(), want, "{args:?}");
+    }
+    for bad in [
+        &["push", "--host", "https://rubygems.org", "a-1.gem", "--host", "https://evil.example"][..],
+        &["push", "--host=https://rubygems.org", "a-1.gem", "--ho", "https://evil.example"],
+        &["push", "a-1.gem", "--hos=https://evil.example", "--HOST=https://rubygems.org"],
+        &["push", "a-1.gem", "--h", "https://evil.example", "--host", "https://rubygems.org"],
+    ] {
+        let err = host(bad).unwrap_err().to_string();
+        assert!(err.contains("--host given more than once"), "{bad:?}: {err}");
+    }
+    for bad in
+        [&["push", "a-1.gem", "--"][..], &["push", "--host", "https://rubygems.org", "a-1.gem", "--", "--host", "x"]]
+    {
+        let err = host(bad).unwrap_err().to_string();
+        assert!(err.contains("`--` is not taken"), "{bad:?}: {err}");
+    }
+    let err = host(&["push", "a-1.gem", "--ho\u{17f}t=https://evil.example"]).unwrap_err().to_string();
+    assert!(err.starts_with("`gem push`: the option `--ho"), "{err}");
+    let err = host(&["push", "a-1.gem", "--host"]).unwrap_err().to_string();
+    assert!(err.contains("--host has no value"), "{err}");
+}
+
+#[test]
+fn gem_push_pins_the_host_right_after_the_command() {
+    let env = Env::default();
+    for (args, want) in [
+        (
+            &["push", "a-1.gem", "--ho", "https://a.example"][..],
+            &["push", "--host", "https://a.example", "a-1.gem"][..],
+        ),
+        (
+            &["pu", "--HOS=https://a.example", "-k", "k", "a-1.gem"],
+            &["pu", "--host", "https://a.example", "-k", "k", "a-1.gem"],
+        ),
+        (&["push", "--otp", "123", "a-1.gem"], &["push", "--host", "https://rubygems.org", "--otp", "123", "a-1.gem"]),
+    ] {
+        let push = need(Family::Gem, &strings(args), &env, Path::new("/")).unwrap().unwrap();
+        let os: Vec<OsString> = args.iter().map(Into::into).collect();
+        assert_eq!(pinned_args(Family::Gem, &push, &os), want, "{args:?}");
+    }
 }
