@@ -229,15 +229,7 @@ impl HttpClient {
         if status.is_redirection() {
             return Err(Error::Redirect { url: shown });
         }
-        let mut body = Vec::new();
-        response.take(MAX_BODY + 1).read_to_end(&mut body).map_err(|e| Error::Send {
-            url: shown.clone(),
-            message: e.to_string(),
-            not_delivered: false,
-        })?;
-        if body.len() as u64 > MAX_BODY {
-            return Err(Error::TooLarge(shown));
-        }
+        let body = read_capped(response, shown)?;
         Ok((status.as_u16(), body))
     }
 }
@@ -346,6 +338,12 @@ pub(crate) fn metadata_get(
     })?;
     let status = response.status().as_u16();
     let answer = response.headers().get(answer_header).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body = read_capped(response, shown)?;
+    Ok((status, answer, body))
+}
+
+/// An answer's body, at most [`MAX_BODY`] bytes; more is an error, not a truncation.
+fn read_capped(response: Response, shown: String) -> Result<Vec<u8>, Error> {
     let mut body = Vec::new();
     response.take(MAX_BODY + 1).read_to_end(&mut body).map_err(|e| Error::Send {
         url: shown.clone(),
@@ -355,7 +353,7 @@ pub(crate) fn metadata_get(
     if body.len() as u64 > MAX_BODY {
         return Err(Error::TooLarge(shown));
     }
-    Ok((status, answer, body))
+    Ok(body)
 }
 
 /// A client trusting exactly `roots` (none: plain HTTP only). Same-origin redirects never
