@@ -187,6 +187,9 @@ pub(crate) fn command(
     }
     let share = std::fs::canonicalize(&layout.share).unwrap_or_else(|_| layout.share.clone());
     bw.arg("--ro-bind").arg(&share).arg(&share);
+    // mayfly itself runs the relay inside: last, so a binary under `/tmp` or a covered
+    // directory is still there.
+    bw.arg("--ro-bind").arg(&exe).arg(&exe);
     bw.arg("--chdir").arg(&layout.workdir);
     bw.arg("--").arg(exe).arg("sandbox-relay").arg("--socket").arg(&layout.socket);
     bw.arg("--port").arg(port.to_string()).arg("--").args(command);
