@@ -29,7 +29,7 @@ fn proxy_routes(stack: &Stack) -> String {
 }
 
 /// `mayfly exec --session NAME --proxy [FLAGS] -- sh -c SCRIPT` in the work tree.
-fn exec(stack: &Stack, session: &str, flags: &[&str], script: &str) -> Output {
+fn command(stack: &Stack, session: &str, flags: &[&str], script: &str) -> Command {
     let mut command = Command::new(bin("mayfly"));
     command
         .arg("exec")
@@ -39,7 +39,12 @@ fn exec(stack: &Stack, session: &str, flags: &[&str], script: &str) -> Output {
         .current_dir(&stack.work)
         .env_clear()
         .envs(stack.env());
-    command.output().expect("mayfly exec runs")
+    command
+}
+
+/// [`command`], run to its end.
+fn exec(stack: &Stack, session: &str, flags: &[&str], script: &str) -> Output {
+    command(stack, session, flags, script).output().expect("mayfly exec runs")
 }
 
 fn proxy_lines(stack: &Stack, session: &str) -> Vec<Value> {
@@ -194,19 +199,89 @@ fn a_command_known_to_go_around_the_proxy_is_named_and_still_runs() {
     // A program run as `ssh` (here `true` under that name): SSH never passes an HTTP proxy.
     let dir = stack.dir.path().join("bypass");
     std::fs::create_dir_all(&dir).unwrap();
-    std::os::unix::fs::symlink("/bin/true", dir.join("ssh")).unwrap();
-    let out = Command::new(bin("mayfly"))
-        .args(["exec", "--proxy", "--"])
-        .arg(dir.join("ssh"))
-        .current_dir(&stack.work)
-        .env_clear()
-        .envs(stack.env())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines = mayfly_tests::mayfly_lines(&out.stderr);
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(lines[0].contains("`ssh` may go around the proxy: speaks SSH, not HTTPS"), "{}", lines[0]);
+    // The docker CLI only asks its daemon, which never sees the session's proxy.
+    for (name, why) in [
+        ("ssh", "`ssh` may go around the proxy: speaks SSH, not HTTPS"),
+        ("docker", "`docker` may go around the proxy: pushes and pulls are made by the docker engine"),
+    ] {
+        std::os::unix::fs::symlink("/bin/true", dir.join(name)).unwrap();
+        let out = Command::new(bin("mayfly"))
+            .args(["exec", "--proxy", "--"])
+            .arg(dir.join(name))
+            .current_dir(&stack.work)
+            .env_clear()
+            .envs(stack.env())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let lines = mayfly_tests::mayfly_lines(&out.stderr);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains(why), "{}", lines[0]);
+    }
     let quiet = exec(&stack, "quiet", &[], "true");
     assert!(mayfly_tests::mayfly_lines(&quiet.stderr).is_empty(), "a shell is not warned about");
+}
+
+#[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
+fn a_push_whose_cached_token_the_server_refuses_is_sent_again_body_and_all_with_a_fresh_one() {
+    if !require_tool("git") {
+        return;
+    }
+    let stack = Stack::new();
+    stack.write_config(&proxy_routes(&stack));
+    // The second push's pre-push hook runs after its ref advertisement (which the cached
+    // write token still passes) and before its pack goes: there the server stops accepting
+    // that token, so the POST carrying the pack meets the 401.
+    let script = format!(
+        "set -e; git clone -q {app} app; cd app; echo a > a.txt; git add a.txt; git commit -qm a; git push -q origin main; \
+         printf '#!/bin/sh\\ntouch ../ready; while [ ! -e ../revoked ]; do sleep 0.05; done\\n' > .git/hooks/pre-push; \
+         chmod +x .git/hooks/pre-push; echo b > b.txt; git add b.txt; git commit -qm b; \
+         git push -q origin main 2> ../push-err.txt || echo push-failed",
+        app = stack.repo_url("org/app.git"),
+    );
+    let child = command(&stack, "replayed", &[], &script)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mayfly exec runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !stack.work.join("ready").exists() {
+        assert!(std::time::Instant::now() < deadline, "the second push never reached its pre-push hook");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let write_tokens: Vec<String> = stack
+        .client_audit()
+        .into_iter()
+        .filter(|l| l["session"] == "replayed" && l["outcome"] == "issued" && l["operation"] == "write")
+        .filter_map(|l| l["fingerprint"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(write_tokens.len(), 1, "one write token, cached for both pushes: {write_tokens:?}");
+    let first: mayfly_core::Fingerprint = serde_json::from_value(Value::String(write_tokens[0].clone())).unwrap();
+    stack.git_server().revoke(&first);
+    std::fs::write(stack.work.join("revoked"), "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains("push-failed"), "{}", read(&stack, "push-err.txt"));
+
+    // The pack reached the server: the POST was sent again with a fresh write token.
+    let log = stack.git_ok(&stack.work, &["-C", "app", "log", "--oneline", "origin/main"]);
+    assert!(String::from_utf8_lossy(&log.stdout).contains(" b"), "{}", String::from_utf8_lossy(&log.stdout));
+    let session: Vec<Value> = stack.client_audit().into_iter().filter(|l| l["session"] == "replayed").collect();
+    let revoked = session.iter().any(|l| l["outcome"] == "revoked" && l["fingerprint"] == write_tokens[0].as_str());
+    assert!(revoked, "the refused token was dropped and revoked: {session:?}");
+    let resent: Vec<&Value> = session
+        .iter()
+        .filter(|l| {
+            l["tool"] == "proxy"
+                && l["method"] == "POST"
+                && l["path"] == "/org/app.git/git-receive-pack"
+                && l["reason"].as_str().is_some_and(|r| r.contains("sent again with a fresh token after a 401"))
+        })
+        .collect();
+    assert_eq!(resent.len(), 1, "{session:?}");
+    assert_eq!(resent[0]["outcome"], "proxied");
+    assert_ne!(resent[0]["fingerprint"], write_tokens[0].as_str(), "the resent pack carried a fresh token");
+    assert_eq!(stack.git_server().stats.unauthorized.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

@@ -9,7 +9,9 @@
 //! verified against the system roots and the route's `ca_file`. OCI registries' token
 //! challenges are answered by the proxy itself (`oci`). Other hosts are tunnelled
 //! untouched (never to loopback, link-local or metadata addresses), or refused under
-//! `--deny-unrouted`. Every request is one audit line.
+//! `--deny-unrouted`. Every request is one audit line. A request whose cached token the
+//! upstream refuses (`401`) is sent once more with a fresh one, its body kept for that
+//! within a cap (`replay`).
 //! Requests with two lengths are refused before hyper reads them as one (`guard`).
 
 use std::collections::HashMap;
@@ -33,12 +35,14 @@ mod env;
 mod guard;
 mod oci;
 mod operation;
+mod replay;
 mod upstream;
 
 use ca::Ca;
 pub(crate) use ca::ca_bundle;
 pub(crate) use env::{CA_VARS, bypasses, identity_vars, npm_userconfig, vars};
 use guard::Guarded;
+use replay::{MAX_REPLAY, Replay};
 use upstream::{Pool, passthrough, send};
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -458,9 +462,9 @@ async fn forward(
     if family == Family::Oci {
         return oci::forward(req, state, host, protocol, pool).await;
     }
-    let mut req = req.map(BodyExt::boxed);
-    let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let (mut parts, body) = req.into_parts();
+    let method = parts.method.clone();
+    let path = parts.uri.path().to_owned();
     let refuse = |reason: String, operation: Option<Operation>| {
         state.line(Outcome::Denied, method.as_str(), host, &path, None, |e| {
             e.operation = operation.map(|o| o.as_str().into()).unwrap_or_default();
@@ -468,23 +472,23 @@ async fn forward(
         });
         refusal(family, StatusCode::FORBIDDEN, &format!("mayfly: {reason}"))
     };
-    let detected = match operation::detect(family, &method, &path, req.uri().query()) {
+    let detected = match operation::detect(family, &method, &path, parts.uri.query()) {
         Ok(detected) => detected,
         Err(reason) => return refuse(reason, None),
     };
     let operation = detected.operation;
+    let mut body = Replay::new(body.boxed(), &parts.headers);
     let name = match detected.subject {
         Subject::Host => None,
         Subject::Named(name) => Some(name),
         Subject::InBody(kind) => {
-            let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            let (parts, body) = req.into_parts();
-            let bytes = match http_body_util::Limited::new(body, MAX_NAMING_BODY).collect().await {
+            let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            let bytes = match http_body_util::Limited::new(body.body(), MAX_NAMING_BODY).collect().await {
                 Ok(collected) => collected.to_bytes(),
                 Err(e) => return refuse(format!("cannot read the request's body: {e}"), Some(operation)),
             };
-            let named = operation::name_in_body(kind, content_type.as_deref(), &bytes);
-            req = Request::from_parts(parts, Full::new(bytes).map_err(|never| match never {}).boxed());
+            let named = operation::name_in_body(kind, content_type, &bytes);
+            body = Replay::Whole(bytes);
             match named {
                 Ok(name) => Some(name),
                 Err(reason) => return refuse(reason, Some(operation)),
@@ -499,71 +503,91 @@ async fn forward(
         Resolution::Route(route) => Some(route.clone()),
         _ => None,
     };
-    let mut fingerprint = None;
-    let mut route_name = String::new();
-    if let Some(route) = &route {
-        route_name.clone_from(&route.name);
-        let (state2, target2, route2) = (state.clone(), target.clone(), route.clone());
-        let issued = tokio::task::spawn_blocking(move || {
-            state2.settings.broker.token(&route2, &target2, operation, &state2.settings.chain)
-        })
-        .await;
-        let issued = match issued {
-            Ok(Ok(issued)) => issued,
-            Ok(Err(error)) => {
-                let reason = mayfly_core::protocol::one_line(&error);
-                state.line(Outcome::Denied, method.as_str(), host, &path, Some(&target), |e| {
-                    e.operation = operation.as_str().into();
-                    e.route.clone_from(&route_name);
-                    e.reason = Some(reason.clone());
-                });
-                return refusal(family, StatusCode::FORBIDDEN, &format!("mayfly: {reason}"));
-            }
-            Err(_) => return refusal(family, StatusCode::INTERNAL_SERVER_ERROR, "mayfly: the token request failed"),
-        };
-        // As the tool would send what its shim hands it: npm an `_authToken` (Bearer),
-        // twine a user name and password (Basic); the others as the route says.
-        let scheme = match family {
-            Family::Npm => Scheme::Bearer,
-            Family::Pypi => Scheme::Basic,
-            _ => issued.scheme,
-        };
-        let value = match scheme {
-            Scheme::Basic => {
-                format!("Basic {}", STANDARD.encode(format!("{}:{}", issued.username, issued.token.expose())))
-            }
-            Scheme::Bearer => format!("Bearer {}", issued.token.expose()),
-            // cargo's registries take the token as the whole value.
-            Scheme::Plain => issued.token.expose().to_owned(),
-        };
-        let Ok(mut value) = header::HeaderValue::from_str(&value) else {
-            return refusal(family, StatusCode::BAD_GATEWAY, "mayfly: the token cannot go into a header");
-        };
-        value.set_sensitive(true);
-        req.headers_mut().insert(header::AUTHORIZATION, value);
-        fingerprint = Some(issued.token.fingerprint());
-    } else if state.settings.deny_unrouted {
+    let route_name = route.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+    let denied = |reason: String| {
         state.line(Outcome::Denied, method.as_str(), host, &path, Some(&target), |e| {
             e.operation = operation.as_str().into();
-            e.reason = Some("no route for this repository".into());
+            e.route.clone_from(&route_name);
+            e.reason = Some(reason.clone());
         });
-        return text(
-            StatusCode::FORBIDDEN,
-            &format!("mayfly: no route for `{}`, and this session refuses unrouted requests", target.display()),
-        );
-    }
-    if route.is_none() && req.headers().get(header::AUTHORIZATION).is_some_and(|v| placeholder(v.as_bytes())) {
-        req.headers_mut().remove(header::AUTHORIZATION);
-    }
-    let response = match send(req, state, host, protocol, route.as_ref(), pool).await {
-        Ok(response) => response,
-        Err(e) => {
-            state.line(Outcome::Failed, method.as_str(), host, &path, Some(&target), |ev| {
-                ev.operation = operation.as_str().into();
-                ev.route.clone_from(&route_name);
-                ev.reason = Some(e.clone());
+        refusal(family, StatusCode::FORBIDDEN, &format!("mayfly: {reason}"))
+    };
+    if route.is_none() {
+        if state.settings.deny_unrouted {
+            state.line(Outcome::Denied, method.as_str(), host, &path, Some(&target), |e| {
+                e.operation = operation.as_str().into();
+                e.reason = Some("no route for this repository".into());
             });
-            return refusal(family, StatusCode::BAD_GATEWAY, &format!("mayfly: {e}"));
+            return text(
+                StatusCode::FORBIDDEN,
+                &format!("mayfly: no route for `{}`, and this session refuses unrouted requests", target.display()),
+            );
+        }
+        if parts.headers.get(header::AUTHORIZATION).is_some_and(|v| placeholder(v.as_bytes())) {
+            parts.headers.remove(header::AUTHORIZATION);
+        }
+    }
+    let mut fingerprint = None;
+    let mut attempt = 0;
+    let response = loop {
+        attempt += 1;
+        let mut from_cache = false;
+        if let Some(route) = &route {
+            let issued = match mint(state, route, &target, operation).await {
+                Ok(issued) => issued,
+                Err(reason) => return denied(reason),
+            };
+            let Some(value) = authorization(family, &issued) else {
+                return refusal(family, StatusCode::BAD_GATEWAY, "mayfly: the token cannot go into a header");
+            };
+            parts.headers.insert(header::AUTHORIZATION, value);
+            fingerprint = Some(issued.token.fingerprint());
+            from_cache = issued.from_cache;
+            // A cached token may be refused (revoked, or the upstream's view of it
+            // changed): keep the body, within its cap, to send it again with a fresh one.
+            if from_cache && attempt == 1 {
+                body = match body {
+                    Replay::Once(Some(stream)) => match Replay::read(stream, &parts.headers, MAX_REPLAY).await {
+                        Ok(read) => read,
+                        Err(e) => return denied(format!("cannot read the request's body: {e}")),
+                    },
+                    read => read,
+                };
+            }
+        }
+        let req = Request::from_parts(parts.clone(), body.body());
+        let response = match send(req, state, host, protocol, route.as_ref(), pool).await {
+            Ok(response) => response,
+            Err(e) => {
+                state.line(Outcome::Failed, method.as_str(), host, &path, Some(&target), |ev| {
+                    ev.operation = operation.as_str().into();
+                    ev.route.clone_from(&route_name);
+                    ev.reason = Some(e.clone());
+                });
+                return refusal(family, StatusCode::BAD_GATEWAY, &format!("mayfly: {e}"));
+            }
+        };
+        let refused = response.status() == StatusCode::UNAUTHORIZED && from_cache && attempt == 1;
+        let Some(route) = route.as_ref().filter(|_| refused) else {
+            break response;
+        };
+        // The upstream refused the cached token: it is dropped (and revoked), and the
+        // request sent once more with a fresh one.
+        erase(state, route, &target).await;
+        let _ = http_body_util::Limited::new(response.into_body(), 64 << 10).collect().await;
+        if !body.replayable() {
+            let reason = format!(
+                "`{host}` refused the cached token, which is now dropped; the request's body (over {} MiB) could not be sent again with a fresh one: run the command again",
+                MAX_REPLAY >> 20
+            );
+            mayfly_core::protocol::warn(&format!("proxy: {reason}"));
+            state.line(Outcome::Failed, method.as_str(), host, &path, Some(&target), |e| {
+                e.operation = operation.as_str().into();
+                e.route.clone_from(&route_name);
+                e.fingerprint.clone_from(&fingerprint);
+                e.reason = Some(reason.clone());
+            });
+            return refusal(family, StatusCode::SERVICE_UNAVAILABLE, &format!("mayfly: {reason}"));
         }
     };
     let outcome = if route.is_some() { Outcome::Proxied } else { Outcome::Tunnelled };
@@ -571,9 +595,56 @@ async fn forward(
         e.operation = operation.as_str().into();
         e.route.clone_from(&route_name);
         e.fingerprint = fingerprint;
-        e.reason = Some(format!("upstream answered {}", response.status().as_u16()));
+        e.reason = Some(format!(
+            "upstream answered {}{}",
+            response.status().as_u16(),
+            if attempt > 1 { " (sent again with a fresh token after a 401)" } else { "" }
+        ));
     });
     response
+}
+
+/// The `Authorization` a token goes upstream in: as the tool would send what its shim
+/// hands it (npm an `_authToken`, Bearer; twine a user name and password, Basic), the
+/// others as the route says.
+fn authorization(family: Family, issued: &mayfly_core::Issued) -> Option<header::HeaderValue> {
+    let scheme = match family {
+        Family::Npm => Scheme::Bearer,
+        Family::Pypi => Scheme::Basic,
+        _ => issued.scheme,
+    };
+    let value = match scheme {
+        Scheme::Basic => format!("Basic {}", STANDARD.encode(format!("{}:{}", issued.username, issued.token.expose()))),
+        Scheme::Bearer => format!("Bearer {}", issued.token.expose()),
+        // cargo's registries take the token as the whole value.
+        Scheme::Plain => issued.token.expose().to_owned(),
+    };
+    let mut value = header::HeaderValue::from_str(&value).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// A token for a target and operation through the broker (its cache, exchange, policy
+/// and audit), off the runtime's threads.
+async fn mint(
+    state: &Arc<State>,
+    route: &mayfly_core::Route,
+    target: &Target,
+    operation: Operation,
+) -> Result<mayfly_core::Issued, String> {
+    let (state, route, target) = (state.clone(), route.clone(), target.clone());
+    tokio::task::spawn_blocking(move || state.settings.broker.token(&route, &target, operation, &state.settings.chain))
+        .await
+        .map_err(|_| "the token request failed".to_owned())?
+        .map_err(|e| mayfly_core::protocol::one_line(&e))
+}
+
+/// Drops the session's cached tokens for a target (and revokes them), as a helper's
+/// `erase` does after the server refused one.
+async fn erase(state: &Arc<State>, route: &mayfly_core::Route, target: &Target) {
+    let (state, route, target) = (state.clone(), route.clone(), target.clone());
+    let _ =
+        tokio::task::spawn_blocking(move || state.settings.broker.erase(&route, &target, &state.settings.chain)).await;
 }
 
 /// What a tool that will not send a request without a credential is given inside the

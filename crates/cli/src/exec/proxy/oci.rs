@@ -9,6 +9,9 @@
 //! memory per (registry, repository, actions) until it expires, and sends the request with
 //! it. The client never holds either token: its own `Authorization` is dropped, the API's
 //! version check is answered `200` for it, and a routed repository never answers it `401`.
+//! The challenge is the one `GET /v2/` answers with, or, for a registry whose `/v2/`
+//! answers anonymously, the one a repository's `401` carries (that request is then sent
+//! again with the registry token).
 //!
 //! A realm is only trusted on `https`, on the registry's own host or the host of the
 //! route's exchange: a registry cannot have the credential sent elsewhere (not even to a
@@ -27,8 +30,9 @@ use hyper::{Request, Response, StatusCode, header};
 use mayfly_core::{Operation, Outcome, Resolution, Route, Target, Tool};
 
 use super::operation::{self, Family, OciRequest};
+use super::replay::{MAX_REPLAY, Replay};
 use super::upstream::{Pool, fetch, send};
-use super::{Body, State, refusal};
+use super::{Body, State, mint, refusal};
 
 /// What a registry's `WWW-Authenticate` asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -226,12 +230,7 @@ pub(super) async fn forward(
                 return response;
             }
             let challenge = challenge_of(&response);
-            state
-                .oci
-                .challenges
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(host.to_owned(), challenge);
+            state.oci.learn(host, challenge);
             line(Outcome::Proxied, Some(Operation::Read), None, &host_route.name, &|e| {
                 e.reason = Some("upstream answered 401: the proxy answers its challenges".into());
             });
@@ -282,24 +281,36 @@ pub(super) async fn forward(
     let mut scopes = vec![format!("repository:{name}:{actions}")];
     scopes.extend(mount_from.iter().map(|from| format!("repository:{from}:pull")));
 
-    // A request without a body can be sent again after a refused token (an expired one, or
-    // a mount the registry token does not cover); one with a body is sent once.
-    let bodiless = !parts.headers.contains_key(header::TRANSFER_ENCODING)
-        && parts.headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
-    let mut body = Some(body.boxed());
+    // A request is sent once more after a `401`: to a cached registry token (expired at
+    // the registry, or revoked), to a mount the registry token does not cover, and to a
+    // repository that challenges where `/v2/` did not. Its body is kept for that, within
+    // its cap, when the first attempt could meet one (a cached token, or none).
+    let mut body = Replay::new(body.boxed(), &parts.headers);
     let mut attempt = 0;
+    let mut reprobe = false;
     let response = loop {
         attempt += 1;
-        let authorization =
-            match authorization(state, host, protocol, &route, pool, &scopes, &basic, issued.expires_at, attempt > 1)
-                .await
-            {
-                Ok(authorization) => authorization,
-                Err(reason) => {
-                    return refuse(StatusCode::FORBIDDEN, reason, Some(operation), Some(&target), &route.name);
-                }
+        let sent =
+            authorization(state, host, protocol, &route, pool, &scopes, &basic, issued.expires_at, reprobe).await;
+        let (authorization, cached) = match sent {
+            Ok(sent) => sent,
+            Err(reason) => {
+                return refuse(StatusCode::FORBIDDEN, reason, Some(operation), Some(&target), &route.name);
+            }
+        };
+        if attempt == 1 && (cached || authorization.is_none()) {
+            body = match body {
+                Replay::Once(Some(stream)) => match Replay::read(stream, &parts.headers, MAX_REPLAY).await {
+                    Ok(read) => read,
+                    Err(e) => {
+                        let reason = format!("cannot read the request's body: {e}");
+                        return refuse(StatusCode::BAD_REQUEST, reason, Some(operation), Some(&target), &route.name);
+                    }
+                },
+                read => read,
             };
-        let mut upstream = Request::from_parts(parts.clone(), body.take().unwrap_or_else(empty_body));
+        }
+        let mut upstream = Request::from_parts(parts.clone(), body.body());
         if attempt > 1 && mount_from.is_some() {
             // The registry token does not cover the source: a plain upload instead, which
             // the registry answers as it answers a mount it does not make.
@@ -324,11 +335,31 @@ pub(super) async fn forward(
                 return refusal(Family::Oci, StatusCode::BAD_GATEWAY, &format!("mayfly: {e}"));
             }
         };
-        if response.status() == StatusCode::UNAUTHORIZED && bodiless && attempt == 1 {
-            state.oci.forget(host, &scopes);
-            continue;
+        if response.status() != StatusCode::UNAUTHORIZED || attempt > 1 {
+            break response;
         }
-        break response;
+        state.oci.forget(host, &scopes);
+        // The repository's own challenge, when it sends one, is the registry's from now
+        // on (a registry whose `/v2/` answers anonymously); otherwise `/v2/` is asked again.
+        let challenge = challenge_of(&response);
+        reprobe = challenge == Challenge::None;
+        if !reprobe {
+            state.oci.learn(host, challenge);
+        }
+        if !body.replayable() {
+            let reason = format!(
+                "the registry refused the registry token for {} of `{name}`, which is now dropped; the request's body (over {} MiB) could not be sent again with a fresh one: run the command again",
+                pull_or_push(operation),
+                MAX_REPLAY >> 20
+            );
+            mayfly_core::protocol::warn(&format!("proxy: {reason}"));
+            line(Outcome::Failed, Some(operation), Some(&target), &route.name, &|e| {
+                e.fingerprint = Some(fingerprint.clone());
+                e.reason = Some(reason.clone());
+            });
+            return refusal(Family::Oci, StatusCode::SERVICE_UNAVAILABLE, &format!("mayfly: {reason}"));
+        }
+        let _ = http_body_util::Limited::new(response.into_body(), 64 << 10).collect().await;
     };
     if response.status() == StatusCode::UNAUTHORIZED {
         let reason = format!("the registry refused the token for {} of `{name}`", pull_or_push(operation));
@@ -349,21 +380,9 @@ fn pull_or_push(operation: Operation) -> &'static str {
     if operation == Operation::Write { "push" } else { "pull" }
 }
 
-async fn mint(
-    state: &Arc<State>,
-    route: &Route,
-    target: &Target,
-    operation: Operation,
-) -> Result<mayfly_core::Issued, String> {
-    let (state, route, target) = (state.clone(), route.clone(), target.clone());
-    tokio::task::spawn_blocking(move || state.settings.broker.token(&route, &target, operation, &state.settings.chain))
-        .await
-        .map_err(|_| "the token request failed".to_owned())?
-        .map_err(|e| mayfly_core::protocol::one_line(&e))
-}
-
 /// The `Authorization` for a request asking `scopes`: a registry token from the realm
-/// (cached), the minted credential itself for a Basic registry, or nothing.
+/// (cached), the minted credential itself for a Basic registry, or nothing; and whether it
+/// is a registry token from the cache. `reprobe` asks `/v2/` for the challenge again.
 #[allow(clippy::too_many_arguments)]
 async fn authorization(
     state: &Arc<State>,
@@ -374,36 +393,31 @@ async fn authorization(
     scopes: &[String],
     basic: &str,
     minted_expires_at: Option<i64>,
-    fresh: bool,
-) -> Result<Option<String>, String> {
+    reprobe: bool,
+) -> Result<(Option<String>, bool), String> {
     let known = state.oci.challenges.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(host).cloned();
     let challenge = match known {
-        Some(challenge) if !fresh => challenge,
+        Some(challenge) if !reprobe => challenge,
         _ => {
             let probe = Request::get("/v2/").body(empty_body()).map_err(|e| e.to_string())?;
             let response = send(probe, state, host, protocol, Some(route), pool).await?;
             let challenge =
                 if response.status() == StatusCode::UNAUTHORIZED { challenge_of(&response) } else { Challenge::None };
             let _ = response.into_body().collect().await;
-            state
-                .oci
-                .challenges
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(host.to_owned(), challenge.clone());
+            state.oci.learn(host, challenge.clone());
             challenge
         }
     };
     let (realm, service) = match challenge {
-        Challenge::None => return Ok(None),
-        Challenge::Basic => return Ok(Some(basic.to_owned())),
+        Challenge::None => return Ok((None, false)),
+        Challenge::Basic => return Ok((Some(basic.to_owned()), false)),
         Challenge::Bearer { realm, service } => (realm, service),
     };
     let key = (host.to_owned(), scopes.join(" "));
     if let Some((token, until)) = state.oci.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key)
         && Instant::now() < *until
     {
-        return Ok(Some(format!("Bearer {token}")));
+        return Ok((Some(format!("Bearer {token}")), true));
     }
     let mut url = trusted_realm(&realm, host, route, state.settings.broker.config())?;
     {
@@ -439,10 +453,15 @@ async fn authorization(
     let life = registry_token_life(answer["expires_in"].as_u64(), minted_expires_at, now);
     let until = Instant::now().checked_add(life).unwrap_or_else(Instant::now);
     state.oci.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, (token.clone(), until));
-    Ok(Some(format!("Bearer {token}")))
+    Ok((Some(format!("Bearer {token}")), false))
 }
 
 impl Tokens {
+    /// The registry's challenge from now on.
+    fn learn(&self, host: &str, challenge: Challenge) {
+        self.challenges.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(host.to_owned(), challenge);
+    }
+
     fn forget(&self, host: &str, scopes: &[String]) {
         self.tokens
             .lock()
@@ -484,6 +503,31 @@ mod tests {
         assert_eq!((scheme.as_str(), params["realm"].as_str()), ("basic", "a \"b\""));
         assert!(parse_challenge(r#"Bearer realm="unterminated"#).is_none());
         assert!(parse_challenge(r#"Bearer realm="a" junk"#).is_none());
+    }
+
+    #[test]
+    fn a_repositorys_401_carries_the_challenge_an_anonymous_version_check_did_not() {
+        let answer = |values: &[&str]| {
+            let mut response = Response::new(());
+            *response.status_mut() = StatusCode::UNAUTHORIZED;
+            for value in values {
+                response.headers_mut().append(header::WWW_AUTHENTICATE, header::HeaderValue::from_str(value).unwrap());
+            }
+            response
+        };
+        let bearer = answer(&[
+            r#"Basic realm="registry""#,
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:team/app:pull""#,
+        ]);
+        assert_eq!(
+            challenge_of(&bearer),
+            Challenge::Bearer { realm: "https://auth.example/token".into(), service: Some("registry.example".into()) }
+        );
+        assert_eq!(challenge_of(&answer(&[r#"Basic realm="registry""#])), Challenge::Basic);
+        // A Bearer challenge without a realm, or none at all, teaches nothing: `/v2/` is
+        // asked again.
+        assert_eq!(challenge_of(&answer(&[r#"Bearer service="registry.example""#])), Challenge::None);
+        assert_eq!(challenge_of(&answer(&[])), Challenge::None);
     }
 
     fn config(routes: &str) -> mayfly_core::Config {
