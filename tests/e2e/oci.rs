@@ -46,6 +46,20 @@ impl Registry {
         issuer: &str,
         cert: &str,
     ) -> Self {
+        Self::start_as(stack, address, address, tls, realm, issuer, cert)
+    }
+
+    /// The registry on `address` whose token service name is `service` (the host of a
+    /// front it stands behind), its upload locations relative to the front's host.
+    pub(super) fn start_as(
+        stack: &Stack,
+        address: &str,
+        service: &str,
+        tls: Option<(&Path, &Path)>,
+        realm: &str,
+        issuer: &str,
+        cert: &str,
+    ) -> Self {
         let dir = stack.dir.path().join("oci-registry");
         std::fs::create_dir_all(dir.join("data")).unwrap();
         std::fs::write(dir.join("signer.pem"), cert).unwrap();
@@ -54,9 +68,10 @@ impl Registry {
             format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display())
         });
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {data}\nhttp:\n  addr: {host}\n{tls}auth:\n  token:\n    realm: {realm}\n    service: {host}\n    issuer: {issuer}\n    rootcertbundle: {cert}\n",
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {data}\nhttp:\n  addr: {host}\n  relativeurls: {relative}\n{tls}auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    rootcertbundle: {cert}\n",
             data = dir.join("data").display(),
             cert = dir.join("signer.pem").display(),
+            relative = service != address,
         );
         std::fs::write(dir.join("config.yml"), config).unwrap();
         let child = Command::new("docker-registry")

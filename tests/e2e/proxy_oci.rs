@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use mayfly_core::RouteEntry;
+use mayfly_devstack::OciFront;
 use mayfly_tests::{Stack, bin, require_tool, routes_toml};
 use serde_json::Value;
 
@@ -59,17 +60,17 @@ fn read(stack: &Stack, name: &str) -> String {
     std::fs::read_to_string(stack.work.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
-/// Runs `skopeo ARGS` in the background, and while it runs (at least once) copies the
+/// Runs `COMMAND` in the background, and while it runs (at least once) copies the
 /// environment and command line of every process of the session into `scan.txt` (a
 /// process may end between the check and the copy: nothing there fails the script).
-fn skopeo_scanned(args: &str, err: &str) -> String {
+fn scanned(command: &str, err: &str) -> String {
     format!(
-        "skopeo {args} 2> {err} & pid=$!; \
+        "{command} 2> {err} & pid=$!; \
          while :; do for p in /proc/[0-9]*; do \
            if cat $p/environ 2>/dev/null | tr '\\0' '\\n' | grep -q '^MAYFLY_PROXY_SESSION='; then \
              {{ cat $p/environ 2>/dev/null | tr '\\0' '\\n'; cat $p/cmdline 2>/dev/null | tr '\\0' ' '; echo; }} >> scan.txt; \
            fi; done; kill -0 $pid 2>/dev/null || break; done; \
-         wait $pid || echo \"failed: skopeo {args}\""
+         wait $pid || echo \"failed: {err}\""
     )
 }
 
@@ -77,6 +78,13 @@ fn skopeo_scanned(args: &str, err: &str) -> String {
 /// (its token realm at `realm(stack)`), and routes to it: `test/*` pulls and pushes,
 /// `test/readonly/*` only pulls; the registry's `IP:PORT`.
 fn registry_behind_routes(realm: impl Fn(&Stack) -> String) -> (Stack, Registry, String) {
+    registry_maybe_fronted(realm, false)
+}
+
+/// As [`registry_behind_routes`]; with `front`, the routes' host is an [`OciFront`] whose
+/// `/v2/` answers `200` anonymously, before the registry on a loopback port, which
+/// challenges on every repository request.
+fn registry_maybe_fronted(realm: impl Fn(&Stack) -> String, front: bool) -> (Stack, Registry, String) {
     let address = non_loopback_ipv4();
     // The exchange mints for the registry by that address: the stack's OCI rule, moved
     // from `127.0.0.1` to it.
@@ -100,7 +108,15 @@ fn registry_behind_routes(realm: impl Fn(&Stack) -> String) -> (Stack, Registry,
     let signer =
         stack.https_client().get(format!("{}/registry/cert.pem", stack.sts.url)).send().unwrap().text().unwrap();
     let realm = realm(&stack);
-    let registry = Registry::start_on(&stack, &host, Some((&cert, &key)), &realm, &stack.sts.url, &signer);
+    let registry = if front {
+        let behind = format!("127.0.0.1:{}", mayfly_tests::free_port());
+        let registry = Registry::start_as(&stack, &behind, &host, None, &realm, &stack.sts.url, &signer);
+        let listener = std::net::TcpListener::bind(&host).unwrap();
+        OciFront::start(stack.runtime(), listener, &cert, &key, &format!("http://{behind}")).unwrap();
+        registry
+    } else {
+        Registry::start_on(&stack, &host, Some((&cert, &key)), &realm, &stack.sts.url, &signer)
+    };
     // The proxy verifies the registry and the token service (the exchange) it sends the
     // minted token to.
     let bundle = tls_dir.join("upstream-ca.pem");
@@ -144,16 +160,16 @@ fn skopeo_pushes_and_pulls_through_the_proxy_which_answers_the_registry_token_ch
     let pulled = stack.dir.path().join("pulled");
     let script = [
         format!("set -e; export PATH={helpers}:$PATH; env > env.txt"),
-        skopeo_scanned(&format!("copy {source} docker://{host}/test/hello:v1"), "push-err.txt"),
+        scanned(&format!("skopeo copy {source} docker://{host}/test/hello:v1"), "push-err.txt"),
         // A second repository: skopeo may mount the blobs it pushed to the first.
-        skopeo_scanned(&format!("copy {source} docker://{host}/test/copy:v1"), "copy-err.txt"),
+        scanned(&format!("skopeo copy {source} docker://{host}/test/copy:v1"), "copy-err.txt"),
         // The user's auth file still names the credential helper: inside the session it
         // answers "not found", and skopeo goes on without credentials.
-        skopeo_scanned(
-            &format!("inspect --authfile {} docker://{host}/test/hello:v1 > inspect.json", auth.display()),
+        scanned(
+            &format!("skopeo inspect --authfile {} docker://{host}/test/hello:v1 > inspect.json", auth.display()),
             "inspect-err.txt",
         ),
-        skopeo_scanned(&format!("copy docker://{host}/test/hello:v1 oci:{}:v1", pulled.display()), "pull-err.txt"),
+        scanned(&format!("skopeo copy docker://{host}/test/hello:v1 oci:{}:v1", pulled.display()), "pull-err.txt"),
         format!("skopeo copy {source} docker://{host}/other/hello:v1 2> other-err.txt || echo other-refused"),
         format!(
             "skopeo copy {source} docker://{host}/test/readonly/hello:v1 2> readonly-err.txt || echo readonly-refused"
@@ -270,4 +286,120 @@ fn a_registry_whose_token_realm_is_another_host_never_gets_the_credential_sent_t
             && l["reason"].as_str().is_some_and(|r| r.contains("neither the registry nor the route's exchange"))),
         "{lines:?}"
     );
+}
+
+#[test]
+#[cfg_attr(
+    any(missing = "docker-registry", missing = "podman"),
+    ignore = "needs docker-registry, podman: one is not installed"
+)]
+fn podman_pushes_and_pulls_through_the_proxy_trusting_the_session_ca() {
+    if !require_tool("docker-registry") || !require_tool("podman") {
+        return;
+    }
+    let (stack, _registry, host) = registry_behind_routes(|stack| format!("{}/registry/token", stack.sts.url));
+    let layout = image_layout(stack.dir.path());
+    // A store of the test's own (vfs: no kernel overlay needed), so nothing of the
+    // machine's podman is read or written.
+    let store = stack.dir.path().join("podman");
+    let podman = format!(
+        "podman --root {root} --runroot {run} --storage-driver vfs --cgroup-manager cgroupfs --events-backend file",
+        root = store.join("root").display(),
+        run = store.join("run").display(),
+    );
+    let script = [
+        // podman names an image it loads after its path, which must be lower case: the
+        // layout is loaded from a copy at one.
+        format!(
+            "set -e; l=/tmp/mayfly-podman-layout-$$; rm -rf $l; cp -r {} $l; \
+             id=$({podman} pull -q oci:$l:v1 2> load-err.txt); rm -rf $l",
+            layout.display()
+        ),
+        scanned(&format!("{podman} push $id docker://{host}/test/pod:v1"), "push-err.txt"),
+        format!("{podman} rmi -af > /dev/null 2>&1"),
+        scanned(&format!("{podman} pull -q docker://{host}/test/pod:v1 > pulled.txt"), "pull-err.txt"),
+        format!("{podman} push $({podman} images -q | head -n1) docker://{host}/other/pod:v1 2> other-err.txt || echo other-refused"),
+    ]
+    .join("; ");
+    let out = exec(&stack, "podman-proxied", &script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let loaded = std::fs::read_to_string(stack.work.join("load-err.txt")).unwrap_or_default();
+    assert!(out.status.success(), "{stdout}\n{}\nload: {loaded}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !stdout.contains("failed:"),
+        "{stdout}\npush: {}\npull: {}",
+        read(&stack, "push-err.txt"),
+        read(&stack, "pull-err.txt")
+    );
+    assert!(!read(&stack, "pulled.txt").trim().is_empty(), "podman pulled the image back");
+    assert!(stdout.contains("other-refused"), "{stdout}");
+
+    // podman trusted the registry only through the session's bundle (`SSL_CERT_FILE`):
+    // no certs.d, no --tls-verify=false, and no token in any session process.
+    let scan = read(&stack, "scan.txt");
+    assert!(scan.contains("MAYFLY_PROXY_SESSION=podman-proxied"), "the scan saw the session's processes");
+    assert!(scan.contains("SSL_CERT_FILE="), "podman ran with the session's CA bundle");
+    assert!(!scan.contains("eyJ"), "a session process held a JWT");
+    assert!(!scan.contains("tls-verify"), "podman was told not to verify");
+
+    // The registry tokens were asked for exactly the repository and operation.
+    let registry_tokens: Vec<Value> = stack.sts_audit().into_iter().filter(|l| l["rule"] == "registry token").collect();
+    assert!(
+        registry_tokens.iter().any(|l| l["scope"] == "repository:test/pod:pull,push")
+            && registry_tokens.iter().any(|l| l["scope"] == "repository:test/pod:pull")
+            && registry_tokens.iter().all(|l| !l["scope"].as_str().unwrap_or("").contains("other/")),
+        "{registry_tokens:?}"
+    );
+    let lines: Vec<Value> =
+        stack.client_audit().into_iter().filter(|l| l["session"] == "podman-proxied" && l["tool"] == "proxy").collect();
+    assert!(lines.iter().any(|l| l["outcome"] == "proxied"
+        && l["operation"] == "write"
+        && l["method"] == "PUT"
+        && l["path"] == "/v2/test/pod/manifests/v1"));
+    assert!(lines.iter().any(|l| l["outcome"] == "denied" && l["target"] == format!("https://{host}/other/pod")));
+    stack.assert_no_tokens_on_disk();
+}
+
+#[test]
+#[cfg_attr(
+    any(missing = "docker-registry", missing = "skopeo"),
+    ignore = "needs docker-registry, skopeo: one is not installed"
+)]
+fn a_registry_whose_version_check_is_anonymous_is_answered_from_its_repositories_challenge() {
+    if !require_tool("docker-registry") || !require_tool("skopeo") {
+        return;
+    }
+    let (stack, _registry, host) = registry_maybe_fronted(|stack| format!("{}/registry/token", stack.sts.url), true);
+    let layout = image_layout(stack.dir.path());
+    let pulled = stack.dir.path().join("pulled");
+    let script = [
+        format!("set -e; skopeo copy oci:{}:v1 docker://{host}/test/front:v1 2> push-err.txt", layout.display()),
+        format!("skopeo copy docker://{host}/test/front:v1 oci:{}:v1 2> pull-err.txt", pulled.display()),
+    ]
+    .join("; ");
+    let out = exec(&stack, "oci-front", &script);
+    assert!(
+        out.status.success(),
+        "{}\npush: {}\npull: {}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(stack.work.join("push-err.txt")).unwrap_or_default(),
+        std::fs::read_to_string(stack.work.join("pull-err.txt")).unwrap_or_default()
+    );
+    assert!(pulled.join("index.json").exists(), "the pull wrote its image");
+    // `/v2/` told the proxy nothing: the realm came from the repository's own 401, and the
+    // registry tokens were asked for exactly the repository.
+    let registry_tokens: Vec<Value> = stack.sts_audit().into_iter().filter(|l| l["rule"] == "registry token").collect();
+    assert!(
+        registry_tokens.iter().any(|l| l["scope"] == "repository:test/front:pull,push")
+            && registry_tokens.iter().any(|l| l["scope"] == "repository:test/front:pull"),
+        "{registry_tokens:?}"
+    );
+    let lines: Vec<Value> =
+        stack.client_audit().into_iter().filter(|l| l["session"] == "oci-front" && l["tool"] == "proxy").collect();
+    assert!(lines.iter().any(|l| l["path"] == "/v2/" && l["reason"] == "upstream answered 200"), "{lines:?}");
+    assert!(lines.iter().all(|l| l["outcome"] != "denied"), "{lines:?}");
+    assert!(lines.iter().any(|l| l["outcome"] == "proxied"
+        && l["method"] == "PUT"
+        && l["path"] == "/v2/test/front/manifests/v1"
+        && l["reason"] == "upstream answered 201"));
 }
