@@ -223,21 +223,25 @@ fn a_command_known_to_go_around_the_proxy_is_named_and_still_runs() {
 }
 
 #[test]
-#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
+#[cfg_attr(any(missing = "git", missing = "curl"), ignore = "needs git, curl: one is not installed")]
 fn a_push_whose_cached_token_the_server_refuses_is_sent_again_body_and_all_with_a_fresh_one() {
-    if !require_tool("git") {
+    if !require_tool("git") || !require_tool("curl") {
         return;
     }
     let stack = Stack::new();
     stack.write_config(&proxy_routes(&stack));
     // The second push's pre-push hook runs after its ref advertisement (which the cached
     // write token still passes) and before its pack goes: there the server stops accepting
-    // that token, so the POST carrying the pack meets the 401.
+    // that token, so the POST carrying the pack meets the 401. Then, once the fresh token
+    // is refused too, a POST whose body is over the cap (curl, 34 MB) meets one.
     let script = format!(
         "set -e; git clone -q {app} app; cd app; echo a > a.txt; git add a.txt; git commit -qm a; git push -q origin main; \
          printf '#!/bin/sh\\ntouch ../ready; while [ ! -e ../revoked ]; do sleep 0.05; done\\n' > .git/hooks/pre-push; \
          chmod +x .git/hooks/pre-push; echo b > b.txt; git add b.txt; git commit -qm b; \
-         git push -q origin main 2> ../push-err.txt || echo push-failed",
+         git push -q origin main 2> ../push-err.txt || echo push-failed; cd ..; \
+         touch ready2; while [ ! -e revoked2 ]; do sleep 0.05; done; head -c 34000000 /dev/zero > big; \
+         curl -sS -H 'Expect:' -H 'Content-Type: application/x-git-receive-pack-request' --data-binary @big \
+           -o big-answer.txt -w '%{{http_code}}' {app}/git-receive-pack > big-status.txt 2> big-err.txt || true",
         app = stack.repo_url("org/app.git"),
     );
     let child = command(&stack, "replayed", &[], &script)
@@ -245,21 +249,29 @@ fn a_push_whose_cached_token_the_server_refuses_is_sent_again_body_and_all_with_
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("mayfly exec runs");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !stack.work.join("ready").exists() {
-        assert!(std::time::Instant::now() < deadline, "the second push never reached its pre-push hook");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let write_tokens: Vec<String> = stack
-        .client_audit()
-        .into_iter()
-        .filter(|l| l["session"] == "replayed" && l["outcome"] == "issued" && l["operation"] == "write")
-        .filter_map(|l| l["fingerprint"].as_str().map(str::to_owned))
-        .collect();
+    // Waits for the script to reach `marker`, has the server refuse every write token of
+    // the session so far, and lets the script go on; the tokens' fingerprints.
+    let refuse_write_tokens = |marker: &str, go: &str| -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !stack.work.join(marker).exists() {
+            assert!(std::time::Instant::now() < deadline, "the script never reached `{marker}`");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let tokens: Vec<String> = stack
+            .client_audit()
+            .into_iter()
+            .filter(|l| l["session"] == "replayed" && l["outcome"] == "issued" && l["operation"] == "write")
+            .filter_map(|l| l["fingerprint"].as_str().map(str::to_owned))
+            .collect();
+        for token in &tokens {
+            stack.git_server().revoke(&serde_json::from_value(Value::String(token.clone())).unwrap());
+        }
+        std::fs::write(stack.work.join(go), "").unwrap();
+        tokens
+    };
+    let write_tokens = refuse_write_tokens("ready", "revoked");
     assert_eq!(write_tokens.len(), 1, "one write token, cached for both pushes: {write_tokens:?}");
-    let first: mayfly_core::Fingerprint = serde_json::from_value(Value::String(write_tokens[0].clone())).unwrap();
-    stack.git_server().revoke(&first);
-    std::fs::write(stack.work.join("revoked"), "").unwrap();
+    assert_eq!(refuse_write_tokens("ready2", "revoked2").len(), 2, "the pack went with a second write token");
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -283,5 +295,26 @@ fn a_push_whose_cached_token_the_server_refuses_is_sent_again_body_and_all_with_
     assert_eq!(resent.len(), 1, "{session:?}");
     assert_eq!(resent[0]["outcome"], "proxied");
     assert_ne!(resent[0]["fingerprint"], write_tokens[0].as_str(), "the resent pack carried a fresh token");
-    assert_eq!(stack.git_server().stats.unauthorized.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // A body over the cap cannot be sent again: one line, to the client and on stderr,
+    // never a silent refusal; the refused token is dropped all the same. The server answers
+    // before reading the body and closes, so the proxy sees either its 401 (503) or the
+    // connection go (502).
+    let status = read(&stack, "big-status.txt");
+    assert!(status == "503" || status == "502", "{status}: {}", read(&stack, "big-err.txt"));
+    let answer = read(&stack, "big-answer.txt");
+    assert!(
+        answer.contains("(over 32 MiB) could not be sent again with a fresh one: run the command again")
+            && answer.contains("cached token"),
+        "{answer}"
+    );
+    let stderr = mayfly_tests::mayfly_lines(&out.stderr);
+    let said: Vec<&String> = stderr.iter().filter(|l| l.contains("could not be sent again")).collect();
+    assert_eq!(said.len(), 1, "{stderr:?}");
+    assert!(!said[0].contains("eyJ"), "{}", said[0]);
+    let session: Vec<Value> = stack.client_audit().into_iter().filter(|l| l["session"] == "replayed").collect();
+    assert!(session.iter().any(|l| l["tool"] == "proxy"
+        && l["outcome"] == "failed"
+        && l["reason"].as_str().is_some_and(|r| r.contains("could not be sent again"))));
+    assert_eq!(stack.git_server().stats.unauthorized.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

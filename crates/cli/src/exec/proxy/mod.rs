@@ -42,7 +42,7 @@ use ca::Ca;
 pub(crate) use ca::ca_bundle;
 pub(crate) use env::{CA_VARS, bypasses, identity_vars, npm_userconfig, vars};
 use guard::Guarded;
-use replay::{MAX_REPLAY, Replay};
+use replay::{MAX_REPLAY, Replay, not_sent_again};
 use upstream::{Pool, passthrough, send};
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -558,7 +558,17 @@ async fn forward(
         let req = Request::from_parts(parts.clone(), body.body());
         let response = match send(req, state, host, protocol, route.as_ref(), pool).await {
             Ok(response) => response,
-            Err(e) => {
+            Err(mut e) => {
+                // An upstream that refuses a token often answers before the body is read and
+                // closes: the answer can be lost with the connection. A cached token is
+                // dropped then too, or every attempt of a body too large to keep would fail.
+                if let Some(route) = route.as_ref().filter(|_| from_cache && !body.replayable()) {
+                    erase(state, route, &target).await;
+                    e = not_sent_again(&format!(
+                        "{e} (the cached token it went with is now dropped, in case `{host}` refused it)"
+                    ));
+                    mayfly_core::protocol::warn(&format!("proxy: {e}"));
+                }
                 state.line(Outcome::Failed, method.as_str(), host, &path, Some(&target), |ev| {
                     ev.operation = operation.as_str().into();
                     ev.route.clone_from(&route_name);
@@ -576,10 +586,7 @@ async fn forward(
         erase(state, route, &target).await;
         let _ = http_body_util::Limited::new(response.into_body(), 64 << 10).collect().await;
         if !body.replayable() {
-            let reason = format!(
-                "`{host}` refused the cached token, which is now dropped; the request's body (over {} MiB) could not be sent again with a fresh one: run the command again",
-                MAX_REPLAY >> 20
-            );
+            let reason = not_sent_again(&format!("`{host}` refused the cached token, which is now dropped"));
             mayfly_core::protocol::warn(&format!("proxy: {reason}"));
             state.line(Outcome::Failed, method.as_str(), host, &path, Some(&target), |e| {
                 e.operation = operation.as_str().into();

@@ -30,7 +30,7 @@ use hyper::{Request, Response, StatusCode, header};
 use mayfly_core::{Operation, Outcome, Resolution, Route, Target, Tool};
 
 use super::operation::{self, Family, OciRequest};
-use super::replay::{MAX_REPLAY, Replay};
+use super::replay::{MAX_REPLAY, Replay, not_sent_again};
 use super::upstream::{Pool, fetch, send};
 use super::{Body, State, mint, refusal};
 
@@ -347,11 +347,10 @@ pub(super) async fn forward(
             state.oci.learn(host, challenge);
         }
         if !body.replayable() {
-            let reason = format!(
-                "the registry refused the registry token for {} of `{name}`, which is now dropped; the request's body (over {} MiB) could not be sent again with a fresh one: run the command again",
-                pull_or_push(operation),
-                MAX_REPLAY >> 20
-            );
+            let reason = not_sent_again(&format!(
+                "the registry refused the registry token for {} of `{name}`, which is now dropped",
+                pull_or_push(operation)
+            ));
             mayfly_core::protocol::warn(&format!("proxy: {reason}"));
             line(Outcome::Failed, Some(operation), Some(&target), &route.name, &|e| {
                 e.fingerprint = Some(fingerprint.clone());

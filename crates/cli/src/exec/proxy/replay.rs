@@ -16,6 +16,15 @@ use super::Body;
 /// The most of a request body the proxy keeps to send it again after a refused token.
 pub(super) const MAX_REPLAY: usize = 32 << 20;
 
+/// The reason given when a refused token's request cannot be sent again: what happened,
+/// then why not and what to do.
+pub(super) fn not_sent_again(what: &str) -> String {
+    format!(
+        "{what}; the request's body (over {} MiB) could not be sent again with a fresh one: run the command again",
+        MAX_REPLAY >> 20
+    )
+}
+
 /// A request's body, read as far as the proxy keeps it.
 pub(super) enum Replay {
     /// The whole body: sent as often as needed.
