@@ -91,7 +91,7 @@ fn a_module_no_route_covers_gets_no_token() {
     assert!(!out.status.success(), "go list of an unrouted module succeeded:\n{stderr}");
     assert!(stderr.contains("401"), "{stderr}");
     assert!(stack.go_proxy().served().is_empty(), "{:?}", stack.go_proxy().served());
-    assert!(stack.go_proxy().refused.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert!(stack.go_proxy().refused() >= 1);
     assert!(stack.sts_audit().is_empty(), "the exchange was asked: {:?}", stack.sts_audit());
     assert!(stack.client_audit().iter().all(|l| l["outcome"] != "issued"), "{:?}", stack.client_audit());
 }

@@ -201,6 +201,25 @@ pub fn check_path(path: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// An OCI repository name as the distribution spec writes it: `/`-separated components
+/// of lowercase letters and digits joined by one `.`, one or two `_`, or any number of
+/// `-`; at most 255 bytes. Nothing is decoded: an escape, an upper-case letter or a `..`
+/// is not a name. The proxy and `mayfly-sts` both hold names to this one grammar.
+pub fn is_oci_repository_name(name: &str) -> bool {
+    let component = |c: &str| {
+        let bytes = c.as_bytes();
+        let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        let (Some(first), Some(last)) = (bytes.first(), bytes.last()) else { return false };
+        if !alnum(first) || !alnum(last) {
+            return false;
+        }
+        // Between alphanumeric runs: `.`, `_`, `__` or a run of `-`.
+        c.split(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+            .all(|sep| sep.is_empty() || sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|b| b == b'-'))
+    };
+    !name.is_empty() && name.len() <= 255 && name.split('/').all(component)
+}
+
 /// A host as it may stand in a scope: DNS labels of ASCII letters, digits, `-` and `_`,
 /// and at most one `:` that starts a numeric port. IPv6 literals are refused: their
 /// colons would read as scope separators.
@@ -275,6 +294,32 @@ fn describe(c: char) -> String {
 mod tests {
     use super::*;
     use crate::Tool;
+
+    #[test]
+    fn oci_repository_names_follow_the_distribution_grammar() {
+        for good in ["hello", "team/app", "a.b/c_d/e__f/g--h", "0/1", &"a".repeat(255)] {
+            assert!(is_oci_repository_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "Team/app",
+            "team//app",
+            "/app",
+            "app/",
+            "a..b",
+            "a___b",
+            "-a",
+            "a-",
+            "a b",
+            "a:b",
+            "a@b",
+            "a%2fb",
+            "é",
+        ] {
+            assert!(!is_oci_repository_name(bad), "{bad:?}");
+        }
+        assert!(!is_oci_repository_name(&"a".repeat(256)));
+    }
 
     fn target(path: Option<&str>) -> Target {
         Target {

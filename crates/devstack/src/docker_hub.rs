@@ -73,10 +73,7 @@ impl DockerHub {
             tokens: Mutex::default(),
             requests: Mutex::default(),
         });
-        let listener = crate::loopback_listener().map_err(|e| e.to_string())?;
-        let base_url = format!("https://{}", listener.local_addr().map_err(|e| e.to_string())?);
-        let app = Router::new().fallback(handle).with_state(inner.clone());
-        crate::serve_tls(runtime, listener, ca, app)?;
+        let base_url = crate::serve_on_loopback(runtime, ca, Router::new().fallback(handle).with_state(inner.clone()))?;
         Ok(Self { base_url, inner })
     }
 

@@ -194,6 +194,91 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
     Some(token.to_owned())
 }
 
+/// A file a [`GatedFiles`] server answers: its content type, the scope a token must
+/// grant to read it, and its bytes.
+pub(crate) struct GatedFile {
+    pub content_type: &'static str,
+    pub scope: String,
+    pub body: Vec<u8>,
+}
+
+/// An HTTPS server of fixed files, each behind the token gate: the shape of a package
+/// index or a module proxy. It records the paths it served and counts its refusals.
+pub(crate) struct GatedFiles {
+    /// `https://127.0.0.1:PORT`.
+    pub base_url: String,
+    served: Arc<Mutex<Vec<String>>>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct GatedInner {
+    gate: TokenGate,
+    /// By path without the leading `/`.
+    files: std::collections::BTreeMap<String, GatedFile>,
+    /// The `realm` of the server's Bearer challenges.
+    realm: &'static str,
+    /// Turns a request path (without the leading `/`) into a key of `files`.
+    key: fn(&str) -> String,
+    served: Arc<Mutex<Vec<String>>>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl GatedFiles {
+    /// Starts the server over HTTPS with `ca`'s certificate, trusting tokens from `sts`.
+    pub(crate) fn start(
+        runtime: &tokio::runtime::Runtime,
+        ca: &DevCa,
+        sts: &StsClient,
+        realm: &'static str,
+        files: std::collections::BTreeMap<String, GatedFile>,
+        key: fn(&str) -> String,
+    ) -> Result<Self, String> {
+        let listener = crate::loopback_listener().map_err(|e| e.to_string())?;
+        let base_url = format!("https://{}", listener.local_addr().map_err(|e| e.to_string())?);
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let inner = Arc::new(GatedInner {
+            gate: TokenGate::new(&base_url, sts, ca)?,
+            files,
+            realm,
+            key,
+            served: served.clone(),
+            refused: refused.clone(),
+        });
+        crate::serve_tls(runtime, listener, ca, axum::Router::new().fallback(gated_file).with_state(inner))?;
+        Ok(Self { base_url, served, refused })
+    }
+
+    /// The paths served so far, in order.
+    pub(crate) fn served(&self) -> Vec<String> {
+        self.served.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Requests answered 401 or 403 so far.
+    pub(crate) fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+async fn gated_file(
+    axum::extract::State(inner): axum::extract::State<Arc<GatedInner>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let path = (inner.key)(uri.path().trim_start_matches('/'));
+    let Some(file) = inner.files.get(&path) else {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    };
+    if let Err(refusal) = inner.gate.check(&headers, &file.scope).await {
+        inner.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        return refusal.into_response(inner.realm);
+    }
+    if let Ok(mut served) = inner.served.lock() {
+        served.push(path);
+    }
+    ([("content-type", file.content_type)], file.body.clone()).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

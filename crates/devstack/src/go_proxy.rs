@@ -5,15 +5,8 @@
 //! URL (`GOAUTH=git`), so each file is a target of its own.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-
-use crate::gate::TokenGate;
+use crate::gate::{GatedFile, GatedFiles};
 use crate::{DevCa, StsClient};
 
 /// The modules served, each at version [`GO_VERSION`] with one package printing a line.
@@ -25,40 +18,24 @@ pub const GO_VERSION: &str = "v1.0.0";
 pub struct GoProxy {
     /// `https://127.0.0.1:PORT`.
     pub base_url: String,
-    /// Paths of the files served, in order.
-    pub served: Arc<Mutex<Vec<String>>>,
-    /// Requests answered 401 or 403.
-    pub refused: Arc<AtomicUsize>,
-}
-
-struct Inner {
-    gate: TokenGate,
-    files: BTreeMap<String, (&'static str, Vec<u8>)>,
-    served: Arc<Mutex<Vec<String>>>,
-    refused: Arc<AtomicUsize>,
+    server: GatedFiles,
 }
 
 impl GoProxy {
     /// Starts the proxy over HTTPS with `ca`'s certificate, trusting tokens from `sts`.
     pub fn start(runtime: &tokio::runtime::Runtime, ca: &DevCa, sts: &StsClient) -> Result<Self, String> {
-        let listener = crate::loopback_listener().map_err(|e| e.to_string())?;
-        let base_url = format!("https://{}", listener.local_addr().map_err(|e| e.to_string())?);
-        let served = Arc::new(Mutex::new(Vec::new()));
-        let refused = Arc::new(AtomicUsize::new(0));
-        let inner = Arc::new(Inner {
-            gate: TokenGate::new(&base_url, sts, ca)?,
-            files: module_files(),
-            served: served.clone(),
-            refused: refused.clone(),
-        });
-        let app = Router::new().fallback(file).with_state(inner);
-        crate::serve_tls(runtime, listener, ca, app)?;
-        Ok(Self { base_url, served, refused })
+        let server = GatedFiles::start(runtime, ca, sts, "mayfly-dev-goproxy", module_files(), str::to_owned)?;
+        Ok(Self { base_url: server.base_url.clone(), server })
     }
 
     /// The files served so far, by path.
     pub fn served(&self) -> Vec<String> {
-        self.served.lock().map(|s| s.clone()).unwrap_or_default()
+        self.server.served()
+    }
+
+    /// Requests answered 401 or 403 so far.
+    pub fn refused(&self) -> usize {
+        self.server.refused()
     }
 }
 
@@ -68,7 +45,7 @@ pub fn go_greeting(module: &str) -> String {
 }
 
 /// Every file of the proxy protocol for each module, by path without the leading `/`.
-fn module_files() -> BTreeMap<String, (&'static str, Vec<u8>)> {
+fn module_files() -> BTreeMap<String, GatedFile> {
     let mut files = BTreeMap::new();
     for module in GO_MODULES {
         let name = module.rsplit('/').next().unwrap_or(module);
@@ -83,28 +60,17 @@ fn module_files() -> BTreeMap<String, (&'static str, Vec<u8>)> {
             (format!("{prefix}/{name}.go"), source.as_bytes()),
         ]);
         let at = format!("{module}/@v");
-        files.insert(format!("{at}/list"), ("text/plain", format!("{GO_VERSION}\n").into_bytes()));
+        // Each file is a target of its own: its scope names its path.
+        let mut insert = |path: String, content_type, body| {
+            files.insert(path.clone(), GatedFile { content_type, scope: format!("repo:{path}:read"), body });
+        };
+        insert(format!("{at}/list"), "text/plain", format!("{GO_VERSION}\n").into_bytes());
         let info = format!(r#"{{"Version":"{GO_VERSION}","Time":"2026-01-01T00:00:00Z"}}"#);
-        files.insert(format!("{at}/{GO_VERSION}.info"), ("application/json", info.into_bytes()));
-        files.insert(format!("{at}/{GO_VERSION}.mod"), ("text/plain", go_mod.into_bytes()));
-        files.insert(format!("{at}/{GO_VERSION}.zip"), ("application/zip", zip));
+        insert(format!("{at}/{GO_VERSION}.info"), "application/json", info.into_bytes());
+        insert(format!("{at}/{GO_VERSION}.mod"), "text/plain", go_mod.into_bytes());
+        insert(format!("{at}/{GO_VERSION}.zip"), "application/zip", zip);
     }
     files
-}
-
-async fn file(State(inner): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -> Response {
-    let path = uri.path().trim_start_matches('/').to_owned();
-    let Some((content_type, body)) = inner.files.get(&path) else {
-        return (StatusCode::NOT_FOUND, "not found\n").into_response();
-    };
-    if let Err(refusal) = inner.gate.check(&headers, &format!("repo:{path}:read")).await {
-        inner.refused.fetch_add(1, Ordering::SeqCst);
-        return refusal.into_response("mayfly-dev-goproxy");
-    }
-    if let Ok(mut served) = inner.served.lock() {
-        served.push(path);
-    }
-    ([("content-type", *content_type)], body.clone()).into_response()
 }
 
 /// A zip archive of `entries`, stored without compression (what a module zip may be).
@@ -186,7 +152,7 @@ mod tests {
                 assert!(files.contains_key(&format!("{module}/@v/{suffix}")), "{module} {suffix}");
             }
         }
-        let zip = &files["mayfly.example/greeting/@v/v1.0.0.zip"].1;
+        let zip = &files["mayfly.example/greeting/@v/v1.0.0.zip"].body;
         assert!(zip.starts_with(b"PK\x03\x04") && zip.ends_with(&[0, 0]));
     }
 }

@@ -77,6 +77,18 @@ pub fn loopback_listener() -> std::io::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
+/// Serves an app over HTTPS on a new loopback port, in the background: its base URL.
+pub(crate) fn serve_on_loopback(
+    runtime: &tokio::runtime::Runtime,
+    ca: &DevCa,
+    app: axum::Router,
+) -> Result<String, String> {
+    let listener = loopback_listener().map_err(|e| e.to_string())?;
+    let base_url = format!("https://{}", listener.local_addr().map_err(|e| e.to_string())?);
+    serve_tls(runtime, listener, ca, app)?;
+    Ok(base_url)
+}
+
 /// Serves an app over HTTPS with the development CA's certificate, in the background.
 pub(crate) fn serve_tls(
     runtime: &tokio::runtime::Runtime,

@@ -9,17 +9,11 @@
 //! module (the project's name with `_`) holds `GREETING` ([`pypi_greeting`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use sha2::Digest;
 
-use crate::gate::TokenGate;
+use crate::gate::{GatedFile, GatedFiles};
 use crate::{DevCa, StsClient};
 
 /// The projects served.
@@ -36,50 +30,29 @@ pub struct PypiIndex {
     pub base_url: String,
     /// `https://127.0.0.1:PORT/simple/`, pip's `--index-url`.
     pub index_url: String,
-    served: Arc<Mutex<Vec<String>>>,
-    refused: Arc<AtomicUsize>,
-}
-
-/// A file of the index: its project, content type and bytes.
-struct File {
-    project: &'static str,
-    content_type: &'static str,
-    body: Vec<u8>,
-}
-
-struct Inner {
-    gate: TokenGate,
-    /// By path without the leading `/`.
-    files: BTreeMap<String, File>,
-    served: Arc<Mutex<Vec<String>>>,
-    refused: Arc<AtomicUsize>,
+    server: GatedFiles,
 }
 
 impl PypiIndex {
     /// Starts the index over HTTPS with `ca`'s certificate, trusting tokens from `sts`.
     pub fn start(runtime: &tokio::runtime::Runtime, ca: &DevCa, sts: &StsClient) -> Result<Self, String> {
-        let listener = crate::loopback_listener().map_err(|e| e.to_string())?;
-        let base_url = format!("https://{}", listener.local_addr().map_err(|e| e.to_string())?);
-        let served = Arc::new(Mutex::new(Vec::new()));
-        let refused = Arc::new(AtomicUsize::new(0));
-        let inner = Arc::new(Inner {
-            gate: TokenGate::new(&base_url, sts, ca)?,
-            files: index_files(),
-            served: served.clone(),
-            refused: refused.clone(),
-        });
-        crate::serve_tls(runtime, listener, ca, Router::new().fallback(file).with_state(inner))?;
-        Ok(Self { index_url: format!("{base_url}/simple/"), base_url, served, refused })
+        // pip asks for `simple/<project>` with or without the slash.
+        let key = |path: &str| match path.starts_with("simple/") && !path.ends_with('/') {
+            true => format!("{path}/"),
+            false => path.to_owned(),
+        };
+        let server = GatedFiles::start(runtime, ca, sts, "mayfly-dev-pypi-index", index_files(), key)?;
+        Ok(Self { index_url: format!("{}/simple/", server.base_url), base_url: server.base_url.clone(), server })
     }
 
     /// The paths served so far (pages and files), in order.
     pub fn served(&self) -> Vec<String> {
-        self.served.lock().map(|s| s.clone()).unwrap_or_default()
+        self.server.served()
     }
 
     /// Requests answered 401 or 403 so far.
     pub fn refused(&self) -> usize {
-        self.refused.load(Ordering::SeqCst)
+        self.server.refused()
     }
 }
 
@@ -89,7 +62,7 @@ fn record_hash(data: &[u8]) -> String {
 }
 
 /// Each project's simple page and wheel.
-fn index_files() -> BTreeMap<String, File> {
+fn index_files() -> BTreeMap<String, GatedFile> {
     let mut files = BTreeMap::new();
     for project in PYPI_INDEX_PROJECTS {
         let module = project.replace('-', "_");
@@ -118,27 +91,15 @@ fn index_files() -> BTreeMap<String, File> {
         );
         files.insert(
             format!("simple/{project}/"),
-            File { project, content_type: "text/html; charset=utf-8", body: page.into_bytes() },
+            GatedFile { content_type: "text/html; charset=utf-8", scope: read(project), body: page.into_bytes() },
         );
-        files.insert(format!("packages/{wheel_name}"), File { project, content_type: "application/zip", body: wheel });
+        let wheel = GatedFile { content_type: "application/zip", scope: read(project), body: wheel };
+        files.insert(format!("packages/{wheel_name}"), wheel);
     }
     files
 }
 
-async fn file(State(inner): State<Arc<Inner>>, headers: HeaderMap, uri: Uri) -> Response {
-    let mut path = uri.path().trim_start_matches('/').to_owned();
-    if path.starts_with("simple/") && !path.ends_with('/') {
-        path.push('/');
-    }
-    let Some(file) = inner.files.get(&path) else {
-        return (StatusCode::NOT_FOUND, "not found\n").into_response();
-    };
-    if let Err(refusal) = inner.gate.check(&headers, &format!("pypi:{}:read", file.project)).await {
-        inner.refused.fetch_add(1, Ordering::SeqCst);
-        return refusal.into_response("mayfly-dev-pypi-index");
-    }
-    if let Ok(mut served) = inner.served.lock() {
-        served.push(path);
-    }
-    ([("content-type", file.content_type)], file.body.clone()).into_response()
+/// The scope reading `project`'s page or files needs.
+fn read(project: &str) -> String {
+    format!("pypi:{project}:read")
 }

@@ -101,38 +101,10 @@ pub(crate) enum OciRequest {
     Repository { name: String, operation: Operation, mount_from: Option<String> },
 }
 
-/// The longest repository name the distribution spec allows.
-const MAX_REPOSITORY: usize = 255;
-
-/// A repository name as the distribution spec writes it: `/`-separated components of
-/// lowercase letters and digits joined by one `.`, one or two `_`, or any number of `-`.
-/// Nothing is decoded: an escape, an upper-case letter or a `..` is refused.
+/// A repository name as the distribution spec writes it
+/// ([`mayfly_core::scope::is_oci_repository_name`]), or why not, for the 403 line.
 pub(crate) fn repository_name(name: &str) -> Result<String, String> {
-    let component = |c: &str| {
-        let bytes = c.as_bytes();
-        let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-        let (Some(first), Some(last)) = (bytes.first(), bytes.last()) else { return false };
-        if !alnum(first) || !alnum(last) {
-            return false;
-        }
-        let mut i = 0;
-        while i < bytes.len() {
-            if alnum(&bytes[i]) {
-                i += 1;
-                continue;
-            }
-            let start = i;
-            while i < bytes.len() && !alnum(&bytes[i]) {
-                i += 1;
-            }
-            let separator = &c[start..i];
-            if !(separator == "." || separator == "_" || separator == "__" || separator.bytes().all(|b| b == b'-')) {
-                return false;
-            }
-        }
-        true
-    };
-    if name.is_empty() || name.len() > MAX_REPOSITORY || !name.split('/').all(component) {
+    if !mayfly_core::scope::is_oci_repository_name(name) {
         return Err(format!(
             "`{}` is not an OCI repository name",
             mayfly_core::sanitize_for_terminal(&name.chars().take(80).collect::<String>())
