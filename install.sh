@@ -18,6 +18,7 @@ Builds mayfly (release mode), or takes a release archive, and installs into DIR
   cargo-credential-mayfly cargo's credential provider
   docker-credential-mayfly  the docker/OCI credential helper (docker, skopeo, podman, crane)
   bazel-credential-mayfly Bazel's credential helper (--credential_helper)
+  vault-token-helper-mayfly  Vault's and OpenBao's token_helper
   mayfly-kubelet-credential  the kubelet's image credential provider
   mayfly-shim             npm, pnpm, yarn and twine, which have no credential hook
   mayfly-sts              the reference token exchange
@@ -163,7 +164,7 @@ if [ "$fast" = 1 ]; then
 else
     echo "install.sh: building mayfly in release mode; this takes several minutes (--fast for a quicker build)" >&2
 fi
-bins="mayfly mayfly-demo mayfly-sts git-credential-mayfly mayfly-kube-credential terraform-credentials-mayfly mayfly-aws-credential cargo-credential-mayfly docker-credential-mayfly bazel-credential-mayfly mayfly-kubelet-credential mayfly-shim"
+bins="mayfly mayfly-demo mayfly-sts git-credential-mayfly mayfly-kube-credential terraform-credentials-mayfly mayfly-aws-credential cargo-credential-mayfly docker-credential-mayfly bazel-credential-mayfly vault-token-helper-mayfly mayfly-kubelet-credential mayfly-shim"
 cargo build --release --locked --target "$host" $(printf -- '-p %s ' $bins)
 mkdir -p "$prefix"
 for bin in $bins; do

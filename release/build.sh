@@ -47,7 +47,7 @@ done
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 target=x86_64-unknown-linux-gnu
-client_bins="mayfly mayfly-demo git-credential-mayfly mayfly-kube-credential terraform-credentials-mayfly mayfly-aws-credential cargo-credential-mayfly docker-credential-mayfly bazel-credential-mayfly mayfly-kubelet-credential mayfly-shim"
+client_bins="mayfly mayfly-demo git-credential-mayfly mayfly-kube-credential terraform-credentials-mayfly mayfly-aws-credential cargo-credential-mayfly docker-credential-mayfly bazel-credential-mayfly vault-token-helper-mayfly mayfly-kubelet-credential mayfly-shim"
 bins="$client_bins mayfly-sts"
 
 for tool in tar gzip sha256sum strip dpkg-deb cargo; do

@@ -171,6 +171,7 @@ fn every_helper_answers_help_and_version_and_refuses_an_unknown_verb_on_stderr()
         ("cargo-credential-mayfly", None),
         ("terraform-credentials-mayfly", Some("teleport")),
         ("bazel-credential-mayfly", Some("teleport")),
+        ("vault-token-helper-mayfly", Some("teleport")),
         ("mayfly-kubelet-credential", Some("teleport")),
         ("mayfly-aws-credential", None),
         ("mayfly-kube-credential", None),

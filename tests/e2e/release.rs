@@ -70,6 +70,7 @@ fn release_script_makes_a_reproducible_archive_debs_sbom_and_sums() {
         "cargo-credential-mayfly",
         "docker-credential-mayfly",
         "bazel-credential-mayfly",
+        "vault-token-helper-mayfly",
         "mayfly-kubelet-credential",
         "mayfly-shim",
     ];

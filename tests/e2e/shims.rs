@@ -458,6 +458,40 @@ fn a_gem_the_publisher_does_not_own_is_refused_by_rubygems() {
     assert!(!all.contains(&minted[0]) && !all.contains("rubygems_"), "no key in the output: {all}");
 }
 
+/// A real built gem renamed for the one gem a route's `path` allows: the shim reads the
+/// gem from its specification, refuses in one line, and asks for no key.
+#[test]
+#[cfg_attr(missing = "gem", ignore = "needs gem, which is not installed")]
+fn a_gem_renamed_for_another_gets_no_key() {
+    if !require_tool("gem") {
+        return;
+    }
+    let stack = Stack::new();
+    let gems = rubygems(&stack);
+    let config = stack.home.join(".config/mayfly/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    stack.write_config_text(&format!("{text}path = \"mayfly-gem\"\n"));
+    let built = built_gem(&stack, "someone-elses-gem", "1.0.0");
+    let renamed = stack.work.join("mayfly-gem-1.0.0.gem");
+    std::fs::rename(&built, &renamed).unwrap();
+    let out = gem_push(&stack, &renamed, "gem-renamed", &["--host", &gems.base_url], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{}", all_output(&out));
+    let want = format!(
+        "mayfly: `gem push`: `{}` holds the gem `someone-elses-gem`, but is not named `someone-elses-gem-VERSION.gem`\n",
+        renamed.display()
+    );
+    assert_eq!(stderr, want);
+    assert!(gems.minted().is_empty() && gems.requests().is_empty(), "nothing was asked of RubyGems.org");
+    assert!(gems.pushes().is_empty());
+    // Named for what it holds, the same gem is outside the route's `path`: gem runs with no key.
+    let named = stack.work.join("someone-elses-gem-1.0.0.gem");
+    std::fs::rename(&renamed, &named).unwrap();
+    let out = gem_push(&stack, &named, "gem-named", &["--host", &gems.base_url], &[]);
+    assert!(!out.status.success(), "{}", all_output(&out));
+    assert!(gems.minted().is_empty() && gems.pushes().is_empty());
+}
+
 #[test]
 #[cfg_attr(missing = "gem", ignore = "needs gem, which is not installed")]
 fn gem_commands_other_than_push_run_untouched_without_a_key() {

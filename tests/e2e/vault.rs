@@ -106,22 +106,36 @@ impl Drop for Bao {
 /// A stack, OpenBao, and a client config with a `vault` exchange (role `role`, in
 /// `namespace` when given) and a git route for Vault's own host.
 fn setup(role: &str, namespace: Option<&str>) -> (Stack, Bao) {
+    setup_for("git", role, namespace)
+}
+
+/// [`setup`] with a route of `tool` for Vault's own host.
+fn setup_for(tool: &str, role: &str, namespace: Option<&str>) -> (Stack, Bao) {
     let stack = Stack::builder().start();
     let bao = Bao::start(&stack);
+    // `bao server -dev` keeps its root token in `~/.vault-token`: gone, so a test sees
+    // whether a CLI writes one.
+    let _ = std::fs::remove_file(stack.home.join(".vault-token"));
     bao.configure(&stack, &bao.addr, namespace);
     let host = bao.addr.trim_start_matches("http://");
     let namespace = namespace.map(|n| format!("namespace = \"{n}\"\n")).unwrap_or_default();
     stack.write_config(&format!(
         "[exchanges.vault]\nkind = \"vault\"\ntoken_endpoint = \"{addr}\"\nmount = \"ci-jwt\"\nrole = \"{role}\"\n{namespace}\n\
-         [[routes]]\ntool = \"git\"\nprotocol = \"http\"\nhost = \"{host}\"\nidentity = \"ci\"\nexchange = \"vault\"\n",
+         [[routes]]\ntool = \"{tool}\"\nprotocol = \"http\"\nhost = \"{host}\"\nidentity = \"ci\"\nexchange = \"vault\"\n",
         addr = bao.addr
     ));
     (stack, bao)
 }
 
 fn exec(stack: &Stack, session: &str, bao: &Bao, script: &str) -> Output {
-    Command::new(bin("mayfly"))
-        .args(["exec", "--session", session, "--", "sh", "-c", script])
+    run(stack, bao, bin("mayfly"), &["exec", "--session", session, "--", "sh", "-c", script])
+}
+
+/// `program` with `args`, the stack's environment and `VAULT_ADDR` at the server, no
+/// `VAULT_TOKEN`, in the work directory.
+fn run(stack: &Stack, bao: &Bao, program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
         .current_dir(&stack.work)
         .env_clear()
         .envs(stack.env())
@@ -262,4 +276,85 @@ fn explain_knows_the_vault_kind_and_its_exchange_mode_logs_in_then_revokes() {
     let issued = stack.client_audit().into_iter().find(|l| l["outcome"] == "issued").expect("a real login");
     let accessor = issued["token_id"].as_str().expect("the token's accessor");
     assert!(!bao.accessor_alive(accessor), "revoked at once");
+}
+
+/// `bao` as [`run`] runs it.
+fn bao_cli(stack: &Stack, bao: &Bao, args: &[&str]) -> Output {
+    run(stack, bao, "bao", args)
+}
+
+/// The token helper wired by `mayfly setup`: `bao kv get` works with no token anywhere,
+/// `bao login` keeps nothing, and the helper's `erase` revokes.
+#[test]
+#[cfg_attr(missing = "bao", ignore = "needs bao, which is not installed")]
+fn the_bao_cli_gets_its_token_from_the_token_helper_and_never_stores_one() {
+    if !require_tool("bao") {
+        return;
+    }
+    let (stack, bao) = setup_for("vault", "ci", None);
+    // `mayfly setup` names the helper in both CLIs' configs.
+    let helper = bin("vault-token-helper-mayfly");
+    let out = run(&stack, &bao, bin("mayfly"), &["setup", "--tools", "vault"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in [".vault", ".bao"] {
+        let text = std::fs::read_to_string(stack.home.join(file)).unwrap();
+        assert_eq!(text, format!("token_helper = {:?}\n", helper.display().to_string()), "{file}");
+    }
+    let out = bao_cli(&stack, &bao, &["kv", "get", "-field=password", "secret/app"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "opened-by-vault");
+    let issued: Vec<Value> = stack.client_audit().into_iter().filter(|l| l["outcome"] == "issued").collect();
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!(
+        (issued[0]["tool"].as_str(), issued[0]["scope"].as_str()),
+        (Some("vault"), Some(&*format!("vault:{}", bao.addr.trim_start_matches("http://"))))
+    );
+    let accessor = issued[0]["token_id"].as_str().unwrap().to_owned();
+    assert!(bao.accessor_alive(&accessor));
+
+    // A login's token is refused by the helper, so the CLI keeps it nowhere (it says so,
+    // and shows that login's own token "for your records").
+    let out = bao_cli(&stack, &bao, &["login", "-no-print", ROOT]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("never stores one"), "{stderr}");
+    assert!(!stack.home.join(".vault-token").exists(), "no token file");
+    let out = bao_cli(&stack, &bao, &["token", "lookup", "-format=json"]);
+    let lookup: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(lookup["data"]["accessor"], accessor.as_str(), "still the route's token, not the login's");
+
+    // The CLI runs no `erase` (not even for `token revoke -self`); run by hand, it revokes
+    // at OpenBao, and the next command gets a fresh token.
+    let erase =
+        Command::new(&helper).arg("erase").env_clear().envs(stack.env()).env("VAULT_ADDR", &bao.addr).output().unwrap();
+    assert!(erase.status.success() && erase.stdout.is_empty(), "{}", String::from_utf8_lossy(&erase.stderr));
+    assert!(!bao.accessor_alive(&accessor), "erase revoked the token");
+    let out = bao_cli(&stack, &bao, &["kv", "get", "-field=password", "secret/app"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stack.home.join(".vault-token").exists());
+    stack.assert_no_tokens_on_disk();
+    let out = run(&stack, &bao, bin("mayfly"), &["setup", "--undo"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stack.home.join(".vault").exists() && !stack.home.join(".bao").exists(), "undo removed both");
+}
+
+/// Inside `mayfly exec` the session names the token helper itself: `bao kv get` works
+/// with no config and no token, and the token is revoked when the session ends.
+#[test]
+#[cfg_attr(missing = "bao", ignore = "needs bao, which is not installed")]
+fn a_session_wires_bao_to_the_token_helper() {
+    if !require_tool("bao") {
+        return;
+    }
+    let (stack, bao) = setup_for("vault", "ci", None);
+    let script = "set -e; test -z \"$VAULT_TOKEN\"; bao kv get -field=password secret/app; echo; \
+         echo accessor=$(bao token lookup -format=json | sed -n 's/.*\"accessor\": \"\\([^\"]*\\)\".*/\\1/p')";
+    let out = exec(&stack, "vault-helper", &bao, script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.lines().any(|l| l == "opened-by-vault"), "{stdout}");
+    let accessor = stdout.lines().find_map(|l| l.strip_prefix("accessor=")).filter(|a| !a.is_empty()).unwrap();
+    assert!(!bao.accessor_alive(accessor), "revoked at the session's end");
+    assert!(!stack.home.join(".vault-token").exists());
+    stack.assert_no_tokens_on_disk();
 }

@@ -22,7 +22,7 @@ use crate::status::{rfc3339, span, table};
     mayfly explain oci registry.example.com/team/app\n  mayfly explain aws deploy --exchange")]
 pub(crate) struct Args {
     /// The tool whose request to explain
-    #[arg(value_parser = ["git", "kubectl", "terraform", "cargo", "oci", "npm", "pypi", "gem", "aws", "http"])]
+    #[arg(value_parser = ["git", "kubectl", "terraform", "cargo", "oci", "npm", "pypi", "gem", "aws", "http", "vault"])]
     tool: String,
     /// `https://HOST/PATH` (git: the repository; cargo, npm, pypi: the package; gem: the gem), `HOST/REPO` for
     /// oci, the route name for aws
@@ -106,7 +106,7 @@ fn parse_target(tool: Tool, text: &str, operation: Operation) -> anyhow::Result<
     };
     let (host, path) = rest.split_once('/').map_or((rest, None), |(h, p)| (h, Some(p).filter(|p| !p.is_empty())));
     let (path, note) = match tool {
-        Tool::Kubectl | Tool::Terraform if path.is_some() => {
+        Tool::Kubectl | Tool::Terraform | Tool::Vault if path.is_some() => {
             (None, Some(format!("the path is ignored: {} asks per host", tool.as_str())))
         }
         Tool::Oci if !protocol.is_empty() && path.is_some() => {

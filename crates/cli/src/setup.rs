@@ -29,12 +29,12 @@ use crate::exec::wiring::{git_vars, route_hosts, route_urls};
 use journal::{Journal, replace_file};
 
 /// The tools `--tools` can name.
-const TOOLS: [&str; 7] = ["git", "oci", "cargo", "aws", "kube", "terraform", "npm"];
+const TOOLS: [&str; 8] = ["git", "oci", "cargo", "aws", "kube", "terraform", "vault", "npm"];
 
 /// Arguments of `mayfly setup`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// Only these tools (comma-separated: git, oci, cargo, aws, kube, terraform, npm)
+    /// Only these tools (comma-separated: git, oci, cargo, aws, kube, terraform, vault, npm)
     #[arg(long, value_delimiter = ',')]
     tools: Vec<String>,
     /// Say what would change, change nothing
@@ -161,6 +161,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     }
     if wanted("terraform") {
         wire_terraform(&mut cx, &mut plan)?;
+    }
+    if wanted("vault") {
+        wire_vault(&mut cx, &mut plan)?;
     }
     if wanted("npm") {
         wire_shims(&mut cx, &mut plan)?;
@@ -531,6 +534,25 @@ fn wire_terraform(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
     let name = "terraform-credentials-mayfly";
     let link = cx.home.join(".terraform.d/plugins").join(name);
     cx.link(&link, &cx.bin.join(name), plan)
+}
+
+/// vault and bao: `token_helper` in each CLI's config (`~/.vault`, `~/.bao`, or the
+/// files `VAULT_CONFIG_PATH` and `BAO_CONFIG_PATH` name).
+fn wire_vault(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
+    if cx.routes(Tool::Vault).next().is_none() {
+        return Ok(());
+    }
+    let helper = cx.bin.join("vault-token-helper-mayfly").display().to_string();
+    let files = [(mayfly_core::EnvVars::VAULT_CONFIG_PATH, ".vault"), (mayfly_core::EnvVars::BAO_CONFIG_PATH, ".bao")];
+    for (var, default) in files {
+        let path = cx.env.path(var).unwrap_or_else(|| cx.home.join(default));
+        let (new, note) = edits::vault_token_helper(read(&path)?.as_deref(), &helper);
+        plan.notes.extend(note);
+        if let Some(new) = new {
+            cx.write(&path, &new, "token_helper", plan)?;
+        }
+    }
+    Ok(())
 }
 
 /// npm, pnpm, yarn, twine, gem: shims for the installed ones that have a route, in a directory

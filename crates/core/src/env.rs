@@ -78,6 +78,10 @@ impl EnvVars {
     pub const GIT_CONFIG_COUNT: &'static str = "GIT_CONFIG_COUNT";
     /// git: skip the system config.
     pub const GIT_CONFIG_NOSYSTEM: &'static str = "GIT_CONFIG_NOSYSTEM";
+    /// OpenBao's CLI: the server's address; it sets this and `VAULT_ADDR` for its token helper.
+    pub const BAO_ADDR: &'static str = "BAO_ADDR";
+    /// OpenBao's CLI: its config file (`token_helper`), else `~/.bao`.
+    pub const BAO_CONFIG_PATH: &'static str = "BAO_CONFIG_PATH";
     /// kubectl: the kubeconfig files, `:`-separated.
     pub const KUBECONFIG: &'static str = "KUBECONFIG";
     /// Where programs are found (the shims find the real tool on it).
@@ -90,6 +94,10 @@ impl EnvVars {
     pub const TWINE_REPOSITORY: &'static str = "TWINE_REPOSITORY";
     /// twine: the upload URL.
     pub const TWINE_REPOSITORY_URL: &'static str = "TWINE_REPOSITORY_URL";
+    /// Vault's CLI: the server's address, set for its token helper.
+    pub const VAULT_ADDR: &'static str = "VAULT_ADDR";
+    /// Vault's CLI (and OpenBao's): its config file (`token_helper`), else `~/.vault`.
+    pub const VAULT_CONFIG_PATH: &'static str = "VAULT_CONFIG_PATH";
     /// A Wayland display: `mayfly login` may open a browser with `xdg-open`.
     pub const WAYLAND_DISPLAY: &'static str = "WAYLAND_DISPLAY";
     /// XDG data directory.

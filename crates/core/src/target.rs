@@ -29,6 +29,8 @@ pub enum Tool {
     /// A plain HTTPS download with a bearer token for a host and path prefix: Bazel's
     /// credential helper.
     Http,
+    /// The Vault and OpenBao CLIs, through their `token_helper`.
+    Vault,
 }
 
 impl Tool {
@@ -45,6 +47,7 @@ impl Tool {
             Self::Pypi => "pypi",
             Self::Gem => "gem",
             Self::Http => "http",
+            Self::Vault => "vault",
         }
     }
 
@@ -62,6 +65,7 @@ impl Tool {
             Self::Pypi => "pypi:{path}:{operation}",
             Self::Gem => "gem:{path}:{operation}",
             Self::Http => "http:{host}/{path}:{operation}",
+            Self::Vault => "vault:{host}",
         }
     }
 
@@ -90,8 +94,9 @@ impl FromStr for Tool {
             "pypi" => Ok(Self::Pypi),
             "gem" => Ok(Self::Gem),
             "http" => Ok(Self::Http),
+            "vault" => Ok(Self::Vault),
             other => Err(format!(
-                "unknown tool `{other}` (git, kubectl, terraform, aws, cargo, oci, npm, pypi, gem or http)"
+                "unknown tool `{other}` (git, kubectl, terraform, aws, cargo, oci, npm, pypi, gem, http or vault)"
             )),
         }
     }

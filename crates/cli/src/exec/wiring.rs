@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use mayfly_core::{Config, Env, Tool};
 
 /// The helper binaries `mayfly exec` links into the session's `bin` directory.
-pub(crate) const HELPERS: [&str; 7] = [
+pub(crate) const HELPERS: [&str; 8] = [
     "git-credential-mayfly",
     "docker-credential-mayfly",
     "cargo-credential-mayfly",
@@ -16,6 +16,7 @@ pub(crate) const HELPERS: [&str; 7] = [
     "mayfly-kube-credential",
     "terraform-credentials-mayfly",
     "bazel-credential-mayfly",
+    "vault-token-helper-mayfly",
 ];
 
 /// What the child gets: variables to set, and files to write first.
@@ -173,6 +174,16 @@ pub(crate) fn wire(config: &Config, env: &Env, bin: &Path, runtime: &Path) -> Wi
         wiring.set("KUBECONFIG", list.join(":"));
     }
 
+    // vault and bao: a private CLI config naming the token helper. The file holds nothing
+    // else the CLIs read, so the user's own is not needed.
+    if config.routes.iter().any(|r| r.tool == Tool::Vault) {
+        let path = runtime.join("vault.hcl");
+        let helper = serde_json::Value::from(helper("vault-token-helper-mayfly"));
+        wiring.files.push((path.clone(), format!("token_helper = {helper}\n")));
+        wiring.set(mayfly_core::EnvVars::VAULT_CONFIG_PATH, path.display().to_string());
+        wiring.set(mayfly_core::EnvVars::BAO_CONFIG_PATH, path.display().to_string());
+    }
+
     let path = env.get(mayfly_core::EnvVars::PATH).unwrap_or("/usr/local/bin:/usr/bin:/bin");
     wiring.set("PATH", format!("{}:{path}", bin.display()));
     wiring
@@ -323,6 +334,19 @@ mod tests {
         let aws = &wiring.files.iter().find(|(p, _)| p.ends_with("aws-config")).unwrap().1;
         assert_eq!(aws, "[profile deploy]\ncredential_process = /rt/bin/mayfly-aws-credential deploy\n\n");
         assert!(var(&wiring, "GIT_CONFIG_COUNT").is_none());
+        assert!(var(&wiring, "VAULT_CONFIG_PATH").is_none());
+    }
+
+    #[test]
+    fn vault_and_bao_get_a_private_config_naming_the_token_helper() {
+        let config = config(
+            "[[routes]]\ntool = \"vault\"\nhost = \"vault.example:8200\"\nidentity = \"ci\"\nexchange = \"sts\"\n",
+        );
+        let wiring = wire(&config, &Env::default(), Path::new("/rt/bin"), Path::new("/rt"));
+        assert_eq!(var(&wiring, "VAULT_CONFIG_PATH"), Some("/rt/vault.hcl"));
+        assert_eq!(var(&wiring, "BAO_CONFIG_PATH"), Some("/rt/vault.hcl"));
+        let (_, file) = wiring.files.iter().find(|(p, _)| p.ends_with("vault.hcl")).unwrap();
+        assert_eq!(file, "token_helper = \"/rt/bin/vault-token-helper-mayfly\"\n");
     }
 
     #[test]

@@ -128,9 +128,38 @@ pub(crate) fn terraform_helper(current: Option<&str>) -> anyhow::Result<(Option<
     }
 }
 
+/// A Vault or OpenBao CLI config with `token_helper` naming `helper`, or `None` when it
+/// does already, and a note when it names another helper (left alone).
+pub(crate) fn vault_token_helper(current: Option<&str>, helper: &str) -> (Option<String>, Option<String>) {
+    let text = current.unwrap_or("");
+    let line = format!("token_helper = {}", serde_json::Value::from(helper));
+    match text.lines().map(str::trim).find(|l| l.starts_with("token_helper")) {
+        Some(configured) if configured == line => (None, None),
+        Some(_) => (None, Some("the Vault/OpenBao CLI config already names another token_helper; left alone".into())),
+        None => {
+            let mut out = text.to_owned();
+            if !out.is_empty() && !out.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&line);
+            out.push('\n');
+            (Some(out), None)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vault_configs_get_the_token_helper_once() {
+        let new = vault_token_helper(None, "/bin/vault-token-helper-mayfly").0.unwrap();
+        assert_eq!(new, "token_helper = \"/bin/vault-token-helper-mayfly\"\n");
+        assert_eq!(vault_token_helper(Some(&new), "/bin/vault-token-helper-mayfly"), (None, None), "idempotent");
+        let (new, note) = vault_token_helper(Some("token_helper = \"/bin/other\""), "/bin/vault-token-helper-mayfly");
+        assert!(new.is_none() && note.is_some());
+    }
 
     #[test]
     fn docker_configs_keep_their_keys_and_order() {

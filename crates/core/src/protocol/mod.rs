@@ -11,6 +11,7 @@ pub mod kube;
 pub mod kubelet;
 pub mod shim;
 pub mod terraform;
+pub mod vault;
 
 use std::error::Error;
 use std::io::{BufRead, Write};

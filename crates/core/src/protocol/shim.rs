@@ -13,6 +13,7 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+mod gem;
 mod phases;
 mod process;
 
@@ -107,7 +108,7 @@ pub struct Need {
 pub fn need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Option<Need>, Refusal> {
     match family {
         Family::Twine => twine_need(args, env),
-        Family::Gem => gem_need(args, env),
+        Family::Gem => gem_need(args, env, cwd),
         _ => npm_need(family, args, env, cwd),
     }
 }
@@ -365,10 +366,10 @@ fn twine_need(args: &[String], env: &Env) -> Result<Option<Need>, Refusal> {
 /// Options of `gem push` (and gem's own) that take a value.
 const GEM_VALUED: &[&str] = &["--host", "-k", "--key", "--otp", "-p", "--http-proxy", "--config-file", "--attestation"];
 
-/// `gem push FILE.gem`: a publish of the gem the file name names, to `--host`, else
+/// `gem push FILE.gem`: a publish of the gem the file holds ([`gem_of`]), to `--host`, else
 /// `RUBYGEMS_HOST`, else RubyGems.org. gem's other commands need no token: they run
 /// without one.
-fn gem_need(args: &[String], env: &Env) -> Result<Option<Need>, Refusal> {
+fn gem_need(args: &[String], env: &Env, cwd: &Path) -> Result<Option<Need>, Refusal> {
     let hosts = gem_hosts(args);
     let rest: Vec<String> = without(args, &hosts).cloned().collect();
     let words = positionals(&rest, GEM_VALUED);
@@ -403,16 +404,12 @@ fn gem_need(args: &[String], env: &Env) -> Result<Option<Need>, Refusal> {
     let registry = crate::target::strict_url(text).ok_or_else(|| {
         Refusal::Failed(format!("`gem push`: the gem host `{}` is not a URL", crate::sanitize_for_terminal(text)))
     })?;
-    let gem = match &words[1..] {
-        [one] => gem_of(one).ok_or_else(|| {
-            Refusal::Failed(format!(
-                "`gem push`: `{}` is not a gem file named NAME-VERSION.gem",
-                crate::sanitize_for_terminal(one)
-            ))
-        })?,
+    let file = match &words[1..] {
+        [one] => *one,
         [] => return Err(Refusal::Failed("`gem push`: no gem file named".into())),
         _ => return Err(Refusal::Failed("`gem push`: one gem per push, so its key names one gem".into())),
     };
+    let gem = gem_of(file, cwd)?;
     Ok(Some(Need {
         registry,
         operation: Operation::Publish,
@@ -422,19 +419,26 @@ fn gem_need(args: &[String], env: &Env) -> Result<Option<Need>, Refusal> {
     }))
 }
 
-/// The gem a built gem's file name names: `my-gem-1.2.0.gem` and
-/// `my-gem-1.2.0-x86_64-linux.gem` are both `my-gem` (the name ends before the first
-/// segment that starts with a digit, where the version begins).
-fn gem_of(file: &str) -> Option<String> {
-    let stem = Path::new(file).file_name()?.to_str()?.strip_suffix(".gem")?;
-    let segments: Vec<&str> = stem.split('-').collect();
-    let version = segments.iter().skip(1).position(|s| s.starts_with(|c: char| c.is_ascii_digit()))? + 1;
-    let name = segments[..version].join("-");
-    // RubyGems.org takes names of letters, digits, `.`, `-` and `_`, with a letter among them.
-    let valid = name.chars().any(|c| c.is_ascii_alphabetic())
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    valid.then_some(name)
+/// The gem a built gem is: the name its own specification gives, which is what the
+/// registry publishes it as. The file must be named for it too (`NAME-VERSION.gem` or
+/// `NAME-VERSION-PLATFORM.gem`), so a file named for one gem cannot carry another past a
+/// route's `path` pattern.
+fn gem_of(file: &str, cwd: &Path) -> Result<String, Refusal> {
+    let shown = crate::sanitize_for_terminal(file);
+    let stem = Path::new(file).file_name().and_then(|f| f.to_str()).and_then(|f| f.strip_suffix(".gem"));
+    let versioned = |s: &str| s.split('-').skip(1).any(|part| part.starts_with(|c: char| c.is_ascii_digit()));
+    let Some(stem) = stem.filter(|s| versioned(s)) else {
+        return Err(Refusal::Failed(format!("`gem push`: `{shown}` is not a gem file named NAME-VERSION.gem")));
+    };
+    let name =
+        gem::spec_name(&cwd.join(file)).map_err(|why| Refusal::Failed(format!("`gem push`: `{shown}`: {why}")))?;
+    let version = stem.strip_prefix(name.as_str()).and_then(|s| s.strip_prefix('-'));
+    if !version.is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit())) {
+        return Err(Refusal::Failed(format!(
+            "`gem push`: `{shown}` holds the gem `{name}`, but is not named `{name}-VERSION.gem`"
+        )));
+    }
+    Ok(name)
 }
 
 /// The command line the real tool runs once it holds a token: `gem push` with `--host`

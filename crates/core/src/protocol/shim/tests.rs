@@ -369,32 +369,43 @@ fn inside_a_proxy_session_the_real_tool_runs_without_a_token() {
     assert_eq!(runner.0, [(vec![npm], vec![("MAYFLY_NPM_TOKEN".to_owned(), String::new())])]);
 }
 
+/// A work directory holding the built gems the tests below push, each named for its gem.
+fn gems() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, name) in [("pkg/my-gem-1.2.0.gem", "my-gem"), ("x_y-0.1.0-x86_64-linux.gem", "x_y"), ("a-1.gem", "a")] {
+        super::gem::tests::write_gem(&dir.path().join(file), &format!("name: {name}\n"));
+    }
+    dir
+}
+
 #[test]
 fn gem_push_names_the_gem_and_the_host() {
+    let gems = gems();
     let env = Env::default();
-    let push = need(Family::Gem, &strings(&["push", "pkg/my-gem-1.2.0.gem"]), &env, Path::new("/")).unwrap().unwrap();
+    let push = need(Family::Gem, &strings(&["push", "pkg/my-gem-1.2.0.gem"]), &env, gems.path()).unwrap().unwrap();
     assert_eq!((push.package.as_deref(), push.registry.as_str()), (Some("my-gem"), "https://rubygems.org/"));
     assert_eq!(push.operation, Operation::Publish);
     let args = strings(&["push", "--host", "http://127.0.0.1:9292", "x_y-0.1.0-x86_64-linux.gem"]);
-    let push = need(Family::Gem, &args, &env, Path::new("/")).unwrap().unwrap();
+    let push = need(Family::Gem, &args, &env, gems.path()).unwrap().unwrap();
     assert_eq!((push.package.as_deref(), push.registry.as_str()), (Some("x_y"), "http://127.0.0.1:9292/"));
     let env = Env::from_pairs([("RUBYGEMS_HOST", "https://gems.example")]);
-    let push = need(Family::Gem, &strings(&["push", "a-1.gem"]), &env, Path::new("/")).unwrap().unwrap();
+    let push = need(Family::Gem, &strings(&["push", "a-1.gem"]), &env, gems.path()).unwrap().unwrap();
     assert_eq!(push.registry.as_str(), "https://gems.example/");
     for other in [&["install", "rake"][..], &["build", "a.gemspec"], &["yank", "a", "-v", "1"], &[]] {
-        assert_eq!(need(Family::Gem, &strings(other), &env, Path::new("/")), Ok(None), "{other:?}");
+        assert_eq!(need(Family::Gem, &strings(other), &env, gems.path()), Ok(None), "{other:?}");
     }
     for bad in [&["push"][..], &["push", "a-1.gem", "b-1.gem"], &["push", "a.gem"], &["push", "1-2.gem"]] {
-        let err = need(Family::Gem, &strings(bad), &env, Path::new("/")).unwrap_err().to_string();
+        let err = need(Family::Gem, &strings(bad), &env, gems.path()).unwrap_err().to_string();
         assert!(err.starts_with("`gem push`: "), "{err}");
     }
 }
 
 #[test]
 fn gem_push_is_pinned_to_the_host_its_key_is_for() {
+    let gems = gems();
     let env = Env::default();
     let args = strings(&["push", "a-1.gem"]);
-    let push = need(Family::Gem, &args, &env, Path::new("/")).unwrap().unwrap();
+    let push = need(Family::Gem, &args, &env, gems.path()).unwrap().unwrap();
     let os: Vec<OsString> = args.iter().map(Into::into).collect();
     assert_eq!(pinned_args(Family::Gem, &push, &os), ["push", "--host", "https://rubygems.org", "a-1.gem"]);
     let given: Vec<OsString> = ["push", "a-1.gem", "--host=https://rubygems.org"].map(Into::into).into();
@@ -421,8 +432,9 @@ fn gem_push_is_pinned_to_the_host_its_key_is_for() {
 /// stops at `--`: each way of sending the key to a host other than the one it names.
 #[test]
 fn gem_push_reads_every_host_option_as_gem_does() {
+    let gems = gems();
     let env = Env::default();
-    let host = |args: &[&str]| need(Family::Gem, &strings(args), &env, Path::new("/")).map(|n| n.unwrap());
+    let host = |args: &[&str]| need(Family::Gem, &strings(args), &env, gems.path()).map(|n| n.unwrap());
     for (args, want) in [
         (&["push", "--ho", "https://a.example", "a-1.gem"][..], "https://a.example/"),
         (&["push", "a-1.gem", "--hos=https://a.example"], "https://a.example/"),
@@ -454,6 +466,7 @@ fn gem_push_reads_every_host_option_as_gem_does() {
 
 #[test]
 fn gem_push_pins_the_host_right_after_the_command() {
+    let gems = gems();
     let env = Env::default();
     for (args, want) in [
         (
@@ -466,8 +479,33 @@ fn gem_push_pins_the_host_right_after_the_command() {
         ),
         (&["push", "--otp", "123", "a-1.gem"], &["push", "--host", "https://rubygems.org", "--otp", "123", "a-1.gem"]),
     ] {
-        let push = need(Family::Gem, &strings(args), &env, Path::new("/")).unwrap().unwrap();
+        let push = need(Family::Gem, &strings(args), &env, gems.path()).unwrap().unwrap();
         let os: Vec<OsString> = args.iter().map(Into::into).collect();
         assert_eq!(pinned_args(Family::Gem, &push, &os), want, "{args:?}");
     }
+}
+
+/// The gem a push publishes is the one the file holds: a file renamed for another gem,
+/// or holding no readable specification, is refused before any token is asked for.
+#[test]
+fn gem_push_takes_the_gem_from_its_specification_not_its_file_name() {
+    let gems = gems();
+    let env = Env::default();
+    let write = |file: &str, yaml: &str| super::gem::tests::write_gem(&gems.path().join(file), yaml);
+    write("allowed-gem-1.0.0.gem", "name: other-gem\n");
+    write("foo-2fa-1.0.0.gem", "name: foo-2fa\n");
+    write("foo-1.0.0.gem", "name: foo-2fa\n");
+    write("bare.gem", "name: bare\n");
+    let push = |file: &str| need(Family::Gem, &strings(&["push", file]), &env, gems.path());
+    let err = push("allowed-gem-1.0.0.gem").unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "`gem push`: `allowed-gem-1.0.0.gem` holds the gem `other-gem`, but is not named `other-gem-VERSION.gem`"
+    );
+    assert_eq!(push("foo-2fa-1.0.0.gem").unwrap().unwrap().package.as_deref(), Some("foo-2fa"));
+    assert!(push("foo-1.0.0.gem").unwrap_err().to_string().contains("holds the gem `foo-2fa`"));
+    let err = push("bare.gem").unwrap_err().to_string();
+    assert_eq!(err, "`gem push`: `bare.gem` is not a gem file named NAME-VERSION.gem", "refused before it is read");
+    let err = push("missing-1.0.0.gem").unwrap_err().to_string();
+    assert!(err.starts_with("`gem push`: `missing-1.0.0.gem`: cannot open it"), "{err}");
 }

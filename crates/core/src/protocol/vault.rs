@@ -1,0 +1,168 @@
+//! Vault's and OpenBao's token helper protocol.
+//!
+//! The CLIs run the program `token_helper` names in their config file (`~/.vault` for
+//! `vault`, `~/.bao` for `bao`, or the file `VAULT_CONFIG_PATH`/`BAO_CONFIG_PATH` names)
+//! with one argument and the server's address in `VAULT_ADDR` (`bao` sets `BAO_ADDR` too):
+//!
+//! - `get` prints the token for the route of the address's host (tool `vault`), or
+//!   nothing when no route serves it (the CLI's "no token"), exit 0.
+//! - `store` is how `vault login` keeps the token it got: the helper reads it to the end
+//!   and refuses, so the login fails with one line and no token reaches a file. mayfly
+//!   logs in itself, when a command needs a token; a token kept from another login would
+//!   only shadow the route's.
+//! - `erase` (`vault token revoke -self`) drops the cached token and revokes it.
+
+use std::io::{Read, Write};
+
+use crate::protocol::{Refusal, Reply};
+use crate::{EnvVars, Operation, Process, Target, Tool};
+
+/// The `vault-token-helper-mayfly` binary.
+pub const HOOK: crate::protocol::Hook = crate::protocol::Hook {
+    name: "vault-token-helper-mayfly",
+    help: r#"Vault's and OpenBao's token helper: `get` answers with a token for the server in VAULT_ADDR.
+
+Wire it in ~/.vault (vault) or ~/.bao (bao), with the binary's absolute path:
+  token_helper = "/usr/local/bin/vault-token-helper-mayfly"
+"#,
+    serve: |args, stdin, stdout, env, ancestry| serve(args, stdin, stdout, env, ancestry),
+};
+
+/// Runs one helper invocation; returns the exit code.
+pub fn serve(
+    args: &[String],
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+    env: crate::Env,
+    ancestry: &dyn Fn() -> Vec<Process>,
+) -> i32 {
+    match handle(args, stdin, env, ancestry) {
+        Ok(None) => 0,
+        // No newline: the CLI takes the output as it is for the `X-Vault-Token` header.
+        Ok(Some(token)) => i32::from(stdout.write_all(token.as_bytes()).and_then(|()| stdout.flush()).is_err()),
+        Err(refusal) => refuse(&refusal).write(stdout),
+    }
+}
+
+/// How the CLI is answered without a token: nothing and exit 0 is its "no token", for a
+/// server no route serves; anything else is one line on stderr and exit 1, which the CLI
+/// reports as the helper's failure.
+fn refuse(refusal: &Refusal) -> Reply {
+    match refusal {
+        Refusal::NotOurs | Refusal::NeedsPath { .. } => Reply::default(),
+        Refusal::Refused { .. } | Refusal::Failed(_) | Refusal::Unsupported(_) => Reply::line(refusal.to_string()),
+    }
+}
+
+fn handle(
+    args: &[String],
+    stdin: &mut dyn Read,
+    env: crate::Env,
+    ancestry: &dyn Fn() -> Vec<Process>,
+) -> Result<Option<String>, Refusal> {
+    let [verb] = args else {
+        return Err(Refusal::Unsupported("usage: vault-token-helper-mayfly get|store|erase".into()));
+    };
+    match verb.as_str() {
+        "get" => {
+            let issued = crate::protocol::token_for(&target(&env)?, &|_| Operation::Read, env, ancestry)?;
+            Ok(Some(issued.token.expose().to_owned()))
+        }
+        "store" => {
+            // The CLI writes the token and expects it read before the helper fails.
+            let _ = std::io::copy(stdin, &mut std::io::sink());
+            Err(Refusal::Failed(
+                "mayfly logs in to Vault when a command needs a token and never stores one: the token of this login was not kept".into(),
+            ))
+        }
+        "erase" => match crate::protocol::erase(&target(&env)?, env, ancestry) {
+            // Nothing cached for a server no route serves: erased already.
+            Ok(()) | Err(Refusal::NotOurs | Refusal::NeedsPath { .. }) => Ok(None),
+            Err(refusal) => Err(refusal),
+        },
+        other => Err(Refusal::Unsupported(format!(
+            "unknown verb `{}` (get, store or erase)",
+            crate::sanitize_for_terminal(other)
+        ))),
+    }
+}
+
+/// The server the CLI talks to: `VAULT_ADDR`, which both CLIs set for their helper;
+/// `BAO_ADDR` must agree with it when both are set.
+fn target(env: &crate::Env) -> Result<Target, Refusal> {
+    let given = |name| env.get(name).filter(|v| !v.is_empty());
+    let addr = match (given(EnvVars::VAULT_ADDR), given(EnvVars::BAO_ADDR)) {
+        (Some(vault), Some(bao)) if vault != bao => {
+            return Err(Refusal::Failed(format!(
+                "`VAULT_ADDR` ({}) and `BAO_ADDR` ({}) name different servers",
+                crate::sanitize_for_terminal(vault),
+                crate::sanitize_for_terminal(bao)
+            )));
+        }
+        (Some(addr), _) | (None, Some(addr)) => addr,
+        (None, None) => return Err(Refusal::Failed("`VAULT_ADDR` is not set, so the server is unknown".into())),
+    };
+    let bad = || Refusal::Failed(format!("`VAULT_ADDR` `{}` is not a URL", crate::sanitize_for_terminal(addr)));
+    let url = crate::target::strict_url(addr).ok_or_else(bad)?;
+    let host = crate::target::host_port(&url).ok_or_else(bad)?;
+    Target::new(Tool::Vault, url.scheme(), &host, None).map_err(|e| Refusal::Failed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str], addr: Option<&str>, input: &[u8]) -> (i32, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, "").unwrap();
+        let mut pairs = vec![("MAYFLY_CONFIG".to_owned(), config.display().to_string())];
+        pairs.extend(addr.map(|a| ("VAULT_ADDR".to_owned(), a.to_owned())));
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut out = Vec::new();
+        let code = serve(&args, &mut &input[..], &mut out, crate::Env::from_pairs(pairs), &Vec::new);
+        (code, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn no_route_is_no_token_and_success() {
+        assert_eq!(run(&["get"], Some("https://vault.example:8200"), b""), (0, String::new()));
+        assert_eq!(run(&["erase"], Some("https://vault.example:8200"), b""), (0, String::new()));
+    }
+
+    #[test]
+    fn store_reads_the_token_then_refuses() {
+        let big = vec![b'x'; 1 << 20];
+        assert_eq!(run(&["store"], Some("https://vault.example:8200"), &big), (1, String::new()));
+    }
+
+    #[test]
+    fn odd_requests_fail() {
+        assert_eq!(run(&["get"], None, b"").0, 1, "no address");
+        assert_eq!(run(&["get"], Some("vault.example:8200/\u{1b}[2J"), b"").0, 1);
+        assert_eq!(run(&["get"], Some("https://user:pw@vault.example"), b"").0, 1);
+        assert_eq!(run(&["frobnicate"], Some("https://vault.example"), b"").0, 1);
+        assert_eq!(run(&[], Some("https://vault.example"), b"").0, 1);
+        assert_eq!(run(&["get", "extra"], Some("https://vault.example"), b"").0, 1);
+        let env = crate::Env::from_pairs([("VAULT_ADDR", "https://a.example"), ("BAO_ADDR", "https://b.example")]);
+        let err = target(&env).unwrap_err().to_string();
+        assert!(err.contains("name different servers"), "{err}");
+        let env = crate::Env::from_pairs([("BAO_ADDR", "https://b.example:8200")]);
+        assert_eq!(target(&env).unwrap().display(), "https://b.example:8200");
+    }
+
+    #[test]
+    fn each_refusal_gets_the_clis_answer() {
+        let answers: Vec<Reply> = crate::protocol::every_refusal().iter().map(refuse).collect();
+        assert_eq!(
+            answers,
+            [
+                Reply::default(),
+                Reply::default(),
+                Reply::line("no token for https://h.example/org/app (git write): route `r` does not allow write"),
+                Reply::line("the request is malformed"),
+                Reply::line("unknown action"),
+            ]
+        );
+    }
+}
