@@ -22,6 +22,7 @@ mod module_registry;
 mod pypi;
 mod pypi_index;
 mod rubygems;
+mod spiffe;
 mod tls;
 
 mod cloudsmith;
@@ -49,6 +50,7 @@ pub use module_registry::{MODULE, ModuleRegistry};
 pub use pypi::{PYPI_AUDIENCE, Pypi, pytp_key};
 pub use pypi_index::{PYPI_INDEX_PROJECTS, PypiIndex, pypi_greeting};
 pub use rubygems::{RUBYGEMS_AUDIENCE, RubygemsOrg};
+pub use spiffe::{AgentMode, OTHER_SPIFFE_ID, SPIFFE_ID, SpiffeAgent, WorkloadRequest};
 pub use tls::DevCa;
 
 pub use cloudsmith::Cloudsmith;
