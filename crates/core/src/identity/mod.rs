@@ -192,8 +192,8 @@ impl IdentityConfig {
 
     /// The identity source the environment offers by itself, found the way `kind =
     /// "auto"` finds one with its defaults (GitHub Actions, GitLab CI, CircleCI,
-    /// Buildkite, Bitbucket Pipelines, Azure Pipelines, a Kubernetes token file, then the
-    /// cloud metadata servers): for `mayfly doctor` and `mayfly setup` when the config
+    /// Buildkite, Bitbucket Pipelines, Azure Pipelines, a Kubernetes token file, a SPIFFE
+    /// Workload API, then the cloud metadata servers): for `mayfly doctor` and `mayfly setup` when the config
     /// names none. Named after its kind.
     pub fn detect(env: &Env) -> Option<Self> {
         Self::detect_with(env, TOKEN_FILE.into(), true)
