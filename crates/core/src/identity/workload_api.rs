@@ -305,16 +305,18 @@ pub(crate) fn call(endpoint: &Endpoint, request: Vec<u8>) -> Result<Answer, Call
     let within = |e: tokio::time::error::Elapsed| CallError::Unreachable(format!("no answer within {TIMEOUT:?} ({e})"));
     runtime.block_on(async {
         let call = async {
-            match endpoint {
-                Endpoint::Unix(path) => {
-                    let io = tokio::net::UnixStream::connect(path).await.map_err(|e| unreachable(&e))?;
-                    exchange(io, "localhost", request).await
-                }
-                Endpoint::Tcp(address) => {
-                    let io = tokio::net::TcpStream::connect(address).await.map_err(|e| unreachable(&e))?;
-                    exchange(io, &address.to_string(), request).await
-                }
-            }
+            // One socket type for both transports, so HTTP/2 is compiled in once.
+            let (io, authority): (Box<dyn Socket>, String) = match endpoint {
+                Endpoint::Unix(path) => (
+                    Box::new(tokio::net::UnixStream::connect(path).await.map_err(|e| unreachable(&e))?),
+                    "localhost".into(),
+                ),
+                Endpoint::Tcp(address) => (
+                    Box::new(tokio::net::TcpStream::connect(address).await.map_err(|e| unreachable(&e))?),
+                    address.to_string(),
+                ),
+            };
+            exchange(io, &authority, request).await
         };
         tokio::time::timeout(TIMEOUT, call).await.map_err(within)?
     })
@@ -324,11 +326,13 @@ fn unreachable(e: &std::io::Error) -> CallError {
     CallError::Unreachable(e.to_string())
 }
 
+/// A connected socket, Unix or TCP.
+trait Socket: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Socket for T {}
+
 /// One unary call over a connected socket.
-async fn exchange<T>(io: T, authority: &str, message: Vec<u8>) -> Result<Answer, CallError>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+async fn exchange(io: Box<dyn Socket>, authority: &str, message: Vec<u8>) -> Result<Answer, CallError> {
     let broke = |e: h2::Error| CallError::Unreachable(format!("the call broke off: {e}"));
     let (client, connection) = h2::client::Builder::new()
         .max_header_list_size(16 * 1024)
