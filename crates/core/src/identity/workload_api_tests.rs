@@ -131,3 +131,49 @@ fn addresses_follow_the_workload_endpoint_spec() {
         assert!(err.starts_with(why), "{text}: {err}");
     }
 }
+
+/// A loopback TCP Workload API answering one call with `ONE_SVID`, reporting the request's
+/// security header and body.
+/// What the server saw: the security header and the request body.
+type Seen = (Option<String>, Vec<u8>);
+
+fn tcp_server() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<Seen>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let (seen, told) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut connection = h2::server::handshake(stream).await.unwrap();
+            let (request, mut respond) = connection.accept().await.unwrap().unwrap();
+            let (parts, mut body) = request.into_parts();
+            let mut data = Vec::new();
+            while let Some(chunk) = body.data().await {
+                data.extend_from_slice(&chunk.unwrap());
+            }
+            let header = parts.headers.get(SECURITY_HEADER.0).map(|v| v.to_str().unwrap().to_owned());
+            seen.send((header, data)).unwrap();
+            let response = http::Response::builder().header("content-type", "application/grpc").body(()).unwrap();
+            let mut stream = respond.send_response(response, false).unwrap();
+            stream.send_data(Bytes::from(frame(ONE_SVID)), false).unwrap();
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            stream.send_trailers(trailers).unwrap();
+            // Serve the connection until the client is done with it.
+            while connection.accept().await.is_some() {}
+        });
+    });
+    (address, told)
+}
+
+#[test]
+fn a_call_over_loopback_tcp_carries_the_header_and_reads_the_answer() {
+    let (address, told) = tcp_server();
+    let request = frame(&encode_request(&["sts"], None));
+    let answer = call(&Endpoint::Tcp(address), request.clone()).unwrap();
+    assert_eq!(read_answer(&answer).unwrap()[0].spiffe_id, "spiffe://x/y");
+    assert_eq!(told.recv().unwrap(), (Some("true".to_owned()), request));
+}
