@@ -49,6 +49,7 @@ mod scope_boundary;
 mod setup;
 mod shims;
 mod single_flight;
+mod spiffe;
 mod step_up;
 mod sts_audit;
 mod sts_lifecycle;

@@ -127,8 +127,8 @@ fn parse_size(text: &str) -> Result<u64, String> {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityEntry {
-    /// `github-actions`, `file`, `env`, `command`, `oidc`, `gce-metadata`, `azure-imds`
-    /// or `auto`.
+    /// `github-actions`, `file`, `env`, `command`, `oidc`, `gce-metadata`, `azure-imds`,
+    /// `spiffe` or `auto`.
     pub kind: String,
     /// Audience to ask for; for `oidc`, the ID token's expected `aud` (the client id when
     /// not set).
@@ -157,6 +157,14 @@ pub struct IdentityEntry {
     /// (`true` when not set).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata_servers: Option<bool>,
+    /// `spiffe`: the Workload API's address (`unix:///path`, `unix:/path` or
+    /// `tcp://IP:PORT`; `$SPIFFE_ENDPOINT_SOCKET` when not set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<String>,
+    /// `spiffe` (and `auto`): the SPIFFE ID whose JWT-SVID is taken, when the workload
+    /// has several (the first the API gives when not set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<String>,
     /// `oidc`: the issuer (discovery at `{issuer}/.well-known/openid-configuration`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
@@ -762,6 +770,10 @@ fn identity(name: String, raw: IdentityEntry) -> Result<IdentityConfig, String> 
         "oidc" => Arc::new(oidc(&name, &raw)?),
         "gce-metadata" => Arc::new(identity::GceMetadata),
         "azure-imds" => Arc::new(identity::AzureImds { client_id: raw.client_id.clone() }),
+        "spiffe" => Arc::new(
+            identity::Spiffe::new(raw.socket.clone(), raw.spiffe_id.clone())
+                .map_err(|why| format!("identity `{name}`: {why}"))?,
+        ),
         "auto" => Arc::new(identity::Auto {
             gitlab_variable: raw.gitlab_variable.clone().unwrap_or_else(|| identity::GITLAB_VARIABLE.into()),
             azure_service_connection: raw.azure_service_connection.clone(),
@@ -769,11 +781,14 @@ fn identity(name: String, raw: IdentityEntry) -> Result<IdentityConfig, String> 
             audience: raw.audience.clone(),
             metadata_servers: raw.metadata_servers.unwrap_or(true),
             azure_client_id: raw.client_id.clone(),
+            spiffe_id: identity::Spiffe::new(None, raw.spiffe_id.clone())
+                .map_err(|why| format!("identity `{name}`: {why}"))?
+                .spiffe_id,
             probes: identity::Probes::default(),
         }),
         other => {
             return Err(format!(
-                "identity `{name}`: unknown kind `{other}` (github-actions, file, env, command, oidc, gce-metadata, azure-imds or auto)"
+                "identity `{name}`: unknown kind `{other}` (github-actions, file, env, command, oidc, gce-metadata, azure-imds, spiffe or auto)"
             ));
         }
     };

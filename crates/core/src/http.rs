@@ -250,7 +250,7 @@ fn is_metadata_host(url: &url::Url) -> bool {
 }
 
 /// A link-local or loopback address.
-fn is_metadata_ip(ip: std::net::IpAddr) -> bool {
+pub(crate) fn is_metadata_ip(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(ip) => ip.is_link_local() || ip.is_loopback(),
         std::net::IpAddr::V6(ip) => match ip.to_ipv4_mapped() {

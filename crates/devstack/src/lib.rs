@@ -23,6 +23,7 @@ mod oci_front;
 mod pypi;
 mod pypi_index;
 mod rubygems;
+mod spiffe;
 mod tls;
 
 mod cloudsmith;
@@ -51,6 +52,7 @@ pub use oci_front::OciFront;
 pub use pypi::{PYPI_AUDIENCE, Pypi, pytp_key};
 pub use pypi_index::{PYPI_INDEX_PROJECTS, PypiIndex, pypi_greeting};
 pub use rubygems::{RUBYGEMS_AUDIENCE, RubygemsOrg};
+pub use spiffe::{AgentMode, OTHER_SPIFFE_ID, SPIFFE_ID, SpiffeAgent, WorkloadRequest};
 pub use tls::DevCa;
 
 pub use cloudsmith::Cloudsmith;

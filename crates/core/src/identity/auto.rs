@@ -8,9 +8,10 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use super::spiffe::SOCKET_VAR as SPIFFE_SOCKET;
 use super::{
-    Ask, AzureImds, AzurePipelines, Command, Error, File, GceMetadata, GitHubActions, Presence, Source, SubjectToken,
-    Variable,
+    Ask, AzureImds, AzurePipelines, Command, Error, File, GceMetadata, GitHubActions, Presence, Source, Spiffe,
+    SubjectToken, Variable,
 };
 use crate::{Env, EnvVars};
 
@@ -22,8 +23,6 @@ pub(crate) const TOKEN_FILE: &str = "/var/run/secrets/tokens/mayfly";
 const CIRCLECI_TOKEN: &str = "CIRCLE_OIDC_TOKEN_V2";
 /// Bitbucket Pipelines' step token (steps with `oidc: true`).
 const BITBUCKET_TOKEN: &str = "BITBUCKET_STEP_OIDC_TOKEN";
-/// The SPIFFE Workload API's socket.
-const SPIFFE_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";
 /// Variables a CI system sets in its jobs. With any of them set, the metadata servers are
 /// never asked: a job whose own token is missing (GitHub Actions without `id-token: write`)
 /// must fail, not run as the service account of the VM a self-hosted runner is on.
@@ -58,6 +57,8 @@ pub(crate) struct Auto {
     pub(crate) metadata_servers: bool,
     /// A user-assigned managed identity's client id, for Azure IMDS.
     pub(crate) azure_client_id: Option<String>,
+    /// The SPIFFE ID whose JWT-SVID is taken from a SPIFFE Workload API.
+    pub(crate) spiffe_id: Option<String>,
     /// What the metadata probes found, so each is made once per process.
     pub(crate) probes: Probes,
 }
@@ -89,8 +90,8 @@ impl Probes {
 pub(crate) struct Found {
     /// What was found ("Buildkite") and what showed it ("`BUILDKITE=true`").
     pub(crate) what: String,
-    /// The source that gives its token, or why mayfly cannot take one from it yet.
-    pub(crate) source: Result<Arc<dyn Source>, String>,
+    /// The source that gives its token.
+    pub(crate) source: Arc<dyn Source>,
     /// The likely fix when its source is found but gives nothing.
     hint: Option<&'static str>,
 }
@@ -141,19 +142,19 @@ impl Auto {
         let set = |name: &str| env.get(name).is_some();
         let is_true = |name: &str| env.get(name).is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let mut found = Vec::new();
-        let mut push = |what: String, source: Result<Arc<dyn Source>, String>| {
+        let mut push = |what: String, source: Arc<dyn Source>| {
             found.push(Found { what, source, hint: None });
         };
         let (url, token) = (EnvVars::ACTIONS_ID_TOKEN_REQUEST_URL, EnvVars::ACTIONS_ID_TOKEN_REQUEST_TOKEN);
         if set(url) && set(token) {
             push(
                 format!("GitHub Actions (`{url}` and `{token}` are set)"),
-                Ok(Arc::new(GitHubActions { request_url: None })),
+                Arc::new(GitHubActions { request_url: None }),
             );
         }
         if is_true("GITLAB_CI") {
             let var = self.gitlab_variable.clone();
-            push(GITLAB.into(), Ok(Arc::new(Variable { var })));
+            push(GITLAB.into(), Arc::new(Variable { var }));
         }
         if is_true("CIRCLECI") {
             let source: Arc<dyn Source> = match audience {
@@ -165,46 +166,42 @@ impl Auto {
                 }
                 _ => Arc::new(Variable { var: CIRCLECI_TOKEN.into() }),
             };
-            push("CircleCI (`CIRCLECI=true`)".into(), Ok(source));
+            push("CircleCI (`CIRCLECI=true`)".into(), source);
         }
         if is_true("BUILDKITE") {
             let mut argv: Vec<String> = ["buildkite-agent", "oidc", "request-token"].map(str::to_owned).to_vec();
             if let Some(audience) = audience {
                 argv.extend(["--audience".to_owned(), audience.to_owned()]);
             }
-            push("Buildkite (`BUILDKITE=true`)".into(), Ok(Arc::new(Command { argv })));
+            push("Buildkite (`BUILDKITE=true`)".into(), Arc::new(Command { argv }));
         }
         if set(BITBUCKET_TOKEN) {
             let source = Arc::new(Variable { var: BITBUCKET_TOKEN.into() });
-            push(format!("Bitbucket Pipelines (`{BITBUCKET_TOKEN}` is set)"), Ok(source));
+            push(format!("Bitbucket Pipelines (`{BITBUCKET_TOKEN}` is set)"), source);
         }
         if set(super::azure::REQUEST_URI) {
             let source = Arc::new(AzurePipelines { service_connection: self.azure_service_connection.clone() });
-            push(format!("Azure Pipelines (`{}` is set)", super::azure::REQUEST_URI), Ok(source));
+            push(format!("Azure Pipelines (`{}` is set)", super::azure::REQUEST_URI), source);
         }
         if self.token_file.is_file() {
             let source = Arc::new(File { path: self.token_file.clone() });
-            push(format!("a Kubernetes token file (`{}` exists)", self.token_file.display()), Ok(source));
+            push(format!("a Kubernetes token file (`{}` exists)", self.token_file.display()), source);
         }
         if set(SPIFFE_SOCKET) {
-            push(
-                format!("a SPIFFE Workload API (`{SPIFFE_SOCKET}` is set)"),
-                Err(format!(
-                    "found a SPIFFE Workload API (`{SPIFFE_SOCKET}` is set), which mayfly cannot take a token from yet: name another source"
-                )),
-            );
+            let source = Arc::new(Spiffe { socket: None, spiffe_id: self.spiffe_id.clone() });
+            push(format!("a SPIFFE Workload API (`{SPIFFE_SOCKET}` is set)"), source);
         }
         if found.is_empty() && self.metadata_servers && ci_marker(env).is_none() {
             let gce = GceMetadata.origin(env);
             if self.probes.answered("gce", gce.clone(), || GceMetadata::probe(env)) {
                 let what = format!("the GCE metadata server (`{gce}` answered)");
-                found.push(Found { what, source: Ok(Arc::new(GceMetadata)), hint: None });
+                found.push(Found { what, source: Arc::new(GceMetadata), hint: None });
             } else {
                 let imds = AzureImds { client_id: self.azure_client_id.clone() };
                 let host = imds.origin(env);
                 if self.probes.answered("azure", host.clone(), || AzureImds::probe(env)) {
                     let what = format!("Azure's instance metadata service (`{host}` answered)");
-                    found.push(Found { what, source: Ok(Arc::new(imds)), hint: None });
+                    found.push(Found { what, source: Arc::new(imds), hint: None });
                 }
             }
         }
@@ -256,7 +253,12 @@ impl Source for Auto {
     fn variables(&self) -> Vec<String> {
         // Every source it might pick, whichever this environment offers now.
         let mut vars: Vec<String> = GitHubActions { request_url: None }.variables();
-        vars.extend([self.gitlab_variable.clone(), CIRCLECI_TOKEN.into(), BITBUCKET_TOKEN.into()]);
+        vars.extend([
+            self.gitlab_variable.clone(),
+            CIRCLECI_TOKEN.into(),
+            BITBUCKET_TOKEN.into(),
+            SPIFFE_SOCKET.into(),
+        ]);
         vars.extend(AzurePipelines { service_connection: None }.variables());
         vars
     }
@@ -267,36 +269,33 @@ impl Source for Auto {
 
     fn origin(&self, env: &Env) -> String {
         match self.chosen(env, self.audience.as_deref()) {
-            Some(Found { source: Ok(source), .. }) => format!("{} {}", source.kind(), source.origin(env)),
-            Some(Found { source: Err(_), .. }) => format!("spiffe ${SPIFFE_SOCKET}"),
+            Some(Found { source, .. }) => format!("{} {}", source.kind(), source.origin(env)),
             None => "nothing detected".into(),
         }
     }
 
     fn look(&self, env: &Env) -> Presence {
         match self.chosen(env, self.audience.as_deref()) {
-            Some(Found { what, source: Ok(source), hint }) => match source.look(env) {
+            Some(Found { what, source, hint }) => match source.look(env) {
                 Presence::Absent(why) => match hint {
                     Some(hint) => Presence::Absent(format!("{what}: {why}: {hint}")),
                     None => Presence::Absent(format!("{what}: {why}")),
                 },
                 present => present,
             },
-            Some(Found { source: Err(why), .. }) => Presence::Absent(why),
             None => Presence::Absent(self.nothing(env)),
         }
     }
 
     fn fetch(&self, ask: &Ask<'_>) -> Result<Option<SubjectToken>, Error> {
         match self.chosen(ask.env, ask.audience) {
-            Some(Found { source: Ok(source), .. }) => source.fetch(ask),
-            Some(Found { source: Err(why), .. }) => Err(Error::Unavailable(format!("identity `{}`: {why}", ask.name))),
+            Some(Found { source, .. }) => source.fetch(ask),
             None => Ok(None),
         }
     }
 
     fn answering(&self, env: &Env, audience: Option<&str>) -> Option<Arc<dyn Source>> {
-        self.chosen(env, audience)?.source.ok()
+        Some(self.chosen(env, audience)?.source)
     }
 
     fn detected(&self, env: &Env) -> Option<Detected> {
@@ -318,16 +317,14 @@ mod tests {
             audience: None,
             metadata_servers: false,
             azure_client_id: None,
+            spiffe_id: None,
             probes: Probes::default(),
         }
     }
 
     /// (what was found, the kind and `Debug` form of the source used) in order.
     fn found(auto: &Auto, env: &Env, audience: Option<&str>) -> Vec<(String, String)> {
-        auto.found(env, audience)
-            .into_iter()
-            .map(|f| (f.what, f.source.map_or_else(|why| why, |s| format!("{s:?}"))))
-            .collect()
+        auto.found(env, audience).into_iter().map(|f| (f.what, format!("{:?}", f.source))).collect()
     }
 
     #[test]
@@ -365,7 +362,7 @@ mod tests {
             (
                 &[("SPIFFE_ENDPOINT_SOCKET", "unix:///run/spire/agent.sock")],
                 "a SPIFFE Workload API (`SPIFFE_ENDPOINT_SOCKET` is set)",
-                "found a SPIFFE Workload API (`SPIFFE_ENDPOINT_SOCKET` is set), which mayfly cannot take a token from yet: name another source",
+                "Spiffe { socket: None, spiffe_id: None }",
             ),
         ];
         for (pairs, what, source) in cases {
@@ -472,7 +469,7 @@ mod tests {
         let no_http = || -> Result<crate::HttpClient, crate::http::Error> { panic!("no network expected") };
         let ask = Ask { name: "t", audience: None, env: &spiffe, http: &no_http, now: 0 };
         let err = a.fetch(&ask).unwrap_err().to_string();
-        assert!(err.starts_with("identity `t`: found a SPIFFE Workload API"), "{err}");
+        assert_eq!(err, "identity `t`: the SPIFFE Workload API needs an audience: set `audience`");
     }
 
     #[test]

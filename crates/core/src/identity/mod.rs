@@ -12,6 +12,7 @@
 //! - [`oidc`]: a person's login at an OpenID provider (`mayfly login`), kept in memory;
 //! - [`azure`]: Azure Pipelines' job OIDC endpoint;
 //! - [`metadata`]: the GCE/GKE metadata server and Azure's Instance Metadata Service;
+//! - [`spiffe`]: a JWT-SVID from the SPIFFE Workload API, over gRPC on a local socket;
 //! - [`auto`]: the first of these the environment offers, in a documented order.
 //!
 //! Each source re-obtains its token on every call; the broker caches the ones that cost
@@ -25,7 +26,9 @@ mod file;
 mod github;
 mod metadata;
 mod oidc;
+mod spiffe;
 mod variable;
+mod workload_api;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +41,7 @@ pub(crate) use file::File;
 pub(crate) use github::GitHubActions;
 pub(crate) use metadata::{AzureImds, GceMetadata};
 pub(crate) use oidc::Oidc;
+pub(crate) use spiffe::Spiffe;
 pub(crate) use variable::Variable;
 
 use crate::config::IdentityConfig;
@@ -188,8 +192,8 @@ impl IdentityConfig {
 
     /// The identity source the environment offers by itself, found the way `kind =
     /// "auto"` finds one with its defaults (GitHub Actions, GitLab CI, CircleCI,
-    /// Buildkite, Bitbucket Pipelines, Azure Pipelines, a Kubernetes token file, then the
-    /// cloud metadata servers): for `mayfly doctor` and `mayfly setup` when the config
+    /// Buildkite, Bitbucket Pipelines, Azure Pipelines, a Kubernetes token file, a SPIFFE
+    /// Workload API, then the cloud metadata servers): for `mayfly doctor` and `mayfly setup` when the config
     /// names none. Named after its kind.
     pub fn detect(env: &Env) -> Option<Self> {
         Self::detect_with(env, TOKEN_FILE.into(), true)
@@ -210,9 +214,10 @@ impl IdentityConfig {
             audience: None,
             metadata_servers,
             azure_client_id: None,
+            spiffe_id: None,
             probes: Probes::default(),
         };
-        let source = auto.found(env, None).into_iter().next()?.source.ok()?;
+        let source = auto.found(env, None).into_iter().next()?.source;
         Some(Self::new(source.kind().to_owned(), source, None))
     }
 
@@ -373,7 +378,7 @@ mod tests {
         assert_eq!(detect(&[("GITLAB_CI", "true")]).unwrap(), ("env", r#"Variable { var: "MAYFLY_ID_TOKEN" }"#.into()));
         assert_eq!(detect(&[("BUILDKITE", "true")]).unwrap().0, "command");
         assert_eq!(detect(&[("SYSTEM_OIDCREQUESTURI", "https://dev.azure.com/o")]).unwrap().0, "azure-pipelines");
-        assert!(detect(&[("SPIFFE_ENDPOINT_SOCKET", "unix:///s")]).is_none(), "no token from a SPIFFE socket yet");
+        assert_eq!(detect(&[("SPIFFE_ENDPOINT_SOCKET", "unix:///s")]).unwrap().0, "spiffe");
         std::fs::write(&file, "tok").unwrap();
         assert_eq!(detect(&[]).unwrap().0, "file");
     }
