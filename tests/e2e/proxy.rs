@@ -304,7 +304,7 @@ fn a_push_whose_cached_token_the_server_refuses_is_sent_again_body_and_all_with_
     assert!(status == "503" || status == "502", "{status}: {}", read(&stack, "big-err.txt"));
     let answer = read(&stack, "big-answer.txt");
     assert!(
-        answer.contains("(over 32 MiB) could not be sent again with a fresh one: run the command again")
+        answer.contains("(over 32 MiB, or more than the proxy keeps at once) could not be sent again with a fresh one: run the command again")
             && answer.contains("cached token"),
         "{answer}"
     );

@@ -17,6 +17,26 @@ use super::{Body, State, host_name, strip_hop_by_hop, text, with_port};
 /// one after another, so each is reused once its previous answer was read.
 pub(super) type Pool = Arc<tokio::sync::Mutex<HashMap<String, SendRequest<Body>>>>;
 
+/// Why a request got no answer.
+pub(super) struct Unanswered {
+    pub reason: String,
+    /// The upstream closed the connection before answering (what an upstream that refuses
+    /// a token early can do); not the client's own body failing, nor no connection at all.
+    pub closed: bool,
+}
+
+impl From<String> for Unanswered {
+    fn from(reason: String) -> Self {
+        Self { reason, closed: false }
+    }
+}
+
+impl From<Unanswered> for String {
+    fn from(unanswered: Unanswered) -> Self {
+        unanswered.reason
+    }
+}
+
 /// Sends a request to its upstream over TLS (or plain http to loopback) and streams the
 /// answer back.
 pub(super) async fn send(
@@ -26,7 +46,7 @@ pub(super) async fn send(
     protocol: &str,
     route: Option<&mayfly_core::Route>,
     pool: &Pool,
-) -> Result<Response<Body>, String> {
+) -> Result<Response<Body>, Unanswered> {
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     *req.uri_mut() = path.parse().map_err(|_| "invalid request path".to_owned())?;
     pin_host(&mut req, host)?;
@@ -43,7 +63,10 @@ pub(super) async fn send(
         Some(sender) => sender,
         None => connect(state, host, protocol, route).await?,
     };
-    let response = sender.send_request(req).await.map_err(|e| format!("`{host}`: {e}"))?;
+    let response = sender.send_request(req).await.map_err(|e| Unanswered {
+        reason: format!("`{host}`: {e}"),
+        closed: e.is_incomplete_message() && !e.is_user() && !e.is_body_write_aborted(),
+    })?;
     pool.insert(key, sender);
     Ok(response.map(BodyExt::boxed))
 }
