@@ -614,7 +614,7 @@ async fn forward(
         // revoked, and the request sent once more with a fresh one.
         erase(state, route, &target, &sent).await;
         let _ = http_body_util::Limited::new(response.into_body(), 64 << 10).collect().await;
-        if !body.replayable() {
+        if !body.replayable() || !replays {
             let what = format!("`{host}` refused the cached token, which is now dropped");
             let reason = if replays {
                 not_sent_again(&what)
