@@ -295,6 +295,8 @@ fn a_push_whose_cached_token_the_server_refuses_is_sent_again_body_and_all_with_
     assert_eq!(resent.len(), 1, "{session:?}");
     assert_eq!(resent[0]["outcome"], "proxied");
     assert_ne!(resent[0]["fingerprint"], write_tokens[0].as_str(), "the resent pack carried a fresh token");
+    let reason = resent[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.ends_with(&format!("after a 401 to {})", write_tokens[0])), "names the refused token: {reason}");
 
     // A body over the cap cannot be sent again: one line, to the client and on stderr,
     // never a silent refusal; the refused token is dropped all the same. The server answers
@@ -304,7 +306,7 @@ fn a_push_whose_cached_token_the_server_refuses_is_sent_again_body_and_all_with_
     assert!(status == "503" || status == "502", "{status}: {}", read(&stack, "big-err.txt"));
     let answer = read(&stack, "big-answer.txt");
     assert!(
-        answer.contains("(over 32 MiB) could not be sent again with a fresh one: run the command again")
+        answer.contains("(over 32 MiB, or more than the proxy keeps at once) could not be sent again with a fresh one: run the command again")
             && answer.contains("cached token"),
         "{answer}"
     );

@@ -78,13 +78,24 @@ fn scanned(command: &str, err: &str) -> String {
 /// (its token realm at `realm(stack)`), and routes to it: `test/*` pulls and pushes,
 /// `test/readonly/*` only pulls; the registry's `IP:PORT`.
 fn registry_behind_routes(realm: impl Fn(&Stack) -> String) -> (Stack, Registry, String) {
-    registry_maybe_fronted(realm, false)
+    registry_maybe_fronted(realm, Front::None)
 }
 
-/// As [`registry_behind_routes`]; with `front`, the routes' host is an [`OciFront`] whose
-/// `/v2/` answers `200` anonymously, before the registry on a loopback port, which
-/// challenges on every repository request.
-fn registry_maybe_fronted(realm: impl Fn(&Stack) -> String, front: bool) -> (Stack, Registry, String) {
+/// What stands before, or beside, the registry.
+#[derive(PartialEq)]
+enum Front {
+    None,
+    /// An [`OciFront`] whose `/v2/` answers anonymously.
+    Anonymous,
+    /// Nothing, but the registry trusts another signer than the token service's: it
+    /// refuses every registry token.
+    Refusing,
+}
+
+/// As [`registry_behind_routes`]; with [`Front::Anonymous`], the routes' host is an
+/// [`OciFront`] whose `/v2/` answers `200` anonymously, before the registry on a loopback
+/// port, which challenges on every repository request.
+fn registry_maybe_fronted(realm: impl Fn(&Stack) -> String, front: Front) -> (Stack, Registry, String) {
     let address = non_loopback_ipv4();
     // The exchange mints for the registry by that address: the stack's OCI rule, moved
     // from `127.0.0.1` to it.
@@ -108,7 +119,10 @@ fn registry_maybe_fronted(realm: impl Fn(&Stack) -> String, front: bool) -> (Sta
     let signer =
         stack.https_client().get(format!("{}/registry/cert.pem", stack.sts.url)).send().unwrap().text().unwrap();
     let realm = realm(&stack);
-    let registry = if front {
+    let registry = if front == Front::Refusing {
+        let stranger = std::fs::read_to_string(&registry_ca).unwrap();
+        Registry::start_on(&stack, &host, Some((&cert, &key)), &realm, &stack.sts.url, &stranger)
+    } else if front == Front::Anonymous {
         let behind = format!("127.0.0.1:{}", mayfly_tests::free_port());
         let registry = Registry::start_as(&stack, &behind, &host, None, &realm, &stack.sts.url, &signer);
         let listener = std::net::TcpListener::bind(&host).unwrap();
@@ -369,7 +383,8 @@ fn a_registry_whose_version_check_is_anonymous_is_answered_from_its_repositories
     if !require_tool("docker-registry") || !require_tool("skopeo") {
         return;
     }
-    let (stack, _registry, host) = registry_maybe_fronted(|stack| format!("{}/registry/token", stack.sts.url), true);
+    let (stack, _registry, host) =
+        registry_maybe_fronted(|stack| format!("{}/registry/token", stack.sts.url), Front::Anonymous);
     let layout = image_layout(stack.dir.path());
     let pulled = stack.dir.path().join("pulled");
     let script = [
@@ -402,4 +417,31 @@ fn a_registry_whose_version_check_is_anonymous_is_answered_from_its_repositories
         && l["method"] == "PUT"
         && l["path"] == "/v2/test/front/manifests/v1"
         && l["reason"] == "upstream answered 201"));
+}
+
+#[test]
+#[cfg_attr(
+    any(missing = "docker-registry", missing = "curl"),
+    ignore = "needs docker-registry, curl: one is not installed"
+)]
+fn a_small_push_the_registry_refuses_a_fresh_registry_token_for_is_refused_not_retried() {
+    if !require_tool("docker-registry") || !require_tool("curl") {
+        return;
+    }
+    let (stack, _registry, host) =
+        registry_maybe_fronted(|stack| format!("{}/registry/token", stack.sts.url), Front::Refusing);
+    // The registry token comes fresh from the realm, so the manifest is streamed, never
+    // kept: the registry's 401 to it is the registry's answer, not a body too large.
+    let manifest = format!("{{\"schemaVersion\":2,\"padding\":\"{}\"}}", "a".repeat(1000));
+    std::fs::write(stack.work.join("manifest.json"), manifest).unwrap();
+    let script = format!(
+        "curl -sS -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' --data-binary @manifest.json \
+           -o answer.txt -w '%{{http_code}}' https://{host}/v2/test/hello/manifests/v1 > status.txt 2> err.txt || true"
+    );
+    let out = exec(&stack, "oci-refused", &script);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, answer) = (read(&stack, "status.txt"), read(&stack, "answer.txt"));
+    assert_eq!(status, "403", "{answer}{}", read(&stack, "err.txt"));
+    assert!(answer.contains("the registry refused the token for push of `test/hello`"), "{answer}");
+    assert!(!answer.contains("could not be sent again"), "{answer}");
 }

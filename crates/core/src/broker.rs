@@ -12,7 +12,7 @@ use crate::config::{Config, ExchangeConfig, IdentityConfig, Route, Scheme};
 use crate::exchange::{Ask, Intent};
 use crate::http::HttpClient;
 use crate::identity::{self, SubjectToken};
-use crate::{Env, EnvVars, Operation, Process, Scope, Secret, Target};
+use crate::{Env, EnvVars, Fingerprint, Operation, Process, Scope, Secret, Target};
 
 /// How long a subject token fetch may take, end to end.
 const IDENTITY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -542,6 +542,24 @@ impl Broker {
         ended.revoked + ended.dropped
     }
 
+    /// Drops this session's cached token for a target whose fingerprint is `refused`, and
+    /// revokes it: what a proxy does when the upstream refused exactly that token. Checked
+    /// again under the key's lock, so a newer token (another request's fresh one, or one
+    /// for another operation) is never touched. True when one was dropped.
+    pub fn erase_refused(&self, route: &Route, target: &Target, refused: &Fingerprint, chain: &[Process]) -> bool {
+        let session = self.session();
+        let wanted = |entry: &CacheEntry| {
+            entry.session == session
+                && entry.token.fingerprint() == *refused
+                && entry.origin.as_ref().is_some_and(|o| o.route == route.name && o.target == target.display())
+        };
+        let ended = self.drop_entries(&|cache| cache.session_entries(session.as_deref(), now()), &wanted, chain);
+        for failure in &ended.failures {
+            crate::protocol::warn(failure);
+        }
+        ended.revoked + ended.dropped > 0
+    }
+
     /// Ends a session: revokes and drops every token minted in it (its expired ones are
     /// only removed: nothing to revoke).
     pub fn end_session(&self, session: &str, chain: &[Process]) -> Ended {
@@ -576,7 +594,8 @@ impl Broker {
             }
             let session = entry.session.as_deref();
             taken.extend(match cache.lock(&key) {
-                Ok(lock) => cache.discard(&key, session, lock),
+                // Read again under the lock: the entry may have been replaced since.
+                Ok(lock) => cache.discard_if(&key, session, lock, wanted),
                 Err(_) => cache.remove(&key, session),
             });
         }

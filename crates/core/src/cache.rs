@@ -406,6 +406,23 @@ impl Cache {
         entry
     }
 
+    /// Drops an entry only when, read again under the caller's lock, it is still one
+    /// `wanted` accepts (a newer token minted since it was listed is left alone).
+    pub fn discard_if(
+        &self,
+        key: &str,
+        session: Option<&str>,
+        lock: KeyLock,
+        wanted: &dyn Fn(&CacheEntry) -> bool,
+    ) -> Option<CacheEntry> {
+        let path = self.path(key, session);
+        let entry = read_sealed(&self.identity, &path)?;
+        if !wanted(&entry) {
+            return None;
+        }
+        self.discard(key, session, lock)
+    }
+
     /// Every readable entry with its key (decrypts them all: `mayfly logout` alone).
     pub fn entries(&self) -> Vec<(String, CacheEntry)> {
         self.list().into_iter().filter_map(|listed| Some((listed.key.clone(), self.read(&listed)?))).collect()
@@ -715,6 +732,25 @@ mod tests {
             }),
             issuing_chain: Vec::new(),
         }
+    }
+
+    #[test]
+    fn erase_by_fingerprint_leaves_a_newer_token_alone() {
+        let (_rt, _dir, cache) = test_cache();
+        let key = Cache::key(&["git", "h", "a", "read"]);
+        let store = |token: &str| cache.put(&key, &entry(token, 200, 150), &cache.lock(&key).unwrap()).unwrap();
+        let refused = Secret::new("tok-1").fingerprint();
+        let matches = |e: &CacheEntry| e.token.fingerprint() == refused;
+        // Another request already replaced the refused token with a fresh one.
+        store("tok-1");
+        store("tok-2");
+        assert!(cache.discard_if(&key, None, cache.lock(&key).unwrap(), &matches).is_none());
+        assert_eq!(cache.get(&key, None, 100).unwrap().token.expose(), "tok-2", "the newer token was dropped");
+        // The refused token itself is dropped.
+        store("tok-1");
+        let taken = cache.discard_if(&key, None, cache.lock(&key).unwrap(), &matches).unwrap();
+        assert_eq!(taken.token.expose(), "tok-1");
+        assert!(cache.get(&key, None, 100).is_none());
     }
 
     #[test]

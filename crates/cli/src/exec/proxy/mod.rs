@@ -43,6 +43,7 @@ pub(crate) use ca::ca_bundle;
 pub(crate) use env::{CA_VARS, bypasses, identity_vars, npm_userconfig, vars};
 use guard::Guarded;
 use replay::{MAX_REPLAY, Replay, not_sent_again};
+use upstream::Unanswered;
 use upstream::{Pool, passthrough, send};
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -93,6 +94,8 @@ struct State {
     upstream: Mutex<HashMap<String, Arc<rustls::ClientConfig>>>,
     /// OCI registries' challenges and the registry tokens got for them.
     oci: oci::Tokens,
+    /// The bytes of request bodies kept to send again, across all requests.
+    replay: Arc<tokio::sync::Semaphore>,
 }
 
 /// Starts the proxy on a loopback port.
@@ -122,6 +125,7 @@ pub(crate) fn start(settings: Settings) -> anyhow::Result<Running> {
         ca,
         upstream: Mutex::new(HashMap::new()),
         oci: oci::Tokens::default(),
+        replay: replay::budget(),
     });
     let unix = match &state.settings.socket {
         Some(path) => {
@@ -488,7 +492,7 @@ async fn forward(
                 Err(e) => return refuse(format!("cannot read the request's body: {e}"), Some(operation)),
             };
             let named = operation::name_in_body(kind, content_type, &bytes);
-            body = Replay::Whole(bytes);
+            body = Replay::whole(bytes);
             match named {
                 Ok(name) => Some(name),
                 Err(reason) => return refuse(reason, Some(operation)),
@@ -527,7 +531,13 @@ async fn forward(
             parts.headers.remove(header::AUTHORIZATION);
         }
     }
+    // A cached token the upstream refuses (`401`) is dropped and the request sent once more
+    // with a fresh one, its body kept for that within its cap and the proxy's budget: not
+    // for a method that may have done something already on a REST API, nor for an npm
+    // one-time-password challenge (the token is fine; the user must answer it).
+    let replays = family != Family::Rest || is_idempotent(&method);
     let mut fingerprint = None;
+    let mut refused: Option<mayfly_core::Fingerprint> = None;
     let mut attempt = 0;
     let response = loop {
         attempt += 1;
@@ -540,30 +550,45 @@ async fn forward(
             let Some(value) = authorization(family, &issued) else {
                 return refusal(family, StatusCode::BAD_GATEWAY, "mayfly: the token cannot go into a header");
             };
+            let minted = issued.token.fingerprint();
+            if refused.as_ref() == Some(&minted) {
+                // The broker handed back the token the upstream just refused: it is not sent
+                // again as if it were fresh.
+                return denied(format!("`{host}` refused the cached token, and no fresh one could be got"));
+            }
             parts.headers.insert(header::AUTHORIZATION, value);
-            fingerprint = Some(issued.token.fingerprint());
+            fingerprint = Some(minted);
             from_cache = issued.from_cache;
-            // A cached token may be refused (revoked, or the upstream's view of it
-            // changed): keep the body, within its cap, to send it again with a fresh one.
-            if from_cache && attempt == 1 {
-                body = match body {
-                    Replay::Once(Some(stream)) => match Replay::read(stream, &parts.headers, MAX_REPLAY).await {
-                        Ok(read) => read,
-                        Err(e) => return denied(format!("cannot read the request's body: {e}")),
-                    },
-                    read => read,
+            if from_cache && attempt == 1 && replays {
+                body = match body.keep(&parts.headers, MAX_REPLAY, &state.replay).await {
+                    Ok(read) => read,
+                    Err(e) => {
+                        let reason = format!("cannot read the request's body: {e}");
+                        state.line(Outcome::Failed, method.as_str(), host, &path, Some(&target), |ev| {
+                            ev.operation = operation.as_str().into();
+                            ev.route.clone_from(&route_name);
+                            ev.reason = Some(reason.clone());
+                        });
+                        return refusal(family, StatusCode::BAD_REQUEST, &format!("mayfly: {reason}"));
+                    }
                 };
             }
         }
         let req = Request::from_parts(parts.clone(), body.body());
         let response = match send(req, state, host, protocol, route.as_ref(), pool).await {
             Ok(response) => response,
-            Err(mut e) => {
+            Err(Unanswered { reason: mut e, closed }) => {
                 // An upstream that refuses a token often answers before the body is read and
-                // closes: the answer can be lost with the connection. A cached token is
-                // dropped then too, or every attempt of a body too large to keep would fail.
-                if let Some(route) = route.as_ref().filter(|_| from_cache && !body.replayable()) {
-                    erase(state, route, &target).await;
+                // closes: the answer can be lost with the connection. The cached token it went
+                // with is dropped then too (that one only), or every attempt of a body too large
+                // to keep would fail; never for the client's own body failing, nor a
+                // connection that did not open.
+                if let (Some(route), Some(sent)) = (route.as_ref(), fingerprint.as_ref())
+                    && from_cache
+                    && closed
+                    && !body.replayable()
+                {
+                    erase(state, route, &target, sent).await;
                     e = not_sent_again(&format!(
                         "{e} (the cached token it went with is now dropped, in case `{host}` refused it)"
                     ));
@@ -572,30 +597,40 @@ async fn forward(
                 state.line(Outcome::Failed, method.as_str(), host, &path, Some(&target), |ev| {
                     ev.operation = operation.as_str().into();
                     ev.route.clone_from(&route_name);
+                    ev.fingerprint.clone_from(&fingerprint);
                     ev.reason = Some(e.clone());
                 });
                 return refusal(family, StatusCode::BAD_GATEWAY, &format!("mayfly: {e}"));
             }
         };
-        let refused = response.status() == StatusCode::UNAUTHORIZED && from_cache && attempt == 1;
-        let Some(route) = route.as_ref().filter(|_| refused) else {
+        let again = response.status() == StatusCode::UNAUTHORIZED
+            && from_cache
+            && attempt == 1
+            && !(family == Family::Npm && otp_challenge(&response));
+        let (Some(route), Some(sent)) = (route.as_ref().filter(|_| again), fingerprint.clone()) else {
             break response;
         };
-        // The upstream refused the cached token: it is dropped (and revoked), and the
-        // request sent once more with a fresh one.
-        erase(state, route, &target).await;
+        // The upstream refused the cached token: that token (and no other) is dropped and
+        // revoked, and the request sent once more with a fresh one.
+        erase(state, route, &target, &sent).await;
         let _ = http_body_util::Limited::new(response.into_body(), 64 << 10).collect().await;
-        if !body.replayable() {
-            let reason = not_sent_again(&format!("`{host}` refused the cached token, which is now dropped"));
+        if !body.replayable() || !replays {
+            let what = format!("`{host}` refused the cached token, which is now dropped");
+            let reason = if replays {
+                not_sent_again(&what)
+            } else {
+                format!("{what}; a {method} is not sent twice: run the command again")
+            };
             mayfly_core::protocol::warn(&format!("proxy: {reason}"));
             state.line(Outcome::Failed, method.as_str(), host, &path, Some(&target), |e| {
                 e.operation = operation.as_str().into();
                 e.route.clone_from(&route_name);
-                e.fingerprint.clone_from(&fingerprint);
+                e.fingerprint = Some(sent.clone());
                 e.reason = Some(reason.clone());
             });
             return refusal(family, StatusCode::SERVICE_UNAVAILABLE, &format!("mayfly: {reason}"));
         }
+        refused = Some(sent);
     };
     let outcome = if route.is_some() { Outcome::Proxied } else { Outcome::Tunnelled };
     state.line(outcome, method.as_str(), host, &path, Some(&target), |e| {
@@ -605,10 +640,23 @@ async fn forward(
         e.reason = Some(format!(
             "upstream answered {}{}",
             response.status().as_u16(),
-            if attempt > 1 { " (sent again with a fresh token after a 401)" } else { "" }
+            refused.map(|r| format!(" (sent again with a fresh token after a 401 to {r})")).unwrap_or_default()
         ));
     });
     response
+}
+
+/// Methods a REST API may be sent twice (RFC 9110's idempotent ones).
+fn is_idempotent(method: &Method) -> bool {
+    [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE, Method::PUT, Method::DELETE].contains(method)
+}
+
+/// True for npm's one-time-password challenge (`WWW-Authenticate: OTP`): the token is
+/// good, the user must give a code; nothing to drop or send again.
+fn otp_challenge<B>(response: &Response<B>) -> bool {
+    response.headers().get_all(header::WWW_AUTHENTICATE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| v.trim().split([' ', ',']).next().is_some_and(|s| s.eq_ignore_ascii_case("otp")))
+    })
 }
 
 /// The `Authorization` a token goes upstream in: as the tool would send what its shim
@@ -646,12 +694,15 @@ async fn mint(
         .map_err(|e| mayfly_core::protocol::one_line(&e))
 }
 
-/// Drops the session's cached tokens for a target (and revokes them), as a helper's
-/// `erase` does after the server refused one.
-async fn erase(state: &Arc<State>, route: &mayfly_core::Route, target: &Target) {
-    let (state, route, target) = (state.clone(), route.clone(), target.clone());
-    let _ =
-        tokio::task::spawn_blocking(move || state.settings.broker.erase(&route, &target, &state.settings.chain)).await;
+/// Drops the session's cached token for a target whose fingerprint is `refused` (and
+/// revokes it), after the upstream refused exactly that token: a newer one, or one for
+/// another operation, is left alone.
+async fn erase(state: &Arc<State>, route: &mayfly_core::Route, target: &Target, refused: &mayfly_core::Fingerprint) {
+    let (state, route, target, refused) = (state.clone(), route.clone(), target.clone(), refused.clone());
+    let _ = tokio::task::spawn_blocking(move || {
+        state.settings.broker.erase_refused(&route, &target, &refused, &state.settings.chain)
+    })
+    .await;
 }
 
 /// What a tool that will not send a request without a credential is given inside the
@@ -801,6 +852,21 @@ mod tests {
             let allowed = runtime.block_on(unrouted_addresses(host, address));
             assert!(allowed.is_ok_and(|a| a.len() == 1), "{host} was refused");
         }
+    }
+
+    #[test]
+    fn an_npm_otp_challenge_and_a_rest_post_are_not_sent_again() {
+        let answer = |value: &'static str| {
+            let mut response = Response::new(());
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static(value));
+            response
+        };
+        assert!(otp_challenge(&answer("OTP")));
+        assert!(otp_challenge(&answer("otp, Bearer realm=\"npm\"")));
+        assert!(!otp_challenge(&answer("Bearer realm=\"npm\"")));
+        assert!(!otp_challenge(&Response::new(())));
+        assert!(is_idempotent(&Method::GET) && is_idempotent(&Method::PUT) && is_idempotent(&Method::DELETE));
+        assert!(!is_idempotent(&Method::POST) && !is_idempotent(&Method::PATCH));
     }
 
     #[test]

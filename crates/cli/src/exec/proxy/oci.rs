@@ -221,7 +221,9 @@ pub(super) async fn forward(
             let req = Request::from_parts(parts, body.boxed());
             let response = match send(req, state, host, protocol, Some(&host_route), pool).await {
                 Ok(response) => response,
-                Err(e) => return refuse(StatusCode::BAD_GATEWAY, e, Some(Operation::Read), None, &host_route.name),
+                Err(e) => {
+                    return refuse(StatusCode::BAD_GATEWAY, e.reason, Some(Operation::Read), None, &host_route.name);
+                }
             };
             if response.status() != StatusCode::UNAUTHORIZED {
                 line(Outcome::Proxied, Some(Operation::Read), None, &host_route.name, &|e| {
@@ -255,7 +257,7 @@ pub(super) async fn forward(
             return refuse(StatusCode::FORBIDDEN, reason, Some(operation), Some(&target), "");
         }
     };
-    let issued = match mint(state, &route, &target, operation).await {
+    let mut issued = match mint(state, &route, &target, operation).await {
         Ok(issued) => issued,
         Err(reason) => return refuse(StatusCode::FORBIDDEN, reason, Some(operation), Some(&target), &route.name),
     };
@@ -275,8 +277,8 @@ pub(super) async fn forward(
             return refuse(StatusCode::FORBIDDEN, reason, Some(operation), Some(&target), &route.name);
         }
     }
-    let fingerprint = issued.token.fingerprint();
-    let basic = format!("Basic {}", STANDARD.encode(format!("{}:{}", issued.username, issued.token.expose())));
+    let mut fingerprint = issued.token.fingerprint();
+    let mut basic = format!("Basic {}", STANDARD.encode(format!("{}:{}", issued.username, issued.token.expose())));
     let actions = if operation == Operation::Write { "pull,push" } else { "pull" };
     let mut scopes = vec![format!("repository:{name}:{actions}")];
     scopes.extend(mount_from.iter().map(|from| format!("repository:{from}:pull")));
@@ -284,34 +286,59 @@ pub(super) async fn forward(
     // A request is sent once more after a `401`: to a cached registry token (expired at
     // the registry, or revoked), to a mount the registry token does not cover, and to a
     // repository that challenges where `/v2/` did not. Its body is kept for that, within
-    // its cap, when the first attempt could meet one (a cached token, or none).
+    // its cap and the proxy's budget, when the first attempt could meet one (a cached
+    // token, or none).
     let mut body = Replay::new(body.boxed(), &parts.headers);
     let mut attempt = 0;
     let mut reprobe = false;
+    let mut reminted = false;
+    let mut first = Carried::Nothing;
     let response = loop {
         attempt += 1;
-        let sent =
-            authorization(state, host, protocol, &route, pool, &scopes, &basic, issued.expires_at, reprobe).await;
-        let (authorization, cached) = match sent {
+        let sent = loop {
+            let sent =
+                authorization(state, host, protocol, &route, pool, &scopes, &basic, issued.expires_at, reprobe).await;
+            // The realm refused a cached mayfly token (revoked, say): that token is dropped
+            // and the realm asked once more with a fresh one.
+            let Err(Failed::Refused(reason)) = sent else { break sent };
+            if !issued.from_cache || reminted {
+                break Err(Failed::Refused(reason));
+            }
+            reminted = true;
+            super::erase(state, &route, &target, &fingerprint).await;
+            issued = match mint(state, &route, &target, operation).await {
+                Ok(issued) => issued,
+                Err(reason) => break Err(Failed::Other(reason)),
+            };
+            if issued.token.fingerprint() == fingerprint {
+                break Err(Failed::Refused(reason));
+            }
+            fingerprint = issued.token.fingerprint();
+            basic = format!("Basic {}", STANDARD.encode(format!("{}:{}", issued.username, issued.token.expose())));
+        };
+        let (authorization, carried) = match sent {
             Ok(sent) => sent,
-            Err(reason) => {
+            Err(Failed::Refused(reason) | Failed::Other(reason)) => {
                 return refuse(StatusCode::FORBIDDEN, reason, Some(operation), Some(&target), &route.name);
             }
         };
-        if attempt == 1 && (cached || authorization.is_none()) {
-            body = match body {
-                Replay::Once(Some(stream)) => match Replay::read(stream, &parts.headers, MAX_REPLAY).await {
+        if attempt == 1 {
+            first = carried;
+            if matches!(carried, Carried::Cached | Carried::Nothing) {
+                body = match body.keep(&parts.headers, MAX_REPLAY, &state.replay).await {
                     Ok(read) => read,
                     Err(e) => {
                         let reason = format!("cannot read the request's body: {e}");
-                        return refuse(StatusCode::BAD_REQUEST, reason, Some(operation), Some(&target), &route.name);
+                        line(Outcome::Failed, Some(operation), Some(&target), &route.name, &|ev| {
+                            ev.reason = Some(reason.clone());
+                        });
+                        return refusal(Family::Oci, StatusCode::BAD_REQUEST, &format!("mayfly: {reason}"));
                     }
-                },
-                read => read,
-            };
+                };
+            }
         }
         let mut upstream = Request::from_parts(parts.clone(), body.body());
-        if attempt > 1 && mount_from.is_some() {
+        if attempt > 1 && mount_from.is_some() && matches!(first, Carried::Cached | Carried::Fresh) {
             // The registry token does not cover the source: a plain upload instead, which
             // the registry answers as it answers a mount it does not make.
             let query: Vec<(String, String)> =
@@ -331,6 +358,7 @@ pub(super) async fn forward(
         let response = match send(upstream, state, host, protocol, Some(&route), pool).await {
             Ok(response) => response,
             Err(e) => {
+                let e = e.reason;
                 line(Outcome::Failed, Some(operation), Some(&target), &route.name, &|ev| ev.reason = Some(e.clone()));
                 return refusal(Family::Oci, StatusCode::BAD_GATEWAY, &format!("mayfly: {e}"));
             }
@@ -340,13 +368,21 @@ pub(super) async fn forward(
         }
         state.oci.forget(host, &scopes);
         // The repository's own challenge, when it sends one, is the registry's from now
-        // on (a registry whose `/v2/` answers anonymously); otherwise `/v2/` is asked again.
+        // on (a registry whose `/v2/` answers anonymously); without one, a Bearer challenge
+        // already known stays, and otherwise `/v2/` is asked again.
         let challenge = challenge_of(&response);
-        reprobe = challenge == Challenge::None;
-        if !reprobe {
+        if challenge == Challenge::None {
+            reprobe = !matches!(state.oci.challenge(host), Some(Challenge::Bearer { .. }));
+        } else {
+            reprobe = false;
             state.oci.learn(host, challenge);
         }
         if !body.replayable() {
+            if !body.over() {
+                // Never read: the first attempt carried a fresh registry token or the
+                // credential itself, which the registry refused.
+                break response;
+            }
             let reason = not_sent_again(&format!(
                 "the registry refused the registry token for {} of `{name}`, which is now dropped",
                 pull_or_push(operation)
@@ -379,9 +415,35 @@ fn pull_or_push(operation: Operation) -> &'static str {
     if operation == Operation::Write { "push" } else { "pull" }
 }
 
+/// What the `Authorization` of an attempt carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Carried {
+    /// A registry token from the proxy's memory.
+    Cached,
+    /// A registry token the realm just gave.
+    Fresh,
+    /// The minted credential itself (a Basic registry).
+    Basic,
+    /// Nothing (the registry asks for nothing).
+    Nothing,
+}
+
+/// Why no `Authorization` was got.
+enum Failed {
+    /// The realm answered `401` to the minted credential.
+    Refused(String),
+    Other(String),
+}
+
+impl From<String> for Failed {
+    fn from(reason: String) -> Self {
+        Self::Other(reason)
+    }
+}
+
 /// The `Authorization` for a request asking `scopes`: a registry token from the realm
-/// (cached), the minted credential itself for a Basic registry, or nothing; and whether it
-/// is a registry token from the cache. `reprobe` asks `/v2/` for the challenge again.
+/// (cached), the minted credential itself for a Basic registry, or nothing; and what it
+/// carried. `reprobe` asks `/v2/` for the challenge again.
 #[allow(clippy::too_many_arguments)]
 async fn authorization(
     state: &Arc<State>,
@@ -393,30 +455,36 @@ async fn authorization(
     basic: &str,
     minted_expires_at: Option<i64>,
     reprobe: bool,
-) -> Result<(Option<String>, bool), String> {
+) -> Result<(Option<String>, Carried), Failed> {
     let known = state.oci.challenges.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(host).cloned();
     let challenge = match known {
         Some(challenge) if !reprobe => challenge,
         _ => {
             let probe = Request::get("/v2/").body(empty_body()).map_err(|e| e.to_string())?;
-            let response = send(probe, state, host, protocol, Some(route), pool).await?;
+            let response = send(probe, state, host, protocol, Some(route), pool).await.map_err(String::from)?;
             let challenge =
                 if response.status() == StatusCode::UNAUTHORIZED { challenge_of(&response) } else { Challenge::None };
             let _ = response.into_body().collect().await;
-            state.oci.learn(host, challenge.clone());
-            challenge
+            match (challenge, known) {
+                // An anonymous `/v2/` does not undo a Bearer challenge a repository sent.
+                (Challenge::None, Some(known @ Challenge::Bearer { .. })) => known,
+                (challenge, _) => {
+                    state.oci.learn(host, challenge.clone());
+                    challenge
+                }
+            }
         }
     };
     let (realm, service) = match challenge {
-        Challenge::None => return Ok((None, false)),
-        Challenge::Basic => return Ok((Some(basic.to_owned()), false)),
+        Challenge::None => return Ok((None, Carried::Nothing)),
+        Challenge::Basic => return Ok((Some(basic.to_owned()), Carried::Basic)),
         Challenge::Bearer { realm, service } => (realm, service),
     };
     let key = (host.to_owned(), scopes.join(" "));
     if let Some((token, until)) = state.oci.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&key)
         && Instant::now() < *until
     {
-        return Ok((Some(format!("Bearer {token}")), true));
+        return Ok((Some(format!("Bearer {token}")), Carried::Cached));
     }
     let mut url = trusted_realm(&realm, host, route, state.settings.broker.config())?;
     {
@@ -436,7 +504,8 @@ async fn authorization(
             .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_owned))
             .map(|m| format!(": {}", mayfly_core::sanitize_for_terminal(&m.chars().take(200).collect::<String>())))
             .unwrap_or_default();
-        return Err(format!("the registry's token service `{realm_host}` answered {}{message}", status.as_u16()));
+        let reason = format!("the registry's token service `{realm_host}` answered {}{message}", status.as_u16());
+        return Err(if status == StatusCode::UNAUTHORIZED { Failed::Refused(reason) } else { Failed::Other(reason) });
     }
     let answer: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|_| format!("the registry's token service `{realm_host}` answered no JSON"))?;
@@ -452,13 +521,18 @@ async fn authorization(
     let life = registry_token_life(answer["expires_in"].as_u64(), minted_expires_at, now);
     let until = Instant::now().checked_add(life).unwrap_or_else(Instant::now);
     state.oci.tokens.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key, (token.clone(), until));
-    Ok((Some(format!("Bearer {token}")), false))
+    Ok((Some(format!("Bearer {token}")), Carried::Fresh))
 }
 
 impl Tokens {
     /// The registry's challenge from now on.
     fn learn(&self, host: &str, challenge: Challenge) {
         self.challenges.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(host.to_owned(), challenge);
+    }
+
+    /// The registry's challenge as known.
+    fn challenge(&self, host: &str) -> Option<Challenge> {
+        self.challenges.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(host).cloned()
     }
 
     fn forget(&self, host: &str, scopes: &[String]) {

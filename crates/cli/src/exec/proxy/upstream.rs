@@ -17,6 +17,34 @@ use super::{Body, State, host_name, strip_hop_by_hop, text, with_port};
 /// one after another, so each is reused once its previous answer was read.
 pub(super) type Pool = Arc<tokio::sync::Mutex<HashMap<String, SendRequest<Body>>>>;
 
+/// Why a request got no answer.
+pub(super) struct Unanswered {
+    pub reason: String,
+    /// The upstream closed the connection before answering (what an upstream that refuses
+    /// a token early can do); not the client's own body failing, nor no connection at all.
+    pub closed: bool,
+}
+
+impl From<String> for Unanswered {
+    fn from(reason: String) -> Self {
+        Self { reason, closed: false }
+    }
+}
+
+impl From<Unanswered> for String {
+    fn from(unanswered: Unanswered) -> Self {
+        unanswered.reason
+    }
+}
+
+/// A request that got no answer: `closed` only when the upstream closed before answering.
+fn unanswered(e: &hyper::Error, host: &str) -> Unanswered {
+    Unanswered {
+        reason: format!("`{host}`: {e}"),
+        closed: e.is_incomplete_message() && !e.is_user() && !e.is_body_write_aborted(),
+    }
+}
+
 /// Sends a request to its upstream over TLS (or plain http to loopback) and streams the
 /// answer back.
 pub(super) async fn send(
@@ -26,7 +54,7 @@ pub(super) async fn send(
     protocol: &str,
     route: Option<&mayfly_core::Route>,
     pool: &Pool,
-) -> Result<Response<Body>, String> {
+) -> Result<Response<Body>, Unanswered> {
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     *req.uri_mut() = path.parse().map_err(|_| "invalid request path".to_owned())?;
     pin_host(&mut req, host)?;
@@ -43,7 +71,7 @@ pub(super) async fn send(
         Some(sender) => sender,
         None => connect(state, host, protocol, route).await?,
     };
-    let response = sender.send_request(req).await.map_err(|e| format!("`{host}`: {e}"))?;
+    let response = sender.send_request(req).await.map_err(|e| unanswered(&e, host))?;
     pool.insert(key, sender);
     Ok(response.map(BodyExt::boxed))
 }
@@ -201,6 +229,61 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body whose one chunk comes, then it ends, or (`fails`) fails: a client ending its
+    /// own upload.
+    struct Failing {
+        sent: bool,
+        fails: bool,
+    }
+
+    impl hyper::body::Body for Failing {
+        type Data = bytes::Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>> {
+            if !std::mem::replace(&mut self.sent, true) {
+                return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"part")))));
+            }
+            std::task::Poll::Ready(self.fails.then(|| Err(std::io::Error::other("the client went away"))))
+        }
+    }
+
+    /// What sending a request with a failing body to a loopback server that reads the
+    /// head and then closes (`close`) or waits comes to.
+    async fn sent_to(close: bool) -> Unanswered {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 256];
+            let _ = stream.read(&mut head).await;
+            if !close {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            }
+        });
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let mut sender = handshake::<_, Failing>(TokioIo::new(tcp), "h").await.unwrap();
+        let length = if close { "4" } else { "100" };
+        let body = Failing { sent: false, fails: !close };
+        let req = Request::post("/").header(header::CONTENT_LENGTH, length).body(body).unwrap();
+        let e = sender.send_request(req).await.expect_err("no answer");
+        unanswered(&e, "h")
+    }
+
+    #[test]
+    fn only_an_upstream_closing_before_answering_counts_as_closed() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            assert!(sent_to(true).await.closed, "the upstream closed before answering");
+            let failed = sent_to(false).await;
+            assert!(!failed.closed, "the client's own body failed: {}", failed.reason);
+        });
+    }
 
     #[test]
     fn the_upstream_host_is_the_routed_host_whatever_the_client_wrote() {
