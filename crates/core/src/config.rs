@@ -188,7 +188,7 @@ pub struct IdentityEntry {
 pub struct ExchangeEntry {
     /// The exchange kind (`rfc8693`, `aws-sts`, `crates-io`, `npm`, `pypi`, `pep807`, `octo-sts`,
     /// `docker-hub`, `huggingface`, `jfrog`, `cloudsmith`, `vault`, `gcp-sts`, `azure`, `gitlab`,
-    /// `rubygems`).
+    /// `rubygems`, `nuget`).
     pub kind: String,
     /// Where to exchange.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -355,6 +355,9 @@ pub enum ExchangeKind {
     Gitlab,
     /// RubyGems trusted publishing: the ID token for an API key that pushes one gem.
     Rubygems,
+    /// NuGet trusted publishing: the ID token for an API key that pushes the policy's
+    /// packages, valid an hour.
+    Nuget,
 }
 
 impl ExchangeKind {
@@ -1159,5 +1162,39 @@ mod tests {
         assert!(err.contains("exchange `rg` is the gem host at another host"), "{err}");
         let npm = config.replace("tool = \"gem\"", "tool = \"npm\"");
         assert!(Config::parse(&npm, Path::new("t.toml")).is_err(), "a gem host's exchange serves gem routes only");
+    }
+
+    #[test]
+    fn nuget_routes_push_at_the_gallery_that_mints_the_key() {
+        let config = r#"
+            [identities.ci]
+            kind = "github-actions"
+
+            [exchanges.ng]
+            kind = "nuget"
+            user = "mayfly-bot"
+
+            [[routes]]
+            tool = "nuget"
+            host = "www.nuget.org"
+            identity = "ci"
+            exchange = "ng"
+        "#;
+        let parsed = Config::parse(config, Path::new("t.toml")).unwrap();
+        let exchange = &parsed.exchanges["ng"];
+        assert_eq!(exchange.token_endpoint.as_str(), "https://www.nuget.org/api/v2/token");
+        assert!(!exchange.revokes() && exchange.kind.wants_fresh_subject());
+        let route = &parsed.routes[0];
+        assert_eq!(route.audience, "https://www.nuget.org");
+        assert_eq!((route.operations.as_slice(), route.scheme), (&[Operation::Publish][..], Scheme::Plain));
+        let elsewhere = config.replace("host = \"www.nuget.org\"", "host = \"nuget.example\"");
+        let err = Config::parse(&elsewhere, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("exchange `ng` is the NuGet gallery at another host"), "{err}");
+        let no_user = config.replace("user = \"mayfly-bot\"", "");
+        assert!(Config::parse(&no_user, Path::new("t.toml")).is_err(), "the policy's user is required");
+        let odd_user = config.replace("mayfly-bot", "bot\\nx");
+        assert!(Config::parse(&odd_user, Path::new("t.toml")).is_err(), "a user name is one word");
+        let gem = config.replace("tool = \"nuget\"", "tool = \"gem\"");
+        assert!(Config::parse(&gem, Path::new("t.toml")).is_err(), "the gallery's exchange serves nuget routes only");
     }
 }

@@ -26,6 +26,9 @@ pub enum Tool {
     Pypi,
     /// `gem push` (RubyGems), which has no hook: through the shim.
     Gem,
+    /// `nuget push` (NuGet), which has no hook: through `mayfly exec --proxy`, which adds
+    /// the API key on the way out.
+    Nuget,
     /// A plain HTTPS download with a bearer token for a host and path prefix: Bazel's
     /// credential helper.
     Http,
@@ -44,6 +47,7 @@ impl Tool {
             Self::Npm => "npm",
             Self::Pypi => "pypi",
             Self::Gem => "gem",
+            Self::Nuget => "nuget",
             Self::Http => "http",
         }
     }
@@ -61,6 +65,7 @@ impl Tool {
             Self::Npm => "npm:{path}:{operation}",
             Self::Pypi => "pypi:{path}:{operation}",
             Self::Gem => "gem:{path}:{operation}",
+            Self::Nuget => "nuget:{path}:{operation}",
             Self::Http => "http:{host}/{path}:{operation}",
         }
     }
@@ -89,9 +94,10 @@ impl FromStr for Tool {
             "npm" => Ok(Self::Npm),
             "pypi" => Ok(Self::Pypi),
             "gem" => Ok(Self::Gem),
+            "nuget" => Ok(Self::Nuget),
             "http" => Ok(Self::Http),
             other => Err(format!(
-                "unknown tool `{other}` (git, kubectl, terraform, aws, cargo, oci, npm, pypi, gem or http)"
+                "unknown tool `{other}` (git, kubectl, terraform, aws, cargo, oci, npm, pypi, gem, nuget or http)"
             )),
         }
     }

@@ -31,6 +31,7 @@ use operation::{Family, Subject};
 mod ca;
 mod env;
 mod guard;
+mod nuget;
 mod oci;
 mod operation;
 mod upstream;
@@ -190,6 +191,7 @@ fn refusal(family: Family, status: StatusCode, line: &str) -> Response<Body> {
         Family::Cargo => serde_json::json!({ "errors": [{ "detail": line }] }),
         // The distribution API's error shape, which docker clients print.
         Family::Oci => serde_json::json!({ "errors": [{ "code": "DENIED", "message": line }] }),
+        Family::Nuget => return nuget::refusal(status, line),
         Family::Git | Family::Pypi | Family::Rest => return text(status, line),
     };
     let mut response = Response::new(Full::new(Bytes::from(json.to_string())).map_err(|never| match never {}).boxed());
@@ -495,8 +497,10 @@ async fn forward(
         Ok(target) => target,
         Err(e) => return refuse(e.to_string(), Some(operation)),
     };
+    // A NuGet gallery's reads go upstream without a key, routed or not.
+    let keyless = nuget::keyless(family, operation);
     let route = match state.settings.broker.resolve(&target) {
-        Resolution::Route(route) => Some(route.clone()),
+        Resolution::Route(route) if !keyless => Some(route.clone()),
         _ => None,
     };
     let mut fingerprint = None;
@@ -526,6 +530,8 @@ async fn forward(
         let scheme = match family {
             Family::Npm => Scheme::Bearer,
             Family::Pypi => Scheme::Basic,
+            // NuGet's key is the whole `X-NuGet-ApiKey` value.
+            Family::Nuget => Scheme::Plain,
             _ => issued.scheme,
         };
         let value = match scheme {
@@ -540,9 +546,14 @@ async fn forward(
             return refusal(family, StatusCode::BAD_GATEWAY, "mayfly: the token cannot go into a header");
         };
         value.set_sensitive(true);
-        req.headers_mut().insert(header::AUTHORIZATION, value);
+        let name = if family == Family::Nuget {
+            header::HeaderName::from_static(nuget::API_KEY)
+        } else {
+            header::AUTHORIZATION
+        };
+        req.headers_mut().insert(name, value);
         fingerprint = Some(issued.token.fingerprint());
-    } else if state.settings.deny_unrouted {
+    } else if state.settings.deny_unrouted && !keyless {
         state.line(Outcome::Denied, method.as_str(), host, &path, Some(&target), |e| {
             e.operation = operation.as_str().into();
             e.reason = Some("no route for this repository".into());
@@ -554,6 +565,9 @@ async fn forward(
     }
     if route.is_none() && req.headers().get(header::AUTHORIZATION).is_some_and(|v| placeholder(v.as_bytes())) {
         req.headers_mut().remove(header::AUTHORIZATION);
+    }
+    if route.is_none() {
+        nuget::drop_placeholder(req.headers_mut());
     }
     let response = match send(req, state, host, protocol, route.as_ref(), pool).await {
         Ok(response) => response,
