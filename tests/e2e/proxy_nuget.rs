@@ -182,3 +182,23 @@ fn a_refused_exchange_and_a_refused_push_are_one_line_in_nugets_output() {
     assert!(gallery.pushes().is_empty());
     assert!(!all.contains(&gallery.minted()[0]), "{all}");
 }
+
+#[test]
+fn explain_names_the_nuget_kind_and_its_header_and_asks_nothing() {
+    let stack = Stack::new();
+    let gallery = NugetGallery::start(stack.runtime(), &stack.issuer, &[]).unwrap();
+    stack.write_config(&config(&gallery, "mayfly-bot"));
+    let target = format!("http://localhost:{}/Mayfly.Demo", gallery.host().rsplit_once(':').unwrap().1);
+    let out = Command::new(bin("mayfly"))
+        .args(["explain", "nuget", &target, "--operation", "publish"])
+        .env_clear()
+        .envs(stack.env())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("(nuget, ") && text.contains("cannot revoke"), "{text}");
+    assert!(text.contains("X-NuGet-ApiKey") && text.contains(&format!("audience   {NUGET_AUDIENCE}")), "{text}");
+    assert!(text.contains("a fresh ID token per exchange, never cached"), "{text}");
+    assert!(gallery.requests().is_empty(), "explain alone asks nothing");
+}

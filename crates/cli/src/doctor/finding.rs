@@ -87,6 +87,7 @@ pub(crate) fn replace(config: Option<&Config>, tool: Tool, host: Option<&str>) -
         Tool::Npm => "`mayfly exec` runs npm through the shim",
         Tool::Pypi => "`mayfly exec` runs twine through the shim",
         Tool::Gem => "`mayfly exec` runs `gem push` through the shim",
+        Tool::Nuget => "`mayfly exec --proxy` adds the key to `nuget push`",
         _ => "`mayfly setup` wires it",
     };
     let tool_name = tool.as_str();
