@@ -110,11 +110,6 @@ impl NugetGallery {
         self.base_url.trim_start_matches("http://")
     }
 
-    /// Its token API.
-    pub fn token_url(&self) -> String {
-        format!("{}{TOKEN_PATH}", self.base_url)
-    }
-
     /// Every key minted so far, in order.
     pub fn minted(&self) -> Vec<String> {
         self.inner.state.lock().map(|s| s.minted.clone()).unwrap_or_default()
