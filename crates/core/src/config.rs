@@ -591,6 +591,13 @@ impl Config {
         }
         let protocol = raw.protocol.clone().unwrap_or_else(|| "https".into()).to_ascii_lowercase();
         let raw_host = raw.host.as_deref().ok_or_else(|| format!("route {}: needs `host`", index + 1))?;
+        if tool == Tool::Nuget && (raw.path.is_some() || raw.scheme.is_some()) {
+            let field = if raw.path.is_some() { "path" } else { "scheme" };
+            return Err(format!(
+                "route {}: a nuget route takes no `{field}` (the key is the gallery's, sent as `X-NuGet-ApiKey`)",
+                index + 1
+            ));
+        }
         let host = normalize_host(&protocol, raw_host).map_err(|e| match url_hint(raw_host) {
             Some(hint) => format!("route {}: {e}: {hint}", index + 1),
             None => format!("route {}: {e}", index + 1),
@@ -1196,5 +1203,13 @@ mod tests {
         assert!(Config::parse(&odd_user, Path::new("t.toml")).is_err(), "a user name is one word");
         let gem = config.replace("tool = \"nuget\"", "tool = \"gem\"");
         assert!(Config::parse(&gem, Path::new("t.toml")).is_err(), "the gallery's exchange serves nuget routes only");
+        for (field, line) in [("path", "path = \"Mayfly.Demo\""), ("scheme", "scheme = \"bearer\"")] {
+            let with = config.replace("exchange = \"ng\"", &format!("exchange = \"ng\"\n{line}"));
+            let err = Config::parse(&with, Path::new("t.toml")).unwrap_err().to_string();
+            assert!(err.contains(&format!("a nuget route takes no `{field}`")) && !err.contains('\n'), "{err}");
+        }
+        let elsewhere = config.replace("user = ", "token_endpoint = \"https://www.nuget.org/api/v2/mint\"\nuser = ");
+        let err = Config::parse(&elsewhere, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("does not end in `/token`"), "{err}");
     }
 }

@@ -60,7 +60,13 @@ impl Protocol for Nuget {
 
     fn check_route(&self, config: &ExchangeConfig, host: &str) -> Result<(), String> {
         // The key is the registry's own: it must not be handed to another host.
-        at_minting_host(config, host, "the NuGet gallery")
+        at_minting_host(config, host, "the NuGet gallery")?;
+        // The gallery's push path is read off the token endpoint's (`.../token` becomes
+        // `.../package`).
+        if !config.token_endpoint.path().ends_with("/token") {
+            return Err(format!("exchange `{}`: the token endpoint's path does not end in `/token`", config.name));
+        }
+        Ok(())
     }
 
     fn settings(&self) -> &'static [Setting] {
@@ -100,12 +106,17 @@ pub(crate) fn parse(exchange: &str, status: u16, body: &[u8], now: i64) -> Resul
     match status {
         200 | 201 => {
             let body = json.ok_or_else(|| malformed("a body that is not JSON"))?;
-            let key = token_in(body.get("apiKey"), &|_| malformed("no `apiKey`"))?;
+            let key = token_in(body.get("apiKey"), &|why| malformed(&format!("no usable `apiKey` ({why})")))?;
+            // The key is minted and cannot be revoked: an `expires` this cannot read (no
+            // offset, another format) is taken as the documented hour, and only one
+            // already past fails the exchange.
             let expires_in = match body.get("expires") {
                 None | Some(Value::Null) => KEY_LIFETIME,
-                Some(at) => {
-                    seconds_until(at, now).ok_or_else(|| malformed("an `expires` that is not a time to come"))?
-                }
+                Some(at) => match seconds_until(at, now) {
+                    Some(seconds) => seconds,
+                    None if in_the_past(at, now) => return Err(malformed("an `expires` already past")),
+                    None => KEY_LIFETIME,
+                },
             };
             Ok(ExchangeResponse {
                 access_token: key,
@@ -122,6 +133,16 @@ pub(crate) fn parse(exchange: &str, status: u16, body: &[u8], now: i64) -> Resul
         },
         _ => Err(malformed("an error")),
     }
+}
+
+/// True when `at` is an RFC 3339 time (or one without an offset, read as UTC) not after
+/// `now`.
+fn in_the_past(at: &Value, now: i64) -> bool {
+    use time::format_description::well_known::Iso8601;
+    let Some(text) = at.as_str() else { return false };
+    let at = time::OffsetDateTime::parse(text, &Iso8601::DEFAULT)
+        .or_else(|_| time::PrimitiveDateTime::parse(text, &Iso8601::DEFAULT).map(|t| t.assume_utc()));
+    at.is_ok_and(|at| at.unix_timestamp() <= now)
 }
 
 #[cfg(test)]
@@ -141,6 +162,31 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_expires_is_the_documented_hour_and_a_past_one_fails() {
+        // The key is minted by then and cannot be revoked: an `expires` without an offset,
+        // or in another format, does not throw it away.
+        for expires in ["2026-01-01T01:00:00.0000000", "soon", "1767229200"] {
+            let body = format!(r#"{{"apiKey":"oy2x","expires":"{expires}"}}"#);
+            assert_eq!(parse("ng", 200, body.as_bytes(), NOW).unwrap().expires_in, Some(KEY_LIFETIME), "{expires}");
+        }
+        let body = br#"{"apiKey":"oy2x","expires":3600}"#;
+        assert_eq!(parse("ng", 200, body, NOW).unwrap().expires_in, Some(KEY_LIFETIME));
+        for expires in ["2025-12-31T23:00:00Z", "2025-12-31T23:00:00", "2026-01-01T00:00:00+00:00"] {
+            let body = format!(r#"{{"apiKey":"oy2x","expires":"{expires}"}}"#);
+            let err = parse("ng", 200, body.as_bytes(), NOW).unwrap_err().to_string();
+            assert!(err.contains("an `expires` already past"), "{expires}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_missing_or_odd_key_says_why() {
+        let err = parse("ng", 200, br#"{"apiKey":"a b"}"#, NOW).unwrap_err().to_string();
+        assert!(err.contains("no usable `apiKey` (a token containing control characters or spaces)"), "{err}");
+        let err = parse("ng", 200, br#"{"apiKey":""}"#, NOW).unwrap_err().to_string();
+        assert!(err.contains("no usable `apiKey` (no `token`)"), "{err}");
+    }
+
+    #[test]
     fn refusals_are_one_line_and_odd_answers_malformed() {
         let body = br#"{"error":"No matching trusted publishing policy\nwas found."}"#;
         let err = parse("ng", 401, body, NOW).unwrap_err().to_string();
@@ -152,7 +198,7 @@ mod tests {
             (200, &br#"{"api_key":"t"}"#[..]),
             (200, br#"{"apiKey":"a b"}"#),
             (200, br#"{"apiKey":"k","expires":"2025-01-01T00:00:00Z"}"#),
-            (200, br#"{"apiKey":"k","expires":"soon"}"#),
+            (200, br#"{"apiKey":"k","expires":"2025-12-31T23:00:00"}"#),
             (200, b"<html>"),
             (400, b"<html>"),
             (502, b"bad gateway"),
