@@ -77,16 +77,23 @@ fn config(gallery: &NugetGallery, user: &str) -> String {
     )
 }
 
+/// A stack with a gallery whose one policy lets `mayfly-bot` push `Mayfly.Demo` from
+/// `org/app`, routed by the config.
+fn galleried() -> (Stack, NugetGallery) {
+    let stack = Stack::new();
+    let gallery =
+        NugetGallery::start(stack.runtime(), &stack.issuer, &[("mayfly-bot", "org/app", &["Mayfly.Demo"])]).unwrap();
+    stack.write_config(&config(&gallery, "mayfly-bot"));
+    (stack, gallery)
+}
+
 #[test]
 #[cfg_attr(missing = "nuget", ignore = "needs nuget, which is not installed")]
 fn nuget_pushes_through_the_proxy_holding_no_key() {
     if !require_tool("nuget") {
         return;
     }
-    let stack = Stack::new();
-    let gallery =
-        NugetGallery::start(stack.runtime(), &stack.issuer, &[("mayfly-bot", "org/app", &["Mayfly.Demo"])]).unwrap();
-    stack.write_config(&config(&gallery, "mayfly-bot"));
+    let (stack, gallery) = galleried();
     let package = pack(&stack, "Mayfly.Demo");
 
     let (out, seen) = push(&stack, &gallery, &package, "ng-proxy");
@@ -181,6 +188,107 @@ fn a_refused_exchange_and_a_refused_push_are_one_line_in_nugets_output() {
     assert_eq!(gallery.minted().len(), 1);
     assert!(gallery.pushes().is_empty());
     assert!(!all.contains(&gallery.minted()[0]), "{all}");
+}
+
+/// A command in a proxy session, run from the stack's work directory; its output.
+fn in_session(stack: &Stack, session: &str, command: &[&str]) -> (Output, String) {
+    let out = Command::new(bin("mayfly"))
+        .args(["exec", "--session", session, "--proxy", "--"])
+        .args(command)
+        .current_dir(&stack.work)
+        .env_clear()
+        .envs(stack.env())
+        .output()
+        .unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out, all)
+}
+
+#[test]
+#[cfg_attr(missing = "nuget", ignore = "needs nuget, which is not installed")]
+fn a_placeholder_key_is_replaced_on_the_push_and_an_unlist_is_refused() {
+    if !require_tool("nuget") {
+        return;
+    }
+    let (stack, gallery) = galleried();
+    let package = pack(&stack, "Mayfly.Demo");
+    let package = package.strip_prefix(&stack.work).unwrap().to_str().unwrap().to_owned();
+    let source = format!("http://localhost.:{}/", gallery.host().rsplit_once(':').unwrap().1);
+    let placeholder = "mayfly-proxy-placeholder";
+
+    let (out, all) = in_session(
+        &stack,
+        "ng-placeholder",
+        &["nuget", "push", &package, "-Source", &source, "-ApiKey", placeholder, "-NonInteractive"],
+    );
+    assert!(out.status.success(), "{all}");
+    assert_eq!(gallery.pushes(), [("Mayfly.Demo".to_owned(), "1.0.0".to_owned())]);
+    let minted = gallery.minted();
+    assert_eq!(minted.len(), 1);
+    let key = mayfly_core::Fingerprint::of(&minted[0]).to_string();
+    let requests = gallery.requests();
+    let pushes: Vec<_> = requests.iter().filter(|r| r.method == "PUT").collect();
+    assert_eq!(pushes.len(), 1, "{requests:?}");
+    assert_eq!(header(pushes[0], "x-nuget-apikey"), Some(format!("Plain {key}").as_str()), "the placeholder replaced");
+    let reads: Vec<_> = requests.iter().filter(|r| r.method == "GET").collect();
+    assert!(!reads.is_empty(), "{requests:?}");
+    for request in &requests {
+        assert!(
+            request.headers.iter().all(|(_, v)| !v.contains(placeholder)),
+            "the placeholder never reaches the gallery: {request:?}"
+        );
+        if request.method != "PUT" {
+            assert!(header(request, "x-nuget-apikey").is_none(), "reads carry no key: {request:?}");
+        }
+    }
+
+    // Unlisting is not a push: refused by the proxy with one line, before any exchange.
+    let seen = gallery.requests().len();
+    let (out, all) = in_session(
+        &stack,
+        "ng-delete",
+        &["nuget", "delete", "Mayfly.Demo", "1.0.0", "-Source", &source, "-ApiKey", placeholder, "-NonInteractive"],
+    );
+    assert!(!out.status.success(), "{all}");
+    let line = all.lines().find(|l| l.contains("is not a NuGet push")).expect(&all);
+    assert!(line.contains("mayfly: `DELETE /api/v2/package/Mayfly.Demo/1.0.0`"), "{line}");
+    assert_eq!(gallery.minted().len(), 1, "no key for an unlist");
+    assert!(gallery.requests()[seen..].iter().all(|r| r.method != "DELETE"), "the DELETE never reached the gallery");
+    let lines = proxy_lines(&stack, "ng-delete");
+    assert!(lines.iter().any(|l| l["outcome"] == "denied" && l["method"] == "DELETE"), "{lines:?}");
+}
+
+#[test]
+#[cfg_attr(missing = "curl", ignore = "needs curl, which is not installed")]
+fn a_put_elsewhere_than_the_gallerys_push_path_gets_no_key() {
+    if !require_tool("curl") {
+        return;
+    }
+    let (stack, gallery) = galleried();
+    let port = gallery.host().rsplit_once(':').unwrap().1;
+    let paths = ["/anything/api/v2/package", "//api/v2/package", "/x/../api/v2/package", "/api/v2/package/Mayfly.Demo"];
+    let script = paths
+        .iter()
+        .enumerate()
+        .map(|(i, path)| {
+            format!(
+                "NO_PROXY= no_proxy= curl -sS --path-as-is -X PUT -d x -w '\\n%{{http_code}}\\n' \
+                 'http://localhost:{port}{path}' > put-{i}.txt 2>&1"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let (out, all) = in_session(&stack, "ng-paths", &["sh", "-c", &script]);
+    assert!(out.status.success(), "{all}");
+    for (i, path) in paths.iter().enumerate() {
+        let answer = std::fs::read_to_string(stack.work.join(format!("put-{i}.txt"))).unwrap();
+        assert!(
+            answer.contains(&format!("mayfly: `PUT {path}` is not a NuGet push")) && answer.trim_end().ends_with("403"),
+            "{path}: {answer}"
+        );
+    }
+    assert!(gallery.minted().is_empty(), "no key for any of them");
+    assert!(gallery.requests().is_empty(), "none reached the gallery: {:?}", gallery.requests());
 }
 
 #[test]

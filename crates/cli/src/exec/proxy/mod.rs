@@ -503,6 +503,11 @@ async fn forward(
         Resolution::Route(route) if !keyless => Some(route.clone()),
         _ => None,
     };
+    if let Some(route) = &route
+        && let Err(reason) = nuget::check_routed(family, state.settings.broker.config(), route, &method, &path)
+    {
+        return refuse(reason, Some(operation));
+    }
     let mut fingerprint = None;
     let mut route_name = String::new();
     if let Some(route) = &route {
