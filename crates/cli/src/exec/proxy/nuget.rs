@@ -75,9 +75,12 @@ pub(super) fn check_routed(
     method: &Method,
     path: &str,
 ) -> Result<(), String> {
+    if family != Family::Nuget {
+        return Ok(());
+    }
     match config.exchanges.get(&route.exchange) {
-        Some(exchange) if family == Family::Nuget => push_path(&exchange.token_endpoint, method, path),
-        _ => Ok(()),
+        Some(exchange) => push_path(&exchange.token_endpoint, method, path),
+        None => Err(format!("route `{}` names no exchange of this config", route.name)),
     }
 }
 
