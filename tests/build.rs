@@ -25,6 +25,7 @@ const ON_PATH: &[&str] = &[
     "moto_server",
     "node",
     "npm",
+    "nuget",
     "pip",
     "podman",
     "skopeo",

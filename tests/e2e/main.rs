@@ -38,6 +38,7 @@ mod proxy_cargo;
 mod proxy_hostile;
 mod proxy_isolate;
 mod proxy_npm;
+mod proxy_nuget;
 mod proxy_oci;
 mod proxy_pip;
 mod proxy_pypi;

@@ -46,7 +46,7 @@ pub(crate) struct Args {
     /// Only lines whose target contains this text (case-insensitive)
     #[arg(long, value_name = "SUBSTRING")]
     target: Option<String>,
-    /// Only lines of this tool (git, kubectl, terraform, cargo, oci, npm, pypi, gem, aws, exec)
+    /// Only lines of this tool (git, kubectl, terraform, cargo, oci, npm, pypi, gem, nuget, aws, exec)
     #[arg(long, value_name = "TOOL")]
     tool: Option<String>,
     /// Only lines with this outcome

@@ -22,10 +22,10 @@ use crate::status::{rfc3339, span, table};
     mayfly explain oci registry.example.com/team/app\n  mayfly explain aws deploy --exchange")]
 pub(crate) struct Args {
     /// The tool whose request to explain
-    #[arg(value_parser = ["git", "kubectl", "terraform", "cargo", "oci", "npm", "pypi", "gem", "aws", "http", "vault"])]
+    #[arg(value_parser = ["git", "kubectl", "terraform", "cargo", "oci", "npm", "pypi", "gem", "nuget", "aws", "http", "vault"])]
     tool: String,
-    /// `https://HOST/PATH` (git: the repository; cargo, npm, pypi: the package; gem: the gem), `HOST/REPO` for
-    /// oci, the route name for aws
+    /// `https://HOST/PATH` (git: the repository; cargo, npm, pypi: the package; gem: the gem; nuget: the
+    /// gallery), `HOST/REPO` for oci, the route name for aws
     target: String,
     /// The operation to ask for
     #[arg(long, default_value = "read", value_parser = ["read", "write", "publish", "yank", "owners"])]
@@ -111,6 +111,9 @@ fn parse_target(tool: Tool, text: &str, operation: Operation) -> anyhow::Result<
         }
         Tool::Oci if !protocol.is_empty() && path.is_some() => {
             (None, Some("the path is ignored: a registry URL names only the registry".into()))
+        }
+        Tool::Nuget if path.is_some() => {
+            (None, Some("the package is ignored: a NuGet key is the gallery's (its policy names the packages)".into()))
         }
         Tool::Cargo | Tool::Npm | Tool::Gem if operation == Operation::Read && path.is_some() => {
             (None, Some("the package is ignored: reads are registry-wide".into()))
@@ -236,6 +239,9 @@ fn describe(env: &Env, config: &Config, route: &Route, target: &Target, operatio
     rows.push(row(
         "presented",
         match route.scheme {
+            _ if route.tool == Tool::Nuget => {
+                "as the whole X-NuGet-ApiKey value of a push (`mayfly exec --proxy`)".to_owned()
+            }
             Scheme::Bearer => "as a Bearer token".to_owned(),
             Scheme::Basic => format!("as Basic, username `{}`", route.username),
             Scheme::Plain => "as the whole Authorization value".to_owned(),

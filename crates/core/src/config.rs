@@ -196,7 +196,7 @@ pub struct IdentityEntry {
 pub struct ExchangeEntry {
     /// The exchange kind (`rfc8693`, `aws-sts`, `crates-io`, `npm`, `pypi`, `pep807`, `octo-sts`,
     /// `docker-hub`, `huggingface`, `jfrog`, `cloudsmith`, `vault`, `gcp-sts`, `azure`, `gitlab`,
-    /// `rubygems`).
+    /// `rubygems`, `nuget`).
     pub kind: String,
     /// Where to exchange.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -363,6 +363,9 @@ pub enum ExchangeKind {
     Gitlab,
     /// RubyGems trusted publishing: the ID token for an API key that pushes one gem.
     Rubygems,
+    /// NuGet trusted publishing: the ID token for an API key that pushes the policy's
+    /// packages, valid an hour.
+    Nuget,
 }
 
 impl ExchangeKind {
@@ -596,6 +599,13 @@ impl Config {
         }
         let protocol = raw.protocol.clone().unwrap_or_else(|| "https".into()).to_ascii_lowercase();
         let raw_host = raw.host.as_deref().ok_or_else(|| format!("route {}: needs `host`", index + 1))?;
+        if tool == Tool::Nuget && (raw.path.is_some() || raw.scheme.is_some()) {
+            let field = if raw.path.is_some() { "path" } else { "scheme" };
+            return Err(format!(
+                "route {}: a nuget route takes no `{field}` (the key is the gallery's, sent as `X-NuGet-ApiKey`)",
+                index + 1
+            ));
+        }
         let host = normalize_host(&protocol, raw_host).map_err(|e| match url_hint(raw_host) {
             Some(hint) => format!("route {}: {e}: {hint}", index + 1),
             None => format!("route {}: {e}", index + 1),
@@ -1174,5 +1184,47 @@ mod tests {
         assert!(err.contains("exchange `rg` is the gem host at another host"), "{err}");
         let npm = config.replace("tool = \"gem\"", "tool = \"npm\"");
         assert!(Config::parse(&npm, Path::new("t.toml")).is_err(), "a gem host's exchange serves gem routes only");
+    }
+
+    #[test]
+    fn nuget_routes_push_at_the_gallery_that_mints_the_key() {
+        let config = r#"
+            [identities.ci]
+            kind = "github-actions"
+
+            [exchanges.ng]
+            kind = "nuget"
+            user = "mayfly-bot"
+
+            [[routes]]
+            tool = "nuget"
+            host = "www.nuget.org"
+            identity = "ci"
+            exchange = "ng"
+        "#;
+        let parsed = Config::parse(config, Path::new("t.toml")).unwrap();
+        let exchange = &parsed.exchanges["ng"];
+        assert_eq!(exchange.token_endpoint.as_str(), "https://www.nuget.org/api/v2/token");
+        assert!(!exchange.revokes() && exchange.kind.wants_fresh_subject());
+        let route = &parsed.routes[0];
+        assert_eq!(route.audience, "https://www.nuget.org");
+        assert_eq!((route.operations.as_slice(), route.scheme), (&[Operation::Publish][..], Scheme::Plain));
+        let elsewhere = config.replace("host = \"www.nuget.org\"", "host = \"nuget.example\"");
+        let err = Config::parse(&elsewhere, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("exchange `ng` is the NuGet gallery at another host"), "{err}");
+        let no_user = config.replace("user = \"mayfly-bot\"", "");
+        assert!(Config::parse(&no_user, Path::new("t.toml")).is_err(), "the policy's user is required");
+        let odd_user = config.replace("mayfly-bot", "bot\\nx");
+        assert!(Config::parse(&odd_user, Path::new("t.toml")).is_err(), "a user name is one word");
+        let gem = config.replace("tool = \"nuget\"", "tool = \"gem\"");
+        assert!(Config::parse(&gem, Path::new("t.toml")).is_err(), "the gallery's exchange serves nuget routes only");
+        for (field, line) in [("path", "path = \"Mayfly.Demo\""), ("scheme", "scheme = \"bearer\"")] {
+            let with = config.replace("exchange = \"ng\"", &format!("exchange = \"ng\"\n{line}"));
+            let err = Config::parse(&with, Path::new("t.toml")).unwrap_err().to_string();
+            assert!(err.contains(&format!("a nuget route takes no `{field}`")) && !err.contains('\n'), "{err}");
+        }
+        let elsewhere = config.replace("user = ", "token_endpoint = \"https://www.nuget.org/api/v2/mint\"\nuser = ");
+        let err = Config::parse(&elsewhere, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(err.contains("does not end in `/token`"), "{err}");
     }
 }

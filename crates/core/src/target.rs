@@ -26,6 +26,9 @@ pub enum Tool {
     Pypi,
     /// `gem push` (RubyGems), which has no hook: through the shim.
     Gem,
+    /// `nuget push` (NuGet), which has no hook: through `mayfly exec --proxy`, which adds
+    /// the API key on the way out.
+    Nuget,
     /// A plain HTTPS download with a bearer token for a host and path prefix: Bazel's
     /// credential helper.
     Http,
@@ -46,6 +49,7 @@ impl Tool {
             Self::Npm => "npm",
             Self::Pypi => "pypi",
             Self::Gem => "gem",
+            Self::Nuget => "nuget",
             Self::Http => "http",
             Self::Vault => "vault",
         }
@@ -64,6 +68,7 @@ impl Tool {
             Self::Npm => "npm:{path}:{operation}",
             Self::Pypi => "pypi:{path}:{operation}",
             Self::Gem => "gem:{path}:{operation}",
+            Self::Nuget => "nuget:{path}:{operation}",
             Self::Http => "http:{host}/{path}:{operation}",
             Self::Vault => "vault:{host}",
         }
@@ -93,10 +98,11 @@ impl FromStr for Tool {
             "npm" => Ok(Self::Npm),
             "pypi" => Ok(Self::Pypi),
             "gem" => Ok(Self::Gem),
+            "nuget" => Ok(Self::Nuget),
             "http" => Ok(Self::Http),
             "vault" => Ok(Self::Vault),
             other => Err(format!(
-                "unknown tool `{other}` (git, kubectl, terraform, aws, cargo, oci, npm, pypi, gem, http or vault)"
+                "unknown tool `{other}` (git, kubectl, terraform, aws, cargo, oci, npm, pypi, gem, nuget, http or vault)"
             )),
         }
     }

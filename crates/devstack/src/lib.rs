@@ -19,6 +19,7 @@ mod issuer;
 mod kube_api;
 mod metadata;
 mod module_registry;
+mod nuget;
 mod oci_front;
 mod pypi;
 mod pypi_index;
@@ -48,6 +49,7 @@ pub use metadata::{
     AZURE_IMDS_SUBJECT, AZURE_IMDS_TOKEN_PATH, GCE_IDENTITY_PATH, GCE_SUBJECT, MetadataRequest, MetadataServer,
 };
 pub use module_registry::{MODULE, ModuleRegistry};
+pub use nuget::{NUGET_AUDIENCE, NUGET_KEY_REFUSED, NugetGallery, NugetPolicy};
 pub use oci_front::OciFront;
 pub use pypi::{PYPI_AUDIENCE, Pypi, pytp_key};
 pub use pypi_index::{PYPI_INDEX_PROJECTS, PypiIndex, pypi_greeting};

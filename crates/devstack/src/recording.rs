@@ -48,7 +48,10 @@ pub(crate) fn record(requests: &Mutex<Vec<RecordedRequest>>, parts: &Parts, body
         .iter()
         .map(|(name, value)| {
             let value = value.to_str().unwrap_or_default();
-            let shown = if *name == header::AUTHORIZATION {
+            let shown = if *name == "x-nuget-apikey" {
+                // NuGet's push key is the whole value.
+                format!("Plain {}", mayfly_core::Fingerprint::of(value))
+            } else if *name == header::AUTHORIZATION {
                 // A value that is neither Bearer nor Basic is the token itself (`gem push`).
                 credential(value).map_or_else(
                     || format!("Plain {}", mayfly_core::Fingerprint::of(value)),

@@ -6,7 +6,7 @@ use mayfly_core::{Config, Env, Tool};
 use super::finding::{Finding, Severity, replace};
 
 /// Variables that hold a registry's or forge's token, with the tool whose route replaces them.
-const TOKENS: [(&str, Tool, Option<&str>); 11] = [
+const TOKENS: [(&str, Tool, Option<&str>); 12] = [
     ("GITHUB_TOKEN", Tool::Git, Some("github.com")),
     ("GH_TOKEN", Tool::Git, Some("github.com")),
     ("GH_ENTERPRISE_TOKEN", Tool::Git, None),
@@ -17,6 +17,7 @@ const TOKENS: [(&str, Tool, Option<&str>); 11] = [
     ("TWINE_PASSWORD", Tool::Pypi, None),
     ("PYPI_TOKEN", Tool::Pypi, None),
     ("GEM_HOST_API_KEY", Tool::Gem, None),
+    ("NUGET_API_KEY", Tool::Nuget, Some("www.nuget.org")),
     ("DOCKER_PASSWORD", Tool::Oci, None),
 ];
 

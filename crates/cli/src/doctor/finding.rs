@@ -88,6 +88,7 @@ pub(crate) fn replace(config: Option<&Config>, tool: Tool, host: Option<&str>) -
         Tool::Pypi => "`mayfly exec` runs twine through the shim",
         Tool::Gem => "`mayfly exec` runs `gem push` through the shim",
         Tool::Vault => "`mayfly setup` wires the token helper",
+        Tool::Nuget => "`mayfly exec --proxy` adds the key to `nuget push`",
         _ => "`mayfly setup` wires it",
     };
     let tool_name = tool.as_str();

@@ -12,6 +12,7 @@
 //!   workload's ID token at their own endpoint;
 //! - [`gitlab`]: GitLab's token exchange (experimental), tokens for GitLab's services;
 //! - [`rubygems`]: RubyGems trusted publishing, push keys for `gem push`;
+//! - [`nuget`]: NuGet trusted publishing, API keys for `nuget push`;
 //! - [`vault`]: Vault and OpenBao JWT auth login, tokens that revoke themselves;
 //! - [`gcp_sts`]: Google Cloud STS (workload identity federation), optionally
 //!   impersonating a service account;
@@ -30,6 +31,7 @@ pub(crate) mod docker_hub;
 pub(crate) mod gitlab;
 pub(crate) mod hugging_face;
 pub(crate) mod jfrog;
+pub(crate) mod nuget;
 pub(crate) mod rubygems;
 
 use serde::Serialize;
@@ -284,7 +286,7 @@ pub(crate) trait Protocol: Sync {
 
 impl ExchangeKind {
     /// Every kind, for parsing and for messages.
-    pub(crate) const ALL: [Self; 16] = [
+    pub(crate) const ALL: [Self; 17] = [
         Self::Rfc8693,
         Self::AwsSts,
         Self::CratesIo,
@@ -301,6 +303,7 @@ impl ExchangeKind {
         Self::Azure,
         Self::Gitlab,
         Self::Rubygems,
+        Self::Nuget,
     ];
 
     /// The protocol this kind speaks.
@@ -322,6 +325,7 @@ impl ExchangeKind {
             Self::Azure => &azure::Azure,
             Self::Gitlab => &gitlab::Gitlab,
             Self::Rubygems => &rubygems::Rubygems,
+            Self::Nuget => &nuget::Nuget,
         }
     }
 

@@ -16,7 +16,7 @@
 
 use serde_json::{Value, json};
 
-use super::trusted_publishing::{post, refused, token_in};
+use super::trusted_publishing::{at_minting_host, post, refused, seconds_until, token_in};
 use super::{Ask, Error, ExchangeResponse, Protocol};
 use crate::Tool;
 use crate::config::{ExchangeConfig, Scheme};
@@ -54,11 +54,8 @@ impl Protocol for Rubygems {
     }
 
     fn check_route(&self, config: &ExchangeConfig, host: &str) -> Result<(), String> {
-        // The key is the gem host's own: it must not be handed to another host.
-        match crate::target::host_port(&config.token_endpoint) {
-            Some(endpoint) if endpoint == host => Ok(()),
-            _ => Err(format!("exchange `{}` is the gem host at another host", config.name)),
-        }
+        // The key is the registry's own: it must not be handed to another host.
+        at_minting_host(config, host, "the gem host")
     }
 
     fn request(&self, ask: &Ask<'_>) -> Result<ExchangeResponse, Error> {
@@ -79,16 +76,7 @@ pub(crate) fn parse(exchange: &str, status: u16, body: &[u8], now: i64) -> Resul
             let expires_in = match body.get("expires_at") {
                 None | Some(Value::Null) => KEY_LIFETIME,
                 Some(at) => {
-                    let at = at
-                        .as_str()
-                        .and_then(|t| {
-                            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-                        })
-                        .map(time::OffsetDateTime::unix_timestamp);
-                    match at {
-                        Some(at) if at > now => (at - now) as u64,
-                        _ => return Err(malformed("an `expires_at` that is not a time to come")),
-                    }
+                    seconds_until(at, now).ok_or_else(|| malformed("an `expires_at` that is not a time to come"))?
                 }
             };
             let scope = body.get("scopes").and_then(Value::as_array).map(|scopes| {

@@ -420,6 +420,23 @@ pub(crate) fn token_in(value: Option<&serde_json::Value>, malformed: &dyn Fn(&st
     Ok(Secret::new(token))
 }
 
+/// A registry's own key goes only to the host that minted it: a route elsewhere is a
+/// config error naming the registry (`what`).
+pub(crate) fn at_minting_host(config: &ExchangeConfig, host: &str, what: &str) -> Result<(), String> {
+    match crate::target::host_port(&config.token_endpoint) {
+        Some(endpoint) if endpoint == host => Ok(()),
+        _ => Err(format!("exchange `{}` is {what} at another host", config.name)),
+    }
+}
+
+/// Seconds from `now` until an answer's RFC 3339 expiry; `None` when it is no such time
+/// or not one to come.
+pub(crate) fn seconds_until(at: &serde_json::Value, now: i64) -> Option<u64> {
+    let at = time::OffsetDateTime::parse(at.as_str()?, &time::format_description::well_known::Rfc3339).ok()?;
+    let seconds = at.unix_timestamp() - now;
+    (seconds > 0).then_some(seconds.unsigned_abs())
+}
+
 pub(crate) fn refused(exchange: &str, code: &str, description: Option<&str>) -> Error {
     Error::Denied {
         exchange: exchange.into(),

@@ -33,6 +33,7 @@ use operation::{Family, Subject};
 mod ca;
 mod env;
 mod guard;
+mod nuget;
 mod oci;
 mod operation;
 mod replay;
@@ -198,6 +199,7 @@ fn refusal(family: Family, status: StatusCode, line: &str) -> Response<Body> {
         Family::Cargo => serde_json::json!({ "errors": [{ "detail": line }] }),
         // The distribution API's error shape, which docker clients print.
         Family::Oci => serde_json::json!({ "errors": [{ "code": "DENIED", "message": line }] }),
+        Family::Nuget => return nuget::refusal(status, line),
         Family::Git | Family::Pypi | Family::Rest => return text(status, line),
     };
     let mut response = Response::new(Full::new(Bytes::from(json.to_string())).map_err(|never| match never {}).boxed());
@@ -503,10 +505,17 @@ async fn forward(
         Ok(target) => target,
         Err(e) => return refuse(e.to_string(), Some(operation)),
     };
+    // A NuGet gallery's reads go upstream without a key, routed or not.
+    let keyless = nuget::keyless(family, operation);
     let route = match state.settings.broker.resolve(&target) {
-        Resolution::Route(route) => Some(route.clone()),
+        Resolution::Route(route) if !keyless => Some(route.clone()),
         _ => None,
     };
+    if let Some(route) = &route
+        && let Err(reason) = nuget::check_routed(family, state.settings.broker.config(), route, &method, &path)
+    {
+        return refuse(reason, Some(operation));
+    }
     let route_name = route.as_ref().map(|r| r.name.clone()).unwrap_or_default();
     let denied = |reason: String| {
         state.line(Outcome::Denied, method.as_str(), host, &path, Some(&target), |e| {
@@ -517,7 +526,7 @@ async fn forward(
         refusal(family, StatusCode::FORBIDDEN, &format!("mayfly: {reason}"))
     };
     if route.is_none() {
-        if state.settings.deny_unrouted {
+        if state.settings.deny_unrouted && !keyless {
             state.line(Outcome::Denied, method.as_str(), host, &path, Some(&target), |e| {
                 e.operation = operation.as_str().into();
                 e.reason = Some("no route for this repository".into());
@@ -527,9 +536,11 @@ async fn forward(
                 &format!("mayfly: no route for `{}`, and this session refuses unrouted requests", target.display()),
             );
         }
-        if parts.headers.get(header::AUTHORIZATION).is_some_and(|v| placeholder(v.as_bytes())) {
+        // Every placeholder goes, however many `Authorization` lines the client sent.
+        if parts.headers.get_all(header::AUTHORIZATION).iter().any(|v| placeholder(v.as_bytes())) {
             parts.headers.remove(header::AUTHORIZATION);
         }
+        nuget::drop_placeholder(&mut parts.headers);
     }
     // A cached token the upstream refuses (`401`) is dropped and the request sent once more
     // with a fresh one, its body kept for that within its cap and the proxy's budget: not
@@ -556,7 +567,7 @@ async fn forward(
                 // again as if it were fresh.
                 return denied(format!("`{host}` refused the cached token, and no fresh one could be got"));
             }
-            parts.headers.insert(header::AUTHORIZATION, value);
+            parts.headers.insert(credential_header(family), value);
             fingerprint = Some(minted);
             from_cache = issued.from_cache;
             if from_cache && attempt == 1 && replays {
@@ -666,6 +677,8 @@ fn authorization(family: Family, issued: &mayfly_core::Issued) -> Option<header:
     let scheme = match family {
         Family::Npm => Scheme::Bearer,
         Family::Pypi => Scheme::Basic,
+        // NuGet's key is the whole `X-NuGet-ApiKey` value.
+        Family::Nuget => Scheme::Plain,
         _ => issued.scheme,
     };
     let value = match scheme {
@@ -677,6 +690,14 @@ fn authorization(family: Family, issued: &mayfly_core::Issued) -> Option<header:
     let mut value = header::HeaderValue::from_str(&value).ok()?;
     value.set_sensitive(true);
     Some(value)
+}
+
+/// The header a family's credential goes in: NuGet's `X-NuGet-ApiKey`, else `Authorization`.
+fn credential_header(family: Family) -> header::HeaderName {
+    match family {
+        Family::Nuget => header::HeaderName::from_static(nuget::API_KEY),
+        _ => header::AUTHORIZATION,
+    }
 }
 
 /// A token for a target and operation through the broker (its cache, exchange, policy

@@ -24,6 +24,8 @@ pub(crate) enum Family {
     Rest,
     /// An OCI registry (the distribution API), whose token challenge the proxy answers.
     Oci,
+    /// A NuGet gallery: the key goes into a push's `X-NuGet-ApiKey`.
+    Nuget,
 }
 
 impl Family {
@@ -37,6 +39,7 @@ impl Family {
             Tool::Pypi => Some(Self::Pypi),
             Tool::Kubectl | Tool::Terraform => Some(Self::Rest),
             Tool::Oci => Some(Self::Oci),
+            Tool::Nuget => Some(Self::Nuget),
             _ => None,
         }
     }
@@ -80,6 +83,7 @@ pub(crate) fn detect(family: Family, method: &Method, path: &str, query: Option<
         Family::Npm => npm(method, path),
         Family::Cargo => cargo(method, path),
         Family::Pypi => pypi(method, path),
+        Family::Nuget => super::nuget::detect(method, path),
         Family::Rest => {
             let operation = if reads(method) { Operation::Read } else { Operation::Write };
             Ok(Detected { operation, subject: Subject::Host })
