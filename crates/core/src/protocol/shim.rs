@@ -120,16 +120,21 @@ const TWINE_VALUED: &[&str] = &["--repository-url", "--repository", "-r", "--use
 
 /// Positional arguments: everything not a flag and not a flag's value (`--registry X`).
 fn positionals<'a>(args: &'a [String], valued: &[&str]) -> Vec<&'a str> {
+    positions(args, valued, &[]).into_iter().map(|i| args[i].as_str()).collect()
+}
+
+/// Where the positional arguments of `args` are, the indices in `skipped` aside.
+fn positions(args: &[String], valued: &[&str], skipped: &[usize]) -> Vec<usize> {
     let mut out = Vec::new();
     let mut skip = false;
-    for arg in args {
-        if std::mem::take(&mut skip) {
+    for (i, arg) in args.iter().enumerate() {
+        if skipped.contains(&i) || std::mem::take(&mut skip) {
             continue;
         }
         if valued.contains(&arg.as_str()) {
             skip = true;
         } else if !arg.starts_with('-') {
-            out.push(arg.as_str());
+            out.push(i);
         }
     }
     out
@@ -441,6 +446,29 @@ fn gem_of(file: &str, cwd: &Path) -> Result<String, Refusal> {
     Ok(name)
 }
 
+/// A private copy of the `.gem` a `gem push` names, and the command line naming the copy,
+/// or `None` for any other gem command (or a push [`gem_need`] refuses). The shim checks
+/// the copy and gem pushes it, so a file swapped while the key is minted is not what
+/// gets pushed. The copy lives in a directory only this user can enter, removed with it.
+fn gem_copy(args: &[OsString], cwd: &Path) -> Result<Option<(tempfile::TempDir, Vec<OsString>)>, Refusal> {
+    let strings: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let dropped: Vec<usize> = gem_hosts(&strings).iter().flat_map(|&(at, span, _)| at..at + span).collect();
+    let &[command, file] = positions(&strings, GEM_VALUED, &dropped).as_slice() else { return Ok(None) };
+    let Some(name) = Path::new(&args[file]).file_name().filter(|_| matches!(&*strings[command], "push" | "pus" | "pu"))
+    else {
+        return Ok(None);
+    };
+    let failed = |e: std::io::Error| {
+        Refusal::Failed(format!("`gem push`: cannot copy `{}`: {e}", crate::sanitize_for_terminal(&strings[file])))
+    };
+    let dir = tempfile::Builder::new().prefix("mayfly-gem-").tempdir().map_err(failed)?;
+    let copy = dir.path().join(name);
+    std::fs::copy(cwd.join(&args[file]), &copy).map_err(failed)?;
+    let mut args = args.to_vec();
+    args[file] = copy.into_os_string();
+    Ok(Some((dir, args)))
+}
+
 /// The command line the real tool runs once it holds a token: `gem push` with `--host`
 /// pinned to the host the key is for, so neither `RUBYGEMS_HOST` nor the gem's own
 /// `default_gem_server`/`allowed_push_host` can send it elsewhere (gem refuses a gem whose
@@ -584,6 +612,11 @@ pub fn run(
         ));
         return exec(runner, &[all], &phases::quiet());
     }
+    if family == Family::Gem {
+        if let Some((copy, args)) = gem_copy(args, cwd)? {
+            return gem_push(copy, &Step { args, ..all }, env, cwd, ancestry, runner);
+        }
+    }
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     if family.uploads_only() {
         let Some(need) = need(family, &args, &env, cwd)? else { return exec(runner, &[all], &[]) };
@@ -648,6 +681,27 @@ pub fn run(
             then_without_token(code, &after, runner)
         }
     }
+}
+
+/// `gem push` of the private copy in `copy` that `push` names: checked, pushed with a
+/// key when a route gives one, and removed once gem exits.
+fn gem_push(
+    copy: tempfile::TempDir,
+    push: &Step,
+    env: Env,
+    cwd: &Path,
+    ancestry: &dyn Fn() -> Vec<Process>,
+    runner: &mut dyn Runner,
+) -> Result<i32, Refusal> {
+    let args: Vec<String> = push.args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let need = need(Family::Gem, &args, &env, cwd)?.ok_or_else(|| Refusal::Failed("`gem push`: not a push".into()))?;
+    let (step, vars) = match mint(Family::Gem, &need, &args, env, ancestry)? {
+        Some(vars) => (Step { args: pinned_args(Family::Gem, &need, &push.args), ..push.clone() }, vars),
+        None => (push.clone(), Vec::new()),
+    };
+    let code = runner.run(&step, &vars).map_err(Refusal::Failed)?;
+    drop((vars, copy));
+    Ok(code)
 }
 
 /// After the step that held the token exited with `code`: the steps without it, in place
