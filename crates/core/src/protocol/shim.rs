@@ -612,10 +612,10 @@ pub fn run(
         ));
         return exec(runner, &[all], &phases::quiet());
     }
-    if family == Family::Gem {
-        if let Some((copy, args)) = gem_copy(args, cwd)? {
-            return gem_push(copy, &Step { args, ..all }, env, cwd, ancestry, runner);
-        }
+    if family == Family::Gem
+        && let Some((copy, args)) = gem_copy(args, cwd)?
+    {
+        return gem_push(copy, &Step { args, ..all }, env, cwd, ancestry, runner);
     }
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     if family.uploads_only() {
