@@ -311,6 +311,15 @@ fn the_bao_cli_gets_its_token_from_the_token_helper_and_never_stores_one() {
     );
     let accessor = issued[0]["token_id"].as_str().unwrap().to_owned();
     assert!(bao.accessor_alive(&accessor));
+    // The helper reads the CLI's own command line: an `-address` naming the same server is
+    // taken, one naming another gets no token.
+    let address = format!("-address={}", bao.addr);
+    let out = bao_cli(&stack, &bao, &["kv", "get", &address, "-field=password", "secret/app"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bao_cli(&stack, &bao, &["kv", "get", "-address=http://127.0.0.1:1", "secret/app"]);
+    assert!(!out.status.success());
+    let issued = stack.client_audit().into_iter().filter(|l| l["outcome"] == "issued").count();
+    assert_eq!(issued, 1, "no token for another address");
 
     // A login's token is refused by the helper, so the CLI keeps it nowhere (it says so,
     // and shows that login's own token "for your records").

@@ -16,6 +16,7 @@
 //! up in artifacts and images.
 
 mod edits;
+pub(crate) use edits::unsafe_for_shell;
 mod guard_hooks;
 mod journal;
 
@@ -543,6 +544,9 @@ fn wire_vault(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
         return Ok(());
     }
     let helper = cx.bin.join("vault-token-helper-mayfly").display().to_string();
+    if let Some(why) = edits::unsafe_for_shell(&helper) {
+        anyhow::bail!("{why}");
+    }
     let files = [(mayfly_core::EnvVars::VAULT_CONFIG_PATH, ".vault"), (mayfly_core::EnvVars::BAO_CONFIG_PATH, ".bao")];
     for (var, default) in files {
         let path = cx.env.path(var).unwrap_or_else(|| cx.home.join(default));

@@ -80,6 +80,8 @@ impl EnvVars {
     pub const GIT_CONFIG_NOSYSTEM: &'static str = "GIT_CONFIG_NOSYSTEM";
     /// OpenBao's CLI: the server's address; it sets this and `VAULT_ADDR` for its token helper.
     pub const BAO_ADDR: &'static str = "BAO_ADDR";
+    /// OpenBao's CLI: an agent it talks to instead of `BAO_ADDR`.
+    pub const BAO_AGENT_ADDR: &'static str = "BAO_AGENT_ADDR";
     /// OpenBao's CLI: its config file (`token_helper`), else `~/.bao`.
     pub const BAO_CONFIG_PATH: &'static str = "BAO_CONFIG_PATH";
     /// kubectl: the kubeconfig files, `:`-separated.
@@ -94,8 +96,10 @@ impl EnvVars {
     pub const TWINE_REPOSITORY: &'static str = "TWINE_REPOSITORY";
     /// twine: the upload URL.
     pub const TWINE_REPOSITORY_URL: &'static str = "TWINE_REPOSITORY_URL";
-    /// Vault's CLI: the server's address, set for its token helper.
+    /// Vault's CLI: the server's address; its token helper inherits it, not `-address`.
     pub const VAULT_ADDR: &'static str = "VAULT_ADDR";
+    /// Vault's CLI: an agent it talks to instead of `VAULT_ADDR`.
+    pub const VAULT_AGENT_ADDR: &'static str = "VAULT_AGENT_ADDR";
     /// Vault's CLI (and OpenBao's): its config file (`token_helper`), else `~/.vault`.
     pub const VAULT_CONFIG_PATH: &'static str = "VAULT_CONFIG_PATH";
     /// A Wayland display: `mayfly login` may open a browser with `xdg-open`.

@@ -176,12 +176,18 @@ pub(crate) fn wire(config: &Config, env: &Env, bin: &Path, runtime: &Path) -> Wi
 
     // vault and bao: a private CLI config naming the token helper. The file holds nothing
     // else the CLIs read, so the user's own is not needed.
+    // The CLIs run the helper through a shell, so a path it would split is not named.
     if config.routes.iter().any(|r| r.tool == Tool::Vault) {
-        let path = runtime.join("vault.hcl");
-        let helper = serde_json::Value::from(helper("vault-token-helper-mayfly"));
-        wiring.files.push((path.clone(), format!("token_helper = {helper}\n")));
-        wiring.set(mayfly_core::EnvVars::VAULT_CONFIG_PATH, path.display().to_string());
-        wiring.set(mayfly_core::EnvVars::BAO_CONFIG_PATH, path.display().to_string());
+        let helper = helper("vault-token-helper-mayfly");
+        if let Some(why) = crate::setup::unsafe_for_shell(&helper) {
+            wiring.warnings.push(format!("vault and bao are not wired: {why}"));
+        } else {
+            let path = runtime.join("vault.hcl");
+            let helper = serde_json::Value::from(helper);
+            wiring.files.push((path.clone(), format!("token_helper = {helper}\n")));
+            wiring.set(mayfly_core::EnvVars::VAULT_CONFIG_PATH, path.display().to_string());
+            wiring.set(mayfly_core::EnvVars::BAO_CONFIG_PATH, path.display().to_string());
+        }
     }
 
     let path = env.get(mayfly_core::EnvVars::PATH).unwrap_or("/usr/local/bin:/usr/bin:/bin");

@@ -129,23 +129,48 @@ pub(crate) fn terraform_helper(current: Option<&str>) -> anyhow::Result<(Option<
 }
 
 /// A Vault or OpenBao CLI config with `token_helper` naming `helper`, or `None` when it
-/// does already, and a note when it names another helper (left alone).
+/// does already, and a note when it names another helper or is JSON (left alone either way).
 pub(crate) fn vault_token_helper(current: Option<&str>, helper: &str) -> (Option<String>, Option<String>) {
     let text = current.unwrap_or("");
-    let line = format!("token_helper = {}", serde_json::Value::from(helper));
-    match text.lines().map(str::trim).find(|l| l.starts_with("token_helper")) {
-        Some(configured) if configured == line => (None, None),
+    let value = serde_json::Value::from(helper);
+    if text.trim_start().starts_with('{') {
+        let ours = serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v["token_helper"] == value);
+        let note = format!(
+            "the Vault/OpenBao CLI config is JSON, which setup does not edit: add \"token_helper\": {value} to it"
+        );
+        return (None, (!ours).then_some(note));
+    }
+    let configured = text.lines().find_map(|line| {
+        let (key, v) = line.split_once('=')?;
+        let key = key.trim();
+        (key == "token_helper" || key == "\"token_helper\"").then(|| v.trim())
+    });
+    match configured {
+        Some(configured) if serde_json::from_str::<serde_json::Value>(configured).is_ok_and(|v| v == value) => {
+            (None, None)
+        }
         Some(_) => (None, Some("the Vault/OpenBao CLI config already names another token_helper; left alone".into())),
         None => {
             let mut out = text.to_owned();
             if !out.is_empty() && !out.ends_with('\n') {
                 out.push('\n');
             }
-            out.push_str(&line);
-            out.push('\n');
+            out.push_str(&format!("token_helper = {value}\n"));
             (Some(out), None)
         }
     }
+}
+
+/// Why `path` cannot be a Vault/OpenBao `token_helper`: the CLIs run it through
+/// `$SHELL -c`, so a space or a shell metacharacter in it would run something else.
+pub(crate) fn unsafe_for_shell(path: &str) -> Option<String> {
+    let safe = |c: char| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | '+' | ',' | '@' | '%' | ':');
+    (path.is_empty() || !path.chars().all(safe)).then(|| {
+        format!(
+            "the token helper's path `{}` has a space or shell metacharacter, and the vault and bao CLIs run it through a shell: install mayfly under a plain path",
+            mayfly_core::sanitize_for_terminal(path)
+        )
+    })
 }
 
 #[cfg(test)]
@@ -159,6 +184,29 @@ mod tests {
         assert_eq!(vault_token_helper(Some(&new), "/bin/vault-token-helper-mayfly"), (None, None), "idempotent");
         let (new, note) = vault_token_helper(Some("token_helper = \"/bin/other\""), "/bin/vault-token-helper-mayfly");
         assert!(new.is_none() && note.is_some());
+        // The key exactly, bare or quoted.
+        let quoted = "\"token_helper\" = \"/bin/other\"\n";
+        let (new, note) = vault_token_helper(Some(quoted), "/bin/vault-token-helper-mayfly");
+        assert!(new.is_none() && note.unwrap().contains("another token_helper"));
+        let quoted = "\"token_helper\" = \"/bin/vault-token-helper-mayfly\"\n";
+        assert_eq!(vault_token_helper(Some(quoted), "/bin/vault-token-helper-mayfly"), (None, None));
+        let other_key = "token_helper_x = \"/bin/other\"\n";
+        let new = vault_token_helper(Some(other_key), "/bin/vault-token-helper-mayfly").0.unwrap();
+        assert!(new.ends_with("token_helper = \"/bin/vault-token-helper-mayfly\"\n"), "{new}");
+        // JSON is left alone, with one line.
+        let json = "{\"token_helper\": \"/bin/other\"}\n";
+        let (new, note) = vault_token_helper(Some(json), "/bin/vault-token-helper-mayfly");
+        assert!(new.is_none() && note.unwrap().contains("is JSON"));
+        let json = "{\"token_helper\": \"/bin/vault-token-helper-mayfly\"}";
+        assert_eq!(vault_token_helper(Some(json), "/bin/vault-token-helper-mayfly"), (None, None));
+    }
+
+    #[test]
+    fn a_token_helper_path_the_shell_would_split_is_refused() {
+        assert_eq!(unsafe_for_shell("/home/me/.local/bin/vault-token-helper-mayfly"), None);
+        for bad in ["/home/my files/bin/h", "/x/$(id)/h", "/x/a;b", "/x/`id`", "/x/a'b", "/x/a\nb", ""] {
+            assert!(unsafe_for_shell(bad).is_some_and(|e| e.contains("shell metacharacter")), "{bad:?}");
+        }
     }
 
     #[test]

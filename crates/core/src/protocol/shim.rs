@@ -108,7 +108,7 @@ pub struct Need {
 pub fn need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Option<Need>, Refusal> {
     match family {
         Family::Twine => twine_need(args, env),
-        Family::Gem => gem_need(args, env, cwd),
+        Family::Gem => gem_need(args, env, cwd, None),
         _ => npm_need(family, args, env, cwd),
     }
 }
@@ -120,16 +120,21 @@ const TWINE_VALUED: &[&str] = &["--repository-url", "--repository", "-r", "--use
 
 /// Positional arguments: everything not a flag and not a flag's value (`--registry X`).
 fn positionals<'a>(args: &'a [String], valued: &[&str]) -> Vec<&'a str> {
+    positions(args, valued, &[]).into_iter().map(|i| args[i].as_str()).collect()
+}
+
+/// Where the positional arguments of `args` are, the indices in `skipped` aside.
+fn positions(args: &[String], valued: &[&str], skipped: &[usize]) -> Vec<usize> {
     let mut out = Vec::new();
     let mut skip = false;
-    for arg in args {
-        if std::mem::take(&mut skip) {
+    for (i, arg) in args.iter().enumerate() {
+        if skipped.contains(&i) || std::mem::take(&mut skip) {
             continue;
         }
         if valued.contains(&arg.as_str()) {
             skip = true;
         } else if !arg.starts_with('-') {
-            out.push(arg.as_str());
+            out.push(i);
         }
     }
     out
@@ -369,7 +374,7 @@ const GEM_VALUED: &[&str] = &["--host", "-k", "--key", "--otp", "-p", "--http-pr
 /// `gem push FILE.gem`: a publish of the gem the file holds ([`gem_of`]), to `--host`, else
 /// `RUBYGEMS_HOST`, else RubyGems.org. gem's other commands need no token: they run
 /// without one.
-fn gem_need(args: &[String], env: &Env, cwd: &Path) -> Result<Option<Need>, Refusal> {
+fn gem_need(args: &[String], env: &Env, cwd: &Path, copy: Option<&Path>) -> Result<Option<Need>, Refusal> {
     let hosts = gem_hosts(args);
     let rest: Vec<String> = without(args, &hosts).cloned().collect();
     let words = positionals(&rest, GEM_VALUED);
@@ -409,7 +414,7 @@ fn gem_need(args: &[String], env: &Env, cwd: &Path) -> Result<Option<Need>, Refu
         [] => return Err(Refusal::Failed("`gem push`: no gem file named".into())),
         _ => return Err(Refusal::Failed("`gem push`: one gem per push, so its key names one gem".into())),
     };
-    let gem = gem_of(file, cwd)?;
+    let gem = gem_of(file, copy.map_or_else(|| cwd.join(file), Path::to_path_buf).as_path())?;
     Ok(Some(Need {
         registry,
         operation: Operation::Publish,
@@ -423,15 +428,10 @@ fn gem_need(args: &[String], env: &Env, cwd: &Path) -> Result<Option<Need>, Refu
 /// registry publishes it as. The file must be named for it too (`NAME-VERSION.gem` or
 /// `NAME-VERSION-PLATFORM.gem`), so a file named for one gem cannot carry another past a
 /// route's `path` pattern.
-fn gem_of(file: &str, cwd: &Path) -> Result<String, Refusal> {
+fn gem_of(file: &str, read: &Path) -> Result<String, Refusal> {
     let shown = crate::sanitize_for_terminal(file);
-    let stem = Path::new(file).file_name().and_then(|f| f.to_str()).and_then(|f| f.strip_suffix(".gem"));
-    let versioned = |s: &str| s.split('-').skip(1).any(|part| part.starts_with(|c: char| c.is_ascii_digit()));
-    let Some(stem) = stem.filter(|s| versioned(s)) else {
-        return Err(Refusal::Failed(format!("`gem push`: `{shown}` is not a gem file named NAME-VERSION.gem")));
-    };
-    let name =
-        gem::spec_name(&cwd.join(file)).map_err(|why| Refusal::Failed(format!("`gem push`: `{shown}`: {why}")))?;
+    let stem = gem_stem(file)?;
+    let name = gem::spec_name(read).map_err(|why| Refusal::Failed(format!("`gem push`: `{shown}`: {why}")))?;
     let version = stem.strip_prefix(name.as_str()).and_then(|s| s.strip_prefix('-'));
     if !version.is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit())) {
         return Err(Refusal::Failed(format!(
@@ -439,6 +439,36 @@ fn gem_of(file: &str, cwd: &Path) -> Result<String, Refusal> {
         )));
     }
     Ok(name)
+}
+
+/// `NAME-VERSION` of a file named `NAME-VERSION.gem` (or `NAME-VERSION-PLATFORM.gem`).
+fn gem_stem(file: &str) -> Result<&str, Refusal> {
+    let stem = Path::new(file).file_name().and_then(|f| f.to_str()).and_then(|f| f.strip_suffix(".gem"));
+    let versioned = |s: &str| s.split('-').skip(1).any(|part| part.starts_with(|c: char| c.is_ascii_digit()));
+    stem.filter(|s| versioned(s)).ok_or_else(|| {
+        let shown = crate::sanitize_for_terminal(file);
+        Refusal::Failed(format!("`gem push`: `{shown}` is not a gem file named NAME-VERSION.gem"))
+    })
+}
+
+/// A private copy of the `.gem` a `gem push` names, and where the file is in `args`, or
+/// `None` for any other gem command (or a push [`gem_need`] refuses). The shim checks the
+/// copy and gem pushes it, so a file swapped while the key is minted is not what gets
+/// pushed. The copy lives in a directory only this user can enter, removed with it.
+fn gem_copy(args: &[String], cwd: &Path) -> Result<Option<(tempfile::TempDir, usize, PathBuf)>, Refusal> {
+    let dropped: Vec<usize> = gem_hosts(args).iter().flat_map(|&(at, span, _)| at..at + span).collect();
+    let &[command, file] = positions(args, GEM_VALUED, &dropped).as_slice() else { return Ok(None) };
+    if !matches!(&*args[command], "push" | "pus" | "pu") || args.iter().any(|a| a == "--") {
+        return Ok(None);
+    }
+    let name = gem_stem(&args[file])?;
+    let failed = |e: std::io::Error| {
+        Refusal::Failed(format!("`gem push`: `{}`: cannot open it: {e}", crate::sanitize_for_terminal(&args[file])))
+    };
+    let dir = tempfile::Builder::new().prefix("mayfly-gem-").tempdir().map_err(failed)?;
+    let copy = dir.path().join(format!("{name}.gem"));
+    std::fs::copy(cwd.join(&args[file]), &copy).map_err(failed)?;
+    Ok(Some((dir, file, copy)))
 }
 
 /// The command line the real tool runs once it holds a token: `gem push` with `--host`
@@ -585,6 +615,11 @@ pub fn run(
         return exec(runner, &[all], &phases::quiet());
     }
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    if family == Family::Gem
+        && let Some(copy) = gem_copy(&args, cwd)?
+    {
+        return gem_push(copy, &args, all, env, cwd, ancestry, runner);
+    }
     if family.uploads_only() {
         let Some(need) = need(family, &args, &env, cwd)? else { return exec(runner, &[all], &[]) };
         return match mint(family, &need, &args, env, ancestry)? {
@@ -648,6 +683,32 @@ pub fn run(
             then_without_token(code, &after, runner)
         }
     }
+}
+
+/// `gem push` of the private copy `copy` made of the file at `args[at]`: checked, pushed
+/// with a key when a route gives one, and removed once gem exits.
+fn gem_push(
+    (dir, at, copy): (tempfile::TempDir, usize, PathBuf),
+    args: &[String],
+    mut push: Step,
+    env: Env,
+    cwd: &Path,
+    ancestry: &dyn Fn() -> Vec<Process>,
+    runner: &mut dyn Runner,
+) -> Result<i32, Refusal> {
+    let need = gem_need(args, &env, cwd, Some(&copy))?;
+    let need = need.ok_or_else(|| Refusal::Failed("`gem push`: not a push".into()))?;
+    push.args[at] = copy.into_os_string();
+    let vars = match mint(Family::Gem, &need, args, env, ancestry)? {
+        Some(vars) => {
+            push.args = pinned_args(Family::Gem, &need, &push.args);
+            vars
+        }
+        None => Vec::new(),
+    };
+    let code = runner.run(&push, &vars).map_err(Refusal::Failed)?;
+    drop((vars, dir));
+    Ok(code)
 }
 
 /// After the step that held the token exited with `code`: the steps without it, in place

@@ -6,7 +6,10 @@
 //! full name is `metadata` or `metadata.gz` and keeps the last, whatever its type, so an
 //! archive this reader and RubyGems might read differently is refused rather than
 //! guessed at: only plain ustar files, one specification, no uncompressed `metadata`.
-//! The YAML goes through libyaml, the parser RubyGems' Psych is built on.
+//! The YAML goes through libyaml, the parser RubyGems' Psych is built on, but Psych does
+//! more with what libyaml reads: it decodes tagged strings (`!binary ZXZp` is `evi`) and
+//! applies `<<` merge keys. So a specification with a `<<` key anywhere, a tagged key, or
+//! a tagged `name` is refused rather than read another way than RubyGems reads it.
 //!
 //! A hostile file costs little: the entries are skipped by seeking, at most
 //! [`MAX_ENTRIES`] of them, and the specification is read only up to
@@ -21,18 +24,20 @@ const MAX_ENTRIES: usize = 64;
 const MAX_METADATA_GZ: u64 = 1 << 20;
 /// The largest specification read once unzipped; a gem listing thousands of files stays
 /// well under it.
-const MAX_METADATA: u64 = 4 << 20;
+const MAX_METADATA: u64 = 1 << 20;
 
 /// The deepest nesting of `[` and `{` taken. libyaml keeps a list per flow level that it
 /// walks at every token, so its time grows with the square of the depth; RubyGems writes
 /// specifications in block style, with no flow collection but `[]` and `{}`.
 const MAX_FLOW_DEPTH: usize = 64;
 
-/// The part of a gem specification the shim reads; every other key is skipped.
-#[derive(serde::Deserialize)]
-struct Spec {
-    name: String,
-}
+/// The deepest indentation taken, in columns of leading spaces, `- ` and `? `: block
+/// nesting costs each level at least a column, so this bounds it too. RubyGems indents a
+/// specification a few levels deep.
+const MAX_INDENT: usize = 64;
+
+/// How much of a refused name an error line shows.
+const SHOWN_NAME: usize = 80;
 
 /// The `name` of the specification in the `.gem` at `path`, or why it cannot be read.
 pub(super) fn spec_name(path: &Path) -> Result<String, String> {
@@ -42,14 +47,68 @@ pub(super) fn spec_name(path: &Path) -> Result<String, String> {
     if flow_depth(text) > MAX_FLOW_DEPTH {
         return Err(format!("its specification nests flow collections deeper than {MAX_FLOW_DEPTH}"));
     }
-    let spec: Spec = serde_norway::from_str(text).map_err(|e| {
+    if let Some(line) = text.lines().position(|l| indent(l) > MAX_INDENT) {
+        return Err(format!("its specification is indented over {MAX_INDENT} columns deep at line {}", line + 1));
+    }
+    let spec: serde_norway::Value = serde_norway::from_str(text).map_err(|e| {
         let why = crate::sanitize_for_terminal(&e.to_string());
         format!("its specification is not one gem's: {}", why.chars().take(200).collect::<String>())
     })?;
-    if !valid_name(&spec.name) {
-        return Err(format!("its specification names `{}`, not a gem name", crate::sanitize_for_terminal(&spec.name)));
+    if let Some(why) = read_differently(&spec) {
+        return Err(format!("its specification {why}, which RubyGems may read as another name"));
     }
-    Ok(spec.name)
+    // The document itself is tagged `!ruby/object:Gem::Specification`.
+    let spec = match spec {
+        serde_norway::Value::Tagged(tagged) => tagged.value,
+        untagged => untagged,
+    };
+    let name = match spec.get("name") {
+        Some(serde_norway::Value::String(name)) => name.as_str(),
+        Some(serde_norway::Value::Tagged(_)) => {
+            return Err("its specification tags `name`, which RubyGems may decode".into());
+        }
+        Some(_) => return Err("its specification's `name` is not a string, so not a gem name".into()),
+        None => return Err("its specification is not one gem's: it has no `name`".into()),
+    };
+    if !valid_name(name) {
+        let shown: String = name.chars().take(SHOWN_NAME).collect();
+        let more = if name.chars().count() > SHOWN_NAME { "…" } else { "" };
+        return Err(format!(
+            "its specification names `{}{more}`, not a gem name",
+            crate::sanitize_for_terminal(&shown)
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// Why Psych might read `value` otherwise than serde_norway does: a `<<` merge key or a
+/// tagged key anywhere in it.
+fn read_differently(value: &serde_norway::Value) -> Option<&'static str> {
+    use serde_norway::Value;
+    match value {
+        Value::Mapping(map) => map.iter().find_map(|(key, value)| match key {
+            Value::String(key) if key == "<<" => Some("has a `<<` merge key"),
+            Value::Tagged(_) => Some("has a tagged key"),
+            key => read_differently(key).or_else(|| read_differently(value)),
+        }),
+        Value::Sequence(items) => items.iter().find_map(read_differently),
+        Value::Tagged(tagged) => read_differently(&tagged.value),
+        Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => None,
+    }
+}
+
+/// The columns of leading spaces, `- ` and `? ` on `line`: never less than the block
+/// nesting the line opens.
+fn indent(line: &str) -> usize {
+    let mut rest = line;
+    loop {
+        let next = rest.trim_start_matches(' ');
+        let next = next.strip_prefix("- ").or_else(|| next.strip_prefix("? ")).unwrap_or(next);
+        if next.len() == rest.len() {
+            return line.len() - rest.len();
+        }
+        rest = next;
+    }
 }
 
 /// RubyGems.org takes names of letters, digits, `.`, `-` and `_`, with a letter among them.

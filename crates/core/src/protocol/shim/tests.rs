@@ -509,3 +509,46 @@ fn gem_push_takes_the_gem_from_its_specification_not_its_file_name() {
     let err = push("missing-1.0.0.gem").unwrap_err().to_string();
     assert!(err.starts_with("`gem push`: `missing-1.0.0.gem`: cannot open it"), "{err}");
 }
+
+#[test]
+fn gem_pushes_the_copy_it_checked() {
+    use std::os::unix::fs::PermissionsExt;
+    /// Swaps the named gem for another before reading what gem would push.
+    struct Swapping(PathBuf, Vec<(Vec<OsString>, Vec<u8>)>);
+    impl Runner for Swapping {
+        fn run(&mut self, step: &Step, _: &[(String, String)]) -> Result<i32, String> {
+            super::gem::tests::write_gem(&self.0, "name: evil\n");
+            let pushed = Path::new(step.args.last().unwrap());
+            self.1.push((step.args.clone(), std::fs::read(pushed).unwrap()));
+            Ok(0)
+        }
+        fn output(&mut self, _: &Step, _: &[(String, String)]) -> Option<String> {
+            None
+        }
+        fn exec(&mut self, _: &[Step], _: &[(String, String)]) -> String {
+            "no exec expected".into()
+        }
+    }
+    let gems = gems();
+    let original = gems.path().join("a-1.gem");
+    let checked = std::fs::read(&original).unwrap();
+    let gem = gems.path().join("bin/gem");
+    std::fs::create_dir_all(gem.parent().unwrap()).unwrap();
+    std::fs::write(&gem, "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(&gem, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = gems.path().join("config.toml");
+    std::fs::write(&config, "").unwrap();
+    let env = Env::from_pairs([
+        ("PATH", gem.parent().unwrap().to_str().unwrap()),
+        ("MAYFLY_CONFIG", config.to_str().unwrap()),
+    ]);
+    let mut runner = Swapping(original.clone(), Vec::new());
+    let args = [OsString::from("push"), OsString::from("a-1.gem")];
+    let code = run(Family::Gem, &args, env, gems.path(), Path::new("/nonexistent/shim"), &Vec::new, &mut runner);
+    assert_eq!(code, Ok(0));
+    let [(pushed_args, pushed)] = &runner.1[..] else { panic!("{:?}", runner.1.len()) };
+    assert_eq!(pushed, &checked, "the bytes pushed are the bytes checked");
+    let copy = Path::new(pushed_args.last().unwrap());
+    assert!(copy.ends_with("a-1.gem") && copy != original);
+    assert!(!copy.exists(), "the copy is removed once gem exits");
+}
