@@ -159,6 +159,11 @@ impl HuggingFaceHub {
         tokens.get(token).filter(|(_, _, expires)| *expires > now()).map(|(resource, ..)| resource.clone())
     }
 
+    /// Every token it minted (tests look for them where they must not be).
+    pub fn minted(&self) -> Vec<String> {
+        self.inner.tokens.lock().map(|t| t.keys().cloned().collect()).unwrap_or_default()
+    }
+
     /// Every request so far, in order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.inner.requests.lock().map(|r| r.clone()).unwrap_or_default()
