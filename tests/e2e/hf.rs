@@ -269,6 +269,9 @@ fn uploads_the_shim_cannot_pin_to_one_repository_are_refused_before_any_exchange
         &["upload", "acme/model", "model.bin", "--token", "x"],
         &["upload", "datasets/acme/data", "model.bin"],
     ];
+    // The same shim uploads what it can pin, so a refusal below is the shim's choice.
+    assert_success(&fixture.hf(&["upload", "acme/model", "model.bin"], &[]));
+    let (seen, issued, files) = (fixture.hub.requests().len(), fixture.issued(), fixture.hub.files("acme/model"));
     for args in refused {
         let out = fixture.hf(args, &[]);
         assert!(!out.status.success(), "hf {args:?} was refused");
@@ -276,9 +279,11 @@ fn uploads_the_shim_cannot_pin_to_one_repository_are_refused_before_any_exchange
         let lines: Vec<&str> = stderr.lines().collect();
         assert_eq!(lines.len(), 1, "one line for hf {args:?}: {stderr}");
         assert!(lines[0].starts_with("mayfly: "), "{stderr}");
-        assert!(fixture.hub.requests().is_empty(), "nothing reached the Hub for hf {args:?}");
+        assert_eq!(fixture.hub.requests().len(), seen, "nothing reached the Hub for hf {args:?}");
     }
-    assert!(fixture.stack.client_audit().iter().all(|l| l["outcome"] != "issued"));
+    assert_eq!(fixture.issued(), issued, "no token issued for a refused command");
+    assert_eq!(fixture.hub.files("acme/model"), files);
+    assert!(fixture.hub.files("datasets/acme/data").is_empty());
 }
 
 #[test]
