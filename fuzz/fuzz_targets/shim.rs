@@ -2,7 +2,7 @@
 //! `package.json`, and the user's `.npmrc` (`need`), and the variables that carry a token
 //! to the real tool (`token_vars`).
 //!
-//! Input: a header line naming the tool (`npm`, `pnpm`, `yarn`, `twine`), one argument
+//! Input: a header line naming the tool (`npm`, `pnpm`, `yarn`, `twine`, `gem`, `hf`), one argument
 //! per line, then sections `--- env` (`NAME=value` lines), `--- npmrc`, `--- home-npmrc`
 //! and `--- package.json`, each written to its file for the run.
 //!
@@ -45,7 +45,8 @@ fuzz_target!(|data: &[u8]| {
     assert!(registry.host_str().is_some_and(|h| !h.is_empty()), "no host in {shown}");
     assert!(registry.path().ends_with('/') || family == Family::Twine, "{shown} does not end in `/`");
     assert!(!shown.chars().any(|c| c.is_whitespace() || c.is_control()), "{shown:?}");
-    assert!(need.package.is_none() || need.operation != Operation::Read, "a read names a package");
+    // hf's reads name the repository, the Hub's resource.
+    assert!(need.package.is_none() || need.operation != Operation::Read || family == Family::Hf, "a read names a package");
     let host = match registry.port() {
         Some(port) => format!("{}:{port}", registry.host_str().unwrap_or_default()),
         None => registry.host_str().unwrap_or_default().to_owned(),
@@ -65,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(!name.is_empty() && !name.contains('\0') && !name.contains('='), "variable name {name:?}");
         assert!(!value.contains('\0'), "value of {name}");
         let named_for_registry = name == format!("npm_config_//{host}{}:_authToken", registry.path())
-            || ["MAYFLY_NPM_TOKEN", "TWINE_PASSWORD"].contains(&name.as_str());
+            || ["MAYFLY_NPM_TOKEN", "TWINE_PASSWORD", "HF_TOKEN"].contains(&name.as_str());
         assert!(value != TOKEN || named_for_registry, "the token went into {name}");
     }
 });

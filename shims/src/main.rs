@@ -1,4 +1,4 @@
-//! `mayfly-shim`: installed (linked) as `npm`, `pnpm`, `yarn`, `twine` or `gem` ahead of the real
+//! `mayfly-shim`: installed (linked) as `npm`, `pnpm`, `yarn`, `twine`, `gem` or `hf` ahead of the real
 //! tool on PATH; `mayfly exec` does this for its session. Also runs as
 //! `mayfly-shim TOOL ARGS...`.
 
@@ -15,7 +15,9 @@ fn main() {
         family = Family::from_name(&args.remove(0).to_string_lossy());
     }
     let Some(family) = family else {
-        mayfly_core::protocol::warn("usage: mayfly-shim npm|pnpm|yarn|twine|gem ARGS... (or link it as one of them)");
+        mayfly_core::protocol::warn(
+            "usage: mayfly-shim npm|pnpm|yarn|twine|gem|hf ARGS... (or link it as one of them)",
+        );
         std::process::exit(2);
     };
     let shim = std::env::current_exe().unwrap_or_default();

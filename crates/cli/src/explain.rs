@@ -10,8 +10,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
 use mayfly_core::{
-    Broker, BrokerError, Cache, Config, Env, EnvVars, ExchangeError, Operation, Process, Resolution, Route, Scheme,
-    Target, Tool, protocol::one_line, sanitize_for_terminal,
+    Broker, BrokerError, Cache, Config, Env, EnvVars, ExchangeError, ExchangeKind, Operation, Process, Resolution,
+    Route, Scheme, Target, Tool, protocol::one_line, sanitize_for_terminal,
 };
 
 use crate::status::{rfc3339, span, table};
@@ -22,10 +22,11 @@ use crate::status::{rfc3339, span, table};
     mayfly explain oci registry.example.com/team/app\n  mayfly explain aws deploy --exchange")]
 pub(crate) struct Args {
     /// The tool whose request to explain
-    #[arg(value_parser = ["git", "kubectl", "terraform", "cargo", "oci", "npm", "pypi", "gem", "nuget", "aws", "http", "vault"])]
+    #[arg(value_parser = ["git", "kubectl", "terraform", "cargo", "oci", "npm", "pypi", "gem", "nuget", "aws", "http", "vault", "hf"])]
     tool: String,
-    /// `https://HOST/PATH` (git: the repository; cargo, npm, pypi: the package; gem: the gem; nuget: the
-    /// gallery), `HOST/REPO` for oci, the route name for aws
+    /// `https://HOST/PATH` (git: the repository; hf: the Hub's resource, `NS/NAME`,
+    /// `datasets/NS/NAME`, `spaces/NS/NAME`; cargo, npm, pypi: the package; gem: the gem; nuget:
+    /// the gallery), `HOST/REPO` for oci, the route name for aws
     target: String,
     /// The operation to ask for
     #[arg(long, default_value = "read", value_parser = ["read", "write", "publish", "yank", "owners"])]
@@ -40,12 +41,17 @@ pub(crate) struct Args {
 pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let env = Env::from_os();
     let broker = Broker::from_env(env.clone()).map_err(|e| anyhow!(one_line(&e)))?;
-    let tool: Tool = args.tool.parse().map_err(|e: String| anyhow!(e))?;
+    // hf's shim asks git's routes, with the Hub's resource as the repository path.
+    let hf = args.tool == "hf";
+    let tool: Tool = if hf { Tool::Git } else { args.tool.parse().map_err(|e: String| anyhow!(e))? };
     let operation: Operation = args.operation.parse().map_err(|e: String| anyhow!(e))?;
     let (target, note) = parse_target(tool, &args.target, operation)?;
-    let mut rows = vec![row("target", format!("{} ({})", target.display(), tool.as_str()))];
+    let mut rows = vec![row("target", format!("{} ({})", target.display(), args.tool))];
     if let Some(note) = note {
         rows.push(row("", note));
+    }
+    if hf {
+        rows.push(row("", "the hf shim asks for write for `hf upload`, read for `hf download`"));
     }
     let route = match broker.resolve(&target) {
         Resolution::Route(route) => route,
@@ -65,6 +71,11 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    let hugging_face =
+        broker.config().exchanges.get(&route.exchange).is_some_and(|e| e.kind == ExchangeKind::HuggingFace);
+    if hf && !hugging_face {
+        rows.push(row("hf", "not served: the route's exchange is not of kind huggingface, so hf runs without a token"));
+    }
     let allowed = route.operations.contains(&operation);
     rows.extend(describe(&env, broker.config(), route, &target, operation));
     rows.push(row("cached", cached(&env, route, &target, operation)));

@@ -30,12 +30,13 @@ use crate::exec::wiring::{git_vars, route_hosts, route_urls};
 use journal::{Journal, replace_file};
 
 /// The tools `--tools` can name.
-const TOOLS: [&str; 8] = ["git", "oci", "cargo", "aws", "kube", "terraform", "vault", "npm"];
+const TOOLS: [&str; 9] = ["git", "oci", "cargo", "aws", "kube", "terraform", "vault", "npm", "hf"];
 
 /// Arguments of `mayfly setup`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// Only these tools (comma-separated: git, oci, cargo, aws, kube, terraform, vault, npm)
+    /// Only these tools (comma-separated: git, oci, cargo, aws, kube, terraform, vault, npm, hf;
+    /// npm covers the npm, pnpm, yarn, twine and gem shims, hf the hf shim)
     #[arg(long, value_delimiter = ',')]
     tools: Vec<String>,
     /// Say what would change, change nothing
@@ -166,8 +167,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<ExitCode> {
     if wanted("vault") {
         wire_vault(&mut cx, &mut plan)?;
     }
-    if wanted("npm") {
-        wire_shims(&mut cx, &mut plan)?;
+    if wanted("npm") || wanted("hf") {
+        let shims = |name: &str| if name == "hf" { wanted("hf") } else { wanted("npm") };
+        wire_shims(&mut cx, &mut plan, &shims)?;
     }
     report(&cx, &plan, handoff.as_ref())
 }
@@ -559,14 +561,15 @@ fn wire_vault(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// npm, pnpm, yarn, twine, gem: shims for the installed ones that have a route, in a directory
-/// that goes first on PATH.
-fn wire_shims(cx: &mut Setup<'_>, plan: &mut Plan) -> anyhow::Result<()> {
+/// npm, pnpm, yarn, twine, gem, hf: shims for the installed ones that have a route (and
+/// that `chosen` takes), in a directory that goes first on PATH.
+fn wire_shims(cx: &mut Setup<'_>, plan: &mut Plan, chosen: &dyn Fn(&str) -> bool) -> anyhow::Result<()> {
     let data = cx.env.path(mayfly_core::EnvVars::XDG_DATA_HOME).unwrap_or_else(|| cx.home.join(".local/share"));
     let shims = data.join("mayfly/shims");
     let path = cx.env.get(mayfly_core::EnvVars::PATH).unwrap_or_default().to_owned();
     let shim = cx.bin.join("mayfly-shim");
-    let wanted = mayfly_core::protocol::shim::wanted(cx.config, &path, &shim);
+    let mut wanted = mayfly_core::protocol::shim::wanted(cx.config, &path, &shim);
+    wanted.retain(|name| chosen(name));
     for name in &wanted {
         cx.link(&shims.join(name), &shim, plan)?;
     }

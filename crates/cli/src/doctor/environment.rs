@@ -6,7 +6,7 @@ use mayfly_core::{Config, Env, Tool};
 use super::finding::{Finding, Severity, replace};
 
 /// Variables that hold a registry's or forge's token, with the tool whose route replaces them.
-const TOKENS: [(&str, Tool, Option<&str>); 12] = [
+const TOKENS: [(&str, Tool, Option<&str>); 14] = [
     ("GITHUB_TOKEN", Tool::Git, Some("github.com")),
     ("GH_TOKEN", Tool::Git, Some("github.com")),
     ("GH_ENTERPRISE_TOKEN", Tool::Git, None),
@@ -19,6 +19,9 @@ const TOKENS: [(&str, Tool, Option<&str>); 12] = [
     ("GEM_HOST_API_KEY", Tool::Gem, None),
     ("NUGET_API_KEY", Tool::Nuget, Some("www.nuget.org")),
     ("DOCKER_PASSWORD", Tool::Oci, None),
+    // The Hub's repositories are git's: a git route with a `huggingface` exchange serves hf.
+    ("HF_TOKEN", Tool::Git, Some("huggingface.co")),
+    ("HUGGING_FACE_HUB_TOKEN", Tool::Git, Some("huggingface.co")),
 ];
 
 pub(crate) fn check(env: &Env, config: Option<&Config>, findings: &mut Vec<Finding>) {
@@ -89,6 +92,8 @@ mod tests {
         assert_eq!(classify("TF_TOKEN_my__corp_example"), Some((Tool::Terraform, Some("my-corp.example".into()))));
         assert_eq!(classify("npm_config_//npm.example/:_authToken"), Some((Tool::Npm, Some("npm.example".into()))));
         assert_eq!(classify("NPM_CONFIG_REGISTRY"), None);
+        assert_eq!(classify("HF_TOKEN"), Some((Tool::Git, Some("huggingface.co".into()))));
+        assert_eq!(classify("HUGGING_FACE_HUB_TOKEN"), Some((Tool::Git, Some("huggingface.co".into()))));
         assert_eq!(classify("PATH"), None);
     }
 

@@ -78,6 +78,9 @@ pub(crate) fn at(path: &Path, key: &str) -> String {
 /// either name the route that already serves the host or say which route to add.
 pub(crate) fn replace(config: Option<&Config>, tool: Tool, host: Option<&str>) -> String {
     let wiring = match tool {
+        Tool::Git if host == Some("huggingface.co") => {
+            "`mayfly setup` wires git, and `mayfly exec` runs `hf upload` and `hf download` through the shim"
+        }
         Tool::Git => "`mayfly setup` wires the helper",
         Tool::Oci => "`mayfly setup` wires `credHelpers`",
         Tool::Cargo => "`mayfly setup` wires the credential provider",
@@ -119,6 +122,9 @@ mod tests {
         let fix = replace(Some(&config), Tool::Git, Some("github.com"));
         assert!(fix.starts_with("remove it and add a route with tool = \"git\" for github.com;"), "{fix}");
         assert!(replace(None, Tool::Npm, None).contains("shim"));
+        assert!(
+            replace(None, Tool::Git, Some("huggingface.co")).contains("`hf upload` and `hf download` through the shim")
+        );
     }
 
     #[test]

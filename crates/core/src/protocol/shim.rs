@@ -1,4 +1,5 @@
-//! Shims for tools with no credential hook: npm, pnpm, yarn, twine and `gem push`.
+//! Shims for tools with no credential hook: npm, pnpm, yarn, twine, `gem push` and
+//! `hf upload`/`hf download`.
 //!
 //! A shim found first on `PATH` works out what the tool is about to do (install or
 //! publish, and which package) and on which registry, gets a token for exactly that, and
@@ -6,7 +7,7 @@
 //! the tool reads for that registry only (`npm_config_//HOST/PATH/:_authToken`, which npm
 //! sends to that host alone; twine's password with `TWINE_REPOSITORY_URL` pinned to the
 //! URL the token is for; `GEM_HOST_API_KEY` with `gem push --host` pinned to the host the
-//! key is for): never in argv, never in a file, never in the caller's
+//! key is for; `HF_TOKEN` with `HF_ENDPOINT` pinned to the Hub, [`hf`]): never in argv, never in a file, never in the caller's
 //! environment. Commands that do not talk to a registry (`npm test`, `npm run`) and
 //! registries with no route run the real tool untouched.
 
@@ -14,6 +15,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 mod gem;
+mod hf;
 mod phases;
 mod process;
 
@@ -45,12 +47,20 @@ pub enum Family {
     Twine,
     /// gem, RubyGems' client (`gem push` only).
     Gem,
+    /// hf, Hugging Face's CLI (`hf upload` and `hf download` only).
+    Hf,
 }
 
 impl Family {
     /// Every shimmed tool, by the name the shim is installed as.
-    pub const ALL: [(&'static str, Self); 5] =
-        [("npm", Self::Npm), ("pnpm", Self::Pnpm), ("yarn", Self::Yarn), ("twine", Self::Twine), ("gem", Self::Gem)];
+    pub const ALL: [(&'static str, Self); 6] = [
+        ("npm", Self::Npm),
+        ("pnpm", Self::Pnpm),
+        ("yarn", Self::Yarn),
+        ("twine", Self::Twine),
+        ("gem", Self::Gem),
+        ("hf", Self::Hf),
+    ];
 
     /// The family a shim invoked as `name` stands in for.
     pub fn from_name(name: &str) -> Option<Self> {
@@ -66,6 +76,8 @@ impl Family {
         match self {
             Self::Twine => Tool::Pypi,
             Self::Gem => Tool::Gem,
+            // The Hub's repositories are git's: its routes serve hf too.
+            Self::Hf => Tool::Git,
             _ => Tool::Npm,
         }
     }
@@ -83,10 +95,17 @@ pub fn wanted(config: &crate::Config, path: &str, shim: &Path) -> Vec<&'static s
     Family::ALL
         .iter()
         .filter(|(name, family)| {
-            config.routes.iter().any(|r| r.tool == family.tool()) && find_real(name, path, shim).is_some()
+            config.routes.iter().any(|r| serves(config, r, *family)) && find_real(name, path, shim).is_some()
         })
         .map(|(name, _)| *name)
         .collect()
+}
+
+/// Whether `route` gives `family` tokens: hf's are git routes to a Hugging Face exchange.
+fn serves(config: &crate::Config, route: &crate::Route, family: Family) -> bool {
+    let hugging_face =
+        || config.exchanges.get(&route.exchange).is_some_and(|e| e.kind == crate::config::ExchangeKind::HuggingFace);
+    route.tool == family.tool() && (family != Family::Hf || hugging_face())
 }
 
 /// What the command needs a token for.
@@ -109,6 +128,7 @@ pub fn need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Op
     match family {
         Family::Twine => twine_need(args, env),
         Family::Gem => gem_need(args, env, cwd, None),
+        Family::Hf => hf::need(args, env),
         _ => npm_need(family, args, env, cwd),
     }
 }
@@ -554,6 +574,7 @@ pub fn token_vars(family: Family, registry: &url::Url, issued: &Issued) -> Vec<(
     match family {
         // gem sends it, as the whole `Authorization` value, to the host `--host` pins.
         Family::Gem => vec![("GEM_HOST_API_KEY".into(), token)],
+        Family::Hf => hf::token_vars(registry, token),
         // The URL pinned too, so the password goes where it was minted for and nowhere else.
         Family::Twine => vec![
             ("TWINE_USERNAME".into(), issued.username.clone()),
@@ -606,7 +627,7 @@ pub fn run(
     let path = env.get(crate::EnvVars::PATH).unwrap_or_default().to_owned();
     let program = find_real(name, &path, shim)
         .ok_or_else(|| Refusal::Failed(format!("cannot find the real `{name}` on PATH")))?;
-    let all = Step { program: program.clone(), args: args.to_vec(), dir: None };
+    let all = Step { program: program.clone(), args: args.to_vec(), dir: None, unset: Vec::new() };
     if let Some(session) = env.get(crate::EnvVars::MAYFLY_PROXY_SESSION) {
         // Inside `mayfly exec --proxy` no token goes into a tool's environment.
         crate::protocol::warn(&format!(
@@ -615,6 +636,13 @@ pub fn run(
         return exec(runner, &[all], &phases::quiet());
     }
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    if family == Family::Hf {
+        let mint = |need: &Need| mint(family, need, &args, env.clone(), ancestry);
+        return match hf::run(&all, &env, cwd, &mint, runner)? {
+            Some(code) => Ok(code),
+            None => exec(runner, &[all], &[]),
+        };
+    }
     if family == Family::Gem
         && let Some(copy) = gem_copy(&args, cwd)?
     {

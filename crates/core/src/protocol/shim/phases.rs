@@ -54,11 +54,18 @@ pub struct Step {
     pub args: Vec<OsString>,
     /// Where it runs; `None` is the shim's own directory.
     pub dir: Option<PathBuf>,
+    /// Variables removed from its environment.
+    pub unset: Vec<String>,
 }
 
 impl Step {
     fn new(program: &Path, args: &[&str]) -> Self {
-        Self { program: program.to_owned(), args: args.iter().map(OsString::from).collect(), dir: None }
+        Self {
+            program: program.to_owned(),
+            args: args.iter().map(OsString::from).collect(),
+            dir: None,
+            unset: Vec::new(),
+        }
     }
 
     fn in_dir(mut self, dir: &Path) -> Self {
@@ -90,7 +97,7 @@ pub(super) fn detect(family: Family, program: &Path, runner: &mut dyn Runner) ->
         out.trim().split('.').next()?.parse::<u32>().ok()
     };
     match family {
-        Family::Npm | Family::Twine | Family::Gem => Ok(Client::Npm),
+        Family::Npm | Family::Twine | Family::Gem | Family::Hf => Ok(Client::Npm),
         Family::Pnpm => {
             major().map(Client::Pnpm).ok_or_else(|| Refusal::Failed("cannot tell the version of `pnpm`".into()))
         }
@@ -133,7 +140,12 @@ pub(super) fn plan(client: Client, program: &Path, args: &[String], cwd: &Path, 
     let words = positionals(args, NPM_VALUED);
     let words: &[&str] =
         if client == Client::YarnBerry && words.first() == Some(&"npm") { &words[1..] } else { &words };
-    let all = Step { program: program.to_owned(), args: args.iter().map(OsString::from).collect(), dir: None };
+    let all = Step {
+        program: program.to_owned(),
+        args: args.iter().map(OsString::from).collect(),
+        dir: None,
+        unset: Vec::new(),
+    };
     let skips = args.iter().any(|a| a == "--ignore-scripts" || a.starts_with("--mode"));
     match words.first().copied() {
         Some("publish") => {

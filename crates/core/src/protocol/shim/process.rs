@@ -46,13 +46,11 @@ impl Runner for Processes {
                         script.push_str(&format!("\"${{{}}}\" ", words.len()));
                     }
                 }
-                std::process::Command::new("/bin/sh")
-                    .arg("-c")
-                    .arg(script)
-                    .arg("mayfly-shim")
-                    .args(words)
-                    .envs(vars.iter().cloned())
-                    .exec()
+                let mut shell = std::process::Command::new("/bin/sh");
+                for name in steps.iter().flat_map(|s| &s.unset) {
+                    shell.env_remove(name);
+                }
+                shell.arg("-c").arg(script).arg("mayfly-shim").args(words).envs(vars.iter().cloned()).exec()
             }
         };
         format!("cannot run `{}`: {error}", steps.first().map_or_else(String::new, |s| s.program.display().to_string()))
@@ -61,6 +59,9 @@ impl Runner for Processes {
 
 fn command(step: &Step, vars: &[(String, String)]) -> std::process::Command {
     let mut command = std::process::Command::new(&step.program);
+    for name in &step.unset {
+        command.env_remove(name);
+    }
     command.args(&step.args).envs(vars.iter().cloned());
     if let Some(dir) = &step.dir {
         command.current_dir(dir);

@@ -128,7 +128,12 @@ fn project(scripts: &[&str]) -> tempfile::TempDir {
 }
 
 fn step(program: &str, args: &[&str], dir: Option<&Path>) -> Step {
-    Step { program: program.into(), args: args.iter().map(OsString::from).collect(), dir: dir.map(Path::to_owned) }
+    Step {
+        program: program.into(),
+        args: args.iter().map(OsString::from).collect(),
+        dir: dir.map(Path::to_owned),
+        unset: Vec::new(),
+    }
 }
 
 #[test]
