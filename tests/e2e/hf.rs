@@ -212,7 +212,7 @@ fn hf_upload_sends_a_file_and_a_folder_with_a_token_for_the_one_repository() {
 
 #[test]
 #[cfg_attr(missing = "hf", ignore = "needs hf, which is not installed")]
-fn hf_download_fetches_the_repository_with_a_read_token() {
+fn hf_download_fetches_the_repository_with_a_read_token_that_cannot_upload() {
     if !require_tool("hf") {
         return;
     }
@@ -231,6 +231,16 @@ fn hf_download_fetches_the_repository_with_a_read_token() {
     assert_success(&out);
     assert_eq!(tree_of(&fixture.stack.work.join("one")), expected(&WEIGHTS[1..]));
     fixture.assert_every_call_for("acme/weights");
+    fixture.assert_no_hub_tokens_leaked(&out);
+
+    // The publisher only reads: the Hub refuses the upload its token cannot make.
+    fixture.write("model.bin", b"weights\n");
+    let out = fixture.hf(&["upload", "acme/weights", "model.bin"], &[]);
+    assert!(!out.status.success());
+    assert!(all_output(&out).contains("403 Forbidden"), "{}", all_output(&out));
+    assert_eq!(fixture.hub.files("acme/weights"), expected(WEIGHTS), "nothing written");
+    let commits = fixture.hub.requests().into_iter().filter(|r| r.path.ends_with("/commit/main")).count();
+    assert_eq!(commits, 0, "the Hub refused before any commit");
     fixture.assert_no_hub_tokens_leaked(&out);
 }
 
