@@ -444,7 +444,12 @@ pub(super) fn run(
     runner: &mut dyn super::Runner,
 ) -> Result<Option<i32>, Refusal> {
     let args: Vec<String> = all.args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-    let Some(command) = parse(&args, env)? else { return Ok(None) };
+    let command = match parse(&args, env) {
+        Ok(Some(command)) => command,
+        Ok(None) => return Ok(None),
+        // A Hub no route serves gets hf as it is, `--token` and all.
+        Err(refusal) => return if hub_served(env)? { Err(refusal) } else { Ok(None) },
+    };
     if all.args.iter().any(|a| a.to_str().is_none()) {
         return Err(Refusal::Failed(format!("`hf {}`: an argument is not UTF-8", args[0])));
     }
@@ -472,6 +477,19 @@ pub(super) fn run(
     let code = runner.run(&step, &vars).map_err(Refusal::Failed)?;
     drop((vars, dir));
     Ok(Some(code))
+}
+
+/// Whether any git route for the Hub `HF_ENDPOINT` names has a Hugging Face exchange.
+fn hub_served(env: &Env) -> Result<bool, Refusal> {
+    let Ok(hub) = hub(env) else { return Ok(false) };
+    let Some(host) = crate::target::host_port(&hub) else { return Ok(false) };
+    let Ok(target) = crate::Target::new(crate::Tool::Git, hub.scheme(), &host, None) else { return Ok(false) };
+    let broker = crate::protocol::broker(env.clone())?;
+    let config = broker.config();
+    Ok(config
+        .routes
+        .iter()
+        .any(|r| r.protocol == target.protocol && r.host == target.host && super::serves(config, r, super::Family::Hf)))
 }
 
 /// Whether a git route serves the command's Hub with a Hugging Face exchange.

@@ -412,6 +412,8 @@ fn unrouted_hubs_run_untouched_and_refusals_mint_nothing() {
     assert_eq!(run(&upload, &elsewhere, dir.path(), &mint, &mut runner), Ok(None), "no route: hf as it is");
     let default_hub = routed(dir.path(), "hub.example", &[]);
     assert_eq!(run(&upload, &default_hub, dir.path(), &mint, &mut runner), Ok(None), "huggingface.co has no route");
+    let token = hf_step(&["upload", "acme/model", "w.bin", "--token", "hf_x"]);
+    assert_eq!(run(&token, &elsewhere, dir.path(), &mint, &mut runner), Ok(None), "hf's own options, unrouted");
     let env = routed(dir.path(), "hub.example", &[("HF_ENDPOINT", "https://hub.example")]);
     assert_eq!(run(&hf_step(&["auth", "whoami"]), &env, dir.path(), &mint, &mut runner), Ok(None));
     for args in [
@@ -425,4 +427,27 @@ fn unrouted_hubs_run_untouched_and_refusals_mint_nothing() {
     }
     assert_eq!(minted.get(), 0, "nothing was minted");
     assert!(runner.ran.is_empty() && runner.execed.is_empty());
+}
+
+#[test]
+fn the_hf_shim_is_wanted_for_git_routes_to_a_hugging_face_exchange_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(bin.join("hf"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(bin.join("hf"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = bin.display().to_string();
+    let shim = dir.path().join("mayfly-shim");
+    let config = |exchange: &str| {
+        let text = format!(
+            "[identities.ci]\nkind = \"github-actions\"\n\n[exchanges.x]\n{exchange}\n\n\
+             [[routes]]\ntool = \"git\"\nhost = \"hub.example\"\nidentity = \"ci\"\nexchange = \"x\"\n"
+        );
+        crate::Config::parse(&text, Path::new("t.toml")).unwrap()
+    };
+    let hugging_face = config("kind = \"huggingface\"");
+    assert_eq!(super::super::wanted(&hugging_face, &path, &shim), ["hf"]);
+    let other = config("kind = \"rfc8693\"\ntoken_endpoint = \"https://sts.example/token\"");
+    assert!(super::super::wanted(&other, &path, &shim).is_empty(), "a git route to another exchange");
 }
