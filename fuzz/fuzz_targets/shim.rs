@@ -46,7 +46,10 @@ fuzz_target!(|data: &[u8]| {
     assert!(registry.path().ends_with('/') || family == Family::Twine, "{shown} does not end in `/`");
     assert!(!shown.chars().any(|c| c.is_whitespace() || c.is_control()), "{shown:?}");
     // hf's reads name the repository, the Hub's resource.
-    assert!(need.package.is_none() || need.operation != Operation::Read || family == Family::Hf, "a read names a package");
+    assert!(
+        need.package.is_none() || need.operation != Operation::Read || family == Family::Hf,
+        "a read names a package"
+    );
     let host = match registry.port() {
         Some(port) => format!("{}:{port}", registry.host_str().unwrap_or_default()),
         None => registry.host_str().unwrap_or_default().to_owned(),

@@ -16,6 +16,7 @@ mod finding;
 mod gh;
 mod git;
 mod git_chain;
+mod hugging_face;
 mod identity;
 mod kube;
 mod npm;
@@ -97,6 +98,7 @@ fn examine(scope: &Scope, args: &Args) -> (Vec<Finding>, Vec<identity::Source>) 
     terraform::check(scope, config, &mut findings);
     gh::check(scope, config, &mut findings);
     pypi::check(scope, config, &mut findings);
+    hugging_face::check(scope, config, &mut findings);
     kube::check(scope, config, &mut findings);
     backups::check(scope, config, &mut findings);
     environment::check(&scope.env, config, &mut findings);

@@ -281,8 +281,8 @@ pub(super) fn staged_args(args: &[OsString], command: &Command, staged: &Path, p
         .collect()
 }
 
-/// Copies LOCAL_PATH (a file, or a folder tree) into a new directory only this user can
-/// enter, and returns it with the copy's path. Each file is opened with `O_NOFOLLOW` and
+/// Copies LOCAL_PATH (a file, or a folder tree) into a new directory in `tmp` only this
+/// user can enter, and returns it with the copy's path. Each file is opened with `O_NOFOLLOW` and
 /// checked, through its descriptor, to be a regular file outside `/proc` and `/sys`, so a
 /// file swapped for a link between the check and the open is not followed; links,
 /// devices, FIFOs, sockets and anything under `/proc`, `/sys` or `/dev` are refused,
@@ -293,7 +293,7 @@ pub(super) fn staged_args(args: &[OsString], command: &Command, staged: &Path, p
 /// The cost: a full copy of the upload on the temporary directory's disk, made before hf
 /// starts, and removed when hf exits (so an interrupted folder upload resumes from
 /// nothing: its progress is kept in the copy).
-pub(super) fn stage(local: &str, cwd: &Path) -> Result<(tempfile::TempDir, PathBuf), Refusal> {
+pub(super) fn stage(local: &str, cwd: &Path, tmp: &Path) -> Result<(tempfile::TempDir, PathBuf), Refusal> {
     let shown = crate::sanitize_for_terminal(local);
     let fail = |why: String| Refusal::Failed(format!("`hf upload`: {why}"));
     // Components, not the text: `link/` and `link/.` name the link itself.
@@ -306,13 +306,16 @@ pub(super) fn stage(local: &str, cwd: &Path) -> Result<(tempfile::TempDir, PathB
     let dir = tempfile::Builder::new()
         .prefix("mayfly-hf-")
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .tempdir()
+        .tempdir_in(tmp)
         .map_err(|e| fail(format!("cannot make a directory to stage the upload in: {e}")))?;
     let copy = dir.path().join(path.file_name().unwrap_or(OsStr::new("upload")));
+    let stage_id = std::fs::metadata(dir.path())
+        .map(|m| (std::os::unix::fs::MetadataExt::dev(&m), std::os::unix::fs::MetadataExt::ino(&m)))
+        .map_err(|e| fail(format!("cannot read the staging directory: {e}")))?;
     if meta.is_dir() {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let top = nix::dir::Dir::open(&path, flags, Mode::empty()).map_err(|e| fail(not_opened(e, &shown)))?;
-        copy_dir(top, false, &copy, local).map_err(fail)?;
+        copy_dir(top, false, &copy, local, stage_id).map_err(fail)?;
     } else {
         let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
             return Err(fail(format!("`{shown}` is not a file or folder")));
@@ -320,9 +323,17 @@ pub(super) fn stage(local: &str, cwd: &Path) -> Result<(tempfile::TempDir, PathB
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         let parent = nix::dir::Dir::open(parent, flags, Mode::empty())
             .map_err(|e| fail(format!("`{shown}`: cannot open its folder: {e}")))?;
-        copy_entry(&parent, name, &copy, local).map_err(fail)?;
+        copy_entry(&parent, name, &copy, local, stage_id).map_err(fail)?;
     }
     Ok((dir, copy))
+}
+
+/// A file's identity: device and inode.
+type Id = (u64, u64);
+
+fn id(fd: &impl AsFd) -> nix::Result<Id> {
+    let stat = nix::sys::stat::fstat(fd)?;
+    Ok((stat.st_dev as u64, stat.st_ino as u64))
 }
 
 /// Why a folder could not be opened: `O_NOFOLLOW` on a link is `ELOOP` (`ENOTDIR` with
@@ -337,7 +348,7 @@ fn not_opened(e: nix::errno::Errno, shown: &str) -> String {
 }
 
 /// Copies the entry `name` of the folder `parent` to `to`; `shown` names it in errors.
-fn copy_entry(parent: &impl AsFd, name: &OsStr, to: &Path, shown: &str) -> Result<(), String> {
+fn copy_entry(parent: &impl AsFd, name: &OsStr, to: &Path, shown: &str, stage: Id) -> Result<(), String> {
     let named = crate::sanitize_for_terminal(shown);
     let stat =
         nix::sys::stat::fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(|e| format!("`{named}`: {e}"))?;
@@ -346,7 +357,7 @@ fn copy_entry(parent: &impl AsFd, name: &OsStr, to: &Path, shown: &str) -> Resul
         SFlag::S_IFDIR => {
             let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
             let dir = nix::dir::Dir::openat(parent, name, flags, Mode::empty()).map_err(|e| not_opened(e, &named))?;
-            copy_dir(dir, name == ".cache", to, shown)
+            copy_dir(dir, name == ".cache", to, shown, stage)
         }
         SFlag::S_IFLNK => Err(format!("`{named}` is a symbolic link, which is not uploaded")),
         SFlag::S_IFIFO => Err(format!("`{named}` is a FIFO, which is not uploaded")),
@@ -409,10 +420,14 @@ fn copy_file(mut from: std::fs::File, to: &Path, shown: &str) -> Result<(), Stri
 
 /// Copies the open folder `dir` to `to`; `cache` when it is a `.cache`, whose
 /// `huggingface` hf leaves out.
-fn copy_dir(mut dir: nix::dir::Dir, cache: bool, to: &Path, shown: &str) -> Result<(), String> {
+fn copy_dir(mut dir: nix::dir::Dir, cache: bool, to: &Path, shown: &str, stage: Id) -> Result<(), String> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::DirBuilderExt;
     let named = crate::sanitize_for_terminal(shown);
+    if id(&dir).map_err(|e| format!("`{named}` cannot be read: {e}"))? == stage {
+        // The staging directory itself, when LOCAL_PATH holds the temporary directory.
+        return Ok(());
+    }
     pseudo(&dir).map_err(|why| format!("`{named}` {why}"))?;
     std::fs::DirBuilder::new().mode(0o700).create(to).map_err(|e| format!("cannot stage `{named}`: {e}"))?;
     let mut names: Vec<OsString> = Vec::new();
@@ -425,7 +440,7 @@ fn copy_dir(mut dir: nix::dir::Dir, cache: bool, to: &Path, shown: &str) -> Resu
     }
     for entry in names {
         let shown = format!("{}/{}", shown.trim_end_matches('/'), entry.to_string_lossy());
-        copy_entry(&dir, &entry, &to.join(&entry), &shown)?;
+        copy_entry(&dir, &entry, &to.join(&entry), &shown, stage)?;
     }
     Ok(())
 }
@@ -444,7 +459,12 @@ pub(super) fn run(
     runner: &mut dyn super::Runner,
 ) -> Result<Option<i32>, Refusal> {
     let args: Vec<String> = all.args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-    let Some(command) = parse(&args, env)? else { return Ok(None) };
+    let command = match parse(&args, env) {
+        Ok(Some(command)) => command,
+        Ok(None) => return Ok(None),
+        // A Hub no route serves gets hf as it is, `--token` and all.
+        Err(refusal) => return if hub_served(env)? { Err(refusal) } else { Ok(None) },
+    };
     if all.args.iter().any(|a| a.to_str().is_none()) {
         return Err(Refusal::Failed(format!("`hf {}`: an argument is not UTF-8", args[0])));
     }
@@ -466,12 +486,25 @@ pub(super) fn run(
     }
     // Staged before the token exists: nothing the upload reads can be changed to hold it.
     let paths = upload_paths(&args, &command, cwd)?;
-    let (dir, staged) = stage(&paths.local, cwd)?;
+    let (dir, staged) = stage(&paths.local, cwd, &std::env::temp_dir())?;
     let Some(vars) = mint(&need)? else { return Ok(None) };
     let step = Step { args: staged_args(&all.args, &command, &staged, &paths.path_in_repo), unset, ..all.clone() };
     let code = runner.run(&step, &vars).map_err(Refusal::Failed)?;
     drop((vars, dir));
     Ok(Some(code))
+}
+
+/// Whether any git route for the Hub `HF_ENDPOINT` names has a Hugging Face exchange.
+fn hub_served(env: &Env) -> Result<bool, Refusal> {
+    let Ok(hub) = hub(env) else { return Ok(false) };
+    let Some(host) = crate::target::host_port(&hub) else { return Ok(false) };
+    let Ok(target) = crate::Target::new(crate::Tool::Git, hub.scheme(), &host, None) else { return Ok(false) };
+    let broker = crate::protocol::broker(env.clone())?;
+    let config = broker.config();
+    Ok(config
+        .routes
+        .iter()
+        .any(|r| r.protocol == target.protocol && r.host == target.host && super::serves(config, r, super::Family::Hf)))
 }
 
 /// Whether a git route serves the command's Hub with a Hugging Face exchange.

@@ -68,3 +68,22 @@ fn command(step: &Step, vars: &[(String, String)]) -> std::process::Command {
     }
     command
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_runs_without_its_unset_variables_and_with_its_own() {
+        let step = Step {
+            program: "/usr/bin/env".into(),
+            args: Vec::new(),
+            dir: None,
+            unset: vec!["PATH".into(), "MAYFLY_T".into()],
+        };
+        assert!(std::env::var_os("PATH").is_some(), "the test needs PATH to remove");
+        let out = Processes.output(&step, &[("MAYFLY_T".into(), "set".into())]).unwrap();
+        assert!(!out.lines().any(|l| l.starts_with("PATH=")), "{out}");
+        assert!(out.lines().any(|l| l == "MAYFLY_T=set"), "a variable set wins over its removal: {out}");
+    }
+}

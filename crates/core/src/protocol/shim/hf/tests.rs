@@ -170,6 +170,11 @@ fn the_staged_upload_keeps_options_and_names_the_copy_after_a_double_dash() {
     assert_eq!(out, expected.iter().map(OsString::from).collect::<Vec<_>>());
 }
 
+/// [`stage`] in the system's temporary directory.
+fn stage_in(local: &str, cwd: &Path) -> Result<(tempfile::TempDir, std::path::PathBuf), Refusal> {
+    stage(local, cwd, &std::env::temp_dir())
+}
+
 /// The files under `dir`, relative, with their contents.
 fn tree(dir: &Path) -> Files {
     let mut out = Vec::new();
@@ -201,7 +206,7 @@ fn a_folder_is_staged_as_a_private_copy_of_its_regular_files() {
     // hf leaves these out of every upload, so the copy does too, links and all.
     std::os::unix::fs::symlink("/proc/self/environ", data.join("sub/.git/env")).unwrap();
     std::os::unix::fs::symlink("/proc/self/environ", data.join(".cache/huggingface/env")).unwrap();
-    let (stage_dir, copy) = stage("data", dir.path()).unwrap();
+    let (stage_dir, copy) = stage_in("data", dir.path()).unwrap();
     assert_eq!(copy, stage_dir.path().join("data"));
     assert_eq!(std::fs::metadata(stage_dir.path()).unwrap().permissions().mode() & 0o777, 0o700);
     let expected = [("a.txt", "a"), (".cache/keep", "k"), ("sub/b.bin", "b")];
@@ -211,11 +216,15 @@ fn a_folder_is_staged_as_a_private_copy_of_its_regular_files() {
     let kept = stage_dir.path().to_owned();
     drop(stage_dir);
     assert!(!kept.exists(), "the staging directory goes with hf's exit");
-    let (_dir, one) = stage("data/sub/b.bin", dir.path()).unwrap();
+    let (_dir, one) = stage_in("data/sub/b.bin", dir.path()).unwrap();
     assert_eq!(std::fs::read(&one).unwrap(), b"b");
     assert_eq!(one.file_name().unwrap(), "b.bin");
-    let (_dir, here) = stage(".", &data.join("sub")).unwrap();
+    let (_dir, here) = stage_in(".", &data.join("sub")).unwrap();
     assert_eq!(tree(&here), [("b.bin".to_owned(), b"b".to_vec())]);
+    // A folder that holds the temporary directory is copied without the copy.
+    let (inside, copy) = stage(".", &data.join("sub"), &data.join("sub")).unwrap();
+    assert!(inside.path().starts_with(data.join("sub")));
+    assert_eq!(tree(&copy), [("b.bin".to_owned(), b"b".to_vec())]);
 }
 
 #[test]
@@ -225,36 +234,36 @@ fn links_devices_fifos_and_kernel_files_are_not_staged() {
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("ok"), "ok").unwrap();
     std::os::unix::fs::symlink("/proc/self/environ", data.join("env.txt")).unwrap();
-    let why = stage("data", dir.path()).unwrap_err().to_string();
+    let why = stage_in("data", dir.path()).unwrap_err().to_string();
     assert!(why.contains("`data/env.txt` is a symbolic link"), "{why}");
     std::fs::remove_file(data.join("env.txt")).unwrap();
     std::os::unix::fs::symlink(dir.path(), data.join("loop")).unwrap();
-    let why = stage("data", dir.path()).unwrap_err().to_string();
+    let why = stage_in("data", dir.path()).unwrap_err().to_string();
     assert!(why.contains("`data/loop` is a symbolic link"), "{why}");
     std::fs::remove_file(data.join("loop")).unwrap();
     let fifo = data.join("pipe");
     nix::unistd::mkfifo(&fifo, Mode::S_IRWXU).unwrap();
-    let why = stage("data", dir.path()).unwrap_err().to_string();
+    let why = stage_in("data", dir.path()).unwrap_err().to_string();
     assert!(why.contains("`data/pipe` is a FIFO"), "{why}");
-    let why = stage("data/pipe", dir.path()).unwrap_err().to_string();
+    let why = stage_in("data/pipe", dir.path()).unwrap_err().to_string();
     assert!(why.contains("`data/pipe` is a FIFO"), "{why}");
     std::fs::remove_file(&fifo).unwrap();
     let socket = std::os::unix::net::UnixListener::bind(data.join("sock")).unwrap();
-    let why = stage("data", dir.path()).unwrap_err().to_string();
+    let why = stage_in("data", dir.path()).unwrap_err().to_string();
     assert!(why.contains("`data/sock` is a socket"), "{why}");
     drop(socket);
     std::fs::remove_file(data.join("sock")).unwrap();
     std::os::unix::fs::symlink(&data, dir.path().join("link")).unwrap();
     for top in ["link", "link/", "link/."] {
-        let why = stage(top, dir.path()).unwrap_err().to_string();
+        let why = stage_in(top, dir.path()).unwrap_err().to_string();
         assert!(why.contains("is a symbolic link"), "{top}: {why}");
     }
     for special in ["/proc/self/environ", "/proc/self/root/proc/self/environ", "/dev/null", "/dev/fd/0", "/sys/kernel"]
     {
-        let why = stage(special, dir.path()).unwrap_err().to_string();
+        let why = stage_in(special, dir.path()).unwrap_err().to_string();
         assert!(why.contains("which is not uploaded"), "{special}: {why}");
     }
-    assert!(stage("data", dir.path()).is_ok(), "the folder stages once only regular files are left");
+    assert!(stage_in("data", dir.path()).is_ok(), "the folder stages once only regular files are left");
 }
 
 #[test]
@@ -412,6 +421,8 @@ fn unrouted_hubs_run_untouched_and_refusals_mint_nothing() {
     assert_eq!(run(&upload, &elsewhere, dir.path(), &mint, &mut runner), Ok(None), "no route: hf as it is");
     let default_hub = routed(dir.path(), "hub.example", &[]);
     assert_eq!(run(&upload, &default_hub, dir.path(), &mint, &mut runner), Ok(None), "huggingface.co has no route");
+    let token = hf_step(&["upload", "acme/model", "w.bin", "--token", "hf_x"]);
+    assert_eq!(run(&token, &elsewhere, dir.path(), &mint, &mut runner), Ok(None), "hf's own options, unrouted");
     let env = routed(dir.path(), "hub.example", &[("HF_ENDPOINT", "https://hub.example")]);
     assert_eq!(run(&hf_step(&["auth", "whoami"]), &env, dir.path(), &mint, &mut runner), Ok(None));
     for args in [
@@ -425,4 +436,27 @@ fn unrouted_hubs_run_untouched_and_refusals_mint_nothing() {
     }
     assert_eq!(minted.get(), 0, "nothing was minted");
     assert!(runner.ran.is_empty() && runner.execed.is_empty());
+}
+
+#[test]
+fn the_hf_shim_is_wanted_for_git_routes_to_a_hugging_face_exchange_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(bin.join("hf"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(bin.join("hf"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = bin.display().to_string();
+    let shim = dir.path().join("mayfly-shim");
+    let config = |exchange: &str| {
+        let text = format!(
+            "[identities.ci]\nkind = \"github-actions\"\n\n[exchanges.x]\n{exchange}\n\n\
+             [[routes]]\ntool = \"git\"\nhost = \"hub.example\"\nidentity = \"ci\"\nexchange = \"x\"\n"
+        );
+        crate::Config::parse(&text, Path::new("t.toml")).unwrap()
+    };
+    let hugging_face = config("kind = \"huggingface\"");
+    assert_eq!(super::super::wanted(&hugging_face, &path, &shim), ["hf"]);
+    let other = config("kind = \"rfc8693\"\ntoken_endpoint = \"https://sts.example/token\"");
+    assert!(super::super::wanted(&other, &path, &shim).is_empty(), "a git route to another exchange");
 }
