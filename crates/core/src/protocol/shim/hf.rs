@@ -227,9 +227,7 @@ pub(super) fn unset(env: &Env) -> Vec<String> {
     HF_UNSET.iter().map(|s| (*s).to_owned()).chain(python).collect()
 }
 
-/// An upload's paths, as `hf upload` 2.4 resolves them: LOCAL_PATH defaults to the file
-/// or folder in the current directory named as the repository; PATH_IN_REPO defaults to
-/// a file's name, or the repository's root for a folder.
+/// An upload's paths.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Upload {
     /// LOCAL_PATH, as given or defaulted.
@@ -238,6 +236,9 @@ pub(super) struct Upload {
     pub path_in_repo: String,
 }
 
+/// An upload's paths, as `hf upload` 2.4 resolves them: LOCAL_PATH defaults to the file
+/// or folder in the current directory named as the repository; PATH_IN_REPO defaults to
+/// a file's name, or the repository's root for a folder. The staged copy keeps them.
 pub(super) fn upload_paths(args: &[String], command: &Command, cwd: &Path) -> Result<Upload, Refusal> {
     let fail = |why: String| Refusal::Failed(format!("`hf upload`: {why}"));
     let at = |n: usize| command.positions.get(n).map(|&i| args[i].clone());
@@ -282,17 +283,17 @@ pub(super) fn staged_args(args: &[OsString], command: &Command, staged: &Path, p
 }
 
 /// Copies LOCAL_PATH (a file, or a folder tree) into a new directory in `tmp` only this
-/// user can enter, and returns it with the copy's path. Each file is opened with `O_NOFOLLOW` and
-/// checked, through its descriptor, to be a regular file outside `/proc` and `/sys`, so a
-/// file swapped for a link between the check and the open is not followed; links,
-/// devices, FIFOs, sockets and anything under `/proc`, `/sys` or `/dev` are refused,
-/// naming the path. Folders are walked through descriptors too (`openat`), so a folder
-/// swapped for a link is not followed either. `.git` and `.cache/huggingface`, which hf
-/// leaves out of every upload, are left out of the copy.
+/// user can enter, and returns it with the copy's path. Each file is opened with
+/// `O_NOFOLLOW` and checked, through its descriptor, to be a regular file outside `/proc`
+/// and `/sys`, so a file swapped for a link between the check and the open is not
+/// followed; links, devices, FIFOs, sockets and anything under `/proc`, `/sys` or `/dev`
+/// are refused, naming the path. Folders are walked through descriptors too (`openat`),
+/// so a folder swapped for a link is not followed either. `.git` and `.cache/huggingface`,
+/// which hf leaves out of every upload, are left out of the copy.
 ///
 /// The cost: a full copy of the upload on the temporary directory's disk, made before hf
-/// starts, and removed when hf exits (so an interrupted folder upload resumes from
-/// nothing: its progress is kept in the copy).
+/// starts and removed when hf exits; an interrupted upload run again is copied again (hf
+/// still resumes it: the Hub skips what was committed and deduplicates what was sent).
 pub(super) fn stage(local: &str, cwd: &Path, tmp: &Path) -> Result<(tempfile::TempDir, PathBuf), Refusal> {
     let shown = crate::sanitize_for_terminal(local);
     let fail = |why: String| Refusal::Failed(format!("`hf upload`: {why}"));

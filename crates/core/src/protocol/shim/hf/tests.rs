@@ -440,12 +440,8 @@ fn unrouted_hubs_run_untouched_and_refusals_mint_nothing() {
 
 #[test]
 fn the_hf_shim_is_wanted_for_git_routes_to_a_hugging_face_exchange_only() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    std::fs::write(bin.join("hf"), "#!/bin/sh\n").unwrap();
-    std::fs::set_permissions(bin.join("hf"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = fake_hf(dir.path());
     let path = bin.display().to_string();
     let shim = dir.path().join("mayfly-shim");
     let config = |exchange: &str| {
@@ -459,4 +455,36 @@ fn the_hf_shim_is_wanted_for_git_routes_to_a_hugging_face_exchange_only() {
     assert_eq!(super::super::wanted(&hugging_face, &path, &shim), ["hf"]);
     let other = config("kind = \"rfc8693\"\ntoken_endpoint = \"https://sts.example/token\"");
     assert!(super::super::wanted(&other, &path, &shim).is_empty(), "a git route to another exchange");
+}
+
+#[test]
+fn the_shim_runs_other_hf_commands_as_they_are_and_refuses_before_running_hf() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = fake_hf(dir.path());
+    let pairs = [("HF_ENDPOINT", "https://hub.example"), ("PATH", bin.to_str().unwrap()), ("PYTHONPATH", "/p")];
+    let env = routed(dir.path(), "hub.example", &pairs);
+    let shim = dir.path().join("mayfly-shim");
+    let run = |args: &[&str], runner: &mut Recorder| {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        super::super::run(super::super::Family::Hf, &args, env.clone(), dir.path(), &shim, &Vec::new, runner)
+    };
+    let mut runner = Recorder::default();
+    assert_eq!(run(&["auth", "whoami"], &mut runner), Err(Refusal::Failed("execed".into())));
+    let (step, vars) = &runner.execed[0];
+    assert_eq!((step.program.clone(), step.args.clone()), (bin.join("hf"), vec!["auth".into(), "whoami".into()]));
+    assert!(vars.is_empty() && step.unset.is_empty(), "untouched: {vars:?} {:?}", step.unset);
+    let mut runner = Recorder::default();
+    let refused = run(&["upload", "acme/x", "--token=hf_x"], &mut runner);
+    assert!(matches!(&refused, Err(Refusal::Failed(why)) if why.contains("`--token` is not taken")), "{refused:?}");
+    assert!(runner.execed.is_empty() && runner.ran.is_empty(), "hf did not run");
+}
+
+/// A directory in `dir` holding an executable `hf`.
+fn fake_hf(dir: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::write(bin.join("hf"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(bin.join("hf"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
 }
