@@ -292,6 +292,8 @@ pub(super) async fn forward(
     let mut attempt = 0;
     let mut reprobe = false;
     let mut reminted = false;
+    // The cached mayfly token the realm refused, once it has.
+    let mut realm_refused: Option<mayfly_core::Fingerprint> = None;
     let mut first = Carried::Nothing;
     let response = loop {
         attempt += 1;
@@ -301,7 +303,13 @@ pub(super) async fn forward(
             // The realm refused a cached mayfly token (revoked, say): that token is dropped
             // and the realm asked once more with a fresh one.
             let Err(Failed::Refused(reason)) = sent else { break sent };
-            if !issued.from_cache || reminted {
+            if reminted {
+                break Err(Failed::Refused(format!(
+                    "{reason}, to a fresh token too, after it refused the cached one: the route's exchange may not grant {} of `{name}`",
+                    pull_or_push(operation)
+                )));
+            }
+            if !issued.from_cache {
                 break Err(Failed::Refused(reason));
             }
             reminted = true;
@@ -311,8 +319,11 @@ pub(super) async fn forward(
                 Err(reason) => break Err(Failed::Other(reason)),
             };
             if issued.token.fingerprint() == fingerprint {
-                break Err(Failed::Refused(reason));
+                break Err(Failed::Refused(format!(
+                    "{reason}, and the broker handed back the same token, not a fresh one: run the command again"
+                )));
             }
+            realm_refused = Some(fingerprint.clone());
             fingerprint = issued.token.fingerprint();
             basic = format!("Basic {}", STANDARD.encode(format!("{}:{}", issued.username, issued.token.expose())));
         };
@@ -397,16 +408,33 @@ pub(super) async fn forward(
         let _ = http_body_util::Limited::new(response.into_body(), 64 << 10).collect().await;
     };
     if response.status() == StatusCode::UNAUTHORIZED {
-        let reason = format!("the registry refused the token for {} of `{name}`", pull_or_push(operation));
+        let reason = format!(
+            "the registry refused the token for {} of `{name}`{}",
+            pull_or_push(operation),
+            if attempt > 1 {
+                ", sent again with a fresh one: the registry may not trust its token service"
+            } else {
+                ": the registry may not trust its token service"
+            }
+        );
         line(Outcome::Denied, Some(operation), Some(&target), &route.name, &|e| {
             e.fingerprint = Some(fingerprint.clone());
             e.reason = Some(reason.clone());
         });
         return refusal(Family::Oci, StatusCode::FORBIDDEN, &format!("mayfly: {reason}"));
     }
+    let mut how = String::new();
+    if let Some(refused) = &realm_refused {
+        how.push_str(&format!(
+            "; the token service refused the cached token {refused}, which is now dropped, and took a fresh one"
+        ));
+    }
+    if attempt > 1 {
+        how.push_str("; sent again after a 401 to the first attempt, with a fresh registry token");
+    }
     line(Outcome::Proxied, Some(operation), Some(&target), &route.name, &|e| {
         e.fingerprint = Some(fingerprint.clone());
-        e.reason = Some(format!("upstream answered {}", response.status().as_u16()));
+        e.reason = Some(format!("upstream answered {}{how}", response.status().as_u16()));
     });
     response
 }

@@ -2,10 +2,17 @@
 //! token, the proxy gets a fresh one and sends the request once more, body and all. A body
 //! up to [`MAX_REPLAY`] is read whole first and kept until the answer comes; a larger one
 //! is streamed as it arrives and cannot be sent again.
+//!
+//! Memory: the bytes kept for replay, and the prefix a body over the cap or the budget had
+//! read before it went over (held until it is sent), count against [`REPLAY_BUDGET`]; only
+//! the one frame that found the budget short is read past it, per request. Bodies read
+//! whole to find the package they publish count against [`NAMING_BUDGET`] instead, and
+//! are the replay body as they are.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
@@ -25,6 +32,82 @@ pub(super) const REPLAY_BUDGET: usize = 64 << 20;
 /// The bytes kept for replay across the whole proxy, as permits of one semaphore.
 pub(super) fn budget() -> Arc<Semaphore> {
     Arc::new(Semaphore::new(REPLAY_BUDGET))
+}
+
+/// The most of all publish bodies (`cargo publish`, `twine upload`) the proxy reads whole
+/// at once to find the package they name; one body is never larger.
+pub(super) const NAMING_BUDGET: usize = 256 << 20;
+
+/// How long a publish body may wait for the naming budget, and then how long its reading
+/// may take. The semaphore serves waiters in turn, so without a bound a client that stalls
+/// (or trickles) would hold the budget, and every publish queued behind it, for ever.
+const NAMING_WAIT: Duration = Duration::from_secs(60);
+const NAMING_READ: Duration = Duration::from_secs(60);
+
+/// Publish bodies read whole across the whole proxy: the budget's bytes as permits, and
+/// the bounds on waiting for them and on reading.
+pub(super) struct Naming {
+    budget: Arc<Semaphore>,
+    size: usize,
+    wait: Duration,
+    read: Duration,
+}
+
+impl Naming {
+    pub(super) fn new() -> Self {
+        Self::with(NAMING_BUDGET, NAMING_WAIT, NAMING_READ)
+    }
+
+    fn with(size: usize, wait: Duration, read: Duration) -> Self {
+        Self { budget: Arc::new(Semaphore::new(size)), size, wait, read }
+    }
+
+    /// Reads a publish body whole, under the budget: its declared `Content-Length` is
+    /// reserved before a byte is read, and held with the body until the request ends. A
+    /// body without a length (chunked) is refused rather than reserved in steps: what it
+    /// needs is unknown until it ends, a reservation grown in steps can deadlock two
+    /// bodies each holding half, and both publish clients send a length. The wait for the
+    /// budget and the read are each bounded; on either timeout the reservation goes back at
+    /// once. A request that declares no body reserves nothing. The error is one line.
+    pub(super) async fn read(&self, body: Body, headers: &header::HeaderMap) -> Result<Replay, String> {
+        if headers.contains_key(header::TRANSFER_ENCODING) {
+            return Err("a publish body without a Content-Length (chunked) is refused: the proxy reads it whole to find the package, and must know its size first".into());
+        }
+        let length = match headers.get(header::CONTENT_LENGTH) {
+            None => return Ok(Replay::Whole(Bytes::new(), None)),
+            Some(value) => value
+                .to_str()
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or("the publish body's Content-Length is not a number")?,
+        };
+        if length == 0 {
+            return Ok(Replay::Whole(Bytes::new(), None));
+        }
+        let permits = u32::try_from(length).ok().filter(|&n| n as usize <= self.size).ok_or_else(|| {
+            format!(
+                "a publish body of {length} bytes is over the {} MiB the proxy reads to find the package",
+                self.size >> 20
+            )
+        })?;
+        let Ok(Ok(permit)) = tokio::time::timeout(self.wait, self.budget.clone().acquire_many_owned(permits)).await
+        else {
+            return Err(format!(
+                "other publishes held the proxy's {} MiB for publish bodies for {} s: run the command again",
+                self.size >> 20,
+                self.wait.as_secs()
+            ));
+        };
+        let limited = http_body_util::Limited::new(body, permits as usize);
+        match tokio::time::timeout(self.read, limited.collect()).await {
+            Ok(Ok(collected)) => Ok(Replay::Whole(collected.to_bytes(), Some(permit))),
+            Ok(Err(e)) => Err(format!("cannot read the request's body: {e}")),
+            Err(_) => Err(format!(
+                "the publish body did not arrive whole within {} s: run the command again",
+                self.read.as_secs()
+            )),
+        }
+    }
 }
 
 /// The reason given when a refused token's request cannot be sent again: what happened,
@@ -57,11 +140,6 @@ impl Replay {
         let empty = !headers.contains_key(header::TRANSFER_ENCODING)
             && headers.get(header::CONTENT_LENGTH).is_none_or(|v| v.as_bytes() == b"0");
         if empty { Self::Whole(Bytes::new(), None) } else { Self::Unread(Some(body)) }
-    }
-
-    /// A body read whole for another reason (the package it names), kept as it is.
-    pub(super) fn whole(bytes: Bytes) -> Self {
-        Self::Whole(bytes, None)
     }
 
     /// Reads a body not yet read, when it fits under `cap` and in what is left of
@@ -109,10 +187,18 @@ impl Replay {
                 (Some(_), None) => {}
             }
             if !fits {
-                drop(held);
-                let prefixed = Prefixed { first: Some(read.freeze()), rest: body };
+                // The prefix holds its bytes of the budget until it is sent.
+                let prefixed = Prefixed { first: Some(read.freeze()), held, rest: body };
                 return Ok(Self::Over(Some(BodyExt::boxed(prefixed))));
             }
+        }
+    }
+
+    /// The bytes read so far: all of a body read whole, else none.
+    pub(super) fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Whole(bytes, _) => bytes,
+            Self::Unread(_) | Self::Over(_) => &[],
         }
     }
 
@@ -141,6 +227,8 @@ impl Replay {
 /// What was read, then the rest of the stream.
 struct Prefixed {
     first: Option<Bytes>,
+    /// The budget the prefix holds, given back once it is sent.
+    held: Option<OwnedSemaphorePermit>,
     rest: Body,
 }
 
@@ -150,6 +238,7 @@ impl hyper::body::Body for Prefixed {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         if let Some(first) = self.first.take() {
+            self.held = None;
             return Poll::Ready(Some(Ok(Frame::data(first))));
         }
         Pin::new(&mut self.rest).poll_frame(cx)
@@ -160,12 +249,15 @@ impl hyper::body::Body for Prefixed {
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        let mut hint = self.rest.size_hint();
+        let rest = self.rest.size_hint();
         let first = self.first.as_ref().map_or(0, |b| b.len() as u64);
-        hint.set_lower(hint.lower() + first);
-        if let Some(upper) = hint.upper() {
+        // The upper bound first: raising the lower past it panics (an exact hint, from a
+        // request's `Content-Length`, has them equal).
+        let mut hint = hyper::body::SizeHint::new();
+        if let Some(upper) = rest.upper() {
             hint.set_upper(upper + first);
         }
+        hint.set_lower(rest.lower() + first);
         hint
     }
 }
@@ -186,6 +278,11 @@ mod tests {
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
             Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(c))))
+        }
+
+        // Exact, as a request's `Content-Length` makes it.
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            hyper::body::SizeHint::with_exact(self.0.iter().map(|c| c.len() as u64).sum())
         }
     }
 
@@ -209,7 +306,9 @@ mod tests {
 
             let mut large = Replay::read(boxed(&[b"ab", b"cd", b"e", b"fg"]), &headers, 4, &budget()).await.unwrap();
             assert!(!large.replayable());
-            assert_eq!(all(large.body()).await, b"abcdefg", "what was read comes first, then the rest");
+            let streamed = large.body();
+            assert_eq!(hyper::body::Body::size_hint(&streamed).exact(), Some(7), "the prefix and the rest");
+            assert_eq!(all(streamed).await, b"abcdefg", "what was read comes first, then the rest");
             assert_eq!(all(large.body()).await, b"");
 
             // A declared length over the cap is not read at all before sending.
@@ -237,11 +336,13 @@ mod tests {
             let first = Replay::read(boxed(&[b"abcd"]), &headers, 100, &budget).await.unwrap();
             assert!(first.replayable());
             assert_eq!(budget.available_permits(), 2);
-            // Past the budget, a body under the cap is streamed, in order, and holds nothing.
+            // Past the budget, a body under the cap is streamed, in order.
+            // The prefix it had read holds its share until it is sent.
             let mut second = Replay::read(boxed(&[b"ab", b"cd"]), &headers, 100, &budget).await.unwrap();
             assert!(!second.replayable() && second.over());
-            assert_eq!(budget.available_permits(), 2);
+            assert_eq!(budget.available_permits(), 0);
             assert_eq!(all(second.body()).await, b"abcd");
+            assert_eq!(budget.available_permits(), 2);
             drop(first);
             assert_eq!(budget.available_permits(), 6, "a finished request gives its bytes back");
             assert!(Replay::read(boxed(&[b"ab", b"cd"]), &headers, 100, &budget).await.unwrap().replayable());
@@ -250,5 +351,68 @@ mod tests {
             declared.insert(header::CONTENT_LENGTH, header::HeaderValue::from_static("3"));
             assert!(!Replay::new(boxed(&[b"abc"]), &declared).over());
         });
+    }
+
+    fn length(n: &'static str) -> header::HeaderMap {
+        let mut headers = header::HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from_static(n));
+        headers
+    }
+
+    /// A body that never sends a byte.
+    struct Stalled;
+
+    impl hyper::body::Body for Stalled {
+        type Data = Bytes;
+        type Error = hyper::Error;
+
+        fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_publish_body_over_the_naming_budget_or_without_a_length_is_refused() {
+        let naming = Naming::with(4, Duration::from_secs(5), Duration::from_secs(5));
+        let over = naming.read(boxed(&[b"abcde"]), &length("5")).await.err().unwrap();
+        assert!(over.contains("5 bytes is over"), "{over}");
+        let mut chunked = header::HeaderMap::new();
+        chunked.insert(header::TRANSFER_ENCODING, header::HeaderValue::from_static("chunked"));
+        let refused = naming.read(boxed(&[b"ab"]), &chunked).await.err().unwrap();
+        assert!(refused.contains("without a Content-Length"), "{refused}");
+        assert_eq!(naming.budget.available_permits(), 4, "a refused body holds nothing");
+        // A bodiless request reserves nothing, and is sent again as it is.
+        let empty = naming.read(boxed(&[]), &header::HeaderMap::new()).await.unwrap();
+        assert!(empty.replayable());
+        assert_eq!(naming.budget.available_permits(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_stalled_publish_body_or_its_waiter_gives_the_naming_budget_back_on_time() {
+        let naming = Naming::with(4, Duration::from_millis(100), Duration::from_millis(100));
+        let stalled = naming.read(BodyExt::boxed(Stalled), &length("3")).await.err().unwrap();
+        assert!(stalled.contains("did not arrive whole within"), "{stalled}");
+        assert_eq!(naming.budget.available_permits(), 4, "the timed-out read gave its reservation back");
+        // One body holds the budget: the next waits, then gives up, holding nothing.
+        let held = naming.read(boxed(&[b"abc"]), &length("3")).await.unwrap();
+        let waited = naming.read(boxed(&[b"ab"]), &length("2")).await.err().unwrap();
+        assert!(waited.contains("other publishes held"), "{waited}");
+        assert_eq!(naming.budget.available_permits(), 1);
+        drop(held);
+        assert_eq!(naming.budget.available_permits(), 4);
+    }
+
+    #[tokio::test]
+    async fn concurrent_publish_bodies_within_the_naming_budget_both_pass_and_are_sent_again() {
+        let naming = Naming::with(6, Duration::from_secs(5), Duration::from_secs(5));
+        let three = length("3");
+        let (a, b) = tokio::join!(naming.read(boxed(&[b"ab", b"c"]), &three), naming.read(boxed(&[b"def"]), &three));
+        let (mut a, mut b) = (a.unwrap(), b.unwrap());
+        assert_eq!(naming.budget.available_permits(), 0, "each holds its length");
+        assert_eq!(all(a.body()).await, b"abc");
+        assert_eq!(all(a.body()).await, b"abc", "the body is the replay body");
+        assert_eq!(all(b.body()).await, b"def");
+        drop((a, b));
+        assert_eq!(naming.budget.available_permits(), 6);
     }
 }
