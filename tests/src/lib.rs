@@ -751,6 +751,30 @@ fn host_route(tool: &str, base_url: &str) -> RouteEntry {
     }
 }
 
+/// A child process that is killed, and reaped, when dropped before it ended: a test that
+/// panics leaves nothing running behind it.
+pub struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// Waits for the child to end, with what it wrote.
+    pub fn wait_with_output(mut self) -> Output {
+        self.0.take().expect("a running child").wait_with_output().expect("the child can be waited for")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// The `password` (the token) of a credential helper's answer.
 pub fn password_of(answer: &str) -> String {
     answer.lines().find_map(|l| l.strip_prefix("password=")).expect("a password").to_owned()

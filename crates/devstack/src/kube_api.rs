@@ -1,18 +1,29 @@
 //! A stand-in Kubernetes API server: HTTPS on loopback, `GET /version` for any token
 //! minted by one `mayfly-sts` for this cluster (audience = its URL, scope
-//! `cluster:<host:port>`), 401 for anything else, as client-go expects.
+//! `cluster:<host:port>`), 401 for anything else, as client-go expects. `PUT` stores its
+//! body by path. A test can refuse tokens by fingerprint (as if revoked) and hold those
+//! refusals until several arrive; each request is recorded with the token it carried.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use mayfly_core::Fingerprint;
 use serde_json::json;
 
 use crate::gate::{Refusal, TokenGate};
 use crate::{DevCa, StsClient};
+
+/// The most of a `PUT` body the server reads.
+const MAX_BODY: usize = 64 << 20;
+/// The longest a held refusal waits for the others.
+const MAX_HOLD: Duration = Duration::from_secs(10);
 
 /// A running API server.
 pub struct KubeApiServer {
@@ -20,12 +31,35 @@ pub struct KubeApiServer {
     pub base_url: String,
     /// Requests answered with the version.
     pub served: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+}
+
+/// One request as the server saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    /// The fingerprint of the bearer token it carried, if any.
+    pub fingerprint: Option<String>,
+    /// True when its token was refused by [`KubeApiServer::refuse`].
+    pub refused: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    refused: Mutex<Vec<String>>,
+    /// Refusals are held until this many have arrived (or [`MAX_HOLD`]).
+    hold: AtomicUsize,
+    held: AtomicUsize,
+    seen: Mutex<Vec<Seen>>,
+    stored: Mutex<HashMap<String, Vec<Bytes>>>,
 }
 
 struct Inner {
     gate: TokenGate,
     scope: String,
     served: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
 impl KubeApiServer {
@@ -34,24 +68,84 @@ impl KubeApiServer {
         let listener = crate::loopback_listener().map_err(|e| e.to_string())?;
         let base_url = format!("https://{}", listener.local_addr().map_err(|e| e.to_string())?);
         let served = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared::default());
         let inner = Arc::new(Inner {
             gate: TokenGate::new(&base_url, sts, ca)?,
             scope: format!("cluster:{}", base_url.trim_start_matches("https://")),
             served: served.clone(),
+            shared: shared.clone(),
         });
-        crate::serve_tls(runtime, listener, ca, Router::new().fallback(handle).with_state(inner))?;
-        Ok(Self { base_url, served })
+        let app = Router::new().fallback(handle).layer(DefaultBodyLimit::max(MAX_BODY)).with_state(inner);
+        crate::serve_tls(runtime, listener, ca, app)?;
+        Ok(Self { base_url, served, shared })
+    }
+
+    /// Refuses (`401`) every request carrying the token with this fingerprint from now on.
+    pub fn refuse(&self, fingerprint: &str) {
+        self.shared.refused.lock().unwrap().push(fingerprint.to_owned());
+    }
+
+    /// Holds each refusal from now on until `count` have arrived, or ten seconds passed:
+    /// so that many requests are in flight at once.
+    pub fn hold_refusals(&self, count: usize) {
+        self.shared.held.store(0, Ordering::SeqCst);
+        self.shared.hold.store(count, Ordering::SeqCst);
+    }
+
+    /// Every request so far, in the order they arrived.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.shared.seen.lock().unwrap().clone()
+    }
+
+    /// The bodies stored at `path`, one per `PUT` that was accepted.
+    pub fn stored(&self, path: &str) -> Vec<Bytes> {
+        self.shared.stored.lock().unwrap().get(path).cloned().unwrap_or_default()
     }
 }
 
-async fn handle(State(inner): State<Arc<Inner>>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
+fn status(code: StatusCode, reason: &str) -> Response {
+    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": reason, "reason": reason, "code": code.as_u16()});
+    (code, axum::Json(status)).into_response()
+}
+
+async fn handle(
+    State(inner): State<Arc<Inner>>,
+    method: Method,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Response {
+    let fingerprint = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|token| Fingerprint::of(token).as_str().to_owned());
+    let refused = fingerprint.as_ref().is_some_and(|f| inner.shared.refused.lock().unwrap().contains(f));
+    inner.shared.seen.lock().unwrap().push(Seen {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        fingerprint,
+        refused,
+    });
+    if refused {
+        let wanted = inner.shared.hold.load(Ordering::SeqCst);
+        inner.shared.held.fetch_add(1, Ordering::SeqCst);
+        let until = Instant::now() + MAX_HOLD;
+        while inner.shared.held.load(Ordering::SeqCst) < wanted && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        return status(StatusCode::UNAUTHORIZED, "Unauthorized");
+    }
     if let Err(refusal) = inner.gate.check(&headers, &inner.scope).await {
-        let (code, reason) = match refusal {
-            Refusal::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
-            Refusal::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
+        return match refusal {
+            Refusal::Unauthorized(_) => status(StatusCode::UNAUTHORIZED, "Unauthorized"),
+            Refusal::Forbidden(_) => status(StatusCode::FORBIDDEN, "Forbidden"),
         };
-        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": reason, "reason": reason, "code": code.as_u16()});
-        return (code, axum::Json(status)).into_response();
+    }
+    if method == Method::PUT {
+        let size = body.len();
+        inner.shared.stored.lock().unwrap().entry(uri.path().to_owned()).or_default().push(body);
+        return axum::Json(json!({"kind": "Status", "status": "Success", "size": size})).into_response();
     }
     if uri.path() != "/version" {
         return (
