@@ -34,14 +34,14 @@ pub struct KubeApiServer {
     shared: Arc<Shared>,
 }
 
-/// One request as the server saw it.
+/// One request as a stand-in saw it (this server, or the OCI front).
 #[derive(Clone, Debug)]
 pub struct Seen {
     pub method: String,
     pub path: String,
-    /// The fingerprint of the bearer token it carried, if any.
+    /// The fingerprint of the token it carried (here bearer, at the OCI realm Basic), if any.
     pub fingerprint: Option<String>,
-    /// True when its token was refused by [`KubeApiServer::refuse`].
+    /// True when that token was refused as the test asked.
     pub refused: bool,
 }
 
