@@ -546,7 +546,7 @@ fn a_token_realm_that_refuses_the_cached_token_gets_one_fresh_one_and_no_loop() 
     // and the manifest never went to the registry.
     let (status, answer) = (read(&stack, "status.txt"), read(&stack, "answer.txt"));
     assert_eq!(status, "403", "{answer}{}", read(&stack, "err.txt"));
-    assert!(answer.contains("\"DENIED\"") && answer.contains("to a fresh token too"), "{answer}");
+    assert!(answer.contains("\"DENIED\"") && answer.contains("refused the cached token, then a fresh one"), "{answer}");
     assert_eq!(issued("write").len(), writes + 1, "one fresh write token, refused too");
     let since = front.asked().split_off(asked);
     assert_eq!(since.len(), 2, "the realm asked twice, nothing else sent: {since:?}");

@@ -305,7 +305,7 @@ pub(super) async fn forward(
             let Err(Failed::Refused(reason)) = sent else { break sent };
             if reminted {
                 break Err(Failed::Refused(format!(
-                    "{reason}, to a fresh token too, after it refused the cached one: the route's exchange may not grant {} of `{name}`",
+                    "the registry's token service refused the cached token, then a fresh one ({reason}): the route's exchange may not grant {} of `{name}`",
                     pull_or_push(operation)
                 )));
             }

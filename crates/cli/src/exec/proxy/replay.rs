@@ -3,9 +3,11 @@
 //! up to [`MAX_REPLAY`] is read whole first and kept until the answer comes; a larger one
 //! is streamed as it arrives and cannot be sent again.
 //!
-//! Memory: the bytes kept for replay, and the prefix a body over the cap or the budget had
-//! read before it went over (held until it is sent), count against [`REPLAY_BUDGET`]; only
-//! the one frame that found the budget short is read past it, per request. Bodies read
+//! Memory: the bytes kept for replay count against [`REPLAY_BUDGET`]. A body with a
+//! `Content-Length` reserves it whole before it is read, or is streamed unread when what is
+//! left is short; one without takes its share frame by frame, and the prefix it had read
+//! when the cap or the budget ran short holds its share until it is sent: only the one
+//! frame that found the budget short is read past it, per request. Bodies read
 //! whole to find the package they publish count against [`NAMING_BUDGET`] instead, and
 //! are the replay body as they are.
 
@@ -157,7 +159,8 @@ impl Replay {
     }
 
     /// Reads `body` whole when it fits under `cap` (and its `Content-Length`, if any, says it
-    /// does) and `budget` has room; otherwise keeps what was read in front of the rest.
+    /// does) and `budget` has room; otherwise keeps what was read (nothing, for a body with a
+    /// length) in front of the rest.
     pub(super) async fn read(
         mut body: Body,
         headers: &header::HeaderMap,
@@ -172,15 +175,31 @@ impl Replay {
         if declared.is_some_and(|n| n > cap as u64) {
             return Ok(Self::Over(Some(body)));
         }
+        // A declared length is reserved whole before a byte is read: bodies read at once
+        // cannot each take part of the budget and all fall short. One that does not fit
+        // what is left is streamed unread.
         let mut held: Option<OwnedSemaphorePermit> = None;
+        let mut reserved = 0;
+        if let Some(length) = declared.and_then(|n| u32::try_from(n).ok()) {
+            let Ok(permit) = budget.clone().try_acquire_many_owned(length) else {
+                return Ok(Self::Over(Some(body)));
+            };
+            (held, reserved) = (Some(permit), length as usize);
+        }
         let mut read = bytes::BytesMut::new();
         loop {
             let Some(frame) = body.frame().await else { return Ok(Self::Whole(read.freeze(), held)) };
             // Trailers are not kept: no client of the routed tools sends them.
             let Ok(data) = frame?.into_data() else { continue };
+            let before = read.len();
             read.extend_from_slice(&data);
-            let more = u32::try_from(data.len()).ok().and_then(|n| budget.clone().try_acquire_many_owned(n).ok());
-            let fits = read.len() <= cap && (data.is_empty() || more.is_some());
+            // Without a length, each frame takes its share as it comes.
+            let extra = read.len().saturating_sub(reserved.max(before));
+            let more = u32::try_from(extra)
+                .ok()
+                .filter(|&n| n > 0)
+                .and_then(|n| budget.clone().try_acquire_many_owned(n).ok());
+            let fits = read.len() <= cap && (extra == 0 || more.is_some());
             match (&mut held, more) {
                 (Some(held), Some(more)) => held.merge(more),
                 (held @ None, more) => *held = more,
@@ -346,6 +365,19 @@ mod tests {
             drop(first);
             assert_eq!(budget.available_permits(), 6, "a finished request gives its bytes back");
             assert!(Replay::read(boxed(&[b"ab", b"cd"]), &headers, 100, &budget).await.unwrap().replayable());
+            // Declared lengths are reserved whole: of two bodies read at once, one is kept
+            // whole and the other streamed unread, never both cut short.
+            let (declared, four) = (Arc::new(Semaphore::new(6)), length("4"));
+            let (a, b) = tokio::join!(
+                Replay::read(boxed(&[b"ab", b"cd"]), &four, 100, &declared),
+                Replay::read(boxed(&[b"ef", b"gh"]), &four, 100, &declared)
+            );
+            let (a, mut b) = (a.unwrap(), b.unwrap());
+            assert!(a.replayable() && b.over());
+            assert_eq!(declared.available_permits(), 2, "the unread body holds nothing");
+            assert_eq!(all(b.body()).await, b"efgh");
+            drop(a);
+            assert_eq!(declared.available_permits(), 6);
             // A body never read is not one over the cap.
             let mut declared = header::HeaderMap::new();
             declared.insert(header::CONTENT_LENGTH, header::HeaderValue::from_static("3"));
