@@ -295,6 +295,8 @@ pub(super) async fn forward(
     // The cached mayfly token the realm refused, once it has.
     let mut realm_refused: Option<mayfly_core::Fingerprint> = None;
     let mut first = Carried::Nothing;
+    // What the latest attempt carried: a refusal's hint names it.
+    let mut last;
     let response = loop {
         attempt += 1;
         let sent = loop {
@@ -333,6 +335,7 @@ pub(super) async fn forward(
                 return refuse(StatusCode::FORBIDDEN, reason, Some(operation), Some(&target), &route.name);
             }
         };
+        last = carried;
         if attempt == 1 {
             first = carried;
             if matches!(carried, Carried::Cached | Carried::Nothing) {
@@ -408,15 +411,20 @@ pub(super) async fn forward(
         let _ = http_body_util::Limited::new(response.into_body(), 64 << 10).collect().await;
     };
     if response.status() == StatusCode::UNAUTHORIZED {
-        let reason = format!(
-            "the registry refused the token for {} of `{name}`{}",
-            pull_or_push(operation),
-            if attempt > 1 {
-                ", sent again with a fresh one: the registry may not trust its token service"
-            } else {
-                ": the registry may not trust its token service"
+        let reason = match (last, attempt > 1) {
+            (Carried::Basic, _) => format!(
+                "the registry refused the route's credential for {} of `{name}`: the route's exchange may not grant it",
+                pull_or_push(operation)
+            ),
+            (Carried::Nothing, _) => {
+                format!("the registry refused {} of `{name}` without asking for a credential", pull_or_push(operation))
             }
-        );
+            (Carried::Cached | Carried::Fresh, again) => format!(
+                "the registry refused the token for {} of `{name}`{}: the registry may not trust its token service",
+                pull_or_push(operation),
+                if again { ", sent again with a fresh one" } else { "" }
+            ),
+        };
         line(Outcome::Denied, Some(operation), Some(&target), &route.name, &|e| {
             e.fingerprint = Some(fingerprint.clone());
             e.reason = Some(reason.clone());

@@ -40,11 +40,20 @@ pub(super) fn budget() -> Arc<Semaphore> {
 /// at once to find the package they name; one body is never larger.
 pub(super) const NAMING_BUDGET: usize = 256 << 20;
 
+/// How long reading a body for replay may take: a client that stalls (or trickles) after
+/// declaring a length would otherwise hold its reservation, and so the budget, for ever.
+/// Past it, the reservation beyond what was read goes back and the body is streamed.
+pub(super) const REPLAY_READ: Duration = Duration::from_secs(10);
+
 /// How long a publish body may wait for the naming budget, and then how long its reading
 /// may take. The semaphore serves waiters in turn, so without a bound a client that stalls
-/// (or trickles) would hold the budget, and every publish queued behind it, for ever.
-const NAMING_WAIT: Duration = Duration::from_secs(60);
+/// (or trickles) would hold the budget, and every publish queued behind it, for ever. The
+/// wait is under cargo's default `http.timeout` (30 s without progress), so a queued
+/// `cargo publish` gets the proxy's refusal, not curl's timeout; the read moves bytes, so
+/// only a whole-body bound applies to it.
+const NAMING_WAIT: Duration = Duration::from_secs(20);
 const NAMING_READ: Duration = Duration::from_secs(60);
+const _: () = assert!(NAMING_WAIT.as_secs() < 30, "a queued cargo publish must get the proxy's refusal");
 
 /// Publish bodies read whole across the whole proxy: the budget's bytes as permits, and
 /// the bounds on waiting for them and on reading.
@@ -159,13 +168,23 @@ impl Replay {
     }
 
     /// Reads `body` whole when it fits under `cap` (and its `Content-Length`, if any, says it
-    /// does) and `budget` has room; otherwise keeps what was read (nothing, for a body with a
-    /// length) in front of the rest.
+    /// does), `budget` has room, and it arrives within [`REPLAY_READ`]; otherwise keeps what
+    /// was read (nothing, for a body with a length that does not fit) in front of the rest.
     pub(super) async fn read(
+        body: Body,
+        headers: &header::HeaderMap,
+        cap: usize,
+        budget: &Arc<Semaphore>,
+    ) -> Result<Self, hyper::Error> {
+        Self::read_within(body, headers, cap, budget, REPLAY_READ).await
+    }
+
+    async fn read_within(
         mut body: Body,
         headers: &header::HeaderMap,
         cap: usize,
         budget: &Arc<Semaphore>,
+        within: Duration,
     ) -> Result<Self, hyper::Error> {
         let declared =
             headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -186,9 +205,20 @@ impl Replay {
             };
             (held, reserved) = (Some(permit), length as usize);
         }
+        let deadline = tokio::time::Instant::now() + within;
         let mut read = bytes::BytesMut::new();
         loop {
-            let Some(frame) = body.frame().await else { return Ok(Self::Whole(read.freeze(), held)) };
+            let Ok(frame) = tokio::time::timeout_at(deadline, body.frame()).await else {
+                // Too slow: the reservation past what was read goes back now, and the
+                // prefix holds its share until it is sent.
+                if let Some(permit) = held.as_mut() {
+                    let unread = permit.num_permits().saturating_sub(read.len());
+                    drop(permit.split(unread));
+                }
+                let prefixed = Prefixed { first: Some(read.freeze()), held, rest: body };
+                return Ok(Self::Over(Some(BodyExt::boxed(prefixed))));
+            };
+            let Some(frame) = frame else { return Ok(Self::Whole(read.freeze(), held)) };
             // Trailers are not kept: no client of the routed tools sends them.
             let Ok(data) = frame?.into_data() else { continue };
             let before = read.len();
@@ -305,6 +335,31 @@ mod tests {
         }
     }
 
+    /// A body that is not ready once before each chunk (and wakes its reader), so bodies
+    /// read at once take turns frame by frame.
+    struct Interleaved(std::collections::VecDeque<Bytes>, bool);
+
+    impl hyper::body::Body for Interleaved {
+        type Data = Bytes;
+        type Error = hyper::Error;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+            self.1 = !self.1;
+            if self.1 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(c))))
+        }
+    }
+
+    fn interleaved(chunks: &[&'static [u8]]) -> Body {
+        BodyExt::boxed(Interleaved(chunks.iter().map(|c| Bytes::from_static(c)).collect(), false))
+    }
+
     fn boxed(chunks: &[&'static [u8]]) -> Body {
         BodyExt::boxed(Chunks(chunks.iter().map(|c| Bytes::from_static(c)).collect()))
     }
@@ -315,7 +370,7 @@ mod tests {
 
     #[test]
     fn a_body_under_the_cap_is_sent_again_whole_and_one_over_it_once_in_order() {
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         runtime.block_on(async {
             let headers = header::HeaderMap::new();
             let mut small = Replay::read(boxed(&[b"ab", b"cd"]), &headers, 4, &budget()).await.unwrap();
@@ -348,7 +403,7 @@ mod tests {
 
     #[test]
     fn bodies_kept_for_replay_share_one_budget_and_give_it_back() {
-        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         runtime.block_on(async {
             let headers = header::HeaderMap::new();
             let budget = Arc::new(Semaphore::new(6));
@@ -369,8 +424,8 @@ mod tests {
             // whole and the other streamed unread, never both cut short.
             let (declared, four) = (Arc::new(Semaphore::new(6)), length("4"));
             let (a, b) = tokio::join!(
-                Replay::read(boxed(&[b"ab", b"cd"]), &four, 100, &declared),
-                Replay::read(boxed(&[b"ef", b"gh"]), &four, 100, &declared)
+                Replay::read(interleaved(&[b"ab", b"cd"]), &four, 100, &declared),
+                Replay::read(interleaved(&[b"ef", b"gh"]), &four, 100, &declared)
             );
             let (a, mut b) = (a.unwrap(), b.unwrap());
             assert!(a.replayable() && b.over());
@@ -391,16 +446,42 @@ mod tests {
         headers
     }
 
-    /// A body that never sends a byte.
-    struct Stalled;
+    /// A body that sends these bytes, if any, then never another.
+    struct Stalled(Option<Bytes>);
 
     impl hyper::body::Body for Stalled {
         type Data = Bytes;
         type Error = hyper::Error;
 
-        fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-            Poll::Pending
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+            match self.0.take() {
+                Some(first) => Poll::Ready(Some(Ok(Frame::data(first)))),
+                None => Poll::Pending,
+            }
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_gives_its_unread_reservation_back_on_time_and_is_streamed() {
+        let budget = Arc::new(Semaphore::new(6));
+        let four = length("4");
+        let stalled = BodyExt::boxed(Stalled(Some(Bytes::from_static(b"ab"))));
+        let mut slow = Replay::read(stalled, &four, 100, &budget).await.unwrap();
+        assert!(slow.over() && !slow.replayable());
+        assert_eq!(budget.available_permits(), 4, "only the prefix read holds its share");
+        // Another body is kept for replay meanwhile.
+        let other = Replay::read(boxed(&[b"cdef"]), &four, 100, &budget).await.unwrap();
+        assert!(other.replayable());
+        // The prefix comes first, then the rest of the stream (which never ends here).
+        let mut streamed = slow.body();
+        let first = streamed.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, b"ab"[..]);
+        assert_eq!(budget.available_permits(), 2, "the prefix sent gave its share back");
+        drop(other);
+        assert_eq!(budget.available_permits(), 6);
     }
 
     #[tokio::test]
@@ -419,16 +500,17 @@ mod tests {
         assert_eq!(naming.budget.available_permits(), 4);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_stalled_publish_body_or_its_waiter_gives_the_naming_budget_back_on_time() {
-        let naming = Naming::with(4, Duration::from_millis(100), Duration::from_millis(100));
-        let stalled = naming.read(BodyExt::boxed(Stalled), &length("3")).await.err().unwrap();
+        // The proxy's own bounds, in paused time.
+        let naming = Naming::with(4, NAMING_WAIT, NAMING_READ);
+        let stalled = naming.read(BodyExt::boxed(Stalled(None)), &length("3")).await.err().unwrap();
         assert!(stalled.contains("did not arrive whole within"), "{stalled}");
         assert_eq!(naming.budget.available_permits(), 4, "the timed-out read gave its reservation back");
         // One body holds the budget: the next waits, then gives up, holding nothing.
         let held = naming.read(boxed(&[b"abc"]), &length("3")).await.unwrap();
         let waited = naming.read(boxed(&[b"ab"]), &length("2")).await.err().unwrap();
-        assert!(waited.contains("other publishes held"), "{waited}");
+        assert!(waited.contains("other publishes held") && waited.contains("for 20 s"), "{waited}");
         assert_eq!(naming.budget.available_permits(), 1);
         drop(held);
         assert_eq!(naming.budget.available_permits(), 4);
@@ -438,7 +520,10 @@ mod tests {
     async fn concurrent_publish_bodies_within_the_naming_budget_both_pass_and_are_sent_again() {
         let naming = Naming::with(6, Duration::from_secs(5), Duration::from_secs(5));
         let three = length("3");
-        let (a, b) = tokio::join!(naming.read(boxed(&[b"ab", b"c"]), &three), naming.read(boxed(&[b"def"]), &three));
+        let (a, b) = tokio::join!(
+            naming.read(interleaved(&[b"ab", b"c"]), &three),
+            naming.read(interleaved(&[b"de", b"f"]), &three)
+        );
         let (mut a, mut b) = (a.unwrap(), b.unwrap());
         assert_eq!(naming.budget.available_permits(), 0, "each holds its length");
         assert_eq!(all(a.body()).await, b"abc");
