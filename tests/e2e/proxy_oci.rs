@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use mayfly_core::RouteEntry;
 use mayfly_devstack::OciFront;
-use mayfly_tests::{KillOnDrop, Stack, bin, require_tool, routes_toml};
+use mayfly_tests::{KillOnDrop, Stack, await_marker, bin, read_work as read, require_tool, routes_toml};
 use serde_json::Value;
 
 use super::oci::{Registry, image_layout};
@@ -54,10 +54,6 @@ fn exec(stack: &Stack, session: &str, script: &str) -> Output {
         .envs(stack.env())
         .output()
         .expect("mayfly exec runs")
-}
-
-fn read(stack: &Stack, name: &str) -> String {
-    std::fs::read_to_string(stack.work.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 /// Runs `COMMAND` in the background, and while it runs (at least once) copies the
@@ -483,23 +479,13 @@ fn a_token_realm_that_refuses_the_cached_token_gets_one_fresh_one_and_no_loop() 
            -o answer.txt -w '%{{http_code}}' https://{host}/v2/test/realm/manifests/v3 > status.txt 2> err.txt || true",
         layout = layout.display()
     );
-    let child = Command::new(bin("mayfly"))
+    let mut child = Command::new(bin("mayfly"));
+    child
         .args(["exec", "--session", session, "--proxy", "--", "sh", "-c", &script])
         .current_dir(&stack.work)
         .env_clear()
-        .envs(stack.env())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("mayfly exec runs");
-    let child = KillOnDrop::new(child);
-    let await_marker = |marker: &str| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
-        while !stack.work.join(marker).exists() {
-            assert!(std::time::Instant::now() < deadline, "the script never reached `{marker}`");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    };
+        .envs(stack.env());
+    let child = KillOnDrop::spawn(&mut child, &stack.work, "session");
     let issued = |operation: &str| -> Vec<String> {
         stack
             .client_audit()
@@ -511,7 +497,7 @@ fn a_token_realm_that_refuses_the_cached_token_gets_one_fresh_one_and_no_loop() 
     };
 
     // The first push: the realm took the mayfly tokens; one write token for all of it.
-    await_marker("ready0");
+    await_marker(&stack, "ready0");
     let writes = issued("write");
     assert_eq!(writes.len(), 1, "{writes:?}");
     // The realm now refuses every token the session holds (as if revoked).
@@ -521,8 +507,8 @@ fn a_token_realm_that_refuses_the_cached_token_gets_one_fresh_one_and_no_loop() 
     std::fs::write(stack.work.join("go0"), "").unwrap();
 
     // The second push: the realm refused the cached write token, and the proxy got exactly
-    // one fresh one (however many requests met the refusal at once).
-    await_marker("ready1");
+    // one fresh one for the rest of the push.
+    await_marker(&stack, "ready1");
     let after = issued("write");
     assert_eq!(after.len(), 2, "one fresh write token: {after:?}");
     let refused = front.asked().iter().filter(|a| a.path == "/token" && a.refused).count();

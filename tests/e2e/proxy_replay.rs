@@ -4,17 +4,21 @@
 //! sent again with one fresh token (minted once for all of them), each body arriving once;
 //! bodies past the proxy's replay budget are not kept, and say so; the budget comes back.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use mayfly_core::RouteEntry;
-use mayfly_tests::{KillOnDrop, Stack, bin, require_tool, routes_toml};
+use mayfly_devstack::Stored;
+use mayfly_tests::{KillOnDrop, Stack, await_marker, bin, read_work as read, require_tool, routes_toml};
 use serde_json::Value;
 
 const SESSION: &str = "replays";
-/// A body the proxy keeps (under its 32 MiB cap) of which two, not three, fit its 64 MiB
-/// budget at once.
+/// The proxy's cap on one kept body and its budget for all at once (`MAX_REPLAY`,
+/// `REPLAY_BUDGET` in the proxy); its refusal names the cap, which the test checks.
+const MAX_REPLAY: usize = 32 << 20;
+const REPLAY_BUDGET: usize = 64 << 20;
+/// A body the proxy keeps (under its cap) of which two, not three, fit its budget at once.
 const LARGE: usize = 28 << 20;
+const _: () = assert!(LARGE <= MAX_REPLAY && 2 * LARGE <= REPLAY_BUDGET && 3 * LARGE > REPLAY_BUDGET);
 
 /// A body of `size` bytes that names `name` and its position throughout.
 fn body(name: &str, size: usize) -> Vec<u8> {
@@ -36,19 +40,6 @@ fn issued(stack: &Stack) -> Vec<String> {
         .filter(|l| l["session"] == SESSION && l["outcome"] == "issued")
         .filter_map(|l| l["fingerprint"].as_str().map(str::to_owned))
         .collect()
-}
-
-fn read(stack: &Stack, name: &str) -> String {
-    std::fs::read_to_string(stack.work.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-/// Waits (with a deadline) until the script has written `marker`.
-fn await_marker(stack: &Stack, marker: &str) {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !stack.work.join(marker).exists() {
-        assert!(Instant::now() < deadline, "the script never reached `{marker}`");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -94,17 +85,14 @@ fn concurrent_puts_whose_token_is_refused_are_sent_again_once_with_one_fresh_tok
             script.push_str(&format!("await go{round}; "));
         }
     }
-    let child = Command::new(bin("mayfly"))
+    let mut child = Command::new(bin("mayfly"));
+    child
         .args(["exec", "--session", SESSION, "--proxy", "--", "sh", "-c", &script])
         .current_dir(&stack.work)
         .env_clear()
         .envs(stack.env())
-        .env("API", &api)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mayfly exec runs");
-    let child = KillOnDrop::new(child);
+        .env("API", &api);
+    let child = KillOnDrop::spawn(&mut child, &stack.work, "session");
     let kube = stack.kube();
     let path = |name: &str| format!("/api/v1/namespaces/default/configmaps/{name}");
 
@@ -122,6 +110,7 @@ fn concurrent_puts_whose_token_is_refused_are_sent_again_once_with_one_fresh_tok
         kube.hold_refusals(names.len());
         std::fs::write(stack.work.join(format!("go{}", round - 1)), "").unwrap();
         await_marker(&stack, &format!("ready{round}"));
+        assert!(!kube.hold_timed_out(), "round {round}: its PUTs were all in flight at once");
         tokens = issued(&stack);
         assert_eq!(tokens.len(), before + 1, "round {round}: one fresh token for all its PUTs: {tokens:?}");
         let fresh = tokens.last().unwrap();
@@ -137,6 +126,8 @@ fn concurrent_puts_whose_token_is_refused_are_sent_again_once_with_one_fresh_tok
                 if status == "503" {
                     // Not kept (past the budget): sent once, refused, and said so.
                     assert!(answer.contains("could not be sent again"), "{name}: {answer}");
+                    let cap = format!("over {} MiB", MAX_REPLAY >> 20);
+                    assert!(answer.contains(&cap), "the proxy's cap is the one restated here: {answer}");
                     assert_eq!(carried.len(), 1, "{name} was sent once: {carried:?}");
                     assert!(stored.is_empty(), "{name} was stored");
                     not_sent += 1;
@@ -148,11 +139,11 @@ fn concurrent_puts_whose_token_is_refused_are_sent_again_once_with_one_fresh_tok
             }
             assert_eq!(status, "200", "{name}: {answer}{} {carried:?}", read(&stack, &format!("err-{name}.txt")));
             assert_eq!(stored.len(), 1, "{name}'s body arrived once");
-            assert!(stored[0].len() == *size && stored[0] == body(name, *size), "{name}'s body arrived byte for byte");
+            assert_eq!(stored[0], Stored::of(&body(name, *size)), "{name}'s body arrived byte for byte");
         }
         let all_refused = names.iter().all(|n| seen.iter().any(|s| s.path == path(n) && s.refused));
         if round == 2 && all_refused {
-            // Three 28 MiB bodies in flight at once: two fit the 64 MiB budget.
+            // Three LARGE bodies in flight at once: two fit the budget.
             assert_eq!(not_sent, 1, "one body past the replay budget");
         } else {
             // Below the budget, or once it is whole again: every body was kept.

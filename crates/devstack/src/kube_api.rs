@@ -1,13 +1,13 @@
 //! A stand-in Kubernetes API server: HTTPS on loopback, `GET /version` for any token
 //! minted by one `mayfly-sts` for this cluster (audience = its URL, scope
-//! `cluster:<host:port>`), 401 for anything else, as client-go expects. `PUT` stores its
-//! body by path. A test can refuse tokens by fingerprint (as if revoked) and hold those
+//! `cluster:<host:port>`), 401 for anything else, as client-go expects. `PUT` records its
+//! body's length and SHA-256 by path. A test can refuse tokens by fingerprint (as if revoked) and hold those
 //! refusals until several arrive; each request is recorded with the token it carried.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -16,6 +16,8 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mayfly_core::Fingerprint;
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
 
 use crate::gate::{Refusal, TokenGate};
 use crate::{DevCa, StsClient};
@@ -45,14 +47,39 @@ pub struct Seen {
     pub refused: bool,
 }
 
+/// A body a `PUT` stored, as its length and digest: enough to check it arrived byte for
+/// byte without keeping it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// Bytes.
+    pub length: usize,
+    /// Lowercase hex SHA-256.
+    pub sha256: String,
+}
+
+impl Stored {
+    /// The length and digest of `body`.
+    pub fn of(body: &[u8]) -> Self {
+        Self { length: body.len(), sha256: hex::encode(Sha256::digest(body)) }
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     refused: Mutex<Vec<String>>,
-    /// Refusals are held until this many have arrived (or [`MAX_HOLD`]).
-    hold: AtomicUsize,
-    held: AtomicUsize,
+    hold: Mutex<Hold>,
+    /// Wakes held refusals once the last one the test waits for has arrived.
+    arrived: Notify,
     seen: Mutex<Vec<Seen>>,
-    stored: Mutex<HashMap<String, Vec<Bytes>>>,
+    stored: Mutex<HashMap<String, Vec<Stored>>>,
+}
+
+/// Refusals are held until `wanted` have arrived, or [`MAX_HOLD`] passed.
+#[derive(Default)]
+struct Hold {
+    wanted: usize,
+    arrived: usize,
+    timed_out: bool,
 }
 
 struct Inner {
@@ -88,8 +115,13 @@ impl KubeApiServer {
     /// Holds each refusal from now on until `count` have arrived, or ten seconds passed:
     /// so that many requests are in flight at once.
     pub fn hold_refusals(&self, count: usize) {
-        self.shared.held.store(0, Ordering::SeqCst);
-        self.shared.hold.store(count, Ordering::SeqCst);
+        *self.shared.hold.lock().unwrap() = Hold { wanted: count, ..Hold::default() };
+    }
+
+    /// True when a refusal held since [`Self::hold_refusals`] gave up waiting for the
+    /// others: the requests were then not all in flight at once.
+    pub fn hold_timed_out(&self) -> bool {
+        self.shared.hold.lock().unwrap().timed_out
     }
 
     /// Every request so far, in the order they arrived.
@@ -98,7 +130,7 @@ impl KubeApiServer {
     }
 
     /// The bodies stored at `path`, one per `PUT` that was accepted.
-    pub fn stored(&self, path: &str) -> Vec<Bytes> {
+    pub fn stored(&self, path: &str) -> Vec<Stored> {
         self.shared.stored.lock().unwrap().get(path).cloned().unwrap_or_default()
     }
 }
@@ -128,11 +160,19 @@ async fn handle(
         refused,
     });
     if refused {
-        let wanted = inner.shared.hold.load(Ordering::SeqCst);
-        inner.shared.held.fetch_add(1, Ordering::SeqCst);
-        let until = Instant::now() + MAX_HOLD;
-        while inner.shared.held.load(Ordering::SeqCst) < wanted && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        // Registered before counting itself, so the last arrival's wake cannot be missed.
+        let arrived = inner.shared.arrived.notified();
+        tokio::pin!(arrived);
+        arrived.as_mut().enable();
+        let last = {
+            let mut hold = inner.shared.hold.lock().unwrap();
+            hold.arrived += 1;
+            hold.arrived >= hold.wanted
+        };
+        if last {
+            inner.shared.arrived.notify_waiters();
+        } else if tokio::time::timeout(MAX_HOLD, arrived).await.is_err() {
+            inner.shared.hold.lock().unwrap().timed_out = true;
         }
         return status(StatusCode::UNAUTHORIZED, "Unauthorized");
     }
@@ -144,7 +184,7 @@ async fn handle(
     }
     if method == Method::PUT {
         let size = body.len();
-        inner.shared.stored.lock().unwrap().entry(uri.path().to_owned()).or_default().push(body);
+        inner.shared.stored.lock().unwrap().entry(uri.path().to_owned()).or_default().push(Stored::of(&body));
         return axum::Json(json!({"kind": "Status", "status": "Success", "size": size})).into_response();
     }
     if uri.path() != "/version" {
