@@ -469,7 +469,9 @@ mod tests {
         let budget = Arc::new(Semaphore::new(6));
         let four = length("4");
         let stalled = BodyExt::boxed(Stalled(Some(Bytes::from_static(b"ab"))));
+        let started = tokio::time::Instant::now();
         let mut slow = Replay::read(stalled, &four, 100, &budget).await.unwrap();
+        assert_eq!(started.elapsed(), REPLAY_READ, "given up on at the bound, in paused time");
         assert!(slow.over() && !slow.replayable());
         assert_eq!(budget.available_permits(), 4, "only the prefix read holds its share");
         // Another body is kept for replay meanwhile.
@@ -509,7 +511,9 @@ mod tests {
         assert_eq!(naming.budget.available_permits(), 4, "the timed-out read gave its reservation back");
         // One body holds the budget: the next waits, then gives up, holding nothing.
         let held = naming.read(boxed(&[b"abc"]), &length("3")).await.unwrap();
+        let started = tokio::time::Instant::now();
         let waited = naming.read(boxed(&[b"ab"]), &length("2")).await.err().unwrap();
+        assert_eq!(started.elapsed(), NAMING_WAIT);
         assert!(waited.contains("other publishes held") && waited.contains("for 20 s"), "{waited}");
         assert_eq!(naming.budget.available_permits(), 1);
         drop(held);
