@@ -411,20 +411,7 @@ pub(super) async fn forward(
         let _ = http_body_util::Limited::new(response.into_body(), 64 << 10).collect().await;
     };
     if response.status() == StatusCode::UNAUTHORIZED {
-        let reason = match (last, attempt > 1) {
-            (Carried::Basic, _) => format!(
-                "the registry refused the route's credential for {} of `{name}`: the route's exchange may not grant it",
-                pull_or_push(operation)
-            ),
-            (Carried::Nothing, _) => {
-                format!("the registry refused {} of `{name}` without asking for a credential", pull_or_push(operation))
-            }
-            (Carried::Cached | Carried::Fresh, again) => format!(
-                "the registry refused the token for {} of `{name}`{}: the registry may not trust its token service",
-                pull_or_push(operation),
-                if again { ", sent again with a fresh one" } else { "" }
-            ),
-        };
+        let reason = refused(last, attempt > 1, operation, &name);
         line(Outcome::Denied, Some(operation), Some(&target), &route.name, &|e| {
             e.fingerprint = Some(fingerprint.clone());
             e.reason = Some(reason.clone());
@@ -445,6 +432,22 @@ pub(super) async fn forward(
         e.reason = Some(format!("upstream answered {}{how}", response.status().as_u16()));
     });
     response
+}
+
+/// Why a final `401` was refused, from what the last attempt carried (and whether it was
+/// the second): only a token points at the token service.
+fn refused(carried: Carried, again: bool, operation: Operation, name: &str) -> String {
+    let what = pull_or_push(operation);
+    match carried {
+        Carried::Basic => format!(
+            "the registry refused the route's credential for {what} of `{name}`: the route's exchange may not grant it"
+        ),
+        Carried::Nothing => format!("the registry refused {what} of `{name}` without asking for a credential"),
+        Carried::Cached | Carried::Fresh => format!(
+            "the registry refused the token for {what} of `{name}`{}: the registry may not trust its token service",
+            if again { ", sent again with a fresh one" } else { "" }
+        ),
+    }
 }
 
 fn pull_or_push(operation: Operation) -> &'static str {
@@ -582,6 +585,17 @@ impl Tokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_names_the_token_service_only_when_a_token_was_sent() {
+        let basic = refused(Carried::Basic, false, Operation::Write, "a/b");
+        assert!(basic.contains("route's credential for push of `a/b`") && !basic.contains("token service"), "{basic}");
+        let fresh = refused(Carried::Fresh, false, Operation::Read, "a/b");
+        assert!(fresh.ends_with("pull of `a/b`: the registry may not trust its token service"), "{fresh}");
+        let again = refused(Carried::Cached, true, Operation::Read, "a/b");
+        assert!(again.contains("sent again with a fresh one: the registry may not trust"), "{again}");
+        assert!(!refused(Carried::Nothing, false, Operation::Read, "a/b").contains("token service"));
+    }
 
     #[test]
     fn a_registry_token_lives_no_longer_than_five_minutes_nor_its_minted_token() {
