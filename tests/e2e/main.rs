@@ -43,6 +43,7 @@ mod proxy_nuget;
 mod proxy_oci;
 mod proxy_pip;
 mod proxy_pypi;
+mod proxy_replay;
 mod registries;
 mod release;
 mod replicas;

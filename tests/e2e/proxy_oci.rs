@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use mayfly_core::RouteEntry;
 use mayfly_devstack::OciFront;
-use mayfly_tests::{Stack, bin, require_tool, routes_toml};
+use mayfly_tests::{KillOnDrop, Stack, await_marker, bin, read_work as read, require_tool, routes_toml};
 use serde_json::Value;
 
 use super::oci::{Registry, image_layout};
@@ -56,10 +56,6 @@ fn exec(stack: &Stack, session: &str, script: &str) -> Output {
         .expect("mayfly exec runs")
 }
 
-fn read(stack: &Stack, name: &str) -> String {
-    std::fs::read_to_string(stack.work.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
 /// Runs `COMMAND` in the background, and while it runs (at least once) copies the
 /// environment and command line of every process of the session into `scan.txt` (a
 /// process may end between the check and the copy: nothing there fails the script).
@@ -78,7 +74,8 @@ fn scanned(command: &str, err: &str) -> String {
 /// (its token realm at `realm(stack)`), and routes to it: `test/*` pulls and pushes,
 /// `test/readonly/*` only pulls; the registry's `IP:PORT`.
 fn registry_behind_routes(realm: impl Fn(&Stack) -> String) -> (Stack, Registry, String) {
-    registry_maybe_fronted(realm, Front::None)
+    let (stack, registry, host, _) = registry_maybe_fronted(realm, Front::None);
+    (stack, registry, host)
 }
 
 /// What stands before, or beside, the registry.
@@ -90,12 +87,19 @@ enum Front {
     /// Nothing, but the registry trusts another signer than the token service's: it
     /// refuses every registry token.
     Refusing,
+    /// As [`Front::Anonymous`], the front also serving the token realm on the registry's
+    /// host, passed on to the exchange (and refusing tokens when told to).
+    Realm,
 }
 
 /// As [`registry_behind_routes`]; with [`Front::Anonymous`], the routes' host is an
 /// [`OciFront`] whose `/v2/` answers `200` anonymously, before the registry on a loopback
-/// port, which challenges on every repository request.
-fn registry_maybe_fronted(realm: impl Fn(&Stack) -> String, front: Front) -> (Stack, Registry, String) {
+/// port, which challenges on every repository request; with [`Front::Realm`], the front
+/// also serves the realm (whatever `realm` says), and is returned.
+fn registry_maybe_fronted(
+    realm: impl Fn(&Stack) -> String,
+    front: Front,
+) -> (Stack, Registry, String, Option<OciFront>) {
     let address = non_loopback_ipv4();
     // The exchange mints for the registry by that address: the stack's OCI rule, moved
     // from `127.0.0.1` to it.
@@ -118,15 +122,20 @@ fn registry_maybe_fronted(realm: impl Fn(&Stack) -> String, front: Front) -> (St
     let (cert, key, registry_ca) = registry_tls(&tls_dir, &address);
     let signer =
         stack.https_client().get(format!("{}/registry/cert.pem", stack.sts.url)).send().unwrap().text().unwrap();
-    let realm = realm(&stack);
+    let realm = if front == Front::Realm { format!("https://{host}/token") } else { realm(&stack) };
+    let mut served = None;
     let registry = if front == Front::Refusing {
         let stranger = std::fs::read_to_string(&registry_ca).unwrap();
         Registry::start_on(&stack, &host, Some((&cert, &key)), &realm, &stack.sts.url, &stranger)
-    } else if front == Front::Anonymous {
+    } else if front == Front::Anonymous || front == Front::Realm {
         let behind = format!("127.0.0.1:{}", mayfly_tests::free_port());
         let registry = Registry::start_as(&stack, &behind, &host, None, &realm, &stack.sts.url, &signer);
         let listener = std::net::TcpListener::bind(&host).unwrap();
-        OciFront::start(stack.runtime(), listener, &cert, &key, &format!("http://{behind}")).unwrap();
+        let exchange = format!("{}/registry/token", stack.sts.url);
+        let stack_ca = std::fs::read(&stack.ca.ca_cert).unwrap();
+        let token_service = (front == Front::Realm).then_some((exchange.as_str(), stack_ca.as_slice()));
+        let upstream = format!("http://{behind}");
+        served = Some(OciFront::start_with(stack.runtime(), listener, &cert, &key, &upstream, token_service).unwrap());
         registry
     } else {
         Registry::start_on(&stack, &host, Some((&cert, &key)), &realm, &stack.sts.url, &signer)
@@ -153,7 +162,7 @@ fn registry_maybe_fronted(realm: impl Fn(&Stack) -> String, front: Front) -> (St
         routes_toml(vec![route("test", &["read", "write"]), route("test/readonly", &["read"])])
     ));
 
-    (stack, registry, host)
+    (stack, registry, host, served)
 }
 
 #[test]
@@ -383,7 +392,7 @@ fn a_registry_whose_version_check_is_anonymous_is_answered_from_its_repositories
     if !require_tool("docker-registry") || !require_tool("skopeo") {
         return;
     }
-    let (stack, _registry, host) =
+    let (stack, _registry, host, _front) =
         registry_maybe_fronted(|stack| format!("{}/registry/token", stack.sts.url), Front::Anonymous);
     let layout = image_layout(stack.dir.path());
     let pulled = stack.dir.path().join("pulled");
@@ -416,7 +425,7 @@ fn a_registry_whose_version_check_is_anonymous_is_answered_from_its_repositories
     assert!(lines.iter().any(|l| l["outcome"] == "proxied"
         && l["method"] == "PUT"
         && l["path"] == "/v2/test/front/manifests/v1"
-        && l["reason"] == "upstream answered 201"));
+        && l["reason"].as_str().is_some_and(|r| r.starts_with("upstream answered 201"))));
 }
 
 #[test]
@@ -428,7 +437,7 @@ fn a_small_push_the_registry_refuses_a_fresh_registry_token_for_is_refused_not_r
     if !require_tool("docker-registry") || !require_tool("curl") {
         return;
     }
-    let (stack, _registry, host) =
+    let (stack, _registry, host, _) =
         registry_maybe_fronted(|stack| format!("{}/registry/token", stack.sts.url), Front::Refusing);
     // The registry token comes fresh from the realm, so the manifest is streamed, never
     // kept: the registry's 401 to it is the registry's answer, not a body too large.
@@ -444,4 +453,97 @@ fn a_small_push_the_registry_refuses_a_fresh_registry_token_for_is_refused_not_r
     assert_eq!(status, "403", "{answer}{}", read(&stack, "err.txt"));
     assert!(answer.contains("the registry refused the token for push of `test/hello`"), "{answer}");
     assert!(!answer.contains("could not be sent again"), "{answer}");
+}
+
+#[test]
+#[cfg_attr(
+    any(missing = "docker-registry", missing = "skopeo", missing = "curl"),
+    ignore = "needs docker-registry, skopeo, curl: one is not installed"
+)]
+fn a_token_realm_that_refuses_the_cached_token_gets_one_fresh_one_and_no_loop() {
+    if !require_tool("docker-registry") || !require_tool("skopeo") || !require_tool("curl") {
+        return;
+    }
+    let (stack, _registry, host, front) = registry_maybe_fronted(|_| String::new(), Front::Realm);
+    let front = front.expect("the front serves the realm");
+    let layout = image_layout(stack.dir.path());
+    std::fs::write(stack.work.join("manifest.json"), "{\"schemaVersion\":2}").unwrap();
+    let session = "oci-realm";
+    // Between steps the script waits (with a deadline) for the test to have the realm
+    // refuse tokens.
+    let script = format!(
+        "await() {{ n=0; while [ ! -e $1 ]; do n=$((n+1)); [ $n -gt 3600 ] && exit 3; sleep 0.05; done; }}; \
+         skopeo copy oci:{layout}:v1 docker://{host}/test/realm:v1 2> push1-err.txt || echo push1-failed; touch ready0; await go0; \
+         skopeo copy oci:{layout}:v1 docker://{host}/test/realm:v2 2> push2-err.txt || echo push2-failed; touch ready1; await go1; \
+         curl -sS -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' --data-binary @manifest.json \
+           -o answer.txt -w '%{{http_code}}' https://{host}/v2/test/realm/manifests/v3 > status.txt 2> err.txt || true",
+        layout = layout.display()
+    );
+    let mut child = Command::new(bin("mayfly"));
+    child
+        .args(["exec", "--session", session, "--proxy", "--", "sh", "-c", &script])
+        .current_dir(&stack.work)
+        .env_clear()
+        .envs(stack.env());
+    let child = KillOnDrop::spawn(&mut child, &stack.work, "session");
+    let issued = |operation: &str| -> Vec<String> {
+        stack
+            .client_audit()
+            .into_iter()
+            .filter(|l| l["session"] == session && l["outcome"] == "issued")
+            .filter(|l| operation.is_empty() || l["operation"] == operation)
+            .filter_map(|l| l["fingerprint"].as_str().map(str::to_owned))
+            .collect()
+    };
+
+    // The first push: the realm took the mayfly tokens; one write token for all of it.
+    await_marker(&stack, "ready0");
+    let writes = issued("write");
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    // The realm now refuses every token the session holds (as if revoked).
+    for token in issued("") {
+        front.refuse(&token);
+    }
+    std::fs::write(stack.work.join("go0"), "").unwrap();
+
+    // The second push: the realm refused the cached write token, and the proxy got exactly
+    // one fresh one for the rest of the push.
+    await_marker(&stack, "ready1");
+    let after = issued("write");
+    assert_eq!(after.len(), 2, "one fresh write token: {after:?}");
+    let refused = front.asked().iter().filter(|a| a.path == "/token" && a.refused).count();
+    assert!(refused >= 1, "the realm refused the cached token");
+    assert!(
+        front.asked().iter().any(|a| a.path == "/token" && !a.refused && a.fingerprint.as_deref() == Some(&after[1])),
+        "the fresh token got a registry token"
+    );
+    // Then the realm refuses every token, the fresh ones too.
+    let writes = after.len();
+    let asked = front.asked().len();
+    front.refuse_all();
+    std::fs::write(stack.work.join("go1"), "").unwrap();
+    let out = child.wait_with_output();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains("push1-failed"), "{}", read(&stack, "push1-err.txt"));
+    assert!(!stdout.contains("push2-failed"), "{}", read(&stack, "push2-err.txt"));
+
+    // One 403 DENIED: the realm was asked with the cached token and once with a fresh one,
+    // and the manifest never went to the registry.
+    let (status, answer) = (read(&stack, "status.txt"), read(&stack, "answer.txt"));
+    assert_eq!(status, "403", "{answer}{}", read(&stack, "err.txt"));
+    assert!(answer.contains("\"DENIED\"") && answer.contains("refused the cached token, then a fresh one"), "{answer}");
+    assert_eq!(issued("write").len(), writes + 1, "one fresh write token, refused too");
+    let since = front.asked().split_off(asked);
+    assert_eq!(since.len(), 2, "the realm asked twice, nothing else sent: {since:?}");
+    assert!(since.iter().all(|a| a.path == "/token" && a.refused), "{since:?}");
+
+    let lines: Vec<Value> =
+        stack.client_audit().into_iter().filter(|l| l["session"] == session && l["tool"] == "proxy").collect();
+    assert!(
+        lines.iter().any(|l| l["outcome"] == "proxied"
+            && l["reason"].as_str().is_some_and(|r| r.contains("the token service refused the cached token"))),
+        "{lines:?}"
+    );
+    stack.assert_no_tokens_on_disk();
 }

@@ -751,6 +751,71 @@ fn host_route(tool: &str, base_url: &str) -> RouteEntry {
     }
 }
 
+/// A child process run in its own process group, which is killed whole (the child and
+/// whatever it started), and the child reaped, when dropped: a test that panics leaves
+/// nothing running behind it. Its output goes to files, never to a pipe nobody reads
+/// (which, once full, would block it).
+pub struct KillOnDrop {
+    child: Option<Child>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl KillOnDrop {
+    /// Spawns `command`, its output in `NAME.stdout` and `NAME.stderr` under `dir`.
+    pub fn spawn(command: &mut Command, dir: &Path, name: &str) -> Self {
+        use std::os::unix::process::CommandExt;
+        let (stdout, stderr) = (dir.join(format!("{name}.stdout")), dir.join(format!("{name}.stderr")));
+        let file = |path: &Path| std::fs::File::create(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let child = command
+            .process_group(0)
+            .stdout(file(&stdout))
+            .stderr(file(&stderr))
+            .spawn()
+            .unwrap_or_else(|e| panic!("{command:?} runs: {e}"));
+        Self { child: Some(child), stdout, stderr }
+    }
+
+    /// Waits for the child to end, then ends what it left running; with what it wrote.
+    pub fn wait_with_output(mut self) -> Output {
+        let mut child = self.child.take().expect("a running child");
+        let status = child.wait().expect("the child can be waited for");
+        kill_group(&child);
+        let read = |path: &Path| std::fs::read(path).unwrap_or_default();
+        Output { status, stdout: read(&self.stdout), stderr: read(&self.stderr) }
+    }
+}
+
+/// Kills the process group the child leads (gone already is fine).
+fn kill_group(child: &Child) {
+    let group = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_group(&child);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The file `name` the test's session wrote in the stack's work directory.
+pub fn read_work(stack: &Stack, name: &str) -> String {
+    std::fs::read_to_string(stack.work.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Waits (with a deadline) until a script in the stack's work directory has written
+/// `marker` there.
+pub fn await_marker(stack: &Stack, marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !stack.work.join(marker).exists() {
+        assert!(Instant::now() < deadline, "the script never reached `{marker}`");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The `password` (the token) of a credential helper's answer.
 pub fn password_of(answer: &str) -> String {
     answer.lines().find_map(|l| l.strip_prefix("password=")).expect("a password").to_owned()

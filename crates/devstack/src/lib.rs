@@ -44,7 +44,7 @@ pub use github::{GitHub, RecordedRequest, TrustPolicy};
 pub use gitlab::{GITLAB_EXCHANGE_AUDIENCES, GitlabExchange};
 pub use go_proxy::{GO_MODULES, GO_VERSION, GoProxy, go_greeting};
 pub use issuer::{AZURE_AUDIENCE, AZURE_OIDC_PATH, AzureRequest, DevIssuer};
-pub use kube_api::KubeApiServer;
+pub use kube_api::{KubeApiServer, Stored};
 pub use metadata::{
     AZURE_IMDS_SUBJECT, AZURE_IMDS_TOKEN_PATH, GCE_IDENTITY_PATH, GCE_SUBJECT, MetadataRequest, MetadataServer,
 };

@@ -97,6 +97,8 @@ struct State {
     oci: oci::Tokens,
     /// The bytes of request bodies kept to send again, across all requests.
     replay: Arc<tokio::sync::Semaphore>,
+    /// The bytes of publish bodies read whole to find their package, across all requests.
+    naming: replay::Naming,
 }
 
 /// Starts the proxy on a loopback port.
@@ -127,6 +129,7 @@ pub(crate) fn start(settings: Settings) -> anyhow::Result<Running> {
         upstream: Mutex::new(HashMap::new()),
         oci: oci::Tokens::default(),
         replay: replay::budget(),
+        naming: replay::Naming::new(),
     });
     let unix = match &state.settings.socket {
         Some(path) => {
@@ -446,10 +449,6 @@ fn with_port(authority: &str, default: u16) -> String {
     if has_port && !authority.ends_with(']') { authority.to_owned() } else { format!("{authority}:{default}") }
 }
 
-/// The most of a body the proxy reads to find the package it names (a `cargo publish` or
-/// `twine upload`).
-const MAX_NAMING_BODY: usize = 256 << 20;
-
 /// One intercepted request: the route's credential added, then sent upstream.
 async fn forward(
     req: Request<Incoming>,
@@ -489,13 +488,11 @@ async fn forward(
         Subject::Named(name) => Some(name),
         Subject::InBody(kind) => {
             let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-            let bytes = match http_body_util::Limited::new(body.body(), MAX_NAMING_BODY).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(e) => return refuse(format!("cannot read the request's body: {e}"), Some(operation)),
+            body = match state.naming.read(body.body(), &parts.headers).await {
+                Ok(read) => read,
+                Err(reason) => return refuse(reason, Some(operation)),
             };
-            let named = operation::name_in_body(kind, content_type, &bytes);
-            body = Replay::whole(bytes);
-            match named {
+            match operation::name_in_body(kind, content_type, body.bytes()) {
                 Ok(name) => Some(name),
                 Err(reason) => return refuse(reason, Some(operation)),
             }
@@ -565,7 +562,9 @@ async fn forward(
             if refused.as_ref() == Some(&minted) {
                 // The broker handed back the token the upstream just refused: it is not sent
                 // again as if it were fresh.
-                return denied(format!("`{host}` refused the cached token, and no fresh one could be got"));
+                return denied(format!(
+                    "`{host}` refused the cached token, and the broker handed back the same one, not a fresh one: run the command again"
+                ));
             }
             parts.headers.insert(credential_header(family), value);
             fingerprint = Some(minted);

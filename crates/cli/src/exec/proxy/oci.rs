@@ -292,7 +292,11 @@ pub(super) async fn forward(
     let mut attempt = 0;
     let mut reprobe = false;
     let mut reminted = false;
+    // The cached mayfly token the realm refused, once it has.
+    let mut realm_refused: Option<mayfly_core::Fingerprint> = None;
     let mut first = Carried::Nothing;
+    // What the latest attempt carried: a refusal's hint names it.
+    let mut last;
     let response = loop {
         attempt += 1;
         let sent = loop {
@@ -301,7 +305,13 @@ pub(super) async fn forward(
             // The realm refused a cached mayfly token (revoked, say): that token is dropped
             // and the realm asked once more with a fresh one.
             let Err(Failed::Refused(reason)) = sent else { break sent };
-            if !issued.from_cache || reminted {
+            if reminted {
+                break Err(Failed::Refused(format!(
+                    "the registry's token service refused the cached token, then a fresh one ({reason}): the route's exchange may not grant {} of `{name}`",
+                    pull_or_push(operation)
+                )));
+            }
+            if !issued.from_cache {
                 break Err(Failed::Refused(reason));
             }
             reminted = true;
@@ -311,8 +321,11 @@ pub(super) async fn forward(
                 Err(reason) => break Err(Failed::Other(reason)),
             };
             if issued.token.fingerprint() == fingerprint {
-                break Err(Failed::Refused(reason));
+                break Err(Failed::Refused(format!(
+                    "{reason}, and the broker handed back the same token, not a fresh one: run the command again"
+                )));
             }
+            realm_refused = Some(fingerprint.clone());
             fingerprint = issued.token.fingerprint();
             basic = format!("Basic {}", STANDARD.encode(format!("{}:{}", issued.username, issued.token.expose())));
         };
@@ -322,6 +335,7 @@ pub(super) async fn forward(
                 return refuse(StatusCode::FORBIDDEN, reason, Some(operation), Some(&target), &route.name);
             }
         };
+        last = carried;
         if attempt == 1 {
             first = carried;
             if matches!(carried, Carried::Cached | Carried::Nothing) {
@@ -397,18 +411,43 @@ pub(super) async fn forward(
         let _ = http_body_util::Limited::new(response.into_body(), 64 << 10).collect().await;
     };
     if response.status() == StatusCode::UNAUTHORIZED {
-        let reason = format!("the registry refused the token for {} of `{name}`", pull_or_push(operation));
+        let reason = refused(last, attempt > 1, operation, &name);
         line(Outcome::Denied, Some(operation), Some(&target), &route.name, &|e| {
             e.fingerprint = Some(fingerprint.clone());
             e.reason = Some(reason.clone());
         });
         return refusal(Family::Oci, StatusCode::FORBIDDEN, &format!("mayfly: {reason}"));
     }
+    let mut how = String::new();
+    if let Some(refused) = &realm_refused {
+        how.push_str(&format!(
+            "; the token service refused the cached token {refused}, which is now dropped, and took a fresh one"
+        ));
+    }
+    if attempt > 1 {
+        how.push_str("; sent again after a 401 to the first attempt, with a fresh registry token");
+    }
     line(Outcome::Proxied, Some(operation), Some(&target), &route.name, &|e| {
         e.fingerprint = Some(fingerprint.clone());
-        e.reason = Some(format!("upstream answered {}", response.status().as_u16()));
+        e.reason = Some(format!("upstream answered {}{how}", response.status().as_u16()));
     });
     response
+}
+
+/// Why a final `401` was refused, from what the last attempt carried (and whether it was
+/// the second): only a token points at the token service.
+fn refused(carried: Carried, again: bool, operation: Operation, name: &str) -> String {
+    let what = pull_or_push(operation);
+    match carried {
+        Carried::Basic => format!(
+            "the registry refused the route's credential for {what} of `{name}`: the route's exchange may not grant it"
+        ),
+        Carried::Nothing => format!("the registry refused {what} of `{name}` without asking for a credential"),
+        Carried::Cached | Carried::Fresh => format!(
+            "the registry refused the token for {what} of `{name}`{}: the registry may not trust its token service",
+            if again { ", sent again with a fresh one" } else { "" }
+        ),
+    }
 }
 
 fn pull_or_push(operation: Operation) -> &'static str {
@@ -546,6 +585,17 @@ impl Tokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_names_the_token_service_only_when_a_token_was_sent() {
+        let basic = refused(Carried::Basic, false, Operation::Write, "a/b");
+        assert!(basic.contains("route's credential for push of `a/b`") && !basic.contains("token service"), "{basic}");
+        let fresh = refused(Carried::Fresh, false, Operation::Read, "a/b");
+        assert!(fresh.ends_with("pull of `a/b`: the registry may not trust its token service"), "{fresh}");
+        let again = refused(Carried::Cached, true, Operation::Read, "a/b");
+        assert!(again.contains("sent again with a fresh one: the registry may not trust"), "{again}");
+        assert!(!refused(Carried::Nothing, false, Operation::Read, "a/b").contains("token service"));
+    }
 
     #[test]
     fn a_registry_token_lives_no_longer_than_five_minutes_nor_its_minted_token() {
