@@ -20,6 +20,7 @@ const ON_PATH: &[&str] = &[
     "dpkg-deb",
     "gem",
     "git",
+    "hf",
     "keyctl",
     "kubectl",
     "moto_server",

@@ -24,6 +24,7 @@ mod github_app;
 mod go_modules;
 mod guard;
 mod helper_protocol;
+mod hf;
 mod hostile_input;
 mod intent;
 mod keyring;

@@ -169,7 +169,7 @@ fn twine_upload_with(stack: &Stack, pypi: &Pypi, file: &Path, token: &str) -> Ou
         .unwrap()
 }
 
-fn all_output(out: &Output) -> String {
+pub(super) fn all_output(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
@@ -353,7 +353,7 @@ fn gem_push(stack: &Stack, file: &Path, session: &str, extra: &[&str], env: &[(&
 }
 
 /// Every file under `dir` whose bytes hold `needle`.
-fn files_holding(dir: &Path, needle: &str) -> Vec<PathBuf> {
+pub(super) fn files_holding(dir: &Path, needle: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();
