@@ -358,6 +358,8 @@ fn the_token_goes_in_hf_token_with_the_hub_pinned_and_python_quiet() {
     ] {
         assert!(gone.iter().any(|g| g == name), "{name} stays");
     }
+    // The caller's trust store and proxy stay (the same user is not a boundary: README);
+    // `SSLKEYLOGFILE` goes from every step that holds a token (`process::environ`).
     for name in ["HF_HOME", "PATH", "SSL_CERT_FILE", "HF_TOKEN"] {
         assert!(!gone.iter().any(|g| g == name), "{name} goes");
     }
