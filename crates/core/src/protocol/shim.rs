@@ -615,7 +615,7 @@ pub fn find_real(name: &str, path: &str, shim: &Path) -> Option<PathBuf> {
 
 /// Runs `family` with `args` as the shim: works out the token the command needs, gets it,
 /// and runs the real tool so that only the process that talks to the registry holds it
-/// ([`phases`]). Returns the exit code when it did not replace this process; an error is
+/// ([`Plan`]). Returns the exit code when it did not replace this process; an error is
 /// one line for stderr.
 pub fn run(
     family: Family,
