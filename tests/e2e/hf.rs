@@ -246,6 +246,30 @@ fn hf_download_fetches_the_repository_with_a_read_token_that_cannot_upload() {
 
 #[test]
 #[cfg_attr(missing = "hf", ignore = "needs hf, which is not installed")]
+fn a_value_hf_would_drop_from_argv_cannot_turn_the_download_to_another_repository() {
+    if !require_tool("hf") {
+        return;
+    }
+    let fixture = HubFixture::start();
+    // hf drops a bare `--json` before click parses argv: as given, hf would read
+    // `--revision acme/weights` and download `acme/other` with a token for acme/weights.
+    let out = fixture.hf(&["download", "--revision", "--json", "acme/weights", "acme/other", "--local-dir", "x"], &[]);
+    assert_eq!(fixture.exchanged(), ["acme/weights"]);
+    fixture.assert_every_call_for("acme/weights");
+    for (request, _) in fixture.api_calls() {
+        let path = request.path.as_str();
+        assert!(
+            path.starts_with("/api/models/acme/weights/") || path.starts_with("/acme/weights/"),
+            "hf asked for another repository: {} {path}",
+            request.method
+        );
+    }
+    assert!(fixture.hub.files("acme/other").is_empty());
+    fixture.assert_no_hub_tokens_leaked(&out);
+}
+
+#[test]
+#[cfg_attr(missing = "hf", ignore = "needs hf, which is not installed")]
 fn a_dataset_upload_asks_for_the_dataset_resource() {
     if !require_tool("hf") {
         return;

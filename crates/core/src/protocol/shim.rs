@@ -7,9 +7,12 @@
 //! the tool reads for that registry only (`npm_config_//HOST/PATH/:_authToken`, which npm
 //! sends to that host alone; twine's password with `TWINE_REPOSITORY_URL` pinned to the
 //! URL the token is for; `GEM_HOST_API_KEY` with `gem push --host` pinned to the host the
-//! key is for; `HF_TOKEN` with `HF_ENDPOINT` pinned to the Hub, [`hf`]): never in argv, never in a file, never in the caller's
-//! environment. Commands that do not talk to a registry (`npm test`, `npm run`) and
-//! registries with no route run the real tool untouched.
+//! key is for; `HF_TOKEN` with `HF_ENDPOINT` pinned to the Hub): never in argv, never in a
+//! file, never in the caller's environment (nor `SSLKEYLOGFILE` in the tool's). Commands
+//! that do not talk to a registry (`npm test`, `npm run`) and registries with no route
+//! run the real tool untouched. A caller of the same user can still reach the token (its
+//! own trust store, proxy or tool earlier on `PATH`, `/proc`): `mayfly exec --proxy
+//! --isolate` is the boundary.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -612,7 +615,7 @@ pub fn find_real(name: &str, path: &str, shim: &Path) -> Option<PathBuf> {
 
 /// Runs `family` with `args` as the shim: works out the token the command needs, gets it,
 /// and runs the real tool so that only the process that talks to the registry holds it
-/// ([`phases`]). Returns the exit code when it did not replace this process; an error is
+/// ([`Plan`]). Returns the exit code when it did not replace this process; an error is
 /// one line for stderr.
 pub fn run(
     family: Family,

@@ -72,8 +72,32 @@ pub(super) struct Command {
     pub resource: String,
     /// The Hub, with a trailing `/`.
     pub hub: url::Url,
-    /// Where the positional arguments are in the command line.
-    positions: Vec<usize>,
+    /// `upload` or `download`.
+    subcommand: String,
+    /// The options, each one `--name=value` token or a flag: no value can be read as an
+    /// option, by click or by hf's own argv rewriting (which drops a bare `--json`, `-q`,
+    /// `--format X` ... wherever it stands before `--`).
+    options: Vec<String>,
+    /// The positional arguments, in order.
+    positionals: Vec<String>,
+}
+
+impl Command {
+    /// The command line hf runs with: the subcommand, the options, then `--` and
+    /// `positionals`, so hf reads exactly what the shim read.
+    pub(super) fn argv(&self, positionals: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+        std::iter::once(&self.subcommand)
+            .chain(&self.options)
+            .map(OsString::from)
+            .chain(std::iter::once("--".into()))
+            .chain(positionals)
+            .collect()
+    }
+
+    /// The command line of a download.
+    pub(super) fn download_argv(&self) -> Vec<OsString> {
+        self.argv(self.positionals.iter().map(OsString::from))
+    }
 }
 
 /// Reads an `hf` command line: `Ok(None)` for a command that gets no token (anything but
@@ -86,17 +110,18 @@ pub(super) fn parse(args: &[String], env: &Env) -> Result<Option<Command>, Refus
     };
     let command = &args[0];
     let fail = |why: String| Err(Refusal::Failed(format!("`hf {command}`: {why}")));
-    let mut positions = Vec::new();
+    let mut positionals = Vec::new();
+    let mut options = Vec::new();
     let mut repo_type = "model";
     let mut i = 1;
     while i < args.len() {
         let arg = &args[i];
         if arg == "--" {
-            positions.extend(i + 1..args.len());
+            positionals.extend(args[i + 1..].iter().cloned());
             break;
         }
         if !arg.starts_with('-') || arg == "-" {
-            positions.push(i);
+            positionals.push(arg.clone());
             i += 1;
             continue;
         }
@@ -118,6 +143,7 @@ pub(super) fn parse(args: &[String], env: &Env) -> Result<Option<Command>, Refus
             if inline.is_some() {
                 return fail(format!("`{shown}` takes no value"));
             }
+            options.push(name.to_owned());
             i += 1;
             continue;
         }
@@ -137,6 +163,7 @@ pub(super) fn parse(args: &[String], env: &Env) -> Result<Option<Command>, Refus
         if name == "--type" || name == "--repo-type" {
             repo_type = value;
         }
+        options.push(format!("{name}={value}"));
         i += 1;
     }
     let Some(prefix) = REPO_TYPES.iter().find(|(t, _)| *t == repo_type).map(|(_, p)| *p) else {
@@ -145,14 +172,23 @@ pub(super) fn parse(args: &[String], env: &Env) -> Result<Option<Command>, Refus
             crate::sanitize_for_terminal(repo_type)
         ));
     };
-    let Some(&first) = positions.first() else { return fail("no repository named".into()) };
-    if operation == Operation::Write && positions.len() > 3 {
+    let Some(first) = positionals.first() else { return fail("no repository named".into()) };
+    if operation == Operation::Write && positionals.len() > 3 {
         return fail("it takes REPO_ID [LOCAL_PATH] [PATH_IN_REPO]".into());
     }
     let resource =
-        format!("{prefix}{}", repo_id(&args[first]).map_err(|why| Refusal::Failed(format!("`hf {command}`: {why}")))?);
+        format!("{prefix}{}", repo_id(first).map_err(|why| Refusal::Failed(format!("`hf {command}`: {why}")))?);
+    // PATH_IN_REPO and FILES name paths in the repository; LOCAL_PATH is replaced by the
+    // staged copy's absolute path.
+    let in_repo = if operation == Operation::Write { positionals.get(2..) } else { positionals.get(1..) };
+    if let Some(dash) = in_repo.unwrap_or_default().iter().find(|p| p.starts_with('-')) {
+        return fail(format!(
+            "`{}`: a path in the repository cannot begin with `-`",
+            crate::sanitize_for_terminal(dash)
+        ));
+    }
     let hub = hub(env)?;
-    Ok(Some(Command { operation, resource, hub, positions }))
+    Ok(Some(Command { operation, resource, hub, subcommand: command.clone(), options, positionals }))
 }
 
 /// A repository id as the Hub's resource takes it: exactly `NS/NAME`, each a name.
@@ -239,9 +275,9 @@ pub(super) struct Upload {
 /// An upload's paths, as `hf upload` 2.4 resolves them: LOCAL_PATH defaults to the file
 /// or folder in the current directory named as the repository; PATH_IN_REPO defaults to
 /// a file's name, or the repository's root for a folder. The staged copy keeps them.
-pub(super) fn upload_paths(args: &[String], command: &Command, cwd: &Path) -> Result<Upload, Refusal> {
+pub(super) fn upload_paths(command: &Command, cwd: &Path) -> Result<Upload, Refusal> {
     let fail = |why: String| Refusal::Failed(format!("`hf upload`: {why}"));
-    let at = |n: usize| command.positions.get(n).map(|&i| args[i].clone());
+    let at = |n: usize| command.positionals.get(n).cloned();
     let repo_name = at(0).unwrap_or_default().rsplit('/').next().unwrap_or_default().to_owned();
     let local = match at(1) {
         Some(local) => local,
@@ -253,11 +289,16 @@ pub(super) fn upload_paths(args: &[String], command: &Command, cwd: &Path) -> Re
             )));
         }
     };
-    if local.contains(['*', '?', '[']) {
+    let exists = std::fs::symlink_metadata(cwd.join(&local)).is_ok();
+    // hf takes an existing path literally, and any other as a pattern.
+    if local.contains(['*', '?', '[']) && !exists {
         return Err(fail(format!(
             "`{}`: LOCAL_PATH is not taken as a pattern: name a file or folder, and use --include",
             crate::sanitize_for_terminal(&local)
         )));
+    }
+    if local.ends_with('/') && !cwd.join(&local).is_dir() {
+        return Err(fail(format!("`{}` ends in `/` but is not a folder", crate::sanitize_for_terminal(&local))));
     }
     let path_in_repo = match at(2) {
         Some(given) => given,
@@ -269,17 +310,10 @@ pub(super) fn upload_paths(args: &[String], command: &Command, cwd: &Path) -> Re
     Ok(Upload { local, path_in_repo })
 }
 
-/// The command line of the `hf upload` that runs with the token: its options as given,
-/// then the repository, the staged copy and PATH_IN_REPO, after `--` so none of them is
-/// read as an option.
-pub(super) fn staged_args(args: &[OsString], command: &Command, staged: &Path, path_in_repo: &str) -> Vec<OsString> {
-    let positional = |i: &usize| command.positions.contains(i) || args[*i] == "--";
-    let options = (1..args.len()).filter(|i| !positional(i)).map(|i| args[i].clone());
-    let repo = args[command.positions[0]].clone();
-    std::iter::once(args[0].clone())
-        .chain(options)
-        .chain(["--".into(), repo, staged.into(), path_in_repo.into()])
-        .collect()
+/// The command line of the `hf upload` that runs with the token: the repository, the
+/// staged copy and PATH_IN_REPO, after `--` and the options ([`Command::argv`]).
+pub(super) fn staged_args(command: &Command, staged: &Path, path_in_repo: &str) -> Vec<OsString> {
+    command.argv([command.positionals[0].clone().into(), staged.into(), path_in_repo.into()])
 }
 
 /// Copies LOCAL_PATH (a file, or a folder tree) into a new directory in `tmp` only this
@@ -482,14 +516,14 @@ pub(super) fn run(
     let unset = unset(env);
     if command.operation == Operation::Read {
         let Some(vars) = mint(&need)? else { return Ok(None) };
-        let step = Step { unset, ..all.clone() };
+        let step = Step { args: command.download_argv(), unset, ..all.clone() };
         return Err(Refusal::Failed(runner.exec(&[step], &vars)));
     }
     // Staged before the token exists: nothing the upload reads can be changed to hold it.
-    let paths = upload_paths(&args, &command, cwd)?;
+    let paths = upload_paths(&command, cwd)?;
     let (dir, staged) = stage(&paths.local, cwd, &std::env::temp_dir())?;
     let Some(vars) = mint(&need)? else { return Ok(None) };
-    let step = Step { args: staged_args(&all.args, &command, &staged, &paths.path_in_repo), unset, ..all.clone() };
+    let step = Step { args: staged_args(&command, &staged, &paths.path_in_repo), unset, ..all.clone() };
     let code = runner.run(&step, &vars).map_err(Refusal::Failed)?;
     drop((vars, dir));
     Ok(Some(code))

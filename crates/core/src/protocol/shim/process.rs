@@ -9,8 +9,12 @@ pub struct Processes;
 
 impl Runner for Processes {
     fn run(&mut self, step: &Step, vars: &[(String, String)]) -> Result<i32, String> {
-        let status =
-            command(step, vars).status().map_err(|e| format!("cannot run `{}`: {e}", step.program.display()))?;
+        let held = hold_terminal_signals();
+        let status = command(step, vars).status();
+        for id in held {
+            signal_hook::low_level::unregister(id);
+        }
+        let status = status.map_err(|e| format!("cannot run `{}`: {e}", step.program.display()))?;
         // A tool killed by a signal: the shell's convention.
         Ok(status.code().unwrap_or_else(|| {
             use std::os::unix::process::ExitStatusExt;
@@ -47,10 +51,8 @@ impl Runner for Processes {
                     }
                 }
                 let mut shell = std::process::Command::new("/bin/sh");
-                for name in steps.iter().flat_map(|s| &s.unset) {
-                    shell.env_remove(name);
-                }
-                shell.arg("-c").arg(script).arg("mayfly-shim").args(words).envs(vars.iter().cloned()).exec()
+                environ(&mut shell, steps.iter().flat_map(|s| &s.unset), vars);
+                shell.arg("-c").arg(script).arg("mayfly-shim").args(words).exec()
             }
         };
         format!("cannot run `{}`: {error}", steps.first().map_or_else(String::new, |s| s.program.display().to_string()))
@@ -59,14 +61,45 @@ impl Runner for Processes {
 
 fn command(step: &Step, vars: &[(String, String)]) -> std::process::Command {
     let mut command = std::process::Command::new(&step.program);
-    for name in &step.unset {
-        command.env_remove(name);
-    }
-    command.args(&step.args).envs(vars.iter().cloned());
+    environ(&mut command, &step.unset, vars);
+    command.args(&step.args);
     if let Some(dir) = &step.dir {
         command.current_dir(dir);
     }
     command
+}
+
+/// As `system()` does while its child runs: Ctrl-C and Ctrl-\\ (which the terminal sends
+/// to the whole foreground group) stop the tool but not the shim, which outlives it to
+/// remove what it staged. Caught, not ignored: a caught signal is back to its default in
+/// the tool once it execs, an ignored one would stay ignored there.
+fn hold_terminal_signals() -> Vec<signal_hook::SigId> {
+    use std::sync::{Arc, atomic::AtomicBool};
+    let caught = Arc::new(AtomicBool::new(false));
+    [signal_hook::consts::SIGINT, signal_hook::consts::SIGQUIT]
+        .into_iter()
+        .filter_map(|signal| signal_hook::flag::register(signal, Arc::clone(&caught)).ok())
+        .collect()
+}
+
+/// A variable that makes Python's and Node's TLS write each session's keys to a file: with
+/// it, whoever reads the file can decrypt the traffic that carries the token.
+const KEY_LOG: &str = "SSLKEYLOGFILE";
+
+/// A step's environment: the shim's without `unset`, with `vars`; and without
+/// [`KEY_LOG`] when `vars` carry a value (a token).
+fn environ<'a>(
+    command: &mut std::process::Command,
+    unset: impl IntoIterator<Item = &'a String>,
+    vars: &[(String, String)],
+) {
+    for name in unset {
+        command.env_remove(name);
+    }
+    if vars.iter().any(|(_, value)| !value.is_empty()) {
+        command.env_remove(KEY_LOG);
+    }
+    command.envs(vars.iter().cloned());
 }
 
 #[cfg(test)]
@@ -85,5 +118,26 @@ mod tests {
         let out = Processes.output(&step, &[("MAYFLY_T".into(), "set".into())]).unwrap();
         assert!(!out.lines().any(|l| l.starts_with("PATH=")), "{out}");
         assert!(out.lines().any(|l| l == "MAYFLY_T=set"), "a variable set wins over its removal: {out}");
+    }
+
+    #[test]
+    fn a_step_that_holds_a_token_runs_without_a_tls_key_log() {
+        let step = Step { program: "/usr/bin/env".into(), args: Vec::new(), dir: None, unset: Vec::new() };
+        let removed = |vars: &[(String, String)]| {
+            let command = command(&step, vars);
+            command.get_envs().any(|(name, value)| name == KEY_LOG && value.is_none())
+        };
+        assert!(removed(&[("HF_TOKEN".into(), "hf_x".into())]), "a token's step keeps no key log");
+        assert!(!removed(&[]), "a tool run untouched keeps the caller's");
+        assert!(!removed(&super::super::phases::quiet()), "nor does a step without a token");
+    }
+
+    #[test]
+    fn ctrl_c_stops_the_tool_and_not_the_shim_that_waits_for_it() {
+        // The tool sends SIGINT to the shim (this test), then to itself.
+        let script = "kill -INT $PPID; kill -INT $$; exit 3";
+        let step =
+            Step { program: "/bin/sh".into(), args: vec!["-c".into(), script.into()], dir: None, unset: Vec::new() };
+        assert_eq!(Processes.run(&step, &[]), Ok(130), "the tool gets SIGINT's default and dies of it");
     }
 }

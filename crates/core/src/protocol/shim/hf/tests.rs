@@ -37,7 +37,7 @@ fn upload_writes_and_download_reads_the_named_repository() {
         (&["download", "acme/k", "--repo-type=kernel"], "kernels/acme/k"),
         (&["download", "acme/m", "--repo-type", "dataset", "--repo-type", "model"], "acme/m"),
         (&["upload", "--private", "--create-pr", "acme/x.y_z-1", "f"], "acme/x.y_z-1"),
-        (&["download", "--", "acme/m", "--not-an-option"], "acme/m"),
+        (&["download", "--", "acme/m", "config.json"], "acme/m"),
     ] {
         assert_eq!(parsed(args).unwrap().unwrap().resource, resource, "{args:?}");
     }
@@ -132,9 +132,8 @@ fn upload_paths_default_as_hf_2_4_resolves_them() {
     std::fs::create_dir(dir.path().join("data")).unwrap();
     std::fs::write(dir.path().join("data/w.bin"), "w").unwrap();
     let paths = |args: &[&str]| {
-        let args = strings(args);
-        let command = parse(&args, &Env::default()).unwrap().unwrap();
-        upload_paths(&args, &command, dir.path())
+        let command = parse(&strings(args), &Env::default()).unwrap().unwrap();
+        upload_paths(&command, dir.path())
     };
     let upload = |local: &str, in_repo: &str| Upload { local: local.into(), path_in_repo: in_repo.into() };
     assert_eq!(paths(&["upload", "acme/model"]), Ok(upload("model", "model")), "the file named as the repository");
@@ -148,26 +147,69 @@ fn upload_paths_default_as_hf_2_4_resolves_them() {
         let why = paths(&["upload", "acme/x", glob]).unwrap_err().to_string();
         assert!(why.contains("not taken as a pattern"), "{why}");
     }
+    // hf takes a path that exists literally, glob characters and all.
+    std::fs::write(dir.path().join("w[1].bin"), "w").unwrap();
+    assert_eq!(paths(&["upload", "acme/x", "w[1].bin"]), Ok(upload("w[1].bin", "w[1].bin")));
+    assert_eq!(paths(&["upload", "acme/x", "data/"]), Ok(upload("data/", ".")));
+    for not_a_folder in ["model/", "absent/"] {
+        let why = paths(&["upload", "acme/x", not_a_folder]).unwrap_err().to_string();
+        assert!(why.contains("ends in `/` but is not a folder"), "{why}");
+    }
+}
+
+/// The argv hf runs with for `args`: the staged copy `/stage/f` for an upload.
+fn hf_argv(args: &[&str]) -> Vec<String> {
+    let command = parsed(args).unwrap().unwrap();
+    let argv = match command.operation {
+        Operation::Write => staged_args(&command, Path::new("/stage/f"), "in/repo"),
+        _ => command.download_argv(),
+    };
+    argv.into_iter().map(|a| a.into_string().unwrap()).collect()
 }
 
 #[test]
-fn the_staged_upload_keeps_options_and_names_the_copy_after_a_double_dash() {
-    let args = strings(&["upload", "--repo-type", "dataset", "acme/x", "--commit-message=m", "local", "--private"]);
-    let command = parse(&args, &Env::default()).unwrap().unwrap();
-    let os: Vec<OsString> = args.iter().map(OsString::from).collect();
-    let out = staged_args(&os, &command, Path::new("/tmp/stage/local"), "-odd");
-    let expected = [
-        "upload",
-        "--repo-type",
-        "dataset",
-        "--commit-message=m",
-        "--private",
-        "--",
-        "acme/x",
-        "/tmp/stage/local",
-        "-odd",
-    ];
-    assert_eq!(out, expected.iter().map(OsString::from).collect::<Vec<_>>());
+fn hf_runs_with_options_as_name_value_tokens_then_a_double_dash_and_the_positionals() {
+    let args = ["upload", "--repo-type", "dataset", "acme/x", "--commit-message=m", "local", "--private"];
+    assert_eq!(
+        hf_argv(&args),
+        ["upload", "--repo-type=dataset", "--commit-message=m", "--private", "--", "acme/x", "/stage/f", "in/repo"]
+    );
+    let args = ["download", "acme/x", "a.json", "--local-dir", "out", "--", "b.json"];
+    assert_eq!(hf_argv(&args), ["download", "--local-dir=out", "--", "acme/x", "a.json", "b.json"]);
+}
+
+#[test]
+fn a_value_that_looks_like_an_option_stays_the_options_value() {
+    // A `--` given as a value is the value: `--every=0.5` after it stays a positional
+    // (refused: PATH_IN_REPO cannot begin with `-`), never an option hf would read.
+    let why = refused(&["upload", "--commit-message", "--", "acme/x", "f", "--", "--every=0.5"]);
+    assert!(why.contains("cannot begin with `-`"), "{why}");
+    assert_eq!(
+        hf_argv(&["upload", "--commit-message", "--", "acme/x", "f"]),
+        ["upload", "--commit-message=--", "--", "acme/x", "/stage/f", "in/repo"]
+    );
+    // hf drops a bare `--json` before click reads argv: `--revision --json` would make
+    // hf download the next word. As one token, it is the revision.
+    assert_eq!(
+        hf_argv(&["download", "--revision", "--json", "acme/allowed", "evil/target"]),
+        ["download", "--revision=--json", "--", "acme/allowed", "evil/target"]
+    );
+    for flag in ["-q", "--quiet", "--format", "--no-truncate"] {
+        let argv = hf_argv(&["download", "--include", flag, "acme/allowed", "x"]);
+        assert_eq!(argv, ["download", &format!("--include={flag}"), "--", "acme/allowed", "x"]);
+    }
+}
+
+#[test]
+fn paths_in_the_repository_cannot_begin_with_a_dash() {
+    for args in [
+        &["upload", "acme/x", "f", "--", "-odd"][..],
+        &["download", "acme/x", "--", "--json"],
+        &["download", "acme/x", "-"],
+    ] {
+        assert!(refused(args).contains("cannot begin with `-`"), "{args:?}");
+    }
+    assert_eq!(hf_argv(&["upload", "acme/x", "-"]), ["upload", "--", "acme/x", "/stage/f", "in/repo"]);
 }
 
 /// [`stage`] in the system's temporary directory.
@@ -267,7 +309,7 @@ fn links_devices_fifos_and_kernel_files_are_not_staged() {
 }
 
 #[test]
-fn a_file_swapped_for_a_link_after_the_check_is_not_followed() {
+fn open_regular_refuses_a_link_and_a_kernel_file_by_what_it_opened() {
     // The race: the entry was a regular file when checked, and is a link when opened.
     let dir = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink("/proc/self/environ", dir.path().join("env.txt")).unwrap();
@@ -316,6 +358,8 @@ fn the_token_goes_in_hf_token_with_the_hub_pinned_and_python_quiet() {
     ] {
         assert!(gone.iter().any(|g| g == name), "{name} stays");
     }
+    // The caller's trust store and proxy stay (the same user is not a boundary: README);
+    // `SSLKEYLOGFILE` goes from every step that holds a token (`process::environ`).
     for name in ["HF_HOME", "PATH", "SSL_CERT_FILE", "HF_TOKEN"] {
         assert!(!gone.iter().any(|g| g == name), "{name} goes");
     }
@@ -386,15 +430,15 @@ fn an_upload_runs_on_the_staged_copy_with_the_token_and_a_download_execs_with_it
     assert_eq!(run(&upload, &env, dir.path(), &mint, &mut runner), Ok(Some(3)));
     let (step, vars, files) = &runner.ran[0];
     assert_eq!(files, &[(String::new(), b"weights".to_vec())], "hf reads the copy");
-    assert_eq!(&step.args[..5], &["upload", "--repo-type", "dataset", "--", "acme/model"].map(OsString::from));
-    assert_eq!(step.args[6], "w.bin", "the file keeps its name in the repository");
-    assert!(!Path::new(&step.args[5]).exists(), "the copy is gone once hf exits");
+    assert_eq!(&step.args[..4], &["upload", "--repo-type=dataset", "--", "acme/model"].map(OsString::from));
+    assert_eq!(step.args[5], "w.bin", "the file keeps its name in the repository");
+    assert!(!Path::new(&step.args[4]).exists(), "the copy is gone once hf exits");
     assert!(step.unset.iter().any(|v| v == "PYTHONPATH") && step.unset.iter().any(|v| v == "HF_OIDC_RESOURCE"));
     assert!(vars.contains(&("HF_ENDPOINT".into(), "https://hub.example".into())));
     let download = hf_step(&["download", "acme/model", "config.json"]);
     let result = run(&download, &env, dir.path(), &mint, &mut runner);
     assert_eq!(result, Err(Refusal::Failed("execed".into())), "hf replaces the shim");
-    assert_eq!(runner.execed[0].0.args, download.args, "a download runs as given");
+    assert_eq!(runner.execed[0].0.args, ["download", "--", "acme/model", "config.json"].map(OsString::from));
     assert!(runner.execed[0].1.contains(&("HF_TOKEN".into(), "hf_jwt_x".into())));
     assert_eq!(
         asked.into_inner(),
