@@ -70,8 +70,10 @@ fn handle(
     match verb.as_str() {
         "get" => {
             let target = target(&env)?;
-            elsewhere(&target, &env, &ancestry())?;
-            let issued = crate::protocol::token_for(&target, &|_| Operation::Read, env, ancestry)?;
+            // The chain is walked once: for the address check and for the audit line.
+            let chain = ancestry();
+            elsewhere(&target, &env, &chain)?;
+            let issued = crate::protocol::token_for(&target, &|_| Operation::Read, env, &|| chain.clone())?;
             Ok(Some(issued.token.expose().to_owned()))
         }
         "store" => {
