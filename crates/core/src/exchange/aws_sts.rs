@@ -90,16 +90,26 @@ pub(crate) fn parse(exchange: &str, status: u16, body: &[u8]) -> Result<Exchange
     if [key_id, secret, session].iter().any(|v| v.chars().any(|c| c.is_control() || c.is_whitespace())) {
         return Err(malformed("credentials containing control characters or spaces"));
     }
-    let expires = time::OffsetDateTime::parse(expiration, &time::format_description::well_known::Rfc3339)
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    let expires = time::OffsetDateTime::parse(expiration, rfc3339)
         .map_err(|_| malformed("an `Expiration` that is not RFC 3339"))?
         .unix_timestamp();
+    // An offset can carry a valid local time out of RFC 3339's years; and credentials
+    // already expired would only send the tool straight back to us.
+    let expiration = time::OffsetDateTime::from_unix_timestamp(expires)
+        .ok()
+        .and_then(|utc| utc.format(rfc3339).ok())
+        .ok_or_else(|| malformed("an `Expiration` outside RFC 3339's years"))?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if expires <= now {
+        return Err(malformed("an `Expiration` already past"));
+    }
     let document = json!({
         "Version": 1,
         "AccessKeyId": key_id,
         "SecretAccessKey": secret,
         "SessionToken": session,
-        "Expiration": crate::audit::rfc3339(expires),
+        "Expiration": expiration,
     });
     Ok(ExchangeResponse {
         access_token: Secret::new(document.to_string()),
@@ -153,6 +163,19 @@ mod tests {
         assert_eq!(doc["Expiration"], "2099-08-22T13:34:56Z");
         assert_eq!(response.token_id.as_deref(), Some("ASIAEXAMPLE"));
         assert!(response.expires_in.unwrap() > 3600);
+    }
+
+    #[test]
+    fn expirations_past_or_beyond_rfc_3339_years_are_malformed() {
+        for (expiration, why) in [
+            ("0000-01-01T00:00:00+23:59", "outside RFC 3339's years"),
+            ("9999-12-31T23:59:59-23:59", "outside RFC 3339's years"),
+            ("2001-01-01T00:00:00Z", "already past"),
+        ] {
+            let body = OK.replace("2099-08-22T13:34:56.123Z", expiration);
+            let err = parse("aws", 200, body.as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(why), "{expiration}: {err}");
+        }
     }
 
     #[test]
