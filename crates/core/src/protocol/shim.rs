@@ -485,12 +485,20 @@ fn gem_copy(args: &[String], cwd: &Path) -> Result<Option<(tempfile::TempDir, us
         return Ok(None);
     }
     let name = gem_stem(&args[file])?;
-    let failed = |e: std::io::Error| {
-        Refusal::Failed(format!("`gem push`: `{}`: cannot open it: {e}", crate::sanitize_for_terminal(&args[file])))
-    };
-    let dir = tempfile::Builder::new().prefix("mayfly-gem-").tempdir().map_err(failed)?;
+    let shown = crate::sanitize_for_terminal(&args[file]);
+    let failed = |why: String| Refusal::Failed(format!("`gem push`: `{shown}`: {why}"));
+    // As hf's uploads: a link, FIFO, device or /proc file named as the gem is refused, not
+    // read (a FIFO would stall the shim, a link could push any file this user can read).
+    let mut from =
+        hf::open_regular_path(&cwd.join(&args[file])).map_err(|why| failed(format!("cannot open it: {why}")))?;
+    let dir = tempfile::Builder::new()
+        .prefix("mayfly-gem-")
+        .tempdir()
+        .map_err(|e| failed(format!("cannot be staged: {e}")))?;
     let copy = dir.path().join(format!("{name}.gem"));
-    std::fs::copy(cwd.join(&args[file]), &copy).map_err(failed)?;
+    std::fs::File::create_new(&copy)
+        .and_then(|mut to| std::io::copy(&mut from, &mut to))
+        .map_err(|e| failed(format!("cannot be staged: {e}")))?;
     Ok(Some((dir, file, copy)))
 }
 

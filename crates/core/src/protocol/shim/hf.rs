@@ -419,6 +419,19 @@ pub(super) fn open_regular(parent: &impl AsFd, name: &OsStr) -> Result<std::fs::
     Ok(file)
 }
 
+/// Opens `path` for reading as [`open_regular`] does its entry: the last component is
+/// never followed, and must be a regular file on a real file system.
+pub(super) fn open_regular_path(path: &Path) -> Result<std::fs::File, String> {
+    let path: PathBuf = path.components().collect();
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err("is not a file".into());
+    };
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let parent =
+        nix::dir::Dir::open(parent, flags, Mode::empty()).map_err(|e| format!("cannot open its folder: {e}"))?;
+    open_regular(&parent, name)
+}
+
 /// Refuses a descriptor on a kernel's pseudo file system (`/proc/PID/environ` is a
 /// "regular file" there), wherever it is mounted.
 fn pseudo(fd: &impl AsFd) -> Result<(), String> {

@@ -557,3 +557,31 @@ fn gem_pushes_the_copy_it_checked() {
     assert!(copy.ends_with("a-1.gem") && copy != original);
     assert!(!copy.exists(), "the copy is removed once gem exits");
 }
+
+#[test]
+fn gem_push_refuses_links_fifos_and_proc_files_without_reading_them() {
+    let gems = tempfile::tempdir().unwrap();
+    let secret = gems.path().join("secret");
+    std::fs::write(&secret, "not a gem").unwrap();
+    std::os::unix::fs::symlink(&secret, gems.path().join("link-1.0.0.gem")).unwrap();
+    nix::unistd::mkfifo(&gems.path().join("fifo-1.0.0.gem"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    std::os::unix::fs::symlink("/proc/self/environ", gems.path().join("environ-1.0.0.gem")).unwrap();
+    let config = gems.path().join("config.toml");
+    std::fs::write(&config, "").unwrap();
+    let env = Env::from_pairs([("PATH", "/nonexistent"), ("MAYFLY_CONFIG", config.to_str().unwrap())]);
+    for (file, why) in [
+        ("link-1.0.0.gem", "is a symbolic link"),
+        ("fifo-1.0.0.gem", "is not a regular file"),
+        ("environ-1.0.0.gem", "is a symbolic link"),
+    ] {
+        // Both ways in: the push's own copy and the name read to pick a route.
+        let args = strings(&["push", file]);
+        let err = super::gem_copy(&args, gems.path()).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("`gem push`: `{file}`: cannot open it: {why}")), "{err}");
+        let err = need(Family::Gem, &args, &env, gems.path()).unwrap_err().to_string();
+        assert!(err.contains(why), "{err}");
+    }
+    // A /proc file reached through a real folder path is refused by its file system.
+    let err = super::gem::spec_name(Path::new("/proc/self/environ")).unwrap_err();
+    assert!(err.contains("kernel file system"), "{err}");
+}
