@@ -577,36 +577,35 @@ impl Broker {
     }
 
     /// Drops the wanted ones among `candidates`, revoking each where its issuer can: at
-    /// most [`REVOKING_AT_ONCE`] revocations in flight, on the process's shared client.
+    /// most [`REVOKING_AT_ONCE`] workers, each taking an entry out of the cache under its
+    /// lock and revoking it on the process's shared client, so taking and revoking overlap.
     fn drop_entries(
         &self,
         candidates: &dyn Fn(&Cache) -> Vec<(String, CacheEntry)>,
-        wanted: &dyn Fn(&CacheEntry) -> bool,
+        wanted: &(dyn Fn(&CacheEntry) -> bool + Sync),
         chain: &[Process],
     ) -> Ended {
         let Ok(cache) = Cache::open(&self.env) else {
             return Ended { cache_off: true, ..Ended::default() };
         };
-        let mut taken = Vec::new();
-        for (key, entry) in candidates(&cache) {
-            if !wanted(&entry) || entry.origin.is_none() {
-                continue;
-            }
-            let session = entry.session.as_deref();
-            taken.extend(match cache.lock(&key) {
-                // Read again under the lock: the entry may have been replaced since.
-                Ok(lock) => cache.discard_if(&key, session, lock, wanted),
-                Err(_) => cache.remove(&key, session),
-            });
-        }
+        let listed: Vec<(String, CacheEntry)> =
+            candidates(&cache).into_iter().filter(|(_, entry)| wanted(entry) && entry.origin.is_some()).collect();
         let next = std::sync::atomic::AtomicUsize::new(0);
         let results = std::sync::Mutex::new(Vec::new());
         std::thread::scope(|scope| {
-            for _ in 0..REVOKING_AT_ONCE.min(taken.len()) {
+            for _ in 0..REVOKING_AT_ONCE.min(listed.len()) {
                 scope.spawn(|| {
-                    while let Some(entry) = taken.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
-                        let result = self.end_entry(entry.clone(), chain);
-                        results.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(result);
+                    while let Some((key, entry)) = listed.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) {
+                        let session = entry.session.as_deref();
+                        let taken = match cache.lock(key) {
+                            // Read again under the lock: the entry may have been replaced since.
+                            Ok(lock) => cache.discard_if(key, session, lock, wanted),
+                            Err(_) => cache.remove(key, session),
+                        };
+                        if let Some(entry) = taken {
+                            let result = self.end_entry(entry, chain);
+                            results.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(result);
+                        }
                     }
                 });
             }

@@ -36,6 +36,7 @@ pub struct Hook {
 /// stdout and exit 0 without being taken for a request; anything else is the protocol's.
 pub fn main(hook: &Hook) -> ! {
     crate::deferred::serve_if_asked();
+    crate::deferred::hold_until_answered();
     // Lossy, not `std::env::args`: a hostile non-UTF-8 argument is refused, not a panic.
     let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
     let mut stdout = std::io::stdout().lock();
@@ -67,6 +68,7 @@ pub fn main(hook: &Hook) -> ! {
     }
     let code = (hook.serve)(&args, &mut std::io::stdin().lock(), &mut stdout, Env::from_os(), &crate::ancestry);
     let _ = stdout.flush();
+    crate::deferred::start_held();
     std::process::exit(code)
 }
 

@@ -37,11 +37,18 @@ impl From<Unanswered> for String {
     }
 }
 
-/// A request that got no answer: `closed` only when the upstream closed before answering.
+/// A request that got no answer: `closed` only when the upstream closed before answering,
+/// found either way: hyper read the end of the connection, or writing the body to it
+/// failed because it was closed or reset (an upstream that answers early and closes can
+/// cause either, by a race).
 fn unanswered(e: &hyper::Error, host: &str) -> Unanswered {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    let gone = std::error::Error::source(e)
+        .and_then(|cause| cause.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| matches!(io.kind(), BrokenPipe | ConnectionReset | ConnectionAborted));
     Unanswered {
         reason: format!("`{host}`: {e}"),
-        closed: e.is_incomplete_message() && !e.is_user() && !e.is_body_write_aborted(),
+        closed: (e.is_incomplete_message() || gone) && !e.is_user() && !e.is_body_write_aborted(),
     }
 }
 
@@ -248,7 +255,9 @@ mod tests {
             if !std::mem::replace(&mut self.sent, true) {
                 return std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"part")))));
             }
-            std::task::Poll::Ready(self.fails.then(|| Err(std::io::Error::other("the client went away"))))
+            // A broken pipe, as the upstream's would be: the client's all the same.
+            let gone = || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away");
+            std::task::Poll::Ready(self.fails.then(|| Err(gone())))
         }
     }
 
@@ -275,13 +284,36 @@ mod tests {
         unanswered(&e, "h")
     }
 
+    /// What sending a 32 MB body to a loopback server that reads the head and then resets
+    /// the connection comes to: hyper may see the end first, or a failed write.
+    async fn reset_while_sending() -> Unanswered {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 256];
+            let _ = stream.read(&mut head).await;
+            let _ = stream.set_zero_linger();
+        });
+        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let mut sender = handshake::<_, http_body_util::Full<bytes::Bytes>>(TokioIo::new(tcp), "h").await.unwrap();
+        let body = http_body_util::Full::new(bytes::Bytes::from(vec![0u8; 32 << 20]));
+        let e = sender.send_request(Request::post("/").body(body).unwrap()).await.expect_err("no answer");
+        unanswered(&e, "h")
+    }
+
     #[test]
     fn only_an_upstream_closing_before_answering_counts_as_closed() {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         runtime.block_on(async {
             assert!(sent_to(true).await.closed, "the upstream closed before answering");
             let failed = sent_to(false).await;
             assert!(!failed.closed, "the client's own body failed: {}", failed.reason);
+            for _ in 0..5 {
+                let reset = reset_while_sending().await;
+                assert!(reset.closed, "the upstream reset while the body went: {}", reset.reason);
+            }
         });
     }
 
