@@ -261,9 +261,16 @@ mod tests {
         }
     }
 
-    /// What sending a request with a failing body to a loopback server that reads the
-    /// head and then closes (`close`) or waits comes to.
-    async fn sent_to(close: bool) -> Unanswered {
+    /// What the loopback server does once it has read a request's head.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Then {
+        Close,
+        Reset,
+        Wait,
+    }
+
+    /// A loopback server for one connection, its address: reads the head, then `then`.
+    async fn serving(then: Then) -> std::net::SocketAddr {
         use tokio::io::AsyncReadExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -271,10 +278,19 @@ mod tests {
             let (mut stream, _) = listener.accept().await.unwrap();
             let mut head = [0u8; 256];
             let _ = stream.read(&mut head).await;
-            if !close {
-                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            match then {
+                Then::Close => {}
+                Then::Reset => drop(stream.set_zero_linger()),
+                Then::Wait => tokio::time::sleep(std::time::Duration::from_secs(30)).await,
             }
         });
+        address
+    }
+
+    /// What sending a request with a failing body to a loopback server that reads the
+    /// head and then closes (`close`) or waits comes to.
+    async fn sent_to(close: bool) -> Unanswered {
+        let address = serving(if close { Then::Close } else { Then::Wait }).await;
         let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
         let mut sender = handshake::<_, Failing>(TokioIo::new(tcp), "h").await.unwrap();
         let length = if close { "4" } else { "100" };
@@ -287,16 +303,7 @@ mod tests {
     /// What sending a 32 MB body to a loopback server that reads the head and then resets
     /// the connection comes to: hyper may see the end first, or a failed write.
     async fn reset_while_sending() -> Unanswered {
-        use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut head = [0u8; 256];
-            let _ = stream.read(&mut head).await;
-            let _ = stream.set_zero_linger();
-        });
-        let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(serving(Then::Reset).await).await.unwrap();
         let mut sender = handshake::<_, http_body_util::Full<bytes::Bytes>>(TokioIo::new(tcp), "h").await.unwrap();
         let body = http_body_util::Full::new(bytes::Bytes::from(vec![0u8; 32 << 20]));
         let e = sender.send_request(Request::post("/").body(body).unwrap()).await.expect_err("no answer");
