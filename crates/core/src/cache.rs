@@ -621,24 +621,13 @@ fn key_dir(env: &Env) -> Result<PathBuf, Error> {
     Err(Error::NoKeyStore("set XDG_RUNTIME_DIR or mount /dev/shm".into()))
 }
 
-/// True when the path is on tmpfs or ramfs, per `/proc/self/mounts`.
+/// True when the path is on tmpfs or ramfs, per `statfs(2)`: one call, where reading the
+/// mount table costs the kernel a line per mount.
 fn is_memory_backed(path: &Path) -> bool {
-    let Ok(path) = fs::canonicalize(path) else {
-        return false;
-    };
-    let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
-        return false;
-    };
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split(' ');
-            let (_dev, point, kind) = (fields.next()?, fields.next()?, fields.next()?);
-            Some((PathBuf::from(point.replace("\\040", " ")), kind))
-        })
-        .filter(|(point, _)| path.starts_with(point))
-        .max_by_key(|(point, _)| point.as_os_str().len())
-        .is_some_and(|(_, kind)| kind == "tmpfs" || kind == "ramfs")
+    use nix::sys::statfs::{FsType, TMPFS_MAGIC, statfs};
+    /// `RAMFS_MAGIC` of linux/magic.h, which nix does not name.
+    const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
+    statfs(path).is_ok_and(|fs| [TMPFS_MAGIC, RAMFS_MAGIC].contains(&fs.filesystem_type()))
 }
 
 /// Creates a 0700 directory, or checks that an existing one is ours and private; says
