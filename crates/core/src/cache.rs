@@ -378,7 +378,7 @@ impl Cache {
     }
 
     /// Writes an entry atomically: encrypt, write a 0600 temp file dated its expiry
-    /// bucket, fsync, rename over the key's path.
+    /// bucket, rename over the key's path (not synced: a lost entry is a miss).
     pub fn put(&self, key: &str, entry: &CacheEntry, _lock: &KeyLock) -> Result<(), Error> {
         let stored = StoredEntry::from(entry);
         let plain = Secret::new(serde_json::to_string(&stored).map_err(|e| Error::Crypto(e.to_string()))?);
@@ -388,7 +388,7 @@ impl Cache {
         let path = self.path(key, entry.session.as_deref());
         let bucket = u64::try_from(expiry_bucket(entry.expires_at)).unwrap_or(0);
         let dated = std::time::UNIX_EPOCH + std::time::Duration::from_secs(bucket);
-        crate::files::write_atomic_dated(&path, &sealed, 0o600, dated).map_err(io("write", &path))
+        crate::files::write_cache_file(&path, &sealed, 0o600, dated).map_err(io("write", &path))
     }
 
     /// Drops the entry of a key minted in `session`, returning it; a missing entry is fine.

@@ -1,6 +1,7 @@
 //! Writing files the way every part of mayfly must: private directories, and contents
 //! replaced atomically (a temporary file beside the target, synced, renamed into place),
-//! so a reader never sees half a file and a crash never leaves one.
+//! so a reader never sees half a file and a crash never leaves one (cache files are not
+//! synced: see [`write_cache_file`]).
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -13,18 +14,15 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 
 /// Replaces `path` with `bytes`, atomically, with file mode `mode`.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    write_atomic_with(path, bytes, mode, None)
+    write_atomic_with(path, bytes, mode, None, true)
 }
 
-/// [`write_atomic`], the file's modification time set to `modified` before it appears
-/// at `path`, so a reader never sees it with another.
-pub fn write_atomic_dated(
-    path: &Path,
-    bytes: &[u8],
-    mode: u32,
-    modified: std::time::SystemTime,
-) -> std::io::Result<()> {
-    write_atomic_with(path, bytes, mode, Some(modified))
+/// [`write_atomic`] for a cache file, the file's modification time set to `modified`
+/// before it appears at `path`, so a reader never sees it with another. Not synced: a
+/// cache entry a crash loses or tears costs one more exchange (sealed entries that do not
+/// open are misses), while a sync costs every cold `get` a disk flush.
+pub fn write_cache_file(path: &Path, bytes: &[u8], mode: u32, modified: std::time::SystemTime) -> std::io::Result<()> {
+    write_atomic_with(path, bytes, mode, Some(modified), false)
 }
 
 fn write_atomic_with(
@@ -32,6 +30,7 @@ fn write_atomic_with(
     bytes: &[u8],
     mode: u32,
     modified: Option<std::time::SystemTime>,
+    sync: bool,
 ) -> std::io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut temp = tempfile::Builder::new()
@@ -42,7 +41,9 @@ fn write_atomic_with(
     if let Some(modified) = modified {
         temp.as_file().set_modified(modified)?;
     }
-    temp.as_file().sync_all()?;
+    if sync {
+        temp.as_file().sync_all()?;
+    }
     temp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
