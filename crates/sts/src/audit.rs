@@ -189,8 +189,11 @@ impl Sink {
         Ok(match target {
             Target::File { path, max_size, keep } => {
                 let file = open_append(&path)?;
-                let size = file.metadata()?.len();
-                Self::File { file, path, size, max_size, keep }
+                let meta = file.metadata()?;
+                // Only a regular file rotates: renaming `/dev/null`, a FIFO or a terminal
+                // away would leave a regular file in its place (for every other program).
+                let max_size = if meta.is_file() { max_size } else { u64::MAX };
+                Self::File { file, path, size: meta.len(), max_size, keep }
             }
             Target::Stdout => Self::Stdout(io::stdout()),
             Target::Stderr => Self::Stderr(io::stderr()),
@@ -283,6 +286,20 @@ mod tests {
         let next = previous.last().unwrap()["time"].as_str().unwrap().parse::<usize>().unwrap() + 1;
         assert_eq!(live_first["time"], line(next));
         assert!(!std::fs::read_to_string(dir.path().join("audit.jsonl.2")).unwrap().contains("\"0000\""));
+    }
+
+    #[tokio::test]
+    async fn only_a_regular_file_rotates() {
+        // A link to `/dev/null`: a rotation would rename the link, never the device.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::os::unix::fs::symlink("/dev/null", &path).unwrap();
+        let audit = Audit::open(Target::File { path: path.clone(), max_size: 100, keep: 2 }).unwrap();
+        for n in 0..20 {
+            audit.write(&Line { time: line(n), outcome: "issued", ..Line::default() }).await.unwrap();
+        }
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_symlink(), "the log was rotated away");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[tokio::test]
