@@ -600,7 +600,7 @@ impl Broker {
                         let taken = match cache.lock(key) {
                             // Read again under the lock: the entry may have been replaced since.
                             Ok(lock) => cache.discard_if(key, session, lock, wanted),
-                            Err(_) => cache.remove(key, session),
+                            Err(_) => cache.remove_if(key, session, wanted),
                         };
                         if let Some(entry) = taken {
                             let result = self.end_entry(entry, chain);

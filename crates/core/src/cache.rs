@@ -406,6 +406,20 @@ impl Cache {
         entry
     }
 
+    /// Drops an entry, where its lock cannot be had, only when it is still one `wanted`
+    /// accepts.
+    pub fn remove_if(
+        &self,
+        key: &str,
+        session: Option<&str>,
+        wanted: &dyn Fn(&CacheEntry) -> bool,
+    ) -> Option<CacheEntry> {
+        let path = self.path(key, session);
+        let entry = read_sealed(&self.identity, &path).filter(|entry| wanted(entry))?;
+        let _ = fs::remove_file(&path);
+        Some(entry)
+    }
+
     /// Drops an entry only when, read again under the caller's lock, it is still one
     /// `wanted` accepts (a newer token minted since it was listed is left alone).
     pub fn discard_if(

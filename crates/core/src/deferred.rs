@@ -3,7 +3,9 @@
 //! its stdin (never argv or environment). A helper `main` that serves that copy enables it;
 //! elsewhere (tests calling a protocol in-process) the revocation stays synchronous. A
 //! `main` that answers and then exits (the credential hooks) also holds the copy back
-//! until its answer is out, so the copy's start competes with nothing the tool waits on.
+//! until its answer is out, so the copy does not compete for the CPU with the answer
+//! (the tool still waits for the copy to be started); while one is held, the signals that
+//! would end the helper wait, and a panic starts it first.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -60,17 +62,63 @@ fn end_here(payload: &[u8]) {
 /// [`start_held`], which the same `main` must call once its answer is flushed.
 pub fn hold_until_answered() {
     let _ = HOLDING.set(Mutex::new(Vec::new()));
+    // A held token is out of the cache and only in this process: a panic (which aborts in
+    // release builds) starts its copy first.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        start_held();
+        previous(info);
+    }));
+}
+
+/// The signals that would end this process while a token is held (the tool's Ctrl-C
+/// reaches its helpers too). From the first hold to [`start_held`] they are caught, not
+/// obeyed; then the first one caught ends the process as it would have.
+const ENDING: [i32; 4] = [
+    signal_hook::consts::SIGINT,
+    signal_hook::consts::SIGTERM,
+    signal_hook::consts::SIGHUP,
+    signal_hook::consts::SIGQUIT,
+];
+
+/// The signal caught while holding (0: none).
+static CAUGHT: OnceLock<std::sync::Arc<std::sync::atomic::AtomicUsize>> = OnceLock::new();
+
+fn catch_ending_signals() {
+    CAUGHT.get_or_init(|| {
+        let caught = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for signal in ENDING {
+            let _ = signal_hook::flag::register_usize(signal, caught.clone(), signal as usize);
+        }
+        caught
+    });
 }
 
 /// Starts the detached copies held back while answering; one that cannot be started is
 /// ended here, before the exit.
 pub fn start_held() {
     let Some(held) = HOLDING.get() else { return };
-    let held = std::mem::take(&mut *held.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-    for payload in held {
-        if !spawn(&payload) {
-            end_here(&payload);
+    // `try_lock`: a panic while the list was being written must not wait on itself.
+    let mut guard = match held.try_lock() {
+        Ok(guard) => guard,
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(std::sync::TryLockError::WouldBlock) => return,
+    };
+    let held = std::mem::take(&mut *guard);
+    drop(guard);
+    if held.is_empty() {
+        return;
+    }
+    for payload in &held {
+        if !spawn(payload) {
+            end_here(payload);
         }
+    }
+    let caught = CAUGHT.get().map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed));
+    if let Ok(signal) = i32::try_from(caught)
+        && signal != 0
+    {
+        let _ = signal_hook::low_level::emulate_default_handler(signal);
     }
 }
 
@@ -85,6 +133,7 @@ pub(crate) fn hand_over(entry: &CacheEntry, chain: &[Process]) -> bool {
     let Ok(payload) = serde_json::to_vec(&handover) else { return false };
     drop(handover);
     if let Some(held) = HOLDING.get() {
+        catch_ending_signals();
         held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(payload);
         return true;
     }

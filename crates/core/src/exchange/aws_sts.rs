@@ -102,7 +102,7 @@ pub(crate) fn parse(exchange: &str, status: u16, body: &[u8]) -> Result<Exchange
         .ok_or_else(|| malformed("an `Expiration` outside RFC 3339's years"))?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     if expires <= now {
-        return Err(malformed("an `Expiration` already past"));
+        return Err(malformed("an `Expiration` already past (is this machine's clock right?)"));
     }
     let document = json!({
         "Version": 1,

@@ -2,7 +2,10 @@
 //! and the route's `ca_file`), reused per client connection, and plain-http passthrough.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -15,7 +18,7 @@ use super::{Body, State, host_name, strip_hop_by_hop, text, with_port};
 
 /// Upstream connections of one client connection, by route: a client's requests come
 /// one after another, so each is reused once its previous answer was read.
-pub(super) type Pool = Arc<tokio::sync::Mutex<HashMap<String, SendRequest<Body>>>>;
+pub(super) type Pool = Arc<tokio::sync::Mutex<HashMap<String, SendRequest<Watched<Body>>>>>;
 
 /// Why a request got no answer.
 pub(super) struct Unanswered {
@@ -38,18 +41,84 @@ impl From<Unanswered> for String {
 }
 
 /// A request that got no answer: `closed` only when the upstream closed before answering,
-/// found either way: hyper read the end of the connection, or writing the body to it
-/// failed because it was closed or reset (an upstream that answers early and closes can
-/// cause either, by a race).
-fn unanswered(e: &hyper::Error, host: &str) -> Unanswered {
+/// found either way: hyper read the end of the connection, or the connection was closed or
+/// reset while the body was still going (an upstream that answers early and closes can
+/// cause either, by a race). A reset after the whole body went (`body_sent`) is not the
+/// upstream refusing it early: a balancer's idle reset, say.
+fn unanswered(e: &hyper::Error, host: &str, body_sent: bool) -> Unanswered {
     use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
     let gone = std::error::Error::source(e)
         .and_then(|cause| cause.downcast_ref::<std::io::Error>())
         .is_some_and(|io| matches!(io.kind(), BrokenPipe | ConnectionReset | ConnectionAborted));
     Unanswered {
         reason: format!("`{host}`: {e}"),
-        closed: (e.is_incomplete_message() || gone) && !e.is_user() && !e.is_body_write_aborted(),
+        closed: (e.is_incomplete_message() || gone && !body_sent) && !e.is_user() && !e.is_body_write_aborted(),
     }
+}
+
+/// A request body that records when all of it has gone: its end was polled, or as many
+/// bytes as it stated were taken.
+pub(super) struct Watched<B> {
+    inner: B,
+    length: Option<u64>,
+    taken: u64,
+    done: Arc<AtomicBool>,
+}
+
+impl<B: hyper::body::Body> Watched<B> {
+    fn new(inner: B, done: Arc<AtomicBool>) -> Self {
+        Self { length: inner.size_hint().exact(), inner, taken: 0, done }
+    }
+}
+
+impl<B: hyper::body::Body<Data = bytes::Bytes> + Unpin> hyper::body::Body for Watched<B> {
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.done.store(true, Ordering::Relaxed),
+            Poll::Ready(Some(Ok(frame))) => {
+                self.taken += frame.data_ref().map_or(0, |data| data.len() as u64);
+                if self.length.is_some_and(|length| self.taken >= length) {
+                    self.done.store(true, Ordering::Relaxed);
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end {
+            self.done.store(true, Ordering::Relaxed);
+        }
+        end
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Sends `req`, and says whether its body had all gone when no answer came.
+async fn send_watched<B>(
+    sender: &mut SendRequest<Watched<B>>,
+    req: Request<B>,
+    host: &str,
+) -> Result<Response<Incoming>, Unanswered>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let done = Arc::new(AtomicBool::new(false));
+    let req = req.map(|body| Watched::new(body, done.clone()));
+    sender.send_request(req).await.map_err(|e| unanswered(&e, host, done.load(Ordering::Relaxed)))
 }
 
 /// Sends a request to its upstream over TLS (or plain http to loopback) and streams the
@@ -78,7 +147,7 @@ pub(super) async fn send(
         Some(sender) => sender,
         None => connect(state, host, protocol, route).await?,
     };
-    let response = sender.send_request(req).await.map_err(|e| unanswered(&e, host))?;
+    let response = send_watched(&mut sender, req, host).await?;
     pool.insert(key, sender);
     Ok(response.map(BodyExt::boxed))
 }
@@ -99,7 +168,7 @@ async fn connect(
     host: &str,
     protocol: &str,
     route: Option<&mayfly_core::Route>,
-) -> Result<SendRequest<Body>, String> {
+) -> Result<SendRequest<Watched<Body>>, String> {
     let address = with_port(host, if protocol == "https" { 443 } else { 80 });
     let tcp = tokio::net::TcpStream::connect(&address).await.map_err(|e| format!("cannot reach `{host}`: {e}"))?;
     if protocol == "http" {
@@ -159,7 +228,7 @@ pub(super) async fn fetch(
         .header(header::ACCEPT, "application/json")
         .body(http_body_util::Empty::<bytes::Bytes>::new().map_err(|never| match never {}).boxed())
         .map_err(|e| e.to_string())?;
-    let response = sender.send_request(req).await.map_err(|e| format!("`{authority}`: {e}"))?;
+    let response = send_watched(&mut sender, req, &authority).await?;
     let status = response.status();
     let body = http_body_util::Limited::new(response.into_body(), MAX_TOKEN_ANSWER)
         .collect()
@@ -292,22 +361,44 @@ mod tests {
     async fn sent_to(close: bool) -> Unanswered {
         let address = serving(if close { Then::Close } else { Then::Wait }).await;
         let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
-        let mut sender = handshake::<_, Failing>(TokioIo::new(tcp), "h").await.unwrap();
+        let mut sender = handshake(TokioIo::new(tcp), "h").await.unwrap();
         let length = if close { "4" } else { "100" };
         let body = Failing { sent: false, fails: !close };
         let req = Request::post("/").header(header::CONTENT_LENGTH, length).body(body).unwrap();
-        let e = sender.send_request(req).await.expect_err("no answer");
-        unanswered(&e, "h")
+        send_watched(&mut sender, req, "h").await.expect_err("no answer")
     }
 
-    /// What sending a 32 MB body to a loopback server that reads the head and then resets
-    /// the connection comes to: hyper may see the end first, or a failed write.
-    async fn reset_while_sending() -> Unanswered {
+    /// A body of `left` bytes in frames of 64 KiB, as a client's upload comes.
+    struct Chunks {
+        left: u64,
+    }
+
+    impl hyper::body::Body for Chunks {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+            let size = self.left.min(64 << 10);
+            self.left -= size;
+            let frame = hyper::body::Frame::data(bytes::Bytes::from(vec![0u8; size as usize]));
+            Poll::Ready((size > 0).then_some(Ok(frame)))
+        }
+
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            hyper::body::SizeHint::with_exact(self.left)
+        }
+    }
+
+    /// What sending a body of `size` bytes to a loopback server that reads the head and
+    /// then resets the connection comes to: hyper may see the end first, or a failed write.
+    async fn reset_while_sending(size: u64) -> Unanswered {
         let tcp = tokio::net::TcpStream::connect(serving(Then::Reset).await).await.unwrap();
-        let mut sender = handshake::<_, http_body_util::Full<bytes::Bytes>>(TokioIo::new(tcp), "h").await.unwrap();
-        let body = http_body_util::Full::new(bytes::Bytes::from(vec![0u8; 32 << 20]));
-        let e = sender.send_request(Request::post("/").body(body).unwrap()).await.expect_err("no answer");
-        unanswered(&e, "h")
+        let mut sender = handshake(TokioIo::new(tcp), "h").await.unwrap();
+        let body = Chunks { left: size };
+        send_watched(&mut sender, Request::post("/").body(body).unwrap(), "h").await.expect_err("no answer")
     }
 
     #[test]
@@ -318,9 +409,12 @@ mod tests {
             let failed = sent_to(false).await;
             assert!(!failed.closed, "the client's own body failed: {}", failed.reason);
             for _ in 0..5 {
-                let reset = reset_while_sending().await;
+                let reset = reset_while_sending(32 << 20).await;
                 assert!(reset.closed, "the upstream reset while the body went: {}", reset.reason);
             }
+            // A small body is all gone before the reset: not a refusal of it.
+            let reset = reset_while_sending(16).await;
+            assert!(!reset.closed, "the upstream reset after the whole body went: {}", reset.reason);
         });
     }
 

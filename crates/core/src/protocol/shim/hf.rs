@@ -420,7 +420,8 @@ pub(super) fn open_regular(parent: &impl AsFd, name: &OsStr) -> Result<std::fs::
 }
 
 /// Opens `path` for reading as [`open_regular`] does its entry: the last component is
-/// never followed, and must be a regular file on a real file system.
+/// never followed, and must be a regular file on a real file system (folders on the way
+/// are followed: they are the path the user named).
 pub(super) fn open_regular_path(path: &Path) -> Result<std::fs::File, String> {
     let path: PathBuf = path.components().collect();
     let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
