@@ -202,12 +202,16 @@ pub fn rfc3339_now() -> String {
     rfc3339(time::OffsetDateTime::now_utc().unix_timestamp())
 }
 
-/// A unix time in RFC 3339.
+/// A unix time in RFC 3339 (the number itself outside RFC 3339's years).
 pub(crate) fn rfc3339(unix: i64) -> String {
+    try_rfc3339(unix).unwrap_or_else(|| unix.to_string())
+}
+
+/// A unix time in RFC 3339; `None` outside its years (0 to 9999).
+pub(crate) fn try_rfc3339(unix: i64) -> Option<String> {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| unix.to_string())
 }
 
 #[cfg(test)]

@@ -90,16 +90,13 @@ pub(crate) fn parse(exchange: &str, status: u16, body: &[u8]) -> Result<Exchange
     if [key_id, secret, session].iter().any(|v| v.chars().any(|c| c.is_control() || c.is_whitespace())) {
         return Err(malformed("credentials containing control characters or spaces"));
     }
-    let rfc3339 = &time::format_description::well_known::Rfc3339;
-    let expires = time::OffsetDateTime::parse(expiration, rfc3339)
+    let expires = time::OffsetDateTime::parse(expiration, &time::format_description::well_known::Rfc3339)
         .map_err(|_| malformed("an `Expiration` that is not RFC 3339"))?
         .unix_timestamp();
     // An offset can carry a valid local time out of RFC 3339's years; and credentials
     // already expired would only send the tool straight back to us.
-    let expiration = time::OffsetDateTime::from_unix_timestamp(expires)
-        .ok()
-        .and_then(|utc| utc.format(rfc3339).ok())
-        .ok_or_else(|| malformed("an `Expiration` outside RFC 3339's years"))?;
+    let expiration =
+        crate::audit::try_rfc3339(expires).ok_or_else(|| malformed("an `Expiration` outside RFC 3339's years"))?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     if expires <= now {
         return Err(malformed("an `Expiration` already past (is this machine's clock right?)"));

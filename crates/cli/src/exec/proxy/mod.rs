@@ -37,6 +37,8 @@ mod nuget;
 mod oci;
 mod operation;
 mod replay;
+#[cfg(test)]
+mod test_bodies;
 mod upstream;
 
 use ca::Ca;

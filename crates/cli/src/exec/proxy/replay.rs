@@ -315,29 +315,11 @@ impl hyper::body::Body for Prefixed {
 mod tests {
     use super::*;
 
-    /// A body that arrives in these chunks.
-    struct Chunks(std::collections::VecDeque<Bytes>);
-
-    impl hyper::body::Body for Chunks {
-        type Data = Bytes;
-        type Error = hyper::Error;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-            Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(c))))
-        }
-
-        // Exact, as a request's `Content-Length` makes it.
-        fn size_hint(&self) -> hyper::body::SizeHint {
-            hyper::body::SizeHint::with_exact(self.0.iter().map(|c| c.len() as u64).sum())
-        }
-    }
+    use super::super::test_bodies::Chunks;
 
     /// A body that is not ready once before each chunk (and wakes its reader), so bodies
-    /// read at once take turns frame by frame.
-    struct Interleaved(std::collections::VecDeque<Bytes>, bool);
+    /// read at once take turns frame by frame; its length unknown.
+    struct Interleaved(Chunks, bool);
 
     impl hyper::body::Body for Interleaved {
         type Data = Bytes;
@@ -352,12 +334,12 @@ mod tests {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(c))))
+            Pin::new(&mut self.0).poll_frame(cx)
         }
     }
 
     fn interleaved(chunks: &[&'static [u8]]) -> Body {
-        BodyExt::boxed(Interleaved(chunks.iter().map(|c| Bytes::from_static(c)).collect(), false))
+        BodyExt::boxed(Interleaved(Chunks(chunks.iter().map(|c| Bytes::from_static(c)).collect()), false))
     }
 
     fn boxed(chunks: &[&'static [u8]]) -> Body {

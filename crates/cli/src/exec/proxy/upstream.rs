@@ -368,36 +368,13 @@ mod tests {
         send_watched(&mut sender, req, "h").await.expect_err("no answer")
     }
 
-    /// A body of `left` bytes in frames of 64 KiB, as a client's upload comes.
-    struct Chunks {
-        left: u64,
-    }
-
-    impl hyper::body::Body for Chunks {
-        type Data = bytes::Bytes;
-        type Error = std::convert::Infallible;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
-            let size = self.left.min(64 << 10);
-            self.left -= size;
-            let frame = hyper::body::Frame::data(bytes::Bytes::from(vec![0u8; size as usize]));
-            Poll::Ready((size > 0).then_some(Ok(frame)))
-        }
-
-        fn size_hint(&self) -> hyper::body::SizeHint {
-            hyper::body::SizeHint::with_exact(self.left)
-        }
-    }
-
-    /// What sending a body of `size` bytes to a loopback server that reads the head and
-    /// then resets the connection comes to: hyper may see the end first, or a failed write.
-    async fn reset_while_sending(size: u64) -> Unanswered {
+    /// What sending `count` frames of `size` bytes to a loopback server that reads the
+    /// head and then resets the connection comes to: hyper may see the end first, or a
+    /// failed write.
+    async fn reset_while_sending(count: usize, size: usize) -> Unanswered {
         let tcp = tokio::net::TcpStream::connect(serving(Then::Reset).await).await.unwrap();
         let mut sender = handshake(TokioIo::new(tcp), "h").await.unwrap();
-        let body = Chunks { left: size };
+        let body = super::super::test_bodies::Chunks::of(count, size);
         send_watched(&mut sender, Request::post("/").body(body).unwrap(), "h").await.expect_err("no answer")
     }
 
@@ -409,11 +386,11 @@ mod tests {
             let failed = sent_to(false).await;
             assert!(!failed.closed, "the client's own body failed: {}", failed.reason);
             for _ in 0..5 {
-                let reset = reset_while_sending(32 << 20).await;
+                let reset = reset_while_sending(512, 64 << 10).await;
                 assert!(reset.closed, "the upstream reset while the body went: {}", reset.reason);
             }
             // A small body is all gone before the reset: not a refusal of it.
-            let reset = reset_while_sending(16).await;
+            let reset = reset_while_sending(1, 16).await;
             assert!(!reset.closed, "the upstream reset after the whole body went: {}", reset.reason);
         });
     }
