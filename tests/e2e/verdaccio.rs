@@ -505,6 +505,35 @@ fn mayfly_exec_publishes_and_installs_through_the_npm_shim_and_revokes_at_exit()
     };
     assert_eq!(jtis("issued").len(), issued.len());
     assert_eq!(jtis("revoked"), jtis("issued"));
+
+    // A project that plants a FIFO as its `.npmrc` (the shim reads it for the registry)
+    // gets one line naming the file, at once: the shim never waits on it, mints nothing.
+    let _ = std::fs::remove_file(app.join(".npmrc"));
+    nix::unistd::mkfifo(&app.join(".npmrc"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut exec = Command::new(bin("mayfly"));
+    exec.args(["exec", "--session", "npm-2", "--", "sh", "-c", "cd app && npm install"]).current_dir(&npm.stack.work);
+    exec.env_clear().envs(npm.stack.env());
+    for (key, value) in npm_env.get_envs() {
+        if let Some(value) = value.filter(|_| key != "PATH") {
+            exec.env(key, value);
+        }
+    }
+    let mut child = exec.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the shim waited on a planted FIFO");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let line = stderr.lines().find(|l| l.starts_with("mayfly:")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains(".npmrc") && line.contains("not a regular file"), "{line}");
+    let second = npm.stack.client_audit().into_iter().filter(|l| l["session"] == "npm-2").collect::<Vec<_>>();
+    assert!(second.iter().all(|l| l["outcome"] != "issued"), "{second:?}");
     npm.stack.assert_no_tokens_on_disk();
 }
 

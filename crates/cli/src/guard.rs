@@ -125,7 +125,13 @@ fn ignore_globs() -> anyhow::Result<globset::GlobSet> {
     let mut set = globset::GlobSetBuilder::new();
     let top = git(&["rev-parse", "--show-toplevel"]).ok();
     let file = top.map(|top| PathBuf::from(String::from_utf8_lossy(&top).trim()).join(IGNORE_FILE));
-    if let Some(text) = file.and_then(|f| std::fs::read_to_string(f).ok()) {
+    let text = match file.map(|f| mayfly_core::files::read_regular_text(&f, 1024 * 1024).map_err(|e| (f, e))) {
+        Some(Ok(text)) => Some(text),
+        Some(Err((_, e))) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Some(Err((f, e))) => anyhow::bail!("`{}` {e}", f.display()),
+        None => None,
+    };
+    if let Some(text) = text {
         for glob in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
             let glob = globset::GlobBuilder::new(glob)
                 .literal_separator(true)

@@ -1,11 +1,66 @@
 //! Writing files the way every part of mayfly must: private directories, and contents
 //! replaced atomically (a temporary file beside the target, synced, renamed into place),
 //! so a reader never sees half a file and a crash never leaves one (cache files are not
-//! synced: see [`write_cache_file`]).
+//! synced: see [`write_cache_file`]). And reading files someone else may have put in
+//! place (a project's `.npmrc`, a worktree's `.git`): see [`read_regular`].
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+
+/// Reads `path` if it is a regular file on a real file system of at most `max` bytes.
+/// Links are followed (a dotfile may be one), but what was opened is checked: a FIFO is
+/// never waited on (`O_NONBLOCK`), and a device (`/dev/zero`, `/dev/stdin`) or a kernel
+/// file (`/proc/self/environ`) is refused, never read. The null device reads as empty, as
+/// a config pointed at `/dev/null` means. A missing file is `NotFound`.
+pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY).open(path)?;
+    let meta = file.metadata()?;
+    if meta.file_type().is_char_device() && meta.rdev() == nix::libc::makedev(1, 3) {
+        return Ok(Vec::new());
+    }
+    if !meta.file_type().is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "is not a regular file"));
+    }
+    if on_kernel_fs(&file)? {
+        return Err(Error::new(ErrorKind::InvalidInput, "is on a kernel file system (/proc, /sys ...)"));
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(Error::new(ErrorKind::FileTooLarge, format!("is larger than {max} bytes")));
+    }
+    Ok(bytes)
+}
+
+/// [`read_regular`] as UTF-8 text.
+pub fn read_regular_text(path: &Path, max: u64) -> std::io::Result<String> {
+    String::from_utf8(read_regular(path, max)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "is not UTF-8 text"))
+}
+
+/// True when the descriptor is on a kernel's pseudo file system, wherever it is mounted
+/// (`/proc/PID/environ` is a "regular file" there, of length 0).
+pub fn on_kernel_fs(fd: &impl AsFd) -> std::io::Result<bool> {
+    use nix::sys::statfs as fs;
+    let kind = fs::fstatfs(fd)?.filesystem_type();
+    let pseudo = [
+        fs::PROC_SUPER_MAGIC,
+        fs::SYSFS_MAGIC,
+        fs::DEBUGFS_MAGIC,
+        fs::TRACEFS_MAGIC,
+        fs::SECURITYFS_MAGIC,
+        fs::DEVPTS_SUPER_MAGIC,
+        fs::CGROUP_SUPER_MAGIC,
+        fs::CGROUP2_SUPER_MAGIC,
+        fs::BPF_FS_MAGIC,
+    ];
+    Ok(pseudo.contains(&kind))
+}
 
 /// Creates `dir` and its missing parents, mode 0700 (an existing one is left as it is).
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -51,6 +106,30 @@ fn write_atomic_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_bounded_regular_file_on_a_real_file_system_is_read() {
+        use std::io::ErrorKind;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "twelve bytes").unwrap();
+        assert_eq!(read_regular(&file, 12).unwrap(), b"twelve bytes");
+        assert_eq!(read_regular(&file, 11).unwrap_err().kind(), ErrorKind::FileTooLarge);
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert_eq!(read_regular_text(&link, 64).unwrap(), "twelve bytes", "a link to a file is followed");
+        assert_eq!(read_regular(&dir.path().join("missing"), 64).unwrap_err().kind(), ErrorKind::NotFound);
+        // A FIFO nobody writes to: a plain open would wait for a writer forever.
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        for refused in [fifo.as_path(), Path::new("/dev/zero"), Path::new("/proc/self/environ"), dir.path()] {
+            let why = read_regular(refused, 1024 * 1024).unwrap_err();
+            assert_eq!(why.kind(), ErrorKind::InvalidInput, "{}: {why}", refused.display());
+        }
+        assert_eq!(read_regular(Path::new("/dev/null"), 64).unwrap(), b"", "the null device is an empty config");
+        std::fs::write(&file, [0xff, 0xfe]).unwrap();
+        assert_eq!(read_regular_text(&file, 64).unwrap_err().kind(), ErrorKind::InvalidData);
+    }
     use std::os::unix::fs::MetadataExt;
 
     #[test]

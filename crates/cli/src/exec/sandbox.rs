@@ -360,7 +360,7 @@ fn shown(path: &Path) -> String {
 pub(crate) fn git_guards(workdir: &Path) -> Vec<PathBuf> {
     let Some(git_dir) = workdir.ancestors().find_map(git_dir) else { return Vec::new() };
     let mut dirs = vec![git_dir.clone()];
-    if let Ok(common) = std::fs::read_to_string(git_dir.join("commondir"))
+    if let Ok(common) = mayfly_core::files::read_regular_text(&git_dir.join("commondir"), GIT_POINTER_MAX)
         && let Ok(common) = std::fs::canonicalize(git_dir.join(common.trim()))
     {
         dirs.push(common);
@@ -380,6 +380,9 @@ pub(crate) fn git_guards(workdir: &Path) -> Vec<PathBuf> {
     guarded
 }
 
+/// The largest `.git` file or `commondir` read: each holds one path.
+const GIT_POINTER_MAX: u64 = 64 * 1024;
+
 /// The git directory of a working tree at `dir`: `.git`, or where a `.git` file points.
 fn git_dir(dir: &Path) -> Option<PathBuf> {
     let dot = dir.join(".git");
@@ -387,7 +390,8 @@ fn git_dir(dir: &Path) -> Option<PathBuf> {
     if meta.is_dir() {
         return std::fs::canonicalize(dot).ok();
     }
-    let text = std::fs::read_to_string(&dot).ok()?;
+    // A planted FIFO or device as `.git` is not waited on or read.
+    let text = mayfly_core::files::read_regular_text(&dot, GIT_POINTER_MAX).ok()?;
     let target = text.lines().find_map(|l| l.strip_prefix("gitdir:"))?.trim();
     std::fs::canonicalize(dir.join(target)).ok()
 }

@@ -104,7 +104,7 @@ pub(crate) fn wire(config: &Config, env: &Env, bin: &Path, runtime: &Path) -> Wi
                     wiring.links.push((docker.join(dir), theirs.join(dir)));
                 }
             }
-            let config = std::fs::read_to_string(theirs.join("config.json")).ok();
+            let config = read_user_file(&theirs.join("config.json"));
             let context = config.and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok());
             if let Some(current) = context.as_ref().and_then(|c| c["currentContext"].as_str()) {
                 docker_document["currentContext"] = current.into();
@@ -132,7 +132,7 @@ pub(crate) fn wire(config: &Config, env: &Env, bin: &Path, runtime: &Path) -> Wi
         let theirs = env
             .path(mayfly_core::EnvVars::AWS_CONFIG_FILE)
             .or_else(|| env.path(mayfly_core::EnvVars::HOME).map(|h| h.join(".aws/config")));
-        let region = theirs.and_then(|f| std::fs::read_to_string(f).ok()).and_then(|text| default_region(&text));
+        let region = theirs.and_then(|f| read_user_file(&f)).and_then(|text| default_region(&text));
         let mut file = String::new();
         for name in &aws {
             file += &format!("[profile {name}]\ncredential_process = {} {name}\n", helper("mayfly-aws-credential"));
@@ -162,7 +162,7 @@ pub(crate) fn wire(config: &Config, env: &Env, bin: &Path, runtime: &Path) -> Wi
         };
         let documents: Vec<serde_json::Value> = theirs
             .iter()
-            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .filter_map(|f| read_user_file(f))
             .filter_map(|text| serde_norway::from_str(&text).ok())
             .collect();
         let kubeconfig = runtime.join("kubeconfig");
@@ -288,6 +288,13 @@ fn kube_overrides(documents: &[serde_json::Value], hosts: &BTreeSet<String>, hel
         })
         .collect();
     json!({"apiVersion": "v1", "kind": "Config", "users": users, "contexts": contexts}).to_string()
+}
+
+/// A user's tool config the session's wiring builds on (docker's `config.json`, the AWS
+/// config, kubeconfigs): read only as a regular file of a sane size, so a FIFO or a
+/// device in its place is skipped, never waited on or read without end.
+fn read_user_file(path: &Path) -> Option<String> {
+    mayfly_core::files::read_regular_text(path, 16 * 1024 * 1024).ok()
 }
 
 #[cfg(test)]

@@ -231,10 +231,13 @@ fn npm_need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Op
     if (!publishing && !reading) || packs_project {
         return Ok(None);
     }
-    let manifest = publishing
+    let manifest = match publishing
         .then(|| words.get(1).map_or_else(|| cwd.to_owned(), |d| cwd.join(d)))
         .filter(|dir| dir.is_dir())
-        .and_then(|dir| read_manifest(&dir.join("package.json")));
+    {
+        Some(dir) => read_manifest(&dir.join("package.json"))?,
+        None => None,
+    };
     // A tarball or a `pkg@version` names no directory: no package, and a route that binds
     // tokens to packages refuses it.
     let package = manifest.as_ref().and_then(|m| m["name"].as_str().map(str::to_owned)).filter(|_| publishing);
@@ -242,18 +245,18 @@ fn npm_need(family: Family, args: &[String], env: &Env, cwd: &Path) -> Result<Op
     let registry = npm_registry(family, args, env, cwd, package.as_deref(), publish_registry.filter(|_| publishing))?;
     let operation = if publishing { Operation::Publish } else { Operation::Read };
     let publish_config = manifest.as_ref().and_then(|m| m["publishConfig"]["registry"].as_str().map(str::to_owned));
-    let scopes = if publishing { Vec::new() } else { scope_registries(family, env, cwd) };
+    let scopes = if publishing { Vec::new() } else { scope_registries(family, env, cwd)? };
     Ok(Some(Need { registry, operation, package, publish_config, scopes }))
 }
 
 /// Every scope's registry (`@scope:registry=`) in the project's and the user's `.npmrc`
 /// (and classic yarn's `.yarnrc`): an install may fetch from each.
-fn scope_registries(family: Family, env: &Env, cwd: &Path) -> Vec<url::Url> {
+fn scope_registries(family: Family, env: &Env, cwd: &Path) -> Result<Vec<url::Url>, Refusal> {
     let names: &[&str] = if family == Family::Yarn { &[".yarnrc", ".npmrc"] } else { &[".npmrc"] };
     let mut out: Vec<url::Url> = Vec::new();
     for dir in [project_root(cwd), env.path(crate::EnvVars::HOME)].into_iter().flatten() {
         for name in names {
-            let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+            let text = read_client_file(&dir.join(name))?.unwrap_or_default();
             for line in text.lines().map(str::trim).filter(|l| l.starts_with('@') || l.starts_with("\"@")) {
                 let Some((key, value)) = line.split_once('=').or_else(|| line.split_once(char::is_whitespace)) else {
                     continue;
@@ -268,11 +271,31 @@ fn scope_registries(family: Family, env: &Env, cwd: &Path) -> Vec<url::Url> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
-fn read_manifest(path: &Path) -> Option<serde_json::Value> {
-    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+/// The largest `package.json`, `.npmrc` or `.yarnrc` the shim reads.
+const MAX_CLIENT_FILE: u64 = 4 * 1024 * 1024;
+
+/// A file the client reads too (`package.json`, `.npmrc`, `.yarnrc`), which a project may
+/// have planted: absent is `None`; one that is a FIFO, a device, a kernel file or too
+/// large refuses the command, named, rather than stalling on it or reading it without end
+/// (the client itself would stall or fail on it).
+fn read_client_file(path: &Path) -> Result<Option<String>, Refusal> {
+    match crate::files::read_regular(path, MAX_CLIENT_FILE) {
+        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Refusal::Failed(format!(
+            "`{}` {e}; it is not read",
+            crate::sanitize_for_terminal(&path.display().to_string())
+        ))),
+    }
+}
+
+/// The package's manifest: `None` when there is none or it is not JSON (the client says
+/// why); a refusal when it cannot be read as a file.
+fn read_manifest(path: &Path) -> Result<Option<serde_json::Value>, Refusal> {
+    Ok(read_client_file(path)?.and_then(|text| serde_json::from_str(&text).ok()))
 }
 
 /// The registry npm would use: `--registry`, `npm_config_registry` (any case), the
@@ -298,20 +321,29 @@ fn npm_registry(
                 .then(|| env.get(crate::EnvVars::YARN_NPM_REGISTRY_SERVER).map(str::to_owned))
                 .flatten()
         });
-    let from_files = || {
-        let in_dirs = |name: &str| {
-            [project_root(cwd), env.path(crate::EnvVars::HOME)].into_iter().flatten().map(|d| d.join(name)).collect()
+    let from_files = || -> Result<Option<String>, Refusal> {
+        let in_dirs = |name: &str| -> Result<Vec<String>, Refusal> {
+            let dirs = [project_root(cwd), env.path(crate::EnvVars::HOME)].into_iter().flatten();
+            Ok(dirs
+                .map(|d| read_client_file(&d.join(name)))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .flatten()
+                .collect())
         };
-        let (npmrc, yarnrc): (Vec<PathBuf>, Vec<PathBuf>) =
-            (in_dirs(".npmrc"), if family == Family::Yarn { in_dirs(".yarnrc") } else { Vec::new() });
+        let npmrc = in_dirs(".npmrc")?;
+        let yarnrc = if family == Family::Yarn { in_dirs(".yarnrc")? } else { Vec::new() };
         let keys: Vec<String> =
             scope.map(|s| format!("@{s}:registry")).into_iter().chain(["registry".into()]).collect();
         // Classic yarn's own `.yarnrc` wins over the `.npmrc` it also reads.
-        keys.iter().find_map(|key| {
-            yarnrc.iter().find_map(|f| yarnrc_value(f, key)).or_else(|| npmrc.iter().find_map(|f| npmrc_value(f, key)))
-        })
+        Ok(keys.iter().find_map(|key| {
+            yarnrc.iter().find_map(|t| yarnrc_value(t, key)).or_else(|| npmrc.iter().find_map(|t| npmrc_value(t, key)))
+        }))
     };
-    let text = flag(args, &["--registry"]).map(str::to_owned).or(from_env).or(publish_config).or_else(from_files);
+    let text = match flag(args, &["--registry"]).map(str::to_owned).or(from_env).or(publish_config) {
+        Some(text) => Some(text),
+        None => from_files()?,
+    };
     let text = text.map(|t| expand_vars(&t, env));
     registry_url(&text.unwrap_or_else(|| NPM_REGISTRY.to_owned()))
 }
@@ -336,16 +368,14 @@ fn project_root(cwd: &Path) -> Option<PathBuf> {
     cwd.ancestors().find(|d| d.join("package.json").is_file()).map(Path::to_owned)
 }
 
-/// `key = value` from an `.npmrc`, read as npm reads it.
-fn npmrc_value(path: &Path, key: &str) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
+/// `key = value` from an `.npmrc`'s text, read as npm reads it.
+fn npmrc_value(text: &str, key: &str) -> Option<String> {
     // As npm, the last of a repeated key wins.
-    crate::ini::parse(&text, crate::ini::Dialect::Npm).into_iter().rev().find(|e| e.key == key).map(|e| e.value)
+    crate::ini::parse(text, crate::ini::Dialect::Npm).into_iter().rev().find(|e| e.key == key).map(|e| e.value)
 }
 
-/// `key value` from classic yarn's `.yarnrc` (either may be quoted; comments `#`).
-fn yarnrc_value(path: &Path, key: &str) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
+/// `key value` from classic yarn's `.yarnrc` text (either may be quoted; comments `#`).
+fn yarnrc_value(text: &str, key: &str) -> Option<String> {
     text.lines().map(str::trim).filter(|l| !l.starts_with('#')).find_map(|line| {
         let (k, v) = line.split_once(char::is_whitespace)?;
         (k.trim_matches('"') == key).then(|| v.trim().trim_matches('"').to_owned())

@@ -436,23 +436,11 @@ pub(super) fn open_regular_path(path: &Path) -> Result<std::fs::File, String> {
 /// Refuses a descriptor on a kernel's pseudo file system (`/proc/PID/environ` is a
 /// "regular file" there), wherever it is mounted.
 fn pseudo(fd: &impl AsFd) -> Result<(), String> {
-    use nix::sys::statfs as fs;
-    let kind = fs::fstatfs(fd).map_err(|e| format!("cannot be read: {e}"))?.filesystem_type();
-    let pseudo = [
-        fs::PROC_SUPER_MAGIC,
-        fs::SYSFS_MAGIC,
-        fs::DEBUGFS_MAGIC,
-        fs::TRACEFS_MAGIC,
-        fs::SECURITYFS_MAGIC,
-        fs::DEVPTS_SUPER_MAGIC,
-        fs::CGROUP_SUPER_MAGIC,
-        fs::CGROUP2_SUPER_MAGIC,
-        fs::BPF_FS_MAGIC,
-    ];
-    if pseudo.contains(&kind) {
-        return Err("is on a kernel file system (/proc, /sys ...), which is not uploaded".into());
+    match crate::files::on_kernel_fs(fd) {
+        Ok(false) => Ok(()),
+        Ok(true) => Err("is on a kernel file system (/proc, /sys ...), which is not uploaded".into()),
+        Err(e) => Err(format!("cannot be read: {e}")),
     }
-    Ok(())
 }
 
 fn copy_file(mut from: std::fs::File, to: &Path, shown: &str) -> Result<(), String> {

@@ -177,7 +177,7 @@ fn with_flag(mut step: Step, flag: &str) -> Step {
 
 /// The scripts `package.json` in `dir` defines, of `names`, in that order.
 fn scripts(dir: &Path, names: &[&str]) -> Vec<String> {
-    let manifest = super::read_manifest(&dir.join("package.json")).unwrap_or_default();
+    let manifest = super::read_manifest(&dir.join("package.json")).ok().flatten().unwrap_or_default();
     names.iter().filter(|n| manifest["scripts"][**n].is_string()).map(|n| (*n).to_owned()).collect()
 }
 

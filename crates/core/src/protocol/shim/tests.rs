@@ -51,6 +51,41 @@ fn publish_config_and_npmrc_variables_name_the_registry() {
 }
 
 #[test]
+fn planted_client_files_are_refused_by_name_never_waited_on() {
+    // A FIFO would stall a plain read forever, `/dev/zero` would be read without end, and
+    // `/proc/self/environ` holds the shim's environment: each refuses the command, named.
+    for (name, plant) in [
+        (".npmrc", "fifo"),
+        (".npmrc", "/dev/zero"),
+        (".npmrc", "/proc/self/environ"),
+        ("package.json", "fifo"),
+        (".yarnrc", "/dev/zero"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("package.json"), r#"{"name":"pkg","version":"1.0.0"}"#).unwrap();
+        let path = dir.path().join(name);
+        let _ = std::fs::remove_file(&path);
+        if plant == "fifo" {
+            nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        } else {
+            std::os::unix::fs::symlink(plant, &path).unwrap();
+        }
+        let family = if name == ".yarnrc" { Family::Yarn } else { Family::Npm };
+        let args = strings(if name == "package.json" { &["publish"] } else { &["install"] });
+        match need(family, &args, &Env::default(), dir.path()) {
+            Err(Refusal::Failed(why)) => assert!(why.contains(name) && why.contains("not read"), "{plant}: {why}"),
+            other => panic!("{name} as {plant}: {other:?}"),
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("package.json"), "{}").unwrap();
+    std::fs::write(dir.path().join("real.npmrc"), "registry=https://linked.example/\n").unwrap();
+    std::os::unix::fs::symlink("real.npmrc", dir.path().join(".npmrc")).unwrap();
+    let read = need(Family::Npm, &strings(&["install"]), &Env::default(), dir.path()).unwrap().unwrap();
+    assert_eq!(read.registry.as_str(), "https://linked.example/", "a dotfile that is a link to a file is read");
+}
+
+#[test]
 fn twine_uploads_name_one_normalised_project() {
     let env = Env::default();
     let upload = strings(&[
