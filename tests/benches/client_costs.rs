@@ -51,6 +51,17 @@ fn end(stack: &Stack, session: &str) -> Duration {
     took
 }
 
+/// Sleeps until 0.6 s before the expiry of the token the session was issued: inside its
+/// one-second refresh margin, not yet expired.
+fn sleep_until_inside_margin(stack: &Stack, session: &str) {
+    let audit = stack.client_audit();
+    let issued = audit.iter().find(|l| l["session"] == session && l["outcome"] == "issued").expect("issued");
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    let expires = time::OffsetDateTime::parse(issued["expires"].as_str().unwrap(), rfc3339).unwrap();
+    let wait = expires - Duration::from_millis(600) - time::OffsetDateTime::now_utc();
+    std::thread::sleep(wait.try_into().unwrap_or_default());
+}
+
 /// Waits (up to five seconds) for the session's replaced token to be revoked by the
 /// detached copy a refresh started.
 fn wait_for_revocation(stack: &Stack, session: &str) {
@@ -62,7 +73,8 @@ fn wait_for_revocation(stack: &Stack, session: &str) {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    panic!("the refresh of {session} revoked no token within five seconds");
+    let lines: Vec<_> = stack.client_audit().into_iter().filter(|l| l["session"] == session).collect();
+    panic!("the refresh of {session} revoked no token within five seconds: {lines:#?}");
 }
 
 fn report(what: &str, a: (&str, f64), b: (&str, f64)) {
@@ -91,16 +103,17 @@ fn main() {
     println!("cold get minus the exchange: {:.2} ms", get_ms - exchange_ms);
 
     // A refresh (the cached token inside its margin: exchange again, the old one handed
-    // to a detached revocation) beside a cold get. Two-second tokens: a one-second margin.
-    // Both are measured after the same idle second, in alternating order, and each waits
-    // for the refresh's detached revocation to finish, so neither pays for the other.
+    // to a detached revocation) beside a cold get. Two-second tokens: a one-second margin,
+    // entered 0.6 s before the token's expiry (whole seconds). Both are measured after the
+    // same idle, in alternating order, and each waits for the refresh's detached
+    // revocation to finish, so neither pays for the other.
     let short = Stack::with(Options { max_ttl: "2s", ..Options::default() });
     get(&short, "warm", "org/app.git");
     let (mut refreshes, mut colds) = (Vec::new(), Vec::new());
     for i in 0..RUNS.min(8) {
         let session = format!("refresh-{i}");
         get(&short, &session, "org/app.git");
-        std::thread::sleep(Duration::from_millis(1100));
+        sleep_until_inside_margin(&short, &session);
         let refresh = || {
             let took = get(&short, &session, "org/app.git");
             wait_for_revocation(&short, &session);

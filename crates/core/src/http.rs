@@ -127,7 +127,7 @@ pub struct HttpClient {
 struct Inner {
     timeout: Duration,
     /// The exchange's own CA certificates, trusted beside the system's.
-    extra: Vec<reqwest::Certificate>,
+    extra: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// For plain HTTP to loopback: no trust roots loaded.
     plain: OnceLock<Result<Client, String>>,
     /// For HTTPS: the system roots and `extra`.
@@ -151,7 +151,10 @@ impl HttpClient {
         if let Some(path) = ca_file {
             let ca_error = |message: String| Error::Ca { path: path.display().to_string(), message };
             let pem = std::fs::read(path).map_err(|e| ca_error(e.to_string()))?;
-            extra = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_error(e.to_string()))?;
+            use rustls::pki_types::pem::PemObject;
+            extra = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| ca_error(e.to_string()))?;
         }
         let client = Self { inner: Arc::new(Inner { timeout, extra, plain: OnceLock::new(), tls: OnceLock::new() }) };
         shared.push((key, client.clone()));
@@ -163,12 +166,9 @@ impl HttpClient {
         check_url(url)?;
         let inner = &*self.inner;
         let built = if url.scheme() == "https" {
-            inner.tls.get_or_init(|| {
-                let roots = crate::trust::system_roots().iter().chain(&inner.extra).cloned();
-                build(inner.timeout, roots.collect())
-            })
+            inner.tls.get_or_init(|| build(inner.timeout, Some(tls_config(inner.extra.clone())?)))
         } else {
-            inner.plain.get_or_init(|| build(inner.timeout, Vec::new()))
+            inner.plain.get_or_init(|| build(inner.timeout, None))
         };
         built.as_ref().map_err(|message| Error::Send {
             url: redacted(url),
@@ -358,16 +358,35 @@ fn read_capped(response: Response, shown: String) -> Result<Vec<u8>, Error> {
 
 /// A client trusting exactly `roots` (none: plain HTTP only). Same-origin redirects never
 /// change the scheme, so a plain client is never asked for TLS.
-fn build(timeout: Duration, roots: Vec<reqwest::Certificate>) -> Result<Client, String> {
-    Client::builder()
+/// A client; with `tls`, for HTTPS (without, for plain HTTP to loopback: no roots).
+fn build(timeout: Duration, tls: Option<rustls::ClientConfig>) -> Result<Client, String> {
+    let builder = Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .user_agent(concat!("mayfly/", env!("CARGO_PKG_VERSION")))
         .redirect(same_origin_redirects())
-        .no_proxy()
-        .tls_certs_only(roots)
-        .build()
-        .map_err(|e| e.to_string())
+        .no_proxy();
+    match tls {
+        Some(tls) => builder.tls_backend_preconfigured(tls),
+        None => builder.tls_certs_only([]),
+    }
+    .build()
+    .map_err(|e| e.to_string())
+}
+
+/// TLS 1.2 and 1.3 over HTTP/1.1, trusting the exchange's own CA certificates and the
+/// system's roots, the latter loaded only for a server the former do not anchor.
+fn tls_config(own: Vec<rustls::pki_types::CertificateDer<'static>>) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let roots = crate::trust::Roots::new(provider.clone(), own)?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(roots))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// Follows a redirect only to the same origin; credentials never leave it.

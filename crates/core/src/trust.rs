@@ -1,10 +1,19 @@
-//! The system's trust roots for HTTPS exchanges, loaded once per process and only when an
-//! `https` endpoint is first asked: `SSL_CERT_FILE` if set, else `SSL_CERT_DIR` if set,
-//! else the first system bundle file that exists, else the first certificate directory.
-//! One bundle file is one read; a directory is a read per certificate.
+//! The trust roots for HTTPS exchanges. An exchange's own CA file (`ca_file`) is tried
+//! first; the system's roots are loaded once per process, and only when a server's chain
+//! is not anchored by that file (or there is none): a private exchange never pays for
+//! reading and parsing the system bundle. The system's: `SSL_CERT_FILE` if set, else
+//! `SSL_CERT_DIR` if set, else the first system bundle file that exists, else the first
+//! certificate directory. One bundle file is one read; a directory is a read per
+//! certificate. Either set of roots is enough, as when both were one store.
 
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// Bundle files, in the order distributions put them (Debian/Ubuntu, RHEL/Fedora,
 /// Alpine and the BSDs, SUSE).
@@ -21,8 +30,8 @@ const DIRS: &[&str] = &["/etc/ssl/certs", "/etc/pki/tls/certs"];
 
 /// The system roots (none when no source has any: HTTPS then fails as untrusted, unless
 /// the exchange names its own `ca_file`).
-pub(crate) fn system_roots() -> &'static [reqwest::Certificate] {
-    static ROOTS: OnceLock<Vec<reqwest::Certificate>> = OnceLock::new();
+fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
     ROOTS.get_or_init(|| {
         let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
         let loaded = if let Some(file) = var("SSL_CERT_FILE") {
@@ -42,14 +51,102 @@ pub(crate) fn system_roots() -> &'static [reqwest::Certificate] {
         } else {
             rustls_native_certs::CertificateResult::default()
         };
-        loaded.certs.iter().filter_map(|der| reqwest::Certificate::from_der(der).ok()).collect()
+        loaded.certs
     })
 }
 
 /// The certificates of a bundle file (none when it cannot be read).
-fn bundle(file: &Path) -> Vec<reqwest::Certificate> {
+fn bundle(file: &Path) -> Vec<CertificateDer<'static>> {
     let pem = std::fs::read(file).unwrap_or_default();
-    pem_certificates(&pem).iter().filter_map(|der| reqwest::Certificate::from_der(der).ok()).collect()
+    pem_certificates(&pem).into_iter().map(CertificateDer::from).collect()
+}
+
+/// A server certificate verifier that tries the exchange's own roots, then (built on
+/// first need) the system's beside them.
+#[derive(Debug)]
+pub(crate) struct Roots {
+    provider: Arc<CryptoProvider>,
+    own: Vec<CertificateDer<'static>>,
+    own_verifier: Option<Arc<WebPkiServerVerifier>>,
+    with_system: OnceLock<Result<Arc<WebPkiServerVerifier>, rustls::Error>>,
+}
+
+impl Roots {
+    /// Trusts `own` (an exchange's CA file; none is fine) and the system's roots.
+    pub(crate) fn new(provider: Arc<CryptoProvider>, own: Vec<CertificateDer<'static>>) -> Result<Self, String> {
+        let own_verifier = if own.is_empty() { None } else { Some(verifier(&provider, &own, &[])?) };
+        Ok(Self { provider, own, own_verifier, with_system: OnceLock::new() })
+    }
+
+    /// True once the system's roots were loaded (for tests).
+    #[cfg(test)]
+    fn system_loaded(&self) -> bool {
+        self.with_system.get().is_some()
+    }
+}
+
+/// A WebPKI verifier trusting `first` and `then`.
+fn verifier(
+    provider: &Arc<CryptoProvider>,
+    first: &[CertificateDer<'static>],
+    then: &[CertificateDer<'static>],
+) -> Result<Arc<WebPkiServerVerifier>, String> {
+    let mut store = rustls::RootCertStore::empty();
+    store.add_parsable_certificates(first.iter().chain(then).cloned());
+    WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider.clone())
+        .build()
+        .map_err(|e| format!("no usable trust roots: {e}"))
+}
+
+impl ServerCertVerifier for Roots {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(own) = &self.own_verifier
+            && let Ok(verified) = own.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            return Ok(verified);
+        }
+        // Any failure is tried again with every root, so what is accepted is exactly what
+        // one store of both would accept (a chain may have another path to a system root).
+        let with_system = self
+            .with_system
+            .get_or_init(|| verifier(&self.provider, &self.own, system_roots()).map_err(rustls::Error::General));
+        with_system.as_ref().map_err(Clone::clone)?.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// The DER of each `CERTIFICATE` block of a PEM bundle, in order; blocks that do not
@@ -105,6 +202,52 @@ mod tests {
         theirs.sort_unstable();
         assert!(theirs.len() > 10, "{}", theirs.len());
         assert!(ours == theirs, "{} certificates read, rustls reads {}", ours.len(), theirs.len());
+    }
+
+    /// A CA named `ca_name` and a `localhost` server certificate it signed, as DER.
+    fn ca_and_server(ca_name: &str) -> (CertificateDer<'static>, CertificateDer<'static>) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(rcgen::DnType::CommonName, ca_name);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let server = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let server = server.signed_by(&rcgen::KeyPair::generate().unwrap(), &issuer).unwrap();
+        (ca_cert.der().clone(), server.der().clone())
+    }
+
+    #[test]
+    fn the_exchanges_own_roots_are_tried_first_and_the_systems_loaded_only_when_needed() {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let (ca, server) = ca_and_server("the exchange's CA");
+        let name = ServerName::try_from("localhost").unwrap();
+        let now = UnixTime::now();
+
+        // Anchored by the exchange's own CA: verified, the system bundle never read.
+        let roots = Roots::new(provider.clone(), vec![ca.clone()]).unwrap();
+        assert!(roots.verify_server_cert(&server, &[], &name, &[], now).is_ok());
+        assert!(!roots.system_loaded());
+        // The wrong name is refused, with every root tried.
+        let other = ServerName::try_from("other.example").unwrap();
+        assert!(roots.verify_server_cert(&server, &[], &other, &[], now).is_err());
+        assert!(roots.system_loaded());
+
+        // Not anchored by it (another CA signed the server): the system roots are loaded,
+        // and they do not anchor it either.
+        let (_, stranger) = ca_and_server("another CA");
+        let roots = Roots::new(provider.clone(), vec![ca]).unwrap();
+        let refused = roots.verify_server_cert(&stranger, &[], &name, &[], now).unwrap_err();
+        assert!(roots.system_loaded());
+        assert!(
+            matches!(refused, rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)),
+            "{refused:?}"
+        );
+
+        // No CA file: the system roots, at once.
+        let roots = Roots::new(provider, Vec::new()).unwrap();
+        assert!(roots.verify_server_cert(&server, &[], &name, &[], now).is_err());
+        assert!(roots.system_loaded());
     }
 
     #[test]
