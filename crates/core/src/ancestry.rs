@@ -65,7 +65,7 @@ pub fn ancestry() -> Vec<Process> {
         if chain.len() == MAX_DEPTH {
             break;
         }
-        let argv = std::fs::read(format!("/proc/{p}/cmdline"))
+        let argv = read_proc(&format!("/proc/{p}/cmdline"))
             .map(|raw| {
                 raw.split(|&b| b == 0)
                     .filter(|a| !a.is_empty())
@@ -80,10 +80,19 @@ pub fn ancestry() -> Vec<Process> {
 }
 
 fn parent_of(pid: &str) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = String::from_utf8(read_proc(&format!("/proc/{pid}/stat")).ok()?).ok()?;
     // The command name may contain spaces and parentheses: the fields start after the last `)`.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A file under `/proc`, read into a page-sized buffer: the kernel reports their length
+/// as 0, so `fs::read` would start small and take six reads for a 300-byte file.
+fn read_proc(path: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::with_capacity(4096);
+    std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Write when a `git push` (or the send/receive-pack plumbing) is above us, read otherwise.

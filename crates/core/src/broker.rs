@@ -275,6 +275,11 @@ impl Broker {
             // Another process refreshed it while we waited for the lock.
             return self.serve_cached(route, &mut event, hit, cache.as_ref(), &key, chain, now);
         }
+        if cache.as_ref().is_some_and(|c| c.holds(&key, session)) {
+            // A refresh: the copy that will revoke the replaced token starts during the
+            // exchange, so handing it over after the answer is a write, not a process start.
+            crate::deferred::start_early();
+        }
         match self.mint(route, target, operation, &scope, chain, cache.as_ref(), now) {
             Ok(entry) => {
                 if let (Some(cache), Some(lock)) = (&cache, &_lock)

@@ -372,6 +372,12 @@ impl Cache {
         (now < entry.refresh_at).then_some(entry)
     }
 
+    /// True when an entry for `key` is on disk: after a [`Cache::get`] that missed, one
+    /// inside its refresh margin, which the next token will replace.
+    pub(crate) fn holds(&self, key: &str, session: Option<&str>) -> bool {
+        self.path(key, session).exists()
+    }
+
     /// Decrypts a listed entry; `None` when it is gone or unreadable.
     pub fn read(&self, listed: &Listed) -> Option<CacheEntry> {
         read_sealed(&self.identity, &self.dir.join(listed.file_name()))

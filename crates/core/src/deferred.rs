@@ -8,7 +8,7 @@
 //! would end the helper wait, and a panic starts it first.
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
@@ -140,9 +140,39 @@ pub(crate) fn hand_over(entry: &CacheEntry, chain: &[Process]) -> bool {
     spawn(&payload)
 }
 
-/// Starts the detached copy with `payload` on its stdin; false when it could not be.
+/// A copy being started ahead of its hand-over, on a thread of its own (starting a process
+/// waits for its `exec`).
+static EARLY: Mutex<Option<std::thread::JoinHandle<Option<Child>>>> = Mutex::new(None);
+
+/// Starts a detached copy now, on another thread, for a hand-over expected later in this
+/// process (a refresh, while its exchange runs): the copy waits on its stdin, and the
+/// hand-over only writes there. A copy that is handed nothing reads the end of its stdin
+/// when this process exits, and exits too.
+pub(crate) fn start_early() {
+    if ENABLED.get().is_none() {
+        return;
+    }
+    let mut early = EARLY.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if early.is_none() {
+        *early = Some(std::thread::spawn(start_copy));
+    }
+}
+
+/// Starts the detached copy with `payload` on its stdin (the one started early, if any);
+/// false when it could not be.
 fn spawn(payload: &[u8]) -> bool {
-    let Ok(exe) = std::env::current_exe() else { return false };
+    let early = EARLY.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    let child = match early {
+        Some(started) => started.join().ok().flatten(),
+        None => start_copy(),
+    };
+    let Some(mut child) = child else { return false };
+    child.stdin.take().is_some_and(|mut stdin| stdin.write_all(payload).is_ok())
+}
+
+/// Starts a detached copy of this binary that reads its hand-over from stdin.
+fn start_copy() -> Option<Child> {
+    let exe = std::env::current_exe().ok()?;
     // Its own process group: the terminal's Ctrl-C for the tool does not reach it; no
     // stdout or stderr, so the tool reading ours sees the end when we exit.
     let spawned = {
@@ -155,6 +185,5 @@ fn spawn(payload: &[u8]) -> bool {
             .process_group(0)
             .spawn()
     };
-    let Ok(mut child) = spawned else { return false };
-    child.stdin.take().is_some_and(|mut stdin| stdin.write_all(payload).is_ok())
+    spawned.ok()
 }
