@@ -128,7 +128,7 @@ fn ignore_globs() -> anyhow::Result<globset::GlobSet> {
     let text = match file.map(|f| mayfly_core::files::read_regular_text(&f, 1024 * 1024).map_err(|e| (f, e))) {
         Some(Ok(text)) => Some(text),
         Some(Err((_, e))) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Some(Err((f, e))) => anyhow::bail!("`{}` {e}", f.display()),
+        Some(Err((f, e))) => anyhow::bail!("`{}` {e}", mayfly_core::sanitize_for_terminal(&f.display().to_string())),
         None => None,
     };
     if let Some(text) = text {

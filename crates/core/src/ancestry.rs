@@ -80,14 +80,16 @@ pub fn ancestry() -> Vec<Process> {
 }
 
 fn parent_of(pid: &str) -> Option<u32> {
-    let stat = String::from_utf8(read_proc(&format!("/proc/{pid}/stat")).ok()?).ok()?;
+    // Lossy: a process whose name is not UTF-8 must not end the walk (and hide a push).
+    let stat = String::from_utf8_lossy(&read_proc(&format!("/proc/{pid}/stat")).ok()?).into_owned();
     // The command name may contain spaces and parentheses: the fields start after the last `)`.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// A file under `/proc`, read into a page-sized buffer: the kernel reports their length
-/// as 0, so `fs::read` would start small and take six reads for a 300-byte file.
+/// as 0, so `fs::read` would start small and take six reads for a 300-byte file (here:
+/// one, and one more for the end).
 fn read_proc(path: &str) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let mut bytes = Vec::with_capacity(4096);

@@ -5,7 +5,9 @@
 //! `main` that answers and then exits (the credential hooks) also holds the copy back
 //! until its answer is out, so the copy does not compete for the CPU with the answer
 //! (the tool still waits for the copy to be started); while one is held, the signals that
-//! would end the helper wait, and a panic starts it first.
+//! would end the helper wait, and a panic starts it first. A refresh starts its copy
+//! early, on a thread while its exchange runs ([`start_early`]): the copy waits on its
+//! stdin, and the hand-over after the answer is a write.
 
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -51,8 +53,9 @@ pub fn serve_if_asked() {
 
 /// Ends a handed-over entry in this process (its audit line says how that went).
 fn end_here(payload: &[u8]) {
-    let handover = serde_json::from_slice::<Handover>(payload).ok();
-    if let (Some(h), Ok(broker)) = (handover, Broker::from_env(Env::from_os())) {
+    // A copy started early and handed nothing reads an empty stdin: nothing to load.
+    let Ok(h) = serde_json::from_slice::<Handover>(payload) else { return };
+    if let Ok(broker) = Broker::from_env(Env::from_os()) {
         let chain: Vec<Process> = h.chain.into_iter().map(|(pid, argv)| Process { pid, argv }).collect();
         let _ = broker.end_entry(h.entry.into(), &chain);
     }
@@ -154,7 +157,8 @@ pub(crate) fn start_early() {
     }
     let mut early = EARLY.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if early.is_none() {
-        *early = Some(std::thread::spawn(start_copy));
+        // No thread to be had (a process limit): the hand-over starts its copy itself.
+        *early = std::thread::Builder::new().spawn(start_copy).ok();
     }
 }
 

@@ -17,14 +17,24 @@ use std::path::Path;
 pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Error, ErrorKind};
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let not_regular = || Error::new(ErrorKind::InvalidInput, "is not a regular file");
+    // Checked before opening too: opening a device runs its driver (a serial line's
+    // open resets the board on it), even when nothing is read.
+    let before = std::fs::metadata(path)?;
+    if before.file_type().is_char_device() && before.rdev() == nix::libc::makedev(1, 3) {
+        return Ok(Vec::new());
+    }
+    if before.is_dir() {
+        return Err(Error::new(ErrorKind::IsADirectory, "is a folder"));
+    }
+    if !before.file_type().is_file() {
+        return Err(not_regular());
+    }
     let file =
         std::fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY).open(path)?;
     let meta = file.metadata()?;
-    if meta.file_type().is_char_device() && meta.rdev() == nix::libc::makedev(1, 3) {
-        return Ok(Vec::new());
-    }
-    if !meta.file_type().is_file() {
-        return Err(Error::new(ErrorKind::InvalidInput, "is not a regular file"));
+    if !meta.file_type().is_file() || (meta.dev(), meta.ino()) != (before.dev(), before.ino()) {
+        return Err(not_regular());
     }
     if on_kernel_fs(&file)? {
         return Err(Error::new(ErrorKind::InvalidInput, "is on a kernel file system (/proc, /sys ...)"));
@@ -36,6 +46,10 @@ pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     }
     Ok(bytes)
 }
+
+/// The largest user config (a kubeconfig, docker's `config.json`) read through
+/// [`read_regular`].
+pub const MAX_USER_CONFIG: u64 = 16 * 1024 * 1024;
 
 /// [`read_regular`] as UTF-8 text.
 pub fn read_regular_text(path: &Path, max: u64) -> std::io::Result<String> {
@@ -122,10 +136,11 @@ mod tests {
         // A FIFO nobody writes to: a plain open would wait for a writer forever.
         let fifo = dir.path().join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        for refused in [fifo.as_path(), Path::new("/dev/zero"), Path::new("/proc/self/environ"), dir.path()] {
+        for refused in [fifo.as_path(), Path::new("/dev/zero"), Path::new("/proc/self/environ")] {
             let why = read_regular(refused, 1024 * 1024).unwrap_err();
             assert_eq!(why.kind(), ErrorKind::InvalidInput, "{}: {why}", refused.display());
         }
+        assert_eq!(read_regular(dir.path(), 64).unwrap_err().kind(), ErrorKind::IsADirectory);
         assert_eq!(read_regular(Path::new("/dev/null"), 64).unwrap(), b"", "the null device is an empty config");
         std::fs::write(&file, [0xff, 0xfe]).unwrap();
         assert_eq!(read_regular_text(&file, 64).unwrap_err().kind(), ErrorKind::InvalidData);

@@ -356,9 +356,8 @@ fn read_capped(response: Response, shown: String) -> Result<Vec<u8>, Error> {
     Ok(body)
 }
 
-/// A client trusting exactly `roots` (none: plain HTTP only). Same-origin redirects never
-/// change the scheme, so a plain client is never asked for TLS.
 /// A client; with `tls`, for HTTPS (without, for plain HTTP to loopback: no roots).
+/// Same-origin redirects never change the scheme, so a plain client is never asked for TLS.
 fn build(timeout: Duration, tls: Option<rustls::ClientConfig>) -> Result<Client, String> {
     let builder = Client::builder()
         .timeout(timeout)

@@ -1,7 +1,6 @@
 //! Where the tools look: the home directory, the environment's overrides of it, and the
 //! current directory.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use mayfly_core::{Env, EnvVars};
@@ -54,18 +53,15 @@ impl Scope {
 }
 
 /// Reads a small text file.
+/// Reads a small text file (a project may have planted it: a FIFO, device or kernel file
+/// is unreadable, never waited on or read).
 pub(crate) fn read(path: &Path) -> Contents {
-    let file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Contents::Missing,
-        Err(e) => return Contents::Unreadable(e.to_string()),
-    };
-    if file.metadata().is_ok_and(|m| m.is_dir()) {
+    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
         return Contents::Missing;
     }
-    let mut text = String::new();
-    match file.take(MAX_FILE).read_to_string(&mut text) {
-        Ok(_) => Contents::Text(text),
+    match mayfly_core::files::read_regular_text(path, MAX_FILE) {
+        Ok(text) => Contents::Text(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Contents::Missing,
         Err(e) => Contents::Unreadable(e.to_string()),
     }
 }

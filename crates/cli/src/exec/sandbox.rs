@@ -116,7 +116,7 @@ pub(crate) struct Layout {
     pub socket: PathBuf,
     /// The working directory, writable.
     pub workdir: PathBuf,
-    /// Paths in it bound read-only (git's hooks and config: [`git_guards`]).
+    /// Paths in it bound read-only (git's hooks, config and pointers: [`git_guards`]).
     pub read_only: Vec<PathBuf>,
 }
 
@@ -354,18 +354,28 @@ fn shown(path: &Path) -> String {
 /// git's files that make it run code, for the repository the working directory is in:
 /// `hooks` and `config` (`core.fsmonitor`, `core.pager`, `credential.helper`, ...) of its
 /// git directory (a worktree's `.git` file followed, its `config.worktree` and the common
-/// directory's too), bound read-only so that the sandbox cannot plant code that git runs
+/// directory's too; the `.git` file and `commondir` themselves, so that neither can be
+/// pointed elsewhere), bound read-only so that the sandbox cannot plant code that git runs
 /// outside later. Only those that exist; a repository's missing `hooks` is made first (as
 /// `git init` does), so that the sandbox cannot make it.
 pub(crate) fn git_guards(workdir: &Path) -> Vec<PathBuf> {
-    let Some(git_dir) = workdir.ancestors().find_map(git_dir) else { return Vec::new() };
+    let Some((top, git_dir)) = workdir.ancestors().find_map(|dir| Some((dir, git_dir(dir)?))) else {
+        return Vec::new();
+    };
+    let mut guarded = Vec::new();
+    // The pointers too: a `.git` file or `commondir` rewritten to name a folder the
+    // command made would bring its own config (and `core.fsmonitor`) to git outside.
+    for pointer in [top.join(".git"), git_dir.join("commondir")] {
+        if std::fs::symlink_metadata(&pointer).is_ok_and(|m| m.is_file()) {
+            guarded.push(pointer);
+        }
+    }
     let mut dirs = vec![git_dir.clone()];
     if let Ok(common) = mayfly_core::files::read_regular_text(&git_dir.join("commondir"), GIT_POINTER_MAX)
         && let Ok(common) = std::fs::canonicalize(git_dir.join(common.trim()))
     {
         dirs.push(common);
     }
-    let mut guarded = Vec::new();
     for dir in dirs {
         if dir.join("config").is_file() && !dir.join("hooks").exists() {
             let _ = std::fs::create_dir(dir.join("hooks"));
@@ -639,7 +649,16 @@ mod tests {
         std::fs::write(private.join("config.worktree"), "").unwrap();
         std::fs::write(tree.join(".git"), format!("gitdir: {}\n", private.display())).unwrap();
         let guards = git_guards(&tree);
-        assert_eq!(guards, vec![private.join("config.worktree"), repo.join(".git/hooks"), repo.join(".git/config")]);
+        assert_eq!(
+            guards,
+            vec![
+                tree.join(".git"),
+                private.join("commondir"),
+                private.join("config.worktree"),
+                repo.join(".git/hooks"),
+                repo.join(".git/config")
+            ]
+        );
         // Outside any repository: nothing.
         let plain = root.join("plain");
         std::fs::create_dir_all(&plain).unwrap();

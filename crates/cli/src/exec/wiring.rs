@@ -294,7 +294,7 @@ fn kube_overrides(documents: &[serde_json::Value], hosts: &BTreeSet<String>, hel
 /// config, kubeconfigs): read only as a regular file of a sane size, so a FIFO or a
 /// device in its place is skipped, never waited on or read without end.
 fn read_user_file(path: &Path) -> Option<String> {
-    mayfly_core::files::read_regular_text(path, 16 * 1024 * 1024).ok()
+    mayfly_core::files::read_regular_text(path, mayfly_core::files::MAX_USER_CONFIG).ok()
 }
 
 #[cfg(test)]

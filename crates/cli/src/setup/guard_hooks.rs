@@ -36,7 +36,7 @@ pub(crate) fn install(repo: &Path, mayfly: &Path) -> anyhow::Result<Vec<String>>
         let path = dir.join(hook);
         let chained = dir.join(format!("{hook}{CHAINED}"));
         let script = script(hook, mode, mayfly);
-        let current = std::fs::read_to_string(&path).ok();
+        let current = read_hook(&path);
         if current.as_deref() == Some(script.as_str()) {
             continue;
         }
@@ -59,6 +59,12 @@ pub(crate) fn install(repo: &Path, mayfly: &Path) -> anyhow::Result<Vec<String>>
     Ok(changes)
 }
 
+/// A hook's text; `None` when absent or not a regular file of at most 1 MiB (a tracked
+/// hooks folder may hold a link to a device or a FIFO: never read or waited on).
+fn read_hook(path: &Path) -> Option<String> {
+    mayfly_core::files::read_regular_text(path, 1024 * 1024).ok()
+}
+
 /// Removes mayfly's hooks and renames the chained ones back; returns what changed.
 pub(crate) fn uninstall(repo: &Path) -> anyhow::Result<Vec<String>> {
     let dir = hooks_dir(repo)?;
@@ -66,7 +72,7 @@ pub(crate) fn uninstall(repo: &Path) -> anyhow::Result<Vec<String>> {
     for (hook, _) in HOOKS {
         let path = dir.join(hook);
         let chained = dir.join(format!("{hook}{CHAINED}"));
-        if !std::fs::read_to_string(&path).is_ok_and(|text| text.contains(MARK)) {
+        if !read_hook(&path).is_some_and(|text| text.contains(MARK)) {
             continue;
         }
         std::fs::remove_file(&path).with_context(|| format!("cannot remove `{}`", path.display()))?;

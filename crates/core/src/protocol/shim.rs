@@ -278,13 +278,15 @@ fn scope_registries(family: Family, env: &Env, cwd: &Path) -> Result<Vec<url::Ur
 const MAX_CLIENT_FILE: u64 = 4 * 1024 * 1024;
 
 /// A file the client reads too (`package.json`, `.npmrc`, `.yarnrc`), which a project may
-/// have planted: absent is `None`; one that is a FIFO, a device, a kernel file or too
-/// large refuses the command, named, rather than stalling on it or reading it without end
-/// (the client itself would stall or fail on it).
+/// have planted: one that is a FIFO, a device, a kernel file or too large refuses the
+/// command, named, rather than stalling on it or reading it without end (the client
+/// itself would stall or fail on it). One that is absent or cannot be read (a root-owned
+/// `~/.npmrc`, a folder) is `None`, as npm ignores it too.
 fn read_client_file(path: &Path) -> Result<Option<String>, Refusal> {
+    use std::io::ErrorKind;
     match crate::files::read_regular(path, MAX_CLIENT_FILE) {
         Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) if !matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::FileTooLarge) => Ok(None),
         Err(e) => Err(Refusal::Failed(format!(
             "`{}` {e}; it is not read",
             crate::sanitize_for_terminal(&path.display().to_string())

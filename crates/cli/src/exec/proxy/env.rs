@@ -83,8 +83,9 @@ pub(crate) fn npm_userconfig(config: &mayfly_core::Config, env: &mayfly_core::En
         .path("npm_config_userconfig")
         .or_else(|| env.path("NPM_CONFIG_USERCONFIG"))
         .or_else(|| env.path("HOME").map(|h| h.join(".npmrc")));
-    let mut text =
-        user.and_then(|p| mayfly_core::files::read_regular_text(&p, 16 * 1024 * 1024).ok()).unwrap_or_default();
+    let mut text = user
+        .and_then(|p| mayfly_core::files::read_regular_text(&p, mayfly_core::files::MAX_USER_CONFIG).ok())
+        .unwrap_or_default();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }

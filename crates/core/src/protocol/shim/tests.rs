@@ -83,6 +83,11 @@ fn planted_client_files_are_refused_by_name_never_waited_on() {
     std::os::unix::fs::symlink("real.npmrc", dir.path().join(".npmrc")).unwrap();
     let read = need(Family::Npm, &strings(&["install"]), &Env::default(), dir.path()).unwrap().unwrap();
     assert_eq!(read.registry.as_str(), "https://linked.example/", "a dotfile that is a link to a file is read");
+    // A folder where a file is expected is skipped, as npm skips it.
+    std::fs::remove_file(dir.path().join(".npmrc")).unwrap();
+    std::fs::create_dir(dir.path().join(".npmrc")).unwrap();
+    let read = need(Family::Npm, &strings(&["install"]), &Env::default(), dir.path()).unwrap().unwrap();
+    assert_eq!(read.registry.as_str(), "https://registry.npmjs.org/");
 }
 
 #[test]
