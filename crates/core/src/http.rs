@@ -155,6 +155,11 @@ impl HttpClient {
             extra = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<_, _>>()
                 .map_err(|e| ca_error(e.to_string()))?;
+            // Said now, naming the file, rather than as a failed request later.
+            let mut anchors = rustls::RootCertStore::empty();
+            for certificate in &extra {
+                anchors.add(certificate.clone()).map_err(|e| ca_error(format!("not a usable CA certificate: {e}")))?;
+            }
         }
         let client = Self { inner: Arc::new(Inner { timeout, extra, plain: OnceLock::new(), tls: OnceLock::new() }) };
         shared.push((key, client.clone()));
@@ -421,6 +426,21 @@ fn describe(error: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ca_file_without_a_usable_certificate_is_named_before_any_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ca.pem");
+        // A well-formed PEM block whose content is not a certificate.
+        std::fs::write(&file, "-----BEGIN CERTIFICATE-----\nAAECAwQF\n-----END CERTIFICATE-----\n").unwrap();
+        match HttpClient::new(Duration::from_secs(7), Some(&file)) {
+            Err(Error::Ca { path, message }) => {
+                assert_eq!(path, file.display().to_string());
+                assert!(message.contains("not a usable CA certificate"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn loopback_detection() {

@@ -69,13 +69,15 @@ pub(crate) struct Roots {
     own: Vec<CertificateDer<'static>>,
     own_verifier: Option<Arc<WebPkiServerVerifier>>,
     with_system: OnceLock<Result<Arc<WebPkiServerVerifier>, rustls::Error>>,
+    /// Where the system's roots come from ([`system_roots`]; tests give their own).
+    system: fn() -> &'static [CertificateDer<'static>],
 }
 
 impl Roots {
     /// Trusts `own` (an exchange's CA file; none is fine) and the system's roots.
     pub(crate) fn new(provider: Arc<CryptoProvider>, own: Vec<CertificateDer<'static>>) -> Result<Self, String> {
         let own_verifier = if own.is_empty() { None } else { Some(verifier(&provider, &own, &[])?) };
-        Ok(Self { provider, own, own_verifier, with_system: OnceLock::new() })
+        Ok(Self { provider, own, own_verifier, with_system: OnceLock::new(), system: system_roots })
     }
 
     /// True once the system's roots were loaded (for tests).
@@ -116,7 +118,7 @@ impl ServerCertVerifier for Roots {
         // one store of both would accept (a chain may have another path to a system root).
         let with_system = self
             .with_system
-            .get_or_init(|| verifier(&self.provider, &self.own, system_roots()).map_err(rustls::Error::General));
+            .get_or_init(|| verifier(&self.provider, &self.own, (self.system)()).map_err(rustls::Error::General));
         with_system.as_ref().map_err(Clone::clone)?.verify_server_cert(
             end_entity,
             intermediates,
@@ -243,6 +245,16 @@ mod tests {
             matches!(refused, rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)),
             "{refused:?}"
         );
+
+        // Anchored only by a system root, with a CA file of another CA: accepted, through
+        // the system's roots.
+        static SYSTEM: OnceLock<Vec<CertificateDer<'static>>> = OnceLock::new();
+        let (system_ca, public) = ca_and_server("a public CA");
+        SYSTEM.set(vec![system_ca]).unwrap();
+        let mut roots = Roots::new(provider.clone(), vec![ca_and_server("a private CA").0]).unwrap();
+        roots.system = || SYSTEM.get().unwrap();
+        assert!(roots.verify_server_cert(&public, &[], &name, &[], now).is_ok());
+        assert!(roots.system_loaded());
 
         // No CA file: the system roots, at once.
         let roots = Roots::new(provider, Vec::new()).unwrap();
