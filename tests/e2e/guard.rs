@@ -248,3 +248,53 @@ fn bad_input_is_one_line_and_exit_two() {
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains("no-such-file"), "{}", stderr(&out));
 }
+
+#[test]
+#[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
+fn tracked_scans_a_long_line_in_pieces_and_reads_no_planted_link_or_fifo() {
+    if !require_tool("git") {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let repo = scratch.path().join("repo");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git").args(args).current_dir(&repo).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
+    };
+    std::fs::create_dir(&repo).unwrap();
+    git(&["init", "-q"]);
+    // A minified bundle: one 3 MiB line with a token past its first megabyte.
+    let bundle = format!("{} {} {}\n", "a".repeat(1024 * 1024 - 7), fake_token(), "b".repeat(2 * 1024 * 1024));
+    std::fs::write(repo.join("bundle.js"), bundle).unwrap();
+    for name in ["fifo", "link"] {
+        std::fs::write(repo.join(name), "clean\n").unwrap();
+    }
+    git(&["add", "."]);
+    git(&["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "files"]);
+    // Swapped after they were committed: a FIFO nobody writes to, and a link to a file
+    // outside the work tree that holds a token.
+    let outside = scratch.path().join("outside.txt");
+    std::fs::write(&outside, format!("{}\n", fake_token())).unwrap();
+    std::fs::remove_file(repo.join("fifo")).unwrap();
+    nix::unistd::mkfifo(&repo.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    std::fs::remove_file(repo.join("link")).unwrap();
+    std::os::unix::fs::symlink(&outside, repo.join("link")).unwrap();
+    let out = assert_cmd::Command::new(bin("mayfly"))
+        .args(["guard", "--tracked"])
+        .current_dir(&repo)
+        .env_clear()
+        .env("HOME", scratch.path())
+        .env("PATH", std::env::var_os("PATH").unwrap())
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let found: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains(": github-token"))
+        .map(|l| l.split(" sha256:").next().unwrap())
+        .collect();
+    assert_eq!(found, ["bundle.js:1: github-token"], "{err}");
+    assert!(!err.contains(&fake_token()), "a value is never printed");
+}

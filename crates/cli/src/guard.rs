@@ -87,35 +87,82 @@ fn flatten(lists: Vec<Vec<Located>>) -> Vec<Located> {
 }
 
 fn scan_file(guard: &Guard, path: &Path) -> anyhow::Result<Vec<Located>> {
-    let bytes = if path == Path::new("-") {
-        let mut bytes = Vec::new();
-        std::io::stdin().read_to_end(&mut bytes).context("cannot read stdin")?;
-        bytes
-    } else {
-        std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?
-    };
-    Ok(locate(guard, &path.display().to_string(), &bytes))
+    let place = path.display().to_string();
+    if path == Path::new("-") {
+        return scan_lines(guard, &place, std::io::stdin().lock()).context("cannot read stdin");
+    }
+    // A file named on the command line is read as named: a link or a FIFO
+    // (`<(command)`) is what the user asked for.
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read `{place}`"))?;
+    scan_lines(guard, &place, file).with_context(|| format!("cannot read `{place}`"))
 }
 
-fn locate(guard: &Guard, place: &str, bytes: &[u8]) -> Vec<Located> {
-    let text = String::from_utf8_lossy(bytes);
-    guard.scan_text(&text).into_iter().map(|finding| Located { place: place.to_owned(), finding }).collect()
+/// The longest piece of a line scanned at once: a longer line (a minified bundle, a
+/// binary) is scanned in pieces, so memory stays bounded whatever the file.
+const MAX_PIECE: u64 = 1024 * 1024;
+
+/// How much of a piece the next piece of the same line scans again, so a value cut
+/// between two pieces is seen whole in the next (a JWT is a few kilobytes at most).
+const OVERLAP: usize = 16 * 1024;
+
+/// Scans what `reader` gives, line by line, each value found once per line. A piece that
+/// does not end its line is scanned up to its last whole word (the cut word is scanned in
+/// the next piece, which starts [`OVERLAP`] bytes back at a word's start), so a value is
+/// never found cut.
+fn scan_lines(guard: &Guard, place: &str, reader: impl Read) -> std::io::Result<Vec<Located>> {
+    use std::io::BufRead;
+    let in_word = |b: &u8| b.is_ascii_alphanumeric() || b"-_.=+/".contains(b);
+    let mut reader = std::io::BufReader::new(reader);
+    let (mut piece, mut line, mut found) = (Vec::new(), 1, Vec::<Located>::new());
+    let mut first_of_line = 0;
+    loop {
+        let carried = !piece.is_empty();
+        let read = (&mut reader).take(MAX_PIECE).read_until(b'\n', &mut piece)?;
+        if read == 0 && !carried {
+            return Ok(found);
+        }
+        // Short of a full piece without a newline is the end of the input.
+        let ended = piece.ends_with(b"\n") || (read as u64) < MAX_PIECE;
+        let start = if carried { piece.iter().position(|b| !in_word(b)).unwrap_or(0) } else { 0 };
+        let end =
+            if ended { piece.len() } else { piece.iter().rposition(|b| !in_word(b)).map_or(piece.len(), |at| at + 1) };
+        let text = String::from_utf8_lossy(&piece[start.min(end)..end]);
+        let text = text.strip_suffix('\n').map_or(&*text, |t| t.strip_suffix('\r').unwrap_or(t));
+        for finding in guard.scan_line(line, text) {
+            let again =
+                |seen: &Located| seen.finding.kind == finding.kind && seen.finding.fingerprint == finding.fingerprint;
+            if !found[first_of_line..].iter().any(again) {
+                found.push(Located { place: place.to_owned(), finding });
+            }
+        }
+        if ended {
+            (line, first_of_line) = (line + 1, found.len());
+            piece.clear();
+        } else {
+            piece.drain(..piece.len().saturating_sub(OVERLAP));
+        }
+    }
 }
 
-/// Every tracked regular file in the work tree (symlinks are not followed).
+/// Every tracked regular file in the work tree. A link is not followed and a file that
+/// is not regular (git checks out none) is skipped; each is opened once, so one swapped
+/// after it was listed is refused by what was opened, never waited on.
 fn scan_tracked(guard: &Guard, ignore: &globset::GlobSet) -> anyhow::Result<Vec<Located>> {
     let top = PathBuf::from(String::from_utf8_lossy(&git(&["rev-parse", "--show-toplevel"])?).trim());
     let listed = git(&["-C", &top.display().to_string(), "ls-files", "-z"])?;
     let mut found = Vec::new();
     for name in listed.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let name = String::from_utf8_lossy(name);
-        let path = top.join(&*name);
-        let is_file = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
-        if ignore.is_match(&*name) || !is_file {
+        if ignore.is_match(&*name) {
             continue;
         }
-        let bytes = std::fs::read(&path).with_context(|| format!("cannot read `{name}`"))?;
-        found.extend(locate(guard, &name, &bytes));
+        let file = match mayfly_core::files::open_regular_path(&top.join(&*name)) {
+            Ok(file) => file,
+            // Deleted in the work tree, a link, or not a file at all: nothing to read.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidInput) => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read `{name}`")),
+        };
+        found.extend(scan_lines(guard, &name, file).with_context(|| format!("cannot read `{name}`"))?);
     }
     Ok(found)
 }
@@ -168,4 +215,44 @@ fn report(found: &[Located]) {
         if found.len() == 1 { "" } else { "s" },
         mayfly_core::guard::ALLOW_MARKER,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake token, assembled here so this file holds no token-shaped text.
+    fn fake(body: char) -> String {
+        ["gh", "p_FAKE", &body.to_string().repeat(4), "FAKE0000FAKE0000FAKE0000FAKE"].concat()
+    }
+
+    fn lines_found(text: &[u8]) -> Vec<usize> {
+        let found = scan_lines(&Guard::default(), "f", text).unwrap();
+        found.iter().map(|l| l.finding.line).collect()
+    }
+
+    #[test]
+    fn lines_are_numbered_as_an_editor_numbers_them() {
+        let text = format!("one\r\n{}\n\nfour {}", fake('0'), fake('1'));
+        assert_eq!(lines_found(text.as_bytes()), [2, 4]);
+    }
+
+    #[test]
+    fn a_value_cut_between_two_pieces_of_a_long_line_is_found_whole_and_once() {
+        let piece = usize::try_from(MAX_PIECE).unwrap();
+        for cut in [1, 10, fake('0').len() / 2, fake('0').len() - 1] {
+            // Two values on the first line: one across the first cut, one 2 MiB on.
+            let mut line = "x".repeat(piece - cut - 1);
+            line.push_str(&format!(" {} ", fake('0')));
+            line.push_str(&"y".repeat(piece * 2));
+            line.push_str(&format!(" {} end\nnext {}\n", fake('1'), fake('2')));
+            let found = scan_lines(&Guard::default(), "f", line.as_bytes()).unwrap();
+            let found: Vec<_> = found.iter().map(|l| (l.finding.line, l.finding.kind)).collect();
+            assert_eq!(found, [(1, "github-token"), (1, "github-token"), (2, "github-token")], "cut {cut} bytes in");
+        }
+        // The input ends with a full piece and no newline: its last word is still read.
+        let last = format!("{} {}", "x".repeat(piece - fake('0').len() - 1), fake('0'));
+        assert_eq!(last.len(), piece);
+        assert_eq!(lines_found(last.as_bytes()), [1]);
+    }
 }

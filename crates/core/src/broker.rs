@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::audit::{AuditEvent, AuditLog, Outcome, ProcessRef, rfc3339};
-use crate::cache::{Cache, CacheEntry, Origin};
+use crate::cache::{Cache, CacheEntry, Lookup, Origin};
 use crate::config::{Config, ExchangeConfig, IdentityConfig, Route, Scheme};
 use crate::exchange::{Ask, Intent};
 use crate::http::HttpClient;
@@ -267,15 +267,28 @@ impl Broker {
         let key = self.cache_key(route, target, operation, &scope);
         let session = self.session();
         let session = session.as_deref();
-        if let Some(hit) = cache.as_ref().and_then(|c| c.get(&key, session, now)) {
-            return self.serve_cached(route, &mut event, hit, cache.as_ref(), &key, chain, now);
-        }
+        let mut stale = match cache.as_ref().map(|c| c.lookup(&key, session, now)) {
+            Some(Lookup::Servable(hit)) => {
+                return self.serve_cached(route, &mut event, hit, cache.as_ref(), &key, chain, now);
+            }
+            Some(Lookup::Stale(found)) => Some(found),
+            Some(Lookup::Miss) | None => None,
+        };
         let _lock = cache.as_ref().and_then(|c| c.lock(&key).ok());
-        if let Some(hit) = cache.as_ref().and_then(|c| c.get(&key, session, now)) {
-            // Another process refreshed it while we waited for the lock.
-            return self.serve_cached(route, &mut event, hit, cache.as_ref(), &key, chain, now);
+        if let Some(cache) = &cache
+            && !stale.as_ref().is_some_and(|s| cache.still_holds(s))
+        {
+            // Another process refreshed (or removed) it while we waited for the lock; a
+            // stale entry whose file is unchanged is not decrypted again.
+            stale = match cache.lookup(&key, session, now) {
+                Lookup::Servable(hit) => {
+                    return self.serve_cached(route, &mut event, hit, Some(cache), &key, chain, now);
+                }
+                Lookup::Stale(found) => Some(found),
+                Lookup::Miss => None,
+            };
         }
-        if cache.as_ref().is_some_and(|c| c.holds(&key, session)) {
+        if stale.is_some() {
             // A refresh: the copy that will revoke the replaced token starts during the
             // exchange, so handing it over after the answer is a write, not a process start.
             crate::deferred::start_early();
@@ -287,7 +300,7 @@ impl Broker {
                 {
                     // The token this one replaces may still be valid: end it rather than
                     // let it live on unrecorded, after the tool has its answer.
-                    if let Some(old) = cache.remove(&key, session)
+                    if let Some(old) = stale.and_then(|s| cache.take(s))
                         && !crate::deferred::hand_over(&old, chain)
                     {
                         let _ = self.end_entry(old, chain);

@@ -4,8 +4,8 @@
 //! off rather than on disk.
 //!
 //! One exchange per key across processes: callers take a per-key file lock, re-check,
-//! and only then exchange (single-flight). Writes are temp + fsync + rename. An entry
-//! that cannot be read or decrypted is a miss.
+//! and only then exchange (single-flight). Writes are temp + rename (not synced: a lost
+//! entry costs one exchange). An entry that cannot be read or decrypted is a miss.
 //!
 //! An entry's path is fixed by what asks for it, so a `get` opens one file whatever the
 //! cache holds: `<key>.<session-tag>.age`, the key a hash of the request and the session
@@ -52,6 +52,32 @@ pub struct Listed {
     pub session_tag: String,
     /// Expiry rounded up to [`EXPIRY_BUCKET`]: expired once this has passed.
     pub expiry_bucket: i64,
+}
+
+/// What [`Cache::lookup`] finds for a key.
+pub(crate) enum Lookup {
+    /// An entry to serve.
+    Servable(CacheEntry),
+    /// An entry inside its refresh margin: still valid, to be replaced.
+    Stale(Stale),
+    /// Nothing usable.
+    Miss,
+}
+
+/// An entry inside its refresh margin, and the file it was read from, so the process that
+/// replaces it decrypts it once ([`Cache::still_holds`], [`Cache::take`]).
+pub(crate) struct Stale {
+    entry: CacheEntry,
+    path: PathBuf,
+    file: FileId,
+}
+
+/// What tells one file at a path from the next: device, inode and change time (an inode
+/// freed by a removal can be reused at once; its change time cannot repeat).
+type FileId = (u64, u64, i64, i64);
+
+fn id_of(meta: &fs::Metadata) -> FileId {
+    (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
 }
 
 /// The parts of an entry's file name, `<key>.<session-tag>.age`.
@@ -363,19 +389,42 @@ impl Cache {
     /// The entry for a key, minted in `session`, if it is still servable at `now`;
     /// anything else is a miss. An expired entry found here is removed.
     pub fn get(&self, key: &str, session: Option<&str>, now: i64) -> Option<CacheEntry> {
-        let path = self.path(key, session);
-        let entry = read_sealed(&self.identity, &path)?;
-        if entry.expires_at <= now {
-            let _ = fs::remove_file(&path);
-            return None;
+        match self.lookup(key, session, now) {
+            Lookup::Servable(entry) => Some(entry),
+            Lookup::Stale(_) | Lookup::Miss => None,
         }
-        (now < entry.refresh_at).then_some(entry)
     }
 
-    /// True when an entry for `key` is on disk: after a [`Cache::get`] that missed, one
-    /// inside its refresh margin, which the next token will replace.
-    pub(crate) fn holds(&self, key: &str, session: Option<&str>) -> bool {
-        self.path(key, session).exists()
+    /// What the cache holds for a key minted in `session` at `now`: an entry to serve, one
+    /// inside its refresh margin (which the next token replaces), or nothing. An expired
+    /// entry found here is removed. Decrypts at most one file.
+    pub(crate) fn lookup(&self, key: &str, session: Option<&str>, now: i64) -> Lookup {
+        let path = self.path(key, session);
+        let Some((entry, file)) = read_sealed_file(&self.identity, &path) else {
+            return Lookup::Miss;
+        };
+        if entry.expires_at <= now {
+            let _ = fs::remove_file(&path);
+            Lookup::Miss
+        } else if now < entry.refresh_at {
+            Lookup::Servable(entry)
+        } else {
+            Lookup::Stale(Stale { entry, path, file })
+        }
+    }
+
+    /// True when the file a stale entry was read from is still the one at its path: no
+    /// other process has replaced or removed it since (writes rename a new file in place),
+    /// so reading it again would give the same entry.
+    pub(crate) fn still_holds(&self, stale: &Stale) -> bool {
+        file_id(&stale.path).is_some_and(|at_path| at_path == stale.file)
+    }
+
+    /// Removes a stale entry the caller (holding its key's lock) replaces, returning it,
+    /// when its file is still the one at the path; `None` when another process has
+    /// already removed or replaced it (and with it, answered for the old token).
+    pub(crate) fn take(&self, stale: Stale) -> Option<CacheEntry> {
+        (self.still_holds(&stale) && fs::remove_file(&stale.path).is_ok()).then_some(stale.entry)
     }
 
     /// Decrypts a listed entry; `None` when it is gone or unreadable.
@@ -528,11 +577,23 @@ impl Cache {
 
 /// An entry's file, decrypted; `None` when it is missing, too big, or not ours.
 fn read_sealed(identity: &age::x25519::Identity, path: &Path) -> Option<CacheEntry> {
+    read_sealed_file(identity, path).map(|(entry, _)| entry)
+}
+
+/// [`read_sealed`], with the identity of the file it read.
+fn read_sealed_file(identity: &age::x25519::Identity, path: &Path) -> Option<(CacheEntry, FileId)> {
+    let mut file = File::open(path).ok()?;
+    let meta = file.metadata().ok()?;
     let mut sealed = Vec::new();
-    File::open(path).ok()?.take(MAX_ENTRY).read_to_end(&mut sealed).ok()?;
+    (&mut file).take(MAX_ENTRY).read_to_end(&mut sealed).ok()?;
     let plain = age::decrypt(identity, &sealed).ok()?;
     let stored: StoredEntry = serde_json::from_slice(&plain).ok()?;
-    Some(stored.into())
+    Some((stored.into(), id_of(&meta)))
+}
+
+/// The identity of the file at a path, not following a link.
+fn file_id(path: &Path) -> Option<FileId> {
+    fs::symlink_metadata(path).ok().map(|meta| id_of(&meta))
 }
 
 /// Whether an open file is the one at a path now.
@@ -760,6 +821,35 @@ mod tests {
         let taken = cache.discard_if(&key, None, cache.lock(&key).unwrap(), &matches).unwrap();
         assert_eq!(taken.token.expose(), "tok-1");
         assert!(cache.get(&key, None, 100).is_none());
+    }
+
+    #[test]
+    fn a_stale_entry_is_taken_only_while_its_file_is_the_one_read() {
+        let (_rt, _dir, cache) = test_cache();
+        let key = Cache::key(&["git", "h", "a", "read"]);
+        let store = |token: &str| cache.put(&key, &entry(token, 200, 150), &cache.lock(&key).unwrap()).unwrap();
+        let stale = |now| match cache.lookup(&key, None, now) {
+            Lookup::Stale(stale) => stale,
+            _ => panic!("not a stale entry at {now}"),
+        };
+        store("tok-1");
+        assert!(matches!(cache.lookup(&key, None, 100), Lookup::Servable(_)));
+        assert!(cache.get(&key, None, 160).is_none(), "inside the margin, a get misses");
+        // Unchanged: taken once, then gone.
+        let old = stale(160);
+        assert!(cache.still_holds(&old));
+        assert_eq!(cache.take(old).unwrap().token.expose(), "tok-1");
+        assert!(matches!(cache.lookup(&key, None, 160), Lookup::Miss));
+        // Replaced by another process since it was read: neither taken nor removed.
+        store("tok-1");
+        let old = stale(160);
+        store("tok-2");
+        assert!(!cache.still_holds(&old));
+        assert!(cache.take(old).is_none(), "another process already answered for the old token");
+        assert_eq!(cache.get(&key, None, 100).unwrap().token.expose(), "tok-2");
+        // Expired: a miss, and removed.
+        assert!(matches!(cache.lookup(&key, None, 200), Lookup::Miss));
+        assert!(!entry_path(&cache, &key).exists());
     }
 
     #[test]

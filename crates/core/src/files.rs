@@ -47,6 +47,43 @@ pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Opens the entry `name` of the folder `parent` for reading if it is a regular file on a
+/// real file system, never following a link (`O_NOFOLLOW`) nor waiting on a FIFO
+/// (`O_NONBLOCK`): the descriptor is checked, so an entry swapped between a caller's check
+/// and the open is refused, not read. A link, a FIFO, a device or a kernel file is
+/// `InvalidInput`, its message saying which.
+pub fn open_regular_at(parent: &impl AsFd, name: &std::ffi::OsStr) -> std::io::Result<std::fs::File> {
+    use nix::fcntl::OFlag;
+    use std::io::{Error, ErrorKind};
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
+    let fd = nix::fcntl::openat(parent, name, flags, nix::sys::stat::Mode::empty()).map_err(|e| match e {
+        nix::errno::Errno::ELOOP => Error::new(ErrorKind::InvalidInput, "is a symbolic link"),
+        e => Error::from(e),
+    })?;
+    if on_kernel_fs(&fd)? {
+        return Err(Error::new(ErrorKind::InvalidInput, "is on a kernel file system (/proc, /sys ...)"));
+    }
+    let file = std::fs::File::from(fd);
+    if !file.metadata()?.file_type().is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "is not a regular file"));
+    }
+    Ok(file)
+}
+
+/// [`open_regular_at`] for a path: its last component is never followed (the folders on
+/// the way are: they are the path the user named).
+pub fn open_regular_path(path: &Path) -> std::io::Result<std::fs::File> {
+    use nix::fcntl::OFlag;
+    let path: std::path::PathBuf = path.components().collect();
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "is not a file"));
+    };
+    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let parent = nix::dir::Dir::open(parent, flags, nix::sys::stat::Mode::empty())?;
+    open_regular_at(&parent, name)
+}
+
 /// The largest user config (a kubeconfig, docker's `config.json`) read through
 /// [`read_regular`].
 pub const MAX_USER_CONFIG: u64 = 16 * 1024 * 1024;
@@ -58,22 +95,48 @@ pub fn read_regular_text(path: &Path, max: u64) -> std::io::Result<String> {
 }
 
 /// True when the descriptor is on a kernel's pseudo file system, wherever it is mounted
-/// (`/proc/PID/environ` is a "regular file" there, of length 0).
+/// (`/proc/PID/environ` is a "regular file" there, of length 0; reading a file of
+/// configfs, efivarfs or a control file system can block, change state or leak).
 pub fn on_kernel_fs(fd: &impl AsFd) -> std::io::Result<bool> {
     use nix::sys::statfs as fs;
+    // Those nix does not name, from the kernel's `linux/magic.h`.
+    const CONFIGFS_MAGIC: u32 = 0x6265_6570;
+    const EFIVARFS_MAGIC: u32 = 0xde5e_81e4;
+    const PSTOREFS_MAGIC: u32 = 0x6165_676c;
+    const MQUEUE_MAGIC: u32 = 0x1980_0202;
+    const BINFMTFS_MAGIC: u32 = 0x4249_4e4d;
+    const FUSECTL_SUPER_MAGIC: u32 = 0x6573_5543;
+    const ANON_INODE_FS_MAGIC: u32 = 0x0904_1934;
     let kind = fs::fstatfs(fd)?.filesystem_type();
-    let pseudo = [
+    let named = [
         fs::PROC_SUPER_MAGIC,
         fs::SYSFS_MAGIC,
         fs::DEBUGFS_MAGIC,
         fs::TRACEFS_MAGIC,
         fs::SECURITYFS_MAGIC,
+        fs::SELINUX_MAGIC,
+        fs::SMACK_MAGIC,
         fs::DEVPTS_SUPER_MAGIC,
         fs::CGROUP_SUPER_MAGIC,
         fs::CGROUP2_SUPER_MAGIC,
         fs::BPF_FS_MAGIC,
+        fs::RDTGROUP_SUPER_MAGIC,
+        fs::NSFS_MAGIC,
+        fs::OPENPROM_SUPER_MAGIC,
+        fs::USBDEVICE_SUPER_MAGIC,
+        fs::XENFS_SUPER_MAGIC,
     ];
-    Ok(pseudo.contains(&kind))
+    let unnamed = [
+        CONFIGFS_MAGIC,
+        EFIVARFS_MAGIC,
+        PSTOREFS_MAGIC,
+        MQUEUE_MAGIC,
+        BINFMTFS_MAGIC,
+        FUSECTL_SUPER_MAGIC,
+        ANON_INODE_FS_MAGIC,
+    ];
+    // The type is a signed or unsigned word by platform; the magics are 32-bit.
+    Ok(named.contains(&kind) || unnamed.contains(&(kind.0 as u32)))
 }
 
 /// Creates `dir` and its missing parents, mode 0700 (an existing one is left as it is).
@@ -145,6 +208,28 @@ mod tests {
         std::fs::write(&file, [0xff, 0xfe]).unwrap();
         assert_eq!(read_regular_text(&file, 64).unwrap_err().kind(), ErrorKind::InvalidData);
     }
+    #[test]
+    fn open_regular_path_follows_no_last_link_and_waits_on_no_fifo() {
+        use std::io::ErrorKind;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, "ok").unwrap();
+        std::os::unix::fs::symlink(&file, dir.path().join("link")).unwrap();
+        nix::unistd::mkfifo(&dir.path().join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let why = |name: &str| open_regular_path(&dir.path().join(name)).unwrap_err();
+        assert!(why("link").to_string().contains("symbolic link"), "{}", why("link"));
+        assert!(why("fifo").to_string().contains("not a regular file"), "{}", why("fifo"));
+        assert_eq!(why("missing").kind(), ErrorKind::NotFound);
+        for refused in ["link", "fifo"] {
+            assert_eq!(why(refused).kind(), ErrorKind::InvalidInput, "{refused}");
+        }
+        let kernel = open_regular_path(Path::new("/proc/self/status")).unwrap_err();
+        assert!(kernel.to_string().contains("kernel file system"), "{kernel}");
+        let mut text = String::new();
+        open_regular_path(&file).unwrap().read_to_string(&mut text).unwrap();
+        assert_eq!(text, "ok");
+    }
+
     use std::os::unix::fs::MetadataExt;
 
     #[test]

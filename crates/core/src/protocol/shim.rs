@@ -522,7 +522,7 @@ fn gem_copy(args: &[String], cwd: &Path) -> Result<Option<(tempfile::TempDir, us
     // As hf's uploads: a link, FIFO, device or /proc file named as the gem is refused, not
     // read (a FIFO would stall the shim, a link could push any file this user can read).
     let mut from =
-        hf::open_regular_path(&cwd.join(&args[file])).map_err(|why| failed(format!("cannot open it: {why}")))?;
+        crate::files::open_regular_path(&cwd.join(&args[file])).map_err(|e| failed(format!("cannot open it: {e}")))?;
     let dir = tempfile::Builder::new()
         .prefix("mayfly-gem-")
         .tempdir()

@@ -41,7 +41,7 @@ const SHOWN_NAME: usize = 80;
 
 /// The `name` of the specification in the `.gem` at `path`, or why it cannot be read.
 pub(super) fn spec_name(path: &Path) -> Result<String, String> {
-    let file = super::hf::open_regular_path(path).map_err(|why| format!("cannot open it: {why}"))?;
+    let file = crate::files::open_regular_path(path).map_err(|e| format!("cannot open it: {e}"))?;
     let yaml = metadata(file)?;
     let text = std::str::from_utf8(&yaml).map_err(|_| "its specification is not UTF-8".to_owned())?;
     if flow_depth(text) > MAX_FLOW_DEPTH {

@@ -13,7 +13,7 @@
 //! or a device, which could carry the token itself.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{AtFlags, OFlag};
@@ -401,36 +401,17 @@ fn copy_entry(parent: &impl AsFd, name: &OsStr, to: &Path, shown: &str, stage: I
     }
 }
 
-/// Opens the entry `name` of `parent` for reading if it is a regular file on a real file
-/// system, never following a link (`O_NOFOLLOW`) nor waiting on a FIFO (`O_NONBLOCK`):
-/// what was checked before is checked again on what was opened.
+/// Opens the entry `name` of `parent` for reading as [`crate::files::open_regular_at`]
+/// does, saying why one is refused in the words of an upload.
 pub(super) fn open_regular(parent: &impl AsFd, name: &OsStr) -> Result<std::fs::File, String> {
-    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
-    let fd: OwnedFd = nix::fcntl::openat(parent, name, flags, Mode::empty()).map_err(|e| match e {
-        nix::errno::Errno::ELOOP => "is a symbolic link, which is not uploaded".to_owned(),
-        e => format!("cannot be opened: {e}"),
-    })?;
-    pseudo(&fd)?;
-    let file = std::fs::File::from(fd);
-    let kind = file.metadata().map_err(|e| format!("cannot be read: {e}"))?.file_type();
-    if !kind.is_file() {
-        return Err("is not a regular file, which is not uploaded".into());
-    }
-    Ok(file)
+    crate::files::open_regular_at(parent, name).map_err(not_uploaded)
 }
 
-/// Opens `path` for reading as [`open_regular`] does its entry: the last component is
-/// never followed, and must be a regular file on a real file system (folders on the way
-/// are followed: they are the path the user named).
-pub(super) fn open_regular_path(path: &Path) -> Result<std::fs::File, String> {
-    let path: PathBuf = path.components().collect();
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-        return Err("is not a file".into());
-    };
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let parent =
-        nix::dir::Dir::open(parent, flags, Mode::empty()).map_err(|e| format!("cannot open its folder: {e}"))?;
-    open_regular(&parent, name)
+fn not_uploaded(e: std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::InvalidInput => format!("{e}, which is not uploaded"),
+        _ => format!("cannot be opened: {e}"),
+    }
 }
 
 /// Refuses a descriptor on a kernel's pseudo file system (`/proc/PID/environ` is a
