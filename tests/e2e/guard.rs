@@ -290,11 +290,8 @@ fn tracked_scans_a_long_line_in_pieces_and_reads_no_planted_link_or_fifo() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
-    let found: Vec<&str> = err
-        .lines()
-        .filter(|l| l.contains(": github-token"))
-        .map(|l| l.split(" sha256:").next().unwrap())
-        .collect();
+    let found: Vec<&str> =
+        err.lines().filter(|l| l.contains(": github-token")).map(|l| l.split(" sha256:").next().unwrap()).collect();
     assert_eq!(found, ["bundle.js:1: github-token"], "{err}");
     assert!(!err.contains(&fake_token()), "a value is never printed");
 }

@@ -210,3 +210,73 @@ fn a_refresh_answers_the_tool_first_and_the_replaced_token_is_still_revoked() {
     assert_eq!(line["target"], audit[0]["target"], "the line names what the token was for, as before");
     assert_eq!(audit.iter().filter(|l| l["outcome"] == "issued").count(), 2);
 }
+
+/// The pids of detached revocation copies whose working directory is `dir`.
+fn copies_in(dir: &std::path::Path) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let is_copy = cmdline.split(|&b| b == 0).any(|arg| arg == mayfly_core::deferred::REVOKE_ARG.as_bytes());
+        if is_copy && std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd == dir) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_refresh_whose_exchange_fails_leaves_no_copy_behind_and_keeps_the_old_token() {
+    use std::io::Write;
+    let stack = Stack::with(mayfly_tests::Options { subject_lifetime: 6, max_ttl: "6s", ..Default::default() });
+    stack.helper_token("org/app.git");
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    // The exchange now accepts connections and never answers (the same route, so the
+    // same cache entry, now inside its margin): the refresh starts its revocation copy
+    // early and then fails after its timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().map_while(Result::ok).collect();
+        drop(held);
+    });
+    let config = std::fs::read_to_string(stack.home.join(".config/mayfly/config.toml")).unwrap();
+    let config = config
+        .replace(&format!("{}/token", stack.sts.url), &format!("https://127.0.0.1:{port}/token"))
+        .replace("timeout = \"5s\"", "timeout = \"2s\"");
+    stack.write_config_text(&config);
+    let cwd = tempfile::tempdir().unwrap();
+    let cwd = cwd.path().canonicalize().unwrap();
+    let mut helper = std::process::Command::new(mayfly_tests::bin("git-credential-mayfly"))
+        .arg("get")
+        .current_dir(&cwd)
+        .env_clear()
+        .envs(stack.env())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let request = format!("protocol=https\nhost={}\npath=org/app.git\n\n", stack.git_host());
+    helper.stdin.take().unwrap().write_all(request.as_bytes()).unwrap();
+    let mut seen = false;
+    while !seen && helper.try_wait().unwrap().is_none() {
+        seen = !copies_in(&cwd).is_empty();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = helper.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the exchange never answered; the helper must fail");
+    assert!(seen, "the refresh started its copy while the exchange ran");
+    let mut left = copies_in(&cwd);
+    for _ in 0..250 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        left = copies_in(&cwd);
+    }
+    assert!(left.is_empty(), "a copy handed nothing outlived its helper: {left:?}");
+    // Nothing replaced the old token, so nothing revoked it.
+    let outcomes: Vec<Value> = stack.client_audit().iter().map(|l| l["outcome"].clone()).collect();
+    assert_eq!(outcomes, [json!("issued"), json!("failed")]);
+}
