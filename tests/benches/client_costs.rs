@@ -1,6 +1,7 @@
 //! What a helper costs around its exchange: a cold `get` beside the exchange's own time, a
-//! refresh beside a cold `get`, and a session's end with 1, 10 and 30 tokens beside one
-//! with none. Each pair runs interleaved, and the medians are reported with their ratio.
+//! refresh beside a cold `get` (on loopback, and with the exchange 10 ms away), and a
+//! session's end with 1, 10 and 30 tokens beside one with none. Each pair runs
+//! interleaved, and the medians are reported with their ratio.
 //!
 //! Run through `bench/run.sh`, which builds the release binaries.
 
@@ -81,6 +82,64 @@ fn report(what: &str, a: (&str, f64), b: (&str, f64)) {
     println!("{what}: {} {:.2} ms   {} {:.2} ms   ratio {:.2}", a.0, a.1, b.0, b.1, a.1 / b.1);
 }
 
+/// Median refresh and cold `get`, in ms. Both are measured after the same idle and one
+/// unmeasured get, in alternating order, and each waits for the refresh's detached
+/// revocation to finish, so neither pays for the other.
+fn refresh_and_cold(short: &Stack, label: &str) -> (f64, f64) {
+    let (mut refreshes, mut colds) = (Vec::new(), Vec::new());
+    for i in 0..RUNS.min(10) {
+        let session = format!("{label}-refresh-{i}");
+        get(short, &session, "org/app.git");
+        sleep_until_inside_margin(short, &session);
+        // The first process after an idle pays for waking the machine: not measured.
+        get(short, &format!("{label}-wake-{i}"), "org/app.git");
+        let refresh = || {
+            let took = get(short, &session, "org/app.git");
+            wait_for_revocation(short, &session);
+            took
+        };
+        let cold = || get(short, &format!("{label}-cold-{i}"), "org/app.git");
+        if i % 2 == 0 {
+            refreshes.push(refresh());
+            colds.push(cold());
+        } else {
+            colds.push(cold());
+            refreshes.push(refresh());
+        }
+    }
+    (median(refreshes), median(colds))
+}
+
+/// A TCP relay on loopback to `upstream` that holds every chunk `one_way` before passing
+/// it on, in both directions: a server that far away. Returns its `host:port`.
+fn delaying_relay(upstream: &str, one_way: Duration) -> String {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let upstream = upstream.trim_end_matches('/').to_owned();
+    let pass = move |mut from: TcpStream, mut to: TcpStream| {
+        let mut buffer = vec![0; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buffer) {
+            std::thread::sleep(one_way);
+            if to.write_all(&buffer[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    };
+    std::thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            let Ok(server) = TcpStream::connect(&upstream) else { continue };
+            let _ = (client.set_nodelay(true), server.set_nodelay(true));
+            let (client2, server2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || pass(client, server));
+            std::thread::spawn(move || pass(server2, client2));
+        }
+    });
+    address
+}
+
 fn main() {
     let stack = Stack::new();
     let client = || stack.https_client();
@@ -104,32 +163,19 @@ fn main() {
 
     // A refresh (the cached token inside its margin: exchange again, the old one handed
     // to a detached revocation) beside a cold get. Two-second tokens: a one-second margin,
-    // entered 0.6 s before the token's expiry (whole seconds). Both are measured after the
-    // same idle and one unmeasured get, in alternating order, and each waits for the
-    // refresh's detached revocation to finish, so neither pays for the other.
+    // entered 0.6 s before the token's expiry (whole seconds). On loopback, and again with
+    // the exchange 10 ms away (a relay delaying each direction 5 ms), where the copy a
+    // refresh starts overlaps the wait for the network as it would in CI.
     let short = Stack::with(Options { max_ttl: "2s", ..Options::default() });
     get(&short, "warm", "org/app.git");
-    let (mut refreshes, mut colds) = (Vec::new(), Vec::new());
-    for i in 0..RUNS.min(10) {
-        let session = format!("refresh-{i}");
-        get(&short, &session, "org/app.git");
-        sleep_until_inside_margin(&short, &session);
-        // The first process after an idle pays for waking the machine: not measured.
-        get(&short, &format!("wake-{i}"), "org/app.git");
-        let refresh = || {
-            let took = get(&short, &session, "org/app.git");
-            wait_for_revocation(&short, &session);
-            took
-        };
-        if i % 2 == 0 {
-            refreshes.push(refresh());
-            colds.push(get(&short, &format!("cold-{i}"), "org/app.git"));
-        } else {
-            colds.push(get(&short, &format!("cold-{i}"), "org/app.git"));
-            refreshes.push(refresh());
-        }
-    }
-    report("refresh / cold get", ("refresh", median(refreshes)), ("cold get", median(colds)));
+    let (refreshes, colds) = refresh_and_cold(&short, "loopback");
+    report("refresh / cold get", ("refresh", refreshes), ("cold get", colds));
+    let relay = delaying_relay(short.sts.url.trim_start_matches("https://"), Duration::from_millis(5));
+    let config = std::fs::read_to_string(short.home.join(".config/mayfly/config.toml")).unwrap();
+    short.write_config_text(&config.replace(&short.sts.url, &format!("https://{relay}")));
+    get(&short, "warm-relay", "org/app.git");
+    let (refreshes, colds) = refresh_and_cold(&short, "remote");
+    report("refresh / cold get, exchange 10 ms away", ("refresh", refreshes), ("cold get", colds));
 
     // A session's end with N tokens beside one with none: N repositories under `org/app`,
     // each its own token, all with the one scope the exchange grants.
