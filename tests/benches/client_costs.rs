@@ -110,8 +110,9 @@ fn refresh_and_cold(short: &Stack, label: &str) -> (f64, f64) {
     (median(refreshes), median(colds))
 }
 
-/// A TCP relay on loopback to `upstream` that holds every chunk `one_way` before passing
-/// it on, in both directions: a server that far away. Returns its `host:port`.
+/// A TCP relay on loopback to `upstream` that delivers every chunk `one_way` after it
+/// arrived, in both directions (chunks queue, so a flight split across reads is delayed
+/// once): a server that far away. Returns its `host:port`.
 fn delaying_relay(upstream: &str, one_way: Duration) -> String {
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
@@ -119,20 +120,35 @@ fn delaying_relay(upstream: &str, one_way: Duration) -> String {
     let address = listener.local_addr().unwrap().to_string();
     let upstream = upstream.trim_end_matches('/').to_owned();
     let pass = move |mut from: TcpStream, mut to: TcpStream| {
+        let (send, queue) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+        std::thread::spawn(move || {
+            for (due, chunk) in queue {
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                if to.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown(Shutdown::Write);
+        });
         let mut buffer = vec![0; 64 * 1024];
-        while let Ok(n @ 1..) = from.read(&mut buffer) {
-            std::thread::sleep(one_way);
-            if to.write_all(&buffer[..n]).is_err() {
-                break;
+        loop {
+            match from.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if send.send((Instant::now() + one_way, buffer[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
             }
         }
-        let _ = to.shutdown(Shutdown::Write);
     };
     std::thread::spawn(move || {
-        for client in listener.incoming().map_while(Result::ok) {
+        for client in listener.incoming().filter_map(Result::ok) {
             let Ok(server) = TcpStream::connect(&upstream) else { continue };
             let _ = (client.set_nodelay(true), server.set_nodelay(true));
-            let (client2, server2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) else { continue };
             std::thread::spawn(move || pass(client, server));
             std::thread::spawn(move || pass(server2, client2));
         }

@@ -251,14 +251,21 @@ fn bad_input_is_one_line_and_exit_two() {
 
 #[test]
 #[cfg_attr(missing = "git", ignore = "needs git, which is not installed")]
-fn tracked_scans_a_long_line_in_pieces_and_reads_no_planted_link_or_fifo() {
+fn tracked_scans_a_long_line_in_pieces_and_reads_no_planted_link_folder_link_or_fifo() {
     if !require_tool("git") {
         return;
     }
     let scratch = tempfile::tempdir().unwrap();
     let repo = scratch.path().join("repo");
     let git = |args: &[&str]| {
-        let out = std::process::Command::new("git").args(args).current_dir(&repo).output().unwrap();
+        let out = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .env("HOME", scratch.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .unwrap();
         assert!(out.status.success(), "git {args:?}: {}", stderr(&out));
     };
     std::fs::create_dir(&repo).unwrap();
@@ -266,15 +273,22 @@ fn tracked_scans_a_long_line_in_pieces_and_reads_no_planted_link_or_fifo() {
     // A minified bundle: one 3 MiB line with a token past its first megabyte.
     let bundle = format!("{} {} {}\n", "a".repeat(1024 * 1024 - 7), fake_token(), "b".repeat(2 * 1024 * 1024));
     std::fs::write(repo.join("bundle.js"), bundle).unwrap();
-    for name in ["fifo", "link"] {
+    std::fs::create_dir(repo.join("docs")).unwrap();
+    for name in ["fifo", "link", "docs/a.txt"] {
         std::fs::write(repo.join(name), "clean\n").unwrap();
     }
     git(&["add", "."]);
     git(&["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "files"]);
-    // Swapped after they were committed: a FIFO nobody writes to, and a link to a file
-    // outside the work tree that holds a token.
+    // Swapped after they were committed: a FIFO nobody writes to, a link to a file outside
+    // the work tree that holds a token, and a folder swapped for a link to a folder
+    // outside holding one.
     let outside = scratch.path().join("outside.txt");
     std::fs::write(&outside, format!("{}\n", fake_token())).unwrap();
+    let elsewhere = scratch.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("a.txt"), format!("{}\n", fake_token())).unwrap();
+    std::fs::remove_dir_all(repo.join("docs")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, repo.join("docs")).unwrap();
     std::fs::remove_file(repo.join("fifo")).unwrap();
     nix::unistd::mkfifo(&repo.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     std::fs::remove_file(repo.join("link")).unwrap();
@@ -284,6 +298,7 @@ fn tracked_scans_a_long_line_in_pieces_and_reads_no_planted_link_or_fifo() {
         .current_dir(&repo)
         .env_clear()
         .env("HOME", scratch.path())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("PATH", std::env::var_os("PATH").unwrap())
         .timeout(std::time::Duration::from_secs(60))
         .output()

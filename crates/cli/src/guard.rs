@@ -99,36 +99,46 @@ fn scan_file(guard: &Guard, path: &Path) -> anyhow::Result<Vec<Located>> {
 
 /// The longest piece of a line scanned at once: a longer line (a minified bundle, a
 /// binary) is scanned in pieces, so memory stays bounded whatever the file.
-const MAX_PIECE: u64 = 1024 * 1024;
+const MAX_PIECE: usize = 1024 * 1024;
 
-/// How much of a piece the next piece of the same line scans again, so a value cut
-/// between two pieces is seen whole in the next (a JWT is a few kilobytes at most).
+/// How much of a piece the next piece of the same line scans again, before the word the
+/// piece's end cut, so a value and the name it is assigned to are seen together.
 const OVERLAP: usize = 16 * 1024;
 
 /// Scans what `reader` gives, line by line, each value found once per line. A piece that
-/// does not end its line is scanned up to its last whole word (the cut word is scanned in
-/// the next piece, which starts [`OVERLAP`] bytes back at a word's start), so a value is
-/// never found cut.
+/// does not end its line is scanned up to its last whole word; the next piece starts with
+/// the word that was cut (whole, up to a piece's size) and [`OVERLAP`] bytes before it, so
+/// a value is never found cut. A line holding the allow marker in any piece is skipped
+/// whole.
 fn scan_lines(guard: &Guard, place: &str, reader: impl Read) -> std::io::Result<Vec<Located>> {
     use std::io::BufRead;
     let in_word = |b: &u8| b.is_ascii_alphanumeric() || b"-_.=+/".contains(b);
     let mut reader = std::io::BufReader::new(reader);
     let (mut piece, mut line, mut found) = (Vec::new(), 1, Vec::<Located>::new());
-    let mut first_of_line = 0;
+    let (mut first_of_line, mut allowed) = (0, false);
+    // Where the word cut at the end of the last piece starts in `piece`: the bytes before
+    // it were scanned then.
+    let mut resume = 0;
     loop {
         let carried = !piece.is_empty();
-        let read = (&mut reader).take(MAX_PIECE).read_until(b'\n', &mut piece)?;
+        let read = (&mut reader).take(MAX_PIECE as u64).read_until(b'\n', &mut piece)?;
         if read == 0 && !carried {
             return Ok(found);
         }
         // Short of a full piece without a newline is the end of the input.
-        let ended = piece.ends_with(b"\n") || (read as u64) < MAX_PIECE;
-        let start = if carried { piece.iter().position(|b| !in_word(b)).unwrap_or(0) } else { 0 };
+        let ended = piece.ends_with(b"\n") || read < MAX_PIECE;
+        // The word the overlap starts inside was scanned whole last time: skip it, never
+        // past the cut word.
+        let start = piece[..resume].iter().position(|b| !in_word(b)).unwrap_or(resume);
         let end =
             if ended { piece.len() } else { piece.iter().rposition(|b| !in_word(b)).map_or(piece.len(), |at| at + 1) };
         let text = String::from_utf8_lossy(&piece[start.min(end)..end]);
         let text = text.strip_suffix('\n').map_or(&*text, |t| t.strip_suffix('\r').unwrap_or(t));
-        for finding in guard.scan_line(line, text) {
+        if !allowed && text.contains(mayfly_core::guard::ALLOW_MARKER) {
+            found.truncate(first_of_line);
+            allowed = true;
+        }
+        for finding in guard.scan_line(line, text).into_iter().filter(|_| !allowed) {
             let again =
                 |seen: &Located| seen.finding.kind == finding.kind && seen.finding.fingerprint == finding.fingerprint;
             if !found[first_of_line..].iter().any(again) {
@@ -136,33 +146,46 @@ fn scan_lines(guard: &Guard, place: &str, reader: impl Read) -> std::io::Result<
             }
         }
         if ended {
-            (line, first_of_line) = (line + 1, found.len());
+            (line, first_of_line, allowed, resume) = (line + 1, found.len(), false, 0);
             piece.clear();
         } else {
-            piece.drain(..piece.len().saturating_sub(OVERLAP));
+            let keep_from = end.min(piece.len().saturating_sub(OVERLAP)).max(piece.len().saturating_sub(MAX_PIECE));
+            piece.drain(..keep_from);
+            resume = end.saturating_sub(keep_from);
         }
     }
 }
 
-/// Every tracked regular file in the work tree. A link is not followed and a file that
-/// is not regular (git checks out none) is skipped; each is opened once, so one swapped
-/// after it was listed is refused by what was opened, never waited on.
+/// The top of the work tree, as git names it (bytes, not text: any path works).
+fn work_tree_top() -> anyhow::Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let top = git(&["rev-parse", "--show-toplevel"])?;
+    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(top.strip_suffix(b"\n").unwrap_or(&top))))
+}
+
+/// Every tracked regular file in the work tree. No link is followed, in the name or on
+/// the way to it, and a file that is not regular (git checks out none) is skipped; each
+/// is opened once, so one swapped after it was listed is refused by what was opened,
+/// never waited on.
 fn scan_tracked(guard: &Guard, ignore: &globset::GlobSet) -> anyhow::Result<Vec<Located>> {
-    let top = PathBuf::from(String::from_utf8_lossy(&git(&["rev-parse", "--show-toplevel"])?).trim());
-    let listed = git(&["-C", &top.display().to_string(), "ls-files", "-z"])?;
+    use std::os::unix::ffi::OsStrExt;
+    let top = work_tree_top()?;
+    // `:/` with `--full-name`: every tracked file, named from the top, wherever we are.
+    let listed = git(&["ls-files", "-z", "--full-name", "--", ":/"])?;
     let mut found = Vec::new();
     for name in listed.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let name = String::from_utf8_lossy(name);
-        if ignore.is_match(&*name) {
+        let path = Path::new(std::ffi::OsStr::from_bytes(name));
+        let shown = String::from_utf8_lossy(name);
+        if ignore.is_match(path) {
             continue;
         }
-        let file = match mayfly_core::files::open_regular_path(&top.join(&*name)) {
+        let file = match mayfly_core::files::open_regular_beneath(&top, path) {
             Ok(file) => file,
             // Deleted in the work tree, a link, or not a file at all: nothing to read.
             Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidInput) => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot read `{name}`")),
+            Err(e) => return Err(e).with_context(|| format!("cannot read `{shown}`")),
         };
-        found.extend(scan_lines(guard, &name, file).with_context(|| format!("cannot read `{name}`"))?);
+        found.extend(scan_lines(guard, &shown, file).with_context(|| format!("cannot read `{shown}`"))?);
     }
     Ok(found)
 }
@@ -170,8 +193,7 @@ fn scan_tracked(guard: &Guard, ignore: &globset::GlobSet) -> anyhow::Result<Vec<
 /// The globs of `.mayfly-guard-ignore` at the top of the work tree (none outside one).
 fn ignore_globs() -> anyhow::Result<globset::GlobSet> {
     let mut set = globset::GlobSetBuilder::new();
-    let top = git(&["rev-parse", "--show-toplevel"]).ok();
-    let file = top.map(|top| PathBuf::from(String::from_utf8_lossy(&top).trim()).join(IGNORE_FILE));
+    let file = work_tree_top().ok().map(|top| top.join(IGNORE_FILE));
     let text = match file.map(|f| mayfly_core::files::read_regular_text(&f, 1024 * 1024).map_err(|e| (f, e))) {
         Some(Ok(text)) => Some(text),
         Some(Err((_, e))) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -239,7 +261,7 @@ mod tests {
 
     #[test]
     fn a_value_cut_between_two_pieces_of_a_long_line_is_found_whole_and_once() {
-        let piece = usize::try_from(MAX_PIECE).unwrap();
+        let piece = MAX_PIECE;
         for cut in [1, 10, fake('0').len() / 2, fake('0').len() - 1] {
             // Two values on the first line: one across the first cut, one 2 MiB on.
             let mut line = "x".repeat(piece - cut - 1);
@@ -254,5 +276,24 @@ mod tests {
         let last = format!("{} {}", "x".repeat(piece - fake('0').len() - 1), fake('0'));
         assert_eq!(last.len(), piece);
         assert_eq!(lines_found(last.as_bytes()), [1]);
+    }
+
+    #[test]
+    fn a_value_longer_than_the_overlap_across_a_cut_is_still_found() {
+        // A 20 KiB JWT-shaped value, 18 KiB of it before the first cut.
+        let part = "a1".repeat(5 * 1024);
+        let jwt = format!("eyJ{part}.eyJ{part}.sig0123");
+        let line = format!("{} {jwt} tail\n", "x".repeat(MAX_PIECE - 18 * 1024 - 1));
+        let found = scan_lines(&Guard::default(), "f", line.as_bytes()).unwrap();
+        let kinds: Vec<_> = found.iter().map(|l| (l.finding.line, l.finding.kind)).collect();
+        assert_eq!(kinds, [(1, "jwt")]);
+    }
+
+    #[test]
+    fn the_allow_marker_in_any_piece_of_a_long_line_allows_the_whole_line() {
+        let marker = mayfly_core::guard::ALLOW_MARKER;
+        let long =
+            format!("{} {} {} # {marker}\nnext {}\n", fake('0'), "x".repeat(3 * MAX_PIECE), fake('1'), fake('2'));
+        assert_eq!(lines_found(long.as_bytes()), [2]);
     }
 }

@@ -404,7 +404,10 @@ impl Cache {
             return Lookup::Miss;
         };
         if entry.expires_at <= now {
-            let _ = fs::remove_file(&path);
+            // Unlocked: only the file read, not one another process has put in its place.
+            if file_id(&path) == Some(file) {
+                let _ = fs::remove_file(&path);
+            }
             Lookup::Miss
         } else if now < entry.refresh_at {
             Lookup::Servable(entry)

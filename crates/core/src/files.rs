@@ -84,6 +84,34 @@ pub fn open_regular_path(path: &Path) -> std::io::Result<std::fs::File> {
     open_regular_at(&parent, name)
 }
 
+/// Opens `relative` beneath the folder `root` as [`open_regular_at`] opens an entry,
+/// following no link on the way either: each folder is opened from the one before with
+/// `O_NOFOLLOW`, so a folder swapped for a link leads nowhere outside `root`. A link on
+/// the way is `InvalidInput`, as one at the end is.
+pub fn open_regular_beneath(root: &Path, relative: &Path) -> std::io::Result<std::fs::File> {
+    use nix::fcntl::OFlag;
+    use std::io::{Error, ErrorKind};
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let mut dir = nix::dir::Dir::open(root, flags, nix::sys::stat::Mode::empty())?;
+    let mut parts = relative.components().peekable();
+    while let Some(part) = parts.next() {
+        let std::path::Component::Normal(name) = part else {
+            return Err(Error::new(ErrorKind::InvalidInput, "is not a plain relative path"));
+        };
+        if parts.peek().is_none() {
+            return open_regular_at(&dir, name);
+        }
+        let folder = nix::dir::Dir::openat(&dir, name, flags | OFlag::O_NOFOLLOW, nix::sys::stat::Mode::empty());
+        dir = folder.map_err(|e| match e {
+            nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR => {
+                Error::new(ErrorKind::InvalidInput, "has a symbolic link or a file on the way")
+            }
+            e => Error::from(e),
+        })?;
+    }
+    Err(Error::new(ErrorKind::InvalidInput, "is not a file"))
+}
+
 /// The largest user config (a kubeconfig, docker's `config.json`) read through
 /// [`read_regular`].
 pub const MAX_USER_CONFIG: u64 = 16 * 1024 * 1024;
@@ -228,6 +256,27 @@ mod tests {
         let mut text = String::new();
         open_regular_path(&file).unwrap().read_to_string(&mut text).unwrap();
         assert_eq!(text, "ok");
+    }
+
+    #[test]
+    fn open_regular_beneath_follows_no_link_on_the_way() {
+        use std::io::ErrorKind;
+        let (root, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::create_dir(root.path().join("docs")).unwrap();
+        std::fs::write(root.path().join("docs/a.txt"), "inside").unwrap();
+        std::fs::write(elsewhere.path().join("a.txt"), "outside").unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), root.path().join("linked")).unwrap();
+        let mut text = String::new();
+        open_regular_beneath(root.path(), Path::new("docs/a.txt")).unwrap().read_to_string(&mut text).unwrap();
+        assert_eq!(text, "inside");
+        let why = open_regular_beneath(root.path(), Path::new("linked/a.txt")).unwrap_err();
+        assert_eq!(why.kind(), ErrorKind::InvalidInput, "{why}");
+        for odd in ["../a.txt", "/etc/passwd", "docs/../docs/a.txt"] {
+            let why = open_regular_beneath(root.path(), Path::new(odd)).unwrap_err();
+            assert_eq!(why.kind(), ErrorKind::InvalidInput, "{odd}: {why}");
+        }
+        let missing = open_regular_beneath(root.path(), Path::new("docs/none.txt")).unwrap_err();
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
     }
 
     use std::os::unix::fs::MetadataExt;
