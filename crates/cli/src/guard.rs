@@ -193,12 +193,13 @@ fn scan_tracked(guard: &Guard, ignore: &globset::GlobSet) -> anyhow::Result<Vec<
 /// The globs of `.mayfly-guard-ignore` at the top of the work tree (none outside one).
 fn ignore_globs() -> anyhow::Result<globset::GlobSet> {
     let mut set = globset::GlobSetBuilder::new();
-    let file = work_tree_top().ok().map(|top| top.join(IGNORE_FILE));
-    let text = match file.map(|f| mayfly_core::files::read_regular_text(&f, 1024 * 1024).map_err(|e| (f, e))) {
-        Some(Ok(text)) => Some(text),
-        Some(Err((_, e))) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Some(Err((f, e))) => anyhow::bail!("`{}` {e}", mayfly_core::sanitize_for_terminal(&f.display().to_string())),
+    let text = match work_tree_top().ok().map(|top| top.join(IGNORE_FILE)) {
         None => None,
+        Some(file) => match mayfly_core::files::read_regular_text(&file, 1024 * 1024) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => anyhow::bail!("`{}` {e}", mayfly_core::sanitize_for_terminal(&file.display().to_string())),
+        },
     };
     if let Some(text) = text {
         for glob in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {

@@ -405,7 +405,7 @@ impl Cache {
         };
         if entry.expires_at <= now {
             // Unlocked: only the file read, not one another process has put in its place.
-            if file_id(&path) == Some(file) {
+            if is_at(&path, file) {
                 let _ = fs::remove_file(&path);
             }
             Lookup::Miss
@@ -420,7 +420,7 @@ impl Cache {
     /// other process has replaced or removed it since (writes rename a new file in place),
     /// so reading it again would give the same entry.
     pub(crate) fn still_holds(&self, stale: &Stale) -> bool {
-        file_id(&stale.path).is_some_and(|at_path| at_path == stale.file)
+        is_at(&stale.path, stale.file)
     }
 
     /// Removes a stale entry the caller (holding its key's lock) replaces, returning it,
@@ -594,9 +594,9 @@ fn read_sealed_file(identity: &age::x25519::Identity, path: &Path) -> Option<(Ca
     Some((stored.into(), id_of(&meta)))
 }
 
-/// The identity of the file at a path, not following a link.
-fn file_id(path: &Path) -> Option<FileId> {
-    fs::symlink_metadata(path).ok().map(|meta| id_of(&meta))
+/// True when the file at `path` (not following a link) is still the one `file` names.
+fn is_at(path: &Path, file: FileId) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|meta| id_of(&meta) == file)
 }
 
 /// Whether an open file is the one at a path now.

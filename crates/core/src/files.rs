@@ -36,9 +36,7 @@ pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     if !meta.file_type().is_file() || (meta.dev(), meta.ino()) != (before.dev(), before.ino()) {
         return Err(not_regular());
     }
-    if on_kernel_fs(&file)? {
-        return Err(Error::new(ErrorKind::InvalidInput, "is on a kernel file system (/proc, /sys ...)"));
-    }
+    refuse_kernel_fs(&file)?;
     let mut bytes = Vec::new();
     file.take(max + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
@@ -60,9 +58,7 @@ pub fn open_regular_at(parent: &impl AsFd, name: &std::ffi::OsStr) -> std::io::R
         nix::errno::Errno::ELOOP => Error::new(ErrorKind::InvalidInput, "is a symbolic link"),
         e => Error::from(e),
     })?;
-    if on_kernel_fs(&fd)? {
-        return Err(Error::new(ErrorKind::InvalidInput, "is on a kernel file system (/proc, /sys ...)"));
-    }
+    refuse_kernel_fs(&fd)?;
     let file = std::fs::File::from(fd);
     if !file.metadata()?.file_type().is_file() {
         return Err(Error::new(ErrorKind::InvalidInput, "is not a regular file"));
@@ -120,6 +116,17 @@ pub const MAX_USER_CONFIG: u64 = 16 * 1024 * 1024;
 pub fn read_regular_text(path: &Path, max: u64) -> std::io::Result<String> {
     String::from_utf8(read_regular(path, max)?)
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "is not UTF-8 text"))
+}
+
+/// `InvalidInput` when the descriptor is on a kernel's pseudo file system ([`on_kernel_fs`]).
+pub fn refuse_kernel_fs(fd: &impl AsFd) -> std::io::Result<()> {
+    if on_kernel_fs(fd)? {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "is on a kernel file system (/proc, /sys ...)",
+        ));
+    }
+    Ok(())
 }
 
 /// True when the descriptor is on a kernel's pseudo file system, wherever it is mounted
@@ -236,6 +243,7 @@ mod tests {
         std::fs::write(&file, [0xff, 0xfe]).unwrap();
         assert_eq!(read_regular_text(&file, 64).unwrap_err().kind(), ErrorKind::InvalidData);
     }
+
     #[test]
     fn open_regular_path_follows_no_last_link_and_waits_on_no_fifo() {
         use std::io::ErrorKind;

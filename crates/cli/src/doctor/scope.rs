@@ -52,16 +52,13 @@ impl Scope {
     }
 }
 
-/// Reads a small text file.
 /// Reads a small text file (a project may have planted it: a FIFO, device or kernel file
-/// is unreadable, never waited on or read).
+/// is unreadable, never waited on or read); a folder in its place is no file.
 pub(crate) fn read(path: &Path) -> Contents {
-    if std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
-        return Contents::Missing;
-    }
+    use std::io::ErrorKind;
     match mayfly_core::files::read_regular_text(path, MAX_FILE) {
         Ok(text) => Contents::Text(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Contents::Missing,
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::IsADirectory) => Contents::Missing,
         Err(e) => Contents::Unreadable(e.to_string()),
     }
 }

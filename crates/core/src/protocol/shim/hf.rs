@@ -417,11 +417,10 @@ fn not_uploaded(e: std::io::Error) -> String {
 /// Refuses a descriptor on a kernel's pseudo file system (`/proc/PID/environ` is a
 /// "regular file" there), wherever it is mounted.
 fn pseudo(fd: &impl AsFd) -> Result<(), String> {
-    match crate::files::on_kernel_fs(fd) {
-        Ok(false) => Ok(()),
-        Ok(true) => Err("is on a kernel file system (/proc, /sys ...), which is not uploaded".into()),
-        Err(e) => Err(format!("cannot be read: {e}")),
-    }
+    crate::files::refuse_kernel_fs(fd).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => format!("{e}, which is not uploaded"),
+        _ => format!("cannot be read: {e}"),
+    })
 }
 
 fn copy_file(mut from: std::fs::File, to: &Path, shown: &str) -> Result<(), String> {
