@@ -67,7 +67,7 @@ fn an_isolated_command_finds_every_way_around_the_proxy_closed_and_the_proxy_ope
          cat {home}/.config/mayfly/config.toml > config.txt 2>&1; \
          cat {id} > id.txt 2>&1; \
          {{ echo x > .git/hooks/x; echo \"hook=$?\"; printf '[core]\\n\\tpager = planted\\n' >> .git/config; echo \"config=$?\"; }} > git.txt 2>&1; \
-         {{ keyctl search @u user {description}; keyctl print 0x$(grep ' {description}: ' /proc/keys | cut -d' ' -f1); }} > keyring.txt 2>&1; \
+         {{ keyctl search @u user {description}; keyctl pipe 0x$(grep ' {description}: ' /proc/keys | cut -d' ' -f1); }} > keyring.txt 2>&1; \
          until [ -s pid.txt ]; do sleep 0.05; done; pid=$(cat pid.txt); \
          if [ -d /proc/$pid ]; then echo visible; else echo hidden; fi > proc.txt; \
          cat /proc/$pid/environ > environ.txt 2>&1; cat /proc/[0-9]*/environ > all-environ.txt 2>/dev/null; \
@@ -125,7 +125,7 @@ fn an_isolated_command_finds_every_way_around_the_proxy_closed_and_the_proxy_ope
     // The cache key: readable by this user outside, not from the sandbox's user namespace.
     let outside = Command::new("keyctl").args(["search", "@u", "user", &description]).output().unwrap();
     let id = String::from_utf8_lossy(&outside.stdout).trim().to_owned();
-    let printed = Command::new("keyctl").args(["print", &id]).output().unwrap();
+    let printed = Command::new("keyctl").args(["pipe", &id]).output().unwrap();
     assert!(String::from_utf8_lossy(&printed.stdout).contains("AGE-SECRET-KEY-"), "the key is there outside");
     let keyring = read(&stack, "keyring.txt");
     assert!(!keyring.contains("AGE-SECRET-KEY-"), "{keyring}");

@@ -269,7 +269,7 @@ impl Broker {
         let session = session.as_deref();
         let mut stale = match cache.as_ref().map(|c| c.lookup(&key, session, now)) {
             Some(Lookup::Servable(hit)) => {
-                return self.serve_cached(route, &mut event, hit, cache.as_ref(), &key, chain, now);
+                return self.serve_cached(route, &mut event, *hit, cache.as_ref(), &key, chain, now);
             }
             Some(Lookup::Stale(found)) => Some(found),
             Some(Lookup::Miss) | None => None,
@@ -282,7 +282,7 @@ impl Broker {
             // stale entry whose file is unchanged is not decrypted again.
             stale = match cache.lookup(&key, session, now) {
                 Lookup::Servable(hit) => {
-                    return self.serve_cached(route, &mut event, hit, Some(cache), &key, chain, now);
+                    return self.serve_cached(route, &mut event, *hit, Some(cache), &key, chain, now);
                 }
                 Lookup::Stale(found) => Some(found),
                 Lookup::Miss => None,
@@ -302,6 +302,7 @@ impl Broker {
                     // let it live on unrecorded, after the tool has its answer.
                     if let Some(old) = stale.and_then(|s| cache.take(s))
                         && !crate::deferred::hand_over(&old, chain)
+                        && let Some(old) = cache.open_sealed(&old)
                     {
                         let _ = self.end_entry(old, chain);
                     }
@@ -640,6 +641,14 @@ impl Broker {
             }
         }
         ended
+    }
+
+    /// [`Broker::end_entry`] for an entry taken out of the cache still sealed; nothing
+    /// when the cache key no longer opens it.
+    pub(crate) fn end_sealed(&self, sealed: &[u8], chain: &[Process]) {
+        if let Some(entry) = Cache::open(&self.env).ok().and_then(|cache| cache.open_sealed(sealed)) {
+            let _ = self.end_entry(entry, chain);
+        }
     }
 
     /// Revokes a token taken out of the cache where its issuer can, and audits it: true

@@ -15,6 +15,14 @@
 //! Entries named the older ways (`<key>.age`, `<key>.<tag>.<bucket>.age`) are misses,
 //! removed by the next sweep.
 //!
+//! An entry's file is one line stating its refresh time and expiry in clear
+//! (`mayfly-entry/1 <refresh_at> <expires_at>`), then the age file. The line is a hint, not
+//! a trust anchor: an entry is served only on the times sealed inside it; what the line
+//! decides without decrypting is that an entry is due for a refresh (its sealed bytes go to
+//! whoever revokes the old token, after the tool has its answer) or expired (removed).
+//! Whoever could change the line could as well delete the file. Entries written before the
+//! line existed are plain age files, opened to learn their times.
+//!
 //! Lock files (`<key>.lock`) are removed only by a process that holds the lock (each holder
 //! removes its own as it lets go, so the directory holds entries, not locks), and a
 //! process that takes a lock checks the file it locked is still the one at the path (else
@@ -28,13 +36,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use age::secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::keyring::{self, KeyStore};
+use crate::seal::SealingKey;
 use crate::{Env, EnvVars, Secret};
 
 /// Largest entry read back; anything bigger is corrupt.
@@ -57,19 +65,35 @@ pub struct Listed {
 /// What [`Cache::lookup`] finds for a key.
 pub(crate) enum Lookup {
     /// An entry to serve.
-    Servable(CacheEntry),
+    Servable(Box<CacheEntry>),
     /// An entry inside its refresh margin: still valid, to be replaced.
     Stale(Stale),
     /// Nothing usable.
     Miss,
 }
 
-/// An entry inside its refresh margin, and the file it was read from, so the process that
-/// replaces it decrypts it once ([`Cache::still_holds`], [`Cache::take`]).
+/// An entry inside its refresh margin, still sealed, and the file it was read from
+/// ([`Cache::still_holds`], [`Cache::take`]): a refresh decrypts it only where the old
+/// token is revoked, after the answer.
 pub(crate) struct Stale {
-    entry: CacheEntry,
+    sealed: Vec<u8>,
     path: PathBuf,
     file: FileId,
+}
+
+/// The first line of an entry's file, before its times.
+const HEADER: &str = "mayfly-entry/1 ";
+
+/// An entry's refresh time and expiry as its file's first line states them (unsealed, so
+/// only a hint), and the age file after it; no times for a file without the line.
+fn split_header(bytes: &[u8]) -> (Option<(i64, i64)>, &[u8]) {
+    let Some(rest) = bytes.strip_prefix(HEADER.as_bytes()) else { return (None, bytes) };
+    let Some(end) = rest.iter().position(|&b| b == b'\n') else { return (None, bytes) };
+    let times = std::str::from_utf8(&rest[..end]).ok().and_then(|line| {
+        let (refresh_at, expires_at) = line.split_once(' ')?;
+        Some((refresh_at.parse().ok()?, expires_at.parse().ok()?))
+    });
+    (times, &rest[end + 1..])
 }
 
 /// What tells one file at a path from the next: device, inode and change time (an inode
@@ -248,7 +272,7 @@ impl From<StoredEntry> for CacheEntry {
 pub struct Cache {
     dir: PathBuf,
     key_dir: PathBuf,
-    identity: age::x25519::Identity,
+    identity: SealingKey,
     store: KeyStore,
 }
 
@@ -390,30 +414,38 @@ impl Cache {
     /// anything else is a miss. An expired entry found here is removed.
     pub fn get(&self, key: &str, session: Option<&str>, now: i64) -> Option<CacheEntry> {
         match self.lookup(key, session, now) {
-            Lookup::Servable(entry) => Some(entry),
+            Lookup::Servable(entry) => Some(*entry),
             Lookup::Stale(_) | Lookup::Miss => None,
         }
     }
 
     /// What the cache holds for a key minted in `session` at `now`: an entry to serve, one
     /// inside its refresh margin (which the next token replaces), or nothing. An expired
-    /// entry found here is removed. Decrypts at most one file.
+    /// entry found here is removed. Decrypts at most one file, and only one its stated
+    /// times say may be served.
     pub(crate) fn lookup(&self, key: &str, session: Option<&str>, now: i64) -> Lookup {
         let path = self.path(key, session);
-        let Some((entry, file)) = read_sealed_file(&self.identity, &path) else {
-            return Lookup::Miss;
+        let Some((bytes, file)) = read_file(&path) else { return Lookup::Miss };
+        let (stated, sealed) = split_header(&bytes);
+        let times = match stated {
+            Some((refresh_at, expires_at)) if now >= refresh_at => (refresh_at, expires_at),
+            // Possibly servable: the sealed times decide.
+            _ => match open_entry(&self.identity, sealed) {
+                Some(entry) if entry.expires_at > now && now < entry.refresh_at => {
+                    return Lookup::Servable(Box::new(entry));
+                }
+                Some(entry) => (entry.refresh_at, entry.expires_at),
+                None => return Lookup::Miss,
+            },
         };
-        if entry.expires_at <= now {
+        if times.1 <= now {
             // Unlocked: only the file read, not one another process has put in its place.
             if is_at(&path, file) {
                 let _ = fs::remove_file(&path);
             }
-            Lookup::Miss
-        } else if now < entry.refresh_at {
-            Lookup::Servable(entry)
-        } else {
-            Lookup::Stale(Stale { entry, path, file })
+            return Lookup::Miss;
         }
+        Lookup::Stale(Stale { sealed: sealed.to_vec(), path, file })
     }
 
     /// True when the file a stale entry was read from is still the one at its path: no
@@ -423,11 +455,17 @@ impl Cache {
         is_at(&stale.path, stale.file)
     }
 
-    /// Removes a stale entry the caller (holding its key's lock) replaces, returning it,
-    /// when its file is still the one at the path; `None` when another process has
-    /// already removed or replaced it (and with it, answered for the old token).
-    pub(crate) fn take(&self, stale: Stale) -> Option<CacheEntry> {
-        (self.still_holds(&stale) && fs::remove_file(&stale.path).is_ok()).then_some(stale.entry)
+    /// Removes a stale entry the caller (holding its key's lock) replaces, returning it
+    /// still sealed ([`Cache::open_sealed`] opens it), when its file is still the one at the
+    /// path; `None` when another process has already removed or replaced it (and with it,
+    /// answered for the old token).
+    pub(crate) fn take(&self, stale: Stale) -> Option<Vec<u8>> {
+        (self.still_holds(&stale) && fs::remove_file(&stale.path).is_ok()).then_some(stale.sealed)
+    }
+
+    /// An entry [`Cache::take`] returned, decrypted; `None` when it is not one of this key's.
+    pub(crate) fn open_sealed(&self, sealed: &[u8]) -> Option<CacheEntry> {
+        open_entry(&self.identity, sealed)
     }
 
     /// Decrypts a listed entry; `None` when it is gone or unreadable.
@@ -441,8 +479,9 @@ impl Cache {
         let stored = StoredEntry::from(entry);
         let plain = Secret::new(serde_json::to_string(&stored).map_err(|e| Error::Crypto(e.to_string()))?);
         drop(stored);
-        let sealed = age::encrypt(&self.identity.to_public(), plain.expose().as_bytes())
-            .map_err(|e| Error::Crypto(e.to_string()))?;
+        let header = format!("{HEADER}{} {}\n", entry.refresh_at, entry.expires_at);
+        let mut sealed = header.into_bytes();
+        sealed.extend(self.identity.seal(plain.expose().as_bytes()).map_err(|e| Error::Crypto(e.to_string()))?);
         let path = self.path(key, entry.session.as_deref());
         let bucket = u64::try_from(expiry_bucket(entry.expires_at)).unwrap_or(0);
         let dated = std::time::UNIX_EPOCH + std::time::Duration::from_secs(bucket);
@@ -579,19 +618,25 @@ impl Cache {
 }
 
 /// An entry's file, decrypted; `None` when it is missing, too big, or not ours.
-fn read_sealed(identity: &age::x25519::Identity, path: &Path) -> Option<CacheEntry> {
-    read_sealed_file(identity, path).map(|(entry, _)| entry)
+fn read_sealed(identity: &SealingKey, path: &Path) -> Option<CacheEntry> {
+    let (bytes, _) = read_file(path)?;
+    open_entry(identity, split_header(&bytes).1)
 }
 
-/// [`read_sealed`], with the identity of the file it read.
-fn read_sealed_file(identity: &age::x25519::Identity, path: &Path) -> Option<(CacheEntry, FileId)> {
+/// An entry's file as read, with the identity of the file read.
+fn read_file(path: &Path) -> Option<(Vec<u8>, FileId)> {
     let mut file = File::open(path).ok()?;
     let meta = file.metadata().ok()?;
-    let mut sealed = Vec::new();
-    (&mut file).take(MAX_ENTRY).read_to_end(&mut sealed).ok()?;
-    let plain = age::decrypt(identity, &sealed).ok()?;
+    let mut bytes = Vec::new();
+    (&mut file).take(MAX_ENTRY).read_to_end(&mut bytes).ok()?;
+    Some((bytes, id_of(&meta)))
+}
+
+/// The age file of an entry, decrypted.
+fn open_entry(identity: &SealingKey, sealed: &[u8]) -> Option<CacheEntry> {
+    let plain = identity.open(sealed)?;
     let stored: StoredEntry = serde_json::from_slice(&plain).ok()?;
-    Some((stored.into(), id_of(&meta)))
+    Some(stored.into())
 }
 
 /// True when the file at `path` (not following a link) is still the one `file` names.
@@ -621,7 +666,7 @@ const KEY_TIMEOUT: u64 = 24 * 3600;
 /// directory for locks and, without a keyring, the key file itself.
 pub(crate) struct Sealing {
     pub(crate) runtime_dir: PathBuf,
-    pub(crate) identity: age::x25519::Identity,
+    pub(crate) identity: SealingKey,
     pub(crate) store: KeyStore,
 }
 
@@ -643,24 +688,32 @@ fn keyring_description(runtime_dir: &Path) -> String {
 
 /// Reads the key from the user keyring, or creates it there under a lock, so two first
 /// callers cannot each seal entries with a key of their own.
-fn load_or_create_keyring_key(runtime_dir: &Path) -> Result<age::x25519::Identity, Error> {
+fn load_or_create_keyring_key(runtime_dir: &Path) -> Result<SealingKey, Error> {
     let description = keyring_description(runtime_dir);
-    let read = || {
-        let payload = keyring::read(&description)?;
-        age::x25519::Identity::from_str(std::str::from_utf8(&payload).ok()?.trim()).ok()
+    let read = || SealingKey::parse(std::str::from_utf8(&keyring::read(&description)?).ok()?);
+    let store = |key: &SealingKey| {
+        keyring::write(&description, key.text().expose_secret().as_bytes(), KEY_TIMEOUT).map_err(Error::Keyring)
     };
-    if let Some(identity) = read() {
-        keyring::renew(&description, KEY_TIMEOUT);
-        return Ok(identity);
+    match read() {
+        Some((key, false)) => {
+            keyring::renew(&description, KEY_TIMEOUT);
+            return Ok(key);
+        }
+        // An older version's bare secret: stored again with its public key, once.
+        Some((key, true)) => {
+            let _lock = lock_file(&runtime_dir.join("cache.key.lock"))?;
+            store(&key)?;
+            return Ok(key);
+        }
+        None => {}
     }
     let _lock = lock_file(&runtime_dir.join("cache.key.lock"))?;
-    if let Some(identity) = read() {
-        return Ok(identity);
+    if let Some((key, _)) = read() {
+        return Ok(key);
     }
-    let identity = age::x25519::Identity::generate();
-    keyring::write(&description, identity.to_string().expose_secret().as_bytes(), KEY_TIMEOUT)
-        .map_err(Error::Keyring)?;
-    Ok(identity)
+    let key = SealingKey::generate();
+    store(&key)?;
+    Ok(key)
 }
 
 /// Opens (creating it 0600) and locks a lock file; blocks until the lock is free. A lock
@@ -741,18 +794,18 @@ fn private_dir(dir: &Path) -> Result<(), Error> {
 
 /// Reads the key, or creates it: written to a temp file, then hard-linked into place so
 /// two first callers cannot both create one.
-fn load_or_create_key(dir: &Path) -> Result<age::x25519::Identity, Error> {
+fn load_or_create_key(dir: &Path) -> Result<SealingKey, Error> {
     let path = dir.join("cache.key");
     if let Some(identity) = read_key(&path) {
         return Ok(identity);
     }
-    let identity = age::x25519::Identity::generate();
+    let identity = SealingKey::generate();
     let mut temp = tempfile::Builder::new()
         .prefix(".key-")
         .permissions(fs::Permissions::from_mode(0o600))
         .tempfile_in(dir)
         .map_err(io("create key", &path))?;
-    temp.write_all(identity.to_string().expose_secret().as_bytes()).map_err(io("create key", &path))?;
+    temp.write_all(identity.text().expose_secret().as_bytes()).map_err(io("create key", &path))?;
     match fs::hard_link(temp.path(), &path) {
         Ok(()) => Ok(identity),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -762,9 +815,14 @@ fn load_or_create_key(dir: &Path) -> Result<age::x25519::Identity, Error> {
     }
 }
 
-fn read_key(path: &Path) -> Option<age::x25519::Identity> {
-    let text = fs::read_to_string(path).ok()?;
-    age::x25519::Identity::from_str(text.trim()).ok()
+fn read_key(path: &Path) -> Option<SealingKey> {
+    let (key, derived) = SealingKey::parse(&fs::read_to_string(path).ok()?)?;
+    if derived {
+        // An older version's bare secret: stored again with its public key, once (the
+        // rename swaps one text of the same key for another).
+        let _ = crate::files::write_atomic(path, key.text().expose_secret().as_bytes(), 0o600);
+    }
+    Some(key)
 }
 
 #[cfg(test)]
@@ -841,7 +899,7 @@ mod tests {
         // Unchanged: taken once, then gone.
         let old = stale(160);
         assert!(cache.still_holds(&old));
-        assert_eq!(cache.take(old).unwrap().token.expose(), "tok-1");
+        assert_eq!(cache.open_sealed(&cache.take(old).unwrap()).unwrap().token.expose(), "tok-1");
         assert!(matches!(cache.lookup(&key, None, 160), Lookup::Miss));
         // Replaced by another process since it was read: neither taken nor removed.
         store("tok-1");
@@ -908,6 +966,82 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_secret_an_older_version_stored_keeps_opening_entries_and_is_stored_again_whole() {
+        let runtime = tempfile::Builder::new().prefix("mayfly-test-").tempdir_in("/dev/shm").unwrap();
+        let cache_dir = tempfile::tempdir().unwrap();
+        let rt = runtime.path().join("rt");
+        let env = |store: &str| {
+            Env::from_pairs([
+                (EnvVars::MAYFLY_RUNTIME_DIR, rt.display().to_string()),
+                (EnvVars::MAYFLY_CACHE_DIR, cache_dir.path().join("tokens").display().to_string()),
+                (EnvVars::MAYFLY_KEY_STORE, store.to_owned()),
+            ])
+        };
+        let bare = |text: &str| text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap().to_owned();
+        let key = Cache::key(&["k"]);
+        let put = |cache: &Cache, token: &str| {
+            let lock = cache.lock(&key).unwrap();
+            cache.put(&key, &entry(token, 200, 150), &lock).unwrap();
+        };
+
+        let key_file = rt.join("cache.key");
+        put(&Cache::open(&env("runtime")).unwrap(), "on-file");
+        let whole = fs::read_to_string(&key_file).unwrap();
+        assert!(whole.starts_with("# public key: age1"), "{}", whole.lines().next().unwrap_or(""));
+        fs::write(&key_file, bare(&whole)).unwrap();
+        assert_eq!(Cache::open(&env("runtime")).unwrap().get(&key, None, 100).unwrap().token.expose(), "on-file");
+        assert_eq!(fs::read_to_string(&key_file).unwrap(), whole, "stored again with its public key");
+        fs::remove_file(&key_file).unwrap();
+
+        let description = keyring_description(&rt);
+        let Ok(cache) = Cache::open(&env("keyring")) else {
+            eprintln!("kernel keyring unavailable here: the runtime store above covers it");
+            return;
+        };
+        put(&cache, "in-keyring");
+        let whole = String::from_utf8(keyring::read(&description).unwrap()).unwrap();
+        keyring::write(&description, bare(&whole).as_bytes(), 60).unwrap();
+        assert_eq!(Cache::open(&env("keyring")).unwrap().get(&key, None, 100).unwrap().token.expose(), "in-keyring");
+        assert_eq!(String::from_utf8(keyring::read(&description).unwrap()).unwrap(), whole);
+        keyring::remove(&description);
+    }
+
+    #[test]
+    fn the_stated_times_decide_refreshes_and_removals_but_only_sealed_times_serve() {
+        let (_rt, _dir, cache) = test_cache();
+        let key = Cache::key(&["k"]);
+        let path = entry_path(&cache, &key);
+        cache.put(&key, &entry("tok", 200, 150), &cache.lock(&key).unwrap()).unwrap();
+        let written = fs::read(&path).unwrap();
+        assert!(written.starts_with(b"mayfly-entry/1 150 200\nage-encryption.org/v1\n"));
+        let sealed = split_header(&written).1.to_vec();
+        let with_line = |line: &str| [line.as_bytes(), &sealed].concat();
+
+        // Due for a refresh by its line: stale, the sealed bytes unopened (garbage here).
+        fs::write(&path, b"mayfly-entry/1 150 200\nnot an age file").unwrap();
+        assert!(matches!(cache.lookup(&key, None, 160), Lookup::Stale(s) if s.sealed == b"not an age file"));
+        // Expired by its line: removed unopened.
+        assert!(matches!(cache.lookup(&key, None, 200), Lookup::Miss));
+        assert!(!path.exists());
+
+        // A line that claims more time than the sealed entry has serves nothing past it.
+        fs::write(&path, with_line("mayfly-entry/1 9000 9999\n")).unwrap();
+        assert!(matches!(cache.lookup(&key, None, 100), Lookup::Servable(e) if e.token.expose() == "tok"));
+        assert!(matches!(cache.lookup(&key, None, 160), Lookup::Stale(_)));
+        assert!(matches!(cache.lookup(&key, None, 200), Lookup::Miss));
+        assert!(!path.exists());
+        // A line that is not one, and a plain age file (an older version's entry): opened.
+        for bytes in [with_line("mayfly-entry/1 x y\n"), sealed.clone()] {
+            fs::write(&path, &bytes).unwrap();
+            assert!(matches!(cache.lookup(&key, None, 100), Lookup::Servable(_)));
+            assert_eq!(cache.get(&key, None, 100).unwrap().token.expose(), "tok");
+            assert!(
+                matches!(cache.lookup(&key, None, 160), Lookup::Stale(s) if cache.open_sealed(&s.sealed).is_some())
+            );
+        }
+    }
+
+    #[test]
     fn entries_inside_the_refresh_margin_are_misses() {
         let (_rt, _dir, cache) = test_cache();
         let key = Cache::key(&["k"]);
@@ -925,8 +1059,8 @@ mod tests {
         let path = cache.dir.join(format!("{key}.0.600.age"));
         fs::write(&path, b"garbage").unwrap();
         assert!(cache.get(&key, None, 0).is_none());
-        let other = age::x25519::Identity::generate();
-        let sealed = age::encrypt(&other.to_public(), b"{}").unwrap();
+        let other = SealingKey::generate();
+        let sealed = other.seal(b"{}").unwrap();
         fs::write(&path, sealed).unwrap();
         assert!(cache.get(&key, None, 0).is_none());
         assert!(cache.remove(&key, None).is_none());

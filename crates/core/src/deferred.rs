@@ -1,6 +1,7 @@
 //! Revoking a replaced token after the tool has its answer: the tool waits for the helper
-//! to exit, so the helper hands the revocation to a detached copy of itself, the token on
-//! its stdin (never argv or environment). A helper `main` that serves that copy enables it;
+//! to exit, so the helper hands the revocation to a detached copy of itself, the entry on
+//! its stdin still sealed (never argv or environment): the copy, not the helper, decrypts
+//! it. A helper `main` that serves that copy enables it;
 //! elsewhere (tests calling a protocol in-process) the revocation stays synchronous. A
 //! `main` that answers and then exits (the credential hooks) also holds the copy back
 //! until its answer is out, so the copy does not compete for the CPU with the answer
@@ -15,7 +16,8 @@ use std::sync::{Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cache::{CacheEntry, StoredEntry};
+use base64::Engine;
+
 use crate::{Broker, Env, Process};
 
 /// The hidden first argument of the detached copy.
@@ -28,11 +30,11 @@ static ENABLED: OnceLock<()> = OnceLock::new();
 /// wait here until then.
 static HOLDING: OnceLock<Mutex<Vec<Vec<u8>>>> = OnceLock::new();
 
-/// What the detached copy is told: the entry and the chain for its audit line.
+/// What the detached copy is told: the sealed entry (base64) and the chain for its audit
+/// line.
 #[derive(Serialize, Deserialize)]
 struct Handover {
-    #[serde(flatten)]
-    entry: StoredEntry,
+    sealed: String,
     chain: Vec<(u32, Vec<String>)>,
 }
 
@@ -55,9 +57,10 @@ pub fn serve_if_asked() {
 fn end_here(payload: &[u8]) {
     // A copy started early and handed nothing reads an empty stdin: nothing to load.
     let Ok(h) = serde_json::from_slice::<Handover>(payload) else { return };
+    let Ok(sealed) = base64::engine::general_purpose::STANDARD.decode(&h.sealed) else { return };
     if let Ok(broker) = Broker::from_env(Env::from_os()) {
         let chain: Vec<Process> = h.chain.into_iter().map(|(pid, argv)| Process { pid, argv }).collect();
-        let _ = broker.end_entry(h.entry.into(), &chain);
+        broker.end_sealed(&sealed, &chain);
     }
 }
 
@@ -65,7 +68,7 @@ fn end_here(payload: &[u8]) {
 /// [`start_held`], which the same `main` must call once its answer is flushed.
 pub fn hold_until_answered() {
     let _ = HOLDING.set(Mutex::new(Vec::new()));
-    // A held token is out of the cache and only in this process: a panic (which aborts in
+    // A held entry is out of the cache and only in this process: a panic (which aborts in
     // release builds) starts its copy first.
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -125,16 +128,18 @@ pub fn start_held() {
     }
 }
 
-/// Hands the entry to a detached copy of this binary; false when handing over is not
-/// enabled here or the copy could not be started, for the caller to end it itself.
-pub(crate) fn hand_over(entry: &CacheEntry, chain: &[Process]) -> bool {
+/// Hands a sealed entry ([`crate::Cache::take`]) to a detached copy of this binary; false
+/// when handing over is not enabled here or the copy could not be started, for the caller
+/// to end it itself.
+pub(crate) fn hand_over(sealed: &[u8], chain: &[Process]) -> bool {
     if ENABLED.get().is_none() {
         return false;
     }
-    let handover =
-        Handover { entry: StoredEntry::from(entry), chain: chain.iter().map(|p| (p.pid, p.argv.clone())).collect() };
+    let handover = Handover {
+        sealed: base64::engine::general_purpose::STANDARD.encode(sealed),
+        chain: chain.iter().map(|p| (p.pid, p.argv.clone())).collect(),
+    };
     let Ok(payload) = serde_json::to_vec(&handover) else { return false };
-    drop(handover);
     if let Some(held) = HOLDING.get() {
         catch_ending_signals();
         held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(payload);

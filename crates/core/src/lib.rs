@@ -36,6 +36,7 @@ pub mod pattern;
 pub mod protocol;
 mod redact;
 pub mod scope;
+mod seal;
 mod secret;
 pub mod shape;
 mod target;

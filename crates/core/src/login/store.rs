@@ -63,7 +63,7 @@ struct Stored {
 /// The store of one login (one identity of one provider and client).
 pub(crate) struct Store {
     backend: KeyStore,
-    key: age::x25519::Identity,
+    key: crate::seal::SealingKey,
     runtime_dir: PathBuf,
     /// The key's description in the keyring, and the file's stem in the runtime directory.
     slot: String,
@@ -123,10 +123,8 @@ impl Store {
                 sealed
             }
         };
-        let record = age::decrypt(&self.key, &sealed)
-            .ok()
-            .and_then(|plain| serde_json::from_slice::<Stored>(&plain).ok())
-            .map(Record::from);
+        let record =
+            self.key.open(&sealed).and_then(|plain| serde_json::from_slice::<Stored>(&plain).ok()).map(Record::from);
         match record {
             Some(record) if now < record.until && now < record.last_used.saturating_add(self.idle) => Some(record),
             _ => {
@@ -142,8 +140,7 @@ impl Store {
         let mut record = record.clone();
         record.last_used = now;
         let plain = Secret::new(serde_json::to_string(&Stored::from(&record)).map_err(|e| e.to_string())?);
-        let sealed = age::encrypt(&self.key.to_public(), plain.expose().as_bytes())
-            .map_err(|e| format!("cannot seal the login: {e}"))?;
+        let sealed = self.key.seal(plain.expose().as_bytes()).map_err(|e| format!("cannot seal the login: {e}"))?;
         let left = (record.until - now).min(self.idle);
         if left <= 0 {
             self.remove();
