@@ -686,33 +686,44 @@ fn keyring_description(runtime_dir: &Path) -> String {
     format!("mayfly-cache-key-{}", Cache::key(&[&runtime_dir.display().to_string()]))
 }
 
+/// Where the public key is kept beside a secret (a keyring description or a file name):
+/// apart from it, so the secret stays exactly as older versions read it.
+fn public_of(secret_place: &str) -> String {
+    format!("{secret_place}.public")
+}
+
 /// Reads the key from the user keyring, or creates it there under a lock, so two first
-/// callers cannot each seal entries with a key of their own.
+/// callers cannot each seal entries with a key of their own. A public key missing or not
+/// the secret's is derived and stored again (any process may: each stores the one of the
+/// secret it read, and a reader checks it against its own).
 fn load_or_create_keyring_key(runtime_dir: &Path) -> Result<SealingKey, Error> {
     let description = keyring_description(runtime_dir);
-    let read = || SealingKey::parse(std::str::from_utf8(&keyring::read(&description)?).ok()?);
-    let store = |key: &SealingKey| {
-        keyring::write(&description, key.text().expose_secret().as_bytes(), KEY_TIMEOUT).map_err(Error::Keyring)
+    let public = public_of(&description);
+    let read = || {
+        let secret = keyring::read(&description)?;
+        let stored = keyring::read(&public);
+        SealingKey::read(
+            std::str::from_utf8(&secret).ok()?,
+            stored.as_deref().and_then(|p| std::str::from_utf8(p).ok()),
+        )
     };
-    match read() {
-        Some((key, false)) => {
-            keyring::renew(&description, KEY_TIMEOUT);
-            return Ok(key);
+    let store_public = |key: &SealingKey| {
+        let _ = keyring::write(&public, key.public_text().as_bytes(), KEY_TIMEOUT);
+    };
+    if let Some((key, derived)) = read() {
+        keyring::renew(&description, KEY_TIMEOUT);
+        if derived {
+            store_public(&key);
         }
-        // An older version's bare secret: stored again with its public key, once.
-        Some((key, true)) => {
-            let _lock = lock_file(&runtime_dir.join("cache.key.lock"))?;
-            store(&key)?;
-            return Ok(key);
-        }
-        None => {}
+        return Ok(key);
     }
     let _lock = lock_file(&runtime_dir.join("cache.key.lock"))?;
     if let Some((key, _)) = read() {
         return Ok(key);
     }
     let key = SealingKey::generate();
-    store(&key)?;
+    keyring::write(&description, key.secret_text().expose_secret().as_bytes(), KEY_TIMEOUT).map_err(Error::Keyring)?;
+    store_public(&key);
     Ok(key)
 }
 
@@ -793,21 +804,25 @@ fn private_dir(dir: &Path) -> Result<(), Error> {
 }
 
 /// Reads the key, or creates it: written to a temp file, then hard-linked into place so
-/// two first callers cannot both create one.
+/// two first callers cannot both create one. Its public key is a file beside it, stored
+/// again as in the keyring.
 fn load_or_create_key(dir: &Path) -> Result<SealingKey, Error> {
     let path = dir.join("cache.key");
-    if let Some(identity) = read_key(&path) {
-        return Ok(identity);
+    if let Some(key) = read_key(&path) {
+        return Ok(key);
     }
-    let identity = SealingKey::generate();
+    let key = SealingKey::generate();
     let mut temp = tempfile::Builder::new()
         .prefix(".key-")
         .permissions(fs::Permissions::from_mode(0o600))
         .tempfile_in(dir)
         .map_err(io("create key", &path))?;
-    temp.write_all(identity.text().expose_secret().as_bytes()).map_err(io("create key", &path))?;
+    temp.write_all(key.secret_text().expose_secret().as_bytes()).map_err(io("create key", &path))?;
     match fs::hard_link(temp.path(), &path) {
-        Ok(()) => Ok(identity),
+        Ok(()) => {
+            store_public_file(&path, &key);
+            Ok(key)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             read_key(&path).ok_or_else(|| Error::Crypto("unreadable cache key".into()))
         }
@@ -816,13 +831,21 @@ fn load_or_create_key(dir: &Path) -> Result<SealingKey, Error> {
 }
 
 fn read_key(path: &Path) -> Option<SealingKey> {
-    let (key, derived) = SealingKey::parse(&fs::read_to_string(path).ok()?)?;
+    let public = fs::read_to_string(public_of(&path.display().to_string())).ok();
+    let (key, derived) = SealingKey::read(&fs::read_to_string(path).ok()?, public.as_deref())?;
     if derived {
-        // An older version's bare secret: stored again with its public key, once (the
-        // rename swaps one text of the same key for another).
-        let _ = crate::files::write_atomic(path, key.text().expose_secret().as_bytes(), 0o600);
+        store_public_file(path, &key);
     }
     Some(key)
+}
+
+/// Best effort: without it the public key is derived again.
+fn store_public_file(secret_path: &Path, key: &SealingKey) {
+    let _ = crate::files::write_atomic(
+        Path::new(&public_of(&secret_path.display().to_string())),
+        key.public_text().as_bytes(),
+        0o600,
+    );
 }
 
 #[cfg(test)]
@@ -962,11 +985,12 @@ mod tests {
         // A key per runtime directory: another environment cannot read these entries.
         assert!(on_file.get(&key, None, 100).is_none());
         keyring::remove(&keyring_description(&runtime.path().join("rt")));
+        keyring::remove(&public_of(&keyring_description(&runtime.path().join("rt"))));
         assert!(Cache::open(&env("keyring")).unwrap().get(&key, None, 100).is_none(), "a new key reads nothing");
     }
 
     #[test]
-    fn a_bare_secret_an_older_version_stored_keeps_opening_entries_and_is_stored_again_whole() {
+    fn the_secret_stays_as_older_versions_read_it_and_a_missing_public_key_is_stored_again() {
         let runtime = tempfile::Builder::new().prefix("mayfly-test-").tempdir_in("/dev/shm").unwrap();
         let cache_dir = tempfile::tempdir().unwrap();
         let rt = runtime.path().join("rt");
@@ -977,21 +1001,27 @@ mod tests {
                 (EnvVars::MAYFLY_KEY_STORE, store.to_owned()),
             ])
         };
-        let bare = |text: &str| text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap().to_owned();
         let key = Cache::key(&["k"]);
         let put = |cache: &Cache, token: &str| {
             let lock = cache.lock(&key).unwrap();
             cache.put(&key, &entry(token, 200, 150), &lock).unwrap();
         };
+        let bare_secret = |text: &[u8]| {
+            let text = std::str::from_utf8(text).unwrap();
+            text.starts_with("AGE-SECRET-KEY-1") && text.trim().lines().count() == 1
+        };
 
         let key_file = rt.join("cache.key");
+        let public_file = rt.join("cache.key.public");
         put(&Cache::open(&env("runtime")).unwrap(), "on-file");
-        let whole = fs::read_to_string(&key_file).unwrap();
-        assert!(whole.starts_with("# public key: age1"), "{}", whole.lines().next().unwrap_or(""));
-        fs::write(&key_file, bare(&whole)).unwrap();
+        assert!(bare_secret(&fs::read(&key_file).unwrap()), "the secret alone, as older versions read it");
+        let public = fs::read_to_string(&public_file).unwrap();
+        assert!(public.starts_with("age1"), "{public}");
+        fs::remove_file(&public_file).unwrap();
         assert_eq!(Cache::open(&env("runtime")).unwrap().get(&key, None, 100).unwrap().token.expose(), "on-file");
-        assert_eq!(fs::read_to_string(&key_file).unwrap(), whole, "stored again with its public key");
+        assert_eq!(fs::read_to_string(&public_file).unwrap(), public, "stored again");
         fs::remove_file(&key_file).unwrap();
+        fs::remove_file(&public_file).unwrap();
 
         let description = keyring_description(&rt);
         let Ok(cache) = Cache::open(&env("keyring")) else {
@@ -999,11 +1029,13 @@ mod tests {
             return;
         };
         put(&cache, "in-keyring");
-        let whole = String::from_utf8(keyring::read(&description).unwrap()).unwrap();
-        keyring::write(&description, bare(&whole).as_bytes(), 60).unwrap();
+        assert!(bare_secret(&keyring::read(&description).unwrap()));
+        let public = keyring::read(&public_of(&description)).unwrap();
+        keyring::remove(&public_of(&description));
         assert_eq!(Cache::open(&env("keyring")).unwrap().get(&key, None, 100).unwrap().token.expose(), "in-keyring");
-        assert_eq!(String::from_utf8(keyring::read(&description).unwrap()).unwrap(), whole);
+        assert_eq!(keyring::read(&public_of(&description)).unwrap(), public, "stored again");
         keyring::remove(&description);
+        keyring::remove(&public_of(&description));
     }
 
     #[test]

@@ -1,12 +1,15 @@
-//! The key that seals cache entries and logins: an age X25519 identity, stored the way
-//! `age-keygen` writes one, its recipient on a `# public key:` line above the secret.
+//! The key that seals cache entries and logins: an age X25519 identity (its secret stored
+//! as age writes it, `AGE-SECRET-KEY-1…`, exactly as earlier versions stored it) and,
+//! stored beside it, its recipient with a check that binds it to that secret.
 //!
 //! Sealing and opening are plain age (`age::encrypt` to the recipient, `age::decrypt`
-//! with this key), so any age tool opens what mayfly seals. Opening is the one thing done
+//! with this key): any age tool opens what is sealed here. Opening is the one thing done
 //! here rather than by `age::x25519::Identity`: that identity derives its own public key
 //! again for every file it opens (the X25519 stanza's key derivation is salted with it), a
 //! second curve multiplication beside the key exchange, a fifth of a cached `get`'s
-//! instructions. Kept with the secret, the public key is read, not computed.
+//! instructions. Stored, the public key is read, not computed; a stored one whose check
+//! does not match the secret (missing, damaged, or left by a key an older version made
+//! since) is derived again and never used.
 
 use std::str::FromStr;
 
@@ -15,14 +18,13 @@ use age_core::format::{FileKey, Stanza};
 use age_core::secrecy::SecretString;
 use base64::Engine;
 use bech32::FromBase32;
+use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroize;
 
 /// The X25519 stanza's tag and its key derivation's label (age's specification, c2sp.org/age).
 const STANZA_TAG: &str = "X25519";
 const KEY_LABEL: &[u8] = b"age-encryption.org/v1/X25519";
-/// The line `age-keygen` writes above the secret.
-const PUBLIC_KEY_LINE: &str = "# public key: ";
 /// The file key's size, and its size sealed in the stanza's body (plus the AEAD tag).
 const FILE_KEY_BYTES: usize = 16;
 const SEALED_FILE_KEY_BYTES: usize = FILE_KEY_BYTES + 16;
@@ -41,40 +43,35 @@ impl SealingKey {
     /// A new random key.
     pub(crate) fn generate() -> Self {
         let identity = age::x25519::Identity::generate();
-        Self::parse(identity.to_string().expose_secret()).expect("age writes keys it reads").0
+        Self::read(identity.to_string().expose_secret(), None).expect("age writes keys it reads").0
     }
 
-    /// Reads a key as [`Self::text`] (or `age-keygen`) writes it; the flag says its public
-    /// key was missing (a key stored by an older mayfly, the bare secret) and had to be
-    /// derived, so the key is worth storing again. `None` when there is no valid secret.
-    pub(crate) fn parse(text: &str) -> Option<(Self, bool)> {
-        let mut secret_line = None;
-        let mut public_line = None;
-        for line in text.lines().map(str::trim) {
-            if let Some(public) = line.strip_prefix(PUBLIC_KEY_LINE) {
-                public_line = Some(public);
-            } else if !line.is_empty() && !line.starts_with('#') {
-                // One secret only: a second is not a key this module wrote.
-                if secret_line.replace(line).is_some() {
-                    return None;
-                }
-            }
-        }
-        let secret_line = secret_line?;
-        let identity = age::x25519::Identity::from_str(secret_line).ok()?;
-        let secret = StaticSecret::from(secret_bytes(secret_line)?);
-        let recipient = match public_line {
-            Some(public) => age::x25519::Recipient::from_str(public).ok()?,
-            None => identity.to_public(),
-        };
+    /// Reads a key from its secret ([`Self::secret_text`]) and its stored public key
+    /// ([`Self::public_text`]), if any. The flag says the public key was missing or did
+    /// not match the secret and was derived, so it is worth storing again. `None` when
+    /// the secret is not one.
+    pub(crate) fn read(secret_text: &str, public_text: Option<&str>) -> Option<(Self, bool)> {
+        let secret_text = secret_text.trim();
+        let identity = age::x25519::Identity::from_str(secret_text).ok()?;
+        let secret = StaticSecret::from(secret_bytes(secret_text)?);
+        let stored = public_text.and_then(|text| {
+            let (recipient, check) = text.trim().split_once(' ')?;
+            (check == check_of(&secret)).then(|| age::x25519::Recipient::from_str(recipient).ok()).flatten()
+        });
+        let derived = stored.is_none();
+        let recipient = stored.unwrap_or_else(|| identity.to_public());
         let public = PublicKey::from(recipient_bytes(&recipient)?);
-        Some((Self { identity, secret, public, recipient }, public_line.is_none()))
+        Some((Self { identity, secret, public, recipient }, derived))
     }
 
-    /// The key as stored: the `# public key:` line, then the secret (`age-keygen`'s layout).
-    pub(crate) fn text(&self) -> SecretString {
-        let text = format!("{PUBLIC_KEY_LINE}{}\n{}\n", self.recipient, self.identity.to_string().expose_secret());
-        SecretString::from(text)
+    /// The secret as age writes it.
+    pub(crate) fn secret_text(&self) -> SecretString {
+        self.identity.to_string()
+    }
+
+    /// The public key as stored beside the secret: the recipient and its check.
+    pub(crate) fn public_text(&self) -> String {
+        format!("{} {}\n", self.recipient, check_of(&self.secret))
     }
 
     /// `plain`, sealed to this key as an age file.
@@ -116,6 +113,15 @@ impl age::Identity for SealingKey {
     }
 }
 
+/// What binds a stored public key to its secret: the start of a hash of the secret, so a
+/// public key stored for another secret (or damaged) is not taken for this one's.
+fn check_of(secret: &StaticSecret) -> String {
+    let mut hash = Sha256::new();
+    hash.update(b"mayfly sealing key check\0");
+    hash.update(secret.as_bytes());
+    hex::encode(&hash.finalize()[..8])
+}
+
 /// The stanza's ephemeral share: 32 bytes as canonical unpadded base64 (43 characters).
 fn ephemeral_share(arg: &str) -> Option<[u8; 32]> {
     if arg.len() != 43 {
@@ -152,8 +158,7 @@ mod tests {
         let sealed = key.seal(b"entry").unwrap();
         assert_eq!(key.open(&sealed).as_deref(), Some(&b"entry"[..]));
         // The same file opens with age's own identity: the format is plain age.
-        let secret = key.text();
-        let age_identity = age::x25519::Identity::from_str(secret.expose_secret().lines().nth(1).unwrap()).unwrap();
+        let age_identity = age::x25519::Identity::from_str(key.secret_text().expose_secret()).unwrap();
         assert_eq!(age::decrypt(&age_identity, &sealed).unwrap(), b"entry");
         // And what age seals to the recipient opens here.
         let by_age = age::encrypt(&age_identity.to_public(), b"other").unwrap();
@@ -162,34 +167,34 @@ mod tests {
     }
 
     #[test]
-    fn a_stored_key_reads_back_and_a_bare_secret_gets_its_public_key() {
+    fn a_stored_public_key_is_read_only_while_its_check_matches_the_secret() {
         let key = SealingKey::generate();
-        let text = key.text();
-        let (read, derived) = SealingKey::parse(text.expose_secret()).unwrap();
-        assert!(!derived);
-        assert_eq!(read.public.as_bytes(), key.public.as_bytes());
+        let secret = key.secret_text();
+        let secret = secret.expose_secret();
         let sealed = key.seal(b"x").unwrap();
-        assert_eq!(read.open(&sealed).as_deref(), Some(&b"x"[..]));
-
-        // What older versions stored: the secret alone.
-        let bare = text.expose_secret().lines().nth(1).unwrap().to_owned();
-        let (read, derived) = SealingKey::parse(&bare).unwrap();
-        assert!(derived);
+        let (read, derived) = SealingKey::read(secret, Some(&key.public_text())).unwrap();
+        assert!(!derived, "stored and matching: read, not derived");
         assert_eq!(read.public.as_bytes(), key.public.as_bytes());
         assert_eq!(read.open(&sealed).as_deref(), Some(&b"x"[..]));
-    }
 
-    #[test]
-    fn a_wrong_public_key_opens_nothing_and_garbage_is_no_key() {
-        let key = SealingKey::generate();
-        let sealed = key.seal(b"x").unwrap();
+        // Missing (an older version stored the secret alone), another key's, damaged: derived.
         let other = SealingKey::generate();
-        let secret = key.text().expose_secret().lines().nth(1).unwrap().to_owned();
-        let mixed = format!("{PUBLIC_KEY_LINE}{}\n{secret}\n", other.recipient);
-        let (wrong, _) = SealingKey::parse(&mixed).unwrap();
+        let mut damaged = key.public_text();
+        damaged.replace_range(damaged.len() - 2..damaged.len() - 1, "x");
+        let another_recipient = format!("{} {}\n", other.recipient, check_of(&key.secret));
+        for public in [None, Some(other.public_text()), Some(damaged), Some("garbage".into())] {
+            let (read, derived) = SealingKey::read(secret, public.as_deref()).unwrap();
+            assert!(derived, "{public:?}");
+            assert_eq!(read.public.as_bytes(), key.public.as_bytes(), "{public:?}");
+            assert_eq!(read.open(&sealed).as_deref(), Some(&b"x"[..]));
+        }
+        // A recipient written with this secret's check is taken as stored: whoever can
+        // write it can replace the secret too. It opens nothing of this key's.
+        let (wrong, derived) = SealingKey::read(secret, Some(&another_recipient)).unwrap();
+        assert!(!derived);
         assert_eq!(wrong.open(&sealed), None, "the salt names the recipient: a wrong one fails the AEAD");
-        for text in ["", "# public key: age1x\n", "AGE-SECRET-KEY-1QQQ", &format!("{secret}\n{secret}\n")] {
-            assert!(SealingKey::parse(text).is_none(), "{text:?}");
+        for text in ["", "AGE-SECRET-KEY-1QQQ", &format!("{secret}\n{secret}")] {
+            assert!(SealingKey::read(text, None).is_none(), "{text:?}");
         }
     }
 
