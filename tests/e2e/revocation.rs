@@ -211,6 +211,44 @@ fn a_refresh_answers_the_tool_first_and_the_replaced_token_is_still_revoked() {
     assert_eq!(audit.iter().filter(|l| l["outcome"] == "issued").count(), 2);
 }
 
+#[test]
+fn a_replaced_entry_that_does_not_open_is_said_on_a_revoke_failed_line() {
+    let stack = Stack::with(mayfly_tests::Options { subject_lifetime: 60, max_ttl: "60s", ..Default::default() });
+    let old = stack.helper_token("org/app.git");
+    // The entries' files (the token's and the subject token's), each line saying it is due
+    // for a refresh and each sealed part not one this cache key opens (a key made since,
+    // or damage).
+    let tokens = stack.home.join(".cache/mayfly/tokens");
+    let entries: Vec<_> = std::fs::read_dir(&tokens)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "age"))
+        .collect();
+    assert!(!entries.is_empty());
+    let far = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    for entry in &entries {
+        std::fs::write(entry, format!("mayfly-entry/1 0 {far}\nage-encryption.org/v1\n-> X25519 damaged\n")).unwrap();
+    }
+
+    let new = stack.helper_token("org/app.git");
+    assert_ne!(new, old, "due for a refresh by its line: a fresh token");
+    let mut audit = Vec::new();
+    for _ in 0..200 {
+        audit = stack.client_audit();
+        if audit.iter().any(|l| l["outcome"] == "revoke-failed") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let line = audit.iter().find(|l| l["outcome"] == "revoke-failed").expect("a revoke-failed line");
+    assert!(line["reason"].as_str().unwrap().contains("does not open with the cache key"), "{line}");
+    assert_eq!(line["target"], audit[0]["target"], "the line names what the entry was for");
+    assert!(line.get("fingerprint").is_none(), "no token was read, so none is named: {line}");
+    // What the damaged file held is unknown: the first token is not revoked.
+    assert_eq!(introspect(&stack, &old, Auth::Client).2["active"], true);
+}
+
 /// The pids of detached revocation copies whose working directory is `dir`.
 fn copies_in(dir: &std::path::Path) -> Vec<u32> {
     let mut found = Vec::new();

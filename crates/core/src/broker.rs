@@ -301,10 +301,9 @@ impl Broker {
                     // The token this one replaces may still be valid: end it rather than
                     // let it live on unrecorded, after the tool has its answer.
                     if let Some(old) = stale.and_then(|s| cache.take(s))
-                        && !crate::deferred::hand_over(&old, chain)
-                        && let Some(old) = cache.open_sealed(&old)
+                        && !crate::deferred::hand_over(&old, entry.origin.as_ref(), chain)
                     {
-                        let _ = self.end_entry(old, chain);
+                        self.end_sealed(&old, entry.origin.as_ref(), chain);
                     }
                     let _ = cache.put(&key, &entry, lock);
                 }
@@ -643,11 +642,33 @@ impl Broker {
         ended
     }
 
-    /// [`Broker::end_entry`] for an entry taken out of the cache still sealed; nothing
-    /// when the cache key no longer opens it.
-    pub(crate) fn end_sealed(&self, sealed: &[u8], chain: &[Process]) {
-        if let Some(entry) = Cache::open(&self.env).ok().and_then(|cache| cache.open_sealed(sealed)) {
-            let _ = self.end_entry(entry, chain);
+    /// [`Broker::end_entry`] for an entry a refresh took out of the cache still sealed,
+    /// `replacing` the origin of the token that replaced it (the same route, target and
+    /// operation). One the cache key does not open is said on a `revoke-failed` line: its
+    /// token, if it held one, lives on to its expiry.
+    pub(crate) fn end_sealed(&self, sealed: &[u8], replacing: Option<&Origin>, chain: &[Process]) {
+        match Cache::open(&self.env).ok().and_then(|cache| cache.open_sealed(sealed)) {
+            Some(entry) => {
+                let _ = self.end_entry(entry, chain);
+            }
+            None => {
+                let Some(origin) = replacing else { return };
+                let mut event = AuditEvent {
+                    time: rfc3339(now()),
+                    session: self.session(),
+                    agent: self.agent(),
+                    tool: origin.tool.clone(),
+                    target: origin.target.clone(),
+                    operation: origin.operation.clone(),
+                    route: origin.route.clone(),
+                    process: chain.to_vec(),
+                    ..AuditEvent::default()
+                };
+                let why = std::io::Error::other(
+                    "the replaced cache entry does not open with the cache key (sealed under another key, or damaged)",
+                );
+                self.write(event.fail(Outcome::RevokeFailed, &why));
+            }
         }
     }
 

@@ -214,7 +214,7 @@ pub struct Origin {
     pub operation: String,
 }
 
-/// An entry as written: sealed in the cache, or handed to a detached revoker.
+/// An entry as sealed in the cache.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct StoredEntry {
     token: String,

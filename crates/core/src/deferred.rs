@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use base64::Engine;
 
+use crate::cache::Origin;
 use crate::{Broker, Env, Process};
 
 /// The hidden first argument of the detached copy.
@@ -30,11 +31,12 @@ static ENABLED: OnceLock<()> = OnceLock::new();
 /// wait here until then.
 static HOLDING: OnceLock<Mutex<Vec<Vec<u8>>>> = OnceLock::new();
 
-/// What the detached copy is told: the sealed entry (base64) and the chain for its audit
-/// line.
+/// What the detached copy is told: the sealed entry (base64), where the token replacing it
+/// came from (for a line when the entry does not open) and the chain for its audit line.
 #[derive(Serialize, Deserialize)]
 struct Handover {
     sealed: String,
+    replacing: Option<Origin>,
     chain: Vec<(u32, Vec<String>)>,
 }
 
@@ -60,7 +62,7 @@ fn end_here(payload: &[u8]) {
     let Ok(sealed) = base64::engine::general_purpose::STANDARD.decode(&h.sealed) else { return };
     if let Ok(broker) = Broker::from_env(Env::from_os()) {
         let chain: Vec<Process> = h.chain.into_iter().map(|(pid, argv)| Process { pid, argv }).collect();
-        broker.end_sealed(&sealed, &chain);
+        broker.end_sealed(&sealed, h.replacing.as_ref(), &chain);
     }
 }
 
@@ -131,12 +133,13 @@ pub fn start_held() {
 /// Hands a sealed entry ([`crate::Cache::take`]) to a detached copy of this binary; false
 /// when handing over is not enabled here or the copy could not be started, for the caller
 /// to end it itself.
-pub(crate) fn hand_over(sealed: &[u8], chain: &[Process]) -> bool {
+pub(crate) fn hand_over(sealed: &[u8], replacing: Option<&Origin>, chain: &[Process]) -> bool {
     if ENABLED.get().is_none() {
         return false;
     }
     let handover = Handover {
         sealed: base64::engine::general_purpose::STANDARD.encode(sealed),
+        replacing: replacing.cloned(),
         chain: chain.iter().map(|p| (p.pid, p.argv.clone())).collect(),
     };
     let Ok(payload) = serde_json::to_vec(&handover) else { return false };
