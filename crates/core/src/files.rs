@@ -131,7 +131,8 @@ pub fn refuse_kernel_fs(fd: &impl AsFd) -> std::io::Result<()> {
 
 /// True when the descriptor is on a kernel's pseudo file system, wherever it is mounted
 /// (`/proc/PID/environ` is a "regular file" there, of length 0; reading a file of
-/// configfs, efivarfs or a control file system can block, change state or leak).
+/// configfs, efivarfs or a control file system can block, change state or leak). AppArmor's
+/// own file system is listed beside securityfs, where it is usually reached.
 pub fn on_kernel_fs(fd: &impl AsFd) -> std::io::Result<bool> {
     use nix::sys::statfs as fs;
     // Those nix does not name, from the kernel's `linux/magic.h`.
@@ -142,6 +143,7 @@ pub fn on_kernel_fs(fd: &impl AsFd) -> std::io::Result<bool> {
     const BINFMTFS_MAGIC: u32 = 0x4249_4e4d;
     const FUSECTL_SUPER_MAGIC: u32 = 0x6573_5543;
     const ANON_INODE_FS_MAGIC: u32 = 0x0904_1934;
+    const AAFS_MAGIC: u32 = 0x5a3c_69f0;
     let kind = fs::fstatfs(fd)?.filesystem_type();
     let named = [
         fs::PROC_SUPER_MAGIC,
@@ -169,6 +171,7 @@ pub fn on_kernel_fs(fd: &impl AsFd) -> std::io::Result<bool> {
         BINFMTFS_MAGIC,
         FUSECTL_SUPER_MAGIC,
         ANON_INODE_FS_MAGIC,
+        AAFS_MAGIC,
     ];
     // The type is a signed or unsigned word by platform; the magics are 32-bit.
     Ok(named.contains(&kind) || unnamed.contains(&(kind.0 as u32)))
