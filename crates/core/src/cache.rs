@@ -627,7 +627,9 @@ fn read_sealed(identity: &SealingKey, path: &Path) -> Option<CacheEntry> {
 fn read_file(path: &Path) -> Option<(Vec<u8>, FileId)> {
     let mut file = File::open(path).ok()?;
     let meta = file.metadata().ok()?;
-    let mut bytes = Vec::new();
+    // Sized from the file: `take` hides the size from `read_to_end`, which would then read
+    // in doubling steps from 32 bytes, a system call each.
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len().min(MAX_ENTRY)).unwrap_or(0) + 1);
     (&mut file).take(MAX_ENTRY).read_to_end(&mut bytes).ok()?;
     Some((bytes, id_of(&meta)))
 }

@@ -37,7 +37,9 @@ pub fn read_regular(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
         return Err(not_regular());
     }
     refuse_kernel_fs(&file)?;
-    let mut bytes = Vec::new();
+    // Sized from the file (`take` hides the size from `read_to_end`), at most a megabyte
+    // ahead: a sparse file can claim any size.
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len().min(max).min(1 << 20)).unwrap_or(0) + 1);
     file.take(max + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
         return Err(Error::new(ErrorKind::FileTooLarge, format!("is larger than {max} bytes")));
