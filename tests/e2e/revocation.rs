@@ -297,14 +297,30 @@ fn a_refresh_whose_exchange_fails_leaves_no_copy_behind_and_keeps_the_old_token(
         .unwrap();
     let request = format!("protocol=https\nhost={}\npath=org/app.git\n\n", stack.git_host());
     helper.stdin.take().unwrap().write_all(request.as_bytes()).unwrap();
-    let mut seen = false;
-    while !seen && helper.try_wait().unwrap().is_none() {
-        seen = !copies_in(&cwd).is_empty();
+    let mut seen = Vec::new();
+    while seen.is_empty() && helper.try_wait().unwrap().is_none() {
+        seen = copies_in(&cwd);
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // Nice, so its start does not take CPU from the helper; the helper's own threads not.
+    let niceness = |stat: String| -> i64 {
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        fields[16].parse().unwrap()
+    };
+    let copy_nice = seen.first().and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok());
+    let helper_tasks = std::fs::read_dir(format!("/proc/{}/task", helper.id())).map(|d| {
+        d.flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+            .map(niceness)
+            .collect::<Vec<_>>()
+    });
     let out = helper.wait_with_output().unwrap();
     assert!(!out.status.success(), "the exchange never answered; the helper must fail");
-    assert!(seen, "the refresh started its copy while the exchange ran");
+    assert!(!seen.is_empty(), "the refresh started its copy while the exchange ran");
+    assert_eq!(copy_nice.map(niceness), Some(19), "the copy runs nice");
+    let helper_tasks = helper_tasks.unwrap();
+    let own = niceness(std::fs::read_to_string("/proc/self/stat").unwrap());
+    assert!(own < 19 && helper_tasks.contains(&own), "the helper keeps its niceness ({own}): {helper_tasks:?}");
     let mut left = copies_in(&cwd);
     for _ in 0..250 {
         if left.is_empty() {

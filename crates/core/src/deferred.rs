@@ -176,14 +176,24 @@ fn spawn(payload: &[u8]) -> bool {
     let early = EARLY.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
     let child = match early {
         Some(started) => started.join().ok().flatten(),
-        None => start_copy(),
+        // On a thread of its own too: see `start_copy`.
+        None => std::thread::Builder::new().spawn(start_copy).ok().and_then(|t| t.join().ok().flatten()),
     };
     let Some(mut child) = child else { return false };
     child.stdin.take().is_some_and(|mut stdin| stdin.write_all(payload).is_ok())
 }
 
-/// Starts a detached copy of this binary that reads its hand-over from stdin.
+/// The copy's niceness: its revocation can wait, and on a busy machine (two cores, the
+/// exchange on loopback) its start must not take CPU from the helper answering its tool.
+/// 19 and not `SCHED_IDLE`: a loaded machine slows the copy down, it never starves it.
+const COPY_NICENESS: i32 = 19;
+
+/// Starts a detached copy of this binary that reads its hand-over from stdin. Called on a
+/// thread of its own, which it makes nice first: on Linux niceness belongs to a thread
+/// and a child inherits its spawning thread's, so the copy starts nice from its `exec`
+/// on while the helper's own threads keep theirs.
 fn start_copy() -> Option<Child> {
+    let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), COPY_NICENESS);
     let exe = std::env::current_exe().ok()?;
     // Its own process group: the terminal's Ctrl-C for the tool does not reach it; no
     // stdout or stderr, so the tool reading ours sees the end when we exit.
