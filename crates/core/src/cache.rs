@@ -72,13 +72,13 @@ pub(crate) enum Lookup {
     Miss,
 }
 
-/// An entry inside its refresh margin, still sealed, and the file it was read from
-/// ([`Cache::still_holds`], [`Cache::take`]): a refresh decrypts it only where the old
+/// An entry inside its refresh margin, still sealed, and the file it was read from, kept
+/// open ([`Cache::still_holds`], [`Cache::take`]): a refresh decrypts it only where the old
 /// token is revoked, after the answer.
 pub(crate) struct Stale {
     sealed: Vec<u8>,
     path: PathBuf,
-    file: FileId,
+    file: File,
 }
 
 /// The first line of an entry's file, before its times.
@@ -94,14 +94,6 @@ fn split_header(bytes: &[u8]) -> (Option<(i64, i64)>, &[u8]) {
         Some((refresh_at.parse().ok()?, expires_at.parse().ok()?))
     });
     (times, &rest[end + 1..])
-}
-
-/// What tells one file at a path from the next: device, inode and change time (an inode
-/// freed by a removal can be reused at once; its change time cannot repeat).
-type FileId = (u64, u64, i64, i64);
-
-fn id_of(meta: &fs::Metadata) -> FileId {
-    (meta.dev(), meta.ino(), meta.ctime(), meta.ctime_nsec())
 }
 
 /// The parts of an entry's file name, `<key>.<session-tag>.age`.
@@ -440,7 +432,7 @@ impl Cache {
         };
         if times.1 <= now {
             // Unlocked: only the file read, not one another process has put in its place.
-            if is_at(&path, file) {
+            if same_file(&path, &file) {
                 let _ = fs::remove_file(&path);
             }
             return Lookup::Miss;
@@ -452,7 +444,7 @@ impl Cache {
     /// other process has replaced or removed it since (writes rename a new file in place),
     /// so reading it again would give the same entry.
     pub(crate) fn still_holds(&self, stale: &Stale) -> bool {
-        is_at(&stale.path, stale.file)
+        same_file(&stale.path, &stale.file)
     }
 
     /// Removes a stale entry the caller (holding its key's lock) replaces, returning it
@@ -623,15 +615,16 @@ fn read_sealed(identity: &SealingKey, path: &Path) -> Option<CacheEntry> {
     open_entry(identity, split_header(&bytes).1)
 }
 
-/// An entry's file as read, with the identity of the file read.
-fn read_file(path: &Path) -> Option<(Vec<u8>, FileId)> {
+/// An entry's file as read, and the file, still open: while it is, its inode cannot be
+/// freed and reused, so [`same_file`] tells it from any file put at the path since.
+fn read_file(path: &Path) -> Option<(Vec<u8>, File)> {
     let mut file = File::open(path).ok()?;
     let meta = file.metadata().ok()?;
     // Sized from the file: `take` hides the size from `read_to_end`, which would then read
     // in doubling steps from 32 bytes, a system call each.
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len().min(MAX_ENTRY)).unwrap_or(0) + 1);
     (&mut file).take(MAX_ENTRY).read_to_end(&mut bytes).ok()?;
-    Some((bytes, id_of(&meta)))
+    Some((bytes, file))
 }
 
 /// The age file of an entry, decrypted.
@@ -639,11 +632,6 @@ fn open_entry(identity: &SealingKey, sealed: &[u8]) -> Option<CacheEntry> {
     let plain = identity.open(sealed)?;
     let stored: StoredEntry = serde_json::from_slice(&plain).ok()?;
     Some(stored.into())
-}
-
-/// True when the file at `path` (not following a link) is still the one `file` names.
-fn is_at(path: &Path, file: FileId) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|meta| id_of(&meta) == file)
 }
 
 /// Whether an open file is the one at a path now.
