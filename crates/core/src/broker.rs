@@ -303,7 +303,7 @@ impl Broker {
                     if let Some(old) = stale.and_then(|s| cache.take(s))
                         && !crate::deferred::hand_over(&old, entry.origin.as_ref(), chain)
                     {
-                        self.end_sealed(&old, entry.origin.as_ref(), chain);
+                        self.end_sealed(Some(cache), &old, entry.origin.as_ref(), chain);
                     }
                     let _ = cache.put(&key, &entry, lock);
                 }
@@ -645,25 +645,26 @@ impl Broker {
     /// [`Broker::end_entry`] for an entry a refresh took out of the cache still sealed,
     /// `replacing` the origin of the token that replaced it (the same route, target and
     /// operation). One the cache key does not open is said on a `revoke-failed` line: its
-    /// token, if it held one, lives on to its expiry.
-    pub(crate) fn end_sealed(&self, sealed: &[u8], replacing: Option<&Origin>, chain: &[Process]) {
-        match Cache::open(&self.env).ok().and_then(|cache| cache.open_sealed(sealed)) {
+    /// token, if it held one, lives on to its expiry. `cache` is the caller's open cache,
+    /// if it has one (else it is opened here).
+    pub(crate) fn end_sealed(
+        &self,
+        cache: Option<&Cache>,
+        sealed: &[u8],
+        replacing: Option<&Origin>,
+        chain: &[Process],
+    ) {
+        let opened = match cache {
+            Some(cache) => cache.open_sealed(sealed),
+            None => Cache::open(&self.env).ok().and_then(|cache| cache.open_sealed(sealed)),
+        };
+        match opened {
             Some(entry) => {
                 let _ = self.end_entry(entry, chain);
             }
             None => {
                 let Some(origin) = replacing else { return };
-                let mut event = AuditEvent {
-                    time: rfc3339(now()),
-                    session: self.session(),
-                    agent: self.agent(),
-                    tool: origin.tool.clone(),
-                    target: origin.target.clone(),
-                    operation: origin.operation.clone(),
-                    route: origin.route.clone(),
-                    process: chain.to_vec(),
-                    ..AuditEvent::default()
-                };
+                let mut event = self.origin_event(origin, self.session(), None, chain);
                 let why = std::io::Error::other(
                     "the replaced cache entry does not open with the cache key (sealed under another key, or damaged)",
                 );
@@ -703,15 +704,26 @@ impl Broker {
 
     /// The audit line for a cached entry, from what the entry recorded.
     fn stored_event(&self, origin: &Origin, entry: &CacheEntry, chain: &[Process]) -> AuditEvent {
+        self.origin_event(origin, entry.session.clone(), entry.scope.clone(), chain)
+    }
+
+    /// The audit line for a token of a known origin, in a session, for a scope.
+    fn origin_event(
+        &self,
+        origin: &Origin,
+        session: Option<String>,
+        scope: Option<String>,
+        chain: &[Process],
+    ) -> AuditEvent {
         AuditEvent {
             time: rfc3339(now()),
-            session: entry.session.clone(),
+            session,
             agent: self.agent(),
             tool: origin.tool.clone(),
             target: origin.target.clone(),
             operation: origin.operation.clone(),
             route: origin.route.clone(),
-            scope: entry.scope.clone(),
+            scope,
             process: chain.to_vec(),
             ..AuditEvent::default()
         }

@@ -62,7 +62,7 @@ fn end_here(payload: &[u8]) {
     let Ok(sealed) = base64::engine::general_purpose::STANDARD.decode(&h.sealed) else { return };
     if let Ok(broker) = Broker::from_env(Env::from_os()) {
         let chain: Vec<Process> = h.chain.into_iter().map(|(pid, argv)| Process { pid, argv }).collect();
-        broker.end_sealed(&sealed, h.replacing.as_ref(), &chain);
+        broker.end_sealed(None, &sealed, h.replacing.as_ref(), &chain);
     }
 }
 
