@@ -689,26 +689,30 @@ fn public_of(secret_place: &str) -> String {
 fn load_or_create_keyring_key(runtime_dir: &Path) -> Result<SealingKey, Error> {
     let description = keyring_description(runtime_dir);
     let public = public_of(&description);
+    // Both keys are renewed on each use: a public key left to time out beside a secret in
+    // use would be derived again, one curve multiplication more, once a day.
     let read = || {
-        let secret = keyring::read(&description)?;
-        let stored = keyring::read(&public);
-        SealingKey::read(
-            std::str::from_utf8(&secret).ok()?,
-            stored.as_deref().and_then(|p| std::str::from_utf8(p).ok()),
-        )
+        let secret = keyring::find(&description)?;
+        let stored = keyring::find(&public);
+        let (key, derived) = SealingKey::read(
+            std::str::from_utf8(&secret.payload).ok()?,
+            stored.as_ref().and_then(|p| std::str::from_utf8(&p.payload).ok()),
+        )?;
+        Some((key, secret, stored.filter(|_| !derived)))
     };
     let store_public = |key: &SealingKey| {
         let _ = keyring::write(&public, key.public_text().as_bytes(), KEY_TIMEOUT);
     };
-    if let Some((key, derived)) = read() {
-        keyring::renew(&description, KEY_TIMEOUT);
-        if derived {
-            store_public(&key);
+    if let Some((key, secret, stored_public)) = read() {
+        secret.renew(KEY_TIMEOUT);
+        match stored_public {
+            Some(stored) => stored.renew(KEY_TIMEOUT),
+            None => store_public(&key),
         }
         return Ok(key);
     }
     let _lock = lock_file(&runtime_dir.join("cache.key.lock"))?;
-    if let Some((key, _)) = read() {
+    if let Some((key, ..)) = read() {
         return Ok(key);
     }
     let key = SealingKey::generate();
@@ -960,7 +964,7 @@ mod tests {
             Ok(cache) => cache,
             Err(e) => {
                 // A sandbox without keys: the runtime store above covers it.
-                eprintln!("kernel keyring unavailable here: {e}");
+                keyring::unavailable(e);
                 return;
             }
         };
@@ -1014,9 +1018,9 @@ mod tests {
         fs::remove_file(&public_file).unwrap();
 
         let description = keyring_description(&rt);
-        let Ok(cache) = Cache::open(&env("keyring")) else {
-            eprintln!("kernel keyring unavailable here: the runtime store above covers it");
-            return;
+        let cache = match Cache::open(&env("keyring")) {
+            Ok(cache) => cache,
+            Err(e) => return keyring::unavailable(e),
         };
         put(&cache, "in-keyring");
         assert!(bare_secret(&keyring::read(&description).unwrap()));
@@ -1024,6 +1028,17 @@ mod tests {
         keyring::remove(&public_of(&description));
         assert_eq!(Cache::open(&env("keyring")).unwrap().get(&key, None, 100).unwrap().token.expose(), "in-keyring");
         assert_eq!(keyring::read(&public_of(&description)).unwrap(), public, "stored again");
+        // Each use renews both keys: neither times out while the other lives on.
+        for place in [description.clone(), public_of(&description)] {
+            let payload = keyring::read(&place).unwrap();
+            keyring::write(&place, &payload, 60).unwrap();
+            assert!(keyring::time_left(&place).unwrap().ends_with(['s', 'm']), "timed to a minute");
+        }
+        assert_eq!(Cache::open(&env("keyring")).unwrap().get(&key, None, 100).unwrap().token.expose(), "in-keyring");
+        for place in [description.clone(), public_of(&description)] {
+            let left = keyring::time_left(&place).unwrap();
+            assert!(left.ends_with(['h', 'd']), "{place} renewed to a day, {left} left");
+        }
         keyring::remove(&description);
         keyring::remove(&public_of(&description));
     }

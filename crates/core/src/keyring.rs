@@ -10,7 +10,8 @@
 //! read that user's keys. It keeps them from other users, disk images, backups and crash
 //! dumps. Other platforms plug in here: a `KeyStore` variant and its four operations.
 
-use linux_keyutils::{KeyPermissionsBuilder, KeyRing, KeyRingIdentifier, Permission};
+use linux_keyutils::{Key, KeyPermissionsBuilder, KeyRing, KeyRingIdentifier, Permission};
+use zeroize::Zeroizing;
 
 use crate::{Env, EnvVars};
 
@@ -46,9 +47,41 @@ fn failed(what: &str) -> impl FnOnce(linux_keyutils::KeyError) -> String + '_ {
     move |e| format!("cannot {what} in the kernel keyring: {e:?}")
 }
 
+/// A key the user's keyring holds: its payload, and the key itself, so that renewing it
+/// needs no second search.
+pub(crate) struct Stored {
+    key: Key,
+    pub(crate) payload: Zeroizing<Vec<u8>>,
+}
+
+impl Stored {
+    /// Starts the key's timeout again; a key gone meanwhile is fine.
+    pub(crate) fn renew(&self, timeout: u64) {
+        let _ = self.key.set_timeout(usize::try_from(timeout).unwrap_or(usize::MAX));
+    }
+}
+
+/// Room for the cache key and its public key (a few dozen bytes each) without asking the
+/// kernel for the length first; a longer payload (a sealed login) is read again whole.
+const SHORT_PAYLOAD: usize = 512;
+
+/// The key by that description, if the user's keyring holds one.
+pub(crate) fn find(description: &str) -> Option<Stored> {
+    let key = user_keyring().ok()?.search(description).ok()?;
+    let mut payload = Zeroizing::new(vec![0; SHORT_PAYLOAD]);
+    // The kernel answers the payload's full length even when it copied less.
+    let len = key.read(&mut *payload).ok()?;
+    if len <= SHORT_PAYLOAD {
+        payload.truncate(len);
+    } else {
+        payload = Zeroizing::new(key.read_to_vec().ok()?);
+    }
+    Some(Stored { key, payload })
+}
+
 /// The key's payload, if the user's keyring holds one by that description.
 pub(crate) fn read(description: &str) -> Option<Vec<u8>> {
-    user_keyring().ok()?.search(description).ok()?.read_to_vec().ok()
+    find(description).map(|stored| stored.payload.to_vec())
 }
 
 /// Adds (or replaces) a key readable only by this user, gone after `timeout` seconds.
@@ -63,18 +96,29 @@ pub(crate) fn write(description: &str, payload: &[u8], timeout: u64) -> Result<(
     key.set_timeout(usize::try_from(timeout).unwrap_or(usize::MAX)).map_err(failed("time a key"))
 }
 
-/// Starts a key's timeout again; a missing key is fine.
-pub(crate) fn renew(description: &str, timeout: u64) {
-    if let Ok(key) = user_keyring().and_then(|ring| ring.search(description)) {
-        let _ = key.set_timeout(usize::try_from(timeout).unwrap_or(usize::MAX));
-    }
-}
-
 /// Drops a key; a missing key is fine.
 pub(crate) fn remove(description: &str) {
     if let Ok(key) = user_keyring().and_then(|ring| ring.search(description)) {
         let _ = key.invalidate();
     }
+}
+
+/// Tests that need the keyring: a developer's sandbox without keys may skip them (saying
+/// so); CI may not.
+#[cfg(test)]
+pub(crate) fn unavailable(error: impl std::fmt::Display) {
+    assert!(std::env::var_os("CI").is_none(), "the kernel keyring is unavailable in CI: {error}");
+    eprintln!("SKIPPED: kernel keyring unavailable here: {error}");
+}
+
+/// The time left before a key times out, as `/proc/keys` shows it (`59s`, `23h`, ...).
+#[cfg(test)]
+pub(crate) fn time_left(description: &str) -> Option<String> {
+    let key = user_keyring().ok()?.search(description).ok()?;
+    let id = format!("{:08x}", key.get_id().as_raw_id());
+    let keys = std::fs::read_to_string("/proc/keys").ok()?;
+    let line = keys.lines().find(|line| line.starts_with(&id))?;
+    line.split_whitespace().nth(3).map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -95,12 +139,15 @@ mod tests {
         let description = format!("mayfly-test-{}-{:?}", std::process::id(), std::time::Instant::now());
         if let Err(e) = write(&description, b"payload", 60) {
             // A sandbox without keys: the runtime store covers it.
-            eprintln!("kernel keyring unavailable here: {e}");
+            unavailable(e);
             return;
         }
         assert_eq!(read(&description).as_deref(), Some(&b"payload"[..]));
         write(&description, b"replaced", 60).unwrap();
         assert_eq!(read(&description).as_deref(), Some(&b"replaced"[..]));
+        let long: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        write(&description, &long, 60).unwrap();
+        assert_eq!(read(&description), Some(long), "a payload longer than the first read's room");
         remove(&description);
         assert_eq!(read(&description), None);
     }

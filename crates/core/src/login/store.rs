@@ -263,7 +263,7 @@ mod tests {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         if let Err(e) = store.save(&record(now), now) {
             // A sandbox without keys: the runtime test covers the fallback.
-            eprintln!("kernel keyring unavailable here: {e}");
+            crate::keyring::unavailable(e);
             return;
         }
         assert_eq!(store.load(now).unwrap().subject.as_deref(), Some("alice"));
