@@ -497,6 +497,9 @@ fn line_and_column(text: &str, offset: usize) -> String {
     format!("line {line}, column {column}: ")
 }
 
+/// Far beyond any config: a larger file is refused rather than parsed on every request.
+const MAX_CONFIG_SIZE: u64 = 4 << 20;
+
 impl Config {
     /// When no config file exists: where it belongs and how to write one.
     pub fn missing_note(&self) -> Option<String> {
@@ -518,7 +521,9 @@ impl Config {
         let Some(path) = Self::default_path(env) else {
             return Ok(Self::empty(PathBuf::new()));
         };
-        match std::fs::read_to_string(&path) {
+        // A regular file only: a FIFO or a device named there would hold every tool that
+        // asks (opening a FIFO waits for a writer) instead of failing.
+        match crate::files::read_regular_text(&path, MAX_CONFIG_SIZE) {
             Ok(text) => Self::parse(&text, &path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && env.get(EnvVars::MAYFLY_CONFIG).is_none() => {
                 Ok(Self::empty(path))
@@ -900,6 +905,23 @@ fn check_settings(name: &str, kind: ExchangeKind, settings: &BTreeMap<String, St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_that_is_not_a_regular_file_is_an_error_not_a_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("config.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        for path in [fifo, dir.path().to_owned(), PathBuf::from("/dev/zero")] {
+            let env = Env::from_pairs([(EnvVars::MAYFLY_CONFIG, path.display().to_string())]);
+            let Err(Error::Read { path: named, source }) = Config::load(&env) else {
+                panic!("{} loaded", path.display())
+            };
+            assert_eq!(named, path);
+            assert!(source.to_string().contains("file") || source.to_string().contains("folder"), "{source}");
+        }
+        let empty = Env::from_pairs([(EnvVars::MAYFLY_CONFIG, "/dev/null".to_owned())]);
+        assert!(Config::load(&empty).unwrap().routes.is_empty(), "/dev/null reads as an empty config");
+    }
 
     #[test]
     fn a_typed_config_file_writes_what_parse_reads() {

@@ -1,7 +1,6 @@
 //! A file re-read on every use (Kubernetes projected tokens, SPIFFE JWT-SVIDs,
 //! `AWS_WEB_IDENTITY_TOKEN_FILE`): its owner rotates it.
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use super::{Ask, Error, Presence, Source, SubjectToken};
@@ -15,17 +14,12 @@ pub(crate) struct File {
 }
 
 impl File {
-    /// Its text; one larger than any token is refused rather than cut.
+    /// Its text; one larger than any token is refused rather than cut, and anything but a
+    /// regular file (through symbolic links, as Kubernetes projects tokens) is refused
+    /// rather than waited on: a FIFO without a writer would hold the tool that asked.
     fn read(&self) -> Result<String, String> {
-        let cannot = |why: String| format!("cannot read `{}`: {why}", self.path.display());
-        let mut text = String::new();
-        std::fs::File::open(&self.path)
-            .and_then(|f| f.take(crate::http::MAX_BODY + 1).read_to_string(&mut text))
-            .map_err(|e| cannot(e.to_string()))?;
-        if text.len() as u64 > crate::http::MAX_BODY {
-            return Err(cannot(format!("larger than {} bytes", crate::http::MAX_BODY)));
-        }
-        Ok(text)
+        crate::files::read_regular_text(&self.path, crate::http::MAX_BODY)
+            .map_err(|e| format!("cannot read `{}`: {e}", self.path.display()))
     }
 }
 

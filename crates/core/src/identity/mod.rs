@@ -331,6 +331,23 @@ mod tests {
         let missing = identity(File { path: PathBuf::from("/nonexistent/token") });
         let err = fetch(&missing, None, &Env::default(), &no_http, 0).unwrap_err().to_string();
         assert!(err.starts_with("identity `t`: cannot read `/nonexistent/token`"), "{err}");
+
+        // Through a symbolic link, as Kubernetes projects its tokens.
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        std::fs::write(&path, "linked").unwrap();
+        assert_eq!(
+            fetch(&identity(File { path: link }), None, &Env::default(), &no_http, 0).unwrap().token.expose(),
+            "linked"
+        );
+        // Refused, not waited on or read: a FIFO without a writer, a device, a kernel file.
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        for special in [fifo, PathBuf::from("/dev/zero"), PathBuf::from("/proc/self/environ")] {
+            let err = fetch(&identity(File { path: special.clone() }), None, &Env::default(), &no_http, 0).unwrap_err();
+            let err = err.to_string();
+            assert!(err.contains(&format!("cannot read `{}`", special.display())) && err.contains("file"), "{err}");
+        }
     }
 
     #[test]
