@@ -87,13 +87,27 @@ fn parent_of(pid: &str) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// A file under `/proc`, read into a page-sized buffer: the kernel reports their length
-/// as 0, so `fs::read` would start small and take six reads for a 300-byte file (here:
-/// one, and one more for the end).
+/// A file under `/proc`, read with plain reads into a page-sized buffer: the kernel
+/// reports its length as 0, so `fs::read` would ask for it first (`statx`, `lseek`) and
+/// then start small. A read that returns less than it was given room for is the end (the
+/// kernel fills what it can), so a short file is one read, not two.
 fn read_proc(path: &str) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut bytes = Vec::with_capacity(4096);
-    std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+    let mut file = std::fs::File::open(path)?;
+    let mut bytes = vec![0; 4096];
+    let mut len = 0;
+    loop {
+        let read = match file.read(&mut bytes[len..]) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            read => read?,
+        };
+        len += read;
+        if read == 0 || len < bytes.len() {
+            break;
+        }
+        bytes.resize(bytes.len() * 2, 0);
+    }
+    bytes.truncate(len);
     Ok(bytes)
 }
 
@@ -307,6 +321,33 @@ mod tests {
         ] {
             assert_eq!(infer_oci_operation(&chain(&[argv])), Operation::Read, "{argv:?}");
         }
+    }
+
+    #[test]
+    fn a_proc_file_longer_than_a_page_is_read_whole() {
+        let long = "x".repeat(3 * 4096 + 123);
+        // A shell waiting on its stdin (a builtin: no child), with `long` in its argv.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read line; :", "x", &long])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Its argv shows once its exec has set it up, a moment after `spawn` returns.
+        let cmdline = format!("/proc/{}/cmdline", child.id());
+        let mut argv = read_proc(&cmdline);
+        for _ in 0..500 {
+            if !argv.as_ref().is_ok_and(Vec::is_empty) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            argv = read_proc(&cmdline);
+        }
+        let stat = read_proc(&format!("/proc/{}/stat", child.id()));
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success());
+        assert_eq!(argv.unwrap(), format!("sh\0-c\0read line; :\0x\0{long}\0").into_bytes());
+        let stat = String::from_utf8(stat.unwrap()).unwrap();
+        assert!(stat.starts_with(&format!("{} (sh) ", child.id())) && stat.ends_with('\n'), "{stat}");
     }
 
     #[test]

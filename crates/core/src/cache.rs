@@ -743,7 +743,7 @@ fn lock_file(path: &Path) -> Result<File, Error> {
 /// The memory-backed directory that holds the key: `$MAYFLY_RUNTIME_DIR`, else
 /// `$XDG_RUNTIME_DIR/mayfly`, else `/dev/shm/mayfly-<uid>`. It must be on tmpfs or ramfs.
 fn key_dir(env: &Env) -> Result<PathBuf, Error> {
-    let uid = fs::metadata("/proc/self").map(|m| m.uid()).map_err(|e| Error::NoKeyStore(e.to_string()))?;
+    let uid = rustix::process::geteuid().as_raw();
     let candidates = [
         env.path(EnvVars::MAYFLY_RUNTIME_DIR),
         env.path(EnvVars::XDG_RUNTIME_DIR).map(|d| d.join("mayfly")),
@@ -781,7 +781,7 @@ fn private_dir(dir: &Path) -> Result<(), Error> {
     }
     crate::files::create_private_dir(dir).map_err(io("create", dir))?;
     let meta = fs::symlink_metadata(dir).map_err(io("inspect", dir))?;
-    let uid = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX);
+    let uid = rustix::process::geteuid().as_raw();
     if meta.file_type().is_symlink() {
         return Err(unsafe_dir("it is a symlink".into()));
     }
