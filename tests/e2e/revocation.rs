@@ -212,6 +212,65 @@ fn a_refresh_answers_the_tool_first_and_the_replaced_token_is_still_revoked() {
 }
 
 #[test]
+fn a_helper_ended_by_a_signal_while_answering_a_refresh_still_revokes_the_replaced_token() {
+    use std::io::{Read, Write};
+    use std::os::unix::process::ExitStatusExt;
+    let stack = Stack::with(mayfly_tests::Options { subject_lifetime: 6, max_ttl: "6s", ..Default::default() });
+    let old = stack.helper_token("org/app.git");
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+
+    // The helper's stdout is a pipe filled to the brim, so its answer waits: the hand-over
+    // of the replaced token is held and the signals that would end it are caught.
+    let (mut reader, mut writer) = std::io::pipe().unwrap();
+    let size = nix::fcntl::fcntl(&writer, nix::fcntl::FcntlArg::F_GETPIPE_SZ).unwrap();
+    writer.write_all(&vec![b'#'; usize::try_from(size).unwrap()]).unwrap();
+    let mut helper = std::process::Command::new(mayfly_tests::bin("git-credential-mayfly"))
+        .arg("get")
+        .env_clear()
+        .envs(stack.env())
+        .stdin(std::process::Stdio::piped())
+        .stdout(writer)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let request = format!("protocol=https\nhost={}\npath=org/app.git\n", stack.git_host());
+    helper.stdin.take().unwrap().write_all(request.as_bytes()).unwrap();
+    let wchan = format!("/proc/{}/wchan", helper.id());
+    let mut writing = false;
+    for _ in 0..400 {
+        if std::fs::read_to_string(&wchan).is_ok_and(|w| w.ends_with("pipe_write")) {
+            writing = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert!(writing, "the helper never came to write its answer");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(helper.id()).unwrap()), nix::sys::signal::SIGTERM)
+        .unwrap();
+
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).unwrap();
+    let status = helper.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(nix::sys::signal::SIGTERM as i32),
+        "the signal still ends the helper, once it has answered: {status}"
+    );
+    let answer = String::from_utf8_lossy(&out[usize::try_from(size).unwrap()..]).into_owned();
+    let new = answer.lines().find_map(|l| l.strip_prefix("password=")).expect("the tool got its answer first");
+    assert_ne!(new, old);
+    let mut revoked = false;
+    for _ in 0..200 {
+        if introspect(&stack, &old, Auth::Client).2["active"] == false {
+            revoked = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(revoked, "the replaced token was not revoked: the signal ended the helper before its hand-over");
+}
+
+#[test]
 fn a_replaced_entry_that_does_not_open_is_said_on_a_revoke_failed_line() {
     let stack = Stack::with(mayfly_tests::Options { subject_lifetime: 60, max_ttl: "60s", ..Default::default() });
     let old = stack.helper_token("org/app.git");
