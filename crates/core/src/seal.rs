@@ -18,6 +18,7 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use age::secrecy::ExposeSecret;
 use age_core::format::{FileKey, Stanza};
@@ -41,6 +42,9 @@ pub(crate) struct SealingKey {
     identity: age::x25519::Identity,
     /// The same secret, for the key exchange.
     secret: Zeroizing<[u8; 32]>,
+    /// The secret as AWS-LC holds it, made on the first open and kept for the next ones
+    /// (making it derives the public key: a curve multiplication).
+    exchange_key: OnceLock<Option<PrivateKey>>,
     public: [u8; 32],
     recipient: age::x25519::Recipient,
 }
@@ -67,7 +71,7 @@ impl SealingKey {
         let derived = stored.is_none();
         let recipient = stored.unwrap_or_else(|| identity.to_public());
         let public = recipient_bytes(&recipient)?;
-        Some((Self { identity, secret, public, recipient }, derived))
+        Some((Self { identity, secret, exchange_key: OnceLock::new(), public, recipient }, derived))
     }
 
     /// The secret as age writes it.
@@ -103,10 +107,12 @@ impl age::Identity for SealingKey {
         let [share] = &stanza.args[..] else { return invalid };
         let Some(share) = ephemeral_share(share) else { return invalid };
         let Ok(sealed_file_key) = <[u8; SEALED_FILE_KEY_BYTES]>::try_from(&stanza.body[..]) else { return invalid };
-        let Ok(secret) = PrivateKey::from_private_key(&X25519, &self.secret[..]) else { return invalid };
+        let exchange_key =
+            self.exchange_key.get_or_init(|| PrivateKey::from_private_key(&X25519, &self.secret[..]).ok());
+        let Some(secret) = exchange_key else { return invalid };
         let salt = salt(&share, &self.public);
         // AWS-LC refuses an exchange that is not contributory (an all-zero result).
-        let Ok(key) = agreement::agree(&secret, UnparsedPublicKey::new(&X25519, share), (), |shared| {
+        let Ok(key) = agreement::agree(secret, UnparsedPublicKey::new(&X25519, share), (), |shared| {
             Ok(age_core::primitives::hkdf(&salt, KEY_LABEL, shared))
         }) else {
             return invalid;
